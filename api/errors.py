@@ -1,0 +1,43 @@
+"""Every error becomes `{"error": "<clear message>"}` with a fitting status (SPEC §4)."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+from regina.errors import ReginaError
+
+log = logging.getLogger("regina.api")
+
+
+def error_response(message: str, status: int) -> tuple[Response, int]:
+    """The JSON error body."""
+    return jsonify({"error": message}), status
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Map Regina errors and Werkzeug's HTTP errors to JSON."""
+
+    @app.errorhandler(ReginaError)
+    def _regina(exc: ReginaError) -> tuple[Response, int]:
+        status = exc.status_code if exc.status_code < 500 or exc.status_code == 503 else 500
+        return error_response(exc.message, status)
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> tuple[Response, int]:
+        status = exc.code or 500
+        if status == 413:
+            limit = app.config.get("MAX_CONTENT_LENGTH")
+            return error_response(f"request body too large (limit {limit} bytes)", 413)
+        if status == 404:
+            return error_response("no such endpoint", 404)
+        if status == 405:
+            return error_response(f"method not allowed: {exc.description}", 405)
+        return error_response(exc.description or exc.name, status)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> tuple[Response, int]:
+        log.exception("unhandled error")
+        return error_response(f"internal error: {exc.__class__.__name__}", 500)

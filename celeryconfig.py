@@ -1,0 +1,38 @@
+"""Celery settings for Regina's workers and for the web processes that publish to them.
+
+Each value carries the measured reason from ../shared/FINDINGS-celery.md (kept in
+docs/architecture.md): per-instance queues on Redis with the gevent pool.
+"""
+
+from regina.config import load_settings
+
+_settings = load_settings()
+
+broker_url = _settings.redis
+# One BRPOP key per queue instead of four: we use no message priorities (4-5x cheaper per
+# message with many queues). visibility_timeout stays long: gevent workers never sweep, and a
+# short one re-runs live steps; dead workers' steps are restored by the coordinator instead.
+broker_transport_options = {"priority_steps": [0], "visibility_timeout": 3600}
+broker_connection_retry_on_startup = True
+# A pool at least as large as the number of concurrent publishers; never None (3.5 ms/publish).
+broker_pool_limit = 64
+
+task_serializer = "json"
+accept_content = ["json"]
+# No result backend: results travel as run events in Redis Streams.
+task_ignore_result = True
+result_backend = None
+# Acknowledge after the step ran, one message at a time per greenlet slot.
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+# Queues are created by name when a worker attaches an instance.
+task_create_missing_queues = True
+task_default_queue = "regina.default"
+worker_hijack_root_logger = False
+worker_redirect_stdouts = False
+# Task events let Flower show the per-instance queues' tasks (REGINA_TASK_EVENTS=false to save
+# a few publishes per step).
+worker_send_task_events = _settings.task_events
+task_send_sent_event = False
+worker_cancel_long_running_tasks_on_connection_loss = False

@@ -1,0 +1,65 @@
+"""Members (workers) register, renew and deregister with the seed's keys and TTLs (SPEC §6)."""
+
+from __future__ import annotations
+
+from typing import cast
+
+import redis
+
+from regina import keys
+
+
+class Membership:
+    """One member's presence in `regina:members` and its TTL'd address and count keys."""
+
+    def __init__(self, client: redis.Redis, member_id: str, address: str, ttl: float) -> None:
+        self.r = client
+        self.member_id = member_id
+        self.address = address
+        self.ttl_ms = max(1, int(ttl * 1000))
+
+    def register(self, instance_count: int = 0) -> None:
+        """SADD the member and SET its keys with the TTL."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.sadd(keys.MEMBERS, self.member_id)
+        pipe.set(keys.member(self.member_id), self.address, px=self.ttl_ms)
+        pipe.set(keys.member_instances(self.member_id), instance_count, px=self.ttl_ms)
+        pipe.execute()
+
+    def renew(self, instance_count: int) -> None:
+        """Refresh the TTLs (and the count); re-register if the keys had expired meanwhile."""
+        self.register(instance_count)
+
+    def deregister(self) -> None:
+        """Remove the member's keys at shutdown."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.srem(keys.MEMBERS, self.member_id)
+        pipe.delete(keys.member(self.member_id), keys.member_instances(self.member_id))
+        pipe.execute()
+
+
+def live_members(client: redis.Redis) -> dict[str, int]:
+    """Members whose address key has not expired, with their instance counts; prunes dead ids."""
+    ids = sorted(cast(set[str], client.smembers(keys.MEMBERS)))
+    if not ids:
+        return {}
+    pipe = client.pipeline(transaction=False)
+    for mid in ids:
+        pipe.exists(keys.member(mid))
+        pipe.get(keys.member_instances(mid))
+    values = pipe.execute()
+    alive: dict[str, int] = {}
+    dead: list[str] = []
+    for i, mid in enumerate(ids):
+        if values[2 * i]:
+            alive[mid] = int(values[2 * i + 1] or 0)
+        else:
+            dead.append(mid)
+    if dead:
+        client.srem(keys.MEMBERS, *dead)
+    return alive
+
+
+def is_alive(client: redis.Redis, member_id: str) -> bool:
+    """True while the member's address key exists."""
+    return bool(member_id) and bool(client.exists(keys.member(member_id)))

@@ -1,0 +1,261 @@
+"""Settings: the `REGINA_CONFIG` file, then `REGINA_<KEY>` environment overrides (SPEC §8).
+
+Keys are camelCase in files (`idleTimeout`) and UPPER_SNAKE in the environment
+(`REGINA_IDLE_TIMEOUT`), with `__` for nesting (`REGINA_STORAGE__TYPE=s3`). `REDIS_URL` and
+`PORT` are honoured as a Heroku-style platform sets them. Every attribute docstring below is
+the reference for that key (docs/configuration.md is generated from the same text).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+
+from regina.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class Defaults(_Section):
+    """Values used when an agent definition leaves them out."""
+
+    provider: str | None = None
+    """Provider used when a definition names none and inference is not wanted."""
+    model: str | None = None
+    """Model used when a definition names none."""
+    max_steps: int = Field(10, ge=1, le=1000)
+    """Agentic loop steps per chat when a definition does not set `maxSteps`."""
+
+
+class StorageSettings(_Section):
+    """Where suspended instances are backed up (SPEC §7). No `type` means no backups."""
+
+    type: Literal["fs", "s3", "redis"] | None = None
+    """Adapter: `fs`, `s3` or `redis`; unset keeps backups on the worker's own disk only."""
+    base_path: str | None = None
+    """fs: directory the backups are written to (atomically)."""
+    bucket: str | None = None
+    """s3: bucket name."""
+    prefix: str = ""
+    """s3/redis: prefix put before every key."""
+    endpoint: str | None = None
+    """s3: endpoint URL of any S3-compatible server."""
+    region: str | None = None
+    """s3: region name."""
+    url: str | None = None
+    """redis: URL of the Redis holding the backup hash (default: the cluster's Redis)."""
+
+
+class Compaction(_Section):
+    """When and how a long conversation is summarized (SPEC §5)."""
+
+    threshold: int = Field(100_000, ge=1)
+    """Estimated tokens (characters / 4) above which older messages are summarized."""
+    keep_last_n: int = Field(10, ge=0)
+    """Messages kept verbatim after compaction."""
+
+
+class ProviderSettings(_Section):
+    """Per-provider overrides; the `*_BASE_URL` environment variables win over these."""
+
+    base_url: str | None = None
+    """Base URL of the provider's API (tests point it at a fake LLM server)."""
+
+
+class Limits(_Section):
+    """Size and time limits that keep one client or one tool from hurting the rest."""
+
+    max_body_bytes: int = Field(1_048_576, ge=1)
+    """Largest HTTP request body accepted (413 above)."""
+    max_message_chars: int = Field(100_000, ge=1)
+    """Longest chat or steer `message` accepted (413 above)."""
+    max_tool_output_chars: int = Field(50_000, ge=100)
+    """Tool results longer than this are truncated before they reach the model."""
+    bash_timeout: float = Field(10.0, gt=0)
+    """Seconds one `bash` tool call may run."""
+    bash_max_loop_iterations: int = Field(10_000, ge=1)
+    """Loop iterations one `bash` call may run."""
+    bash_max_commands: int = Field(10_000, ge=1)
+    """Commands one `bash` call may run."""
+    request_timeout: float = Field(600.0, gt=0)
+    """Seconds a sync chat waits for its run to finish before answering 503."""
+    worker_reply_timeout: float = Field(30.0, gt=0)
+    """Seconds the web waits for a worker to confirm an attach, suspend or other command."""
+
+
+class Settings(_Section):
+    """Everything Regina reads at start. Build it with `load_settings()` or directly in tests."""
+
+    agents_dir: str = "./agents"
+    """Directory of agent definition markdown files."""
+    vfs_dir: str = "./data/vfs"
+    """Directory of the per-instance SQLite VFS files (one `<instanceId>.sqlite` each)."""
+    vfs_backend: Literal["sqlite", "memory", "realdir"] = "sqlite"
+    """VFS kind: `sqlite` (default), `memory` (lost on suspend without storage) or `realdir`."""
+    fs_root_path: str | None = None
+    """`realdir` backend: root under which each instance gets a directory."""
+    data_dir: str = "./data"
+    """Where `regina up` keeps its embedded Redis and other local state."""
+    idle_timeout: float = Field(300, ge=0)
+    """Seconds without chat, steer, heartbeat or resume before an instance is suspended; 0 = never."""
+    use_processes: bool = False
+    """Run chat steps in a child process instead of a greenlet (isolation over speed)."""
+    factory: str | None = None
+    """Python module path exporting `prepare_instance`, `backup`, `restore` hooks."""
+    defaults: Defaults = Field(default_factory=Defaults)
+    """Fallbacks for agent definitions."""
+    redis: str = "redis://127.0.0.1:6379/0"
+    """Redis URL: broker, cluster state, events and steering. `REDIS_URL` sets it too."""
+    member_address: str | None = None
+    """Routable address a worker registers under `regina:member:<id>` (default: host name)."""
+    member_id: str | None = None
+    """Worker's member id and Celery node name (default: `w-<host>-<pid>-<random>`)."""
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    """Backup storage for suspended instances."""
+    placement: Literal["round-robin", "least-loaded", "random"] = "round-robin"
+    """How a live worker is chosen for a new or re-homed instance."""
+    member_ttl: float = Field(30, gt=0)
+    """Seconds a member key lives without renewal; after that its instances are orphans."""
+    member_heartbeat: float = Field(10, gt=0)
+    """Seconds between member key renewals (keep well under `memberTtl`)."""
+    compaction: Compaction = Field(default_factory=Compaction)
+    """Conversation compaction defaults (agents may override)."""
+    allowed_env: list[str] = Field(default_factory=lambda: ["PATH", "HOME", "LANG", "TZ"])
+    """Environment variable names the `bash` tool may see (values from the worker)."""
+    providers: dict[str, ProviderSettings] = Field(default_factory=dict)
+    """Per-provider settings keyed by provider name (`anthropic`, `openai`, `vercel-gateway`)."""
+    limits: Limits = Field(default_factory=Limits)
+    """Request, message, tool and bash limits."""
+    port: int = Field(3000, ge=0, le=65535)
+    """HTTP port of the web process. `PORT` sets it too."""
+    host: str = "127.0.0.1"
+    """Interface the web process binds (use 0.0.0.0 on a platform)."""
+    auth_token: str | None = None
+    """When set, every API request except /healthz needs `Authorization: Bearer <token>`."""
+    concurrency: int = Field(100, ge=1)
+    """Greenlets per worker: chat steps running at once across all its instances."""
+    task_events: bool = True
+    """Workers send Celery task events so Flower shows each instance queue's tasks."""
+    log_level: str = "INFO"
+    """Log level of web and worker processes."""
+
+    def resolved_member_id(self) -> str:
+        """The configured member id, or a fresh unique one for this process."""
+        if self.member_id:
+            return self.member_id
+        return f"w-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+_ENV_PREFIX = "REGINA_"
+_NOT_SETTINGS = {"REGINA_CONFIG"}
+
+
+def _camel(snake: str) -> str:
+    head, *rest = snake.lower().split("_")
+    return head + "".join(p.title() for p in rest)
+
+
+def _parse_env_value(raw: str) -> Any:
+    """Read an env value as YAML so numbers, booleans and lists work; fall back to the string."""
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+    return raw if value is None and raw != "" else value
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(_ENV_PREFIX) or name in _NOT_SETTINGS:
+            continue
+        path = [_camel(p) for p in name[len(_ENV_PREFIX) :].split("__") if p]
+        if not path:
+            continue
+        if path[0] == "providers" and len(path) >= 2:
+            # Provider names contain dashes (vercel-gateway): REGINA_PROVIDERS__VERCEL_GATEWAY__BASE_URL.
+            path[1] = name[len(_ENV_PREFIX) :].split("__")[1].lower().replace("_", "-")
+        node = overrides
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = _parse_env_value(raw)
+    return overrides
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a JSON or YAML config file; use its `regina` object when it has one."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"REGINA_CONFIG: cannot read {str(p)!r}: {exc.strerror}") from exc
+    try:
+        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"REGINA_CONFIG: {str(p)!r} is not valid JSON/YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"REGINA_CONFIG: {str(p)!r} must hold an object, got {type(data).__name__}")
+    inner = data.get("regina", data)
+    if not isinstance(inner, dict):
+        raise ConfigError(f"REGINA_CONFIG: 'regina' in {str(p)!r} must be an object")
+    return {k: v for k, v in inner.items() if k != "module"}
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(root)"
+        env = _ENV_PREFIX + "__".join(re.sub(r"(?<!^)(?=[A-Z])", "_", str(p)).upper() for p in err["loc"])
+        value = err.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        lines.append(f"config key '{key}' ({env}): {err['msg']}{shown}")
+    return "; ".join(lines)
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
+) -> Settings:
+    """Build Settings from REGINA_CONFIG, REDIS_URL, PORT and REGINA_* (later wins).
+
+    Raises:
+        ConfigError: naming the key and the bad value.
+    """
+    env = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    if env.get("REGINA_CONFIG"):
+        data = read_config_file(env["REGINA_CONFIG"])
+    if env.get("REDIS_URL"):
+        data["redis"] = env["REDIS_URL"]
+    if env.get("PORT"):
+        data["port"] = _parse_env_value(env["PORT"])
+    data = _merge(data, _env_overrides(env))
+    if overrides:
+        data = _merge(data, overrides)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from exc

@@ -1,0 +1,328 @@
+"""Agent definitions: one markdown file per agent, YAML frontmatter + system-prompt body (SPEC §2).
+
+`parse_definition(path, settings)` reads one file into an immutable `AgentDefinition`, or raises
+`DefinitionError` with a message that starts with the file's path and names the field at fault.
+
+Rules, including where SPEC §2 is silent:
+
+- Files over 1 MiB (1 048 576 bytes) are refused before they are read.
+- The file must be UTF-8 and start with a `---` frontmatter block holding a YAML mapping.
+- `${VAR}` / `${VAR:-default}` are expanded in every frontmatter *value* (`regina.env_expansion`);
+  the body is not expanded (a prompt may legitimately show `${...}`). Expansion happens before
+  validation, so `maxSteps: ${STEPS:-10}` works.
+- `name` is required and is the definition id used in URLs, queue names and instance ids, so it is
+  limited to letters, digits, `_` and `-`, starting with a letter or digit, at most 64 characters.
+- `model` falls back to `defaults.model`; `provider` to the definition's own value, else
+  `defaults.provider`, else inference from the model (`regina.providers.infer_provider`). An
+  explicit provider name is only checked for shape here; whether LiteLLM knows it is checked when
+  the runtime resolves the model (`resolve_model_target`), which keeps LiteLLM out of the web
+  process.
+- Unknown fields are **rejected** (with a "did you mean" hint): a typo such as `maxstep` or
+  `temprature` would otherwise be dropped silently and the agent would run with settings its author
+  did not choose. The registry reports the file and keeps loading the others, so the cost of
+  strictness is one visible error.
+- Types are checked by pydantic in its usual lax mode (`"10"` is accepted for an int, as `${VAR}`
+  expansion always yields strings), but a list field given a scalar is an error.
+- `tools` paths are resolved relative to the .md file, must be unique by stem (the tool name), and
+  are loaded at parse time so a broken tool module is reported with its definition.
+- `mcpServers` names must be unique within a definition; URLs must be http(s). The SSRF check is
+  made by the MCP client when it connects (it must resolve the host then anyway).
+- `delegates` must not name the agent itself (its instance would wait on its own running step).
+  Whether the names exist is checked by the registry, across definitions.
+- Header values are secrets: they are left out of `repr`, error messages and `public_dict()`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from frontmatter.default_handlers import YAMLHandler
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from regina.config import Compaction, Settings
+from regina.env_expansion import expand_env
+from regina.errors import DefinitionError
+from regina.providers import check_provider_name, infer_provider
+from regina.runtime.tools.base import Tool
+from regina.runtime.tools.loading import load_tool_module
+
+MAX_DEFINITION_BYTES = 1_048_576
+"""Largest definition file accepted (1 MiB)."""
+
+_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+class McpServer(_Strict):
+    """A remote MCP server an agent connects to (SPEC §5)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    """Server name; its tools are exposed as `<name>_<tool>`."""
+    transport: Literal["sse", "http"]
+    """`sse` or `http` (streamable HTTP)."""
+    url: str = Field(pattern=r"^https?://\S+$")
+    """Server URL (http or https)."""
+    headers: dict[str, str] = Field(default_factory=dict, repr=False)
+    """Extra request headers (often secrets: never shown)."""
+
+
+class CompactionOverride(_Strict):
+    """Per-agent override of the `compaction` settings; unset keys keep the configured value."""
+
+    threshold: int | None = Field(None, ge=1)
+    keep_last_n: int | None = Field(None, ge=0)
+
+
+class _Frontmatter(_Strict):
+    """The frontmatter schema as written in files (camelCase keys)."""
+
+    name: str = Field(pattern=_NAME_PATTERN)
+    description: str | None = None
+    model: str | None = Field(None, min_length=1)
+    provider: str | None = Field(None, min_length=1)
+    tools: list[str] = Field(default_factory=list)
+    mcp_servers: list[McpServer] = Field(default_factory=list)
+    delegates: list[str] = Field(default_factory=list)
+    temperature: float | None = Field(None, ge=0, le=2)
+    max_steps: int | None = Field(None, ge=1, le=1000)
+    greeting: str | None = None
+    compaction: CompactionOverride | None = None
+
+    @field_validator("tools", "mcp_servers", "delegates", mode="before")
+    @classmethod
+    def _empty_list(cls, value: Any) -> Any:
+        return [] if value is None else value
+
+    @field_validator("mcp_servers")
+    @classmethod
+    def _unique_servers(cls, servers: list[McpServer]) -> list[McpServer]:
+        names = [s.name for s in servers]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate server name(s): {', '.join(dupes)}")
+        return servers
+
+    @field_validator("delegates")
+    @classmethod
+    def _unique_delegates(cls, delegates: list[str]) -> list[str]:
+        return list(dict.fromkeys(delegates))
+
+
+class AgentDefinition(BaseModel):
+    """One loaded agent definition (immutable). `id` is the name."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    name: str
+    description: str = ""
+    model: str
+    provider: str
+    tools: tuple[str, ...] = ()
+    """Absolute paths of the tool modules, in the order written."""
+    mcp_servers: tuple[McpServer, ...] = ()
+    delegates: tuple[str, ...] = ()
+    temperature: float | None = None
+    max_steps: int = 10
+    greeting: str | None = None
+    compaction: CompactionOverride | None = None
+    system_prompt: str = ""
+    """The markdown body."""
+    path: str = ""
+    """Absolute path of the definition file."""
+    user_tools: dict[str, Tool] = Field(default_factory=dict, exclude=True, repr=False)
+    """The loaded tool modules by tool name (file stem); not serialized."""
+
+    @property
+    def id(self) -> str:
+        """The definition id (`defId`): the same as `name`."""
+        return self.name
+
+    @property
+    def tool_names(self) -> list[str]:
+        """Names of the definition's own tools (file stems), in the order written."""
+        return [Path(p).stem for p in self.tools]
+
+    def compaction_settings(self, settings: Settings) -> Compaction:
+        """The compaction settings for this agent: the config's, with this agent's overrides."""
+        base = settings.compaction
+        override = self.compaction
+        if override is None:
+            return base
+        return Compaction(
+            threshold=override.threshold if override.threshold is not None else base.threshold,
+            keep_last_n=override.keep_last_n if override.keep_last_n is not None else base.keep_last_n,
+        )
+
+    def public_dict(self) -> dict[str, Any]:
+        """The agent as `GET /agents` shows it (SPEC §4): no prompt, paths, servers or secrets."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "description": self.description,
+            "model": self.model,
+            "provider": self.provider,
+            "tools": self.tool_names,
+            "delegates": list(self.delegates),
+            "greeting": self.greeting,
+        }
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{to_camel(part)}" if out else to_camel(part)
+    return out or "(frontmatter)"
+
+
+_KNOWN_FIELDS = [to_camel(n) for n in _Frontmatter.model_fields]
+
+
+def _describe(path: Path, exc: ValidationError) -> str:
+    problems = []
+    for err in exc.errors():
+        loc = err["loc"]
+        field = _field_path(loc)
+        if err["type"] == "extra_forbidden":
+            known = _KNOWN_FIELDS if len(loc) == 1 else []
+            hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            problems.append(f"field {field!r}: unknown field{extra}")
+            continue
+        if err["type"] == "missing":
+            problems.append(f"field {field!r}: required field is missing")
+            continue
+        value = err.get("input")
+        secret = "headers" in [str(p) for p in loc]
+        shown = "" if secret or isinstance(value, dict | list) else f" (got {value!r})"
+        problems.append(f"field {field!r}: {err['msg']}{shown}")
+    return f"{path}: " + "; ".join(problems)
+
+
+def _read_frontmatter(path: Path) -> tuple[dict[str, Any], str]:
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise DefinitionError(f"{path}: cannot read: {exc.strerror}") from exc
+    if size > MAX_DEFINITION_BYTES:
+        raise DefinitionError(
+            f"{path}: file is {size} bytes, over the 1 MiB ({MAX_DEFINITION_BYTES} bytes) limit"
+        )
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except OSError as exc:
+        raise DefinitionError(f"{path}: cannot read: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise DefinitionError(f"{path}: not valid UTF-8 (byte {exc.start})") from exc
+    handler = YAMLHandler()
+    text = text.lstrip()
+    if not handler.detect(text):
+        raise DefinitionError(
+            f"{path}: no YAML frontmatter; start the file with a '---' block holding name and model"
+        )
+    try:
+        raw, body = handler.split(text)
+        data = handler.load(raw)
+    except ValueError as exc:
+        raise DefinitionError(f"{path}: frontmatter is not closed with '---'") from exc
+    except yaml.YAMLError as exc:
+        detail = " ".join(str(exc).split())
+        raise DefinitionError(f"{path}: bad YAML in frontmatter: {detail}") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise DefinitionError(f"{path}: frontmatter must be a YAML mapping, got {type(data).__name__}")
+    return data, body.strip()
+
+
+def _load_tools(path: Path, tools: list[str]) -> tuple[tuple[str, ...], dict[str, Tool]]:
+    paths: list[str] = []
+    loaded: dict[str, Tool] = {}
+    for i, rel in enumerate(tools):
+        tool_path = (path.parent / os.path.expanduser(rel)).resolve()
+        try:
+            tool = load_tool_module(tool_path)
+        except DefinitionError as exc:
+            raise DefinitionError(f"{path}: field 'tools[{i}]' ({rel!r}): {exc.message}") from exc
+        if tool.name in loaded:
+            raise DefinitionError(
+                f"{path}: field 'tools[{i}]' ({rel!r}): a tool named {tool.name!r} is already listed"
+            )
+        loaded[tool.name] = tool
+        paths.append(str(tool_path))
+    return tuple(paths), loaded
+
+
+def parse_definition(
+    path: str | os.PathLike[str],
+    settings: Settings,
+    environ: Mapping[str, str] = os.environ,
+) -> AgentDefinition:
+    """Read and validate the agent definition at `path` (rules in the module docstring).
+
+    Raises:
+        DefinitionError: the message starts with the file's path and names the field at fault.
+    """
+    p = Path(path).resolve()
+    data, body = _read_frontmatter(p)
+    expanded: dict[str, Any] = {}
+    for key, value in data.items():
+        try:
+            expanded[key] = expand_env(value, environ, where=str(key))
+        except DefinitionError as exc:
+            raise DefinitionError(f"{p}: field {key!r}: {exc.message}") from exc
+    try:
+        fm = _Frontmatter.model_validate(expanded)
+    except ValidationError as exc:
+        raise DefinitionError(_describe(p, exc)) from exc
+
+    model = fm.model or settings.defaults.model
+    if not model:
+        raise DefinitionError(
+            f"{p}: field 'model': required field is missing (and no defaults.model is configured)"
+        )
+    try:
+        if fm.provider:
+            provider = check_provider_name(fm.provider)
+        elif settings.defaults.provider:
+            provider = check_provider_name(settings.defaults.provider)
+        else:
+            provider = infer_provider(model)
+    except DefinitionError as exc:
+        raise DefinitionError(f"{p}: field 'provider': {exc.message}") from exc
+    if fm.name in fm.delegates:
+        raise DefinitionError(f"{p}: field 'delegates': an agent cannot delegate to itself ({fm.name!r})")
+    tool_paths, user_tools = _load_tools(p, fm.tools)
+    return AgentDefinition(
+        name=fm.name,
+        description=fm.description or "",
+        model=model,
+        provider=provider,
+        tools=tool_paths,
+        mcp_servers=tuple(fm.mcp_servers),
+        delegates=tuple(fm.delegates),
+        temperature=fm.temperature,
+        max_steps=fm.max_steps if fm.max_steps is not None else settings.defaults.max_steps,
+        greeting=fm.greeting,
+        compaction=fm.compaction,
+        system_prompt=body,
+        path=str(p),
+        user_tools=user_tools,
+    )

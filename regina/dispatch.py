@@ -1,0 +1,32 @@
+"""What the core needs from the task queue, as a protocol; `workers/` implements it with Celery.
+
+Keeping Celery behind this seam lets `regina/` stay free of framework imports (SPEC §1).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class Dispatcher(Protocol):
+    """Enqueue chat steps and member commands; repair queues after a worker died."""
+
+    def enqueue_step(self, instance_id: str, run_id: str, message: str | None) -> None:
+        """Put a chat step on the instance's own queue (consumed only by its owner)."""
+        ...
+
+    def send_command(self, member_id: str, command: str, payload: dict[str, Any], token: str | None) -> None:
+        """Put a command (attach, suspend, delete, messages) on a member's own queue."""
+        ...
+
+    def restore_unacked(self, instance_id: str) -> int:
+        """Move a dead owner's delivered-but-unacknowledged steps back to the instance queue."""
+        ...
+
+    def pending_steps(self, instance_id: str) -> int:
+        """How many steps wait in the instance queue."""
+        ...
+
+    def purge(self, instance_id: str) -> None:
+        """Drop the instance queue and its broker bookkeeping (on delete)."""
+        ...

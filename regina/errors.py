@@ -1,0 +1,90 @@
+"""Every error Regina raises on purpose, in one tree.
+
+ReginaError
+ ├── ConfigError            bad configuration (names the key)
+ ├── DefinitionError        an agent definition file that cannot be loaded (names the file)
+ ├── NotFound               unknown agent definition or instance            → HTTP 404
+ ├── BadRequest             malformed input from a client                   → HTTP 400
+ ├── PayloadTooLarge        a body or message over a configured limit       → HTTP 413
+ ├── Conflict               a request that clashes with the current state   → HTTP 409
+ ├── Unavailable            no live worker, or a worker that did not answer → HTTP 503
+ ├── StaleEpoch             a write from an owner that lost the instance (fencing)
+ ├── StorageError           a storage adapter failed
+ ├── VFSError               a virtual-filesystem operation failed (message goes to the model)
+ ├── ModelError             the model provider failed (message goes to the history as "Error: …")
+ └── ToolError              a tool failed in a way the model should be told about
+"""
+
+from __future__ import annotations
+
+
+class ReginaError(Exception):
+    """Base class of every error Regina raises on purpose."""
+
+    status_code = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(ReginaError):
+    """Raised when configuration is invalid; the message names the key."""
+
+
+class DefinitionError(ReginaError):
+    """Raised when an agent definition file cannot be loaded; the message names the file."""
+
+
+class NotFound(ReginaError):
+    """Raised when an agent definition or an instance does not exist."""
+
+    status_code = 404
+
+
+class BadRequest(ReginaError):
+    """Raised when a client sends malformed input."""
+
+    status_code = 400
+
+
+class PayloadTooLarge(ReginaError):
+    """Raised when a body or a message exceeds a configured limit."""
+
+    status_code = 413
+
+
+class Conflict(ReginaError):
+    """Raised when a request clashes with the instance's current state."""
+
+    status_code = 409
+
+
+class Unavailable(ReginaError):
+    """Raised when no live worker can serve a request, or a worker did not answer in time."""
+
+    status_code = 503
+
+
+class StaleEpoch(ReginaError):
+    """Raised when a worker that no longer owns an instance tries to write its state."""
+
+    status_code = 409
+
+
+class StorageError(ReginaError):
+    """Raised when a storage adapter cannot complete an operation."""
+
+
+class VFSError(ReginaError):
+    """Raised when a virtual-filesystem operation fails; the message is shown to the model."""
+
+    status_code = 400
+
+
+class ModelError(ReginaError):
+    """Raised when the model provider fails; the run reports it and records `Error: …`."""
+
+
+class ToolError(ReginaError):
+    """Raised by a tool to report a failure the model should see as the tool's result."""

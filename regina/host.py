@@ -1,0 +1,288 @@
+"""The worker side of an instance: open its VFS, run its chat steps in order, back it up.
+
+`InstanceHost` holds the instances a member owns. It knows nothing of Celery: `workers/`
+calls `attach`, `run_step`, `suspend`, `delete` and `messages` from greenlets, and only after
+it changed which queues it consumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from regina import relay
+from regina.config import Settings
+from regina.definitions import AgentDefinition
+from regina.errors import ReginaError, StaleEpoch
+from regina.factory_hooks import FactoryHooks
+from regina.fifo_lock import FifoLock
+from regina.instances import InstanceStore
+from regina.lifecycle import backup_key
+from regina.providers import resolve_model_target
+from regina.registry import AgentRegistry
+from regina.runtime.events import event_to_dict
+from regina.runtime.loop import run_turn
+from regina.runtime.session import Session
+from regina.runtime.tools.base import Tool
+from regina.runtime.tools.bash import bash_tool
+from regina.runtime.tools.files import file_tools
+from regina.sandbox_env import sandbox_env
+from regina.steering import SteeringQueue
+from regina.vfs import VFS, open_vfs, restore_snapshot
+from storage.base import Storage
+
+log = logging.getLogger("regina.host")
+
+
+class NotHere(ReginaError):
+    """Raised when a step arrives for an instance this member does not hold (anymore)."""
+
+
+@dataclass
+class Active:
+    """An instance attached to this member."""
+
+    instance_id: str
+    definition: AgentDefinition
+    epoch: int
+    vfs: VFS
+    session: Session
+    tools: dict[str, Tool]
+    lock: FifoLock = field(default_factory=FifoLock)
+
+
+class InstanceHost:
+    """The instances one member owns, and everything done to them on that member."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: AgentRegistry,
+        client: redis.Redis,
+        storage: Storage | None,
+        hooks: FactoryHooks,
+        member_id: str,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.r = client
+        self.storage = storage
+        self.hooks = hooks
+        self.member_id = member_id
+        self.store = InstanceStore(client)
+        self.steering = SteeringQueue(client)
+        self.active: dict[str, Active] = {}
+        # Instances being attached: steps that arrive meanwhile wait on this gate.
+        self.loading: dict[str, FifoLock] = {}
+        self.env = sandbox_env(settings.allowed_env)
+        os.makedirs(settings.vfs_dir, exist_ok=True)
+
+    # -- activation ----------------------------------------------------------------------
+
+    def begin_attach(self, instance_id: str) -> None:
+        """Close the gate for an instance about to be attached (call before consuming its queue)."""
+        if instance_id not in self.loading:
+            gate = FifoLock()
+            gate.acquire()
+            self.loading[instance_id] = gate
+
+    def attach(self, instance_id: str, epoch: int) -> dict[str, Any]:
+        """Open the instance here at `epoch`, restoring its VFS from storage when ours is older."""
+        try:
+            return self._attach(instance_id, epoch)
+        finally:
+            gate = self.loading.pop(instance_id, None)
+            if gate is not None:
+                gate.release()
+
+    def _attach(self, instance_id: str, epoch: int) -> dict[str, Any]:
+        current = self.active.get(instance_id)
+        if current is not None:
+            current.epoch = max(current.epoch, epoch)
+            return {"restored": False}
+        rec = self.store.get(instance_id)
+        if rec is None:
+            raise NotHere(f"instance {instance_id} does not exist")
+        if rec.epoch != epoch:
+            raise StaleEpoch(f"instance {instance_id}: attach for epoch {epoch}, current is {rec.epoch}")
+        definition = self.registry.get(rec.definition_id)
+        restored = self._restore_if_newer(instance_id, rec.backup_version)
+        vfs = self._open(instance_id)
+        if self.hooks.prepare_instance is not None:
+            self.hooks.prepare_instance(instance_id, definition)
+        self.active[instance_id] = Active(
+            instance_id=instance_id,
+            definition=definition,
+            epoch=epoch,
+            vfs=vfs,
+            session=Session(vfs),
+            tools=self._tools(vfs, definition),
+        )
+        self.store.fenced_set(instance_id, epoch, status="started", lastActive=time.time())
+        self.r.incr(f"regina:member:{self.member_id}:instances")
+        return {"restored": restored}
+
+    def _open(self, instance_id: str) -> VFS:
+        s = self.settings
+        return open_vfs(s.vfs_backend, instance_id, s.vfs_dir, s.fs_root_path)
+
+    def _local_path(self, instance_id: str) -> str:
+        return os.path.join(self.settings.vfs_dir, f"{instance_id}.sqlite")
+
+    def _local_version(self, instance_id: str) -> int:
+        if self.settings.vfs_backend != "sqlite" or not os.path.exists(self._local_path(instance_id)):
+            return -1
+        vfs = self._open(instance_id)
+        try:
+            return int(getattr(vfs, "get_meta")("backupVersion") or 0)
+        finally:
+            vfs.close()
+
+    def _restore_if_newer(self, instance_id: str, version: int) -> bool:
+        if self.storage is None or version <= 0 or self._local_version(instance_id) >= version:
+            return False
+        data = self.storage.get(backup_key(instance_id))
+        if data is None:
+            log.warning("instance %s: backup version %d missing from storage", instance_id, version)
+            return False
+        if self.hooks.restore is not None:
+            self.hooks.restore(instance_id, data, self.settings)
+        else:
+            restore_snapshot(self._local_path(instance_id), data)
+        return True
+
+    def _tools(self, vfs: VFS, definition: AgentDefinition) -> dict[str, Tool]:
+        limits = self.settings.limits
+        tools: dict[str, Tool] = {"bash": bash_tool(vfs, env=self.env, limits=limits)}
+        tools.update(file_tools(vfs, max_output_chars=limits.max_tool_output_chars))
+        tools.update(definition.user_tools)
+        return tools
+
+    # -- chat ------------------------------------------------------------------------------
+
+    def run_step(self, instance_id: str, run_id: str, message: str | None) -> None:
+        """Run one chat step to its end, publishing its events; steps of one instance queue up."""
+        gate = self.loading.get(instance_id)
+        if gate is not None:
+            with gate:
+                pass
+        act = self.active.get(instance_id)
+        if act is None:
+            raise NotHere(f"instance {instance_id} is not attached to {self.member_id}")
+        with act.lock:
+            if self.active.get(instance_id) is not act:
+                raise NotHere(f"instance {instance_id} was released from {self.member_id}")
+            if self.store.current_epoch(instance_id) != act.epoch:
+                raise StaleEpoch(f"instance {instance_id} moved to another member")
+            publisher = relay.RunPublisher(self.r, run_id)
+            if publisher.seq and relay.run_info(self.r, run_id).get("status") == "done":
+                return  # a redelivered step whose run had already finished
+            relay.mark_running(self.r, run_id)
+            if any(m.get("runId") == run_id for m in act.session.messages):
+                message = None  # redelivered after a crash: the message is already in the history
+            d = act.definition
+            run_turn(
+                target=resolve_model_target(d.model, d.provider, self.settings),
+                system_prompt=d.system_prompt,
+                tools=act.tools,
+                session=act.session,
+                user_message=message,
+                emit=lambda ev: publisher.publish(event_to_dict(ev)),
+                drain_steering=lambda: self.steering.drain(instance_id),
+                max_steps=d.max_steps or self.settings.defaults.max_steps,
+                temperature=d.temperature,
+                compaction=d.compaction or self.settings.compaction,
+                heartbeat=lambda: self.store.touch(instance_id),
+                tool_output_limit=self.settings.limits.max_tool_output_chars,
+                run_id=run_id,
+            )
+            self.store.touch(instance_id)
+
+    def messages(self, instance_id: str) -> list[dict[str, Any]]:
+        """The conversation as stored in the instance's session file."""
+        act = self.active.get(instance_id)
+        if act is None:
+            raise NotHere(f"instance {instance_id} is not attached to {self.member_id}")
+        act.session.invalidate()
+        return [dict(m) for m in act.session.load()]
+
+    # -- release ---------------------------------------------------------------------------
+
+    def is_busy(self, instance_id: str) -> bool:
+        """True while a step runs or waits on the instance."""
+        act = self.active.get(instance_id)
+        return act is not None and act.lock.busy
+
+    def suspend(self, instance_id: str, epoch: int | None = None) -> dict[str, Any]:
+        """Wait for running steps, back up the VFS, close it, mark the instance suspended."""
+        act = self.active.get(instance_id)
+        if act is None:
+            rec = self.store.get(instance_id)
+            if rec is not None and rec.status != "suspended" and (epoch is None or rec.epoch == epoch):
+                self.store.fenced_set(instance_id, rec.epoch, status="suspended")
+            return {"backedUp": False}
+        self.store.fenced_set(instance_id, act.epoch, status="suspending")
+        with act.lock:
+            size, version = self._backup(act)
+            self.active.pop(instance_id, None)
+            act.vfs.close()
+            fields: dict[str, str | int | float] = {"status": "suspended", "vfsBytes": size}
+            if version:
+                fields["backupVersion"] = version
+            if not self.store.fenced_set(instance_id, act.epoch, **fields):
+                log.warning("instance %s moved on while suspending; its newer owner's state is kept", instance_id)
+        self.r.decr(f"regina:member:{self.member_id}:instances")
+        return {"backedUp": bool(version), "bytes": size}
+
+    def _backup(self, act: Active) -> tuple[int, int]:
+        """Snapshot the VFS and put it to storage with a new version; (size, version or 0)."""
+        if self.storage is None:
+            return 0, 0
+        rec = self.store.get(act.instance_id)
+        if rec is None or rec.epoch != act.epoch:
+            raise StaleEpoch(f"instance {act.instance_id}: not backing up from a stale owner")
+        version = rec.backup_version + 1
+        setter = getattr(act.vfs, "set_meta", None)
+        if setter is not None:
+            setter("backupVersion", str(version))
+        if self.hooks.backup is not None:
+            data = self.hooks.backup(act.instance_id, self.settings)
+        else:
+            data = getattr(act.vfs, "snapshot")()
+        self.storage.put(backup_key(act.instance_id), data)
+        return len(data), version
+
+    def delete(self, instance_id: str) -> dict[str, Any]:
+        """Drop the instance from this member and remove its local VFS file."""
+        act = self.active.pop(instance_id, None)
+        if act is not None:
+            with act.lock:
+                act.vfs.close()
+            self.r.decr(f"regina:member:{self.member_id}:instances")
+        for suffix in ("", "-wal", "-shm"):
+            path = self._local_path(instance_id) + suffix
+            if os.path.exists(path):
+                os.remove(path)
+        return {}
+
+    def idle_instances(self, now: float | None = None) -> list[str]:
+        """Attached instances idle longer than idleTimeout and not running a step."""
+        timeout = self.settings.idle_timeout
+        if timeout <= 0 or not self.active:
+            return []
+        now = time.time() if now is None else now
+        last = self.store.last_active_many(list(self.active))
+        return [iid for iid, ts in last.items() if now - ts > timeout and not self.is_busy(iid)]
+
+    def suspend_all(self) -> None:
+        """Back up and release every instance (graceful shutdown)."""
+        for iid in list(self.active):
+            try:
+                self.suspend(iid)
+            except Exception:
+                log.exception("instance %s: suspend at shutdown failed", iid)

@@ -1,0 +1,28 @@
+"""Unguessable ids: instances (prefixed with the definition name), runs and reply tokens."""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+_INSTANCE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}-[0-9a-f]{24}$")
+
+
+def new_instance_id(definition_id: str) -> str:
+    """`<definition>-<96 random bits in hex>`."""
+    return f"{definition_id}-{secrets.token_hex(12)}"
+
+
+def is_valid_instance_id(value: str) -> bool:
+    """True when `value` has the shape of an instance id (cheap check before touching Redis)."""
+    return bool(_INSTANCE_RE.match(value))
+
+
+def new_run_id() -> str:
+    """A run id: `run-<96 random bits>`."""
+    return f"run-{secrets.token_hex(12)}"
+
+
+def new_token() -> str:
+    """A reply token for a command sent to a worker."""
+    return secrets.token_hex(10)

@@ -1,0 +1,184 @@
+"""Instance metadata in Redis, so any web process can answer for any instance (SPEC §3, §6).
+
+Ownership changes bump the instance's `epoch`; a worker writes state only while the epoch it
+was given is still current (fencing, SPEC §12), enforced by small Lua scripts.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+
+import redis
+
+from regina import keys
+
+Status = Literal["started", "suspending", "suspended"]
+
+# Set fields only if the record exists and its epoch equals ARGV[1]. Returns 1 or 0.
+_FENCED_HSET = """
+local cur = redis.call('HGET', KEYS[1], 'epoch')
+if not cur or cur ~= ARGV[1] then return 0 end
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+
+# Give the instance to a member: bump epoch, set member + status, update the seed mapping.
+# ARGV: member, status, expected epoch ('' = any). Returns the new epoch, or -1 if the
+# expected epoch did not match, or -2 if the record is gone.
+_CLAIM = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -2 end
+local cur = redis.call('HGET', KEYS[1], 'epoch')
+if ARGV[3] ~= '' and cur ~= ARGV[3] then return -1 end
+local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+redis.call('HSET', KEYS[1], 'member', ARGV[1], 'status', ARGV[2])
+redis.call('SET', KEYS[2], ARGV[1])
+return epoch
+"""
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """What Redis knows about one instance."""
+
+    instance_id: str
+    definition_id: str
+    status: Status
+    member: str
+    epoch: int
+    created_at: float
+    last_active: float
+    backup_version: int
+    vfs_bytes: int
+
+    def public(self, include_member: bool = False) -> dict[str, Any]:
+        """The SPEC §4 JSON for this instance."""
+        data: dict[str, Any] = {
+            "instanceId": self.instance_id,
+            "definitionId": self.definition_id,
+            "status": "suspended" if self.status == "suspended" else "started",
+            "createdAt": _iso(self.created_at),
+        }
+        if include_member:
+            data["member"] = self.member or None
+            data["epoch"] = self.epoch
+            data["lastActiveAt"] = _iso(self.last_active)
+        return data
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1000) % 1000:03d}Z"
+
+
+def _record(instance_id: str, h: dict[str, str]) -> InstanceRecord:
+    return InstanceRecord(
+        instance_id=instance_id,
+        definition_id=h.get("definitionId", ""),
+        status=cast(Status, h.get("status", "suspended")),
+        member=h.get("member", ""),
+        epoch=int(h.get("epoch", 0)),
+        created_at=float(h.get("createdAt", 0)),
+        last_active=float(h.get("lastActive", 0)),
+        backup_version=int(h.get("backupVersion", 0)),
+        vfs_bytes=int(h.get("vfsBytes", 0)),
+    )
+
+
+class InstanceStore:
+    """Read and change instance records; every change an owner makes is fenced by epoch."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.r = client
+        self._fenced_hset = client.register_script(_FENCED_HSET)
+        self._claim = client.register_script(_CLAIM)
+
+    def create(self, instance_id: str, definition_id: str, member: str) -> InstanceRecord:
+        """Write a new record owned by `member` at epoch 1."""
+        now = time.time()
+        fields = {
+            "definitionId": definition_id,
+            "status": "started",
+            "member": member,
+            "epoch": 1,
+            "createdAt": repr(now),
+            "lastActive": repr(now),
+            "backupVersion": 0,
+        }
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(keys.instance_record(instance_id), mapping=fields)
+        pipe.set(keys.instance_owner(instance_id), member)
+        pipe.zadd(keys.INSTANCES, {instance_id: now})
+        pipe.zadd(keys.definition_instances(definition_id), {instance_id: now})
+        pipe.execute()
+        return _record(instance_id, {k: str(v) for k, v in fields.items()})
+
+    def get(self, instance_id: str) -> InstanceRecord | None:
+        """The record, or None when the instance does not exist."""
+        h = cast(dict[str, str], self.r.hgetall(keys.instance_record(instance_id)))
+        return _record(instance_id, h) if h else None
+
+    def get_with_liveness(self, instance_id: str) -> tuple[InstanceRecord | None, bool]:
+        """The record and whether its member is alive, in one round trip; also touches it."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(keys.instance_record(instance_id))
+        h = cast(dict[str, str], pipe.execute()[0])
+        if not h:
+            return None, False
+        rec = _record(instance_id, h)
+        alive = bool(rec.member) and bool(self.r.exists(keys.member(rec.member)))
+        return rec, alive
+
+    def list(self, definition_id: str | None = None) -> list[InstanceRecord]:
+        """Every instance (of one definition), oldest first."""
+        key = keys.definition_instances(definition_id) if definition_id else keys.INSTANCES
+        ids = cast(list[str], self.r.zrange(key, 0, -1))
+        pipe = self.r.pipeline(transaction=False)
+        for iid in ids:
+            pipe.hgetall(keys.instance_record(iid))
+        return [_record(iid, h) for iid, h in zip(ids, pipe.execute(), strict=True) if h]
+
+    def touch(self, instance_id: str) -> None:
+        """Reset the idle timer (chat, steer, heartbeat, resume, a running loop)."""
+        self.r.hset(keys.instance_record(instance_id), "lastActive", repr(time.time()))
+
+    def claim(self, instance_id: str, member: str, expected_epoch: int | None = None) -> int:
+        """Hand the instance to `member` with a new epoch; returns it (-1 stale, -2 gone)."""
+        return int(
+            self._claim(
+                keys=[keys.instance_record(instance_id), keys.instance_owner(instance_id)],
+                args=[member, "started", "" if expected_epoch is None else str(expected_epoch)],
+            )
+        )
+
+    def fenced_set(self, instance_id: str, epoch: int, **fields: str | int | float) -> bool:
+        """Set fields only while `epoch` is current; False means the caller lost the instance."""
+        args: list[str] = [str(epoch)]
+        for k, v in fields.items():
+            args += [k, repr(v) if isinstance(v, float) else str(v)]
+        return bool(self._fenced_hset(keys=[keys.instance_record(instance_id)], args=args))
+
+    def current_epoch(self, instance_id: str) -> int:
+        """The epoch Redis holds now (0 when the instance is gone)."""
+        value = self.r.hget(keys.instance_record(instance_id), "epoch")
+        return int(value) if value else 0
+
+    def last_active_many(self, instance_ids: list[str]) -> dict[str, float]:
+        """lastActive of several instances in one round trip (the idle sweep)."""
+        pipe = self.r.pipeline(transaction=False)
+        for iid in instance_ids:
+            pipe.hget(keys.instance_record(iid), "lastActive")
+        return {iid: float(v or 0) for iid, v in zip(instance_ids, pipe.execute(), strict=True)}
+
+    def delete(self, instance_id: str, definition_id: str) -> None:
+        """Remove every key of the instance."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(
+            keys.instance_record(instance_id),
+            keys.instance_owner(instance_id),
+            keys.steering(instance_id),
+            keys.activation_lock(instance_id),
+        )
+        pipe.zrem(keys.INSTANCES, instance_id)
+        pipe.zrem(keys.definition_instances(definition_id), instance_id)
+        pipe.execute()

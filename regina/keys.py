@@ -1,0 +1,93 @@
+"""Every Redis key, channel and Celery queue name Regina uses, in one place (SPEC §6).
+
+The first four are the seed's cluster schema and keep its meaning; everything else Regina adds
+lives under `regina:` too.
+
+| key                                   | type   | ttl        | meaning                                  |
+|---------------------------------------|--------|------------|------------------------------------------|
+| regina:members                        | SET    | —          | ids of registered members (workers)      |
+| regina:member:<memberId>              | STRING | memberTtl  | the member's address; gone = member dead |
+| regina:member:<memberId>:instances    | STRING | memberTtl  | number of instances the member holds     |
+| regina:instance:<instanceId>          | STRING | —          | id of the member owning the instance     |
+| regina:inst:<instanceId>              | HASH   | —          | instance record: definitionId, status,   |
+|                                       |        |            | member, epoch, createdAt, lastActive,    |
+|                                       |        |            | backupVersion, vfsBytes                  |
+| regina:instances                      | ZSET   | —          | every instance id, scored by createdAt   |
+| regina:def:<defId>:instances          | ZSET   | —          | instance ids of one definition           |
+| regina:lock:<instanceId>              | STRING | seconds    | activation lock (one placer at a time)   |
+| regina:steer:<instanceId>             | LIST   | —          | queued steering messages                 |
+| regina:run:<runId>                    | HASH   | runTtl     | run record: instanceId, status, times    |
+| regina:run:<runId>:events             | STREAM | runTtl     | the run's events, ids "0-<seq>"          |
+| regina:reply:<token>                  | LIST   | 60 s       | a worker's answer to a command           |
+| regina:placement:rr                   | STRING | —          | round-robin counter                      |
+| regina:storage                        | HASH   | —          | the redis storage adapter's blobs        |
+
+Celery queues: `regina.i.<instanceId>` (an instance's chat steps, consumed only by its owner)
+and `regina.m.<memberId>` (a member's own command queue).
+"""
+
+from __future__ import annotations
+
+MEMBERS = "regina:members"
+INSTANCES = "regina:instances"
+PLACEMENT_RR = "regina:placement:rr"
+
+
+def member(member_id: str) -> str:
+    """Key holding a live member's address (expires when the member stops renewing)."""
+    return f"regina:member:{member_id}"
+
+
+def member_instances(member_id: str) -> str:
+    """Key holding how many instances a member runs."""
+    return f"regina:member:{member_id}:instances"
+
+
+def instance_owner(instance_id: str) -> str:
+    """The seed's instance → member mapping."""
+    return f"regina:instance:{instance_id}"
+
+
+def instance_record(instance_id: str) -> str:
+    """Hash with the instance's metadata."""
+    return f"regina:inst:{instance_id}"
+
+
+def definition_instances(definition_id: str) -> str:
+    """Sorted set of one definition's instance ids."""
+    return f"regina:def:{definition_id}:instances"
+
+
+def activation_lock(instance_id: str) -> str:
+    """Lock held while an instance is being placed on a member."""
+    return f"regina:lock:{instance_id}"
+
+
+def steering(instance_id: str) -> str:
+    """List of steering messages waiting for the instance's next step boundary."""
+    return f"regina:steer:{instance_id}"
+
+
+def run_record(run_id: str) -> str:
+    """Hash describing one run (one chat)."""
+    return f"regina:run:{run_id}"
+
+
+def run_events(run_id: str) -> str:
+    """Stream of a run's events; entry ids are "0-<seq>" so clients resume by sequence number."""
+    return f"regina:run:{run_id}:events"
+
+
+def reply(token: str) -> str:
+    """List a worker pushes its answer to a command onto."""
+    return f"regina:reply:{token}"
+
+
+def instance_queue(instance_id: str) -> str:
+    """Celery queue of one instance's chat steps."""
+    return f"regina.i.{instance_id}"
+
+
+def member_queue(member_id: str) -> str:
+    """Celery queue of one member's commands (attach, suspend, …)."""
+    return f"regina.m.{member_id}"

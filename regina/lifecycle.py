@@ -1,0 +1,283 @@
+"""The coordinator: spawn, place, resume, suspend, delete and chat — what the web process does.
+
+Any web process can run any of these for any instance: all state is in Redis. Work on an
+instance happens on its owning worker; the coordinator reaches it through the Dispatcher and
+waits for answers on a Redis reply list.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any, cast
+
+import redis
+
+from regina import ids, keys, relay
+from regina.cluster.membership import is_alive
+from regina.cluster.placement import place
+from regina.config import Settings
+from regina.dispatch import Dispatcher
+from regina.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, ReginaError, Unavailable
+from regina.instances import InstanceRecord, InstanceStore
+from regina.registry import AgentRegistry
+from regina.steering import SteeringQueue
+from storage.base import Storage
+
+log = logging.getLogger("regina.coordinator")
+
+RUN_RETENTION = 3600.0
+
+
+def backup_key(instance_id: str) -> str:
+    """Storage key of an instance's VFS backup."""
+    return f"instances/{instance_id}/vfs"
+
+
+class Coordinator:
+    """Instance lifecycle and runs, driven from any web process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: AgentRegistry,
+        client: redis.Redis,
+        dispatcher: Dispatcher,
+        storage: Storage | None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.r = client
+        self.dispatcher = dispatcher
+        self.storage = storage
+        self.store = InstanceStore(client)
+        self.steering = SteeringQueue(client)
+
+    # -- commands to members -------------------------------------------------------------
+
+    def command(self, member: str, name: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """Send a command to a member and wait for its answer (Unavailable on timeout)."""
+        token = ids.new_token()
+        self.dispatcher.send_command(member, name, payload, token)
+        timeout = self.settings.limits.worker_reply_timeout
+        got = self.r.blpop([keys.reply(token)], timeout=timeout)
+        if got is None:
+            raise Unavailable(f"worker {member} did not answer {name!r} within {timeout:g}s")
+        answer = cast(dict[str, Any], json.loads(cast(tuple[str, str], got)[1]))
+        if not answer.get("ok"):
+            raise Unavailable(f"worker {member} could not {name}: {answer.get('error')}")
+        return answer
+
+    # -- instances -----------------------------------------------------------------------
+
+    def get(self, instance_id: str) -> InstanceRecord:
+        """The record, or NotFound."""
+        rec = self.store.get(instance_id) if ids.is_valid_instance_id(instance_id) else None
+        if rec is None:
+            raise NotFound(f"instance {instance_id!r} not found")
+        return rec
+
+    def spawn(self, definition_id: str) -> InstanceRecord:
+        """Create an instance of a definition on a live member and wait until it is attached."""
+        definition = self.registry.get(definition_id)
+        member = place(self.r, self.settings.placement)
+        instance_id = ids.new_instance_id(definition.id)
+        rec = self.store.create(instance_id, definition.id, member)
+        try:
+            self.command(member, "attach", {"instanceId": instance_id, "epoch": rec.epoch})
+        except ReginaError:
+            self.store.delete(instance_id, definition.id)
+            raise
+        return rec
+
+    def list(self, definition_id: str | None = None) -> list[InstanceRecord]:
+        """Instances, suspended ones included (of one definition when given)."""
+        if definition_id is not None:
+            self.registry.get(definition_id)
+        return self.store.list(definition_id)
+
+    def ensure_active(self, instance_id: str) -> InstanceRecord:
+        """Make sure the instance is started on a live member: resume it or re-home an orphan."""
+        rec = self.get(instance_id)
+        if rec.status == "started" and is_alive(self.r, rec.member):
+            return rec
+        with self._activation_lock(instance_id):
+            return self._activate(instance_id)
+
+    def _activate(self, instance_id: str) -> InstanceRecord:
+        deadline = time.monotonic() + self.settings.limits.worker_reply_timeout
+        while True:
+            rec = self.get(instance_id)
+            alive = is_alive(self.r, rec.member)
+            if rec.status == "started" and alive:
+                return rec
+            if rec.status == "suspending" and alive and time.monotonic() < deadline:
+                time.sleep(0.01)  # its owner is finishing a suspend; resume right after
+                continue
+            member = place(self.r, self.settings.placement, prefer=rec.member)
+            epoch = self.store.claim(instance_id, member, expected_epoch=rec.epoch)
+            if epoch == -2:
+                raise NotFound(f"instance {instance_id!r} not found")
+            if epoch == -1:
+                continue  # someone else changed it meanwhile: look again
+            if rec.member and not alive:
+                moved = self.dispatcher.restore_unacked(instance_id)
+                log.warning(
+                    "instance %s: member %s is gone; moving it to %s (epoch %d, %d step(s) requeued)",
+                    instance_id, rec.member, member, epoch, moved,
+                )
+            self.command(member, "attach", {"instanceId": instance_id, "epoch": epoch})
+            return self.get(instance_id)
+
+    def _activation_lock(self, instance_id: str) -> _RedisLock:
+        return _RedisLock(self.r, keys.activation_lock(instance_id), self.settings.limits.worker_reply_timeout)
+
+    def heartbeat(self, instance_id: str) -> None:
+        """Reset the idle timer."""
+        self.get(instance_id)
+        self.store.touch(instance_id)
+
+    def resume(self, instance_id: str) -> InstanceRecord:
+        """Start a suspended instance (no-op when started); resets the idle timer."""
+        self.store.touch(instance_id)
+        return self.ensure_active(instance_id)
+
+    def suspend(self, instance_id: str) -> None:
+        """Finish the running step, back up, release the queue, mark suspended."""
+        rec = self.get(instance_id)
+        if rec.status == "suspended":
+            return
+        if not is_alive(self.r, rec.member):
+            self.store.fenced_set(instance_id, rec.epoch, status="suspended")
+            return
+        self.command(rec.member, "suspend", {"instanceId": instance_id, "epoch": rec.epoch})
+
+    def delete(self, instance_id: str) -> None:
+        """Tear down queue, VFS, backup and keys."""
+        rec = self.get(instance_id)
+        if rec.member and is_alive(self.r, rec.member):
+            try:
+                self.command(rec.member, "delete", {"instanceId": instance_id, "epoch": rec.epoch})
+            except Unavailable as exc:
+                log.warning("delete %s: %s; removing its keys anyway", instance_id, exc)
+        self.dispatcher.purge(instance_id)
+        if self.storage is not None:
+            self.storage.delete(backup_key(instance_id))
+        self.store.delete(instance_id, rec.definition_id)
+
+    # -- chat ----------------------------------------------------------------------------
+
+    def validate_message(self, body: Any) -> str:
+        """The `message` of a chat/steer body, or a 400/413 naming the problem."""
+        if not isinstance(body, dict):
+            raise BadRequest("request body must be a JSON object like {\"message\": \"…\"}")
+        message = body.get("message")
+        if message is None:
+            raise BadRequest("missing field 'message' (a non-empty string)")
+        if not isinstance(message, str):
+            raise BadRequest(f"field 'message' must be a string, got {type(message).__name__}")
+        if not message.strip():
+            raise BadRequest("field 'message' must not be empty")
+        limit = self.settings.limits.max_message_chars
+        if len(message) > limit:
+            raise PayloadTooLarge(f"field 'message' has {len(message)} characters; the limit is {limit}")
+        return message
+
+    def start_run(self, instance_id: str, message: str) -> str:
+        """Queue a chat step on the instance; returns the run id to follow."""
+        rec = self.ensure_active(instance_id)
+        run_id = ids.new_run_id()
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hset(keys.instance_record(instance_id), "lastActive", repr(time.time()))
+        pipe.hset(
+            keys.run_record(run_id),
+            mapping={"instanceId": instance_id, "status": "queued", "createdAt": repr(time.time())},
+        )
+        pipe.expire(keys.run_record(run_id), int(RUN_RETENTION))
+        pipe.execute()
+        self.dispatcher.enqueue_step(rec.instance_id, run_id, message)
+        return run_id
+
+    def follow_run(self, run_id: str, after: int = 0) -> Iterator[dict[str, Any]]:
+        """Yield a run's events after seq `after` until its terminal event.
+
+        Between waits it checks the instance is still served: a step queued for an instance
+        that was suspended meanwhile, or whose worker died, is resumed on a live worker.
+        """
+        info = relay.run_info(self.r, run_id)
+        if not info:
+            raise NotFound(f"run {run_id!r} not found (unknown or expired)")
+        instance_id = info["instanceId"]
+        deadline = time.monotonic() + self.settings.limits.request_timeout
+        for event in relay.read_events(self.r, run_id, after=after, block_ms=500):
+            if event is None:
+                if time.monotonic() > deadline:
+                    raise Unavailable(f"run {run_id} did not finish within {self.settings.limits.request_timeout:g}s")
+                self._keep_served(instance_id, run_id)
+                continue
+            yield event
+            if event.get("type") in relay.TERMINAL:
+                return
+
+    def _keep_served(self, instance_id: str, run_id: str) -> None:
+        rec = self.store.get(instance_id)
+        if rec is None:
+            raise Conflict(f"instance {instance_id} was deleted while run {run_id} was waiting")
+        if rec.status != "started" or not is_alive(self.r, rec.member):
+            self.ensure_active(instance_id)
+
+    def chat(self, instance_id: str, message: str) -> dict[str, Any]:
+        """Run a chat to its end; returns {text, usage, runId}."""
+        run_id = self.start_run(instance_id, message)
+        return self.collect(run_id)
+
+    def collect(self, run_id: str) -> dict[str, Any]:
+        """Follow a run and return its final text and usage."""
+        final: dict[str, Any] = {}
+        for event in self.follow_run(run_id):
+            final = event
+        if final.get("type") == "error":
+            error = str(final.get("error", "unknown error"))
+            return {"text": f"Error: {error}", "usage": final.get("usage") or _zero_usage(), "runId": run_id}
+        return {"text": final.get("text", ""), "usage": final.get("usage") or _zero_usage(), "runId": run_id}
+
+    def steer(self, instance_id: str, message: str) -> None:
+        """Queue a steering message for the running loop (or the next run)."""
+        self.get(instance_id)
+        self.steering.push(instance_id, message)
+        self.store.touch(instance_id)
+
+    def messages(self, instance_id: str) -> list[dict[str, Any]]:
+        """The conversation, oldest first (resumes a suspended instance to read it)."""
+        rec = self.ensure_active(instance_id)
+        answer = self.command(rec.member, "messages", {"instanceId": instance_id, "epoch": rec.epoch})
+        return cast(list[dict[str, Any]], answer.get("data") or [])
+
+
+def _zero_usage() -> dict[str, int]:
+    return {"promptTokens": 0, "completionTokens": 0}
+
+
+class _RedisLock:
+    """A short SET NX PX lock so one coordinator at a time places an instance."""
+
+    def __init__(self, client: redis.Redis, key: str, timeout: float) -> None:
+        self.r = client
+        self.key = key
+        self.timeout = timeout
+        self.token = ids.new_token()
+
+    def __enter__(self) -> _RedisLock:
+        deadline = time.monotonic() + self.timeout
+        ttl_ms = int(self.timeout * 1000) + 1000
+        while not self.r.set(self.key, self.token, nx=True, px=ttl_ms):
+            if time.monotonic() > deadline:
+                raise Unavailable(f"instance is busy being placed ({self.key}); try again")
+            time.sleep(0.005)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.r.get(self.key) == self.token:
+            self.r.delete(self.key)

@@ -1,0 +1,231 @@
+"""The agent registry: every definition in `agentsDir`, swapped atomically on reload (SPEC §2).
+
+- `load()` / `reload()` read `agentsDir/*.md` (sorted by file name, not recursive) into a complete
+  new `RegistrySnapshot` and publish it with one attribute assignment, so a reader sees the old
+  snapshot or the new one, never a mix. Readers that need several consistent look-ups take
+  `registry.snapshot` once and use it.
+- A file that fails to parse is skipped and reported in `errors` as `{"file", "error"}`; the rest
+  load. A second file with an already-used name is rejected and the error names both files
+  (files are taken in sorted order, so the first by name wins, the same in every process).
+- If building the snapshot fails as a whole (the directory is missing or unreadable), the old
+  snapshot stays and the error is raised to the caller (the SIGHUP path logs it).
+- Cross-definition check: a `delegates` entry naming an agent that is not in the new snapshot does
+  *not* reject the definition (that would let one broken file take down every agent delegating to
+  it); the name is dropped from that definition's `delegates`, so the model is never offered a
+  delegate that cannot answer, and a `{"file", "error"}` entry is added to `warnings`.
+- `install_sighup()` makes SIGHUP reload the registry, debounced: the first signal arms a reload
+  `debounce` seconds later and further signals until then are coalesced into it. The signal
+  handler only sets a flag and starts a `threading.Timer`; the reload runs on the timer's thread.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType, MappingProxyType
+from typing import Any
+
+from regina.config import Settings
+from regina.definitions import AgentDefinition, parse_definition
+from regina.errors import ConfigError, DefinitionError, NotFound
+
+log = logging.getLogger(__name__)
+
+_Handler = Any  # what signal.signal returns: a callable, an int or None
+
+
+@dataclass(frozen=True)
+class RegistrySnapshot:
+    """One complete, immutable state of the registry."""
+
+    definitions: Mapping[str, AgentDefinition] = field(default_factory=lambda: MappingProxyType({}))
+    """Definitions by id, in file-name order."""
+    errors: tuple[Mapping[str, str], ...] = ()
+    """Files that were skipped: `{"file": path, "error": message}`."""
+    warnings: tuple[Mapping[str, str], ...] = ()
+    """Definitions loaded with a problem fixed up (unknown delegates dropped)."""
+    loaded_at: float = 0.0
+    """`time.time()` when the snapshot was built."""
+
+
+def _problem(path: Path | str, message: str) -> Mapping[str, str]:
+    return MappingProxyType({"file": str(path), "error": message})
+
+
+class AgentRegistry:
+    """Agent definitions from `settings.agents_dir`, reloadable (see the module docstring)."""
+
+    def __init__(self, settings: Settings, environ: Mapping[str, str] | None = None) -> None:
+        self.settings = settings
+        self._environ = environ
+        self.snapshot = RegistrySnapshot()
+        self._reload_lock = threading.Lock()
+        self._sighup_pending = False
+        self._sighup_timer: threading.Timer | None = None
+        self._sighup_debounce = 5.0
+        self._previous_handler: _Handler = None
+        self._sighup_installed = False
+
+    # -- building -------------------------------------------------------------------------
+    def _agents_dir(self) -> Path:
+        return Path(self.settings.agents_dir).expanduser().resolve()
+
+    def build(self) -> RegistrySnapshot:
+        """Build a new snapshot from the files on disk without publishing it.
+
+        Raises:
+            ConfigError: `agentsDir` does not exist or cannot be listed.
+        """
+        directory = self._agents_dir()
+        if not directory.is_dir():
+            raise ConfigError(f"agentsDir: {str(directory)!r} is not a directory")
+        try:
+            files = sorted(p for p in directory.glob("*.md") if p.is_file())
+        except OSError as exc:
+            raise ConfigError(f"agentsDir: cannot list {str(directory)!r}: {exc.strerror}") from exc
+        environ = os.environ if self._environ is None else self._environ
+        found: dict[str, AgentDefinition] = {}
+        errors: list[Mapping[str, str]] = []
+        for path in files:
+            try:
+                definition = parse_definition(path, self.settings, environ)
+            except DefinitionError as exc:
+                errors.append(_problem(path, exc.message))
+                continue
+            except Exception as exc:  # a bug or a surprise in one file must not stop the others
+                log.exception("unexpected error loading agent definition %s", path)
+                errors.append(_problem(path, f"{path}: unexpected error: {type(exc).__name__}: {exc}"))
+                continue
+            if definition.name in found:
+                first = found[definition.name].path
+                errors.append(
+                    _problem(
+                        path, f"{path}: duplicate agent name {definition.name!r}: already defined in {first}"
+                    )
+                )
+                continue
+            found[definition.name] = definition
+        warnings: list[Mapping[str, str]] = []
+        for name, definition in list(found.items()):
+            unknown = [d for d in definition.delegates if d not in found]
+            if unknown:
+                kept = tuple(d for d in definition.delegates if d in found)
+                found[name] = definition.model_copy(update={"delegates": kept})
+                warnings.append(
+                    _problem(
+                        definition.path,
+                        f"{definition.path}: field 'delegates': unknown agent(s) "
+                        f"{', '.join(map(repr, unknown))} ignored",
+                    )
+                )
+        return RegistrySnapshot(
+            definitions=MappingProxyType(found),
+            errors=tuple(errors),
+            warnings=tuple(warnings),
+            loaded_at=time.time(),
+        )
+
+    def reload(self) -> RegistrySnapshot:
+        """Build a complete new snapshot and swap it in; on failure keep the old one and raise.
+
+        Per-file problems do not fail a reload: they are reported in `errors`/`warnings`.
+
+        Raises:
+            ConfigError: `agentsDir` does not exist or cannot be listed (old snapshot kept).
+        """
+        with self._reload_lock:  # two reloads at once must not publish out of order
+            new = self.build()
+            self.snapshot = new  # the atomic swap: one attribute assignment
+        for problem in new.errors:
+            log.error("agent definition skipped: %s", problem["error"])
+        for problem in new.warnings:
+            log.warning("agent definition: %s", problem["error"])
+        log.info(
+            "agent registry loaded: %d definition(s), %d error(s)", len(new.definitions), len(new.errors)
+        )
+        return new
+
+    def load(self) -> RegistrySnapshot:
+        """Load the registry (the first time); the same as `reload()`."""
+        return self.reload()
+
+    # -- reading --------------------------------------------------------------------------
+    def get(self, def_id: str) -> AgentDefinition:
+        """The definition named `def_id`.
+
+        Raises:
+            NotFound: no such definition (the message lists the known ones).
+        """
+        definitions = self.snapshot.definitions
+        definition = definitions.get(def_id)
+        if definition is None:
+            known = ", ".join(sorted(definitions)[:20]) or "none loaded"
+            raise NotFound(f"agent definition {def_id!r} not found (known: {known})")
+        return definition
+
+    def list(self) -> list[AgentDefinition]:
+        """All definitions, sorted by name."""
+        definitions = self.snapshot.definitions
+        return [definitions[name] for name in sorted(definitions)]
+
+    def __contains__(self, def_id: object) -> bool:
+        return def_id in self.snapshot.definitions
+
+    def __len__(self) -> int:
+        return len(self.snapshot.definitions)
+
+    @property
+    def errors(self) -> builtins.list[dict[str, str]]:
+        """Files skipped by the last load: `[{"file", "error"}]`."""
+        return [dict(e) for e in self.snapshot.errors]
+
+    @property
+    def warnings(self) -> builtins.list[dict[str, str]]:
+        """Definitions loaded with a problem fixed up: `[{"file", "error"}]`."""
+        return [dict(w) for w in self.snapshot.warnings]
+
+    # -- SIGHUP ---------------------------------------------------------------------------
+    @property
+    def reload_pending(self) -> bool:
+        """True while a SIGHUP-triggered reload waits for its debounce delay."""
+        return self._sighup_pending
+
+    def _on_sighup(self, signum: int, frame: FrameType | None) -> None:
+        if self._sighup_pending:
+            return  # coalesced into the reload already armed
+        self._sighup_pending = True
+        timer = threading.Timer(self._sighup_debounce, self._sighup_reload)
+        timer.daemon = True
+        self._sighup_timer = timer
+        timer.start()
+
+    def _sighup_reload(self) -> None:
+        self._sighup_pending = False  # a signal from now on arms a new reload that sees later edits
+        try:
+            self.reload()
+        except Exception:
+            log.exception("agent registry reload on SIGHUP failed; keeping the previous definitions")
+
+    def install_sighup(self, debounce: float = 5.0) -> None:
+        """Reload on SIGHUP, at most once per `debounce` seconds (must run in the main thread)."""
+        self._sighup_debounce = debounce
+        if not self._sighup_installed:
+            self._previous_handler = signal.signal(signal.SIGHUP, self._on_sighup)
+            self._sighup_installed = True
+
+    def uninstall_sighup(self) -> None:
+        """Restore the previous SIGHUP handler and cancel a pending reload."""
+        if self._sighup_installed:
+            signal.signal(signal.SIGHUP, self._previous_handler or signal.SIG_DFL)
+            self._sighup_installed = False
+        timer, self._sighup_timer = self._sighup_timer, None
+        if timer is not None:
+            timer.cancel()
+        self._sighup_pending = False

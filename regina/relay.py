@@ -1,0 +1,92 @@
+"""Run events through Redis Streams: the worker appends, any web process reads (SPEC §4, §12).
+
+Each run's events live in `regina:run:<runId>:events` with entry ids "0-<seq>", so a client
+that lost its connection re-attaches "after seq N" and gets every later event exactly once and
+in order. The stream outlives the run by `retention` seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any, cast
+
+import redis
+
+from regina import keys
+
+TERMINAL = frozenset({"finish", "error"})
+
+
+class RunPublisher:
+    """Appends one run's events with increasing sequence numbers (used inside the worker)."""
+
+    def __init__(self, client: redis.Redis, run_id: str, retention: float = 3600) -> None:
+        self.r = client
+        self.run_id = run_id
+        self.key = keys.run_events(run_id)
+        self.retention = int(retention)
+        # A redelivered run (its worker died) continues after the events already published.
+        last = cast(list[tuple[str, dict[str, str]]], client.xrevrange(self.key, count=1))
+        self.seq = int(last[0][0].split("-")[1]) if last else 0
+
+    def publish(self, event: dict[str, Any]) -> int:
+        """Append an event, stamped with `seq` and `runId`; returns its seq."""
+        self.seq += 1
+        event = {**event, "seq": self.seq, "runId": self.run_id}
+        payload = json.dumps(event, separators=(",", ":"), default=str)
+        if event.get("type") in TERMINAL:
+            pipe = self.r.pipeline(transaction=False)
+            pipe.xadd(self.key, {"e": payload}, id=f"0-{self.seq}")
+            pipe.expire(self.key, self.retention)
+            pipe.hset(keys.run_record(self.run_id), mapping={"status": "done", "finishedAt": repr(time.time())})
+            pipe.expire(keys.run_record(self.run_id), self.retention)
+            pipe.execute()
+        else:
+            self.r.xadd(self.key, {"e": payload}, id=f"0-{self.seq}")
+        return self.seq
+
+
+def create_run(client: redis.Redis, run_id: str, instance_id: str, retention: float = 3600) -> None:
+    """Record a queued run (so re-attach can find its instance)."""
+    pipe = client.pipeline(transaction=False)
+    pipe.hset(
+        keys.run_record(run_id),
+        mapping={"instanceId": instance_id, "status": "queued", "createdAt": repr(time.time())},
+    )
+    pipe.expire(keys.run_record(run_id), int(retention))
+    pipe.execute()
+
+
+def run_info(client: redis.Redis, run_id: str) -> dict[str, str]:
+    """The run record ({} when unknown or expired)."""
+    return cast(dict[str, str], client.hgetall(keys.run_record(run_id)))
+
+
+def mark_running(client: redis.Redis, run_id: str) -> None:
+    """The worker has started the run."""
+    client.hset(keys.run_record(run_id), mapping={"status": "running", "startedAt": repr(time.time())})
+
+
+def read_events(
+    client: redis.Redis, run_id: str, after: int = 0, block_ms: int = 1000
+) -> Iterator[dict[str, Any] | None]:
+    """Yield the run's events after seq `after`, blocking for new ones; None on each idle timeout.
+
+    The caller stops after a terminal event (finish/error) or when it decides to give up; a
+    None lets it check the instance's health between waits.
+    """
+    key = keys.run_events(run_id)
+    last_id = f"0-{after}"
+    while True:
+        resp = cast(
+            list[tuple[str, list[tuple[str, dict[str, str]]]]],
+            client.xread({key: last_id}, block=block_ms, count=500),
+        )
+        if not resp:
+            yield None
+            continue
+        for entry_id, fields in resp[0][1]:
+            last_id = entry_id
+            yield cast(dict[str, Any], json.loads(fields["e"]))

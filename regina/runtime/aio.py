@@ -1,0 +1,67 @@
+"""Run coroutines from sync code, with or without gevent.
+
+`asyncio.run()` per call breaks when several greenlets of one thread call it (the thread's
+event loop is seen as already running). Instead, every coroutine runs on ONE background event
+loop, started lazily in a `threading.Thread`; under gevent monkey patching that "thread" is a
+greenlet and waiting on the result yields to the other greenlets. The loop is re-created after a
+fork (the child does not inherit the loop's thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+_lock = threading.Lock()
+_loop: asyncio.AbstractEventLoop | None = None
+_pid: int | None = None
+
+
+def _run_loop(loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
+    asyncio.set_event_loop(loop)
+    loop.call_soon(ready.set)
+    loop.run_forever()
+
+
+def background_loop() -> asyncio.AbstractEventLoop:
+    """The shared background event loop (started on first use)."""
+    global _loop, _pid
+    with _lock:
+        if _loop is None or _pid != os.getpid() or _loop.is_closed():
+            loop = asyncio.new_event_loop()
+            ready = threading.Event()
+            thread = threading.Thread(
+                target=_run_loop, args=(loop, ready), name="regina-aio", daemon=True
+            )
+            thread.start()
+            ready.wait()
+            _loop, _pid = loop, os.getpid()
+        return _loop
+
+
+def run_coro(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+    """Run `coro` on the background loop and wait for its result.
+
+    Raises TimeoutError after `timeout` seconds (the coroutine is cancelled). Must not be called
+    from the background loop itself (that would deadlock): RuntimeError then.
+    """
+    loop = background_loop()
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        coro.close()
+        raise RuntimeError("run_coro() called from the background loop itself; await the coroutine")
+    future = asyncio.run_coroutine_threadsafe(coro, loop)
+    try:
+        return future.result(timeout)
+    except concurrent.futures.TimeoutError:
+        future.cancel()
+        raise TimeoutError(f"coroutine did not finish within {timeout} s") from None

@@ -1,0 +1,331 @@
+"""The one module that knows LiteLLM's shapes.
+
+`stream_completion` turns a LiteLLM stream into a few small tagged deltas:
+
+- `TextPart(text)`                    a chunk of the model's text;
+- `ToolCallPart(id, name, args, raw)` one complete tool call (streamed argument fragments are
+  accumulated; arguments that are not a JSON object become `{"_raw": "<text>"}` so the tool
+  reports the problem to the model instead of the run failing);
+- `FinishPart(reason, usage)`         last: `stop` · `tool-calls` · `length` · `content-filter`
+  · `other`, with the usage of the stream's usage chunk.
+
+`complete` is the non-streaming call used for compaction summaries. Every LiteLLM failure
+(including one in the middle of a stream) becomes a `ModelError` with a readable message such as
+``model provider error: 500 upstream exploded``.
+
+LiteLLM is imported lazily (it costs seconds) and configured once for low per-call overhead:
+no callbacks, no telemetry, no message logging, no cost calculation, no retries (a retry in the
+middle of a stream would duplicate deltas the client already saw).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from regina.errors import ModelError
+from regina.providers import ModelTarget
+from regina.runtime.events import Usage
+
+__all__ = [
+    "TextPart",
+    "ToolCallPart",
+    "FinishPart",
+    "ModelDelta",
+    "stream_completion",
+    "complete",
+    "get_litellm",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class TextPart:
+    """A chunk of the model's text."""
+
+    text: str
+    kind: Literal["text"] = "text"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallPart:
+    """One complete tool call; `raw` is the arguments string as the model sent it."""
+
+    id: str
+    name: str
+    args: dict[str, Any]
+    raw: str
+    kind: Literal["tool-call"] = "tool-call"
+
+
+@dataclass(frozen=True, slots=True)
+class FinishPart:
+    """End of the stream: mapped finish reason and usage."""
+
+    reason: str
+    usage: Usage
+    kind: Literal["finish"] = "finish"
+
+
+ModelDelta = TextPart | ToolCallPart | FinishPart
+
+_FINISH_REASONS = {
+    "stop": "stop",
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "eos": "stop",
+    "tool_calls": "tool-calls",
+    "function_call": "tool-calls",
+    "tool_use": "tool-calls",
+    "length": "length",
+    "max_tokens": "length",
+    "content_filter": "content-filter",
+}
+
+_litellm: Any = None
+_litellm_lock = threading.Lock()
+
+
+def get_litellm() -> Any:
+    """Import and configure LiteLLM once (thread-safe); later calls return the module."""
+    global _litellm
+    if _litellm is not None:
+        return _litellm
+    with _litellm_lock:
+        if _litellm is None:
+            os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+            os.environ.setdefault("LITELLM_LOG", "ERROR")
+            import litellm
+
+            _configure(litellm)
+            _litellm = litellm
+    return _litellm
+
+
+def _configure(litellm: Any) -> None:
+    litellm.drop_params = True
+    litellm.telemetry = False
+    litellm.suppress_debug_info = True
+    litellm.set_verbose = False
+    litellm.turn_off_message_logging = True
+    litellm.disable_streaming_logging = True
+    litellm.logging = False
+    litellm.include_cost_in_streaming_usage = False
+    litellm.disable_end_user_cost_tracking = True
+    litellm.disable_token_counter = True
+    litellm.success_callback = []
+    litellm.failure_callback = []
+    litellm.callbacks = []
+    litellm.input_callback = []
+    litellm._async_success_callback = []
+    litellm._async_failure_callback = []
+    litellm.num_retries = 0
+    for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "litellm"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _request_kwargs(
+    target: ModelTarget,
+    messages: Sequence[dict[str, Any]],
+    tools: Sequence[dict[str, Any]] | None,
+    temperature: float | None,
+    timeout: float | None,
+) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "model": target.litellm_model,
+        "messages": messages,
+        "timeout": timeout,
+        "max_retries": 0,
+        "num_retries": 0,
+    }
+    if tools:
+        kwargs["tools"] = list(tools)
+    if temperature is not None:
+        kwargs["temperature"] = temperature
+    if target.api_key:
+        kwargs["api_key"] = target.api_key
+    if target.api_base:
+        kwargs["api_base"] = target.api_base
+    return kwargs
+
+
+_PREFIX = re.compile(r"^\s*(?:litellm\.\w+:|\w+Error:|\w+Exception\s*-)\s*")
+_HANDLE_WITH = re.compile(r"\.?\s*Handle with `litellm\.\w+`\.?\s*$")
+_BYTES = re.compile(r"^b(['\"])(.*)\1$", re.S)
+
+
+def _clean_message(message: str) -> str:
+    """Strip LiteLLM's wrapping ("litellm.X: XError: OpenAIException - …", b'…', "Handle with …")
+    and pull `error.message` out of a JSON error body."""
+    message = _HANDLE_WITH.sub("", message.strip())
+    while True:
+        stripped = _PREFIX.sub("", message, count=1)
+        if stripped == message:
+            break
+        message = stripped
+    bytes_repr = _BYTES.match(message)
+    if bytes_repr:
+        message = bytes_repr.group(2)
+    try:  # provider bodies are often JSON: {"error": {"message": "..."}}
+        body = json.loads(message)
+    except ValueError:
+        return message
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        return str(inner.get("message", inner) if isinstance(inner, dict) else inner)
+    return message
+
+
+def _model_error(exc: BaseException) -> ModelError:
+    """A readable ModelError: `model provider error: <status> <message>`."""
+    if isinstance(exc, ModelError):
+        return exc
+    status = getattr(exc, "status_code", None)
+    message = _clean_message(str(getattr(exc, "message", None) or exc or ""))
+    if len(message) > 500:
+        message = message[:500] + "…"
+    head = f"{status} " if isinstance(status, int) else ""
+    err = ModelError(f"model provider error: {head}{message or type(exc).__name__}")
+    err.__cause__ = exc
+    return err
+
+
+def _usage_of(obj: Any) -> Usage | None:
+    usage = getattr(obj, "usage", None)
+    if usage is None:
+        return None
+    if isinstance(usage, dict):
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    else:
+        prompt = getattr(usage, "prompt_tokens", None)
+        completion = getattr(usage, "completion_tokens", None)
+    if prompt is None and completion is None:
+        return None
+    return Usage(prompt_tokens=int(prompt or 0), completion_tokens=int(completion or 0))
+
+
+def _parse_args(raw: str) -> dict[str, Any]:
+    if not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {"_raw": raw}
+    return value if isinstance(value, dict) else {"_raw": raw}
+
+
+@dataclass(slots=True)
+class _CallAcc:
+    id: str = ""
+    name: str = ""
+    parts: list[str] = field(default_factory=list)
+
+    def done(self) -> ToolCallPart:
+        raw = "".join(self.parts)
+        return ToolCallPart(
+            id=self.id or f"call_{uuid.uuid4().hex[:24]}", name=self.name, args=_parse_args(raw), raw=raw
+        )
+
+
+class _ToolCalls:
+    """Accumulates streamed tool-call fragments keyed by index (a new id at a used index, as
+    some providers send, starts a new call)."""
+
+    def __init__(self) -> None:
+        self.calls: list[_CallAcc] = []
+        self.by_index: dict[int, _CallAcc] = {}
+
+    def add(self, frag: Any) -> None:
+        index = getattr(frag, "index", None)
+        index = len(self.calls) if index is None else int(index)
+        fid = getattr(frag, "id", None) or ""
+        acc = self.by_index.get(index)
+        if acc is None or (fid and acc.id and fid != acc.id):
+            acc = _CallAcc()
+            self.calls.append(acc)
+            self.by_index[index] = acc
+        if fid and not acc.id:
+            acc.id = fid
+        fn = getattr(frag, "function", None)
+        if fn is not None:
+            if getattr(fn, "name", None):
+                acc.name = fn.name
+            if getattr(fn, "arguments", None):
+                acc.parts.append(fn.arguments)
+
+
+def stream_completion(
+    target: ModelTarget,
+    messages: Sequence[dict[str, Any]],
+    tools: Sequence[dict[str, Any]] | None = None,
+    temperature: float | None = None,
+    timeout: float | None = 600.0,
+) -> Iterator[ModelDelta]:
+    """Stream one model call as TextPart… ToolCallPart… FinishPart.
+
+    Raises:
+        ModelError: the provider failed, before or during the stream.
+    """
+    litellm = get_litellm()
+    kwargs = _request_kwargs(target, messages, tools, temperature, timeout)
+    calls = _ToolCalls()
+    usage: Usage | None = None
+    raw_reason: str | None = None
+    try:
+        stream = litellm.completion(stream=True, stream_options={"include_usage": True}, **kwargs)
+        for chunk in stream:
+            u = _usage_of(chunk)
+            if u is not None:
+                usage = u
+            for choice in chunk.choices or ():
+                delta = choice.delta
+                if delta is not None:
+                    text = delta.content
+                    if text:
+                        yield TextPart(text)
+                    for frag in delta.tool_calls or ():
+                        calls.add(frag)
+                if choice.finish_reason:
+                    raw_reason = choice.finish_reason
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise _model_error(exc) from exc
+    for acc in calls.calls:
+        yield acc.done()
+    if calls.calls:
+        reason = "tool-calls"
+    else:
+        reason = _FINISH_REASONS.get(str(raw_reason), "other") if raw_reason else "stop"
+    yield FinishPart(reason, usage or Usage())
+
+
+def complete(
+    target: ModelTarget,
+    messages: Sequence[dict[str, Any]],
+    temperature: float | None = None,
+    timeout: float | None = 600.0,
+) -> tuple[str, Usage]:
+    """One non-streaming call without tools (compaction summaries): (text, usage).
+
+    Raises:
+        ModelError: the provider failed.
+    """
+    litellm = get_litellm()
+    try:
+        resp = litellm.completion(**_request_kwargs(target, messages, None, temperature, timeout))
+    except Exception as exc:
+        raise _model_error(exc) from exc
+    choices = getattr(resp, "choices", None) or []
+    text = ""
+    if choices:
+        text = getattr(choices[0].message, "content", None) or ""
+    return str(text), _usage_of(resp) or Usage()

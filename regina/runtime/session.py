@@ -1,0 +1,67 @@
+"""An instance's conversation, persisted as JSONL at `/.session/messages.jsonl` in its VFS (SPEC §5).
+
+Appends are incremental (one `vfs.append` per call); the whole file is rewritten only after
+compaction or a repair. The parsed history is cached after the first load, so a running loop
+never re-reads the file.
+"""
+
+from __future__ import annotations
+
+from regina.errors import VFSError
+from regina.runtime.messages import Message, from_jsonl, repair, to_jsonl
+from regina.vfs.base import VFS
+
+__all__ = ["Session", "SESSION_PATH"]
+
+SESSION_PATH = "/.session/messages.jsonl"
+
+
+class Session:
+    """The conversation of one instance, backed by a JSONL file in its VFS."""
+
+    def __init__(self, vfs: VFS, path: str = SESSION_PATH) -> None:
+        self.vfs = vfs
+        self.path = path
+        self._messages: list[Message] | None = None
+
+    def load(self) -> list[Message]:
+        """The history, oldest first (read once, then cached). Torn last lines are skipped."""
+        if self._messages is None:
+            try:
+                data = self.vfs.read(self.path) if self.vfs.exists(self.path) else b""
+            except VFSError:
+                data = b""
+            self._messages = from_jsonl(data)
+            if data and not data.endswith(b"\n"):
+                # A crash tore the last line: rewrite so the next append starts on a fresh line.
+                self.rewrite(self._messages)
+        return self._messages
+
+    @property
+    def messages(self) -> list[Message]:
+        """The cached history (loads it on first use). Do not mutate; use append/rewrite."""
+        return self.load()
+
+    def append(self, *msgs: Message) -> None:
+        """Persist messages at the end of the history (one VFS append)."""
+        if not msgs:
+            return
+        history = self.load()
+        self.vfs.append(self.path, to_jsonl(msgs))
+        history.extend(msgs)
+
+    def rewrite(self, msgs: list[Message]) -> None:
+        """Replace the whole history (after compaction or repair)."""
+        self.vfs.write(self.path, to_jsonl(msgs))
+        self._messages = list(msgs)
+
+    def repair(self) -> bool:
+        """Make the stored transcript valid (see `messages.repair`); True when it changed."""
+        fixed, changed = repair(self.load())
+        if changed:
+            self.rewrite(fixed)
+        return changed
+
+    def invalidate(self) -> None:
+        """Forget the cache so the next `load` reads the file again (e.g. after a restore)."""
+        self._messages = None

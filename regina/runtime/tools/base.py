@@ -1,0 +1,79 @@
+"""The Tool type and the `@tool` decorator used by custom tool modules (SPEC §2).
+
+A tool is a named function with a pydantic parameters model. Sync and async functions are
+both accepted; the runtime calls `Tool.invoke(args)` and gets a JSON-able result back.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from regina.errors import ToolError
+
+ToolFn = Callable[..., Any]
+
+
+@dataclass
+class Tool:
+    """A callable the model may use: name, description, parameters model and function."""
+
+    name: str
+    description: str
+    parameters: type[BaseModel]
+    fn: ToolFn
+    #: Extra JSON schema used instead of the model's when set (MCP tools bring their own).
+    json_schema: dict[str, Any] | None = field(default=None)
+
+    @property
+    def is_async(self) -> bool:
+        """True when `fn` is a coroutine function and must run on an event loop."""
+        return inspect.iscoroutinefunction(self.fn)
+
+    def schema(self) -> dict[str, Any]:
+        """Return the OpenAI-style function schema LiteLLM sends to the model."""
+        params = self.json_schema or self.parameters.model_json_schema()
+        return {
+            "type": "function",
+            "function": {"name": self.name, "description": self.description, "parameters": params},
+        }
+
+    def validate(self, args: dict[str, Any]) -> BaseModel:
+        """Validate raw arguments from the model; ToolError with a readable message if bad."""
+        try:
+            return self.parameters.model_validate(args)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or '(args)'}: {e['msg']}" for e in exc.errors()
+            )
+            raise ToolError(f"invalid arguments for tool {self.name!r}: {problems}") from exc
+
+    def call_sync(self, args: dict[str, Any]) -> Any:
+        """Validate and call a sync tool (async tools go through `call_async`)."""
+        return self.fn(self.validate(args))
+
+    async def call_async(self, args: dict[str, Any]) -> Any:
+        """Validate and call the tool from async code (sync tools are called directly)."""
+        result = self.fn(self.validate(args))
+        if isinstance(result, Awaitable):
+            return await result
+        return result
+
+
+def tool(
+    *, description: str, parameters: type[BaseModel], name: str | None = None
+) -> Callable[[ToolFn], Tool]:
+    """Turn a function taking one pydantic model into a Tool.
+
+    The name defaults to the module file's stem when loaded from a `tools:` path (the loader
+    renames it); otherwise to the function's name.
+    """
+
+    def wrap(fn: ToolFn) -> Tool:
+        return Tool(name=name or fn.__name__, description=description, parameters=parameters, fn=fn)
+
+    return wrap

@@ -1,0 +1,123 @@
+"""The `read_file`, `write_file` and `edit_file` default tools over an instance's VFS (SPEC §5).
+
+Paths are VFS paths; relative ones are taken from "/" (where `bash` starts too). Failures raise
+ToolError with a message written for the model.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from regina.errors import ToolError, VFSError
+from regina.runtime.tools.base import Tool
+from regina.vfs.base import VFS, normalize
+
+
+class ReadFileParams(BaseModel):
+    path: str = Field(description="Path of the file to read, e.g. /notes/todo.md")
+
+
+class WriteFileParams(BaseModel):
+    path: str = Field(description="Path of the file to create or replace; parent directories are created")
+    content: str = Field(description="The complete new content of the file")
+
+
+class EditFileParams(BaseModel):
+    path: str = Field(description="Path of the file to edit")
+    old_string: str = Field(description="Exact text to replace; must occur exactly once in the file")
+    new_string: str = Field(description="Text to put in its place")
+
+
+def _path(raw: str) -> str:
+    try:
+        return normalize(raw, "/")
+    except VFSError as exc:
+        raise ToolError(f"invalid path {raw!r}: {exc.message}") from exc
+
+
+def _read_text(vfs: VFS, path: str) -> str:
+    if not vfs.exists(path):
+        raise ToolError(f"file not found: {path}")
+    if vfs.stat(path).is_dir:
+        raise ToolError(f"{path} is a directory, not a file (use bash `ls {path}` to list it)")
+    try:
+        data = vfs.read(path)
+    except VFSError as exc:
+        raise ToolError(f"cannot read {path}: {exc.message}") from exc
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ToolError(
+            f"{path} is a binary file ({len(data)} bytes), not UTF-8 text; "
+            f"inspect it with bash (`od -c {path} | head`, `base64 {path}`)"
+        ) from None
+
+
+def _truncate(text: str, limit: int | None) -> str:
+    if limit is None or len(text) <= limit:
+        return text
+    return text[:limit] + f"\n[... truncated: showing {limit} of {len(text)} characters]"
+
+
+def file_tools(vfs: VFS, *, max_output_chars: int | None = None) -> dict[str, Tool]:
+    """The three file tools bound to `vfs`, keyed by name."""
+
+    def read_file(params: ReadFileParams) -> str:
+        return _truncate(_read_text(vfs, _path(params.path)), max_output_chars)
+
+    def write_file(params: WriteFileParams) -> str:
+        path = _path(params.path)
+        if path == "/" or (vfs.exists(path) and vfs.stat(path).is_dir):
+            raise ToolError(f"{path} is a directory; give the path of a file")
+        data = params.content.encode("utf-8")
+        try:
+            vfs.write(path, data)
+        except VFSError as exc:
+            raise ToolError(f"cannot write {path}: {exc.message}") from exc
+        return f"wrote {len(data)} bytes to {path}"
+
+    def edit_file(params: EditFileParams) -> str:
+        path = _path(params.path)
+        if params.old_string == "":
+            raise ToolError("old_string is empty; give the exact text to replace (use write_file to create)")
+        text = _read_text(vfs, path)
+        count = text.count(params.old_string)
+        if count == 0:
+            raise ToolError(
+                f"old_string not found in {path}; nothing was changed. It must match the file exactly, "
+                "including whitespace and indentation (read_file shows the current content)"
+            )
+        if count > 1:
+            raise ToolError(
+                f"old_string occurs {count} times in {path}; nothing was changed. It must occur exactly "
+                "once: include more surrounding lines to make it unique"
+            )
+        try:
+            vfs.write(path, text.replace(params.old_string, params.new_string, 1).encode("utf-8"))
+        except VFSError as exc:
+            raise ToolError(f"cannot write {path}: {exc.message}") from exc
+        return f"replaced 1 occurrence in {path}"
+
+    return {
+        "read_file": Tool(
+            name="read_file",
+            description="Read a text file from the workspace and return its content.",
+            parameters=ReadFileParams,
+            fn=read_file,
+        ),
+        "write_file": Tool(
+            name="write_file",
+            description="Create or overwrite a text file (parent directories are created).",
+            parameters=WriteFileParams,
+            fn=write_file,
+        ),
+        "edit_file": Tool(
+            name="edit_file",
+            description=(
+                "Replace old_string with new_string in a file. old_string must occur exactly once; "
+                "include enough context to make it unique."
+            ),
+            parameters=EditFileParams,
+            fn=edit_file,
+        ),
+    }

@@ -1,0 +1,338 @@
+"""A VFS over a real directory (``fsRootPath``): files are plain files on disk.
+
+Confinement: every VFS path is normalized lexically (".." never climbs above "/"), mapped under
+the root, then resolved with ``os.path.realpath``; the operation is refused unless the resolved
+path is the root or lies below it. Symlinks inside the tree that point inside the root are
+followed; symlinks pointing outside are refused (``VFSError: ... escapes the VFS root``). The VFS
+API cannot create symlinks. The check-then-use window (a symlink swapped in by another process
+between the check and the operation) is not closed: the tree is meant to be written through this
+object only.
+
+Meta (`get_meta`/`set_meta`) lives in a sidecar JSON file *next to* the root
+(``<root>.meta.json``) so the agent cannot see or change it.
+
+Snapshots use the same format as the SQLite backend (a SQLite database image with the
+``entries`` and ``meta`` tables): regular files and directories are copied (symlinks are
+skipped), under this object's lock so writes through it cannot interleave. A snapshot restores
+into any backend (`RealDirVFS.restore_snapshot`, `MemoryVFS.from_snapshot`, or the SQLite file).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import stat as stat_mod
+import tempfile
+import threading
+
+from regina.errors import VFSError
+from regina.vfs.base import FileStat, normalize
+from regina.vfs.sqlite import SQLiteVFS, _rollback_header, check_snapshot
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class RealDirVFS:
+    """A VFS rooted at a real directory, created when missing."""
+
+    def __init__(self, root: str) -> None:
+        os.makedirs(root, exist_ok=True)
+        self.root = os.path.realpath(root)
+        self._meta_path = self.root.rstrip(os.sep) + ".meta.json"
+        self._lock = threading.RLock()
+        self._closed = False
+
+    # -- path mapping -------------------------------------------------------------------------
+
+    def _real(self, path: str) -> tuple[str, str]:
+        """(normalized VFS path, real host path) — VFSError when it would leave the root."""
+        if self._closed:
+            raise VFSError("the filesystem is closed")
+        vp = normalize(path)
+        host = os.path.join(self.root, vp.lstrip("/")) if vp != "/" else self.root
+        resolved = os.path.realpath(host)
+        if resolved != self.root and not resolved.startswith(self.root + os.sep):
+            raise VFSError(f"path escapes the VFS root (symlink): {vp}")
+        return vp, resolved
+
+    # -- VFS protocol -------------------------------------------------------------------------
+
+    def read(self, path: str) -> bytes:
+        vp, real = self._real(path)
+        try:
+            with open(real, "rb") as fh:
+                return fh.read()
+        except FileNotFoundError:
+            raise VFSError(f"no such file: {vp}") from None
+        except IsADirectoryError:
+            raise VFSError(f"is a directory: {vp}") from None
+        except NotADirectoryError:
+            raise VFSError(f"no such file: {vp}") from None
+
+    def _ensure_parent(self, vp: str, real: str) -> None:
+        parent = os.path.dirname(real)
+        if os.path.isdir(parent):
+            return
+        self.mkdir(os.path.dirname(vp) or "/", parents=True)
+
+    def write(self, path: str, data: bytes) -> None:
+        vp, real = self._real(path)
+        with self._lock:
+            if os.path.isdir(real):
+                raise VFSError(f"is a directory: {vp}")
+            self._ensure_parent(vp, real)
+            directory = os.path.dirname(real)
+            mode = stat_mod.S_IMODE(os.stat(real).st_mode) if os.path.exists(real) else 0o644
+            fd, tmp = tempfile.mkstemp(prefix=".vfs-", dir=directory)
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.chmod(tmp, mode)
+                os.replace(tmp, real)
+            except BaseException:
+                try:
+                    os.remove(tmp)
+                except FileNotFoundError:
+                    pass
+                raise
+            _fsync_dir(directory)
+
+    def append(self, path: str, data: bytes) -> None:
+        vp, real = self._real(path)
+        with self._lock:
+            if os.path.isdir(real):
+                raise VFSError(f"is a directory: {vp}")
+            self._ensure_parent(vp, real)
+            with open(real, "ab") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+
+    def exists(self, path: str) -> bool:
+        try:
+            _, real = self._real(path)
+        except VFSError:
+            return False
+        return os.path.exists(real)
+
+    def stat(self, path: str) -> FileStat:
+        vp, real = self._real(path)
+        try:
+            st = os.stat(real)
+        except (FileNotFoundError, NotADirectoryError):
+            raise VFSError(f"no such file or directory: {vp}") from None
+        is_dir = stat_mod.S_ISDIR(st.st_mode)
+        return FileStat(
+            path=vp,
+            is_dir=is_dir,
+            size=0 if is_dir else st.st_size,
+            mtime=st.st_mtime,
+            mode=stat_mod.S_IMODE(st.st_mode),
+        )
+
+    def listdir(self, path: str) -> list[str]:
+        vp, real = self._real(path)
+        try:
+            return sorted(os.listdir(real))
+        except FileNotFoundError:
+            raise VFSError(f"no such directory: {vp}") from None
+        except NotADirectoryError:
+            raise VFSError(f"not a directory: {vp}") from None
+
+    def mkdir(self, path: str, parents: bool = True) -> None:
+        vp, real = self._real(path)
+        with self._lock:
+            if os.path.isdir(real):
+                return
+            if os.path.exists(real):
+                raise VFSError(f"file exists (not a directory): {vp}")
+            if parents and vp != "/":
+                parent_vp = os.path.dirname(vp)
+                if parent_vp != vp:
+                    self.mkdir(parent_vp, parents=True)
+            try:
+                os.mkdir(real)
+            except FileNotFoundError:
+                raise VFSError(f"parent directory does not exist: {os.path.dirname(vp)}") from None
+            except NotADirectoryError:
+                raise VFSError(f"not a directory: {os.path.dirname(vp)}") from None
+            except FileExistsError:
+                pass
+
+    def remove(self, path: str, recursive: bool = False) -> None:
+        vp, real = self._real(path)
+        if vp == "/":
+            raise VFSError("cannot remove the root directory")
+        with self._lock:
+            if not os.path.lexists(real):
+                raise VFSError(f"no such file or directory: {vp}")
+            if os.path.isdir(real):
+                if os.listdir(real) and not recursive:
+                    raise VFSError(f"directory not empty: {vp}")
+                shutil.rmtree(real)
+            else:
+                os.remove(real)
+
+    def rename(self, src: str, dst: str) -> None:
+        svp, sreal = self._real(src)
+        dvp, dreal = self._real(dst)
+        if svp == "/" or dvp == "/":
+            raise VFSError("cannot move the root directory")
+        if svp == dvp:
+            return
+        if dvp.startswith(svp + "/"):
+            raise VFSError(f"cannot move {svp} into itself ({dvp})")
+        with self._lock:
+            if not os.path.exists(sreal):
+                raise VFSError(f"no such file or directory: {svp}")
+            if not os.path.isdir(os.path.dirname(dreal)):
+                raise VFSError(f"destination directory does not exist: {os.path.dirname(dvp)}")
+            if os.path.isdir(dreal):
+                if not os.path.isdir(sreal):
+                    raise VFSError(f"is a directory: {dvp}")
+                if os.listdir(dreal):
+                    raise VFSError(f"directory not empty: {dvp}")
+            elif os.path.exists(dreal) and os.path.isdir(sreal):
+                raise VFSError(f"not a directory: {dvp}")
+            os.replace(sreal, dreal)
+
+    def chmod(self, path: str, mode: int) -> None:
+        vp, real = self._real(path)
+        try:
+            os.chmod(real, int(mode) & 0o7777)
+        except FileNotFoundError:
+            raise VFSError(f"no such file or directory: {vp}") from None
+
+    def set_mtime(self, path: str, mtime: float) -> None:
+        """Set a path's modification time (used by `touch`)."""
+        vp, real = self._real(path)
+        try:
+            os.utime(real, (mtime, mtime))
+        except FileNotFoundError:
+            raise VFSError(f"no such file or directory: {vp}") from None
+
+    def close(self) -> None:
+        self._closed = True
+
+    # -- extras -------------------------------------------------------------------------------
+
+    def _load_meta(self) -> dict[str, str]:
+        try:
+            with open(self._meta_path, encoding="utf-8") as fh:
+                data = json.load(fh)
+        except FileNotFoundError:
+            return {}
+        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+    def get_meta(self, key: str) -> str | None:
+        """Value stored under `key` in the sidecar meta file, or None."""
+        with self._lock:
+            return self._load_meta().get(key)
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Store `value` under `key` (written atomically, fsynced)."""
+        with self._lock:
+            meta = self._load_meta()
+            meta[key] = str(value)
+            directory = os.path.dirname(self._meta_path)
+            fd, tmp = tempfile.mkstemp(prefix=".meta-", dir=directory)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(meta, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self._meta_path)
+
+    def snapshot(self) -> bytes:
+        """The tree (regular files and directories) and meta as a SQLite database image."""
+        if self._closed:
+            raise VFSError("the filesystem is closed")
+        with self._lock:
+            mem = SQLiteVFS(":memory:", synchronous="OFF")
+            try:
+                for dirpath, dirnames, filenames in os.walk(self.root):
+                    rel = os.path.relpath(dirpath, self.root)
+                    base = "/" if rel == "." else "/" + rel.replace(os.sep, "/")
+                    for name in list(dirnames):
+                        full = os.path.join(dirpath, name)
+                        if os.path.islink(full):
+                            dirnames.remove(name)
+                            continue
+                        vp = base.rstrip("/") + "/" + name
+                        mem.mkdir(vp)
+                        mem.chmod(vp, stat_mod.S_IMODE(os.stat(full).st_mode))
+                    for name in filenames:
+                        full = os.path.join(dirpath, name)
+                        if os.path.islink(full) or not os.path.isfile(full):
+                            continue
+                        vp = base.rstrip("/") + "/" + name
+                        with open(full, "rb") as fh:
+                            mem.write(vp, fh.read())
+                        mem.chmod(vp, stat_mod.S_IMODE(os.stat(full).st_mode))
+                for key, value in self._load_meta().items():
+                    mem.set_meta(key, value)
+                return mem.snapshot()
+            finally:
+                mem.close()
+
+    @classmethod
+    def restore_snapshot(cls, root: str, data: bytes) -> None:
+        """Replace the directory `root` (and its meta) with a snapshot's contents.
+
+        The tree is built in a sibling temporary directory, then swapped in with renames, so a
+        crash leaves either the old tree or the new one (plus a stray temp dir).
+        """
+        check_snapshot(data)
+        root = os.path.abspath(root)
+        parent = os.path.dirname(root)
+        os.makedirs(parent, exist_ok=True)
+        build = tempfile.mkdtemp(prefix=".restore-", dir=parent)
+        os.chmod(build, 0o755)
+        conn = sqlite3.connect(":memory:")
+        try:
+            conn.deserialize(_rollback_header(data))
+            rows = conn.execute("SELECT path, is_dir, data, mode FROM entries ORDER BY path").fetchall()
+            for path, is_dir, blob, mode in rows:
+                if path == "/":
+                    continue
+                target = os.path.join(build, normalize(path).lstrip("/"))
+                if is_dir:
+                    os.makedirs(target, exist_ok=True)
+                else:
+                    os.makedirs(os.path.dirname(target), exist_ok=True)
+                    with open(target, "wb") as fh:
+                        fh.write(bytes(blob))
+                os.chmod(target, int(mode) & 0o7777)
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        except BaseException:
+            shutil.rmtree(build, ignore_errors=True)
+            raise
+        finally:
+            conn.close()
+        old = None
+        if os.path.lexists(root):
+            old = tempfile.mkdtemp(prefix=".old-", dir=parent)
+            os.rmdir(old)
+            os.replace(root, old)
+        os.replace(build, root)
+        meta_path = root.rstrip(os.sep) + ".meta.json"
+        with open(meta_path + ".tmp", "w", encoding="utf-8") as fh:
+            json.dump(meta, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(meta_path + ".tmp", meta_path)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+        _fsync_dir(parent)
+
+    def __repr__(self) -> str:
+        return f"RealDirVFS({self.root!r})"

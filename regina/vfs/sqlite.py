@@ -1,0 +1,440 @@
+"""SQLite-backed VFS: one database file per instance (the default backend, SPEC §5).
+
+Layout (schema version 1, stored as meta key ``vfs.schema``)::
+
+    entries(path TEXT PRIMARY KEY, parent TEXT, is_dir INTEGER, data BLOB, mode INTEGER, mtime REAL)
+    meta(key TEXT PRIMARY KEY, value TEXT)
+
+The root "/" is always a directory row. ``parent`` is indexed so ``listdir`` does not scan.
+
+Durability: the database is in WAL mode and every write is committed before the method returns.
+The default ``synchronous=FULL`` fsyncs the WAL on each commit, so a write acknowledged to the
+model survives a process kill *and* a power loss/OS crash. ``NORMAL`` survives a process kill
+only (the WAL may lose its last commits on power loss) and is several times faster on slow
+disks; pass ``synchronous="NORMAL"`` when that trade is acceptable.
+
+Thread safety: one connection (``check_same_thread=False``) guarded by an ``RLock``; under gevent
+monkey patching that lock is cooperative, so several greenlets may share one instance.
+
+Snapshots use SQLite's online backup API into an in-memory database, then ``serialize()``. For
+a file database the backup reads through a *separate* connection inside one read transaction,
+so it sees exactly one committed state (WAL snapshot isolation) without blocking writers.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import sqlite3
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from regina.errors import VFSError
+from regina.vfs.base import FileStat, normalize
+
+SCHEMA_VERSION = "1"
+_DIR_MODE = 0o755
+_FILE_MODE = 0o644
+_SYNC_LEVELS = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    path   TEXT PRIMARY KEY,
+    parent TEXT NOT NULL,
+    is_dir INTEGER NOT NULL,
+    data   BLOB NOT NULL DEFAULT x'',
+    mode   INTEGER NOT NULL,
+    mtime  REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS entries_parent ON entries(parent);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+def _parent(path: str) -> str:
+    return posixpath.dirname(path) if path != "/" else ""
+
+
+def _subtree_bounds(path: str) -> tuple[str, str]:
+    """Range [lo, hi) holding every path strictly below `path` ('0' sorts right after '/')."""
+    prefix = "/" if path == "/" else path + "/"
+    return prefix, prefix[:-1] + "0"
+
+
+class SQLiteVFS:
+    """A VFS stored in one SQLite file (or ``":memory:"``)."""
+
+    def __init__(self, path: str, *, synchronous: str = "FULL") -> None:
+        if synchronous.upper() not in _SYNC_LEVELS:
+            raise VFSError(f"synchronous must be one of {_SYNC_LEVELS}, got {synchronous!r}")
+        self.path = path
+        self._lock = threading.RLock()
+        self._closed = False
+        if path != ":memory:":
+            parent = os.path.dirname(os.path.abspath(path))
+            os.makedirs(parent, exist_ok=True)
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._init_db(synchronous.upper())
+
+    def _init_db(self, synchronous: str) -> None:
+        conn = self._conn
+        if self.path != ":memory:":
+            conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+        conn.execute("PRAGMA busy_timeout=10000")
+        conn.executescript(_SCHEMA)
+        with self._tx() as cur:
+            cur.execute(
+                "INSERT OR IGNORE INTO entries(path, parent, is_dir, data, mode, mtime) "
+                "VALUES ('/', '', 1, x'', ?, ?)",
+                (_DIR_MODE, time.time()),
+            )
+            cur.execute(
+                "INSERT OR IGNORE INTO meta(key, value) VALUES ('vfs.schema', ?)", (SCHEMA_VERSION,)
+            )
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Cursor]:
+        """Hold the lock and run one IMMEDIATE transaction; committed before returning."""
+        with self._lock:
+            if self._closed:
+                raise VFSError("the filesystem is closed")
+            cur = self._conn.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            else:
+                cur.execute("COMMIT")
+            finally:
+                cur.close()
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Cursor]:
+        with self._lock:
+            if self._closed:
+                raise VFSError("the filesystem is closed")
+            cur = self._conn.cursor()
+            try:
+                yield cur
+            finally:
+                cur.close()
+
+    @staticmethod
+    def _kind(cur: sqlite3.Cursor, path: str) -> int | None:
+        """1 for a directory, 0 for a file, None when missing."""
+        row = cur.execute("SELECT is_dir FROM entries WHERE path = ?", (path,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def _ensure_parents(self, cur: sqlite3.Cursor, path: str, now: float) -> None:
+        missing: list[str] = []
+        parent = _parent(path)
+        while parent:
+            kind = self._kind(cur, parent)
+            if kind == 1:
+                break
+            if kind == 0:
+                raise VFSError(f"not a directory: {parent}")
+            missing.append(parent)
+            parent = _parent(parent)
+        for d in reversed(missing):
+            cur.execute(
+                "INSERT INTO entries(path, parent, is_dir, data, mode, mtime) VALUES (?, ?, 1, x'', ?, ?)",
+                (d, _parent(d), _DIR_MODE, now),
+            )
+
+    # -- VFS protocol -------------------------------------------------------------------------
+
+    def read(self, path: str) -> bytes:
+        p = normalize(path)
+        with self._read() as cur:
+            row = cur.execute("SELECT is_dir, data FROM entries WHERE path = ?", (p,)).fetchone()
+        if row is None:
+            raise VFSError(f"no such file: {p}")
+        if row[0]:
+            raise VFSError(f"is a directory: {p}")
+        return bytes(row[1])
+
+    def write(self, path: str, data: bytes) -> None:
+        p = normalize(path)
+        if p == "/":
+            raise VFSError("is a directory: /")
+        now = time.time()
+        with self._tx() as cur:
+            kind = self._kind(cur, p)
+            if kind == 1:
+                raise VFSError(f"is a directory: {p}")
+            if kind is None:
+                self._ensure_parents(cur, p, now)
+            cur.execute(
+                "INSERT INTO entries(path, parent, is_dir, data, mode, mtime) VALUES (?, ?, 0, ?, ?, ?) "
+                "ON CONFLICT(path) DO UPDATE SET data = excluded.data, mtime = excluded.mtime",
+                (p, _parent(p), sqlite3.Binary(bytes(data)), _FILE_MODE, now),
+            )
+
+    def append(self, path: str, data: bytes) -> None:
+        p = normalize(path)
+        now = time.time()
+        with self._tx() as cur:
+            # `||` yields TEXT; casting back to BLOB keeps the bytes as they are.
+            cur.execute(
+                "UPDATE entries SET data = CAST(data || ? AS BLOB), mtime = ? WHERE path = ? AND is_dir = 0",
+                (sqlite3.Binary(bytes(data)), now, p),
+            )
+            if cur.rowcount:
+                return
+            if p == "/" or self._kind(cur, p) == 1:
+                raise VFSError(f"is a directory: {p}")
+            self._ensure_parents(cur, p, now)
+            cur.execute(
+                "INSERT INTO entries(path, parent, is_dir, data, mode, mtime) VALUES (?, ?, 0, ?, ?, ?)",
+                (p, _parent(p), sqlite3.Binary(bytes(data)), _FILE_MODE, now),
+            )
+
+    def exists(self, path: str) -> bool:
+        p = normalize(path)
+        with self._read() as cur:
+            return self._kind(cur, p) is not None
+
+    def stat(self, path: str) -> FileStat:
+        p = normalize(path)
+        with self._read() as cur:
+            row = cur.execute(
+                "SELECT is_dir, length(data), mtime, mode FROM entries WHERE path = ?", (p,)
+            ).fetchone()
+        if row is None:
+            raise VFSError(f"no such file or directory: {p}")
+        return FileStat(path=p, is_dir=bool(row[0]), size=int(row[1]), mtime=float(row[2]), mode=int(row[3]))
+
+    def listdir(self, path: str) -> list[str]:
+        p = normalize(path)
+        with self._read() as cur:
+            kind = self._kind(cur, p)
+            if kind is None:
+                raise VFSError(f"no such directory: {p}")
+            if kind == 0:
+                raise VFSError(f"not a directory: {p}")
+            rows = cur.execute("SELECT path FROM entries WHERE parent = ?", (p,)).fetchall()
+        return sorted(posixpath.basename(r[0]) for r in rows)
+
+    def mkdir(self, path: str, parents: bool = True) -> None:
+        p = normalize(path)
+        now = time.time()
+        with self._tx() as cur:
+            kind = self._kind(cur, p)
+            if kind == 1:
+                return
+            if kind == 0:
+                raise VFSError(f"file exists (not a directory): {p}")
+            if parents:
+                self._ensure_parents(cur, p, now)
+            elif self._kind(cur, _parent(p)) != 1:
+                raise VFSError(f"parent directory does not exist: {_parent(p)}")
+            cur.execute(
+                "INSERT INTO entries(path, parent, is_dir, data, mode, mtime) VALUES (?, ?, 1, x'', ?, ?)",
+                (p, _parent(p), _DIR_MODE, now),
+            )
+
+    def remove(self, path: str, recursive: bool = False) -> None:
+        p = normalize(path)
+        if p == "/":
+            raise VFSError("cannot remove the root directory")
+        with self._tx() as cur:
+            kind = self._kind(cur, p)
+            if kind is None:
+                raise VFSError(f"no such file or directory: {p}")
+            if kind == 1:
+                lo, hi = _subtree_bounds(p)
+                has_children = cur.execute(
+                    "SELECT 1 FROM entries WHERE path >= ? AND path < ? LIMIT 1", (lo, hi)
+                ).fetchone()
+                if has_children:
+                    if not recursive:
+                        raise VFSError(f"directory not empty: {p}")
+                    cur.execute("DELETE FROM entries WHERE path >= ? AND path < ?", (lo, hi))
+            cur.execute("DELETE FROM entries WHERE path = ?", (p,))
+
+    def rename(self, src: str, dst: str) -> None:
+        s, d = normalize(src), normalize(dst)
+        if s == "/" or d == "/":
+            raise VFSError("cannot move the root directory")
+        if s == d:
+            return
+        if d.startswith(s + "/"):
+            raise VFSError(f"cannot move {s} into itself ({d})")
+        now = time.time()
+        with self._tx() as cur:
+            skind = self._kind(cur, s)
+            if skind is None:
+                raise VFSError(f"no such file or directory: {s}")
+            if self._kind(cur, _parent(d)) != 1:
+                raise VFSError(f"destination directory does not exist: {_parent(d)}")
+            dkind = self._kind(cur, d)
+            if dkind == 1:
+                lo, hi = _subtree_bounds(d)
+                if skind == 0:
+                    raise VFSError(f"is a directory: {d}")
+                if cur.execute("SELECT 1 FROM entries WHERE path >= ? AND path < ? LIMIT 1", (lo, hi)).fetchone():
+                    raise VFSError(f"directory not empty: {d}")
+            elif dkind == 0 and skind == 1:
+                raise VFSError(f"not a directory: {d}")
+            if dkind is not None:
+                cur.execute("DELETE FROM entries WHERE path = ?", (d,))
+            if skind == 1:
+                lo, hi = _subtree_bounds(s)
+                n = len(s)
+                cur.execute(
+                    "UPDATE entries SET path = ? || substr(path, ?), parent = ? || substr(parent, ?) "
+                    "WHERE path >= ? AND path < ?",
+                    (d, n + 1, d, n + 1, lo, hi),
+                )
+            cur.execute(
+                "UPDATE entries SET path = ?, parent = ?, mtime = ? WHERE path = ?", (d, _parent(d), now, s)
+            )
+
+    def chmod(self, path: str, mode: int) -> None:
+        p = normalize(path)
+        with self._tx() as cur:
+            cur.execute("UPDATE entries SET mode = ? WHERE path = ?", (int(mode) & 0o7777, p))
+            if not cur.rowcount:
+                raise VFSError(f"no such file or directory: {p}")
+
+    def set_mtime(self, path: str, mtime: float) -> None:
+        """Set a path's modification time (used by `touch`)."""
+        p = normalize(path)
+        with self._tx() as cur:
+            cur.execute("UPDATE entries SET mtime = ? WHERE path = ?", (float(mtime), p))
+            if not cur.rowcount:
+                raise VFSError(f"no such file or directory: {p}")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._conn.close()
+
+    # -- extras -------------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        """Value stored under `key` in the meta table, or None."""
+        with self._read() as cur:
+            row = cur.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Store `value` under `key` (committed before returning)."""
+        with self._tx() as cur:
+            cur.execute(
+                "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, str(value)),
+            )
+
+    def snapshot(self) -> bytes:
+        """A consistent copy of the whole database as bytes (a SQLite database image)."""
+        mem = sqlite3.connect(":memory:")
+        try:
+            if self.path == ":memory:":
+                with self._lock:
+                    if self._closed:
+                        raise VFSError("the filesystem is closed")
+                    self._conn.backup(mem)
+            else:
+                if self._closed:
+                    raise VFSError("the filesystem is closed")
+                # A separate connection: one read transaction (pages=-1 = a single step) sees one
+                # committed state, and writers on self._conn are not blocked meanwhile.
+                src = sqlite3.connect(self.path)
+                try:
+                    src.execute("PRAGMA busy_timeout=10000")
+                    src.backup(mem)
+                finally:
+                    src.close()
+            return _rollback_header(mem.serialize())
+        finally:
+            mem.close()
+
+    @classmethod
+    def restore_snapshot(cls, path: str, data: bytes) -> None:
+        """Write snapshot `data` to `path` atomically (see module-level `restore_snapshot`)."""
+        restore_snapshot(path, data)
+
+    def __enter__(self) -> SQLiteVFS:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.path!r})"
+
+
+def _rollback_header(image: bytes) -> bytes:
+    """Mark a complete image as a rollback-journal database (header bytes 18-19 = 1).
+
+    A backup of a WAL database keeps "WAL" in its header; such an image cannot be deserialized
+    into memory. The image holds every committed page, so no WAL content is lost by this.
+    """
+    if len(image) >= 20 and image[18:20] == b"\x02\x02":
+        return image[:18] + b"\x01\x01" + image[20:]
+    return image
+
+
+def check_snapshot(data: bytes) -> None:
+    """Raise VFSError unless `data` is a SQLite image holding a VFS (integrity checked)."""
+    if not data.startswith(b"SQLite format 3\x00"):
+        raise VFSError("snapshot is not a SQLite database image")
+    conn = sqlite3.connect(":memory:")
+    try:
+        conn.deserialize(_rollback_header(data))
+        ok = conn.execute("PRAGMA integrity_check").fetchone()
+        if not ok or ok[0] != "ok":
+            raise VFSError(f"snapshot failed its integrity check: {ok}")
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not {"entries", "meta"} <= tables:
+            raise VFSError("snapshot is not a Regina VFS (missing tables)")
+    except sqlite3.DatabaseError as exc:
+        raise VFSError(f"snapshot is not a valid SQLite database: {exc}") from exc
+    finally:
+        conn.close()
+
+
+def restore_snapshot(path: str, data: bytes) -> None:
+    """Write a snapshot to `path` atomically: temp file + fsync + rename + directory fsync.
+
+    Any ``-wal``/``-shm`` files left next to `path` are removed first (a stale WAL must never be
+    replayed over the restored image). No SQLiteVFS may have `path` open while this runs.
+    """
+    check_snapshot(data)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".restore-", suffix=".sqlite", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        for suffix in ("-wal", "-shm", "-journal"):
+            try:
+                os.remove(path + suffix)
+            except FileNotFoundError:
+                pass
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -1,0 +1,34 @@
+"""The one interface every storage adapter implements.
+
+Backups of suspended instances are opaque blobs under string keys such as
+"instances/<instanceId>/vfs". Adapters must be safe to call from several greenlets/threads.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """Blob storage for instance backups: fs, S3 or Redis."""
+
+    def put(self, key: str, data: bytes) -> None:
+        """Store `data` under `key`, replacing any previous value atomically."""
+        ...
+
+    def get(self, key: str) -> bytes | None:
+        """Return the bytes stored under `key`, or None when there are none."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove `key`; no error when it does not exist."""
+        ...
+
+    def list(self, prefix: str = "") -> list[str]:
+        """Return every stored key that starts with `prefix`, sorted."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and clients."""
+        ...

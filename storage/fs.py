@@ -1,0 +1,121 @@
+"""Backups as files under one directory, written atomically so a crash never leaves half a blob."""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import os
+import tempfile
+from pathlib import Path, PurePosixPath
+
+from regina.errors import StorageError
+
+#: Suffix of in-flight temp files; `list` skips them and `put` refuses keys that end with it.
+TEMP_SUFFIX = ".regina-tmp"
+
+
+class FsStorage:
+    """Blob storage on a local or shared filesystem; a key's "/" segments become directories."""
+
+    def __init__(self, base_path: str | os.PathLike[str]) -> None:
+        self.base_path = Path(base_path).resolve()
+        try:
+            self.base_path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"fs storage: cannot create base path {str(self.base_path)!r}: {exc}") from exc
+
+    def _path(self, key: str) -> Path:
+        """Map `key` to a file under base_path, refusing keys that would land anywhere else."""
+        parts = PurePosixPath(key).parts if key else ()
+        bad = (
+            not parts
+            or key.startswith("/")
+            or "\x00" in key
+            or key.endswith(TEMP_SUFFIX)
+            or any(p in ("", ".", "..") for p in key.split("/"))
+        )
+        if bad:
+            raise StorageError(f"fs storage: invalid key {key!r} (relative, no '.'/'..'/empty segments)")
+        path = self.base_path.joinpath(*parts)
+        # A symlink inside base_path could still point outside it; check where the path really is.
+        if not path.resolve().is_relative_to(self.base_path):
+            raise StorageError(f"fs storage: key {key!r} escapes the base path")
+        return path
+
+    def put(self, key: str, data: bytes) -> None:
+        """Write to a temp file in the target dir, fsync, then os.replace: readers see old or new."""
+        path = self._path(key)
+        tmp_name: str | None = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp_name, path)
+            tmp_name = None
+            self._fsync_dir(path.parent)
+        except OSError as exc:
+            raise StorageError(f"fs storage: cannot write key {key!r}: {exc}") from exc
+        finally:
+            if tmp_name is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp_name)
+
+    def get(self, key: str) -> bytes | None:
+        """Read the whole file; a missing file means no backup."""
+        path = self._path(key)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageError(f"fs storage: cannot read key {key!r}: {exc}") from exc
+
+    def delete(self, key: str) -> None:
+        """Unlink the file; empty directories are left for a later put to reuse."""
+        path = self._path(key)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageError(f"fs storage: cannot delete key {key!r}: {exc}") from exc
+
+    def list(self, prefix: str = "") -> builtins.list[str]:
+        """Walk from the deepest directory the prefix names, skipping temp files."""
+        start = self.base_path
+        head = prefix.rpartition("/")[0]
+        if head:
+            try:
+                start = self._path(head)
+            except StorageError:
+                return []  # no stored key can contain an invalid segment
+        keys: builtins.list[str] = []
+        for dirpath, _dirnames, filenames in os.walk(start, onerror=_raise):
+            rel = Path(dirpath).relative_to(self.base_path).as_posix()
+            for name in filenames:
+                if name.endswith(TEMP_SUFFIX):
+                    continue
+                key = name if rel == "." else f"{rel}/{name}"
+                if key.startswith(prefix):
+                    keys.append(key)
+        return sorted(keys)
+
+    def close(self) -> None:
+        """Nothing to release: every call opens and closes its own file."""
+
+    @staticmethod
+    def _fsync_dir(directory: Path) -> None:
+        """Make the rename itself durable (POSIX only persists it once the directory is synced)."""
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _raise(exc: OSError) -> None:
+    """Let os.walk report unreadable directories instead of silently skipping them."""
+    if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+        return  # the prefix's directory does not exist (yet), or is a key: nothing under it
+    raise StorageError(f"fs storage: cannot list {exc.filename!r}: {exc}") from exc

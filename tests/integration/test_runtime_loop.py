@@ -1,0 +1,366 @@
+"""The agent loop against a real fake-LLM HTTP server, in OpenAI and Anthropic wire formats.
+
+Everything below the model is real: LiteLLM, the HTTP server, the VFS, the file tools, the
+session JSONL. Each test scripts the model, runs one turn and checks the events, the requests the
+model received, and what was persisted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from regina.config import Compaction
+from regina.errors import ToolError
+from regina.providers import ModelTarget
+from regina.runtime.compaction import SUMMARY_PREFIX
+from regina.runtime.events import Event, Usage, event_to_dict
+from regina.runtime.loop import TurnResult, run_turn
+from regina.runtime.messages import OUTCOME_UNKNOWN, assistant, tool_call, user
+from regina.runtime.session import Session
+from regina.runtime.tools.base import Tool
+from regina.runtime.tools.files import file_tools
+from regina.vfs import MemoryVFS, SQLiteVFS
+from regina.vfs.base import VFS
+from tests.harness.fake_llm import FakeLLM, RecordedRequest, Reply, ToolCall
+
+SYSTEM = "You are a test agent."
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeLLM]:
+    server = FakeLLM().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["openai", "anthropic"])
+def target(request: pytest.FixtureRequest, fake: FakeLLM) -> ModelTarget:
+    fake.reset()
+    if request.param == "openai":
+        return ModelTarget("openai", "openai/gpt-4o", "sk-test", fake.url + "/v1")
+    return ModelTarget("anthropic", "anthropic/claude-sonnet-4-5", "sk-ant-test", fake.url)
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def vfs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[VFS]:
+    v: VFS = MemoryVFS() if request.param == "memory" else SQLiteVFS(str(tmp_path / "vfs.sqlite"))
+    yield v
+    v.close()
+
+
+class Turn:
+    """Runs turns and records their events."""
+
+    def __init__(self, target: ModelTarget, vfs: VFS, tools: dict[str, Tool] | None = None) -> None:
+        self.target = target
+        self.vfs = vfs
+        self.session = Session(vfs)
+        self.tools = file_tools(vfs) if tools is None else tools
+        self.events: list[dict[str, Any]] = []
+        self.steer: list[list[str]] = []  # one list per drain call, consumed in order
+        self.heartbeats = 0
+
+    def drain(self) -> list[str]:
+        return self.steer.pop(0) if self.steer else []
+
+    def beat(self) -> None:
+        self.heartbeats += 1
+
+    def emit(self, ev: Event) -> None:
+        self.events.append(event_to_dict(ev))
+
+    def run(self, message: str | None, **kw: Any) -> TurnResult:
+        return run_turn(
+            target=self.target,
+            system_prompt=SYSTEM,
+            tools=self.tools,
+            session=self.session,
+            user_message=message,
+            emit=self.emit,
+            drain_steering=self.drain,
+            heartbeat=self.beat,
+            **kw,
+        )
+
+    def types(self) -> list[str]:
+        out: list[str] = []
+        for e in self.events:
+            if e["type"] == "text-delta" and out and out[-1] == "text-delta":
+                continue
+            out.append(e["type"])
+        return out
+
+    def persisted(self) -> list[dict[str, Any]]:
+        """The session as a fresh process would load it."""
+        return Session(self.vfs).load()
+
+
+def _usage(reqs: list[RecordedRequest]) -> dict[str, int]:
+    return {"promptTokens": sum(r.usage[0] for r in reqs), "completionTokens": sum(r.usage[1] for r in reqs)}
+
+
+def test_text_answer_streams_deltas_and_reports_the_servers_usage(fake: FakeLLM, target: ModelTarget) -> None:
+    fake.push(Reply(text="Hello there, this is a streamed answer."))
+    t = Turn(target, MemoryVFS())
+    result = t.run("hi", run_id="run-1")
+
+    deltas = [e["textDelta"] for e in t.events if e["type"] == "text-delta"]
+    assert len(deltas) > 3
+    assert "".join(deltas) == result.text == "Hello there, this is a streamed answer."
+    assert t.types() == ["text-delta", "step-finish", "finish"]
+    assert result.error is None and result.finish_reason == "stop" and result.steps == 1
+    (req,) = fake.requests
+    assert req.stream
+    assert [(m["role"], m["content"]) for m in req.messages] == [("system", SYSTEM), ("user", "hi")]
+    assert t.events[-1] == {"type": "finish", "finishReason": "stop", "text": result.text, "usage": _usage([req])}
+    assert result.usage == Usage(prompt_tokens=req.usage[0], completion_tokens=req.usage[1])
+    assert t.persisted() == [
+        {"role": "user", "content": "hi", "runId": "run-1"},
+        {"role": "assistant", "content": result.text, "runId": "run-1"},
+    ]
+    assert t.heartbeats == 1
+
+
+def test_multi_step_tool_run(fake: FakeLLM, target: ModelTarget, vfs: VFS) -> None:
+    fake.push(
+        Reply(text="Writing it.", tool_calls=[ToolCall("write_file", {"path": "/notes/a.txt", "content": "hi!"})]),
+        Reply(tool_calls=[ToolCall("read_file", {"path": "/notes/a.txt"})]),
+        Reply(text="The file says hi!"),
+    )
+    t = Turn(target, vfs)
+    result = t.run("write then read", run_id="r2")
+
+    assert t.types() == [
+        "text-delta", "tool-call", "tool-result", "step-finish",
+        "tool-call", "tool-result", "step-finish",
+        "text-delta", "step-finish", "finish",
+    ]  # fmt: skip
+    calls = [e for e in t.events if e["type"] == "tool-call"]
+    results = [e for e in t.events if e["type"] == "tool-result"]
+    ids = [fake.requests[0].reply.tool_calls[0].id, fake.requests[1].reply.tool_calls[0].id]
+    assert [c["toolCallId"] for c in calls] == [r["toolCallId"] for r in results] == ids
+    assert calls[0]["args"] == {"path": "/notes/a.txt", "content": "hi!"}
+    assert results[1] == {"type": "tool-result", "toolCallId": ids[1], "toolName": "read_file", "result": "hi!"}
+    steps = [e for e in t.events if e["type"] == "step-finish"]
+    assert [s["finishReason"] for s in steps] == ["tool-calls", "tool-calls", "stop"]
+    assert [s["usage"] for s in steps] == [_usage([r]) for r in fake.requests]
+    assert t.events[-1]["usage"] == _usage(fake.requests)
+    assert result.text == "The file says hi!" and result.steps == 3 and t.heartbeats == 3
+    assert vfs.read("/notes/a.txt") == b"hi!"
+
+    # The model saw the tool results, paired with its calls.
+    second = fake.requests[1].messages
+    assert second[-2]["tool_calls"][0]["id"] == ids[0]
+    assert second[-1] == {"role": "tool", "content": results[0]["result"], "tool_call_id": ids[0]}
+    assert fake.requests[2].messages[-1]["content"] == "hi!"
+
+    saved = t.persisted()
+    assert [(m["role"], m.get("tool_call_id")) for m in saved] == [
+        ("user", None), ("assistant", None), ("tool", ids[0]), ("assistant", None), ("tool", ids[1]),
+        ("assistant", None),
+    ]  # fmt: skip
+    assert saved[1]["content"] == "Writing it."
+    assert saved[1]["tool_calls"][0]["id"] == ids[0]
+    assert json.loads(saved[1]["tool_calls"][0]["function"]["arguments"]) == calls[0]["args"]
+    assert saved[4]["content"] == "hi!"
+    assert all(m["runId"] == "r2" for m in saved)
+    assert saved == t.session.messages
+
+
+def test_steering_drained_at_a_step_boundary_reaches_the_next_request(fake: FakeLLM, target: ModelTarget) -> None:
+    fake.push(
+        Reply(tool_calls=[ToolCall("write_file", {"path": "/x", "content": "1"})]),
+        Reply(text="Done, and I also noted the steer."),
+    )
+    t = Turn(target, MemoryVFS())
+    t.steer = [["queued while idle"], ["also use French"]]  # start of run, then after step 1
+    t.run("do it")
+
+    first, second = fake.requests
+    # Anthropic gets consecutive user messages merged into one (LiteLLM keeps roles alternating).
+    assert "".join(m["content"] for m in first.messages if m["role"] == "user") == "queued while idledo it"
+    assert "also use French" not in first.all_text
+    assert second.messages[-1] == {"role": "user", "content": "also use French"}
+    assert second.messages[-2]["role"] == "tool"
+    saved = t.persisted()
+    assert [(m["role"], m["content"]) for m in saved if m["role"] == "user"] == [
+        ("user", "queued while idle"),
+        ("user", "do it"),
+        ("user", "also use French"),
+    ]
+    assert saved[-2] == {"role": "user", "content": "also use French"}
+
+
+def test_steering_after_a_final_answer_continues_the_loop(fake: FakeLLM, target: ModelTarget) -> None:
+    fake.push(Reply(text="First answer."), Reply(text="Second answer."))
+    t = Turn(target, MemoryVFS())
+    t.steer = [[], ["wait, one more thing"]]
+    result = t.run("q")
+    assert len(fake.requests) == 2
+    assert fake.requests[1].messages[-1] == {"role": "user", "content": "wait, one more thing"}
+    assert fake.requests[1].messages[-2] == {"role": "assistant", "content": "First answer."}
+    assert result.text == "Second answer."
+    assert t.types() == ["text-delta", "step-finish", "text-delta", "step-finish", "finish"]
+
+
+def test_model_error_is_an_event_and_a_saved_message(fake: FakeLLM, target: ModelTarget) -> None:
+    fake.push(Reply(error_status=500, error_message="upstream exploded"))
+    t = Turn(target, MemoryVFS())
+    result = t.run("hi")
+
+    assert result.error is not None and "500" in result.error and "upstream exploded" in result.error
+    assert result.text == f"Error: {result.error}"
+    assert t.events == [{"type": "error", "error": result.error}]
+    assert t.persisted()[-1] == {"role": "assistant", "content": result.text}
+
+    fake.push(Reply(text="recovered"))  # the history stays valid for the next turn
+    assert t.run("again").text == "recovered"
+    assert [m["content"] for m in fake.requests[-1].messages[1:]] == ["hi", result.text, "again"]
+
+
+def test_model_error_mid_run_keeps_the_transcript_valid(fake: FakeLLM, target: ModelTarget) -> None:
+    fake.push(
+        Reply(tool_calls=[ToolCall("write_file", {"path": "/a", "content": "x"})]),
+        Reply(error_status=529 if target.provider == "anthropic" else 503, error_message="overloaded"),
+        Reply(text="fine now"),
+    )
+    t = Turn(target, MemoryVFS())
+    result = t.run("go")
+    assert result.error is not None and "overloaded" in result.error
+    assert t.types() == ["tool-call", "tool-result", "step-finish", "error"]
+    assert [m["role"] for m in t.persisted()] == ["user", "assistant", "tool", "assistant"]
+    assert t.run("retry").text == "fine now"
+
+
+def test_compaction_sends_summary_plus_last_n(fake: FakeLLM, target: ModelTarget) -> None:
+    vfs = MemoryVFS()
+    session = Session(vfs)
+    old = [user(f"old question {i} " + "x" * 200) if i % 2 == 0 else assistant(f"old answer {i}") for i in range(8)]
+    session.append(*old)
+    fake.push(Reply(text="SUMMARY-XYZ they asked 4 questions"), Reply(text="fresh answer"))
+    t = Turn(target, vfs)
+    t.session = session
+    result = t.run("new question", compaction=Compaction(threshold=50, keep_last_n=2))
+
+    summary_req, answer_req = fake.requests
+    assert not summary_req.stream and "old question 0" in summary_req.all_text
+    assert "old answer 6" in summary_req.all_text and "old answer 7" not in summary_req.all_text
+    assert [(m["role"], m["content"]) for m in answer_req.messages] == [
+        ("system", SYSTEM),
+        ("user", SUMMARY_PREFIX + "SUMMARY-XYZ they asked 4 questions"),
+        ("assistant", "old answer 7"),
+        ("user", "new question"),
+    ]
+    saved = t.persisted()
+    assert [m["content"] for m in saved] == [
+        SUMMARY_PREFIX + "SUMMARY-XYZ they asked 4 questions",
+        "old answer 7",
+        "new question",
+        "fresh answer",
+    ]
+    assert result.usage == Usage(
+        prompt_tokens=summary_req.usage[0] + answer_req.usage[0],
+        completion_tokens=summary_req.usage[1] + answer_req.usage[1],
+    )
+
+
+class EchoParams(BaseModel):
+    text: str
+
+
+def _extra_tools() -> dict[str, Tool]:
+    async def shout(p: EchoParams) -> dict[str, str]:
+        await asyncio.sleep(0)
+        return {"loud": p.text.upper()}
+
+    def boom(p: EchoParams) -> str:
+        raise RuntimeError("kaboom")
+
+    def refuse(p: EchoParams) -> str:
+        raise ToolError("not allowed here")
+
+    def big(p: EchoParams) -> str:
+        return "y" * 5000
+
+    return {
+        name: Tool(name=name, description=name, parameters=EchoParams, fn=fn)
+        for name, fn in {"shout": shout, "boom": boom, "refuse": refuse, "big": big}.items()
+    }
+
+
+def test_tool_failures_are_results_for_the_model(fake: FakeLLM, target: ModelTarget) -> None:
+    fake.push(
+        Reply(
+            tool_calls=[
+                ToolCall("shout", {"text": "hey"}),
+                ToolCall("nope", {}),
+                ToolCall("boom", {"text": "a"}),
+                ToolCall("refuse", {"text": "a"}),
+                ToolCall("shout", {"wrong": 1}),
+                ToolCall("big", {"text": "a"}),
+            ]
+        ),
+        Reply(text="handled"),
+    )
+    t = Turn(target, MemoryVFS(), tools=_extra_tools())
+    result = t.run("try tools", tool_output_limit=1000)
+    assert result.text == "handled" and result.error is None
+    res = [e["result"] for e in t.events if e["type"] == "tool-result"]
+    assert res[0] == {"loud": "HEY"}
+    assert "unknown tool 'nope'" in res[1]["error"]
+    assert "kaboom" in res[2]["error"]
+    assert res[3] == {"error": "not allowed here"}
+    assert "invalid arguments" in res[4]["error"]
+    assert res[5].startswith("y" * 1000) and "truncated" in res[5] and len(res[5]) < 1100
+    tool_msgs = [m for m in fake.requests[1].messages if m["role"] == "tool"]
+    assert len(tool_msgs) == 6
+    assert json.loads(tool_msgs[0]["content"]) == {"loud": "HEY"}
+    assert tool_msgs[5]["content"] == res[5]
+
+
+def test_max_steps_stops_with_a_valid_transcript(fake: FakeLLM, target: ModelTarget) -> None:
+    def loop_forever(req: RecordedRequest) -> Reply:
+        return Reply(tool_calls=[ToolCall("read_file", {"path": "/missing"})])
+
+    fake.default = loop_forever
+    t = Turn(target, MemoryVFS())
+    t.steer = [[], [], ["late steer"]]  # run start, after step 1, (after step 2: not drained)
+    result = t.run("go", max_steps=2)
+    assert len(fake.requests) == 2
+    assert result.finish_reason == "tool-calls" and result.steps == 2 and result.error is None
+    assert t.events[-1]["type"] == "finish" and t.events[-1]["finishReason"] == "tool-calls"
+    assert [m["role"] for m in t.persisted()] == ["user", "assistant", "tool", "assistant", "tool"]
+    assert "file not found" in t.persisted()[-1]["content"]
+    assert t.steer == [["late steer"]]  # not drained: the next run takes it
+
+
+def test_a_crashed_tool_call_is_reported_as_outcome_unknown(fake: FakeLLM, target: ModelTarget) -> None:
+    vfs = MemoryVFS()
+    Session(vfs).append(user("start"), assistant("", [tool_call("call_dead", "write_file", {"path": "/a"})]))
+    fake.push(Reply(text="ok"))
+    t = Turn(target, vfs)
+    t.run("resume")
+    msgs = fake.requests[0].messages
+    assert msgs[2]["tool_calls"][0]["id"] == "call_dead"
+    assert msgs[3]["role"] == "tool" and msgs[3]["tool_call_id"] == "call_dead"
+    assert json.loads(msgs[3]["content"]) == OUTCOME_UNKNOWN
+    assert msgs[4] == {"role": "user", "content": "resume"}
+    assert vfs.exists("/a") is False  # never silently re-run
+
+
+def test_temperature_and_tools_reach_the_model(fake: FakeLLM, target: ModelTarget) -> None:
+    fake.push(Reply(text="ok"))
+    Turn(target, MemoryVFS()).run("hi", temperature=0.25)
+    (req,) = fake.requests
+    assert req.body["temperature"] == 0.25
+    assert set(req.tool_names) == {"read_file", "write_file", "edit_file"}
+
+
+EmitFn = Callable[[Event], None]

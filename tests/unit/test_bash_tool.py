@@ -1,0 +1,277 @@
+"""The sandboxed bash tool: shared files, env allow-list, no network, limits, truncation."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from regina.config import Limits
+from regina.runtime.aio import run_coro
+from regina.runtime.tools.bash import bash_tool, truncate_output
+from regina.runtime.tools.files import file_tools
+from regina.sandbox_env import is_secret_name, sandbox_env
+from regina.vfs import MemoryVFS, RealDirVFS, SQLiteVFS
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _env() -> dict[str, str]:
+    return {"HOME": "/", "PWD": "/", "LANG": "C.UTF-8"}
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "memory", "realdir"])
+def test_bash_and_file_tools_share_files(kind: str, tmp_path: Path) -> None:
+    if kind == "sqlite":
+        vfs: SQLiteVFS | MemoryVFS | RealDirVFS = SQLiteVFS(str(tmp_path / "b.sqlite"))
+    elif kind == "memory":
+        vfs = MemoryVFS()
+    else:
+        vfs = RealDirVFS(str(tmp_path / "root"))
+    files = file_tools(vfs)
+    bash = bash_tool(vfs, env=_env(), limits=Limits())
+
+    files["write_file"].call_sync({"path": "/work/hello.txt", "content": "hello from write_file\n"})
+    r = bash.call_sync({"command": "cat /work/hello.txt && wc -l < work/hello.txt"})
+    assert r == {"stdout": "hello from write_file\n1\n", "stderr": "", "exitCode": 0}
+
+    r = bash.call_sync({"command": "mkdir -p /out && echo 'made by bash' > /out/b.txt && echo more >> /out/b.txt"})
+    assert r["exitCode"] == 0
+    assert files["read_file"].call_sync({"path": "/out/b.txt"}) == "made by bash\nmore\n"
+
+    files["edit_file"].call_sync({"path": "/out/b.txt", "old_string": "more", "new_string": "edited"})
+    assert bash.call_sync({"command": "grep -c edited /out/b.txt"})["stdout"] == "1\n"
+
+    bash.call_sync({"command": "mv /out/b.txt /out/c.txt && rm -r /work"})
+    assert vfs.exists("/out/c.txt") and not vfs.exists("/out/b.txt") and not vfs.exists("/work")
+    vfs.close()
+
+
+def test_each_call_is_a_fresh_shell_but_files_persist() -> None:
+    vfs = MemoryVFS()
+    bash = bash_tool(vfs, env=_env(), limits=Limits())
+    bash.call_sync({"command": "X=1; cd /tmp 2>/dev/null || mkdir /tmp; echo kept > /f"})
+    r = bash.call_sync({"command": 'echo "x=${X:-unset} pwd=$(pwd)"; cat /f'})
+    assert r["stdout"] == "x=unset pwd=/\nkept\n"
+
+
+def test_binary_files_survive_bash_copy() -> None:
+    vfs = MemoryVFS()
+    blob = bytes(range(256))
+    vfs.write("/in.bin", blob)
+    r = bash_tool(vfs, env=_env(), limits=Limits()).call_sync({"command": "cat /in.bin > /out.bin"})
+    assert r["exitCode"] == 0
+    assert vfs.read("/out.bin") == blob
+
+
+def test_secret_in_environ_is_not_visible(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-very-secret-1")
+    monkeypatch.setenv("DB_PASSWORD", "hunter2-secret")
+    monkeypatch.setenv("NOT_ALLOWED", "not-allowed-value")
+    monkeypatch.setenv("GREETING", "hi-there")
+    env = sandbox_env(["PATH", "GREETING", "OPENAI_API_KEY", "DB_PASSWORD", "HOME"])
+    assert "OPENAI_API_KEY" not in env and "DB_PASSWORD" not in env
+    assert env["HOME"] == "/" and env["PWD"] == "/" and env["GREETING"] == "hi-there"
+    bash = bash_tool(MemoryVFS(), env=env, limits=Limits())
+    r = bash.call_sync({"command": "env; set; echo $OPENAI_API_KEY $NOT_ALLOWED; printenv"})
+    out = r["stdout"] + r["stderr"]
+    assert "hi-there" in out
+    for secret in ("sk-very-secret-1", "hunter2-secret", "not-allowed-value"):
+        assert secret not in out
+
+
+def test_secret_name_patterns() -> None:
+    for name in ("OPENAI_API_KEY", "anthropic_api_key", "AWS_SECRET_ACCESS_KEY", "GH_TOKEN", "PGPASSWORD"):
+        assert is_secret_name(name)
+    for name in ("PATH", "HOME", "LANG", "TZ", "API_URL"):
+        assert not is_secret_name(name)
+    assert sandbox_env(["X"], environ={"X": "1", "Y": "2"}) == {"X": "1", "HOME": "/", "PWD": "/"}
+
+
+def test_no_network_and_no_host_processes(tmp_path: Path) -> None:
+    marker = tmp_path / "host-marker"
+    bash = bash_tool(MemoryVFS(), env=_env(), limits=Limits())
+    for cmd in ("curl -s http://example.com", "wget http://example.com", "nc -z 127.0.0.1 22", "python3 -c 1"):
+        r = bash.call_sync({"command": cmd})
+        assert r["exitCode"] == 127, (cmd, r)
+        assert "command not found" in r["stderr"]
+    r = bash.call_sync({"command": f"touch {marker}; /bin/sh -c 'echo pwned > {marker}'"})
+    assert not marker.exists()  # paths are VFS paths, /bin/sh is not a host program
+    r = bash.call_sync({"command": "cat /etc/passwd"})
+    assert r["exitCode"] != 0 and "root:" not in r["stdout"]
+
+
+def test_network_true_provides_curl() -> None:
+    bash = bash_tool(MemoryVFS(), env=_env(), limits=Limits(), network=True)
+    r = bash.call_sync({"command": "curl --help | head -1"})
+    assert r["stdout"].startswith("Usage: curl")
+    # private/loopback targets stay denied even with network on
+    assert bash.call_sync({"command": "curl -s http://127.0.0.1:9/"})["exitCode"] != 0
+
+
+def test_time_limit_stops_cpu_loop() -> None:
+    limits = Limits(bash_timeout=0.5, bash_max_loop_iterations=10**9, bash_max_commands=10**9)
+    bash = bash_tool(MemoryVFS(), env=_env(), limits=limits)
+    t0 = time.monotonic()
+    r = bash.call_sync({"command": "i=0; while true; do i=$((i+1)); done"})
+    assert time.monotonic() - t0 < 3
+    assert r["exitCode"] == 124 and "time limit exceeded (0.5 s)" in r["stderr"]
+
+
+def test_time_limit_stops_sleep() -> None:
+    bash = bash_tool(MemoryVFS(), env=_env(), limits=Limits(bash_timeout=0.3))
+    t0 = time.monotonic()
+    r = bash.call_sync({"command": "sleep 10; echo done"})
+    assert time.monotonic() - t0 < 2
+    assert r["exitCode"] == 124 and "time limit" in r["stderr"]
+
+
+def test_loop_and_command_limits() -> None:
+    bash = bash_tool(MemoryVFS(), env=_env(), limits=Limits(bash_max_loop_iterations=100))
+    r = bash.call_sync({"command": "for i in $(seq 1 1000); do :; done"})
+    assert r["exitCode"] == 125 and "too many iterations (100)" in r["stderr"]
+    bash = bash_tool(MemoryVFS(), env=_env(), limits=Limits(bash_max_commands=50))
+    r = bash.call_sync({"command": "f() { echo x; f; }; f"})
+    assert r["exitCode"] == 125 and "stopped" in r["stderr"]
+    bash = bash_tool(MemoryVFS(), env=_env(), limits=Limits(bash_max_commands=50))
+    assert "too many commands (50 per call)" in bash.call_sync({"command": "while :; do :; done"})["stderr"]
+
+
+def test_output_truncation() -> None:
+    bash = bash_tool(MemoryVFS(), env=_env(), limits=Limits(max_tool_output_chars=200))
+    r = bash.call_sync({"command": "seq 1 5000"})
+    assert r["exitCode"] == 0
+    assert len(r["stdout"]) < 300 and "truncated" in r["stdout"]
+    assert r["stdout"].startswith("1\n2\n3\n") and r["stdout"].endswith("5000\n")
+    out, err = truncate_output("o" * 1000, "e" * 1000, 400)
+    assert "truncated" in out and "truncated" in err and len(out) + len(err) < 600
+
+
+def test_syntax_error_is_a_result_not_an_exception() -> None:
+    r = bash_tool(MemoryVFS(), env=_env(), limits=Limits()).call_sync({"command": "if then fi ("})
+    assert r["exitCode"] == 2 and r["stderr"]
+
+
+# -- run_coro ---------------------------------------------------------------------------------------
+
+
+def test_run_coro_from_threads() -> None:
+    async def work(i: int) -> int:
+        await asyncio.sleep(0.2)
+        return i * 2
+
+    results: dict[int, int] = {}
+
+    def call(i: int) -> None:
+        results[i] = run_coro(work(i), timeout=5)
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {i: i * 2 for i in range(20)}
+    assert time.monotonic() - t0 < 1.5  # ran concurrently on the one loop
+
+
+def test_run_coro_timeout_cancels() -> None:
+    cancelled = threading.Event()
+
+    async def slow() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    with pytest.raises(TimeoutError):
+        run_coro(slow(), timeout=0.1)
+    assert cancelled.wait(2)
+
+
+def test_bash_from_threads_concurrently() -> None:
+    vfs = MemoryVFS()
+    bash = bash_tool(vfs, env=_env(), limits=Limits())
+    errors: list[BaseException] = []
+
+    def call(i: int) -> None:
+        try:
+            r = bash.call_sync({"command": f"echo {i} > /t{i}; cat /t{i}"})
+            assert r["stdout"] == f"{i}\n"
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(vfs.listdir("/")) == 20
+
+
+GEVENT_SCRIPT = textwrap.dedent(
+    """
+    from gevent import monkey
+    monkey.patch_all()
+    import asyncio, time
+    import gevent
+    from regina.config import Limits
+    from regina.runtime.aio import run_coro
+    from regina.runtime.tools.bash import bash_tool
+    from regina.vfs import SQLiteVFS
+    import sys
+
+    async def work(i):
+        await asyncio.sleep(0.3)
+        return i
+
+    t0 = time.monotonic()
+    jobs = [gevent.spawn(run_coro, work(i), 5) for i in range(20)]
+    gevent.joinall(jobs, raise_error=True)
+    assert [j.value for j in jobs] == list(range(20))
+    elapsed = time.monotonic() - t0
+    assert elapsed < 2, elapsed
+
+    # while coroutines run, other greenlets keep running
+    ticks = []
+    ticker = gevent.spawn(lambda: [ticks.append(gevent.sleep(0.05)) for _ in range(4)])
+    run_coro(work(0), 5)
+    ticker.join()
+    assert len(ticks) == 4
+
+    vfs = SQLiteVFS(sys.argv[1])
+    bash = bash_tool(vfs, env={"HOME": "/", "PWD": "/"}, limits=Limits())
+    def call(i):
+        r = bash.call_sync({"command": f"mkdir -p /g && echo {i} > /g/{i} && cat /g/{i} | wc -c"})
+        assert r["exitCode"] == 0 and r["stdout"].strip() == str(len(str(i)) + 1), r
+        return r
+    jobs = [gevent.spawn(call, i) for i in range(20)]
+    gevent.joinall(jobs, raise_error=True)
+    assert len(vfs.listdir("/g")) == 20
+    print("OK", round(elapsed, 2))
+    """
+)
+
+
+def test_run_coro_and_bash_under_gevent(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-c", GEVENT_SCRIPT, str(tmp_path / "g.sqlite")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=str(ROOT),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("OK")

@@ -1,0 +1,105 @@
+"""read_file / write_file / edit_file over a VFS."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from regina.errors import ToolError
+from regina.runtime.tools.base import Tool
+from regina.runtime.tools.files import file_tools
+from regina.vfs import MemoryVFS, RealDirVFS, SQLiteVFS
+
+
+@pytest.fixture(params=["sqlite", "memory", "realdir"])
+def setup(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[SQLiteVFS | MemoryVFS | RealDirVFS, dict[str, Tool]]]:
+    if request.param == "sqlite":
+        vfs: SQLiteVFS | MemoryVFS | RealDirVFS = SQLiteVFS(str(tmp_path / "f.sqlite"))
+    elif request.param == "memory":
+        vfs = MemoryVFS()
+    else:
+        vfs = RealDirVFS(str(tmp_path / "root"))
+    yield vfs, file_tools(vfs)
+    vfs.close()
+
+
+def test_write_creates_parents_and_read_back(setup: tuple[SQLiteVFS, dict[str, Tool]]) -> None:
+    vfs, tools = setup
+    out = tools["write_file"].call_sync({"path": "/deep/er/notes.md", "content": "héllo\n"})
+    assert "7 bytes" in out and "/deep/er/notes.md" in out
+    assert vfs.read("/deep/er/notes.md") == "héllo\n".encode()
+    assert tools["read_file"].call_sync({"path": "deep/er/notes.md"}) == "héllo\n"
+
+
+def test_read_errors(setup: tuple[SQLiteVFS, dict[str, Tool]]) -> None:
+    vfs, tools = setup
+    with pytest.raises(ToolError, match="file not found: /nope.txt"):
+        tools["read_file"].call_sync({"path": "/nope.txt"})
+    vfs.mkdir("/dir")
+    with pytest.raises(ToolError, match="is a directory"):
+        tools["read_file"].call_sync({"path": "/dir"})
+    vfs.write("/img.png", b"\x89PNG\r\n\x1a\n\xff\xfe")
+    with pytest.raises(ToolError, match="binary file"):
+        tools["read_file"].call_sync({"path": "/img.png"})
+    with pytest.raises(ToolError, match="invalid arguments"):
+        tools["read_file"].call_sync({})
+
+
+def test_write_to_directory_is_refused(setup: tuple[SQLiteVFS, dict[str, Tool]]) -> None:
+    vfs, tools = setup
+    vfs.mkdir("/d")
+    with pytest.raises(ToolError, match="is a directory"):
+        tools["write_file"].call_sync({"path": "/d", "content": "x"})
+
+
+def test_edit_once(setup: tuple[SQLiteVFS, dict[str, Tool]]) -> None:
+    vfs, tools = setup
+    vfs.write("/a.py", b"def f():\n    return 1\n")
+    out = tools["edit_file"].call_sync({"path": "/a.py", "old_string": "return 1", "new_string": "return 2"})
+    assert out == "replaced 1 occurrence in /a.py"
+    assert vfs.read("/a.py") == b"def f():\n    return 2\n"
+
+
+def test_edit_zero_matches(setup: tuple[SQLiteVFS, dict[str, Tool]]) -> None:
+    vfs, tools = setup
+    vfs.write("/a.txt", b"abc")
+    with pytest.raises(ToolError, match="old_string not found in /a.txt"):
+        tools["edit_file"].call_sync({"path": "/a.txt", "old_string": "xyz", "new_string": "q"})
+    assert vfs.read("/a.txt") == b"abc"
+
+
+def test_edit_many_matches_says_how_many(setup: tuple[SQLiteVFS, dict[str, Tool]]) -> None:
+    vfs, tools = setup
+    vfs.write("/a.txt", b"x = 1\nx = 1\nx = 1\n")
+    with pytest.raises(ToolError, match="occurs 3 times in /a.txt") as err:
+        tools["edit_file"].call_sync({"path": "/a.txt", "old_string": "x = 1", "new_string": "x = 2"})
+    assert "exactly once" in err.value.message
+    assert vfs.read("/a.txt") == b"x = 1\nx = 1\nx = 1\n"
+
+
+def test_edit_errors(setup: tuple[SQLiteVFS, dict[str, Tool]]) -> None:
+    vfs, tools = setup
+    with pytest.raises(ToolError, match="file not found"):
+        tools["edit_file"].call_sync({"path": "/none", "old_string": "a", "new_string": "b"})
+    vfs.write("/e", b"abc")
+    with pytest.raises(ToolError, match="old_string is empty"):
+        tools["edit_file"].call_sync({"path": "/e", "old_string": "", "new_string": "b"})
+
+
+def test_read_truncation() -> None:
+    vfs = MemoryVFS()
+    vfs.write("/big", b"x" * 500)
+    tools = file_tools(vfs, max_output_chars=100)
+    out = tools["read_file"].call_sync({"path": "/big"})
+    assert out.startswith("x" * 100) and "truncated" in out and "500" in out
+
+
+def test_schemas_are_openai_style() -> None:
+    tools = file_tools(MemoryVFS())
+    schema = tools["edit_file"].schema()
+    assert schema["function"]["name"] == "edit_file"
+    assert set(schema["function"]["parameters"]["required"]) == {"path", "old_string", "new_string"}

@@ -1,0 +1,126 @@
+"""Conversation messages: builders, JSONL with torn lines, repair (SPEC §12), Session persistence."""
+
+from __future__ import annotations
+
+import json
+
+from regina.runtime.messages import (
+    OUTCOME_UNKNOWN,
+    assistant,
+    for_model,
+    from_jsonl,
+    repair,
+    to_jsonl,
+    tool_call,
+    tool_result,
+    user,
+)
+from regina.runtime.session import Session
+from regina.vfs import MemoryVFS
+
+
+def _call(cid: str, name: str = "read_file") -> dict[str, object]:
+    return tool_call(cid, name, {"path": "/a"})
+
+
+def test_builders_make_openai_format() -> None:
+    a = assistant("", [_call("c1")])
+    assert a == {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "read_file", "arguments": '{"path": "/a"}'}}
+        ],
+    }
+    assert tool_result("c1", "read_file", {"x": 1}) == {
+        "role": "tool",
+        "tool_call_id": "c1",
+        "name": "read_file",
+        "content": '{"x": 1}',
+    }
+    assert tool_result("c1", "read_file", "plain")["content"] == "plain"
+    assert user("hi", runId="r") == {"role": "user", "content": "hi", "runId": "r"}
+
+
+def test_jsonl_round_trip_and_torn_last_line() -> None:
+    msgs = [user("héllo"), assistant("a\nb"), user("x")]
+    data = to_jsonl(msgs)
+    assert data.count(b"\n") == 3
+    assert from_jsonl(data) == msgs
+    torn = data + b'{"role":"assistant","content":"half'
+    assert from_jsonl(torn) == msgs
+    assert from_jsonl(b"") == []
+    assert from_jsonl(b"garbage\n[1,2]\n" + data) == msgs
+
+
+def test_repair_adds_outcome_unknown_for_missing_results() -> None:
+    msgs = [user("go"), assistant("", [_call("c1"), _call("c2")]), tool_result("c1", "read_file", "ok")]
+    fixed, changed = repair(msgs)
+    assert changed
+    assert fixed[:3] == msgs
+    assert fixed[3]["role"] == "tool" and fixed[3]["tool_call_id"] == "c2"
+    assert json.loads(fixed[3]["content"]) == OUTCOME_UNKNOWN
+    assert len(fixed) == 4
+
+
+def test_repair_drops_orphans_and_duplicates_and_orders_results() -> None:
+    msgs = [
+        tool_result("zz", "x", "orphan at start"),
+        user("go"),
+        assistant("", [_call("c1"), _call("c2")]),
+        tool_result("c2", "read_file", "two"),
+        tool_result("c1", "read_file", "one"),
+        tool_result("c1", "read_file", "dup"),
+        tool_result("c9", "read_file", "unknown id"),
+        user("more"),
+        tool_result("c1", "read_file", "late orphan"),
+    ]
+    fixed, changed = repair(msgs)
+    assert changed
+    assert [(m["role"], m.get("tool_call_id"), m["content"]) for m in fixed] == [
+        ("user", None, "go"),
+        ("assistant", None, ""),
+        ("tool", "c1", "one"),
+        ("tool", "c2", "two"),
+        ("user", None, "more"),
+    ]
+
+
+def test_repair_leaves_a_valid_transcript_alone() -> None:
+    msgs = [user("go"), assistant("", [_call("c1")]), tool_result("c1", "read_file", "ok"), assistant("done")]
+    fixed, changed = repair(msgs)
+    assert not changed and fixed == msgs
+
+
+def test_for_model_strips_metadata_without_touching_the_original() -> None:
+    msgs = [user("go", runId="r1", ts=1.0)]
+    assert for_model(msgs) == [{"role": "user", "content": "go"}]
+    assert msgs[0]["runId"] == "r1"
+
+
+def test_session_appends_incrementally_and_recovers_from_a_torn_line() -> None:
+    vfs = MemoryVFS()
+    s = Session(vfs)
+    assert s.load() == []
+    s.append(user("a"))
+    s.append(assistant("b"), user("c"))
+    assert vfs.read("/.session/messages.jsonl") == to_jsonl([user("a"), assistant("b"), user("c")])
+    assert Session(vfs).messages == [user("a"), assistant("b"), user("c")]
+
+    vfs.append("/.session/messages.jsonl", b'{"role":"user","con')  # a crash mid-append
+    s2 = Session(vfs)
+    assert s2.messages == [user("a"), assistant("b"), user("c")]
+    s2.append(user("d"))
+    assert Session(vfs).messages == [user("a"), assistant("b"), user("c"), user("d")]
+
+
+def test_session_rewrite_and_repair() -> None:
+    vfs = MemoryVFS()
+    s = Session(vfs)
+    s.append(user("go"), assistant("", [_call("c1")]))  # crashed before the tool returned
+    assert s.repair()
+    again = Session(vfs).messages
+    assert again[-1]["tool_call_id"] == "c1" and json.loads(again[-1]["content"]) == OUTCOME_UNKNOWN
+    assert not Session(vfs).repair()
+    s.rewrite([user("only")])
+    assert Session(vfs).messages == [user("only")]

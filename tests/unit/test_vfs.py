@@ -1,0 +1,351 @@
+"""The three VFS backends behave the same; realdir cannot be escaped; snapshots are consistent."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from regina.errors import ConfigError, VFSError
+from regina.vfs import MemoryVFS, RealDirVFS, SQLiteVFS, open_vfs, restore_snapshot
+from regina.vfs.base import VFS
+
+
+def _make(kind: str, tmp_path: Path) -> SQLiteVFS | MemoryVFS | RealDirVFS:
+    if kind == "sqlite":
+        return SQLiteVFS(str(tmp_path / "inst.sqlite"))
+    if kind == "memory":
+        return MemoryVFS()
+    return RealDirVFS(str(tmp_path / "root"))
+
+
+@pytest.fixture(params=["sqlite", "memory", "realdir"])
+def vfs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SQLiteVFS | MemoryVFS | RealDirVFS]:
+    v = _make(request.param, tmp_path)
+    yield v
+    v.close()
+
+
+def test_is_a_vfs(vfs: VFS) -> None:
+    assert isinstance(vfs, VFS)
+
+
+def test_write_read_creates_parents(vfs: VFS) -> None:
+    vfs.write("/a/b/c.txt", b"hello")
+    assert vfs.read("/a/b/c.txt") == b"hello"
+    assert vfs.read("a/./b/../b/c.txt") == b"hello"
+    assert vfs.stat("/a/b").is_dir
+    assert vfs.listdir("/") == ["a"]
+    vfs.write("/a/b/c.txt", b"x")
+    assert vfs.read("/a/b/c.txt") == b"x"
+
+
+def test_binary_roundtrip_and_append(vfs: VFS) -> None:
+    blob = bytes(range(256))
+    vfs.write("/bin.dat", blob)
+    vfs.append("/bin.dat", b"\x00\xff")
+    assert vfs.read("/bin.dat") == blob + b"\x00\xff"
+    vfs.append("/new/dir/log.jsonl", b'{"a":1}\n')
+    vfs.append("/new/dir/log.jsonl", b'{"b":2}\n')
+    assert vfs.read("/new/dir/log.jsonl") == b'{"a":1}\n{"b":2}\n'
+    assert vfs.stat("/new/dir/log.jsonl").size == 16
+
+
+def test_read_errors(vfs: VFS) -> None:
+    with pytest.raises(VFSError, match="no such file"):
+        vfs.read("/missing")
+    vfs.mkdir("/d")
+    with pytest.raises(VFSError, match="is a directory"):
+        vfs.read("/d")
+    with pytest.raises(VFSError, match="is a directory"):
+        vfs.write("/d", b"x")
+    with pytest.raises(VFSError, match="is a directory"):
+        vfs.append("/d", b"x")
+    with pytest.raises(VFSError):
+        vfs.stat("/missing")
+
+
+def test_file_as_parent_is_refused(vfs: VFS) -> None:
+    vfs.write("/f", b"x")
+    with pytest.raises(VFSError):
+        vfs.write("/f/g", b"y")
+    with pytest.raises(VFSError):
+        vfs.mkdir("/f")
+
+
+def test_mkdir_listdir(vfs: VFS) -> None:
+    vfs.mkdir("/x/y/z")
+    vfs.mkdir("/x/y/z")  # exists: no error
+    assert vfs.listdir("/x") == ["y"]
+    with pytest.raises(VFSError):
+        vfs.mkdir("/p/q", parents=False)
+    vfs.write("/x/b", b"")
+    vfs.write("/x/a", b"")
+    assert vfs.listdir("/x") == ["a", "b", "y"]
+    with pytest.raises(VFSError, match="not a directory"):
+        vfs.listdir("/x/a")
+    with pytest.raises(VFSError):
+        vfs.listdir("/nope")
+
+
+def test_remove(vfs: VFS) -> None:
+    vfs.write("/d/e/f", b"1")
+    vfs.write("/d2", b"keep")  # shares a prefix with /d: must survive
+    vfs.write("/d.txt", b"keep")
+    with pytest.raises(VFSError, match="not empty"):
+        vfs.remove("/d")
+    vfs.remove("/d/e/f")
+    assert not vfs.exists("/d/e/f")
+    vfs.write("/d/e/f", b"1")
+    vfs.remove("/d", recursive=True)
+    assert not vfs.exists("/d") and not vfs.exists("/d/e")
+    assert vfs.read("/d2") == b"keep" and vfs.read("/d.txt") == b"keep"
+    with pytest.raises(VFSError):
+        vfs.remove("/d")
+    with pytest.raises(VFSError):
+        vfs.remove("/")
+
+
+def test_rename(vfs: VFS) -> None:
+    vfs.write("/src/a/1.txt", b"1")
+    vfs.write("/src/b.txt", b"b")
+    vfs.write("/srcx", b"other")
+    vfs.mkdir("/dst")
+    vfs.rename("/src", "/dst/moved")
+    assert not vfs.exists("/src")
+    assert vfs.read("/dst/moved/a/1.txt") == b"1"
+    assert vfs.listdir("/dst/moved") == ["a", "b.txt"]
+    assert vfs.read("/srcx") == b"other"
+    vfs.rename("/dst/moved/b.txt", "/top.txt")
+    assert vfs.read("/top.txt") == b"b"
+    vfs.write("/over.txt", b"old")
+    vfs.rename("/top.txt", "/over.txt")  # replaces a file
+    assert vfs.read("/over.txt") == b"b"
+    with pytest.raises(VFSError, match="into itself"):
+        vfs.rename("/dst", "/dst/moved/inner")
+    with pytest.raises(VFSError):
+        vfs.rename("/missing", "/x")
+    with pytest.raises(VFSError):
+        vfs.rename("/over.txt", "/no/such/dir/x")
+
+
+def test_chmod_stat(vfs: VFS) -> None:
+    vfs.write("/s.sh", b"echo hi\n")
+    vfs.chmod("/s.sh", 0o755)
+    st = vfs.stat("/s.sh")
+    assert st.mode & 0o777 == 0o755 and st.size == 8 and not st.is_dir and st.mtime > 0
+    assert vfs.stat("/").is_dir
+
+
+def test_meta(vfs: SQLiteVFS | MemoryVFS | RealDirVFS) -> None:
+    assert vfs.get_meta("epoch") is None
+    vfs.set_meta("epoch", "3")
+    vfs.set_meta("epoch", "4")
+    assert vfs.get_meta("epoch") == "4"
+    if not isinstance(vfs, RealDirVFS):
+        assert vfs.get_meta("vfs.schema") == "1"
+    assert "epoch" not in vfs.listdir("/")
+
+
+def test_snapshot_roundtrip_into_every_backend(
+    vfs: SQLiteVFS | MemoryVFS | RealDirVFS, tmp_path: Path
+) -> None:
+    vfs.write("/notes/a.txt", b"alpha")
+    vfs.write("/bin.dat", b"\x00\xff\x01")
+    vfs.mkdir("/empty")
+    vfs.set_meta("version", "7")
+    data = vfs.snapshot()
+    assert data.startswith(b"SQLite format 3\x00")
+
+    restore_snapshot(str(tmp_path / "restored.sqlite"), data)
+    restored: list[SQLiteVFS | MemoryVFS | RealDirVFS] = [
+        SQLiteVFS(str(tmp_path / "restored.sqlite")),
+        MemoryVFS.from_snapshot(data),
+    ]
+    RealDirVFS.restore_snapshot(str(tmp_path / "restored-root"), data)
+    restored.append(RealDirVFS(str(tmp_path / "restored-root")))
+    for r in restored:
+        assert r.read("/notes/a.txt") == b"alpha"
+        assert r.read("/bin.dat") == b"\x00\xff\x01"
+        assert r.stat("/empty").is_dir
+        assert r.get_meta("version") == "7"
+        r.close()
+
+
+def test_restore_replaces_existing_and_drops_stale_wal(tmp_path: Path) -> None:
+    path = str(tmp_path / "i.sqlite")
+    v = SQLiteVFS(path)
+    v.write("/old", b"old")
+    v.close()
+    m = MemoryVFS()
+    m.write("/new", b"new")
+    restore_snapshot(path, m.snapshot())
+    assert not os.path.exists(path + "-wal")
+    r = SQLiteVFS(path)
+    assert r.listdir("/") == ["new"]
+    r.close()
+
+
+def test_restore_rejects_garbage(tmp_path: Path) -> None:
+    with pytest.raises(VFSError):
+        restore_snapshot(str(tmp_path / "x.sqlite"), b"not a database")
+    assert not (tmp_path / "x.sqlite").exists()
+    with pytest.raises(VFSError):
+        MemoryVFS.from_snapshot(b"SQLite format 3\x00" + b"\x00" * 100)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "memory", "realdir"])
+def test_snapshot_consistent_while_writing(kind: str, tmp_path: Path) -> None:
+    """A writer thread appends numbered lines and writes matching files; every snapshot taken
+    meanwhile must be a valid database whose log is a gap-free prefix and whose files match."""
+    vfs = _make(kind, tmp_path)
+    stop = threading.Event()
+    written = [0]
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            vfs.write(f"/data/f{i:05d}", f"payload {i}\n".encode() * 20)
+            vfs.append("/log.txt", f"line {i}\n".encode())
+            i += 1
+            written[0] = i
+
+    t = threading.Thread(target=writer)
+    t.start()
+    snaps = []
+    try:
+        deadline = time.monotonic() + 0.8
+        while time.monotonic() < deadline or len(snaps) < 3:
+            snaps.append(vfs.snapshot())
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        t.join()
+    assert written[0] > 10
+    for data in snaps:
+        conn = sqlite3.connect(":memory:")
+        conn.deserialize(data)
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        conn.close()
+        snap = MemoryVFS.from_snapshot(data)
+        log = snap.read("/log.txt").decode() if snap.exists("/log.txt") else ""
+        lines = log.splitlines()
+        assert lines == [f"line {i}" for i in range(len(lines))]
+        files = snap.listdir("/data") if snap.exists("/data") else []
+        for name in files:
+            i = int(name[1:])
+            assert snap.read(f"/data/{name}") == f"payload {i}\n".encode() * 20
+        # writes and appends alternate: at most one file ahead of the log, never behind
+        assert len(files) - len(lines) in (0, 1)
+        snap.close()
+    vfs.close()
+
+
+# -- realdir confinement ------------------------------------------------------------------------
+
+
+def test_realdir_dotdot_cannot_escape(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    outside = tmp_path / "secret.txt"
+    outside.write_text("top secret")
+    v = RealDirVFS(str(root))
+    v.write("/../../secret.txt", b"inside")  # ".." stops at the VFS root
+    assert outside.read_text() == "top secret"
+    assert (root / "secret.txt").read_bytes() == b"inside"
+    assert v.read("../secret.txt") == b"inside"
+
+
+def test_realdir_symlink_outside_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "passwd").write_text("secret")
+    v = RealDirVFS(str(root))
+    os.symlink(tmp_path / "outside", root / "link")  # a directory link
+    os.symlink(tmp_path / "outside" / "passwd", root / "flink")  # a file link
+    for op in (
+        lambda: v.read("/link/passwd"),
+        lambda: v.read("/flink"),
+        lambda: v.write("/link/new", b"x"),
+        lambda: v.write("/flink", b"x"),
+        lambda: v.append("/flink", b"x"),
+        lambda: v.listdir("/link"),
+        lambda: v.stat("/link"),
+        lambda: v.mkdir("/link/sub"),
+        lambda: v.remove("/link", recursive=True),
+        lambda: v.rename("/flink", "/stolen"),
+        lambda: v.chmod("/flink", 0o777),
+    ):
+        with pytest.raises(VFSError, match="escapes the VFS root"):
+            op()
+    assert not v.exists("/link/passwd")
+    assert (tmp_path / "outside" / "passwd").read_text() == "secret"
+    assert not (tmp_path / "outside" / "new").exists()
+
+
+def test_realdir_symlink_inside_is_followed_and_not_snapshotted(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    v = RealDirVFS(str(root))
+    v.write("/real/a.txt", b"A")
+    os.symlink(root / "real", root / "alias")
+    assert v.read("/alias/a.txt") == b"A"
+    snap = MemoryVFS.from_snapshot(v.snapshot())
+    assert snap.listdir("/") == ["real"]
+
+
+def test_realdir_meta_is_outside_the_tree(tmp_path: Path) -> None:
+    v = RealDirVFS(str(tmp_path / "root"))
+    v.set_meta("epoch", "1")
+    assert v.listdir("/") == []
+    assert (tmp_path / "root.meta.json").exists()
+
+
+# -- open_vfs -------------------------------------------------------------------------------------
+
+
+def test_open_vfs(tmp_path: Path) -> None:
+    s = open_vfs("sqlite", "inst-1", str(tmp_path / "vfs"), None)
+    assert isinstance(s, SQLiteVFS) and (tmp_path / "vfs" / "inst-1.sqlite").exists()
+    s.close()
+    assert isinstance(open_vfs("memory", "inst-1", str(tmp_path), None), MemoryVFS)
+    r = open_vfs("realdir", "inst-1", str(tmp_path), str(tmp_path / "fs"))
+    assert isinstance(r, RealDirVFS) and (tmp_path / "fs" / "inst-1").is_dir()
+    with pytest.raises(ConfigError):
+        open_vfs("realdir", "inst-1", str(tmp_path), None)
+    for bad in ("../x", "a/b", "", ".."):
+        with pytest.raises(VFSError):
+            open_vfs("sqlite", bad, str(tmp_path), None)
+
+
+def test_sqlite_reopen_keeps_data(tmp_path: Path) -> None:
+    path = str(tmp_path / "p.sqlite")
+    v = SQLiteVFS(path)
+    v.write("/keep", b"1")
+    v.close()
+    with pytest.raises(VFSError, match="closed"):
+        v.read("/keep")
+    w = SQLiteVFS(path)
+    assert w.read("/keep") == b"1"
+    w.close()
+
+
+def test_sqlite_threads_share_one_instance(tmp_path: Path) -> None:
+    v = SQLiteVFS(str(tmp_path / "t.sqlite"), synchronous="NORMAL")
+
+    def work(n: int) -> None:
+        for i in range(50):
+            v.append("/shared.log", f"{n}:{i}\n".encode())
+            v.write(f"/t{n}/{i}", b"x")
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(v.read("/shared.log").splitlines()) == 400
+    assert len(v.listdir("/")) == 9
+    v.close()

@@ -1,0 +1,71 @@
+"""Member commands (attach, suspend, delete, messages), handled inside the consumer loop.
+
+Celery's `add_consumer`/`cancel_consumer` broadcasts reply before the change takes effect (up
+to 2 s on an idle gevent worker, and tasks published right after a cancel still reach the old
+worker). A custom task Strategy runs in the consumer's own loop, so `add_task_queue` /
+`cancel_task_queue` take effect before the next fetch: a confirmed attach and a leak-free
+detach (measured in ../shared/FINDINGS-celery.md). This relies on Celery internals
+(`Task.Strategy`, the handler signature, `Consumer.add_task_queue`), hence the pinned Celery
+minor version and the tests that exercise every command.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+
+from regina import keys
+from workers.runtime import WorkerContext, context
+
+log = logging.getLogger("regina.worker")
+
+
+def _answer(ctx: WorkerContext, token: str | None, fn: Callable[[], dict[str, Any] | list[Any]]) -> None:
+    try:
+        result = fn()
+    except Exception as exc:
+        log.warning("command failed: %s", exc, exc_info=not hasattr(exc, "message"))
+        ctx.reply(token, {"ok": False, "error": getattr(exc, "message", None) or repr(exc)})
+        return
+    ctx.reply(token, {"ok": True, "data": result})
+
+
+def command_strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Callable[..., None]:
+    """Build the handler Celery calls for every `regina.command` message this worker receives."""
+
+    def handle(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **kw: Any) -> None:
+        args, _kwargs, _embed = body if body is not None else message.decode()
+        name, payload, token = args
+        ack()
+        ctx = context()
+        host = ctx.host
+        iid = payload.get("instanceId", "")
+        queue = keys.instance_queue(iid)
+        if name == "attach":
+
+            def attach() -> dict[str, Any]:
+                try:
+                    return host.attach(iid, int(payload["epoch"]))
+                except Exception:
+                    consumer.cancel_task_queue(queue)
+                    raise
+
+            # Consume first: steps queued while the VFS is being restored wait on its lock.
+            host.begin_attach(iid)
+            consumer.add_task_queue(queue)
+            gevent.spawn(_answer, ctx, token, attach)
+        elif name == "suspend":
+            consumer.cancel_task_queue(queue)
+            gevent.spawn(_answer, ctx, token, lambda: host.suspend(iid, payload.get("epoch")))
+        elif name == "delete":
+            consumer.cancel_task_queue(queue)
+            gevent.spawn(_answer, ctx, token, lambda: host.delete(iid))
+        elif name == "messages":
+            gevent.spawn(_answer, ctx, token, lambda: host.messages(iid))
+        else:
+            ctx.reply(token, {"ok": False, "error": f"unknown command {name!r}"})
+
+    return handle

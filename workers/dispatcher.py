@@ -1,0 +1,88 @@
+"""The core's Dispatcher implemented with Celery and kombu's Redis transport."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, cast
+
+import redis
+from celery import Celery
+
+from regina import keys
+
+CHAT_TASK = "regina.chat"
+COMMAND_TASK = "regina.command"
+
+# kombu's Redis transport keeps delivered-but-unacknowledged messages here (acks_late).
+_UNACKED = "unacked"
+_UNACKED_INDEX = "unacked_index"
+
+
+def _short(text: str | None, limit: int = 60) -> str:
+    if text is None:
+        return "None"
+    return repr(text if len(text) <= limit else text[: limit - 1] + "…")
+
+
+class CeleryDispatcher:
+    """Publish steps and commands straight to their queues (anonymous exchange, no declare)."""
+
+    def __init__(self, app: Celery, client: redis.Redis) -> None:
+        self.app = app
+        self.r = client
+
+    def _send(self, task: str, queue: str, args: list[Any], argsrepr: str) -> None:
+        # exchange="" + routing_key=queue makes kombu LPUSH onto the queue's list directly;
+        # declare=[] skips re-declaring per publish (0.4 ms instead of 1-3.5 ms).
+        self.app.send_task(
+            task, args=args, exchange="", routing_key=queue, declare=[], argsrepr=argsrepr
+        )
+
+    def enqueue_step(self, instance_id: str, run_id: str, message: str | None) -> None:
+        """Queue a chat step on the instance's own queue."""
+        self._send(
+            CHAT_TASK,
+            keys.instance_queue(instance_id),
+            [instance_id, run_id, message],
+            f"({instance_id!r}, {run_id!r}, {_short(message)})",
+        )
+
+    def send_command(self, member_id: str, command: str, payload: dict[str, Any], token: str | None) -> None:
+        """Queue a command on a member's own queue."""
+        self._send(
+            COMMAND_TASK,
+            keys.member_queue(member_id),
+            [command, payload, token],
+            f"({command!r}, {payload.get('instanceId')!r})",
+        )
+
+    def restore_unacked(self, instance_id: str) -> int:
+        """Requeue, at the head, the steps a dead owner had taken but not acknowledged."""
+        queue = keys.instance_queue(instance_id)
+        moved = 0
+        for tag, raw in cast(dict[str, str], self.r.hgetall(_UNACKED)).items():
+            try:
+                payload, _exchange, routing_key = json.loads(raw)
+            except (ValueError, TypeError):
+                continue
+            if routing_key != queue:
+                continue
+            payload.setdefault("headers", {})["redelivered"] = True
+            payload.get("properties", {}).get("delivery_info", {})["redelivered"] = True
+            pipe = self.r.pipeline(transaction=True)
+            # kombu publishes with LPUSH and consumes with BRPOP: RPUSH puts it first in line.
+            pipe.rpush(queue, json.dumps(payload))
+            pipe.hdel(_UNACKED, tag)
+            pipe.zrem(_UNACKED_INDEX, tag)
+            pipe.execute()
+            moved += 1
+        return moved
+
+    def pending_steps(self, instance_id: str) -> int:
+        """Steps waiting in the instance queue."""
+        return int(self.r.llen(keys.instance_queue(instance_id)))
+
+    def purge(self, instance_id: str) -> None:
+        """Delete the instance queue and kombu's binding key for it."""
+        queue = keys.instance_queue(instance_id)
+        self.r.delete(queue, f"_kombu.binding.{queue}")

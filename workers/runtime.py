@@ -1,0 +1,67 @@
+"""The one worker-process context: settings, Redis, registry, storage and the InstanceHost."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from regina import keys
+from regina.config import Settings, load_settings
+from regina.factory_hooks import load_hooks
+from regina.host import InstanceHost
+from regina.redis_conn import connect
+from regina.registry import AgentRegistry
+from storage import make_storage
+from workers.app import app
+from workers.dispatcher import CeleryDispatcher
+
+log = logging.getLogger("regina.worker")
+
+
+@dataclass
+class WorkerContext:
+    """Everything a worker process shares between its greenlets."""
+
+    settings: Settings
+    client: redis.Redis
+    member_id: str
+    host: InstanceHost
+    dispatcher: CeleryDispatcher
+
+    def reply(self, token: str | None, answer: dict[str, Any]) -> None:
+        """Answer a command on its reply list (the coordinator BLPOPs it)."""
+        if not token:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        pipe.rpush(keys.reply(token), json.dumps(answer, default=str))
+        pipe.expire(keys.reply(token), 60)
+        pipe.execute()
+
+
+_context: WorkerContext | None = None
+
+
+def init_context(member_id: str) -> WorkerContext:
+    """Build the context once per worker process (at celeryd_after_setup)."""
+    global _context
+    settings = load_settings()
+    client = connect(settings.redis)
+    registry = AgentRegistry(settings)
+    registry.load()
+    for err in registry.errors:
+        log.warning("agent definition skipped: %s", err)
+    storage = make_storage(settings.storage, settings.redis)
+    host = InstanceHost(settings, registry, client, storage, load_hooks(settings.factory), member_id)
+    _context = WorkerContext(settings, client, member_id, host, CeleryDispatcher(app, client))
+    return _context
+
+
+def context() -> WorkerContext:
+    """The worker's context; fails loudly if the worker did not start through its signals."""
+    if _context is None:
+        raise RuntimeError("worker context not initialised (start workers with `regina worker`)")
+    return _context

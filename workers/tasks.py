@@ -1,0 +1,44 @@
+"""Celery tasks: thin wrappers that decode a message and call the core."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Task
+from celery.exceptions import Reject
+
+from regina.errors import StaleEpoch
+from regina.host import NotHere
+from regina.relay import RunPublisher
+from workers.app import app
+from workers.dispatcher import CHAT_TASK, COMMAND_TASK
+from workers.runtime import context
+
+log = logging.getLogger("regina.worker")
+
+
+@app.task(name=CHAT_TASK, acks_late=True, ignore_result=True)
+def chat(instance_id: str, run_id: str, message: str | None) -> None:
+    """Run one chat step of an instance (its steps arrive in order on its own queue)."""
+    ctx = context()
+    try:
+        ctx.host.run_step(instance_id, run_id, message)
+    except (NotHere, StaleEpoch) as exc:
+        # This member no longer holds the instance: give the step back for its real owner.
+        log.warning("step %s for %s handed back: %s", run_id, instance_id, exc)
+        raise Reject(str(exc), requeue=True) from exc
+    except Exception as exc:
+        log.exception("step %s for %s failed", run_id, instance_id)
+        RunPublisher(ctx.client, run_id).publish({"type": "error", "error": f"internal error: {exc}"})
+
+
+class CommandTask(Task):  # type: ignore[misc]
+    """Member commands run inline in the consumer loop (see workers/control.py)."""
+
+    Strategy = "workers.control:command_strategy"
+
+
+@app.task(name=COMMAND_TASK, base=CommandTask, ignore_result=True)
+def command(name: str, payload: dict[str, object], token: str | None) -> None:
+    """Never executed through the pool: the custom Strategy handles the message."""
+    raise RuntimeError("regina.command is handled by its Strategy, not executed")

@@ -1,0 +1,114 @@
+"""Worker start and stop: join the cluster, renew membership, suspend idle instances, leave.
+
+Connected to Celery's signals when `workers.app` is imported.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import Any
+
+from celery import signals
+
+from regina import keys
+from regina.cluster.membership import Membership
+from regina.ids import new_token
+
+log = logging.getLogger("regina.worker")
+
+_state: dict[str, Any] = {"stopping": False, "greenlets": []}
+
+
+@signals.celeryd_after_setup.connect
+def _setup(sender: str, instance: Any, **kwargs: Any) -> None:
+    """The member id is the Celery node name; consume the member's own command queue."""
+    from workers.runtime import init_context
+
+    member_id = str(sender)
+    ctx = init_context(member_id)
+    instance.app.amqp.queues.select_add(keys.member_queue(member_id))
+    log.info("member %s (vfs %s, storage %s)", member_id, ctx.settings.vfs_dir, ctx.settings.storage.type or "none")
+
+
+@signals.worker_ready.connect
+def _ready(sender: Any, **kwargs: Any) -> None:
+    """Register as a member and start the heartbeat and idle-sweep greenlets."""
+    import gevent
+
+    from workers.runtime import context
+
+    ctx = context()
+    address = ctx.settings.member_address or socket.gethostname()
+    membership = Membership(ctx.client, ctx.member_id, address, ctx.settings.member_ttl)
+    membership.register(0)
+    _state["membership"] = membership
+    _state["greenlets"] = [
+        gevent.spawn(_heartbeat_loop, membership),
+        gevent.spawn(_idle_loop),
+    ]
+    log.info("member %s ready (pid %d)", ctx.member_id, os.getpid())
+
+
+def _heartbeat_loop(membership: Membership) -> None:
+    import gevent
+
+    from workers.runtime import context
+
+    ctx = context()
+    while not _state["stopping"]:
+        gevent.sleep(ctx.settings.member_heartbeat)
+        try:
+            membership.renew(len(ctx.host.active))
+        except Exception:
+            log.exception("membership renewal failed; retrying")
+
+
+def _idle_loop() -> None:
+    """Suspend idle instances through our own command queue (detach happens in the consumer)."""
+    import gevent
+
+    from workers.runtime import context
+
+    ctx = context()
+    timeout = ctx.settings.idle_timeout
+    if timeout <= 0:
+        return
+    interval = min(max(timeout / 4, 0.2), 5.0)
+    requested: set[str] = set()
+    while not _state["stopping"]:
+        gevent.sleep(interval)
+        try:
+            idle = ctx.host.idle_instances()
+            requested &= set(ctx.host.active)
+            for iid in idle:
+                if iid in requested:
+                    continue
+                requested.add(iid)
+                log.info("instance %s idle for more than %gs: suspending", iid, timeout)
+                epoch = ctx.host.active[iid].epoch
+                ctx.dispatcher.send_command(ctx.member_id, "suspend", {"instanceId": iid, "epoch": epoch}, new_token())
+        except Exception:
+            log.exception("idle sweep failed; retrying")
+
+
+@signals.worker_shutting_down.connect
+def _shutting_down(**kwargs: Any) -> None:
+    _state["stopping"] = True
+
+
+@signals.worker_shutdown.connect
+def _shutdown(sender: Any, **kwargs: Any) -> None:
+    """After running steps finished: back up and release every instance, then leave."""
+    from workers.runtime import _context
+
+    _state["stopping"] = True
+    if _context is None:
+        return
+    count = len(_context.host.active)
+    _context.host.suspend_all()
+    membership = _state.get("membership")
+    if membership is not None:
+        membership.deregister()
+    log.info("member %s left the cluster (%d instance(s) suspended)", _context.member_id, count)
