@@ -188,7 +188,7 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += f".{to_camel(part)}" if out else to_camel(part)
+            out += f".{part}" if out else part
     return out or "(frontmatter)"
 
 

@@ -117,7 +117,7 @@ def check_provider_name(provider: str) -> str:
 def _litellm_providers() -> set[str]:
     import litellm  # imported lazily: costs seconds, and only the worker needs it
 
-    return {str(p) for p in litellm.provider_list}
+    return {str(getattr(p, "value", p)) for p in litellm.provider_list}
 
 
 def _env_prefix(provider: str) -> str:

@@ -39,7 +39,7 @@ def command_strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Calla
     def handle(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **kw: Any) -> None:
         args, _kwargs, _embed = body if body is not None else message.decode()
         name, payload, token = args
-        ack()
+        message.ack()
         ctx = context()
         host = ctx.host
         iid = payload.get("instanceId", "")

@@ -7,9 +7,11 @@ from typing import Any, cast
 
 import redis
 from celery import Celery
+from kombu import Exchange, Queue
 
 from regina import keys
 
+_ANON = Exchange("")  # the anonymous exchange: routing key = list name, no bindings needed
 CHAT_TASK = "regina.chat"
 COMMAND_TASK = "regina.command"
 
@@ -34,9 +36,8 @@ class CeleryDispatcher:
     def _send(self, task: str, queue: str, args: list[Any], argsrepr: str) -> None:
         # exchange="" + routing_key=queue makes kombu LPUSH onto the queue's list directly;
         # declare=[] skips re-declaring per publish (0.4 ms instead of 1-3.5 ms).
-        self.app.send_task(
-            task, args=args, exchange="", routing_key=queue, declare=[], argsrepr=argsrepr
-        )
+        target = Queue(queue, exchange=_ANON, routing_key=queue, no_declare=True)
+        self.app.send_task(task, args=args, queue=target, declare=[], argsrepr=argsrepr)
 
     def enqueue_step(self, instance_id: str, run_id: str, message: str | None) -> None:
         """Queue a chat step on the instance's own queue."""

@@ -21,9 +21,15 @@ T = TypeVar("T")
 _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
 _pid: int | None = None
+_loop_ident: int | None = None
 
 
 def _run_loop(loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
+    global _loop_ident
+    # threading.get_ident() is the greenlet's id under gevent monkey patching, so this tells the
+    # loop's own thread/greenlet apart from other greenlets sharing its OS thread (for which
+    # asyncio.get_running_loop() also reports this loop).
+    _loop_ident = threading.get_ident()
     asyncio.set_event_loop(loop)
     loop.call_soon(ready.set)
     loop.run_forever()
@@ -52,11 +58,7 @@ def run_coro(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
     from the background loop itself (that would deadlock): RuntimeError then.
     """
     loop = background_loop()
-    try:
-        running = asyncio.get_running_loop()
-    except RuntimeError:
-        running = None
-    if running is loop:
+    if threading.get_ident() == _loop_ident:
         coro.close()
         raise RuntimeError("run_coro() called from the background loop itself; await the coroutine")
     future = asyncio.run_coroutine_threadsafe(coro, loop)

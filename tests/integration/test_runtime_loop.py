@@ -251,7 +251,7 @@ def test_compaction_sends_summary_plus_last_n(fake: FakeLLM, target: ModelTarget
 
     summary_req, answer_req = fake.requests
     assert not summary_req.stream and "old question 0" in summary_req.all_text
-    assert "old answer 6" in summary_req.all_text and "old answer 7" not in summary_req.all_text
+    assert "old question 6" in summary_req.all_text and "old answer 7" not in summary_req.all_text
     assert [(m["role"], m["content"]) for m in answer_req.messages] == [
         ("system", SYSTEM),
         ("user", SUMMARY_PREFIX + "SUMMARY-XYZ they asked 4 questions"),

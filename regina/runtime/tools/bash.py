@@ -160,9 +160,25 @@ class VFSBashFs:
         return normalize(path or ".", base or "/")
 
     # writing
+    def _check_parent(self, p: str, raw: str) -> None:
+        """Like bash, writing needs an existing parent directory (just-bash's own in-memory fs
+        creates missing parents). /tmp is created on demand: just-bash keeps process
+        substitution files there."""
+        parent = p.rsplit("/", 1)[0] or "/"
+        kind = self._kind(parent)
+        if kind == "dir":
+            return
+        if kind is None and (parent == "/tmp" or parent.startswith("/tmp/")):
+            self.vfs.mkdir(parent, parents=True)
+            return
+        if kind == "file":
+            raise NotADirectoryError(f"ENOTDIR: not a directory, open '{raw}'")
+        raise FileNotFoundError(f"ENOENT: no such file or directory, open '{raw}'")
+
     async def write_file(self, path: str, content: str | bytes, encoding: str = "utf-8") -> None:
         data = content.encode(encoding or "utf-8", _ENC_ERRORS) if isinstance(content, str) else content
         p = self._norm(path)
+        self._check_parent(p, path)
         try:
             self.vfs.write(p, bytes(data))
         except VFSError as exc:
@@ -170,8 +186,10 @@ class VFSBashFs:
 
     async def append_file(self, path: str, content: str | bytes, encoding: str = "utf-8") -> None:
         data = content.encode(encoding or "utf-8", _ENC_ERRORS) if isinstance(content, str) else content
+        p = self._norm(path)
+        self._check_parent(p, path)
         try:
-            self.vfs.append(self._norm(path), bytes(data))
+            self.vfs.append(p, bytes(data))
         except VFSError as exc:
             raise self._oserror(exc, "write", path) from None
 
@@ -206,7 +224,8 @@ class VFSBashFs:
         s, d = self._norm(src), self._norm(dest)
         kind = self._must(s, "cp", src)
         if kind == "file":
-            await self.write_file(d, self.vfs.read(s))
+            self._check_parent(d, dest)
+            self.vfs.write(d, self.vfs.read(s))
             return
         if not recursive:
             raise IsADirectoryError(f"EISDIR: is a directory, cp '{src}'")
@@ -280,6 +299,95 @@ class _ExactCat:
                 err.append(f"cat: {name}: No such file or directory\n")
                 code = 1
         return ExecResult(stdout="".join(out), stderr="".join(err), exit_code=code)
+
+
+def _is_literal(word: Any, text: str) -> bool:
+    parts = getattr(word, "parts", ())
+    return len(parts) == 1 and getattr(parts[0], "value", None) == text
+
+
+def _merge_stderr_into_file(redirections: list[Any]) -> list[Any]:
+    """Rewrite `>file 2>&1` / `>>file 2>&1` as `&>file` / `&>>file`.
+
+    just-bash applies redirections to already-collected output in order, so `2>&1` after
+    `>file` would send stderr to the terminal instead of the file, unlike bash.
+    """
+    import dataclasses
+
+    out = list(redirections)
+    for i, redir in enumerate(out):
+        if getattr(redir, "operator", None) not in (">", ">>") or getattr(redir, "fd", None) not in (None, 1):
+            continue
+        for j in range(i + 1, len(out)):
+            nxt = out[j]
+            if getattr(nxt, "fd", None) in (None, 1) and getattr(nxt, "operator", None) in (">", ">>", ">&"):
+                break  # stdout redirected again: leave the list alone
+            if nxt.operator == ">&" and nxt.fd == 2 and _is_literal(nxt.target, "1"):
+                both = "&>" if redir.operator == ">" else "&>>"
+                out[i] = dataclasses.replace(redir, fd=None, operator=both)
+                del out[j]
+                return out
+    return out
+
+
+# Word parts whose expansion cannot run commands or assign variables.
+_PURE_PARTS = frozenset({"Literal", "SingleQuoted", "Escaped", "ParameterExpansion", "DoubleQuoted", "TildeExpansion"})
+
+
+async def _unwritable_target(interp: Any, redirections: list[Any]) -> Any:
+    """An error result when a literal `>`/`>>` target's directory is missing, else None.
+
+    bash reports the error and discards the output; just-bash would print the output and then
+    the error. (The command itself has already run in just-bash: redirections are applied after.)
+    """
+    from just_bash.interpreter.expansion import expand_word_async
+    from just_bash.types import ExecResult
+
+    for redir in redirections:
+        if getattr(redir, "operator", None) not in (">", ">>", ">|", "&>", "&>>"):
+            continue
+        parts = getattr(redir.target, "parts", None) or ()
+        if not parts:
+            continue
+        if all(getattr(p, "type", None) == "Literal" for p in parts):
+            target = "".join(p.value for p in parts)
+        elif all(getattr(p, "type", None) in _PURE_PARTS for p in parts):
+            target = await expand_word_async(interp._ctx, redir.target)  # no side effects
+        else:
+            continue
+        if target.startswith("/dev/") or not target:
+            continue
+        path = interp._fs.resolve_path(interp._state.cwd, target)
+        parent = path.rsplit("/", 1)[0] or "/"
+        if parent == "/tmp" or parent.startswith("/tmp/"):
+            continue
+        if not await interp._fs.is_directory(parent):
+            reason = "Not a directory" if await interp._fs.exists(parent) else "No such file or directory"
+            return ExecResult(stdout="", stderr=f"bash: {target}: {reason}\n", exit_code=1)
+    return None
+
+
+_patched = False
+
+
+def _patch_interpreter() -> None:
+    """Install the interpreter fixes above (once per process; only Regina uses just-bash)."""
+    global _patched
+    if _patched:
+        return
+    from just_bash.interpreter.interpreter import Interpreter
+
+    original = Interpreter._process_output_redirections
+
+    async def process_output_redirections(self: Any, redirections: list[Any], result: Any) -> Any:
+        redirections = _merge_stderr_into_file(redirections)
+        failed = await _unwritable_target(self, redirections)
+        if failed is not None:
+            return failed
+        return await original(self, redirections, result)
+
+    Interpreter._process_output_redirections = process_output_redirections
+    _patched = True
 
 
 def _command_registry(network: bool) -> dict[str, Any]:
@@ -365,6 +473,7 @@ def bash_tool(vfs: VFS, *, env: dict[str, str], limits: Limits, network: bool = 
     from just_bash import Bash, NetworkConfig
     from just_bash.interpreter.errors import ExecutionLimitError
 
+    _patch_interpreter()
     fs = VFSBashFs(vfs)
     base_env = {str(k): str(v) for k, v in env.items()}
     commands = _command_registry(network)

@@ -1,0 +1,90 @@
+"""Session fixtures: our own Redis, the fake LLM, and a shared cluster of real processes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.harness.fake_llm import FakeLLM
+from tests.harness.processes import Cluster, clean_env
+from tests.harness.redis_server import RedisServer
+
+# No test may reach a real model: strip keys and point every base URL nowhere by default.
+for _name in list(os.environ):
+    if _name.endswith("_API_KEY") or _name.endswith("_BASE_URL"):
+        del os.environ[_name]
+os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def fake_llm() -> Iterator[FakeLLM]:
+    fake = FakeLLM().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(autouse=True)
+def _reset_fake(request: pytest.FixtureRequest) -> None:
+    if "fake_llm" in request.fixturenames:
+        request.getfixturevalue("fake_llm").reset()
+
+
+@pytest.fixture(scope="session")
+def cluster(redis_server: RedisServer, fake_llm: FakeLLM) -> Iterator[Cluster]:
+    """Two workers and one web process shared by the tests that need no special config."""
+    c = Cluster(redis_server.url, fake_llm.url)
+    try:
+        w1 = c.start_worker(wait=False)
+        w2 = c.start_worker(wait=False)
+        c.wait_worker(w1)
+        c.wait_worker(w2)
+        c.start_web()
+    except BaseException:
+        print(c.dump_logs())
+        c.stop()
+        raise
+    yield c
+    c.stop()
+
+
+@pytest.fixture
+def api(cluster: Cluster) -> Iterator[httpx.Client]:
+    web = next(p for p in cluster.procs if p.name.startswith("web"))
+    with httpx.Client(base_url=web.url, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture
+def make_cluster(redis_server: RedisServer, fake_llm: FakeLLM) -> Iterator[object]:
+    """Factory for a private cluster with its own settings (idle timeouts, storage, …)."""
+    made: list[Cluster] = []
+
+    def make(**env: str) -> Cluster:
+        c = Cluster(redis_server.url, fake_llm.url, env_overrides=env)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.stop()
+
+
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> None:
+    """Print the processes' logs when an integration test fails."""
+    if call.when == "call" and call.excinfo is not None:
+        for name in ("cluster", "make_cluster"):
+            value = item.funcargs.get(name) if hasattr(item, "funcargs") else None
+            if isinstance(value, Cluster):
+                print(value.dump_logs())
+
+
+__all__ = ["clean_env"]

@@ -1,0 +1,163 @@
+"""Start and stop real web and worker processes for integration tests.
+
+Workers are `regina worker` (Celery, gevent pool); web is `regina web` (gunicorn, gevent).
+Each process logs to a file; `Cluster.dump_logs()` prints them when a test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import redis
+
+from tests.harness.ports import free_port
+from tests.harness.waiting import wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+REGINA = str(Path(sys.executable).parent / "regina")
+
+
+def clean_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """os.environ without real API keys or REGINA_* settings of the developer's shell."""
+    env = {
+        k: v
+        for k, v in (base or os.environ).items()
+        if not k.endswith("_API_KEY") and not k.startswith("REGINA_") and not k.endswith("_BASE_URL")
+        and k not in ("REDIS_URL", "PORT")
+    }
+    env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@dataclass
+class Proc:
+    """One child process with its log file."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    member_id: str = ""
+    url: str = ""
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM and wait (graceful: workers finish steps and back up); kill if it must."""
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        return int(self.popen.returncode)
+
+    def kill(self) -> None:
+        """kill -9: no cleanup at all."""
+        if self.alive():
+            self.popen.kill()
+            self.popen.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@dataclass
+class Cluster:
+    """Web and worker processes sharing one Redis, the fake LLM and a temp dir."""
+
+    redis_url: str
+    fake_url: str
+    env_overrides: dict[str, str] = field(default_factory=dict)
+    tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="regina-cluster-")))
+    procs: list[Proc] = field(default_factory=list)
+
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        env = clean_env()
+        env.update(
+            REDIS_URL=self.redis_url,
+            REGINA_AGENTS_DIR=str(ROOT / "tests" / "agents"),
+            REGINA_MEMBER_TTL="3",
+            REGINA_MEMBER_HEARTBEAT="0.5",
+            REGINA_LIMITS__WORKER_REPLY_TIMEOUT="15",
+            REGINA_LIMITS__REQUEST_TIMEOUT="60",
+            REGINA_CONCURRENCY="50",
+            OPENAI_BASE_URL=self.fake_url + "/v1",
+            ANTHROPIC_BASE_URL=self.fake_url,
+            AI_GATEWAY_BASE_URL=self.fake_url + "/v1",
+            OPENAI_API_KEY="sk-test-openai",
+            ANTHROPIC_API_KEY="sk-test-anthropic",
+            AI_GATEWAY_API_KEY="sk-test-gateway",
+        )
+        env.update(self.env_overrides)
+        env.update(extra or {})
+        return env
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Proc:
+        log_path = self.tmp / f"{name}.log"
+        popen = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
+        proc = Proc(name, popen, log_path)
+        self.procs.append(proc)
+        return proc
+
+    def start_worker(self, member_id: str | None = None, env: dict[str, str] | None = None, wait: bool = True) -> Proc:
+        """A worker with its own VFS dir; ready once it is a live member in Redis."""
+        n = sum(1 for p in self.procs if p.name.startswith("worker")) + 1
+        member = member_id or f"w{n}-{os.getpid()}-{time.monotonic_ns() % 100000}@test"
+        e = {"REGINA_VFS_DIR": str(self.tmp / f"vfs-{member.split('@')[0]}")}
+        e.update(env or {})
+        proc = self._spawn(f"worker{n}", [REGINA, "worker", "--member-id", member], self.env(e))
+        proc.member_id = member
+        if wait:
+            self.wait_worker(proc)
+        return proc
+
+    def wait_worker(self, proc: Proc, timeout: float = 60) -> None:
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            wait_until(
+                lambda: (proc.alive() or _raise(f"{proc.name} exited:\n{proc.log()[-3000:]}"))
+                and client.exists(f"regina:member:{proc.member_id}"),
+                timeout=timeout,
+                what=f"{proc.name} to join the cluster",
+            )
+        finally:
+            client.close()
+
+    def start_web(self, env: dict[str, str] | None = None, workers: int = 1) -> Proc:
+        """gunicorn on a free port; ready once /healthz answers."""
+        port = free_port()
+        e = {"PORT": str(port)}
+        e.update(env or {})
+        n = sum(1 for p in self.procs if p.name.startswith("web")) + 1
+        proc = self._spawn(f"web{n}", [REGINA, "web", "--workers", str(workers)], self.env(e))
+        proc.url = f"http://127.0.0.1:{port}"
+
+        def ready() -> bool:
+            if not proc.alive():
+                _raise(f"{proc.name} exited:\n{proc.log()[-3000:]}")
+            return httpx.get(proc.url + "/healthz", timeout=1).status_code == 200
+
+        wait_until(ready, timeout=60, what=f"{proc.name} to answer /healthz")
+        return proc
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop(timeout=20)
+
+    def dump_logs(self) -> str:
+        return "\n".join(f"===== {p.name} =====\n{p.log()[-6000:]}" for p in self.procs)
+
+
+def _raise(message: str) -> bool:
+    raise AssertionError(message)

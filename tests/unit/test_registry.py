@@ -1,0 +1,230 @@
+"""The agent registry: skip-and-report, duplicates, atomic reload, debounced SIGHUP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from regina.config import Settings
+from regina.errors import ConfigError, NotFound
+from regina.registry import AgentRegistry
+
+TESTS_AGENTS = Path(__file__).resolve().parents[1] / "agents"
+
+
+def agent(
+    directory: Path, file: str, name: str, *, model: str = "gpt-4o", extra: str = "", body: str = ""
+) -> Path:
+    path = directory / file
+    path.write_text(f"---\nname: {name}\nmodel: {model}\n{extra}---\n{body or f'You are {name}.'}\n")
+    return path
+
+
+def registry_for(directory: Path) -> AgentRegistry:
+    return AgentRegistry(Settings(agents_dir=str(directory)), environ={})
+
+
+def test_loads_the_shared_test_agents() -> None:
+    registry = registry_for(TESTS_AGENTS)
+    registry.load()
+    assert [d.name for d in registry.list()] == ["anthropic-agent", "openai-agent", "tool-agent"]
+    assert registry.errors == [] and registry.warnings == []
+    assert registry.get("tool-agent").public_dict()["tools"] == ["word_count", "shout"]
+    assert "openai-agent" in registry and len(registry) == 3
+
+
+def test_bad_files_are_skipped_and_reported(tmp_path: Path) -> None:
+    agent(tmp_path, "good.md", "good")
+    (tmp_path / "bad-yaml.md").write_text("---\nname: [x\n---\n")
+    agent(tmp_path, "no-model.md", "nomodel", model="")
+    (tmp_path / "huge.md").write_text("---\nname: huge\nmodel: gpt-4o\n---\n" + "x" * 1_048_576)
+    (tmp_path / "notes.txt").write_text("not a definition")  # ignored: not *.md
+    (tmp_path / "sub").mkdir()
+    agent(tmp_path / "sub", "nested.md", "nested")  # ignored: not recursive
+    registry = registry_for(tmp_path)
+    registry.load()
+    assert [d.name for d in registry.list()] == ["good"]
+    errors = {Path(e["file"]).name: e["error"] for e in registry.errors}
+    assert set(errors) == {"bad-yaml.md", "no-model.md", "huge.md"}
+    assert "bad YAML" in errors["bad-yaml.md"]
+    assert "field 'model'" in errors["no-model.md"]
+    assert "1 MiB" in errors["huge.md"]
+    for file, error in errors.items():
+        assert str(tmp_path / file) in error
+
+
+def test_duplicate_names_later_file_rejected_naming_both(tmp_path: Path) -> None:
+    first = agent(tmp_path, "a.md", "twin", body="first")
+    second = agent(tmp_path, "b.md", "twin", body="second")
+    registry = registry_for(tmp_path)
+    registry.load()
+    assert registry.get("twin").system_prompt == "first"
+    [error] = registry.errors
+    assert error["file"] == str(second)
+    assert str(first) in error["error"] and str(second) in error["error"] and "duplicate" in error["error"]
+
+
+def test_unknown_delegates_are_dropped_with_a_warning(tmp_path: Path) -> None:
+    boss = agent(tmp_path, "boss.md", "boss", extra="delegates: [helper, ghost]\n")
+    agent(tmp_path, "helper.md", "helper")
+    registry = registry_for(tmp_path)
+    registry.load()
+    assert registry.get("boss").delegates == ("helper",)
+    assert registry.errors == []
+    [warning] = registry.warnings
+    assert warning["file"] == str(boss) and "'ghost'" in warning["error"]
+
+
+def test_get_unknown_is_not_found_listing_known(tmp_path: Path) -> None:
+    agent(tmp_path, "a.md", "alpha")
+    registry = registry_for(tmp_path)
+    registry.load()
+    with pytest.raises(NotFound) as info:
+        registry.get("beta")
+    assert "'beta'" in str(info.value) and "alpha" in str(info.value)
+    assert info.value.status_code == 404
+
+
+def test_reload_swaps_a_complete_new_snapshot(tmp_path: Path) -> None:
+    agent(tmp_path, "a.md", "alpha")
+    registry = registry_for(tmp_path)
+    registry.load()
+    before = registry.snapshot
+    held = registry.get("alpha")
+    agent(tmp_path, "a.md", "alpha", body="changed")
+    agent(tmp_path, "b.md", "beta")
+    after = registry.reload()
+    assert registry.snapshot is after and after is not before
+    assert registry.get("alpha").system_prompt == "changed"
+    assert [d.name for d in registry.list()] == ["alpha", "beta"]
+    # The old snapshot and the definitions read from it are untouched.
+    assert list(before.definitions) == ["alpha"] and held.system_prompt == "You are alpha."
+    with pytest.raises(TypeError):
+        after.definitions["x"] = held  # type: ignore[index]
+
+
+def test_removed_file_disappears_on_reload(tmp_path: Path) -> None:
+    agent(tmp_path, "a.md", "alpha")
+    gone = agent(tmp_path, "b.md", "beta")
+    registry = registry_for(tmp_path)
+    registry.load()
+    gone.unlink()
+    registry.reload()
+    assert [d.name for d in registry.list()] == ["alpha"]
+
+
+def test_failed_reload_keeps_the_old_registry(tmp_path: Path) -> None:
+    directory = tmp_path / "agents"
+    directory.mkdir()
+    agent(directory, "a.md", "alpha")
+    registry = registry_for(directory)
+    registry.load()
+    before = registry.snapshot
+    directory.rename(tmp_path / "moved")
+    with pytest.raises(ConfigError, match="agentsDir"):
+        registry.reload()
+    assert registry.snapshot is before
+    assert registry.get("alpha").name == "alpha"
+
+
+def test_missing_agents_dir_on_first_load(tmp_path: Path) -> None:
+    registry = registry_for(tmp_path / "nope")
+    with pytest.raises(ConfigError, match="is not a directory"):
+        registry.load()
+    assert registry.list() == []
+
+
+def test_readers_never_see_a_partial_registry(tmp_path: Path) -> None:
+    for i in range(20):
+        agent(tmp_path, f"a{i:02}.md", f"agent-{i:02}")
+    registry = registry_for(tmp_path)
+    registry.load()
+    seen: set[int] = set()
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            seen.add(len(registry.list()))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for _ in range(5):
+            registry.reload()
+    finally:
+        stop.set()
+        reader.join()
+    assert seen == {20}
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="needs SIGHUP")
+def test_sighup_reload_is_debounced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    agent(tmp_path, "a.md", "alpha")
+    registry = registry_for(tmp_path)
+    registry.load()
+    reloads: list[float] = []
+    real_reload = registry.reload
+
+    def counting_reload() -> object:
+        reloads.append(time.monotonic())
+        return real_reload()
+
+    monkeypatch.setattr(registry, "reload", counting_reload)
+    previous = signal.getsignal(signal.SIGHUP)
+    registry.install_sighup(debounce=0.3)
+    try:
+        agent(tmp_path, "b.md", "beta")
+        for _ in range(5):
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(0.02)
+        assert registry.reload_pending
+        assert reloads == []  # nothing yet: waiting for the debounce delay
+        deadline = time.monotonic() + 5
+        while not reloads and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.5)  # room for a (wrong) second reload to show up
+        assert len(reloads) == 1
+        assert not registry.reload_pending
+        assert "beta" in registry
+        # A later signal arms a new reload.
+        agent(tmp_path, "c.md", "gamma")
+        os.kill(os.getpid(), signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while len(reloads) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.1)
+        assert len(reloads) == 2 and "gamma" in registry
+    finally:
+        registry.uninstall_sighup()
+    assert signal.getsignal(signal.SIGHUP) == previous
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="needs SIGHUP")
+def test_sighup_failed_reload_keeps_old_and_uninstall_cancels(tmp_path: Path) -> None:
+    directory = tmp_path / "agents"
+    directory.mkdir()
+    agent(directory, "a.md", "alpha")
+    registry = registry_for(directory)
+    registry.load()
+    before = registry.snapshot
+    registry.install_sighup(debounce=0.1)
+    try:
+        directory.rename(tmp_path / "moved")
+        os.kill(os.getpid(), signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while registry.reload_pending and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.1)
+        assert registry.snapshot is before  # the failed reload was logged, the old registry kept
+        registry.install_sighup(debounce=60)
+        os.kill(os.getpid(), signal.SIGHUP)
+        time.sleep(0.05)
+        assert registry.reload_pending
+    finally:
+        registry.uninstall_sighup()
+    assert not registry.reload_pending
