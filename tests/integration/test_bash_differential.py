@@ -26,7 +26,12 @@ FILES: dict[str, str] = {
     "people.csv": "name,age,city\nalice,30,paris\nbob,25,london\ncarol,35,paris\n",
     "words.txt": "the quick brown fox\njumps over the lazy dog\n",
     "config.json": json.dumps(
-        {"name": "demo", "version": 3, "tags": ["a", "b"], "items": [{"id": 1, "ok": True}, {"id": 2, "ok": False}]}
+        {
+            "name": "demo",
+            "version": 3,
+            "tags": ["a", "b"],
+            "items": [{"id": 1, "ok": True}, {"id": 2, "ok": False}],
+        }
     )
     + "\n",
     "sub/notes.md": "# Title\nsome notes\nTODO: fix\n",
@@ -66,12 +71,12 @@ CASES: list[object] = [
     "(exit 3); echo $?",
     "false | true; echo $?",
     # loops, functions, conditionals
-    "for f in apple banana; do echo \"fruit: $f\"; done",
+    'for f in apple banana; do echo "fruit: $f"; done',
     "for i in 1 2 3 4 5; do if [ $((i % 2)) -eq 0 ]; then echo even $i; fi; done",
     "i=0; while [ $i -lt 4 ]; do echo $i; i=$((i+1)); done",
-    "while read -r line; do echo \"[$line]\"; done < numbers.txt",
+    'while read -r line; do echo "[$line]"; done < numbers.txt',
     "n=0; until [ $n -ge 3 ]; do n=$((n+1)); done; echo $n",
-    "greet() { echo \"hello, $1\"; }; greet world; greet there",
+    'greet() { echo "hello, $1"; }; greet world; greet there',
     "add() { echo $(( $1 + $2 )); }; add 2 40",
     "f() { return 7; }; f; echo $?",
     "case banana in ap*) echo A;; ba*) echo B;; *) echo C;; esac",
@@ -91,25 +96,36 @@ CASES: list[object] = [
     "x=5; y=$((x * 3 + 1)); echo $y",
     "s='hello world'; echo ${#s} ${s^^} ${s/world/there}",
     "p=/a/b/c.txt; echo ${p##*/} ${p%.txt} ${p%/*}",
-    "arr=(x y z); echo ${arr[1]} ${#arr[@]} \"${arr[@]}\"",
+    'arr=(x y z); echo ${arr[1]} ${#arr[@]} "${arr[@]}"',
     "echo ${UNSET:-default} ${UNSET:=assigned} $UNSET",
     "echo $(( (7 + 3) / 2 )) $(( 2 ** 10 )) $(( 17 % 5 ))",
     "printf '%s-%03d\\n' a 7 b 42",
-    "echo \"$(echo nested $(echo deep))\"",
+    'echo "$(echo nested $(echo deep))"',
     # grep / sed / awk / cut / tr
     "grep -n ERROR sub/deep/app.log",
     "grep -c apple fruits.txt",
     "grep -v a fruits.txt",
-    pytest.param("grep -ri todo sub", marks=gap('grep -r prints absolute VFS paths (/data/sub/notes.md) instead of the relative path given')),
+    pytest.param(
+        "grep -ri todo sub",
+        marks=gap(
+            "grep -r prints absolute VFS paths (/data/sub/notes.md) instead of the relative path given"
+        ),
+    ),
     "grep -E '^(b|c)' fruits.txt",
     "sed 's/apple/APPLE/g' fruits.txt | head -4",
     "sed -n '2,3p' fruits.txt",
     "sed '/banana/d' fruits.txt",
     "echo hello | sed -E 's/(h)(e)/\\2\\1/'",
     "awk -F, 'NR>1 {sum += $2} END {print sum}' people.csv",
-    pytest.param("awk -F, '$3 == \"paris\" {print $1}' people.csv", marks=gap('awk comparison patterns outside braces never match (use { if (...) } instead)')),
+    pytest.param(
+        "awk -F, '$3 == \"paris\" {print $1}' people.csv",
+        marks=gap("awk comparison patterns outside braces never match (use { if (...) } instead)"),
+    ),
     "awk '{print NF, $NF}' words.txt",
-    pytest.param("awk '{ count[$1]++ } END { for (k in count) print k, count[k] }' fruits.txt | sort", marks=gap('awk array subscripts that are field references (c[$1]) are taken literally')),
+    pytest.param(
+        "awk '{ count[$1]++ } END { for (k in count) print k, count[k] }' fruits.txt | sort",
+        marks=gap("awk array subscripts that are field references (c[$1]) are taken literally"),
+    ),
     "cut -d, -f1,3 people.csv",
     "cut -c1-3 fruits.txt | sort -u",
     "echo 'a:b:c' | tr ':' '\\n'",
@@ -119,8 +135,14 @@ CASES: list[object] = [
     "find . -name '*.log'",
     "find sub -type f | sort",
     "find . -type d | sort",
-    pytest.param("ls *.txt | xargs wc -l", marks=gap('wc pads counts to a fixed width of 7 (GNU pads to the widest count)')),
-    pytest.param("printf 'a\\nb\\nc\\n' | xargs -I{} echo item-{}", marks=gap('xargs -I (replace string) is not supported')),
+    pytest.param(
+        "ls *.txt | xargs wc -l",
+        marks=gap("wc pads counts to a fixed width of 7 (GNU pads to the widest count)"),
+    ),
+    pytest.param(
+        "printf 'a\\nb\\nc\\n' | xargs -I{} echo item-{}",
+        marks=gap("xargs -I (replace string) is not supported"),
+    ),
     "echo 1 2 3 | xargs -n 1 echo n",
     # jq
     "jq -r .name config.json",
@@ -129,7 +151,9 @@ CASES: list[object] = [
     "jq -r '.tags | join(\",\")' config.json",
     "jq '.version + 1' config.json",
     # misc
-    pytest.param("mkdir -p made/deeper && touch made/deeper/f && ls -R made", marks=gap('ls -R does not recurse')),
+    pytest.param(
+        "mkdir -p made/deeper && touch made/deeper/f && ls -R made", marks=gap("ls -R does not recurse")
+    ),
     "cp fruits.txt copy.txt && cmp -s fruits.txt copy.txt; diff fruits.txt copy.txt && echo same",
     "mv numbers.txt moved.txt && ls moved.txt numbers.txt 2>/dev/null; echo $?",
     "rm -r sub && ls",
@@ -144,14 +168,20 @@ CASES: list[object] = [
     "echo -e 'a\\tb'; printf '%5.2f|%-4s|\n' 3.14159 ab",
     "content=$(< numbers.txt); echo $content",
     "echo tee-data | tee teed.txt > /dev/null; cat teed.txt",
-    pytest.param("sort -t, -k2 -n people.csv | head -2", marks=gap('sort -n puts non-numeric keys last (GNU treats them as 0)')),
+    pytest.param(
+        "sort -t, -k2 -n people.csv | head -2",
+        marks=gap("sort -n puts non-numeric keys last (GNU treats them as 0)"),
+    ),
     "sed -i 's/apple/pear/' fruits.txt && grep -c pear fruits.txt",
     "head -c 10 words.txt; echo",
     "ls nope 2>/dev/null || echo missing",
     "[ -s noeol.txt ] && echo nonempty",
     "echo x > no/such/dir/f.txt; echo $?",
     "awk 'BEGIN { OFS=\"-\" } { $1=$1; print }' words.txt",
-    pytest.param("awk 'length($0) > 5' fruits.txt", marks=gap('awk expression patterns using functions (length($0) > 5) never match')),
+    pytest.param(
+        "awk 'length($0) > 5' fruits.txt",
+        marks=gap("awk expression patterns using functions (length($0) > 5) never match"),
+    ),
     "uniq -d <(sort fruits.txt)",
     "d=nodir; echo x > $d/f; echo $?",
     "comm -12 <(sort -u fruits.txt) <(printf 'apple\\ndate\\nzebra\\n')",
@@ -161,7 +191,7 @@ CASES: list[object] = [
 def _ids(cases: list[object]) -> list[str]:
     out = []
     for c in cases:
-        cmd = c.values[0] if hasattr(c, "values") else c  # type: ignore[attr-defined]
+        cmd = c.values[0] if hasattr(c, "values") else c
         out.append(str(cmd).replace("\n", "\\n")[:60])
     return out
 

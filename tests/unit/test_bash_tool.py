@@ -42,7 +42,9 @@ def test_bash_and_file_tools_share_files(kind: str, tmp_path: Path) -> None:
     r = bash.call_sync({"command": "cat /work/hello.txt && wc -l < work/hello.txt"})
     assert r == {"stdout": "hello from write_file\n1\n", "stderr": "", "exitCode": 0}
 
-    r = bash.call_sync({"command": "mkdir -p /out && echo 'made by bash' > /out/b.txt && echo more >> /out/b.txt"})
+    r = bash.call_sync(
+        {"command": "mkdir -p /out && echo 'made by bash' > /out/b.txt && echo more >> /out/b.txt"}
+    )
     assert r["exitCode"] == 0
     assert files["read_file"].call_sync({"path": "/out/b.txt"}) == "made by bash\nmore\n"
 
@@ -98,7 +100,12 @@ def test_secret_name_patterns() -> None:
 def test_no_network_and_no_host_processes(tmp_path: Path) -> None:
     marker = tmp_path / "host-marker"
     bash = bash_tool(MemoryVFS(), env=_env(), limits=Limits())
-    for cmd in ("curl -s http://example.com", "wget http://example.com", "nc -z 127.0.0.1 22", "python3 -c 1"):
+    for cmd in (
+        "curl -s http://example.com",
+        "wget http://example.com",
+        "nc -z 127.0.0.1 22",
+        "python3 -c 1",
+    ):
         r = bash.call_sync({"command": cmd})
         assert r["exitCode"] == 127, (cmd, r)
         assert "command not found" in r["stderr"]

@@ -175,3 +175,19 @@ def test_deterministic() -> None:
     first = litellm.completion(model=MODEL, messages=messages).choices[0].message.content
     second = litellm.completion(model=MODEL, messages=messages).choices[0].message.content
     assert first == second
+
+
+def test_async_completion_and_streaming() -> None:
+    import asyncio
+
+    async def run() -> tuple[str, str]:
+        messages = [{"role": "user", "content": "hello async"}]
+        response = await litellm.acompletion(model=MODEL, messages=messages)
+        text = ""
+        async for chunk in await litellm.acompletion(model=MODEL, messages=messages, stream=True):
+            if chunk.choices:
+                text += chunk.choices[0].delta.content or ""
+        return response.choices[0].message.content, text
+
+    full, streamed = asyncio.run(run())
+    assert full == streamed and "hello async" in full

@@ -217,7 +217,7 @@ def test_snapshot_consistent_while_writing(kind: str, tmp_path: Path) -> None:
 
     t = threading.Thread(target=writer)
     t.start()
-    snaps = []
+    snaps: list[bytes] = []
     try:
         deadline = time.monotonic() + 0.8
         while time.monotonic() < deadline or len(snaps) < 3:

@@ -249,7 +249,9 @@ class VFSBashFs:
         self.vfs.chmod(p, mode)
 
     async def symlink(self, target: str, link_path: str) -> None:
-        raise PermissionError(f"EPERM: symbolic links are not supported in this sandbox, symlink '{link_path}'")
+        raise PermissionError(
+            f"EPERM: symbolic links are not supported in this sandbox, symlink '{link_path}'"
+        )
 
     async def link(self, existing_path: str, new_path: str) -> None:
         s, d = self._norm(existing_path), self._norm(new_path)
@@ -302,7 +304,7 @@ class _ExactCat:
 
 
 def _is_literal(word: Any, text: str) -> bool:
-    parts = getattr(word, "parts", ())
+    parts: Any = getattr(word, "parts", ())
     return len(parts) == 1 and getattr(parts[0], "value", None) == text
 
 
@@ -331,7 +333,9 @@ def _merge_stderr_into_file(redirections: list[Any]) -> list[Any]:
 
 
 # Word parts whose expansion cannot run commands or assign variables.
-_PURE_PARTS = frozenset({"Literal", "SingleQuoted", "Escaped", "ParameterExpansion", "DoubleQuoted", "TildeExpansion"})
+_PURE_PARTS = frozenset(
+    {"Literal", "SingleQuoted", "Escaped", "ParameterExpansion", "DoubleQuoted", "TildeExpansion"}
+)
 
 
 async def _unwritable_target(interp: Any, redirections: list[Any]) -> Any:
@@ -386,7 +390,7 @@ def _patch_interpreter() -> None:
             return failed
         return await original(self, redirections, result)
 
-    Interpreter._process_output_redirections = process_output_redirections
+    Interpreter._process_output_redirections = process_output_redirections  # type: ignore[method-assign]
     _patched = True
 
 
@@ -493,7 +497,7 @@ def bash_tool(vfs: VFS, *, env: dict[str, str], limits: Limits, network: bool = 
         if not await fs.is_directory(cwd):
             cwd = "/"
         shell = Bash(
-            fs=fs,  # type: ignore[arg-type]
+            fs=fs,
             cwd=cwd,
             env={**base_env, "PWD": cwd},
             limits=_DeadlineLimits(limits, deadline),  # type: ignore[arg-type]
@@ -503,7 +507,7 @@ def bash_tool(vfs: VFS, *, env: dict[str, str], limits: Limits, network: bool = 
         )
         try:
             result = await asyncio.wait_for(shell.exec(command), timeout=limits.bash_timeout)
-        except (asyncio.TimeoutError, TimeoutError):
+        except TimeoutError:
             return _limit_result(f"time limit exceeded ({limits.bash_timeout:g} s)", 124)
         except ExecutionLimitError as exc:
             code = 124 if getattr(exc, "limit_type", "") == "time" else 125
