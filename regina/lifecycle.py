@@ -209,7 +209,9 @@ class Coordinator:
         info = relay.run_info(self.r, run_id)
         if not info:
             raise NotFound(f"run {run_id!r} not found (unknown or expired)")
-        instance_id = info["instanceId"]
+        return self._follow(run_id, info["instanceId"], after)
+
+    def _follow(self, run_id: str, instance_id: str, after: int) -> Iterator[dict[str, Any]]:
         deadline = time.monotonic() + self.settings.limits.request_timeout
         for event in relay.read_events(self.r, run_id, after=after, block_ms=500):
             if event is None:

@@ -3,7 +3,7 @@ same snapshot format (a SQLite database image) as the default backend. Lost on p
 
 from __future__ import annotations
 
-from regina.vfs.sqlite import SQLiteVFS, _rollback_header, check_snapshot
+from regina.vfs.sqlite import _SCHEMA, SQLiteVFS, _rollback_header, check_snapshot
 
 
 class MemoryVFS(SQLiteVFS):
@@ -19,4 +19,5 @@ class MemoryVFS(SQLiteVFS):
         vfs = cls()
         with vfs._lock:
             vfs._conn.deserialize(_rollback_header(data))
+            vfs._conn.executescript(_SCHEMA)  # tables added since the image was taken
         return vfs

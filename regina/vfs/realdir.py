@@ -22,14 +22,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sqlite3
 import stat as stat_mod
 import tempfile
 import threading
 
 from regina.errors import VFSError
 from regina.vfs.base import FileStat, normalize
-from regina.vfs.sqlite import SQLiteVFS, _rollback_header, check_snapshot
+from regina.vfs.sqlite import SQLiteVFS, check_snapshot
 
 
 def _fsync_dir(path: str) -> None:
@@ -297,11 +296,11 @@ class RealDirVFS:
         os.makedirs(parent, exist_ok=True)
         build = tempfile.mkdtemp(prefix=".restore-", dir=parent)
         os.chmod(build, 0o755)
-        conn = sqlite3.connect(":memory:")
+        from regina.vfs.memory import MemoryVFS
+
+        src = MemoryVFS.from_snapshot(data)
         try:
-            conn.deserialize(_rollback_header(data))
-            rows = conn.execute("SELECT path, is_dir, data, mode FROM entries ORDER BY path").fetchall()
-            for path, is_dir, blob, mode in rows:
+            for path, is_dir, mode in src.walk():
                 if path == "/":
                     continue
                 target = os.path.join(build, normalize(path).lstrip("/"))
@@ -310,14 +309,14 @@ class RealDirVFS:
                 else:
                     os.makedirs(os.path.dirname(target), exist_ok=True)
                     with open(target, "wb") as fh:
-                        fh.write(bytes(blob))
-                os.chmod(target, int(mode) & 0o7777)
-            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+                        fh.write(src.read(path))
+                os.chmod(target, mode & 0o7777)
+            meta = src.meta_items()
         except BaseException:
             shutil.rmtree(build, ignore_errors=True)
             raise
         finally:
-            conn.close()
+            src.close()
         old = None
         if os.path.lexists(root):
             old = tempfile.mkdtemp(prefix=".old-", dir=parent)

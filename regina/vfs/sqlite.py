@@ -3,9 +3,13 @@
 Layout (schema version 1, stored as meta key ``vfs.schema``)::
 
     entries(path TEXT PRIMARY KEY, parent TEXT, is_dir INTEGER, data BLOB, mode INTEGER, mtime REAL)
+    chunks(path TEXT, seq INTEGER, data BLOB, PRIMARY KEY (path, seq))
     meta(key TEXT PRIMARY KEY, value TEXT)
 
 The root "/" is always a directory row. ``parent`` is indexed so ``listdir`` does not scan.
+A file's content is ``entries.data`` followed by its ``chunks`` in ``seq`` order: ``append``
+inserts one small chunk row (O(appended bytes), not O(file size) — the session JSONL grows by
+appends), and every ``_MERGE_AT`` chunks they are folded back into ``entries.data`` (amortized).
 
 Durability: the database is in WAL mode and every write is committed before the method returns.
 The default ``synchronous=FULL`` fsyncs the WAL on each commit, so a write acknowledged to the
@@ -39,6 +43,7 @@ SCHEMA_VERSION = "1"
 _DIR_MODE = 0o755
 _FILE_MODE = 0o644
 _SYNC_LEVELS = ("OFF", "NORMAL", "FULL", "EXTRA")
+_MERGE_AT = 256  # appended chunks per file before they are folded into entries.data
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -50,6 +55,12 @@ CREATE TABLE IF NOT EXISTS entries (
     mtime  REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS entries_parent ON entries(parent);
+CREATE TABLE IF NOT EXISTS chunks (
+    path TEXT NOT NULL,
+    seq  INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (path, seq)
+);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
@@ -148,17 +159,28 @@ class SQLiteVFS:
                 (d, _parent(d), _DIR_MODE, now),
             )
 
+    @staticmethod
+    def _merge_chunks(cur: sqlite3.Cursor, p: str) -> None:
+        base = cur.execute("SELECT data FROM entries WHERE path = ?", (p,)).fetchone()[0]
+        rows = cur.execute("SELECT data FROM chunks WHERE path = ? ORDER BY seq", (p,)).fetchall()
+        merged = b"".join([bytes(base), *(bytes(r[0]) for r in rows)])
+        cur.execute("UPDATE entries SET data = ? WHERE path = ?", (sqlite3.Binary(merged), p))
+        cur.execute("DELETE FROM chunks WHERE path = ?", (p,))
+
     # -- VFS protocol -------------------------------------------------------------------------
 
     def read(self, path: str) -> bytes:
         p = normalize(path)
         with self._read() as cur:
             row = cur.execute("SELECT is_dir, data FROM entries WHERE path = ?", (p,)).fetchone()
-        if row is None:
-            raise VFSError(f"no such file: {p}")
-        if row[0]:
-            raise VFSError(f"is a directory: {p}")
-        return bytes(row[1])
+            if row is None:
+                raise VFSError(f"no such file: {p}")
+            if row[0]:
+                raise VFSError(f"is a directory: {p}")
+            chunks = cur.execute("SELECT data FROM chunks WHERE path = ? ORDER BY seq", (p,)).fetchall()
+        if not chunks:
+            return bytes(row[1])
+        return b"".join([bytes(row[1]), *(bytes(c[0]) for c in chunks)])
 
     def write(self, path: str, data: bytes) -> None:
         p = normalize(path)
@@ -171,6 +193,8 @@ class SQLiteVFS:
                 raise VFSError(f"is a directory: {p}")
             if kind is None:
                 self._ensure_parents(cur, p, now)
+            else:
+                cur.execute("DELETE FROM chunks WHERE path = ?", (p,))
             cur.execute(
                 "INSERT INTO entries(path, parent, is_dir, data, mode, mtime) VALUES (?, ?, 0, ?, ?, ?) "
                 "ON CONFLICT(path) DO UPDATE SET data = excluded.data, mtime = excluded.mtime",
@@ -181,12 +205,17 @@ class SQLiteVFS:
         p = normalize(path)
         now = time.time()
         with self._tx() as cur:
-            # `||` yields TEXT; casting back to BLOB keeps the bytes as they are.
-            cur.execute(
-                "UPDATE entries SET data = CAST(data || ? AS BLOB), mtime = ? WHERE path = ? AND is_dir = 0",
-                (sqlite3.Binary(bytes(data)), now, p),
-            )
+            cur.execute("UPDATE entries SET mtime = ? WHERE path = ? AND is_dir = 0", (now, p))
             if cur.rowcount:
+                seq = cur.execute(
+                    "SELECT COALESCE(MAX(seq), 0) + 1 FROM chunks WHERE path = ?", (p,)
+                ).fetchone()[0]
+                cur.execute(
+                    "INSERT INTO chunks(path, seq, data) VALUES (?, ?, ?)",
+                    (p, seq, sqlite3.Binary(bytes(data))),
+                )
+                if seq >= _MERGE_AT:
+                    self._merge_chunks(cur, p)
                 return
             if p == "/" or self._kind(cur, p) == 1:
                 raise VFSError(f"is a directory: {p}")
@@ -205,7 +234,9 @@ class SQLiteVFS:
         p = normalize(path)
         with self._read() as cur:
             row = cur.execute(
-                "SELECT is_dir, length(data), mtime, mode FROM entries WHERE path = ?", (p,)
+                "SELECT is_dir, length(data) + COALESCE((SELECT SUM(length(c.data)) FROM chunks c "
+                "WHERE c.path = entries.path), 0), mtime, mode FROM entries WHERE path = ?",
+                (p,),
             ).fetchone()
         if row is None:
             raise VFSError(f"no such file or directory: {p}")
@@ -257,7 +288,9 @@ class SQLiteVFS:
                     if not recursive:
                         raise VFSError(f"directory not empty: {p}")
                     cur.execute("DELETE FROM entries WHERE path >= ? AND path < ?", (lo, hi))
+                    cur.execute("DELETE FROM chunks WHERE path >= ? AND path < ?", (lo, hi))
             cur.execute("DELETE FROM entries WHERE path = ?", (p,))
+            cur.execute("DELETE FROM chunks WHERE path = ?", (p,))
 
     def rename(self, src: str, dst: str) -> None:
         s, d = normalize(src), normalize(dst)
@@ -287,6 +320,7 @@ class SQLiteVFS:
                 raise VFSError(f"not a directory: {d}")
             if dkind is not None:
                 cur.execute("DELETE FROM entries WHERE path = ?", (d,))
+                cur.execute("DELETE FROM chunks WHERE path = ?", (d,))
             if skind == 1:
                 lo, hi = _subtree_bounds(s)
                 n = len(s)
@@ -295,9 +329,14 @@ class SQLiteVFS:
                     "WHERE path >= ? AND path < ?",
                     (d, n + 1, d, n + 1, lo, hi),
                 )
+                cur.execute(
+                    "UPDATE chunks SET path = ? || substr(path, ?) WHERE path >= ? AND path < ?",
+                    (d, n + 1, lo, hi),
+                )
             cur.execute(
                 "UPDATE entries SET path = ?, parent = ?, mtime = ? WHERE path = ?", (d, _parent(d), now, s)
             )
+            cur.execute("UPDATE chunks SET path = ? WHERE path = ?", (d, s))
 
     def chmod(self, path: str, mode: int) -> None:
         p = normalize(path)
@@ -322,6 +361,17 @@ class SQLiteVFS:
             self._conn.close()
 
     # -- extras -------------------------------------------------------------------------------
+
+    def walk(self) -> list[tuple[str, bool, int]]:
+        """Every entry as (path, is_dir, mode), sorted by path (parents before children)."""
+        with self._read() as cur:
+            rows = cur.execute("SELECT path, is_dir, mode FROM entries ORDER BY path").fetchall()
+        return [(str(r[0]), bool(r[1]), int(r[2])) for r in rows]
+
+    def meta_items(self) -> dict[str, str]:
+        """All meta keys and values."""
+        with self._read() as cur:
+            return {str(k): str(v) for k, v in cur.execute("SELECT key, value FROM meta").fetchall()}
 
     def get_meta(self, key: str) -> str | None:
         """Value stored under `key` in the meta table, or None."""

@@ -9,6 +9,8 @@ does), so the script lives here in the test process while workers run elsewhere.
 each non-streamed (JSON) or streamed (SSE, flushed chunk by chunk), with text, tool calls and
 deterministic usage. Replies come from, in order: a ``push_for(marker, …)`` queue whose marker
 occurs in the request's text, the global ``push(…)`` queue, then ``default(request)``.
+An error reply carries ``x-should-retry: false`` so the OpenAI SDK does not retry it behind
+LiteLLM's back: one scripted error is one failed call.
 
 Run alone for benchmarks: ``python -m tests.harness.fake_llm --port N`` (prints the URL).
 """
@@ -171,7 +173,7 @@ def _anthropic_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         calls = [b for b in content if isinstance(b, dict) and b.get("type") == "tool_use"]
         results = [b for b in content if isinstance(b, dict) and b.get("type") == "tool_result"]
-        rest = [b for b in content if not (isinstance(b, dict) and b.get("type") in ("tool_use", "tool_result"))]
+        rest = [b for b in content if b not in calls and b not in results]
         for res in results:
             out.append({"role": "tool", "content": _text_of(res.get("content")),
                         "tool_call_id": res.get("tool_use_id")})
@@ -305,7 +307,8 @@ def _anthropic_json(req: RecordedRequest, rid: str) -> dict[str, Any]:
     content: list[dict[str, Any]] = []
     if reply.text or not reply.tool_calls:
         content.append({"type": "text", "text": reply.text})
-    content += [{"type": "tool_use", "id": tc.id, "name": tc.name, "input": tc.args} for tc in reply.tool_calls]
+    content += [{"type": "tool_use", "id": tc.id, "name": tc.name, "input": tc.args}
+                for tc in reply.tool_calls]
     return {
         "id": rid, "type": "message", "role": "assistant", "model": req.model, "content": content,
         "stop_reason": reply.stop_reason, "stop_sequence": None,
@@ -549,7 +552,8 @@ class FakeLLM:
         """Block until at least ``n`` requests were received; return them all."""
         with self._cond:
             if not self._cond.wait_for(lambda: len(self.requests) >= n, timeout):
-                raise AssertionError(f"fake LLM got {len(self.requests)} requests, expected {n} within {timeout}s")
+                got = len(self.requests)
+                raise AssertionError(f"fake LLM got {got} requests, expected {n} within {timeout}s")
             return list(self.requests)
 
     # Called from handler threads.
@@ -583,7 +587,8 @@ class FakeLLM:
         """Pick the reply, resolve tool call ids, compute usage, record — before any delay."""
         reply = self._choose(req)
         prefix = "call_" if req.api == "openai" else "toolu_"
-        calls = [tc if tc.id else dataclasses.replace(tc, id=self._next_id(prefix)) for tc in reply.tool_calls]
+        calls = [tc if tc.id else dataclasses.replace(tc, id=self._next_id(prefix))
+                 for tc in reply.tool_calls]
         req.reply = dataclasses.replace(reply, tool_calls=calls)
         req.usage = compute_usage(req, req.reply)
         with self._cond:

@@ -112,10 +112,13 @@ def test_text_reply_and_usage(fake: FakeLLM, model: str, base: str, key: str, ap
 
 @pytest.mark.parametrize(("model", "base", "key", "api"), PROVIDERS)
 @STREAM
-def test_tool_calls_round_trip(fake: FakeLLM, model: str, base: str, key: str, api: str, stream: bool) -> None:
+def test_tool_calls_round_trip(fake: FakeLLM, model: str, base: str, key: str, api: str,
+                               stream: bool) -> None:
+    prefix = "call_" if api == "openai" else "toolu_"
+    written = {"path": "/notes/a.txt", "content": "line one\nline \"two\""}
     fake.push(Reply(text="Writing now.", tool_calls=[
-        ToolCall("write_file", {"path": "/notes/a.txt", "content": "line one\nline \"two\""}),
-        ToolCall("read_file", {"path": "/notes/a.txt"}, id="call_fixed" if api == "openai" else "toolu_fixed"),
+        ToolCall("write_file", written),
+        ToolCall("read_file", {"path": "/notes/a.txt"}, id=prefix + "fixed"),
     ]))
     messages = [{"role": "user", "content": "write then read"}]
 
@@ -125,11 +128,10 @@ def test_tool_calls_round_trip(fake: FakeLLM, model: str, base: str, key: str, a
     assert choice.finish_reason == "tool_calls"
     calls = choice.message.tool_calls
     assert [c.function.name for c in calls] == ["write_file", "read_file"]
-    assert json.loads(calls[0].function.arguments) == {"path": "/notes/a.txt", "content": "line one\nline \"two\""}
+    assert json.loads(calls[0].function.arguments) == written
     assert json.loads(calls[1].function.arguments) == {"path": "/notes/a.txt"}
     (req,) = fake.requests
     assert [c.id for c in calls] == [tc.id for tc in req.reply.tool_calls]
-    prefix = "call_" if api == "openai" else "toolu_"
     assert calls[0].id.startswith(prefix) and calls[1].id == prefix + "fixed"
     args_json = "".join(json.dumps(tc.args) for tc in req.reply.tool_calls)
     assert req.usage == expected_usage(req, "Writing now." + args_json)
@@ -141,7 +143,8 @@ def test_tool_calls_round_trip(fake: FakeLLM, model: str, base: str, key: str, a
 def test_tool_only_reply(fake: FakeLLM, model: str, base: str, key: str, api: str, stream: bool) -> None:
     fake.push(Reply(tool_calls=[ToolCall("read_file", {"path": "/x"})]))
 
-    response = complete(fake, model, base, key, [{"role": "user", "content": "read"}], stream, tools=[READ_FILE])
+    msgs = [{"role": "user", "content": "read"}]
+    response = complete(fake, model, base, key, msgs, stream, tools=[READ_FILE])
 
     assert not response.choices[0].message.content
     assert response.choices[0].message.tool_calls[0].function.name == "read_file"
@@ -274,7 +277,7 @@ def test_raw_anthropic_sse_shape(fake: FakeLLM) -> None:
     body = {"model": "m", "stream": True, "max_tokens": 5, "system": [{"type": "text", "text": "S"}],
             "messages": [{"role": "user", "content": [{"type": "text", "text": "x"}]}]}
     with httpx.stream("POST", fake.url + "/v1/messages", json=body) as response:
-        events = [line.removeprefix("event: ") for line in response.iter_lines() if line.startswith("event: ")]
+        events = [line[7:] for line in response.iter_lines() if line.startswith("event: ")]
     assert events[:2] == ["message_start", "content_block_start"]
     assert events[-2:] == ["message_delta", "message_stop"]
     assert events.count("content_block_start") == events.count("content_block_stop") == 2
@@ -291,8 +294,8 @@ def test_bad_requests(fake: FakeLLM) -> None:
 
 def test_runs_as_its_own_process() -> None:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tests.harness.fake_llm", "--port", str(port), "--text", "pong"],
-                            cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    argv = [sys.executable, "-m", "tests.harness.fake_llm", "--port", str(port), "--text", "pong"]
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         url = proc.stdout.readline().strip()

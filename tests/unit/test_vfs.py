@@ -349,3 +349,21 @@ def test_sqlite_threads_share_one_instance(tmp_path: Path) -> None:
     assert len(v.read("/shared.log").splitlines()) == 400
     assert len(v.listdir("/")) == 9
     v.close()
+
+
+def test_many_appends_merge_and_move_with_the_file(vfs: VFS) -> None:
+    lines = [f'{{"n": {i}}}\n'.encode() for i in range(600)]  # crosses the chunk-merge threshold twice
+    for line in lines:
+        vfs.append("/.session/messages.jsonl", line)
+    expected = b"".join(lines)
+    assert vfs.read("/.session/messages.jsonl") == expected
+    assert vfs.stat("/.session/messages.jsonl").size == len(expected)
+    vfs.append("/.session/messages.jsonl", b"tail\n")
+    vfs.rename("/.session", "/moved")
+    assert vfs.read("/moved/messages.jsonl") == expected + b"tail\n"
+    vfs.write("/moved/messages.jsonl", b"rewritten\n")  # compaction rewrites the whole file
+    vfs.append("/moved/messages.jsonl", b"more\n")
+    assert vfs.read("/moved/messages.jsonl") == b"rewritten\nmore\n"
+    vfs.remove("/moved", recursive=True)
+    vfs.append("/moved/messages.jsonl", b"fresh\n")  # no stale chunks come back
+    assert vfs.read("/moved/messages.jsonl") == b"fresh\n"
