@@ -11,6 +11,7 @@ import pytest
 from tests.harness.fake_llm import FakeLLM
 from tests.harness.processes import Cluster, clean_env
 from tests.harness.redis_server import RedisServer
+from tests.harness.s3_server import S3Server
 
 # No test may reach a real model: strip keys and point every base URL nowhere by default.
 for _name in list(os.environ):
@@ -22,6 +23,13 @@ os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    with S3Server() as server:
+        server.make_bucket("regina-test")
         yield server
 
 

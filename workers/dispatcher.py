@@ -86,4 +86,4 @@ class CeleryDispatcher:
     def purge(self, instance_id: str) -> None:
         """Delete the instance queue and kombu's binding key for it."""
         queue = keys.instance_queue(instance_id)
-        self.r.delete(queue, f"_kombu.binding.{queue}")
+        self.r.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")

@@ -1,0 +1,202 @@
+"""Idle suspension, backups to fs / S3 / Redis, queue release and resume on another worker (issue 5)."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from tests.harness.fake_llm import FakeLLM, Reply, ToolCall
+from tests.harness.processes import Cluster, Proc
+from tests.harness.redis_server import RedisServer
+from tests.harness.s3_server import FAKE_AWS_ENV, S3Server
+from tests.harness.waiting import wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def storage_env(kind: str, tmp: Path, s3: S3Server, prefix: str) -> dict[str, str]:
+    if kind == "fs":
+        return {"REGINA_STORAGE__TYPE": "fs", "REGINA_STORAGE__BASE_PATH": str(tmp / "backups")}
+    if kind == "s3":
+        return {
+            "REGINA_STORAGE__TYPE": "s3",
+            "REGINA_STORAGE__BUCKET": "regina-test",
+            "REGINA_STORAGE__ENDPOINT": s3.endpoint,
+            "REGINA_STORAGE__REGION": "us-east-1",
+            "REGINA_STORAGE__PREFIX": prefix,
+            **FAKE_AWS_ENV,
+        }
+    return {"REGINA_STORAGE__TYPE": "redis", "REGINA_STORAGE__PREFIX": prefix}
+
+
+def queues_of(redis_url: str, member: str) -> list[str]:
+    """What Celery's inspect says the member consumes."""
+    from workers.app import app
+
+    app.conf.broker_url = redis_url
+    replies = app.control.inspect(destination=[member], timeout=2).active_queues() or {}
+    return [q["name"] for q in replies.get(member, [])]
+
+
+def record(redis_url: str, iid: str) -> dict[str, str]:
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        return r.hgetall(f"regina:inst:{iid}")  # type: ignore[return-value]
+    finally:
+        r.close()
+
+
+@pytest.fixture
+def two_workers(
+    make_cluster: Callable[..., Cluster], s3_server: S3Server, request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[Cluster, httpx.Client]]:
+    kind = getattr(request, "param", "fs")
+    c = make_cluster(REGINA_IDLE_TIMEOUT="1.5", **storage_env(kind, tmp_path, s3_server, f"t-{tmp_path.name}/"))
+    w1 = c.start_worker(wait=False)
+    w2 = c.start_worker(wait=False)
+    c.wait_worker(w1)
+    c.wait_worker(w2)
+    web = c.start_web()
+    with httpx.Client(base_url=web.url, timeout=60) as client:
+        yield c, client
+
+
+def owner(c: Cluster, api: httpx.Client, iid: str) -> Proc:
+    member = api.get(f"/instances/{iid}").json()["member"]
+    return next(p for p in c.procs if p.member_id == member)
+
+
+@pytest.mark.parametrize("two_workers", ["fs", "s3", "redis"], indirect=True)
+def test_idle_instance_suspends_releases_its_queue_and_resumes_on_another_worker(
+    two_workers: tuple[Cluster, httpx.Client], fake_llm: FakeLLM
+) -> None:
+    c, api = two_workers
+    iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
+    fake_llm.push(
+        Reply(tool_calls=[ToolCall("write_file", {"path": "/notes/keep.txt", "content": "survives"})]),
+        Reply(text="written"),
+    )
+    assert api.post(f"/instances/{iid}/chat", json={"message": "write it"}).json()["text"] == "written"
+    first = owner(c, api, iid)
+    assert f"regina.i.{iid}" in queues_of(c.redis_url, first.member_id)
+
+    # Given the idle timeout passes, the instance is suspended and its queue released.
+    wait_until(lambda: api.get(f"/instances/{iid}").json()["status"] == "suspended", timeout=15, what="idle suspend")
+    assert f"regina.i.{iid}" not in queues_of(c.redis_url, first.member_id)
+    assert int(record(c.redis_url, iid)["backupVersion"]) >= 1
+
+    # When its worker stops and a chat arrives, another worker serves it from the backup.
+    assert first.stop() == 0
+    fake_llm.push(Reply(tool_calls=[ToolCall("read_file", {"path": "/notes/keep.txt"})]), Reply(text="read it"))
+    resp = api.post(f"/instances/{iid}/chat", json={"message": "read it back"})
+    assert resp.json()["text"] == "read it"
+    second = owner(c, api, iid)
+    assert second.member_id != first.member_id
+    tool_result = fake_llm.requests[-1].messages[-1]
+    assert tool_result["role"] == "tool" and "survives" in tool_result["content"]
+    history = [m["content"] for m in fake_llm.requests[-1].messages if m["role"] == "user"]
+    assert history == ["write it", "read it back"]
+
+
+def test_explicit_suspend_and_resume(two_workers: tuple[Cluster, httpx.Client]) -> None:
+    c, api = two_workers
+    iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
+    api.post(f"/instances/{iid}/chat", json={"message": "one"})
+    assert api.post(f"/instances/{iid}/suspend").status_code == 204
+    assert api.get(f"/instances/{iid}").json()["status"] == "suspended"
+    assert api.post(f"/instances/{iid}/suspend").status_code == 204  # already suspended: fine
+    assert api.post(f"/instances/{iid}/resume").status_code == 204
+    assert api.get(f"/instances/{iid}").json()["status"] == "started"
+    assert [m["content"] for m in api.get(f"/instances/{iid}/messages").json()] == ["one", "echo: one"]
+
+
+def test_a_step_queued_while_suspending_is_served_after_resume(
+    two_workers: tuple[Cluster, httpx.Client], fake_llm: FakeLLM
+) -> None:
+    c, api = two_workers
+    iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
+    fake_llm.push_for("slow", Reply(text="slow done", delay=1.0))
+    with cf.ThreadPoolExecutor(3) as pool:
+        running = pool.submit(api.post, f"/instances/{iid}/chat", json={"message": "slow"})
+        fake_llm.wait_for_requests(1, timeout=10)
+        suspending = pool.submit(api.post, f"/instances/{iid}/suspend")
+        queued = pool.submit(api.post, f"/instances/{iid}/chat", json={"message": "queued meanwhile"})
+        assert running.result(30).json()["text"] == "slow done"
+        assert suspending.result(30).status_code == 204
+        assert queued.result(60).json()["text"] == "echo: queued meanwhile"
+    contents = [m["content"] for m in api.get(f"/instances/{iid}/messages").json()]
+    assert contents == ["slow", "slow done", "queued meanwhile", "echo: queued meanwhile"]
+
+
+def test_backup_taken_while_a_chat_writes_files_is_consistent(
+    two_workers: tuple[Cluster, httpx.Client], fake_llm: FakeLLM
+) -> None:
+    c, api = two_workers
+    iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
+    script = "mkdir -p /data; for i in $(seq 1 150); do echo line-$i > /data/f$i.txt; done; ls /data | wc -l"
+    fake_llm.push(Reply(tool_calls=[ToolCall("bash", {"command": script})]), Reply(text="wrote 150"))
+    with cf.ThreadPoolExecutor(2) as pool:
+        chat = pool.submit(api.post, f"/instances/{iid}/chat", json={"message": "write many"})
+        fake_llm.wait_for_requests(1, timeout=10)
+        assert api.post(f"/instances/{iid}/suspend").status_code == 204
+        assert chat.result(60).json()["text"] == "wrote 150"
+    wrote = json.loads(fake_llm.requests[1].messages[-1]["content"])
+    assert wrote["stdout"].strip() == "150"
+    first = owner(c, api, iid)
+    first.stop()
+    fake_llm.push(Reply(tool_calls=[ToolCall("bash", {"command": "cat /data/f*.txt | sort -u | wc -l"})]), Reply(text="ok"))
+    api.post(f"/instances/{iid}/chat", json={"message": "count"})
+    result = json.loads(fake_llm.requests[-1].messages[-1]["content"])
+    assert result["stdout"].strip() == "150"
+
+
+def test_sigterm_mid_run_loses_no_acknowledged_message(
+    two_workers: tuple[Cluster, httpx.Client], fake_llm: FakeLLM
+) -> None:
+    c, api = two_workers
+    iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
+    api.post(f"/instances/{iid}/chat", json={"message": "before"})
+    fake_llm.push_for("long", Reply(text="a b c d e f g h", chunk_delay=0.2))
+    first = owner(c, api, iid)
+    with cf.ThreadPoolExecutor(2) as pool:
+        running = pool.submit(api.post, f"/instances/{iid}/chat", json={"message": "long"})
+        fake_llm.wait_for_requests(2, timeout=10)
+        queued = pool.submit(api.post, f"/instances/{iid}/chat", json={"message": "after"})
+        first.popen.terminate()  # SIGTERM: a platform restart
+        assert running.result(60).json()["text"] == "a b c d e f g h"
+        assert queued.result(60).json()["text"] == "echo: after"
+    assert first.popen.wait(30) == 0
+    # The stopped worker backed the instance up and released it; the next chat lands elsewhere.
+    assert api.get(f"/instances/{iid}").json()["status"] == "suspended"
+    assert api.post(f"/instances/{iid}/chat", json={"message": "next"}).json()["text"] == "echo: next"
+    assert owner(c, api, iid).member_id != first.member_id
+    contents = [m["content"] for m in api.get(f"/instances/{iid}/messages").json()]
+    assert contents == [
+        "before", "echo: before", "long", "a b c d e f g h", "after", "echo: after", "next", "echo: next"
+    ]
+
+
+def test_delete_removes_queue_vfs_backup_and_keys(
+    two_workers: tuple[Cluster, httpx.Client], tmp_path: Path
+) -> None:
+    c, api = two_workers
+    iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
+    api.post(f"/instances/{iid}/chat", json={"message": "x"})
+    api.post(f"/instances/{iid}/suspend")
+    backups = list((tmp_path / "backups").rglob("*"))
+    assert any(iid in str(p) for p in backups)
+    api.post(f"/instances/{iid}/resume")
+    assert api.delete(f"/instances/{iid}").status_code == 204
+    assert api.get(f"/instances/{iid}").status_code == 404
+    assert not any(iid in str(p) for p in (tmp_path / "backups").rglob("*") if p.is_file())
+    assert not list(c.tmp.rglob(f"{iid}.sqlite*"))
+    r = redis.Redis.from_url(c.redis_url, decode_responses=True)
+    assert not [k for k in r.keys(f"*{iid}*")]
+    r.close()
