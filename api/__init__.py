@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 
-from flask import Flask, request
+from flask import Flask, Response, request
 
 from api.errors import error_response, register_error_handlers
 from api.services import Services, build_services
@@ -29,7 +29,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         expected = f"Bearer {settings.auth_token}"
 
         @app.before_request
-        def _auth() -> object:
+        def _auth() -> tuple[Response, int] | None:
             if request.path == "/healthz":
                 return None
             given = request.headers.get("Authorization", "")

@@ -32,7 +32,7 @@ def spawn(def_id: str) -> tuple[Response, int]:
 
 @bp.get("/agents/<def_id>/instances")
 def list_instances(def_id: str) -> Response:
-    return jsonify([r.public() for r in services().coordinator.list(def_id)])
+    return jsonify([r.public() for r in services().coordinator.instances(def_id)])
 
 
 @bp.get("/admin/agents/errors")

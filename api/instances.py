@@ -13,7 +13,7 @@ bp = Blueprint("instances", __name__)
 @bp.get("/instances")
 def fleet() -> Response:
     """Every instance, suspended ones included, with owner and epoch."""
-    return jsonify([r.public(include_member=True) for r in services().coordinator.list()])
+    return jsonify([r.public(include_member=True) for r in services().coordinator.instances()])
 
 
 @bp.get("/instances/<iid>")

@@ -30,7 +30,7 @@ def build_services(settings: Settings) -> Services:
     registry = AgentRegistry(settings)
     registry.load()
     client = connect(settings.redis)
-    celery_app.conf.broker_url = settings.redis
+    celery_app.conf.broker_url = settings.redis  # type: ignore[misc]
     dispatcher = CeleryDispatcher(celery_app, client)
     storage = make_storage(settings.storage, settings.redis)
     return Services(settings, registry, client, Coordinator(settings, registry, client, dispatcher, storage))

@@ -25,7 +25,7 @@ from regina.instances import InstanceStore
 from regina.lifecycle import backup_key
 from regina.providers import resolve_model_target
 from regina.registry import AgentRegistry
-from regina.runtime.events import event_to_dict
+from regina.runtime.events import Event, event_to_dict
 from regina.runtime.loop import run_turn
 from regina.runtime.session import Session
 from regina.runtime.tools.base import Tool
@@ -33,10 +33,12 @@ from regina.runtime.tools.bash import bash_tool
 from regina.runtime.tools.files import file_tools
 from regina.sandbox_env import sandbox_env
 from regina.steering import SteeringQueue
-from regina.vfs import VFS, open_vfs, restore_snapshot
+from regina.vfs import MemoryVFS, RealDirVFS, SQLiteVFS, open_vfs, restore_snapshot
 from storage.base import Storage
 
 log = logging.getLogger("regina.host")
+
+AnyVFS = SQLiteVFS | MemoryVFS | RealDirVFS
 
 
 class NotHere(ReginaError):
@@ -50,7 +52,7 @@ class Active:
     instance_id: str
     definition: AgentDefinition
     epoch: int
-    vfs: VFS
+    vfs: AnyVFS
     session: Session
     tools: dict[str, Tool]
     lock: FifoLock = field(default_factory=FifoLock)
@@ -127,7 +129,7 @@ class InstanceHost:
         self.r.incr(f"regina:member:{self.member_id}:instances")
         return {"restored": restored}
 
-    def _open(self, instance_id: str) -> VFS:
+    def _open(self, instance_id: str) -> AnyVFS:
         s = self.settings
         return open_vfs(s.vfs_backend, instance_id, s.vfs_dir, s.fs_root_path)
 
@@ -139,7 +141,7 @@ class InstanceHost:
             return -1
         vfs = self._open(instance_id)
         try:
-            return int(getattr(vfs, "get_meta")("backupVersion") or 0)
+            return int(vfs.get_meta("backupVersion") or 0)
         finally:
             vfs.close()
 
@@ -156,7 +158,7 @@ class InstanceHost:
             restore_snapshot(self._local_path(instance_id), data)
         return True
 
-    def _tools(self, vfs: VFS, definition: AgentDefinition) -> dict[str, Tool]:
+    def _tools(self, vfs: AnyVFS, definition: AgentDefinition) -> dict[str, Tool]:
         limits = self.settings.limits
         tools: dict[str, Tool] = {"bash": bash_tool(vfs, env=self.env, limits=limits)}
         tools.update(file_tools(vfs, max_output_chars=limits.max_tool_output_chars))
@@ -192,16 +194,20 @@ class InstanceHost:
                 tools=act.tools,
                 session=act.session,
                 user_message=message,
-                emit=lambda ev: publisher.publish(event_to_dict(ev)),
+                emit=lambda ev: self._publish(publisher, ev),
                 drain_steering=lambda: self.steering.drain(instance_id),
                 max_steps=d.max_steps or self.settings.defaults.max_steps,
                 temperature=d.temperature,
-                compaction=d.compaction or self.settings.compaction,
+                compaction=d.compaction_settings(self.settings),
                 heartbeat=lambda: self.store.touch(instance_id),
                 tool_output_limit=self.settings.limits.max_tool_output_chars,
                 run_id=run_id,
             )
             self.store.touch(instance_id)
+
+    @staticmethod
+    def _publish(publisher: relay.RunPublisher, event: Event) -> None:
+        publisher.publish(event_to_dict(event))
 
     def messages(self, instance_id: str) -> list[dict[str, Any]]:
         """The conversation as stored in the instance's session file."""
@@ -253,7 +259,7 @@ class InstanceHost:
         if self.hooks.backup is not None:
             data = self.hooks.backup(act.instance_id, self.settings)
         else:
-            data = getattr(act.vfs, "snapshot")()
+            data = act.vfs.snapshot()
         self.storage.put(backup_key(act.instance_id), data)
         return len(data), version
 

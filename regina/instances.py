@@ -96,22 +96,22 @@ class InstanceStore:
     def create(self, instance_id: str, definition_id: str, member: str) -> InstanceRecord:
         """Write a new record owned by `member` at epoch 1."""
         now = time.time()
-        fields = {
+        fields: dict[str, str] = {
             "definitionId": definition_id,
             "status": "started",
             "member": member,
-            "epoch": 1,
+            "epoch": "1",
             "createdAt": repr(now),
             "lastActive": repr(now),
-            "backupVersion": 0,
+            "backupVersion": "0",
         }
         pipe = self.r.pipeline(transaction=True)
-        pipe.hset(keys.instance_record(instance_id), mapping=fields)
+        pipe.hset(keys.instance_record(instance_id), mapping=dict(fields))  # type: ignore[arg-type]
         pipe.set(keys.instance_owner(instance_id), member)
         pipe.zadd(keys.INSTANCES, {instance_id: now})
         pipe.zadd(keys.definition_instances(definition_id), {instance_id: now})
         pipe.execute()
-        return _record(instance_id, {k: str(v) for k, v in fields.items()})
+        return _record(instance_id, fields)
 
     def get(self, instance_id: str) -> InstanceRecord | None:
         """The record, or None when the instance does not exist."""
@@ -129,7 +129,7 @@ class InstanceStore:
         alive = bool(rec.member) and bool(self.r.exists(keys.member(rec.member)))
         return rec, alive
 
-    def list(self, definition_id: str | None = None) -> list[InstanceRecord]:
+    def all(self, definition_id: str | None = None) -> list[InstanceRecord]:
         """Every instance (of one definition), oldest first."""
         key = keys.definition_instances(definition_id) if definition_id else keys.INSTANCES
         ids = cast(list[str], self.r.zrange(key, 0, -1))

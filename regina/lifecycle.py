@@ -92,11 +92,11 @@ class Coordinator:
             raise
         return rec
 
-    def list(self, definition_id: str | None = None) -> list[InstanceRecord]:
+    def instances(self, definition_id: str | None = None) -> list[InstanceRecord]:
         """Instances, suspended ones included (of one definition when given)."""
         if definition_id is not None:
             self.registry.get(definition_id)
-        return self.store.list(definition_id)
+        return self.store.all(definition_id)
 
     def ensure_active(self, instance_id: str) -> InstanceRecord:
         """Make sure the instance is started on a live member: resume it or re-home an orphan."""

@@ -72,18 +72,20 @@ def api(cluster: Cluster) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture
-def make_cluster(redis_server: RedisServer, fake_llm: FakeLLM) -> Iterator[object]:
-    """Factory for a private cluster with its own settings (idle timeouts, storage, …)."""
-    made: list[Cluster] = []
+def make_cluster(fake_llm: FakeLLM) -> Iterator[object]:
+    """Factory for a private cluster (own Redis server) with its own settings (idle timeouts, storage, …)."""
+    made: list[tuple[Cluster, RedisServer]] = []
 
     def make(**env: str) -> Cluster:
-        c = Cluster(redis_server.url, fake_llm.url, env_overrides=env)
-        made.append(c)
+        server = RedisServer().start()
+        c = Cluster(server.url, fake_llm.url, env_overrides=env)
+        made.append((c, server))
         return c
 
     yield make
-    for c in made:
+    for c, server in made:
         c.stop()
+        server.close()
 
 
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> None:

@@ -32,7 +32,7 @@ def chat(instance_id: str, run_id: str, message: str | None) -> None:
         RunPublisher(ctx.client, run_id).publish({"type": "error", "error": f"internal error: {exc}"})
 
 
-class CommandTask(Task):  # type: ignore[misc]
+class CommandTask(Task):  # type: ignore[type-arg]
     """Member commands run inline in the consumer loop (see workers/control.py)."""
 
     Strategy = "workers.control:command_strategy"

@@ -6,7 +6,6 @@ import concurrent.futures as cf
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -14,7 +13,6 @@ import redis
 
 from tests.harness.fake_llm import FakeLLM, Reply, ToolCall
 from tests.harness.processes import Cluster, Proc
-from tests.harness.redis_server import RedisServer
 from tests.harness.s3_server import FAKE_AWS_ENV, S3Server
 from tests.harness.waiting import wait_until
 
@@ -38,10 +36,13 @@ def storage_env(kind: str, tmp: Path, s3: S3Server, prefix: str) -> dict[str, st
 
 def queues_of(redis_url: str, member: str) -> list[str]:
     """What Celery's inspect says the member consumes."""
-    from workers.app import app
+    from celery import Celery
 
-    app.conf.broker_url = redis_url
-    replies = app.control.inspect(destination=[member], timeout=2).active_queues() or {}
+    app = Celery("inspect", broker=redis_url)
+    try:
+        replies = app.control.inspect(destination=[member], timeout=2).active_queues() or {}
+    finally:
+        app.close()
     return [q["name"] for q in replies.get(member, [])]
 
 

@@ -1,0 +1,82 @@
+"""Settings from REGINA_CONFIG, REGINA_* env, REDIS_URL and PORT; errors name the key."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from regina.config import load_settings
+from regina.errors import ConfigError
+
+
+def test_defaults_without_any_config() -> None:
+    s = load_settings({})
+    assert s.idle_timeout == 300 and s.placement == "round-robin" and s.storage.type is None
+    assert s.compaction.threshold == 100_000 and s.compaction.keep_last_n == 10
+    assert s.member_ttl == 30 and s.member_heartbeat == 10
+
+
+def test_yaml_file_with_a_regina_object(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("module: x\nregina:\n  agentsDir: ./a\n  idleTimeout: 5\n  storage: {type: fs, basePath: /b}\n")
+    s = load_settings({"REGINA_CONFIG": str(f)})
+    assert (s.agents_dir, s.idle_timeout, s.storage.type, s.storage.base_path) == ("./a", 5, "fs", "/b")
+
+
+def test_json_file_without_a_regina_object(tmp_path: Path) -> None:
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({"defaults": {"model": "gpt-4o", "maxSteps": 3}}))
+    s = load_settings({"REGINA_CONFIG": str(f)})
+    assert s.defaults.model == "gpt-4o" and s.defaults.max_steps == 3
+
+
+def test_environment_overrides_the_file_with_double_underscore_nesting(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("idleTimeout: 5\nstorage: {type: fs, basePath: /b}\n")
+    s = load_settings(
+        {
+            "REGINA_CONFIG": str(f),
+            "REGINA_IDLE_TIMEOUT": "7",
+            "REGINA_STORAGE__TYPE": "redis",
+            "REGINA_ALLOWED_ENV": "[PATH, LANG]",
+            "REGINA_PROVIDERS__VERCEL_GATEWAY__BASE_URL": "http://gw",
+            "REGINA_COMPACTION__KEEP_LAST_N": "3",
+        }
+    )
+    assert s.idle_timeout == 7 and s.storage.type == "redis" and s.storage.base_path == "/b"
+    assert s.allowed_env == ["PATH", "LANG"]
+    assert s.providers["vercel-gateway"].base_url == "http://gw"
+    assert s.compaction.keep_last_n == 3
+
+
+def test_platform_variables_redis_url_and_port() -> None:
+    s = load_settings({"REDIS_URL": "redis://h:1/2", "PORT": "8080"})
+    assert s.redis == "redis://h:1/2" and s.port == 8080
+    assert load_settings({"REDIS_URL": "redis://a", "REGINA_REDIS": "redis://b"}).redis == "redis://b"
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"REGINA_IDLE_TIMEOUT": "soon"}, "config key 'idleTimeout' (REGINA_IDLE_TIMEOUT)"),
+        ({"REGINA_PLACEMENT": "closest"}, "config key 'placement'"),
+        ({"REGINA_STORAGE__TYPE": "ftp"}, "config key 'storage.type' (REGINA_STORAGE__TYPE)"),
+        ({"REGINA_NO_SUCH_KEY": "1"}, "config key 'noSuchKey'"),
+        ({"PORT": "99999"}, "config key 'port'"),
+    ],
+)
+def test_a_bad_value_fails_naming_the_key(env: dict[str, str], needle: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_settings(env)
+    assert needle in exc.value.message
+
+
+def test_unreadable_or_malformed_file_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="REGINA_CONFIG: cannot read"):
+        load_settings({"REGINA_CONFIG": str(tmp_path / "missing.yaml")})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("regina: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid JSON/YAML"):
+        load_settings({"REGINA_CONFIG": str(bad)})
