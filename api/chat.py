@@ -21,7 +21,6 @@ NDJSON = "application/x-ndjson"
 def chat(iid: str) -> Response:
     coord = services().coordinator
     message = coord.validate_message(json_body())
-    coord.get(iid)
     result = coord.chat(iid, message)
     resp = jsonify({"text": result["text"], "usage": result["usage"]})
     resp.headers["X-Run-Id"] = result["runId"]
@@ -37,8 +36,9 @@ def _relay(events: Iterator[dict[str, Any]], run_id: str) -> Iterator[bytes]:
         yield to_ndjson({"type": "error", "error": exc.message, "runId": run_id})
 
 
-def _stream(run_id: str, after: int) -> Response:
-    events = services().coordinator.follow_run(run_id, after=after)
+def _stream(run_id: str, after: int, instance_id: str | None = None) -> Response:
+    coord = services().coordinator
+    events = coord.follow_run(run_id, after=after) if instance_id is None else coord.follow_known_run(run_id, instance_id, after)
     resp = Response(stream_with_context(_relay(events, run_id)), mimetype=NDJSON)
     resp.headers["X-Run-Id"] = run_id
     resp.headers["Cache-Control"] = "no-cache"
@@ -50,9 +50,8 @@ def _stream(run_id: str, after: int) -> Response:
 def chat_stream(iid: str) -> Response:
     coord = services().coordinator
     message = coord.validate_message(json_body())
-    coord.get(iid)
     run_id = coord.start_run(iid, message)
-    return _stream(run_id, 0)
+    return _stream(run_id, 0, iid)
 
 
 @bp.get("/runs/<run_id>/events")

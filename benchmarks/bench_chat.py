@@ -26,7 +26,21 @@ TARGET_ADDED_P50, TARGET_ADDED_P99, TARGET_SPAWN_P50 = 3.0, 8.0, 20.0
 SYSTEM_PROMPT = "You are the openai test agent."
 
 
-def _direct_calls(fake_url: str) -> dict[str, Any]:
+def worker_tool_schemas() -> list[dict[str, Any]]:
+    """The tool schemas the worker sends with every request of a tool-less agent (bash + file tools)."""
+    from regina.config import load_settings
+    from regina.runtime.tools.bash import bash_tool
+    from regina.runtime.tools.files import file_tools
+    from regina.vfs import MemoryVFS
+
+    vfs, limits = MemoryVFS(), load_settings().limits
+    tools = {"bash": bash_tool(vfs, env={}, limits=limits)}
+    tools.update(file_tools(vfs, max_output_chars=limits.max_tool_output_chars))
+    return [t.schema() for t in tools.values()]
+
+
+def _direct_calls(fake_url: str) -> tuple[dict[str, Any], Any]:
+    """The direct paths, each sending what the worker sends: system + user message + its 4 tools."""
     import httpx
 
     from regina.runtime.model import get_litellm
@@ -34,12 +48,13 @@ def _direct_calls(fake_url: str) -> dict[str, Any]:
     litellm = get_litellm()  # configured as the worker configures it (callbacks off, no retries)
     client = httpx.Client(base_url=fake_url, timeout=30)
     headers = {"Authorization": "Bearer sk-test"}
+    tools = worker_tool_schemas()
+
+    def messages(msg: str) -> list[dict[str, Any]]:
+        return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": msg}]
 
     def body(msg: str, stream: bool) -> dict[str, Any]:
-        b: dict[str, Any] = {
-            "model": "gpt-4o",
-            "messages": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": msg}],
-        }
+        b: dict[str, Any] = {"model": "gpt-4o", "messages": messages(msg), "tools": tools}
         if stream:
             b.update(stream=True, stream_options={"include_usage": True})
         return b
@@ -56,13 +71,26 @@ def _direct_calls(fake_url: str) -> dict[str, Any]:
                     json.loads(line[6:])
 
     def via_litellm(msg: str) -> None:
-        litellm.completion(
-            model="openai/gpt-4o", messages=body(msg, False)["messages"],
-            api_base=fake_url + "/v1", api_key="sk-test",
-        )
+        litellm.completion(model="openai/gpt-4o", messages=messages(msg), tools=tools,
+                           api_base=fake_url + "/v1", api_key="sk-test", max_retries=0)
 
-    return {"raw httpx POST": raw, "raw httpx stream": raw_stream, "litellm.completion": via_litellm,
-            "_close": client.close}
+    def via_litellm_stream(msg: str) -> None:
+        for _ in litellm.completion(model="openai/gpt-4o", messages=messages(msg), tools=tools, stream=True,
+                                    stream_options={"include_usage": True},
+                                    api_base=fake_url + "/v1", api_key="sk-test", max_retries=0):
+            pass
+
+    def via_litellm_no_tools(msg: str) -> None:
+        litellm.completion(model="openai/gpt-4o", messages=messages(msg),
+                           api_base=fake_url + "/v1", api_key="sk-test", max_retries=0)
+
+    return {
+        "raw httpx POST": raw,
+        "raw httpx stream": raw_stream,
+        "litellm.completion": via_litellm,
+        "litellm.completion stream": via_litellm_stream,
+        "litellm.completion, no tools": via_litellm_no_tools,
+    }, client.close
 
 
 def _profile(st: Stack, out_dir: str, seconds: int) -> list[subprocess.Popen[bytes]]:
@@ -92,8 +120,7 @@ def run(quick: bool = False, n: int | None = None, spawn_n: int | None = None,
     per_instance = 10
     tables: list[Table] = []
     with stack() as st:
-        direct = _direct_calls(st.fake_url)
-        close = direct.pop("_close")
+        direct, close = _direct_calls(st.fake_url)
         conditions = {**machine(), "redis": redis_version(st.redis.url), "N": n, "warm-up": warmup,
                       "web": "1 gunicorn gevent worker", "worker": "1 celery gevent worker",
                       "fake LLM": "own process"}
@@ -129,6 +156,9 @@ def run(quick: bool = False, n: int | None = None, spawn_n: int | None = None,
                 t = Table("Sync chat latency: system vs direct to the fake LLM (ms)",
                           ["path", "p50", "p99", "system − this, p50", "system − this, p99"],
                           conditions=conditions)
+                t.notes.append("every direct path sends what the worker sends: system prompt, the user message "
+                               "and the 4 built-in tool schemas (bash, read/write/edit_file), except the 'no "
+                               "tools' row; the worker streams (stream=True)")
                 sys_t = times["system /chat"]
                 for name, xs in times.items():
                     added = ("", "") if name == "system /chat" else (

@@ -122,9 +122,15 @@ def redis_version(url: str) -> str:
 # -- processes ----------------------------------------------------------------------------------
 
 
+@dataclass
+class FakeProc:
+    url: str
+    pid: int
+
+
 @contextlib.contextmanager
-def fake_llm_process(extra: Sequence[str] = ()) -> Iterator[str]:
-    """The fake LLM server in its own process (no GIL shared with the client); yields its URL."""
+def fake_llm_process(extra: Sequence[str] = ()) -> Iterator[FakeProc]:
+    """The fake LLM server in its own process (no GIL shared with the client)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.harness.fake_llm", "--host", "127.0.0.1", "--port", "0", *extra],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -144,7 +150,7 @@ def fake_llm_process(extra: Sequence[str] = ()) -> Iterator[str]:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
-        yield url
+        yield FakeProc(url, proc.pid)
     finally:
         proc.terminate()
         try:
@@ -158,6 +164,7 @@ def fake_llm_process(extra: Sequence[str] = ()) -> Iterator[str]:
 class Stack:
     redis: RedisServer
     fake_url: str
+    fake_pid: int
     cluster: Cluster
     worker: Proc
     web: Proc
@@ -180,16 +187,16 @@ class Stack:
 
 
 @contextlib.contextmanager
-def stack(env: dict[str, str] | None = None, fake: str | None = None) -> Iterator[Stack]:
+def stack(env: dict[str, str] | None = None) -> Iterator[Stack]:
     """Private Redis + fake LLM process + one `regina worker` + one `regina web` (1 gunicorn worker)."""
     server = RedisServer().start()
     try:
-        with fake_llm_process() if fake is None else contextlib.nullcontext(fake) as fake_url:
-            cluster = Cluster(server.url, fake_url, env_overrides=dict(env or {}))
+        with fake_llm_process() as fake:
+            cluster = Cluster(server.url, fake.url, env_overrides=dict(env or {}))
             try:
                 worker = cluster.start_worker()
                 web = cluster.start_web()
-                yield Stack(server, fake_url, cluster, worker, web)
+                yield Stack(server, fake.url, fake.pid, cluster, worker, web)
             except BaseException:
                 logs = cluster.dump_logs()
                 if os.environ.get("BENCH_DEBUG"):
@@ -199,6 +206,12 @@ def stack(env: dict[str, str] | None = None, fake: str | None = None) -> Iterato
                 cluster.stop()
     finally:
         server.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process so far (seconds)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_kb(pid: int) -> int:

@@ -44,7 +44,9 @@ def _exec(argv: list[str]) -> None:
 def web_argv(settings: Settings, workers: int | None = None) -> list[str]:
     """gunicorn with gevent workers, so streams and long chats don't hold OS threads."""
     count = workers or int(os.environ.get("WEB_CONCURRENCY", "2"))
-    host = "0.0.0.0" if os.environ.get("PORT") and settings.host == "127.0.0.1" else settings.host
+    # A platform that sets PORT expects the app on every interface, unless `host` was set explicitly.
+    explicit = "REGINA_HOST" in os.environ or settings.host != "127.0.0.1"
+    host = "0.0.0.0" if os.environ.get("PORT") and not explicit else settings.host
     return [
         sys.executable, "-m", "gunicorn", "api.wsgi:app",
         "--worker-class", "gevent",

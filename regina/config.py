@@ -18,14 +18,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
 from regina.errors import ConfigError
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", use_attribute_docstrings=True
+    )
 
 
 class Defaults(_Section):
@@ -104,6 +106,10 @@ class Settings(_Section):
     """Directory of the per-instance SQLite VFS files (one `<instanceId>.sqlite` each)."""
     vfs_backend: Literal["sqlite", "memory", "realdir"] = "sqlite"
     """VFS kind: `sqlite` (default), `memory` (lost on suspend without storage) or `realdir`."""
+    vfs_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+    """SQLite durability of VFS writes. NORMAL (WAL): every write survives a killed worker
+    process, the last ones may be lost on power loss; FULL also survives power loss and costs an
+    fsync per write (several ms on most disks)."""
     fs_root_path: str | None = None
     """`realdir` backend: root under which each instance gets a directory."""
     data_dir: str = "./data"
@@ -111,7 +117,7 @@ class Settings(_Section):
     idle_timeout: float = Field(300, ge=0)
     """Seconds without chat, steer, heartbeat or resume before an instance is suspended; 0 = never."""
     use_processes: bool = False
-    """Run chat steps in a child process instead of a greenlet (isolation over speed)."""
+    """Process isolation for chat steps. Not available yet: `true` is refused at start."""
     factory: str | None = None
     """Python module path exporting `prepare_instance`, `backup`, `restore` hooks."""
     defaults: Defaults = Field(default_factory=Defaults)
@@ -150,6 +156,13 @@ class Settings(_Section):
     """Workers send Celery task events so Flower shows each instance queue's tasks."""
     log_level: str = "INFO"
     """Log level of web and worker processes."""
+
+    @field_validator("use_processes")
+    @classmethod
+    def _no_processes_yet(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("process isolation is not implemented yet; chat steps run in greenlets")
+        return value
 
     def resolved_member_id(self) -> str:
         """The configured member id, or a fresh unique one for this process."""

@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from regina import relay
+from regina import keys, relay
 from regina.config import Settings
 from regina.definitions import AgentDefinition
 from regina.errors import ReginaError, StaleEpoch
@@ -131,7 +131,7 @@ class InstanceHost:
 
     def _open(self, instance_id: str) -> AnyVFS:
         s = self.settings
-        return open_vfs(s.vfs_backend, instance_id, s.vfs_dir, s.fs_root_path)
+        return open_vfs(s.vfs_backend, instance_id, s.vfs_dir, s.fs_root_path, s.vfs_synchronous)
 
     def _local_path(self, instance_id: str) -> str:
         return os.path.join(self.settings.vfs_dir, f"{instance_id}.sqlite")
@@ -179,12 +179,19 @@ class InstanceHost:
         with act.lock:
             if self.active.get(instance_id) is not act:
                 raise NotHere(f"instance {instance_id} was released from {self.member_id}")
-            if self.store.current_epoch(instance_id) != act.epoch:
+            # One round trip: our epoch still current? events already published? mark running.
+            pipe = self.r.pipeline(transaction=False)
+            pipe.hget(keys.instance_record(instance_id), "epoch")
+            pipe.xrevrange(keys.run_events(run_id), count=1)
+            pipe.hget(keys.run_record(run_id), "status")
+            pipe.hset(keys.run_record(run_id), mapping={"status": "running", "startedAt": repr(time.time())})
+            epoch, last, status, _ = pipe.execute()
+            if int(epoch or 0) != act.epoch:
                 raise StaleEpoch(f"instance {instance_id} moved to another member")
-            publisher = relay.RunPublisher(self.r, run_id)
-            if publisher.seq and relay.run_info(self.r, run_id).get("status") == "done":
+            publisher = relay.RunPublisher(self.r, run_id, seq=relay.seq_of(last))
+            if publisher.seq and status == "done":
+                self.r.hset(keys.run_record(run_id), "status", "done")
                 return  # a redelivered step whose run had already finished
-            relay.mark_running(self.r, run_id)
             if any(m.get("runId") == run_id for m in act.session.messages):
                 message = None  # redelivered after a crash: the message is already in the history
             d = act.definition

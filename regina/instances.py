@@ -38,6 +38,19 @@ return epoch
 """
 
 
+# Touch lastActive and return ["1"|"0" (member alive), field, value, …], or {} if no record.
+_TOUCH_CHECK = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
+redis.call('HSET', KEYS[1], 'lastActive', ARGV[1])
+local member = redis.call('HGET', KEYS[1], 'member')
+local alive = '0'
+if member and member ~= '' and redis.call('EXISTS', 'regina:member:' .. member) == 1 then alive = '1' end
+local out = {alive}
+for _, v in ipairs(redis.call('HGETALL', KEYS[1])) do out[#out + 1] = v end
+return out
+"""
+
+
 @dataclass(frozen=True)
 class InstanceRecord:
     """What Redis knows about one instance."""
@@ -92,6 +105,7 @@ class InstanceStore:
         self.r = client
         self._fenced_hset = client.register_script(_FENCED_HSET)
         self._claim = client.register_script(_CLAIM)
+        self._touch_check = client.register_script(_TOUCH_CHECK)
 
     def create(self, instance_id: str, definition_id: str, member: str) -> InstanceRecord:
         """Write a new record owned by `member` at epoch 1."""
@@ -118,16 +132,14 @@ class InstanceStore:
         h = cast(dict[str, str], self.r.hgetall(keys.instance_record(instance_id)))
         return _record(instance_id, h) if h else None
 
-    def get_with_liveness(self, instance_id: str) -> tuple[InstanceRecord | None, bool]:
-        """The record and whether its member is alive, in one round trip; also touches it."""
-        pipe = self.r.pipeline(transaction=False)
-        pipe.hgetall(keys.instance_record(instance_id))
-        h = cast(dict[str, str], pipe.execute()[0])
-        if not h:
+    def touch_and_check(self, instance_id: str) -> tuple[InstanceRecord | None, bool]:
+        """Reset the idle timer and return the record and whether its member lives: one round trip."""
+        flat = cast(list[str], self._touch_check(keys=[keys.instance_record(instance_id)], args=[repr(time.time())]))
+        if not flat:
             return None, False
-        rec = _record(instance_id, h)
-        alive = bool(rec.member) and bool(self.r.exists(keys.member(rec.member)))
-        return rec, alive
+        alive = flat[0] == "1"
+        h = dict(zip(flat[1::2], flat[2::2], strict=True))
+        return _record(instance_id, h), alive
 
     def all(self, definition_id: str | None = None) -> list[InstanceRecord]:
         """Every instance (of one definition), oldest first."""

@@ -186,11 +186,16 @@ class Coordinator:
         return message
 
     def start_run(self, instance_id: str, message: str) -> str:
-        """Queue a chat step on the instance; returns the run id to follow."""
-        rec = self.ensure_active(instance_id)
+        """Queue a chat step on the instance (resetting its idle timer); returns the run id."""
+        rec, alive = (
+            self.store.touch_and_check(instance_id) if ids.is_valid_instance_id(instance_id) else (None, False)
+        )
+        if rec is None:
+            raise NotFound(f"instance {instance_id!r} not found")
+        if rec.status != "started" or not alive:
+            rec = self.ensure_active(instance_id)
         run_id = ids.new_run_id()
         pipe = self.r.pipeline(transaction=False)
-        pipe.hset(keys.instance_record(instance_id), "lastActive", repr(time.time()))
         pipe.hset(
             keys.run_record(run_id),
             mapping={"instanceId": instance_id, "status": "queued", "createdAt": repr(time.time())},
@@ -209,9 +214,9 @@ class Coordinator:
         info = relay.run_info(self.r, run_id)
         if not info:
             raise NotFound(f"run {run_id!r} not found (unknown or expired)")
-        return self._follow(run_id, info["instanceId"], after)
+        return self.follow_known_run(run_id, info["instanceId"], after)
 
-    def _follow(self, run_id: str, instance_id: str, after: int) -> Iterator[dict[str, Any]]:
+    def follow_known_run(self, run_id: str, instance_id: str, after: int = 0) -> Iterator[dict[str, Any]]:
         deadline = time.monotonic() + self.settings.limits.request_timeout
         for event in relay.read_events(self.r, run_id, after=after, block_ms=500):
             if event is None:
@@ -233,12 +238,12 @@ class Coordinator:
     def chat(self, instance_id: str, message: str) -> dict[str, Any]:
         """Run a chat to its end; returns {text, usage, runId}."""
         run_id = self.start_run(instance_id, message)
-        return self.collect(run_id)
+        return self.collect(run_id, instance_id)
 
-    def collect(self, run_id: str) -> dict[str, Any]:
+    def collect(self, run_id: str, instance_id: str) -> dict[str, Any]:
         """Follow a run and return its final text and usage."""
         final: dict[str, Any] = {}
-        for event in self.follow_run(run_id):
+        for event in self.follow_known_run(run_id, instance_id):
             final = event
         if final.get("type") == "error":
             error = str(final.get("error", "unknown error"))

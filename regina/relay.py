@@ -22,14 +22,13 @@ TERMINAL = frozenset({"finish", "error"})
 class RunPublisher:
     """Appends one run's events with increasing sequence numbers (used inside the worker)."""
 
-    def __init__(self, client: redis.Redis, run_id: str, retention: float = 3600) -> None:
+    def __init__(self, client: redis.Redis, run_id: str, retention: float = 3600, seq: int | None = None) -> None:
         self.r = client
         self.run_id = run_id
         self.key = keys.run_events(run_id)
         self.retention = int(retention)
         # A redelivered run (its worker died) continues after the events already published.
-        last = cast(list[tuple[str, dict[str, str]]], client.xrevrange(self.key, count=1))
-        self.seq = int(last[0][0].split("-")[1]) if last else 0
+        self.seq = last_seq(client, run_id) if seq is None else seq
 
     def publish(self, event: dict[str, Any]) -> int:
         """Append an event, stamped with `seq` and `runId`; returns its seq."""
@@ -46,6 +45,16 @@ class RunPublisher:
         else:
             self.r.xadd(self.key, {"e": payload}, id=f"0-{self.seq}")
         return self.seq
+
+
+def last_seq(client: redis.Redis, run_id: str) -> int:
+    """The seq of the run's last published event (0 when none)."""
+    return seq_of(cast(list[tuple[str, dict[str, str]]], client.xrevrange(keys.run_events(run_id), count=1)))
+
+
+def seq_of(xrevrange_reply: list[tuple[str, dict[str, str]]]) -> int:
+    """Parse the seq out of an XREVRANGE … COUNT 1 reply."""
+    return int(xrevrange_reply[0][0].split("-")[1]) if xrevrange_reply else 0
 
 
 def create_run(client: redis.Redis, run_id: str, instance_id: str, retention: float = 3600) -> None:

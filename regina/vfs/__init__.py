@@ -38,13 +38,14 @@ def open_vfs(
     instance_id: str,
     vfs_dir: str,
     fs_root_path: str | None = None,
+    synchronous: str = "FULL",
 ) -> SQLiteVFS | MemoryVFS | RealDirVFS:
     """Open an instance's VFS: `<vfs_dir>/<id>.sqlite`, memory, or `<fs_root_path>/<id>/`."""
     if kind == "memory":
         return MemoryVFS()
     iid = _check_id(instance_id)
     if kind == "sqlite":
-        return SQLiteVFS(os.path.join(vfs_dir, f"{iid}.sqlite"))
+        return SQLiteVFS(os.path.join(vfs_dir, f"{iid}.sqlite"), synchronous=synchronous)
     if kind == "realdir":
         if not fs_root_path:
             raise ConfigError("fsRootPath (REGINA_FS_ROOT_PATH) is required when vfsBackend is 'realdir'")

@@ -86,6 +86,7 @@ class Cluster:
         env = clean_env()
         env.update(
             REDIS_URL=self.redis_url,
+            REGINA_HOST="127.0.0.1",
             REGINA_AGENTS_DIR=str(ROOT / "tests" / "agents"),
             REGINA_MEMBER_TTL="3",
             REGINA_MEMBER_HEARTBEAT="0.5",
@@ -152,8 +153,12 @@ class Cluster:
         return proc
 
     def stop(self) -> None:
-        for proc in reversed(self.procs):
-            proc.stop(timeout=20)
+        """SIGTERM every process at once, then wait for each (kill after 30 s)."""
+        for proc in self.procs:
+            if proc.alive():
+                proc.popen.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            proc.stop(timeout=30)
 
     def dump_logs(self) -> str:
         return "\n".join(f"===== {p.name} =====\n{p.log()[-6000:]}" for p in self.procs)
