@@ -82,6 +82,9 @@ def lifecycle_tables(quick: bool) -> list[Table]:
               conditions={"payload": "random bytes (incompressible) in one VFS file",
                           "s3": "moto ThreadedMotoServer in the benchmark process",
                           "redis storage": "same Redis as broker"})
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request access log
     s3 = S3Server().start()
     try:
         s3.make_bucket("regina-bench")

@@ -36,10 +36,14 @@ def test_kill_9_mid_step_redelivers_the_step_on_another_worker(
     # When its owner is killed with -9 while the step waits on the model
     with cf.ThreadPoolExecutor(1) as pool:
         chat = pool.submit(api.post, f"/instances/{iid}/chat", json={"message": "during"})
-        fake_llm.wait_for_requests(1, timeout=15)
+        fake_llm.wait_for_requests(2, timeout=15)  # "before" made one request; "during" waits on the second
         victim.kill()
         # Then the step is redelivered to the other worker and the client gets its answer
-        resp = chat.result(60)
+        try:
+            resp = chat.result(60)
+        except Exception:
+            print(c.dump_logs())
+            raise
     assert resp.status_code == 200 and resp.json()["text"] == "recovered"
     shown = api.get(f"/instances/{iid}").json()
     assert shown["member"] != victim.member_id and shown["epoch"] >= 3

@@ -1,0 +1,99 @@
+"""Run every benchmark and print a table per figure with its conditions.
+
+    .venv/bin/python -m benchmarks [--quick] [--only chat,profile,stream,lifecycle,loop]
+
+`make bench` runs this. Results with their conditions go in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import subprocess
+import sys
+import time
+import traceback
+
+from benchmarks.common import Table, machine, versions
+from tests.harness.redis_server import redis_binary
+
+ALL = ["chat", "profile", "stream", "lifecycle", "loop"]
+
+
+def _redis_version() -> str:
+    out = subprocess.run([redis_binary(), "--version"], capture_output=True, text=True).stdout
+    return next((w.split("=", 1)[1] for w in out.split() if w.startswith("v=")), out.strip())
+
+
+def _loop(quick: bool) -> list[Table]:
+    """benchmarks/bench_loop.py (per-tool-step loop overhead) if it exposes main()."""
+    from benchmarks import bench_loop
+
+    if not hasattr(bench_loop, "main"):
+        return []
+    argv = ["bench_loop"] + (["--calls", "50", "--turns", "5"] if quick else [])
+    buf = io.StringIO()
+    saved = sys.argv
+    sys.argv = argv
+    try:
+        with contextlib.redirect_stdout(buf):
+            bench_loop.main()
+    finally:
+        sys.argv = saved
+    t = Table("Agent loop micro-benchmarks (benchmarks/bench_loop.py, in-process, fake LLM in-thread)",
+              ["output"], conditions={"args": " ".join(argv[1:]) or "defaults"})
+    for line in buf.getvalue().splitlines():
+        if line.strip():
+            t.add(line)
+    return [t]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks")
+    ap.add_argument("--quick", action="store_true", help="smaller N (a smoke run, ~3 minutes)")
+    ap.add_argument("--only", default=",".join(ALL), help="comma-separated subset of " + ",".join(ALL))
+    args = ap.parse_args(argv)
+    chosen = [x.strip() for x in args.only.split(",") if x.strip()]
+
+    header = {**machine(), "redis-server": _redis_version(), **versions(), "quick": args.quick}
+    print("# Regina benchmarks\n" + "\n".join(f"- {k}: {v}" for k, v in header.items()) + "\n", flush=True)
+    failures = 0
+    for name in chosen:
+        t0 = time.monotonic()
+        print(f"## {name}\n", flush=True)
+        try:
+            if name == "chat":
+                from benchmarks import bench_chat
+
+                tables = bench_chat.run(args.quick)
+            elif name == "profile":
+                from benchmarks import profile_chat
+
+                tables = profile_chat.run(60 if args.quick else 200, spy=not args.quick)
+            elif name == "stream":
+                from benchmarks import bench_stream
+
+                tables = bench_stream.run(args.quick)
+            elif name == "lifecycle":
+                from benchmarks import bench_lifecycle
+
+                tables = bench_lifecycle.run(args.quick)
+            elif name == "loop":
+                tables = _loop(args.quick)
+            else:
+                raise SystemExit(f"unknown benchmark {name!r}; choose from {', '.join(ALL)}")
+        except Exception:
+            failures += 1
+            print(f"benchmark {name} FAILED:\n{traceback.format_exc()}", flush=True)
+            continue
+        for t in tables:
+            t.print()
+        print(f"({name}: {time.monotonic() - t0:.0f} s)\n", flush=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    sys.exit(main())
