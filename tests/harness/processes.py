@@ -164,5 +164,9 @@ class Cluster:
         return "\n".join(f"===== {p.name} =====\n{p.log()[-6000:]}" for p in self.procs)
 
 
+class ProcessDied(BaseException):
+    """A process a test waits for exited; BaseException so polling loops do not swallow it."""
+
+
 def _raise(message: str) -> bool:
-    raise AssertionError(message)
+    raise ProcessDied(message)

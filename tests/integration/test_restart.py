@@ -1,0 +1,47 @@
+"""A restarted worker continues conversations from the VFS session file; factory hooks run."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.harness.fake_llm import FakeLLM, Reply, ToolCall
+from tests.harness.processes import ROOT, Cluster
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_restarted_worker_sends_the_whole_earlier_conversation(
+    make_cluster: Callable[..., Cluster], fake_llm: FakeLLM, tmp_path: Path
+) -> None:
+    log = tmp_path / "factory.log"
+    c = make_cluster(
+        REGINA_FACTORY=str(ROOT / "tests" / "factories" / "recording_factory.py"),
+        TEST_FACTORY_LOG=str(log),
+    )
+    env = {"REGINA_VFS_DIR": str(tmp_path / "vfs")}
+    worker = c.start_worker(member_id="steady@test", env=env)
+    web = c.start_web()
+    api = httpx.Client(base_url=web.url, timeout=60)
+    iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
+    fake_llm.push(Reply(tool_calls=[ToolCall("write_file", {"path": "/a.txt", "content": "A"})]), Reply(text="first done"))
+    api.post(f"/instances/{iid}/chat", json={"message": "first"})
+
+    # When the worker restarts (same member id and disk, no storage configured)
+    assert worker.stop() == 0
+    c.start_worker(member_id="steady@test", env=env)
+    assert api.post(f"/instances/{iid}/chat", json={"message": "second"}).json()["text"] == "echo: second"
+
+    # Then the model got the whole conversation, tool call and tool result included
+    sent = fake_llm.requests[-1].messages
+    assert [m["role"] for m in sent] == ["system", "user", "assistant", "tool", "assistant", "user"]
+    assert sent[2]["tool_calls"][0]["name"] == "write_file"
+    assert sent[3]["content"] == "wrote 1 bytes to /a.txt"
+    prepared = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [p["event"] for p in prepared] == ["prepare", "prepare"]  # spawn, then the resume
+    assert all(p["instanceId"] == iid and p["definition"] == "openai-agent" for p in prepared)
+    api.close()
