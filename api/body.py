@@ -14,7 +14,7 @@ def json_body(required: bool = True) -> Any:
     raw = request.get_data(cache=True)
     if not raw:
         if required:
-            raise BadRequest("request body must be JSON, e.g. {\"message\": \"hello\"}")
+            raise BadRequest('request body must be JSON, e.g. {"message": "hello"}')
         return {}
     data = request.get_json(silent=True, force=True)
     if data is None:

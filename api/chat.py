@@ -38,7 +38,11 @@ def _relay(events: Iterator[dict[str, Any]], run_id: str) -> Iterator[bytes]:
 
 def _stream(run_id: str, after: int, instance_id: str | None = None) -> Response:
     coord = services().coordinator
-    events = coord.follow_run(run_id, after=after) if instance_id is None else coord.follow_known_run(run_id, instance_id, after)
+    events = (
+        coord.follow_run(run_id, after=after)
+        if instance_id is None
+        else coord.follow_known_run(run_id, instance_id, after)
+    )
     resp = Response(stream_with_context(_relay(events, run_id)), mimetype=NDJSON)
     resp.headers["X-Run-Id"] = run_id
     resp.headers["Cache-Control"] = "no-cache"

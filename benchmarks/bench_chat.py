@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Any
 
-from benchmarks.common import Stack, Table, machine, p50, pct, redis_version, spawn, stack, versions
+from benchmarks.common import Stack, Table, machine, p50, pct, redis_version, spawn, stack
 
 TARGET_ADDED_P50, TARGET_ADDED_P99, TARGET_SPAWN_P50 = 3.0, 8.0, 20.0
 SYSTEM_PROMPT = "You are the openai test agent."

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import Stack, Table, machine, pct, redis_version, rss_kb, spawn, stack
+from benchmarks.common import Stack, Table, machine, pct, rss_kb, spawn, stack
 from regina.vfs import SQLiteVFS
 from tests.harness.s3_server import FAKE_AWS_ENV, S3Server
 

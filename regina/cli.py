@@ -48,15 +48,26 @@ def web_argv(settings: Settings, workers: int | None = None) -> list[str]:
     explicit = "REGINA_HOST" in os.environ or settings.host != "127.0.0.1"
     host = "0.0.0.0" if os.environ.get("PORT") and not explicit else settings.host
     return [
-        sys.executable, "-m", "gunicorn", "api.wsgi:app",
-        "--worker-class", "gevent",
-        "--workers", str(count),
-        "--worker-connections", "1000",
-        "--bind", f"{host}:{settings.port}",
-        "--timeout", "0",
-        "--graceful-timeout", "30",
-        "--log-level", settings.log_level.lower(),
-        "--access-logfile", "-" if os.environ.get("REGINA_ACCESS_LOG") else "/dev/null",
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "api.wsgi:app",
+        "--worker-class",
+        "gevent",
+        "--workers",
+        str(count),
+        "--worker-connections",
+        "1000",
+        "--bind",
+        f"{host}:{settings.port}",
+        "--timeout",
+        "0",
+        "--graceful-timeout",
+        "30",
+        "--log-level",
+        settings.log_level.lower(),
+        "--access-logfile",
+        "-" if os.environ.get("REGINA_ACCESS_LOG") else "/dev/null",
     ]
 
 
@@ -69,13 +80,24 @@ def worker_argv(settings: Settings, member_id: str | None = None, concurrency: i
     """celery worker with the gevent pool, consuming only the member's own command queue."""
     member = member_id or settings.member_id or default_member_id()
     argv = [
-        sys.executable, "-m", "celery", "-A", "workers.app", "worker",
-        "--pool", "gevent",
-        "--concurrency", str(concurrency or settings.concurrency),
-        "--hostname", member,
-        "--queues", f"regina.m.{member}",
-        "--without-gossip", "--without-mingle",
-        "--loglevel", settings.log_level.upper(),
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.app",
+        "worker",
+        "--pool",
+        "gevent",
+        "--concurrency",
+        str(concurrency or settings.concurrency),
+        "--hostname",
+        member,
+        "--queues",
+        f"regina.m.{member}",
+        "--without-gossip",
+        "--without-mingle",
+        "--loglevel",
+        settings.log_level.upper(),
     ]
     if settings.task_events:
         argv.append("--task-events")
@@ -106,8 +128,21 @@ def start_embedded_redis(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
     data_dir.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     proc = subprocess.Popen(
-        [str(exe), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
-         "--appendonly", "yes", "--save", "", "--logfile", str(data_dir / "redis.log")],
+        [
+            str(exe),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data_dir),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--logfile",
+            str(data_dir / "redis.log"),
+        ],
     )
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + 10

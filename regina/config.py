@@ -249,9 +249,7 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def load_settings(
-    environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
-) -> Settings:
+def load_settings(environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> Settings:
     """Build Settings from REGINA_CONFIG, REDIS_URL, PORT and REGINA_* (later wins).
 
     Raises:

@@ -222,9 +222,7 @@ def _read_frontmatter(path: Path) -> tuple[dict[str, Any], str]:
     except OSError as exc:
         raise DefinitionError(f"{path}: cannot read: {exc.strerror}") from exc
     if size > MAX_DEFINITION_BYTES:
-        raise DefinitionError(
-            f"{path}: file is {size} bytes, over the 1 MiB ({MAX_DEFINITION_BYTES} bytes) limit"
-        )
+        raise DefinitionError(f"{path}: file is {size} bytes, over the 1 MiB ({MAX_DEFINITION_BYTES} bytes) limit")
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except OSError as exc:
@@ -234,9 +232,7 @@ def _read_frontmatter(path: Path) -> tuple[dict[str, Any], str]:
     handler = YAMLHandler()
     text = text.lstrip()
     if not handler.detect(text):
-        raise DefinitionError(
-            f"{path}: no YAML frontmatter; start the file with a '---' block holding name and model"
-        )
+        raise DefinitionError(f"{path}: no YAML frontmatter; start the file with a '---' block holding name and model")
     try:
         raw, body = handler.split(text)
         data = handler.load(raw)
@@ -262,9 +258,7 @@ def _load_tools(path: Path, tools: list[str]) -> tuple[tuple[str, ...], dict[str
         except DefinitionError as exc:
             raise DefinitionError(f"{path}: field 'tools[{i}]' ({rel!r}): {exc.message}") from exc
         if tool.name in loaded:
-            raise DefinitionError(
-                f"{path}: field 'tools[{i}]' ({rel!r}): a tool named {tool.name!r} is already listed"
-            )
+            raise DefinitionError(f"{path}: field 'tools[{i}]' ({rel!r}): a tool named {tool.name!r} is already listed")
         loaded[tool.name] = tool
         paths.append(str(tool_path))
     return tuple(paths), loaded
@@ -295,9 +289,7 @@ def parse_definition(
 
     model = fm.model or settings.defaults.model
     if not model:
-        raise DefinitionError(
-            f"{p}: field 'model': required field is missing (and no defaults.model is configured)"
-        )
+        raise DefinitionError(f"{p}: field 'model': required field is missing (and no defaults.model is configured)")
     try:
         if fm.provider:
             provider = check_provider_name(fm.provider)

@@ -115,17 +115,11 @@ def _snippet(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-_WRITE = re.compile(
-    r"^(?:please\s+)?write\s+(?P<content>.+?)\s+(?:to|into)\s+(?P<path>\S+?)[.!]?$", re.I | re.S
-)
+_WRITE = re.compile(r"^(?:please\s+)?write\s+(?P<content>.+?)\s+(?:to|into)\s+(?P<path>\S+?)[.!]?$", re.I | re.S)
 _READ = re.compile(r"^(?:please\s+)?read\s+(?P<path>\S+?)[.!]?$", re.I)
 _RUN = re.compile(r"^(?:please\s+)?(?:run|execute)\s+(?P<command>.+)$", re.I | re.S)
-_ASK = re.compile(
-    r"^(?:please\s+)?(?:ask|delegate\s+to)\s+(?P<agent>[\w.-]+)[:,]?\s+(?P<message>.+)$", re.I | re.S
-)
-_USE = re.compile(
-    r"^(?:please\s+)?(?:use|call)\s+(?P<tool>[\w.-]+)\s*(?:with\s*)?(?P<args>\{.*\})?\s*$", re.I | re.S
-)
+_ASK = re.compile(r"^(?:please\s+)?(?:ask|delegate\s+to)\s+(?P<agent>[\w.-]+)[:,]?\s+(?P<message>.+)$", re.I | re.S)
+_USE = re.compile(r"^(?:please\s+)?(?:use|call)\s+(?P<tool>[\w.-]+)\s*(?:with\s*)?(?P<args>\{.*\})?\s*$", re.I | re.S)
 
 
 def _call_id(messages: Sequence[Any]) -> str:
@@ -173,8 +167,7 @@ def _tool_request(text: str, tools: dict[str, dict[str, Any]], call_id: str) -> 
     if name not in tools:
         offered = ", ".join(sorted(tools)) or "none"
         return DemoReply(
-            text=f"I would use the {name} tool for that, but it is not available here "
-            f"(tools offered: {offered})."
+            text=f"I would use the {name} tool for that, but it is not available here (tools offered: {offered})."
         )
     return DemoReply(tool_calls=[DemoToolCall(id=call_id, name=name, arguments=args)])
 
@@ -212,9 +205,7 @@ def demo_reply(messages: Sequence[Any], tools: Any = None) -> DemoReply:
         return request
     if re.search(r"\bsummar(?:y|ise|ize)\b", last, re.I):
         said = "; ".join(f"“{_snippet(t, 60)}”" for t in user_texts[:-1]) or "nothing yet"
-        return DemoReply(
-            text=f"Summary of the earlier conversation ({len(messages)} messages): the user said {said}."
-        )
+        return DemoReply(text=f"Summary of the earlier conversation ({len(messages)} messages): the user said {said}.")
     count = f"This conversation has {len(messages)} messages so far ({len(user_texts)} from you)."
     hints = "Try “write hello to /notes.txt”, “read /notes.txt” or “run ls /” to see me use tools."
     if len(user_texts) <= 1:

@@ -36,8 +36,7 @@ def _expand_str(text: str, environ: Mapping[str, str], where: str) -> str:
         if value is None:
             at = f" (in {where})" if where else ""
             raise DefinitionError(
-                f"environment variable {name!r} is not set{at}; set it, "
-                f"or write ${{{name}:-default}} to give a default"
+                f"environment variable {name!r} is not set{at}; set it, or write ${{{name}:-default}} to give a default"
             )
         return value
 
@@ -61,7 +60,6 @@ def expand_env(value: Any, environ: Mapping[str, str] = os.environ, *, where: st
         return [expand_env(item, environ, where=f"{where}[{i}]") for i, item in enumerate(value)]
     if isinstance(value, dict):
         return {
-            key: expand_env(item, environ, where=f"{where}.{key}" if where else str(key))
-            for key, item in value.items()
+            key: expand_env(item, environ, where=f"{where}.{key}" if where else str(key)) for key, item in value.items()
         }
     return value

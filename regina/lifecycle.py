@@ -126,7 +126,11 @@ class Coordinator:
                 moved = self.dispatcher.restore_unacked(instance_id)
                 log.warning(
                     "instance %s: member %s is gone; moving it to %s (epoch %d, %d step(s) requeued)",
-                    instance_id, rec.member, member, epoch, moved,
+                    instance_id,
+                    rec.member,
+                    member,
+                    epoch,
+                    moved,
                 )
             self.command(member, "attach", {"instanceId": instance_id, "epoch": epoch})
             return self.get(instance_id)
@@ -172,7 +176,7 @@ class Coordinator:
     def validate_message(self, body: Any) -> str:
         """The `message` of a chat/steer body, or a 400/413 naming the problem."""
         if not isinstance(body, dict):
-            raise BadRequest("request body must be a JSON object like {\"message\": \"…\"}")
+            raise BadRequest('request body must be a JSON object like {"message": "…"}')
         message = body.get("message")
         if message is None:
             raise BadRequest("missing field 'message' (a non-empty string)")
@@ -187,9 +191,7 @@ class Coordinator:
 
     def start_run(self, instance_id: str, message: str) -> str:
         """Queue a chat step on the instance (resetting its idle timer); returns the run id."""
-        rec, alive = (
-            self.store.touch_and_check(instance_id) if ids.is_valid_instance_id(instance_id) else (None, False)
-        )
+        rec, alive = self.store.touch_and_check(instance_id) if ids.is_valid_instance_id(instance_id) else (None, False)
         if rec is None:
             raise NotFound(f"instance {instance_id!r} not found")
         if rec.status != "started" or not alive:

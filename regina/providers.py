@@ -87,9 +87,7 @@ def infer_provider(model: str) -> str:
     """
     name = model.strip().lower()
     if not name:
-        raise DefinitionError(
-            "model is empty: set `model:` in the definition or defaults.model in the config"
-        )
+        raise DefinitionError("model is empty: set `model:` in the definition or defaults.model in the config")
     if "/" in name:
         return "vercel-gateway"
     if name.startswith(("claude", "anthropic")):
@@ -153,8 +151,7 @@ def resolve_model_target(
         litellm_name = name if name in supported else name.replace("-", "_")
         if litellm_name not in supported:
             raise DefinitionError(
-                f"unknown provider {name!r}: use one of {', '.join(KNOWN_PROVIDERS)} "
-                f"or a provider LiteLLM supports"
+                f"unknown provider {name!r}: use one of {', '.join(KNOWN_PROVIDERS)} or a provider LiteLLM supports"
             )
         info = _ProviderInfo(litellm_name, _env_prefix(name))
     model_id = model.strip()

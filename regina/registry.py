@@ -106,9 +106,7 @@ class AgentRegistry:
             if definition.name in found:
                 first = found[definition.name].path
                 errors.append(
-                    _problem(
-                        path, f"{path}: duplicate agent name {definition.name!r}: already defined in {first}"
-                    )
+                    _problem(path, f"{path}: duplicate agent name {definition.name!r}: already defined in {first}")
                 )
                 continue
             found[definition.name] = definition
@@ -147,9 +145,7 @@ class AgentRegistry:
             log.error("agent definition skipped: %s", problem["error"])
         for problem in new.warnings:
             log.warning("agent definition: %s", problem["error"])
-        log.info(
-            "agent registry loaded: %d definition(s), %d error(s)", len(new.definitions), len(new.errors)
-        )
+        log.info("agent registry loaded: %d definition(s), %d error(s)", len(new.definitions), len(new.errors))
         return new
 
     def load(self) -> RegistrySnapshot:

@@ -45,9 +45,7 @@ def make_storage(settings: StorageSettings, redis_url: str) -> Storage | None:
         except ImportError as exc:
             if (exc.name or "").split(".")[0] not in ("boto3", "botocore"):
                 raise
-            raise ConfigError(
-                "storage.type s3 needs boto3, which is not installed: pip install 'boto3>=1.34'"
-            ) from exc
+            raise ConfigError("storage.type s3 needs boto3, which is not installed: pip install 'boto3>=1.34'") from exc
         return S3Storage(bucket, settings.prefix, settings.endpoint, settings.region)
     if settings.type == "redis":
         from storage.redis import RedisStorage

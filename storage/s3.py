@@ -34,9 +34,7 @@ class S3Storage:
         )
         # A session of our own, not boto3's module-level default: sessions are not thread-safe,
         # clients are, so the one client is shared by every thread/greenlet using this storage.
-        self._client = boto3.session.Session().client(
-            "s3", endpoint_url=endpoint, region_name=region, config=config
-        )
+        self._client = boto3.session.Session().client("s3", endpoint_url=endpoint, region_name=region, config=config)
 
     def put(self, key: str, data: bytes) -> None:
         """One PutObject: S3 makes a whole object visible at once, never a partial one."""

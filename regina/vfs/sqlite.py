@@ -99,8 +99,7 @@ class SQLiteVFS:
         conn.executescript(_SCHEMA)
         with self._tx() as cur:
             cur.execute(
-                "INSERT OR IGNORE INTO entries(path, parent, is_dir, data, mode, mtime) "
-                "VALUES ('/', '', 1, x'', ?, ?)",
+                "INSERT OR IGNORE INTO entries(path, parent, is_dir, data, mode, mtime) VALUES ('/', '', 1, x'', ?, ?)",
                 (_DIR_MODE, time.time()),
             )
             cur.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('vfs.schema', ?)", (SCHEMA_VERSION,))
@@ -207,9 +206,7 @@ class SQLiteVFS:
         with self._tx() as cur:
             cur.execute("UPDATE entries SET mtime = ? WHERE path = ? AND is_dir = 0", (now, p))
             if cur.rowcount:
-                seq = cur.execute(
-                    "SELECT COALESCE(MAX(seq), 0) + 1 FROM chunks WHERE path = ?", (p,)
-                ).fetchone()[0]
+                seq = cur.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM chunks WHERE path = ?", (p,)).fetchone()[0]
                 cur.execute(
                     "INSERT INTO chunks(path, seq, data) VALUES (?, ?, ?)",
                     (p, seq, sqlite3.Binary(bytes(data))),
@@ -312,9 +309,7 @@ class SQLiteVFS:
                 lo, hi = _subtree_bounds(d)
                 if skind == 0:
                     raise VFSError(f"is a directory: {d}")
-                if cur.execute(
-                    "SELECT 1 FROM entries WHERE path >= ? AND path < ? LIMIT 1", (lo, hi)
-                ).fetchone():
+                if cur.execute("SELECT 1 FROM entries WHERE path >= ? AND path < ? LIMIT 1", (lo, hi)).fetchone():
                     raise VFSError(f"directory not empty: {d}")
             elif dkind == 0 and skind == 1:
                 raise VFSError(f"not a directory: {d}")
@@ -333,9 +328,7 @@ class SQLiteVFS:
                     "UPDATE chunks SET path = ? || substr(path, ?) WHERE path >= ? AND path < ?",
                     (d, n + 1, lo, hi),
                 )
-            cur.execute(
-                "UPDATE entries SET path = ?, parent = ?, mtime = ? WHERE path = ?", (d, _parent(d), now, s)
-            )
+            cur.execute("UPDATE entries SET path = ?, parent = ?, mtime = ? WHERE path = ?", (d, _parent(d), now, s))
             cur.execute("UPDATE chunks SET path = ? WHERE path = ?", (d, s))
 
     def chmod(self, path: str, mode: int) -> None:
@@ -383,8 +376,7 @@ class SQLiteVFS:
         """Store `value` under `key` (committed before returning)."""
         with self._tx() as cur:
             cur.execute(
-                "INSERT INTO meta(key, value) VALUES (?, ?) "
-                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 (key, str(value)),
             )
 

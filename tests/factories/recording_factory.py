@@ -18,4 +18,5 @@ def _record(event: str, instance_id: str, **extra: Any) -> None:
 def prepare_instance(instance_id: str, definition: Any) -> None:
     _record("prepare", instance_id, definition=definition.id)
 
+
 # backup/restore are not exported: Regina's defaults are used for them (the fallback rule).

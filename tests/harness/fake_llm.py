@@ -147,12 +147,17 @@ def _openai_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for msg in body.get("messages") or []:
         role = str(msg.get("role", ""))
-        norm: dict[str, Any] = {"role": "system" if role == "developer" else role,
-                                "content": _text_of(msg.get("content"))}
+        norm: dict[str, Any] = {
+            "role": "system" if role == "developer" else role,
+            "content": _text_of(msg.get("content")),
+        }
         if msg.get("tool_calls"):
             norm["tool_calls"] = [
-                {"id": tc.get("id"), "name": tc.get("function", {}).get("name"),
-                 "args": _loads_or_raw(tc.get("function", {}).get("arguments") or "{}")}
+                {
+                    "id": tc.get("id"),
+                    "name": tc.get("function", {}).get("name"),
+                    "args": _loads_or_raw(tc.get("function", {}).get("arguments") or "{}"),
+                }
                 for tc in msg["tool_calls"]
             ]
         if role == "tool":
@@ -175,13 +180,13 @@ def _anthropic_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
         results = [b for b in content if isinstance(b, dict) and b.get("type") == "tool_result"]
         rest = [b for b in content if b not in calls and b not in results]
         for res in results:
-            out.append({"role": "tool", "content": _text_of(res.get("content")),
-                        "tool_call_id": res.get("tool_use_id")})
+            out.append(
+                {"role": "tool", "content": _text_of(res.get("content")), "tool_call_id": res.get("tool_use_id")}
+            )
         if rest or calls or not results:
             norm: dict[str, Any] = {"role": role, "content": _text_of(rest)}
             if calls:
-                norm["tool_calls"] = [{"id": b.get("id"), "name": b.get("name"), "args": b.get("input")}
-                                      for b in calls]
+                norm["tool_calls"] = [{"id": b.get("id"), "name": b.get("name"), "args": b.get("input")} for b in calls]
             out.append(norm)
     return out
 
@@ -211,14 +216,14 @@ def _text_chunks(text: str, size: int) -> list[str]:
     if not text:
         return []
     if size > 0:
-        return [text[i:i + size] for i in range(0, len(text), size)]
+        return [text[i : i + size] for i in range(0, len(text), size)]
     return [piece for piece in re.split(r"(?<=\s)(?=\S)", text) if piece]
 
 
 def _arg_chunks(args_json: str, size: int) -> list[str]:
     """Split a tool call's JSON arguments into several deltas, as real providers do."""
     step = size if size > 0 else 16
-    return [args_json[i:i + step] for i in range(0, len(args_json), step)] or [""]
+    return [args_json[i : i + step] for i in range(0, len(args_json), step)] or [""]
 
 
 class _Gaps:
@@ -239,16 +244,26 @@ class _Gaps:
 
 
 def _openai_error(reply: Reply) -> dict[str, Any]:
-    kind = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-            404: "not_found_error", 429: "rate_limit_error"}.get(reply.error_status or 500, "server_error")
-    return {"error": {"message": reply.error_message, "type": kind, "param": None,
-                      "code": str(reply.error_status)}}
+    kind = {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        403: "permission_error",
+        404: "not_found_error",
+        429: "rate_limit_error",
+    }.get(reply.error_status or 500, "server_error")
+    return {"error": {"message": reply.error_message, "type": kind, "param": None, "code": str(reply.error_status)}}
 
 
 def _anthropic_error(reply: Reply) -> dict[str, Any]:
-    kind = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-            404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
-            529: "overloaded_error"}.get(reply.error_status or 500, "api_error")
+    kind = {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        403: "permission_error",
+        404: "not_found_error",
+        413: "request_too_large",
+        429: "rate_limit_error",
+        529: "overloaded_error",
+    }.get(reply.error_status or 500, "api_error")
     return {"type": "error", "error": {"type": kind, "message": reply.error_message}}
 
 
@@ -265,7 +280,10 @@ def _openai_json(req: RecordedRequest, rid: str) -> dict[str, Any]:
             for tc in reply.tool_calls
         ]
     return {
-        "id": rid, "object": "chat.completion", "created": int(time.time()), "model": req.model,
+        "id": rid,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": req.model,
         "system_fingerprint": None,
         "choices": [{"index": 0, "message": message, "finish_reason": reply.finish_reason, "logprobs": None}],
         "usage": _openai_usage(req.usage),
@@ -275,8 +293,13 @@ def _openai_json(req: RecordedRequest, rid: str) -> dict[str, Any]:
 def _openai_sse(req: RecordedRequest, rid: str) -> Iterator[dict[str, Any] | None]:
     """OpenAI chunks; ``None`` marks a point where ``chunk_delay`` applies."""
     reply = req.reply
-    base = {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()), "model": req.model,
-            "system_fingerprint": None}
+    base = {
+        "id": rid,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": req.model,
+        "system_fingerprint": None,
+    }
 
     def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         return {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
@@ -288,8 +311,13 @@ def _openai_sse(req: RecordedRequest, rid: str) -> Iterator[dict[str, Any] | Non
         yield chunk({"content": piece})
     for index, tc in enumerate(reply.tool_calls):
         yield from gap()
-        yield chunk({"tool_calls": [{"index": index, "id": tc.id, "type": "function",
-                                     "function": {"name": tc.name, "arguments": ""}}]})
+        yield chunk(
+            {
+                "tool_calls": [
+                    {"index": index, "id": tc.id, "type": "function", "function": {"name": tc.name, "arguments": ""}}
+                ]
+            }
+        )
         for piece in _arg_chunks(json.dumps(tc.args), reply.chunk_size):
             yield from gap()
             yield chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
@@ -307,11 +335,15 @@ def _anthropic_json(req: RecordedRequest, rid: str) -> dict[str, Any]:
     content: list[dict[str, Any]] = []
     if reply.text or not reply.tool_calls:
         content.append({"type": "text", "text": reply.text})
-    content += [{"type": "tool_use", "id": tc.id, "name": tc.name, "input": tc.args}
-                for tc in reply.tool_calls]
+    content += [{"type": "tool_use", "id": tc.id, "name": tc.name, "input": tc.args} for tc in reply.tool_calls]
     return {
-        "id": rid, "type": "message", "role": "assistant", "model": req.model, "content": content,
-        "stop_reason": reply.stop_reason, "stop_sequence": None,
+        "id": rid,
+        "type": "message",
+        "role": "assistant",
+        "model": req.model,
+        "content": content,
+        "stop_reason": reply.stop_reason,
+        "stop_sequence": None,
         "usage": {"input_tokens": req.usage[0], "output_tokens": req.usage[1]},
     }
 
@@ -319,34 +351,67 @@ def _anthropic_json(req: RecordedRequest, rid: str) -> dict[str, Any]:
 def _anthropic_sse(req: RecordedRequest, rid: str) -> Iterator[tuple[str, dict[str, Any]] | None]:
     """Anthropic (event, data) pairs; ``None`` marks a point where ``chunk_delay`` applies."""
     reply = req.reply
-    yield "message_start", {"type": "message_start", "message": {
-        "id": rid, "type": "message", "role": "assistant", "model": req.model, "content": [],
-        "stop_reason": None, "stop_sequence": None,
-        "usage": {"input_tokens": req.usage[0], "output_tokens": 1}}}
+    yield (
+        "message_start",
+        {
+            "type": "message_start",
+            "message": {
+                "id": rid,
+                "type": "message",
+                "role": "assistant",
+                "model": req.model,
+                "content": [],
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": {"input_tokens": req.usage[0], "output_tokens": 1},
+            },
+        },
+    )
     gap = _Gaps()
     index = 0
     if reply.text:
-        yield "content_block_start", {"type": "content_block_start", "index": 0,
-                                      "content_block": {"type": "text", "text": ""}}
+        yield (
+            "content_block_start",
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        )
         for piece in _text_chunks(reply.text, reply.chunk_size):
             yield from gap()
-            yield "content_block_delta", {"type": "content_block_delta", "index": 0,
-                                          "delta": {"type": "text_delta", "text": piece}}
+            yield (
+                "content_block_delta",
+                {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}},
+            )
         yield "content_block_stop", {"type": "content_block_stop", "index": 0}
         index = 1
     for tc in reply.tool_calls:
         yield from gap()
-        yield "content_block_start", {"type": "content_block_start", "index": index, "content_block": {
-            "type": "tool_use", "id": tc.id, "name": tc.name, "input": {}}}
+        yield (
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": index,
+                "content_block": {"type": "tool_use", "id": tc.id, "name": tc.name, "input": {}},
+            },
+        )
         for piece in _arg_chunks(json.dumps(tc.args), reply.chunk_size):
             yield from gap()
-            yield "content_block_delta", {"type": "content_block_delta", "index": index,
-                                          "delta": {"type": "input_json_delta", "partial_json": piece}}
+            yield (
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": index,
+                    "delta": {"type": "input_json_delta", "partial_json": piece},
+                },
+            )
         yield "content_block_stop", {"type": "content_block_stop", "index": index}
         index += 1
-    yield "message_delta", {"type": "message_delta",
-                            "delta": {"stop_reason": reply.stop_reason, "stop_sequence": None},
-                            "usage": {"input_tokens": req.usage[0], "output_tokens": req.usage[1]}}
+    yield (
+        "message_delta",
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": reply.stop_reason, "stop_sequence": None},
+            "usage": {"input_tokens": req.usage[0], "output_tokens": req.usage[1]},
+        },
+    )
     yield "message_stop", {"type": "message_stop"}
 
 
@@ -424,11 +489,20 @@ class _Handler(BaseHTTPRequestHandler):
             if not req.stream:
                 self._send_json(200, _openai_json(req, rid) if api == "openai" else _anthropic_json(req, rid))
             elif api == "openai":
-                self._stream(((None if c is None else b"data: " + _dumps(c) + b"\n\n")
-                              for c in _openai_sse(req, rid)), reply.chunk_delay, b"data: [DONE]\n\n")
+                self._stream(
+                    ((None if c is None else b"data: " + _dumps(c) + b"\n\n") for c in _openai_sse(req, rid)),
+                    reply.chunk_delay,
+                    b"data: [DONE]\n\n",
+                )
             else:
-                self._stream(((None if e is None else b"event: " + e[0].encode() + b"\ndata: " + _dumps(e[1])
-                               + b"\n\n") for e in _anthropic_sse(req, rid)), reply.chunk_delay, b"")
+                self._stream(
+                    (
+                        (None if e is None else b"event: " + e[0].encode() + b"\ndata: " + _dumps(e[1]) + b"\n\n")
+                        for e in _anthropic_sse(req, rid)
+                    ),
+                    reply.chunk_delay,
+                    b"",
+                )
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
 
@@ -436,14 +510,18 @@ class _Handler(BaseHTTPRequestHandler):
         data = _dumps(payload)
         # x-should-retry: the OpenAI SDK would otherwise retry 429/5xx twice (consuming scripted replies).
         extra = "x-should-retry: false\r\n" if status >= 400 else ""
-        head = (f"HTTP/1.1 {status} {self.responses.get(status, ('Error',))[0]}\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n{extra}\r\n").encode()
+        head = (
+            f"HTTP/1.1 {status} {self.responses.get(status, ('Error',))[0]}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n{extra}\r\n"
+        ).encode()
         self.wfile.write(head + data)  # one write: headers and body in the same segment
 
     def _stream(self, frames: Iterator[bytes | None], delay: float, tail: bytes) -> None:
         """Send SSE frames as HTTP/1.1 chunks, each written (hence flushed) as it is produced."""
-        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
-                         b"Transfer-Encoding: chunked\r\n\r\n")
+        self.wfile.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
         for frame in itertools.chain(frames, [tail] if tail else []):
             if frame is None:
                 if delay:
@@ -495,8 +573,9 @@ class FakeLLM:
         self._server = _Server((self.host, self.port or free_port()), _Handler)
         self._server.fake = self
         self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=f"fake-llm-{self.port}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"fake-llm-{self.port}", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -521,8 +600,9 @@ class FakeLLM:
     def __enter__(self) -> FakeLLM:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     def push(self, *replies: Reply) -> None:
@@ -587,8 +667,7 @@ class FakeLLM:
         """Pick the reply, resolve tool call ids, compute usage, record — before any delay."""
         reply = self._choose(req)
         prefix = "call_" if req.api == "openai" else "toolu_"
-        calls = [tc if tc.id else dataclasses.replace(tc, id=self._next_id(prefix))
-                 for tc in reply.tool_calls]
+        calls = [tc if tc.id else dataclasses.replace(tc, id=self._next_id(prefix)) for tc in reply.tool_calls]
         req.reply = dataclasses.replace(reply, tool_calls=calls)
         req.usage = compute_usage(req, req.reply)
         with self._cond:
@@ -609,9 +688,11 @@ def main(argv: list[str] | None = None) -> None:
 
     fake = FakeLLM(args.host, args.port)
     if args.text is not None or args.delay or args.chunk_delay:
+
         def fixed(req: RecordedRequest) -> Reply:
             text = args.text if args.text is not None else f"echo: {req.last_user_text}"
             return Reply(text=text, delay=args.delay, chunk_delay=args.chunk_delay)
+
         fake.default = fixed
     else:
         fake.default = default_reply

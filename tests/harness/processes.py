@@ -30,7 +30,9 @@ def clean_env(base: dict[str, str] | None = None) -> dict[str, str]:
     env = {
         k: v
         for k, v in (base or os.environ).items()
-        if not k.endswith("_API_KEY") and not k.startswith("REGINA_") and not k.endswith("_BASE_URL")
+        if not k.endswith("_API_KEY")
+        and not k.startswith("REGINA_")
+        and not k.endswith("_BASE_URL")
         and k not in ("REDIS_URL", "PORT")
     }
     env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
@@ -127,8 +129,10 @@ class Cluster:
         client = redis.Redis.from_url(self.redis_url)
         try:
             wait_until(
-                lambda: (proc.alive() or _raise(f"{proc.name} exited:\n{proc.log()[-3000:]}"))
-                and client.exists(f"regina:member:{proc.member_id}"),
+                lambda: (
+                    (proc.alive() or _raise(f"{proc.name} exited:\n{proc.log()[-3000:]}"))
+                    and client.exists(f"regina:member:{proc.member_id}")
+                ),
                 timeout=timeout,
                 what=f"{proc.name} to join the cluster",
             )

@@ -41,14 +41,22 @@ class RedisServer:
     def start(self) -> RedisServer:
         args = [
             redis_binary(),
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--dir", str(self.dir),
-            "--save", "",
-            "--appendonly", "yes" if self.persistent else "no",
-            "--appendfsync", "always",
-            "--daemonize", "no",
-            "--logfile", str(self.dir / "redis.log"),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.dir),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.persistent else "no",
+            "--appendfsync",
+            "always",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(self.dir / "redis.log"),
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis.from_url(self.url)
@@ -59,8 +67,12 @@ class RedisServer:
                     break
             except redis.ConnectionError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    log = (self.dir / "redis.log").read_text(errors="replace") if (self.dir / "redis.log").exists() else ""
-                    raise RuntimeError(f"redis-server did not start on port {self.port}: {log[-2000:]}")
+                    log = (
+                        (self.dir / "redis.log").read_text(errors="replace")
+                        if (self.dir / "redis.log").exists()
+                        else ""
+                    )
+                    raise RuntimeError(f"redis-server did not start on port {self.port}: {log[-2000:]}") from None
                 time.sleep(0.02)
         client.close()
         return self

@@ -50,9 +50,7 @@ def test_spawn_returns_a_started_instance_that_any_request_can_find(api: httpx.C
 
 
 @pytest.mark.parametrize("agent", ["openai-agent", "anthropic-agent"])
-def test_chat_answer_and_usage_come_from_the_model_server(
-    api: httpx.Client, fake_llm: FakeLLM, agent: str
-) -> None:
+def test_chat_answer_and_usage_come_from_the_model_server(api: httpx.Client, fake_llm: FakeLLM, agent: str) -> None:
     iid = spawn(api, agent)
     resp = api.post(f"/instances/{iid}/chat", json={"message": f"hello from {agent}"})
     assert resp.status_code == 200, resp.text
@@ -72,7 +70,10 @@ def test_history_is_kept_between_chats(api: httpx.Client, fake_llm: FakeLLM) -> 
     assert texts == ["first", "echo: first", "second"]
     messages = api.get(f"/instances/{iid}/messages").json()
     assert [(m["role"], m["content"]) for m in messages] == [
-        ("user", "first"), ("assistant", "echo: first"), ("user", "second"), ("assistant", "echo: second")
+        ("user", "first"),
+        ("assistant", "echo: first"),
+        ("user", "second"),
+        ("assistant", "echo: second"),
     ]
 
 
@@ -110,7 +111,10 @@ def test_two_concurrent_chats_to_one_instance_both_succeed_in_order(api: httpx.C
         assert second.result() == "echo: quick-two"
     roles = [(m["role"], m["content"]) for m in api.get(f"/instances/{iid}/messages").json()]
     assert roles == [
-        ("user", "slow-one"), ("assistant", "first done"), ("user", "quick-two"), ("assistant", "echo: quick-two")
+        ("user", "slow-one"),
+        ("assistant", "first done"),
+        ("user", "quick-two"),
+        ("assistant", "echo: quick-two"),
     ]
 
 
@@ -118,7 +122,11 @@ class TestBadInput:
     """Every malformed request gets a clear JSON 4xx and changes nothing."""
 
     def test_unknown_agent_is_404(self, api: httpx.Client) -> None:
-        for method, path in [("GET", "/agents/nope"), ("POST", "/agents/nope/instances"), ("GET", "/agents/nope/instances")]:
+        for method, path in [
+            ("GET", "/agents/nope"),
+            ("POST", "/agents/nope/instances"),
+            ("GET", "/agents/nope/instances"),
+        ]:
             resp = api.request(method, path)
             assert resp.status_code == 404
             assert "nope" in resp.json()["error"]

@@ -107,9 +107,7 @@ CASES: list[object] = [
     "grep -v a fruits.txt",
     pytest.param(
         "grep -ri todo sub",
-        marks=gap(
-            "grep -r prints absolute VFS paths (/data/sub/notes.md) instead of the relative path given"
-        ),
+        marks=gap("grep -r prints absolute VFS paths (/data/sub/notes.md) instead of the relative path given"),
     ),
     "grep -E '^(b|c)' fruits.txt",
     "sed 's/apple/APPLE/g' fruits.txt | head -4",
@@ -151,9 +149,7 @@ CASES: list[object] = [
     "jq -r '.tags | join(\",\")' config.json",
     "jq '.version + 1' config.json",
     # misc
-    pytest.param(
-        "mkdir -p made/deeper && touch made/deeper/f && ls -R made", marks=gap("ls -R does not recurse")
-    ),
+    pytest.param("mkdir -p made/deeper && touch made/deeper/f && ls -R made", marks=gap("ls -R does not recurse")),
     "cp fruits.txt copy.txt && cmp -s fruits.txt copy.txt; diff fruits.txt copy.txt && echo same",
     "mv numbers.txt moved.txt && ls moved.txt numbers.txt 2>/dev/null; echo $?",
     "rm -r sub && ls",
@@ -236,9 +232,7 @@ JQ_EXPECTED = {
 
 @pytest.mark.parametrize("cmd", CASES, ids=_ids(CASES))
 def test_matches_real_bash(cmd: str, tmp_path: Path) -> None:
-    tool = bash_tool(
-        _seed_vfs(), env={"HOME": "/", "PWD": "/data", "LC_ALL": "C"}, limits=Limits(bash_timeout=5)
-    )
+    tool = bash_tool(_seed_vfs(), env={"HOME": "/", "PWD": "/data", "LC_ALL": "C"}, limits=Limits(bash_timeout=5))
     ours = tool.call_sync({"command": cmd})
     if cmd.startswith("jq") and not HAS_JQ:
         expected = JQ_EXPECTED[cmd]

@@ -74,11 +74,13 @@ def _clean(fake: FakeLLM) -> None:
     fake.reset()
 
 
-def complete(fake: FakeLLM, model: str, base: str, key: str, messages: list[dict[str, Any]],
-             stream: bool, **kwargs: Any) -> Any:
+def complete(
+    fake: FakeLLM, model: str, base: str, key: str, messages: list[dict[str, Any]], stream: bool, **kwargs: Any
+) -> Any:
     """One LiteLLM call; a stream is consumed and rebuilt into a full response."""
-    response = litellm.completion(model=model, api_base=fake.url + base, api_key=key, messages=messages,
-                                  stream=stream, **kwargs)
+    response = litellm.completion(
+        model=model, api_base=fake.url + base, api_key=key, messages=messages, stream=stream, **kwargs
+    )
     if not stream:
         return response
     chunks = list(response)
@@ -112,14 +114,18 @@ def test_text_reply_and_usage(fake: FakeLLM, model: str, base: str, key: str, ap
 
 @pytest.mark.parametrize(("model", "base", "key", "api"), PROVIDERS)
 @STREAM
-def test_tool_calls_round_trip(fake: FakeLLM, model: str, base: str, key: str, api: str,
-                               stream: bool) -> None:
+def test_tool_calls_round_trip(fake: FakeLLM, model: str, base: str, key: str, api: str, stream: bool) -> None:
     prefix = "call_" if api == "openai" else "toolu_"
-    written = {"path": "/notes/a.txt", "content": "line one\nline \"two\""}
-    fake.push(Reply(text="Writing now.", tool_calls=[
-        ToolCall("write_file", written),
-        ToolCall("read_file", {"path": "/notes/a.txt"}, id=prefix + "fixed"),
-    ]))
+    written = {"path": "/notes/a.txt", "content": 'line one\nline "two"'}
+    fake.push(
+        Reply(
+            text="Writing now.",
+            tool_calls=[
+                ToolCall("write_file", written),
+                ToolCall("read_file", {"path": "/notes/a.txt"}, id=prefix + "fixed"),
+            ],
+        )
+    )
     messages = [{"role": "user", "content": "write then read"}]
 
     response = complete(fake, model, base, key, messages, stream, tools=[WRITE_FILE, READ_FILE])
@@ -156,9 +162,17 @@ def test_conversation_is_normalized(fake: FakeLLM, model: str, base: str, key: s
     messages = [
         {"role": "system", "content": "SYS prompt"},
         {"role": "user", "content": "please write"},
-        {"role": "assistant", "content": "ok", "tool_calls": [
-            {"id": "call_1", "type": "function",
-             "function": {"name": "write_file", "arguments": json.dumps({"path": "/a", "content": "x"})}}]},
+        {
+            "role": "assistant",
+            "content": "ok",
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "write_file", "arguments": json.dumps({"path": "/a", "content": "x"})},
+                }
+            ],
+        },
         {"role": "tool", "tool_call_id": "call_1", "content": "wrote 1 byte"},
         {"role": "user", "content": "thanks"},
     ]
@@ -167,8 +181,11 @@ def test_conversation_is_normalized(fake: FakeLLM, model: str, base: str, key: s
 
     (req,) = fake.requests
     assert [(m["role"], m["content"]) for m in req.messages] == [
-        ("system", "SYS prompt"), ("user", "please write"), ("assistant", "ok"),
-        ("tool", "wrote 1 byte"), ("user", "thanks"),
+        ("system", "SYS prompt"),
+        ("user", "please write"),
+        ("assistant", "ok"),
+        ("tool", "wrote 1 byte"),
+        ("user", "thanks"),
     ]
     assistant, tool = req.messages[2], req.messages[3]
     assert assistant["tool_calls"][0]["name"] == "write_file"
@@ -208,11 +225,14 @@ def test_custom_default_and_reset(fake: FakeLLM) -> None:
 
 
 @pytest.mark.parametrize(("model", "base", "key", "api"), [PROVIDERS[0], PROVIDERS[2], PROVIDERS[4]])
-@pytest.mark.parametrize(("status", "error"), [(400, litellm.BadRequestError), (429, litellm.RateLimitError),
-                                               (500, litellm.InternalServerError)])
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [(400, litellm.BadRequestError), (429, litellm.RateLimitError), (500, litellm.InternalServerError)],
+)
 @STREAM
-def test_error_status_raises_in_litellm(fake: FakeLLM, model: str, base: str, key: str, api: str,
-                                        status: int, error: type[Exception], stream: bool) -> None:
+def test_error_status_raises_in_litellm(
+    fake: FakeLLM, model: str, base: str, key: str, api: str, status: int, error: type[Exception], stream: bool
+) -> None:
     fake.push(Reply(error_status=status, error_message="scripted failure"), Reply(text="after"))
     msgs = [{"role": "user", "content": "hi"}]
 
@@ -227,8 +247,9 @@ def test_error_status_raises_in_litellm(fake: FakeLLM, model: str, base: str, ke
 def test_stream_flushes_each_chunk(fake: FakeLLM, model: str, base: str, key: str, api: str) -> None:
     fake.push(Reply(text="one two three four five", chunk_delay=0.1))
     start = time.monotonic()
-    stream = litellm.completion(model=model, api_base=fake.url + base, api_key=key,
-                                messages=[{"role": "user", "content": "count"}], stream=True)
+    stream = litellm.completion(
+        model=model, api_base=fake.url + base, api_key=key, messages=[{"role": "user", "content": "count"}], stream=True
+    )
     first_at = None
     pieces = []
     for chunk in stream:
@@ -246,8 +267,11 @@ def test_stream_flushes_each_chunk(fake: FakeLLM, model: str, base: str, key: st
 def test_requests_are_recorded_before_the_delayed_answer(fake: FakeLLM) -> None:
     fake.push(Reply(text="slow", delay=0.5))
     result: list[Any] = []
-    caller = threading.Thread(target=lambda: result.append(
-        complete(fake, "gpt-4o", "/v1", "sk-test", [{"role": "user", "content": "wait"}], False)))
+    caller = threading.Thread(
+        target=lambda: result.append(
+            complete(fake, "gpt-4o", "/v1", "sk-test", [{"role": "user", "content": "wait"}], False)
+        )
+    )
     caller.start()
 
     (req,) = fake.wait_for_requests(1, timeout=5)
@@ -260,8 +284,12 @@ def test_requests_are_recorded_before_the_delayed_answer(fake: FakeLLM) -> None:
 
 def test_raw_openai_sse_shape(fake: FakeLLM) -> None:
     fake.push(Reply(text="ab cd", usage=(7, 3)))
-    body = {"model": "m", "stream": True, "stream_options": {"include_usage": True},
-            "messages": [{"role": "user", "content": "x"}]}
+    body = {
+        "model": "m",
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": "x"}],
+    }
     with httpx.stream("POST", fake.url + "/v1/chat/completions", json=body) as response:
         assert response.headers["content-type"] == "text/event-stream"
         lines = [line for line in response.iter_lines() if line]
@@ -274,8 +302,13 @@ def test_raw_openai_sse_shape(fake: FakeLLM) -> None:
 
 def test_raw_anthropic_sse_shape(fake: FakeLLM) -> None:
     fake.push(Reply(text="hi", tool_calls=[ToolCall("read_file", {"path": "/p"})], chunk_size=4))
-    body = {"model": "m", "stream": True, "max_tokens": 5, "system": [{"type": "text", "text": "S"}],
-            "messages": [{"role": "user", "content": [{"type": "text", "text": "x"}]}]}
+    body = {
+        "model": "m",
+        "stream": True,
+        "max_tokens": 5,
+        "system": [{"type": "text", "text": "S"}],
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "x"}]}],
+    }
     with httpx.stream("POST", fake.url + "/v1/messages", json=body) as response:
         events = [line[7:] for line in response.iter_lines() if line.startswith("event: ")]
     assert events[:2] == ["message_start", "content_block_start"]

@@ -152,7 +152,9 @@ def test_backup_taken_while_a_chat_writes_files_is_consistent(
     assert wrote["stdout"].strip() == "150"
     first = owner(c, api, iid)
     first.stop()
-    fake_llm.push(Reply(tool_calls=[ToolCall("bash", {"command": "cat /data/f*.txt | sort -u | wc -l"})]), Reply(text="ok"))
+    fake_llm.push(
+        Reply(tool_calls=[ToolCall("bash", {"command": "cat /data/f*.txt | sort -u | wc -l"})]), Reply(text="ok")
+    )
     api.post(f"/instances/{iid}/chat", json={"message": "count"})
     result = json.loads(fake_llm.requests[-1].messages[-1]["content"])
     assert result["stdout"].strip() == "150"
@@ -180,13 +182,18 @@ def test_sigterm_mid_run_loses_no_acknowledged_message(
     assert owner(c, api, iid).member_id != first.member_id
     contents = [m["content"] for m in api.get(f"/instances/{iid}/messages").json()]
     assert contents == [
-        "before", "echo: before", "long", "a b c d e f g h", "after", "echo: after", "next", "echo: next"
+        "before",
+        "echo: before",
+        "long",
+        "a b c d e f g h",
+        "after",
+        "echo: after",
+        "next",
+        "echo: next",
     ]
 
 
-def test_delete_removes_queue_vfs_backup_and_keys(
-    two_workers: tuple[Cluster, httpx.Client], tmp_path: Path
-) -> None:
+def test_delete_removes_queue_vfs_backup_and_keys(two_workers: tuple[Cluster, httpx.Client], tmp_path: Path) -> None:
     c, api = two_workers
     iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
     api.post(f"/instances/{iid}/chat", json={"message": "x"})

@@ -53,8 +53,11 @@ def platform(fake_llm: FakeLLM, tmp_path: Path) -> Iterator[tuple[list[str], Clu
             c.procs.append(proc)
             urls.append(proc.url)
         r = redis.Redis.from_url(server.url)
-        wait_until(lambda: len([m for m in r.smembers("regina:members") if r.exists(b"regina:member:" + m)]) == 2,
-                   timeout=90, what="two workers to join")
+        wait_until(
+            lambda: len([m for m in r.smembers("regina:members") if r.exists(b"regina:member:" + m)]) == 2,
+            timeout=90,
+            what="two workers to join",
+        )
         for url in urls:
             wait_until(lambda u=url: httpx.get(u + "/healthz", timeout=1).status_code == 200, timeout=60, what=url)
         yield urls, c
@@ -65,8 +68,9 @@ def platform(fake_llm: FakeLLM, tmp_path: Path) -> Iterator[tuple[list[str], Clu
 
 def _start(c: Cluster, name: str, line: str, env: dict[str, str]) -> Proc:
     log_path = c.tmp / f"{name}.log"
-    popen = subprocess.Popen(["bash", "-c", f"exec {line}"], cwd=ROOT, env=env,
-                             stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
+    popen = subprocess.Popen(
+        ["bash", "-c", f"exec {line}"], cwd=ROOT, env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT
+    )
     return Proc(name, popen, log_path)
 
 

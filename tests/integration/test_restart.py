@@ -28,7 +28,9 @@ def test_a_restarted_worker_sends_the_whole_earlier_conversation(
     web = c.start_web()
     api = httpx.Client(base_url=web.url, timeout=60)
     iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
-    fake_llm.push(Reply(tool_calls=[ToolCall("write_file", {"path": "/a.txt", "content": "A"})]), Reply(text="first done"))
+    fake_llm.push(
+        Reply(tool_calls=[ToolCall("write_file", {"path": "/a.txt", "content": "A"})]), Reply(text="first done")
+    )
     api.post(f"/instances/{iid}/chat", json={"message": "first"})
 
     # When the worker restarts (same member id and disk, no storage configured)

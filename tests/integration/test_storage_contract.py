@@ -323,9 +323,7 @@ def test_make_storage_redis_prefers_storage_url_over_the_cluster_redis(redis_ser
 
 
 def test_make_storage_from_environment_settings(tmp_path: Path) -> None:
-    settings = load_settings(
-        environ={"REGINA_STORAGE__TYPE": "fs", "REGINA_STORAGE__BASE_PATH": str(tmp_path / "b")}
-    )
+    settings = load_settings(environ={"REGINA_STORAGE__TYPE": "fs", "REGINA_STORAGE__BASE_PATH": str(tmp_path / "b")})
     adapter = make_storage(settings.storage, settings.redis)
     assert isinstance(adapter, FsStorage)
     assert adapter.base_path == (tmp_path / "b").resolve()

@@ -51,20 +51,27 @@ def test_a_tool_run_streams_call_result_step_text_finish(api: httpx.Client, fake
         Reply(text="saved it"),
     )
     events = [e for _, e in stream(api, iid, "save hello")]
-    collapsed = [t for i, t in enumerate(types([(0, e) for e in events])) if i == 0 or t != "text-delta" or events[i - 1]["type"] != t]
-    assert collapsed == [
-        "tool-call", "tool-result", "step-finish", "text-delta", "step-finish", "finish"
+    collapsed = [
+        t
+        for i, t in enumerate(types([(0, e) for e in events]))
+        if i == 0 or t != "text-delta" or events[i - 1]["type"] != t
     ]
+    assert collapsed == ["tool-call", "tool-result", "step-finish", "text-delta", "step-finish", "finish"]
     call, result = events[0], events[1]
     assert call == {
-        "type": "tool-call", "toolCallId": IsStr(), "toolName": "write_file",
-        "args": {"path": "/notes/a.txt", "content": "hello"}, "seq": 1, "runId": IsStr(),
+        "type": "tool-call",
+        "toolCallId": IsStr(),
+        "toolName": "write_file",
+        "args": {"path": "/notes/a.txt", "content": "hello"},
+        "seq": 1,
+        "runId": IsStr(),
     }
     assert result["toolCallId"] == call["toolCallId"] and result["toolName"] == "write_file"
     assert events[2]["finishReason"] == "tool-calls"
     usages = [r.usage for r in fake_llm.requests]
     assert events[-1]["usage"] == {
-        "promptTokens": sum(u[0] for u in usages), "completionTokens": sum(u[1] for u in usages)
+        "promptTokens": sum(u[0] for u in usages),
+        "completionTokens": sum(u[1] for u in usages),
     }
     assert events[-1]["text"] == "saved it"
 

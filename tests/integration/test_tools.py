@@ -21,9 +21,13 @@ def test_default_tools_share_one_filesystem_and_the_history_records_every_call(
 ) -> None:
     iid = spawn(api)
     fake_llm.push(
-        Reply(tool_calls=[ToolCall("write_file", {"path": "/notes/a.txt", "content": "banana\napple\nbanana\ncherry\n"})]),
+        Reply(
+            tool_calls=[ToolCall("write_file", {"path": "/notes/a.txt", "content": "banana\napple\nbanana\ncherry\n"})]
+        ),
         Reply(tool_calls=[ToolCall("bash", {"command": "cat /notes/a.txt | sort | uniq -c | sort -rn | head -1"})]),
-        Reply(tool_calls=[ToolCall("edit_file", {"path": "/notes/a.txt", "old_string": "cherry", "new_string": "date"})]),
+        Reply(
+            tool_calls=[ToolCall("edit_file", {"path": "/notes/a.txt", "old_string": "cherry", "new_string": "date"})]
+        ),
         Reply(tool_calls=[ToolCall("read_file", {"path": "/notes/a.txt"})]),
         Reply(tool_calls=[ToolCall("edit_file", {"path": "/notes/a.txt", "old_string": "kiwi", "new_string": "x"})]),
         Reply(tool_calls=[ToolCall("edit_file", {"path": "/notes/a.txt", "old_string": "banana", "new_string": "x"})]),
@@ -86,7 +90,9 @@ def test_bad_tool_arguments_and_unknown_tools_are_reported_to_the_model(api: htt
 
 def test_two_instances_cannot_read_each_others_files_or_messages(api: httpx.Client, fake_llm: FakeLLM) -> None:
     a, b = spawn(api), spawn(api)
-    fake_llm.push(Reply(tool_calls=[ToolCall("write_file", {"path": "/secret.txt", "content": "A-only"})]), Reply(text="saved"))
+    fake_llm.push(
+        Reply(tool_calls=[ToolCall("write_file", {"path": "/secret.txt", "content": "A-only"})]), Reply(text="saved")
+    )
     api.post(f"/instances/{a}/chat", json={"message": "secret of A"})
     probes: list[dict[str, Any]] = [
         {"path": "/secret.txt"},
@@ -94,8 +100,10 @@ def test_two_instances_cannot_read_each_others_files_or_messages(api: httpx.Clie
         {"path": "../../secret.txt"},
     ]
     fake_llm.push(
-        Reply(tool_calls=[ToolCall("read_file", p) for p in probes]
-              + [ToolCall("bash", {"command": "cat /secret.txt; ls -a /; find / -name '*.sqlite'"})]),
+        Reply(
+            tool_calls=[ToolCall("read_file", p) for p in probes]
+            + [ToolCall("bash", {"command": "cat /secret.txt; ls -a /; find / -name '*.sqlite'"})]
+        ),
         Reply(text="looked"),
     )
     api.post(f"/instances/{b}/chat", json={"message": "look around"})

@@ -42,9 +42,7 @@ def test_bash_and_file_tools_share_files(kind: str, tmp_path: Path) -> None:
     r = bash.call_sync({"command": "cat /work/hello.txt && wc -l < work/hello.txt"})
     assert r == {"stdout": "hello from write_file\n1\n", "stderr": "", "exitCode": 0}
 
-    r = bash.call_sync(
-        {"command": "mkdir -p /out && echo 'made by bash' > /out/b.txt && echo more >> /out/b.txt"}
-    )
+    r = bash.call_sync({"command": "mkdir -p /out && echo 'made by bash' > /out/b.txt && echo more >> /out/b.txt"})
     assert r["exitCode"] == 0
     assert files["read_file"].call_sync({"path": "/out/b.txt"}) == "made by bash\nmore\n"
 

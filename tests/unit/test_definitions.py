@@ -131,9 +131,7 @@ def test_model_and_provider_from_settings_defaults(tmp_path: Path) -> None:
     # defaults.provider applies to a definition's own model too; its own provider wins.
     d = parse_definition(write(tmp_path, "b.md", "---\nname: b\nmodel: my-model\n---\n"), settings, {})
     assert d.provider == "ollama"
-    d = parse_definition(
-        write(tmp_path, "c.md", "---\nname: c\nmodel: x\nprovider: demo\n---\n"), settings, {}
-    )
+    d = parse_definition(write(tmp_path, "c.md", "---\nname: c\nmodel: x\nprovider: demo\n---\n"), settings, {})
     assert d.provider == "demo"
 
 
@@ -183,9 +181,7 @@ def test_missing_model_without_default(tmp_path: Path) -> None:
 
 
 def test_uninferable_provider(tmp_path: Path) -> None:
-    expect_error(
-        write(tmp_path, "a.md", "---\nname: a\nmodel: llama3\n---\n"), "field 'provider'", "'llama3'"
-    )
+    expect_error(write(tmp_path, "a.md", "---\nname: a\nmodel: llama3\n---\n"), "field 'provider'", "'llama3'")
 
 
 @pytest.mark.parametrize(
@@ -231,9 +227,7 @@ def test_bad_field(tmp_path: Path, frontmatter: str, fragments: tuple[str, ...])
 
 def test_unknown_field_is_rejected_with_a_hint(tmp_path: Path) -> None:
     path = write(tmp_path, "a.md", "---\nname: a\nmodel: gpt-4o\nmaxStep: 3\ncolour: red\n---\n")
-    expect_error(
-        path, "field 'maxStep': unknown field (did you mean 'maxSteps'?)", "field 'colour': unknown field"
-    )
+    expect_error(path, "field 'maxStep': unknown field (did you mean 'maxSteps'?)", "field 'colour': unknown field")
 
 
 def test_header_values_are_not_echoed_in_errors(tmp_path: Path) -> None:

@@ -57,9 +57,7 @@ def test_anthropic_target_with_key_and_default_base() -> None:
 
 def test_openai_target_without_key() -> None:
     target = resolve_model_target("gpt-4o", None, SETTINGS, {})
-    assert target == ModelTarget(
-        provider="openai", litellm_model="openai/gpt-4o", api_key=None, api_base=None
-    )
+    assert target == ModelTarget(provider="openai", litellm_model="openai/gpt-4o", api_key=None, api_base=None)
 
 
 def test_vercel_gateway_target() -> None:
@@ -86,10 +84,7 @@ def test_base_url_env_wins_over_settings_which_wins_over_default() -> None:
     # Settings for another provider do not apply.
     assert resolve_model_target("claude-x", None, settings, {}).api_base is None
     # An empty variable counts as unset.
-    assert (
-        resolve_model_target("gpt-4o", None, settings, {"OPENAI_BASE_URL": ""}).api_base
-        == "http://config:1/v1"
-    )
+    assert resolve_model_target("gpt-4o", None, settings, {"OPENAI_BASE_URL": ""}).api_base == "http://config:1/v1"
 
 
 def test_explicit_provider_overrides_inference_and_is_not_prefixed_twice() -> None:
@@ -102,9 +97,7 @@ def test_explicit_provider_overrides_inference_and_is_not_prefixed_twice() -> No
 def test_demo_provider_is_explicit_only_and_needs_no_key() -> None:
     env = {"ANTHROPIC_API_KEY": "ak", "DEMO_API_KEY": "x", "DEMO_BASE_URL": "http://x"}
     target = resolve_model_target("demo", "demo", SETTINGS, env)
-    assert target == ModelTarget(
-        provider="demo", litellm_model="regina-demo/demo", api_key=None, api_base=None
-    )
+    assert target == ModelTarget(provider="demo", litellm_model="regina-demo/demo", api_key=None, api_base=None)
 
 
 def test_other_litellm_provider_passes_through_with_its_env() -> None:

@@ -17,9 +17,7 @@ from regina.registry import AgentRegistry
 TESTS_AGENTS = Path(__file__).resolve().parents[1] / "agents"
 
 
-def agent(
-    directory: Path, file: str, name: str, *, model: str = "gpt-4o", extra: str = "", body: str = ""
-) -> Path:
+def agent(directory: Path, file: str, name: str, *, model: str = "gpt-4o", extra: str = "", body: str = "") -> Path:
     path = directory / file
     path.write_text(f"---\nname: {name}\nmodel: {model}\n{extra}---\n{body or f'You are {name}.'}\n")
     return path

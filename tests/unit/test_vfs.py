@@ -152,9 +152,7 @@ def test_meta(vfs: SQLiteVFS | MemoryVFS | RealDirVFS) -> None:
     assert "epoch" not in vfs.listdir("/")
 
 
-def test_snapshot_roundtrip_into_every_backend(
-    vfs: SQLiteVFS | MemoryVFS | RealDirVFS, tmp_path: Path
-) -> None:
+def test_snapshot_roundtrip_into_every_backend(vfs: SQLiteVFS | MemoryVFS | RealDirVFS, tmp_path: Path) -> None:
     vfs.write("/notes/a.txt", b"alpha")
     vfs.write("/bin.dat", b"\x00\xff\x01")
     vfs.mkdir("/empty")
