@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, jsonify
 
 from api.services import Services
+from regina.registry_sync import announce_reload
 
 bp = Blueprint("agents", __name__)
 
@@ -42,6 +43,8 @@ def registry_errors() -> Response:
 
 @bp.post("/admin/agents/reload")
 def reload_registry() -> Response:
-    reg = services().registry
+    svc = services()
+    reg = svc.registry
     reg.reload()
+    announce_reload(svc.client)
     return jsonify({"agents": [d.id for d in reg.list()], "errors": [dict(e) for e in reg.errors]})

@@ -10,6 +10,7 @@ from regina.config import Settings
 from regina.lifecycle import Coordinator
 from regina.redis_conn import connect
 from regina.registry import AgentRegistry
+from regina.registry_sync import start_reload_listener
 from storage import make_storage
 from workers.app import app as celery_app
 from workers.dispatcher import CeleryDispatcher
@@ -30,6 +31,7 @@ def build_services(settings: Settings) -> Services:
     registry = AgentRegistry(settings)
     registry.load()
     client = connect(settings.redis)
+    start_reload_listener(client, registry)
     celery_app.conf.broker_url = settings.redis  # type: ignore[misc]
     dispatcher = CeleryDispatcher(celery_app, client)
     storage = make_storage(settings.storage, settings.redis)

@@ -15,6 +15,7 @@ from regina.factory_hooks import load_hooks
 from regina.host import InstanceHost
 from regina.redis_conn import connect
 from regina.registry import AgentRegistry
+from regina.registry_sync import start_reload_listener
 from storage import make_storage
 from workers.app import app
 from workers.dispatcher import CeleryDispatcher
@@ -52,6 +53,7 @@ def init_context(member_id: str) -> WorkerContext:
     client = connect(settings.redis)
     registry = AgentRegistry(settings)
     registry.load()
+    start_reload_listener(client, registry)
     for err in registry.errors:
         log.warning("agent definition skipped: %s", err)
     storage = make_storage(settings.storage, settings.redis)

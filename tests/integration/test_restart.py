@@ -47,3 +47,29 @@ def test_a_restarted_worker_sends_the_whole_earlier_conversation(
     assert [p["event"] for p in prepared] == ["prepare", "prepare"]  # spawn, then the resume
     assert all(p["instanceId"] == iid and p["definition"] == "openai-agent" for p in prepared)
     api.close()
+
+
+def test_a_reload_reaches_every_web_and_worker_process(make_cluster: Callable[..., Cluster], tmp_path: Path) -> None:
+    agents = tmp_path / "agents"
+    agents.mkdir()
+    (agents / "one.md").write_text("---\nname: one\nmodel: gpt-4o\n---\nYou are one.\n")
+    c = make_cluster(REGINA_AGENTS_DIR=str(agents))
+    c.start_worker()
+    web1, web2 = c.start_web(), c.start_web()
+    a, b = httpx.Client(base_url=web1.url, timeout=60), httpx.Client(base_url=web2.url, timeout=60)
+    assert [x["id"] for x in b.get("/agents").json()] == ["one"]
+
+    # When a definition is added and one web process is asked to reload
+    (agents / "two.md").write_text("---\nname: two\nmodel: gpt-4o\n---\nYou are two.\n")
+    (agents / "broken.md").write_text("---\nname: [unclosed\n---\n")
+    reloaded = a.post("/admin/agents/reload").json()
+    assert reloaded["agents"] == ["one", "two"] and "broken.md" in json.dumps(reloaded["errors"])
+
+    # Then the other web process and the worker know it too
+    from tests.harness.waiting import wait_until
+
+    wait_until(lambda: [x["id"] for x in b.get("/agents").json()] == ["one", "two"], timeout=10)
+    iid = b.post("/agents/two/instances").json()["instanceId"]
+    assert b.post(f"/instances/{iid}/chat", json={"message": "hi two"}).json()["text"] == "echo: hi two"
+    a.close()
+    b.close()
