@@ -31,7 +31,7 @@ def start_reload_listener(client: redis.Redis, registry: AgentRegistry) -> threa
     def listen() -> None:
         while True:
             try:
-                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
                 pubsub.subscribe(CHANNEL)
                 for message in pubsub.listen():
                     if message.get("type") != "message":
