@@ -56,6 +56,8 @@ class Active:
     session: Session
     tools: dict[str, Tool]
     lock: FifoLock = field(default_factory=FifoLock)
+    last_used: float = field(default_factory=time.monotonic)
+    parked: bool = False
 
 
 class InstanceHost:
@@ -125,6 +127,7 @@ class InstanceHost:
             session=Session(vfs),
             tools=self._tools(vfs, definition),
         )
+        self._park(self.active[instance_id])
         self.store.fenced_set(instance_id, epoch, status="started", lastActive=time.time())
         self.r.incr(f"regina:member:{self.member_id}:instances")
         return {"restored": restored}
@@ -179,6 +182,8 @@ class InstanceHost:
         with act.lock:
             if self.active.get(instance_id) is not act:
                 raise NotHere(f"instance {instance_id} was released from {self.member_id}")
+            act.parked = False
+            act.last_used = time.monotonic()
             # One round trip: our epoch still current? events already published? mark running.
             pipe = self.r.pipeline(transaction=False)
             pipe.hget(keys.instance_record(instance_id), "epoch")
@@ -211,6 +216,26 @@ class InstanceHost:
                 run_id=run_id,
             )
             self.store.touch(instance_id)
+            act.last_used = time.monotonic()
+
+    @staticmethod
+    def _park(act: Active) -> None:
+        """Release the VFS's SQLite connection and cache until the next use."""
+        park = getattr(act.vfs, "park", None)
+        if park is not None:
+            park()
+            act.parked = True
+
+    def park_idle(self, older_than: float) -> int:
+        """Park the VFS of instances that ran nothing for `older_than` seconds; returns how many."""
+        now = time.monotonic()
+        count = 0
+        for act in list(self.active.values()):
+            if not act.parked and not act.lock.busy and now - act.last_used > older_than:
+                with act.lock:
+                    self._park(act)
+                count += 1
+        return count
 
     @staticmethod
     def _publish(publisher: relay.RunPublisher, event: Event) -> None:

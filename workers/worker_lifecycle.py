@@ -73,13 +73,12 @@ def _idle_loop() -> None:
 
     ctx = context()
     timeout = ctx.settings.idle_timeout
-    if timeout <= 0:
-        return
-    interval = min(max(timeout / 4, 0.2), 5.0)
+    interval = min(max(timeout / 4, 0.2), 5.0) if timeout > 0 else 5.0
     requested: set[str] = set()
     while not _state["stopping"]:
         gevent.sleep(interval)
         try:
+            ctx.host.park_idle(ctx.settings.vfs_park_after)
             idle = ctx.host.idle_instances()
             requested &= set(ctx.host.active)
             for iid in idle:

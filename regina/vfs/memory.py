@@ -18,6 +18,7 @@ class MemoryVFS(SQLiteVFS):
         check_snapshot(data)
         vfs = cls()
         with vfs._lock:
-            vfs._conn.deserialize(_rollback_header(data))
-            vfs._conn.executescript(_SCHEMA)  # tables added since the image was taken
+            conn = vfs._connection()
+            conn.deserialize(_rollback_header(data))
+            conn.executescript(_SCHEMA)  # tables added since the image was taken
         return vfs

@@ -87,15 +87,36 @@ class SQLiteVFS:
         if path != ":memory:":
             parent = os.path.dirname(os.path.abspath(path))
             os.makedirs(parent, exist_ok=True)
-        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._init_db(synchronous.upper())
+        self._synchronous = synchronous.upper()
+        self._conn: sqlite3.Connection | None = self._connect()
+        self._init_db()
 
-    def _init_db(self, synchronous: str) -> None:
-        conn = self._conn
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         if self.path != ":memory:":
             conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={synchronous}")
+        conn.execute(f"PRAGMA synchronous={self._synchronous}")
         conn.execute("PRAGMA busy_timeout=10000")
+        return conn
+
+    def _connection(self) -> sqlite3.Connection:
+        """The open connection, reopened after `park()` (call with the lock held)."""
+        if self._closed:
+            raise VFSError("the filesystem is closed")
+        if self._conn is None:
+            self._conn = self._connect()
+        return self._conn
+
+    def park(self) -> None:
+        """Close the SQLite connection until the next use (frees its cache; an idle instance's VFS
+        then costs its worker no SQLite memory). A no-op for ":memory:", which would lose its data."""
+        with self._lock:
+            if self._conn is not None and self.path != ":memory:":
+                self._conn.close()
+                self._conn = None
+
+    def _init_db(self) -> None:
+        conn = self._connection()
         conn.executescript(_SCHEMA)
         with self._tx() as cur:
             cur.execute(
@@ -110,9 +131,7 @@ class SQLiteVFS:
     def _tx(self) -> Iterator[sqlite3.Cursor]:
         """Hold the lock and run one IMMEDIATE transaction; committed before returning."""
         with self._lock:
-            if self._closed:
-                raise VFSError("the filesystem is closed")
-            cur = self._conn.cursor()
+            cur = self._connection().cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
                 yield cur
@@ -127,9 +146,7 @@ class SQLiteVFS:
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Cursor]:
         with self._lock:
-            if self._closed:
-                raise VFSError("the filesystem is closed")
-            cur = self._conn.cursor()
+            cur = self._connection().cursor()
             try:
                 yield cur
             finally:
@@ -351,7 +368,9 @@ class SQLiteVFS:
             if self._closed:
                 return
             self._closed = True
-            self._conn.close()
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
     # -- extras -------------------------------------------------------------------------------
 
@@ -386,9 +405,7 @@ class SQLiteVFS:
         try:
             if self.path == ":memory:":
                 with self._lock:
-                    if self._closed:
-                        raise VFSError("the filesystem is closed")
-                    self._conn.backup(mem)
+                    self._connection().backup(mem)
             else:
                 if self._closed:
                     raise VFSError("the filesystem is closed")

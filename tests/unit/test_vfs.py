@@ -365,3 +365,18 @@ def test_many_appends_merge_and_move_with_the_file(vfs: VFS) -> None:
     vfs.remove("/moved", recursive=True)
     vfs.append("/moved/messages.jsonl", b"fresh\n")  # no stale chunks come back
     assert vfs.read("/moved/messages.jsonl") == b"fresh\n"
+
+
+def test_a_parked_sqlite_vfs_reopens_on_the_next_use(tmp_path: Path) -> None:
+    """park() frees the connection of an idle instance; the next call reopens it transparently."""
+    from regina.vfs import SQLiteVFS
+
+    vfs = SQLiteVFS(str(tmp_path / "p.sqlite"))
+    vfs.write("/a.txt", b"one")
+    vfs.park()
+    assert vfs._conn is None
+    assert vfs.read("/a.txt") == b"one"
+    vfs.append("/a.txt", b"two")
+    vfs.park()
+    assert vfs.read("/a.txt") == b"onetwo"
+    vfs.close()
