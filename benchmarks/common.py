@@ -77,7 +77,7 @@ class Table:
 
         cells = [self.columns] + [[fmt(v) for v in r] for r in self.rows]
         widths = [max(len(r[i]) for r in cells) for i in range(len(self.columns))]
-        line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+        line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"  # noqa: E731
         out = [f"### {self.title}"]
         if self.conditions:
             out.append("conditions: " + ", ".join(f"{k}={v}" for k, v in self.conditions.items()))

@@ -169,7 +169,7 @@ def run(n: int = 200, spy: bool = True) -> list[Table]:
                                            "wall ms per chat (with py-spy)": f"{spent / max(done, 1) * 1000:.1f}"})
                     for name, c in counts.most_common():
                         t4.add(name, 100 * c / total, c / total * spent / max(done, 1) * 1000)
-                    t4.notes.append("ms per chat = share × wall time per chat while sampled (py-spy slows things a bit)")
+                    t4.notes.append("ms per chat = share × wall time per chat while sampled (py-spy slows it)")
                     tables.append(t4)
                     shutil.rmtree(tmp, ignore_errors=True)
     return tables
