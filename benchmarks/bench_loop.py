@@ -56,6 +56,49 @@ def timed(n: int, fn: Callable[[], Any]) -> list[float]:
     return out
 
 
+def _bench_provider(fake: FakeLLM, n: int, provider: str, model: str, base: str, path: str) -> None:
+    target = ModelTarget(provider, model, "sk-test", base)
+    client = httpx.Client(base_url=fake.url)
+    if provider == "openai":
+        body: dict[str, Any] = {"model": "gpt-4o", "messages": MSGS}
+        headers = {"Authorization": "Bearer sk-test"}
+    else:
+        body = {"model": "claude-sonnet-4-5", "messages": MSGS, "max_tokens": 4096}
+        headers = {"x-api-key": "sk-test", "anthropic-version": "2023-06-01"}
+
+    def raw() -> None:
+        r = client.post(path, json=body, headers=headers)
+        r.json()
+
+    def raw_stream() -> None:
+        sbody = {**body, "stream": True}
+        if provider == "openai":
+            sbody["stream_options"] = {"include_usage": True}
+        with client.stream("POST", path, json=sbody, headers=headers) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    json.loads(line[6:])
+
+    def ours() -> None:
+        model_api.complete(target, MSGS)
+
+    def ours_stream() -> None:
+        for _ in model_api.stream_completion(target, MSGS):
+            pass
+
+    r_raw, r_ours = p50(timed(n, raw)), p50(timed(n, ours))
+    s_raw, s_ours = p50(timed(n, raw_stream)), p50(timed(n, ours_stream))
+    print(
+        f"{provider:9s} non-streamed: raw httpx {r_raw:6.2f} ms | ours+LiteLLM {r_ours:6.2f} ms "
+        f"| overhead {r_ours - r_raw:+6.2f} ms ({r_ours / r_raw:4.1f}x)"
+    )
+    print(
+        f"{provider:9s} streamed:     raw httpx {s_raw:6.2f} ms | ours+LiteLLM {s_ours:6.2f} ms "
+        f"| overhead {s_ours - s_raw:+6.2f} ms ({s_ours / s_raw:4.1f}x)"
+    )
+    client.close()
+
+
 def bench_litellm(fake: FakeLLM, n: int) -> None:
     fake.reset()
     fake.default = lambda req: Reply(text="pong from the fake model")
@@ -64,46 +107,7 @@ def bench_litellm(fake: FakeLLM, n: int) -> None:
         ("openai", "openai/gpt-4o", fake.url + "/v1", "/v1/chat/completions"),
         ("anthropic", "anthropic/claude-sonnet-4-5", fake.url, "/v1/messages"),
     ):
-        target = ModelTarget(provider, model, "sk-test", base)
-        client = httpx.Client(base_url=fake.url)
-        if provider == "openai":
-            body: dict[str, Any] = {"model": "gpt-4o", "messages": MSGS}
-            headers = {"Authorization": "Bearer sk-test"}
-        else:
-            body = {"model": "claude-sonnet-4-5", "messages": MSGS, "max_tokens": 4096}
-            headers = {"x-api-key": "sk-test", "anthropic-version": "2023-06-01"}
-
-        def raw() -> None:
-            r = client.post(path, json=body, headers=headers)
-            r.json()
-
-        def raw_stream() -> None:
-            sbody = {**body, "stream": True}
-            if provider == "openai":
-                sbody["stream_options"] = {"include_usage": True}
-            with client.stream("POST", path, json=sbody, headers=headers) as r:
-                for line in r.iter_lines():
-                    if line.startswith("data: ") and line != "data: [DONE]":
-                        json.loads(line[6:])
-
-        def ours() -> None:
-            model_api.complete(target, MSGS)
-
-        def ours_stream() -> None:
-            for _ in model_api.stream_completion(target, MSGS):
-                pass
-
-        r_raw, r_ours = p50(timed(n, raw)), p50(timed(n, ours))
-        s_raw, s_ours = p50(timed(n, raw_stream)), p50(timed(n, ours_stream))
-        print(
-            f"{provider:9s} non-streamed: raw httpx {r_raw:6.2f} ms | ours+LiteLLM {r_ours:6.2f} ms "
-            f"| overhead {r_ours - r_raw:+6.2f} ms ({r_ours / r_raw:4.1f}x)"
-        )
-        print(
-            f"{provider:9s} streamed:     raw httpx {s_raw:6.2f} ms | ours+LiteLLM {s_ours:6.2f} ms "
-            f"| overhead {s_ours - s_raw:+6.2f} ms ({s_ours / s_raw:4.1f}x)"
-        )
-        client.close()
+        _bench_provider(fake, n, provider, model, base, path)
 
 
 class P(BaseModel):

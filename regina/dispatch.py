@@ -11,8 +11,11 @@ from typing import Any, Protocol
 class Dispatcher(Protocol):
     """Enqueue chat steps and member commands; repair queues after a worker died."""
 
-    def enqueue_step(self, instance_id: str, run_id: str, message: str | None) -> None:
-        """Put a chat step on the instance's own queue (consumed only by its owner)."""
+    def enqueue_step(self, instance_id: str, run_id: str, message: str | None, stream: bool = True) -> None:
+        """Put a chat step on the instance's own queue (consumed only by its owner).
+
+        `stream=False` lets the worker call the model without streaming (nobody watches deltas).
+        """
         ...
 
     def send_command(self, member_id: str, command: str, payload: dict[str, Any], token: str | None) -> None:

@@ -170,7 +170,7 @@ class InstanceHost:
 
     # -- chat ------------------------------------------------------------------------------
 
-    def run_step(self, instance_id: str, run_id: str, message: str | None) -> None:
+    def run_step(self, instance_id: str, run_id: str, message: str | None, stream: bool = True) -> None:
         """Run one chat step to its end, publishing its events; steps of one instance queue up."""
         gate = self.loading.get(instance_id)
         if gate is not None:
@@ -214,6 +214,7 @@ class InstanceHost:
                 heartbeat=lambda: self.store.touch(instance_id),
                 tool_output_limit=self.settings.limits.max_tool_output_chars,
                 run_id=run_id,
+                stream=stream,
             )
             self.store.touch(instance_id)
             act.last_used = time.monotonic()

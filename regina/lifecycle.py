@@ -189,7 +189,7 @@ class Coordinator:
             raise PayloadTooLarge(f"field 'message' has {len(message)} characters; the limit is {limit}")
         return message
 
-    def start_run(self, instance_id: str, message: str) -> str:
+    def start_run(self, instance_id: str, message: str, stream: bool = True) -> str:
         """Queue a chat step on the instance (resetting its idle timer); returns the run id."""
         rec, alive = self.store.touch_and_check(instance_id) if ids.is_valid_instance_id(instance_id) else (None, False)
         if rec is None:
@@ -204,7 +204,7 @@ class Coordinator:
         )
         pipe.expire(keys.run_record(run_id), int(RUN_RETENTION))
         pipe.execute()
-        self.dispatcher.enqueue_step(rec.instance_id, run_id, message)
+        self.dispatcher.enqueue_step(rec.instance_id, run_id, message, stream)
         return run_id
 
     def follow_run(self, run_id: str, after: int = 0) -> Iterator[dict[str, Any]]:
@@ -239,7 +239,7 @@ class Coordinator:
 
     def chat(self, instance_id: str, message: str) -> dict[str, Any]:
         """Run a chat to its end; returns {text, usage, runId}."""
-        run_id = self.start_run(instance_id, message)
+        run_id = self.start_run(instance_id, message, stream=False)
         return self.collect(run_id, instance_id)
 
     def collect(self, run_id: str, instance_id: str) -> dict[str, Any]:

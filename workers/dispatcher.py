@@ -39,12 +39,12 @@ class CeleryDispatcher:
         target = Queue(queue, exchange=_ANON, routing_key=queue, no_declare=True)
         self.app.send_task(task, args=args, queue=target, declare=[], argsrepr=argsrepr)  # type: ignore[arg-type]
 
-    def enqueue_step(self, instance_id: str, run_id: str, message: str | None) -> None:
+    def enqueue_step(self, instance_id: str, run_id: str, message: str | None, stream: bool = True) -> None:
         """Queue a chat step on the instance's own queue."""
         self._send(
             CHAT_TASK,
             keys.instance_queue(instance_id),
-            [instance_id, run_id, message],
+            [instance_id, run_id, message, stream],
             f"({instance_id!r}, {run_id!r}, {_short(message)})",
         )
 

@@ -18,11 +18,11 @@ log = logging.getLogger("regina.worker")
 
 
 @app.task(name=CHAT_TASK, acks_late=True, ignore_result=True)
-def chat(instance_id: str, run_id: str, message: str | None) -> None:
+def chat(instance_id: str, run_id: str, message: str | None, stream: bool = True) -> None:
     """Run one chat step of an instance (its steps arrive in order on its own queue)."""
     ctx = context()
     try:
-        ctx.host.run_step(instance_id, run_id, message)
+        ctx.host.run_step(instance_id, run_id, message, stream)
     except (NotHere, StaleEpoch) as exc:
         # This member no longer holds the instance: give the step back for its real owner.
         log.warning("step %s for %s handed back: %s", run_id, instance_id, exc)

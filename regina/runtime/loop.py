@@ -143,9 +143,7 @@ def _limit(result: Any, limit: int) -> tuple[Any, str]:
     return cut, cut
 
 
-def _summarizer(
-    target: ModelTarget, temperature: float | None, spent: list[Usage]
-) -> Callable[[list[Message]], str]:
+def _summarizer(target: ModelTarget, temperature: float | None, spent: list[Usage]) -> Callable[[list[Message]], str]:
     def summarize(older: list[Message]) -> str:
         text, usage = model_api.complete(
             target,
@@ -165,9 +163,7 @@ def _maybe_compact(turn: _Turn, compaction: Compaction, summarize: Callable[[lis
     if turn.chars // 4 <= compaction.threshold:
         return
     try:
-        compacted = maybe_compact(
-            turn.session.messages, compaction.threshold, compaction.keep_last_n, summarize
-        )
+        compacted = maybe_compact(turn.session.messages, compaction.threshold, compaction.keep_last_n, summarize)
     except ModelError as exc:
         log.warning("compaction skipped: %s", exc.message)
         return
@@ -191,6 +187,7 @@ def run_turn(
     heartbeat: Callable[[], None] = lambda: None,
     tool_output_limit: int = 50_000,
     run_id: str | None = None,
+    stream: bool = True,
 ) -> TurnResult:
     """Run one chat turn to its end; see the module docstring. Never raises ModelError."""
     session.repair()
@@ -221,7 +218,8 @@ def run_turn(
         calls: list[model_api.ToolCallPart] = []
         step_usage = Usage()
         try:
-            for delta in model_api.stream_completion(target, turn.request(), schemas, temperature):
+            call = model_api.stream_completion if stream else model_api.call_completion
+            for delta in call(target, turn.request(), schemas, temperature):
                 if isinstance(delta, model_api.TextPart):
                     parts.append(delta.text)
                     emit(TextDelta(text_delta=delta.text))

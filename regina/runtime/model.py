@@ -262,6 +262,39 @@ class _ToolCalls:
                 acc.parts.append(fn.arguments)
 
 
+def _release(stream: Any, drain: bool) -> None:
+    """Close the HTTP response under a LiteLLM stream deterministically.
+
+    LiteLLM's Anthropic iterator stops at `message_stop` and leaves httpx's line generator
+    suspended. Collected later by the cyclic GC, that generator closes httpcore's pool stream
+    from inside whatever pool operation is running at that moment, and the pool's
+    non-reentrant lock deadlocks the thread (seen here in about one run of four). So: finish
+    reading a completed stream (the connection goes back to the pool), then close the response
+    explicitly, which makes any later finalizer a no-op.
+    """
+    inner = getattr(stream, "completion_stream", None)
+    lines: Any = getattr(inner, "streaming_response", None)
+    frame = getattr(lines, "gi_frame", None)
+    if frame is not None:
+        response = frame.f_locals.get("self")
+        try:
+            if drain:
+                for _ in lines:
+                    pass
+        except Exception:  # noqa: BLE001 - the answer is complete; only cleanup failed
+            log.debug("draining a finished model stream failed", exc_info=True)
+        finally:
+            close = getattr(response, "close", None)
+            if callable(close):
+                close()
+    close_inner = getattr(inner, "close", None)  # openai.Stream and similar
+    if callable(close_inner):
+        try:
+            close_inner()
+        except Exception:  # noqa: BLE001
+            log.debug("closing a model stream failed", exc_info=True)
+
+
 def stream_completion(
     target: ModelTarget,
     messages: Sequence[dict[str, Any]],
@@ -279,6 +312,8 @@ def stream_completion(
     calls = _ToolCalls()
     usage: Usage | None = None
     raw_reason: str | None = None
+    stream: Any = None
+    finished = False
     try:
         stream = litellm.completion(stream=True, stream_options={"include_usage": True}, **kwargs)
         for chunk in stream:
@@ -295,10 +330,14 @@ def stream_completion(
                         calls.add(frag)
                 if choice.finish_reason:
                     raw_reason = choice.finish_reason
+        finished = True
     except ModelError:
         raise
     except Exception as exc:
         raise _model_error(exc) from exc
+    finally:
+        if stream is not None:
+            _release(stream, drain=finished)
     for acc in calls.calls:
         yield acc.done()
     if calls.calls:
@@ -329,3 +368,46 @@ def complete(
     if choices:
         text = getattr(choices[0].message, "content", None) or ""
     return str(text), _usage_of(resp) or Usage()
+
+
+def call_completion(
+    target: ModelTarget,
+    messages: Sequence[dict[str, Any]],
+    tools: Sequence[dict[str, Any]] | None = None,
+    temperature: float | None = None,
+    timeout: float | None = 600.0,
+) -> Iterator[ModelDelta]:
+    """One non-streamed model call, yielded as the same TextPart / ToolCallPart… / FinishPart.
+
+    Used when nobody watches deltas (sync chat): LiteLLM's per-chunk stream wrapper costs
+    several ms of CPU per call that a single response does not.
+
+    Raises:
+        ModelError: the provider failed.
+    """
+    litellm = get_litellm()
+    try:
+        resp = litellm.completion(**_request_kwargs(target, messages, tools, temperature, timeout))
+    except Exception as exc:
+        raise _model_error(exc) from exc
+    choices = getattr(resp, "choices", None) or []
+    message = choices[0].message if choices else None
+    text = str(getattr(message, "content", None) or "") if message is not None else ""
+    if text:
+        yield TextPart(text)
+    calls = list(getattr(message, "tool_calls", None) or ()) if message is not None else []
+    for call in calls:
+        fn = call.function
+        raw = str(getattr(fn, "arguments", "") or "")
+        yield ToolCallPart(
+            id=str(getattr(call, "id", "") or f"call_{uuid.uuid4().hex[:24]}"),
+            name=str(getattr(fn, "name", "") or ""),
+            args=_parse_args(raw),
+            raw=raw,
+        )
+    raw_reason = getattr(choices[0], "finish_reason", None) if choices else None
+    if calls:
+        reason = "tool-calls"
+    else:
+        reason = _FINISH_REASONS.get(str(raw_reason), "other") if raw_reason else "stop"
+    yield FinishPart(reason, _usage_of(resp) or Usage())

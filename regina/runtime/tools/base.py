@@ -47,9 +47,7 @@ class Tool:
         try:
             return self.parameters.model_validate(args)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or '(args)'}: {e['msg']}" for e in exc.errors()
-            )
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(args)'}: {e['msg']}" for e in exc.errors())
             raise ToolError(f"invalid arguments for tool {self.name!r}: {problems}") from exc
 
     def call_sync(self, args: dict[str, Any]) -> Any:
@@ -64,9 +62,7 @@ class Tool:
         return result
 
 
-def tool(
-    *, description: str, parameters: type[BaseModel], name: str | None = None
-) -> Callable[[ToolFn], Tool]:
+def tool(*, description: str, parameters: type[BaseModel], name: str | None = None) -> Callable[[ToolFn], Tool]:
     """Turn a function taking one pydantic model into a Tool.
 
     The name defaults to the module file's stem when loaded from a `tools:` path (the loader

@@ -249,9 +249,7 @@ class VFSBashFs:
         self.vfs.chmod(p, mode)
 
     async def symlink(self, target: str, link_path: str) -> None:
-        raise PermissionError(
-            f"EPERM: symbolic links are not supported in this sandbox, symlink '{link_path}'"
-        )
+        raise PermissionError(f"EPERM: symbolic links are not supported in this sandbox, symlink '{link_path}'")
 
     async def link(self, existing_path: str, new_path: str) -> None:
         s, d = self._norm(existing_path), self._norm(new_path)
@@ -333,9 +331,7 @@ def _merge_stderr_into_file(redirections: list[Any]) -> list[Any]:
 
 
 # Word parts whose expansion cannot run commands or assign variables.
-_PURE_PARTS = frozenset(
-    {"Literal", "SingleQuoted", "Escaped", "ParameterExpansion", "DoubleQuoted", "TildeExpansion"}
-)
+_PURE_PARTS = frozenset({"Literal", "SingleQuoted", "Escaped", "ParameterExpansion", "DoubleQuoted", "TildeExpansion"})
 
 
 async def _unwritable_target(interp: Any, redirections: list[Any]) -> Any:
@@ -532,9 +528,7 @@ def bash_tool(vfs: VFS, *, env: dict[str, str], limits: Limits, network: bool = 
             out = _limit_result(f"time limit exceeded ({limits.bash_timeout:g} s)", 124)
         except VFSError as exc:
             raise ToolError(f"bash: filesystem error: {exc.message}") from exc
-        stdout, stderr = truncate_output(
-            _clean(out["stdout"]), _clean(out["stderr"]), limits.max_tool_output_chars
-        )
+        stdout, stderr = truncate_output(_clean(out["stdout"]), _clean(out["stderr"]), limits.max_tool_output_chars)
         return {"stdout": stdout, "stderr": stderr, "exitCode": out["exitCode"]}
 
     return Tool(

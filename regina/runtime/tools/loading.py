@@ -80,13 +80,10 @@ def load_tool_module(path: str | Path) -> Tool:
             found.setdefault(id(value), (attr, value))
     if not found:
         raise DefinitionError(
-            f"tool module {p}: defines no tool; decorate one function with "
-            f"@tool(description=..., parameters=...)"
+            f"tool module {p}: defines no tool; decorate one function with @tool(description=..., parameters=...)"
         )
     if len(found) > 1:
         names = ", ".join(sorted(attr for attr, _ in found.values()))
-        raise DefinitionError(
-            f"tool module {p}: defines {len(found)} tools ({names}); a module must define one"
-        )
+        raise DefinitionError(f"tool module {p}: defines {len(found)} tools ({names}); a module must define one")
     ((_, tool),) = found.values()
     return dataclasses.replace(tool, name=p.stem)
