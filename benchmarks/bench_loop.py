@@ -165,7 +165,12 @@ def bench_steps(fake: FakeLLM, steps: int, turns: int, vfs_kind: str, provider: 
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for i in range(turns):
-                vfs: VFS = MemoryVFS() if vfs_kind == "memory" else SQLiteVFS(os.path.join(tmp, f"{i}.sqlite"))
+                # synchronous=NORMAL is the default of a worker (config key vfsSynchronous).
+                vfs: VFS = (
+                    MemoryVFS()
+                    if vfs_kind == "memory"
+                    else SQLiteVFS(os.path.join(tmp, f"{i}.sqlite"), synchronous="NORMAL")
+                )
                 session = Session(vfs)
 
                 def emit(ev: Event) -> None:

@@ -58,6 +58,7 @@ class Active:
     lock: FifoLock = field(default_factory=FifoLock)
     last_used: float = field(default_factory=time.monotonic)
     parked: bool = False
+    last_touch: float = 0.0
 
 
 class InstanceHost:
@@ -193,7 +194,7 @@ class InstanceHost:
             epoch, last, status, _ = pipe.execute()
             if int(epoch or 0) != act.epoch:
                 raise StaleEpoch(f"instance {instance_id} moved to another member")
-            publisher = relay.RunPublisher(self.r, run_id, seq=relay.seq_of(last))
+            publisher = relay.RunPublisher(self.r, run_id, seq=relay.seq_of(last), buffered=not stream)
             if publisher.seq and status == "done":
                 self.r.hset(keys.run_record(run_id), "status", "done")
                 return  # a redelivered step whose run had already finished
@@ -211,13 +212,20 @@ class InstanceHost:
                 max_steps=d.max_steps or self.settings.defaults.max_steps,
                 temperature=d.temperature,
                 compaction=d.compaction_settings(self.settings),
-                heartbeat=lambda: self.store.touch(instance_id),
+                heartbeat=lambda: self._touch(act),
                 tool_output_limit=self.settings.limits.max_tool_output_chars,
                 run_id=run_id,
                 stream=stream,
             )
-            self.store.touch(instance_id)
+            self._touch(act)
             act.last_used = time.monotonic()
+
+    def _touch(self, act: Active) -> None:
+        """Reset the idle timer from a running loop, at most once a second (timers are in seconds)."""
+        now = time.monotonic()
+        if now - act.last_touch >= 1.0:
+            act.last_touch = now
+            self.store.touch(act.instance_id)
 
     @staticmethod
     def _park(act: Active) -> None:

@@ -22,13 +22,24 @@ TERMINAL = frozenset({"finish", "error"})
 class RunPublisher:
     """Appends one run's events with increasing sequence numbers (used inside the worker)."""
 
-    def __init__(self, client: redis.Redis, run_id: str, retention: float = 3600, seq: int | None = None) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        run_id: str,
+        retention: float = 3600,
+        seq: int | None = None,
+        buffered: bool = False,
+    ) -> None:
         self.r = client
         self.run_id = run_id
         self.key = keys.run_events(run_id)
         self.retention = int(retention)
         # A redelivered run (its worker died) continues after the events already published.
         self.seq = last_seq(client, run_id) if seq is None else seq
+        # Buffered: nobody watches this run live (sync chat), so its events go out in one
+        # round trip with the terminal one instead of one round trip each.
+        self.buffered = buffered
+        self._pending: list[tuple[int, str]] = []
 
     def publish(self, event: dict[str, Any]) -> int:
         """Append an event, stamped with `seq` and `runId`; returns its seq."""
@@ -37,11 +48,16 @@ class RunPublisher:
         payload = json.dumps(event, separators=(",", ":"), default=str)
         if event.get("type") in TERMINAL:
             pipe = self.r.pipeline(transaction=False)
+            for seq, pending in self._pending:
+                pipe.xadd(self.key, {"e": pending}, id=f"0-{seq}")
+            self._pending.clear()
             pipe.xadd(self.key, {"e": payload}, id=f"0-{self.seq}")
             pipe.expire(self.key, self.retention)
             pipe.hset(keys.run_record(self.run_id), mapping={"status": "done", "finishedAt": repr(time.time())})
             pipe.expire(keys.run_record(self.run_id), self.retention)
             pipe.execute()
+        elif self.buffered:
+            self._pending.append((self.seq, payload))
         else:
             self.r.xadd(self.key, {"e": payload}, id=f"0-{self.seq}")
         return self.seq
