@@ -33,6 +33,12 @@ def _answer(ctx: WorkerContext, token: str | None, fn: Callable[[], dict[str, An
     ctx.reply(token, {"ok": True, "data": result})
 
 
+def _release_queue(consumer: Any, queue: str) -> None:
+    """Stop consuming a queue and forget it (Celery keeps every queue ever added otherwise)."""
+    consumer.cancel_task_queue(queue)
+    consumer.app.amqp.queues.pop(queue, None)
+
+
 def command_strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Callable[..., None]:
     """Build the handler Celery calls for every `regina.command` message this worker receives."""
 
@@ -50,18 +56,20 @@ def command_strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Calla
                 try:
                     return host.attach(iid, int(payload["epoch"]))
                 except Exception:
-                    consumer.cancel_task_queue(queue)
+                    _release_queue(consumer, queue)
                     raise
 
             # Consume first: steps queued while the VFS is being restored wait on its lock.
             host.begin_attach(iid)
-            consumer.add_task_queue(queue)
+            # The anonymous exchange (as the publisher uses): no exchange or binding to declare,
+            # so nothing per queue accumulates in Redis or in kombu's in-memory state.
+            consumer.add_task_queue(queue, exchange="", exchange_type="direct", routing_key=queue)
             gevent.spawn(_answer, ctx, token, attach)
         elif name == "suspend":
-            consumer.cancel_task_queue(queue)
+            _release_queue(consumer, queue)
             gevent.spawn(_answer, ctx, token, lambda: host.suspend(iid, payload.get("epoch")))
         elif name == "delete":
-            consumer.cancel_task_queue(queue)
+            _release_queue(consumer, queue)
             gevent.spawn(_answer, ctx, token, lambda: host.delete(iid))
         elif name == "messages":
             gevent.spawn(_answer, ctx, token, lambda: host.messages(iid))

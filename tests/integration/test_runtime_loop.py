@@ -364,3 +364,21 @@ def test_temperature_and_tools_reach_the_model(fake: FakeLLM, target: ModelTarge
 
 
 EmitFn = Callable[[Event], None]
+
+
+def test_a_non_streamed_turn_gives_the_same_events_and_history(fake: FakeLLM, target: ModelTarget) -> None:
+    """Sync chats call the model without streaming: same tool run, same transcript, one delta per step."""
+    turn = Turn(target, MemoryVFS())
+    fake.push(
+        Reply(tool_calls=[ToolCall("write_file", {"path": "/n.txt", "content": "x"})]),
+        Reply(text="stored it"),
+    )
+    result = turn.run("store x", stream=False)
+    assert result.text == "stored it"
+    assert turn.types() == ["tool-call", "tool-result", "step-finish", "text-delta", "step-finish", "finish"]
+    assert not any(r.stream for r in fake.requests[-2:])
+    assert turn.vfs.read("/n.txt") == b"x"
+    prompt = sum(r.usage[0] for r in fake.requests[-2:])
+    assert turn.events[-1]["usage"]["promptTokens"] == prompt
+    roles = [m["role"] for m in turn.persisted()]
+    assert roles == ["user", "assistant", "tool", "assistant"]
