@@ -141,6 +141,9 @@ class Settings(_Section):
     """Seconds between member key renewals (keep well under `memberTtl`)."""
     compaction: Compaction = Field(default_factory=Compaction)
     """Conversation compaction defaults (agents may override)."""
+    bash_network: bool = False
+    """Let the `bash` tool's `curl` reach the network (public addresses only; loopback and private
+    ranges stay refused). Off: no network at all."""
     allowed_env: list[str] = Field(default_factory=lambda: ["PATH", "HOME", "LANG", "TZ"])
     """Environment variable names the `bash` tool may see (values from the worker)."""
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)

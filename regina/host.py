@@ -164,7 +164,9 @@ class InstanceHost:
 
     def _tools(self, vfs: AnyVFS, definition: AgentDefinition) -> dict[str, Tool]:
         limits = self.settings.limits
-        tools: dict[str, Tool] = {"bash": bash_tool(vfs, env=self.env, limits=limits)}
+        tools: dict[str, Tool] = {
+            "bash": bash_tool(vfs, env=self.env, limits=limits, network=self.settings.bash_network)
+        }
         tools.update(file_tools(vfs, max_output_chars=limits.max_tool_output_chars))
         tools.update(definition.user_tools)
         return tools
