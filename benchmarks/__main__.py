@@ -19,7 +19,7 @@ import traceback
 from benchmarks.common import Table, machine, versions
 from tests.harness.redis_server import redis_binary
 
-ALL = ["chat", "profile", "stream", "lifecycle", "loop"]
+ALL = ["chat", "profile", "stream", "lifecycle", "loop", "vfs"]
 
 
 def _redis_version() -> str:
@@ -48,6 +48,13 @@ def _loop(quick: bool) -> list[Table]:
         if line.strip():
             t.add(line)
     return [t]
+
+
+def _vfs_table(rows: list[tuple[str, float, float, float]]) -> Table:
+    t = Table("VFS throughput, 4 KB files (ops/s)", ["backend", "write", "read", "append (32 B)"])
+    for name, w, r, a in rows:
+        t.add(name, f"{w:,.0f}", f"{r:,.0f}", f"{a:,.0f}")
+    return t
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
                 tables = bench_lifecycle.run(args.quick)
             elif name == "loop":
                 tables = _loop(args.quick)
+            elif name == "vfs":
+                from benchmarks import bench_vfs
+
+                tables = [_vfs_table(bench_vfs.measure(500 if args.quick else 2000))]
             else:
                 raise SystemExit(f"unknown benchmark {name!r}; choose from {', '.join(ALL)}")
         except Exception:

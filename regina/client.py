@@ -92,9 +92,8 @@ class ReginaClient:
         """Send a message and wait for the answer: {text, usage}."""
         return cast(dict[str, Any], self._json("POST", f"/instances/{instance_id}/chat", {"message": message}))
 
-    def stream(self, instance_id: str, message: str) -> Iterator[dict[str, Any]]:
-        """Send a message and yield its events as they happen (each has `seq` and `runId`)."""
-        with self._http.stream("POST", f"/instances/{instance_id}/chat/stream", json={"message": message}) as resp:
+    def _ndjson(self, method: str, path: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        with self._http.stream(method, path, **kwargs) as resp:
             if resp.status_code >= 400:
                 resp.read()
                 self._check(resp)
@@ -102,15 +101,13 @@ class ReginaClient:
                 if line:
                     yield json.loads(line)
 
+    def stream(self, instance_id: str, message: str) -> Iterator[dict[str, Any]]:
+        """Send a message and yield its events as they happen (each has `seq` and `runId`)."""
+        return self._ndjson("POST", f"/instances/{instance_id}/chat/stream", json={"message": message})
+
     def events(self, run_id: str, after: int = 0) -> Iterator[dict[str, Any]]:
         """Re-attach to a run: its events after `after`, then the live ones until it ends."""
-        with self._http.stream("GET", f"/runs/{run_id}/events", params={"after": after}) as resp:
-            if resp.status_code >= 400:
-                resp.read()
-                self._check(resp)
-            for line in resp.iter_lines():
-                if line:
-                    yield json.loads(line)
+        return self._ndjson("GET", f"/runs/{run_id}/events", params={"after": after})
 
     def steer(self, instance_id: str, message: str) -> None:
         """Queue a message the running loop sees at its next step boundary."""

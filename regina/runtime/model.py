@@ -295,6 +295,15 @@ def _release(stream: Any, drain: bool) -> None:
             log.debug("closing a model stream failed", exc_info=True)
 
 
+def _finish(has_calls: bool, raw_reason: str | None, usage: Usage | None) -> FinishPart:
+    """The mapped finish reason: tool calls win over whatever the provider said."""
+    if has_calls:
+        reason = "tool-calls"
+    else:
+        reason = _FINISH_REASONS.get(str(raw_reason), "other") if raw_reason else "stop"
+    return FinishPart(reason, usage or Usage())
+
+
 def stream_completion(
     target: ModelTarget,
     messages: Sequence[dict[str, Any]],
@@ -340,11 +349,7 @@ def stream_completion(
             _release(stream, drain=finished)
     for acc in calls.calls:
         yield acc.done()
-    if calls.calls:
-        reason = "tool-calls"
-    else:
-        reason = _FINISH_REASONS.get(str(raw_reason), "other") if raw_reason else "stop"
-    yield FinishPart(reason, usage or Usage())
+    yield _finish(bool(calls.calls), raw_reason, usage)
 
 
 def complete(
@@ -406,8 +411,4 @@ def call_completion(
             raw=raw,
         )
     raw_reason = getattr(choices[0], "finish_reason", None) if choices else None
-    if calls:
-        reason = "tool-calls"
-    else:
-        reason = _FINISH_REASONS.get(str(raw_reason), "other") if raw_reason else "stop"
-    yield FinishPart(reason, _usage_of(resp) or Usage())
+    yield _finish(bool(calls), raw_reason, _usage_of(resp))
