@@ -119,7 +119,9 @@ def run(quick: bool = False, n: int | None = None, spawn_n: int | None = None,
     warmup = 10 if quick else 30
     per_instance = 10
     tables: list[Table] = []
-    with stack() as st:
+    # BENCH_REGINA_<KEY>=… passes REGINA_<KEY>=… to the web and worker (e.g. BENCH_REGINA_TASK_EVENTS=false).
+    overrides = {k.removeprefix("BENCH_"): v for k, v in os.environ.items() if k.startswith("BENCH_REGINA_")}
+    with stack(overrides) as st:
         direct, close = _direct_calls(st.fake_url)
         conditions = {**machine(), "redis": redis_version(st.redis.url), "N": n, "warm-up": warmup,
                       "web": "1 gunicorn gevent worker", "worker": "1 celery gevent worker",
