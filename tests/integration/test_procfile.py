@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from tests.harness.fake_llm import FakeLLM, Reply
+from tests.harness.lifeline import die_with_parent
 from tests.harness.ports import free_port
 from tests.harness.processes import ROOT, Cluster, Proc
 from tests.harness.redis_server import RedisServer
@@ -69,7 +70,12 @@ def platform(fake_llm: FakeLLM, tmp_path: Path) -> Iterator[tuple[list[str], Clu
 def _start(c: Cluster, name: str, line: str, env: dict[str, str]) -> Proc:
     log_path = c.tmp / f"{name}.log"
     popen = subprocess.Popen(
-        ["bash", "-c", f"exec {line}"], cwd=ROOT, env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT
+        ["bash", "-c", f"exec {line}"],
+        cwd=ROOT,
+        env=env,
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
+        preexec_fn=die_with_parent,
     )
     return Proc(name, popen, log_path)
 
