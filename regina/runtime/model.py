@@ -367,16 +367,13 @@ def complete(
     Raises:
         ModelError: the provider failed.
     """
-    litellm = get_litellm()
-    try:
-        resp = litellm.completion(**_request_kwargs(target, messages, None, temperature, timeout))
-    except Exception as exc:
-        raise _model_error(exc) from exc
-    choices = getattr(resp, "choices", None) or []
-    text = ""
-    if choices:
-        text = getattr(choices[0].message, "content", None) or ""
-    return str(text), _usage_of(resp) or Usage()
+    text, usage = "", Usage()
+    for part in call_completion(target, messages, None, temperature, timeout):
+        if isinstance(part, TextPart):
+            text += part.text
+        elif isinstance(part, FinishPart):
+            usage = part.usage
+    return text, usage
 
 
 def call_completion(
