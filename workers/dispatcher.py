@@ -83,6 +83,19 @@ class CeleryDispatcher:
         """Steps waiting in the instance queue."""
         return int(self.r.llen(keys.instance_queue(instance_id)))
 
+    def has_pending(self, instance_id: str) -> bool:
+        """Steps queued, or delivered to a worker and not acknowledged."""
+        if self.pending_steps(instance_id):
+            return True
+        queue = keys.instance_queue(instance_id)
+        for raw in cast(dict[str, str], self.r.hgetall(_UNACKED)).values():
+            try:
+                if json.loads(raw)[2] == queue:
+                    return True
+            except (ValueError, TypeError, IndexError):
+                continue
+        return False
+
     def purge(self, instance_id: str) -> None:
         """Delete the instance queue and kombu's binding key for it."""
         queue = keys.instance_queue(instance_id)

@@ -13,6 +13,7 @@ from regina import keys
 from regina.config import Settings, load_settings
 from regina.factory_hooks import load_hooks
 from regina.host import InstanceHost
+from regina.lifecycle import Coordinator
 from regina.redis_conn import connect
 from regina.registry import AgentRegistry
 from regina.registry_sync import start_reload_listener
@@ -32,6 +33,7 @@ class WorkerContext:
     member_id: str
     host: InstanceHost
     dispatcher: CeleryDispatcher
+    coordinator: Coordinator
 
     def reply(self, token: str | None, answer: dict[str, Any]) -> None:
         """Answer a command on its reply list (the coordinator BLPOPs it)."""
@@ -62,7 +64,9 @@ def init_context(member_id: str) -> WorkerContext:
 
     get_litellm()
     host = InstanceHost(settings, registry, client, storage, load_hooks(settings.factory), member_id)
-    _context = WorkerContext(settings, client, member_id, host, CeleryDispatcher(app, client))
+    dispatcher = CeleryDispatcher(app, client)
+    coordinator = Coordinator(settings, registry, client, dispatcher, storage)
+    _context = WorkerContext(settings, client, member_id, host, dispatcher, coordinator)
     return _context
 
 

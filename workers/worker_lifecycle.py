@@ -47,6 +47,7 @@ def _ready(sender: Any, **kwargs: Any) -> None:
     _state["greenlets"] = [
         gevent.spawn(_heartbeat_loop, membership),
         gevent.spawn(_idle_loop),
+        gevent.spawn(_orphan_loop),
     ]
     log.info("member %s ready (pid %d)", ctx.member_id, os.getpid())
 
@@ -90,6 +91,23 @@ def _idle_loop() -> None:
                 ctx.dispatcher.send_command(ctx.member_id, "suspend", {"instanceId": iid, "epoch": epoch}, new_token())
         except Exception:
             log.exception("idle sweep failed; retrying")
+
+
+def _orphan_loop() -> None:
+    """Every memberHeartbeat seconds one member sweeps for instances whose member died."""
+    import gevent
+
+    from regina.cluster.orphans import sweep_orphans
+    from workers.runtime import context
+
+    ctx = context()
+    every = ctx.settings.member_heartbeat
+    while not _state["stopping"]:
+        gevent.sleep(every)
+        try:
+            sweep_orphans(ctx.client, ctx.coordinator, ctx.dispatcher.has_pending, every)
+        except Exception:
+            log.exception("orphan sweep failed; retrying")
 
 
 @signals.worker_shutting_down.connect

@@ -50,3 +50,38 @@ def test_kill_9_mid_step_redelivers_the_step_on_another_worker(
     contents = [m["content"] for m in api.get(f"/instances/{iid}/messages").json()]
     assert contents == ["before", "echo: before", "during", "recovered"]
     api.close()
+
+
+def test_the_orphan_sweep_reruns_a_step_nobody_waits_for(
+    make_cluster: Callable[..., Cluster], fake_llm: FakeLLM
+) -> None:
+    # Given an instance whose step is running on w1 and whose client has gone away
+    c = make_cluster()
+    w1 = c.start_worker(wait=False)
+    w2 = c.start_worker(wait=False)
+    c.wait_worker(w1)
+    c.wait_worker(w2)
+    web = c.start_web()
+    api = httpx.Client(base_url=web.url, timeout=30)
+    iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
+    member = api.get(f"/instances/{iid}").json()["member"]
+    victim, survivor = (w1, w2) if w1.member_id == member else (w2, w1)
+    fake_llm.push_for("unwatched", Reply(text="lost", delay=3.0), Reply(text="done anyway"))
+    with pytest.raises(httpx.ReadTimeout):
+        api.post(f"/instances/{iid}/chat", json={"message": "unwatched"}, timeout=1.0)
+    fake_llm.wait_for_requests(1, timeout=10)
+
+    # When its worker is killed with -9
+    victim.kill()
+
+    # Then a sweep on the surviving worker re-homes it and the step runs to its end
+    fake_llm.wait_for_requests(2, timeout=30)
+    from tests.harness.waiting import wait_until
+
+    wait_until(
+        lambda: [m["content"] for m in api.get(f"/instances/{iid}/messages").json()] == ["unwatched", "done anyway"],
+        timeout=30,
+        what="the redelivered step to finish",
+    )
+    assert api.get(f"/instances/{iid}").json()["member"] == survivor.member_id
+    api.close()
