@@ -83,18 +83,18 @@ class CeleryDispatcher:
         """Steps waiting in the instance queue."""
         return int(self.r.llen(keys.instance_queue(instance_id)))
 
-    def has_pending(self, instance_id: str) -> bool:
-        """Steps queued, or delivered to a worker and not acknowledged."""
-        if self.pending_steps(instance_id):
-            return True
-        queue = keys.instance_queue(instance_id)
+    def unacked_instances(self) -> set[str]:
+        """Instances with steps delivered to a worker and not acknowledged (yet)."""
+        prefix = keys.instance_queue("")
+        found = set()
         for raw in cast(dict[str, str], self.r.hgetall(_UNACKED)).values():
             try:
-                if json.loads(raw)[2] == queue:
-                    return True
+                routing_key = json.loads(raw)[2]
             except (ValueError, TypeError, IndexError):
                 continue
-        return False
+            if isinstance(routing_key, str) and routing_key.startswith(prefix):
+                found.add(routing_key[len(prefix) :])
+        return found
 
     def purge(self, instance_id: str) -> None:
         """Delete the instance queue and kombu's binding key for it."""

@@ -14,6 +14,7 @@ from celery import signals
 
 from regina import keys
 from regina.cluster.membership import Membership
+from regina.cluster.orphans import release_previous_incarnation
 from regina.ids import new_token
 
 log = logging.getLogger("regina.worker")
@@ -42,6 +43,7 @@ def _ready(sender: Any, **kwargs: Any) -> None:
     ctx = context()
     address = ctx.settings.member_address or socket.gethostname()
     membership = Membership(ctx.client, ctx.member_id, address, ctx.settings.member_ttl)
+    release_previous_incarnation(ctx.client, ctx.member_id, ctx.dispatcher.restore_unacked)
     membership.register(0)
     _state["membership"] = membership
     _state["greenlets"] = [
@@ -105,7 +107,7 @@ def _orphan_loop() -> None:
     while not _state["stopping"]:
         gevent.sleep(every)
         try:
-            sweep_orphans(ctx.client, ctx.coordinator, ctx.dispatcher.has_pending, every)
+            sweep_orphans(ctx.client, ctx.coordinator, ctx.dispatcher.unacked_instances, every)
         except Exception:
             log.exception("orphan sweep failed; retrying")
 

@@ -4,53 +4,98 @@ An orphan with steps waiting (queued, or taken by the dead worker and never ackn
 re-homed on a live member right away, so those steps run even if no client is waiting on them.
 An orphan with nothing waiting is only marked `suspended` (fenced by its epoch): its next
 request resumes it from storage, and a worker death does not trigger a storm of restores.
+A suspended instance with steps waiting (one queued while it was suspending) is resumed too.
+
+`release_previous_incarnation` handles a worker that restarts under the same member id (a pod
+keeping its host name): the records still name it, but the new process holds none of them.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import cast
 
 import redis
 
 from regina import keys
 from regina.cluster.membership import live_members
+from regina.instances import InstanceStore
 from regina.lifecycle import Coordinator
 
 log = logging.getLogger("regina.orphans")
 
 SWEEP_LOCK = "regina:sweep:orphans"
 
+Row = tuple[str, str | None, str | None, int]
 
-def sweep_orphans(
-    client: redis.Redis, coordinator: Coordinator, has_pending: Callable[[str], bool], every: float
-) -> tuple[int, int]:
-    """Re-home or suspend orphans; at most one member sweeps per `every` seconds.
 
-    Returns:
-        (re-homed, marked suspended)
-    """
-    if not client.set(SWEEP_LOCK, "1", nx=True, px=max(1, int(every * 1000))):
-        return 0, 0
+def _records(client: redis.Redis) -> list[Row]:
+    """(instanceId, status, member, epoch) of every instance, in two round trips."""
     ids = cast(list[str], client.zrange(keys.INSTANCES, 0, -1))
-    if not ids:
-        return 0, 0
-    alive = set(live_members(client))
     pipe = client.pipeline(transaction=False)
     for iid in ids:
         pipe.hmget(keys.instance_record(iid), "status", "member", "epoch")
-    rehomed = suspended = 0
-    for iid, (status, member, epoch) in zip(ids, pipe.execute(), strict=True):
-        if status not in ("started", "suspending") or not member or member in alive:
-            continue
-        if has_pending(iid):
+    return [(iid, s, m, int(e or 0)) for iid, (s, m, e) in zip(ids, pipe.execute(), strict=True)]
+
+
+def _queued(client: redis.Redis, ids: list[str]) -> set[str]:
+    pipe = client.pipeline(transaction=False)
+    for iid in ids:
+        pipe.llen(keys.instance_queue(iid))
+    return {iid for iid, n in zip(ids, pipe.execute(), strict=True) if n}
+
+
+def sweep_orphans(
+    client: redis.Redis,
+    coordinator: Coordinator,
+    unacked_instances: Callable[[], Iterable[str]],
+    every: float,
+) -> tuple[int, int]:
+    """Re-home orphans (and suspended instances) with steps waiting; suspend idle orphans.
+
+    At most one member sweeps per `every` seconds (a Redis lock).
+
+    Returns:
+        (re-homed or resumed, marked suspended)
+    """
+    if not client.set(SWEEP_LOCK, "1", nx=True, px=max(1, int(every * 1000))):
+        return 0, 0
+    rows = _records(client)
+    if not rows:
+        return 0, 0
+    alive = set(live_members(client))
+    orphans = [r for r in rows if r[1] in ("started", "suspending") and r[2] and r[2] not in alive]
+    suspended = [r for r in rows if r[1] == "suspended"]
+    candidates = [r[0] for r in orphans + suspended]
+    waiting = _queued(client, candidates) | (set(unacked_instances()) & set(candidates)) if candidates else set()
+    moved = marked = 0
+    for iid, _status, member, epoch in orphans + suspended:
+        if iid in waiting:
             try:
                 coordinator.ensure_active(iid)
-                rehomed += 1
-                log.warning("orphan %s (member %s gone) re-homed: it had steps waiting", iid, member)
-            except Exception as exc:  # noqa: BLE001 - one orphan must not stop the sweep
-                log.warning("orphan %s could not be re-homed yet: %s", iid, exc)
-        elif coordinator.store.fenced_set(iid, int(epoch or 0), status="suspended"):
-            suspended += 1
-    return rehomed, suspended
+                moved += 1
+                log.warning("instance %s (member %s) had steps waiting: placed on a live member", iid, member)
+            except Exception as exc:  # noqa: BLE001 - one instance must not stop the sweep
+                log.warning("instance %s could not be placed yet: %s", iid, exc)
+        elif _status != "suspended" and coordinator.store.fenced_set(iid, epoch, status="suspended"):
+            marked += 1
+    return moved, marked
+
+
+def release_previous_incarnation(client: redis.Redis, member_id: str, restore_unacked: Callable[[str], int]) -> int:
+    """At a worker's start: give back what an earlier process with the same member id held.
+
+    Its delivered-but-unacknowledged steps go back to their queues and its instances are marked
+    `suspended`, so the next request (or the sweep, when steps wait) attaches them properly.
+    """
+    store = InstanceStore(client)
+    count = 0
+    for iid, status, member, epoch in _records(client):
+        if member == member_id and status in ("started", "suspending"):
+            restore_unacked(iid)
+            if store.fenced_set(iid, epoch, status="suspended"):
+                count += 1
+    if count:
+        log.warning("member %s restarted: %d instance(s) it held were released", member_id, count)
+    return count

@@ -135,6 +135,8 @@ class Cluster:
                 lambda: (
                     (proc.alive() or _raise(f"{proc.name} exited:\n{proc.log()[-3000:]}"))
                     and client.exists(f"regina:member:{proc.member_id}")
+                    # this process registered, not an earlier one with the same member id
+                    and f"ready (pid {proc.popen.pid})" in proc.log()
                 ),
                 timeout=timeout,
                 what=f"{proc.name} to join the cluster",

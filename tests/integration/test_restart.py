@@ -73,3 +73,25 @@ def test_a_reload_reaches_every_web_and_worker_process(make_cluster: Callable[..
     assert b.post(f"/instances/{iid}/chat", json={"message": "hi two"}).json()["text"] == "echo: hi two"
     a.close()
     b.close()
+
+
+def test_a_worker_killed_and_restarted_under_the_same_member_id_serves_its_instances_again(
+    make_cluster: Callable[..., Cluster], fake_llm: FakeLLM, tmp_path: Path
+) -> None:
+    """A pod that keeps its host name: the records still name the member, the new process held nothing."""
+    c = make_cluster()
+    env = {"REGINA_VFS_DIR": str(tmp_path / "vfs")}
+    worker = c.start_worker(member_id="pod-0@test", env=env)
+    web = c.start_web()
+    api = httpx.Client(base_url=web.url, timeout=60)
+    iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
+    api.post(f"/instances/{iid}/chat", json={"message": "before the crash"})
+
+    worker.kill()
+    c.start_worker(member_id="pod-0@test", env=env)
+
+    resp = api.post(f"/instances/{iid}/chat", json={"message": "after"}, timeout=30)
+    assert resp.json().get("text") == "echo: after", (resp.status_code, resp.text, c.dump_logs()[-3000:])
+    contents = [m["content"] for m in api.get(f"/instances/{iid}/messages").json()]
+    assert contents == ["before the crash", "echo: before the crash", "after", "echo: after"]
+    api.close()
