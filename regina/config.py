@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -169,12 +167,6 @@ class Settings(_Section):
         if value:
             raise ValueError("process isolation is not implemented yet; chat steps run in greenlets")
         return value
-
-    def resolved_member_id(self) -> str:
-        """The configured member id, or a fresh unique one for this process."""
-        if self.member_id:
-            return self.member_id
-        return f"w-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 _ENV_PREFIX = "REGINA_"

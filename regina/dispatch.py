@@ -26,10 +26,6 @@ class Dispatcher(Protocol):
         """Move a dead owner's delivered-but-unacknowledged steps back to the instance queue."""
         ...
 
-    def pending_steps(self, instance_id: str) -> int:
-        """How many steps wait in the instance queue."""
-        ...
-
     def purge(self, instance_id: str) -> None:
         """Drop the instance queue and its broker bookkeeping (on delete)."""
         ...

@@ -170,11 +170,6 @@ class InstanceStore:
             args += [k, repr(v) if isinstance(v, float) else str(v)]
         return bool(self._fenced_hset(keys=[keys.instance_record(instance_id)], args=args))
 
-    def current_epoch(self, instance_id: str) -> int:
-        """The epoch Redis holds now (0 when the instance is gone)."""
-        value = self.r.hget(keys.instance_record(instance_id), "epoch")
-        return int(value) if value else 0
-
     def last_active_many(self, instance_ids: list[str]) -> dict[str, float]:
         """lastActive of several instances in one round trip (the idle sweep)."""
         pipe = self.r.pipeline(transaction=False)

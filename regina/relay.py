@@ -73,25 +73,9 @@ def seq_of(xrevrange_reply: list[tuple[str, dict[str, str]]]) -> int:
     return int(xrevrange_reply[0][0].split("-")[1]) if xrevrange_reply else 0
 
 
-def create_run(client: redis.Redis, run_id: str, instance_id: str, retention: float = 3600) -> None:
-    """Record a queued run (so re-attach can find its instance)."""
-    pipe = client.pipeline(transaction=False)
-    pipe.hset(
-        keys.run_record(run_id),
-        mapping={"instanceId": instance_id, "status": "queued", "createdAt": repr(time.time())},
-    )
-    pipe.expire(keys.run_record(run_id), int(retention))
-    pipe.execute()
-
-
 def run_info(client: redis.Redis, run_id: str) -> dict[str, str]:
     """The run record ({} when unknown or expired)."""
     return cast(dict[str, str], client.hgetall(keys.run_record(run_id)))
-
-
-def mark_running(client: redis.Redis, run_id: str) -> None:
-    """The worker has started the run."""
-    client.hset(keys.run_record(run_id), mapping={"status": "running", "startedAt": repr(time.time())})
 
 
 def read_events(

@@ -79,10 +79,6 @@ class CeleryDispatcher:
             moved += 1
         return moved
 
-    def pending_steps(self, instance_id: str) -> int:
-        """Steps waiting in the instance queue."""
-        return int(self.r.llen(keys.instance_queue(instance_id)))
-
     def unacked_instances(self) -> set[str]:
         """Instances with steps delivered to a worker and not acknowledged (yet)."""
         prefix = keys.instance_queue("")
