@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hmac
+import time
 
-from flask import Flask, Response, request
+from flask import Flask, Response, g, request
 
 from api.errors import error_response, register_error_handlers
 from api.services import Services, build_services
 from regina.config import Settings, load_settings
+from regina.metrics import HTTP_REQUESTS, HTTP_SECONDS
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
@@ -24,6 +26,19 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
     for module in (agents, instances, chat, health):
         app.register_blueprint(module.bp)
+
+    @app.before_request
+    def _start_timer() -> None:
+        g.regina_started = time.perf_counter()
+
+    @app.after_request
+    def _count(response: Response) -> Response:
+        endpoint = request.url_rule.rule if request.url_rule is not None else "unknown"
+        HTTP_REQUESTS.labels(endpoint, request.method, str(response.status_code)).inc()
+        started = g.get("regina_started")
+        if started is not None:
+            HTTP_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
+        return response
 
     if settings.auth_token:
         expected = f"Bearer {settings.auth_token}"

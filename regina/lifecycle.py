@@ -22,6 +22,7 @@ from regina.config import Settings
 from regina.dispatch import Dispatcher
 from regina.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, ReginaError, Unavailable
 from regina.instances import InstanceRecord, InstanceStore
+from regina.metrics import RUNS_STARTED
 from regina.registry import AgentRegistry
 from regina.steering import SteeringQueue
 from storage.base import Storage
@@ -205,6 +206,7 @@ class Coordinator:
         pipe.expire(keys.run_record(run_id), int(RUN_RETENTION))
         pipe.execute()
         self.dispatcher.enqueue_step(rec.instance_id, run_id, message, stream)
+        RUNS_STARTED.labels("stream" if stream else "sync").inc()
         return run_id
 
     def follow_run(self, run_id: str, after: int = 0) -> Iterator[dict[str, Any]]:
