@@ -208,3 +208,25 @@ def test_delete_removes_queue_vfs_backup_and_keys(two_workers: tuple[Cluster, ht
     r = redis.Redis.from_url(c.redis_url, decode_responses=True)
     assert not [k for k in r.keys(f"*{iid}*")]
     r.close()
+
+
+def test_heartbeats_and_a_running_loop_keep_an_instance_from_idling_out(
+    two_workers: tuple[Cluster, httpx.Client], fake_llm: FakeLLM
+) -> None:
+    import time
+
+    c, api = two_workers
+    iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
+    # Heartbeats every 0.4 s for 3 s (twice the 1.5 s idle timeout): still started.
+    for _ in range(8):
+        assert api.post(f"/instances/{iid}/heartbeat").status_code == 204
+        time.sleep(0.4)
+    assert api.get(f"/instances/{iid}").json()["status"] == "started"
+    # A step that waits 3.5 s on the model: the instance is busy, not idle.
+    fake_llm.push(Reply(text="slow but alive", delay=3.5))
+    assert api.post(f"/instances/{iid}/chat", json={"message": "take your time"}).json()["text"] == "slow but alive"
+    shown = api.get(f"/instances/{iid}").json()
+    assert shown["status"] == "started" and shown["epoch"] == 1  # never suspended and resumed meanwhile
+    assert [m["content"] for m in api.get(f"/instances/{iid}/messages").json()] == ["take your time", "slow but alive"]
+    # Left alone, it idles out.
+    wait_until(lambda: api.get(f"/instances/{iid}").json()["status"] == "suspended", timeout=15, what="idle suspend")
