@@ -1,0 +1,31 @@
+"""Drive instances from Python beside the workers: straight to Celery and Redis, no HTTP.
+
+from workers.local import local_coordinator
+
+regina = local_coordinator()                 # settings from REGINA_CONFIG / REGINA_* / REDIS_URL
+iid = regina.spawn("demo").instance_id
+print(regina.chat(iid, "hello")["text"])
+for event in regina.follow_run(regina.start_run(iid, "stream this")):
+    print(event["type"])
+"""
+
+from __future__ import annotations
+
+from regina.config import Settings, load_settings
+from regina.lifecycle import Coordinator
+from regina.redis_conn import connect
+from regina.registry import AgentRegistry
+from storage import make_storage
+from workers.app import app
+from workers.dispatcher import CeleryDispatcher
+
+
+def local_coordinator(settings: Settings | None = None) -> Coordinator:
+    """The same Coordinator a web process uses, publishing tasks to Celery directly."""
+    settings = settings or load_settings()
+    registry = AgentRegistry(settings)
+    registry.load()
+    client = connect(settings.redis)
+    app.conf.broker_url = settings.redis  # type: ignore[misc]
+    storage = make_storage(settings.storage, settings.redis)
+    return Coordinator(settings, registry, client, CeleryDispatcher(app, client), storage)
