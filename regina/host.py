@@ -187,18 +187,28 @@ class InstanceHost:
                 raise NotHere(f"instance {instance_id} was released from {self.member_id}")
             act.parked = False
             act.last_used = time.monotonic()
-            # One round trip: our epoch still current? events already published? mark running.
-            pipe = self.r.pipeline(transaction=False)
+            # One round trip (MULTI/EXEC): our epoch still current? events already published?
+            # mark running, and take the steering messages that wait for this run.
+            pipe = self.r.pipeline(transaction=True)
             pipe.hget(keys.instance_record(instance_id), "epoch")
             pipe.xrevrange(keys.run_events(run_id), count=1)
             pipe.hget(keys.run_record(run_id), "status")
             pipe.hset(keys.run_record(run_id), mapping={"status": "running", "startedAt": repr(time.time())})
-            epoch, last, status, _ = pipe.execute()
+            pipe.lrange(keys.steering(instance_id), 0, -1)
+            pipe.delete(keys.steering(instance_id))
+            epoch, last, status, _, steered, _ = pipe.execute()
             if int(epoch or 0) != act.epoch:
+                if steered:
+                    self.r.lpush(keys.steering(instance_id), *reversed(steered))  # not ours: give back
                 raise StaleEpoch(f"instance {instance_id} moved to another member")
+            first_drain: list[list[str]] = [list(steered)]
             publisher = relay.RunPublisher(self.r, run_id, seq=relay.seq_of(last), buffered=not stream)
             if publisher.seq and status == "done":
-                self.r.hset(keys.run_record(run_id), "status", "done")
+                pipe = self.r.pipeline(transaction=False)
+                pipe.hset(keys.run_record(run_id), "status", "done")
+                if steered:
+                    pipe.lpush(keys.steering(instance_id), *reversed(steered))
+                pipe.execute()
                 return  # a redelivered step whose run had already finished
             if any(m.get("runId") == run_id for m in act.session.messages):
                 message = None  # redelivered after a crash: the message is already in the history
@@ -210,7 +220,7 @@ class InstanceHost:
                 session=act.session,
                 user_message=message,
                 emit=lambda ev: self._publish(publisher, ev),
-                drain_steering=lambda: self.steering.drain(instance_id),
+                drain_steering=lambda: first_drain.pop() if first_drain else self.steering.drain(instance_id),
                 max_steps=d.max_steps or self.settings.defaults.max_steps,
                 temperature=d.temperature,
                 compaction=d.compaction_settings(self.settings),

@@ -38,10 +38,15 @@ return epoch
 """
 
 
-# Touch lastActive and return ["1"|"0" (member alive), field, value, …], or {} if no record.
+# Touch lastActive, create the run record (KEYS[2], when given) and return
+# ["1"|"0" (member alive), field, value, …], or {} if there is no instance record.
 _TOUCH_CHECK = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
 redis.call('HSET', KEYS[1], 'lastActive', ARGV[1])
+if KEYS[2] then
+  redis.call('HSET', KEYS[2], 'instanceId', ARGV[2], 'status', 'queued', 'createdAt', ARGV[1])
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
+end
 local member = redis.call('HGET', KEYS[1], 'member')
 local alive = '0'
 if member and member ~= '' and redis.call('EXISTS', 'regina:member:' .. member) == 1 then alive = '1' end
@@ -132,9 +137,16 @@ class InstanceStore:
         h = cast(dict[str, str], self.r.hgetall(keys.instance_record(instance_id)))
         return _record(instance_id, h) if h else None
 
-    def touch_and_check(self, instance_id: str) -> tuple[InstanceRecord | None, bool]:
-        """Reset the idle timer and return the record and whether its member lives: one round trip."""
-        flat = cast(list[str], self._touch_check(keys=[keys.instance_record(instance_id)], args=[repr(time.time())]))
+    def touch_and_check(
+        self, instance_id: str, run_id: str | None = None, run_ttl: int = 3600
+    ) -> tuple[InstanceRecord | None, bool]:
+        """Reset the idle timer (and record a queued run) and return the record and whether its
+        member lives: one round trip on the chat path."""
+        record_keys = [keys.instance_record(instance_id)]
+        if run_id is not None:
+            record_keys.append(keys.run_record(run_id))
+        args = [repr(time.time()), instance_id, str(run_ttl)]
+        flat = cast(list[str], self._touch_check(keys=record_keys, args=args))
         if not flat:
             return None, False
         alive = flat[0] == "1"

@@ -192,19 +192,16 @@ class Coordinator:
 
     def start_run(self, instance_id: str, message: str, stream: bool = True) -> str:
         """Queue a chat step on the instance (resetting its idle timer); returns the run id."""
-        rec, alive = self.store.touch_and_check(instance_id) if ids.is_valid_instance_id(instance_id) else (None, False)
+        run_id = ids.new_run_id()
+        rec, alive = (
+            self.store.touch_and_check(instance_id, run_id, int(RUN_RETENTION))
+            if ids.is_valid_instance_id(instance_id)
+            else (None, False)
+        )
         if rec is None:
             raise NotFound(f"instance {instance_id!r} not found")
         if rec.status != "started" or not alive:
             rec = self.ensure_active(instance_id)
-        run_id = ids.new_run_id()
-        pipe = self.r.pipeline(transaction=False)
-        pipe.hset(
-            keys.run_record(run_id),
-            mapping={"instanceId": instance_id, "status": "queued", "createdAt": repr(time.time())},
-        )
-        pipe.expire(keys.run_record(run_id), int(RUN_RETENTION))
-        pipe.execute()
         self.dispatcher.enqueue_step(rec.instance_id, run_id, message, stream)
         RUNS_STARTED.labels("stream" if stream else "sync").inc()
         return run_id
