@@ -210,7 +210,8 @@ class InstanceHost:
                     pipe.lpush(keys.steering(instance_id), *reversed(steered))
                 pipe.execute()
                 return  # a redelivered step whose run had already finished
-            if any(m.get("runId") == run_id for m in act.session.messages):
+            # Only a redelivered step (its run already marked running) can have its message saved.
+            if status == "running" and any(m.get("runId") == run_id for m in act.session.messages):
                 message = None  # redelivered after a crash: the message is already in the history
             d = act.definition
             run_turn(

@@ -139,10 +139,15 @@ class Coordinator:
     def _activation_lock(self, instance_id: str) -> _RedisLock:
         return _RedisLock(self.r, keys.activation_lock(instance_id), self.settings.limits.worker_reply_timeout)
 
+    def _touch(self, instance_id: str) -> None:
+        """Reset the idle timer of an existing instance (NotFound otherwise): one round trip."""
+        rec = self.store.touch_and_check(instance_id)[0] if ids.is_valid_instance_id(instance_id) else None
+        if rec is None:
+            raise NotFound(f"instance {instance_id!r} not found")
+
     def heartbeat(self, instance_id: str) -> None:
         """Reset the idle timer."""
-        self.get(instance_id)
-        self.store.touch(instance_id)
+        self._touch(instance_id)
 
     def resume(self, instance_id: str) -> InstanceRecord:
         """Start a suspended instance (no-op when started); resets the idle timer."""
@@ -253,9 +258,8 @@ class Coordinator:
 
     def steer(self, instance_id: str, message: str) -> None:
         """Queue a steering message for the running loop (or the next run)."""
-        self.get(instance_id)
+        self._touch(instance_id)
         self.steering.push(instance_id, message)
-        self.store.touch(instance_id)
 
     def messages(self, instance_id: str) -> list[dict[str, Any]]:
         """The conversation, oldest first (resumes a suspended instance to read it)."""

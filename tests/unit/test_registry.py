@@ -27,6 +27,16 @@ def registry_for(directory: Path) -> AgentRegistry:
     return AgentRegistry(Settings(agents_dir=str(directory)), environ={})
 
 
+def loaded_alpha(tmp_path: Path) -> tuple[Path, AgentRegistry]:
+    """An agents dir with one definition, `alpha`, and a registry that loaded it."""
+    directory = tmp_path / "agents"
+    directory.mkdir()
+    agent(directory, "a.md", "alpha")
+    registry = registry_for(directory)
+    registry.load()
+    return directory, registry
+
+
 def test_loads_the_shared_test_agents() -> None:
     registry = registry_for(TESTS_AGENTS)
     registry.load()
@@ -117,11 +127,7 @@ def test_removed_file_disappears_on_reload(tmp_path: Path) -> None:
 
 
 def test_failed_reload_keeps_the_old_registry(tmp_path: Path) -> None:
-    directory = tmp_path / "agents"
-    directory.mkdir()
-    agent(directory, "a.md", "alpha")
-    registry = registry_for(directory)
-    registry.load()
+    directory, registry = loaded_alpha(tmp_path)
     before = registry.snapshot
     directory.rename(tmp_path / "moved")
     with pytest.raises(ConfigError, match="agentsDir"):
@@ -204,11 +210,7 @@ def test_sighup_reload_is_debounced(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="needs SIGHUP")
 def test_sighup_failed_reload_keeps_old_and_uninstall_cancels(tmp_path: Path) -> None:
-    directory = tmp_path / "agents"
-    directory.mkdir()
-    agent(directory, "a.md", "alpha")
-    registry = registry_for(directory)
-    registry.load()
+    directory, registry = loaded_alpha(tmp_path)
     before = registry.snapshot
     registry.install_sighup(debounce=0.1)
     try:
