@@ -9,6 +9,10 @@ from regina.config import load_settings
 _settings = load_settings()
 
 broker_url = _settings.redis
+# kombu's Redis transport with one publishing client per channel (workers/transport.py); other
+# schemes (rediss://, sentinel://) keep kombu's own choice.
+if broker_url.startswith(("redis://", "unix://")):
+    broker_transport = "workers.transport:Transport"
 # One BRPOP key per queue instead of four: we use no message priorities (4-5x cheaper per
 # message with many queues). visibility_timeout stays long: gevent workers never sweep, and a
 # short one re-runs live steps; dead workers' steps are restored by the coordinator instead.

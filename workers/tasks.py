@@ -17,7 +17,13 @@ from workers.runtime import context
 log = logging.getLogger("regina.worker")
 
 
-@app.task(name=CHAT_TASK, acks_late=True, ignore_result=True)
+class ChatTask(Task):  # type: ignore[type-arg]
+    """Chat steps skip Celery's Request/trace path (see workers/steps.py)."""
+
+    Strategy = "workers.steps:step_strategy"
+
+
+@app.task(name=CHAT_TASK, base=ChatTask, acks_late=True, ignore_result=True)
 def chat(instance_id: str, run_id: str, message: str | None, stream: bool = True) -> None:
     """Run one chat step of an instance (its steps arrive in order on its own queue)."""
     ctx = context()

@@ -6,7 +6,9 @@ both accepted; the runtime calls `Tool.invoke(args)` and gets a JSON-able result
 
 from __future__ import annotations
 
+import functools
 import inspect
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +18,12 @@ from pydantic import BaseModel, ValidationError
 from regina.errors import ToolError
 
 ToolFn = Callable[..., Any]
+
+
+@functools.lru_cache(maxsize=1024)
+def _parameters_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """JSON schema of a parameters model, generated once per model (tools are rebuilt per attach)."""
+    return model.model_json_schema()
 
 
 @dataclass
@@ -28,6 +36,7 @@ class Tool:
     fn: ToolFn
     #: Extra JSON schema used instead of the model's when set (MCP tools bring their own).
     json_schema: dict[str, Any] | None = field(default=None)
+    _schema_json: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def is_async(self) -> bool:
@@ -35,12 +44,21 @@ class Tool:
         return inspect.iscoroutinefunction(self.fn)
 
     def schema(self) -> dict[str, Any]:
-        """Return the OpenAI-style function schema LiteLLM sends to the model."""
-        params = self.json_schema or self.parameters.model_json_schema()
-        return {
-            "type": "function",
-            "function": {"name": self.name, "description": self.description, "parameters": params},
-        }
+        """Return the OpenAI-style function schema LiteLLM sends to the model.
+
+        pydantic's schema generation costs ~0.5 ms per tool, so it runs once; every call gets a
+        fresh copy (decoded from JSON) because provider transforms may edit what they are given.
+        """
+        if self._schema_json is None:
+            params = self.json_schema or _parameters_schema(self.parameters)
+            self._schema_json = json.dumps(
+                {
+                    "type": "function",
+                    "function": {"name": self.name, "description": self.description, "parameters": params},
+                }
+            )
+        schema: dict[str, Any] = json.loads(self._schema_json)
+        return schema
 
     def validate(self, args: dict[str, Any]) -> BaseModel:
         """Validate raw arguments from the model; ToolError with a readable message if bad."""

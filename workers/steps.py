@@ -1,0 +1,119 @@
+"""Chat steps taken straight from the consumer loop onto the worker's gevent pool.
+
+Celery's default path for a task message builds a `Request`, traces it (signals, state,
+result handling, one task event per transition published on its own) and acknowledges it
+through the consumer loop: about 3 ms of a chat's latency and as much worker CPU per step,
+measured in docs/benchmarks.md. A chat step needs none of that: its result travels as run
+events. This Strategy decodes the message, runs the step on the same pool (so the pool's size,
+warm shutdown and back-pressure still apply) and acknowledges it when the step ends
+(`acks_late`). The task events Flower shows (received, started, succeeded or failed, with the
+task's name and arguments) are still sent, buffered and published in batches off the step's
+path (`task.multi` messages, which Celery's event receivers and Flower read).
+
+Like workers/control.py this relies on Celery's Strategy interface (`Task.Strategy`, the handler
+signature), hence the pinned Celery minor version and the integration tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+from celery.exceptions import Reject
+
+log = logging.getLogger("regina.worker")
+
+#: How often buffered task events are published (seconds); a batch is also sent when it is full.
+EVENT_FLUSH_INTERVAL = 0.2
+EVENT_BATCH_LIMIT = 100
+
+
+class TaskEvents:
+    """Buffered task events for Flower, published in batches by one background greenlet."""
+
+    def __init__(self, app: Any, hostname: str) -> None:
+        self.dispatcher = app.events.Dispatcher(
+            app.connection_for_write(),
+            hostname=hostname,
+            groups=["task"],
+            buffer_group=["task"],
+            buffer_limit=EVENT_BATCH_LIMIT,
+        )
+        self._flusher = gevent.spawn(self._flush_loop)
+
+    def send(self, type_: str, **fields: Any) -> None:
+        """Queue one event (its timestamp is taken now); never blocks on Redis."""
+        self.dispatcher.send(type_, **fields)
+
+    def _flush_loop(self) -> None:
+        while True:
+            gevent.sleep(EVENT_FLUSH_INTERVAL)
+            try:
+                self.dispatcher.flush()
+            except Exception:  # a broker hiccup must not end the loop; events are best effort
+                log.warning("could not publish task events", exc_info=True)
+
+
+def _ignore(_result: Any) -> None:
+    """The pool's result callback: a step's outcome travels as run events, not as a result."""
+
+
+def step_strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Callable[..., None]:
+    """Build the handler Celery calls for every `regina.chat` message this worker receives."""
+    pool = consumer.pool
+    events = TaskEvents(app, consumer.hostname) if app.conf.worker_send_task_events else None
+    run = task.run
+
+    def execute(task_id: str, args: list[Any], kwargs_: dict[str, Any], ack: Any, reject: Any) -> None:
+        if events is not None:
+            events.send("task-started", uuid=task_id)
+        started = time.monotonic()
+        try:
+            run(*args, **kwargs_)
+        except Reject as exc:
+            requeue = bool(getattr(exc, "requeue", False))
+            reject(requeue=requeue)
+            if events is not None:
+                events.send("task-rejected", uuid=task_id, requeue=requeue)
+            return
+        except Exception as exc:
+            # The task publishes its own error event; what reaches here is a bug: do not redeliver.
+            ack()
+            if events is not None:
+                events.send("task-failed", uuid=task_id, exception=repr(exc), traceback="")
+            log.exception("step %s failed outside the task", task_id)
+            return
+        # A greenlet killed at shutdown (GreenletExit) leaves its step unacknowledged on purpose:
+        # the step is restored and runs again on the instance's next owner.
+        ack()
+        if events is not None:
+            events.send("task-succeeded", uuid=task_id, result="None", runtime=time.monotonic() - started)
+
+    def handle(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **kw: Any) -> None:
+        args, kwargs_, _embed = body if body is not None else message.decode()
+        headers = message.headers
+        task_id = headers["id"]
+        if events is not None:
+            events.send(
+                "task-received",
+                uuid=task_id,
+                name=task.name,
+                args=headers.get("argsrepr") or repr(args),
+                kwargs=headers.get("kwargsrepr") or repr(kwargs_),
+                root_id=headers.get("root_id"),
+                parent_id=headers.get("parent_id"),
+                retries=headers.get("retries", 0),
+                eta=None,
+                expires=None,
+            )
+        # Acknowledge from the step's greenlet as soon as it ends (not at the consumer loop's next
+        # turn): a finished step should leave the unacked set before anything can redeliver it.
+        pool.apply_async(execute, (task_id, args, kwargs_, message.ack, message.reject), callback=_ignore)
+        # Let the step run up to its first Redis wait before the consumer re-sends its BRPOP
+        # over every attached queue (≈ 0.4 ms sooner on the step's path).
+        gevent.sleep(0)
+
+    return handle
