@@ -33,6 +33,7 @@ from typing import Any, Literal
 from regina.errors import ModelError
 from regina.providers import ModelTarget
 from regina.runtime.events import Usage
+from regina.runtime.provider_http import Route, route_for, stream_chunks
 
 __all__ = [
     "TextPart",
@@ -320,29 +321,19 @@ def stream_completion(
     Raises:
         ModelError: the provider failed, before or during the stream.
     """
+    route = route_for(target)
+    if route is not None:
+        yield from _direct(route, messages, tools, temperature, timeout)
+        return
     litellm = get_litellm()
     kwargs = _request_kwargs(target, messages, tools, temperature, timeout)
-    calls = _ToolCalls()
-    usage: Usage | None = None
-    raw_reason: str | None = None
+    acc = _StreamAcc()
     stream: Any = None
     finished = False
     try:
         stream = litellm.completion(stream=True, stream_options={"include_usage": True}, **kwargs)
         for chunk in stream:
-            u = _usage_of(chunk)
-            if u is not None:
-                usage = u
-            for choice in chunk.choices or ():
-                delta = choice.delta
-                if delta is not None:
-                    text = delta.content
-                    if text:
-                        yield TextPart(text)
-                    for frag in delta.tool_calls or ():
-                        calls.add(frag)
-                if choice.finish_reason:
-                    raw_reason = choice.finish_reason
+            yield from acc.feed(chunk)
         finished = True
     except ModelError:
         raise
@@ -351,9 +342,101 @@ def stream_completion(
     finally:
         if stream is not None:
             _release(stream, drain=finished)
-    for acc in calls.calls:
-        yield acc.done()
-    yield _finish(bool(calls.calls), raw_reason, usage)
+    yield from acc.end()
+
+
+def _direct(
+    route: Route,
+    messages: Sequence[dict[str, Any]],
+    tools: Sequence[dict[str, Any]] | None,
+    temperature: float | None,
+    timeout: float | None,
+) -> Iterator[ModelDelta]:
+    """One call through LiteLLM's provider transforms (regina/runtime/provider_http.py)."""
+    acc = _StreamAcc()
+    try:
+        for chunk in stream_chunks(route, messages, tools, temperature, timeout):
+            yield from acc.feed(chunk)
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise _model_error(exc) from exc
+    yield from acc.end()
+
+
+class _StreamAcc:
+    """Turns streamed chunks into TextParts as they come, then tool calls and the finish.
+
+    Chunks are LiteLLM `ModelResponseStream` objects, or `GenericStreamingChunk` dicts that some
+    of LiteLLM's parsers emit at the end of a stream. Usage may arrive in parts (Anthropic sends
+    input tokens first and output tokens last): the largest count seen of each wins.
+    """
+
+    def __init__(self) -> None:
+        self.calls = _ToolCalls()
+        self.prompt: int | None = None
+        self.completion: int | None = None
+        self.raw_reason: str | None = None
+
+    def _usage(self, usage: Any) -> None:
+        if usage is None:
+            return
+        if isinstance(usage, dict):
+            prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        else:
+            prompt = getattr(usage, "prompt_tokens", None)
+            completion = getattr(usage, "completion_tokens", None)
+        if prompt is not None:
+            self.prompt = max(self.prompt or 0, int(prompt))
+        if completion is not None:
+            self.completion = max(self.completion or 0, int(completion))
+
+    def feed(self, chunk: Any) -> Iterator[ModelDelta]:
+        if isinstance(chunk, dict):  # GenericStreamingChunk
+            self._usage(chunk.get("usage"))
+            if chunk.get("text"):
+                yield TextPart(str(chunk["text"]))
+            tool_use = chunk.get("tool_use")
+            if tool_use:
+                self.calls.add(_Frag(tool_use))
+            if chunk.get("finish_reason") and self.raw_reason is None:
+                self.raw_reason = str(chunk["finish_reason"])
+            return
+        self._usage(getattr(chunk, "usage", None))
+        for choice in chunk.choices or ():
+            delta = choice.delta
+            if delta is not None:
+                text = delta.content
+                if text:
+                    yield TextPart(text)
+                for frag in delta.tool_calls or ():
+                    self.calls.add(frag)
+            if choice.finish_reason:
+                self.raw_reason = choice.finish_reason
+
+    def end(self) -> Iterator[ModelDelta]:
+        for acc in self.calls.calls:
+            yield acc.done()
+        usage = None
+        if self.prompt is not None or self.completion is not None:
+            usage = Usage(prompt_tokens=self.prompt or 0, completion_tokens=self.completion or 0)
+        yield _finish(bool(self.calls.calls), self.raw_reason, usage)
+
+
+class _Frag:
+    """Attribute access over a tool-call fragment given as a dict."""
+
+    def __init__(self, raw: dict[str, Any]) -> None:
+        self.index = raw.get("index")
+        self.id = raw.get("id")
+        fn = raw.get("function") or {}
+        self.function = _Fn(fn.get("name"), fn.get("arguments")) if isinstance(fn, dict) else fn
+
+
+@dataclass(frozen=True, slots=True)
+class _Fn:
+    name: str | None
+    arguments: str | None
 
 
 def complete(
@@ -391,6 +474,18 @@ def call_completion(
     Raises:
         ModelError: the provider failed.
     """
+    route = route_for(target)
+    if route is not None:  # the direct route always streams (its parser is cheap): one text part
+        text: list[str] = []
+        for part in _direct(route, messages, tools, temperature, timeout):
+            if isinstance(part, TextPart):
+                text.append(part.text)
+                continue
+            if text:
+                yield TextPart("".join(text))
+                text = []
+            yield part
+        return
     litellm = get_litellm()
     try:
         resp = litellm.completion(**_request_kwargs(target, messages, tools, temperature, timeout))

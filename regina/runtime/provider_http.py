@@ -1,0 +1,162 @@
+"""Model calls through LiteLLM's provider transforms, without `litellm.completion`'s wrapper.
+
+`litellm.completion` wraps each call in per-call machinery Regina does not use (it runs no
+callbacks): a logging object, parameter resolution over every provider, a cost calculation on
+the response, and a success handler that builds a standard logging payload on a background
+thread. On this 2-core machine that is 2.5–4 ms of CPU per call over the HTTP request itself
+(`python -m benchmarks.bench_chat`, docs/benchmarks.md); streamed calls cost more, in
+LiteLLM's per-chunk stream wrapper.
+
+For the two wire formats Regina names (OpenAI chat completions and Anthropic messages) this
+module uses LiteLLM's own pieces for everything provider-specific, the ones its HTTP handler
+uses: the provider config (`map_openai_params`, `validate_environment`, `get_complete_url`,
+`transform_request`, `get_error_class`), its streaming chunk parsers, and LiteLLM's module-level
+HTTP client. Every call streams, so one parser serves sync and streamed chats. Any other
+provider (the Vercel gateway, the offline demo model, any LiteLLM provider) has no route here
+and goes through `litellm.completion` as before.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from regina.providers import ModelTarget
+
+__all__ = ["Route", "route_for", "stream_chunks", "DIRECT_PROVIDERS"]
+
+#: LiteLLM provider names served here; everything else goes through `litellm.completion`.
+DIRECT_PROVIDERS = ("openai", "anthropic")
+
+_DEFAULT_BASE = {"openai": "https://api.openai.com/v1", "anthropic": "https://api.anthropic.com"}
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where and how one model target is called: provider, model name, endpoint, LiteLLM config."""
+
+    provider: str
+    model: str
+    api_base: str
+    api_key: str | None
+    config: Any
+
+
+@functools.lru_cache(maxsize=256)
+def _route(litellm_model: str, api_base: str | None, api_key: str | None) -> Route | None:
+    from regina.runtime.model import get_litellm
+
+    litellm = get_litellm()
+    try:
+        model, provider, _key, _base = litellm.get_llm_provider(litellm_model, api_base=api_base)
+    except Exception:  # unknown to LiteLLM: let litellm.completion report it
+        return None
+    if provider not in DIRECT_PROVIDERS:
+        return None
+    config = litellm.ProviderConfigManager.get_provider_chat_config(
+        model=model, provider=litellm.LlmProviders(provider)
+    )
+    if config is None:
+        return None
+    base = (api_base or _DEFAULT_BASE[provider]).rstrip("/")
+    if provider == "anthropic" and not base.endswith("/v1/messages"):
+        base += "/v1/messages"  # as litellm.completion does for Anthropic endpoints
+    return Route(provider, model, base, api_key, config)
+
+
+def route_for(target: ModelTarget) -> Route | None:
+    """The direct route for a target, or None when `litellm.completion` must make the call."""
+    return _route(target.litellm_model, target.api_base, target.api_key)
+
+
+def _iterator(route: Route, lines: Iterator[str], litellm_params: dict[str, Any]) -> Iterator[Any]:
+    if route.provider == "anthropic":
+        from litellm.llms.anthropic.chat.handler import ModelResponseIterator
+        from litellm.llms.anthropic.chat.transformation import ANTHROPIC_TOOL_NAME_REVERSE_MAP_KEY
+
+        return iter(
+            ModelResponseIterator(
+                streaming_response=lines,
+                sync_stream=True,
+                json_mode=False,
+                tool_name_reverse_map=litellm_params.get(ANTHROPIC_TOOL_NAME_REVERSE_MAP_KEY),
+            )
+        )
+    return iter(route.config.get_model_response_iterator(streaming_response=lines, sync_stream=True, json_mode=False))
+
+
+def stream_chunks(
+    route: Route,
+    messages: Sequence[dict[str, Any]],
+    tools: Sequence[dict[str, Any]] | None,
+    temperature: float | None,
+    timeout: float | None,
+) -> Iterator[Any]:
+    """POST one streamed request and yield LiteLLM's parsed chunks (`ModelResponseStream`
+    objects, or `GenericStreamingChunk` dicts at the end of some streams).
+
+    Raises LiteLLM's provider exceptions (`status_code`, `message`) for HTTP errors and errors
+    inside the stream; the caller turns them into `ModelError`. The HTTP response is always
+    read to its end or closed before this returns, so the connection goes back to the pool.
+    """
+    from regina.runtime.model import get_litellm
+
+    litellm = get_litellm()
+    config = route.config
+    params: dict[str, Any] = {"stream": True}
+    if route.provider == "openai":
+        params["stream_options"] = {"include_usage": True}
+    if tools:
+        params["tools"] = list(tools)
+    if temperature is not None:
+        params["temperature"] = temperature
+    optional = config.map_openai_params(
+        non_default_params=params, optional_params={}, model=route.model, drop_params=True
+    )
+    litellm_params: dict[str, Any] = {}
+    msgs = list(messages)
+    headers = config.validate_environment(
+        headers={},
+        model=route.model,
+        messages=msgs,
+        optional_params=optional,
+        litellm_params=litellm_params,
+        api_key=route.api_key,
+        api_base=route.api_base,
+    )
+    url = config.get_complete_url(
+        api_base=route.api_base,
+        api_key=route.api_key,
+        model=route.model,
+        optional_params=optional,
+        litellm_params=litellm_params,
+        stream=True,
+    )
+    data = config.transform_request(
+        model=route.model, messages=msgs, optional_params=optional, litellm_params=litellm_params, headers=headers
+    )
+    data["stream"] = True
+    try:
+        response = litellm.module_level_client.post(
+            url, data=json.dumps(data), headers=headers, stream=True, timeout=timeout
+        )
+    except httpx.HTTPStatusError as exc:  # LiteLLM's handler has read and masked the error body
+        body = str(getattr(exc, "message", "") or exc)
+        raise config.get_error_class(
+            error_message=body, status_code=exc.response.status_code, headers=exc.response.headers
+        ) from exc
+    lines = response.iter_lines()
+    try:
+        yield from _iterator(route, lines, litellm_params)
+        for _ in lines:  # past the parser's last event (Anthropic stops at message_stop)
+            pass
+    finally:
+        # Close deterministically: a suspended line generator finalized later by the cyclic GC
+        # can close httpcore's pool stream inside another pool operation and deadlock it.
+        lines.close()
+        response.close()
