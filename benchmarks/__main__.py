@@ -1,6 +1,6 @@
 """Run every benchmark and print a table per figure with its conditions.
 
-    .venv/bin/python -m benchmarks [--quick] [--only chat,profile,stream,lifecycle,loop]
+    .venv/bin/python -m benchmarks [--quick] [--only chat,floor,profile,stream,lifecycle,loop,vfs]
 
 `make bench` runs this. Results with their conditions go in docs/benchmarks.md.
 """
@@ -19,7 +19,7 @@ import traceback
 from benchmarks.common import Table, machine, versions
 from tests.harness.redis_server import redis_binary
 
-ALL = ["chat", "profile", "stream", "lifecycle", "loop", "vfs"]
+ALL = ["chat", "floor", "profile", "stream", "lifecycle", "loop", "vfs"]
 
 
 def _redis_version() -> str:
@@ -42,8 +42,11 @@ def _loop(quick: bool) -> list[Table]:
             bench_loop.main()
     finally:
         sys.argv = saved
-    t = Table("Agent loop micro-benchmarks (benchmarks/bench_loop.py, in-process, fake LLM in-thread)",
-              ["output"], conditions={"args": " ".join(argv[1:]) or "defaults"})
+    t = Table(
+        "Agent loop micro-benchmarks (benchmarks/bench_loop.py, in-process, fake LLM in-thread)",
+        ["output"],
+        conditions={"args": " ".join(argv[1:]) or "defaults"},
+    )
     for line in buf.getvalue().splitlines():
         if line.strip():
             t.add(line)
@@ -75,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
                 from benchmarks import bench_chat
 
                 tables = bench_chat.run(args.quick)
+            elif name == "floor":
+                from benchmarks import bench_floor
+
+                tables = bench_floor.run(100 if args.quick else 300)
             elif name == "profile":
                 from benchmarks import profile_chat
 

@@ -71,18 +71,32 @@ def _direct_calls(fake_url: str) -> tuple[dict[str, Any], Any]:
                     json.loads(line[6:])
 
     def via_litellm(msg: str) -> None:
-        litellm.completion(model="openai/gpt-4o", messages=messages(msg), tools=tools,
-                           api_base=fake_url + "/v1", api_key="sk-test", max_retries=0)
+        litellm.completion(
+            model="openai/gpt-4o",
+            messages=messages(msg),
+            tools=tools,
+            api_base=fake_url + "/v1",
+            api_key="sk-test",
+            max_retries=0,
+        )
 
     def via_litellm_stream(msg: str) -> None:
-        for _ in litellm.completion(model="openai/gpt-4o", messages=messages(msg), tools=tools, stream=True,
-                                    stream_options={"include_usage": True},
-                                    api_base=fake_url + "/v1", api_key="sk-test", max_retries=0):
+        for _ in litellm.completion(
+            model="openai/gpt-4o",
+            messages=messages(msg),
+            tools=tools,
+            stream=True,
+            stream_options={"include_usage": True},
+            api_base=fake_url + "/v1",
+            api_key="sk-test",
+            max_retries=0,
+        ):
             pass
 
     def via_litellm_no_tools(msg: str) -> None:
-        litellm.completion(model="openai/gpt-4o", messages=messages(msg),
-                           api_base=fake_url + "/v1", api_key="sk-test", max_retries=0)
+        litellm.completion(
+            model="openai/gpt-4o", messages=messages(msg), api_base=fake_url + "/v1", api_key="sk-test", max_retries=0
+        )
 
     return {
         "raw httpx POST": raw,
@@ -103,17 +117,34 @@ def _profile(st: Stack, out_dir: str, seconds: int) -> list[subprocess.Popen[byt
     procs = []
     for name, pid in (("worker", st.worker.popen.pid), ("web", st.web_worker_pid())):
         for fmt, ext in (("flamegraph", "svg"), ("raw", "txt")):
-            procs.append(subprocess.Popen(
-                [spy, "record", "-d", str(seconds), "-r", "250", "-p", str(pid), "-f", fmt,
-                 "-o", os.path.join(out_dir, f"{name}.{ext}"), "--nonblocking"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            ))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        spy,
+                        "record",
+                        "-d",
+                        str(seconds),
+                        "-r",
+                        "250",
+                        "-p",
+                        str(pid),
+                        "-f",
+                        fmt,
+                        "-o",
+                        os.path.join(out_dir, f"{name}.{ext}"),
+                        "--nonblocking",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
     time.sleep(1.5)
     return procs
 
 
-def run(quick: bool = False, n: int | None = None, spawn_n: int | None = None,
-        profile: str | None = None) -> list[Table]:
+def run(
+    quick: bool = False, n: int | None = None, spawn_n: int | None = None, profile: str | None = None
+) -> list[Table]:
     n = n or (60 if quick else 300)
     spawn_n = spawn_n or (30 if quick else 100)
     warmup = 10 if quick else 30
@@ -123,9 +154,15 @@ def run(quick: bool = False, n: int | None = None, spawn_n: int | None = None,
     overrides = {k.removeprefix("BENCH_"): v for k, v in os.environ.items() if k.startswith("BENCH_REGINA_")}
     with stack(overrides) as st:
         direct, close = _direct_calls(st.fake_url)
-        conditions = {**machine(), "redis": redis_version(st.redis.url), "N": n, "warm-up": warmup,
-                      "web": "1 gunicorn gevent worker", "worker": "1 celery gevent worker",
-                      "fake LLM": "own process"}
+        conditions = {
+            **machine(),
+            "redis": redis_version(st.redis.url),
+            "N": n,
+            "warm-up": warmup,
+            "web": "1 gunicorn gevent worker",
+            "worker": "1 celery gevent worker",
+            "fake LLM": "own process",
+        }
         try:
             with st.client() as api:
                 # A pool of instances, each getting ~per_instance chats, so histories stay short.
@@ -155,16 +192,19 @@ def run(quick: bool = False, n: int | None = None, spawn_n: int | None = None,
                 for p in spies:
                     p.wait()
 
-                t = Table("Sync chat latency: system vs direct to the fake LLM (ms)",
-                          ["path", "p50", "p99", "system − this, p50", "system − this, p99"],
-                          conditions=conditions)
-                t.notes.append("every direct path sends what the worker sends: system prompt, the user message "
-                               "and the 4 built-in tool schemas (bash, read/write/edit_file), except the 'no "
-                               "tools' row; the worker streams (stream=True)")
+                t = Table(
+                    "Sync chat latency: system vs direct to the fake LLM (ms)",
+                    ["path", "p50", "p99", "system − this, p50", "system − this, p99"],
+                    conditions=conditions,
+                )
+                t.notes.append(
+                    "every direct path sends what the worker sends: system prompt, the user message "
+                    "and the 4 built-in tool schemas (bash, read/write/edit_file), except the 'no "
+                    "tools' row; the worker streams (stream=True)"
+                )
                 sys_t = times["system /chat"]
                 for name, xs in times.items():
-                    added = ("", "") if name == "system /chat" else (
-                        p50(sys_t) - p50(xs), pct(sys_t, 99) - pct(xs, 99))
+                    added = ("", "") if name == "system /chat" else (p50(sys_t) - p50(xs), pct(sys_t, 99) - pct(xs, 99))
                     t.add(name, p50(xs), pct(xs, 99), *added)
                 raw = times["raw httpx POST"]
                 added50, added99 = p50(sys_t) - p50(raw), pct(sys_t, 99) - pct(raw, 99)
@@ -172,7 +212,8 @@ def run(quick: bool = False, n: int | None = None, spawn_n: int | None = None,
                     f"added latency vs raw httpx POST: p50 {added50:+.2f} ms (target ≤ {TARGET_ADDED_P50:g}; "
                     f"{'meets' if added50 <= TARGET_ADDED_P50 else 'MISSES'}), p99 {added99:+.2f} ms (target ≤ "
                     f"{TARGET_ADDED_P99:g}; {'meets' if added99 <= TARGET_ADDED_P99 else 'MISSES'}); "
-                    f"original Node system: +6.0 / +13 ms; system/direct p50 ratio {p50(sys_t) / p50(raw):.1f}x")
+                    f"original Node system: +6.0 / +13 ms; system/direct p50 ratio {p50(sys_t) / p50(raw):.1f}x"
+                )
                 t.notes.append(f"{len(pool)} instances attached to the worker, ≤{per_instance + 3} chats each")
                 tables.append(t)
 
@@ -184,12 +225,16 @@ def run(quick: bool = False, n: int | None = None, spawn_n: int | None = None,
                     t0 = time.perf_counter()
                     spawn(api)
                     sp.append(time.perf_counter() - t0)
-                ts = Table("Spawn latency: POST /agents/openai-agent/instances (ms)", ["N", "p50", "p99", "max"],
-                           conditions={"N": spawn_n, "sequential": "yes",
-                                       "instances already on the worker": len(pool) + 5})
+                ts = Table(
+                    "Spawn latency: POST /agents/openai-agent/instances (ms)",
+                    ["N", "p50", "p99", "max"],
+                    conditions={"N": spawn_n, "sequential": "yes", "instances already on the worker": len(pool) + 5},
+                )
                 ts.add(spawn_n, p50(sp), pct(sp, 99), max(sp) * 1000)
-                ts.notes.append(f"target p50 ≤ {TARGET_SPAWN_P50:g} ms "
-                                f"({'meets' if p50(sp) <= TARGET_SPAWN_P50 else 'MISSES'}); original: 1.4 s")
+                ts.notes.append(
+                    f"target p50 ≤ {TARGET_SPAWN_P50:g} ms "
+                    f"({'meets' if p50(sp) <= TARGET_SPAWN_P50 else 'MISSES'}); original: 1.4 s"
+                )
                 tables.append(ts)
 
                 # The same chat with more queues attached to the worker (growth with N instances).
@@ -199,8 +244,10 @@ def run(quick: bool = False, n: int | None = None, spawn_n: int | None = None,
                     t0 = time.perf_counter()
                     system(f"again {i}", pool[i % len(pool)])
                     again.append(time.perf_counter() - t0)
-                tg = Table("Sync chat latency vs instances attached to the worker (ms)",
-                           ["attached instances (queues)", "chats", "p50", "p99"])
+                tg = Table(
+                    "Sync chat latency vs instances attached to the worker (ms)",
+                    ["attached instances (queues)", "chats", "p50", "p99"],
+                )
                 tg.add(len(pool), len(sys_t), p50(sys_t), pct(sys_t, 99))
                 tg.add(k, len(again), p50(again), pct(again, 99))
                 tables.append(tg)

@@ -48,9 +48,14 @@ def _storage_env(kind: str, tmp: Path, s3: S3Server | None) -> dict[str, str]:
         return {"REGINA_STORAGE__TYPE": "fs", "REGINA_STORAGE__BASE_PATH": str(tmp / "backups")}
     if kind == "s3":
         assert s3 is not None
-        return {"REGINA_STORAGE__TYPE": "s3", "REGINA_STORAGE__BUCKET": "regina-bench",
-                "REGINA_STORAGE__ENDPOINT": s3.endpoint, "REGINA_STORAGE__REGION": "us-east-1",
-                "REGINA_STORAGE__PREFIX": "bench/", **FAKE_AWS_ENV}
+        return {
+            "REGINA_STORAGE__TYPE": "s3",
+            "REGINA_STORAGE__BUCKET": "regina-bench",
+            "REGINA_STORAGE__ENDPOINT": s3.endpoint,
+            "REGINA_STORAGE__REGION": "us-east-1",
+            "REGINA_STORAGE__PREFIX": "bench/",
+            **FAKE_AWS_ENV,
+        }
     return {"REGINA_STORAGE__TYPE": "redis", "REGINA_STORAGE__PREFIX": "bench/"}
 
 
@@ -77,11 +82,15 @@ def _lifecycle_one(st: Stack, api: Any, size: int) -> dict[str, float]:
 
 def lifecycle_tables(quick: bool) -> list[Table]:
     reps = {"10 KB": 3 if quick else 10, "1 MB": 3 if quick else 10, "50 MB": 1 if quick else 3}
-    t = Table("Suspend / resume latency by storage and VFS size (ms, median of reps; max in brackets)",
-              ["storage", "VFS", "reps", "suspend", "resume (local)", "suspend again", "resume (restore)"],
-              conditions={"payload": "random bytes (incompressible) in one VFS file",
-                          "s3": "moto ThreadedMotoServer in the benchmark process",
-                          "redis storage": "same Redis as broker"})
+    t = Table(
+        "Suspend / resume latency by storage and VFS size (ms, median of reps; max in brackets)",
+        ["storage", "VFS", "reps", "suspend", "resume (local)", "suspend again", "resume (restore)"],
+        conditions={
+            "payload": "random bytes (incompressible) in one VFS file",
+            "s3": "moto ThreadedMotoServer in the benchmark process",
+            "redis storage": "same Redis as broker",
+        },
+    )
     import logging
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request access log
@@ -109,7 +118,8 @@ def lifecycle_tables(quick: bool) -> list[Table]:
                             f"fs, 1 MB: suspend {sus:.1f} ms (target ≤ {TARGET_SUSPEND:g}: "
                             f"{'meets' if sus <= TARGET_SUSPEND else 'MISSES'}), resume local {loc:.1f} / restore "
                             f"{res:.1f} ms (target ≤ {TARGET_RESUME:g}: "
-                            f"{'meets' if max(res, loc) <= TARGET_RESUME else 'MISSES'}); original resume 905 ms")
+                            f"{'meets' if max(res, loc) <= TARGET_RESUME else 'MISSES'}); original resume 905 ms"
+                        )
     finally:
         s3.stop()
     return [t]
@@ -151,9 +161,11 @@ def memory_tables(quick: bool) -> list[Table]:
     n_active = 200 if quick else 1000
     budget = 40 if quick else 180
     threads = 8
-    t = Table("Worker memory (VmRSS of the worker process)", ["case", "instances", "RSS before (MB)",
-                                                               "RSS after (MB)", "KB per instance", "took (s)"],
-              conditions={"threads": threads, "storage": "fs", "spawn+suspend budget": f"{budget} s"})
+    t = Table(
+        "Worker memory (VmRSS of the worker process)",
+        ["case", "instances", "RSS before (MB)", "RSS after (MB)", "KB per instance", "took (s)"],
+        conditions={"threads": threads, "storage": "fs", "spawn+suspend budget": f"{budget} s"},
+    )
     import tempfile
 
     tmp = Path(tempfile.mkdtemp(prefix="regina-bench-mem-"))
@@ -171,8 +183,9 @@ def memory_tables(quick: bool) -> list[Table]:
         done = _pool_run(st.web.url, spawn_suspend, n_susp, threads, t0 + budget)
         took = time.monotonic() - t0
         after = _settle_rss(pid)
-        t.add("suspended (spawned + suspended)", done, before / 1024, after / 1024, (after - before) / max(done, 1),
-              took)
+        t.add(
+            "suspended (spawned + suspended)", done, before / 1024, after / 1024, (after - before) / max(done, 1), took
+        )
         if done < n_susp:
             t.notes.append(f"suspended: stopped at N={done} (the {budget} s budget), not {n_susp}")
     with stack({"REGINA_IDLE_TIMEOUT": "0"}) as st, st.client() as api:
@@ -188,9 +201,11 @@ def memory_tables(quick: bool) -> list[Table]:
         fds1 = len(os.listdir(f"/proc/{pid}/fd"))
         per = (after - before) / max(done, 1)
         t.add("active idle (spawned, REGINA_IDLE_TIMEOUT=0)", done, before / 1024, after / 1024, per, took)
-        t.notes.append(f"active idle: {per:.0f} KB per instance (target ≤ {TARGET_KB_ACTIVE:g}: "
-                       f"{'meets' if per <= TARGET_KB_ACTIVE else 'MISSES'}); worker open fds "
-                       f"{fds0} → {fds1} ({(fds1 - fds0) / max(done, 1):.1f} per active instance)")
+        t.notes.append(
+            f"active idle: {per:.0f} KB per instance (target ≤ {TARGET_KB_ACTIVE:g}: "
+            f"{'meets' if per <= TARGET_KB_ACTIVE else 'MISSES'}); worker open fds "
+            f"{fds0} → {fds1} ({(fds1 - fds0) / max(done, 1):.1f} per active instance)"
+        )
         # Chat latency with that many queues attached (the BRPOP-over-all-queues cost).
         iid = spawn(api)
         lat = []
@@ -198,8 +213,10 @@ def memory_tables(quick: bool) -> list[Table]:
             t1 = time.perf_counter()
             _ok(api.post(f"/instances/{iid}/chat", json={"message": f"m{i}"}))
             lat.append(time.perf_counter() - t1)
-        t.notes.append(f"sync chat with {done + 21} active instances on the worker: p50 "
-                       f"{statistics.median(lat) * 1000:.1f} ms, p99 {pct(lat[5:], 99):.1f} ms (40 chats)")
+        t.notes.append(
+            f"sync chat with {done + 21} active instances on the worker: p50 "
+            f"{statistics.median(lat) * 1000:.1f} ms, p99 {pct(lat[5:], 99):.1f} ms (40 chats)"
+        )
     return [t]
 
 

@@ -29,16 +29,29 @@ TARGET_TTFE_OVERHEAD, TARGET_EVENTS_PER_S = 3.0, 10_000
 def _write_run(r: Any, instance_id: str, n_events: int) -> str:
     run_id = "run-bench-" + secrets.token_hex(8)
     key = f"regina:run:{run_id}:events"
-    r.hset(f"regina:run:{run_id}", mapping={"instanceId": instance_id, "status": "done",
-                                            "createdAt": repr(time.time()), "finishedAt": repr(time.time())})
+    r.hset(
+        f"regina:run:{run_id}",
+        mapping={
+            "instanceId": instance_id,
+            "status": "done",
+            "createdAt": repr(time.time()),
+            "finishedAt": repr(time.time()),
+        },
+    )
     pipe = r.pipeline(transaction=False)
     for seq in range(1, n_events + 1):
         ev = {"type": "text-delta", "textDelta": f"tok{seq} ", "seq": seq, "runId": run_id}
         pipe.xadd(key, {"e": json.dumps(ev, separators=(",", ":"))}, id=f"0-{seq}")
         if seq % 5000 == 0:
             pipe.execute()
-    fin = {"type": "finish", "finishReason": "stop", "text": "…", "seq": n_events + 1, "runId": run_id,
-           "usage": {"promptTokens": 1, "completionTokens": n_events}}
+    fin = {
+        "type": "finish",
+        "finishReason": "stop",
+        "text": "…",
+        "seq": n_events + 1,
+        "runId": run_id,
+        "usage": {"promptTokens": 1, "completionTokens": n_events},
+    }
     pipe.xadd(key, {"e": json.dumps(fin, separators=(",", ":"))}, id=f"0-{n_events + 1}")
     pipe.expire(key, 3600)
     pipe.expire(f"regina:run:{run_id}", 3600)
@@ -63,9 +76,13 @@ def run(quick: bool = False) -> list[Table]:
                 dir_t: list[float] = []
                 for i in range(warmup + n):
                     msg = f"stream benchmark {i}"
-                    body = {"model": "gpt-4o", "stream": True, "stream_options": {"include_usage": True},
-                            "messages": [{"role": "system", "content": SYSTEM_PROMPT},
-                                         {"role": "user", "content": msg}], "tools": tools}
+                    body = {
+                        "model": "gpt-4o",
+                        "stream": True,
+                        "stream_options": {"include_usage": True},
+                        "messages": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": msg}],
+                        "tools": tools,
+                    }
                     t0 = time.perf_counter()
                     first = None
                     with direct.stream("POST", "/v1/chat/completions", json=body, headers=headers) as r:
@@ -76,8 +93,9 @@ def run(quick: bool = False) -> list[Table]:
                     t0 = time.perf_counter()
                     first_sys = None
                     last: dict[str, Any] = {}
-                    with api.stream("POST", f"/instances/{pool[i % len(pool)]}/chat/stream",
-                                    json={"message": msg}) as r:
+                    with api.stream(
+                        "POST", f"/instances/{pool[i % len(pool)]}/chat/stream", json={"message": msg}
+                    ) as r:
                         for line in r.iter_lines():
                             if not line:
                                 continue
@@ -89,16 +107,23 @@ def run(quick: bool = False) -> list[Table]:
                     if i >= warmup:
                         dir_t.append(first)
                         sys_t.append(first_sys)
-                t = Table("Time to first stream event (ms)", ["path", "p50", "p99"],
-                          conditions={**machine(), "redis": redis_version(st.redis.url), "N": n, "warm-up": warmup})
+                t = Table(
+                    "Time to first stream event (ms)",
+                    ["path", "p50", "p99"],
+                    conditions={**machine(), "redis": redis_version(st.redis.url), "N": n, "warm-up": warmup},
+                )
                 t.add("system: POST …/chat/stream, first NDJSON line", p50(sys_t), pct(sys_t, 99))
                 t.add("direct: raw httpx stream, first SSE data chunk", p50(dir_t), pct(dir_t, 99))
                 t.add("overhead (system − direct)", p50(sys_t) - p50(dir_t), pct(sys_t, 99) - pct(dir_t, 99))
                 ov = p50(sys_t) - p50(dir_t)
-                t.notes.append(f"overhead p50 {ov:+.2f} ms: target ≤ {TARGET_TTFE_OVERHEAD:g} ms "
-                               f"({'meets' if ov <= TARGET_TTFE_OVERHEAD else 'MISSES'}); original Node: +6.5 ms")
-                t.notes.append("the system's first line is the first text-delta the worker publishes (no "
-                               "earlier 'start' event); it needs the whole LiteLLM request path first")
+                t.notes.append(
+                    f"overhead p50 {ov:+.2f} ms: target ≤ {TARGET_TTFE_OVERHEAD:g} ms "
+                    f"({'meets' if ov <= TARGET_TTFE_OVERHEAD else 'MISSES'}); original Node: +6.5 ms"
+                )
+                t.notes.append(
+                    "the system's first line is the first text-delta the worker publishes (no "
+                    "earlier 'start' event); it needs the whole LiteLLM request path first"
+                )
                 tables.append(t)
 
                 # Relay throughput.
@@ -119,15 +144,21 @@ def run(quick: bool = False) -> list[Table]:
                     rates.append(count / dt)
                     r.delete(f"regina:run:{run_id}:events", f"regina:run:{run_id}")
                 r.close()
-                tr = Table("Relay throughput of one web process: GET /runs/<id>/events",
-                           ["events per run", "runs", "median events/s", "min events/s", "max events/s"],
-                           conditions={"web": "1 gunicorn gevent worker", "client": "httpx streaming iter_lines",
-                                       "event": "text-delta ≈ 80 bytes JSON"})
+                tr = Table(
+                    "Relay throughput of one web process: GET /runs/<id>/events",
+                    ["events per run", "runs", "median events/s", "min events/s", "max events/s"],
+                    conditions={
+                        "web": "1 gunicorn gevent worker",
+                        "client": "httpx streaming iter_lines",
+                        "event": "text-delta ≈ 80 bytes JSON",
+                    },
+                )
                 rates.sort()
                 tr.add(n_events + 1, reps, rates[len(rates) // 2], rates[0], rates[-1])
                 med = rates[len(rates) // 2]
-                tr.notes.append(f"target ≥ {TARGET_EVENTS_PER_S:,}/s "
-                                f"({'meets' if med >= TARGET_EVENTS_PER_S else 'MISSES'})")
+                tr.notes.append(
+                    f"target ≥ {TARGET_EVENTS_PER_S:,}/s ({'meets' if med >= TARGET_EVENTS_PER_S else 'MISSES'})"
+                )
                 tables.append(tr)
         finally:
             direct.close()

@@ -1,6 +1,6 @@
 """VFS read/write throughput per backend (4 KB files), in-process.
 
-    .venv/bin/python -m benchmarks.bench_vfs [--ops 2000]
+.venv/bin/python -m benchmarks.bench_vfs [--ops 2000]
 """
 
 from __future__ import annotations

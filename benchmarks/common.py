@@ -134,7 +134,9 @@ def fake_llm_process(extra: Sequence[str] = ()) -> Iterator[FakeProc]:
     """The fake LLM server in its own process (no GIL shared with the client)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.harness.fake_llm", "--host", "127.0.0.1", "--port", "0", *extra],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
         preexec_fn=die_with_parent,
     )

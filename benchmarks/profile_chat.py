@@ -54,13 +54,15 @@ def _chat_loop(st: Stack, n: int, pool: list[str], api, offset: int = 0) -> list
         t1 = time.time()
         resp.raise_for_status()
         h = {k.decode(): v.decode() for k, v in r.hgetall(f"regina:run:{resp.headers['X-Run-Id']}").items()}
-        rows.append({
-            "web: request in → step enqueued": float(h["createdAt"]) - t0,
-            "queue: enqueued → worker starts the step": float(h["startedAt"]) - float(h["createdAt"]),
-            "worker: step (LiteLLM call + loop + events)": float(h["finishedAt"]) - float(h["startedAt"]),
-            "relay: finish event → client has the reply": t1 - float(h["finishedAt"]),
-            "total (client)": t1 - t0,
-        })
+        rows.append(
+            {
+                "web: request in → step enqueued": float(h["createdAt"]) - t0,
+                "queue: enqueued → worker starts the step": float(h["startedAt"]) - float(h["createdAt"]),
+                "worker: step (LiteLLM call + loop + events)": float(h["finishedAt"]) - float(h["startedAt"]),
+                "relay: finish event → client has the reply": t1 - float(h["finishedAt"]),
+                "total (client)": t1 - t0,
+            }
+        )
     r.close()
     return rows
 
@@ -69,8 +71,11 @@ def _spy(pid: int, seconds: int, out: str) -> subprocess.Popen[bytes] | None:
     spy = shutil.which("py-spy", path=os.path.dirname(sys.executable)) or shutil.which("py-spy")
     if not spy:
         return None
-    return subprocess.Popen([spy, "record", "-d", str(seconds), "-r", "200", "-p", str(pid), "-f", "raw",
-                             "--idle", "-o", out], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [spy, "record", "-d", str(seconds), "-r", "200", "-p", str(pid), "-f", "raw", "--idle", "-o", out],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def _buckets(path: str) -> tuple[int, collections.Counter[str]]:
@@ -104,8 +109,12 @@ def run(n: int = 200, spy: bool = True) -> list[Table]:
         with st.client() as api:
             pool = [spawn(api) for _ in range(n // PER_INSTANCE + 4)]
             _chat_loop(st, 30, pool, api)  # warm-up
-            pids = {"worker (celery gevent)": st.worker.popen.pid, "web (gunicorn worker)": st.web_worker_pid(),
-                    "redis-server": st.redis.proc.pid if st.redis.proc else 0, "fake LLM": st.fake_pid}
+            pids = {
+                "worker (celery gevent)": st.worker.popen.pid,
+                "web (gunicorn worker)": st.web_worker_pid(),
+                "redis-server": st.redis.proc.pid if st.redis.proc else 0,
+                "fake LLM": st.fake_pid,
+            }
             rc = st.redis_client()
             stats0 = rc.info("commandstats")
             cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
@@ -117,22 +126,30 @@ def run(n: int = 200, spy: bool = True) -> list[Table]:
             me1 = time.process_time()
             stats1 = rc.info("commandstats")
 
-            t1 = Table("Chat timeline from run timestamps (ms, medians)", ["segment", "p50", "p99"],
-                       conditions={"N": n, "histories": f"≤{PER_INSTANCE} chats per instance"})
+            t1 = Table(
+                "Chat timeline from run timestamps (ms, medians)",
+                ["segment", "p50", "p99"],
+                conditions={"N": n, "histories": f"≤{PER_INSTANCE} chats per instance"},
+            )
             for key in rows[0]:
                 xs = sorted(x[key] for x in rows)
                 t1.add(key, statistics.median(xs) * 1000, xs[min(len(xs) - 1, round(0.99 * (len(xs) - 1)))] * 1000)
             tables.append(t1)
 
-            t2 = Table("CPU per chat by process (ms; utime+stime / N)", ["process", "CPU ms per chat"],
-                       conditions={"N": n, "wall ms per chat": f"{wall / n * 1000:.2f}"})
+            t2 = Table(
+                "CPU per chat by process (ms; utime+stime / N)",
+                ["process", "CPU ms per chat"],
+                conditions={"N": n, "wall ms per chat": f"{wall / n * 1000:.2f}"},
+            )
             for k in pids:
                 t2.add(k, (cpu1[k] - cpu0[k]) / n * 1000)
             t2.add("benchmark client (httpx + run-record reads)", (me1 - me0) / n * 1000)
             tables.append(t2)
 
-            t3 = Table("Redis commands per chat (INFO commandstats deltas)", ["command", "calls per chat",
-                                                                                "µs per call (server)"])
+            t3 = Table(
+                "Redis commands per chat (INFO commandstats deltas)",
+                ["command", "calls per chat", "µs per call (server)"],
+            )
             rows3 = []
             for k, v in stats1.items():
                 calls = v["calls"] - stats0.get(k, {}).get("calls", 0)
@@ -141,8 +158,10 @@ def run(n: int = 200, spy: bool = True) -> list[Table]:
                     rows3.append((k.replace("cmdstat_", ""), calls / n, usec / calls))
             for name, per, us in sorted(rows3, key=lambda x: -x[1]):
                 t3.add(name, per, us)
-            t3.notes.append("the benchmark's own HGETALL of the run record (1 per chat) is included; the "
-                            "worker's idle BRPOP loop too")
+            t3.notes.append(
+                "the benchmark's own HGETALL of the run record (1 per chat) is included; the "
+                "worker's idle BRPOP loop too"
+            )
             tables.append(t3)
             rc.close()
 
@@ -163,10 +182,15 @@ def run(n: int = 200, spy: bool = True) -> list[Table]:
                     spent = time.perf_counter() - s0
                     proc.wait()
                     total, counts = _buckets(out)
-                    t4 = Table("Worker main thread, py-spy samples (wall time incl. waits)",
-                               ["bucket", "% of samples", "≈ ms per chat"],
-                               conditions={"chats while sampling": done, "rate": "200 Hz",
-                                           "wall ms per chat (with py-spy)": f"{spent / max(done, 1) * 1000:.1f}"})
+                    t4 = Table(
+                        "Worker main thread, py-spy samples (wall time incl. waits)",
+                        ["bucket", "% of samples", "≈ ms per chat"],
+                        conditions={
+                            "chats while sampling": done,
+                            "rate": "200 Hz",
+                            "wall ms per chat (with py-spy)": f"{spent / max(done, 1) * 1000:.1f}",
+                        },
+                    )
                     for name, c in counts.most_common():
                         t4.add(name, 100 * c / total, c / total * spent / max(done, 1) * 1000)
                     t4.notes.append("ms per chat = share × wall time per chat while sampled (py-spy slows it)")

@@ -13,9 +13,12 @@
 (including one in the middle of a stream) becomes a `ModelError` with a readable message such as
 ``model provider error: 500 upstream exploded``.
 
-LiteLLM is imported lazily (it costs seconds) and configured once for low per-call overhead:
-no callbacks, no telemetry, no message logging, no cost calculation, no retries (a retry in the
-middle of a stream would duplicate deltas the client already saw).
+OpenAI- and Anthropic-format providers are called through LiteLLM's provider layer without
+`litellm.completion`'s per-call wrapper (regina/runtime/provider_http.py); every other provider
+goes through `litellm.completion`. LiteLLM is imported lazily (it costs seconds) and configured
+once for low per-call overhead: no callbacks, no telemetry, no message logging, no cost
+calculation, no retries (a retry in the middle of a stream would duplicate deltas the client
+already saw).
 """
 
 from __future__ import annotations
