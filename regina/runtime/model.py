@@ -479,14 +479,14 @@ def call_completion(
     """
     route = route_for(target)
     if route is not None:  # the direct route always streams (its parser is cheap): one text part
-        text: list[str] = []
+        pending: list[str] = []
         for part in _direct(route, messages, tools, temperature, timeout):
             if isinstance(part, TextPart):
-                text.append(part.text)
+                pending.append(part.text)
                 continue
-            if text:
-                yield TextPart("".join(text))
-                text = []
+            if pending:
+                yield TextPart("".join(pending))
+                pending = []
             yield part
         return
     litellm = get_litellm()
