@@ -47,7 +47,9 @@ class RunPublisher:
         event = {**event, "seq": self.seq, "runId": self.run_id}
         payload = json.dumps(event, separators=(",", ":"), default=str)
         if event.get("type") in TERMINAL:
-            pipe = self.r.pipeline(transaction=False)
+            # MULTI/EXEC: a web process blocked in XREAD wakes once, after the last entry, instead
+            # of after the first buffered one and then again for the rest.
+            pipe = self.r.pipeline(transaction=True)
             for seq, pending in self._pending:
                 pipe.xadd(self.key, {"e": pending}, id=f"0-{seq}")
             self._pending.clear()
