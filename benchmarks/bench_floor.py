@@ -78,13 +78,17 @@ def run(n: int = 300) -> list[Table]:
             ),
         }
         times: dict[str, list[float]] = {k: [] for k in paths}
+        # litellm.completion leaves logging work on background threads: it runs in its own loop,
+        # after the others, so that work never competes with another row's request.
+        later = "model call, litellm.completion (in-process)"
         try:
-            for i in range(n + 30):
-                for name, fn in paths.items():
-                    t0 = time.perf_counter()
-                    fn()
-                    if i >= 30:
-                        times[name].append(time.perf_counter() - t0)
+            for rows in ([k for k in paths if k != later], [later]):
+                for i in range(n + 30):
+                    for name in rows:
+                        t0 = time.perf_counter()
+                        paths[name]()
+                        if i >= 30:
+                            times[name].append(time.perf_counter() - t0)
         finally:
             echo.kill()
             echo.wait()

@@ -92,19 +92,33 @@ class _Turn:
     meta: dict[str, Any]
     model_msgs: list[Message] = field(default_factory=list)
     chars: int = 0
+    unsaved: list[Message] = field(default_factory=list)
 
     def reload(self) -> None:
         msgs = self.session.messages
         self.model_msgs = for_model(msgs)
         self.chars = sum(message_chars(m) for m in msgs)
 
-    def append(self, *msgs: Message) -> None:
+    def append(self, *msgs: Message, defer: bool = False) -> None:
+        """Add messages to the request and the session. `defer` keeps them in memory until the
+        next append, so the user's message and the model's answer are saved in one VFS write
+        (one SQLite transaction less before the first model call)."""
         if self.meta:
             msgs = tuple({**m, **self.meta} for m in msgs)
-        self.session.append(*msgs)
+        if defer:
+            self.unsaved.extend(msgs)
+        else:
+            self.session.append(*self.unsaved, *msgs)
+            self.unsaved.clear()
         self.model_msgs.extend(for_model(msgs))
         for m in msgs:
             self.chars += message_chars(m)
+
+    def flush(self) -> None:
+        """Save deferred messages now."""
+        if self.unsaved:
+            self.session.append(*self.unsaved)
+            self.unsaved.clear()
 
     def request(self) -> list[Message]:
         return [*self.system, *self.model_msgs]
@@ -162,6 +176,7 @@ def _summarizer(target: ModelTarget, temperature: float | None, spent: list[Usag
 def _maybe_compact(turn: _Turn, compaction: Compaction, summarize: Callable[[list[Message]], str]) -> None:
     if turn.chars // 4 <= compaction.threshold:
         return
+    turn.flush()
     try:
         compacted = maybe_compact(turn.session.messages, compaction.threshold, compaction.keep_last_n, summarize)
     except ModelError as exc:
@@ -198,10 +213,43 @@ def run_turn(
     )
     turn.reload()
     steered = [user(s) for s in drain_steering()]
-    if user_message is not None:
-        steered.append(user(user_message))
+    # Steering messages were taken out of Redis: save them at once. The user's own message can
+    # wait for the answer (a step redelivered after a crash adds it again if it is missing).
     if steered:
         turn.append(*steered)
+    if user_message is not None:
+        turn.append(user(user_message), defer=True)
+    try:
+        return _steps(
+            turn,
+            target,
+            tools,
+            emit,
+            drain_steering,
+            max_steps,
+            temperature,
+            compaction,
+            heartbeat,
+            tool_output_limit,
+            stream,
+        )
+    finally:
+        turn.flush()
+
+
+def _steps(
+    turn: _Turn,
+    target: ModelTarget,
+    tools: dict[str, Tool],
+    emit: Callable[[Event], None],
+    drain_steering: Callable[[], list[str]],
+    max_steps: int,
+    temperature: float | None,
+    compaction: Compaction | None,
+    heartbeat: Callable[[], None],
+    tool_output_limit: int,
+    stream: bool,
+) -> TurnResult:
 
     schemas = [t.schema() for t in tools.values()]
     spent: list[Usage] = []
