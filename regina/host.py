@@ -229,6 +229,9 @@ class InstanceHost:
                 tool_output_limit=self.settings.limits.max_tool_output_chars,
                 run_id=run_id,
                 stream=stream,
+                finish_unless_steered=lambda ev: publisher.finish_unless_steered(
+                    event_to_dict(ev), keys.steering(instance_id)
+                ),
             )
             self._touch(act)
             act.last_used = time.monotonic()

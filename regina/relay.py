@@ -18,6 +18,23 @@ from regina import keys
 
 TERMINAL = frozenset({"finish", "error"})
 
+# KEYS: steering list, run events stream, run record. ARGV: retention, finishedAt, then pairs of
+# (entry id, event JSON). Returns the steering messages taken, or an empty list after publishing.
+_FINISH_UNLESS_STEERED = """
+local steered = redis.call('LRANGE', KEYS[1], 0, -1)
+if #steered > 0 then
+  redis.call('DEL', KEYS[1])
+  return steered
+end
+for i = 3, #ARGV, 2 do
+  redis.call('XADD', KEYS[2], ARGV[i], 'e', ARGV[i + 1])
+end
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[3], 'status', 'done', 'finishedAt', ARGV[2])
+redis.call('EXPIRE', KEYS[3], ARGV[1])
+return {}
+"""
+
 
 class RunPublisher:
     """Appends one run's events with increasing sequence numbers (used inside the worker)."""
@@ -40,6 +57,29 @@ class RunPublisher:
         # round trip with the terminal one instead of one round trip each.
         self.buffered = buffered
         self._pending: list[tuple[int, str]] = []
+        self._finish_script = client.register_script(_FINISH_UNLESS_STEERED)
+
+    def finish_unless_steered(self, event: dict[str, Any], steering_key: str) -> list[str]:
+        """Publish the terminal `event` unless steering messages wait in `steering_key`.
+
+        One round trip (a Lua script) instead of a steering drain and then the publish: if
+        messages wait, they are taken (oldest first) and returned, and nothing is published (the
+        loop goes on with them); otherwise the buffered events and `event` are appended and the
+        run is marked done, atomically, so a web process blocked in XREAD wakes once.
+        """
+        seq = self.seq + 1
+        payload = json.dumps({**event, "seq": seq, "runId": self.run_id}, separators=(",", ":"), default=str)
+        args: list[Any] = [self.retention, repr(time.time())]
+        for pending_seq, pending in [*self._pending, (seq, payload)]:
+            args += [f"0-{pending_seq}", pending]
+        steered = cast(
+            list[str],
+            self._finish_script(keys=[steering_key, self.key, keys.run_record(self.run_id)], args=args),
+        )
+        if not steered:
+            self.seq = seq
+            self._pending.clear()
+        return steered
 
     def publish(self, event: dict[str, Any]) -> int:
         """Append an event, stamped with `seq` and `runId`; returns its seq."""

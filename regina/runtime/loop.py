@@ -203,8 +203,14 @@ def run_turn(
     tool_output_limit: int = 50_000,
     run_id: str | None = None,
     stream: bool = True,
+    finish_unless_steered: Callable[[Finish], list[str]] | None = None,
 ) -> TurnResult:
-    """Run one chat turn to its end; see the module docstring. Never raises ModelError."""
+    """Run one chat turn to its end; see the module docstring. Never raises ModelError.
+
+    `finish_unless_steered(finish)` publishes the final event unless steering messages wait,
+    which it then returns (the host does both in one Redis round trip); by default it is
+    `drain_steering()` followed by `emit(finish)`.
+    """
     session.repair()
     turn = _Turn(
         session=session,
@@ -219,6 +225,14 @@ def run_turn(
         turn.append(*steered)
     if user_message is not None:
         turn.append(user(user_message), defer=True)
+    if finish_unless_steered is None:
+
+        def finish_unless_steered(final: Finish) -> list[str]:
+            steered = drain_steering()
+            if not steered:
+                emit(final)
+            return steered
+
     try:
         return _steps(
             turn,
@@ -226,6 +240,7 @@ def run_turn(
             tools,
             emit,
             drain_steering,
+            finish_unless_steered,
             max_steps,
             temperature,
             compaction,
@@ -243,6 +258,7 @@ def _steps(
     tools: dict[str, Tool],
     emit: Callable[[Event], None],
     drain_steering: Callable[[], list[str]],
+    finish_unless_steered: Callable[[Finish], list[str]],
     max_steps: int,
     temperature: float | None,
     compaction: Compaction | None,
@@ -289,22 +305,33 @@ def _steps(
         heartbeat()
         if step >= max_steps:
             break
+        if not calls:
+            # The model is done unless steering arrived meanwhile: one check-and-publish.
+            final = Finish(finish_reason=reason, text=text, usage=_plus(total, spent))
+            steered = finish_unless_steered(final)
+            if not steered:
+                return TurnResult(text=text, usage=final.usage, finish_reason=reason, steps=step)
+            turn.append(*[user(s) for s in steered])
+            continue
         steering = [user(s) for s in drain_steering()]
         if steering:
             turn.append(*steering)
-        if not calls and not steering:
-            break
-    for u in spent:
-        total = total + u
+    total = _plus(total, spent)
     emit(Finish(finish_reason=reason, text=text, usage=total))
     return TurnResult(text=text, usage=total, finish_reason=reason, steps=step)
+
+
+def _plus(total: Usage, spent: list[Usage]) -> Usage:
+    """The turn's usage plus what compaction summaries spent."""
+    for u in spent:
+        total = total + u
+    return total
 
 
 def _fail(
     turn: _Turn, emit: Callable[[Event], None], exc: ModelError, total: Usage, step: int, spent: list[Usage]
 ) -> TurnResult:
-    for u in spent:
-        total = total + u
+    total = _plus(total, spent)
     text = f"Error: {exc.message}"
     turn.append(assistant(text))
     emit(ErrorEvent(error=exc.message))

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import httpx
+import pytest
 from dirty_equals import IsStr
 
 from tests.harness.fake_llm import FakeLLM, Reply, ToolCall
@@ -108,6 +109,44 @@ def test_a_steer_during_a_run_reaches_the_model_on_the_next_step(api: httpx.Clie
     history = [(m["role"], m.get("content")) for m in api.get(f"/instances/{iid}/messages").json()]
     assert ("user", "focus on X") in history
     assert history.index(("user", "focus on X")) < history.index(("assistant", "adjusted"))
+
+
+@pytest.mark.parametrize("streamed", [True, False])
+def test_a_steer_during_the_final_answer_continues_the_run(
+    api: httpx.Client, fake_llm: FakeLLM, streamed: bool
+) -> None:
+    """The worker checks for steering and publishes the finish in one step: a steer that lands
+    while the model writes its last answer still gets a next step, and no event is lost."""
+    iid = spawn(api)
+    fake_llm.push(Reply(text="first answer", delay=1.0), Reply(text="second answer"))
+    with cf.ThreadPoolExecutor(1) as pool:
+        if streamed:
+            run = pool.submit(lambda: [e for _, e in stream(api, iid, "go")])
+        else:
+            run = pool.submit(lambda: api.post(f"/instances/{iid}/chat", json={"message": "go"}))
+        fake_llm.wait_for_requests(1, timeout=10)
+        assert api.post(f"/instances/{iid}/steer", json={"message": "one more thing"}).status_code == 200
+        result = run.result(timeout=30)
+    if streamed:
+        events = result
+        run_id = events[0]["runId"]
+    else:
+        assert result.json()["text"] == "second answer"
+        run_id = result.headers["X-Run-Id"]
+        events = [json.loads(line) for line in api.get(f"/runs/{run_id}/events").text.splitlines() if line]
+    assert [e["type"] for e in events] == ["text-delta", "step-finish", "text-delta", "step-finish", "finish"] or [
+        e["type"] for e in events if e["type"] != "text-delta"
+    ] == ["step-finish", "step-finish", "finish"]
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert events[-1]["text"] == "second answer"
+    assert fake_llm.requests[-1].messages[-1] == {"role": "user", "content": "one more thing"}
+    history = [(m["role"], m.get("content")) for m in api.get(f"/instances/{iid}/messages").json()]
+    assert history[-4:] == [
+        ("user", "go"),
+        ("assistant", "first answer"),
+        ("user", "one more thing"),
+        ("assistant", "second answer"),
+    ]
 
 
 def test_a_steer_while_idle_is_taken_by_the_next_run(api: httpx.Client, fake_llm: FakeLLM) -> None:
