@@ -151,6 +151,11 @@ def _profile(st: Stack, out_dir: str, seconds: int) -> list[subprocess.Popen[byt
     return procs
 
 
+#: Pause after each system chat so its trailing work (acknowledgement, idle-timer touch, task
+#: events) does not compete with the next direct call on this 2-core machine.
+SETTLE = 0.01
+
+
 def _measure(
     times: dict[str, list[float]],
     direct: dict[str, Any],
@@ -178,6 +183,7 @@ def _measure(
         system(msg, pool[i % len(pool)])
         if i >= warmup:
             times["system /chat"].append(time.perf_counter() - t0)
+        time.sleep(SETTLE)  # the step's trailing work (ack, touch) ends before the next direct call
     for i in range(warmup + n):
         for name, fn in direct.items():
             if name not in beside:
