@@ -116,9 +116,10 @@ class SQLiteVFS:
                 self._conn = None
 
     def _init_db(self) -> None:
-        conn = self._connection()
-        conn.executescript(_SCHEMA)
-        with self._tx() as cur:
+        with self._tx() as cur:  # schema and root entry in one transaction (one commit, not five)
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    cur.execute(statement)
             cur.execute(
                 "INSERT OR IGNORE INTO entries(path, parent, is_dir, data, mode, mtime) VALUES ('/', '', 1, x'', ?, ?)",
                 (_DIR_MODE, time.time()),
