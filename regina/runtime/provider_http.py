@@ -12,8 +12,9 @@ module uses LiteLLM's own pieces for everything provider-specific, the ones its 
 uses: the provider config (`map_openai_params`, `validate_environment`, `get_complete_url`,
 `transform_request`, `get_error_class`), its streaming chunk parsers, and LiteLLM's module-level
 HTTP client. Every call streams, so one parser serves sync and streamed chats. Any other
-provider (the Vercel gateway, the offline demo model, any LiteLLM provider) has no route here
-and goes through `litellm.completion` as before.
+provider (the Vercel gateway, the offline demo model, any LiteLLM provider), and models LiteLLM
+serves through OpenAI's Responses API (o1-pro, o3-pro, `responses/…`), have no route here and
+go through `litellm.completion` as before.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def _route(litellm_model: str, api_base: str | None, api_key: str | None) -> Rou
         model, provider, _key, _base = litellm.get_llm_provider(litellm_model, api_base=api_base)
     except Exception:  # unknown to LiteLLM: let litellm.completion report it
         return None
-    if provider not in DIRECT_PROVIDERS:
+    if provider not in DIRECT_PROVIDERS or _responses_only(litellm, model, provider):
         return None
     config = litellm.ProviderConfigManager.get_provider_chat_config(
         model=model, provider=litellm.LlmProviders(provider)
@@ -67,6 +68,15 @@ def _route(litellm_model: str, api_base: str | None, api_key: str | None) -> Rou
     if provider == "anthropic" and not base.endswith("/v1/messages"):
         base += "/v1/messages"  # as litellm.completion does for Anthropic endpoints
     return Route(provider, model, base, api_key, config)
+
+
+def _responses_only(litellm: Any, model: str, provider: str) -> bool:
+    """True for models LiteLLM serves through OpenAI's Responses API (not chat completions)."""
+    try:
+        info, _ = litellm.main.responses_api_bridge_check(model=model, custom_llm_provider=provider)
+    except Exception:  # no verdict: leave the call to litellm.completion
+        return True
+    return bool(info.get("mode") == "responses")
 
 
 def route_for(target: ModelTarget) -> Route | None:

@@ -110,7 +110,16 @@ def test_openai_and_anthropic_targets_take_the_direct_route(
     assert route is not None and (route.provider, route.model, route.api_base) == expected
 
 
-@pytest.mark.parametrize("litellm_model", ["regina-demo/echo", "vercel_ai_gateway/openai/gpt-4o", "groq/llama3-8b"])
-def test_other_providers_go_through_litellm_completion(litellm_model: str) -> None:
+@pytest.mark.parametrize(
+    "litellm_model",
+    [
+        "regina-demo/echo",
+        "vercel_ai_gateway/openai/gpt-4o",
+        "groq/llama3-8b",
+        "openai/o3-pro",
+        "openai/responses/gpt-4o",
+    ],
+)
+def test_other_providers_and_responses_only_models_go_through_litellm_completion(litellm_model: str) -> None:
     get_litellm()
     assert route_for(ModelTarget(provider="x", litellm_model=litellm_model, api_key="k", api_base=None)) is None
