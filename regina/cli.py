@@ -47,6 +47,8 @@ def web_argv(settings: Settings, workers: int | None = None) -> list[str]:
     # A platform that sets PORT expects the app on every interface, unless `host` was set explicitly.
     explicit = "REGINA_HOST" in os.environ or settings.host != "127.0.0.1"
     host = "0.0.0.0" if os.environ.get("PORT") and not explicit else settings.host
+    # No access log unless asked for: gunicorn formats every line even for /dev/null.
+    access = ["--access-logfile", "-"] if os.environ.get("REGINA_ACCESS_LOG") else []
     return [
         sys.executable,
         "-m",
@@ -66,8 +68,7 @@ def web_argv(settings: Settings, workers: int | None = None) -> list[str]:
         "30",
         "--log-level",
         settings.log_level.lower(),
-        "--access-logfile",
-        "-" if os.environ.get("REGINA_ACCESS_LOG") else "/dev/null",
+        *access,
     ]
 
 
