@@ -43,18 +43,33 @@ class TaskEvents:
             buffer_limit=EVENT_BATCH_LIMIT,
         )
         self._flusher = gevent.spawn(self._flush_loop)
+        _instances.append(self)
 
     def send(self, type_: str, **fields: Any) -> None:
-        """Queue one event (its timestamp is taken now); never blocks on Redis."""
+        """Buffer one event (timestamped now); the flush loop publishes it, or this call when the
+        batch is full."""
         self.dispatcher.send(type_, **fields)
+
+    def flush(self) -> None:
+        """Publish what is buffered now (the flush loop does this every EVENT_FLUSH_INTERVAL)."""
+        try:
+            self.dispatcher.flush()
+        except Exception:  # a broker hiccup must not end the loop; events are best effort
+            log.warning("could not publish task events", exc_info=True)
 
     def _flush_loop(self) -> None:
         while True:
             gevent.sleep(EVENT_FLUSH_INTERVAL)
-            try:
-                self.dispatcher.flush()
-            except Exception:  # a broker hiccup must not end the loop; events are best effort
-                log.warning("could not publish task events", exc_info=True)
+            self.flush()
+
+
+_instances: list[TaskEvents] = []
+
+
+def flush_task_events() -> None:
+    """Publish every buffered task event (at worker shutdown, so Flower sees the last steps)."""
+    for events in _instances:
+        events.flush()
 
 
 def _ignore(_result: Any) -> None:

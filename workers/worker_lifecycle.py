@@ -128,6 +128,9 @@ def _shutdown(sender: Any, **kwargs: Any) -> None:
     from workers.runtime import _context
 
     _state["stopping"] = True
+    from workers.steps import flush_task_events
+
+    flush_task_events()
     if _context is None:
         return
     count = len(_context.host.active)
