@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Any
 
-from benchmarks.common import Stack, Table, machine, p50, pct, redis_version, spawn, stack
+from benchmarks.common import Stack, Table, machine, p50, pct, redis_version, show, spawn, stack
 
 TARGET_ADDED_P50, TARGET_ADDED_P99, TARGET_SPAWN_P50 = 3.0, 8.0, 20.0
 SYSTEM_PROMPT = "You are the openai test agent."
@@ -305,9 +305,7 @@ def main(argv: list[str] | None = None) -> list[Table]:
     ap.add_argument("--profile", help="directory for py-spy flamegraphs of worker and web")
     args = ap.parse_args(argv)
     tables = run(args.quick, args.n, args.spawn_n, args.profile)
-    for t in tables:
-        t.print()
-    return tables
+    return show(tables)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 import redis
 
-from benchmarks.common import Table, machine, p50, pct, redis_version, stack
+from benchmarks.common import Table, machine, p50, pct, redis_version, show, stack
 from tests.harness.lifeline import die_with_parent
 
 _ECHO = """
@@ -118,9 +118,7 @@ def main(argv: list[str] | None = None) -> list[Table]:
     ap.add_argument("--n", type=int, default=300)
     args = ap.parse_args(argv)
     tables = run(args.n)
-    for t in tables:
-        t.print()
-    return tables
+    return show(tables)
 
 
 if __name__ == "__main__":

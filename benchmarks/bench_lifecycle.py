@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import Stack, Table, machine, pct, rss_kb, spawn, stack
+from benchmarks.common import Stack, Table, machine, pct, rss_kb, show, spawn, stack
 from regina.vfs import SQLiteVFS
 from tests.harness.s3_server import FAKE_AWS_ENV, S3Server
 
@@ -238,9 +238,7 @@ def main(argv: list[str] | None = None) -> list[Table]:
         tables = memory_tables(args.quick)
     else:
         tables = run(args.quick)
-    for t in tables:
-        t.print()
-    return tables
+    return show(tables)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from benchmarks.bench_chat import SYSTEM_PROMPT, worker_tool_schemas
-from benchmarks.common import Table, machine, p50, pct, redis_version, spawn, stack
+from benchmarks.common import Table, machine, p50, pct, redis_version, show, spawn, stack
 
 TARGET_TTFE_OVERHEAD, TARGET_EVENTS_PER_S = 3.0, 10_000
 
@@ -176,9 +176,7 @@ def main(argv: list[str] | None = None) -> list[Table]:
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args(argv)
     tables = run(args.quick)
-    for t in tables:
-        t.print()
-    return tables
+    return show(tables)
 
 
 if __name__ == "__main__":

@@ -92,6 +92,13 @@ class Table:
         print(self.render() + "\n", flush=True)
 
 
+def show(tables: list[Table]) -> list[Table]:
+    """Print every table (a module's `main` ends with this) and hand them back."""
+    for t in tables:
+        t.print()
+    return tables
+
+
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for pkg in ("celery", "kombu", "gevent", "redis", "flask", "gunicorn", "litellm", "httpx"):

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import Stack, Table, cpu_seconds, spawn, stack
+from benchmarks.common import Stack, Table, cpu_seconds, show, spawn, stack
 
 PER_INSTANCE = 10
 
@@ -205,9 +205,7 @@ def main(argv: list[str] | None = None) -> list[Table]:
     ap.add_argument("--no-spy", action="store_true")
     args = ap.parse_args(argv)
     tables = run(args.n, not args.no_spy)
-    for t in tables:
-        t.print()
-    return tables
+    return show(tables)
 
 
 if __name__ == "__main__":

@@ -18,20 +18,23 @@ from regina import keys
 
 TERMINAL = frozenset({"finish", "error"})
 
-# KEYS: steering list, run events stream, run record. ARGV: retention, finishedAt, then pairs of
-# (entry id, event JSON). Returns the steering messages taken, or an empty list after publishing.
-_FINISH_UNLESS_STEERED = """
-local steered = redis.call('LRANGE', KEYS[1], 0, -1)
-if #steered > 0 then
-  redis.call('DEL', KEYS[1])
-  return steered
+# KEYS: run events stream, run record[, steering list]. ARGV: retention, finishedAt, then pairs of
+# (entry id, event JSON). With a steering list that holds messages, takes them and returns them
+# without publishing; otherwise appends the entries, marks the run done and returns {}.
+_FINISH = """
+if #KEYS == 3 then
+  local steered = redis.call('LRANGE', KEYS[3], 0, -1)
+  if #steered > 0 then
+    redis.call('DEL', KEYS[3])
+    return steered
+  end
 end
 for i = 3, #ARGV, 2 do
-  redis.call('XADD', KEYS[2], ARGV[i], 'e', ARGV[i + 1])
+  redis.call('XADD', KEYS[1], ARGV[i], 'e', ARGV[i + 1])
 end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[2], 'status', 'done', 'finishedAt', ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[1])
-redis.call('HSET', KEYS[3], 'status', 'done', 'finishedAt', ARGV[2])
-redis.call('EXPIRE', KEYS[3], ARGV[1])
 return {}
 """
 
@@ -57,48 +60,43 @@ class RunPublisher:
         # round trip with the terminal one instead of one round trip each.
         self.buffered = buffered
         self._pending: list[tuple[int, str]] = []
-        self._finish_script = client.register_script(_FINISH_UNLESS_STEERED)
+        self._finish_script = client.register_script(_FINISH)
 
-    def finish_unless_steered(self, event: dict[str, Any], steering_key: str) -> list[str]:
-        """Publish the terminal `event` unless steering messages wait in `steering_key`.
+    def _payload(self, event: dict[str, Any], seq: int) -> str:
+        return json.dumps({**event, "seq": seq, "runId": self.run_id}, separators=(",", ":"), default=str)
 
-        One round trip (a Lua script) instead of a steering drain and then the publish: if
-        messages wait, they are taken (oldest first) and returned, and nothing is published (the
-        loop goes on with them); otherwise the buffered events and `event` are appended and the
-        run is marked done, atomically, so a web process blocked in XREAD wakes once.
-        """
+    def _finish(self, event: dict[str, Any], steering_key: str | None) -> list[str]:
+        """Append the buffered events and the terminal `event` and mark the run done, in one
+        atomic script (a web process blocked in XREAD wakes once, after the last entry) —
+        unless `steering_key` holds messages: then those are taken and returned instead."""
         seq = self.seq + 1
-        payload = json.dumps({**event, "seq": seq, "runId": self.run_id}, separators=(",", ":"), default=str)
         args: list[Any] = [self.retention, repr(time.time())]
-        for pending_seq, pending in [*self._pending, (seq, payload)]:
+        for pending_seq, pending in [*self._pending, (seq, self._payload(event, seq))]:
             args += [f"0-{pending_seq}", pending]
-        steered = cast(
-            list[str],
-            self._finish_script(keys=[steering_key, self.key, keys.run_record(self.run_id)], args=args),
-        )
+        run_keys = [self.key, keys.run_record(self.run_id)] + ([steering_key] if steering_key else [])
+        steered = cast(list[str], self._finish_script(keys=run_keys, args=args))
         if not steered:
             self.seq = seq
             self._pending.clear()
         return steered
 
+    def finish_unless_steered(self, event: dict[str, Any], steering_key: str) -> list[str]:
+        """Publish the terminal `event` unless steering messages wait in `steering_key`.
+
+        One round trip instead of a steering drain and then the publish: if messages wait, they
+        are taken (oldest first) and returned, and nothing is published (the loop goes on with
+        them); otherwise the run ends as with `publish`.
+        """
+        return self._finish(event, steering_key)
+
     def publish(self, event: dict[str, Any]) -> int:
         """Append an event, stamped with `seq` and `runId`; returns its seq."""
-        self.seq += 1
-        event = {**event, "seq": self.seq, "runId": self.run_id}
-        payload = json.dumps(event, separators=(",", ":"), default=str)
         if event.get("type") in TERMINAL:
-            # MULTI/EXEC: a web process blocked in XREAD wakes once, after the last entry, instead
-            # of after the first buffered one and then again for the rest.
-            pipe = self.r.pipeline(transaction=True)
-            for seq, pending in self._pending:
-                pipe.xadd(self.key, {"e": pending}, id=f"0-{seq}")
-            self._pending.clear()
-            pipe.xadd(self.key, {"e": payload}, id=f"0-{self.seq}")
-            pipe.expire(self.key, self.retention)
-            pipe.hset(keys.run_record(self.run_id), mapping={"status": "done", "finishedAt": repr(time.time())})
-            pipe.expire(keys.run_record(self.run_id), self.retention)
-            pipe.execute()
-        elif self.buffered:
+            self._finish(event, None)
+            return self.seq
+        self.seq += 1
+        payload = self._payload(event, self.seq)
+        if self.buffered:
             self._pending.append((self.seq, payload))
         else:
             self.r.xadd(self.key, {"e": payload}, id=f"0-{self.seq}")

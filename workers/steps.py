@@ -43,7 +43,6 @@ class TaskEvents:
             buffer_limit=EVENT_BATCH_LIMIT,
         )
         self._flusher = gevent.spawn(self._flush_loop)
-        _instances.append(self)
 
     def send(self, type_: str, **fields: Any) -> None:
         """Buffer one event (timestamped now); the flush loop publishes it, or this call when the
@@ -63,13 +62,21 @@ class TaskEvents:
             self.flush()
 
 
-_instances: list[TaskEvents] = []
+_events: TaskEvents | None = None
+
+
+def task_events(app: Any, hostname: str) -> TaskEvents:
+    """The process's one TaskEvents (Celery rebuilds task strategies on every broker reconnect)."""
+    global _events
+    if _events is None:
+        _events = TaskEvents(app, hostname)
+    return _events
 
 
 def flush_task_events() -> None:
     """Publish every buffered task event (at worker shutdown, so Flower sees the last steps)."""
-    for events in _instances:
-        events.flush()
+    if _events is not None:
+        _events.flush()
 
 
 def _ignore(_result: Any) -> None:
@@ -79,7 +86,7 @@ def _ignore(_result: Any) -> None:
 def step_strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Callable[..., None]:
     """Build the handler Celery calls for every `regina.chat` message this worker receives."""
     pool = consumer.pool
-    events = TaskEvents(app, consumer.hostname) if app.conf.worker_send_task_events else None
+    events = task_events(app, consumer.hostname) if app.conf.worker_send_task_events else None
     run = task.run
 
     def execute(task_id: str, args: list[Any], kwargs_: dict[str, Any], ack: Any, reject: Any) -> None:

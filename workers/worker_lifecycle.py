@@ -52,7 +52,7 @@ def _ready(sender: Any, **kwargs: Any) -> None:
         gevent.spawn(_idle_loop),
         gevent.spawn(_orphan_loop),
     ]
-    # LiteLLM, Celery and friends leave ~1M long-lived objects; keep the cyclic GC from scanning
+    # LiteLLM, Celery and friends leave ~300 000 long-lived objects; keep the cyclic GC from scanning
     # them again in every full collection (each one a pause in every running step).
     gc.collect()
     gc.freeze()

@@ -31,6 +31,7 @@ import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, Literal
 
 from regina.errors import ModelError
@@ -206,15 +207,18 @@ def _model_error(exc: BaseException) -> ModelError:
     return err
 
 
+def _token_counts(usage: Any) -> tuple[Any, Any]:
+    """(prompt_tokens, completion_tokens) of a usage object or dict; None where absent."""
+    if isinstance(usage, dict):
+        return usage.get("prompt_tokens"), usage.get("completion_tokens")
+    return getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None)
+
+
 def _usage_of(obj: Any) -> Usage | None:
     usage = getattr(obj, "usage", None)
     if usage is None:
         return None
-    if isinstance(usage, dict):
-        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    else:
-        prompt = getattr(usage, "prompt_tokens", None)
-        completion = getattr(usage, "completion_tokens", None)
+    prompt, completion = _token_counts(usage)
     if prompt is None and completion is None:
         return None
     return Usage(prompt_tokens=int(prompt or 0), completion_tokens=int(completion or 0))
@@ -384,11 +388,7 @@ class _StreamAcc:
     def _usage(self, usage: Any) -> None:
         if usage is None:
             return
-        if isinstance(usage, dict):
-            prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        else:
-            prompt = getattr(usage, "prompt_tokens", None)
-            completion = getattr(usage, "completion_tokens", None)
+        prompt, completion = _token_counts(usage)
         if prompt is not None:
             self.prompt = max(self.prompt or 0, int(prompt))
         if completion is not None:
@@ -401,7 +401,7 @@ class _StreamAcc:
                 yield TextPart(str(chunk["text"]))
             tool_use = chunk.get("tool_use")
             if tool_use:
-                self.calls.add(_Frag(tool_use))
+                self.calls.add(_frag(tool_use))
             if chunk.get("finish_reason") and self.raw_reason is None:
                 self.raw_reason = str(chunk["finish_reason"])
             return
@@ -426,20 +426,14 @@ class _StreamAcc:
         yield _finish(bool(self.calls.calls), self.raw_reason, usage)
 
 
-class _Frag:
-    """Attribute access over a tool-call fragment given as a dict."""
-
-    def __init__(self, raw: dict[str, Any]) -> None:
-        self.index = raw.get("index")
-        self.id = raw.get("id")
-        fn = raw.get("function") or {}
-        self.function = _Fn(fn.get("name"), fn.get("arguments")) if isinstance(fn, dict) else fn
-
-
-@dataclass(frozen=True, slots=True)
-class _Fn:
-    name: str | None
-    arguments: str | None
+def _frag(raw: dict[str, Any]) -> SimpleNamespace:
+    """A tool-call fragment given as a dict, with the attributes `_ToolCalls.add` reads."""
+    fn = raw.get("function") or {}
+    return SimpleNamespace(
+        index=raw.get("index"),
+        id=raw.get("id"),
+        function=SimpleNamespace(name=fn.get("name"), arguments=fn.get("arguments")),
+    )
 
 
 def complete(
