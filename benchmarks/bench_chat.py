@@ -43,7 +43,7 @@ def _direct_calls(fake_url: str) -> tuple[dict[str, Any], Any]:
     """The direct paths, each sending what the worker sends: system + user message + its 4 tools."""
     import httpx
 
-    from regina.runtime.model import get_litellm
+    from regina.runtime.models import get_litellm
 
     litellm = get_litellm()  # configured as the worker configures it (callbacks off, no retries)
     client = httpx.Client(base_url=fake_url, timeout=30)
@@ -94,7 +94,7 @@ def _direct_calls(fake_url: str) -> tuple[dict[str, Any], Any]:
             pass
 
     from regina.providers import ModelTarget
-    from regina.runtime.model import call_completion
+    from regina.runtime.models import call_completion
 
     target = ModelTarget(provider="openai", litellm_model="openai/gpt-4o", api_key="sk-test", api_base=fake_url + "/v1")
 

@@ -11,7 +11,7 @@ read against what the chosen stack needs at the least:
 - `redis rtt`: one PING from this process;
 - `redis hop ×2`: LPUSH to a list another process BRPOPs, which LPUSHes back (two
   cross-process wake-ups: web → worker and worker → web each take one);
-- `model call, direct route`: the same request through regina.runtime.provider_http in this
+- `model call, direct route`: the same request through regina.runtime.models.direct in this
   process (what the worker runs) and `litellm.completion` for comparison.
 
     .venv/bin/python -m benchmarks.bench_floor [--n 300]
@@ -45,7 +45,7 @@ while True:
 
 def run(n: int = 300) -> list[Table]:
     from regina.providers import ModelTarget
-    from regina.runtime.model import call_completion, get_litellm
+    from regina.runtime.models import call_completion, get_litellm
     from regina.runtime.tools.files import file_tools
     from regina.vfs.memory import MemoryVFS
 

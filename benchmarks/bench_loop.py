@@ -30,7 +30,7 @@ from pydantic import BaseModel  # noqa: E402
 
 from regina.providers import ModelTarget  # noqa: E402
 from regina.runtime import loop as loop_mod  # noqa: E402
-from regina.runtime import model as model_api  # noqa: E402
+from regina.runtime import models as model_api  # noqa: E402
 from regina.runtime.events import Event  # noqa: E402
 from regina.runtime.session import Session  # noqa: E402
 from regina.runtime.tools.base import Tool  # noqa: E402

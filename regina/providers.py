@@ -24,7 +24,7 @@ Providers:
 | any other LiteLLM provider `p` | `p/`    | `P_API_KEY`          | `P_BASE_URL`          |
 
 (`P` is the provider name upper-cased with `-` turned into `_`.) `demo` is the offline demo
-model of `regina.demo_model`; it is never inferred, only chosen explicitly.
+model of `regina.runtime.models.demo`; it is never inferred, only chosen explicitly.
 
 The base URL comes from the environment variable when set, else from
 `settings.providers[<provider>].baseUrl`, else it is None (LiteLLM's default endpoint).
@@ -43,7 +43,7 @@ from regina.errors import DefinitionError
 DEMO_PROVIDER = "demo"
 """Name of the offline demo provider (explicit only, never inferred)."""
 DEMO_LITELLM_PROVIDER = "regina-demo"
-"""Name under which `regina.demo_model` registers its LiteLLM custom provider."""
+"""Name under which `regina.runtime.models.demo` registers its LiteLLM custom provider."""
 
 
 @dataclass(frozen=True)
@@ -133,18 +133,13 @@ def resolve_model_target(
     A model that already carries the provider's LiteLLM prefix (`anthropic/claude-…` with
     provider `anthropic`) is not prefixed twice. An explicit provider that Regina does not know by
     name must be one of LiteLLM's providers; it is passed through as `<provider>/<model>` with its
-    key from `<PROVIDER>_API_KEY` and base URL from `<PROVIDER>_BASE_URL`. Resolving a `demo`
-    target registers the demo model with LiteLLM (`regina.demo_model.register_demo_provider`), so
-    the returned target can be called at once.
+    key from `<PROVIDER>_API_KEY` and base URL from `<PROVIDER>_BASE_URL`. Pure data: resolving
+    registers nothing (the model layer registers the demo model when it configures LiteLLM).
 
     Raises:
         DefinitionError: the provider cannot be inferred, or is unknown to LiteLLM.
     """
     name = check_provider_name(provider) if provider else infer_provider(model)
-    if name == DEMO_PROVIDER:
-        from regina.demo_model import register_demo_provider  # imports LiteLLM: only when needed
-
-        register_demo_provider()
     info = _KNOWN.get(name)
     if info is None:
         supported = _litellm_providers()

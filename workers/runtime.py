@@ -60,7 +60,7 @@ def init_context(member_id: str) -> WorkerContext:
         log.warning("agent definition skipped: %s", err)
     storage = make_storage(settings.storage, settings.redis)
     # Import LiteLLM now (seconds of CPU), not inside the first chat step.
-    from regina.runtime.model import get_litellm
+    from regina.runtime.models import get_litellm
 
     get_litellm()
     host = InstanceHost(settings, registry, client, storage, load_hooks(settings.factory), member_id)

@@ -41,7 +41,7 @@ from typing import Any
 from regina.config import Compaction
 from regina.errors import ModelError, ReginaError
 from regina.providers import ModelTarget
-from regina.runtime import model as model_api
+from regina.runtime import models as model_api
 from regina.runtime.compaction import maybe_compact, message_chars, render_transcript
 from regina.runtime.events import (
     ErrorEvent,

@@ -12,8 +12,8 @@ import litellm  # noqa: E402
 import pytest  # noqa: E402
 
 from regina.config import Settings  # noqa: E402
-from regina.demo_model import demo_reply, register_demo_provider  # noqa: E402
 from regina.providers import resolve_model_target  # noqa: E402
+from regina.runtime.models.demo import demo_reply, register_demo_provider  # noqa: E402
 
 MODEL = resolve_model_target("demo", "demo", Settings(), {}).litellm_model
 

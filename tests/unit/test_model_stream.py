@@ -8,8 +8,9 @@ import pytest
 
 from regina.providers import ModelTarget
 from regina.runtime.events import Usage
-from regina.runtime.model import FinishPart, TextPart, ToolCallPart, _StreamAcc, get_litellm
-from regina.runtime.provider_http import route_for
+from regina.runtime.models import FinishPart, TextPart, ToolCallPart, get_litellm
+from regina.runtime.models.direct import route_for
+from regina.runtime.models.stream import StreamAcc
 
 
 def _chunk(
@@ -30,7 +31,7 @@ def _chunk(
 
 
 def _run(chunks: list[Any]) -> list[Any]:
-    acc = _StreamAcc()
+    acc = StreamAcc()
     out = [p for c in chunks for p in acc.feed(c)]
     return out + list(acc.end())
 

@@ -27,9 +27,14 @@ from typing import Any
 
 import httpx
 
+from regina.errors import ModelError
 from regina.providers import ModelTarget
+from regina.runtime.models.errors import model_error
+from regina.runtime.models.parts import ModelDelta
+from regina.runtime.models.setup import get_litellm
+from regina.runtime.models.stream import StreamAcc
 
-__all__ = ["Route", "route_for", "stream_chunks", "DIRECT_PROVIDERS"]
+__all__ = ["Route", "route_for", "stream", "stream_chunks", "DIRECT_PROVIDERS"]
 
 #: LiteLLM provider names served here; everything else goes through `litellm.completion`.
 DIRECT_PROVIDERS = ("openai", "anthropic")
@@ -50,8 +55,6 @@ class Route:
 
 @functools.lru_cache(maxsize=256)
 def _route(litellm_model: str, api_base: str | None, api_key: str | None) -> Route | None:
-    from regina.runtime.model import get_litellm
-
     litellm = get_litellm()
     try:
         model, provider, _key, _base = litellm.get_llm_provider(litellm_model, api_base=api_base)
@@ -100,6 +103,25 @@ def _iterator(route: Route, lines: Iterator[str], litellm_params: dict[str, Any]
     return iter(route.config.get_model_response_iterator(streaming_response=lines, sync_stream=True, json_mode=False))
 
 
+def stream(
+    route: Route,
+    messages: Sequence[dict[str, Any]],
+    tools: Sequence[dict[str, Any]] | None,
+    temperature: float | None,
+    timeout: float | None,
+) -> Iterator[ModelDelta]:
+    """One streamed call on the direct route as TextPart… ToolCallPart… FinishPart."""
+    acc = StreamAcc()
+    try:
+        for chunk in stream_chunks(route, messages, tools, temperature, timeout):
+            yield from acc.feed(chunk)
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise model_error(exc) from exc
+    yield from acc.end()
+
+
 def stream_chunks(
     route: Route,
     messages: Sequence[dict[str, Any]],
@@ -111,11 +133,9 @@ def stream_chunks(
     objects, or `GenericStreamingChunk` dicts at the end of some streams).
 
     Raises LiteLLM's provider exceptions (`status_code`, `message`) for HTTP errors and errors
-    inside the stream; the caller turns them into `ModelError`. The HTTP response is always
+    inside the stream; `stream` turns them into `ModelError`. The HTTP response is always
     read to its end or closed before this returns, so the connection goes back to the pool.
     """
-    from regina.runtime.model import get_litellm
-
     litellm = get_litellm()
     config = route.config
     params: dict[str, Any] = {"stream": True}

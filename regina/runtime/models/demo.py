@@ -2,8 +2,8 @@
 
 `register_demo_provider()` adds it to `litellm.custom_provider_map` as `regina-demo`; a
 definition with `provider: demo` resolves to the LiteLLM model `regina-demo/<model>`
-(`regina.providers`). It supports `litellm.completion` and `litellm.acompletion`, with and
-without `stream=True`.
+(`regina.providers`); `regina.runtime.models.setup` registers it when it configures LiteLLM.
+It supports `litellm.completion` and `litellm.acompletion`, with and without `stream=True`.
 
 Behaviour, on the last message of the conversation (case-insensitive, deterministic):
 

@@ -1,0 +1,83 @@
+"""The three model calls the runtime makes, each routed to the direct route when one exists
+(OpenAI and Anthropic formats, `direct.py`) and to `litellm.completion` otherwise."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from regina.providers import ModelTarget
+from regina.runtime.events import Usage
+from regina.runtime.models import direct, litellm_route
+from regina.runtime.models.parts import FinishPart, ModelDelta, TextPart
+
+__all__ = ["stream_completion", "call_completion", "complete"]
+
+
+def stream_completion(
+    target: ModelTarget,
+    messages: Sequence[dict[str, Any]],
+    tools: Sequence[dict[str, Any]] | None = None,
+    temperature: float | None = None,
+    timeout: float | None = 600.0,
+) -> Iterator[ModelDelta]:
+    """Stream one model call as TextPart… ToolCallPart… FinishPart.
+
+    Raises:
+        ModelError: the provider failed, before or during the stream.
+    """
+    route = direct.route_for(target)
+    if route is not None:
+        yield from direct.stream(route, messages, tools, temperature, timeout)
+    else:
+        yield from litellm_route.stream(target, messages, tools, temperature, timeout)
+
+
+def call_completion(
+    target: ModelTarget,
+    messages: Sequence[dict[str, Any]],
+    tools: Sequence[dict[str, Any]] | None = None,
+    temperature: float | None = None,
+    timeout: float | None = 600.0,
+) -> Iterator[ModelDelta]:
+    """One non-streamed model call, yielded as the same TextPart / ToolCallPart… / FinishPart.
+
+    Used when nobody watches deltas (sync chat): LiteLLM's per-chunk stream wrapper costs
+    several ms of CPU per call that a single response does not.
+
+    Raises:
+        ModelError: the provider failed.
+    """
+    route = direct.route_for(target)
+    if route is None:
+        yield from litellm_route.call(target, messages, tools, temperature, timeout)
+        return
+    pending: list[str] = []  # the direct route always streams (its parser is cheap): one text part
+    for part in direct.stream(route, messages, tools, temperature, timeout):
+        if isinstance(part, TextPart):
+            pending.append(part.text)
+            continue
+        if pending:
+            yield TextPart("".join(pending))
+            pending = []
+        yield part
+
+
+def complete(
+    target: ModelTarget,
+    messages: Sequence[dict[str, Any]],
+    temperature: float | None = None,
+    timeout: float | None = 600.0,
+) -> tuple[str, Usage]:
+    """One non-streaming call without tools (compaction summaries): (text, usage).
+
+    Raises:
+        ModelError: the provider failed.
+    """
+    text, usage = "", Usage()
+    for part in call_completion(target, messages, None, temperature, timeout):
+        if isinstance(part, TextPart):
+            text += part.text
+        elif isinstance(part, FinishPart):
+            usage = part.usage
+    return text, usage

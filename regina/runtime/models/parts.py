@@ -1,0 +1,83 @@
+"""The small tagged deltas every model call yields, whichever route made it.
+
+- `TextPart(text)`                    a chunk of the model's text;
+- `ToolCallPart(id, name, args, raw)` one complete tool call (arguments that are not a JSON object
+  become `{"_raw": "<text>"}` so the tool reports the problem to the model instead of the run
+  failing);
+- `FinishPart(reason, usage)`         last: `stop` · `tool-calls` · `length` · `content-filter`
+  · `other`, with the call's usage.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from regina.runtime.events import Usage
+
+__all__ = ["TextPart", "ToolCallPart", "FinishPart", "ModelDelta", "finish_part", "parse_args"]
+
+
+@dataclass(frozen=True, slots=True)
+class TextPart:
+    """A chunk of the model's text."""
+
+    text: str
+    kind: Literal["text"] = "text"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallPart:
+    """One complete tool call; `raw` is the arguments string as the model sent it."""
+
+    id: str
+    name: str
+    args: dict[str, Any]
+    raw: str
+    kind: Literal["tool-call"] = "tool-call"
+
+
+@dataclass(frozen=True, slots=True)
+class FinishPart:
+    """End of the stream: mapped finish reason and usage."""
+
+    reason: str
+    usage: Usage
+    kind: Literal["finish"] = "finish"
+
+
+ModelDelta = TextPart | ToolCallPart | FinishPart
+
+_FINISH_REASONS = {
+    "stop": "stop",
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "eos": "stop",
+    "tool_calls": "tool-calls",
+    "function_call": "tool-calls",
+    "tool_use": "tool-calls",
+    "length": "length",
+    "max_tokens": "length",
+    "content_filter": "content-filter",
+}
+
+
+def finish_part(has_calls: bool, raw_reason: str | None, usage: Usage | None) -> FinishPart:
+    """The mapped finish reason: tool calls win over whatever the provider said."""
+    if has_calls:
+        reason = "tool-calls"
+    else:
+        reason = _FINISH_REASONS.get(str(raw_reason), "other") if raw_reason else "stop"
+    return FinishPart(reason, usage or Usage())
+
+
+def parse_args(raw: str) -> dict[str, Any]:
+    """Tool-call arguments as a dict; text that is not a JSON object is kept as `{"_raw": …}`."""
+    if not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {"_raw": raw}
+    return value if isinstance(value, dict) else {"_raw": raw}
