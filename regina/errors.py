@@ -11,6 +11,11 @@ ReginaError
  ├── StaleEpoch             a write from an owner that lost the instance (fencing)
  ├── StorageError           a storage adapter failed
  ├── VFSError               a virtual-filesystem operation failed (message goes to the model)
+ │    ├── NoSuchPath         the path (or its parent) does not exist
+ │    ├── IsADirectory       a file operation on a directory
+ │    ├── NotADirectory      a directory operation on a file (or a file as a parent)
+ │    ├── DirectoryNotEmpty  removing or replacing a directory that has entries
+ │    └── PathExists         creating something where a file already is
  ├── ModelError             the model provider failed (message goes to the history as "Error: …")
  └── ToolError              a tool failed in a way the model should be told about
 """
@@ -80,6 +85,26 @@ class VFSError(ReginaError):
     """Raised when a virtual-filesystem operation fails; the message is shown to the model."""
 
     status_code = 400
+
+
+class NoSuchPath(VFSError):
+    """Raised when a VFS path, or the directory it should be in, does not exist."""
+
+
+class IsADirectory(VFSError):
+    """Raised when a file operation (read, write) is given a directory."""
+
+
+class NotADirectory(VFSError):
+    """Raised when a directory operation is given a file, or a file stands where a parent should."""
+
+
+class DirectoryNotEmpty(VFSError):
+    """Raised when removing or replacing a directory that still has entries."""
+
+
+class PathExists(VFSError):
+    """Raised when creating a directory where a file already is."""
 
 
 class ModelError(ReginaError):

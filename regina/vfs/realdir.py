@@ -26,7 +26,7 @@ import stat as stat_mod
 import tempfile
 import threading
 
-from regina.errors import VFSError
+from regina.errors import DirectoryNotEmpty, IsADirectory, NoSuchPath, NotADirectory, PathExists, VFSError
 from regina.vfs.base import FileStat, normalize
 from regina.vfs.sqlite import SQLiteVFS, check_snapshot
 
@@ -70,11 +70,11 @@ class RealDirVFS:
             with open(real, "rb") as fh:
                 return fh.read()
         except FileNotFoundError:
-            raise VFSError(f"no such file: {vp}") from None
+            raise NoSuchPath(f"no such file: {vp}") from None
         except IsADirectoryError:
-            raise VFSError(f"is a directory: {vp}") from None
+            raise IsADirectory(f"is a directory: {vp}") from None
         except NotADirectoryError:
-            raise VFSError(f"no such file: {vp}") from None
+            raise NoSuchPath(f"no such file: {vp}") from None
 
     def _ensure_parent(self, vp: str, real: str) -> None:
         parent = os.path.dirname(real)
@@ -86,7 +86,7 @@ class RealDirVFS:
         vp, real = self._real(path)
         with self._lock:
             if os.path.isdir(real):
-                raise VFSError(f"is a directory: {vp}")
+                raise IsADirectory(f"is a directory: {vp}")
             self._ensure_parent(vp, real)
             directory = os.path.dirname(real)
             mode = stat_mod.S_IMODE(os.stat(real).st_mode) if os.path.exists(real) else 0o644
@@ -110,7 +110,7 @@ class RealDirVFS:
         vp, real = self._real(path)
         with self._lock:
             if os.path.isdir(real):
-                raise VFSError(f"is a directory: {vp}")
+                raise IsADirectory(f"is a directory: {vp}")
             self._ensure_parent(vp, real)
             with open(real, "ab") as fh:
                 fh.write(data)
@@ -129,7 +129,7 @@ class RealDirVFS:
         try:
             st = os.stat(real)
         except (FileNotFoundError, NotADirectoryError):
-            raise VFSError(f"no such file or directory: {vp}") from None
+            raise NoSuchPath(f"no such file or directory: {vp}") from None
         is_dir = stat_mod.S_ISDIR(st.st_mode)
         return FileStat(
             path=vp,
@@ -144,9 +144,9 @@ class RealDirVFS:
         try:
             return sorted(os.listdir(real))
         except FileNotFoundError:
-            raise VFSError(f"no such directory: {vp}") from None
+            raise NoSuchPath(f"no such directory: {vp}") from None
         except NotADirectoryError:
-            raise VFSError(f"not a directory: {vp}") from None
+            raise NotADirectory(f"not a directory: {vp}") from None
 
     def mkdir(self, path: str, parents: bool = True) -> None:
         vp, real = self._real(path)
@@ -154,7 +154,7 @@ class RealDirVFS:
             if os.path.isdir(real):
                 return
             if os.path.exists(real):
-                raise VFSError(f"file exists (not a directory): {vp}")
+                raise PathExists(f"file exists (not a directory): {vp}")
             if parents and vp != "/":
                 parent_vp = os.path.dirname(vp)
                 if parent_vp != vp:
@@ -162,9 +162,9 @@ class RealDirVFS:
             try:
                 os.mkdir(real)
             except FileNotFoundError:
-                raise VFSError(f"parent directory does not exist: {os.path.dirname(vp)}") from None
+                raise NoSuchPath(f"parent directory does not exist: {os.path.dirname(vp)}") from None
             except NotADirectoryError:
-                raise VFSError(f"not a directory: {os.path.dirname(vp)}") from None
+                raise NotADirectory(f"not a directory: {os.path.dirname(vp)}") from None
             except FileExistsError:
                 pass
 
@@ -174,10 +174,10 @@ class RealDirVFS:
             raise VFSError("cannot remove the root directory")
         with self._lock:
             if not os.path.lexists(real):
-                raise VFSError(f"no such file or directory: {vp}")
+                raise NoSuchPath(f"no such file or directory: {vp}")
             if os.path.isdir(real):
                 if os.listdir(real) and not recursive:
-                    raise VFSError(f"directory not empty: {vp}")
+                    raise DirectoryNotEmpty(f"directory not empty: {vp}")
                 shutil.rmtree(real)
             else:
                 os.remove(real)
@@ -193,16 +193,16 @@ class RealDirVFS:
             raise VFSError(f"cannot move {svp} into itself ({dvp})")
         with self._lock:
             if not os.path.exists(sreal):
-                raise VFSError(f"no such file or directory: {svp}")
+                raise NoSuchPath(f"no such file or directory: {svp}")
             if not os.path.isdir(os.path.dirname(dreal)):
-                raise VFSError(f"destination directory does not exist: {os.path.dirname(dvp)}")
+                raise NoSuchPath(f"destination directory does not exist: {os.path.dirname(dvp)}")
             if os.path.isdir(dreal):
                 if not os.path.isdir(sreal):
-                    raise VFSError(f"is a directory: {dvp}")
+                    raise IsADirectory(f"is a directory: {dvp}")
                 if os.listdir(dreal):
-                    raise VFSError(f"directory not empty: {dvp}")
+                    raise DirectoryNotEmpty(f"directory not empty: {dvp}")
             elif os.path.exists(dreal) and os.path.isdir(sreal):
-                raise VFSError(f"not a directory: {dvp}")
+                raise NotADirectory(f"not a directory: {dvp}")
             os.replace(sreal, dreal)
 
     def chmod(self, path: str, mode: int) -> None:
@@ -210,7 +210,7 @@ class RealDirVFS:
         try:
             os.chmod(real, int(mode) & 0o7777)
         except FileNotFoundError:
-            raise VFSError(f"no such file or directory: {vp}") from None
+            raise NoSuchPath(f"no such file or directory: {vp}") from None
 
     def set_mtime(self, path: str, mtime: float) -> None:
         """Set a path's modification time (used by `touch`)."""
@@ -218,7 +218,7 @@ class RealDirVFS:
         try:
             os.utime(real, (mtime, mtime))
         except FileNotFoundError:
-            raise VFSError(f"no such file or directory: {vp}") from None
+            raise NoSuchPath(f"no such file or directory: {vp}") from None
 
     def close(self) -> None:
         self._closed = True

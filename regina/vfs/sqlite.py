@@ -36,7 +36,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from regina.errors import VFSError
+from regina.errors import DirectoryNotEmpty, IsADirectory, NoSuchPath, NotADirectory, PathExists, VFSError
 from regina.vfs.base import FileStat, normalize
 
 SCHEMA_VERSION = "1"
@@ -167,7 +167,7 @@ class SQLiteVFS:
             if kind == 1:
                 break
             if kind == 0:
-                raise VFSError(f"not a directory: {parent}")
+                raise NotADirectory(f"not a directory: {parent}")
             missing.append(parent)
             parent = _parent(parent)
         for d in reversed(missing):
@@ -191,9 +191,9 @@ class SQLiteVFS:
         with self._read() as cur:
             row = cur.execute("SELECT is_dir, data FROM entries WHERE path = ?", (p,)).fetchone()
             if row is None:
-                raise VFSError(f"no such file: {p}")
+                raise NoSuchPath(f"no such file: {p}")
             if row[0]:
-                raise VFSError(f"is a directory: {p}")
+                raise IsADirectory(f"is a directory: {p}")
             chunks = cur.execute("SELECT data FROM chunks WHERE path = ? ORDER BY seq", (p,)).fetchall()
         if not chunks:
             return bytes(row[1])
@@ -202,12 +202,12 @@ class SQLiteVFS:
     def write(self, path: str, data: bytes) -> None:
         p = normalize(path)
         if p == "/":
-            raise VFSError("is a directory: /")
+            raise IsADirectory("is a directory: /")
         now = time.time()
         with self._tx() as cur:
             kind = self._kind(cur, p)
             if kind == 1:
-                raise VFSError(f"is a directory: {p}")
+                raise IsADirectory(f"is a directory: {p}")
             if kind is None:
                 self._ensure_parents(cur, p, now)
             else:
@@ -233,7 +233,7 @@ class SQLiteVFS:
                     self._merge_chunks(cur, p)
                 return
             if p == "/" or self._kind(cur, p) == 1:
-                raise VFSError(f"is a directory: {p}")
+                raise IsADirectory(f"is a directory: {p}")
             self._ensure_parents(cur, p, now)
             cur.execute(
                 "INSERT INTO entries(path, parent, is_dir, data, mode, mtime) VALUES (?, ?, 0, ?, ?, ?)",
@@ -254,7 +254,7 @@ class SQLiteVFS:
                 (p,),
             ).fetchone()
         if row is None:
-            raise VFSError(f"no such file or directory: {p}")
+            raise NoSuchPath(f"no such file or directory: {p}")
         return FileStat(path=p, is_dir=bool(row[0]), size=int(row[1]), mtime=float(row[2]), mode=int(row[3]))
 
     def listdir(self, path: str) -> list[str]:
@@ -262,9 +262,9 @@ class SQLiteVFS:
         with self._read() as cur:
             kind = self._kind(cur, p)
             if kind is None:
-                raise VFSError(f"no such directory: {p}")
+                raise NoSuchPath(f"no such directory: {p}")
             if kind == 0:
-                raise VFSError(f"not a directory: {p}")
+                raise NotADirectory(f"not a directory: {p}")
             rows = cur.execute("SELECT path FROM entries WHERE parent = ?", (p,)).fetchall()
         return sorted(posixpath.basename(r[0]) for r in rows)
 
@@ -276,11 +276,11 @@ class SQLiteVFS:
             if kind == 1:
                 return
             if kind == 0:
-                raise VFSError(f"file exists (not a directory): {p}")
+                raise PathExists(f"file exists (not a directory): {p}")
             if parents:
                 self._ensure_parents(cur, p, now)
             elif self._kind(cur, _parent(p)) != 1:
-                raise VFSError(f"parent directory does not exist: {_parent(p)}")
+                raise NoSuchPath(f"parent directory does not exist: {_parent(p)}")
             cur.execute(
                 "INSERT INTO entries(path, parent, is_dir, data, mode, mtime) VALUES (?, ?, 1, x'', ?, ?)",
                 (p, _parent(p), _DIR_MODE, now),
@@ -293,7 +293,7 @@ class SQLiteVFS:
         with self._tx() as cur:
             kind = self._kind(cur, p)
             if kind is None:
-                raise VFSError(f"no such file or directory: {p}")
+                raise NoSuchPath(f"no such file or directory: {p}")
             if kind == 1:
                 lo, hi = _subtree_bounds(p)
                 has_children = cur.execute(
@@ -301,7 +301,7 @@ class SQLiteVFS:
                 ).fetchone()
                 if has_children:
                     if not recursive:
-                        raise VFSError(f"directory not empty: {p}")
+                        raise DirectoryNotEmpty(f"directory not empty: {p}")
                     cur.execute("DELETE FROM entries WHERE path >= ? AND path < ?", (lo, hi))
                     cur.execute("DELETE FROM chunks WHERE path >= ? AND path < ?", (lo, hi))
             cur.execute("DELETE FROM entries WHERE path = ?", (p,))
@@ -319,18 +319,18 @@ class SQLiteVFS:
         with self._tx() as cur:
             skind = self._kind(cur, s)
             if skind is None:
-                raise VFSError(f"no such file or directory: {s}")
+                raise NoSuchPath(f"no such file or directory: {s}")
             if self._kind(cur, _parent(d)) != 1:
-                raise VFSError(f"destination directory does not exist: {_parent(d)}")
+                raise NoSuchPath(f"destination directory does not exist: {_parent(d)}")
             dkind = self._kind(cur, d)
             if dkind == 1:
                 lo, hi = _subtree_bounds(d)
                 if skind == 0:
-                    raise VFSError(f"is a directory: {d}")
+                    raise IsADirectory(f"is a directory: {d}")
                 if cur.execute("SELECT 1 FROM entries WHERE path >= ? AND path < ? LIMIT 1", (lo, hi)).fetchone():
-                    raise VFSError(f"directory not empty: {d}")
+                    raise DirectoryNotEmpty(f"directory not empty: {d}")
             elif dkind == 0 and skind == 1:
-                raise VFSError(f"not a directory: {d}")
+                raise NotADirectory(f"not a directory: {d}")
             if dkind is not None:
                 cur.execute("DELETE FROM entries WHERE path = ?", (d,))
                 cur.execute("DELETE FROM chunks WHERE path = ?", (d,))
@@ -354,7 +354,7 @@ class SQLiteVFS:
         with self._tx() as cur:
             cur.execute("UPDATE entries SET mode = ? WHERE path = ?", (int(mode) & 0o7777, p))
             if not cur.rowcount:
-                raise VFSError(f"no such file or directory: {p}")
+                raise NoSuchPath(f"no such file or directory: {p}")
 
     def set_mtime(self, path: str, mtime: float) -> None:
         """Set a path's modification time (used by `touch`)."""
@@ -362,7 +362,7 @@ class SQLiteVFS:
         with self._tx() as cur:
             cur.execute("UPDATE entries SET mtime = ? WHERE path = ?", (float(mtime), p))
             if not cur.rowcount:
-                raise VFSError(f"no such file or directory: {p}")
+                raise NoSuchPath(f"no such file or directory: {p}")
 
     def close(self) -> None:
         with self._lock:

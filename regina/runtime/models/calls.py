@@ -8,7 +8,8 @@ from typing import Any
 
 from regina.providers import ModelTarget
 from regina.runtime.events import Usage
-from regina.runtime.models import direct, litellm_route
+from regina.runtime.models import direct as direct
+from regina.runtime.models import litellm_route as litellm_route
 from regina.runtime.models.parts import FinishPart, ModelDelta, TextPart
 
 __all__ = ["stream_completion", "call_completion", "complete"]

@@ -1,0 +1,137 @@
+"""Fixes to just-bash where it differs from bash: `cat` copies bytes exactly, `>file 2>&1`
+sends stderr to the file, and a redirection into a missing directory fails before any output.
+Installed once per process (only Regina uses just-bash).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+__all__ = ["patch_interpreter", "command_registry"]
+
+
+class _ExactCat:
+    """`cat` without options copies bytes exactly (just-bash 0.2.1 adds a missing final newline)."""
+
+    name = "cat"
+
+    def __init__(self, original: Any) -> None:
+        self._original = original
+
+    async def execute(self, args: list[str], ctx: Any) -> Any:
+        from just_bash.types import ExecResult
+
+        if any(a.startswith("-") and a != "-" for a in args):
+            return await self._original.execute(args, ctx)
+        out: list[str] = []
+        err: list[str] = []
+        code = 0
+        for name in args or ["-"]:
+            if name in ("-", "/dev/stdin"):
+                out.append(ctx.stdin)
+                continue
+            try:
+                out.append(await ctx.fs.read_file(ctx.fs.resolve_path(ctx.cwd, name)))
+            except IsADirectoryError:
+                err.append(f"cat: {name}: Is a directory\n")
+                code = 1
+            except (FileNotFoundError, NotADirectoryError):
+                err.append(f"cat: {name}: No such file or directory\n")
+                code = 1
+        return ExecResult(stdout="".join(out), stderr="".join(err), exit_code=code)
+
+
+def _is_literal(word: Any, text: str) -> bool:
+    parts: Any = getattr(word, "parts", ())
+    return len(parts) == 1 and getattr(parts[0], "value", None) == text
+
+
+def _merge_stderr_into_file(redirections: list[Any]) -> list[Any]:
+    """Rewrite `>file 2>&1` / `>>file 2>&1` as `&>file` / `&>>file`.
+
+    just-bash applies redirections to already-collected output in order, so `2>&1` after
+    `>file` would send stderr to the terminal instead of the file, unlike bash.
+    """
+    out = list(redirections)
+    for i, redir in enumerate(out):
+        if getattr(redir, "operator", None) not in (">", ">>") or getattr(redir, "fd", None) not in (None, 1):
+            continue
+        for j in range(i + 1, len(out)):
+            nxt = out[j]
+            if getattr(nxt, "fd", None) in (None, 1) and getattr(nxt, "operator", None) in (">", ">>", ">&"):
+                break  # stdout redirected again: leave the list alone
+            if nxt.operator == ">&" and nxt.fd == 2 and _is_literal(nxt.target, "1"):
+                both = "&>" if redir.operator == ">" else "&>>"
+                out[i] = dataclasses.replace(redir, fd=None, operator=both)
+                del out[j]
+                return out
+    return out
+
+
+# Word parts whose expansion cannot run commands or assign variables.
+_PURE_PARTS = frozenset({"Literal", "SingleQuoted", "Escaped", "ParameterExpansion", "DoubleQuoted", "TildeExpansion"})
+
+
+async def _unwritable_target(interp: Any, redirections: list[Any]) -> Any:
+    """An error result when a literal `>`/`>>` target's directory is missing, else None.
+
+    bash reports the error and discards the output; just-bash would print the output and then
+    the error. (The command itself has already run in just-bash: redirections are applied after.)
+    """
+    from just_bash.interpreter.expansion import expand_word_async
+    from just_bash.types import ExecResult
+
+    for redir in redirections:
+        if getattr(redir, "operator", None) not in (">", ">>", ">|", "&>", "&>>"):
+            continue
+        parts = getattr(redir.target, "parts", None) or ()
+        if not parts:
+            continue
+        if all(getattr(p, "type", None) == "Literal" for p in parts):
+            target = "".join(p.value for p in parts)
+        elif all(getattr(p, "type", None) in _PURE_PARTS for p in parts):
+            target = await expand_word_async(interp._ctx, redir.target)  # no side effects
+        else:
+            continue
+        if target.startswith("/dev/") or not target:
+            continue
+        path = interp._fs.resolve_path(interp._state.cwd, target)
+        parent = path.rsplit("/", 1)[0] or "/"
+        if parent == "/tmp" or parent.startswith("/tmp/"):
+            continue
+        if not await interp._fs.is_directory(parent):
+            reason = "Not a directory" if await interp._fs.exists(parent) else "No such file or directory"
+            return ExecResult(stdout="", stderr=f"bash: {target}: {reason}\n", exit_code=1)
+    return None
+
+
+_patched = False
+
+
+def patch_interpreter() -> None:
+    """Install the interpreter fixes above (once per process; only Regina uses just-bash)."""
+    global _patched
+    if _patched:
+        return
+    from just_bash.interpreter.interpreter import Interpreter
+
+    original = Interpreter._process_output_redirections
+
+    async def process_output_redirections(self: Any, redirections: list[Any], result: Any) -> Any:
+        redirections = _merge_stderr_into_file(redirections)
+        failed = await _unwritable_target(self, redirections)
+        if failed is not None:
+            return failed
+        return await original(self, redirections, result)
+
+    Interpreter._process_output_redirections = process_output_redirections  # type: ignore[method-assign]
+    _patched = True
+
+
+def command_registry(network: bool) -> dict[str, Any]:
+    from just_bash.commands import create_command_registry
+
+    commands: dict[str, Any] = create_command_registry(include_network=network)
+    commands["cat"] = _ExactCat(commands["cat"])
+    return commands
