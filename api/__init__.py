@@ -31,6 +31,12 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     def _start_timer() -> None:
         g.regina_started = time.perf_counter()
 
+    @app.before_request
+    def _body_limit() -> None:
+        """Every route refuses a body over limits.maxBodyBytes (413), also those that ignore it."""
+        if request.method != "GET":
+            request.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH
+
     @app.after_request
     def _count(response: Response) -> Response:
         endpoint = request.url_rule.rule if request.url_rule is not None else "unknown"

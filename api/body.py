@@ -2,21 +2,40 @@
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 from flask import request
 
 from regina.errors import BadRequest
 
+# A \uD800-\uDFFF escape: only then can the parsed body hold a lone surrogate.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+
 
 def json_body(required: bool = True) -> Any:
-    """The parsed JSON body; 400 when it is not JSON (413 comes from MAX_CONTENT_LENGTH)."""
+    """The parsed JSON body; 400 when it is not JSON, nested absurdly deep or not valid Unicode
+    (413 comes from MAX_CONTENT_LENGTH)."""
     raw = request.get_data(cache=True)
     if not raw:
         if required:
             raise BadRequest('request body must be JSON, e.g. {"message": "hello"}')
         return {}
-    data = request.get_json(silent=True, force=True)
-    if data is None:
-        raise BadRequest("request body is not valid JSON")
+    try:
+        data = json.loads(raw)
+    except RecursionError:
+        raise BadRequest("request body is JSON nested too deeply") from None
+    except ValueError:
+        raise BadRequest("request body is not valid JSON") from None
+    if _SURROGATE_ESCAPE.search(raw):
+        try:
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadRequest(
+                "request body holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape): "
+                "strings must be valid Unicode"
+            ) from None
+        except RecursionError:
+            raise BadRequest("request body is JSON nested too deeply") from None
     return data
