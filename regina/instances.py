@@ -38,6 +38,13 @@ return epoch
 """
 
 
+# Touch lastActive only if the record exists (a bare HSET would create a ghost record). Returns 1/0.
+_TOUCH = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'lastActive', ARGV[1])
+return 1
+"""
+
 # Touch lastActive, create the run record (KEYS[2], when given) and return
 # ["1"|"0" (member alive), field, value, …], or {} if there is no instance record.
 _TOUCH_CHECK = """
@@ -111,6 +118,7 @@ class InstanceStore:
         self._fenced_hset = client.register_script(_FENCED_HSET)
         self._claim = client.register_script(_CLAIM)
         self._touch_check = client.register_script(_TOUCH_CHECK)
+        self._touch = client.register_script(_TOUCH)
 
     def create(self, instance_id: str, definition_id: str, member: str) -> InstanceRecord:
         """Write a new record owned by `member` at epoch 1."""
@@ -162,9 +170,10 @@ class InstanceStore:
             pipe.hgetall(keys.instance_record(iid))
         return [_record(iid, h) for iid, h in zip(ids, pipe.execute(), strict=True) if h]
 
-    def touch(self, instance_id: str) -> None:
-        """Reset the idle timer (chat, steer, heartbeat, resume, a running loop)."""
-        self.r.hset(keys.instance_record(instance_id), "lastActive", repr(time.time()))
+    def touch(self, instance_id: str) -> bool:
+        """Reset the idle timer of an existing instance (a running loop); never creates a record.
+        False when the instance is gone."""
+        return bool(self._touch(keys=[keys.instance_record(instance_id)], args=[repr(time.time())]))
 
     def claim(self, instance_id: str, member: str, expected_epoch: int | None = None) -> int:
         """Hand the instance to `member` with a new epoch; returns it (-1 stale, -2 gone)."""

@@ -108,21 +108,26 @@ class Coordinator:
             return self._activate(instance_id)
 
     def _activate(self, instance_id: str) -> InstanceRecord:
-        deadline = time.monotonic() + self.settings.limits.worker_reply_timeout
+        timeout = self.settings.limits.worker_reply_timeout
+        deadline = time.monotonic() + timeout
+        backoff = Backoff()
         while True:
             rec = self.get(instance_id)
             alive = is_alive(self.r, rec.member)
             if rec.status == "started" and alive:
                 return rec
-            if rec.status == "suspending" and alive and time.monotonic() < deadline:
-                time.sleep(0.01)  # its owner is finishing a suspend; resume right after
+            if time.monotonic() > deadline:
+                raise Unavailable(f"instance {instance_id!r} could not be activated within {timeout:g}s; try again")
+            if rec.status == "suspending" and alive:
+                backoff.sleep()  # its owner is finishing a suspend; resume right after
                 continue
             member = place(self.r, self.settings.placement, prefer=rec.member)
             epoch = self.store.claim(instance_id, member, expected_epoch=rec.epoch)
             if epoch == -2:
                 raise NotFound(f"instance {instance_id!r} not found")
             if epoch == -1:
-                continue  # someone else changed it meanwhile: look again
+                backoff.sleep()  # someone else changed it meanwhile: look again
+                continue
             if rec.member and not alive:
                 moved = self.dispatcher.restore_unacked(instance_id)
                 log.warning(
@@ -151,7 +156,7 @@ class Coordinator:
 
     def resume(self, instance_id: str) -> InstanceRecord:
         """Start a suspended instance (no-op when started); resets the idle timer."""
-        self.store.touch(instance_id)
+        self._touch(instance_id)
         return self.ensure_active(instance_id)
 
     def suspend(self, instance_id: str) -> None:
@@ -272,6 +277,18 @@ def _zero_usage() -> dict[str, int]:
     return {"promptTokens": 0, "completionTokens": 0}
 
 
+class Backoff:
+    """Sleeps that double from `first` up to `cap` seconds, for retry loops that poll Redis."""
+
+    def __init__(self, first: float = 0.01, cap: float = 0.5) -> None:
+        self.delay = first
+        self.cap = cap
+
+    def sleep(self) -> None:
+        time.sleep(self.delay)
+        self.delay = min(self.delay * 2, self.cap)
+
+
 class _RedisLock:
     """A short SET NX PX lock so one coordinator at a time places an instance."""
 
@@ -284,10 +301,11 @@ class _RedisLock:
     def __enter__(self) -> _RedisLock:
         deadline = time.monotonic() + self.timeout
         ttl_ms = int(self.timeout * 1000) + 1000
+        backoff = Backoff(first=0.005)
         while not self.r.set(self.key, self.token, nx=True, px=ttl_ms):
             if time.monotonic() > deadline:
                 raise Unavailable(f"instance is busy being placed ({self.key}); try again")
-            time.sleep(0.005)
+            backoff.sleep()
         return self
 
     def __exit__(self, *exc: object) -> None:
