@@ -52,3 +52,12 @@ def test_resume_of_an_unknown_id_is_404_and_writes_nothing(api: httpx.Client, cl
     assert "not found" in resp.json()["error"]
     assert not r.exists(f"regina:inst:{UNKNOWN}")
     assert api.get(f"/instances/{UNKNOWN}").status_code == 404
+
+
+def test_the_running_loops_touch_never_creates_a_record(cluster: Cluster) -> None:
+    from regina.instances import InstanceStore
+    from regina.redis_conn import connect
+
+    store = InstanceStore(connect(cluster.redis_url))
+    assert store.touch(UNKNOWN) is False
+    assert not store.r.exists(f"regina:inst:{UNKNOWN}")
