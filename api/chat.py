@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -9,8 +10,11 @@ from flask import Blueprint, Response, jsonify, request, stream_with_context
 
 from api.agents import services
 from api.body import json_body
+from api.errors import describe_unexpected
 from regina.errors import BadRequest, ReginaError
 from regina.runtime.events import to_ndjson
+
+log = logging.getLogger("regina.api")
 
 bp = Blueprint("chat", __name__)
 
@@ -28,12 +32,16 @@ def chat(iid: str) -> Response:
 
 
 def _relay(events: Iterator[dict[str, Any]], run_id: str) -> Iterator[bytes]:
+    """The run's events as NDJSON; whatever goes wrong, the last line is `finish` or `error`."""
     try:
         for event in events:
             yield to_ndjson(event)
     except ReginaError as exc:
         # The status line is sent already: report the failure as the last event.
         yield to_ndjson({"type": "error", "error": exc.message, "runId": run_id})
+    except Exception as exc:
+        log.exception("stream of run %s broke", run_id)
+        yield to_ndjson({"type": "error", "error": describe_unexpected(exc), "runId": run_id})
 
 
 def _stream(run_id: str, after: int, instance_id: str | None = None) -> Response:

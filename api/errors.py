@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import redis
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
@@ -15,6 +16,16 @@ log = logging.getLogger("regina.api")
 def error_response(message: str, status: int) -> tuple[Response, int]:
     """The JSON error body."""
     return jsonify({"error": message}), status
+
+
+def describe_unexpected(exc: Exception) -> str:
+    """What a client is told about an error nobody raised on purpose: its kind, never its text
+    (which may hold data from anywhere); Redis outages are named as such."""
+    if isinstance(exc, redis.TimeoutError):
+        return "Redis did not answer in time (TimeoutError); try again"
+    if isinstance(exc, redis.ConnectionError):
+        return f"Redis is unreachable ({exc.__class__.__name__}); try again"
+    return f"internal error: {exc.__class__.__name__} (details in the server log)"
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -37,7 +48,13 @@ def register_error_handlers(app: Flask) -> None:
             return error_response(f"method not allowed: {exc.description}", 405)
         return error_response(exc.description or exc.name, status)
 
+    @app.errorhandler(redis.ConnectionError)
+    @app.errorhandler(redis.TimeoutError)
+    def _redis_down(exc: redis.RedisError) -> tuple[Response, int]:
+        log.warning("Redis unavailable: %r", exc)
+        return error_response(describe_unexpected(exc), 503)
+
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> tuple[Response, int]:
         log.exception("unhandled error")
-        return error_response(f"internal error: {exc.__class__.__name__}", 500)
+        return error_response(describe_unexpected(exc), 500)

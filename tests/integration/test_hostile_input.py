@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 import redis
 
+from tests.harness.fake_llm import FakeLLM, Reply
 from tests.harness.processes import Cluster
 
 UNKNOWN = "openai-agent-0123456789abcdef01234567"
@@ -61,3 +64,22 @@ def test_the_running_loops_touch_never_creates_a_record(cluster: Cluster) -> Non
     store = InstanceStore(connect(cluster.redis_url))
     assert store.touch(UNKNOWN) is False
     assert not store.r.exists(f"regina:inst:{UNKNOWN}")
+
+
+def test_a_stream_that_breaks_on_an_unexpected_error_still_ends_with_an_error_line(
+    api: httpx.Client, cluster: Cluster, fake_llm: FakeLLM
+) -> None:
+    iid = spawn(api)
+    fake_llm.push(Reply(text="one two three four five six", chunk_delay=0.3))
+    r = redis.Redis.from_url(cluster.redis_url)
+    lines: list[dict[str, object]] = []
+    with api.stream("POST", f"/instances/{iid}/chat/stream", json={"message": "go"}) as resp:
+        run_id = resp.headers["X-Run-Id"]
+        for line in resp.iter_lines():
+            if not line:
+                continue
+            lines.append(json.loads(line))
+            if len(lines) == 1:  # a corrupt entry in the run's stream: the web cannot decode it
+                r.xadd(f"regina:run:{run_id}:events", {"e": "{not json"}, id="0-999999")
+    assert lines[-1]["type"] == "error", lines
+    assert "internal error" in str(lines[-1]["error"])

@@ -1,0 +1,55 @@
+"""A Redis that does not answer is a 503 that names Redis, not `500 internal error: TimeoutError`."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask.testing import FlaskClient
+
+from api import create_app
+from api.services import Services
+from regina.config import Settings
+from regina.lifecycle import Coordinator
+from regina.redis_conn import connect
+from regina.registry import AgentRegistry
+from tests.harness.ports import free_port
+from workers.app import app as celery_app
+from workers.dispatcher import CeleryDispatcher
+
+AGENTS = str(Path(__file__).resolve().parents[1] / "agents")
+
+
+def _client_for(url: str) -> FlaskClient:
+    settings = Settings(redis=url, agents_dir=AGENTS)
+    registry = AgentRegistry(settings)
+    registry.load()
+    client = connect(settings.redis)
+    coordinator = Coordinator(settings, registry, client, CeleryDispatcher(celery_app, client), None)
+    return create_app(settings, Services(settings, registry, client, coordinator)).test_client()
+
+
+@pytest.fixture
+def silent_redis() -> Iterator[str]:
+    """A TCP port that accepts connections and never answers (a Redis stuck or restarting)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    yield f"redis://127.0.0.1:{sock.getsockname()[1]}/0?socket_timeout=0.3"
+    sock.close()
+
+
+def test_redis_timeout_is_503_naming_redis(silent_redis: str) -> None:
+    web = _client_for(silent_redis)
+    resp = web.get("/instances/openai-agent-0123456789abcdef01234567")
+    assert resp.status_code == 503, resp.text
+    assert "Redis did not answer in time" in resp.json["error"]
+
+
+def test_redis_unreachable_is_503_naming_redis() -> None:
+    web = _client_for(f"redis://127.0.0.1:{free_port()}/0")
+    resp = web.post("/instances/openai-agent-0123456789abcdef01234567/heartbeat")
+    assert resp.status_code == 503, resp.text
+    assert "Redis is unreachable" in resp.json["error"]
