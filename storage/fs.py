@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import builtins
-import contextlib
 import os
-import tempfile
 from pathlib import Path, PurePosixPath
 
+from regina.atomic_file import write_atomic
 from regina.errors import StorageError
 
 #: Suffix of in-flight temp files; `list` skips them and `put` refuses keys that end with it.
@@ -45,23 +44,11 @@ class FsStorage:
     def put(self, key: str, data: bytes) -> None:
         """Write to a temp file in the target dir, fsync, then os.replace: readers see old or new."""
         path = self._path(key)
-        tmp_name: str | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp_name, path)
-            tmp_name = None
-            self._fsync_dir(path.parent)
+            write_atomic(path, data, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
         except OSError as exc:
             raise StorageError(f"fs storage: cannot write key {key!r}: {exc}") from exc
-        finally:
-            if tmp_name is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp_name)
 
     def get(self, key: str) -> bytes | None:
         """Read the whole file; a missing file means no backup."""
@@ -103,15 +90,6 @@ class FsStorage:
 
     def close(self) -> None:
         """Nothing to release: every call opens and closes its own file."""
-
-    @staticmethod
-    def _fsync_dir(directory: Path) -> None:
-        """Make the rename itself durable (POSIX only persists it once the directory is synced)."""
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _raise(exc: OSError) -> None:

@@ -10,7 +10,8 @@ from regina.errors import ConfigError, VFSError
 from regina.vfs.base import VFS, FileStat, normalize
 from regina.vfs.memory import MemoryVFS
 from regina.vfs.realdir import RealDirVFS
-from regina.vfs.sqlite import SQLiteVFS, check_snapshot, restore_snapshot
+from regina.vfs.snapshot import check_snapshot, restore_snapshot
+from regina.vfs.sqlite import SQLiteVFS
 
 __all__ = [
     "VFS",

@@ -3,7 +3,8 @@ same snapshot format (a SQLite database image) as the default backend. Lost on p
 
 from __future__ import annotations
 
-from regina.vfs.sqlite import _SCHEMA, SQLiteVFS, _rollback_header, check_snapshot
+from regina.vfs.snapshot import SCHEMA, check_snapshot, rollback_header
+from regina.vfs.sqlite import SQLiteVFS
 
 
 class MemoryVFS(SQLiteVFS):
@@ -19,6 +20,6 @@ class MemoryVFS(SQLiteVFS):
         vfs = cls()
         with vfs._lock:
             conn = vfs._connection()
-            conn.deserialize(_rollback_header(data))
-            conn.executescript(_SCHEMA)  # tables added since the image was taken
+            conn.deserialize(rollback_header(data))
+            conn.executescript(SCHEMA)  # tables added since the image was taken
         return vfs

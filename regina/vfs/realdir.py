@@ -26,17 +26,11 @@ import stat as stat_mod
 import tempfile
 import threading
 
+from regina.atomic_file import fsync_dir, write_atomic
 from regina.errors import DirectoryNotEmpty, IsADirectory, NoSuchPath, NotADirectory, PathExists, VFSError
 from regina.vfs.base import FileStat, normalize
-from regina.vfs.sqlite import SQLiteVFS, check_snapshot
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+from regina.vfs.snapshot import check_snapshot
+from regina.vfs.sqlite import SQLiteVFS
 
 
 class RealDirVFS:
@@ -88,23 +82,8 @@ class RealDirVFS:
             if os.path.isdir(real):
                 raise IsADirectory(f"is a directory: {vp}")
             self._ensure_parent(vp, real)
-            directory = os.path.dirname(real)
             mode = stat_mod.S_IMODE(os.stat(real).st_mode) if os.path.exists(real) else 0o644
-            fd, tmp = tempfile.mkstemp(prefix=".vfs-", dir=directory)
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.chmod(tmp, mode)
-                os.replace(tmp, real)
-            except BaseException:
-                try:
-                    os.remove(tmp)
-                except FileNotFoundError:
-                    pass
-                raise
-            _fsync_dir(directory)
+            write_atomic(real, data, mode=mode, prefix=".vfs-")
 
     def append(self, path: str, data: bytes) -> None:
         vp, real = self._real(path)
@@ -243,13 +222,7 @@ class RealDirVFS:
         with self._lock:
             meta = self._load_meta()
             meta[key] = str(value)
-            directory = os.path.dirname(self._meta_path)
-            fd, tmp = tempfile.mkstemp(prefix=".meta-", dir=directory)
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(meta, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self._meta_path)
+            write_atomic(self._meta_path, json.dumps(meta).encode(), prefix=".meta-")
 
     def snapshot(self) -> bytes:
         """The tree (regular files and directories) and meta as a SQLite database image."""
@@ -323,15 +296,10 @@ class RealDirVFS:
             os.rmdir(old)
             os.replace(root, old)
         os.replace(build, root)
-        meta_path = root.rstrip(os.sep) + ".meta.json"
-        with open(meta_path + ".tmp", "w", encoding="utf-8") as fh:
-            json.dump(meta, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(meta_path + ".tmp", meta_path)
+        write_atomic(root.rstrip(os.sep) + ".meta.json", json.dumps(meta).encode(), prefix=".meta-")
         if old:
             shutil.rmtree(old, ignore_errors=True)
-        _fsync_dir(parent)
+        fsync_dir(parent)
 
     def __repr__(self) -> str:
         return f"RealDirVFS({self.root!r})"

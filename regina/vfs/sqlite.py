@@ -1,15 +1,10 @@
 """SQLite-backed VFS: one database file per instance (the default backend, SPEC §5).
 
-Layout (schema version 1, stored as meta key ``vfs.schema``)::
-
-    entries(path TEXT PRIMARY KEY, parent TEXT, is_dir INTEGER, data BLOB, mode INTEGER, mtime REAL)
-    chunks(path TEXT, seq INTEGER, data BLOB, PRIMARY KEY (path, seq))
-    meta(key TEXT PRIMARY KEY, value TEXT)
-
-The root "/" is always a directory row. ``parent`` is indexed so ``listdir`` does not scan.
-A file's content is ``entries.data`` followed by its ``chunks`` in ``seq`` order: ``append``
-inserts one small chunk row (O(appended bytes), not O(file size) — the session JSONL grows by
-appends), and every ``_MERGE_AT`` chunks they are folded back into ``entries.data`` (amortized).
+Layout and snapshot format: `regina.vfs.snapshot`. The root "/" is always a directory row;
+``parent`` is indexed so ``listdir`` does not scan. A file's content is ``entries.data``
+followed by its ``chunks`` in ``seq`` order: ``append`` inserts one small chunk row
+(O(appended bytes), not O(file size) — the session JSONL grows by appends), and every
+``_MERGE_AT`` chunks they are folded back into ``entries.data`` (amortized).
 
 Durability: the database is in WAL mode and every write is committed before the method returns.
 The default ``synchronous=FULL`` fsyncs the WAL on each commit, so a write acknowledged to the
@@ -20,9 +15,9 @@ disks; pass ``synchronous="NORMAL"`` when that trade is acceptable.
 Thread safety: one connection (``check_same_thread=False``) guarded by an ``RLock``; under gevent
 monkey patching that lock is cooperative, so several greenlets may share one instance.
 
-Snapshots use SQLite's online backup API into an in-memory database, then ``serialize()``. For
-a file database the backup reads through a *separate* connection inside one read transaction,
-so it sees exactly one committed state (WAL snapshot isolation) without blocking writers.
+For a file database a snapshot reads through a *separate* connection inside one read
+transaction (the backup's single step), so it sees exactly one committed state (WAL snapshot
+isolation) without blocking writers on the VFS's own connection.
 """
 
 from __future__ import annotations
@@ -30,7 +25,6 @@ from __future__ import annotations
 import os
 import posixpath
 import sqlite3
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -38,31 +32,12 @@ from contextlib import contextmanager
 
 from regina.errors import DirectoryNotEmpty, IsADirectory, NoSuchPath, NotADirectory, PathExists, VFSError
 from regina.vfs.base import FileStat, normalize
+from regina.vfs.snapshot import SCHEMA, SCHEMA_VERSION, database_image
 
-SCHEMA_VERSION = "1"
 _DIR_MODE = 0o755
 _FILE_MODE = 0o644
 _SYNC_LEVELS = ("OFF", "NORMAL", "FULL", "EXTRA")
 _MERGE_AT = 256  # appended chunks per file before they are folded into entries.data
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS entries (
-    path   TEXT PRIMARY KEY,
-    parent TEXT NOT NULL,
-    is_dir INTEGER NOT NULL,
-    data   BLOB NOT NULL DEFAULT x'',
-    mode   INTEGER NOT NULL,
-    mtime  REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS entries_parent ON entries(parent);
-CREATE TABLE IF NOT EXISTS chunks (
-    path TEXT NOT NULL,
-    seq  INTEGER NOT NULL,
-    data BLOB NOT NULL,
-    PRIMARY KEY (path, seq)
-);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
 
 
 def _parent(path: str) -> str:
@@ -85,8 +60,7 @@ class SQLiteVFS:
         self._lock = threading.RLock()
         self._closed = False
         if path != ":memory:":
-            parent = os.path.dirname(os.path.abspath(path))
-            os.makedirs(parent, exist_ok=True)
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self._synchronous = synchronous.upper()
         self._conn: sqlite3.Connection | None = self._connect()
         self._init_db()
@@ -117,7 +91,7 @@ class SQLiteVFS:
 
     def _init_db(self) -> None:
         with self._tx() as cur:  # schema and root entry in one transaction (one commit, not five)
-            for statement in _SCHEMA.split(";"):
+            for statement in SCHEMA.split(";"):
                 if statement.strip():
                     cur.execute(statement)
             cur.execute(
@@ -402,30 +376,17 @@ class SQLiteVFS:
 
     def snapshot(self) -> bytes:
         """A consistent copy of the whole database as bytes (a SQLite database image)."""
-        mem = sqlite3.connect(":memory:")
+        if self.path == ":memory:":
+            with self._lock:
+                return database_image(self._connection())
+        if self._closed:
+            raise VFSError("the filesystem is closed")
+        src = sqlite3.connect(self.path)  # a separate connection: see the module docstring
         try:
-            if self.path == ":memory:":
-                with self._lock:
-                    self._connection().backup(mem)
-            else:
-                if self._closed:
-                    raise VFSError("the filesystem is closed")
-                # A separate connection: one read transaction (pages=-1 = a single step) sees one
-                # committed state, and writers on self._conn are not blocked meanwhile.
-                src = sqlite3.connect(self.path)
-                try:
-                    src.execute("PRAGMA busy_timeout=10000")
-                    src.backup(mem)
-                finally:
-                    src.close()
-            return _rollback_header(mem.serialize())
+            src.execute("PRAGMA busy_timeout=10000")
+            return database_image(src)
         finally:
-            mem.close()
-
-    @classmethod
-    def restore_snapshot(cls, path: str, data: bytes) -> None:
-        """Write snapshot `data` to `path` atomically (see module-level `restore_snapshot`)."""
-        restore_snapshot(path, data)
+            src.close()
 
     def __enter__(self) -> SQLiteVFS:
         return self
@@ -435,67 +396,3 @@ class SQLiteVFS:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.path!r})"
-
-
-def _rollback_header(image: bytes) -> bytes:
-    """Mark a complete image as a rollback-journal database (header bytes 18-19 = 1).
-
-    A backup of a WAL database keeps "WAL" in its header; such an image cannot be deserialized
-    into memory. The image holds every committed page, so no WAL content is lost by this.
-    """
-    if len(image) >= 20 and image[18:20] == b"\x02\x02":
-        return image[:18] + b"\x01\x01" + image[20:]
-    return image
-
-
-def check_snapshot(data: bytes) -> None:
-    """Raise VFSError unless `data` is a SQLite image holding a VFS (integrity checked)."""
-    if not data.startswith(b"SQLite format 3\x00"):
-        raise VFSError("snapshot is not a SQLite database image")
-    conn = sqlite3.connect(":memory:")
-    try:
-        conn.deserialize(_rollback_header(data))
-        ok = conn.execute("PRAGMA integrity_check").fetchone()
-        if not ok or ok[0] != "ok":
-            raise VFSError(f"snapshot failed its integrity check: {ok}")
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if not {"entries", "meta"} <= tables:
-            raise VFSError("snapshot is not a Regina VFS (missing tables)")
-    except sqlite3.DatabaseError as exc:
-        raise VFSError(f"snapshot is not a valid SQLite database: {exc}") from exc
-    finally:
-        conn.close()
-
-
-def restore_snapshot(path: str, data: bytes) -> None:
-    """Write a snapshot to `path` atomically: temp file + fsync + rename + directory fsync.
-
-    Any ``-wal``/``-shm`` files left next to `path` are removed first (a stale WAL must never be
-    replayed over the restored image). No SQLiteVFS may have `path` open while this runs.
-    """
-    check_snapshot(data)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".restore-", suffix=".sqlite", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        for suffix in ("-wal", "-shm", "-journal"):
-            try:
-                os.remove(path + suffix)
-            except FileNotFoundError:
-                pass
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

@@ -1,0 +1,105 @@
+"""The VFS snapshot format, shared by every backend: a SQLite database image of this layout.
+
+Layout (schema version 1, stored as meta key ``vfs.schema``)::
+
+    entries(path TEXT PRIMARY KEY, parent TEXT, is_dir INTEGER, data BLOB, mode INTEGER, mtime REAL)
+    chunks(path TEXT, seq INTEGER, data BLOB, PRIMARY KEY (path, seq))
+    meta(key TEXT PRIMARY KEY, value TEXT)
+
+Snapshots are taken with SQLite's online backup API into an in-memory database, then
+``serialize()`` (`database_image`). `check_snapshot` validates an image before anything is
+restored from it; `restore_snapshot` writes one to a SQLite file atomically. `SQLiteVFS`,
+`MemoryVFS` and `RealDirVFS` all produce and accept this format, so a backup moves between them.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+from regina.atomic_file import write_atomic
+from regina.errors import VFSError
+
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "database_image", "rollback_header", "check_snapshot", "restore_snapshot"]
+
+SCHEMA_VERSION = "1"
+"""Stored as meta key ``vfs.schema``."""
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    path   TEXT PRIMARY KEY,
+    parent TEXT NOT NULL,
+    is_dir INTEGER NOT NULL,
+    data   BLOB NOT NULL DEFAULT x'',
+    mode   INTEGER NOT NULL,
+    mtime  REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS entries_parent ON entries(parent);
+CREATE TABLE IF NOT EXISTS chunks (
+    path TEXT NOT NULL,
+    seq  INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (path, seq)
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+def database_image(source: sqlite3.Connection) -> bytes:
+    """A consistent image of the database behind `source` (backup into memory, then serialize)."""
+    mem = sqlite3.connect(":memory:")
+    try:
+        source.backup(mem)
+        return rollback_header(mem.serialize())
+    finally:
+        mem.close()
+
+
+def rollback_header(image: bytes) -> bytes:
+    """Mark a complete image as a rollback-journal database (header bytes 18-19 = 1).
+
+    A backup of a WAL database keeps "WAL" in its header; such an image cannot be deserialized
+    into memory. The image holds every committed page, so no WAL content is lost by this.
+    """
+    if len(image) >= 20 and image[18:20] == b"\x02\x02":
+        return image[:18] + b"\x01\x01" + image[20:]
+    return image
+
+
+def check_snapshot(data: bytes) -> None:
+    """Raise VFSError unless `data` is a SQLite image holding a VFS (integrity checked)."""
+    if not data.startswith(b"SQLite format 3\x00"):
+        raise VFSError("snapshot is not a SQLite database image")
+    conn = sqlite3.connect(":memory:")
+    try:
+        conn.deserialize(rollback_header(data))
+        ok = conn.execute("PRAGMA integrity_check").fetchone()
+        if not ok or ok[0] != "ok":
+            raise VFSError(f"snapshot failed its integrity check: {ok}")
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not {"entries", "meta"} <= tables:
+            raise VFSError("snapshot is not a Regina VFS (missing tables)")
+    except sqlite3.DatabaseError as exc:
+        raise VFSError(f"snapshot is not a valid SQLite database: {exc}") from exc
+    finally:
+        conn.close()
+
+
+def restore_snapshot(path: str, data: bytes) -> None:
+    """Write a snapshot to the SQLite file `path` atomically (`regina.atomic_file`).
+
+    Any ``-wal``/``-shm`` files left next to `path` are removed just before the rename (a stale
+    WAL must never be replayed over the restored image). No SQLiteVFS may have `path` open while
+    this runs.
+    """
+    check_snapshot(data)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+    def drop_journals() -> None:
+        for suffix in ("-wal", "-shm", "-journal"):
+            try:
+                os.remove(path + suffix)
+            except FileNotFoundError:
+                pass
+
+    write_atomic(path, data, prefix=".restore-", suffix=".sqlite", before_replace=drop_journals)
