@@ -203,13 +203,19 @@ class InstanceHost:
                 raise StaleEpoch(f"instance {instance_id} moved to another member")
             first_drain: list[list[str]] = [list(steered)]
             publisher = relay.RunPublisher(self.r, run_id, seq=relay.seq_of(last), buffered=not stream)
-            if publisher.seq and status == "done":
+            if status == "done" or status is None:
+                # A redelivered step whose run already finished (its ack was lost), or whose run
+                # record expired: never run a finished run's turn twice.
                 pipe = self.r.pipeline(transaction=False)
-                pipe.hset(keys.run_record(run_id), "status", "done")
+                if status is None:
+                    pipe.delete(keys.run_record(run_id))  # the HSET above made it; leave no stray key
+                else:
+                    pipe.hset(keys.run_record(run_id), "status", "done")
                 if steered:
                     pipe.lpush(keys.steering(instance_id), *reversed(steered))
                 pipe.execute()
-                return  # a redelivered step whose run had already finished
+                log.info("step for run %s dropped: run %s", run_id, status or "unknown or expired")
+                return
             # Only a redelivered step (its run already marked running) can have its message saved.
             if status == "running" and any(m.get("runId") == run_id for m in act.session.messages):
                 message = None  # redelivered after a crash: the message is already in the history

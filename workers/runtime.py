@@ -48,11 +48,11 @@ class WorkerContext:
 _context: WorkerContext | None = None
 
 
-def init_context(member_id: str) -> WorkerContext:
+def init_context(member_id: str, concurrency: int | None = None) -> WorkerContext:
     """Build the context once per worker process (at celeryd_after_setup)."""
     global _context
     settings = load_settings()
-    client = connect(settings.redis)
+    client = connect(settings.redis, concurrency or settings.concurrency)
     registry = AgentRegistry(settings)
     registry.load()
     start_reload_listener(client, registry)

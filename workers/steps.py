@@ -79,6 +79,31 @@ def flush_task_events() -> None:
         _events.flush()
 
 
+#: How long a step's greenlet keeps retrying an acknowledgement that failed (seconds).
+ACK_RETRY_FOR = 30.0
+
+
+def acknowledge(ack: Callable[[], Any], task_id: str, retry_for: float = ACK_RETRY_FOR) -> bool:
+    """Acknowledge a finished step, retrying with backoff while the broker refuses.
+
+    An ack that never lands leaves the step in kombu's unacked index; if a restore moves it back
+    to the queue later, the worker drops it (its run is already finished, see `InstanceHost`).
+    """
+    deadline = time.monotonic() + retry_for
+    pause = 0.05
+    while True:
+        try:
+            ack()
+            return True
+        except Exception:
+            if time.monotonic() > deadline:
+                log.exception("step %s: acknowledgement failed for %gs; giving up", task_id, retry_for)
+                return False
+            log.warning("step %s: acknowledgement failed; retrying", task_id, exc_info=True)
+            gevent.sleep(pause)
+            pause = min(pause * 2, 2.0)
+
+
 def _ignore(_result: Any) -> None:
     """The pool's result callback: a step's outcome travels as run events, not as a result."""
 
@@ -103,14 +128,14 @@ def step_strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Callable
             return
         except Exception as exc:
             # The task publishes its own error event; what reaches here is a bug: do not redeliver.
-            ack()
+            acknowledge(ack, task_id)
             if events is not None:
                 events.send("task-failed", uuid=task_id, exception=repr(exc), traceback="")
             log.exception("step %s failed outside the task", task_id)
             return
         # A greenlet killed at shutdown (GreenletExit) leaves its step unacknowledged on purpose:
         # the step is restored and runs again on the instance's next owner.
-        ack()
+        acknowledge(ack, task_id)
         if events is not None:
             events.send("task-succeeded", uuid=task_id, result="None", runtime=time.monotonic() - started)
 

@@ -23,13 +23,21 @@ log = logging.getLogger("regina.worker")
 _state: dict[str, Any] = {"stopping": False, "greenlets": []}
 
 
+@signals.celeryd_init.connect
+def _size_pools(sender: str, conf: Any, options: dict[str, Any], **kwargs: Any) -> None:
+    """Size the broker pools from this worker's concurrency before any connection exists."""
+    from workers.transport import size_broker_pools
+
+    size_broker_pools(conf, int(options.get("concurrency") or conf.worker_concurrency or 1))
+
+
 @signals.celeryd_after_setup.connect
 def _setup(sender: str, instance: Any, **kwargs: Any) -> None:
     """The member id is the Celery node name; consume the member's own command queue."""
     from workers.runtime import init_context
 
     member_id = str(sender)
-    ctx = init_context(member_id)
+    ctx = init_context(member_id, getattr(instance, "concurrency", None))
     instance.app.amqp.queues.select_add(keys.member_queue(member_id))
     log.info("member %s (vfs %s, storage %s)", member_id, ctx.settings.vfs_dir, ctx.settings.storage.type or "none")
 
