@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic.alias_generators import to_camel
 
 from regina.errors import ConfigError
@@ -126,9 +127,11 @@ class Settings(_Section):
     redis: str = "redis://127.0.0.1:6379/0"
     """Redis URL: broker, cluster state, events and steering. `REDIS_URL` sets it too."""
     member_address: str | None = None
-    """Routable address a worker registers under `regina:member:<id>` (default: host name)."""
+    """Routable address a worker registers under `regina:member:<id>` (default: host name).
+    `{HOSTNAME}`, `{POD_IP}` or any `{ENV_VAR}` in it is replaced by that variable's value."""
     member_id: str | None = None
-    """Worker's member id and Celery node name (default: `w-<host>-<pid>-<random>`)."""
+    """Worker's member id and Celery node name (default: `w-<host>-<pid>-<random>`). Placeholders
+    as in `memberAddress` (`{HOSTNAME}` falls back to the host name): one config for every pod."""
     storage: StorageSettings = Field(default_factory=StorageSettings)
     """Backup storage for suspended instances."""
     placement: Literal["round-robin", "least-loaded", "random"] = "round-robin"
@@ -161,12 +164,39 @@ class Settings(_Section):
     log_level: str = "INFO"
     """Log level of web and worker processes."""
 
+    @field_validator("member_id", "member_address")
+    @classmethod
+    def _expand_placeholders(cls, value: str | None, info: ValidationInfo) -> str | None:
+        environ = (info.context or {}).get("environ", os.environ)
+        return None if value is None else expand_placeholders(value, environ)
+
     @field_validator("use_processes")
     @classmethod
     def _no_processes_yet(cls, value: bool) -> bool:
         if value:
             raise ValueError("process isolation is not implemented yet; chat steps run in greenlets")
         return value
+
+
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_placeholders(value: str, environ: Mapping[str, str]) -> str:
+    """Replace each `{NAME}` by environment variable NAME (`{HOSTNAME}` defaults to the host
+    name), as the seed's multi-pod example (`memberId: "{HOSTNAME}"`) expects.
+
+    Raises:
+        ValueError: naming a placeholder with no value.
+    """
+
+    def value_of(match: re.Match[str]) -> str:
+        name = match.group(1)
+        found = environ.get(name) or (socket.gethostname() if name == "HOSTNAME" else None)
+        if not found:
+            raise ValueError(f"placeholder {{{name}}} has no value: set the environment variable {name}")
+        return found
+
+    return _PLACEHOLDER.sub(value_of, value)
 
 
 _ENV_PREFIX = "REGINA_"
@@ -265,6 +295,6 @@ def load_settings(environ: Mapping[str, str] | None = None, overrides: Mapping[s
     if overrides:
         data = _merge(data, overrides)
     try:
-        return Settings.model_validate(data)
+        return Settings.model_validate(data, context={"environ": env})
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from exc

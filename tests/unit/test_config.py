@@ -80,3 +80,24 @@ def test_unreadable_or_malformed_file_names_the_file(tmp_path: Path) -> None:
     bad.write_text("regina: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid JSON/YAML"):
         load_settings({"REGINA_CONFIG": str(bad)})
+
+
+def test_seed_placeholders_in_member_id_and_address_are_expanded(tmp_path: Path) -> None:
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({"regina": {"memberId": "{HOSTNAME}", "memberAddress": "{POD_IP}:3001"}}))
+    pods = [
+        load_settings({"REGINA_CONFIG": str(f), "HOSTNAME": name, "POD_IP": ip})
+        for name, ip in [("pod-a", "10.0.0.7"), ("pod-b", "10.0.0.8")]
+    ]
+    assert [(s.member_id, s.member_address) for s in pods] == [("pod-a", "10.0.0.7:3001"), ("pod-b", "10.0.0.8:3001")]
+    from regina.cli import worker_argv
+
+    assert "pod-a" in worker_argv(pods[0]) and "regina.m.pod-b" in worker_argv(pods[1])
+
+
+def test_hostname_placeholder_falls_back_to_the_host_name_and_unknown_ones_fail() -> None:
+    import socket
+
+    assert load_settings({"REGINA_MEMBER_ID": "w-{HOSTNAME}"}).member_id == f"w-{socket.gethostname()}"
+    with pytest.raises(ConfigError, match=r"memberAddress.*\{NODE_IP\}"):
+        load_settings({"REGINA_MEMBER_ADDRESS": "{NODE_IP}:3001"})
