@@ -15,7 +15,8 @@ ReginaError
  │    ├── IsADirectory       a file operation on a directory
  │    ├── NotADirectory      a directory operation on a file (or a file as a parent)
  │    ├── DirectoryNotEmpty  removing or replacing a directory that has entries
- │    └── PathExists         creating something where a file already is
+ │    ├── PathExists         creating something where a file already is
+ │    └── ReadOnlyPath       a tool tried to change /.session/ (the transcript)
  ├── ModelError             the model provider failed (message goes to the history as "Error: …")
  └── ToolError              a tool failed in a way the model should be told about
 """
@@ -105,6 +106,10 @@ class DirectoryNotEmpty(VFSError):
 
 class PathExists(VFSError):
     """Raised when creating a directory where a file already is."""
+
+
+class ReadOnlyPath(VFSError):
+    """Raised when a tool tries to change a path only Regina may write (`/.session/`)."""
 
 
 class ModelError(ReginaError):

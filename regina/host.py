@@ -34,6 +34,7 @@ from regina.runtime.tools.files import file_tools
 from regina.sandbox_env import sandbox_env
 from regina.steering import SteeringQueue
 from regina.vfs import MemoryVFS, RealDirVFS, SQLiteVFS, open_vfs, restore_snapshot
+from regina.vfs.guarded import ToolVFS
 from storage.base import Storage
 
 log = logging.getLogger("regina.host")
@@ -164,10 +165,11 @@ class InstanceHost:
 
     def _tools(self, vfs: AnyVFS, definition: AgentDefinition) -> dict[str, Tool]:
         limits = self.settings.limits
+        view = ToolVFS(vfs)  # tools may read /.session/ but never change it
         tools: dict[str, Tool] = {
-            "bash": bash_tool(vfs, env=self.env, limits=limits, network=self.settings.bash_network)
+            "bash": bash_tool(view, env=self.env, limits=limits, network=self.settings.bash_network)
         }
-        tools.update(file_tools(vfs, max_output_chars=limits.max_tool_output_chars))
+        tools.update(file_tools(view, max_output_chars=limits.max_tool_output_chars))
         tools.update(definition.user_tools)
         return tools
 

@@ -129,3 +129,31 @@ def test_compaction_sends_a_summary_plus_the_last_messages_and_rewrites_the_sess
     history = api.get(f"/instances/{iid}/messages").json()
     assert history[0]["content"].startswith("Summary of the earlier conversation:")
     assert len(history) < 6  # rewritten: 3 chats would otherwise leave 6 messages
+
+
+def test_the_session_directory_is_read_only_to_tools(api: httpx.Client, fake_llm: FakeLLM) -> None:
+    iid = spawn(api)
+    assert api.post(f"/instances/{iid}/chat", json={"message": "remember this"}).status_code == 200
+    attempts = [
+        ToolCall("write_file", {"path": "/.session/messages.jsonl", "content": '{"role":"user","content":"forged"}\n'}),
+        ToolCall(
+            "edit_file",
+            {"path": "/.session/messages.jsonl", "old_string": '"remember this"', "new_string": '"forget it"'},
+        ),
+        ToolCall("write_file", {"path": "/x/../.session/other.txt", "content": "x"}),
+        ToolCall("bash", {"command": "echo forged > /.session/messages.jsonl"}),
+        ToolCall("bash", {"command": "rm -rf /.session"}),
+        ToolCall("bash", {"command": "mv /.session /moved"}),
+        ToolCall("bash", {"command": "cd / && rm -rf *  .session; echo done"}),
+    ]
+    fake_llm.push(Reply(tool_calls=attempts), Reply(text="tried"))
+    assert api.post(f"/instances/{iid}/chat", json={"message": "rewrite your past"}).json()["text"] == "tried"
+    results = tool_results(fake_llm)[-len(attempts) :]
+    for r in results:
+        assert "read-only" in r, r
+    contents = [m["content"] for m in api.get(f"/instances/{iid}/messages").json() if m["role"] == "user"]
+    assert contents == ["remember this", "rewrite your past"]
+    # Reading it stays allowed.
+    fake_llm.push(Reply(tool_calls=[ToolCall("read_file", {"path": "/.session/messages.jsonl"})]), Reply(text="ok"))
+    api.post(f"/instances/{iid}/chat", json={"message": "read it"})
+    assert "remember this" in tool_results(fake_llm)[-1]

@@ -7,7 +7,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from regina.errors import DirectoryNotEmpty, IsADirectory, NoSuchPath, NotADirectory, PathExists, VFSError
+from regina.errors import (
+    DirectoryNotEmpty,
+    IsADirectory,
+    NoSuchPath,
+    NotADirectory,
+    PathExists,
+    ReadOnlyPath,
+    VFSError,
+)
 from regina.runtime.tools.bash.output import ENC_ERRORS
 from regina.vfs.base import VFS, normalize
 
@@ -62,6 +70,8 @@ class VFSBashFs:
             return OSError(f"ENOTEMPTY: directory not empty, {op} '{raw}'")
         if isinstance(exc, PathExists):
             return FileExistsError(f"EEXIST: file already exists, {op} '{raw}'")
+        if isinstance(exc, ReadOnlyPath):
+            return PermissionError(f"EROFS: read-only file system ({exc.message}), {op} '{raw}'")
         return OSError(f"EIO: {exc.message}, {op} '{raw}'")
 
     # reading

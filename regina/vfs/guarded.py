@@ -1,0 +1,88 @@
+"""The VFS as tools see it: everything readable, `/.session/` (the transcript) not writable.
+
+The model's tools must not rewrite the conversation Regina keeps for it (SPEC §5): a forged
+`messages.jsonl` would become the model's own past. The session itself writes through the
+unguarded VFS.
+"""
+
+from __future__ import annotations
+
+from regina.errors import ReadOnlyPath
+from regina.vfs.base import VFS, FileStat, normalize
+
+PROTECTED = "/.session"
+
+
+def _inside(path: str) -> bool:
+    p = normalize(path)
+    return p == PROTECTED or p.startswith(PROTECTED + "/")
+
+
+def _holds(path: str) -> bool:
+    """True when removing or moving `path` would take the protected directory with it."""
+    p = normalize(path).rstrip("/")
+    return _inside(path) or PROTECTED.startswith(p + "/")
+
+
+def _refuse(path: str) -> ReadOnlyPath:
+    return ReadOnlyPath(f"{normalize(path)}: {PROTECTED}/ is read-only (Regina keeps the conversation there)")
+
+
+class ToolVFS:
+    """Delegates to the instance's VFS and refuses changes under /.session/."""
+
+    def __init__(self, vfs: VFS) -> None:
+        self._vfs = vfs
+
+    def read(self, path: str) -> bytes:
+        return self._vfs.read(path)
+
+    def exists(self, path: str) -> bool:
+        return self._vfs.exists(path)
+
+    def stat(self, path: str) -> FileStat:
+        return self._vfs.stat(path)
+
+    def listdir(self, path: str) -> list[str]:
+        return self._vfs.listdir(path)
+
+    def write(self, path: str, data: bytes) -> None:
+        if _inside(path):
+            raise _refuse(path)
+        self._vfs.write(path, data)
+
+    def append(self, path: str, data: bytes) -> None:
+        if _inside(path):
+            raise _refuse(path)
+        self._vfs.append(path, data)
+
+    def mkdir(self, path: str, parents: bool = True) -> None:
+        if _inside(path):
+            raise _refuse(path)
+        self._vfs.mkdir(path, parents)
+
+    def remove(self, path: str, recursive: bool = False) -> None:
+        if _holds(path):
+            raise _refuse(path)
+        self._vfs.remove(path, recursive)
+
+    def rename(self, src: str, dst: str) -> None:
+        for p in (src, dst):
+            if _holds(p):
+                raise _refuse(p)
+        self._vfs.rename(src, dst)
+
+    def chmod(self, path: str, mode: int) -> None:
+        if _inside(path):
+            raise _refuse(path)
+        self._vfs.chmod(path, mode)
+
+    def set_mtime(self, path: str, mtime: float) -> None:
+        if _inside(path):
+            raise _refuse(path)
+        setter = getattr(self._vfs, "set_mtime", None)
+        if setter is not None:
+            setter(path, mtime)
+
+    def close(self) -> None:
+        self._vfs.close()
