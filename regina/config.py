@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from regina.errors import ConfigError
@@ -90,6 +90,15 @@ class Limits(_Section):
     """Loop iterations one `bash` call may run."""
     bash_max_commands: int = Field(10_000, ge=1)
     """Commands one `bash` call may run."""
+    tool_timeout: float = Field(120.0, gt=0)
+    """Seconds one tool call may run before it fails with a tool error (both isolation modes).
+    With processes the tool's process is stopped; in a thread the call is abandoned."""
+    tool_memory_mb: int | None = Field(1024, ge=64)
+    """`useProcesses`: address-space limit (RLIMIT_AS, MB) of a tool process, interpreter included
+    (≈ 100 MB of it). A tool that allocates past it fails that call. null: no limit."""
+    tool_cpu_seconds: float | None = Field(60.0, gt=0)
+    """`useProcesses`: CPU seconds one tool call may use (RLIMIT_CPU, moved per call; whole
+    seconds). Past it the tool's process is killed and that call fails. null: no limit."""
     request_timeout: float = Field(600.0, gt=0)
     """Seconds a sync chat waits for its run to finish before answering 503."""
     worker_reply_timeout: float = Field(30.0, gt=0)
@@ -119,7 +128,9 @@ class Settings(_Section):
     idle_timeout: float = Field(300, ge=0)
     """Seconds without chat, steer, heartbeat or resume before an instance is suspended; 0 = never."""
     use_processes: bool = False
-    """Process isolation for chat steps. Not available yet: `true` is refused at start."""
+    """Run each instance's tools in a child process of its own, with the `limits.tool*` rlimits
+    (agents may override with `useProcesses` in their frontmatter). Off: tools run in a thread
+    pool of the worker. Needs the `sqlite` or `realdir` VFS backend. See docs/isolation.md."""
     factory: str | None = None
     """Python module path exporting `prepare_instance`, `backup`, `restore` hooks."""
     defaults: Defaults = Field(default_factory=Defaults)
@@ -170,12 +181,17 @@ class Settings(_Section):
         environ = (info.context or {}).get("environ", os.environ)
         return None if value is None else expand_placeholders(value, environ)
 
-    @field_validator("use_processes")
-    @classmethod
-    def _no_processes_yet(cls, value: bool) -> bool:
-        if value:
-            raise ValueError("process isolation is not implemented yet; chat steps run in greenlets")
-        return value
+    @model_validator(mode="after")
+    def _processes_need_a_shared_vfs(self) -> Settings:
+        if self.use_processes and self.vfs_backend == "memory":
+            raise ValueError(MEMORY_VFS_NO_PROCESSES)
+        return self
+
+
+MEMORY_VFS_NO_PROCESSES = (
+    "useProcesses needs vfsBackend sqlite or realdir: a tool process cannot see a memory VFS, "
+    "which lives inside the worker process"
+)
 
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")

@@ -29,6 +29,8 @@ Rules, including where SPEC §2 is silent:
   made by the MCP client when it connects (it must resolve the host then anyway).
 - `delegates` must not name the agent itself (its instance would wait on its own running step).
   Whether the names exist is checked by the registry, across definitions.
+- `useProcesses` overrides the config's `useProcesses` for this agent's instances; `true` with
+  the `memory` VFS backend is refused (a tool process cannot see a memory VFS).
 - Header values are secrets: they are left out of `repr`, error messages and `public_dict()`.
 """
 
@@ -51,7 +53,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from regina.config import Compaction, Settings
+from regina.config import MEMORY_VFS_NO_PROCESSES, Compaction, Settings
 from regina.env_expansion import expand_env
 from regina.errors import DefinitionError
 from regina.providers import check_provider_name, infer_provider
@@ -102,6 +104,7 @@ class _Frontmatter(_Strict):
     max_steps: int | None = Field(None, ge=1, le=1000)
     greeting: str | None = None
     compaction: CompactionOverride | None = None
+    use_processes: bool | None = None
 
     @field_validator("tools", "mcp_servers", "delegates", mode="before")
     @classmethod
@@ -140,6 +143,8 @@ class AgentDefinition(BaseModel):
     max_steps: int = 10
     greeting: str | None = None
     compaction: CompactionOverride | None = None
+    use_processes: bool = False
+    """Tools of this agent's instances run in a child process each (config value unless overridden)."""
     system_prompt: str = ""
     """The markdown body."""
     path: str = ""
@@ -301,6 +306,9 @@ def parse_definition(
         raise DefinitionError(f"{p}: field 'provider': {exc.message}") from exc
     if fm.name in fm.delegates:
         raise DefinitionError(f"{p}: field 'delegates': an agent cannot delegate to itself ({fm.name!r})")
+    use_processes = settings.use_processes if fm.use_processes is None else fm.use_processes
+    if use_processes and settings.vfs_backend == "memory":
+        raise DefinitionError(f"{p}: field 'useProcesses': {MEMORY_VFS_NO_PROCESSES}")
     tool_paths, user_tools = _load_tools(p, fm.tools)
     return AgentDefinition(
         name=fm.name,
@@ -314,6 +322,7 @@ def parse_definition(
         max_steps=fm.max_steps if fm.max_steps is not None else settings.defaults.max_steps,
         greeting=fm.greeting,
         compaction=fm.compaction,
+        use_processes=use_processes,
         system_prompt=body,
         path=str(p),
         user_tools=user_tools,

@@ -29,12 +29,13 @@ from regina.runtime.events import Event, event_to_dict
 from regina.runtime.loop import run_turn
 from regina.runtime.session import Session
 from regina.runtime.tools.base import Tool
-from regina.runtime.tools.bash import bash_tool
-from regina.runtime.tools.files import file_tools
+from regina.runtime.tools.child import ChildSpec
+from regina.runtime.tools.process import ProcessRunner
+from regina.runtime.tools.runner import ThreadRunner, ToolRunner, thread_pool
+from regina.runtime.tools.toolset import build_tools
 from regina.sandbox_env import sandbox_env
 from regina.steering import SteeringQueue
 from regina.vfs import MemoryVFS, RealDirVFS, SQLiteVFS, open_vfs, restore_snapshot
-from regina.vfs.guarded import ToolVFS
 from storage.base import Storage
 
 log = logging.getLogger("regina.host")
@@ -56,6 +57,7 @@ class Active:
     vfs: AnyVFS
     session: Session
     tools: dict[str, Tool]
+    runner: ToolRunner
     lock: FifoLock = field(default_factory=FifoLock)
     last_used: float = field(default_factory=time.monotonic)
     parked: bool = False
@@ -121,13 +123,15 @@ class InstanceHost:
         vfs = self._open(instance_id)
         if self.hooks.prepare_instance is not None:
             self.hooks.prepare_instance(instance_id, definition)
+        tools = self._tools(vfs, definition)
         self.active[instance_id] = Active(
             instance_id=instance_id,
             definition=definition,
             epoch=epoch,
             vfs=vfs,
             session=Session(vfs),
-            tools=self._tools(vfs, definition),
+            tools=tools,
+            runner=self._runner(instance_id, definition, tools),
         )
         self._park(self.active[instance_id])
         self.store.fenced_set(instance_id, epoch, status="started", lastActive=time.time())
@@ -164,14 +168,45 @@ class InstanceHost:
         return True
 
     def _tools(self, vfs: AnyVFS, definition: AgentDefinition) -> dict[str, Tool]:
-        limits = self.settings.limits
-        view = ToolVFS(vfs)  # tools may read /.session/ but never change it
-        tools: dict[str, Tool] = {
-            "bash": bash_tool(view, env=self.env, limits=limits, network=self.settings.bash_network)
-        }
-        tools.update(file_tools(view, max_output_chars=limits.max_tool_output_chars))
-        tools.update(definition.user_tools)
-        return tools
+        s = self.settings
+        return build_tools(vfs, env=self.env, limits=s.limits, network=s.bash_network, user_tools=definition.user_tools)
+
+    def _runner(self, instance_id: str, definition: AgentDefinition, tools: dict[str, Tool]) -> ToolRunner:
+        """Where the instance's tool calls run: the thread pool, or its own process (docs/isolation.md)."""
+        s = self.settings
+        threads = ThreadRunner(s.limits.tool_timeout, thread_pool(s.concurrency))
+        if not definition.use_processes:
+            return threads
+        spec = ChildSpec(
+            instance_id=instance_id,
+            vfs_backend=s.vfs_backend,
+            vfs_dir=s.vfs_dir,
+            fs_root_path=s.fs_root_path,
+            vfs_synchronous=s.vfs_synchronous,
+            env=self.env,
+            limits=s.limits.model_dump(),
+            network=s.bash_network,
+            tool_paths=definition.tools,
+            memory_mb=s.limits.tool_memory_mb,
+        )
+        return ProcessRunner(
+            spec,
+            child_tools={name for name, tool in tools.items() if not tool.inline},
+            timeout=s.limits.tool_timeout,
+            cpu_seconds=s.limits.tool_cpu_seconds,
+            fallback=threads,
+        )
+
+    def cancel_tool(self, instance_id: str) -> None:
+        """Make the instance's tool call in progress (if any) fail now (its process is stopped)."""
+        act = self.active.get(instance_id)
+        if act is not None:
+            act.runner.cancel()
+
+    def tool_pids(self) -> list[int]:
+        """Pids of the tool processes alive on this worker (memory figures add them up)."""
+        pids = [getattr(act.runner, "pid", None) for act in list(self.active.values())]
+        return [p for p in pids if p is not None]
 
     # -- chat ------------------------------------------------------------------------------
 
@@ -240,6 +275,7 @@ class InstanceHost:
                 finish_unless_steered=lambda ev: publisher.finish_unless_steered(
                     event_to_dict(ev), keys.steering(instance_id)
                 ),
+                runner=act.runner,
             )
             self._touch(act)
             act.last_used = time.monotonic()
@@ -300,6 +336,7 @@ class InstanceHost:
         self.store.fenced_set(instance_id, act.epoch, status="suspending")
         with act.lock:
             size, version = self._backup(act)
+            act.runner.close()
             self.active.pop(instance_id, None)
             act.vfs.close()
             fields: dict[str, str | int | float] = {"status": "suspended", "vfsBytes": size}
@@ -332,7 +369,9 @@ class InstanceHost:
         """Drop the instance from this member and remove its local VFS file."""
         act = self.active.pop(instance_id, None)
         if act is not None:
+            act.runner.cancel()
             with act.lock:
+                act.runner.close()
                 act.vfs.close()
             self.r.decr(f"regina:member:{self.member_id}:instances")
         for suffix in ("", "-wal", "-shm"):

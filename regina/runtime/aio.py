@@ -5,6 +5,10 @@ event loop is seen as already running). Instead, every coroutine runs on ONE bac
 loop, started lazily in a `threading.Thread`; under gevent monkey patching that "thread" is a
 greenlet and waiting on the result yields to the other greenlets. The loop is re-created after a
 fork (the child does not inherit the loop's thread).
+
+Threads that run tools (regina.runtime.tools.runner) and tool child processes call
+`use_own_loop()`: `run_coro` there runs the coroutine on that thread's own loop, so a CPU-bound
+coroutine (the `bash` interpreter) never runs on the gevent hub.
 """
 
 from __future__ import annotations
@@ -22,6 +26,20 @@ _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
 _pid: int | None = None
 _loop_ident: int | None = None
+_local = threading.local()
+
+
+def use_own_loop() -> None:
+    """Make `run_coro` in the calling thread run coroutines on a loop of this thread's own."""
+    if getattr(_local, "loop", None) is None:
+        _local.loop = asyncio.new_event_loop()
+
+
+def _own_loop() -> asyncio.AbstractEventLoop | None:
+    loop: asyncio.AbstractEventLoop | None = getattr(_local, "loop", None)
+    if loop is not None and loop.is_closed():
+        loop = _local.loop = asyncio.new_event_loop()
+    return loop
 
 
 def _run_loop(loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
@@ -55,6 +73,12 @@ def run_coro(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
     Raises TimeoutError after `timeout` seconds (the coroutine is cancelled). Must not be called
     from the background loop itself (that would deadlock): RuntimeError then.
     """
+    own = _own_loop()
+    if own is not None:
+        try:
+            return own.run_until_complete(asyncio.wait_for(coro, timeout))
+        except TimeoutError:
+            raise TimeoutError(f"coroutine did not finish within {timeout} s") from None
     loop = background_loop()
     if threading.get_ident() == _loop_ident:
         coro.close()

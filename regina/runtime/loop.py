@@ -56,6 +56,7 @@ from regina.runtime.events import (
 from regina.runtime.messages import Message, assistant, dumps_result, for_model, tool_call, tool_result, user
 from regina.runtime.session import Session
 from regina.runtime.tools.base import Tool
+from regina.runtime.tools.runner import InlineRunner, ToolRunner
 
 __all__ = ["TurnResult", "run_turn", "SUMMARY_INSTRUCTIONS", "MAX_STEPS_REASON"]
 
@@ -124,23 +125,22 @@ class _Turn:
         return [*self.system, *self.model_msgs]
 
 
+_INLINE = InlineRunner()
+
+
 def _error_result(message: str) -> dict[str, str]:
     return {"error": message}
 
 
-def _run_tool(tools: dict[str, Tool], name: str, args: dict[str, Any]) -> Any:
-    """Run one tool; every failure becomes `{"error": ...}` for the model."""
+def _run_tool(tools: dict[str, Tool], name: str, args: dict[str, Any], runner: ToolRunner = _INLINE) -> Any:
+    """Run one tool where `runner` puts it; every failure becomes `{"error": ...}` for the model."""
     tool = tools.get(name)
     if tool is None:
         return _error_result(f"unknown tool {name!r}; available tools: {', '.join(sorted(tools)) or 'none'}")
     if set(args) == {"_raw"}:
         return _error_result(f"arguments for tool {name!r} are not a valid JSON object: {args['_raw'][:200]}")
     try:
-        if tool.is_async:
-            from regina.runtime.aio import run_coro
-
-            return run_coro(tool.call_async(args))
-        return tool.call_sync(args)
+        return runner.run(tool, args)
     except ReginaError as exc:
         return _error_result(exc.message)
     except Exception as exc:  # a tool's own bug: report it to the model, keep the run going
@@ -204,12 +204,14 @@ def run_turn(
     run_id: str | None = None,
     stream: bool = True,
     finish_unless_steered: Callable[[Finish], list[str]] | None = None,
+    runner: ToolRunner = _INLINE,
 ) -> TurnResult:
     """Run one chat turn to its end; see the module docstring. Never raises ModelError.
 
     `finish_unless_steered(finish)` publishes the final event unless steering messages wait,
     which it then returns (the host does both in one Redis round trip); by default it is
-    `drain_steering()` followed by `emit(finish)`.
+    `drain_steering()` followed by `emit(finish)`. `runner` decides where tool calls execute
+    (the worker passes a thread or process runner so no tool runs on its event loop).
     """
     session.repair()
     turn = _Turn(
@@ -247,6 +249,7 @@ def run_turn(
             heartbeat,
             tool_output_limit,
             stream,
+            runner,
         )
     finally:
         turn.flush()
@@ -265,6 +268,7 @@ def _steps(
     heartbeat: Callable[[], None],
     tool_output_limit: int,
     stream: bool,
+    runner: ToolRunner = _INLINE,
 ) -> TurnResult:
 
     schemas = [t.schema() for t in tools.values()]
@@ -298,7 +302,7 @@ def _steps(
         turn.append(assistant(text, [tool_call(c.id, c.name, c.args) for c in calls]))
         for c in calls:
             emit(ToolCallEvent(tool_call_id=c.id, tool_name=c.name, args=c.args))
-            shown, content = _limit(_run_tool(tools, c.name, c.args), tool_output_limit)
+            shown, content = _limit(_run_tool(tools, c.name, c.args, runner), tool_output_limit)
             emit(ToolResultEvent(tool_call_id=c.id, tool_name=c.name, result=shown))
             turn.append(tool_result(c.id, c.name, content))
         emit(StepFinish(finish_reason=reason, usage=step_usage))

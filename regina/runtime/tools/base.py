@@ -36,6 +36,9 @@ class Tool:
     fn: ToolFn
     #: Extra JSON schema used instead of the model's when set (MCP tools bring their own).
     json_schema: dict[str, Any] | None = field(default=None)
+    #: Run on the caller's own thread and event loop, not in a tool thread or process: for
+    #: I/O-bound tools whose state lives on the worker's loop (MCP sessions).
+    inline: bool = field(default=False)
     _schema_json: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @property

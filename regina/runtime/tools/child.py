@@ -1,0 +1,151 @@
+"""The body of an instance's tool process (`useProcesses`; parent side in `process.py`).
+
+Started from multiprocessing's fork server (a clean interpreter with this module preloaded, so a
+child starts in milliseconds and shares the imported code with its siblings). It opens the
+instance's VFS itself (SQLite's file locking makes the worker and the child safe on one file;
+`realdir` is a directory both see), builds the instance's tools, sets its rlimits and then
+answers calls on its pipe until the pipe closes:
+
+    parent -> child: (tool_name, args, cpu_seconds)
+    child -> parent: ("ready", None) once, then ("ok", result) | ("error", message) per call,
+                     or ("fatal", message): the call failed and the child exits (MemoryError)
+
+The environment is the allow-listed one (`allowedEnv`), not the worker's. RLIMIT_AS caps the
+address space for the child's whole life; RLIMIT_CPU is moved before each call to the CPU time
+used so far plus `cpu_seconds`, so the limit is per call although the child is reused. Past it
+the kernel sends SIGXCPU and the child dies; the parent reports that call's failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import signal
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+from regina.config import Limits
+from regina.errors import ReginaError
+
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """Everything a tool process needs to rebuild the instance's tools (pickled to it)."""
+
+    instance_id: str
+    vfs_backend: str
+    vfs_dir: str
+    fs_root_path: str | None
+    vfs_synchronous: str
+    env: dict[str, str]
+    limits: dict[str, Any]
+    network: bool
+    tool_paths: tuple[str, ...] = field(default=())
+    memory_mb: int | None = None
+
+
+def _set_memory_limit(memory_mb: int | None) -> None:
+    if memory_mb:
+        limit = memory_mb * MB
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _cpu_used() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _set_cpu_budget(seconds: float | None) -> None:
+    if seconds:
+        soft = int(_cpu_used() + seconds) + 1
+        resource.setrlimit(resource.RLIMIT_CPU, (soft, resource.RLIM_INFINITY))
+
+
+def _build(spec: ChildSpec) -> dict[str, Any]:
+    from regina.runtime.tools.loading import load_tool_module
+    from regina.runtime.tools.toolset import build_tools
+    from regina.vfs import open_vfs
+
+    vfs = open_vfs(
+        spec.vfs_backend,  # type: ignore[arg-type]
+        spec.instance_id,
+        spec.vfs_dir,
+        spec.fs_root_path,
+        spec.vfs_synchronous,
+    )
+    user_tools = {}
+    for path in spec.tool_paths:
+        tool = load_tool_module(path)
+        user_tools[tool.name] = tool
+    limits = Limits.model_validate(spec.limits)
+    return dict(build_tools(vfs, env=spec.env, limits=limits, network=spec.network, user_tools=user_tools))
+
+
+def _answer(tools: dict[str, Any], name: str, args: dict[str, Any], memory_mb: int | None) -> tuple[str, Any]:
+    """(kind, value) for one call; kind "fatal" means: answer, then exit."""
+    from regina.runtime.tools.runner import call_here
+
+    tool = tools.get(name)
+    if tool is None:
+        return "error", f"unknown tool {name!r} in the tool process"
+    try:
+        return "ok", call_here(tool, args)
+    except ReginaError as exc:
+        return "error", exc.message
+    except MemoryError:
+        # The heap may be left in pieces: answer, then let the parent start a fresh child.
+        return "fatal", f"tool {name!r} ran out of memory (limits.toolMemoryMb = {memory_mb} MB)"
+    except Exception as exc:  # a tool's own bug: reported to the model, like in a thread
+        return "error", f"tool {name!r} failed: {type(exc).__name__}: {exc}"
+
+
+PRELOAD = (
+    "regina.runtime.tools.child",
+    "regina.runtime.tools.toolset",
+    "regina.runtime.tools.loading",
+    "regina.vfs",
+    "just_bash",
+    "just_bash.commands",
+    "just_bash.fs",
+    "just_bash.interpreter.errors",
+)
+"""Imported once by the fork server, so a child starts without importing them again."""
+
+
+def child_main(conn: Connection, spec: ChildSpec) -> None:
+    """Serve tool calls for one instance until the parent closes the pipe."""
+    os.set_blocking(conn.fileno(), True)  # made by a gevent-patched socketpair: non-blocking
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the worker, which then stops us
+    signal.signal(signal.SIGXCPU, signal.SIG_DFL)  # RLIMIT_CPU must kill (an inherited SIG_IGN would not)
+    os.environ.clear()
+    os.environ.update(spec.env)
+    logging.basicConfig(level=logging.WARNING)
+    from regina.runtime.aio import use_own_loop
+
+    use_own_loop()
+    try:
+        tools = _build(spec)
+    except ReginaError as exc:
+        conn.send(("error", f"tool process for {spec.instance_id} could not start: {exc.message}"))
+        return
+    _set_memory_limit(spec.memory_mb)
+    conn.send(("ready", None))
+    while True:
+        try:
+            name, args, cpu_seconds = conn.recv()
+        except (EOFError, OSError):
+            return
+        _set_cpu_budget(cpu_seconds)
+        kind, value = _answer(tools, name, args, spec.memory_mb)
+        try:
+            conn.send((kind, value))
+        except MemoryError:
+            return
+        except Exception as exc:  # a result pickle cannot carry
+            conn.send(("error", f"tool {name!r} returned a result that cannot be sent back: {exc}"))
+        if kind == "fatal":
+            return

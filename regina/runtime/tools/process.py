@@ -1,0 +1,212 @@
+"""`useProcesses`: an instance's tools run in a child process of its own (docs/isolation.md).
+
+One child per instance, started on the instance's first tool call and reused for the next ones,
+stopped when the instance is suspended, deleted or the worker shuts down. Children come from
+multiprocessing's *fork server*, never from a fork of the worker: forking a process with a
+gevent hub, Redis connections and threads copies all of them in an unknown state. The fork
+server is a clean interpreter with `regina.runtime.tools.child` preloaded, so a child costs a
+fork (milliseconds) and shares the imported code with its siblings.
+
+Waiting for an answer is a `select` on the pipe and the child's sentinel: cooperative under
+gevent, and it tells an answer, a death (crash, `os._exit`, SIGKILL by the OOM killer, SIGXCPU
+past `limits.toolCpuSeconds`) and a timeout apart. A dead or stopped child fails that one call
+with a clear tool error; the next call starts a fresh child.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import select
+import signal
+import threading
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+from regina.errors import ToolError
+from regina.runtime.tools.base import Tool
+from regina.runtime.tools.child import PRELOAD, ChildSpec, child_main
+from regina.runtime.tools.runner import ToolRunner, timeout_message
+
+__all__ = ["ProcessRunner", "mp_context"]
+
+log = logging.getLogger(__name__)
+
+_START_TIMEOUT = 30.0
+_ctx: Any = None
+_ctx_lock = threading.Lock()
+
+
+def mp_context() -> Any:
+    """The fork-server multiprocessing context (its server is started on first use)."""
+    global _ctx
+    with _ctx_lock:
+        if _ctx is None:
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload(list(PRELOAD))
+            _ctx = ctx
+        return _ctx
+
+
+def _wait(fds: list[int], timeout: float | None) -> list[int]:
+    """The readable ones of `fds` (cooperative: gevent patches `select.select`)."""
+    readable, _, _ = select.select(fds, [], [], timeout)
+    return list(readable)
+
+
+def _death(name: str, exitcode: int | None, spec: ChildSpec, cpu_seconds: float | None) -> str:
+    if exitcode == -signal.SIGXCPU:
+        why = f"used more than its CPU limit (limits.toolCpuSeconds = {cpu_seconds:g} s)"
+    elif exitcode == -signal.SIGKILL:
+        why = f"was killed (SIGKILL: out of memory, limits.toolMemoryMb = {spec.memory_mb} MB, or the system)"
+    elif exitcode is not None and exitcode < 0:
+        why = f"crashed ({signal.Signals(-exitcode).name})"
+    else:
+        why = f"exited with status {exitcode}"
+    return f"tool {name!r} failed: its process {why}; the call's effects are unknown"
+
+
+class ProcessRunner:
+    """Runs the instance's own tools in its child process; others go to `fallback`."""
+
+    def __init__(
+        self,
+        spec: ChildSpec,
+        *,
+        child_tools: set[str],
+        timeout: float,
+        cpu_seconds: float | None,
+        fallback: ToolRunner,
+    ) -> None:
+        self.spec = spec
+        self.child_tools = child_tools
+        self.timeout = timeout
+        self.cpu_seconds = cpu_seconds
+        self.fallback = fallback
+        self._proc: Any = None
+        self._conn: Connection | None = None
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._closed = False
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int | None:
+        """The child's pid while it runs (memory figures count it)."""
+        proc = self._proc
+        return int(proc.pid) if proc is not None and proc.exitcode is None else None
+
+    def _start(self) -> tuple[Any, Connection]:
+        ctx = mp_context()
+        parent, child = ctx.Pipe()
+        # A socketpair made under gevent is non-blocking; we select() before every recv instead.
+        os.set_blocking(parent.fileno(), True)
+        proc = ctx.Process(target=child_main, args=(child, self.spec), name=f"regina-tools-{self.spec.instance_id}")
+        proc.daemon = True
+        proc.start()
+        child.close()
+        self._proc, self._conn = proc, parent
+        if not _wait([parent.fileno(), proc.sentinel], _START_TIMEOUT):
+            self._stop()
+            raise ToolError(f"the tool process did not start within {_START_TIMEOUT:g} s")
+        try:
+            kind, value = parent.recv()
+        except (EOFError, OSError):
+            code = self._stop()
+            raise ToolError(f"the tool process died while starting (exit status {code})") from None
+        if kind != "ready":
+            self._stop()
+            raise ToolError(str(value))
+        return proc, parent
+
+    def _stop(self, grace: float = 0.0) -> int | None:
+        """Stop the child (pipe closed first, so an idle child exits by itself) and reap it."""
+        proc, conn = self._proc, self._conn
+        self._proc = self._conn = None
+        if conn is not None:
+            conn.close()
+        if proc is None:
+            return None
+        if grace and proc.exitcode is None:
+            _wait([proc.sentinel], grace)
+        if proc.exitcode is None:
+            proc.kill()
+            _wait([proc.sentinel], 5.0)
+        proc.join(0)
+        code = proc.exitcode
+        if code is None:
+            return None
+        proc.close()
+        return int(code)
+
+    def close(self) -> None:
+        """Stop the child for good (suspend, delete, shutdown)."""
+        self._closed = True
+        self.fallback.close()
+        self.cancel()
+        with self._lock:
+            self._stop(grace=1.0)
+
+    def cancel(self) -> None:
+        """Fail the call in progress now: its child is killed (a fresh one serves the next call)."""
+        proc = self._proc
+        if self._lock.locked() and proc is not None and proc.exitcode is None:
+            self._cancelled = True
+            proc.kill()
+        self.fallback.cancel()
+
+    # -- calls -----------------------------------------------------------------------------
+
+    def run(self, tool: Tool, args: dict[str, Any]) -> Any:
+        if tool.name not in self.child_tools:
+            return self.fallback.run(tool, args)
+        with self._lock:
+            if self._closed:
+                raise ToolError(f"tool {tool.name!r}: the instance is being released")
+            self._cancelled = False
+            return self._call(tool.name, args)
+
+    def _call(self, name: str, args: dict[str, Any]) -> Any:
+        proc, conn = (self._proc, self._conn) if self._alive() else self._start()
+        assert conn is not None
+        started = time.monotonic()
+        try:
+            conn.send((name, args, self.cpu_seconds))
+        except (OSError, ValueError):
+            pass  # the child is gone: reported below from its exit status
+        ready = _wait([conn.fileno(), proc.sentinel], self.timeout)
+        if conn.fileno() in ready or conn.poll(0):
+            try:
+                kind, value = conn.recv()
+            except (EOFError, OSError):
+                kind, value = "dead", None
+            if kind == "ok":
+                return value
+            if kind == "error":
+                raise ToolError(str(value))
+            if kind == "fatal":
+                self._stop(grace=1.0)
+                raise ToolError(str(value))
+        if self._cancelled:
+            self._stop()
+            raise ToolError(f"tool {name!r} was cancelled; its process was stopped")
+        if not ready:
+            log.warning("tool %s of %s ran past %g s: stopping its process", name, self.spec.instance_id, self.timeout)
+            self._stop()
+            raise ToolError(timeout_message(name, self.timeout, stopped=True))
+        code = self._stop(grace=1.0)
+        took = time.monotonic() - started
+        log.warning("tool process of %s died after %.1f s (exit %s)", self.spec.instance_id, took, code)
+        raise ToolError(_death(name, code, self.spec, self.cpu_seconds))
+
+    def _alive(self) -> bool:
+        proc = self._proc
+        if proc is None or self._conn is None:
+            return False
+        if proc.exitcode is not None:
+            self._stop()
+            return False
+        return True
