@@ -85,7 +85,7 @@ def worker_argv(settings: Settings, member_id: str | None = None, concurrency: i
         "-m",
         "celery",
         "-A",
-        "workers.app",
+        "workers.celery_app",
         "worker",
         "--pool",
         "gevent",
@@ -109,7 +109,16 @@ def worker_argv(settings: Settings, member_id: str | None = None, concurrency: i
 
 def flower_argv(settings: Settings, port: int) -> list[str]:
     """Flower on the same broker."""
-    return [sys.executable, "-m", "celery", "-A", "workers.app", "flower", f"--port={port}", "--address=127.0.0.1"]
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app",
+        "flower",
+        f"--port={port}",
+        "--address=127.0.0.1",
+    ]
 
 
 def _free_port() -> int:

@@ -16,7 +16,7 @@ from regina.lifecycle import Coordinator
 from regina.redis_conn import connect
 from regina.registry import AgentRegistry
 from storage import make_storage
-from workers.app import app
+from workers.celery_app import app
 from workers.dispatcher import CeleryDispatcher
 
 

@@ -10,17 +10,17 @@ from celery.exceptions import Reject
 from regina.errors import StaleEpoch
 from regina.host import NotHere
 from regina.relay import RunPublisher
-from workers.app import app
+from workers.celery_app import app
+from workers.context import context
 from workers.dispatcher import CHAT_TASK, COMMAND_TASK
-from workers.runtime import context
 
 log = logging.getLogger("regina.worker")
 
 
 class ChatTask(Task):  # type: ignore[type-arg]
-    """Chat steps skip Celery's Request/trace path (see workers/steps.py)."""
+    """Chat steps skip Celery's Request/trace path (see workers/step_strategy.py)."""
 
-    Strategy = "workers.steps:step_strategy"
+    Strategy = "workers.step_strategy:step_strategy"
 
 
 @app.task(name=CHAT_TASK, base=ChatTask, acks_late=True, ignore_result=True)
@@ -39,9 +39,9 @@ def chat(instance_id: str, run_id: str, message: str | None, stream: bool = True
 
 
 class CommandTask(Task):  # type: ignore[type-arg]
-    """Member commands run inline in the consumer loop (see workers/control.py)."""
+    """Member commands run inline in the consumer loop (see workers/command_strategy.py)."""
 
-    Strategy = "workers.control:command_strategy"
+    Strategy = "workers.command_strategy:command_strategy"
 
 
 @app.task(name=COMMAND_TASK, base=CommandTask, ignore_result=True)

@@ -16,7 +16,7 @@ from regina.lifecycle import Coordinator
 from regina.redis_conn import connect
 from regina.registry import AgentRegistry
 from tests.harness.ports import free_port
-from workers.app import app as celery_app
+from workers.celery_app import app as celery_app
 from workers.dispatcher import CeleryDispatcher
 
 AGENTS = str(Path(__file__).resolve().parents[1] / "agents")

@@ -1,6 +1,6 @@
 """What Flower shows: Celery task events for chat steps, read with Celery's own event receiver.
 
-Chat steps bypass Celery's Request/trace path (workers/steps.py) and publish their task events
+Chat steps bypass Celery's Request/trace path (workers/step_strategy.py) and publish their task events
 in batches; Flower reads them through the same `EventReceiver` used here.
 """
 

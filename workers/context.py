@@ -17,8 +17,9 @@ from regina.lifecycle import Coordinator
 from regina.redis_conn import connect
 from regina.registry import AgentRegistry
 from regina.registry_sync import start_reload_listener
+from regina.runtime.models import get_litellm
 from storage import make_storage
-from workers.app import app
+from workers.celery_app import app
 from workers.dispatcher import CeleryDispatcher
 
 log = logging.getLogger("regina.worker")
@@ -59,14 +60,16 @@ def init_context(member_id: str, concurrency: int | None = None) -> WorkerContex
     for err in registry.errors:
         log.warning("agent definition skipped: %s", err)
     storage = make_storage(settings.storage, settings.redis)
-    # Import LiteLLM now (seconds of CPU), not inside the first chat step.
-    from regina.runtime.models import get_litellm
-
-    get_litellm()
+    get_litellm()  # import LiteLLM now (seconds of CPU), not inside the first chat step
     host = InstanceHost(settings, registry, client, storage, load_hooks(settings.factory), member_id)
     dispatcher = CeleryDispatcher(app, client)
     coordinator = Coordinator(settings, registry, client, dispatcher, storage)
     _context = WorkerContext(settings, client, member_id, host, dispatcher, coordinator)
+    return _context
+
+
+def current() -> WorkerContext | None:
+    """The worker's context, or None before the worker's setup signal built it."""
     return _context
 
 

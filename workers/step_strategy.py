@@ -10,7 +10,7 @@ warm shutdown and back-pressure still apply) and acknowledges it when the step e
 task's name and arguments) are still sent, buffered and published in batches off the step's
 path (`task.multi` messages, which Celery's event receivers and Flower read).
 
-Like workers/control.py this relies on Celery's Strategy interface (`Task.Strategy`, the handler
+Like workers/command_strategy.py this relies on Celery's Strategy interface (`Task.Strategy`, the handler
 signature), hence the pinned Celery minor version and the integration tests.
 """
 

@@ -1,6 +1,7 @@
-"""Worker start and stop: join the cluster, renew membership, suspend idle instances, leave.
+"""The worker's Celery signal handlers: join the cluster, renew membership, suspend idle
+instances, sweep for orphans, leave.
 
-Connected to Celery's signals when `workers.app` is imported.
+Imported by a starting worker only (`workers.celery_app.WORKER_MODULES`), never by a publisher.
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ import os
 import socket
 from typing import Any
 
+import gevent
 from celery import signals
 
 from regina import keys
 from regina.cluster.membership import Membership
-from regina.cluster.orphans import release_previous_incarnation
+from regina.cluster.orphans import release_previous_incarnation, sweep_orphans
 from regina.ids import new_token
+from workers.context import context, current, init_context
+from workers.step_strategy import flush_task_events
 
 log = logging.getLogger("regina.worker")
 
@@ -34,8 +38,6 @@ def _size_pools(sender: str, conf: Any, options: dict[str, Any], **kwargs: Any) 
 @signals.celeryd_after_setup.connect
 def _setup(sender: str, instance: Any, **kwargs: Any) -> None:
     """The member id is the Celery node name; consume the member's own command queue."""
-    from workers.runtime import init_context
-
     member_id = str(sender)
     ctx = init_context(member_id, getattr(instance, "concurrency", None))
     instance.app.amqp.queues.select_add(keys.member_queue(member_id))
@@ -45,10 +47,6 @@ def _setup(sender: str, instance: Any, **kwargs: Any) -> None:
 @signals.worker_ready.connect
 def _ready(sender: Any, **kwargs: Any) -> None:
     """Register as a member and start the heartbeat and idle-sweep greenlets."""
-    import gevent
-
-    from workers.runtime import context
-
     ctx = context()
     address = ctx.settings.member_address or socket.gethostname()
     membership = Membership(ctx.client, ctx.member_id, address, ctx.settings.member_ttl)
@@ -68,10 +66,6 @@ def _ready(sender: Any, **kwargs: Any) -> None:
 
 
 def _heartbeat_loop(membership: Membership) -> None:
-    import gevent
-
-    from workers.runtime import context
-
     ctx = context()
     while not _state["stopping"]:
         gevent.sleep(ctx.settings.member_heartbeat)
@@ -83,10 +77,6 @@ def _heartbeat_loop(membership: Membership) -> None:
 
 def _idle_loop() -> None:
     """Suspend idle instances through our own command queue (detach happens in the consumer)."""
-    import gevent
-
-    from workers.runtime import context
-
     ctx = context()
     timeout = ctx.settings.idle_timeout
     interval = min(max(timeout / 4, 0.2), 5.0) if timeout > 0 else 5.0
@@ -110,11 +100,6 @@ def _idle_loop() -> None:
 
 def _orphan_loop() -> None:
     """Every memberHeartbeat seconds one member sweeps for instances whose member died."""
-    import gevent
-
-    from regina.cluster.orphans import sweep_orphans
-    from workers.runtime import context
-
     ctx = context()
     every = ctx.settings.member_heartbeat
     while not _state["stopping"]:
@@ -133,17 +118,14 @@ def _shutting_down(**kwargs: Any) -> None:
 @signals.worker_shutdown.connect
 def _shutdown(sender: Any, **kwargs: Any) -> None:
     """After running steps finished: back up and release every instance, then leave."""
-    from workers.runtime import _context
-
     _state["stopping"] = True
-    from workers.steps import flush_task_events
-
     flush_task_events()
-    if _context is None:
+    ctx = current()
+    if ctx is None:
         return
-    count = len(_context.host.active)
-    _context.host.suspend_all()
+    count = len(ctx.host.active)
+    ctx.host.suspend_all()
     membership = _state.get("membership")
     if membership is not None:
         membership.deregister()
-    log.info("member %s left the cluster (%d instance(s) suspended)", _context.member_id, count)
+    log.info("member %s left the cluster (%d instance(s) suspended)", ctx.member_id, count)

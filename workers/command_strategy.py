@@ -18,7 +18,7 @@ from typing import Any
 import gevent
 
 from regina import keys
-from workers.runtime import WorkerContext, context
+from workers.context import WorkerContext, context
 
 log = logging.getLogger("regina.worker")
 
