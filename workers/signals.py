@@ -21,6 +21,7 @@ from regina.cluster.orphans import release_previous_incarnation, sweep_orphans
 from regina.ids import new_token
 from workers.context import context, current, init_context
 from workers.step_strategy import flush_task_events
+from workers.transport import size_broker_pools
 
 log = logging.getLogger("regina.worker")
 
@@ -30,8 +31,6 @@ _state: dict[str, Any] = {"stopping": False, "greenlets": []}
 @signals.celeryd_init.connect
 def _size_pools(sender: str, conf: Any, options: dict[str, Any], **kwargs: Any) -> None:
     """Size the broker pools from this worker's concurrency before any connection exists."""
-    from workers.transport import size_broker_pools
-
     size_broker_pools(conf, int(options.get("concurrency") or conf.worker_concurrency or 1))
 
 

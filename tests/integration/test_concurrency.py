@@ -63,7 +63,7 @@ def test_a_step_redelivered_after_its_run_finished_is_dropped(
     cluster: Cluster, api: httpx.Client, fake_llm: FakeLLM
 ) -> None:
     """What a lost ack leads to: the finished run's step back on the queue, or one whose run expired."""
-    from workers.app import app
+    from workers.celery_app import app
     from workers.dispatcher import CeleryDispatcher
 
     iid = api.post("/agents/openai-agent/instances", json={}).json()["instanceId"]
