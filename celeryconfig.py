@@ -4,6 +4,7 @@ Each value carries the measured reason from ../shared/FINDINGS-celery.md (kept i
 docs/architecture.md): per-instance queues on Redis with the gevent pool.
 """
 
+from regina import keys
 from regina.config import load_settings
 
 _settings = load_settings()
@@ -32,7 +33,7 @@ task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
 # Queues are created by name when a worker attaches an instance.
 task_create_missing_queues = True
-task_default_queue = "regina.default"
+task_default_queue = keys.DEFAULT_QUEUE
 worker_hijack_root_logger = False
 worker_redirect_stdouts = False
 # Task events let Flower show the per-instance queues' tasks (REGINA_TASK_EVENTS=false to save

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from regina import keys
 from regina.config import Settings, load_settings
 from regina.errors import ConfigError
 
@@ -94,7 +95,7 @@ def worker_argv(settings: Settings, member_id: str | None = None, concurrency: i
         "--hostname",
         member,
         "--queues",
-        f"regina.m.{member}",
+        keys.member_queue(member),
         "--without-gossip",
         "--without-mingle",
         "--loglevel",

@@ -35,8 +35,8 @@ from regina.runtime.tools.runner import ThreadRunner, ToolRunner, thread_pool
 from regina.runtime.tools.toolset import build_tools
 from regina.sandbox_env import sandbox_env
 from regina.steering import SteeringQueue
+from regina.storage import Storage
 from regina.vfs import MemoryVFS, RealDirVFS, SQLiteVFS, open_vfs, restore_snapshot
-from storage.base import Storage
 
 log = logging.getLogger("regina.host")
 
@@ -135,7 +135,7 @@ class InstanceHost:
         )
         self._park(self.active[instance_id])
         self.store.fenced_set(instance_id, epoch, status="started", lastActive=time.time())
-        self.r.incr(f"regina:member:{self.member_id}:instances")
+        self.r.incr(keys.member_instances(self.member_id))
         return {"restored": restored}
 
     def _open(self, instance_id: str) -> AnyVFS:
@@ -344,7 +344,7 @@ class InstanceHost:
                 fields["backupVersion"] = version
             if not self.store.fenced_set(instance_id, act.epoch, **fields):
                 log.warning("instance %s moved on while suspending; its newer owner's state is kept", instance_id)
-        self.r.decr(f"regina:member:{self.member_id}:instances")
+        self.r.decr(keys.member_instances(self.member_id))
         return {"backedUp": bool(version), "bytes": size}
 
     def _backup(self, act: Active) -> tuple[int, int]:
@@ -373,7 +373,7 @@ class InstanceHost:
             with act.lock:
                 act.runner.close()
                 act.vfs.close()
-            self.r.decr(f"regina:member:{self.member_id}:instances")
+            self.r.decr(keys.member_instances(self.member_id))
         for suffix in ("", "-wal", "-shm"):
             path = self._local_path(instance_id) + suffix
             if os.path.exists(path):

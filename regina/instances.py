@@ -56,11 +56,11 @@ if KEYS[2] then
 end
 local member = redis.call('HGET', KEYS[1], 'member')
 local alive = '0'
-if member and member ~= '' and redis.call('EXISTS', 'regina:member:' .. member) == 1 then alive = '1' end
+if member and member ~= '' and redis.call('EXISTS', '@MEMBER_PREFIX@' .. member) == 1 then alive = '1' end
 local out = {alive}
 for _, v in ipairs(redis.call('HGETALL', KEYS[1])) do out[#out + 1] = v end
 return out
-"""
+""".replace("@MEMBER_PREFIX@", keys.MEMBER_PREFIX)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ lives under `regina:` too.
 | regina:reply:<token>                  | LIST   | 60 s       | a worker's answer to a command           |
 | regina:placement:rr                   | STRING | —          | round-robin counter                      |
 | regina:storage                        | HASH   | —          | the redis storage adapter's blobs        |
+| regina:sweep:orphans                  | STRING | heartbeat  | the orphan sweep's lock (one sweeper)    |
+| regina:registry:reload                | PUBSUB | —          | agent definitions changed: reload        |
 
 Celery queues: `regina.i.<instanceId>` (an instance's chat steps, consumed only by its owner)
 and `regina.m.<memberId>` (a member's own command queue).
@@ -31,16 +33,26 @@ from __future__ import annotations
 MEMBERS = "regina:members"
 INSTANCES = "regina:instances"
 PLACEMENT_RR = "regina:placement:rr"
+SWEEP_ORPHANS_LOCK = "regina:sweep:orphans"
+"""Held for `memberHeartbeat` seconds by the one member that sweeps for orphans."""
+REGISTRY_RELOAD = "regina:registry:reload"
+"""Pub/sub channel announcing that agent definitions changed on disk."""
+STORAGE_HASH = "regina:storage"
+"""Default hash of the redis storage adapter's blobs."""
+DEFAULT_QUEUE = "regina.default"
+"""Celery's default queue (Regina routes every message explicitly; nothing should land here)."""
+MEMBER_PREFIX = "regina:member:"
+"""Prefix of `member(id)`: Lua scripts build member keys from it."""
 
 
 def member(member_id: str) -> str:
     """Key holding a live member's address (expires when the member stops renewing)."""
-    return f"regina:member:{member_id}"
+    return f"{MEMBER_PREFIX}{member_id}"
 
 
 def member_instances(member_id: str) -> str:
     """Key holding how many instances a member runs."""
-    return f"regina:member:{member_id}:instances"
+    return f"{MEMBER_PREFIX}{member_id}:instances"
 
 
 def instance_owner(instance_id: str) -> str:

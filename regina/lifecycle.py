@@ -25,7 +25,7 @@ from regina.instances import InstanceRecord, InstanceStore
 from regina.metrics import RUNS_STARTED
 from regina.registry import AgentRegistry
 from regina.steering import SteeringQueue
-from storage.base import Storage
+from regina.storage import Storage
 
 log = logging.getLogger("regina.coordinator")
 

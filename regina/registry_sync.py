@@ -13,11 +13,12 @@ import time
 
 import redis
 
+from regina import keys
 from regina.registry import AgentRegistry
 
 log = logging.getLogger("regina.registry")
 
-CHANNEL = "regina:registry:reload"
+CHANNEL = keys.REGISTRY_RELOAD
 
 
 def announce_reload(client: redis.Redis) -> int:

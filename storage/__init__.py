@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from regina.config import StorageSettings
 from regina.errors import ConfigError
-from storage.base import Storage
+from regina.storage import Storage
 
 __all__ = ["Storage", "make_storage"]
 

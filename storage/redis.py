@@ -6,10 +6,11 @@ import builtins
 
 import redis
 
+from regina import keys
 from regina.errors import StorageError
 
 #: Name of the hash holding every blob, after the configured prefix.
-HASH_NAME = "regina:storage"
+HASH_NAME = keys.STORAGE_HASH
 
 
 class RedisStorage:

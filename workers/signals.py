@@ -104,7 +104,7 @@ def _orphan_loop() -> None:
     while not _state["stopping"]:
         gevent.sleep(every)
         try:
-            sweep_orphans(ctx.client, ctx.coordinator, ctx.dispatcher.unacked_instances, every)
+            sweep_orphans(ctx.client, ctx.coordinator.ensure_active, ctx.dispatcher.unacked_instances, every)
         except Exception:
             log.exception("orphan sweep failed; retrying")
 

@@ -21,11 +21,8 @@ import redis
 from regina import keys
 from regina.cluster.membership import live_members
 from regina.instances import InstanceStore
-from regina.lifecycle import Coordinator
 
 log = logging.getLogger("regina.orphans")
-
-SWEEP_LOCK = "regina:sweep:orphans"
 
 Row = tuple[str, str | None, str | None, int]
 
@@ -48,18 +45,20 @@ def _queued(client: redis.Redis, ids: list[str]) -> set[str]:
 
 def sweep_orphans(
     client: redis.Redis,
-    coordinator: Coordinator,
+    activate: Callable[[str], object],
     unacked_instances: Callable[[], Iterable[str]],
     every: float,
 ) -> tuple[int, int]:
     """Re-home orphans (and suspended instances) with steps waiting; suspend idle orphans.
 
-    At most one member sweeps per `every` seconds (a Redis lock).
+    `activate(instance_id)` places an instance on a live member (the Coordinator's
+    `ensure_active`; passed in so the cluster layer does not reach up to the coordinator). At
+    most one member sweeps per `every` seconds (a Redis lock).
 
     Returns:
         (re-homed or resumed, marked suspended)
     """
-    if not client.set(SWEEP_LOCK, "1", nx=True, px=max(1, int(every * 1000))):
+    if not client.set(keys.SWEEP_ORPHANS_LOCK, "1", nx=True, px=max(1, int(every * 1000))):
         return 0, 0
     rows = _records(client)
     if not rows:
@@ -69,16 +68,17 @@ def sweep_orphans(
     suspended = [r for r in rows if r[1] == "suspended"]
     candidates = [r[0] for r in orphans + suspended]
     waiting = _queued(client, candidates) | (set(unacked_instances()) & set(candidates)) if candidates else set()
+    store = InstanceStore(client)
     moved = marked = 0
     for iid, _status, member, epoch in orphans + suspended:
         if iid in waiting:
             try:
-                coordinator.ensure_active(iid)
+                activate(iid)
                 moved += 1
                 log.warning("instance %s (member %s) had steps waiting: placed on a live member", iid, member)
             except Exception as exc:  # noqa: BLE001 - one instance must not stop the sweep
                 log.warning("instance %s could not be placed yet: %s", iid, exc)
-        elif _status != "suspended" and coordinator.store.fenced_set(iid, epoch, status="suspended"):
+        elif _status != "suspended" and store.fenced_set(iid, epoch, status="suspended"):
             marked += 1
     return moved, marked
 

@@ -1,4 +1,6 @@
-"""The one interface every storage adapter implements.
+"""The one interface every storage adapter implements (the adapters live in `storage/`).
+
+The core owns the protocol and the adapters implement it, so the core never imports an adapter.
 
 Backups of suspended instances are opaque blobs under string keys such as
 "instances/<instanceId>/vfs". Adapters must be safe to call from several greenlets/threads.
