@@ -314,9 +314,20 @@ class InstanceHost:
         """The conversation as stored in the instance's session file."""
         act = self.active.get(instance_id)
         if act is None:
-            raise NotHere(f"instance {instance_id} is not attached to {self.member_id}")
+            return self._stored_messages(instance_id)
         act.session.invalidate()
         return [dict(m) for m in act.session.load()]
+
+    def _stored_messages(self, instance_id: str) -> list[dict[str, Any]]:
+        """The conversation of an instance suspended here, read from its local VFS (not attached)."""
+        backend = self.settings.vfs_backend
+        if backend == "memory" or (backend == "sqlite" and not os.path.exists(self._local_path(instance_id))):
+            raise NotHere(f"instance {instance_id} has no copy on {self.member_id}")
+        vfs = self._open(instance_id)
+        try:
+            return [dict(m) for m in Session(vfs).load()]
+        finally:
+            vfs.close()
 
     # -- release ---------------------------------------------------------------------------
 

@@ -24,8 +24,10 @@ from regina.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, Regin
 from regina.instances import InstanceRecord, InstanceStore
 from regina.metrics import RUNS_STARTED
 from regina.registry import AgentRegistry
+from regina.runtime.session import Session
 from regina.steering import SteeringQueue
 from regina.storage import Storage
+from regina.vfs.memory import MemoryVFS
 
 log = logging.getLogger("regina.coordinator")
 
@@ -267,10 +269,35 @@ class Coordinator:
         self.steering.push(instance_id, message)
 
     def messages(self, instance_id: str) -> list[dict[str, Any]]:
-        """The conversation, oldest first (resumes a suspended instance to read it)."""
+        """The conversation, oldest first. Reading changes nothing: a suspended instance is read
+        from its backup or its last owner's disk, and resumed only when neither is there."""
+        rec = self.get(instance_id)
+        if rec.status == "suspended":
+            stored = self._stored_messages(rec)
+            if stored is not None:
+                return stored
         rec = self.ensure_active(instance_id)
         answer = self.command(rec.member, "messages", {"instanceId": instance_id, "epoch": rec.epoch})
         return cast(list[dict[str, Any]], answer.get("data") or [])
+
+    def _stored_messages(self, rec: InstanceRecord) -> list[dict[str, Any]] | None:
+        """A suspended instance's conversation without attaching it anywhere (None: not found)."""
+        if self.storage is not None and rec.backup_version > 0 and not self.settings.factory:
+            data = self.storage.get(backup_key(rec.instance_id))
+            if data is not None:
+                vfs = MemoryVFS.from_snapshot(data)
+                try:
+                    return [dict(m) for m in Session(vfs).load()]
+                finally:
+                    vfs.close()
+        if is_alive(self.r, rec.member):
+            try:
+                payload = {"instanceId": rec.instance_id, "epoch": rec.epoch}
+                answer = self.command(rec.member, "messages", payload)
+            except Unavailable:
+                return None
+            return cast(list[dict[str, Any]], answer.get("data") or [])
+        return None
 
 
 def _zero_usage() -> dict[str, int]:

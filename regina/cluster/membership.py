@@ -38,8 +38,9 @@ class Membership:
         pipe.execute()
 
 
-def live_members(client: redis.Redis) -> dict[str, int]:
-    """Members whose address key has not expired, with their instance counts; prunes dead ids."""
+def live_members(client: redis.Redis, prune: bool = False) -> dict[str, int]:
+    """Members whose address key has not expired, with their instance counts. Only the orphan
+    sweep prunes dead ids (`prune`): a read such as /healthz changes nothing."""
     ids = sorted(cast(set[str], client.smembers(keys.MEMBERS)))
     if not ids:
         return {}
@@ -55,7 +56,7 @@ def live_members(client: redis.Redis) -> dict[str, int]:
             alive[mid] = int(values[2 * i + 1] or 0)
         else:
             dead.append(mid)
-    if dead:
+    if dead and prune:
         client.srem(keys.MEMBERS, *dead)
     return alive
 
