@@ -8,9 +8,39 @@ import redis
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
-from regina.errors import ReginaError
+from regina.errors import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    PayloadTooLarge,
+    ReginaError,
+    StaleEpoch,
+    Unavailable,
+    VFSError,
+)
 
 log = logging.getLogger("regina.api")
+
+#: The HTTP status of each core error (the nearest class in an error's MRO wins); any other
+#: ReginaError is a 500. The core's errors know nothing of HTTP.
+STATUS: dict[type[ReginaError], int] = {
+    BadRequest: 400,
+    VFSError: 400,
+    NotFound: 404,
+    Conflict: 409,
+    StaleEpoch: 409,
+    PayloadTooLarge: 413,
+    Unavailable: 503,
+}
+
+
+def status_of(exc: ReginaError) -> int:
+    """The HTTP status for a core error: its class's entry in STATUS, else its nearest base's."""
+    for cls in type(exc).__mro__:
+        status = STATUS.get(cls)
+        if status is not None:
+            return status
+    return 500
 
 
 def error_response(message: str, status: int) -> tuple[Response, int]:
@@ -33,8 +63,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ReginaError)
     def _regina(exc: ReginaError) -> tuple[Response, int]:
-        status = exc.status_code if exc.status_code < 500 or exc.status_code == 503 else 500
-        return error_response(exc.message, status)
+        return error_response(exc.message, status_of(exc))
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> tuple[Response, int]:

@@ -3,11 +3,11 @@
 ReginaError
  ├── ConfigError            bad configuration (names the key)
  ├── DefinitionError        an agent definition file that cannot be loaded (names the file)
- ├── NotFound               unknown agent definition or instance            → HTTP 404
- ├── BadRequest             malformed input from a client                   → HTTP 400
- ├── PayloadTooLarge        a body or message over a configured limit       → HTTP 413
- ├── Conflict               a request that clashes with the current state   → HTTP 409
- ├── Unavailable            no live worker, or a worker that did not answer → HTTP 503
+ ├── NotFound               unknown agent definition or instance
+ ├── BadRequest             malformed input from a client
+ ├── PayloadTooLarge        a body or message over a configured limit
+ ├── Conflict               a request that clashes with the current state
+ ├── Unavailable            no live worker, or a worker that did not answer
  ├── StaleEpoch             a write from an owner that lost the instance (fencing)
  ├── StorageError           a storage adapter failed
  ├── VFSError               a virtual-filesystem operation failed (message goes to the model)
@@ -25,9 +25,7 @@ from __future__ import annotations
 
 
 class ReginaError(Exception):
-    """Base class of every error Regina raises on purpose."""
-
-    status_code = 500
+    """Base class of every error Regina raises on purpose (HTTP statuses: `api/errors.py`)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -45,37 +43,25 @@ class DefinitionError(ReginaError):
 class NotFound(ReginaError):
     """Raised when an agent definition or an instance does not exist."""
 
-    status_code = 404
-
 
 class BadRequest(ReginaError):
     """Raised when a client sends malformed input."""
-
-    status_code = 400
 
 
 class PayloadTooLarge(ReginaError):
     """Raised when a body or a message exceeds a configured limit."""
 
-    status_code = 413
-
 
 class Conflict(ReginaError):
     """Raised when a request clashes with the instance's current state."""
-
-    status_code = 409
 
 
 class Unavailable(ReginaError):
     """Raised when no live worker can serve a request, or a worker did not answer in time."""
 
-    status_code = 503
-
 
 class StaleEpoch(ReginaError):
     """Raised when a worker that no longer owns an instance tries to write its state."""
-
-    status_code = 409
 
 
 class StorageError(ReginaError):
@@ -84,8 +70,6 @@ class StorageError(ReginaError):
 
 class VFSError(ReginaError):
     """Raised when a virtual-filesystem operation fails; the message is shown to the model."""
-
-    status_code = 400
 
 
 class NoSuchPath(VFSError):
