@@ -11,9 +11,11 @@ import json
 import logging
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from typing import Any, cast
 
 import redis
+from redis.exceptions import LockError
 
 from regina import ids, keys, relay
 from regina.cluster.membership import is_alive
@@ -143,8 +145,19 @@ class Coordinator:
             self.command(member, "attach", {"instanceId": instance_id, "epoch": epoch})
             return self.get(instance_id)
 
-    def _activation_lock(self, instance_id: str) -> _RedisLock:
-        return _RedisLock(self.r, keys.activation_lock(instance_id), self.settings.limits.worker_reply_timeout)
+    @contextmanager
+    def _activation_lock(self, instance_id: str) -> Iterator[None]:
+        """One coordinator at a time places an instance (redis-py's Lock: released by token, so a
+        holder whose lock expired never deletes the next holder's)."""
+        timeout = self.settings.limits.worker_reply_timeout
+        lock = self.r.lock(keys.activation_lock(instance_id), timeout=timeout + 1, sleep=0.01, blocking_timeout=timeout)
+        if not lock.acquire():
+            raise Unavailable(f"instance is busy being placed ({lock.name}); try again")
+        try:
+            yield
+        finally:
+            with suppress(LockError):  # expired meanwhile: nothing of ours left to release
+                lock.release()
 
     def _touch(self, instance_id: str) -> None:
         """Reset the idle timer of an existing instance (NotFound otherwise): one round trip."""
@@ -314,27 +327,3 @@ class Backoff:
     def sleep(self) -> None:
         time.sleep(self.delay)
         self.delay = min(self.delay * 2, self.cap)
-
-
-class _RedisLock:
-    """A short SET NX PX lock so one coordinator at a time places an instance."""
-
-    def __init__(self, client: redis.Redis, key: str, timeout: float) -> None:
-        self.r = client
-        self.key = key
-        self.timeout = timeout
-        self.token = ids.new_token()
-
-    def __enter__(self) -> _RedisLock:
-        deadline = time.monotonic() + self.timeout
-        ttl_ms = int(self.timeout * 1000) + 1000
-        backoff = Backoff(first=0.005)
-        while not self.r.set(self.key, self.token, nx=True, px=ttl_ms):
-            if time.monotonic() > deadline:
-                raise Unavailable(f"instance is busy being placed ({self.key}); try again")
-            backoff.sleep()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.r.get(self.key) == self.token:
-            self.r.delete(self.key)
