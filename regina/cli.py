@@ -61,6 +61,9 @@ def web_argv(settings: Settings, workers: int | None = None) -> list[str]:
         str(count),
         "--worker-connections",
         "1000",
+        # gunicorn answers longer request lines itself, in HTML; up to its maximum Flask answers.
+        "--limit-request-line",
+        "8190",
         "--bind",
         f"{host}:{settings.port}",
         "--timeout",
