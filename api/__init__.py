@@ -22,9 +22,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.extensions["regina"] = services or build_services(settings)
     register_error_handlers(app)
 
-    from api import agents, chat, health, instances
+    from api import agents, chat, health, instances, runs
 
-    for module in (agents, instances, chat, health):
+    for module in (agents, instances, chat, runs, health):
         app.register_blueprint(module.bp)
 
     @app.before_request

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, current_app, jsonify, request
 
+from api.body import json_body
+from api.idem import HEADER
 from api.services import Services
+from regina.idempotency import body_hash
 from regina.registry_sync import announce_reload
 
 bp = Blueprint("agents", __name__)
@@ -27,8 +30,11 @@ def get_agent(def_id: str) -> Response:
 
 @bp.post("/agents/<def_id>/instances")
 def spawn(def_id: str) -> tuple[Response, int]:
-    rec = services().coordinator.spawn(def_id)
-    return jsonify(rec.public()), 201
+    coord = services().coordinator
+    key = request.headers.get(HEADER)
+    if key is not None:
+        return jsonify(coord.spawn_once(def_id, key, body_hash(json_body(required=False)))), 201
+    return jsonify(coord.spawn(def_id).public()), 201
 
 
 @bp.get("/agents/<def_id>/instances")

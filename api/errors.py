@@ -16,6 +16,7 @@ from regina.errors import (
     ReginaError,
     StaleEpoch,
     Unavailable,
+    Unprocessable,
     VFSError,
 )
 
@@ -30,6 +31,7 @@ STATUS: dict[type[ReginaError], int] = {
     Conflict: 409,
     StaleEpoch: 409,
     PayloadTooLarge: 413,
+    Unprocessable: 422,
     Unavailable: 503,
 }
 

@@ -6,6 +6,7 @@ from flask import Blueprint, Response, jsonify
 
 from api.agents import services
 from api.body import json_body
+from api.idem import idem_request
 
 bp = Blueprint("instances", __name__)
 
@@ -50,9 +51,10 @@ def delete(iid: str) -> tuple[str, int]:
 @bp.post("/instances/<iid>/steer")
 def steer(iid: str) -> Response:
     coord = services().coordinator
-    message = coord.validate_message(json_body())
-    coord.steer(iid, message)
-    return jsonify({"queued": True})
+    body = json_body()
+    message = coord.validate_message(body)
+    steer_id = coord.runs.steer(iid, message, idem_request(body))
+    return jsonify({"queued": True, "steerId": steer_id})
 
 
 @bp.get("/instances/<iid>/messages")

@@ -33,6 +33,7 @@ from regina.runtime import loop as loop_mod  # noqa: E402
 from regina.runtime import models as model_api  # noqa: E402
 from regina.runtime.events import Event  # noqa: E402
 from regina.runtime.session import Session  # noqa: E402
+from regina.runtime.sink import LocalSink  # noqa: E402
 from regina.runtime.tools.base import Tool  # noqa: E402
 from regina.vfs import MemoryVFS, SQLiteVFS  # noqa: E402
 from regina.vfs.base import VFS  # noqa: E402
@@ -180,15 +181,10 @@ def bench_steps(fake: FakeLLM, steps: int, turns: int, vfs_kind: str, provider: 
                 acc["model"] = acc["tool"] = 0.0
                 t0 = time.perf_counter()
                 res = loop_mod.run_turn(
-                    target=target,
-                    system_prompt="bench",
-                    tools={"noop": tool},
-                    session=session,
-                    user_message=f"{marker} {i}",
-                    emit=emit,
-                    drain_steering=list,
-                    max_steps=steps + 5,
-                    run_id="bench",
+                    loop_mod.TurnSpec(target, "bench", {"noop": tool}, max_steps=steps + 5),
+                    session,
+                    f"{marker} {i}",
+                    LocalSink(emit, run_id="bench"),
                 )
                 total = time.perf_counter() - t0
                 assert res.error is None and res.steps == steps, res

@@ -75,6 +75,21 @@ class ProviderSettings(_Section):
     """Base URL of the provider's API (tests point it at a fake LLM server)."""
 
 
+class BudgetSettings(_Section):
+    """Server-enforced limits of a run (SPEC §12); a definition's `budget` overrides each key.
+
+    A run that would pass one ends with finishReason `budget` and a text naming it. Tokens are
+    checked before every model call; seconds also on the clock (the running call is cut short).
+    """
+
+    max_tokens_per_run: int | None = Field(None, ge=1)
+    """Tokens (prompt + completion) one run may spend; unset = no limit."""
+    max_seconds_per_run: float | None = Field(None, gt=0)
+    """Seconds one run may take from its start on the worker; unset = no limit."""
+    max_tokens_per_instance: int | None = Field(None, ge=1)
+    """Tokens an instance may spend over all its runs (`GET /instances/<id>` shows `usage`)."""
+
+
 class Limits(_Section):
     """Size and time limits that keep one client or one tool from hurting the rest."""
 
@@ -162,6 +177,10 @@ class Settings(_Section):
     """Per-provider settings keyed by provider name (`anthropic`, `openai`, `vercel-gateway`)."""
     limits: Limits = Field(default_factory=Limits)
     """Request, message, tool and bash limits."""
+    budget: BudgetSettings = Field(default_factory=BudgetSettings)
+    """Default run budgets (tokens, seconds) for agents that set none."""
+    run_retention: float = Field(3600, gt=0)
+    """Seconds a finished run's record and events stay readable (`GET /runs/<runId>`, replay)."""
     port: int = Field(3000, ge=0, le=65535)
     """HTTP port of the web process. `PORT` sets it too."""
     host: str = "127.0.0.1"

@@ -53,7 +53,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from regina.config import MEMORY_VFS_NO_PROCESSES, Compaction, Settings
+from regina.config import MEMORY_VFS_NO_PROCESSES, BudgetSettings, Compaction, Settings
 from regina.env_expansion import expand_env
 from regina.errors import DefinitionError
 from regina.providers import check_provider_name, infer_provider
@@ -105,6 +105,7 @@ class _Frontmatter(_Strict):
     greeting: str | None = None
     compaction: CompactionOverride | None = None
     use_processes: bool | None = None
+    budget: BudgetSettings | None = None
 
     @field_validator("tools", "mcp_servers", "delegates", mode="before")
     @classmethod
@@ -145,6 +146,8 @@ class AgentDefinition(BaseModel):
     compaction: CompactionOverride | None = None
     use_processes: bool = False
     """Tools of this agent's instances run in a child process each (config value unless overridden)."""
+    budget: BudgetSettings | None = None
+    """This agent's run budgets; keys it leaves out come from the config's `budget`."""
     system_prompt: str = ""
     """The markdown body."""
     path: str = ""
@@ -161,6 +164,12 @@ class AgentDefinition(BaseModel):
     def tool_names(self) -> list[str]:
         """Names of the definition's own tools (file stems), in the order written."""
         return [Path(p).stem for p in self.tools]
+
+    def budget_settings(self, settings: Settings) -> BudgetSettings:
+        """The config's budget with this agent's keys over it."""
+        if self.budget is None:
+            return settings.budget
+        return settings.budget.model_copy(update=self.budget.model_dump(exclude_unset=True))
 
     def compaction_settings(self, settings: Settings) -> Compaction:
         """The compaction settings for this agent: the config's, with this agent's overrides."""
@@ -323,6 +332,7 @@ def parse_definition(
         greeting=fm.greeting,
         compaction=fm.compaction,
         use_processes=use_processes,
+        budget=fm.budget,
         system_prompt=body,
         path=str(p),
         user_tools=user_tools,

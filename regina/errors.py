@@ -7,6 +7,7 @@ ReginaError
  ├── BadRequest             malformed input from a client
  ├── PayloadTooLarge        a body or message over a configured limit
  ├── Conflict               a request that clashes with the current state
+ ├── Unprocessable          an Idempotency-Key reused with another body
  ├── Unavailable            no live worker, or a worker that did not answer
  ├── StaleEpoch             a write from an owner that lost the instance (fencing)
  ├── StorageError           a storage adapter failed
@@ -54,6 +55,10 @@ class PayloadTooLarge(ReginaError):
 
 class Conflict(ReginaError):
     """Raised when a request clashes with the instance's current state."""
+
+
+class Unprocessable(ReginaError):
+    """Raised when a well-formed request cannot be honoured as sent (a reused Idempotency-Key)."""
 
 
 class Unavailable(ReginaError):

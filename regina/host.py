@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from regina import keys, relay
+from regina import keys
 from regina.config import Settings
 from regina.definitions import AgentDefinition
 from regina.errors import ReginaError, StaleEpoch
@@ -25,16 +25,18 @@ from regina.instances import InstanceStore
 from regina.lifecycle import backup_key
 from regina.providers import resolve_model_target
 from regina.registry import AgentRegistry
-from regina.runtime.events import Event, event_to_dict
-from regina.runtime.loop import run_turn
+from regina.runs.context import InterrupterFactory, RunContext, budget_for
+from regina.runs.store import RunStore
+from regina.runs.stream import RunPublisher
+from regina.runtime.loop import TurnSpec, run_turn
 from regina.runtime.session import Session
+from regina.runtime.sink import CANCELLED
 from regina.runtime.tools.base import Tool
 from regina.runtime.tools.child import ChildSpec
 from regina.runtime.tools.process import ProcessRunner
 from regina.runtime.tools.runner import ThreadRunner, ToolRunner, thread_pool
 from regina.runtime.tools.toolset import build_tools
 from regina.sandbox_env import sandbox_env
-from regina.steering import SteeringQueue
 from regina.storage import Storage
 from regina.vfs import MemoryVFS, RealDirVFS, SQLiteVFS, open_vfs, restore_snapshot
 
@@ -75,6 +77,7 @@ class InstanceHost:
         storage: Storage | None,
         hooks: FactoryHooks,
         member_id: str,
+        interrupter_factory: InterrupterFactory | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -83,7 +86,12 @@ class InstanceHost:
         self.hooks = hooks
         self.member_id = member_id
         self.store = InstanceStore(client)
-        self.steering = SteeringQueue(client)
+        self.runs = RunStore(client, settings.run_retention)
+        # Runs in progress here, by run id (the cancel listener looks them up).
+        self.running: dict[str, RunContext] = {}
+        # How a cancel interrupts a run blocked in a model call or a tool (the worker's is a
+        # greenlet throw); None: the run stops at its next check.
+        self.interrupter_factory = interrupter_factory
         self.active: dict[str, Active] = {}
         # Instances being attached: steps that arrive meanwhile wait on this gate.
         self.loading: dict[str, FifoLock] = {}
@@ -224,61 +232,55 @@ class InstanceHost:
                 raise NotHere(f"instance {instance_id} was released from {self.member_id}")
             act.parked = False
             act.last_used = time.monotonic()
-            # One round trip (MULTI/EXEC): our epoch still current? events already published?
-            # mark running, and take the steering messages that wait for this run.
-            pipe = self.r.pipeline(transaction=True)
-            pipe.hget(keys.instance_record(instance_id), "epoch")
-            pipe.xrevrange(keys.run_events(run_id), count=1)
-            pipe.hget(keys.run_record(run_id), "status")
-            pipe.hset(keys.run_record(run_id), mapping={"status": "running", "startedAt": repr(time.time())})
-            pipe.lrange(keys.steering(instance_id), 0, -1)
-            pipe.delete(keys.steering(instance_id))
-            epoch, last, status, _, steered, _ = pipe.execute()
-            if int(epoch or 0) != act.epoch:
-                if steered:
-                    self.r.lpush(keys.steering(instance_id), *reversed(steered))  # not ours: give back
+            # One round trip: our epoch still current? events already published? mark running,
+            # and take the steering messages that wait for this run.
+            begun = self.runs.begin(instance_id, run_id, act.epoch)
+            if begun.kind == "stale":
                 raise StaleEpoch(f"instance {instance_id} moved to another member")
-            first_drain: list[list[str]] = [list(steered)]
-            publisher = relay.RunPublisher(self.r, run_id, seq=relay.seq_of(last), buffered=not stream)
-            if status == "done" or status is None:
-                # A redelivered step whose run already finished (its ack was lost), or whose run
-                # record expired: never run a finished run's turn twice.
-                pipe = self.r.pipeline(transaction=False)
-                if status is None:
-                    pipe.delete(keys.run_record(run_id))  # the HSET above made it; leave no stray key
-                else:
-                    pipe.hset(keys.run_record(run_id), "status", "done")
-                if steered:
-                    pipe.lpush(keys.steering(instance_id), *reversed(steered))
-                pipe.execute()
-                log.info("step for run %s dropped: run %s", run_id, status or "unknown or expired")
+            if begun.kind == "ended":
+                # A redelivered step whose run already ended (its ack was lost), a queued run
+                # cancelled before it started, or a run whose record expired: never run it twice.
+                log.info("step for run %s dropped: run %s", run_id, begun.previous_status or "unknown or expired")
                 return
+            publisher = RunPublisher(
+                self.r, run_id, instance_id, self.settings.run_retention, seq=begun.seq, buffered=not stream
+            )
             # Only a redelivered step (its run already marked running) can have its message saved.
-            if status == "running" and any(m.get("runId") == run_id for m in act.session.messages):
+            if begun.previous_status == "running" and any(m.get("runId") == run_id for m in act.session.messages):
                 message = None  # redelivered after a crash: the message is already in the history
             d = act.definition
-            run_turn(
+            budget = budget_for(d.budget_settings(self.settings), begun.instance_tokens)
+            ctx = RunContext(self.r, instance_id, run_id, publisher, budget, begun.steered, self.interrupter_factory)
+            if begun.cancel_requested:
+                ctx.cancel.cancel(CANCELLED)
+            spec = TurnSpec(
                 target=resolve_model_target(d.model, d.provider, self.settings),
                 system_prompt=d.system_prompt,
                 tools=act.tools,
-                session=act.session,
-                user_message=message,
-                emit=lambda ev: self._publish(publisher, ev),
-                drain_steering=lambda: first_drain.pop() if first_drain else self.steering.drain(instance_id),
                 max_steps=d.max_steps or self.settings.defaults.max_steps,
                 temperature=d.temperature,
                 compaction=d.compaction_settings(self.settings),
-                heartbeat=lambda: self._touch(act),
                 tool_output_limit=self.settings.limits.max_tool_output_chars,
-                run_id=run_id,
                 stream=stream,
-                finish_unless_steered=lambda ev: publisher.finish_unless_steered(
-                    event_to_dict(ev), keys.steering(instance_id)
-                ),
                 runner=act.runner,
             )
+            self.running[run_id] = ctx
+            ctx.start_clock()
+            try:
+                run_turn(spec, act.session, message, ctx)
+            finally:
+                ctx.stop_clock()
+                self.running.pop(run_id, None)
             self._touch(act)
             act.last_used = time.monotonic()
+
+    def cancel_local(self, run_id: str) -> bool:
+        """Cancel a run if it runs here (the cancel listener calls this); True if it did."""
+        ctx = self.running.get(run_id)
+        if ctx is None:
+            return False
+        ctx.cancel.cancel(CANCELLED)
+        return True
 
     def _touch(self, act: Active) -> None:
         """Reset the idle timer from a running loop, at most once a second (timers are in seconds)."""
@@ -305,10 +307,6 @@ class InstanceHost:
                     self._park(act)
                 count += 1
         return count
-
-    @staticmethod
-    def _publish(publisher: relay.RunPublisher, event: Event) -> None:
-        publisher.publish(event_to_dict(event))
 
     def messages(self, instance_id: str) -> list[dict[str, Any]]:
         """The conversation as stored in the instance's session file."""

@@ -45,22 +45,18 @@ redis.call('HSET', KEYS[1], 'lastActive', ARGV[1])
 return 1
 """
 
-# Touch lastActive, create the run record (KEYS[2], when given) and return
-# ["1"|"0" (member alive), field, value, …], or {} if there is no instance record.
+# Touch lastActive and return ["1"|"0" (member alive), field, value, …], or {} if there is no
+# instance record. ARGV: now, member key prefix.
 _TOUCH_CHECK = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
 redis.call('HSET', KEYS[1], 'lastActive', ARGV[1])
-if KEYS[2] then
-  redis.call('HSET', KEYS[2], 'instanceId', ARGV[2], 'status', 'queued', 'createdAt', ARGV[1])
-  redis.call('EXPIRE', KEYS[2], ARGV[3])
-end
 local member = redis.call('HGET', KEYS[1], 'member')
 local alive = '0'
-if member and member ~= '' and redis.call('EXISTS', '@MEMBER_PREFIX@' .. member) == 1 then alive = '1' end
+if member and member ~= '' and redis.call('EXISTS', ARGV[2] .. member) == 1 then alive = '1' end
 local out = {alive}
 for _, v in ipairs(redis.call('HGETALL', KEYS[1])) do out[#out + 1] = v end
 return out
-""".replace("@MEMBER_PREFIX@", keys.MEMBER_PREFIX)
+"""
 
 
 @dataclass(frozen=True)
@@ -76,27 +72,40 @@ class InstanceRecord:
     last_active: float
     backup_version: int
     vfs_bytes: int
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def usage(self) -> dict[str, int]:
+        """Tokens the instance's runs spent so far (SPEC §12)."""
+        return {"promptTokens": self.prompt_tokens, "completionTokens": self.completion_tokens}
 
     def public(self, include_member: bool = False) -> dict[str, Any]:
         """The SPEC §4 JSON for this instance."""
         data: dict[str, Any] = {
             "instanceId": self.instance_id,
             "definitionId": self.definition_id,
-            "status": "suspended" if self.status == "suspended" else "started",
-            "createdAt": _iso(self.created_at),
+            # The fleet view shows `suspending` as itself (SPEC §12); the plain view keeps §3's two.
+            "status": self.status if include_member else ("suspended" if self.status == "suspended" else "started"),
+            "createdAt": iso(self.created_at),
         }
         if include_member:
             data["member"] = self.member or None
             data["epoch"] = self.epoch
-            data["lastActiveAt"] = _iso(self.last_active)
+            data["lastActive"] = iso(self.last_active)
+            data["lastActiveAt"] = data["lastActive"]
+            data["vfsBytes"] = self.vfs_bytes
+            data["usage"] = self.usage
         return data
 
 
-def _iso(ts: float) -> str:
+def iso(ts: float) -> str:
+    """An epoch timestamp as ISO 8601 UTC with milliseconds, like every resource shows it."""
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1000) % 1000:03d}Z"
 
 
-def _record(instance_id: str, h: dict[str, str]) -> InstanceRecord:
+def record_from_hash(instance_id: str, h: dict[str, str]) -> InstanceRecord:
+    """An InstanceRecord from the fields of its Redis hash."""
     return InstanceRecord(
         instance_id=instance_id,
         definition_id=h.get("definitionId", ""),
@@ -107,6 +116,8 @@ def _record(instance_id: str, h: dict[str, str]) -> InstanceRecord:
         last_active=float(h.get("lastActive", 0)),
         backup_version=int(h.get("backupVersion", 0)),
         vfs_bytes=int(h.get("vfsBytes", 0)),
+        prompt_tokens=int(h.get("promptTokens", 0)),
+        completion_tokens=int(h.get("completionTokens", 0)),
     )
 
 
@@ -138,28 +149,23 @@ class InstanceStore:
         pipe.zadd(keys.INSTANCES, {instance_id: now})
         pipe.zadd(keys.definition_instances(definition_id), {instance_id: now})
         pipe.execute()
-        return _record(instance_id, fields)
+        return record_from_hash(instance_id, fields)
 
     def get(self, instance_id: str) -> InstanceRecord | None:
         """The record, or None when the instance does not exist."""
         h = cast(dict[str, str], self.r.hgetall(keys.instance_record(instance_id)))
-        return _record(instance_id, h) if h else None
+        return record_from_hash(instance_id, h) if h else None
 
-    def touch_and_check(
-        self, instance_id: str, run_id: str | None = None, run_ttl: int = 3600
-    ) -> tuple[InstanceRecord | None, bool]:
-        """Reset the idle timer (and record a queued run) and return the record and whether its
-        member lives: one round trip on the chat path."""
-        record_keys = [keys.instance_record(instance_id)]
-        if run_id is not None:
-            record_keys.append(keys.run_record(run_id))
-        args = [repr(time.time()), instance_id, str(run_ttl)]
-        flat = cast(list[str], self._touch_check(keys=record_keys, args=args))
+    def touch_and_check(self, instance_id: str) -> tuple[InstanceRecord | None, bool]:
+        """Reset the idle timer and return the record and whether its member lives (one round
+        trip; a chat does the same inside `RunStore.open`)."""
+        args = [repr(time.time()), keys.MEMBER_PREFIX]
+        flat = cast(list[str], self._touch_check(keys=[keys.instance_record(instance_id)], args=args))
         if not flat:
             return None, False
         alive = flat[0] == "1"
         h = dict(zip(flat[1::2], flat[2::2], strict=True))
-        return _record(instance_id, h), alive
+        return record_from_hash(instance_id, h), alive
 
     def all(self, definition_id: str | None = None) -> list[InstanceRecord]:
         """Every instance (of one definition), oldest first."""
@@ -168,12 +174,16 @@ class InstanceStore:
         pipe = self.r.pipeline(transaction=False)
         for iid in ids:
             pipe.hgetall(keys.instance_record(iid))
-        return [_record(iid, h) for iid, h in zip(ids, pipe.execute(), strict=True) if h]
+        return [record_from_hash(iid, h) for iid, h in zip(ids, pipe.execute(), strict=True) if h]
 
     def touch(self, instance_id: str) -> bool:
         """Reset the idle timer of an existing instance (a running loop); never creates a record.
         False when the instance is gone."""
         return bool(self._touch(keys=[keys.instance_record(instance_id)], args=[repr(time.time())]))
+
+    def queue_touch(self, pipe: redis.client.Pipeline, instance_id: str) -> None:
+        """`touch` as one command of the caller's pipeline (the run heartbeat adds its own)."""
+        self._touch(keys=[keys.instance_record(instance_id)], args=[repr(time.time())], client=pipe)
 
     def claim(self, instance_id: str, member: str, expected_epoch: int | None = None) -> int:
         """Hand the instance to `member` with a new epoch; returns it (-1 stale, -2 gone)."""
@@ -206,6 +216,7 @@ class InstanceStore:
             keys.instance_owner(instance_id),
             keys.steering(instance_id),
             keys.activation_lock(instance_id),
+            keys.instance_runs(instance_id),
         )
         pipe.zrem(keys.INSTANCES, instance_id)
         pipe.zrem(keys.definition_instances(definition_id), instance_id)

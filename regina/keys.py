@@ -15,9 +15,15 @@ lives under `regina:` too.
 | regina:instances                      | ZSET   | —          | every instance id, scored by createdAt   |
 | regina:def:<defId>:instances          | ZSET   | —          | instance ids of one definition           |
 | regina:lock:<instanceId>              | STRING | seconds    | activation lock (one placer at a time)   |
-| regina:steer:<instanceId>             | LIST   | —          | queued steering messages                 |
-| regina:run:<runId>                    | HASH   | runTtl     | run record: instanceId, status, times    |
-| regina:run:<runId>:events             | STREAM | runTtl     | the run's events, ids "0-<seq>"          |
+| regina:steer:<instanceId>             | LIST   | —          | queued steering messages (JSON: steerId, |
+|                                       |        |            | message)                                 |
+| regina:inst:<instanceId>:runs         | ZSET   | —          | the instance's unfinished run ids, by    |
+|                                       |        |            | createdAt (oldest = the running one)     |
+| regina:run:<runId>                    | HASH   | runRetention | run record: instanceId, status, times,   |
+|                                       |        |            | finishReason, usage, error, cancel       |
+| regina:run:<runId>:events             | STREAM | runRetention | the run's events, ids "0-<seq>"          |
+| regina:runs:cancel                    | PUBSUB | —          | run ids to cancel (every worker listens) |
+| regina:idem:<route>:<scope>:<sha256>  | STRING | 24 h       | an Idempotency-Key's body hash + result  |
 | regina:reply:<token>                  | LIST   | 60 s       | a worker's answer to a command           |
 | regina:placement:rr                   | STRING | —          | round-robin counter                      |
 | regina:storage                        | HASH   | —          | the redis storage adapter's blobs        |
@@ -43,6 +49,10 @@ DEFAULT_QUEUE = "regina.default"
 """Celery's default queue (Regina routes every message explicitly; nothing should land here)."""
 MEMBER_PREFIX = "regina:member:"
 """Prefix of `member(id)`: Lua scripts build member keys from it."""
+CANCEL_CHANNEL = "regina:runs:cancel"
+"""Pub/sub channel of run ids to cancel (every worker listens)."""
+RUN_PREFIX = "regina:run:"
+"""Prefix of `run_record()`; Lua scripts that look at an instance's runs get it as an argument."""
 
 
 def member(member_id: str) -> str:
@@ -80,9 +90,19 @@ def steering(instance_id: str) -> str:
     return f"regina:steer:{instance_id}"
 
 
+def instance_runs(instance_id: str) -> str:
+    """Sorted set of the instance's unfinished runs (queued or running), oldest first."""
+    return f"regina:inst:{instance_id}:runs"
+
+
+def idempotency(route: str, scope: str, key_digest: str) -> str:
+    """An Idempotency-Key's record, scoped per route and per instance (or definition)."""
+    return f"regina:idem:{route}:{scope}:{key_digest}"
+
+
 def run_record(run_id: str) -> str:
     """Hash describing one run (one chat)."""
-    return f"regina:run:{run_id}"
+    return f"{RUN_PREFIX}{run_id}"
 
 
 def run_events(run_id: str) -> str:

@@ -17,23 +17,20 @@ from typing import Any, cast
 import redis
 from redis.exceptions import LockError
 
-from regina import ids, keys, relay
+from regina import idempotency, ids, keys
 from regina.cluster.membership import is_alive
 from regina.cluster.placement import place
 from regina.config import Settings
 from regina.dispatch import Dispatcher
-from regina.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, ReginaError, Unavailable
+from regina.errors import BadRequest, NotFound, PayloadTooLarge, ReginaError, Unavailable
 from regina.instances import InstanceRecord, InstanceStore
-from regina.metrics import RUNS_STARTED
 from regina.registry import AgentRegistry
+from regina.runs.service import RunService
 from regina.runtime.session import Session
-from regina.steering import SteeringQueue
 from regina.storage import Storage
 from regina.vfs.memory import MemoryVFS
 
 log = logging.getLogger("regina.coordinator")
-
-RUN_RETENTION = 3600.0
 
 
 def backup_key(instance_id: str) -> str:
@@ -58,7 +55,7 @@ class Coordinator:
         self.dispatcher = dispatcher
         self.storage = storage
         self.store = InstanceStore(client)
-        self.steering = SteeringQueue(client)
+        self.runs = RunService(self)
 
     # -- commands to members -------------------------------------------------------------
 
@@ -83,6 +80,18 @@ class Coordinator:
         if rec is None:
             raise NotFound(f"instance {instance_id!r} not found")
         return rec
+
+    def spawn_once(self, definition_id: str, key: str, digest: str) -> dict[str, Any]:
+        """`spawn` under an Idempotency-Key: the same key and body answer the same instance."""
+        self.registry.get(definition_id)
+        return idempotency.once(
+            self.r,
+            idempotency.redis_key("spawn", definition_id, key),
+            digest,
+            lambda: self.spawn(definition_id).public(),
+            self.settings.limits.worker_reply_timeout * 2,
+            "spawn",
+        )
 
     def spawn(self, definition_id: str) -> InstanceRecord:
         """Create an instance of a definition on a live member and wait until it is attached."""
@@ -216,70 +225,20 @@ class Coordinator:
         return message
 
     def start_run(self, instance_id: str, message: str, stream: bool = True) -> str:
-        """Queue a chat step on the instance (resetting its idle timer); returns the run id."""
-        run_id = ids.new_run_id()
-        rec, alive = (
-            self.store.touch_and_check(instance_id, run_id, int(RUN_RETENTION))
-            if ids.is_valid_instance_id(instance_id)
-            else (None, False)
-        )
-        if rec is None:
-            raise NotFound(f"instance {instance_id!r} not found")
-        if rec.status != "started" or not alive:
-            rec = self.ensure_active(instance_id)
-        self.dispatcher.enqueue_step(rec.instance_id, run_id, message, stream)
-        RUNS_STARTED.labels("stream" if stream else "sync").inc()
-        return run_id
+        """Queue a chat run on the instance (resetting its idle timer); returns the run id."""
+        return self.runs.start(instance_id, message, stream)
 
     def follow_run(self, run_id: str, after: int = 0) -> Iterator[dict[str, Any]]:
-        """Yield a run's events after seq `after` until its terminal event.
-
-        Between waits it checks the instance is still served: a step queued for an instance
-        that was suspended meanwhile, or whose worker died, is resumed on a live worker.
-        """
-        info = relay.run_info(self.r, run_id)
-        if not info:
-            raise NotFound(f"run {run_id!r} not found (unknown or expired)")
-        return self.follow_known_run(run_id, info["instanceId"], after)
-
-    def follow_known_run(self, run_id: str, instance_id: str, after: int = 0) -> Iterator[dict[str, Any]]:
-        deadline = time.monotonic() + self.settings.limits.request_timeout
-        for event in relay.read_events(self.r, run_id, after=after, block_ms=500):
-            if event is None:
-                if time.monotonic() > deadline:
-                    raise Unavailable(f"run {run_id} did not finish within {self.settings.limits.request_timeout:g}s")
-                self._keep_served(instance_id, run_id)
-                continue
-            yield event
-            if event.get("type") in relay.TERMINAL:
-                return
-
-    def _keep_served(self, instance_id: str, run_id: str) -> None:
-        rec = self.store.get(instance_id)
-        if rec is None:
-            raise Conflict(f"instance {instance_id} was deleted while run {run_id} was waiting")
-        if rec.status != "started" or not is_alive(self.r, rec.member):
-            self.ensure_active(instance_id)
+        """Yield a run's events after seq `after` until its terminal event."""
+        return self.runs.follow(run_id, after)
 
     def chat(self, instance_id: str, message: str) -> dict[str, Any]:
-        """Run a chat to its end; returns {text, usage, runId}."""
-        run_id = self.start_run(instance_id, message, stream=False)
-        return self.collect(run_id, instance_id)
+        """Run a chat to its end; returns {text, usage, runId, finishReason}."""
+        return self.runs.chat(instance_id, message)
 
-    def collect(self, run_id: str, instance_id: str) -> dict[str, Any]:
-        """Follow a run and return its final text and usage."""
-        final: dict[str, Any] = {}
-        for event in self.follow_known_run(run_id, instance_id):
-            final = event
-        if final.get("type") == "error":
-            error = str(final.get("error", "unknown error"))
-            return {"text": f"Error: {error}", "usage": final.get("usage") or _zero_usage(), "runId": run_id}
-        return {"text": final.get("text", ""), "usage": final.get("usage") or _zero_usage(), "runId": run_id}
-
-    def steer(self, instance_id: str, message: str) -> None:
-        """Queue a steering message for the running loop (or the next run)."""
-        self._touch(instance_id)
-        self.steering.push(instance_id, message)
+    def steer(self, instance_id: str, message: str) -> str:
+        """Queue a steering message for the running loop (or the next run); returns its steerId."""
+        return self.runs.steer(instance_id, message)
 
     def messages(self, instance_id: str) -> list[dict[str, Any]]:
         """The conversation, oldest first. Reading changes nothing: a suspended instance is read
@@ -311,10 +270,6 @@ class Coordinator:
                 return None
             return cast(list[dict[str, Any]], answer.get("data") or [])
         return None
-
-
-def _zero_usage() -> dict[str, int]:
-    return {"promptTokens": 0, "completionTokens": 0}
 
 
 class Backoff:

@@ -17,10 +17,12 @@ from regina.lifecycle import Coordinator
 from regina.redis_conn import connect
 from regina.registry import AgentRegistry
 from regina.registry_sync import start_reload_listener
+from regina.runs.cancel import listen as cancel_listener
 from regina.runtime.models import get_litellm
 from storage import make_storage
 from workers.celery_app import app
 from workers.dispatcher import CeleryDispatcher
+from workers.interrupt import greenlet_interrupter
 
 log = logging.getLogger("regina.worker")
 
@@ -61,7 +63,10 @@ def init_context(member_id: str, concurrency: int | None = None) -> WorkerContex
         log.warning("agent definition skipped: %s", err)
     storage = make_storage(settings.storage, settings.redis)
     get_litellm()  # import LiteLLM now (seconds of CPU), not inside the first chat step
-    host = InstanceHost(settings, registry, client, storage, load_hooks(settings.factory), member_id)
+    host = InstanceHost(
+        settings, registry, client, storage, load_hooks(settings.factory), member_id, greenlet_interrupter
+    )
+    cancel_listener(client, host.cancel_local)
     dispatcher = CeleryDispatcher(app, client)
     coordinator = Coordinator(settings, registry, client, dispatcher, storage)
     _context = WorkerContext(settings, client, member_id, host, dispatcher, coordinator)

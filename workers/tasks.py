@@ -9,7 +9,7 @@ from celery.exceptions import Reject
 
 from regina.errors import StaleEpoch
 from regina.host import NotHere
-from regina.relay import RunPublisher
+from regina.runs.stream import RunPublisher
 from workers.celery_app import app
 from workers.context import context
 from workers.dispatcher import CHAT_TASK, COMMAND_TASK
@@ -35,7 +35,9 @@ def chat(instance_id: str, run_id: str, message: str | None, stream: bool = True
         raise Reject(str(exc), requeue=True) from exc
     except Exception as exc:
         log.exception("step %s for %s failed", run_id, instance_id)
-        RunPublisher(ctx.client, run_id).publish({"type": "error", "error": f"internal error: {exc}"})
+        RunPublisher(ctx.client, run_id, instance_id, ctx.settings.run_retention).publish(
+            {"type": "error", "error": f"internal error: {exc}"}
+        )
 
 
 class CommandTask(Task):  # type: ignore[type-arg]

@@ -8,6 +8,7 @@ Every event is a pydantic model with a literal ``type`` tag; on the wire keys ar
     {"type":"step-finish","finishReason":"tool-calls","usage":{"promptTokens":1,"completionTokens":2}}
     {"type":"finish","finishReason":"stop","text":"...","usage":{...}}
     {"type":"error","error":"model provider error: 500 ..."}
+    {"type":"steer-applied","steerId":"steer-…","message":"..."}
 
 The relay may add ``seq`` / ``runId`` to an event dict; parsing ignores unknown keys, and
 `event_to_dict` / `to_ndjson` accept such extras so they stay on the line.
@@ -30,6 +31,7 @@ __all__ = [
     "StepFinish",
     "Finish",
     "ErrorEvent",
+    "SteerApplied",
     "Event",
     "event_to_dict",
     "event_from_dict",
@@ -109,8 +111,16 @@ class ErrorEvent(_Wire):
     error: str
 
 
+class SteerApplied(_Wire):
+    """A steering message entered the conversation (its receipt, SPEC §12)."""
+
+    type: Literal["steer-applied"] = "steer-applied"
+    steer_id: str
+    message: str
+
+
 Event = Annotated[
-    TextDelta | ToolCallEvent | ToolResultEvent | StepFinish | Finish | ErrorEvent,
+    TextDelta | ToolCallEvent | ToolResultEvent | StepFinish | Finish | ErrorEvent | SteerApplied,
     Field(discriminator="type"),
 ]
 

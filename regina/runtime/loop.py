@@ -27,8 +27,16 @@ their results are persisted (the transcript is valid), no further model call is 
 turn finishes with finishReason `tool-calls` and the last step's text — as the AI SDK's
 `maxSteps` does. Steering not yet drained then stays queued for the next run.
 
-Only `emit` and `heartbeat` exceptions (the caller's own, e.g. a cancel) propagate; the
-transcript stays repairable in that case.
+A cancel (the sink's `CancelToken`) or a budget stops the turn before the next model call or
+tool, or interrupts the one in progress: an interrupted model call leaves no assistant message;
+an interrupted tool gets `{"error": "cancelled: …"}` as its result and so do the calls of that
+step that had not run yet, so every tool call keeps its result. The turn then finishes with
+finishReason `cancelled` or `budget` (its text names the budget); steering not yet taken stays
+queued.
+
+The loop reaches its run only through `RunSink` (events, steering, heartbeat, cancel, budget);
+what to run comes as a `TurnSpec`. Only the sink's own exceptions propagate; the transcript
+stays repairable in that case.
 """
 
 from __future__ import annotations
@@ -45,8 +53,8 @@ from regina.runtime import models as model_api
 from regina.runtime.compaction import maybe_compact, message_chars, render_transcript
 from regina.runtime.events import (
     ErrorEvent,
-    Event,
     Finish,
+    SteerApplied,
     StepFinish,
     TextDelta,
     ToolCallEvent,
@@ -55,10 +63,11 @@ from regina.runtime.events import (
 )
 from regina.runtime.messages import Message, assistant, dumps_result, for_model, tool_call, tool_result, user
 from regina.runtime.session import Session
+from regina.runtime.sink import RunCancelled, RunSink, Steer
 from regina.runtime.tools.base import Tool
 from regina.runtime.tools.runner import InlineRunner, ToolRunner
 
-__all__ = ["TurnResult", "run_turn", "SUMMARY_INSTRUCTIONS", "MAX_STEPS_REASON"]
+__all__ = ["TurnResult", "TurnSpec", "run_turn", "SUMMARY_INSTRUCTIONS", "MAX_STEPS_REASON"]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +80,25 @@ SUMMARY_INSTRUCTIONS = (
     "facts learned, file names and contents that matter, tool results that matter, and open "
     "tasks. Be concise and factual; write only the summary."
 )
+
+
+_INLINE = InlineRunner()
+
+
+@dataclass(frozen=True)
+class TurnSpec:
+    """What to run: the model, the prompt, the tools and the turn's limits."""
+
+    target: ModelTarget
+    system_prompt: str
+    tools: dict[str, Tool]
+    max_steps: int = 10
+    temperature: float | None = None
+    compaction: Compaction | None = None
+    tool_output_limit: int = 50_000
+    stream: bool = True
+    runner: ToolRunner = _INLINE
+    """Where tool calls execute (the worker passes a thread or process runner)."""
 
 
 @dataclass
@@ -91,6 +119,7 @@ class _Turn:
     session: Session
     system: list[Message]
     meta: dict[str, Any]
+    sink: RunSink
     model_msgs: list[Message] = field(default_factory=list)
     chars: int = 0
     unsaved: list[Message] = field(default_factory=list)
@@ -115,6 +144,15 @@ class _Turn:
         for m in msgs:
             self.chars += message_chars(m)
 
+    def steer(self, steered: list[Steer]) -> None:
+        """Append steering messages as user messages and emit their receipts once saved."""
+        if not steered:
+            return
+        self.append(*[user(s.message) for s in steered])
+        for s in steered:
+            if s.steer_id:
+                self.sink.emit(SteerApplied(steer_id=s.steer_id, message=s.message))
+
     def flush(self) -> None:
         """Save deferred messages now."""
         if self.unsaved:
@@ -123,9 +161,6 @@ class _Turn:
 
     def request(self) -> list[Message]:
         return [*self.system, *self.model_msgs]
-
-
-_INLINE = InlineRunner()
 
 
 def _error_result(message: str) -> dict[str, str]:
@@ -187,142 +222,154 @@ def _maybe_compact(turn: _Turn, compaction: Compaction, summarize: Callable[[lis
         turn.reload()
 
 
-def run_turn(
-    *,
-    target: ModelTarget,
-    system_prompt: str,
-    tools: dict[str, Tool],
-    session: Session,
-    user_message: str | None,
-    emit: Callable[[Event], None],
-    drain_steering: Callable[[], list[str]],
-    max_steps: int = 10,
-    temperature: float | None = None,
-    compaction: Compaction | None = None,
-    heartbeat: Callable[[], None] = lambda: None,
-    tool_output_limit: int = 50_000,
-    run_id: str | None = None,
-    stream: bool = True,
-    finish_unless_steered: Callable[[Finish], list[str]] | None = None,
-    runner: ToolRunner = _INLINE,
-) -> TurnResult:
-    """Run one chat turn to its end; see the module docstring. Never raises ModelError.
-
-    `finish_unless_steered(finish)` publishes the final event unless steering messages wait,
-    which it then returns (the host does both in one Redis round trip); by default it is
-    `drain_steering()` followed by `emit(finish)`. `runner` decides where tool calls execute
-    (the worker passes a thread or process runner so no tool runs on its event loop).
-    """
+def run_turn(spec: TurnSpec, session: Session, user_message: str | None, sink: RunSink) -> TurnResult:
+    """Run one chat turn to its end; see the module docstring. Never raises ModelError."""
     session.repair()
+    run_id = sink.run_id
     turn = _Turn(
         session=session,
-        system=[{"role": "system", "content": system_prompt}] if system_prompt else [],
+        system=[{"role": "system", "content": spec.system_prompt}] if spec.system_prompt else [],
         meta={"runId": run_id} if run_id else {},
+        sink=sink,
     )
     turn.reload()
-    steered = [user(s) for s in drain_steering()]
     # Steering messages were taken out of Redis: save them at once. The user's own message can
     # wait for the answer (a step redelivered after a crash adds it again if it is missing).
-    if steered:
-        turn.append(*steered)
+    turn.steer(sink.drain_steering())
     if user_message is not None:
         turn.append(user(user_message), defer=True)
-    if finish_unless_steered is None:
-
-        def finish_unless_steered(final: Finish) -> list[str]:
-            steered = drain_steering()
-            if not steered:
-                emit(final)
-            return steered
-
     try:
-        return _steps(
-            turn,
-            target,
-            tools,
-            emit,
-            drain_steering,
-            finish_unless_steered,
-            max_steps,
-            temperature,
-            compaction,
-            heartbeat,
-            tool_output_limit,
-            stream,
-            runner,
-        )
+        return _steps(turn, spec)
     finally:
         turn.flush()
 
 
-def _steps(
-    turn: _Turn,
-    target: ModelTarget,
-    tools: dict[str, Tool],
-    emit: Callable[[Event], None],
-    drain_steering: Callable[[], list[str]],
-    finish_unless_steered: Callable[[Finish], list[str]],
-    max_steps: int,
-    temperature: float | None,
-    compaction: Compaction | None,
-    heartbeat: Callable[[], None],
-    tool_output_limit: int,
-    stream: bool,
-    runner: ToolRunner = _INLINE,
-) -> TurnResult:
-
+def _steps(turn: _Turn, spec: TurnSpec) -> TurnResult:
+    sink = turn.sink
+    tools = spec.tools
     schemas = [t.schema() for t in tools.values()]
     spent: list[Usage] = []
-    summarize = _summarizer(target, temperature, spent)
+    summarize = _summarizer(spec.target, spec.temperature, spent)
     total = Usage()
     text = ""
     reason = "stop"
     step = 0
-    while step < max_steps:
+    while step < spec.max_steps:
         step += 1
-        if compaction is not None:
-            _maybe_compact(turn, compaction, summarize)
+        stop = _stop_reason(sink, _plus(total, spent))
+        if stop is not None:
+            return _stop(turn, stop, text, _plus(total, spent), step - 1)
+        if spec.compaction is not None:
+            _maybe_compact(turn, spec.compaction, summarize)
         parts: list[str] = []
         calls: list[model_api.ToolCallPart] = []
         step_usage = Usage()
         try:
-            call = model_api.stream_completion if stream else model_api.call_completion
-            for delta in call(target, turn.request(), schemas, temperature):
-                if isinstance(delta, model_api.TextPart):
-                    parts.append(delta.text)
-                    emit(TextDelta(text_delta=delta.text))
-                elif isinstance(delta, model_api.ToolCallPart):
-                    calls.append(delta)
-                else:
-                    reason, step_usage = delta.reason, delta.usage
+            call = model_api.stream_completion if spec.stream else model_api.call_completion
+            with sink.cancel.interruptible(sink.interrupter()):
+                for delta in call(spec.target, turn.request(), schemas, spec.temperature):
+                    if isinstance(delta, model_api.TextPart):
+                        parts.append(delta.text)
+                        sink.emit(TextDelta(text_delta=delta.text))
+                    elif isinstance(delta, model_api.ToolCallPart):
+                        calls.append(delta)
+                    else:
+                        reason, step_usage = delta.reason, delta.usage
         except ModelError as exc:
-            return _fail(turn, emit, exc, total, step, spent)
+            if sink.cancel.reason is not None:  # the interruption surfaced as a provider error
+                return _stop(turn, (sink.cancel.reason, sink.cancel.message), text, _plus(total, spent), step)
+            return _fail(turn, exc, total, step, spent)
+        except RunCancelled as exc:
+            # The model's partial answer is dropped: no assistant message, so no orphan call.
+            return _stop(turn, (exc.reason, exc.message), text, _plus(total, spent), step)
         text = "".join(parts)
         total = total + step_usage
         turn.append(assistant(text, [tool_call(c.id, c.name, c.args) for c in calls]))
-        for c in calls:
-            emit(ToolCallEvent(tool_call_id=c.id, tool_name=c.name, args=c.args))
-            shown, content = _limit(_run_tool(tools, c.name, c.args, runner), tool_output_limit)
-            emit(ToolResultEvent(tool_call_id=c.id, tool_name=c.name, result=shown))
-            turn.append(tool_result(c.id, c.name, content))
-        emit(StepFinish(finish_reason=reason, usage=step_usage))
-        heartbeat()
-        if step >= max_steps:
+        cancelled = _run_tools(turn, spec, calls)
+        sink.emit(StepFinish(finish_reason=reason, usage=step_usage))
+        if cancelled is not None:
+            return _stop(turn, cancelled, text, _plus(total, spent), step)
+        sink.heartbeat()
+        if step >= spec.max_steps:
             break
         if not calls:
             # The model is done unless steering arrived meanwhile: one check-and-publish.
             final = Finish(finish_reason=reason, text=text, usage=_plus(total, spent))
-            steered = finish_unless_steered(final)
+            steered = sink.finish_unless_steered(final)
             if not steered:
                 return TurnResult(text=text, usage=final.usage, finish_reason=reason, steps=step)
-            turn.append(*[user(s) for s in steered])
+            turn.steer(steered)
             continue
-        steering = [user(s) for s in drain_steering()]
-        if steering:
-            turn.append(*steering)
+        turn.steer(sink.drain_steering())
     total = _plus(total, spent)
-    emit(Finish(finish_reason=reason, text=text, usage=total))
+    sink.emit(Finish(finish_reason=reason, text=text, usage=total))
     return TurnResult(text=text, usage=total, finish_reason=reason, steps=step)
+
+
+def _run_tools(turn: _Turn, spec: TurnSpec, calls: list[model_api.ToolCallPart]) -> tuple[str, str] | None:
+    """Run a step's tool calls in order; on a cancel, the rest get a cancelled result.
+
+    Returns (finishReason, message) when the run was stopped, else None.
+    """
+    sink = turn.sink
+    stopped: tuple[str, str] | None = None
+    for c in calls:
+        sink.emit(ToolCallEvent(tool_call_id=c.id, tool_name=c.name, args=c.args))
+        if stopped is None:
+            try:
+                with sink.cancel.interruptible(_tool_interrupter(turn, spec, c.name)):
+                    result = _run_tool(spec.tools, c.name, c.args, spec.runner)
+                sink.cancel.check()  # a runner that was cancelled returned an error result
+            except RunCancelled as exc:
+                stopped = (exc.reason, exc.message)
+        if stopped is not None:
+            result = _error_result(f"cancelled: {stopped[1]}; the tool was stopped or not run")
+        shown, content = _limit(result, spec.tool_output_limit)
+        sink.emit(ToolResultEvent(tool_call_id=c.id, tool_name=c.name, result=shown))
+        turn.append(tool_result(c.id, c.name, content))
+    return stopped
+
+
+def _tool_interrupter(turn: _Turn, spec: TurnSpec, name: str) -> Callable[[], None]:
+    """Cut a running tool short: its runner stops the thread or process call; a tool that runs
+    on the loop itself (inline) is interrupted like a model call."""
+    tool = spec.tools.get(name)
+    here = turn.sink.interrupter() if tool is not None and (tool.inline or spec.runner is _INLINE) else None
+    if here is None:
+        return spec.runner.cancel
+    return _Both(spec.runner.cancel, here)
+
+
+class _Both:
+    """Two interrupters as one (closing the second when the stretch ends)."""
+
+    def __init__(self, first: Callable[[], None], second: Callable[[], None]) -> None:
+        self.first, self.second = first, second
+
+    def __call__(self) -> None:
+        self.first()
+        self.second()
+
+    def close(self) -> None:
+        close = getattr(self.second, "close", None)
+        if close is not None:
+            close()
+
+
+def _stop_reason(sink: RunSink, used: Usage) -> tuple[str, str] | None:
+    """(finishReason, text) when the run must not call the model again: cancelled or a budget."""
+    if sink.cancel.reason is not None:
+        return sink.cancel.reason, sink.cancel.message
+    exceeded = sink.budget.exceeded(used.prompt_tokens + used.completion_tokens)
+    return ("budget", exceeded) if exceeded else None
+
+
+def _stop(turn: _Turn, stop: tuple[str, str], text: str, total: Usage, step: int) -> TurnResult:
+    """End the turn early (cancel or budget); steering not taken stays queued."""
+    reason, message = stop
+    final_text = message if reason == "budget" else text
+    turn.sink.emit(Finish(finish_reason=reason, text=final_text, usage=total))
+    return TurnResult(text=final_text, usage=total, finish_reason=reason, steps=step)
 
 
 def _plus(total: Usage, spent: list[Usage]) -> Usage:
@@ -332,11 +379,9 @@ def _plus(total: Usage, spent: list[Usage]) -> Usage:
     return total
 
 
-def _fail(
-    turn: _Turn, emit: Callable[[Event], None], exc: ModelError, total: Usage, step: int, spent: list[Usage]
-) -> TurnResult:
+def _fail(turn: _Turn, exc: ModelError, total: Usage, step: int, spent: list[Usage]) -> TurnResult:
     total = _plus(total, spent)
     text = f"Error: {exc.message}"
     turn.append(assistant(text))
-    emit(ErrorEvent(error=exc.message))
+    turn.sink.emit(ErrorEvent(error=exc.message))
     return TurnResult(text=text, usage=total, finish_reason="error", error=exc.message, steps=step)

@@ -80,6 +80,6 @@ def test_a_step_redelivered_after_its_run_finished_is_dropped(
     assert api.post(f"/instances/{iid}/chat", json={"message": "second"}).json()["text"] == "echo: second"
     assert [q.last_user_text for q in fake_llm.requests[asked:]] == ["second"]
     assert r.xrange(f"regina:run:{run_id}:events") == events_before
-    assert r.hget(f"regina:run:{run_id}", "status") == "done"
+    assert r.hget(f"regina:run:{run_id}", "status") == "finished"
     assert not r.exists("regina:run:run-unknown-or-expired")
     r.close()

@@ -21,9 +21,10 @@ from regina.errors import ToolError
 from regina.providers import ModelTarget
 from regina.runtime.compaction import SUMMARY_PREFIX
 from regina.runtime.events import Event, Usage, event_to_dict
-from regina.runtime.loop import TurnResult, run_turn
+from regina.runtime.loop import TurnResult, TurnSpec, run_turn
 from regina.runtime.messages import OUTCOME_UNKNOWN, assistant, tool_call, user
 from regina.runtime.session import Session
+from regina.runtime.sink import LocalSink, Steer
 from regina.runtime.tools.base import Tool
 from regina.runtime.tools.files import file_tools
 from regina.vfs import MemoryVFS, SQLiteVFS
@@ -67,8 +68,8 @@ class Turn:
         self.steer: list[list[str]] = []  # one list per drain call, consumed in order
         self.heartbeats = 0
 
-    def drain(self) -> list[str]:
-        return self.steer.pop(0) if self.steer else []
+    def drain(self) -> list[Steer]:
+        return [Steer("", m) for m in self.steer.pop(0)] if self.steer else []
 
     def beat(self) -> None:
         self.heartbeats += 1
@@ -76,18 +77,10 @@ class Turn:
     def emit(self, ev: Event) -> None:
         self.events.append(event_to_dict(ev))
 
-    def run(self, message: str | None, **kw: Any) -> TurnResult:
-        return run_turn(
-            target=self.target,
-            system_prompt=SYSTEM,
-            tools=self.tools,
-            session=self.session,
-            user_message=message,
-            emit=self.emit,
-            drain_steering=self.drain,
-            heartbeat=self.beat,
-            **kw,
-        )
+    def run(self, message: str | None, run_id: str | None = None, **kw: Any) -> TurnResult:
+        sink = LocalSink(self.emit, run_id=run_id, heartbeat=self.beat)
+        sink.drain_steering = self.drain  # type: ignore[method-assign]
+        return run_turn(TurnSpec(self.target, SYSTEM, self.tools, **kw), self.session, message, sink)
 
     def types(self) -> list[str]:
         out: list[str] = []

@@ -101,9 +101,12 @@ def test_a_steer_during_a_run_reaches_the_model_on_the_next_step(api: httpx.Clie
     with cf.ThreadPoolExecutor(1) as pool:
         run = pool.submit(stream, api, iid, "start working")
         fake_llm.wait_for_requests(1, timeout=10)  # the loop now waits on the model's first step
-        assert api.post(f"/instances/{iid}/steer", json={"message": "focus on X"}).json() == {"queued": True}
+        receipt = api.post(f"/instances/{iid}/steer", json={"message": "focus on X"}).json()
+        assert receipt["queued"] is True and receipt["steerId"].startswith("steer-")
         events = run.result(timeout=30)
     assert types(events)[-1] == "finish"
+    applied = [e for _, e in events if e["type"] == "steer-applied"]
+    assert [(e["steerId"], e["message"]) for e in applied] == [(receipt["steerId"], "focus on X")]
     second = fake_llm.requests[1]
     assert second.messages[-1] == {"role": "user", "content": "focus on X"}
     history = [(m["role"], m.get("content")) for m in api.get(f"/instances/{iid}/messages").json()]
@@ -134,9 +137,12 @@ def test_a_steer_during_the_final_answer_continues_the_run(
         assert result.json()["text"] == "second answer"
         run_id = result.headers["X-Run-Id"]
         events = [json.loads(line) for line in api.get(f"/runs/{run_id}/events").text.splitlines() if line]
-    assert [e["type"] for e in events] == ["text-delta", "step-finish", "text-delta", "step-finish", "finish"] or [
-        e["type"] for e in events if e["type"] != "text-delta"
-    ] == ["step-finish", "step-finish", "finish"]
+    assert [e["type"] for e in events if e["type"] != "text-delta"] == [
+        "step-finish",
+        "steer-applied",
+        "step-finish",
+        "finish",
+    ]
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     assert events[-1]["text"] == "second answer"
     assert fake_llm.requests[-1].messages[-1] == {"role": "user", "content": "one more thing"}

@@ -18,25 +18,41 @@ from regina import keys
 
 TERMINAL = frozenset({"finish", "error"})
 
-# KEYS: run events stream, run record[, steering list]. ARGV: retention, finishedAt, then pairs of
-# (entry id, event JSON). With a steering list that holds messages, takes them and returns them
-# without publishing; otherwise appends the entries, marks the run done and returns {}.
+# KEYS: run events, run record, instance record, instance runs[, steering list].
+# ARGV: retention, finishedAt, status, finishReason, promptTokens, completionTokens, error, runId,
+# then pairs of (entry id, event JSON). With a steering list that holds messages, takes them and
+# returns them without publishing; otherwise appends the entries, ends the run record, adds the
+# run's tokens to the instance's usage and returns {}.
 _FINISH = """
-if #KEYS == 3 then
-  local steered = redis.call('LRANGE', KEYS[3], 0, -1)
+if #KEYS == 5 then
+  local steered = redis.call('LRANGE', KEYS[5], 0, -1)
   if #steered > 0 then
-    redis.call('DEL', KEYS[3])
+    redis.call('DEL', KEYS[5])
     return steered
   end
 end
-for i = 3, #ARGV, 2 do
+for i = 9, #ARGV, 2 do
   redis.call('XADD', KEYS[1], ARGV[i], 'e', ARGV[i + 1])
 end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
-redis.call('HSET', KEYS[2], 'status', 'done', 'finishedAt', ARGV[2])
+redis.call('HSET', KEYS[2], 'status', ARGV[3], 'finishedAt', ARGV[2], 'finishReason', ARGV[4],
+  'promptTokens', ARGV[5], 'completionTokens', ARGV[6])
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[2], 'error', ARGV[7]) end
 redis.call('EXPIRE', KEYS[2], ARGV[1])
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('HINCRBY', KEYS[3], 'promptTokens', ARGV[5])
+  redis.call('HINCRBY', KEYS[3], 'completionTokens', ARGV[6])
+end
+redis.call('ZREM', KEYS[4], ARGV[8])
 return {}
 """
+
+
+def final_status(event: dict[str, Any]) -> str:
+    """The run status a terminal event ends the run in."""
+    if event.get("type") == "error":
+        return "failed"
+    return "cancelled" if event.get("finishReason") == "cancelled" else "finished"
 
 
 class RunPublisher:
@@ -46,12 +62,14 @@ class RunPublisher:
         self,
         client: redis.Redis,
         run_id: str,
+        instance_id: str,
         retention: float = 3600,
         seq: int | None = None,
         buffered: bool = False,
     ) -> None:
         self.r = client
         self.run_id = run_id
+        self.instance_id = instance_id
         self.key = keys.run_events(run_id)
         self.retention = int(retention)
         # A redelivered run (its worker died) continues after the events already published.
@@ -66,14 +84,29 @@ class RunPublisher:
         return json.dumps({**event, "seq": seq, "runId": self.run_id}, separators=(",", ":"), default=str)
 
     def _finish(self, event: dict[str, Any], steering_key: str | None) -> list[str]:
-        """Append the buffered events and the terminal `event` and mark the run done, in one
+        """Append the buffered events and the terminal `event` and end the run record, in one
         atomic script (a web process blocked in XREAD wakes once, after the last entry) —
         unless `steering_key` holds messages: then those are taken and returned instead."""
         seq = self.seq + 1
-        args: list[Any] = [self.retention, repr(time.time())]
+        usage = event.get("usage") or {}
+        args: list[Any] = [
+            self.retention,
+            repr(time.time()),
+            final_status(event),
+            event.get("finishReason") or ("error" if event.get("type") == "error" else ""),
+            int(usage.get("promptTokens", 0)),
+            int(usage.get("completionTokens", 0)),
+            str(event.get("error", "")) if event.get("type") == "error" else "",
+            self.run_id,
+        ]
         for pending_seq, pending in [*self._pending, (seq, self._payload(event, seq))]:
             args += [f"0-{pending_seq}", pending]
-        run_keys = [self.key, keys.run_record(self.run_id)] + ([steering_key] if steering_key else [])
+        run_keys = [
+            self.key,
+            keys.run_record(self.run_id),
+            keys.instance_record(self.instance_id),
+            keys.instance_runs(self.instance_id),
+        ] + ([steering_key] if steering_key else [])
         steered = cast(list[str], self._finish_script(keys=run_keys, args=args))
         if not steered:
             self.seq = seq
@@ -111,11 +144,6 @@ def last_seq(client: redis.Redis, run_id: str) -> int:
 def seq_of(xrevrange_reply: list[tuple[str, dict[str, str]]]) -> int:
     """Parse the seq out of an XREVRANGE … COUNT 1 reply."""
     return int(xrevrange_reply[0][0].split("-")[1]) if xrevrange_reply else 0
-
-
-def run_info(client: redis.Redis, run_id: str) -> dict[str, str]:
-    """The run record ({} when unknown or expired)."""
-    return cast(dict[str, str], client.hgetall(keys.run_record(run_id)))
 
 
 def read_events(

@@ -1,0 +1,66 @@
+"""Run endpoints (SPEC §12): show, cancel, and re-attach to a run's events."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request, stream_with_context
+
+from api.agents import services
+from api.errors import describe_unexpected
+from regina.errors import BadRequest, ReginaError
+from regina.runtime.events import to_ndjson
+
+log = logging.getLogger("regina.api")
+
+bp = Blueprint("runs", __name__)
+
+NDJSON = "application/x-ndjson"
+
+
+def _relay(events: Iterator[dict[str, Any]], run_id: str) -> Iterator[bytes]:
+    """The run's events as NDJSON; whatever goes wrong, the last line is `finish` or `error`."""
+    try:
+        for event in events:
+            yield to_ndjson(event)
+    except ReginaError as exc:
+        # The status line is sent already: report the failure as the last event.
+        yield to_ndjson({"type": "error", "error": exc.message, "runId": run_id})
+    except Exception as exc:
+        log.exception("stream of run %s broke", run_id)
+        yield to_ndjson({"type": "error", "error": describe_unexpected(exc), "runId": run_id})
+
+
+def stream_run(run_id: str, after: int, instance_id: str | None = None) -> Response:
+    """An NDJSON response of the run's events after seq `after`, followed live to the end."""
+    runs = services().coordinator.runs
+    events = runs.follow(run_id, after=after) if instance_id is None else runs.follow_known(run_id, instance_id, after)
+    resp = Response(stream_with_context(_relay(events, run_id)), mimetype=NDJSON)
+    resp.headers["X-Run-Id"] = run_id
+    resp.headers["Cache-Control"] = "no-cache"
+    resp.headers["X-Accel-Buffering"] = "no"
+    return resp
+
+
+@bp.get("/runs/<run_id>/events")
+def run_events(run_id: str) -> Response:
+    """Re-attach to a run: every event after `?after=<seq>` (default: from the start)."""
+    raw = request.args.get("after", "0")
+    if not raw.isdigit():
+        raise BadRequest(f"query parameter 'after' must be a non-negative integer, got {raw!r}")
+    return stream_run(run_id, int(raw))
+
+
+@bp.get("/runs/<run_id>")
+def run_status(run_id: str) -> Response:
+    return jsonify(services().coordinator.runs.show(run_id))
+
+
+@bp.post("/runs/<run_id>/cancel")
+def cancel(run_id: str) -> tuple[Response, int]:
+    cancelled, status = services().coordinator.runs.cancel(run_id)
+    if cancelled:
+        return jsonify({"cancelled": True}), 202
+    return jsonify({"cancelled": False, "status": status}), 200

@@ -1,0 +1,105 @@
+"""`RunContext`: the worker-side `RunSink` of one run, backed by Redis.
+
+It is the only door between the loop and the run's Redis state: events go through the run's
+`RunPublisher`, steering is taken from `keys.steering`, the heartbeat resets the instance's idle
+timer and (in the same round trip) notices a cancel a missed announcement did not deliver, and
+the run's `CancelToken` is what the worker's cancel listener and budget clock trip.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import cast
+
+import redis
+
+from regina import keys
+from regina.config import BudgetSettings
+from regina.instances import InstanceStore
+from regina.runs.steering import decode_all
+from regina.runs.stream import RunPublisher
+from regina.runtime.events import Event, Finish, event_to_dict
+from regina.runtime.sink import BUDGET, CANCELLED, Budget, CancelToken, Steer
+
+InterrupterFactory = Callable[[], Callable[[], None] | None]
+
+
+def budget_for(settings: BudgetSettings, instance_tokens: int) -> Budget:
+    """A run's Budget from the agent's effective budget settings, starting now."""
+    return Budget(
+        settings.max_tokens_per_run, settings.max_seconds_per_run, settings.max_tokens_per_instance, instance_tokens
+    )
+
+
+class RunContext:
+    """One run as the loop sees it (implements `regina.runtime.sink.RunSink`)."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        instance_id: str,
+        run_id: str,
+        publisher: RunPublisher,
+        budget: Budget,
+        first_steering: list[Steer],
+        interrupter_factory: InterrupterFactory | None = None,
+    ) -> None:
+        self.r = client
+        self.instances = InstanceStore(client)
+        self.instance_id = instance_id
+        self.run_id: str | None = run_id
+        self.publisher = publisher
+        self.budget = budget
+        self.cancel = CancelToken()
+        self._first: list[list[Steer]] = [first_steering]
+        self._interrupter_factory = interrupter_factory
+        self._last_touch = 0.0
+        self._clock: threading.Timer | None = None
+
+    def emit(self, event: Event) -> None:
+        self.publisher.publish(event_to_dict(event))
+
+    def drain_steering(self) -> list[Steer]:
+        if self._first:
+            return self._first.pop()
+        pipe = self.r.pipeline(transaction=True)
+        pipe.lrange(keys.steering(self.instance_id), 0, -1)
+        pipe.delete(keys.steering(self.instance_id))
+        return decode_all(cast(list[str], pipe.execute()[0]))
+
+    def finish_unless_steered(self, final: Finish) -> list[Steer]:
+        self._first.clear()
+        return decode_all(self.publisher.finish_unless_steered(event_to_dict(final), keys.steering(self.instance_id)))
+
+    def heartbeat(self) -> None:
+        """Reset the idle timer at most once a second, and look for a cancel flag meanwhile."""
+        now = time.monotonic()
+        if now - self._last_touch < 1.0:
+            return
+        self._last_touch = now
+        pipe = self.r.pipeline(transaction=False)
+        self.instances.queue_touch(pipe, self.instance_id)  # never recreates a deleted instance
+        pipe.hexists(keys.run_record(cast(str, self.run_id)), "cancel")
+        if pipe.execute()[1]:
+            self.cancel.cancel(CANCELLED)
+
+    def interrupter(self) -> Callable[[], None] | None:
+        return self._interrupter_factory() if self._interrupter_factory else None
+
+    def start_clock(self) -> None:
+        """Trip the token when `maxSecondsPerRun` has passed (the loop also checks it)."""
+        seconds = self.budget.max_seconds_per_run
+        if seconds is None:
+            return
+        left = max(0.0, seconds - (time.monotonic() - self.budget.started))
+        self._clock = threading.Timer(left, self.cancel.cancel, args=(BUDGET, self.budget.clock_text()))
+        self._clock.daemon = True
+        self._clock.start()
+
+    def stop_clock(self) -> None:
+        """The run ended: the clock must not trip anything any more."""
+        if self._clock is not None:
+            self._clock.cancel()
+            self._clock = None

@@ -1,0 +1,175 @@
+"""Runs as the web side drives them (SPEC §12): start, follow, collect, steer, cancel, show.
+
+Any web process can do any of these for any run: the run's state is in Redis (`RunStore`), its
+events in a stream (`regina.runs.stream`). Placing the instance on a worker is the
+Coordinator's job; this module asks it (`ensure_active`) when the instance is not served.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from regina import idempotency, ids
+from regina.cluster.membership import is_alive
+from regina.errors import Conflict, NotFound, ReginaError, Unavailable
+from regina.metrics import RUNS_STARTED
+from regina.runs.steering import new_steer
+from regina.runs.store import Idempotency, RunStore, WhenBusy, public
+from regina.runs.stream import TERMINAL, RunPublisher, read_events
+
+if TYPE_CHECKING:
+    from regina.lifecycle import Coordinator
+
+
+@dataclass(frozen=True)
+class IdemRequest:
+    """An `Idempotency-Key` header and the hash of the body it came with."""
+
+    key: str
+    digest: str
+
+
+def _zero_usage() -> dict[str, int]:
+    return {"promptTokens": 0, "completionTokens": 0}
+
+
+class RunService:
+    """The run operations of the HTTP API, for one Coordinator."""
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        self.coord = coordinator
+        self.r = coordinator.r
+        self.settings = coordinator.settings
+        self.store = RunStore(self.r, self.settings.run_retention)
+
+    def _idem(self, route: str, scope: str, req: IdemRequest | None) -> Idempotency | None:
+        if req is None:
+            return None
+        return Idempotency(idempotency.redis_key(route, scope, req.key), req.digest, idempotency.TTL)
+
+    def start(
+        self,
+        instance_id: str,
+        message: str,
+        stream: bool = True,
+        when_busy: WhenBusy = "queue",
+        idem: IdemRequest | None = None,
+    ) -> str:
+        """Queue a chat run (or steer the busy one, or refuse, per `when_busy`); returns the id
+        of the run whose events answer this request."""
+        if not ids.is_valid_instance_id(instance_id):
+            raise NotFound(f"instance {instance_id!r} not found")
+        route = "chat-stream" if stream else "chat"
+        run_id = ids.new_run_id()
+        steer = new_steer(message) if when_busy == "steer" else None
+        opened = self.store.open(instance_id, run_id, when_busy, steer, self._idem(route, instance_id, idem))
+        if opened.kind == "missing":
+            raise NotFound(f"instance {instance_id!r} not found")
+        if opened.kind == "mismatch":
+            raise idempotency.mismatch(route)
+        if opened.kind == "busy":
+            raise Conflict(
+                f"instance {instance_id} is busy with run {opened.run_id} (whenBusy: reject); "
+                "retry later, or send whenBusy: queue or steer"
+            )
+        if opened.kind != "ok":
+            return opened.run_id  # an idempotent retry, or a steer into the busy run
+        rec = opened.record
+        try:
+            if rec is None or rec.status != "started" or not opened.alive:
+                rec = self.coord.ensure_active(instance_id)
+            self.coord.dispatcher.enqueue_step(rec.instance_id, run_id, message, stream)
+        except ReginaError as exc:
+            # The run was recorded but never queued: end it, so it does not look busy for ever.
+            publisher = RunPublisher(self.r, run_id, instance_id, self.settings.run_retention, seq=0)
+            publisher.publish({"type": "error", "error": exc.message})
+            raise
+        RUNS_STARTED.labels("stream" if stream else "sync").inc()
+        return run_id
+
+    def follow(self, run_id: str, after: int = 0) -> Iterator[dict[str, Any]]:
+        """Yield a run's events after seq `after` until its terminal event."""
+        info = self.store.info(run_id)
+        if not info:
+            raise NotFound(f"run {run_id!r} not found (unknown or expired)")
+        return self.follow_known(run_id, info["instanceId"], after)
+
+    def follow_known(self, run_id: str, instance_id: str, after: int = 0) -> Iterator[dict[str, Any]]:
+        """Like `follow` for a run whose instance is known. Between waits it checks the instance
+        is still served: a step queued for an instance that was suspended meanwhile, or whose
+        worker died, is resumed on a live worker."""
+        timeout = self.settings.limits.request_timeout
+        deadline = time.monotonic() + timeout
+        for event in read_events(self.r, run_id, after=after, block_ms=500):
+            if event is None:
+                if time.monotonic() > deadline:
+                    raise Unavailable(f"run {run_id} did not finish within {timeout:g}s")
+                self._keep_served(instance_id, run_id)
+                continue
+            yield event
+            if event.get("type") in TERMINAL:
+                return
+
+    def _keep_served(self, instance_id: str, run_id: str) -> None:
+        rec = self.coord.store.get(instance_id)
+        if rec is None:
+            raise Conflict(f"instance {instance_id} was deleted while run {run_id} was waiting")
+        if rec.status != "started" or not is_alive(self.r, rec.member):
+            self.coord.ensure_active(instance_id)
+
+    def chat(
+        self,
+        instance_id: str,
+        message: str,
+        when_busy: WhenBusy = "queue",
+        idem: IdemRequest | None = None,
+    ) -> dict[str, Any]:
+        """Run a chat to its end; returns {text, usage, runId, finishReason}."""
+        run_id = self.start(instance_id, message, stream=False, when_busy=when_busy, idem=idem)
+        return self.collect(run_id, instance_id)
+
+    def collect(self, run_id: str, instance_id: str) -> dict[str, Any]:
+        """Follow a run from its first event and return its final text and usage."""
+        final: dict[str, Any] = {}
+        for event in self.follow_known(run_id, instance_id):
+            final = event
+        usage = final.get("usage") or _zero_usage()
+        if final.get("type") == "error":
+            error = str(final.get("error", "unknown error"))
+            return {"text": f"Error: {error}", "usage": usage, "runId": run_id, "finishReason": "error"}
+        return {
+            "text": final.get("text", ""),
+            "usage": usage,
+            "runId": run_id,
+            "finishReason": final.get("finishReason", "stop"),
+        }
+
+    def steer(self, instance_id: str, message: str, idem: IdemRequest | None = None) -> str:
+        """Queue a steering message for the running loop (or the next run); returns its steerId."""
+        kind, steer_id = (
+            self.store.steer(instance_id, new_steer(message), self._idem("steer", instance_id, idem))
+            if ids.is_valid_instance_id(instance_id)
+            else ("missing", "")
+        )
+        if kind == "missing":
+            raise NotFound(f"instance {instance_id!r} not found")
+        if kind == "mismatch":
+            raise idempotency.mismatch("steer")
+        return steer_id
+
+    def cancel(self, run_id: str) -> tuple[bool, str]:
+        """(True, status) when the run was stopped; (False, final status) when it had ended."""
+        try:
+            return self.store.cancel(run_id)
+        except KeyError:
+            raise NotFound(f"run {run_id!r} not found (unknown or expired)") from None
+
+    def show(self, run_id: str) -> dict[str, Any]:
+        """The run's SPEC §12 record."""
+        info = self.store.info(run_id)
+        if not info:
+            raise NotFound(f"run {run_id!r} not found (unknown or expired)")
+        return public(run_id, info)

@@ -1,0 +1,326 @@
+"""A run's Redis record, from creation to cancel (SPEC §12); one Lua script per transition.
+
+Every transition of a run is one round trip, merged with what the same request needs anyway:
+
+- `open` (web, a chat): idle-timer touch + member liveness + Idempotency-Key check + the
+  `whenBusy` policy + the `queued` record;
+- `steer` (web): idle-timer touch + Idempotency-Key check + the queued steering message;
+- `begin` (worker, start of a step): the owner's epoch fence + last published seq + `running`
+  + the instance's usage so far + taking the waiting steering messages;
+- `cancel` (web): a queued run ends at once; a running one is flagged and announced;
+- the finish is `regina.runs.stream.RunPublisher`'s script (events + status + instance usage).
+
+Statuses: `queued · running · finished · failed · cancelled`. Timestamps are stored as epoch
+seconds and shown as ISO 8601.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
+
+import redis
+
+from regina import keys
+from regina.instances import InstanceRecord, iso, record_from_hash
+from regina.runs.cancel import announce
+from regina.runs.steering import decode_all, encode
+from regina.runtime.sink import Steer
+
+ENDED = frozenset({"finished", "failed", "cancelled"})
+WhenBusy = Literal["queue", "steer", "reject"]
+
+# Drop finished or expired runs from the front of the instance's unfinished set; leaves `busy`
+# set to the oldest queued or running run id, or false.
+_FRONT = """
+local function front(runs_key, run_prefix)
+  while true do
+    local first = redis.call('ZRANGE', runs_key, 0, 0)
+    if #first == 0 then return false end
+    local st = redis.call('HGET', run_prefix .. first[1], 'status')
+    if st == 'queued' or st == 'running' then return first[1] end
+    redis.call('ZREM', runs_key, first[1])
+  end
+end
+"""
+
+# KEYS: instance record, run record, instance runs, steering list[, idempotency key].
+# ARGV: now, instanceId, run ttl, runId, whenBusy, steer entry, idempotency body hash,
+# idempotency ttl, member prefix, run prefix.
+_OPEN = (
+    _FRONT
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
+if KEYS[5] then
+  local prev = redis.call('GET', KEYS[5])
+  if prev then
+    local sep = string.find(prev, ' ', 1, true)
+    if string.sub(prev, 1, sep - 1) ~= ARGV[7] then return {'mismatch'} end
+    return {'dup', string.sub(prev, sep + 1)}
+  end
+end
+redis.call('HSET', KEYS[1], 'lastActive', ARGV[1])
+local busy = front(KEYS[3], ARGV[10])
+if busy and ARGV[5] == 'reject' then return {'busy', busy} end
+if busy and ARGV[5] == 'steer' then
+  redis.call('RPUSH', KEYS[4], ARGV[6])
+  if KEYS[5] then redis.call('SET', KEYS[5], ARGV[7] .. ' ' .. busy, 'EX', ARGV[8]) end
+  return {'steered', busy}
+end
+redis.call('HSET', KEYS[2], 'instanceId', ARGV[2], 'status', 'queued', 'createdAt', ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('ZADD', KEYS[3], ARGV[1], ARGV[4])
+if KEYS[5] then redis.call('SET', KEYS[5], ARGV[7] .. ' ' .. ARGV[4], 'EX', ARGV[8]) end
+local member = redis.call('HGET', KEYS[1], 'member')
+local alive = '0'
+if member and member ~= '' and redis.call('EXISTS', ARGV[9] .. member) == 1 then alive = '1' end
+local out = {'ok', alive}
+for _, v in ipairs(redis.call('HGETALL', KEYS[1])) do out[#out + 1] = v end
+return out
+"""
+)
+
+# KEYS: instance record, steering list[, idempotency key]. ARGV: now, steer entry, steerId,
+# idempotency body hash, idempotency ttl.
+_STEER = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
+if KEYS[3] then
+  local prev = redis.call('GET', KEYS[3])
+  if prev then
+    local sep = string.find(prev, ' ', 1, true)
+    if string.sub(prev, 1, sep - 1) ~= ARGV[4] then return {'mismatch'} end
+    return {'dup', string.sub(prev, sep + 1)}
+  end
+  redis.call('SET', KEYS[3], ARGV[4] .. ' ' .. ARGV[3], 'EX', ARGV[5])
+end
+redis.call('HSET', KEYS[1], 'lastActive', ARGV[1])
+redis.call('RPUSH', KEYS[2], ARGV[2])
+return {'ok', ARGV[3]}
+"""
+
+# KEYS: instance record, run events, run record, steering list. ARGV: epoch, now, instanceId.
+# A stale owner, an ended run or an expired record (status '') takes nothing and writes nothing;
+# a run flagged for cancel takes no steering.
+_BEGIN = """
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return {'stale'} end
+local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+local seq = '0'
+if #last > 0 then seq = string.match(last[1][1], '%-(%d+)$') end
+local rec = redis.call('HMGET', KEYS[3], 'status', 'cancel')
+local status = rec[1]
+if not status then return {'ended', seq, ''} end
+if status == 'finished' or status == 'failed' or status == 'cancelled' then return {'ended', seq, status} end
+redis.call('HSET', KEYS[3], 'instanceId', ARGV[3], 'status', 'running', 'startedAt', ARGV[2])
+local usage = redis.call('HMGET', KEYS[1], 'promptTokens', 'completionTokens')
+local out = {'run', seq, status, rec[2] or '', usage[1] or '0', usage[2] or '0'}
+if rec[2] then return out end
+for _, v in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do out[#out + 1] = v end
+redis.call('DEL', KEYS[4])
+return out
+"""
+
+# KEYS: run record, run events, instance runs. ARGV: now, retention, runId, event JSON head
+# (up to "seq":), event JSON tail (after the seq number).
+_CANCEL = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return {'missing'} end
+if st == 'finished' or st == 'failed' or st == 'cancelled' then return {'ended', st} end
+redis.call('HSET', KEYS[1], 'cancel', ARGV[1])
+if st ~= 'queued' then
+  redis.call('PUBLISH', ARGV[6], ARGV[3])
+  return {'cancelled', st}
+end
+local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+local seq = 1
+if #last > 0 then seq = tonumber(string.match(last[1][1], '%-(%d+)$')) + 1 end
+redis.call('XADD', KEYS[2], '0-' .. seq, 'e', ARGV[4] .. seq .. ARGV[5])
+redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finishedAt', ARGV[1], 'finishReason', 'cancelled')
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('ZREM', KEYS[3], ARGV[3])
+return {'cancelled', st}
+"""
+
+
+@dataclass(frozen=True)
+class Opened:
+    """What `open` did: `ok` (a new run), `dup` (an Idempotency-Key retry: `run_id` is the
+    first request's run), `steered` (`run_id` is the busy run that got the message), `busy`
+    (reject: `run_id` is the busy run), `mismatch` (the key was used with another body),
+    `missing` (no such instance)."""
+
+    kind: Literal["ok", "dup", "steered", "busy", "mismatch", "missing"]
+    run_id: str = ""
+    record: InstanceRecord | None = None
+    alive: bool = False
+
+
+@dataclass(frozen=True)
+class Begun:
+    """What the start of a step found: `stale` (not our instance), `ended` (nothing to do),
+    `run` (go on, with `steered` taken for it)."""
+
+    kind: Literal["stale", "ended", "run"]
+    seq: int = 0
+    previous_status: str = ""
+    cancel_requested: bool = False
+    instance_tokens: int = 0
+    steered: list[Steer] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    """An Idempotency-Key claim: where it is stored, the request body's hash, how long."""
+
+    key: str
+    body_hash: str
+    ttl: int = 86_400
+
+
+def public(run_id: str, h: dict[str, str]) -> dict[str, Any]:
+    """The SPEC §12 JSON of a run record."""
+
+    def ts(name: str) -> str | None:
+        return iso(float(h[name])) if h.get(name) else None
+
+    data: dict[str, Any] = {
+        "runId": run_id,
+        "instanceId": h.get("instanceId", ""),
+        "status": h.get("status", "queued"),
+        "createdAt": ts("createdAt"),
+        "startedAt": ts("startedAt"),
+        "finishedAt": ts("finishedAt"),
+        "usage": {
+            "promptTokens": int(h.get("promptTokens", 0)),
+            "completionTokens": int(h.get("completionTokens", 0)),
+        },
+    }
+    if h.get("finishReason"):
+        data["finishReason"] = h["finishReason"]
+    if h.get("error"):
+        data["error"] = h["error"]
+    return data
+
+
+class RunStore:
+    """Creates, starts, cancels and reads runs; the only writer of `regina:run:*` records besides
+    the finish script of `RunPublisher`."""
+
+    def __init__(self, client: redis.Redis, retention: float = 3600) -> None:
+        self.r = client
+        self.retention = int(retention)
+        self._open = client.register_script(_OPEN)
+        self._steer = client.register_script(_STEER)
+        self._begin = client.register_script(_BEGIN)
+        self._cancel = client.register_script(_CANCEL)
+
+    def open(
+        self,
+        instance_id: str,
+        run_id: str,
+        when_busy: WhenBusy = "queue",
+        steer: Steer | None = None,
+        idem: Idempotency | None = None,
+    ) -> Opened:
+        """Touch the instance and queue a run on it (or steer / reject per `when_busy`)."""
+        run_keys = [
+            keys.instance_record(instance_id),
+            keys.run_record(run_id),
+            keys.instance_runs(instance_id),
+            keys.steering(instance_id),
+        ] + ([idem.key] if idem else [])
+        args = [
+            repr(time.time()),
+            instance_id,
+            str(self.retention),
+            run_id,
+            when_busy,
+            encode(steer) if steer else "",
+            idem.body_hash if idem else "",
+            str(idem.ttl if idem else 0),
+            keys.MEMBER_PREFIX,
+            keys.RUN_PREFIX,
+        ]
+        flat = cast(list[str], self._open(keys=run_keys, args=args))
+        kind = flat[0]
+        if kind != "ok":
+            return Opened(cast(Any, kind), flat[1] if len(flat) > 1 else "")
+        h = dict(zip(flat[2::2], flat[3::2], strict=True))
+        return Opened("ok", run_id, record_from_hash(instance_id, h), flat[1] == "1")
+
+    def steer(self, instance_id: str, steer: Steer, idem: Idempotency | None = None) -> tuple[str, str]:
+        """Queue a steering message; (`ok` | `dup` | `mismatch` | `missing`, steerId)."""
+        run_keys = [keys.instance_record(instance_id), keys.steering(instance_id)] + ([idem.key] if idem else [])
+        args = [repr(time.time()), encode(steer), steer.steer_id]
+        if idem:
+            args += [idem.body_hash, str(idem.ttl)]
+        flat = cast(list[str], self._steer(keys=run_keys, args=args))
+        return flat[0], flat[1] if len(flat) > 1 else ""
+
+    def begin(self, instance_id: str, run_id: str, epoch: int) -> Begun:
+        """The start-of-step transaction of the run's owner (see `_BEGIN`)."""
+        run_keys = [
+            keys.instance_record(instance_id),
+            keys.run_events(run_id),
+            keys.run_record(run_id),
+            keys.steering(instance_id),
+        ]
+        flat = cast(list[str], self._begin(keys=run_keys, args=[str(epoch), repr(time.time()), instance_id]))
+        if flat[0] == "stale":
+            return Begun("stale")
+        if flat[0] == "ended":
+            return Begun("ended", int(flat[1]), flat[2])
+        return Begun(
+            "run",
+            seq=int(flat[1]),
+            previous_status=flat[2],
+            cancel_requested=bool(flat[3]),
+            instance_tokens=int(flat[4]) + int(flat[5]),
+            steered=decode_all(flat[6:]),
+        )
+
+    def cancel(self, run_id: str) -> tuple[bool, str]:
+        """Cancel a run: (True, status before) or (False, its final status); KeyError if unknown.
+
+        A queued run ends here at once with a `cancelled` finish; a running one is flagged and
+        announced to every worker (its owner interrupts it).
+        """
+        instance_id = cast(str | None, self.r.hget(keys.run_record(run_id), "instanceId"))
+        if instance_id is None:
+            raise KeyError(run_id)
+        head = (
+            '{"type":"finish","finishReason":"cancelled","text":"",'
+            '"usage":{"promptTokens":0,"completionTokens":0},"seq":'
+        )
+        tail = f',"runId":"{run_id}"}}'
+        flat = cast(
+            list[str],
+            self._cancel(
+                keys=[keys.run_record(run_id), keys.run_events(run_id), keys.instance_runs(instance_id)],
+                args=[repr(time.time()), str(self.retention), run_id, head, tail, keys.CANCEL_CHANNEL],
+            ),
+        )
+        if flat[0] == "missing":
+            raise KeyError(run_id)
+        if flat[0] == "cancelled" and flat[1] != "queued":
+            return True, flat[1]
+        return flat[0] == "cancelled", flat[1] if flat[0] == "ended" else "cancelled"
+
+    def info(self, run_id: str) -> dict[str, str]:
+        """The raw run record ({} when unknown or expired)."""
+        return cast(dict[str, str], self.r.hgetall(keys.run_record(run_id)))
+
+    def cancel_requested(self, run_id: str) -> bool:
+        """True when someone asked to cancel the run (the durable copy of the announcement)."""
+        return bool(self.r.hexists(keys.run_record(run_id), "cancel"))
+
+    def running_runs(self, instance_ids: list[str]) -> dict[str, str | None]:
+        """The oldest unfinished run of each instance (None when idle), in one round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        for iid in instance_ids:
+            pipe.zrange(keys.instance_runs(iid), 0, 0)
+        return {iid: (first[0] if first else None) for iid, first in zip(instance_ids, pipe.execute(), strict=True)}
+
+
+__all__ = ["ENDED", "Begun", "Idempotency", "Opened", "RunStore", "WhenBusy", "announce", "public"]

@@ -1,0 +1,212 @@
+"""The loop's one door to the run it serves (`RunSink`), and the signals that cross it.
+
+`run_turn` needs to publish events, take steering messages, say it is alive, stop when told and
+know its budget; `RunSink` is that, as one object. The worker's implementation
+(`regina.runs.context.RunContext`) backs it with Redis; `LocalSink` keeps everything in memory
+(unit tests, benchmarks, embedding the loop).
+
+Stopping a run from outside its loop (a cancel, SPEC §12, or a budget on the clock) goes through
+the sink's `CancelToken`: whoever stops the run calls `cancel(reason)`; the loop checks the token
+before each model call and each tool, and whatever blocks the run at that moment is interrupted
+through the *interrupters* registered for that stretch: the worker's host registers one that
+raises `RunCancelled` inside the waiting greenlet (which closes the provider's HTTP stream); a
+tool executor running elsewhere (a thread, a process) registers its own, e.g. one that kills the
+child. An interrupter is called at most once, from the canceller.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from regina.errors import ReginaError
+from regina.runtime.events import Event, Finish
+
+log = logging.getLogger("regina.runtime")
+
+
+@dataclass(frozen=True)
+class Steer:
+    """One steering message and its receipt id (SPEC §12 `steerId`; "" for none)."""
+
+    steer_id: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Limits a run stops at with finishReason "budget" (None = no limit)."""
+
+    max_tokens_per_run: int | None = None
+    max_seconds_per_run: float | None = None
+    max_tokens_per_instance: int | None = None
+    instance_tokens_before: int = 0
+    """Tokens the instance had spent before this run (for `max_tokens_per_instance`)."""
+    started: float = field(default_factory=time.monotonic)
+
+    def exceeded(self, run_tokens: int) -> str | None:
+        """The text naming the budget this run reached, or None while within every limit."""
+        if self.max_tokens_per_run is not None and run_tokens >= self.max_tokens_per_run:
+            return f"budget maxTokensPerRun reached: this run used {run_tokens} of {self.max_tokens_per_run} tokens"
+        spent = self.instance_tokens_before + run_tokens
+        if self.max_tokens_per_instance is not None and spent >= self.max_tokens_per_instance:
+            return (
+                f"budget maxTokensPerInstance reached: the instance used {spent} of "
+                f"{self.max_tokens_per_instance} tokens"
+            )
+        elapsed = time.monotonic() - self.started
+        if self.max_seconds_per_run is not None and elapsed >= self.max_seconds_per_run:
+            return self.clock_text()
+        return None
+
+    def clock_text(self) -> str:
+        """The text of a run stopped by `maxSecondsPerRun`."""
+        return f"budget maxSecondsPerRun reached: the run may take {self.max_seconds_per_run:g} seconds"
+
+
+CANCELLED = "cancelled"
+BUDGET = "budget"
+
+
+class RunCancelled(ReginaError):
+    """Raised inside a run's loop when its token is cancelled; `reason` is the finishReason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class CancelToken:
+    """The stop signal of one run; safe to call from another greenlet or thread."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self.message = ""
+        self._lock = threading.Lock()
+        self._interrupters: list[Callable[[], None]] = []
+
+    @property
+    def cancelled(self) -> bool:
+        """True once `cancel` was called."""
+        return self.reason is not None
+
+    def cancel(self, reason: str = CANCELLED, message: str = "the run was cancelled") -> None:
+        """Stop the run: the first reason wins; whatever blocks the run now is interrupted."""
+        with self._lock:
+            if self.reason is not None:
+                return
+            self.reason, self.message = reason, message
+            interrupters, self._interrupters = self._interrupters, []
+        for interrupt in interrupters:
+            try:
+                interrupt()
+            except Exception:  # one executor failing to stop must not keep the others running
+                log.warning("interrupting a cancelled run failed", exc_info=True)
+
+    def check(self) -> None:
+        """Raise `RunCancelled` if the run was cancelled."""
+        if self.reason is not None:
+            raise RunCancelled(self.reason, self.message)
+
+    def add_interrupter(self, interrupt: Callable[[], None]) -> Callable[[], None]:
+        """Call `interrupt()` on cancel (at once if already cancelled); returns the remover.
+
+        For tool executors that run work elsewhere (a thread, a child process): register a
+        callable that stops that work, and remove it when the work ends.
+        """
+        with self._lock:
+            if self.reason is None:
+                self._interrupters.append(interrupt)
+                return lambda: self._remove(interrupt)
+        interrupt()
+        return lambda: None
+
+    def _remove(self, interrupt: Callable[[], None]) -> None:
+        with self._lock:
+            if interrupt in self._interrupters:
+                self._interrupters.remove(interrupt)
+
+    @contextmanager
+    def interruptible(self, interrupt: Callable[[], None] | None) -> Iterator[None]:
+        """A stretch (a model call, a tool) that `interrupt()` can cut short on cancel.
+
+        On leaving, `interrupt.close()` is called when it has one, so an interruption scheduled
+        too late does not land outside the stretch.
+        """
+        self.check()
+        if interrupt is None:
+            yield
+            return
+        remove = self.add_interrupter(interrupt)
+        try:
+            yield
+        finally:
+            remove()
+            close = getattr(interrupt, "close", None)
+            if close is not None:
+                close()
+
+
+class RunSink(Protocol):
+    """What a running turn needs from the run it serves."""
+
+    run_id: str | None
+    cancel: CancelToken
+    budget: Budget
+
+    def emit(self, event: Event) -> None:
+        """Publish one event of the run."""
+
+    def drain_steering(self) -> list[Steer]:
+        """Take every steering message waiting for this run, oldest first."""
+
+    def finish_unless_steered(self, final: Finish) -> list[Steer]:
+        """Publish `final` unless steering messages wait; then return them instead."""
+
+    def heartbeat(self) -> None:
+        """The run is alive (resets the instance's idle timer; may notice a cancel)."""
+
+    def interrupter(self) -> Callable[[], None] | None:
+        """A callable that cuts short whatever the calling code blocks on now (None: none)."""
+
+
+class LocalSink:
+    """An in-memory RunSink: events to a callback, steering from a list of batches."""
+
+    def __init__(
+        self,
+        emit: Callable[[Event], None],
+        steering: list[list[Steer]] | None = None,
+        run_id: str | None = None,
+        budget: Budget | None = None,
+        heartbeat: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._emit = emit
+        self.steering = steering if steering is not None else []
+        self.run_id = run_id
+        self.budget = budget or Budget()
+        self.cancel = CancelToken()
+        self._heartbeat = heartbeat
+
+    def emit(self, event: Event) -> None:
+        self._emit(event)
+
+    def drain_steering(self) -> list[Steer]:
+        return self.steering.pop(0) if self.steering else []
+
+    def finish_unless_steered(self, final: Finish) -> list[Steer]:
+        steered = self.drain_steering()
+        if not steered:
+            self.emit(final)
+        return steered
+
+    def heartbeat(self) -> None:
+        self._heartbeat()
+
+    def interrupter(self) -> Callable[[], None] | None:
+        return None
