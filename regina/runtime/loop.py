@@ -261,20 +261,8 @@ def _steps(turn: _Turn, spec: TurnSpec) -> TurnResult:
             return _stop(turn, stop, text, _plus(total, spent), step - 1)
         if spec.compaction is not None:
             _maybe_compact(turn, spec.compaction, summarize)
-        parts: list[str] = []
-        calls: list[model_api.ToolCallPart] = []
-        step_usage = Usage()
         try:
-            call = model_api.stream_completion if spec.stream else model_api.call_completion
-            with sink.cancel.interruptible(sink.interrupter()):
-                for delta in call(spec.target, turn.request(), schemas, spec.temperature):
-                    if isinstance(delta, model_api.TextPart):
-                        parts.append(delta.text)
-                        sink.emit(TextDelta(text_delta=delta.text))
-                    elif isinstance(delta, model_api.ToolCallPart):
-                        calls.append(delta)
-                    else:
-                        reason, step_usage = delta.reason, delta.usage
+            text, calls, reason, step_usage = _call_model(turn, spec, schemas)
         except ModelError as exc:
             if sink.cancel.reason is not None:  # the interruption surfaced as a provider error
                 return _stop(turn, (sink.cancel.reason, sink.cancel.message), text, _plus(total, spent), step)
@@ -282,7 +270,6 @@ def _steps(turn: _Turn, spec: TurnSpec) -> TurnResult:
         except RunCancelled as exc:
             # The model's partial answer is dropped: no assistant message, so no orphan call.
             return _stop(turn, (exc.reason, exc.message), text, _plus(total, spent), step)
-        text = "".join(parts)
         total = total + step_usage
         turn.append(assistant(text, [tool_call(c.id, c.name, c.args) for c in calls]))
         cancelled = _run_tools(turn, spec, calls)
@@ -304,6 +291,27 @@ def _steps(turn: _Turn, spec: TurnSpec) -> TurnResult:
     total = _plus(total, spent)
     sink.emit(Finish(finish_reason=reason, text=text, usage=total))
     return TurnResult(text=text, usage=total, finish_reason=reason, steps=step)
+
+
+def _call_model(
+    turn: _Turn, spec: TurnSpec, schemas: list[dict[str, Any]]
+) -> tuple[str, list[model_api.ToolCallPart], str, Usage]:
+    """One model call, interruptible by a cancel: (text, tool calls, finish reason, usage)."""
+    sink = turn.sink
+    parts: list[str] = []
+    calls: list[model_api.ToolCallPart] = []
+    reason, usage = "stop", Usage()
+    call = model_api.stream_completion if spec.stream else model_api.call_completion
+    with sink.cancel.interruptible(sink.interrupter()):
+        for delta in call(spec.target, turn.request(), schemas, spec.temperature):
+            if isinstance(delta, model_api.TextPart):
+                parts.append(delta.text)
+                sink.emit(TextDelta(text_delta=delta.text))
+            elif isinstance(delta, model_api.ToolCallPart):
+                calls.append(delta)
+            else:
+                reason, usage = delta.reason, delta.usage
+    return "".join(parts), calls, reason, usage
 
 
 def _run_tools(turn: _Turn, spec: TurnSpec, calls: list[model_api.ToolCallPart]) -> tuple[str, str] | None:
