@@ -5,9 +5,9 @@ docs/architecture.md): per-instance queues on Redis with the gevent pool.
 """
 
 from regina import keys
-from regina.config import load_settings
+from regina.config import process_settings
 
-_settings = load_settings()
+_settings = process_settings()
 
 broker_url = _settings.redis
 # kombu's Redis transport with one publishing client per channel (workers/transport.py); other

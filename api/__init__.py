@@ -9,13 +9,13 @@ from flask import Flask, Response, g, request
 
 from api.errors import error_response, register_error_handlers
 from api.services import Services, build_services
-from regina.config import Settings, load_settings
+from regina.config import Settings, process_settings
 from regina.metrics import HTTP_REQUESTS, HTTP_SECONDS
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
-    """Build the app from settings (default: REGINA_CONFIG + environment)."""
-    settings = settings or load_settings()
+    """Build the app from settings (default: the process's, from REGINA_CONFIG + environment)."""
+    settings = settings or process_settings()
     app = Flask("regina")
     app.config["MAX_CONTENT_LENGTH"] = settings.limits.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]

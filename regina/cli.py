@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from regina import keys
-from regina.config import Settings, load_settings
+from regina.config import Settings, bind_host, environment, load_settings, process_settings
 from regina.errors import ConfigError
 
 EPILOG = """\
@@ -32,7 +32,7 @@ see docs/configuration.md for every key.
 
 def _settings() -> Settings:
     try:
-        return load_settings()
+        return process_settings()
     except ConfigError as exc:
         sys.exit(f"regina: bad configuration: {exc.message}")
 
@@ -44,12 +44,10 @@ def _exec(argv: list[str]) -> None:
 
 def web_argv(settings: Settings, workers: int | None = None) -> list[str]:
     """gunicorn with gevent workers, so streams and long chats don't hold OS threads."""
-    count = workers or int(os.environ.get("WEB_CONCURRENCY", "2"))
-    # A platform that sets PORT expects the app on every interface, unless `host` was set explicitly.
-    explicit = "REGINA_HOST" in os.environ or settings.host != "127.0.0.1"
-    host = "0.0.0.0" if os.environ.get("PORT") and not explicit else settings.host
+    count = workers or settings.web_concurrency
+    host = bind_host(settings)
     # No access log unless asked for: gunicorn formats every line even for /dev/null.
-    access = ["--access-logfile", "-"] if os.environ.get("REGINA_ACCESS_LOG") else []
+    access = ["--access-logfile", "-"] if settings.access_log else []
     return [
         sys.executable,
         "-m",
@@ -175,7 +173,7 @@ def start_embedded_redis(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
 def up(args: argparse.Namespace) -> int:
     """web + worker (+ embedded Redis when REDIS_URL is unset) until Ctrl-C."""
     settings = _settings()
-    env = dict(os.environ)
+    env = dict(environment())
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
     redis_proc = None
     if not (env.get("REDIS_URL") or env.get("REGINA_REDIS")):
@@ -238,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     p_worker.add_argument("--member-id", help="member id / Celery node name (default: unique per process)")
     p_worker.add_argument("--concurrency", type=int, help="greenlets (default: config `concurrency`, 100)")
     p_flower = sub.add_parser("flower", help="Flower, the Celery monitor, on the same Redis")
-    p_flower.add_argument("--port", type=int, default=int(os.environ.get("PORT", "5555")))
+    p_flower.add_argument("--port", type=int, default=int(environment().get("PORT", "5555")))
     args = parser.parse_args(argv)
 
     if args.command == "up":

@@ -193,11 +193,21 @@ class Settings(_Section):
     """Workers send Celery task events so Flower shows each instance queue's tasks."""
     log_level: str = "INFO"
     """Log level of web and worker processes."""
+    web_concurrency: int = Field(2, ge=1)
+    """gunicorn worker processes of `regina web`. `WEB_CONCURRENCY` sets it too (as platforms do)."""
+    access_log: bool = False
+    """gunicorn's access log on stdout (`regina web`); off by default: every line costs CPU."""
+
+    @field_validator("access_log", mode="before")
+    @classmethod
+    def _empty_is_off(cls, value: Any) -> Any:
+        return False if value in (None, "") else value
 
     @field_validator("member_id", "member_address")
     @classmethod
     def _expand_placeholders(cls, value: str | None, info: ValidationInfo) -> str | None:
-        environ = (info.context or {}).get("environ", os.environ)
+        context = info.context or {}
+        environ = context["environ"] if "environ" in context else environment()
         return None if value is None else expand_placeholders(value, environ)
 
     @model_validator(mode="after")
@@ -312,13 +322,43 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def load_settings(environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> Settings:
-    """Build Settings from REGINA_CONFIG, REDIS_URL, PORT and REGINA_* (later wins).
+def environment() -> Mapping[str, str]:
+    """The process environment: the one place Regina's code reads it (secrets such as provider
+    API keys, `${VAR}` in definitions and the bash allow-list come from here too)."""
+    return os.environ
+
+
+_process_settings: Settings | None = None
+
+
+def process_settings() -> Settings:
+    """This process's Settings, loaded once (web, worker, Celery config and CLI share them).
 
     Raises:
         ConfigError: naming the key and the bad value.
     """
-    env = os.environ if environ is None else environ
+    global _process_settings
+    if _process_settings is None:
+        _process_settings = load_settings()
+    return _process_settings
+
+
+def bind_host(settings: Settings, environ: Mapping[str, str] | None = None) -> str:
+    """The web's listen address: a platform that sets `PORT` expects the app on every interface,
+    unless `host` was set explicitly (config file or `REGINA_HOST`)."""
+    env = environment() if environ is None else environ
+    explicit = "REGINA_HOST" in env or settings.host != "127.0.0.1"
+    return "0.0.0.0" if env.get("PORT") and not explicit else settings.host
+
+
+def load_settings(environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Build Settings from REGINA_CONFIG, REDIS_URL, PORT, WEB_CONCURRENCY and REGINA_* (later
+    wins). Every call reads the environment afresh; processes use `process_settings()`.
+
+    Raises:
+        ConfigError: naming the key and the bad value.
+    """
+    env = environment() if environ is None else environ
     data: dict[str, Any] = {}
     if env.get("REGINA_CONFIG"):
         data = read_config_file(env["REGINA_CONFIG"])
@@ -326,6 +366,8 @@ def load_settings(environ: Mapping[str, str] | None = None, overrides: Mapping[s
         data["redis"] = env["REDIS_URL"]
     if env.get("PORT"):
         data["port"] = _parse_env_value(env["PORT"])
+    if env.get("WEB_CONCURRENCY"):
+        data["webConcurrency"] = _parse_env_value(env["WEB_CONCURRENCY"])
     data = _merge(data, _env_overrides(env))
     if overrides:
         data = _merge(data, overrides)

@@ -281,7 +281,7 @@ def _load_tools(path: Path, tools: list[str]) -> tuple[tuple[str, ...], dict[str
 def parse_definition(
     path: str | os.PathLike[str],
     settings: Settings,
-    environ: Mapping[str, str] = os.environ,
+    environ: Mapping[str, str] | None = None,
 ) -> AgentDefinition:
     """Read and validate the agent definition at `path` (rules in the module docstring).
 

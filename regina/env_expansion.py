@@ -15,11 +15,11 @@ Rules (shell-like, on purpose, so they hold no surprises):
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from typing import Any
 
+from regina.config import environment
 from regina.errors import DefinitionError
 
 _PATTERN = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -43,7 +43,7 @@ def _expand_str(text: str, environ: Mapping[str, str], where: str) -> str:
     return _PATTERN.sub(replace, text)
 
 
-def expand_env(value: Any, environ: Mapping[str, str] = os.environ, *, where: str = "") -> Any:
+def expand_env(value: Any, environ: Mapping[str, str] | None = None, *, where: str = "") -> Any:
     """Return `value` with `${VAR}` / `${VAR:-default}` expanded in every string inside it.
 
     `value` may be a str, a list or a dict (walked recursively); other types are returned as
@@ -54,6 +54,8 @@ def expand_env(value: Any, environ: Mapping[str, str] = os.environ, *, where: st
         DefinitionError: a `${VAR}` without default names a variable that is not set; the
             message names the variable and where it was found.
     """
+    if environ is None:
+        environ = environment()
     if isinstance(value, str):
         return _expand_str(value, environ, where)
     if isinstance(value, list):

@@ -32,12 +32,11 @@ The base URL comes from the environment variable when set, else from
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from regina.config import Settings
+from regina.config import Settings, environment
 from regina.errors import DefinitionError
 
 DEMO_PROVIDER = "demo"
@@ -126,7 +125,7 @@ def resolve_model_target(
     model: str,
     provider: str | None,
     settings: Settings,
-    environ: Mapping[str, str] = os.environ,
+    environ: Mapping[str, str] | None = None,
 ) -> ModelTarget:
     """Resolve `model` (and the definition's `provider`, or None to infer it) to a ModelTarget.
 
@@ -155,6 +154,8 @@ def resolve_model_target(
 
     api_key: str | None = None
     api_base: str | None = None
+    if environ is None:
+        environ = environment()
     if info.env_prefix is not None:
         api_key = environ.get(f"{info.env_prefix}_API_KEY") or None
         api_base = environ.get(f"{info.env_prefix}_BASE_URL") or None

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import builtins
 import logging
-import os
 import signal
 import threading
 import time
@@ -32,7 +31,7 @@ from pathlib import Path
 from types import FrameType, MappingProxyType
 from typing import Any
 
-from regina.config import Settings
+from regina.config import Settings, environment
 from regina.definitions import AgentDefinition, parse_definition
 from regina.errors import ConfigError, DefinitionError, NotFound
 
@@ -90,7 +89,7 @@ class AgentRegistry:
             files = sorted(p for p in directory.glob("*.md") if p.is_file())
         except OSError as exc:
             raise ConfigError(f"agentsDir: cannot list {str(directory)!r}: {exc.strerror}") from exc
-        environ = os.environ if self._environ is None else self._environ
+        environ = environment() if self._environ is None else self._environ
         found: dict[str, AgentDefinition] = {}
         errors: list[Mapping[str, str]] = []
         for path in files:

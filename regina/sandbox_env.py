@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import fnmatch
-import os
 from collections.abc import Iterable, Mapping
+
+from regina.config import environment
 
 #: Names that are never passed to the sandbox, even when allow-listed (matched case-insensitively).
 SECRET_PATTERNS: tuple[str, ...] = ("*_API_KEY", "*SECRET*", "*TOKEN*", "*PASSWORD*")
@@ -19,7 +20,7 @@ def is_secret_name(name: str) -> bool:
     return any(fnmatch.fnmatchcase(upper, pattern) for pattern in SECRET_PATTERNS)
 
 
-def sandbox_env(allowed: Iterable[str], environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+def sandbox_env(allowed: Iterable[str], environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """Build the bash tool's environment from the allow-list `allowed` (config `allowedEnv`).
 
     Only names in `allowed` that are set in `environ` are copied. Names matching ``*_API_KEY``,
@@ -30,6 +31,8 @@ def sandbox_env(allowed: Iterable[str], environ: Mapping[str, str] = os.environ)
     at the VFS root) and ``HOME`` is ``/`` too — the host's home directory means nothing in the
     VFS, so an allow-listed ``HOME`` is not copied from the host.
     """
+    if environ is None:
+        environ = environment()
     env: dict[str, str] = {}
     for name in allowed:
         if not name or is_secret_name(name) or name in SANDBOX_DEFAULTS:

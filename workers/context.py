@@ -10,7 +10,7 @@ from typing import Any
 import redis
 
 from regina import keys
-from regina.config import Settings, load_settings
+from regina.config import Settings, process_settings
 from regina.factory_hooks import load_hooks
 from regina.host import InstanceHost
 from regina.lifecycle import Coordinator
@@ -54,7 +54,7 @@ _context: WorkerContext | None = None
 def init_context(member_id: str, concurrency: int | None = None) -> WorkerContext:
     """Build the context once per worker process (at celeryd_after_setup)."""
     global _context
-    settings = load_settings()
+    settings = process_settings()
     client = connect(settings.redis, concurrency or settings.concurrency)
     registry = AgentRegistry(settings)
     registry.load()

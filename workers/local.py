@@ -11,7 +11,7 @@ for event in regina.follow_run(regina.start_run(iid, "stream this")):
 
 from __future__ import annotations
 
-from regina.config import Settings, load_settings
+from regina.config import Settings, process_settings
 from regina.lifecycle import Coordinator
 from regina.redis_conn import connect
 from regina.registry import AgentRegistry
@@ -22,7 +22,7 @@ from workers.dispatcher import CeleryDispatcher
 
 def local_coordinator(settings: Settings | None = None) -> Coordinator:
     """The same Coordinator a web process uses, publishing tasks to Celery directly."""
-    settings = settings or load_settings()
+    settings = settings or process_settings()
     registry = AgentRegistry(settings)
     registry.load()
     client = connect(settings.redis)

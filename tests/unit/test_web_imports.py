@@ -55,3 +55,30 @@ def test_web_app_leaves_the_worker_out(imports: str, tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_a_web_process_loads_its_settings_once(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "REDIS_URL": f"redis://127.0.0.1:{_closed_port()}/0",
+        "REGINA_AGENTS_DIR": str(tmp_path),
+    }
+    env.pop("REGINA_CONFIG", None)
+    probe = """
+import regina.config as config
+calls = []
+load = config.load_settings
+def counting(*args, **kwargs):
+    calls.append(1)
+    return load(*args, **kwargs)
+config.load_settings = counting
+import api.wsgi, celeryconfig, workers.local
+workers.local.local_coordinator()
+print(len(calls))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "1"
