@@ -152,10 +152,10 @@ def bench_steps(fake: FakeLLM, steps: int, turns: int, vfs_kind: str, provider: 
     tool = Tool(name="noop", description="does nothing", parameters=P, fn=noop)
     real_run_tool = loop_mod._run_tool
 
-    def timed_run_tool(tools: dict[str, Tool], name: str, args: dict[str, Any]) -> Any:
+    def timed_run_tool(tools: dict[str, Tool], name: str, args: dict[str, Any], *rest: Any) -> Any:
         t0 = time.perf_counter()
         try:
-            return real_run_tool(tools, name, args)
+            return real_run_tool(tools, name, args, *rest)
         finally:
             acc["tool"] += time.perf_counter() - t0
 

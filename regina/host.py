@@ -33,7 +33,7 @@ from regina.runtime.session import Session
 from regina.runtime.sink import CANCELLED
 from regina.runtime.tools.base import Tool
 from regina.runtime.tools.child import ChildSpec
-from regina.runtime.tools.process import ProcessRunner
+from regina.runtime.tools.process import ProcessRunner, warm_up
 from regina.runtime.tools.runner import ThreadRunner, ToolRunner, thread_pool
 from regina.runtime.tools.toolset import build_tools
 from regina.sandbox_env import sandbox_env
@@ -96,6 +96,8 @@ class InstanceHost:
         # Instances being attached: steps that arrive meanwhile wait on this gate.
         self.loading: dict[str, FifoLock] = {}
         self.env = sandbox_env(settings.allowed_env)
+        if settings.use_processes or any(d.use_processes for d in registry.list()):
+            warm_up()  # the fork server imports the tool code once, off the event loop
         os.makedirs(settings.vfs_dir, exist_ok=True)
 
     # -- activation ----------------------------------------------------------------------

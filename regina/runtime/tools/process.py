@@ -28,9 +28,9 @@ from typing import Any
 from regina.errors import ToolError
 from regina.runtime.tools.base import Tool
 from regina.runtime.tools.child import PRELOAD, ChildSpec, child_main
-from regina.runtime.tools.runner import ToolRunner, timeout_message
+from regina.runtime.tools.runner import ToolRunner, thread_pool, timeout_message
 
-__all__ = ["ProcessRunner", "mp_context"]
+__all__ = ["ProcessRunner", "mp_context", "warm_up"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,18 @@ def mp_context() -> Any:
             ctx.set_forkserver_preload(list(PRELOAD))
             _ctx = ctx
         return _ctx
+
+
+def warm_up() -> None:
+    """Start the fork server now, in a real thread (the worker calls this when it starts)."""
+
+    def start() -> None:
+        from multiprocessing import forkserver
+
+        mp_context()
+        forkserver.ensure_running()
+
+    thread_pool().submit(start)
 
 
 def _wait(fds: list[int], timeout: float | None) -> list[int]:
@@ -106,7 +118,10 @@ class ProcessRunner:
         os.set_blocking(parent.fileno(), True)
         proc = ctx.Process(target=child_main, args=(child, self.spec), name=f"regina-tools-{self.spec.instance_id}")
         proc.daemon = True
-        proc.start()
+        # start() blocks in os.read until the fork server reports the child's pid (the first time,
+        # until the server has imported the preloaded modules: seconds on a busy machine), so it
+        # runs in a real thread, never on the gevent hub.
+        thread_pool().submit(proc.start).result()
         child.close()
         self._proc, self._conn = proc, parent
         if not _wait([parent.fileno(), proc.sentinel], _START_TIMEOUT):

@@ -1,0 +1,167 @@
+"""Tool runners (docs/isolation.md): threads off the caller's thread, processes with limits."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from pydantic import BaseModel
+
+from regina.config import Limits, Settings
+from regina.definitions import parse_definition
+from regina.errors import ConfigError, DefinitionError, ToolError
+from regina.runtime.tools.base import Tool
+from regina.runtime.tools.child import ChildSpec
+from regina.runtime.tools.loading import load_tool_module
+from regina.runtime.tools.process import ProcessRunner
+from regina.runtime.tools.runner import ThreadRunner
+from regina.runtime.tools.toolset import build_tools
+from regina.vfs import SQLiteVFS, open_vfs
+
+TOOL = """
+import os
+import time
+
+from pydantic import BaseModel
+
+from regina.runtime.tools.base import tool
+
+
+class Params(BaseModel):
+    mode: str
+
+
+@tool(description="test", parameters=Params)
+def work(p: Params) -> dict:
+    if p.mode == "exit":
+        os._exit(3)
+    if p.mode == "sleep":
+        time.sleep(60)
+    if p.mode == "raise":
+        raise ValueError("boom")
+    return {"pid": os.getpid()}
+"""
+
+
+class P(BaseModel):
+    x: int = 0
+
+
+def _tool(fn: Any) -> Tool:
+    return Tool(name="t", description="t", parameters=P, fn=fn)
+
+
+def test_thread_runner_runs_sync_and_async_tools_off_the_calling_thread() -> None:
+    here = threading.get_ident()
+
+    async def coro(p: P) -> int:
+        await asyncio.sleep(0)
+        return threading.get_ident()
+
+    runner = ThreadRunner(5)
+    assert runner.run(_tool(lambda p: threading.get_ident()), {}) != here
+    assert runner.run(_tool(coro), {}) != here
+    inline = Tool(name="t", description="t", parameters=P, fn=lambda p: threading.get_ident(), inline=True)
+    assert runner.run(inline, {}) == here
+
+
+def test_thread_runner_times_out_and_cancels_with_a_tool_error() -> None:
+    runner = ThreadRunner(0.3)
+    with pytest.raises(ToolError, match=r"timed out after 0.3 s \(limits.toolTimeout\) and was abandoned"):
+        runner.run(_tool(lambda p: time.sleep(3)), {})
+    runner = ThreadRunner(30)
+    threading.Timer(0.2, runner.cancel).start()
+    t0 = time.monotonic()
+    with pytest.raises(ToolError, match="was cancelled"):
+        runner.run(_tool(lambda p: time.sleep(3)), {})
+    assert time.monotonic() - t0 < 2
+
+
+@pytest.fixture
+def proc_runner(tmp_path: Path) -> Iterator[tuple[ProcessRunner, dict[str, Tool], SQLiteVFS]]:
+    path = tmp_path / "work.py"
+    path.write_text(TOOL)
+    vfs = open_vfs("sqlite", "i1", str(tmp_path), None, "NORMAL")
+    assert isinstance(vfs, SQLiteVFS)
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": "/", "PWD": "/"}
+    tools = build_tools(vfs, env=env, limits=Limits(), network=False, user_tools={"work": load_tool_module(path)})
+    spec = ChildSpec(
+        "i1", "sqlite", str(tmp_path), None, "NORMAL", env, Limits().model_dump(), False, (str(path),), 1024
+    )
+    runner = ProcessRunner(spec, child_tools=set(tools), timeout=3, cpu_seconds=30, fallback=ThreadRunner(5))
+    yield runner, tools, vfs
+    runner.close()
+    vfs.close()
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_process_runner_shares_the_vfs_and_survives_its_child(
+    proc_runner: tuple[ProcessRunner, dict[str, Tool], SQLiteVFS],
+) -> None:
+    runner, tools, vfs = proc_runner
+    runner.run(tools["write_file"], {"path": "/a.txt", "content": "from the child"})
+    assert vfs.read("/a.txt") == b"from the child"
+    vfs.write("/b.txt", b"from the worker")
+    assert runner.run(tools["bash"], {"command": "cat /b.txt"})["stdout"] == "from the worker"
+    first = runner.run(tools["work"], {"mode": "pid"})["pid"]
+    assert first != os.getpid() and runner.run(tools["work"], {"mode": "pid"})["pid"] == first  # reused
+    with pytest.raises(ToolError, match="ValueError: boom"):
+        runner.run(tools["work"], {"mode": "raise"})
+    with pytest.raises(ToolError, match="its process exited with status 3"):
+        runner.run(tools["work"], {"mode": "exit"})
+    second = runner.run(tools["work"], {"mode": "pid"})["pid"]
+    assert second != first
+    with pytest.raises(ToolError, match=r"timed out after 3 s \(limits.toolTimeout\) and was stopped"):
+        runner.run(tools["work"], {"mode": "sleep"})
+    assert _gone(second)
+    third = runner.run(tools["work"], {"mode": "pid"})["pid"]
+    runner.close()
+    assert _gone(third)
+    with pytest.raises(ToolError, match="being released"):
+        runner.run(tools["work"], {"mode": "pid"})
+
+
+def test_process_runner_cancel_stops_the_call_in_progress(
+    proc_runner: tuple[ProcessRunner, dict[str, Tool], SQLiteVFS],
+) -> None:
+    runner, tools, _ = proc_runner
+    runner.run(tools["work"], {"mode": "pid"})
+    threading.Timer(0.3, runner.cancel).start()
+    with pytest.raises(ToolError, match="was cancelled"):
+        runner.run(tools["work"], {"mode": "sleep"})
+    assert "pid" in runner.run(tools["work"], {"mode": "pid"})
+
+
+def test_use_processes_needs_a_vfs_a_child_can_open(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="useProcesses needs vfsBackend sqlite or realdir"):
+        Settings(use_processes=True, vfs_backend="memory")
+    md = tmp_path / "a.md"
+    md.write_text("---\nname: a\nmodel: gpt-4o\nuseProcesses: true\n---\nhi\n")
+    assert parse_definition(md, Settings()).use_processes is True
+    assert parse_definition(md, Settings(use_processes=False)).use_processes is True
+    md.write_text("---\nname: a\nmodel: gpt-4o\nuseProcesses: false\n---\nhi\n")
+    assert parse_definition(md, Settings(use_processes=True)).use_processes is False
+    md.write_text("---\nname: a\nmodel: gpt-4o\nuseProcesses: true\n---\nhi\n")
+    with pytest.raises(DefinitionError, match="field 'useProcesses': useProcesses needs vfsBackend"):
+        parse_definition(md, Settings(vfs_backend="memory"))
+
+
+def test_use_processes_is_accepted_from_the_environment() -> None:
+    from regina.config import load_settings
+
+    assert load_settings({"REGINA_USE_PROCESSES": "true"}).use_processes is True
+    with pytest.raises(ConfigError, match="useProcesses needs"):
+        load_settings({"REGINA_USE_PROCESSES": "true", "REGINA_VFS_BACKEND": "memory"})
