@@ -7,6 +7,7 @@ import time
 
 from flask import Flask, Response, g, request
 
+from api import agents, chat, health, instances, runs
 from api.errors import error_response, register_error_handlers
 from api.services import Services, build_services
 from regina.config import Settings, process_settings
@@ -21,8 +22,6 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["regina"] = services or build_services(settings)
     register_error_handlers(app)
-
-    from api import agents, chat, health, instances, runs
 
     for module in (agents, instances, chat, runs, health):
         app.register_blueprint(module.bp)

@@ -29,6 +29,7 @@ import threading
 from regina.atomic_file import fsync_dir, write_atomic
 from regina.errors import DirectoryNotEmpty, IsADirectory, NoSuchPath, NotADirectory, PathExists, VFSError
 from regina.vfs.base import FileStat, normalize
+from regina.vfs.memory import MemoryVFS
 from regina.vfs.snapshot import check_snapshot
 from regina.vfs.sqlite import SQLiteVFS
 
@@ -269,8 +270,6 @@ class RealDirVFS:
         os.makedirs(parent, exist_ok=True)
         build = tempfile.mkdtemp(prefix=".restore-", dir=parent)
         os.chmod(build, 0o755)
-        from regina.vfs.memory import MemoryVFS
-
         src = MemoryVFS.from_snapshot(data)
         try:
             for path, is_dir, mode in src.walk():
