@@ -12,11 +12,14 @@ from api.errors import error_response, register_error_handlers
 from api.services import Services, build_services
 from regina.config import Settings, process_settings
 from regina.metrics import HTTP_REQUESTS, HTTP_SECONDS
+from regina.secrets import add_secret, install_log_redaction
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
     """Build the app from settings (default: the process's, from REGINA_CONFIG + environment)."""
+    install_log_redaction()
     settings = settings or process_settings()
+    add_secret(settings.auth_token)
     app = Flask("regina")
     app.config["MAX_CONTENT_LENGTH"] = settings.limits.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]

@@ -19,6 +19,7 @@ from regina.errors import (
     Unprocessable,
     VFSError,
 )
+from regina.secrets import redact
 
 log = logging.getLogger("regina.api")
 
@@ -47,7 +48,7 @@ def status_of(exc: ReginaError) -> int:
 
 def error_response(message: str, status: int) -> tuple[Response, int]:
     """The JSON error body."""
-    return jsonify({"error": message}), status
+    return jsonify({"error": redact(message)}), status
 
 
 def describe_unexpected(exc: Exception) -> str:

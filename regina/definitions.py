@@ -59,6 +59,7 @@ from regina.errors import DefinitionError
 from regina.providers import check_provider_name, infer_provider
 from regina.runtime.tools.base import Tool
 from regina.runtime.tools.loading import load_tool_module
+from regina.secrets import add_secret, redact_any
 
 MAX_DEFINITION_BYTES = 1_048_576
 """Largest definition file accepted (1 MiB)."""
@@ -183,17 +184,21 @@ class AgentDefinition(BaseModel):
         )
 
     def public_dict(self) -> dict[str, Any]:
-        """The agent as `GET /agents` shows it (SPEC §4): no prompt, paths, servers or secrets."""
-        return {
-            "id": self.id,
-            "name": self.name,
-            "description": self.description,
-            "model": self.model,
-            "provider": self.provider,
-            "tools": self.tool_names,
-            "delegates": list(self.delegates),
-            "greeting": self.greeting,
-        }
+        """The agent as `GET /agents` shows it (SPEC §4): no prompt, paths, servers or secrets
+        (a `${SECRET}` expanded into the description or greeting shows as `[redacted]`)."""
+        shown: dict[str, Any] = redact_any(
+            {
+                "id": self.id,
+                "name": self.name,
+                "description": self.description,
+                "model": self.model,
+                "provider": self.provider,
+                "tools": self.tool_names,
+                "delegates": list(self.delegates),
+                "greeting": self.greeting,
+            }
+        )
+        return shown
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:
@@ -319,6 +324,9 @@ def parse_definition(
     if use_processes and settings.vfs_backend == "memory":
         raise DefinitionError(f"{p}: field 'useProcesses': {MEMORY_VFS_NO_PROCESSES}")
     tool_paths, user_tools = _load_tools(p, fm.tools)
+    for server in fm.mcp_servers:
+        for value in server.headers.values():
+            add_secret(value)
     return AgentDefinition(
         name=fm.name,
         description=fm.description or "",

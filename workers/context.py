@@ -19,6 +19,7 @@ from regina.registry import AgentRegistry
 from regina.registry_sync import start_reload_listener
 from regina.runs.cancel import listen as cancel_listener
 from regina.runtime.models import get_litellm
+from regina.secrets import add_secret, install_log_redaction
 from storage import make_storage
 from workers.celery_app import app
 from workers.dispatcher import CeleryDispatcher
@@ -54,7 +55,9 @@ _context: WorkerContext | None = None
 def init_context(member_id: str, concurrency: int | None = None) -> WorkerContext:
     """Build the context once per worker process (at celeryd_after_setup)."""
     global _context
+    install_log_redaction()
     settings = process_settings()
+    add_secret(settings.auth_token)
     client = connect(settings.redis, concurrency or settings.concurrency)
     registry = AgentRegistry(settings)
     registry.load()

@@ -35,8 +35,9 @@ def chat(instance_id: str, run_id: str, message: str | None, stream: bool = True
         raise Reject(str(exc), requeue=True) from exc
     except Exception as exc:
         log.exception("step %s for %s failed", run_id, instance_id)
+        error = f"internal error: {exc.__class__.__name__} (details in the worker log)"
         RunPublisher(ctx.client, run_id, instance_id, ctx.settings.run_retention).publish(
-            {"type": "error", "error": f"internal error: {exc}"}
+            {"type": "error", "error": error}
         )
 
 

@@ -15,6 +15,7 @@ from typing import Any, cast
 import redis
 
 from regina import keys
+from regina.secrets import redact
 
 TERMINAL = frozenset({"finish", "error"})
 
@@ -81,7 +82,7 @@ class RunPublisher:
         self._finish_script = client.register_script(_FINISH)
 
     def _payload(self, event: dict[str, Any], seq: int) -> str:
-        return json.dumps({**event, "seq": seq, "runId": self.run_id}, separators=(",", ":"), default=str)
+        return redact(json.dumps({**event, "seq": seq, "runId": self.run_id}, separators=(",", ":"), default=str))
 
     def _finish(self, event: dict[str, Any], steering_key: str | None) -> list[str]:
         """Append the buffered events and the terminal `event` and end the run record, in one

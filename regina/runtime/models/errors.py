@@ -6,6 +6,7 @@ import json
 import re
 
 from regina.errors import ModelError
+from regina.secrets import redact
 
 __all__ = ["model_error", "clean_message"]
 
@@ -41,7 +42,7 @@ def model_error(exc: BaseException) -> ModelError:
     if isinstance(exc, ModelError):
         return exc
     status = getattr(exc, "status_code", None)
-    message = clean_message(str(getattr(exc, "message", None) or exc or ""))
+    message = redact(clean_message(str(getattr(exc, "message", None) or exc or "")))
     if len(message) > 500:
         message = message[:500] + "…"
     head = f"{status} " if isinstance(status, int) else ""

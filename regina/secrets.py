@@ -1,0 +1,97 @@
+"""Keep secret values out of everything Regina shows: responses, run events, the model, logs (SPEC §10).
+
+A secret is the value of an environment variable named like one (`*KEY*`, `*TOKEN*`,
+`*SECRET*`, `*PASSWORD*`, `*CREDENTIAL*`, `*AUTH*`), plus any value registered with
+`add_secret` (MCP header values, the API bearer token). `redact()` replaces each occurrence with
+`[redacted]`; the API's error bodies, agent listings, run events, model errors and every log
+record pass through it. Short values (under 8 characters) are not treated as secrets: they would
+redact ordinary words.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+REDACTED = "[redacted]"
+MIN_SECRET_LENGTH = 8
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNORECASE)
+
+_lock = threading.Lock()
+_extra: set[str] = set()
+_pattern: re.Pattern[str] | None = None
+_NOTHING = re.compile(r"(?!)")
+
+
+def secret_values(environ: Mapping[str, str]) -> set[str]:
+    """Values of the environment variables whose names say they hold a secret."""
+    return {v for k, v in environ.items() if _SECRET_NAME.search(k) and len(v) >= MIN_SECRET_LENGTH}
+
+
+def add_secret(value: str | None) -> None:
+    """Treat `value` as a secret from now on (header values, tokens from config)."""
+    global _pattern
+    if value and len(value) >= MIN_SECRET_LENGTH and value not in _extra:
+        with _lock:
+            _extra.add(value)
+            _pattern = None
+
+
+def refresh_secrets() -> None:
+    """Re-read the environment's secrets (they are read once, at first use)."""
+    global _pattern
+    with _lock:
+        _pattern = None
+
+
+def _current() -> re.Pattern[str] | None:
+    global _pattern
+    pattern = _pattern
+    if pattern is None:
+        # Longest first, so a secret that contains another is replaced whole.
+        alternatives = sorted(secret_values(os.environ) | _extra, key=len, reverse=True)
+        pattern = re.compile("|".join(map(re.escape, alternatives))) if alternatives else _NOTHING
+        with _lock:
+            _pattern = pattern
+    return None if pattern is _NOTHING else pattern
+
+
+def redact(text: str) -> str:
+    """`text` with every secret value replaced by `[redacted]`."""
+    pattern = _current()
+    if pattern is None or not text:
+        return text
+    return pattern.sub(REDACTED, text)
+
+
+def redact_any(value: Any) -> Any:
+    """`redact` applied to every string inside lists and dicts."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list):
+        return [redact_any(v) for v in value]
+    if isinstance(value, dict):
+        return {k: redact_any(v) for k, v in value.items()}
+    return value
+
+
+class _RedactingRecord(logging.LogRecord):
+    """A log record whose message and traceback text are redacted when formatted."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.exc_info and not self.exc_text:
+            self.exc_text = redact(logging.Formatter().formatException(self.exc_info))
+
+    def getMessage(self) -> str:  # noqa: N802 - logging's name
+        return redact(super().getMessage())
+
+
+def install_log_redaction() -> None:
+    """Make every log record of this process redact secrets (idempotent)."""
+    if logging.getLogRecordFactory() is not _RedactingRecord:
+        logging.setLogRecordFactory(_RedactingRecord)
