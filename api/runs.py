@@ -21,7 +21,12 @@ NDJSON = "application/x-ndjson"
 
 
 def _relay(events: Iterator[dict[str, Any]], run_id: str) -> Iterator[bytes]:
-    """The run's events as NDJSON; whatever goes wrong, the last line is `finish` or `error`."""
+    """The run's events as NDJSON; whatever goes wrong, the last line is `finish` or `error`.
+
+    An empty first chunk makes the server send the status line and headers (`X-Run-Id`) at once,
+    so a client knows the run id (to cancel it) before the model's first token.
+    """
+    yield b""
     try:
         for event in events:
             yield to_ndjson(event)

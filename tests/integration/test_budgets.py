@@ -1,0 +1,91 @@
+"""Budgets enforced by the server (SPEC §12): tokens before every model call, seconds on the clock.
+
+A private cluster whose config sets `budget.maxTokensPerRun` and `budget.maxSecondsPerRun`; the
+fake LLM reports scripted usage, so the numbers are exact.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.harness.fake_llm import FakeLLM, Reply, ToolCall
+from tests.harness.processes import Cluster
+
+
+@pytest.fixture(scope="module")
+def budget_api(fake_llm: FakeLLM) -> Iterator[httpx.Client]:
+    from tests.harness.redis_server import RedisServer
+
+    server = RedisServer().start()
+    c = Cluster(
+        server.url,
+        fake_llm.url,
+        env_overrides={
+            "REGINA_BUDGET__MAX_TOKENS_PER_RUN": "100",
+            "REGINA_BUDGET__MAX_SECONDS_PER_RUN": "2",
+            "REGINA_BUDGET__MAX_TOKENS_PER_INSTANCE": "400",
+        },
+    )
+    try:
+        c.start_worker()
+        web = c.start_web()
+        with httpx.Client(base_url=web.url, timeout=60) as client:
+            yield client
+    finally:
+        c.stop()
+        server.close()
+
+
+def _spawn(api: httpx.Client) -> str:
+    return str(api.post("/agents/openai-agent/instances").json()["instanceId"])
+
+
+def test_token_budget_stops_the_run_before_the_next_model_call(budget_api: httpx.Client, fake_llm: FakeLLM) -> None:
+    api = budget_api
+    iid = _spawn(api)
+    fake_llm.push_for(
+        "count words",
+        Reply(tool_calls=[ToolCall("bash", {"command": "echo hi"})], usage=(90, 30)),
+        Reply(text="never asked", usage=(1, 1)),
+    )
+    body = api.post(f"/instances/{iid}/chat", json={"message": "count words"}).json()
+    assert body["finishReason"] == "budget"
+    assert "maxTokensPerRun" in body["text"] and "120" in body["text"]
+    assert body["usage"] == {"promptTokens": 90, "completionTokens": 30}
+    assert [r.last_user_text for r in fake_llm.requests] == ["count words"]  # no second call
+    assert api.get(f"/runs/{body['runId']}").json()["status"] == "finished"
+    assert api.get(f"/instances/{iid}").json()["usage"] == {"promptTokens": 90, "completionTokens": 30}
+    # The transcript stays valid: the next chat's request has the tool call and its result.
+    fake_llm.reset()
+    fake_llm.push_for("next", Reply(text="fine", usage=(10, 5)))
+    assert api.post(f"/instances/{iid}/chat", json={"message": "next"}).json()["text"] == "fine"
+    (req,) = fake_llm.requests
+    calls = [tc["id"] for m in req.messages if m["role"] == "assistant" for tc in m.get("tool_calls", [])]
+    assert calls and calls == [m["tool_call_id"] for m in req.messages if m["role"] == "tool"]
+
+
+def test_instance_token_budget_counts_every_run(budget_api: httpx.Client, fake_llm: FakeLLM) -> None:
+    api = budget_api
+    iid = _spawn(api)
+    for i in range(4):
+        fake_llm.push_for(f"turn {i}", Reply(text=f"answer {i}", usage=(80, 20)))
+        assert api.post(f"/instances/{iid}/chat", json={"message": f"turn {i}"}).json()["finishReason"] == "stop"
+    body = api.post(f"/instances/{iid}/chat", json={"message": "one more"}).json()
+    assert body["finishReason"] == "budget" and "maxTokensPerInstance" in body["text"]
+    assert api.get(f"/instances/{iid}").json()["usage"] == {"promptTokens": 320, "completionTokens": 80}
+
+
+def test_time_budget_cuts_a_slow_model_call_short(budget_api: httpx.Client, fake_llm: FakeLLM) -> None:
+    api = budget_api
+    iid = _spawn(api)
+    fake_llm.push_for("slow", Reply(text="too slow", delay=20))
+    started = time.monotonic()
+    body = api.post(f"/instances/{iid}/chat", json={"message": "slow"}).json()
+    assert time.monotonic() - started < 10
+    assert body["finishReason"] == "budget" and "maxSecondsPerRun" in body["text"]
+    fake_llm.push_for("quick", Reply(text="quick answer"))
+    assert api.post(f"/instances/{iid}/chat", json={"message": "quick"}).json()["text"] == "quick answer"
