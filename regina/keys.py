@@ -29,6 +29,8 @@ lives under `regina:` too.
 | regina:storage                        | HASH   | —          | the redis storage adapter's blobs        |
 | regina:sweep:orphans                  | STRING | heartbeat  | the orphan sweep's lock (one sweeper)    |
 | regina:registry:reload                | PUBSUB | —          | agent definitions changed: reload        |
+| regina:ready:<memberId>               | LIST   | —          | names of the member's instance queues    |
+|                                       |        |            | with a step waiting, one per step        |
 
 Celery queues: `regina.i.<instanceId>` (an instance's chat steps, consumed only by its owner)
 and `regina.m.<memberId>` (a member's own command queue).
@@ -58,6 +60,14 @@ RUN_PREFIX = "regina:run:"
 def member(member_id: str) -> str:
     """Key holding a live member's address (expires when the member stops renewing)."""
     return f"{MEMBER_PREFIX}{member_id}"
+
+
+def member_ready(member_id: str) -> str:
+    """List of the member's instance queue names, one entry per step published to them.
+
+    The worker blocks on this one list instead of on every queue it consumes (workers/transport.py).
+    """
+    return f"regina:ready:{member_id}"
 
 
 def member_instances(member_id: str) -> str:

@@ -10,6 +10,7 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from regina import keys
+from workers.transport import notify_owner
 
 _ANON = Exchange("")  # the anonymous exchange: routing key = list name, no bindings needed
 CHAT_TASK = "regina.chat"
@@ -75,6 +76,7 @@ class CeleryDispatcher:
             pipe.rpush(queue, json.dumps(payload))
             pipe.hdel(_UNACKED, tag)
             pipe.zrem(_UNACKED_INDEX, tag)
+            notify_owner(pipe, queue)  # its owner's worker reads the queue through its ready list
             pipe.execute()
             moved += 1
         return moved

@@ -21,7 +21,7 @@ from regina.cluster.orphans import release_previous_incarnation, sweep_orphans
 from regina.ids import new_token
 from workers.context import context, current, init_context
 from workers.step_strategy import flush_task_events
-from workers.transport import size_broker_pools
+from workers.transport import configure_worker
 
 log = logging.getLogger("regina.worker")
 
@@ -30,8 +30,9 @@ _state: dict[str, Any] = {"stopping": False, "greenlets": []}
 
 @signals.celeryd_init.connect
 def _size_pools(sender: str, conf: Any, options: dict[str, Any], **kwargs: Any) -> None:
-    """Size the broker pools from this worker's concurrency before any connection exists."""
-    size_broker_pools(conf, int(options.get("concurrency") or conf.worker_concurrency or 1))
+    """Size the broker pools from this worker's concurrency before any connection exists, and
+    consume instance queues through the member's ready list (workers/transport.py)."""
+    configure_worker(conf, str(sender), int(options.get("concurrency") or conf.worker_concurrency or 1))
 
 
 @signals.celeryd_after_setup.connect
@@ -39,6 +40,8 @@ def _setup(sender: str, instance: Any, **kwargs: Any) -> None:
     """The member id is the Celery node name; consume the member's own command queue."""
     member_id = str(sender)
     ctx = init_context(member_id, getattr(instance, "concurrency", None))
+    # An earlier process under this member id left names of queues this one does not consume yet.
+    ctx.client.delete(keys.member_ready(member_id))
     instance.app.amqp.queues.select_add(keys.member_queue(member_id))
     log.info("member %s (vfs %s, storage %s)", member_id, ctx.settings.vfs_dir, ctx.settings.storage.type or "none")
 

@@ -10,17 +10,36 @@ kombu's channel pool holds 10 connections by default and raises `MaxConnectionsE
 11th is wanted. A worker acknowledges from every step's greenlet and its consumer loop takes its
 BRPOP connection from the same pool, so at 64 concurrent chats acks failed and the consumer lost
 its broker connection (stalled for ~110 s). The pool here is sized from the worker's concurrency
-(`size_broker_pools`, at `celeryd_init`) and blocks for a free connection instead of raising.
+(`configure_worker`, at `celeryd_init`) and blocks for a free connection instead of raising.
+
+kombu's consumer sends one BRPOP naming every queue it consumes, again after every message, so a
+worker's cost per message grew with its attached instances (72 ms per message at 5 000 queues,
+../shared/FINDINGS-celery.md). Here the instance queues stay the ordered, durable store of steps
+(what Flower shows; kombu's unacked index, acks_late and restores unchanged), but a worker blocks
+on one list instead: `regina:ready:<memberId>`. Publishing a step to `regina.i.<id>` also pushes
+the queue's name onto its owner's ready list, in one script; the worker pops a name, then takes
+the oldest step of that queue. Every step on a queue has an entry on its owner's list: a
+published step gets one when its owner lives, a restored step gets one, and attaching a queue
+pushes one per step already waiting (steps published while the instance was moving). A name
+popped for a queue the worker no longer consumes is dropped; a name whose queue is already
+empty (a step counted twice) costs one RPOP. The BRPOP names the ready list and the worker's
+other queues (its command queue), whatever the number of instances.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from queue import Empty
+from time import monotonic
 from typing import Any
 
 import redis
 from kombu.transport import redis as kombu_redis
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import dumps, loads
+
+from regina import keys
 
 #: Connections a worker needs beside one per greenlet: the consumer's BRPOP, restores, publishes
 #: of commands and task events, the pool's health checks.
@@ -34,25 +53,184 @@ def pool_sizes(concurrency: int) -> dict[str, int]:
     return {"max_connections": concurrency + POOL_HEADROOM, "broker_pool_limit": max(64, concurrency + 8)}
 
 
-def size_broker_pools(conf: Any, concurrency: int) -> None:
-    """Size kombu's channel pool and Celery's connection pool for `concurrency` greenlets."""
+def configure_worker(conf: Any, member_id: str, concurrency: int) -> None:
+    """Size kombu's channel pool and Celery's connection pool for `concurrency` greenlets, and
+    consume instance queues through the member's ready list."""
     sizes = pool_sizes(concurrency)
     conf.broker_transport_options = {
         **(conf.broker_transport_options or {}),
         "max_connections": sizes["max_connections"],
+        "ready_key": keys.member_ready(member_id),
     }
     conf.broker_pool_limit = sizes["broker_pool_limit"]
 
 
-class Channel(kombu_redis.Channel):
-    """A Redis channel whose synchronous client is built once per connection pool."""
+_QUEUE_PREFIX = keys.instance_queue("")
 
+# KEYS: instance queue, instance owner key. ARGV: message ('' = only notify), live-member key
+# prefix, ready-list prefix. Pushes the message, then the queue's name onto its owner's ready list
+# if the owner lives (a dead owner's instances are re-homed; their next owner reads the queue).
+_PUT_AND_NOTIFY = """
+if ARGV[1] ~= '' then redis.call('LPUSH', KEYS[1], ARGV[1]) end
+local owner = redis.call('GET', KEYS[2])
+if owner and redis.call('EXISTS', ARGV[2] .. owner) == 1 then
+  redis.call('LPUSH', ARGV[3] .. owner, KEYS[1])
+end
+"""
+
+# KEYS: instance queue, ready list. One ready entry per step waiting on the queue (at attach).
+_KICK = """
+local n = redis.call('LLEN', KEYS[1])
+for _ = 1, n do redis.call('LPUSH', KEYS[2], KEYS[1]) end
+return n
+"""
+
+
+def is_instance_queue(queue: str) -> bool:
+    """True for an instance's own step queue (`regina.i.<id>`)."""
+    return queue.startswith(_QUEUE_PREFIX)
+
+
+def notify_args(queue: str, message: str = "") -> tuple[list[str], list[str]]:
+    """(keys, args) of the put-and-notify script for a step on `queue` ('' = only notify)."""
+    owner = keys.instance_owner(queue[len(_QUEUE_PREFIX) :])
+    return [queue, owner], [message, keys.member(""), keys.member_ready("")]
+
+
+def notify_owner(client: Any, queue: str) -> None:
+    """Push `queue`'s name onto its live owner's ready list (after restoring a step onto it)."""
+    queue_keys, args = notify_args(queue)
+    client.eval(_PUT_AND_NOTIFY, len(queue_keys), *queue_keys, *args)
+
+
+# kombu's stubs know little of the Redis channel's internals this class builds on.
+_RedisChannel: Any = kombu_redis.Channel
+
+
+class Channel(_RedisChannel):  # type: ignore[misc]
+    """A Redis channel with a cached client, a sized pool, and the ready list (see above).
+
+    `ready_key` (a transport option, set by the worker at `celeryd_init`) turns on consuming
+    through the ready list; without it (web processes) the channel only publishes with notify.
+    """
+
+    from_transport_options = (*_RedisChannel.from_transport_options, "ready_key")
+    ready_key: str | None = None
     _cached_client: Any = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Instance queues consumed through the ready list (not named in the BRPOP).
+        self._instance_queues: set[str] = set()
+        self._scripts: dict[str, Any] = {}
+
+    def _script(self, source: str) -> Any:
+        script = self._scripts.get(source)
+        if script is None:
+            with self.conn_or_acquire() as client:
+                script = self._scripts[source] = client.register_script(source)
+        return script
+
+    # -- publishing -------------------------------------------------------------------------
+
+    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
+        if kwargs.get("_publish_batch") is not None or not is_instance_queue(queue) or self._expires:
+            super()._put(queue, message, **kwargs)
+            return
+        queue_keys, args = notify_args(queue, dumps(message))
+        with self.conn_or_acquire() as client:
+            self._script(_PUT_AND_NOTIFY)(keys=queue_keys, args=args, client=client)
+
+    def _do_restore_message(
+        self, payload: Any, exchange: Any, routing_key: Any, pipe: Any, leftmost: bool = False
+    ) -> None:
+        super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)
+        if not exchange and isinstance(routing_key, str) and is_instance_queue(routing_key):
+            notify_owner(pipe, routing_key)  # queued in the restore's MULTI
+
+    # -- consuming ----------------------------------------------------------------------------
+
+    def basic_consume(self, queue: str, no_ack: bool, callback: Any, consumer_tag: str, **kwargs: Any) -> Any:
+        if not self.ready_key or not is_instance_queue(queue):
+            return super().basic_consume(queue, no_ack, callback, consumer_tag, **kwargs)
+        # kombu's virtual basic_consume, minus the O(queues) cycle updates and the BRPOP entry.
+        self._tag_to_queue[consumer_tag] = queue
+
+        def _callback(raw_message: Any) -> Any:
+            message = self.Message(raw_message, channel=self)
+            if not no_ack:
+                self.qos.append(message, message.delivery_tag)
+            return callback(message)
+
+        self.connection._callbacks[queue] = _callback
+        self._consumers.add(consumer_tag)
+        self._instance_queues.add(queue)
+        with self.conn_or_acquire() as client:
+            self._script(_KICK)(keys=[queue, self.ready_key], client=client)
+        return None
+
+    def _basic_cancel(self, consumer_tag: str) -> Any:
+        queue = self._tag_to_queue.get(consumer_tag)
+        if queue is None or queue not in self._instance_queues:
+            return super()._basic_cancel(consumer_tag)
+        self._instance_queues.discard(queue)
+        self._consumers.discard(consumer_tag)
+        self._tag_to_queue.pop(consumer_tag, None)
+        self.connection._callbacks.pop(queue, None)
+        return None
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        if not self.ready_key:
+            super()._brpop_start(timeout)
+            return
+        if timeout is None:
+            timeout = self.brpop_timeout
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        brpop_keys = [self._q_for_pri(q, pri) for pri in self.priority_steps for q in queues]
+        # The command queue first: commands (attach, suspend) go before steps.
+        command_args = ["BRPOP", *brpop_keys, self.ready_key, timeout or 0]
+        if self.global_keyprefix:
+            command_args = self.client._prefix_args(command_args)
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = monotonic()
+        self.client.connection.send_command(*command_args)
+
+    def _brpop_read(self, **options: Any) -> bool:
+        if not self.ready_key:
+            return bool(super()._brpop_read(**options))
+        try:
+            connection = self.client.connection
+            try:
+                dest__item = self.client.parse_response(connection, "BRPOP", **options)
+                if not dest__item:
+                    raise Empty()
+                dest, item = bytes_to_str(dest__item[0]), bytes_to_str(dest__item[1])
+                if dest == self.ready_key:
+                    if item not in self._instance_queues:
+                        raise Empty()  # released here: its next owner reads the queue itself
+                    # Same connection, now idle: the queue's oldest step.
+                    connection.send_command("RPOP", item)
+                    raw = self.client.parse_response(connection, "RPOP")
+                    if raw is None:
+                        raise Empty()  # counted twice; already taken
+                    self.connection._deliver(loads(bytes_to_str(raw)), item)
+                    return True
+            except self.connection_errors:
+                connection.disconnect()
+                raise
+            queue = dest.rsplit(self.sep, 1)[0]
+            self._queue_cycle.rotate(queue)
+            self.connection._deliver(loads(item), queue)
+            return True
+        finally:
+            self._in_poll = None
+            self._flush_brpop_reauth()
 
     def _get_pool(self, asynchronous: bool = False) -> Any:
         """A pool that waits for a free connection (up to POOL_WAIT) instead of raising."""
-        params = self._connparams(asynchronous=asynchronous)  # type: ignore[attr-defined]
-        self.keyprefix_fanout = self.keyprefix_fanout.format(db=params["db"])
+        params = self._connparams(asynchronous=asynchronous)
+        prefix: str = getattr(self, "keyprefix_fanout")  # noqa: B009 (untyped in kombu)
+        self.keyprefix_fanout = prefix.format(db=params["db"])
         return redis.BlockingConnectionPool(timeout=POOL_WAIT, **params)  # type: ignore[no-untyped-call]
 
     @contextmanager
@@ -63,7 +241,7 @@ class Channel(kombu_redis.Channel):
         pool = self.pool  # replaced after a fork or a reconnect: rebuild the client then
         cached = self._cached_client
         if cached is None or cached.connection_pool is not pool:
-            cached = self._cached_client = self._create_client()  # type: ignore[attr-defined]
+            cached = self._cached_client = self._create_client()
         yield cached
 
 

@@ -34,7 +34,9 @@ class Membership:
         """Remove the member's keys at shutdown."""
         pipe = self.r.pipeline(transaction=True)
         pipe.srem(keys.MEMBERS, self.member_id)
-        pipe.delete(keys.member(self.member_id), keys.member_instances(self.member_id))
+        pipe.delete(
+            keys.member(self.member_id), keys.member_instances(self.member_id), keys.member_ready(self.member_id)
+        )
         pipe.execute()
 
 
@@ -58,6 +60,8 @@ def live_members(client: redis.Redis, prune: bool = False) -> dict[str, int]:
             dead.append(mid)
     if dead and prune:
         client.srem(keys.MEMBERS, *dead)
+        # A dead member's ready list names queues its instances' next owners read anyway.
+        client.delete(*(keys.member_ready(mid) for mid in dead))
     return alive
 
 

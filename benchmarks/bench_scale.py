@@ -1,0 +1,138 @@
+"""Instances per worker: chat overhead, worker memory and CPU as one worker holds more instances.
+
+One stack (private Redis, fake LLM process, one `regina worker`, one `regina web`), idle
+suspension off (`REGINA_IDLE_TIMEOUT=0`), so every spawned instance stays attached to the worker
+(its queue consumed, its VFS parked). The benchmark fills the worker to each level with
+`--threads` concurrent spawners through the API (the fill rate is spawns/s over the fill), then:
+
+- chat: `--chats` sync chats on one probe instance, each followed by the same raw POST straight to
+  the fake LLM; overhead = system p50 − raw p50 (p99 likewise);
+- memory: the worker's VmRSS, KB per instance against the first level;
+- idle CPU: the worker's CPU over 5 s with nothing to do.
+
+    .venv/bin/python -m benchmarks.bench_scale [--levels 10,100,1000,10000] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import threading
+import time
+
+import httpx
+
+from benchmarks.common import Table, cpu_seconds, machine, p50, pct, rss_kb, show, spawn, stack
+
+TARGET_GROWTH, TARGET_KB, TARGET_FILL = 1.5, 20.0, 200.0
+
+
+def _fill(url: str, count: int, threads: int) -> float:
+    """Spawn `count` instances with `threads` clients; returns the seconds it took."""
+    left = count
+    lock = threading.Lock()
+
+    def work() -> None:
+        nonlocal left
+        with httpx.Client(base_url=url, timeout=120) as api:
+            while True:
+                with lock:
+                    if left <= 0:
+                        return
+                    left -= 1
+                spawn(api)
+
+    t0 = time.perf_counter()
+    with cf.ThreadPoolExecutor(threads) as ex:
+        for f in [ex.submit(work) for _ in range(threads)]:
+            f.result()
+    return time.perf_counter() - t0
+
+
+def _chats(api: httpx.Client, raw: httpx.Client, iid: str, n: int) -> tuple[list[float], list[float]]:
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+    sys_t: list[float] = []
+    raw_t: list[float] = []
+    for i in range(n + 10):
+        t0 = time.perf_counter()
+        r = api.post(f"/instances/{iid}/chat", json={"message": f"m{i}"})
+        t1 = time.perf_counter()
+        r.raise_for_status()
+        time.sleep(0.01)  # let the step's trailing work (ack, task events) end
+        t2 = time.perf_counter()
+        raw.post("/v1/chat/completions", json=body, headers={"Authorization": "Bearer sk-test"}).raise_for_status()
+        t3 = time.perf_counter()
+        if i >= 10:
+            sys_t.append(t1 - t0)
+            raw_t.append(t3 - t2)
+        time.sleep(0.005)
+    return sys_t, raw_t
+
+
+def run(levels: list[int], chats: int = 100, threads: int = 16) -> list[Table]:
+    t = Table(
+        "Instances per worker: sync chat overhead, worker memory, fill rate",
+        [
+            "active idle instances",
+            "chat p50 (ms)",
+            "overhead p50",
+            "overhead p99",
+            "worker RSS (MB)",
+            "KB / instance",
+            "idle CPU (ms/s)",
+            "fill to here (spawns/s)",
+        ],
+        conditions={**machine(), "spawn threads": threads, "chats per level": chats, "idleTimeout": 0},
+    )
+    with (
+        stack({"REGINA_IDLE_TIMEOUT": "0", "REGINA_TASK_EVENTS": "true"}) as st,
+        st.client() as api,
+        httpx.Client(base_url=st.fake_url, timeout=30) as raw,
+    ):
+        pid = st.worker.popen.pid
+        probe = spawn(api)
+        have = 1
+        base_rss = 0
+        first: float | None = None
+        for level in levels:
+            took = _fill(st.web.url, level - have, threads) if level > have else 0.0
+            rate = (level - have) / took if took else float("nan")
+            have = max(have, level)
+            time.sleep(2.0)
+            rss = rss_kb(pid)
+            c0 = cpu_seconds(pid)
+            time.sleep(5.0)
+            idle_cpu = (cpu_seconds(pid) - c0) / 5.0 * 1000
+            sys_t, raw_t = _chats(api, raw, probe, chats)
+            over50, over99 = p50(sys_t) - p50(raw_t), pct(sys_t, 99) - pct(raw_t, 99)
+            if first is None:
+                first, base_rss, base_level = over50, rss, level
+                per = float("nan")
+            else:
+                per = (rss - base_rss) / (level - base_level)
+            t.add(level, p50(sys_t), over50, over99, rss / 1024, per, idle_cpu, rate)
+        last = t.rows[-1]
+        assert first is not None
+        growth = last[2] / first if first else float("nan")
+        t.notes.append(
+            f"overhead p50 at {last[0]} / at {t.rows[0][0]}: {growth:.2f}x (target ≤ {TARGET_GROWTH}: "
+            f"{'meets' if growth <= TARGET_GROWTH else 'MISSES'}); KB per instance {last[5]:.1f} "
+            f"(target ≤ {TARGET_KB:g}: {'meets' if last[5] <= TARGET_KB else 'MISSES'}); fill rate to the "
+            f"last level {last[7]:.0f}/s (target ≥ {TARGET_FILL:g}: {'meets' if last[7] >= TARGET_FILL else 'MISSES'})"
+        )
+    return [t]
+
+
+def main(argv: list[str] | None = None) -> list[Table]:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_scale")
+    ap.add_argument("--levels", default="10,100,1000,10000")
+    ap.add_argument("--chats", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=16)
+    ap.add_argument("--quick", action="store_true", help="levels 10,100,1000 and 40 chats")
+    args = ap.parse_args(argv)
+    levels = [10, 100, 1000] if args.quick else [int(x) for x in args.levels.split(",")]
+    return show(run(levels, 40 if args.quick else args.chats, args.threads))
+
+
+if __name__ == "__main__":
+    main()
