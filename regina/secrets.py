@@ -11,11 +11,12 @@ redact ordinary words.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import threading
 from collections.abc import Mapping
 from typing import Any
+
+from regina.config import environment
 
 REDACTED = "[redacted]"
 MIN_SECRET_LENGTH = 8
@@ -53,7 +54,7 @@ def _current() -> re.Pattern[str] | None:
     pattern = _pattern
     if pattern is None:
         # Longest first, so a secret that contains another is replaced whole.
-        alternatives = sorted(secret_values(os.environ) | _extra, key=len, reverse=True)
+        alternatives = sorted(secret_values(environment()) | _extra, key=len, reverse=True)
         pattern = re.compile("|".join(map(re.escape, alternatives))) if alternatives else _NOTHING
         with _lock:
             _pattern = pattern
