@@ -2,19 +2,44 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify
+from urllib.parse import urlencode
+
+from flask import Blueprint, Response, jsonify, request
 
 from api.agents import services
 from api.body import json_body
 from api.idem import idem_request
+from regina.errors import BadRequest
+from regina.fleet import MAX_LIMIT, Fleet
+
+STATUSES = ("started", "suspending", "suspended")
 
 bp = Blueprint("instances", __name__)
 
 
 @bp.get("/instances")
 def fleet() -> Response:
-    """Every instance, suspended ones included, with owner and epoch."""
-    return jsonify([r.public(include_member=True) for r in services().coordinator.instances()])
+    """Every instance, suspended ones included: filters `agent`, `status`, `member`; pages of
+    `limit` (default 100, at most 1000), the next page's `cursor` in the `X-Next-Cursor` header."""
+    args = request.args
+    raw_limit = args.get("limit", "100")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
+        raise BadRequest(f"query parameter 'limit' must be an integer from 1 to {MAX_LIMIT}, got {raw_limit!r}")
+    status = args.get("status")
+    if status is not None and status not in STATUSES:
+        raise BadRequest(f"query parameter 'status' must be one of {', '.join(STATUSES)}, got {status!r}")
+    agent = args.get("agent")
+    if agent is not None:
+        services().registry.get(agent)  # 404 for an unknown agent
+    items, next_cursor = Fleet(services().client).page(
+        agent, status, args.get("member"), int(raw_limit), args.get("cursor") or None
+    )
+    resp = jsonify(items)
+    if next_cursor is not None:
+        resp.headers["X-Next-Cursor"] = next_cursor
+        query = {k: v for k, v in args.items() if k != "cursor"} | {"cursor": next_cursor}
+        resp.headers["Link"] = f'<{request.path}?{urlencode(query)}>; rel="next"'
+    return resp
 
 
 @bp.get("/instances/<iid>")
