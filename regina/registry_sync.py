@@ -32,9 +32,9 @@ def start_reload_listener(client: redis.Redis, registry: AgentRegistry) -> threa
     def listen() -> None:
         while True:
             try:
-                pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+                pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call,unused-ignore]
                 pubsub.subscribe(CHANNEL)
-                for message in pubsub.listen():
+                for message in pubsub.listen():  # type: ignore[no-untyped-call,unused-ignore]
                     if message.get("type") != "message":
                         continue
                     try:
