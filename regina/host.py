@@ -129,8 +129,9 @@ class InstanceHost:
         if rec.epoch != epoch:
             raise StaleEpoch(f"instance {instance_id}: attach for epoch {epoch}, current is {rec.epoch}")
         definition = self.registry.get(rec.definition_id)
-        restored = self._restore_if_newer(instance_id, rec.backup_version)
-        vfs = self._open(instance_id)
+        snapshot = self._restore_if_newer(instance_id, rec.backup_version)
+        restored = snapshot is not None
+        vfs = self._open(instance_id, snapshot)
         if self.hooks.prepare_instance is not None:
             self.hooks.prepare_instance(instance_id, definition)
         tools = self._tools(vfs, definition)
@@ -148,15 +149,27 @@ class InstanceHost:
         self.r.incr(keys.member_instances(self.member_id))
         return {"restored": restored}
 
-    def _open(self, instance_id: str) -> AnyVFS:
+    def _open(self, instance_id: str, snapshot: bytes | None = None) -> AnyVFS:
+        """Open the instance's VFS; a memory VFS starts from `snapshot` (the restored backup)."""
         s = self.settings
+        if s.vfs_backend == "memory" and snapshot is not None and self.hooks.restore is None:
+            return MemoryVFS.from_snapshot(snapshot)
         return open_vfs(s.vfs_backend, instance_id, s.vfs_dir, s.fs_root_path, s.vfs_synchronous)
+
+    def _realdir_root(self, instance_id: str) -> str:
+        return os.path.join(self.settings.fs_root_path or "", instance_id)
 
     def _local_path(self, instance_id: str) -> str:
         return os.path.join(self.settings.vfs_dir, f"{instance_id}.sqlite")
 
     def _local_version(self, instance_id: str) -> int:
-        if self.settings.vfs_backend != "sqlite" or not os.path.exists(self._local_path(instance_id)):
+        """backupVersion of this member's own copy; -1 when it has none (a memory VFS never has)."""
+        backend = self.settings.vfs_backend
+        if backend == "memory":
+            return -1
+        if backend == "sqlite" and not os.path.exists(self._local_path(instance_id)):
+            return -1
+        if backend == "realdir" and not os.path.isdir(self._realdir_root(instance_id)):
             return -1
         vfs = self._open(instance_id)
         try:
@@ -164,18 +177,23 @@ class InstanceHost:
         finally:
             vfs.close()
 
-    def _restore_if_newer(self, instance_id: str, version: int) -> bool:
+    def _restore_if_newer(self, instance_id: str, version: int) -> bytes | None:
+        """Bring the backup into this member's backend when it is newer than the local copy;
+        returns the snapshot restored (None: the local copy is current, or there is no backup)."""
         if self.storage is None or version <= 0 or self._local_version(instance_id) >= version:
-            return False
+            return None
         data = self.storage.get(backup_key(instance_id))
         if data is None:
             log.warning("instance %s: backup version %d missing from storage", instance_id, version)
-            return False
+            return None
+        backend = self.settings.vfs_backend
         if self.hooks.restore is not None:
             self.hooks.restore(instance_id, data, self.settings)
-        else:
+        elif backend == "sqlite":
             restore_snapshot(self._local_path(instance_id), data)
-        return True
+        elif backend == "realdir":
+            RealDirVFS.restore_snapshot(self._realdir_root(instance_id), data)
+        return data  # memory: _open builds the VFS from it
 
     def _tools(self, vfs: AnyVFS, definition: AgentDefinition) -> dict[str, Tool]:
         s = self.settings
