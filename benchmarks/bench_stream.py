@@ -79,8 +79,11 @@ def run(quick: bool = False) -> list[Table]:
                 pool = [spawn(api) for _ in range((n + warmup) // 10 + 1)]
                 sys_t: list[float] = []
                 dir_t: list[float] = []
+                sys_spread: list[float] = []
+                dir_spread: list[float] = []
                 for i in range(warmup + n):
-                    msg = f"stream benchmark {i}"
+                    # The fake model echoes "echo: <message>" one word per chunk: 20 text deltas.
+                    msg = f"stream benchmark {i} " + " ".join(["word"] * 16)
                     body = {
                         "model": "gpt-4o",
                         "stream": True,
@@ -90,13 +93,17 @@ def run(quick: bool = False) -> list[Table]:
                     }
                     t0 = time.perf_counter()
                     first = None
+                    last_data = 0.0
                     with direct.stream("POST", "/v1/chat/completions", json=body, headers=headers) as r:
                         for line in r.iter_lines():
-                            if first is None and line.startswith("data: "):
-                                first = time.perf_counter() - t0
+                            if line.startswith("data: ") and '"content"' in line:
+                                last_data = time.perf_counter() - t0
+                                if first is None:
+                                    first = last_data
                     assert first is not None
                     t0 = time.perf_counter()
                     first_sys = None
+                    last_delta = 0.0
                     last: dict[str, Any] = {}
                     with api.stream(
                         "POST", f"/instances/{pool[i % len(pool)]}/chat/stream", json={"message": msg}
@@ -107,12 +114,16 @@ def run(quick: bool = False) -> list[Table]:
                             if first_sys is None:
                                 first_sys = time.perf_counter() - t0
                             last = json.loads(line)
+                            if last.get("type") == "text-delta":
+                                last_delta = time.perf_counter() - t0
                     if last.get("type") != "finish" or first_sys is None:
                         raise RuntimeError(f"stream did not finish: {last}")
                     time.sleep(SETTLE)  # the run's trailing work (ack, touch) ends before the next request
                     if i >= warmup:
                         dir_t.append(first)
                         sys_t.append(first_sys)
+                        dir_spread.append(last_data - first)
+                        sys_spread.append(last_delta - first_sys)
                 t = Table(
                     "Time to first stream event (ms)",
                     ["path", "p50", "p99"],
@@ -121,6 +132,8 @@ def run(quick: bool = False) -> list[Table]:
                 t.add("system: POST …/chat/stream, first NDJSON line", p50(sys_t), pct(sys_t, 99))
                 t.add("direct: raw httpx stream, first SSE data chunk", p50(dir_t), pct(dir_t, 99))
                 t.add("overhead (system − direct)", p50(sys_t) - p50(dir_t), pct(sys_t, 99) - pct(dir_t, 99))
+                t.add("system: last of 20 text-deltas − first", p50(sys_spread), pct(sys_spread, 99))
+                t.add("direct: last of 20 content chunks − first", p50(dir_spread), pct(dir_spread, 99))
                 ov = p50(sys_t) - p50(dir_t)
                 t.notes.append(
                     f"overhead p50 {ov:+.2f} ms: target ≤ {TARGET_TTFE_OVERHEAD:g} ms "

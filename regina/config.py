@@ -179,6 +179,10 @@ class Settings(_Section):
     """Request, message, tool and bash limits."""
     budget: BudgetSettings = Field(default_factory=BudgetSettings)
     """Default run budgets (tokens, seconds) for agents that set none."""
+    stream_batch_ms: float = Field(0, ge=0, le=50)
+    """Streamed runs: text deltas go to Redis together, the first one waiting at most this many
+    milliseconds (0: as soon as the step waits on the model again), so a step never waits for
+    Redis once per delta; other events are sent at once, after the deltas before them."""
     run_retention: float = Field(3600, gt=0)
     """Seconds a finished run's record and events stay readable (`GET /runs/<runId>`, replay)."""
     port: int = Field(3000, ge=0, le=65535)

@@ -262,8 +262,9 @@ class InstanceHost:
                 # cancelled before it started, or a run whose record expired: never run it twice.
                 log.info("step for run %s dropped: run %s", run_id, begun.previous_status or "unknown or expired")
                 return
+            window = self.settings.stream_batch_ms / 1000 if stream else None  # deltas batched
             publisher = RunPublisher(
-                self.r, run_id, instance_id, self.settings.run_retention, seq=begun.seq, buffered=not stream
+                self.r, run_id, instance_id, self.settings.run_retention, begun.seq, not stream, window
             )
             # Only a redelivered step (its run already marked running) can have its message saved.
             if begun.previous_status == "running" and any(m.get("runId") == run_id for m in act.session.messages):

@@ -8,6 +8,7 @@ in order. The stream outlives the run by `retention` seconds.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any, cast
@@ -67,6 +68,7 @@ class RunPublisher:
         retention: float = 3600,
         seq: int | None = None,
         buffered: bool = False,
+        batch_window: float | None = None,
     ) -> None:
         self.r = client
         self.run_id = run_id
@@ -80,14 +82,46 @@ class RunPublisher:
         self.buffered = buffered
         self._pending: list[tuple[int, str]] = []
         self._finish_script = client.register_script(_FINISH)
+        # Batched (streamed runs): text deltas go out from a sender `batch_window` seconds after the
+        # first one waiting, all waiting ones in one round trip, so the step never waits on Redis
+        # per delta; any other event sends what waits first, in order (one lock orders the sends).
+        self.batch_window = batch_window
+        self._send_lock = threading.Lock()
+        self._list_lock = threading.Lock()  # held only to append or swap (OS threads, no gevent)
+        self._sender_due = False
 
     def _payload(self, event: dict[str, Any], seq: int) -> str:
         return redact(json.dumps({**event, "seq": seq, "runId": self.run_id}, separators=(",", ":"), default=str))
+
+    def _send_waiting(self, extra: tuple[int, str] | None = None) -> None:
+        """XADD the waiting deltas (and `extra`) in one round trip; call with the send lock held."""
+        with self._list_lock:
+            batch, self._pending = self._pending, []
+        if extra is not None:
+            batch.append(extra)
+        if not batch:
+            return
+        if len(batch) == 1:
+            self.r.xadd(self.key, {"e": batch[0][1]}, id=f"0-{batch[0][0]}")
+            return
+        pipe = self.r.pipeline(transaction=False)
+        for seq, payload in batch:
+            pipe.xadd(self.key, {"e": payload}, id=f"0-{seq}")
+        pipe.execute()
+
+    def _sender(self) -> None:
+        with self._send_lock:
+            self._sender_due = False
+            self._send_waiting()
 
     def _finish(self, event: dict[str, Any], steering_key: str | None) -> list[str]:
         """Append the buffered events and the terminal `event` and end the run record, in one
         atomic script (a web process blocked in XREAD wakes once, after the last entry) —
         unless `steering_key` holds messages: then those are taken and returned instead."""
+        with self._send_lock:
+            return self._finish_locked(event, steering_key)
+
+    def _finish_locked(self, event: dict[str, Any], steering_key: str | None) -> list[str]:
         seq = self.seq + 1
         usage = event.get("usage") or {}
         args: list[Any] = [
@@ -132,8 +166,17 @@ class RunPublisher:
         payload = self._payload(event, self.seq)
         if self.buffered:
             self._pending.append((self.seq, payload))
+        elif self.batch_window is not None and event.get("type") == "text-delta":
+            with self._list_lock:
+                self._pending.append((self.seq, payload))
+            if not self._sender_due:
+                self._sender_due = True
+                timer = threading.Timer(self.batch_window, self._sender)
+                timer.daemon = True
+                timer.start()
         else:
-            self.r.xadd(self.key, {"e": payload}, id=f"0-{self.seq}")
+            with self._send_lock:
+                self._send_waiting((self.seq, payload))
         return self.seq
 
 
