@@ -6,6 +6,7 @@ Installed once per process (only Regina uses just-bash).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 __all__ = ["patch_interpreter", "command_registry"]
@@ -129,7 +130,10 @@ def patch_interpreter() -> None:
     _patched = True
 
 
+@functools.cache
 def command_registry(network: bool) -> dict[str, Any]:
+    """just_bash's commands, built once per process (≈ 11 KB per instance when built for each
+    instance's bash tool); each shell gets its own copy of the mapping."""
     from just_bash.commands import create_command_registry
 
     commands: dict[str, Any] = create_command_registry(include_network=network)

@@ -76,7 +76,7 @@ def bash_tool(vfs: VFS, *, env: dict[str, str], limits: Limits, network: bool = 
             env={**base_env, "PWD": cwd},
             limits=DeadlineLimits(limits, deadline),  # type: ignore[arg-type]
             network=net,
-            commands=commands,
+            commands=dict(commands),
             unescape_html=False,
         )
         try:
