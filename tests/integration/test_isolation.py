@@ -277,3 +277,37 @@ def test_tool_processes_are_reaped_on_suspend_delete_and_worker_shutdown(
         assert not _gone(pids[d])
     worker.stop()
     wait_until(lambda: all(_gone(p) for p in descendants), timeout=15, what="orphan processes after shutdown")
+
+
+@pytest.mark.chaos
+def test_a_tool_process_stuck_in_a_call_dies_with_a_killed_worker(
+    make_cluster: Callable[..., Cluster], iso: Cluster, fake_llm: FakeLLM
+) -> None:
+    agents = Path(iso.env()["REGINA_AGENTS_DIR"])
+    c = make_cluster(REGINA_AGENTS_DIR=str(agents), REGINA_IDLE_TIMEOUT="0")
+    worker = c.start_worker()
+    web = c.start_web()
+    pid = worker.popen.pid
+    with httpx.Client(base_url=web.url, timeout=60) as client:
+        iid = _spawn(client, "proc-agent")
+        marker = f"stuck-{uuid.uuid4().hex}"
+        fake_llm.push_for(marker, Reply(tool_calls=[ToolCall("work", {"mode": "sleep", "seconds": 300})]))
+
+        def chat() -> None:
+            try:
+                client.post(f"/instances/{iid}/chat", json={"message": marker}, timeout=5)
+            except httpx.HTTPError:
+                pass
+
+        threading.Thread(target=chat, daemon=True).start()
+
+        def tool_children() -> list[psutil.Process]:
+            return [p for p in psutil.Process(pid).children(recursive=True) if p.ppid() != pid]
+
+        stuck = wait_until(tool_children, timeout=30, what="the tool process")
+        descendants = psutil.Process(pid).children(recursive=True)
+        assert stuck
+        worker.kill()
+        wait_until(
+            lambda: all(_gone(p.pid) for p in descendants), timeout=15, what="tool processes outliving a killed worker"
+        )

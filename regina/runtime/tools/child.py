@@ -21,7 +21,9 @@ from __future__ import annotations
 import logging
 import os
 import resource
+import select
 import signal
+import threading
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -46,6 +48,7 @@ class ChildSpec:
     network: bool
     tool_paths: tuple[str, ...] = field(default=())
     memory_mb: int | None = None
+    worker_pid: int = field(default_factory=os.getpid)
 
 
 def _set_memory_limit(memory_mb: int | None) -> None:
@@ -116,8 +119,26 @@ PRELOAD = (
 """Imported once by the fork server, so a child starts without importing them again."""
 
 
+def _exit_with_worker(worker_pid: int) -> None:
+    """Exit as soon as the worker exits, however it exits (kill -9 too), even in the middle of a
+    stuck call. (The fork server cannot do it: every child it forks holds its keep-alive pipe.)"""
+    try:
+        fd = os.pidfd_open(worker_pid)
+    except ProcessLookupError:
+        os._exit(0)
+    except (AttributeError, OSError):  # not Linux ≥ 5.3: the pipe's EOF still ends an idle child
+        return
+
+    def watch() -> None:
+        select.select([fd], [], [])
+        os._exit(0)
+
+    threading.Thread(target=watch, name="regina-worker-watch", daemon=True).start()
+
+
 def child_main(conn: Connection, spec: ChildSpec) -> None:
     """Serve tool calls for one instance until the parent closes the pipe."""
+    _exit_with_worker(spec.worker_pid)
     os.set_blocking(conn.fileno(), True)  # made by a gevent-patched socketpair: non-blocking
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the worker, which then stops us
     signal.signal(signal.SIGXCPU, signal.SIG_DFL)  # RLIMIT_CPU must kill (an inherited SIG_IGN would not)
