@@ -120,6 +120,18 @@ class Limits(_Section):
     """Seconds the web waits for a worker to confirm an attach, suspend or other command."""
 
 
+class McpSettings(_Section):
+    """How instances talk to their definitions' MCP servers (SPEC §5, §12)."""
+
+    connect_timeout: float = Field(10.0, gt=0)
+    """Seconds one server may take to connect and list its tools; slower servers are skipped."""
+    call_timeout: float = Field(120.0, gt=0)
+    """Seconds one MCP tool call may take before the model gets a tool error."""
+    retry_interval: float = Field(30.0, ge=0)
+    """Seconds before a server that failed to connect is tried again at a step start (a server
+    that dropped mid-run is retried at the very next step)."""
+
+
 class Settings(_Section):
     """Everything Regina reads at start. Build it with `load_settings()` or directly in tests."""
 
@@ -171,6 +183,12 @@ class Settings(_Section):
     bash_network: bool = False
     """Let the `bash` tool's `curl` reach the network (public addresses only; loopback and private
     ranges stay refused). Off: no network at all."""
+    outbound_allowlist: list[str] = Field(default_factory=list)
+    """Host names, IP addresses and CIDRs that URLs opened on a definition's behalf (MCP servers)
+    may reach although they are loopback, private, link-local or otherwise non-public, e.g.
+    `["127.0.0.1", "10.0.0.0/8"]`. The environment form may be a comma-separated list."""
+    mcp: McpSettings = Field(default_factory=McpSettings)
+    """MCP client timeouts."""
     allowed_env: list[str] = Field(default_factory=lambda: ["PATH", "HOME", "LANG", "TZ"])
     """Environment variable names the `bash` tool may see (values from the worker)."""
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
@@ -213,6 +231,21 @@ class Settings(_Section):
         context = info.context or {}
         environ = context["environ"] if "environ" in context else environment()
         return None if value is None else expand_placeholders(value, environ)
+
+    @field_validator("outbound_allowlist", mode="before")
+    @classmethod
+    def _split_allowlist(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("outbound_allowlist")
+    @classmethod
+    def _valid_allowlist(cls, value: list[str]) -> list[str]:
+        from regina.outbound import Allowlist
+
+        Allowlist.parse(value)
+        return value
 
     @model_validator(mode="after")
     def _processes_need_a_shared_vfs(self) -> Settings:

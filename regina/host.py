@@ -18,24 +18,26 @@ import redis
 from regina import keys
 from regina.config import Settings
 from regina.definitions import AgentDefinition
+from regina.delegation import Delegation
+from regina.equipment import Equipment
 from regina.errors import ReginaError, StaleEpoch
 from regina.factory_hooks import FactoryHooks
 from regina.fifo_lock import FifoLock
 from regina.instances import InstanceStore
 from regina.lifecycle import backup_key
+from regina.outbound import Allowlist
 from regina.providers import resolve_model_target
 from regina.registry import AgentRegistry
 from regina.runs.context import InterrupterFactory, RunContext, budget_for
 from regina.runs.store import RunStore
 from regina.runs.stream import RunPublisher
+from regina.runtime.events import ToolDegraded
 from regina.runtime.loop import TurnSpec, run_turn
 from regina.runtime.session import Session
 from regina.runtime.sink import CANCELLED
-from regina.runtime.tools.base import Tool
-from regina.runtime.tools.child import ChildSpec
-from regina.runtime.tools.process import ProcessRunner, warm_up
-from regina.runtime.tools.runner import ThreadRunner, ToolRunner, thread_pool
-from regina.runtime.tools.toolset import build_tools
+from regina.runtime.tools.merge import InstanceTools
+from regina.runtime.tools.process import warm_up
+from regina.runtime.tools.runner import ToolRunner
 from regina.sandbox_env import sandbox_env
 from regina.storage import Storage
 from regina.vfs import MemoryVFS, RealDirVFS, SQLiteVFS, open_vfs, restore_snapshot
@@ -58,12 +60,16 @@ class Active:
     epoch: int
     vfs: AnyVFS
     session: Session
-    tools: dict[str, Tool]
+    tools: InstanceTools
     runner: ToolRunner
+    system_prompt: str = ""
     lock: FifoLock = field(default_factory=FifoLock)
     last_used: float = field(default_factory=time.monotonic)
     parked: bool = False
     last_touch: float = 0.0
+    #: The running run and its deadline (monotonic), for the `delegate` tool.
+    run_id: str = ""
+    run_deadline: float = 0.0
 
 
 class InstanceHost:
@@ -78,6 +84,7 @@ class InstanceHost:
         hooks: FactoryHooks,
         member_id: str,
         interrupter_factory: InterrupterFactory | None = None,
+        delegation: Delegation | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -96,6 +103,7 @@ class InstanceHost:
         # Instances being attached: steps that arrive meanwhile wait on this gate.
         self.loading: dict[str, FifoLock] = {}
         self.env = sandbox_env(settings.allowed_env)
+        self.equipment = Equipment(settings, self.env, Allowlist.parse(settings.outbound_allowlist), delegation)
         if settings.use_processes or any(d.use_processes for d in registry.list()):
             warm_up()  # the fork server imports the tool code once, off the event loop
         os.makedirs(settings.vfs_dir, exist_ok=True)
@@ -134,17 +142,21 @@ class InstanceHost:
         vfs = self._open(instance_id, snapshot)
         if self.hooks.prepare_instance is not None:
             self.hooks.prepare_instance(instance_id, definition)
-        tools = self._tools(vfs, definition)
-        self.active[instance_id] = Active(
+        equip = self.equipment
+        tools = equip.tools(instance_id, vfs, definition, lambda: (act.run_id, act.run_deadline))
+        act = Active(
             instance_id=instance_id,
             definition=definition,
             epoch=epoch,
             vfs=vfs,
             session=Session(vfs),
             tools=tools,
-            runner=self._runner(instance_id, definition, tools),
+            runner=equip.runner(instance_id, definition, tools),
+            system_prompt=equip.system_prompt(definition),
         )
-        self._park(self.active[instance_id])
+        tools.open()  # MCP connections follow the activation (SPEC §12)
+        self.active[instance_id] = act
+        self._park(act)
         self.store.fenced_set(instance_id, epoch, status="started", lastActive=time.time())
         self.r.incr(keys.member_instances(self.member_id))
         return {"restored": restored}
@@ -195,36 +207,6 @@ class InstanceHost:
             RealDirVFS.restore_snapshot(self._realdir_root(instance_id), data)
         return data  # memory: _open builds the VFS from it
 
-    def _tools(self, vfs: AnyVFS, definition: AgentDefinition) -> dict[str, Tool]:
-        s = self.settings
-        return build_tools(vfs, env=self.env, limits=s.limits, network=s.bash_network, user_tools=definition.user_tools)
-
-    def _runner(self, instance_id: str, definition: AgentDefinition, tools: dict[str, Tool]) -> ToolRunner:
-        """Where the instance's tool calls run: the thread pool, or its own process (docs/isolation.md)."""
-        s = self.settings
-        threads = ThreadRunner(s.limits.tool_timeout, thread_pool(s.concurrency))
-        if not definition.use_processes:
-            return threads
-        spec = ChildSpec(
-            instance_id=instance_id,
-            vfs_backend=s.vfs_backend,
-            vfs_dir=s.vfs_dir,
-            fs_root_path=s.fs_root_path,
-            vfs_synchronous=s.vfs_synchronous,
-            env=self.env,
-            limits=s.limits.model_dump(),
-            network=s.bash_network,
-            tool_paths=definition.tools,
-            memory_mb=s.limits.tool_memory_mb,
-        )
-        return ProcessRunner(
-            spec,
-            child_tools={name for name, tool in tools.items() if not tool.inline},
-            timeout=s.limits.tool_timeout,
-            cpu_seconds=s.limits.tool_cpu_seconds,
-            fallback=threads,
-        )
-
     def cancel_tool(self, instance_id: str) -> None:
         """Make the instance's tool call in progress (if any) fail now (its process is stopped)."""
         act = self.active.get(instance_id)
@@ -274,10 +256,14 @@ class InstanceHost:
             ctx = RunContext(self.r, instance_id, run_id, publisher, budget, begun.steered, self.interrupter_factory)
             if begun.cancel_requested:
                 ctx.cancel.cancel(CANCELLED)
+            # The delegate tool reads the run from `act`; a dropped MCP server is this run's event.
+            act.run_id, act.run_deadline = run_id, time.monotonic() + self.settings.limits.request_timeout
+            act.tools.bind_run(lambda server, error: ctx.emit(ToolDegraded(server=server, error=error)))
             spec = TurnSpec(
                 target=resolve_model_target(d.model, d.provider, self.settings),
-                system_prompt=d.system_prompt,
-                tools=act.tools,
+                system_prompt=act.system_prompt,
+                tools=act.tools.for_step(),
+                tools_for_step=act.tools.for_step,
                 max_steps=d.max_steps or self.settings.defaults.max_steps,
                 temperature=d.temperature,
                 compaction=d.compaction_settings(self.settings),
@@ -368,6 +354,7 @@ class InstanceHost:
             size, version = self._backup(act)
             act.runner.close()
             self.active.pop(instance_id, None)
+            act.tools.close()
             act.vfs.close()
             fields: dict[str, str | int | float] = {"status": "suspended", "vfsBytes": size}
             if version:
@@ -402,6 +389,7 @@ class InstanceHost:
             act.runner.cancel()
             with act.lock:
                 act.runner.close()
+                act.tools.close()
                 act.vfs.close()
             self.r.decr(keys.member_instances(self.member_id))
         for suffix in ("", "-wal", "-shm"):

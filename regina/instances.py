@@ -217,6 +217,7 @@ class InstanceStore:
             keys.steering(instance_id),
             keys.activation_lock(instance_id),
             keys.instance_runs(instance_id),
+            keys.delegates(instance_id),
         )
         pipe.zrem(keys.INSTANCES, instance_id)
         pipe.zrem(keys.definition_instances(definition_id), instance_id)

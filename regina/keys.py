@@ -24,6 +24,8 @@ lives under `regina:` too.
 | regina:run:<runId>:events             | STREAM | runRetention | the run's events, ids "0-<seq>"          |
 | regina:runs:cancel                    | PUBSUB | —          | run ids to cancel (every worker listens) |
 | regina:idem:<route>:<scope>:<sha256>  | STRING | 24 h       | an Idempotency-Key's body hash + result  |
+| regina:delegates:<instanceId>         | HASH   | —          | the instance's delegate children:        |
+|                                       |        |            | agentType → child instance id            |
 | regina:reply:<token>                  | LIST   | 60 s       | a worker's answer to a command           |
 | regina:placement:rr                   | STRING | —          | round-robin counter                      |
 | regina:storage                        | HASH   | —          | the redis storage adapter's blobs        |
@@ -108,6 +110,11 @@ def instance_runs(instance_id: str) -> str:
 def idempotency(route: str, scope: str, key_digest: str) -> str:
     """An Idempotency-Key's record, scoped per route and per instance (or definition)."""
     return f"regina:idem:{route}:{scope}:{key_digest}"
+
+
+def delegates(instance_id: str) -> str:
+    """Hash of the delegate children an instance owns, by agent type (reused across turns)."""
+    return f"regina:delegates:{instance_id}"
 
 
 def run_record(run_id: str) -> str:

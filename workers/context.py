@@ -11,6 +11,7 @@ import redis
 
 from regina import keys
 from regina.config import Settings, process_settings
+from regina.delegation import Delegation
 from regina.factory_hooks import load_hooks
 from regina.host import InstanceHost
 from regina.lifecycle import Coordinator
@@ -66,12 +67,13 @@ def init_context(member_id: str, concurrency: int | None = None) -> WorkerContex
         log.warning("agent definition skipped: %s", err)
     storage = make_storage(settings.storage, settings.redis)
     get_litellm()  # import LiteLLM now (seconds of CPU), not inside the first chat step
-    host = InstanceHost(
-        settings, registry, client, storage, load_hooks(settings.factory), member_id, greenlet_interrupter
-    )
-    cancel_listener(client, host.cancel_local)
     dispatcher = CeleryDispatcher(app, client)
     coordinator = Coordinator(settings, registry, client, dispatcher, storage)
+    delegation = Delegation(coordinator, client)
+    host = InstanceHost(
+        settings, registry, client, storage, load_hooks(settings.factory), member_id, greenlet_interrupter, delegation
+    )
+    cancel_listener(client, host.cancel_local)
     _context = WorkerContext(settings, client, member_id, host, dispatcher, coordinator)
     return _context
 

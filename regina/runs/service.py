@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from regina import idempotency, ids
+from regina import idempotency, ids, keys
 from regina.cluster.membership import is_alive
 from regina.errors import Conflict, NotFound, ReginaError, Unavailable
 from regina.metrics import RUNS_STARTED
@@ -57,9 +57,11 @@ class RunService:
         stream: bool = True,
         when_busy: WhenBusy = "queue",
         idem: IdemRequest | None = None,
+        depth: int = 0,
     ) -> str:
         """Queue a chat run (or steer the busy one, or refuse, per `when_busy`); returns the id
-        of the run whose events answer this request."""
+        of the run whose events answer this request. `depth` > 0 marks a delegated run (how
+        many delegations deep it is; `regina.delegation` reads it back)."""
         if not ids.is_valid_instance_id(instance_id):
             raise NotFound(f"instance {instance_id!r} not found")
         route = "chat-stream" if stream else "chat"
@@ -81,6 +83,8 @@ class RunService:
         try:
             if rec is None or rec.status != "started" or not opened.alive:
                 rec = self.coord.ensure_active(instance_id)
+            if depth:
+                self.r.hset(keys.run_record(run_id), "depth", depth)
             self.coord.dispatcher.enqueue_step(rec.instance_id, run_id, message, stream)
         except ReginaError as exc:
             # The run was recorded but never queued: end it, so it does not look busy for ever.
@@ -97,11 +101,14 @@ class RunService:
             raise NotFound(f"run {run_id!r} not found (unknown or expired)")
         return self.follow_known(run_id, info["instanceId"], after)
 
-    def follow_known(self, run_id: str, instance_id: str, after: int = 0) -> Iterator[dict[str, Any]]:
+    def follow_known(
+        self, run_id: str, instance_id: str, after: int = 0, timeout: float | None = None
+    ) -> Iterator[dict[str, Any]]:
         """Like `follow` for a run whose instance is known. Between waits it checks the instance
         is still served: a step queued for an instance that was suspended meanwhile, or whose
-        worker died, is resumed on a live worker."""
-        timeout = self.settings.limits.request_timeout
+        worker died, is resumed on a live worker. Unavailable after `timeout` seconds (default
+        `limits.requestTimeout`)."""
+        timeout = self.settings.limits.request_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         for event in read_events(self.r, run_id, after=after, block_ms=500):
             if event is None:

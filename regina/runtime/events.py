@@ -9,6 +9,7 @@ Every event is a pydantic model with a literal ``type`` tag; on the wire keys ar
     {"type":"finish","finishReason":"stop","text":"...","usage":{...}}
     {"type":"error","error":"model provider error: 500 ..."}
     {"type":"steer-applied","steerId":"steer-…","message":"..."}
+    {"type":"tool-degraded","server":"search","error":"connection closed"}
 
 The relay may add ``seq`` / ``runId`` to an event dict; parsing ignores unknown keys, and
 `event_to_dict` / `to_ndjson` accept such extras so they stay on the line.
@@ -32,6 +33,7 @@ __all__ = [
     "Finish",
     "ErrorEvent",
     "SteerApplied",
+    "ToolDegraded",
     "Event",
     "event_to_dict",
     "event_from_dict",
@@ -119,12 +121,20 @@ class SteerApplied(_Wire):
     message: str
 
 
+class ToolDegraded(_Wire):
+    """An MCP server dropped mid-run: its tool calls fail until it is reconnected (SPEC §12)."""
+
+    type: Literal["tool-degraded"] = "tool-degraded"
+    server: str
+    error: str
+
+
 Event = Annotated[
-    TextDelta | ToolCallEvent | ToolResultEvent | StepFinish | Finish | ErrorEvent | SteerApplied,
+    TextDelta | ToolCallEvent | ToolResultEvent | StepFinish | Finish | ErrorEvent | SteerApplied | ToolDegraded,
     Field(discriminator="type"),
 ]
 
-_EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+_EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)  # type: ignore[arg-type]  # mypy misreads a 7-member Annotated union
 
 
 def event_to_dict(ev: Event, **extra: Any) -> dict[str, Any]:

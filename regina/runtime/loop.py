@@ -41,6 +41,7 @@ stays repairable in that case.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -99,6 +100,9 @@ class TurnSpec:
     stream: bool = True
     runner: ToolRunner = _INLINE
     """Where tool calls execute (the worker passes a thread or process runner)."""
+    tools_for_step: Callable[[], dict[str, Tool]] | None = None
+    """Asked for the tools before every step when set (MCP servers may reconnect or change their
+    tool lists mid-turn); `tools` is then only the first step's."""
 
 
 @dataclass
@@ -256,6 +260,7 @@ def _steps(turn: _Turn, spec: TurnSpec) -> TurnResult:
     step = 0
     while step < spec.max_steps:
         step += 1
+        spec, schemas = _current_tools(spec, schemas)
         stop = _stop_reason(sink, _plus(total, spent))
         if stop is not None:
             return _stop(turn, stop, text, _plus(total, spent), step - 1)
@@ -291,6 +296,14 @@ def _steps(turn: _Turn, spec: TurnSpec) -> TurnResult:
     total = _plus(total, spent)
     sink.emit(Finish(finish_reason=reason, text=text, usage=total))
     return TurnResult(text=text, usage=total, finish_reason=reason, steps=step)
+
+
+def _current_tools(spec: TurnSpec, schemas: list[dict[str, Any]]) -> tuple[TurnSpec, list[dict[str, Any]]]:
+    """The spec and tool schemas for the next step: new ones only when the tools changed."""
+    fresh = spec.tools if spec.tools_for_step is None else spec.tools_for_step()
+    if fresh is spec.tools:
+        return spec, schemas
+    return dataclasses.replace(spec, tools=fresh), [t.schema() for t in fresh.values()]
 
 
 def _call_model(

@@ -40,10 +40,19 @@ def loaded_alpha(tmp_path: Path) -> tuple[Path, AgentRegistry]:
 def test_loads_the_shared_test_agents() -> None:
     registry = registry_for(TESTS_AGENTS)
     registry.load()
-    assert [d.name for d in registry.list()] == ["anthropic-agent", "compact-agent", "openai-agent", "tool-agent"]
+    assert [d.name for d in registry.list()] == [
+        "anthropic-agent",
+        "boss-agent",
+        "compact-agent",
+        "helper-agent",
+        "mcp-agent",
+        "openai-agent",
+        "ssrf-agent",
+        "tool-agent",
+    ]
     assert registry.errors == [] and registry.warnings == []
     assert registry.get("tool-agent").public_dict()["tools"] == ["word_count", "shout"]
-    assert "openai-agent" in registry and len(registry) == 4
+    assert "openai-agent" in registry and len(registry) == 8
 
 
 def test_bad_files_are_skipped_and_reported(tmp_path: Path) -> None:

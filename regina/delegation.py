@@ -1,0 +1,162 @@
+"""The `delegate` tool: one agent instance hands a task to an instance of another agent (SPEC §5).
+
+- Offered only when the definition lists `delegates`, and only for those names.
+- The caller owns its children: the pairing (caller, agentType) → child instance is kept in Redis
+  (`keys.delegates`), so the same child — with its own conversation — serves every turn. A
+  started child is used as it is, a suspended one is resumed by the chat itself (it may land on
+  any worker), and a child that is gone is replaced by a new spawn.
+- The message is sent as a chat through the `Coordinator` (the same path as the HTTP API, so the
+  child may live on another worker); its final text is the tool result, a failed or cancelled
+  delegated run is reported to the model as a tool error.
+- Depth: a user's chat runs at depth 0, a delegated run at its caller's depth + 1, recorded in
+  the run record; a delegation that would run deeper than `MAX_DEPTH` is a tool error.
+- Waiting is bounded by the caller's remaining time: no greenlet waits forever on a child.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import redis
+from pydantic import BaseModel, Field
+
+from regina import keys
+from regina.definitions import AgentDefinition
+from regina.errors import DefinitionError, ReginaError, ToolError
+from regina.lifecycle import Coordinator
+from regina.runs.service import RunService
+from regina.runtime.tools.base import Tool
+
+MAX_DEPTH = 5
+"""Deepest delegated run: a chain of 5 delegations works, the 6th is refused."""
+
+
+class DelegateParams(BaseModel):
+    """Arguments of the `delegate` tool."""
+
+    agentType: str = Field(description="Id of the agent to delegate to (one of the listed delegates)")  # noqa: N815
+    message: str = Field(min_length=1, description="The task or question for that agent")
+
+
+def prompt_section(definition: AgentDefinition, lookup: Callable[[str], AgentDefinition]) -> str:
+    """The system-prompt section that lists an agent's delegates (empty when it has none)."""
+    if not definition.delegates:
+        return ""
+    lines = [
+        "## Delegates",
+        "",
+        "You can hand a task to one of these agents with the `delegate` tool "
+        '(`{"agentType": "<id>", "message": "<task>"}`); its answer comes back as the tool result.',
+        "",
+    ]
+    for name in definition.delegates:
+        try:
+            d = lookup(name)
+        except (DefinitionError, ReginaError):
+            continue
+        entry = f"- id: `{d.id}`; name: {d.name}"
+        if d.description:
+            entry += f"; description: {d.description}"
+        if d.greeting:
+            entry += f"; greeting: {d.greeting}"
+        lines.append(entry)
+    return "\n".join(lines)
+
+
+class Delegation:
+    """Runs delegations for the instances of one worker, through the coordinator."""
+
+    def __init__(self, coordinator: Coordinator, client: redis.Redis) -> None:
+        self.coordinator = coordinator
+        self.r = client
+
+    def system_prompt(self, definition: AgentDefinition) -> str:
+        """The definition's prompt, with the delegates section when it has delegates."""
+        section = prompt_section(definition, self.coordinator.registry.get)
+        if not section:
+            return definition.system_prompt
+        return f"{definition.system_prompt.rstrip()}\n\n{section}\n"
+
+    def tool(self, caller_id: str, delegates: Sequence[str], context: Callable[[], tuple[str, float]]) -> Tool:
+        """The `delegate` tool of one instance; `context()` gives the running run's (id, deadline)."""
+        allowed = list(delegates)
+        schema = DelegateParams.model_json_schema()
+        schema["properties"]["agentType"]["enum"] = allowed
+
+        def delegate(params: DelegateParams) -> str:
+            run_id, deadline = context()
+            depth = int(self.r.hget(keys.run_record(run_id), "depth") or 0)
+            return self.delegate(caller_id, allowed, params.agentType, params.message, depth, deadline)
+
+        return Tool(
+            name="delegate",
+            description="Send a task to another agent and get its answer: " + ", ".join(allowed),
+            parameters=DelegateParams,
+            fn=delegate,
+            json_schema=schema,
+            inline=True,  # waits on Redis from the step's greenlet, never in a tool thread
+        )
+
+    def delegate(
+        self, caller_id: str, allowed: Sequence[str], agent_type: str, message: str, depth: int, deadline: float
+    ) -> str:
+        """Chat with the caller's child of `agent_type` and return its answer (ToolError otherwise)."""
+        if agent_type not in allowed:
+            raise ToolError(
+                f"agent {agent_type!r} is not one of this agent's delegates; it may delegate to: {', '.join(allowed)}"
+            )
+        if depth + 1 > MAX_DEPTH:
+            raise ToolError(
+                f"delegation depth limit reached: this run is already {depth} delegations deep "
+                f"and at most {MAX_DEPTH} are allowed; answer without delegating"
+            )
+        remaining = deadline - time.monotonic()
+        if remaining < 1:
+            raise ToolError("no time left in this run to wait for a delegate")
+        child = self._child(caller_id, agent_type)
+        runs = self.coordinator.runs
+        run_id = runs.start(child, message, stream=False, depth=depth + 1)
+        final: dict[str, Any] = {}
+        try:
+            for event in runs.follow_known(run_id, child, timeout=deadline - time.monotonic()):
+                final = event
+        except ReginaError as exc:
+            _cancel(runs, run_id)  # nobody waits for it any more
+            raise ToolError(f"delegate {agent_type!r} ({child}) did not answer: {exc.message}") from exc
+        except BaseException:
+            _cancel(runs, run_id)  # the caller's run was cancelled while it waited
+            raise
+        return _answer(agent_type, child, final)
+
+    def _child(self, caller_id: str, agent_type: str) -> str:
+        """The caller's child of `agent_type`: the recorded one while it exists, else a new one."""
+        key = keys.delegates(caller_id)
+        child = self.r.hget(key, agent_type)
+        if isinstance(child, bytes):
+            child = child.decode()
+        if child and self.coordinator.store.get(child) is not None:
+            return str(child)
+        try:
+            rec = self.coordinator.spawn(agent_type)
+        except ReginaError as exc:
+            raise ToolError(f"could not start an instance of {agent_type!r}: {exc.message}") from exc
+        self.r.hset(key, agent_type, rec.instance_id)
+        return rec.instance_id
+
+
+def _cancel(runs: RunService, run_id: str) -> None:
+    with contextlib.suppress(ReginaError):
+        runs.cancel(run_id)
+
+
+def _answer(agent_type: str, child: str, final: dict[str, Any]) -> str:
+    kind = final.get("type")
+    if kind == "error":
+        raise ToolError(f"delegate {agent_type!r} ({child}) failed: {final.get('error', 'unknown error')}")
+    reason = final.get("finishReason")
+    if reason in ("cancelled", "error", "budget"):
+        raise ToolError(f"the delegated run of {agent_type!r} ({child}) was {reason}: {final.get('text', '')}".rstrip())
+    return str(final.get("text", ""))

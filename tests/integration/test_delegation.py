@@ -1,0 +1,108 @@
+"""The `delegate` tool across real workers: pairing, reuse, resume, depth limit, refusals.
+
+`boss-agent` may delegate to `helper-agent`, which may delegate back to `boss-agent` (a new
+instance each time, since every caller owns its children). The fake model is scripted by a
+default reply function that reads who it is from the system prompt.
+"""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+
+from tests.harness.fake_llm import FakeLLM, RecordedRequest, Reply, ToolCall
+from tests.harness.processes import Cluster
+from tests.integration.test_api import spawn
+
+
+def script(req: RecordedRequest) -> Reply:
+    """BOSS delegates "ask: …" to the helper and "chain: …" to the other agent, and relays answers;
+    HELPER answers directly, or delegates back on "chain: …"."""
+    msgs = req.messages
+    system = msgs[0]["content"] if msgs and msgs[0]["role"] == "system" else ""
+    me = "BOSS" if "You are BOSS" in system else "HELPER"
+    if msgs[-1]["role"] == "tool":
+        return Reply(text=f"{me} relays: {msgs[-1]['content']}")
+    text = req.last_user_text
+    if text.startswith("chain:"):
+        other = "helper-agent" if me == "BOSS" else "boss-agent"
+        return Reply(tool_calls=[ToolCall("delegate", {"agentType": other, "message": text})])
+    if me == "BOSS" and text.startswith("ask:"):
+        return Reply(tool_calls=[ToolCall("delegate", {"agentType": "helper-agent", "message": text[4:].strip()})])
+    if me == "BOSS" and text.startswith("misuse:"):
+        return Reply(tool_calls=[ToolCall("delegate", {"agentType": "tool-agent", "message": "hi"})])
+    return Reply(text=f"{me} answers: {text}")
+
+
+def helpers(api: httpx.Client) -> set[str]:
+    return {i["instanceId"] for i in api.get("/agents/helper-agent/instances").json()}
+
+
+def test_delegation_reuses_the_callers_child_across_turns_and_workers(
+    api: httpx.Client, cluster: Cluster, fake_llm: FakeLLM
+) -> None:
+    fake_llm.default = script
+    before = helpers(api)
+    boss = spawn(api, "boss-agent")
+    first = api.post(f"/instances/{boss}/chat", json={"message": "ask: what is 2+2?"}).json()
+    assert first["text"] == "BOSS relays: HELPER answers: what is 2+2?"
+    (child,) = helpers(api) - before
+    # The child was placed on the other worker; the answer crossed workers through Redis.
+    assert api.get(f"/instances/{child}").json()["member"] != api.get(f"/instances/{boss}").json()["member"]
+
+    # The boss's first model request: the delegate tool (only its delegates as choices) and the
+    # system prompt section listing them.
+    boss_req = next(r for r in fake_llm.requests if "You are BOSS" in r.all_text)
+    system = boss_req.messages[0]["content"]
+    assert "## Delegates" in system
+    assert "`helper-agent`" in system and "Test agent that answers for the boss" in system
+    assert "Helper here, ready to help." in system
+    delegate = next(t for t in boss_req.body["tools"] if t["function"]["name"] == "delegate")["function"]
+    assert delegate["parameters"]["properties"]["agentType"]["enum"] == ["helper-agent"]
+    assert "required" in delegate["parameters"] and set(delegate["parameters"]["required"]) == {"agentType", "message"}
+
+    # Next turn: the same child, with its memory of the first question.
+    second = api.post(f"/instances/{boss}/chat", json={"message": "ask: and 3+3?"}).json()
+    assert second["text"] == "BOSS relays: HELPER answers: and 3+3?"
+    assert helpers(api) - before == {child}
+
+    # A suspended child is resumed, not replaced.
+    assert api.post(f"/instances/{child}/suspend").status_code == 204
+    third = api.post(f"/instances/{boss}/chat", json={"message": "ask: still there?"}).json()
+    assert third["text"] == "BOSS relays: HELPER answers: still there?"
+    assert helpers(api) - before == {child}
+    asked = [m["content"] for m in api.get(f"/instances/{child}/messages").json() if m["role"] == "user"]
+    assert asked == ["what is 2+2?", "and 3+3?", "still there?"]
+
+    # Deleting the caller drops its pairing: a new boss gets a new child.
+    assert api.delete(f"/instances/{boss}").status_code == 204
+    boss2 = spawn(api, "boss-agent")
+    api.post(f"/instances/{boss2}/chat", json={"message": "ask: new?"})
+    assert len(helpers(api) - before) == 2
+
+
+def test_a_target_not_in_delegates_is_refused_with_a_clear_tool_error(api: httpx.Client, fake_llm: FakeLLM) -> None:
+    fake_llm.default = script
+    boss = spawn(api, "boss-agent")
+    answer = api.post(f"/instances/{boss}/chat", json={"message": "misuse: go"}).json()["text"]
+    error = json.loads(answer.removeprefix("BOSS relays: "))["error"]
+    assert error == "agent 'tool-agent' is not one of this agent's delegates; it may delegate to: helper-agent"
+
+
+def test_an_agent_without_delegates_has_no_delegate_tool(api: httpx.Client, fake_llm: FakeLLM) -> None:
+    iid = spawn(api, "openai-agent")
+    api.post(f"/instances/{iid}/chat", json={"message": "hi"})
+    assert "delegate" not in fake_llm.requests[-1].tool_names
+    assert "## Delegates" not in fake_llm.requests[-1].all_text
+
+
+def test_the_sixth_delegation_in_a_chain_is_refused(api: httpx.Client, fake_llm: FakeLLM) -> None:
+    fake_llm.default = script
+    before = helpers(api)
+    boss = spawn(api, "boss-agent")
+    text = api.post(f"/instances/{boss}/chat", json={"message": "chain: go deep"}, timeout=120).json()["text"]
+    # boss(0) → helper(1) → boss(2) → helper(3) → boss(4) → helper(5) → refused.
+    assert "delegation depth limit reached: this run is already 5 delegations deep" in text
+    assert text.count("relays:") == 6
+    assert len(helpers(api) - before) == 3
