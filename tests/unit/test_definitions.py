@@ -310,3 +310,11 @@ def test_definition_is_immutable(tmp_path: Path) -> None:
     assert isinstance(d, AgentDefinition)
     with pytest.raises(Exception):  # noqa: B017 - pydantic raises ValidationError for frozen models
         d.name = "b"  # type: ignore[misc]
+
+
+def test_repo_demo_agents_delegate_offline() -> None:
+    root = AGENTS.parents[1] / "agents"
+    demo = parse_definition(root / "demo.md", SETTINGS, {})
+    librarian = parse_definition(root / "librarian.md", SETTINGS, {})
+    assert demo.delegates == ("librarian",)
+    assert (librarian.provider, librarian.model) == ("demo", "demo")
