@@ -8,11 +8,12 @@ default reply function that reads who it is from the system prompt.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import httpx
 
 from tests.harness.fake_llm import FakeLLM, RecordedRequest, Reply, ToolCall
-from tests.harness.processes import Cluster
+from tests.harness.processes import ROOT, Cluster
 from tests.integration.test_api import spawn
 
 
@@ -106,3 +107,20 @@ def test_the_sixth_delegation_in_a_chain_is_refused(api: httpx.Client, fake_llm:
     assert "delegation depth limit reached: this run is already 5 delegations deep" in text
     assert text.count("relays:") == 6
     assert len(helpers(api) - before) == 3
+
+
+def test_the_offline_demo_agent_delegates_to_the_librarian(make_cluster: Any) -> None:
+    c: Cluster = make_cluster(REGINA_AGENTS_DIR=str(ROOT / "agents"))
+    c.start_worker()
+    web = c.start_web()
+    with httpx.Client(base_url=web.url, timeout=60) as demo_api:
+        iid = spawn(demo_api, "demo")
+        resp = demo_api.post(f"/instances/{iid}/chat", json={"message": "ask librarian where are my notes?"})
+        history = demo_api.get(f"/instances/{iid}/messages").json()
+    calls = [c["function"] for m in history if m["role"] == "assistant" for c in m.get("tool_calls", [])]
+    assert [(f["name"], json.loads(f["arguments"])) for f in calls] == [
+        ("delegate", {"agentType": "librarian", "message": "where are my notes?"})
+    ]
+    answer = next(m["content"] for m in history if m["role"] == "tool")
+    assert "where are my notes?" in answer  # the librarian's own (offline) reply
+    assert resp.json()["text"]
