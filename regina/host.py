@@ -157,7 +157,7 @@ class InstanceHost:
         tools.open()  # MCP connections follow the activation (SPEC §12)
         self.active[instance_id] = act
         self._park(act)
-        self.store.fenced_set(instance_id, epoch, status="started", lastActive=time.time())
+        self.store.fenced_set(instance_id, epoch, status="started", lastActive=self.store.now())
         self.r.incr(keys.member_instances(self.member_id))
         return {"restored": restored}
 
@@ -403,7 +403,7 @@ class InstanceHost:
         timeout = self.settings.idle_timeout
         if timeout <= 0 or not self.active:
             return []
-        now = time.time() if now is None else now
+        now = self.store.now() if now is None else now
         last = self.store.last_active_many(list(self.active))
         return [iid for iid, ts in last.items() if now - ts > timeout and not self.is_busy(iid)]
 

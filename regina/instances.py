@@ -38,22 +38,27 @@ return epoch
 """
 
 
+# Redis's clock as seconds since the epoch, for every timer (web and worker clocks may differ).
+LUA_NOW = "local t = redis.call('TIME'); local now = t[1] .. '.' .. string.format('%06d', t[2])"
+
 # Touch lastActive only if the record exists (a bare HSET would create a ghost record). Returns 1/0.
-_TOUCH = """
+_TOUCH = f"""
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], 'lastActive', ARGV[1])
+{LUA_NOW}
+redis.call('HSET', KEYS[1], 'lastActive', now)
 return 1
 """
 
 # Touch lastActive and return ["1"|"0" (member alive), field, value, …], or {} if there is no
-# instance record. ARGV: now, member key prefix.
-_TOUCH_CHECK = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
-redis.call('HSET', KEYS[1], 'lastActive', ARGV[1])
+# instance record. ARGV: (unused), member key prefix. lastActive is Redis's own TIME.
+_TOUCH_CHECK = f"""
+if redis.call('EXISTS', KEYS[1]) == 0 then return {{}} end
+{LUA_NOW}
+redis.call('HSET', KEYS[1], 'lastActive', now)
 local member = redis.call('HGET', KEYS[1], 'member')
 local alive = '0'
 if member and member ~= '' and redis.call('EXISTS', ARGV[2] .. member) == 1 then alive = '1' end
-local out = {alive}
+local out = {{alive}}
 for _, v in ipairs(redis.call('HGETALL', KEYS[1])) do out[#out + 1] = v end
 return out
 """
@@ -133,7 +138,7 @@ class InstanceStore:
 
     def create(self, instance_id: str, definition_id: str, member: str) -> InstanceRecord:
         """Write a new record owned by `member` at epoch 1."""
-        now = time.time()
+        now = self.now()
         fields: dict[str, str] = {
             "definitionId": definition_id,
             "status": "started",
@@ -150,6 +155,11 @@ class InstanceStore:
         pipe.zadd(keys.definition_instances(definition_id), {instance_id: now})
         pipe.execute()
         return record_from_hash(instance_id, fields)
+
+    def now(self) -> float:
+        """Redis's clock (seconds since the epoch): the one clock every idle timer uses."""
+        sec, usec = self.r.time()
+        return sec + usec / 1_000_000
 
     def get(self, instance_id: str) -> InstanceRecord | None:
         """The record, or None when the instance does not exist."""

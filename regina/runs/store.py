@@ -60,7 +60,8 @@ if KEYS[5] then
     return {'dup', string.sub(prev, sep + 1)}
   end
 end
-redis.call('HSET', KEYS[1], 'lastActive', ARGV[1])
+local t = redis.call('TIME')  -- Redis's clock: one clock for every idle timer
+redis.call('HSET', KEYS[1], 'lastActive', t[1] .. '.' .. string.format('%06d', t[2]))
 local busy = front(KEYS[3], ARGV[10])
 if busy and ARGV[5] == 'reject' then return {'busy', busy} end
 if busy and ARGV[5] == 'steer' then
@@ -94,7 +95,8 @@ if KEYS[3] then
   end
   redis.call('SET', KEYS[3], ARGV[4] .. ' ' .. ARGV[3], 'EX', ARGV[5])
 end
-redis.call('HSET', KEYS[1], 'lastActive', ARGV[1])
+local t = redis.call('TIME')  -- Redis's clock: one clock for every idle timer
+redis.call('HSET', KEYS[1], 'lastActive', t[1] .. '.' .. string.format('%06d', t[2]))
 redis.call('RPUSH', KEYS[2], ARGV[2])
 return {'ok', ARGV[3]}
 """

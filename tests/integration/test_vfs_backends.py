@@ -26,9 +26,7 @@ def _read_note(api: httpx.Client, fake: FakeLLM, iid: str, ask: str) -> str:
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "memory", "realdir"])
-def test_suspend_resume_and_move_keep_history_and_files(
-    make_cluster: object, fake_llm: FakeLLM, backend: str
-) -> None:
+def test_suspend_resume_and_move_keep_history_and_files(make_cluster: object, fake_llm: FakeLLM, backend: str) -> None:
     c: Cluster = make_cluster(REGINA_VFS_BACKEND=backend, REGINA_STORAGE__TYPE="redis")  # type: ignore[operator]
     w1 = c.start_worker(env={"REGINA_FS_ROOT_PATH": str(c.tmp / "root-w1")})
     web = c.start_web()
