@@ -6,6 +6,7 @@ each behaviour is checked end to end: text, tool calls, usage, streaming, errors
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -72,6 +73,11 @@ def fake() -> Iterator[FakeLLM]:
 @pytest.fixture(autouse=True)
 def _clean(fake: FakeLLM) -> None:
     fake.reset()
+    # A stream LiteLLM abandoned (an error status mid-test) leaves an httpx line generator
+    # behind; if the GC finalizes it inside httpcore's pool lock (the next call's
+    # _assign_requests_to_connections), closing it re-takes that lock and the test process
+    # deadlocks. Collect such leftovers here, outside any lock.
+    gc.collect()
 
 
 def complete(
