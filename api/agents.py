@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from api.body import json_body
 from api.idem import HEADER
 from api.services import Services
+from regina.definitions import AgentDefinition
 from regina.idempotency import body_hash
-from regina.registry_sync import announce_reload
+from regina.providers import missing_api_key
 
 bp = Blueprint("agents", __name__)
 
@@ -18,14 +21,24 @@ def services() -> Services:
     return current_app.extensions["regina"]  # type: ignore[no-any-return]
 
 
+def _shown(definition: AgentDefinition) -> dict[str, Any]:
+    """The public fields plus `ready` (and `missingKey`: the variable's name, never its value)."""
+    data = definition.public_dict()
+    missing = missing_api_key(definition.model, definition.provider)
+    data["ready"] = missing is None
+    if missing:
+        data["missingKey"] = missing
+    return data
+
+
 @bp.get("/agents")
 def list_agents() -> Response:
-    return jsonify([d.public_dict() for d in services().registry.list()])
+    return jsonify([_shown(d) for d in services().registry.list()])
 
 
 @bp.get("/agents/<def_id>")
 def get_agent(def_id: str) -> Response:
-    return jsonify(services().registry.get(def_id).public_dict())
+    return jsonify(_shown(services().registry.get(def_id)))
 
 
 @bp.post("/agents/<def_id>/instances")
@@ -52,5 +65,5 @@ def reload_registry() -> Response:
     svc = services()
     reg = svc.registry
     reg.reload()
-    announce_reload(svc.client)
+    svc.follower.announce()
     return jsonify({"agents": [d.id for d in reg.list()], "errors": [dict(e) for e in reg.errors]})

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import redis
 from flask import Blueprint, Response, jsonify, request
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from api.agents import services
 from regina.cluster.membership import live_members
+from regina.metrics import exposition
 
 bp = Blueprint("health", __name__)
 
@@ -29,4 +30,5 @@ def healthz() -> tuple[Response, int]:
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
+    """Prometheus text: every web (and local worker) process's counts, and the cluster gauges."""
+    return Response(exposition(services().client), mimetype=CONTENT_TYPE_LATEST)

@@ -9,7 +9,7 @@ import redis
 from regina.config import Settings
 from regina.lifecycle import Coordinator
 from regina.registry import AgentRegistry
-from regina.registry_sync import start_reload_listener
+from regina.registry_sync import RegistryFollower, start_reload_listener, warn_missing_keys
 from workers.local import local_coordinator
 
 
@@ -21,10 +21,12 @@ class Services:
     registry: AgentRegistry
     client: redis.Redis
     coordinator: Coordinator
+    follower: RegistryFollower
 
 
 def build_services(settings: Settings) -> Services:
     """Load the registry and connect to Redis, storage and the broker; follow registry reloads."""
     coordinator = local_coordinator(settings)
-    start_reload_listener(coordinator.r, coordinator.registry)
-    return Services(settings, coordinator.registry, coordinator.r, coordinator)
+    follower = start_reload_listener(coordinator.r, coordinator.registry)
+    warn_missing_keys(coordinator.registry)
+    return Services(settings, coordinator.registry, coordinator.r, coordinator, follower)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import gc
-import logging
 
 from api import create_app
 from regina.config import process_settings
+from regina.logs import configure
 
 settings = process_settings()
-logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+configure("web", settings.log_level, settings.log_format)
 
 app = create_app(settings)
 # Long-lived objects from start-up stay out of the cyclic GC's full collections (shorter pauses).

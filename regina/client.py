@@ -113,6 +113,10 @@ class ReginaClient:
         """Queue a message the running loop sees at its next step boundary."""
         self._json("POST", f"/instances/{instance_id}/steer", {"message": message})
 
+    def reload(self) -> dict[str, Any]:
+        """Reload the agent registry in every web and worker process: {agents, errors}."""
+        return cast(dict[str, Any], self._json("POST", "/admin/agents/reload"))
+
     def messages(self, instance_id: str) -> list[dict[str, Any]]:
         """The conversation, oldest first."""
         return cast(list[dict[str, Any]], self._json("GET", f"/instances/{instance_id}/messages"))

@@ -219,6 +219,12 @@ class Settings(_Section):
     """gunicorn worker processes of `regina web`. `WEB_CONCURRENCY` sets it too (as platforms do)."""
     access_log: bool = False
     """gunicorn's access log on stdout (`regina web`); off by default: every line costs CPU."""
+    log_format: Literal["text", "json"] = "text"
+    """Log line format of every process: `text` (time, level, role[pid], logger, message) or
+    `json` (one object per line, for platforms that parse logs). `--log-format` sets it too."""
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    """A worker serves its own Prometheus `/metrics` on this port (for workers on other machines
+    than the web; on one machine they share the web's `/metrics`, see README "Watching it")."""
 
     @field_validator("access_log", mode="before")
     @classmethod
@@ -282,7 +288,8 @@ def expand_placeholders(value: str, environ: Mapping[str, str]) -> str:
 
 
 _ENV_PREFIX = "REGINA_"
-_NOT_SETTINGS = {"REGINA_CONFIG"}
+# Read by the client CLI (`regina chat`, `regina ps`, …), not by the server.
+_NOT_SETTINGS = {"REGINA_CONFIG", "REGINA_URL", "REGINA_TOKEN"}
 
 
 def _camel(snake: str) -> str:
@@ -380,12 +387,19 @@ def process_settings() -> Settings:
     return _process_settings
 
 
+PLATFORM_MARKERS = ("DYNO", "RENDER", "RAILWAY_ENVIRONMENT", "FLY_APP_NAME", "K_SERVICE")
+"""Variables a hosting platform sets (Heroku, Render, Railway, Fly.io, Cloud Run)."""
+
+
 def bind_host(settings: Settings, environ: Mapping[str, str] | None = None) -> str:
-    """The web's listen address: a platform that sets `PORT` expects the app on every interface,
-    unless `host` was set explicitly (config file or `REGINA_HOST`)."""
+    """The address web and Flower listen on: `host` when set (config file or `REGINA_HOST`);
+    else 0.0.0.0 when `PORT` is set *and* a platform marker says we run on a platform, which
+    routes to the app from outside; else 127.0.0.1. `PORT` alone is not enough: `honcho start`
+    sets it on a laptop, where 0.0.0.0 would expose an unauthenticated API to the network."""
     env = environment() if environ is None else environ
-    explicit = "REGINA_HOST" in env or settings.host != "127.0.0.1"
-    return "0.0.0.0" if env.get("PORT") and not explicit else settings.host
+    if "host" in settings.model_fields_set or not env.get("PORT"):
+        return settings.host
+    return "0.0.0.0" if any(env.get(marker) for marker in PLATFORM_MARKERS) else settings.host
 
 
 def load_settings(environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> Settings:

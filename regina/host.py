@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from regina import keys
+from regina import keys, metrics
 from regina.config import Settings
 from regina.definitions import AgentDefinition
 from regina.delegation import Delegation
@@ -28,6 +28,7 @@ from regina.lifecycle import backup_key
 from regina.outbound import Allowlist
 from regina.providers import resolve_model_target
 from regina.registry import AgentRegistry
+from regina.run_watch import RunWatch, WatchedRun
 from regina.runs.context import InterrupterFactory, RunContext, budget_for
 from regina.runs.store import RunStore
 from regina.runs.stream import RunPublisher
@@ -117,6 +118,7 @@ class InstanceHost:
             gate.acquire()
             self.loading[instance_id] = gate
 
+    @metrics.timed(metrics.RESUMES, metrics.RESUME_SECONDS)
     def attach(self, instance_id: str, epoch: int) -> dict[str, Any]:
         """Open the instance here at `epoch`, restoring its VFS from storage when ours is older."""
         try:
@@ -136,7 +138,7 @@ class InstanceHost:
             raise NotHere(f"instance {instance_id} does not exist")
         if rec.epoch != epoch:
             raise StaleEpoch(f"instance {instance_id}: attach for epoch {epoch}, current is {rec.epoch}")
-        definition = self.registry.get(rec.definition_id)
+        definition = self.registry.get_or_reload(rec.definition_id)
         snapshot = self._restore_if_newer(instance_id, rec.backup_version)
         restored = snapshot is not None
         vfs = self._open(instance_id, snapshot)
@@ -253,7 +255,7 @@ class InstanceHost:
                 message = None  # redelivered after a crash: the message is already in the history
             d = act.definition
             budget = budget_for(d.budget_settings(self.settings), begun.instance_tokens)
-            ctx = RunContext(self.r, instance_id, run_id, publisher, budget, begun.steered, self.interrupter_factory)
+            ctx = WatchedRun(self.r, instance_id, run_id, publisher, budget, begun.steered, self.interrupter_factory)
             if begun.cancel_requested:
                 ctx.cancel.cancel(CANCELLED)
             # The delegate tool reads the run from `act`; a dropped MCP server is this run's event.
@@ -271,12 +273,14 @@ class InstanceHost:
                 stream=stream,
                 runner=act.runner,
             )
+            watch = ctx.watch = RunWatch(instance_id, run_id, spec.target.provider, d.model, stream)
             self.running[run_id] = ctx
             ctx.start_clock()
             try:
-                run_turn(spec, act.session, message, ctx)
+                watch.result = run_turn(spec, act.session, message, ctx)
             finally:
                 ctx.stop_clock()
+                watch.done()
                 self.running.pop(run_id, None)
             self._touch(act)
             act.last_used = time.monotonic()
@@ -341,6 +345,7 @@ class InstanceHost:
         act = self.active.get(instance_id)
         return act is not None and act.lock.busy
 
+    @metrics.timed(metrics.SUSPENDS, metrics.SUSPEND_SECONDS)
     def suspend(self, instance_id: str, epoch: int | None = None) -> dict[str, Any]:
         """Wait for running steps, back up the VFS, close it, mark the instance suspended."""
         act = self.active.get(instance_id)
@@ -364,6 +369,7 @@ class InstanceHost:
         self.r.decr(keys.member_instances(self.member_id))
         return {"backedUp": bool(version), "bytes": size}
 
+    @metrics.timed(metrics.BACKUPS, metrics.BACKUP_SECONDS)
     def _backup(self, act: Active) -> tuple[int, int]:
         """Snapshot the VFS and put it to storage with a new version; (size, version or 0)."""
         if self.storage is None:
@@ -380,6 +386,7 @@ class InstanceHost:
         else:
             data = act.vfs.snapshot()
         self.storage.put(backup_key(act.instance_id), data)
+        metrics.BACKUP_BYTES.observe(len(data))
         return len(data), version
 
     def delete(self, instance_id: str) -> dict[str, Any]:

@@ -33,6 +33,7 @@ lives under `regina:` too.
 | regina:registry:reload                | PUBSUB | —          | agent definitions changed: reload        |
 | regina:ready:<memberId>               | LIST   | —          | names of the member's instance queues    |
 |                                       |        |            | with a step waiting, one per step        |
+| regina:registry:version               | STRING | —          | bumped by every agent registry reload    |
 
 Celery queues: `regina.i.<instanceId>` (an instance's chat steps, consumed only by its owner)
 and `regina.m.<memberId>` (a member's own command queue).
@@ -57,6 +58,7 @@ CANCEL_CHANNEL = "regina:runs:cancel"
 """Pub/sub channel of run ids to cancel (every worker listens)."""
 RUN_PREFIX = "regina:run:"
 """Prefix of `run_record()`; Lua scripts that look at an instance's runs get it as an argument."""
+REGISTRY_VERSION = "regina:registry:version"
 
 
 def member(member_id: str) -> str:

@@ -24,6 +24,7 @@ from regina.config import Settings
 from regina.dispatch import Dispatcher
 from regina.errors import BadRequest, NotFound, PayloadTooLarge, ReginaError, Unavailable
 from regina.instances import InstanceRecord, InstanceStore
+from regina.metrics import SPAWNS, STEERS
 from regina.registry import AgentRegistry
 from regina.runs.service import RunService
 from regina.runtime.session import Session
@@ -104,6 +105,7 @@ class Coordinator:
         except ReginaError:
             self.store.delete(instance_id, definition.id)
             raise
+        SPAWNS.labels(definition.id).inc()
         return rec
 
     def instances(self, definition_id: str | None = None) -> list[InstanceRecord]:
@@ -238,7 +240,9 @@ class Coordinator:
 
     def steer(self, instance_id: str, message: str) -> str:
         """Queue a steering message for the running loop (or the next run); returns its steerId."""
-        return self.runs.steer(instance_id, message)
+        steer_id = self.runs.steer(instance_id, message)
+        STEERS.inc()
+        return steer_id
 
     def messages(self, instance_id: str) -> list[dict[str, Any]]:
         """The conversation, oldest first. Reading changes nothing: a suspended instance is read

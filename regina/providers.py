@@ -164,3 +164,20 @@ def resolve_model_target(
         if configured is not None and configured.base_url:
             api_base = configured.base_url
     return ModelTarget(provider=name, litellm_model=litellm_model, api_key=api_key, api_base=api_base)
+
+
+def missing_api_key(model: str, provider: str | None, environ: Mapping[str, str] | None = None) -> str | None:
+    """Name of the API key variable a definition's provider needs and this process lacks, or None.
+
+    Only the providers Regina knows by name are checked (any other LiteLLM provider, such as a
+    local ollama, may need no key). A model that cannot be resolved is reported elsewhere.
+    """
+    try:
+        name = check_provider_name(provider) if provider else infer_provider(model)
+    except DefinitionError:
+        return None
+    info = _KNOWN.get(name)
+    if info is None or info.env_prefix is None:
+        return None
+    variable = f"{info.env_prefix}_API_KEY"
+    return None if (environment() if environ is None else environ).get(variable) else variable

@@ -8,11 +8,16 @@ failing the request.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
+
 import redis
+
+from regina.config import Settings, environment
 
 #: Connections beside one per concurrent request or step: listeners, heartbeats, sweeps.
 HEADROOM = 16
-#: A web process's concurrent requests (gunicorn `--worker-connections`, see regina/cli.py).
+#: A web process's concurrent requests (gunicorn `--worker-connections`, see regina/cli/serve.py).
 WEB_CONCURRENCY = 1000
 #: Seconds a greenlet waits for a free connection before its command fails.
 POOL_WAIT = 30.0
@@ -30,3 +35,19 @@ def connect(url: str, concurrency: int = WEB_CONCURRENCY) -> redis.Redis:
         retry_on_timeout=True,
     )
     return redis.Redis(connection_pool=pool)
+
+
+REDIS_URL_FILE = "redis.url"
+"""File under `dataDir` where `regina up` writes the URL of the Redis it started."""
+
+
+def embedded_redis_url(settings: Settings, environ: Mapping[str, str] | None = None) -> str:
+    """The Redis to use: REDIS_URL or config `redis` when given, else the one a running `regina up`
+    wrote down (so `regina flower` and `local_coordinator()` find it), else the default."""
+    env = environment() if environ is None else environ
+    if env.get("REDIS_URL") or "redis" in settings.model_fields_set:
+        return settings.redis
+    try:
+        return (Path(settings.data_dir) / REDIS_URL_FILE).read_text().strip() or settings.redis
+    except OSError:
+        return settings.redis

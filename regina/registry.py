@@ -165,6 +165,18 @@ class AgentRegistry:
             raise NotFound(f"agent definition {def_id!r} not found (known: {known})")
         return definition
 
+    def get_or_reload(self, def_id: str) -> AgentDefinition:
+        """The definition, reloading once from disk when this process does not know it yet (a web
+        process that reloaded first must not make a spawn fail on a worker that has not yet).
+
+        Raises:
+            NotFound: still unknown after the reload.
+        """
+        if def_id not in self.snapshot.definitions:
+            log.info("agent %r unknown here: reloading the registry before refusing", def_id)
+            self.reload()
+        return self.get(def_id)
+
     def list(self) -> list[AgentDefinition]:
         """All definitions, sorted by name."""
         definitions = self.snapshot.definitions

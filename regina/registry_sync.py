@@ -1,51 +1,132 @@
-"""Keep every web and worker process on the same agent registry.
+"""Keep every web and worker process on the same agent registry (SPEC §2).
 
-A reload asked of one process (admin endpoint) is announced on a Redis channel; every process
-listens and rebuilds its own registry from `agentsDir` (each swap is atomic; a failed rebuild
-keeps the old registry and is logged).
+A reload asked of any process (`POST /admin/agents/reload`, or SIGHUP to a web or worker
+process, debounced) bumps a registry version in Redis and announces it on a channel. Every
+process follows: its listener reloads on the announcement and, because a pub/sub message can be
+missed (a reconnect, a slow subscriber), also compares the version every `POLL_SECONDS` and
+reloads when it moved. A worker asked to attach an instance of an agent it does not know
+reloads once before refusing (`AgentRegistry.get_or_reload`), so a web that saw a new file first cannot make
+a spawn fail. Each swap is atomic; a failed rebuild keeps the old registry and is logged.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
+from types import FrameType
 
 import redis
 
 from regina import keys
+from regina.providers import missing_api_key
 from regina.registry import AgentRegistry
 
 log = logging.getLogger("regina.registry")
 
 CHANNEL = keys.REGISTRY_RELOAD
+POLL_SECONDS = 2.0
+"""How often a process compares its registry version with Redis's (the missed-message bound)."""
+SIGHUP_DEBOUNCE = 1.0
+"""Seconds a SIGHUP waits for more signals (an editor saving several files) before reloading."""
 
 
 def announce_reload(client: redis.Redis) -> int:
-    """Ask every process to reload; returns how many listeners received it."""
-    return int(client.publish(CHANNEL, str(time.time())))
+    """Bump the registry version and tell every process; returns the new version."""
+    version = int(client.incr(keys.REGISTRY_VERSION))
+    client.publish(CHANNEL, str(version))
+    return version
 
 
-def start_reload_listener(client: redis.Redis, registry: AgentRegistry) -> threading.Thread:
-    """Reload `registry` whenever a reload is announced (a daemon thread; a greenlet under gevent)."""
+class RegistryFollower:
+    """One process's view of the shared registry version; reloads when it moves."""
 
-    def listen() -> None:
+    def __init__(self, client: redis.Redis, registry: AgentRegistry) -> None:
+        self.client = client
+        self.registry = registry
+        self.seen = self._current()
+
+    def _current(self) -> int:
+        try:
+            return int(self.client.get(keys.REGISTRY_VERSION) or 0)
+        except redis.RedisError:
+            return -1
+
+    def _reload(self, why: str) -> None:
+        try:
+            self.registry.reload()
+            log.info("agent registry reloaded (%s): %d definition(s)", why, len(self.registry))
+        except Exception:
+            log.exception("agent registry reload failed; keeping the previous one")
+
+    def check(self) -> bool:
+        """Reload if another process reloaded since we last looked; True when it did."""
+        current = self._current()
+        if current < 0 or current == self.seen:
+            return False
+        self.seen = current
+        self._reload(f"version {current}")
+        return True
+
+    def announce(self) -> None:
+        """Make every other process reload (after this one did)."""
+        self.seen = announce_reload(self.client)
+
+    def reload_everywhere(self, why: str) -> None:
+        """Reload here now and make every other process follow."""
+        self._reload(why)
+        self.announce()
+
+    def listen_forever(self) -> None:
+        """Reload on each announcement, and on a version change every POLL_SECONDS."""
         while True:
             try:
-                pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call,unused-ignore]
+                pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call,unused-ignore]
                 pubsub.subscribe(CHANNEL)
-                for message in pubsub.listen():  # type: ignore[no-untyped-call,unused-ignore]
-                    if message.get("type") != "message":
-                        continue
-                    try:
-                        registry.reload()
-                        log.info("agent registry reloaded on request: %d definition(s)", len(registry.list()))
-                    except Exception:
-                        log.exception("agent registry reload failed; keeping the previous one")
+                self.check()  # anything announced while we were not subscribed
+                while True:
+                    pubsub.get_message(timeout=POLL_SECONDS)  # type: ignore[no-untyped-call,unused-ignore]
+                    self.check()
             except redis.RedisError as exc:
                 log.warning("registry reload listener lost Redis (%s); reconnecting", exc)
                 time.sleep(1)
 
-    thread = threading.Thread(target=listen, name="regina-registry-reload", daemon=True)
+    def install_sighup(self, debounce: float = SIGHUP_DEBOUNCE) -> None:
+        """SIGHUP = reload everywhere, debounced (call from the process's main thread)."""
+        pending = threading.Event()
+
+        def fire() -> None:
+            pending.clear()
+            self.reload_everywhere("SIGHUP")
+
+        def on_sighup(signum: int, frame: FrameType | None) -> None:
+            if pending.is_set():
+                return  # coalesced into the reload already armed
+            pending.set()
+            timer = threading.Timer(debounce, fire)
+            timer.daemon = True
+            timer.start()
+
+        signal.signal(signal.SIGHUP, on_sighup)
+
+
+def start_reload_listener(client: redis.Redis, registry: AgentRegistry) -> RegistryFollower:
+    """Follow registry reloads in a daemon thread (a greenlet under gevent)."""
+    follower = RegistryFollower(client, registry)
+    thread = threading.Thread(target=follower.listen_forever, name="regina-registry-reload", daemon=True)
     thread.start()
-    return thread
+    return follower
+
+
+def warn_missing_keys(registry: AgentRegistry) -> None:
+    """A start-up WARNING for each agent whose provider's API key this process does not have."""
+    for definition in registry.list():
+        variable = missing_api_key(definition.model, definition.provider)
+        if variable:
+            log.warning(
+                "agent %r (model %s): %s is not set; its chats will fail until it is",
+                definition.id,
+                definition.model,
+                variable,
+            )

@@ -17,7 +17,7 @@ from regina.host import InstanceHost
 from regina.lifecycle import Coordinator
 from regina.redis_conn import connect
 from regina.registry import AgentRegistry
-from regina.registry_sync import start_reload_listener
+from regina.registry_sync import RegistryFollower, start_reload_listener, warn_missing_keys
 from regina.runs.cancel import listen as cancel_listener
 from regina.runtime.models import get_litellm
 from regina.secrets import add_secret, install_log_redaction
@@ -39,6 +39,7 @@ class WorkerContext:
     host: InstanceHost
     dispatcher: CeleryDispatcher
     coordinator: Coordinator
+    follower: RegistryFollower
 
     def reply(self, token: str | None, answer: dict[str, Any]) -> None:
         """Answer a command on its reply list (the coordinator BLPOPs it)."""
@@ -62,9 +63,8 @@ def init_context(member_id: str, concurrency: int | None = None) -> WorkerContex
     client = connect(settings.redis, concurrency or settings.concurrency)
     registry = AgentRegistry(settings)
     registry.load()
-    start_reload_listener(client, registry)
-    for err in registry.errors:
-        log.warning("agent definition skipped: %s", err)
+    follower = start_reload_listener(client, registry)
+    warn_missing_keys(registry)
     storage = make_storage(settings.storage, settings.redis)
     get_litellm()  # import LiteLLM now (seconds of CPU), not inside the first chat step
     dispatcher = CeleryDispatcher(app, client)
@@ -74,7 +74,7 @@ def init_context(member_id: str, concurrency: int | None = None) -> WorkerContex
         settings, registry, client, storage, load_hooks(settings.factory), member_id, greenlet_interrupter, delegation
     )
     cancel_listener(client, host.cancel_local)
-    _context = WorkerContext(settings, client, member_id, host, dispatcher, coordinator)
+    _context = WorkerContext(settings, client, member_id, host, dispatcher, coordinator, follower)
     return _context
 
 

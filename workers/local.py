@@ -2,7 +2,7 @@
 
 from workers.local import local_coordinator
 
-regina = local_coordinator()                 # settings from REGINA_CONFIG / REGINA_* / REDIS_URL
+regina = local_coordinator()  # settings from REGINA_CONFIG / REGINA_* / REDIS_URL (or `regina up`'s Redis)
 iid = regina.spawn("demo").instance_id
 print(regina.chat(iid, "hello")["text"])
 for event in regina.follow_run(regina.start_run(iid, "stream this")):
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from regina.config import Settings, process_settings
 from regina.lifecycle import Coordinator
-from regina.redis_conn import connect
+from regina.redis_conn import connect, embedded_redis_url
 from regina.registry import AgentRegistry
 from storage import make_storage
 from workers.celery_app import app
@@ -23,6 +23,7 @@ from workers.dispatcher import CeleryDispatcher
 def local_coordinator(settings: Settings | None = None) -> Coordinator:
     """The same Coordinator a web process uses, publishing tasks to Celery directly."""
     settings = settings or process_settings()
+    settings = settings.model_copy(update={"redis": embedded_redis_url(settings)})
     registry = AgentRegistry(settings)
     registry.load()
     client = connect(settings.redis)

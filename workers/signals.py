@@ -19,6 +19,7 @@ from regina import keys
 from regina.cluster.membership import Membership
 from regina.cluster.orphans import release_previous_incarnation, sweep_orphans
 from regina.ids import new_token
+from regina.metrics import QUEUE_DEPTH, WORKER_INSTANCES, process_exited, serve_worker_metrics
 from workers.context import context, current, init_context
 from workers.step_strategy import flush_task_events
 from workers.transport import configure_worker
@@ -33,6 +34,16 @@ def _size_pools(sender: str, conf: Any, options: dict[str, Any], **kwargs: Any) 
     """Size the broker pools from this worker's concurrency before any connection exists, and
     consume instance queues through the member's ready list (workers/transport.py)."""
     configure_worker(conf, str(sender), int(options.get("concurrency") or conf.worker_concurrency or 1))
+
+
+@signals.setup_logging.connect
+def _logging(loglevel: Any = None, **kwargs: Any) -> None:
+    """Regina's log format (regina/logs.py) instead of Celery's own."""
+    from regina.config import load_settings
+    from regina.logs import configure
+
+    settings = load_settings()
+    configure("worker", settings.log_level, settings.log_format)
 
 
 @signals.celeryd_after_setup.connect
@@ -64,6 +75,12 @@ def _ready(sender: Any, **kwargs: Any) -> None:
     # them again in every full collection (each one a pause in every running step).
     gc.collect()
     gc.freeze()
+    # SIGHUP reloads the agent registry everywhere (Celery's own handler would restart the worker
+    # and suspend every instance it holds).
+    ctx.follower.install_sighup()
+    if ctx.settings.metrics_port is not None:
+        serve_worker_metrics(ctx.settings.metrics_port, ctx.settings.host)
+        log.info("metrics on http://%s:%d/metrics", ctx.settings.host, ctx.settings.metrics_port)
     log.info("member %s ready (pid %d)", ctx.member_id, os.getpid())
 
 
@@ -73,8 +90,22 @@ def _heartbeat_loop(membership: Membership) -> None:
         gevent.sleep(ctx.settings.member_heartbeat)
         try:
             membership.renew(len(ctx.host.active))
+            _queue_gauges(ctx)
         except Exception:
             log.exception("membership renewal failed; retrying")
+
+
+def _queue_gauges(ctx: Any) -> None:
+    """Steps waiting in this worker's instance queues, and its instance count (per heartbeat)."""
+    held = list(ctx.host.active)
+    depth = 0
+    if held:
+        pipe = ctx.client.pipeline(transaction=False)
+        for iid in held:
+            pipe.llen(keys.instance_queue(iid))
+        depth = sum(int(n) for n in pipe.execute())
+    QUEUE_DEPTH.labels(ctx.member_id).set(depth)
+    WORKER_INSTANCES.labels(ctx.member_id).set(len(held))
 
 
 def _idle_loop() -> None:
@@ -130,4 +161,5 @@ def _shutdown(sender: Any, **kwargs: Any) -> None:
     membership = _state.get("membership")
     if membership is not None:
         membership.deregister()
+    process_exited(os.getpid())
     log.info("member %s left the cluster (%d instance(s) suspended)", ctx.member_id, count)

@@ -28,6 +28,7 @@ def test_agents_are_listed_with_the_spec_fields(api: httpx.Client) -> None:
         "tools": [],
         "delegates": [],
         "greeting": IsStr(),
+        "ready": True,
     }
     assert agents["anthropic-agent"]["provider"] == "anthropic"
     assert api.get("/agents/tool-agent").json()["tools"] == ["word_count", "shout"]

@@ -1,0 +1,232 @@
+"""Client commands (SPEC §9): talk to a running server over HTTP through `regina.client`.
+
+`regina agents`, `ps`, `chat`, `steer`, `suspend`, `resume`, `rm`, `reload`. Each takes `--url`
+(env `REGINA_URL`) and `--token` (env `REGINA_TOKEN`); an API error prints its message on stderr
+and exits 1. Output is plain when stdout is not a terminal (rich detects it), so it pipes well.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import click
+import httpx
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from regina.client import ReginaClient
+from regina.errors import ReginaError
+from regina.ids import is_valid_instance_id
+
+DEFAULT_URL = "http://127.0.0.1:3000"
+RESULT_WIDTH = 120
+"""A tool result is shown on one line of at most this many characters."""
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class ApiError(click.ClickException):
+    """An API or connection error: `regina: <message>` on stderr, exit status 1."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"regina: {self.message}", err=True)
+
+
+def server_options(f: F) -> F:
+    """`--url` / `--token` for a command that talks to a server."""
+    f = click.option("--token", envvar="REGINA_TOKEN", help="Bearer token (env REGINA_TOKEN).")(f)
+    f = click.option(
+        "--url", envvar="REGINA_URL", default=DEFAULT_URL, show_default=True, help="Server URL (env REGINA_URL)."
+    )(f)
+    return f
+
+
+@contextmanager
+def connect(url: str, token: str | None) -> Iterator[ReginaClient]:
+    """A client whose errors end the command with exit status 1 and the message on stderr."""
+    try:
+        with ReginaClient(url, token=token) as client:
+            yield client
+    except ReginaError as exc:
+        raise ApiError(exc.message) from exc
+    except httpx.HTTPError as exc:
+        raise ApiError(f"cannot reach {url}: {exc}") from exc
+
+
+def _console() -> Console:
+    return Console(soft_wrap=True, highlight=False)
+
+
+def print_table(headers: list[str], rows: list[list[str]]) -> None:
+    """An aligned table on a terminal; tab-separated lines (header first) in a pipe."""
+    console = _console()
+    if not console.is_terminal:
+        for row in [headers, *rows]:
+            click.echo("\t".join(row))
+        return
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for header in headers:
+        table.add_column(header, no_wrap=True)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+def one_line(value: Any, width: int = RESULT_WIDTH) -> str:
+    """A tool argument or result cut to one line (`…` marks what was left out)."""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    lines = text.strip().splitlines() or [""]
+    first = lines[0]
+    if len(first) > width or len(lines) > 1:
+        return first[: width - 1] + "…"
+    return first
+
+
+class StreamPrinter:
+    """Prints a run's events: text as it comes, `→ tool args` and `← result` lines."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.at_line_start = True
+        self.streamed = False
+        self.error: str | None = None
+
+    def _line(self, text: str, style: str) -> None:
+        if not self.at_line_start:
+            self.console.print()
+        self.console.print(Text(text, style=style if self.console.is_terminal else ""))
+        self.at_line_start = True
+
+    def event(self, ev: dict[str, Any]) -> None:
+        kind = ev.get("type")
+        if kind == "text-delta":
+            delta = str(ev.get("textDelta", ""))
+            self.console.print(delta, end="", markup=False)
+            self.streamed = self.streamed or bool(delta)
+            self.at_line_start = delta.endswith("\n") if delta else self.at_line_start
+        elif kind == "tool-call":
+            self._line(f"→ {ev.get('toolName')} {one_line(ev.get('args', {}), 200)}", "cyan")
+        elif kind == "tool-result":
+            self._line(f"← {one_line(ev.get('result'))}", "dim")
+        elif kind == "tool-degraded":
+            self._line(f"! {ev.get('server')}: {one_line(ev.get('error'))}", "yellow")
+        elif kind == "finish":
+            if not self.streamed and ev.get("text"):
+                self.console.print(str(ev["text"]), end="", markup=False)
+                self.at_line_start = False
+            reason = ev.get("finishReason")
+            if reason not in (None, "stop", "tool-calls", "length"):
+                self._line(f"[{reason}]", "yellow")
+        elif kind == "error":
+            self.error = str(ev.get("error", "run failed"))
+
+    def end(self) -> None:
+        if not self.at_line_start:
+            self.console.print()
+            self.at_line_start = True
+
+
+@click.command()
+@server_options
+def agents(url: str, token: str | None) -> None:
+    """List the agent definitions the server loaded."""
+    with connect(url, token) as client:
+        rows = client.agents()
+    shown = []
+    for a in rows:
+        missing = a.get("missingKey")
+        ready = f"no: {missing} not set" if missing else "yes"
+        tools = ",".join(a.get("tools") or []) or "-"
+        shown.append([str(a.get("id")), str(a.get("provider") or "-"), str(a.get("model")), tools, ready])
+    print_table(["NAME", "PROVIDER", "MODEL", "TOOLS", "READY"], shown)
+
+
+def _fleet(data: Any) -> list[dict[str, Any]]:
+    if isinstance(data, dict):
+        return list(data.get("instances") or data.get("items") or [])
+    return list(data)
+
+
+@click.command()
+@click.option("--agent", help="Only instances of this agent.")
+@server_options
+def ps(agent: str | None, url: str, token: str | None) -> None:
+    """The fleet: id, agent, status, member and last activity of every instance."""
+    with connect(url, token) as client:
+        rows = _fleet(client.instances(agent))
+    shown = []
+    for i in rows:
+        last = str(i.get("lastActive") or i.get("lastActiveAt") or "-")
+        shown.append([i["instanceId"], i.get("definitionId", "-"), i.get("status", "-"), i.get("member") or "-", last])
+    print_table(["ID", "AGENT", "STATUS", "MEMBER", "LAST ACTIVE"], shown)
+
+
+@click.command()
+@click.argument("target", metavar="AGENT_OR_INSTANCE")
+@click.argument("message")
+@server_options
+def chat(target: str, message: str, url: str, token: str | None) -> None:
+    """Send MESSAGE and stream the answer; an agent name spawns an instance first (its id is printed)."""
+    console = _console()
+    with connect(url, token) as client:
+        instance_id = target
+        if not is_valid_instance_id(target):
+            instance_id = client.spawn(target)["instanceId"]
+            console.print(Text(f"instance {instance_id}", style="bold" if console.is_terminal else ""))
+        printer = StreamPrinter(console)
+        try:
+            for ev in client.stream(instance_id, message):
+                printer.event(ev)
+        finally:
+            printer.end()
+    if printer.error is not None:
+        raise ApiError(printer.error)
+
+
+@click.command()
+@click.argument("instance")
+@click.argument("message")
+@server_options
+def steer(instance: str, message: str, url: str, token: str | None) -> None:
+    """Queue MESSAGE for the instance's running (or next) run."""
+    with connect(url, token) as client:
+        client.steer(instance, message)
+    click.echo(f"steering message queued for {instance}")
+
+
+def _each(verb: str, action: Callable[[ReginaClient, str], None]) -> Callable[..., None]:
+    @click.argument("instances", nargs=-1, required=True, metavar="INSTANCE...")
+    @server_options
+    def command(instances: tuple[str, ...], url: str, token: str | None) -> None:
+        with connect(url, token) as client:
+            for iid in instances:
+                action(client, iid)
+                click.echo(f"{verb} {iid}")
+
+    return command
+
+
+suspend = click.command("suspend", help="Back up and release instances.")(_each("suspended", lambda c, i: c.suspend(i)))
+resume = click.command("resume", help="Start suspended instances again.")(_each("resumed", lambda c, i: c.resume(i)))
+rm = click.command("rm", help="Delete instances with their files and backups.")(
+    _each("deleted", lambda c, i: c.delete(i))
+)
+
+
+@click.command()
+@server_options
+def reload(url: str, token: str | None) -> None:
+    """Reload the agent definitions in every web and worker process."""
+    with connect(url, token) as client:
+        result = client.reload()
+    names = result.get("agents", [])
+    click.echo(f"{len(names)} agent(s): {', '.join(names)}")
+    for err in result.get("errors", []):
+        click.echo(f"skipped {err.get('file')}: {err.get('error')}", err=True)
+
+
+COMMANDS = [agents, ps, chat, steer, suspend, resume, rm, reload]

@@ -1,0 +1,39 @@
+"""One log format for every Regina process: time, level, role[pid], logger, message.
+
+`configure(role, level, fmt)` sets up the root logger of a web or worker process; `formatter`
+gives the same format to loggers configured elsewhere (gunicorn's). `fmt` is `text` (for a
+terminal) or `json` (one object per line with `time`, `level`, `role`, `pid`, `logger`,
+`message`, for platforms that parse logs).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+TEXT_FORMAT = "%(asctime)s %(levelname)-7s {role}[%(process)d] %(name)s: %(message)s"
+JSON_FIELDS = "%(asctime)s %(levelname)s %(process)d %(name)s %(message)s"
+_JSON_RENAME = {"asctime": "time", "levelname": "level", "process": "pid", "name": "logger"}
+
+
+def formatter(role: str, fmt: str = "text") -> logging.Formatter:
+    """The formatter of every Regina log line for a process of this role."""
+    if fmt == "json":
+        from pythonjsonlogger.json import JsonFormatter
+
+        return JsonFormatter(JSON_FIELDS, rename_fields=_JSON_RENAME, static_fields={"role": role})
+    return logging.Formatter(TEXT_FORMAT.format(role=role))
+
+
+def configure(role: str, level: str = "INFO", fmt: str = "text") -> None:
+    """Log from this process in Regina's format to stderr (replaces the root's handlers)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter(role, fmt))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    # LiteLLM and httpx log every request at INFO: keep them to warnings.
+    for noisy in ("httpx", "LiteLLM", "litellm"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -1,0 +1,42 @@
+"""How the client CLI prints a run's events (no server needed)."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+from regina.cli.talk import StreamPrinter, one_line
+
+
+def test_results_are_cut_to_one_line() -> None:
+    assert one_line("short") == "short"
+    assert one_line("first\nsecond") == "first…"
+    assert one_line("x" * 500, width=10) == "x" * 9 + "…"
+    assert one_line({"a": [1, 2]}) == '{"a": [1, 2]}'
+
+
+def test_tool_lines_break_the_streamed_text() -> None:
+    buf = io.StringIO()
+    printer = StreamPrinter(Console(file=buf, soft_wrap=True, highlight=False))
+    for ev in [
+        {"type": "text-delta", "textDelta": "Let me look"},
+        {"type": "tool-call", "toolName": "read_file", "args": {"path": "/a"}},
+        {"type": "tool-result", "toolName": "read_file", "result": "line 1\nline 2"},
+        {"type": "text-delta", "textDelta": "Done."},
+        {"type": "finish", "finishReason": "stop", "text": "Let me lookDone."},
+    ]:
+        printer.event(ev)
+    printer.end()
+    assert buf.getvalue() == 'Let me look\n→ read_file {"path": "/a"}\n← line 1…\nDone.\n'
+    assert printer.error is None
+
+
+def test_an_error_event_is_kept_for_stderr_and_a_budget_stop_is_shown() -> None:
+    buf = io.StringIO()
+    printer = StreamPrinter(Console(file=buf, soft_wrap=True, highlight=False))
+    printer.event({"type": "finish", "finishReason": "budget", "text": "budget maxTokensPerRun reached"})
+    printer.event({"type": "error", "error": "model provider error: 401"})
+    printer.end()
+    assert buf.getvalue() == "budget maxTokensPerRun reached\n[budget]\n"
+    assert printer.error == "model provider error: 401"
