@@ -75,6 +75,8 @@ class RealDirVFS:
         parent = os.path.dirname(real)
         if os.path.isdir(parent):
             return
+        if os.path.exists(parent):
+            raise NotADirectory(f"not a directory: {os.path.dirname(vp) or '/'}")
         self.mkdir(os.path.dirname(vp) or "/", parents=True)
 
     def write(self, path: str, data: bytes) -> None:
@@ -137,6 +139,9 @@ class RealDirVFS:
                 raise PathExists(f"file exists (not a directory): {vp}")
             if parents and vp != "/":
                 parent_vp = os.path.dirname(vp)
+                parent_real = os.path.dirname(real)
+                if os.path.exists(parent_real) and not os.path.isdir(parent_real):
+                    raise NotADirectory(f"not a directory: {parent_vp}")
                 if parent_vp != vp:
                     self.mkdir(parent_vp, parents=True)
             try:

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from regina import errors
 from regina.config import Limits
 from regina.runtime.aio import run_coro
-from regina.runtime.tools.bash import bash_tool, truncate_output
+from regina.runtime.tools.bash import VFSBashFs, bash_tool, truncate_output
 from regina.runtime.tools.files import file_tools
 from regina.sandbox_env import is_secret_name, sandbox_env
 from regina.vfs import MemoryVFS, RealDirVFS, SQLiteVFS
@@ -280,3 +281,21 @@ def test_run_coro_and_bash_under_gevent(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith("OK")
+
+
+@pytest.mark.parametrize(
+    ("error", "oserror", "errno_name"),
+    [
+        (errors.NoSuchPath, FileNotFoundError, "ENOENT"),
+        (errors.IsADirectory, IsADirectoryError, "EISDIR"),
+        (errors.NotADirectory, NotADirectoryError, "ENOTDIR"),
+        (errors.DirectoryNotEmpty, OSError, "ENOTEMPTY"),
+        (errors.PathExists, FileExistsError, "EEXIST"),
+        (errors.VFSError, OSError, "EIO"),
+    ],
+)
+def test_vfs_errors_map_to_errno_by_class_whatever_the_message(
+    error: type[errors.VFSError], oserror: type[OSError], errno_name: str
+) -> None:
+    mapped = VFSBashFs._oserror(error("a message that names no errno"), "open", "/p")
+    assert type(mapped) is oserror and str(mapped).startswith(errno_name + ":")

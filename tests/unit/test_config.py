@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from regina.config import load_settings
+from regina.config import bind_host, load_settings
 from regina.errors import ConfigError
 
 
@@ -101,3 +101,24 @@ def test_hostname_placeholder_falls_back_to_the_host_name_and_unknown_ones_fail(
     assert load_settings({"REGINA_MEMBER_ID": "w-{HOSTNAME}"}).member_id == f"w-{socket.gethostname()}"
     with pytest.raises(ConfigError, match=r"memberAddress.*\{NODE_IP\}"):
         load_settings({"REGINA_MEMBER_ADDRESS": "{NODE_IP}:3001"})
+
+
+def test_web_process_settings_from_platform_variables() -> None:
+    assert load_settings({}).web_concurrency == 2 and load_settings({}).access_log is False
+    s = load_settings({"WEB_CONCURRENCY": "5", "REGINA_ACCESS_LOG": "1"})
+    assert (s.web_concurrency, s.access_log) == (5, True)
+    assert load_settings({"REGINA_ACCESS_LOG": ""}).access_log is False
+
+
+@pytest.mark.parametrize(
+    ("env", "host"),
+    [
+        ({}, "127.0.0.1"),
+        ({"PORT": "8080"}, "0.0.0.0"),  # a platform that sets PORT routes to every interface
+        ({"PORT": "8080", "REGINA_HOST": "127.0.0.1"}, "127.0.0.1"),  # unless host is explicit
+        ({"PORT": "8080", "REGINA_HOST": "10.0.0.5"}, "10.0.0.5"),
+        ({"REGINA_HOST": "10.0.0.5"}, "10.0.0.5"),
+    ],
+)
+def test_bind_host(env: dict[str, str], host: str) -> None:
+    assert bind_host(load_settings(env), env) == host

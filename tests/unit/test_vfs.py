@@ -6,11 +6,12 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from regina import errors
 from regina.errors import ConfigError, VFSError
 from regina.vfs import MemoryVFS, RealDirVFS, SQLiteVFS, open_vfs, restore_snapshot
 from regina.vfs.base import VFS
@@ -380,3 +381,23 @@ def test_a_parked_sqlite_vfs_reopens_on_the_next_use(tmp_path: Path) -> None:
     vfs.park()
     assert vfs.read("/a.txt") == b"onetwo"
     vfs.close()
+
+
+def test_errors_are_typed_by_kind(vfs: VFS) -> None:
+    """Callers (the bash adapter) tell errors apart by class, never by message text."""
+    vfs.write("/d/f.txt", b"x")
+    cases: list[tuple[type[errors.VFSError], Callable[[], object]]] = [
+        (errors.NoSuchPath, lambda: vfs.read("/missing")),
+        (errors.NoSuchPath, lambda: vfs.listdir("/missing")),
+        (errors.NoSuchPath, lambda: vfs.mkdir("/no/parent", parents=False)),
+        (errors.NoSuchPath, lambda: vfs.rename("/missing", "/x")),
+        (errors.IsADirectory, lambda: vfs.read("/d")),
+        (errors.IsADirectory, lambda: vfs.write("/d", b"y")),
+        (errors.NotADirectory, lambda: vfs.listdir("/d/f.txt")),
+        (errors.NotADirectory, lambda: vfs.write("/d/f.txt/inner", b"y")),
+        (errors.DirectoryNotEmpty, lambda: vfs.remove("/d")),
+        (errors.PathExists, lambda: vfs.mkdir("/d/f.txt")),
+    ]
+    for kind, call in cases:
+        with pytest.raises(kind):
+            call()
