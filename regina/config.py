@@ -108,9 +108,10 @@ class Limits(_Section):
     tool_timeout: float = Field(120.0, gt=0)
     """Seconds one tool call may run before it fails with a tool error (both isolation modes).
     With processes the tool's process is stopped; in a thread the call is abandoned."""
-    tool_memory_mb: int | None = Field(1024, ge=64)
+    tool_memory_mb: int | None = Field(1024, ge=256)
     """`useProcesses`: address-space limit (RLIMIT_AS, MB) of a tool process, interpreter included
-    (≈ 100 MB of it). A tool that allocates past it fails that call. null: no limit."""
+    (≈ 135 MB of address space before a tool allocates anything). A tool that allocates past it
+    fails that call. null: no limit."""
     tool_cpu_seconds: float | None = Field(60.0, gt=0)
     """`useProcesses`: CPU seconds one tool call may use (RLIMIT_CPU, moved per call; whole
     seconds). Past it the tool's process is killed and that call fails. null: no limit."""
