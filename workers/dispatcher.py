@@ -46,7 +46,7 @@ class CeleryDispatcher:
             CHAT_TASK,
             keys.instance_queue(instance_id),
             [instance_id, run_id, message, stream],
-            f"({instance_id!r}, {run_id!r}, {_short(message)})",
+            f"(instance={instance_id!r}, run={run_id!r}, message={_short(message)})",  # Flower shows this
         )
 
     def send_command(self, member_id: str, command: str, payload: dict[str, Any], token: str | None) -> None:
@@ -55,7 +55,7 @@ class CeleryDispatcher:
             COMMAND_TASK,
             keys.member_queue(member_id),
             [command, payload, token],
-            f"({command!r}, {payload.get('instanceId')!r})",
+            f"(command={command!r}, instance={payload.get('instanceId')!r})",
         )
 
     def restore_unacked(self, instance_id: str) -> int:

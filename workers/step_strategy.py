@@ -155,6 +155,8 @@ def step_strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Callable
                 retries=headers.get("retries", 0),
                 eta=None,
                 expires=None,
+                exchange="",
+                routing_key=message.delivery_info.get("routing_key"),  # Flower's "queue" of the task
             )
         # Acknowledge from the step's greenlet as soon as it ends (not at the consumer loop's next
         # turn): a finished step should leave the unacked set before anything can redeliver it.

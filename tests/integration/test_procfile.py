@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -112,3 +113,91 @@ def test_any_web_process_serves_any_instance_and_concurrent_chats_answer(
         assert second.result(30).json()["text"] == "echo: second"
     contents = [m["content"] for m in b.get(f"/instances/{ids[0]}/messages").json()]
     assert contents[-4:] == ["first-slow", "slow answer", "second", "echo: second"]
+
+
+def _free_base_port() -> int:
+    """A base port P with P, P+100 and P+200 free (honcho gives web, worker, flower P + 100·i)."""
+    import socket
+
+    for _ in range(50):
+        base = free_port()
+        if base + 200 > 65535:
+            continue
+        ok = True
+        for port in (base, base + 100, base + 200):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+        if ok:
+            return base
+    raise RuntimeError("no free port triple")
+
+
+def test_honcho_start_runs_the_procfile_and_flower_sees_workers_tasks_and_queues(
+    fake_llm: FakeLLM, tmp_path: Path
+) -> None:
+    """`honcho start` with our Procfile: a chat completes, and Flower (its line, on PORT) lists the
+    worker, the chat's task with named arguments and its queue, and the broker's queue lengths."""
+    server = RedisServer().start()
+    c = Cluster(server.url, fake_llm.url)
+    env = c.env()
+    for key in [k for k in env if k.startswith("REGINA_")]:
+        del env[key]
+    config = tmp_path / "regina.yaml"
+    config.write_text(f"regina:\n  agentsDir: {ROOT / 'tests' / 'agents'}\n  vfsDir: {tmp_path / 'vfs'}\n")
+    bin_dir = Path(sys.executable).parent
+    env.update(
+        REGINA_CONFIG=str(config),
+        PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
+        FLOWER_UNAUTHENTICATED_API="true",
+    )
+    base = _free_base_port()
+    log_path = tmp_path / "honcho.log"
+    honcho = subprocess.Popen(
+        [str(bin_dir / "honcho"), "start", "--port", str(base), "--no-prefix"],
+        cwd=ROOT,
+        env=env,
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
+        preexec_fn=die_with_parent,
+        start_new_session=True,
+    )
+    web, flower = f"http://127.0.0.1:{base}", f"http://127.0.0.1:{base + 200}"
+    try:
+        wait_until(lambda: httpx.get(web + "/healthz?ready=1", timeout=2).status_code == 200, timeout=120, what="web")
+        # PORT is set but no platform marker: a laptop keeps the API on 127.0.0.1, and says so.
+        assert "listening on 127.0.0.1 only" in log_path.read_text()
+        iid = httpx.post(web + "/agents/openai-agent/instances", timeout=60).json()["instanceId"]
+        answer = httpx.post(f"{web}/instances/{iid}/chat", json={"message": "via honcho"}, timeout=60).json()
+        assert answer["text"] == "echo: via honcho"
+
+        def worker_listed() -> dict[str, object]:
+            return dict(httpx.get(flower + "/api/workers", params={"refresh": "1"}, timeout=10).json())
+
+        workers = wait_until(worker_listed, timeout=90, interval=1, what="Flower to list the worker")
+        assert len(workers) == 1 and next(iter(workers)).startswith("w")
+
+        def chat_task() -> dict[str, object] | None:
+            tasks = httpx.get(flower + "/api/tasks", timeout=10).json()
+            return next((t for t in tasks.values() if t.get("name") == "regina.chat"), None)
+
+        task = wait_until(chat_task, timeout=60, interval=0.5, what="Flower to show the chat task")
+        assert task is not None
+        assert f"instance='{iid}'" in str(task["args"]) and "message='via honcho'" in str(task["args"])
+        assert task["routing_key"] == f"regina.i.{iid}"
+        queues = httpx.get(flower + "/api/queues/length", timeout=10)
+        assert queues.status_code == 200, queues.text  # the Broker tab works with our transport
+        names = {q["name"] for q in queues.json()["active_queues"]}
+        assert f"regina.i.{iid}" in names
+    except BaseException:
+        print(log_path.read_text()[-8000:])
+        raise
+    finally:
+        os.killpg(honcho.pid, signal.SIGTERM)
+        try:
+            honcho.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(honcho.pid, signal.SIGKILL)
+        server.close()

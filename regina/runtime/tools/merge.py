@@ -27,6 +27,7 @@ class McpTools(Protocol):
 
     def close(self) -> None: ...
 
+
 _NO_TOOLS: dict[str, Tool] = {}
 
 
