@@ -114,9 +114,9 @@ def test_web_process_settings_from_platform_variables() -> None:
     ("env", "host"),
     [
         ({}, "127.0.0.1"),
-        ({"PORT": "8080"}, "0.0.0.0"),  # a platform that sets PORT routes to every interface
-        ({"PORT": "8080", "REGINA_HOST": "127.0.0.1"}, "127.0.0.1"),  # unless host is explicit
-        ({"PORT": "8080", "REGINA_HOST": "10.0.0.5"}, "10.0.0.5"),
+        ({"PORT": "8080"}, "127.0.0.1"),  # PORT alone: honcho on a laptop sets it too
+        ({"PORT": "8080", "DYNO": "web.1"}, "0.0.0.0"),  # a platform routes to every interface
+        ({"PORT": "8080", "DYNO": "web.1", "REGINA_HOST": "127.0.0.1"}, "127.0.0.1"),  # unless host is set
         ({"REGINA_HOST": "10.0.0.5"}, "10.0.0.5"),
     ],
 )
