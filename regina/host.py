@@ -7,8 +7,10 @@ it changed which queues it consumes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -160,7 +162,7 @@ class InstanceHost:
         self.active[instance_id] = act
         self._park(act)
         self.store.fenced_set(instance_id, epoch, status="started", lastActive=self.store.now())
-        self.r.incr(keys.member_instances(self.member_id))
+        self._count(+1)
         return {"restored": restored}
 
     def _open(self, instance_id: str, snapshot: bytes | None = None) -> AnyVFS:
@@ -366,7 +368,7 @@ class InstanceHost:
                 fields["backupVersion"] = version
             if not self.store.fenced_set(instance_id, act.epoch, **fields):
                 log.warning("instance %s moved on while suspending; its newer owner's state is kept", instance_id)
-        self.r.decr(keys.member_instances(self.member_id))
+        self._count(-1)
         return {"backedUp": bool(version), "bytes": size}
 
     @metrics.timed(metrics.BACKUPS, metrics.BACKUP_SECONDS)
@@ -398,12 +400,25 @@ class InstanceHost:
                 act.runner.close()
                 act.tools.close()
                 act.vfs.close()
-            self.r.decr(keys.member_instances(self.member_id))
+            self._count(-1)
         for suffix in ("", "-wal", "-shm"):
             path = self._local_path(instance_id) + suffix
             if os.path.exists(path):
                 os.remove(path)
+        if self.settings.vfs_backend == "realdir" and self.settings.fs_root_path:
+            root = self._realdir_root(instance_id)
+            shutil.rmtree(root, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(root + ".meta.json")
         return {}
+
+    def _count(self, delta: int) -> None:
+        """Change this member's instance counter, keeping its TTL (an INCR on a key that expired
+        between two renewals would otherwise create it without one)."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.incrby(keys.member_instances(self.member_id), delta)
+        pipe.pexpire(keys.member_instances(self.member_id), max(1, int(self.settings.member_ttl * 1000)))
+        pipe.execute()
 
     def idle_instances(self, now: float | None = None) -> list[str]:
         """Attached instances idle longer than idleTimeout and not running a step."""

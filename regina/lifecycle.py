@@ -18,7 +18,7 @@ import redis
 from redis.exceptions import LockError
 
 from regina import idempotency, ids, keys
-from regina.cluster.membership import is_alive
+from regina.cluster.membership import is_alive, live_members
 from regina.cluster.placement import place
 from regina.config import Settings
 from regina.dispatch import Dispatcher
@@ -203,6 +203,10 @@ class Coordinator:
                 self.command(rec.member, "delete", {"instanceId": instance_id, "epoch": rec.epoch})
             except Unavailable as exc:
                 log.warning("delete %s: %s; removing its keys anyway", instance_id, exc)
+        # Earlier owners may still keep a copy on their disks: every live member drops its own.
+        for member in live_members(self.r):
+            if member != rec.member:
+                self.dispatcher.send_command(member, "delete", {"instanceId": instance_id}, None)
         self.dispatcher.purge(instance_id)
         if self.storage is not None:
             self.storage.delete(backup_key(instance_id))

@@ -95,6 +95,20 @@ class CeleryDispatcher:
         return found
 
     def purge(self, instance_id: str) -> None:
-        """Delete the instance queue and kombu's binding key for it."""
+        """Delete the instance queue, kombu's binding keys for it, and the steps of it a dead worker
+        left unacknowledged (they would otherwise stay in kombu's `unacked` hash for good)."""
         queue = keys.instance_queue(instance_id)
-        self.r.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
+        tags = []
+        for tag, raw in cast(dict[str, str], self.r.hgetall(_UNACKED)).items():
+            try:
+                routing_key = json.loads(raw)[2]
+            except (ValueError, TypeError, IndexError):
+                continue
+            if routing_key == queue:
+                tags.append(tag)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
+        if tags:
+            pipe.hdel(_UNACKED, *tags)
+            pipe.zrem(_UNACKED_INDEX, *tags)
+        pipe.execute()
