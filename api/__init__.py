@@ -7,7 +7,7 @@ import time
 
 from flask import Flask, Response, g, request
 
-from api import agents, chat, health, instances, runs
+from api import agents, chat, health, instances, openapi, runs
 from api.errors import error_response, register_error_handlers
 from api.services import Services, build_services
 from regina.config import Settings, process_settings
@@ -26,7 +26,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.extensions["regina"] = services or build_services(settings)
     register_error_handlers(app)
 
-    for module in (agents, instances, chat, runs, health):
+    for module in (agents, instances, chat, runs, health, openapi):
         app.register_blueprint(module.bp)
 
     @app.before_request

@@ -6,8 +6,10 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
+from api import models as m
 from api.body import json_body
 from api.idem import HEADER
+from api.openapi import documented
 from api.services import Services
 from regina.definitions import AgentDefinition
 from regina.idempotency import body_hash
@@ -32,16 +34,19 @@ def _shown(definition: AgentDefinition) -> dict[str, Any]:
 
 
 @bp.get("/agents")
+@documented({"HTTP_200": m.Agents}, tag="agents")
 def list_agents() -> Response:
     return jsonify([_shown(d) for d in services().registry.list()])
 
 
 @bp.get("/agents/<def_id>")
+@documented({"HTTP_200": m.Agent}, tag="agents")
 def get_agent(def_id: str) -> Response:
     return jsonify(_shown(services().registry.get(def_id)))
 
 
 @bp.post("/agents/<def_id>/instances")
+@documented({"HTTP_201": m.Instance}, tag="agents")
 def spawn(def_id: str) -> tuple[Response, int]:
     coord = services().coordinator
     key = request.headers.get(HEADER)
@@ -51,16 +56,19 @@ def spawn(def_id: str) -> tuple[Response, int]:
 
 
 @bp.get("/agents/<def_id>/instances")
+@documented({"HTTP_200": m.Instances}, tag="agents")
 def list_instances(def_id: str) -> Response:
     return jsonify([r.public() for r in services().coordinator.instances(def_id)])
 
 
 @bp.get("/admin/agents/errors")
+@documented({"HTTP_200": m.RegistryErrors}, tag="admin")
 def registry_errors() -> Response:
     return jsonify([dict(e) for e in services().registry.errors])
 
 
 @bp.post("/admin/agents/reload")
+@documented({"HTTP_200": m.Reloaded}, tag="admin")
 def reload_registry() -> Response:
     svc = services()
     reg = svc.registry

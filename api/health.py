@@ -6,7 +6,9 @@ import redis
 from flask import Blueprint, Response, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from api import models as m
 from api.agents import services
+from api.openapi import documented
 from regina.cluster.membership import live_members
 from regina.metrics import exposition
 
@@ -14,6 +16,7 @@ bp = Blueprint("health", __name__)
 
 
 @bp.get("/healthz")
+@documented({"HTTP_200": m.Health, "HTTP_503": m.Health}, tag="operations")
 def healthz() -> tuple[Response, int]:
     """200 when Redis answers; with ?ready=1 also needs a live worker (else 503)."""
     svc = services()
@@ -29,6 +32,7 @@ def healthz() -> tuple[Response, int]:
 
 
 @bp.get("/metrics")
+@documented({"HTTP_200": (None, "Prometheus text format")}, tag="operations")
 def metrics() -> Response:
     """Prometheus text: every web (and local worker) process's counts, and the cluster gauges."""
     return Response(exposition(services().client), mimetype=CONTENT_TYPE_LATEST)

@@ -6,9 +6,11 @@ from urllib.parse import urlencode
 
 from flask import Blueprint, Response, jsonify, request
 
+from api import models as m
 from api.agents import services
 from api.body import json_body
 from api.idem import idem_request
+from api.openapi import documented
 from regina.errors import BadRequest
 from regina.fleet import MAX_LIMIT, Fleet
 
@@ -18,6 +20,7 @@ bp = Blueprint("instances", __name__)
 
 
 @bp.get("/instances")
+@documented({"HTTP_200": m.Fleet}, query=m.FleetQuery, tag="instances")
 def fleet() -> Response:
     """Every instance, suspended ones included: filters `agent`, `status`, `member`; pages of
     `limit` (default 100, at most 1000), the next page's `cursor` in the `X-Next-Cursor` header."""
@@ -43,6 +46,7 @@ def fleet() -> Response:
 
 
 @bp.get("/instances/<iid>")
+@documented({"HTTP_200": m.InstanceDetail}, tag="instances")
 def show(iid: str) -> Response:
     rec = services().coordinator.get(iid)
     data = rec.public(include_member=True)
@@ -50,30 +54,35 @@ def show(iid: str) -> Response:
 
 
 @bp.post("/instances/<iid>/heartbeat")
+@documented({"HTTP_204": None}, tag="instances")
 def heartbeat(iid: str) -> tuple[str, int]:
     services().coordinator.heartbeat(iid)
     return "", 204
 
 
 @bp.post("/instances/<iid>/suspend")
+@documented({"HTTP_204": None}, tag="instances")
 def suspend(iid: str) -> tuple[str, int]:
     services().coordinator.suspend(iid)
     return "", 204
 
 
 @bp.post("/instances/<iid>/resume")
+@documented({"HTTP_204": None}, tag="instances")
 def resume(iid: str) -> tuple[str, int]:
     services().coordinator.resume(iid)
     return "", 204
 
 
 @bp.delete("/instances/<iid>")
+@documented({"HTTP_204": None}, tag="instances")
 def delete(iid: str) -> tuple[str, int]:
     services().coordinator.delete(iid)
     return "", 204
 
 
 @bp.post("/instances/<iid>/steer")
+@documented({"HTTP_200": m.SteerReceipt}, json=m.MessageBody, tag="chat")
 def steer(iid: str) -> Response:
     coord = services().coordinator
     body = json_body()
@@ -83,5 +92,6 @@ def steer(iid: str) -> Response:
 
 
 @bp.get("/instances/<iid>/messages")
+@documented({"HTTP_200": m.Messages}, tag="instances")
 def messages(iid: str) -> Response:
     return jsonify(services().coordinator.messages(iid))

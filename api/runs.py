@@ -8,8 +8,10 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, stream_with_context
 
+from api import models as m
 from api.agents import services
 from api.errors import describe_unexpected
+from api.openapi import documented
 from regina.errors import BadRequest, ReginaError
 from regina.runtime.events import to_ndjson
 
@@ -50,6 +52,7 @@ def stream_run(run_id: str, after: int, instance_id: str | None = None) -> Respo
 
 
 @bp.get("/runs/<run_id>/events")
+@documented({"HTTP_200": (None, "application/x-ndjson: one event per line")}, query=m.EventsQuery, tag="runs")
 def run_events(run_id: str) -> Response:
     """Re-attach to a run: every event after `?after=<seq>` (default: from the start)."""
     raw = request.args.get("after", "0")
@@ -59,11 +62,13 @@ def run_events(run_id: str) -> Response:
 
 
 @bp.get("/runs/<run_id>")
+@documented({"HTTP_200": m.Run}, tag="runs")
 def run_status(run_id: str) -> Response:
     return jsonify(services().coordinator.runs.show(run_id))
 
 
 @bp.post("/runs/<run_id>/cancel")
+@documented({"HTTP_202": m.CancelAnswer, "HTTP_200": m.CancelAnswer}, tag="runs")
 def cancel(run_id: str) -> tuple[Response, int]:
     cancelled, status = services().coordinator.runs.cancel(run_id)
     if cancelled:

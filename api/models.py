@@ -1,0 +1,172 @@
+"""Pydantic models of the HTTP API's bodies: they parse requests and document every shape.
+
+`api.openapi.documented` puts them on each route, and `/openapi.json` is generated from them
+(SPEC §12), so the document describes what the routes really accept and answer. Wire names are
+camelCase, as everywhere in the API.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, RootModel
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class Error(BaseModel):
+    """Every error: a clear message naming what was wrong."""
+
+    error: str
+
+
+# -- requests ------------------------------------------------------------------------------------
+
+
+class MessageBody(_Wire):
+    """A steer's body."""
+
+    message: str = Field(min_length=1, description="The message (not blank; at most limits.maxMessageChars).")
+
+
+class ChatBody(MessageBody):
+    """A chat's body."""
+
+    whenBusy: Literal["queue", "steer", "reject"] = Field(
+        "queue",
+        description="While a run is in progress: queue after it, steer it with this message, or reject (409).",
+    )
+
+
+class FleetQuery(BaseModel):
+    """Filters and page of `GET /instances`."""
+
+    agent: str | None = Field(None, description="Only instances of this agent definition.")
+    status: Literal["started", "suspending", "suspended"] | None = None
+    member: str | None = Field(None, description="Only instances owned by this worker (member id).")
+    limit: int = Field(100, ge=1, le=1000, description="Page size.")
+    cursor: str | None = Field(None, description="The X-Next-Cursor of the previous page.")
+
+
+class EventsQuery(BaseModel):
+    """Where a re-attach starts."""
+
+    after: int = Field(0, ge=0, description="Replay the events after this seq.")
+
+
+# -- responses -----------------------------------------------------------------------------------
+
+
+class Usage(BaseModel):
+    """Tokens spent."""
+
+    promptTokens: int
+    completionTokens: int
+
+
+class Agent(BaseModel):
+    """An agent definition as the API shows it."""
+
+    id: str
+    name: str
+    description: str
+    model: str
+    provider: str
+    tools: list[str]
+    delegates: list[str]
+    greeting: str | None
+
+
+class Agents(RootModel[list[Agent]]):
+    """Every agent definition."""
+
+
+class Instance(BaseModel):
+    """An instance."""
+
+    instanceId: str
+    definitionId: str
+    status: Literal["started", "suspending", "suspended"]
+    createdAt: str
+
+
+class Instances(RootModel[list[Instance]]):
+    """Instances of one agent."""
+
+
+class InstanceDetail(Instance):
+    """An instance with its owner and spend (`GET /instances/<id>` and the fleet view)."""
+
+    member: str | None
+    epoch: int
+    lastActive: str
+    vfsBytes: int
+    usage: Usage
+    runningRun: str | None = None
+
+
+class Fleet(RootModel[list[InstanceDetail]]):
+    """A page of the fleet; the next page's cursor is in the X-Next-Cursor header."""
+
+
+class ChatAnswer(BaseModel):
+    """A sync chat's answer."""
+
+    text: str
+    usage: Usage
+    runId: str
+    finishReason: str
+
+
+class SteerReceipt(BaseModel):
+    """A queued steering message; `steer-applied` with this steerId follows when it is used."""
+
+    queued: bool
+    steerId: str
+
+
+class Run(BaseModel):
+    """A run (one chat)."""
+
+    runId: str
+    instanceId: str
+    status: Literal["queued", "running", "finished", "failed", "cancelled"]
+    createdAt: str | None
+    startedAt: str | None
+    finishedAt: str | None
+    usage: Usage
+    finishReason: str | None = None
+    error: str | None = None
+
+
+class CancelAnswer(BaseModel):
+    """202 `{cancelled: true}`, or 200 `{cancelled: false, status}` for an ended run."""
+
+    cancelled: bool
+    status: str | None = None
+
+
+class Messages(RootModel[list[dict[str, Any]]]):
+    """The conversation, oldest first."""
+
+
+class Health(BaseModel):
+    """Liveness (and readiness with ?ready=1)."""
+
+    status: str
+    workers: int | None = None
+    agents: int | None = None
+    error: str | None = None
+
+
+class RegistryErrors(RootModel[list[dict[str, Any]]]):
+    """Definition files that could not be loaded."""
+
+
+class Reloaded(BaseModel):
+    """The agents after a registry reload."""
+
+    agents: list[str]
+    errors: list[dict[str, Any]]
