@@ -8,18 +8,14 @@ the reference for that key (docs/configuration.md is generated from the same tex
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import socket
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from regina.config_sources import describe, env_overrides, expand_placeholders, merge, parse_env_value, read_config_file
 from regina.errors import ConfigError
 
 
@@ -267,106 +263,6 @@ MEMORY_VFS_NO_PROCESSES = (
 )
 
 
-_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-def expand_placeholders(value: str, environ: Mapping[str, str]) -> str:
-    """Replace each `{NAME}` by environment variable NAME (`{HOSTNAME}` defaults to the host
-    name), as the seed's multi-pod example (`memberId: "{HOSTNAME}"`) expects.
-
-    Raises:
-        ValueError: naming a placeholder with no value.
-    """
-
-    def value_of(match: re.Match[str]) -> str:
-        name = match.group(1)
-        found = environ.get(name) or (socket.gethostname() if name == "HOSTNAME" else None)
-        if not found:
-            raise ValueError(f"placeholder {{{name}}} has no value: set the environment variable {name}")
-        return found
-
-    return _PLACEHOLDER.sub(value_of, value)
-
-
-_ENV_PREFIX = "REGINA_"
-# Read by the client CLI (`regina chat`, `regina ps`, …), not by the server.
-_NOT_SETTINGS = {"REGINA_CONFIG", "REGINA_URL", "REGINA_TOKEN"}
-
-
-def _camel(snake: str) -> str:
-    head, *rest = snake.lower().split("_")
-    return head + "".join(p.title() for p in rest)
-
-
-def _parse_env_value(raw: str) -> Any:
-    """Read an env value as YAML so numbers, booleans and lists work; fall back to the string."""
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError:
-        return raw
-    return raw if value is None and raw != "" else value
-
-
-def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    overrides: dict[str, Any] = {}
-    for name, raw in environ.items():
-        if not name.startswith(_ENV_PREFIX) or name in _NOT_SETTINGS:
-            continue
-        path = [_camel(p) for p in name[len(_ENV_PREFIX) :].split("__") if p]
-        if not path:
-            continue
-        if path[0] == "providers" and len(path) >= 2:
-            # Provider names contain dashes (vercel-gateway): REGINA_PROVIDERS__VERCEL_GATEWAY__BASE_URL.
-            path[1] = name[len(_ENV_PREFIX) :].split("__")[1].lower().replace("_", "-")
-        node = overrides
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = _parse_env_value(raw)
-    return overrides
-
-
-def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a JSON or YAML config file; use its `regina` object when it has one."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"REGINA_CONFIG: cannot read {str(p)!r}: {exc.strerror}") from exc
-    try:
-        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"REGINA_CONFIG: {str(p)!r} is not valid JSON/YAML: {exc}") from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"REGINA_CONFIG: {str(p)!r} must hold an object, got {type(data).__name__}")
-    inner = data.get("regina", data)
-    if not isinstance(inner, dict):
-        raise ConfigError(f"REGINA_CONFIG: 'regina' in {str(p)!r} must be an object")
-    return {k: v for k, v in inner.items() if k != "module"}
-
-
-def _describe(exc: ValidationError) -> str:
-    lines = []
-    for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(root)"
-        env = _ENV_PREFIX + "__".join(re.sub(r"(?<!^)(?=[A-Z])", "_", str(p)).upper() for p in err["loc"])
-        value = err.get("input")
-        shown = "" if isinstance(value, dict) else f" (got {value!r})"
-        lines.append(f"config key '{key}' ({env}): {err['msg']}{shown}")
-    return "; ".join(lines)
-
-
 def environment() -> Mapping[str, str]:
     """The process environment: the one place Regina's code reads it (secrets such as provider
     API keys, `${VAR}` in definitions and the bash allow-list come from here too)."""
@@ -417,13 +313,13 @@ def load_settings(environ: Mapping[str, str] | None = None, overrides: Mapping[s
     if env.get("REDIS_URL"):
         data["redis"] = env["REDIS_URL"]
     if env.get("PORT"):
-        data["port"] = _parse_env_value(env["PORT"])
+        data["port"] = parse_env_value(env["PORT"])
     if env.get("WEB_CONCURRENCY"):
-        data["webConcurrency"] = _parse_env_value(env["WEB_CONCURRENCY"])
-    data = _merge(data, _env_overrides(env))
+        data["webConcurrency"] = parse_env_value(env["WEB_CONCURRENCY"])
+    data = merge(data, env_overrides(env))
     if overrides:
-        data = _merge(data, overrides)
+        data = merge(data, overrides)
     try:
         return Settings.model_validate(data, context={"environ": env})
     except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from exc
+        raise ConfigError(describe(exc)) from exc
