@@ -121,7 +121,8 @@ class McpSettings(_Section):
     """How instances talk to their definitions' MCP servers (SPEC §5, §12)."""
 
     connect_timeout: float = Field(10.0, gt=0)
-    """Seconds one server may take to connect and list its tools; slower servers are skipped."""
+    """Seconds one server may take to connect and list its tools; slower servers are skipped.
+    Servers connect while the instance is attached, so keep it under `limits.workerReplyTimeout`."""
     call_timeout: float = Field(120.0, gt=0)
     """Seconds one MCP tool call may take before the model gets a tool error."""
     retry_interval: float = Field(30.0, ge=0)

@@ -109,7 +109,7 @@ def test_prefixed_tools_are_offered_with_their_schemas_called_and_stored(
     # from ${TEST_MCP_KEY}); the dead server is skipped; the defaults are still there.
     assert {"sse_echo", "sse_add", "sse_pixel", "sse_add_tool", "web_echo", "web_add"} <= names
     assert {"bash", "read_file", "write_file", "edit_file"} <= names
-    assert not any(n.startswith("dead_") for n in names)
+    assert not any(n.startswith(("dead_", "locked_")) for n in names)
     add = next(t for t in first.body["tools"] if t["function"]["name"] == "web_add")["function"]
     assert add["description"] == "Add two integers"
     integer = {"type": "integer"}
@@ -128,6 +128,8 @@ def test_prefixed_tools_are_offered_with_their_schemas_called_and_stored(
 
     logs = "".join(p.log() for p in mcp_cluster.procs if p.name.startswith("worker"))
     assert "agent mcp-agent: MCP server dead skipped: " in logs
+    # The same server with the wrong key is refused by it (so the header is what let `web` in).
+    assert "agent mcp-agent: MCP server locked skipped: " in logs
 
 
 def test_a_tool_list_change_is_picked_up_at_the_next_step(mcp_api: httpx.Client, fake_llm: FakeLLM) -> None:
