@@ -1,6 +1,6 @@
 """Run every benchmark and print a table per figure with its conditions.
 
-    .venv/bin/python -m benchmarks [--quick] [--only chat,floor,profile,stream,lifecycle,loop,vfs,isolation]
+    .venv/bin/python -m benchmarks [--quick] [--only chat,floor,profile,stream,lifecycle,loop,vfs,isolation,mcp]
 
 `make bench` runs this. Results with their conditions go in docs/benchmarks.md.
 """
@@ -19,7 +19,7 @@ import traceback
 from benchmarks.common import Table, machine, versions
 from tests.harness.redis_server import redis_binary
 
-ALL = ["chat", "floor", "profile", "stream", "lifecycle", "loop", "vfs", "isolation"]
+ALL = ["chat", "floor", "profile", "stream", "lifecycle", "loop", "vfs", "isolation", "mcp"]
 
 
 def _redis_version() -> str:
@@ -100,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
                 from benchmarks import bench_vfs
 
                 tables = [_vfs_table(bench_vfs.measure(500 if args.quick else 2000))]
+            elif name == "mcp":
+                from benchmarks import bench_mcp
+
+                tables = bench_mcp.run(args.quick)
             elif name == "isolation":
                 from benchmarks import bench_isolation
 
