@@ -10,6 +10,7 @@ from werkzeug.exceptions import HTTPException
 
 from regina.errors import (
     BadRequest,
+    Busy,
     Conflict,
     NotFound,
     PayloadTooLarge,
@@ -66,6 +67,10 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ReginaError)
     def _regina(exc: ReginaError) -> tuple[Response, int]:
+        if isinstance(exc, Busy):  # the running run, for a client to follow or cancel
+            resp = jsonify({"error": exc.message, "runId": exc.run_id})
+            resp.headers["X-Run-Id"] = exc.run_id
+            return resp, status_of(exc)
         return error_response(exc.message, status_of(exc))
 
     @app.errorhandler(HTTPException)

@@ -7,6 +7,7 @@ ReginaError
  ├── BadRequest             malformed input from a client
  ├── PayloadTooLarge        a body or message over a configured limit
  ├── Conflict               a request that clashes with the current state
+ │    └── Busy             a chat refused because a run is in progress (names it)
  ├── Unprocessable          an Idempotency-Key reused with another body
  ├── Unavailable            no live worker, or a worker that did not answer
  ├── StaleEpoch             a write from an owner that lost the instance (fencing)
@@ -55,6 +56,14 @@ class PayloadTooLarge(ReginaError):
 
 class Conflict(ReginaError):
     """Raised when a request clashes with the instance's current state."""
+
+
+class Busy(Conflict):
+    """Raised when a chat with whenBusy "reject" finds a run in progress; names that run."""
+
+    def __init__(self, message: str, run_id: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
 
 
 class Unprocessable(ReginaError):

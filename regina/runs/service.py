@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from regina import idempotency, ids, keys
 from regina.cluster.membership import is_alive
-from regina.errors import Conflict, NotFound, ReginaError, Unavailable
+from regina.errors import Busy, Conflict, NotFound, ReginaError, Unavailable
 from regina.metrics import RUNS_STARTED
 from regina.runs.steering import new_steer
 from regina.runs.store import Idempotency, RunStore, WhenBusy, public
@@ -73,9 +73,10 @@ class RunService:
         if opened.kind == "mismatch":
             raise idempotency.mismatch(route)
         if opened.kind == "busy":
-            raise Conflict(
+            raise Busy(
                 f"instance {instance_id} is busy with run {opened.run_id} (whenBusy: reject); "
-                "retry later, or send whenBusy: queue or steer"
+                "retry later, or send whenBusy: queue or steer",
+                opened.run_id,
             )
         if opened.kind != "ok":
             return opened.run_id  # an idempotent retry, or a steer into the busy run
