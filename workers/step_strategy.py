@@ -24,6 +24,8 @@ from typing import Any
 import gevent
 from celery.exceptions import Reject
 
+from workers.tasks import publish_step_error
+
 log = logging.getLogger("regina.worker")
 
 #: How often buffered task events are published (seconds); a batch is also sent when it is full.
@@ -108,6 +110,14 @@ def _ignore(_result: Any) -> None:
     """The pool's result callback: a step's outcome travels as run events, not as a result."""
 
 
+def _report(args: list[Any], exc: BaseException) -> None:
+    """A step that failed outside the task still ends its run with an error event."""
+    try:
+        publish_step_error(str(args[0]), str(args[1]), exc)
+    except Exception:
+        log.exception("could not report the failure of a step to its run")
+
+
 def step_strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Callable[..., None]:
     """Build the handler Celery calls for every `regina.chat` message this worker receives."""
     pool = consumer.pool
@@ -132,6 +142,7 @@ def step_strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Callable
             if events is not None:
                 events.send("task-failed", uuid=task_id, exception=repr(exc), traceback="")
             log.exception("step %s failed outside the task", task_id)
+            _report(args, exc)
             return
         # A greenlet killed at shutdown (GreenletExit) leaves its step unacknowledged on purpose:
         # the step is restored and runs again on the instance's next owner.

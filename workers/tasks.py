@@ -7,7 +7,7 @@ import logging
 from celery import Task
 from celery.exceptions import Reject
 
-from regina.errors import StaleEpoch
+from regina.errors import ReginaError, StaleEpoch
 from regina.host import NotHere
 from regina.runs.stream import RunPublisher
 from workers.celery_app import app
@@ -35,10 +35,18 @@ def chat(instance_id: str, run_id: str, message: str | None, stream: bool = True
         raise Reject(str(exc), requeue=True) from exc
     except Exception as exc:
         log.exception("step %s for %s failed", run_id, instance_id)
+        publish_step_error(instance_id, run_id, exc)
+
+
+def publish_step_error(instance_id: str, run_id: str, exc: BaseException) -> None:
+    """End the run with an error event: a Regina error's own message (it says what went wrong),
+    otherwise only the kind of error (its text may hold anything; the worker log has it)."""
+    ctx = context()
+    if isinstance(exc, ReginaError):
+        error = exc.message
+    else:
         error = f"internal error: {exc.__class__.__name__} (details in the worker log)"
-        RunPublisher(ctx.client, run_id, instance_id, ctx.settings.run_retention).publish(
-            {"type": "error", "error": error}
-        )
+    RunPublisher(ctx.client, run_id, instance_id, ctx.settings.run_retention).publish({"type": "error", "error": error})
 
 
 class CommandTask(Task):  # type: ignore[type-arg]

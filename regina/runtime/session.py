@@ -7,11 +7,15 @@ never re-reads the file.
 
 from __future__ import annotations
 
+import logging
+
 from regina.errors import VFSError
 from regina.runtime.messages import Message, from_jsonl, repair, to_jsonl
 from regina.vfs.base import VFS
 
 __all__ = ["Session", "SESSION_PATH"]
+
+log = logging.getLogger("regina.session")
 
 SESSION_PATH = "/.session/messages.jsonl"
 
@@ -29,10 +33,19 @@ class Session:
         if self._messages is None:
             try:
                 data = self.vfs.read(self.path) if self.vfs.exists(self.path) else b""
-            except VFSError:
-                data = b""
+            except VFSError as exc:
+                # Never an empty history instead: the model would silently lose its context.
+                raise VFSError(f"cannot read the conversation at {self.path}: {exc.message}") from exc
             self._messages = from_jsonl(data)
-            if data and not data.endswith(b"\n"):
+            lines = sum(1 for line in data.split(b"\n") if line.strip())
+            if lines > len(self._messages):
+                log.warning(
+                    "%s: %d unreadable line(s) in the conversation skipped; the file is rewritten without them",
+                    self.path,
+                    lines - len(self._messages),
+                )
+                self.rewrite(self._messages)
+            elif data and not data.endswith(b"\n"):
                 # A crash tore the last line: rewrite so the next append starts on a fresh line.
                 self.rewrite(self._messages)
         return self._messages
