@@ -258,6 +258,7 @@ class InstanceHost:
             d = act.definition
             budget = budget_for(d.budget_settings(self.settings), begun.instance_tokens)
             ctx = WatchedRun(self.r, instance_id, run_id, publisher, budget, begun.steered, self.interrupter_factory)
+            ctx.touch_gate = lambda: self._touch_due(act)
             if begun.cancel_requested:
                 ctx.cancel.cancel(CANCELLED)
             # The delegate tool reads the run from `act`; a dropped MCP server is this run's event.
@@ -297,10 +298,16 @@ class InstanceHost:
 
     def _touch(self, act: Active) -> None:
         """Reset the idle timer from a running loop, at most once a second (timers are in seconds)."""
-        now = time.monotonic()
-        if now - act.last_touch >= 1.0:
-            act.last_touch = now
+        if self._touch_due(act):
             self.store.touch(act.instance_id)
+
+    @staticmethod
+    def _touch_due(act: Active) -> bool:
+        now = time.monotonic()
+        if now - act.last_touch < 1.0:
+            return False
+        act.last_touch = now
+        return True
 
     @staticmethod
     def _park(act: Active) -> None:
