@@ -24,7 +24,7 @@ from regina.config import Settings
 from regina.dispatch import Dispatcher
 from regina.errors import BadRequest, NotFound, PayloadTooLarge, ReginaError, Unavailable
 from regina.instances import InstanceRecord, InstanceStore
-from regina.metrics import SPAWNS, STEERS
+from regina.metrics import SPAWNS
 from regina.registry import AgentRegistry
 from regina.runs.service import RunService
 from regina.runtime.session import Session
@@ -244,9 +244,7 @@ class Coordinator:
 
     def steer(self, instance_id: str, message: str) -> str:
         """Queue a steering message for the running loop (or the next run); returns its steerId."""
-        steer_id = self.runs.steer(instance_id, message)
-        STEERS.inc()
-        return steer_id
+        return self.runs.steer(instance_id, message)
 
     def messages(self, instance_id: str) -> list[dict[str, Any]]:
         """The conversation, oldest first. Reading changes nothing: a suspended instance is read

@@ -3,7 +3,7 @@
 A reload asked of any process (`POST /admin/agents/reload`, or SIGHUP to a web or worker
 process, debounced) bumps a registry version in Redis and announces it on a channel. Every
 process follows: its listener reloads on the announcement and, because a pub/sub message can be
-missed (a reconnect, a slow subscriber), also compares the version every `POLL_SECONDS` and
+missed (a reconnect, a slow subscriber), also compares the version every `WAKE_SECONDS` and
 reloads when it moved. A worker asked to attach an instance of an agent it does not know
 reloads once before refusing (`AgentRegistry.get_or_reload`), so a web that saw a new file first cannot make
 a spawn fail. Each swap is atomic; a failed rebuild keeps the old registry and is logged.
@@ -26,8 +26,9 @@ from regina.registry import AgentRegistry
 log = logging.getLogger("regina.registry")
 
 CHANNEL = keys.REGISTRY_RELOAD
-POLL_SECONDS = 2.0
-"""How often a process compares its registry version with Redis's (the missed-message bound)."""
+WAKE_SECONDS = 1.0
+"""How often the listener wakes without a message: it then compares its registry version with
+Redis's (the bound on a missed announcement) and runs a due SIGHUP reload."""
 SIGHUP_DEBOUNCE = 1.0
 """Seconds a SIGHUP waits for more signals (an editor saving several files) before reloading."""
 
@@ -46,6 +47,8 @@ class RegistryFollower:
         self.client = client
         self.registry = registry
         self.seen = self._current()
+        self._hup_at: float | None = None
+        self._debounce = SIGHUP_DEBOUNCE
 
     def _current(self) -> int:
         try:
@@ -86,29 +89,32 @@ class RegistryFollower:
                 pubsub.subscribe(CHANNEL)
                 self.check()  # anything announced while we were not subscribed
                 while True:
-                    pubsub.get_message(timeout=POLL_SECONDS)  # type: ignore[no-untyped-call,unused-ignore]
+                    pubsub.get_message(timeout=WAKE_SECONDS)  # type: ignore[no-untyped-call,unused-ignore]
+                    self._sighup_due()
                     self.check()
             except redis.RedisError as exc:
                 log.warning("registry reload listener lost Redis (%s); reconnecting", exc)
                 time.sleep(1)
 
     def install_sighup(self, debounce: float = SIGHUP_DEBOUNCE) -> None:
-        """SIGHUP = reload everywhere, debounced (call from the process's main thread)."""
-        pending = threading.Event()
+        """SIGHUP = reload everywhere, debounced (call from the process's main thread).
 
-        def fire() -> None:
-            pending.clear()
+        The handler only notes the time: under gevent a signal handler runs in the event loop,
+        where nothing may block. The listener performs the reload once `debounce` seconds have
+        passed since the first signal (further signals until then are coalesced into it).
+        """
+        self._debounce = debounce
+        signal.signal(signal.SIGHUP, self._on_sighup)
+
+    def _on_sighup(self, signum: int, frame: FrameType | None) -> None:
+        if self._hup_at is None:
+            self._hup_at = time.monotonic()
+
+    def _sighup_due(self) -> None:
+        hup = self._hup_at
+        if hup is not None and time.monotonic() - hup >= self._debounce:
+            self._hup_at = None
             self.reload_everywhere("SIGHUP")
-
-        def on_sighup(signum: int, frame: FrameType | None) -> None:
-            if pending.is_set():
-                return  # coalesced into the reload already armed
-            pending.set()
-            timer = threading.Timer(debounce, fire)
-            timer.daemon = True
-            timer.start()
-
-        signal.signal(signal.SIGHUP, on_sighup)
 
 
 def start_reload_listener(client: redis.Redis, registry: AgentRegistry) -> RegistryFollower:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from regina import idempotency, ids, keys
 from regina.cluster.membership import is_alive
 from regina.errors import Busy, Conflict, NotFound, ReginaError, Unavailable
-from regina.metrics import RUNS_STARTED
+from regina.metrics import RUNS_STARTED, STEERS
 from regina.runs.steering import new_steer
 from regina.runs.store import Idempotency, RunStore, WhenBusy, public
 from regina.runs.stream import TERMINAL, RunPublisher, read_events
@@ -166,6 +166,8 @@ class RunService:
             raise NotFound(f"instance {instance_id!r} not found")
         if kind == "mismatch":
             raise idempotency.mismatch("steer")
+        if kind == "ok":  # not an idempotent replay ("dup")
+            STEERS.inc()
         return steer_id
 
     def cancel(self, run_id: str) -> tuple[bool, str]:

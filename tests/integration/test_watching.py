@@ -1,0 +1,144 @@
+"""Metrics summed across processes, and SIGHUP reloading the agent registry everywhere."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import shutil
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.harness.fake_llm import FakeLLM, Reply, ToolCall
+from tests.harness.processes import ROOT, Cluster
+from tests.harness.waiting import wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a Prometheus text page, keyed by name and sorted labels."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_metrics_count_exactly_across_two_gunicorn_and_two_worker_processes(
+    make_cluster: Callable[..., Cluster], fake_llm: FakeLLM, tmp_path: Path
+) -> None:
+    shared = tmp_path / "metrics"
+    shared.mkdir()
+    c = make_cluster(
+        PROMETHEUS_MULTIPROC_DIR=str(shared), REGINA_STORAGE__TYPE="fs", REGINA_STORAGE__BASE_PATH=str(tmp_path / "b")
+    )
+    c.start_worker(wait=False)
+    c.start_worker(wait=False)
+    for proc in c.procs:
+        c.wait_worker(proc)
+    web = c.start_web(workers=2)
+    api = httpx.Client(base_url=web.url, timeout=60)
+
+    ids = [api.post("/agents/openai-agent/instances").json()["instanceId"] for _ in range(3)]
+    assert len({api.get(f"/instances/{i}").json()["member"] for i in ids}) == 2  # both workers used
+
+    def chat(job: tuple[int, str]) -> dict[str, object]:
+        n, iid = job
+        with httpx.Client(base_url=web.url, timeout=60) as own:  # new connections: both web processes
+            return dict(own.post(f"/instances/{iid}/chat", json={"message": f"m{n}"}).json())
+
+    with cf.ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(chat, [(n, ids[n % 3]) for n in range(6)]))
+    fake_llm.push(Reply(tool_calls=[ToolCall("bash", {"command": "echo hi"})]), Reply(text="done"))
+    answers.append(dict(api.post(f"/instances/{ids[0]}/chat", json={"message": "use a tool"}).json()))
+    assert api.post(f"/instances/{ids[1]}/steer", json={"message": "s1"}).status_code == 200
+    assert api.post(f"/instances/{ids[1]}/steer", json={"message": "s2"}).status_code == 200
+    assert api.post(f"/instances/{ids[2]}/suspend").status_code == 204
+    assert api.post(f"/instances/{ids[2]}/resume").status_code == 204
+
+    prompt = sum(int(a["usage"]["promptTokens"]) for a in answers)  # type: ignore[index]
+    completion = sum(int(a["usage"]["completionTokens"]) for a in answers)  # type: ignore[index]
+    model = (("model", "gpt-4o"), ("provider", "openai"))
+    expected = {
+        ("regina_spawns_total", (("agent", "openai-agent"),)): 3,
+        ("regina_runs_total", (("mode", "sync"), ("outcome", "stop"))): 7,
+        ("regina_runs_started_total", (("mode", "sync"),)): 7,
+        ("regina_run_steps_sum", ()): 8,
+        ("regina_tool_calls_total", (("outcome", "ok"), ("tool", "bash"))): 1,
+        ("regina_model_call_seconds_count", model): 8,
+        ("regina_tokens_total", (*model, ("type", "prompt"))): prompt,
+        ("regina_tokens_total", (*model, ("type", "completion"))): completion,
+        ("regina_steering_messages_total", ()): 2,
+        ("regina_suspends_total", ()): 1,
+        ("regina_backups_total", ()): 1,
+        ("regina_resumes_total", ()): 4,
+        ("regina_instances", (("status", "started"),)): 3,
+        ("regina_instances", (("status", "suspended"),)): 0,
+    }
+    chat_ok = (
+        "regina_http_requests_total",
+        (("endpoint", "/instances/<iid>/chat"), ("method", "POST"), ("status", "200")),
+    )
+    expected[chat_ok] = 7
+    # Scrapes land on either gunicorn process; every one must show the same, exact counts.
+    for _ in range(6):
+        with httpx.Client(base_url=web.url, timeout=30) as scraper:
+            got = samples(scraper.get("/metrics").text)
+        assert {k: got.get(k) for k in expected} == expected
+    assert any(name == "regina_worker_queue_depth" for name, _ in got)
+
+
+def _agent(path: Path, name: str) -> None:
+    path.write_text(f"---\nname: {name}\nmodel: gpt-4o\n---\nYou are {name}.\n")
+
+
+def test_sighup_to_a_worker_or_a_web_reloads_every_process_and_keeps_instances(
+    make_cluster: Callable[..., Cluster], tmp_path: Path
+) -> None:
+    agents = tmp_path / "agents"
+    shutil.copytree(ROOT / "tests" / "agents", agents)
+    c = make_cluster(REGINA_AGENTS_DIR=str(agents))
+    worker = c.start_worker()
+    web = c.start_web(workers=2)
+    api = httpx.Client(base_url=web.url, timeout=60)
+    iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
+    assert api.post(f"/instances/{iid}/chat", json={"message": "before"}).json()["text"] == "echo: before"
+
+    def listed(name: str) -> bool:
+        # both gunicorn processes: new connections each time
+        return all(name in [a["id"] for a in httpx.get(web.url + "/agents", timeout=5).json()] for _ in range(4))
+
+    # SIGHUP to the worker: it reloads, and so do the web processes; it does not restart.
+    _agent(agents / "fresh.md", "fresh")
+    os.kill(worker.popen.pid, signal.SIGHUP)
+    wait_until(lambda: listed("fresh"), timeout=30, interval=0.3, what="the web to learn 'fresh'")
+    assert worker.alive()
+    assert api.get(f"/instances/{iid}").json()["status"] == "started"
+    assert api.post(f"/instances/{iid}/chat", json={"message": "after"}).json()["text"] == "echo: after"
+    assert api.post("/agents/fresh/instances").status_code == 201
+
+    # SIGHUP to the web's master: its processes and the worker reload; nothing restarts.
+    _agent(agents / "fresher.md", "fresher")
+    pids = {p for p in [web.popen.pid]}
+    os.kill(web.popen.pid, signal.SIGHUP)
+    wait_until(lambda: listed("fresher"), timeout=30, interval=0.3, what="the web to learn 'fresher'")
+    assert web.alive() and pids == {web.popen.pid}
+    assert api.post("/agents/fresher/instances").status_code == 201  # the worker knows it too
+    assert "Warm shutdown" not in worker.log() and "Restarting celery worker" not in worker.log()
+
+    # A reload announced while a process was not listening still reaches it: the version in
+    # Redis moves, and each process checks it.
+    _agent(agents / "quiet.md", "quiet")
+    redis.Redis.from_url(c.redis_url).incr("regina:registry:version")
+    wait_until(lambda: listed("quiet"), timeout=30, interval=0.3, what="the web to follow the version")
+
+    # A web that knows an agent the worker does not yet: the spawn makes the worker reload.
+    _agent(agents / "late.md", "late")
+    api.post("/admin/agents/reload")  # web reloads and announces; the worker may be slower
+    assert api.post("/agents/late/instances").status_code == 201
