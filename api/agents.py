@@ -46,7 +46,7 @@ def get_agent(def_id: str) -> Response:
 
 
 @bp.post("/agents/<def_id>/instances")
-@documented({"HTTP_201": m.Instance}, tag="agents")
+@documented({"HTTP_201": m.Instance}, tag="agents", headers=m.IdempotencyHeaders)
 def spawn(def_id: str) -> tuple[Response, int]:
     coord = services().coordinator
     key = request.headers.get(HEADER)

@@ -15,7 +15,7 @@ bp = Blueprint("chat", __name__)
 
 
 @bp.post("/instances/<iid>/chat")
-@documented({"HTTP_200": m.ChatAnswer}, json=m.ChatBody, tag="chat")
+@documented({"HTTP_200": m.ChatAnswer}, json=m.ChatBody, tag="chat", headers=m.IdempotencyHeaders)
 def chat(iid: str) -> Response:
     coord = services().coordinator
     body = json_body()
@@ -34,7 +34,12 @@ def chat(iid: str) -> Response:
 
 
 @bp.post("/instances/<iid>/chat/stream")
-@documented({"HTTP_200": (None, "application/x-ndjson: one event per line")}, json=m.ChatBody, tag="chat")
+@documented(
+    {"HTTP_200": (None, "application/x-ndjson: one event per line")},
+    json=m.ChatBody,
+    tag="chat",
+    headers=m.IdempotencyHeaders,
+)
 def chat_stream(iid: str) -> Response:
     coord = services().coordinator
     body = json_body()

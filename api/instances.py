@@ -82,7 +82,7 @@ def delete(iid: str) -> tuple[str, int]:
 
 
 @bp.post("/instances/<iid>/steer")
-@documented({"HTTP_200": m.SteerReceipt}, json=m.MessageBody, tag="chat")
+@documented({"HTTP_200": m.SteerReceipt}, json=m.MessageBody, tag="chat", headers=m.IdempotencyHeaders)
 def steer(iid: str) -> Response:
     coord = services().coordinator
     body = json_body()

@@ -40,6 +40,16 @@ class ChatBody(MessageBody):
     )
 
 
+class IdempotencyHeaders(BaseModel):
+    """The same key and body within 24 h do the work once; the same key with another body is 422."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    idempotency_key: str | None = Field(
+        None, alias="Idempotency-Key", min_length=1, max_length=255, description="Any string, scoped per route."
+    )
+
+
 class FleetQuery(BaseModel):
     """Filters and page of `GET /instances`."""
 

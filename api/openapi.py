@@ -42,13 +42,22 @@ _ERROR_CODES = (400, 401, 404, 409, 413, 422, 503)
 
 
 def documented(
-    ok: dict[str, Any], json: type[BaseModel] | None = None, query: type[BaseModel] | None = None, tag: str = ""
+    ok: dict[str, Any],
+    json: type[BaseModel] | None = None,
+    query: type[BaseModel] | None = None,
+    tag: str = "",
+    headers: type[BaseModel] | None = None,
 ) -> Callable[[F], F]:
     """Declare a route's body, query and answers (`ok`, e.g. {"HTTP_200": Model}); every route
     may also answer the JSON errors."""
     errors = {f"HTTP_{code}": Error for code in _ERROR_CODES if f"HTTP_{code}" not in ok}
     decorator = spec.validate(
-        json=json, query=query, resp=Responses(**ok, **errors), tags=[tag] if tag else (), skip_validation=True
+        json=json,
+        query=query,
+        headers=headers,
+        resp=Responses(**ok, **errors),
+        tags=[tag] if tag else (),
+        skip_validation=True,
     )
 
     def mark(func: F) -> F:
