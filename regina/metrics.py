@@ -80,6 +80,18 @@ QUEUE_DEPTH = Gauge(
 WORKER_INSTANCES = Gauge(
     "regina_worker_instances", "Instances attached to a worker.", ["member"], multiprocess_mode="livemax"
 )
+WORKER_MEMORY = Gauge(
+    "regina_worker_memory_bytes",
+    "Resident memory of a worker: its own process, and its instances' tool processes (useProcesses).",
+    ["member", "part"],
+    multiprocess_mode="livemax",
+)
+WORKER_TOOL_PROCESSES = Gauge(
+    "regina_worker_tool_processes",
+    "Tool processes alive on a worker (useProcesses).",
+    ["member"],
+    multiprocess_mode="livemax",
+)
 
 # -- worker: runs -----------------------------------------------------------------------------
 

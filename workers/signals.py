@@ -19,7 +19,15 @@ from regina import keys
 from regina.cluster.membership import Membership
 from regina.cluster.orphans import release_previous_incarnation, sweep_orphans
 from regina.ids import new_token
-from regina.metrics import QUEUE_DEPTH, WORKER_INSTANCES, process_exited, serve_worker_metrics
+from regina.metrics import (
+    QUEUE_DEPTH,
+    WORKER_INSTANCES,
+    WORKER_MEMORY,
+    WORKER_TOOL_PROCESSES,
+    process_exited,
+    serve_worker_metrics,
+)
+from regina.runtime.tools.process import resident_bytes
 from workers.context import context, current, init_context
 from workers.step_strategy import flush_task_events
 from workers.transport import configure_worker
@@ -96,7 +104,8 @@ def _heartbeat_loop(membership: Membership) -> None:
 
 
 def _queue_gauges(ctx: Any) -> None:
-    """Steps waiting in this worker's instance queues, and its instance count (per heartbeat)."""
+    """Steps waiting in this worker's instance queues, its instance count, and its memory with its
+    tool processes counted in (per heartbeat)."""
     held = list(ctx.host.active)
     depth = 0
     if held:
@@ -106,6 +115,10 @@ def _queue_gauges(ctx: Any) -> None:
         depth = sum(int(n) for n in pipe.execute())
     QUEUE_DEPTH.labels(ctx.member_id).set(depth)
     WORKER_INSTANCES.labels(ctx.member_id).set(len(held))
+    children = ctx.host.tool_pids()
+    WORKER_TOOL_PROCESSES.labels(ctx.member_id).set(len(children))
+    WORKER_MEMORY.labels(ctx.member_id, "worker").set(resident_bytes([os.getpid()]))
+    WORKER_MEMORY.labels(ctx.member_id, "tool_processes").set(resident_bytes(children))
 
 
 def _idle_loop() -> None:

@@ -30,7 +30,7 @@ from regina.runtime.tools.base import Tool
 from regina.runtime.tools.child import PRELOAD, ChildSpec, child_main
 from regina.runtime.tools.runner import ToolRunner, thread_pool, timeout_message
 
-__all__ = ["ProcessRunner", "mp_context", "warm_up"]
+__all__ = ["ProcessRunner", "mp_context", "resident_bytes", "warm_up"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,19 @@ def warm_up() -> None:
         forkserver.ensure_running()
 
     thread_pool().submit(start)
+
+
+def resident_bytes(pids: list[int]) -> int:
+    """Summed resident memory of `pids` (Linux /proc; a pid that is gone counts 0)."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/statm") as f:
+                total += int(f.read().split()[1]) * page
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
 
 
 def _wait(fds: list[int], timeout: float | None) -> list[int]:
