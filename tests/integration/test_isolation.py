@@ -3,7 +3,8 @@
 One private cluster (one worker, one web) with its own agents: `spin-agent` runs its tools in the
 worker's thread pool, `proc-agent` (frontmatter `useProcesses: true`) in a child process per
 instance. Its limits are small so each failure mode shows in seconds: toolTimeout 15 s,
-toolCpuSeconds 2, toolMemoryMb 400. memberTtl is 3 s with a heartbeat every 0.5 s (the harness
+toolMemoryMb 400 (the CPU limit has a cluster of its own: a CPU-second limit met in wall-clock
+seconds depends on how busy the machine is). memberTtl is 3 s with a heartbeat every 0.5 s (the harness
 default), so a worker whose event loop stalls for 3 s loses its member key.
 """
 
@@ -88,7 +89,7 @@ def iso(tmp_path_factory: pytest.TempPathFactory, fake_llm: FakeLLM, redis_serve
         env_overrides={
             "REGINA_AGENTS_DIR": str(agents),
             "REGINA_LIMITS__TOOL_TIMEOUT": "15",
-            "REGINA_LIMITS__TOOL_CPU_SECONDS": "2",
+            "REGINA_LIMITS__TOOL_CPU_SECONDS": "60",
             "REGINA_LIMITS__TOOL_MEMORY_MB": "400",
             "REGINA_IDLE_TIMEOUT": "0",
         },
@@ -184,7 +185,7 @@ def test_a_cpu_bound_tool_leaves_heartbeats_and_other_instances_going(
     assert outcome["resp"].status_code == 200
     assert '"pid"' in outcome["result"], outcome["result"]
     assert missing() == [], f"member key missing at {len(missing())} samples: a false failover"
-    assert max(latencies) < 2.0, latencies
+    assert max(latencies) < 4.0, latencies  # never the whole 8 s
     assert len(latencies) >= 5, latencies
     rec = redis.Redis.from_url(iso.redis_url, decode_responses=True).hgetall(f"regina:inst:{spinner}")
     assert rec.get("member") == worker.member_id and rec.get("epoch") == "1", rec
@@ -213,13 +214,21 @@ def test_a_tool_past_its_memory_limit_fails_only_that_call(iso: Cluster, api: ht
     assert worker.alive()
 
 
-def test_a_tool_past_its_cpu_limit_fails_only_that_call(iso: Cluster, api: httpx.Client, fake_llm: FakeLLM) -> None:
-    iid = _spawn(api, "proc-agent")
-    resp, result = _tool_chat(api, fake_llm, iid, {"mode": "burn", "seconds": 6})
-    assert resp.status_code == 200
-    assert "CPU limit (limits.toolCpuSeconds = 2 s)" in result, result
-    _, result = _tool_chat(api, fake_llm, iid, {"mode": "pid"})
-    assert '"pid"' in result
+def test_a_tool_past_its_cpu_limit_fails_only_that_call(
+    make_cluster: Callable[..., Cluster], iso: Cluster, fake_llm: FakeLLM
+) -> None:
+    agents = Path(iso.env()["REGINA_AGENTS_DIR"])
+    c = make_cluster(REGINA_AGENTS_DIR=str(agents), REGINA_LIMITS__TOOL_CPU_SECONDS="1")
+    worker = c.start_worker()
+    web = c.start_web()
+    with httpx.Client(base_url=web.url, timeout=180) as client:
+        iid = _spawn(client, "proc-agent")
+        resp, result = _tool_chat(client, fake_llm, iid, {"mode": "burn", "seconds": 5})
+        assert resp.status_code == 200
+        assert "CPU limit (limits.toolCpuSeconds = 1 s)" in result, result
+        _, result = _tool_chat(client, fake_llm, iid, {"mode": "pid"})
+        assert '"pid"' in result
+    assert worker.alive()
 
 
 def test_a_tool_process_sees_only_the_allowed_environment(iso: Cluster, api: httpx.Client, fake_llm: FakeLLM) -> None:
