@@ -10,7 +10,8 @@
   delegated run is reported to the model as a tool error.
 - Depth: a user's chat runs at depth 0, a delegated run at its caller's depth + 1, recorded in
   the run record; a delegation that would run deeper than `MAX_DEPTH` is a tool error.
-- Waiting is bounded by the caller's remaining time: no greenlet waits forever on a child.
+- Waiting is bounded by the caller's remaining time, less a margin to answer in: no greenlet
+  waits forever on a child, and a child that is too slow has its run cancelled.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ from regina.runtime.tools.base import Tool
 
 MAX_DEPTH = 5
 """Deepest delegated run: a chain of 5 delegations works, the 6th is refused."""
+
+ANSWER_MARGIN = 1.0
+"""Seconds (at least; 10 % of what is left otherwise) a caller keeps for itself after waiting on a
+delegate, so that it can still answer within its own deadline."""
 
 
 class DelegateParams(BaseModel):
@@ -113,8 +118,8 @@ class Delegation:
                 f"delegation depth limit reached: this run is already {depth} delegations deep "
                 f"and at most {MAX_DEPTH} are allowed; answer without delegating"
             )
-        remaining = deadline - time.monotonic()
-        if remaining < 1:
+        deadline -= max(ANSWER_MARGIN, 0.1 * (deadline - time.monotonic()))  # the caller must still answer
+        if deadline - time.monotonic() < ANSWER_MARGIN:
             raise ToolError("no time left in this run to wait for a delegate")
         child = self._child(caller_id, agent_type)
         runs = self.coordinator.runs

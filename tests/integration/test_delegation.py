@@ -8,6 +8,7 @@ default reply function that reads who it is from the system prompt.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import httpx
@@ -124,3 +125,32 @@ def test_the_offline_demo_agent_delegates_to_the_librarian(make_cluster: Any) ->
     answer = next(m["content"] for m in history if m["role"] == "tool")
     assert "where are my notes?" in answer  # the librarian's own (offline) reply
     assert resp.json()["text"]
+
+
+def test_a_delegate_too_slow_for_the_callers_deadline_is_given_up_and_cancelled(
+    make_cluster: Any, fake_llm: FakeLLM
+) -> None:
+    c: Cluster = make_cluster(REGINA_LIMITS__REQUEST_TIMEOUT="8")
+    c.start_worker()
+    web = c.start_web()
+
+    def slow_helper(req: RecordedRequest) -> Reply:
+        if "You are HELPER" in req.all_text and req.last_user_text == "take your time":
+            return Reply(text="too late", delay=30)
+        return script(req)
+
+    fake_llm.default = slow_helper
+    with httpx.Client(base_url=web.url, timeout=60) as slow_api:
+        boss = spawn(slow_api, "boss-agent")
+        t0 = time.monotonic()
+        resp = slow_api.post(f"/instances/{boss}/chat", json={"message": "ask: take your time"})
+        elapsed = time.monotonic() - t0
+        assert resp.status_code == 200, resp.text
+        text = resp.json()["text"]
+        # The boss gave up within its own 8 s (less its margin to answer) and still answered.
+        assert elapsed < 8, elapsed
+        assert text.startswith("BOSS relays: ") and "did not answer" in text
+        # The child's run was cancelled, not left waiting on the model: it answers the next chat.
+        (child,) = {i["instanceId"] for i in slow_api.get("/agents/helper-agent/instances").json()}
+        again = slow_api.post(f"/instances/{child}/chat", json={"message": "quick one"}, timeout=15)
+        assert again.json()["text"] == "HELPER answers: quick one"
