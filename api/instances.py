@@ -62,9 +62,11 @@ def heartbeat(iid: str) -> tuple[str, int]:
 
 @bp.post("/instances/<iid>/suspend")
 @documented({"HTTP_204": None}, tag="instances")
-def suspend(iid: str) -> tuple[str, int]:
-    services().coordinator.suspend(iid)
-    return "", 204
+def suspend(iid: str) -> tuple[str | Response, int]:
+    """204 once suspended; 202 while the owner is still finishing a running step (it will)."""
+    if services().coordinator.suspend(iid):
+        return "", 204
+    return jsonify({"instanceId": iid, "status": "suspending"}), 202
 
 
 @bp.post("/instances/<iid>/resume")

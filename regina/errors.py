@@ -10,6 +10,7 @@ ReginaError
  │    └── Busy             a chat refused because a run is in progress (names it)
  ├── Unprocessable          an Idempotency-Key reused with another body
  ├── Unavailable            no live worker, or a worker that did not answer
+ │    └── ReplyTimeout       a worker has not confirmed a command yet (it may still complete)
  ├── StaleEpoch             a write from an owner that lost the instance (fencing)
  ├── StorageError           a storage adapter failed
  ├── VFSError               a virtual-filesystem operation failed (message goes to the model)
@@ -72,6 +73,10 @@ class Unprocessable(ReginaError):
 
 class Unavailable(ReginaError):
     """Raised when no live worker can serve a request, or a worker did not answer in time."""
+
+
+class ReplyTimeout(Unavailable):
+    """Raised when a worker did not confirm a command in time; it may still carry it out."""
 
 
 class StaleEpoch(ReginaError):

@@ -22,7 +22,7 @@ from regina.cluster.membership import is_alive, live_members
 from regina.cluster.placement import place
 from regina.config import Settings
 from regina.dispatch import Dispatcher
-from regina.errors import BadRequest, NotFound, PayloadTooLarge, ReginaError, Unavailable
+from regina.errors import BadRequest, NotFound, PayloadTooLarge, ReginaError, ReplyTimeout, Unavailable
 from regina.instances import InstanceRecord, InstanceStore
 from regina.metrics import SPAWNS
 from regina.registry import AgentRegistry
@@ -67,7 +67,7 @@ class Coordinator:
         timeout = self.settings.limits.worker_reply_timeout
         got = self.r.blpop([keys.reply(token)], timeout=timeout)
         if got is None:
-            raise Unavailable(f"worker {member} did not answer {name!r} within {timeout:g}s")
+            raise ReplyTimeout(f"worker {member} did not answer {name!r} within {timeout:g}s")
         answer = cast(dict[str, Any], json.loads(cast(tuple[str, str], got)[1]))
         if not answer.get("ok"):
             raise Unavailable(f"worker {member} could not {name}: {answer.get('error')}")
@@ -185,15 +185,24 @@ class Coordinator:
         self._touch(instance_id)
         return self.ensure_active(instance_id)
 
-    def suspend(self, instance_id: str) -> None:
-        """Finish the running step, back up, release the queue, mark suspended."""
+    def suspend(self, instance_id: str) -> bool:
+        """Finish the running step, back up, release the queue, mark suspended.
+
+        Returns False when the owner has not confirmed within workerReplyTimeout (it waits for a
+        running step): the suspend is under way, not failed, and the record shows when it is done.
+        """
         rec = self.get(instance_id)
         if rec.status == "suspended":
-            return
+            return True
         if not is_alive(self.r, rec.member):
             self.store.fenced_set(instance_id, rec.epoch, status="suspended")
-            return
-        self.command(rec.member, "suspend", {"instanceId": instance_id, "epoch": rec.epoch})
+            return True
+        try:
+            self.command(rec.member, "suspend", {"instanceId": instance_id, "epoch": rec.epoch})
+        except ReplyTimeout:
+            now = self.store.get(instance_id)
+            return now is None or now.status == "suspended"
+        return True
 
     def delete(self, instance_id: str) -> None:
         """Tear down queue, VFS, backup and keys."""

@@ -125,7 +125,8 @@ class RunService:
         rec = self.coord.store.get(instance_id)
         if rec is None:
             raise Conflict(f"instance {instance_id} was deleted while run {run_id} was waiting")
-        if rec.status != "started" or not is_alive(self.r, rec.member):
+        # A suspending owner is still serving: it finishes the running step before it lets go.
+        if rec.status not in ("started", "suspending") or not is_alive(self.r, rec.member):
             self.coord.ensure_active(instance_id)
 
     def chat(
