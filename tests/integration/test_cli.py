@@ -106,3 +106,32 @@ def test_a_missing_provider_key_is_warned_at_start_and_shown_by_agents(cluster: 
     finally:
         web.stop()
         cluster.procs.remove(web)
+
+
+def test_each_run_is_one_log_line_and_a_model_error_a_warning_naming_provider_and_model(
+    api: httpx.Client, cluster: Cluster, fake_llm: FakeLLM
+) -> None:
+    import re
+
+    from tests.harness.waiting import wait_until
+
+    iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
+    ok = api.post(f"/instances/{iid}/chat", json={"message": "fine"})
+    fake_llm.push(Reply(error_status=401, error_message="bad key"))
+    api.post(f"/instances/{iid}/chat", json={"message": "fails"})
+    ok_run = ok.headers["X-Run-Id"]
+    logs = lambda: "".join(p.log() for p in cluster.procs if p.name.startswith("worker"))  # noqa: E731
+    line = wait_until(
+        lambda: next((x for x in logs().splitlines() if f"run {ok_run} instance {iid} stop:" in x), None),
+        timeout=20,
+        what="the run's log line",
+    )
+    assert re.search(
+        r" INFO +worker\[\d+\] regina\.run: run run-\w+ instance .+ stop: 1 step\(s\), \d+\+\d+ tokens", line
+    )
+    warning = wait_until(
+        lambda: next((x for x in logs().splitlines() if "model error (provider openai, model gpt-4o)" in x), None),
+        timeout=20,
+        what="the model error warning",
+    )
+    assert " WARNING worker[" in warning and ("401" in warning or "bad key" in warning)
