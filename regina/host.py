@@ -32,12 +32,13 @@ from regina.providers import resolve_model_target
 from regina.registry import AgentRegistry
 from regina.run_watch import RunWatch, WatchedRun
 from regina.runs.context import InterrupterFactory, RunContext, budget_for
+from regina.runs.steering import encode
 from regina.runs.store import RunStore
 from regina.runs.stream import RunPublisher
 from regina.runtime.events import ToolDegraded
 from regina.runtime.loop import TurnSpec, run_turn
 from regina.runtime.session import Session
-from regina.runtime.sink import CANCELLED
+from regina.runtime.sink import CANCELLED, Steer
 from regina.runtime.tools.merge import InstanceTools
 from regina.runtime.tools.process import warm_up
 from regina.runtime.tools.runner import ToolRunner
@@ -240,6 +241,8 @@ class InstanceHost:
             act.last_used = time.monotonic()
             # One round trip: our epoch still current? events already published? mark running,
             # and take the steering messages that wait for this run.
+            # Resolved before steering is taken for the run: a failure here loses no message.
+            target = resolve_model_target(act.definition.model, act.definition.provider, self.settings)
             begun = self.runs.begin(instance_id, run_id, act.epoch)
             if begun.kind == "stale":
                 raise StaleEpoch(f"instance {instance_id} moved to another member")
@@ -265,7 +268,7 @@ class InstanceHost:
             act.run_id, act.run_deadline = run_id, time.monotonic() + self.settings.limits.request_timeout
             act.tools.bind_run(lambda server, error: ctx.emit(ToolDegraded(server=server, error=error)))
             spec = TurnSpec(
-                target=resolve_model_target(d.model, d.provider, self.settings),
+                target=target,
                 system_prompt=act.system_prompt,
                 tools=act.tools.for_step(),
                 tools_for_step=act.tools.for_step,
@@ -281,12 +284,21 @@ class InstanceHost:
             ctx.start_clock()
             try:
                 watch.result = run_turn(spec, act.session, message, ctx)
+            except BaseException:
+                self._give_back(instance_id, ctx.unclaimed_steering())
+                raise
             finally:
                 ctx.stop_clock()
                 watch.done()
                 self.running.pop(run_id, None)
             self._touch(act)
             act.last_used = time.monotonic()
+
+    def _give_back(self, instance_id: str, steered: list[Steer]) -> None:
+        """Put steering a failed step took but never used back at the head of the instance's list."""
+        if steered:
+            self.r.lpush(keys.steering(instance_id), *[encode(s) for s in reversed(steered)])
+            log.warning("instance %s: %d steering message(s) given back after a failed step", instance_id, len(steered))
 
     def cancel_local(self, run_id: str) -> bool:
         """Cancel a run if it runs here (the cancel listener calls this); True if it did."""

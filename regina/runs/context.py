@@ -72,6 +72,12 @@ class RunContext:
         pipe.delete(keys.steering(self.instance_id))
         return decode_all(cast(list[str], pipe.execute()[0]))
 
+    def unclaimed_steering(self) -> list[Steer]:
+        """Steering taken for this run that the loop never drained (the step failed first)."""
+        left = self._first.pop() if self._first else []
+        self._first.clear()
+        return left
+
     def finish_unless_steered(self, final: Finish) -> list[Steer]:
         self._first.clear()
         return decode_all(self.publisher.finish_unless_steered(event_to_dict(final), keys.steering(self.instance_id)))

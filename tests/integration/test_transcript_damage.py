@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import httpx
+import redis
 
 from tests.harness.processes import Cluster
 from tests.integration.test_api import spawn
@@ -42,3 +43,15 @@ def test_an_unreadable_transcript_is_an_error_not_an_empty_history(api: httpx.Cl
         db.execute("UPDATE entries SET is_dir = 1, data = x'' WHERE path = ?", (SESSION,))
     text = api.post(f"/instances/{iid}/chat", json={"message": "two"}).json()["text"]
     assert text.startswith("Error:") and "cannot read the conversation" in text, text
+
+
+def test_steering_taken_by_a_step_that_fails_before_using_it_is_given_back(api: httpx.Client, cluster: Cluster) -> None:
+    iid = spawn(api)
+    path = _suspended_file(api, cluster, iid)
+    with sqlite3.connect(path) as db:
+        db.execute("DELETE FROM chunks WHERE path = ?", (SESSION,))
+        db.execute("UPDATE entries SET is_dir = 1, data = x'' WHERE path = ?", (SESSION,))
+    assert api.post(f"/instances/{iid}/steer", json={"message": "do not lose me"}).status_code == 200
+    assert api.post(f"/instances/{iid}/chat", json={"message": "two"}).json()["text"].startswith("Error:")
+    waiting = redis.Redis.from_url(cluster.redis_url).lrange(f"regina:steer:{iid}", 0, -1)
+    assert any(b"do not lose me" in w for w in waiting), waiting
