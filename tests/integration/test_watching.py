@@ -142,3 +142,24 @@ def test_sighup_to_a_worker_or_a_web_reloads_every_process_and_keeps_instances(
     _agent(agents / "late.md", "late")
     api.post("/admin/agents/reload")  # web reloads and announces; the worker may be slower
     assert api.post("/agents/late/instances").status_code == 201
+
+
+def test_a_worker_on_another_machine_serves_its_own_metrics_on_metrics_port(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    from tests.harness.ports import free_port
+
+    port = free_port()
+    c = make_cluster()
+    c.start_worker(env={"REGINA_METRICS_PORT": str(port)})  # no PROMETHEUS_MULTIPROC_DIR: its own registry
+    web = c.start_web()
+    api = httpx.Client(base_url=web.url, timeout=60)
+    iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
+    for n in range(3):
+        assert api.post(f"/instances/{iid}/chat", json={"message": f"m{n}"}).status_code == 200
+    got = samples(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text)
+    assert got[("regina_runs_total", (("mode", "sync"), ("outcome", "stop")))] == 3
+    assert got[("regina_resumes_total", ())] == 1
+    # The web's own page has its requests, not the worker's runs.
+    web_page = samples(api.get("/metrics").text)
+    assert ("regina_runs_total", (("mode", "sync"), ("outcome", "stop"))) not in web_page
