@@ -16,7 +16,7 @@ import sys
 import time
 import traceback
 
-from benchmarks.common import Table, machine, versions
+from benchmarks.common import ROOT, Table, machine, versions
 from tests.harness.redis_server import redis_binary
 
 ALL = ["chat", "floor", "profile", "stream", "lifecycle", "loop", "vfs", "isolation", "mcp"]
@@ -51,6 +51,16 @@ def _loop(quick: bool) -> list[Table]:
         if line.strip():
             t.add(line)
     return [t]
+
+
+def _plot(kind: str, tables: list[Table]) -> None:
+    """docs/<kind>.png from this run's table (matplotlib is a dev dependency)."""
+    from benchmarks import plots
+
+    rows = [[float(c) if isinstance(c, int | float) else float("nan") for c in r] for r in tables[0].rows]
+    target = str(ROOT / "docs" / f"{kind}.png")
+    (plots.plot_scale if kind == "scale" else plots.plot_throughput)({"this run": [rows]}, target)
+    print(f"(plot: {target})", flush=True)
 
 
 def _vfs_table(rows: list[tuple[str, float, float, float]]) -> Table:
@@ -94,6 +104,12 @@ def main(argv: list[str] | None = None) -> int:
                 from benchmarks import bench_lifecycle
 
                 tables = bench_lifecycle.run(args.quick)
+            elif name == "scale":
+                from benchmarks import bench_scale
+
+                tables = bench_scale.run(
+                    [10, 100, 1000] if args.quick else [10, 100, 1000, 3000], 40 if args.quick else 100
+                )
             elif name == "loop":
                 tables = _loop(args.quick)
             elif name == "vfs":
