@@ -5,8 +5,8 @@ suspension off (`REGINA_IDLE_TIMEOUT=0`), so every spawned instance stays attach
 (its queue consumed, its VFS parked). The benchmark fills the worker to each level with
 `--threads` concurrent spawners through the API (the fill rate is spawns/s over the fill), then:
 
-- chat: `--chats` sync chats on one probe instance, each followed by the same raw POST straight to
-  the fake LLM; overhead = system p50 − raw p50 (p99 likewise);
+- chat: `--chats` sync chats on a new probe instance (one of the level's instances), each
+  followed by the same raw POST straight to the fake LLM; overhead = system p50 − raw p50 (p99 likewise);
 - memory: the worker's VmRSS, KB per instance against the first level;
 - idle CPU: the worker's CPU over 5 s with nothing to do.
 
@@ -87,18 +87,28 @@ def run(levels: list[int], chats: int = 100, threads: int = 16) -> list[Table]:
         conditions={**machine(), "spawn threads": threads, "chats per level": chats, "idleTimeout": 0},
     )
     with (
-        stack({"REGINA_IDLE_TIMEOUT": "0", "REGINA_TASK_EVENTS": "true"}) as st,
+        # Deployment defaults for membership (the test harness renews every 0.5 s).
+        stack(
+            {
+                "REGINA_IDLE_TIMEOUT": "0",
+                "REGINA_TASK_EVENTS": "true",
+                "REGINA_MEMBER_HEARTBEAT": "10",
+                "REGINA_MEMBER_TTL": "30",
+            }
+        ) as st,
         st.client() as api,
         httpx.Client(base_url=st.fake_url, timeout=30) as raw,
     ):
         pid = st.worker.popen.pid
-        probe = spawn(api)
-        have = 1
+        have = 0
         base_rss = 0
         first: float | None = None
         for level in levels:
-            took = _fill(st.web.url, level - have, threads) if level > have else 0.0
-            rate = (level - have) / took if took else float("nan")
+            took = _fill(st.web.url, level - 1 - have, threads) if level - 1 > have else 0.0
+            rate = (level - 1 - have) / took if took else float("nan")
+            # A fresh probe per level: its conversation (sent to the model each chat) is as long at
+            # every level, so only the number of instances changes.
+            probe = spawn(api)
             have = max(have, level)
             time.sleep(2.0)
             rss = rss_kb(pid)
