@@ -41,7 +41,7 @@ from regina.runtime.session import Session
 from regina.runtime.sink import CANCELLED, Steer
 from regina.runtime.tools.merge import InstanceTools
 from regina.runtime.tools.process import warm_up
-from regina.runtime.tools.runner import ToolRunner
+from regina.runtime.tools.runner import ToolRunner, thread_pool
 from regina.sandbox_env import sandbox_env
 from regina.storage import Storage
 from regina.vfs import MemoryVFS, RealDirVFS, SQLiteVFS, open_vfs, restore_snapshot
