@@ -82,9 +82,10 @@ class RunPublisher:
         self.buffered = buffered
         self._pending: list[tuple[int, str]] = []
         self._finish_script = client.register_script(_FINISH)
-        # Batched (streamed runs): text deltas go out from a sender `batch_window` seconds after the
-        # first one waiting, all waiting ones in one round trip, so the step never waits on Redis
-        # per delta; any other event sends what waits first, in order (one lock orders the sends).
+        # Batched (streamed runs): text deltas go out from a sender thread (a greenlet in workers):
+        # the first at once (or `batch_window` seconds later), then all that arrived during each
+        # round trip in the next one, so the step never waits on Redis per delta; any other event
+        # sends what waits first, in order (one lock orders the sends).
         self.batch_window = batch_window
         self._send_lock = threading.Lock()
         self._list_lock = threading.Lock()  # held only to append or swap (OS threads, no gevent)
@@ -110,9 +111,17 @@ class RunPublisher:
         pipe.execute()
 
     def _sender(self) -> None:
-        with self._send_lock:
-            self._sender_due = False
-            self._send_waiting()
+        """Send what waits, then whatever arrived while that round trip was in flight, until
+        nothing waits (the first delta goes out at once; the ones behind it ride together)."""
+        if self.batch_window:
+            time.sleep(self.batch_window)
+        while True:
+            with self._send_lock:
+                self._send_waiting()
+            with self._list_lock:
+                if not self._pending:
+                    self._sender_due = False
+                    return
 
     def _finish(self, event: dict[str, Any], steering_key: str | None) -> list[str]:
         """Append the buffered events and the terminal `event` and end the run record, in one
@@ -169,11 +178,10 @@ class RunPublisher:
         elif self.batch_window is not None and event.get("type") == "text-delta":
             with self._list_lock:
                 self._pending.append((self.seq, payload))
-            if not self._sender_due:
-                self._sender_due = True
-                timer = threading.Timer(self.batch_window, self._sender)
-                timer.daemon = True
-                timer.start()
+                start, self._sender_due = not self._sender_due, True
+            if start:
+                threading.Thread(target=self._sender, daemon=True).start()
+                time.sleep(0)  # let the sender put this delta on the wire before we parse on
         else:
             with self._send_lock:
                 self._send_waiting((self.seq, payload))

@@ -52,3 +52,18 @@ def test_other_events_send_the_waiting_deltas_first(redis_server: RedisServer) -
     ]
     r.delete("regina:run:run-batch-2:events", "regina:run:run-batch-2")
     r.close()
+
+
+def test_with_no_window_the_first_delta_goes_out_at_once_and_the_rest_follow_in_order(
+    redis_server: RedisServer,
+) -> None:
+    r = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    pub = RunPublisher(r, "run-batch-3", "inst-batch", retention=60, seq=0, batch_window=0)
+    pub.publish({"type": "text-delta", "text": "first"})
+    wait_until(lambda: _seqs(r, "run-batch-3") == [1], timeout=5, what="the first delta alone")
+    for i in range(19):
+        pub.publish({"type": "text-delta", "text": f"w{i}"})
+    wait_until(lambda: len(_seqs(r, "run-batch-3")) == 20, timeout=5, what="the other deltas")
+    assert _seqs(r, "run-batch-3") == list(range(1, 21))
+    r.delete("regina:run:run-batch-3:events")
+    r.close()
