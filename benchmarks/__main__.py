@@ -19,7 +19,7 @@ import traceback
 from benchmarks.common import ROOT, Table, machine, versions
 from tests.harness.redis_server import redis_binary
 
-ALL = ["chat", "floor", "profile", "stream", "lifecycle", "loop", "vfs", "isolation", "mcp"]
+ALL = ["chat", "floor", "profile", "stream", "lifecycle", "scale", "throughput", "loop", "vfs", "isolation", "mcp"]
 
 
 def _redis_version() -> str:
@@ -107,9 +107,16 @@ def main(argv: list[str] | None = None) -> int:
             elif name == "scale":
                 from benchmarks import bench_scale
 
-                tables = bench_scale.run(
-                    [10, 100, 1000] if args.quick else [10, 100, 1000, 3000], 40 if args.quick else 100
-                )
+                levels = [10, 100, 1000] if args.quick else [10, 100, 1000, 3000]
+                tables = bench_scale.run(levels, 40 if args.quick else 100)
+                _plot("scale", tables)
+            elif name == "throughput":
+                from benchmarks import bench_throughput
+
+                seconds = 4 if args.quick else 10
+                tables = [bench_throughput.run([1, 4, 16, 64], 0.0, seconds=seconds)]
+                tables.append(bench_throughput.run([64, 256], 0.2, seconds=seconds))
+                _plot("throughput", tables[:1])
             elif name == "loop":
                 tables = _loop(args.quick)
             elif name == "vfs":
