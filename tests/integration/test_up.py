@@ -24,10 +24,10 @@ pytestmark = pytest.mark.slow
 class Up:
     """One `regina up` in its own process group, as a terminal runs it."""
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    def __init__(self, env: dict[str, str], log: Path, *args: str) -> None:
         self.log = log
         self.popen = subprocess.Popen(
-            [REGINA, "up"],
+            [REGINA, "up", *args],
             cwd=ROOT,
             env=env,
             stdout=log.open("wb"),
@@ -93,9 +93,12 @@ def test_ready_then_ctrl_c_backs_up_and_a_quick_restart_serves_old_instances(fak
     assert not url_file.exists()
 
     # Restart at once (well within memberTtl): the old instance answers, with its history and files.
-    second = Up(env, tmp_path / "up2.log")
+    flower_port = free_port()
+    second = Up(env, tmp_path / "up2.log", "--flower", "--flower-port", str(flower_port))
     try:
         second.wait_ready()
+        flower = f"http://127.0.0.1:{flower_port}"
+        wait_until(lambda: f"regina up: Flower {flower}; metrics {api}/metrics" in second.text(), what="Flower line")
         started = time.monotonic()
         answer = httpx.post(f"{api}/instances/{iid}/chat", json={"message": "again"}, timeout=60).json()
         assert answer["text"] == "echo: again" and time.monotonic() - started < 15
@@ -109,6 +112,7 @@ def test_ready_then_ctrl_c_backs_up_and_a_quick_restart_serves_old_instances(fak
         assert any('"tool-result"' in e and "kept" in e for e in events)
         contents = [m["content"] for m in httpx.get(f"{api}/instances/{iid}/messages", timeout=30).json()]
         assert contents[:2] == ["first", "echo: first"]
+        wait_until(lambda: httpx.get(flower + "/healthcheck", timeout=2).text == "OK", timeout=60, what="Flower")
     finally:
         assert second.ctrl_c() == 0
     assert "Traceback" not in second.text()
