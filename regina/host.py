@@ -269,7 +269,8 @@ class InstanceHost:
                 message = None  # redelivered after a crash: the message is already in the history
             d = act.definition
             budget = budget_for(d.budget_settings(self.settings), begun.instance_tokens)
-            ctx = WatchedRun(self.r, instance_id, run_id, publisher, budget, begun.steered, self.interrupter_factory)
+            steered = _not_saved(begun.earlier, act.session.messages, run_id) + begun.steered
+            ctx = WatchedRun(self.r, instance_id, run_id, publisher, budget, steered, self.interrupter_factory)
             ctx.touch_gate = lambda: self._touch_due(act)
             if begun.cancel_requested:
                 ctx.cancel.cancel(CANCELLED)
@@ -464,3 +465,15 @@ class InstanceHost:
                 self.suspend(iid)
             except Exception:
                 log.exception("instance %s: suspend at shutdown failed", iid)
+
+
+def _not_saved(earlier: list[Steer], history: list[dict[str, Any]], run_id: str) -> list[Steer]:
+    """Steering a crashed attempt of this run took but did not save to the history."""
+    saved = [m.get("content") for m in history if m.get("role") == "user" and m.get("runId") == run_id]
+    out = []
+    for steer in earlier:
+        if steer.message in saved:
+            saved.remove(steer.message)
+        else:
+            out.append(steer)
+    return out

@@ -21,6 +21,7 @@ lives under `regina:` too.
 |                                       |        |            | createdAt (oldest = the running one)     |
 | regina:run:<runId>                    | HASH   | runRetention | run record: instanceId, status, times,   |
 |                                       |        |            | finishReason, usage, error, cancel       |
+| regina:run:<runId>:steered           | LIST   | runRetention | steering messages the run took (JSON)  |
 | regina:run:<runId>:events             | STREAM | runRetention | the run's events, ids "0-<seq>"          |
 | regina:runs:cancel                    | PUBSUB | —          | run ids to cancel (every worker listens) |
 | regina:idem:<route>:<scope>:<sha256>  | STRING | 24 h       | an Idempotency-Key's body hash + result  |
@@ -122,6 +123,11 @@ def delegates(instance_id: str) -> str:
 def run_record(run_id: str) -> str:
     """Hash describing one run (one chat)."""
     return f"{RUN_PREFIX}{run_id}"
+
+
+def run_steered(run_id: str) -> str:
+    """List of the steering messages a run has taken (a redelivered step takes them again)."""
+    return f"{RUN_PREFIX}{run_id}:steered"
 
 
 def run_events(run_id: str) -> str:

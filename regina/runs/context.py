@@ -19,6 +19,7 @@ from regina import keys
 from regina.config import BudgetSettings
 from regina.instances import InstanceStore
 from regina.runs.steering import decode_all
+from regina.runs.store import RunStore
 from regina.runs.stream import RunPublisher
 from regina.runtime.events import Event, Finish, event_to_dict
 from regina.runtime.sink import BUDGET, CANCELLED, Budget, CancelToken, Steer
@@ -48,6 +49,7 @@ class RunContext:
     ) -> None:
         self.r = client
         self.instances = InstanceStore(client)
+        self.runs = RunStore(client, publisher.retention)
         self.instance_id = instance_id
         self.run_id: str | None = run_id
         self.publisher = publisher
@@ -67,10 +69,7 @@ class RunContext:
     def drain_steering(self) -> list[Steer]:
         if self._first:
             return self._first.pop()
-        pipe = self.r.pipeline(transaction=True)
-        pipe.lrange(keys.steering(self.instance_id), 0, -1)
-        pipe.delete(keys.steering(self.instance_id))
-        return decode_all(cast(list[str], pipe.execute()[0]))
+        return self.runs.take_steering(self.instance_id, cast(str, self.run_id))
 
     def unclaimed_steering(self) -> list[Steer]:
         """Steering taken for this run that the loop never drained (the step failed first)."""

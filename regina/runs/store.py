@@ -101,10 +101,30 @@ redis.call('RPUSH', KEYS[2], ARGV[2])
 return {'ok', ARGV[3]}
 """
 
-# KEYS: instance record, run events, run record, steering list. ARGV: epoch, now, instanceId.
-# A stale owner, an ended run or an expired record (status '') takes nothing and writes nothing;
-# a run flagged for cancel takes no steering.
-_BEGIN = """
+# Move every waiting steering message into the run's journal and return them (KEYS: steering
+# list, run journal; ARGV: retention). The journal lets a step redelivered after a crash take
+# again what its first attempt took (the host drops those already in the history).
+_TAKE_FN = """
+local function take(list_key, journal_key, ttl)
+  local taken = redis.call('LRANGE', list_key, 0, -1)
+  if #taken > 0 then
+    redis.call('RPUSH', journal_key, unpack(taken))
+    redis.call('EXPIRE', journal_key, ttl)
+    redis.call('DEL', list_key)
+  end
+  return taken
+end
+"""
+
+_TAKE = _TAKE_FN + "return take(KEYS[1], KEYS[2], ARGV[1])"
+
+# KEYS: instance record, run events, run record, steering list, run journal. ARGV: epoch, now,
+# instanceId, retention. A stale owner, an ended run or an expired record (status '') takes
+# nothing and writes nothing; a run flagged for cancel takes no steering. Returns
+# {'run', seq, previous status, cancel, prompt, completion, n, <n journal entries>, <taken…>}.
+_BEGIN = (
+    _TAKE_FN
+    + """
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return {'stale'} end
 local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
 local seq = '0'
@@ -115,12 +135,15 @@ if not status then return {'ended', seq, ''} end
 if status == 'finished' or status == 'failed' or status == 'cancelled' then return {'ended', seq, status} end
 redis.call('HSET', KEYS[3], 'instanceId', ARGV[3], 'status', 'running', 'startedAt', ARGV[2])
 local usage = redis.call('HMGET', KEYS[1], 'promptTokens', 'completionTokens')
-local out = {'run', seq, status, rec[2] or '', usage[1] or '0', usage[2] or '0'}
+local earlier = {}
+if status == 'running' then earlier = redis.call('LRANGE', KEYS[5], 0, -1) end
+local out = {'run', seq, status, rec[2] or '', usage[1] or '0', usage[2] or '0', tostring(#earlier)}
+for _, v in ipairs(earlier) do out[#out + 1] = v end
 if rec[2] then return out end
-for _, v in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do out[#out + 1] = v end
-redis.call('DEL', KEYS[4])
+for _, v in ipairs(take(KEYS[4], KEYS[5], ARGV[4])) do out[#out + 1] = v end
 return out
 """
+)
 
 # KEYS: run record, run events, instance runs. ARGV: now, retention, runId, event JSON head
 # (up to "seq":), event JSON tail (after the seq number).
@@ -169,6 +192,8 @@ class Begun:
     cancel_requested: bool = False
     instance_tokens: int = 0
     steered: list[Steer] = field(default_factory=list)
+    earlier: list[Steer] = field(default_factory=list)
+    """What a crashed earlier attempt of this run had taken (some may be in the history)."""
 
 
 @dataclass(frozen=True)
@@ -215,6 +240,7 @@ class RunStore:
         self._open = client.register_script(_OPEN)
         self._steer = client.register_script(_STEER)
         self._begin = client.register_script(_BEGIN)
+        self._take = client.register_script(_TAKE)
         self._cancel = client.register_script(_CANCEL)
 
     def open(
@@ -267,8 +293,10 @@ class RunStore:
             keys.run_events(run_id),
             keys.run_record(run_id),
             keys.steering(instance_id),
+            keys.run_steered(run_id),
         ]
-        flat = cast(list[str], self._begin(keys=run_keys, args=[str(epoch), repr(time.time()), instance_id]))
+        args = [str(epoch), repr(time.time()), instance_id, str(self.retention)]
+        flat = cast(list[str], self._begin(keys=run_keys, args=args))
         if flat[0] == "stale":
             return Begun("stale")
         if flat[0] == "ended":
@@ -279,8 +307,14 @@ class RunStore:
             previous_status=flat[2],
             cancel_requested=bool(flat[3]),
             instance_tokens=int(flat[4]) + int(flat[5]),
-            steered=decode_all(flat[6:]),
+            earlier=decode_all(flat[7 : 7 + int(flat[6])]),
+            steered=decode_all(flat[7 + int(flat[6]) :]),
         )
+
+    def take_steering(self, instance_id: str, run_id: str) -> list[Steer]:
+        """Take the waiting steering messages for a running run (kept in its journal)."""
+        taken = self._take(keys=[keys.steering(instance_id), keys.run_steered(run_id)], args=[str(self.retention)])
+        return decode_all(cast(list[str], taken))
 
     def cancel(self, run_id: str) -> tuple[bool, str]:
         """Cancel a run: (True, status before) or (False, its final status); KeyError if unknown.

@@ -20,15 +20,17 @@ from regina.secrets import redact
 
 TERMINAL = frozenset({"finish", "error"})
 
-# KEYS: run events, run record, instance record, instance runs[, steering list].
+# KEYS: run events, run record, instance record, instance runs[, steering list, run journal].
 # ARGV: retention, finishedAt, status, finishReason, promptTokens, completionTokens, error, runId,
 # then pairs of (entry id, event JSON). With a steering list that holds messages, takes them and
 # returns them without publishing; otherwise appends the entries, ends the run record, adds the
 # run's tokens to the instance's usage and returns {}.
 _FINISH = """
-if #KEYS == 5 then
+if #KEYS == 6 then
   local steered = redis.call('LRANGE', KEYS[5], 0, -1)
   if #steered > 0 then
+    redis.call('RPUSH', KEYS[6], unpack(steered))
+    redis.call('EXPIRE', KEYS[6], ARGV[1])
     redis.call('DEL', KEYS[5])
     return steered
   end
@@ -150,7 +152,7 @@ class RunPublisher:
             keys.run_record(self.run_id),
             keys.instance_record(self.instance_id),
             keys.instance_runs(self.instance_id),
-        ] + ([steering_key] if steering_key else [])
+        ] + ([steering_key, keys.run_steered(self.run_id)] if steering_key else [])
         steered = cast(list[str], self._finish_script(keys=run_keys, args=args))
         if not steered:
             self.seq = seq

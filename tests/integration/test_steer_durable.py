@@ -1,0 +1,45 @@
+"""Steering survives a worker killed with -9 (SPEC §12): what a run took is taken again."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.harness.fake_llm import FakeLLM, Reply
+from tests.harness.processes import Cluster
+
+pytestmark = [pytest.mark.slow, pytest.mark.chaos]
+
+
+def test_a_steer_taken_by_a_run_whose_worker_died_reaches_the_redelivered_run(
+    make_cluster: Callable[..., Cluster], fake_llm: FakeLLM, tmp_path: Path
+) -> None:
+    c = make_cluster(REGINA_STORAGE__TYPE="fs", REGINA_STORAGE__BASE_PATH=str(tmp_path / "b"))
+    w1, w2 = c.start_worker(wait=False), c.start_worker(wait=False)
+    c.wait_worker(w1)
+    c.wait_worker(w2)
+    web = c.start_web()
+    with httpx.Client(base_url=web.url, timeout=90) as api:
+        iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
+        api.post(f"/instances/{iid}/chat", json={"message": "before"})
+        api.post(f"/instances/{iid}/suspend")
+        api.post(f"/instances/{iid}/resume")
+        member = api.get(f"/instances/{iid}").json()["member"]
+        victim = w1 if w1.member_id == member else w2
+        receipt = api.post(f"/instances/{iid}/steer", json={"message": "remember the blue door"}).json()
+        fake_llm.push_for("during", Reply(text="never seen", delay=3.0), Reply(text="recovered"))
+        with cf.ThreadPoolExecutor(1) as pool:
+            chat = pool.submit(api.post, f"/instances/{iid}/chat", json={"message": "during"})
+            fake_llm.wait_for_requests(2, timeout=15)  # the run took the steer and waits on the model
+            victim.kill()
+            resp = chat.result(60)
+        assert resp.status_code == 200 and resp.json()["text"] == "recovered"
+        contents = [m["content"] for m in api.get(f"/instances/{iid}/messages").json()]
+        assert contents == ["before", "echo: before", "remember the blue door", "during", "recovered"]
+        assert "remember the blue door" in fake_llm.requests[-1].all_text
+        events = [line for line in api.get(f"/runs/{resp.json()['runId']}/events").text.splitlines() if line]
+        assert any(receipt["steerId"] in line and "steer-applied" in line for line in events)
