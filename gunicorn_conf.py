@@ -8,7 +8,7 @@ redis into the master before its gevent workers fork and monkey-patch.
 - SIGHUP reloads the agent registry everywhere instead of restarting the web processes (which
   would cut open streams): the master passes it on to its workers, each of which reloads
   (debounced) and announces the reload to every other process through Redis.
-- A finished worker's live gauges are dropped from the shared metrics directory.
+- An exiting web process drops its live gauges from the shared metrics directory.
 """
 
 from __future__ import annotations
@@ -52,8 +52,9 @@ def post_worker_init(worker: Any) -> None:
     worker.wsgi.extensions["regina"].follower.install_sighup()
 
 
-def child_exit(server: Any, worker: Any) -> None:
-    """Drop the exited web process's live gauges from the shared metrics directory."""
+def worker_exit(server: Any, worker: Any) -> None:
+    """In the exiting web process: drop its live gauges from the shared metrics directory (here,
+    not in the master's `child_exit`, which would import redis and ssl before the next fork)."""
     from regina.metrics import process_exited
 
     process_exited(worker.pid)

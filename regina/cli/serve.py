@@ -35,7 +35,8 @@ def settings_or_exit(environ: Mapping[str, str] | None = None) -> Settings:
 
 def bind_note(settings: Settings, environ: Mapping[str, str]) -> str | None:
     """What to log when `PORT` is set but the server stays on 127.0.0.1 (see `bind_host`)."""
-    if environ.get("PORT") and bind_host(settings, environ) == "127.0.0.1":
+    explicit = "host" in settings.model_fields_set
+    if environ.get("PORT") and not explicit and bind_host(settings, environ) == "127.0.0.1":
         return (
             f"PORT is set but no platform marker ({', '.join(PLATFORM_MARKERS)}) is: listening on 127.0.0.1 "
             "only; set REGINA_HOST=0.0.0.0 to listen on every interface"

@@ -32,3 +32,5 @@ def test_port_without_a_platform_marker_is_explained() -> None:
     platform = {"PORT": "5000", "DYNO": "web.1"}
     assert bind_note(load_settings(platform), platform) is None
     assert bind_note(load_settings({}), {}) is None
+    chosen = {"PORT": "5000", "REGINA_HOST": "127.0.0.1"}  # asked for: nothing to explain
+    assert bind_note(load_settings(chosen), chosen) is None
