@@ -16,6 +16,7 @@ from regina.errors import (
     PayloadTooLarge,
     ReginaError,
     StaleEpoch,
+    TooManyRequests,
     Unavailable,
     Unprocessable,
     VFSError,
@@ -33,6 +34,7 @@ STATUS: dict[type[ReginaError], int] = {
     Conflict: 409,
     StaleEpoch: 409,
     PayloadTooLarge: 413,
+    TooManyRequests: 429,
     Unprocessable: 422,
     Unavailable: 503,
 }
@@ -71,6 +73,10 @@ def register_error_handlers(app: Flask) -> None:
             resp = jsonify({"error": exc.message, "runId": exc.run_id})
             resp.headers["X-Run-Id"] = exc.run_id
             return resp, status_of(exc)
+        if isinstance(exc, TooManyRequests):
+            resp, status = error_response(exc.message, status_of(exc))
+            resp.headers["Retry-After"] = str(exc.retry_after)
+            return resp, status
         return error_response(exc.message, status_of(exc))
 
     @app.errorhandler(HTTPException)

@@ -111,6 +111,9 @@ class Limits(_Section):
     tool_cpu_seconds: float | None = Field(60.0, gt=0)
     """`useProcesses`: CPU seconds one tool call may use (RLIMIT_CPU, moved per call; whole
     seconds). Past it the tool's process is killed and that call fails. null: no limit."""
+    max_queued_runs: int = Field(32, ge=1)
+    """Chat runs one instance may have queued or running at once; one more is refused with 429 and
+    `Retry-After` (so one instance cannot fill a worker's pool; steering a busy run still works)."""
     request_timeout: float = Field(600.0, gt=0)
     """Seconds a sync chat waits for its run to finish before answering 503."""
     worker_reply_timeout: float = Field(30.0, gt=0)

@@ -6,6 +6,7 @@ ReginaError
  ├── NotFound               unknown agent definition or instance
  ├── BadRequest             malformed input from a client
  ├── PayloadTooLarge        a body or message over a configured limit
+ ├── TooManyRequests        an instance's backlog of runs is full (carries Retry-After)
  ├── Conflict               a request that clashes with the current state
  │    └── Busy             a chat refused because a run is in progress (names it)
  ├── Unprocessable          an Idempotency-Key reused with another body
@@ -77,6 +78,14 @@ class Unavailable(ReginaError):
 
 class ReplyTimeout(Unavailable):
     """Raised when a worker did not confirm a command in time; it may still carry it out."""
+
+
+class TooManyRequests(ReginaError):
+    """Raised when an instance already has as many runs waiting as `limits.maxQueuedRuns` allows."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class StaleEpoch(ReginaError):

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from regina import idempotency, ids, keys
 from regina.cluster.membership import is_alive
-from regina.errors import Busy, Conflict, NotFound, ReginaError, Unavailable
+from regina.errors import Busy, Conflict, NotFound, ReginaError, TooManyRequests, Unavailable
 from regina.metrics import RUNS_STARTED, STEERS
 from regina.runs.steering import new_steer
 from regina.runs.store import Idempotency, RunStore, WhenBusy, public
@@ -43,7 +43,7 @@ class RunService:
         self.coord = coordinator
         self.r = coordinator.r
         self.settings = coordinator.settings
-        self.store = RunStore(self.r, self.settings.run_retention)
+        self.store = RunStore(self.r, self.settings.run_retention, self.settings.limits.max_queued_runs)
 
     def _idem(self, route: str, scope: str, req: IdemRequest | None) -> Idempotency | None:
         if req is None:
@@ -72,6 +72,13 @@ class RunService:
             raise NotFound(f"instance {instance_id!r} not found")
         if opened.kind == "mismatch":
             raise idempotency.mismatch(route)
+        if opened.kind == "full":
+            limit = self.settings.limits.max_queued_runs
+            raise TooManyRequests(
+                f"instance {instance_id} already has {limit} runs queued or running (limits.maxQueuedRuns); "
+                "retry later, or steer the running one",
+                retry_after=2,
+            )
         if opened.kind == "busy":
             raise Busy(
                 f"instance {instance_id} is busy with run {opened.run_id} (whenBusy: reject); "

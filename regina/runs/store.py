@@ -47,7 +47,7 @@ end
 
 # KEYS: instance record, run record, instance runs, steering list[, idempotency key].
 # ARGV: now, instanceId, run ttl, runId, whenBusy, steer entry, idempotency body hash,
-# idempotency ttl, member prefix, run prefix.
+# idempotency ttl, member prefix, run prefix, most runs open at once (limits.maxQueuedRuns).
 _OPEN = (
     _FRONT
     + """
@@ -69,6 +69,7 @@ if busy and ARGV[5] == 'steer' then
   if KEYS[5] then redis.call('SET', KEYS[5], ARGV[7] .. ' ' .. busy, 'EX', ARGV[8]) end
   return {'steered', busy}
 end
+if busy and redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[11]) then return {'full', busy} end
 redis.call('HSET', KEYS[2], 'instanceId', ARGV[2], 'status', 'queued', 'createdAt', ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('ZADD', KEYS[3], ARGV[1], ARGV[4])
@@ -172,10 +173,10 @@ return {'cancelled', st}
 class Opened:
     """What `open` did: `ok` (a new run), `dup` (an Idempotency-Key retry: `run_id` is the
     first request's run), `steered` (`run_id` is the busy run that got the message), `busy`
-    (reject: `run_id` is the busy run), `mismatch` (the key was used with another body),
-    `missing` (no such instance)."""
+    (reject: `run_id` is the busy run), `full` (limits.maxQueuedRuns runs open already),
+    `mismatch` (the key was used with another body), `missing` (no such instance)."""
 
-    kind: Literal["ok", "dup", "steered", "busy", "mismatch", "missing"]
+    kind: Literal["ok", "dup", "steered", "busy", "full", "mismatch", "missing"]
     run_id: str = ""
     record: InstanceRecord | None = None
     alive: bool = False
@@ -234,9 +235,10 @@ class RunStore:
     """Creates, starts, cancels and reads runs; the only writer of `regina:run:*` records besides
     the finish script of `RunPublisher`."""
 
-    def __init__(self, client: redis.Redis, retention: float = 3600) -> None:
+    def __init__(self, client: redis.Redis, retention: float = 3600, max_backlog: int = 32) -> None:
         self.r = client
         self.retention = int(retention)
+        self.max_backlog = max_backlog
         self._open = client.register_script(_OPEN)
         self._steer = client.register_script(_STEER)
         self._begin = client.register_script(_BEGIN)
@@ -269,6 +271,7 @@ class RunStore:
             str(idem.ttl if idem else 0),
             keys.MEMBER_PREFIX,
             keys.RUN_PREFIX,
+            str(self.max_backlog),
         ]
         flat = cast(list[str], self._open(keys=run_keys, args=args))
         kind = flat[0]
