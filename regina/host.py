@@ -269,7 +269,11 @@ class InstanceHost:
                 message = None  # redelivered after a crash: the message is already in the history
             d = act.definition
             budget = budget_for(d.budget_settings(self.settings), begun.instance_tokens)
-            steered = _not_saved(begun.earlier, act.session.messages, run_id) + begun.steered
+            try:
+                steered = _not_saved(begun.earlier, act.session.messages, run_id) + begun.steered
+            except BaseException:  # e.g. an unreadable transcript: the steers taken are not lost
+                self._give_back(instance_id, begun.steered)
+                raise
             ctx = WatchedRun(self.r, instance_id, run_id, publisher, budget, steered, self.interrupter_factory)
             ctx.touch_gate = lambda: self._touch_due(act)
             if begun.cancel_requested:

@@ -15,6 +15,7 @@ from regina.config import Settings
 from regina.lifecycle import Coordinator
 from regina.redis_conn import connect
 from regina.registry import AgentRegistry
+from regina.registry_sync import RegistryFollower
 from tests.harness.ports import free_port
 from workers.celery_app import app as celery_app
 from workers.dispatcher import CeleryDispatcher
@@ -28,7 +29,8 @@ def _client_for(url: str) -> FlaskClient:
     registry.load()
     client = connect(settings.redis)
     coordinator = Coordinator(settings, registry, client, CeleryDispatcher(celery_app, client), None)
-    return create_app(settings, Services(settings, registry, client, coordinator)).test_client()
+    follower = RegistryFollower(client, registry)
+    return create_app(settings, Services(settings, registry, client, coordinator, follower)).test_client()
 
 
 @pytest.fixture
