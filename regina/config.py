@@ -53,6 +53,10 @@ class StorageSettings(_Section):
     """s3: region name."""
     url: str | None = None
     """redis: URL of the Redis holding the backup hash (default: the cluster's Redis)."""
+    checkpoint_bytes: int = Field(4_194_304, ge=1024)
+    """With storage configured every VFS change is journaled in Redis before a run answers; once a
+    started instance's journal passes this many bytes it is backed up (and the journal trimmed)
+    right after the run that passed it."""
 
 
 class Compaction(_Section):
@@ -118,6 +122,9 @@ class Limits(_Section):
     """Seconds a sync chat waits for its run to finish before answering 503."""
     worker_reply_timeout: float = Field(30.0, gt=0)
     """Seconds the web waits for a worker to confirm an attach, suspend or other command."""
+    placement_wait: float = Field(30.0, ge=0)
+    """Seconds a request that finds no live worker (a rolling restart, the only worker restarting)
+    waits for one before answering 503."""
 
 
 class McpSettings(_Section):

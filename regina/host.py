@@ -7,30 +7,31 @@ it changed which queues it consumes.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
-from regina import keys, metrics
+from regina import activation, keys, metrics
+from regina.backups import Backups
 from regina.config import Settings
 from regina.definitions import AgentDefinition
 from regina.delegation import Delegation
+from regina.durable_run import DurableRun
 from regina.equipment import Equipment
 from regina.errors import ReginaError, StaleEpoch
 from regina.factory_hooks import FactoryHooks
+from regina.fencing import Fence, stale_epochs
 from regina.fifo_lock import FifoLock
 from regina.instances import InstanceStore
-from regina.lifecycle import backup_key
+from regina.journal import Journal, JournalVFS
 from regina.outbound import Allowlist
 from regina.providers import resolve_model_target
 from regina.registry import AgentRegistry
-from regina.run_watch import RunWatch, WatchedRun
+from regina.run_watch import RunWatch
 from regina.runs.context import InterrupterFactory, RunContext, budget_for
 from regina.runs.steering import encode
 from regina.runs.store import RunStore
@@ -44,11 +45,10 @@ from regina.runtime.tools.process import warm_up
 from regina.runtime.tools.runner import ToolRunner, thread_pool
 from regina.sandbox_env import sandbox_env
 from regina.storage import Storage
-from regina.vfs import MemoryVFS, RealDirVFS, SQLiteVFS, open_vfs, restore_snapshot
 
 log = logging.getLogger("regina.host")
 
-AnyVFS = SQLiteVFS | MemoryVFS | RealDirVFS
+AnyVFS = activation.AnyVFS
 
 
 class NotHere(ReginaError):
@@ -62,10 +62,11 @@ class Active:
     instance_id: str
     definition: AgentDefinition
     epoch: int
-    vfs: AnyVFS
+    vfs: AnyVFS | JournalVFS
     session: Session
     tools: InstanceTools
     runner: ToolRunner
+    fence: Fence
     system_prompt: str = ""
     lock: FifoLock = field(default_factory=FifoLock)
     last_used: float = field(default_factory=time.monotonic)
@@ -98,6 +99,8 @@ class InstanceHost:
         self.member_id = member_id
         self.store = InstanceStore(client)
         self.runs = RunStore(client, settings.run_retention)
+        self.backups = Backups(client, storage) if storage is not None else None
+        self.journal = Journal(client) if storage is not None else None
         # Runs in progress here, by run id (the cancel listener looks them up).
         self.running: dict[str, RunContext] = {}
         # How a cancel interrupts a run blocked in a model call or a tool (the worker's is a
@@ -134,19 +137,27 @@ class InstanceHost:
     def _attach(self, instance_id: str, epoch: int) -> dict[str, Any]:
         current = self.active.get(instance_id)
         if current is not None:
-            current.epoch = max(current.epoch, epoch)
-            return {"restored": False}
+            if epoch in (current.epoch, current.epoch + 1):
+                # Claimed again for this member with nobody in between: what we hold is current.
+                self._set_epoch(current, epoch)
+                return {"restored": False}
+            self._drop(current, "re-attached after another owner")  # someone else owned it meanwhile
         rec = self.store.get(instance_id)
         if rec is None:
             raise NotHere(f"instance {instance_id} does not exist")
         if rec.epoch != epoch:
             raise StaleEpoch(f"instance {instance_id}: attach for epoch {epoch}, current is {rec.epoch}")
         definition = self.registry.get_or_reload(rec.definition_id)
-        snapshot = self._restore_if_newer(instance_id, rec.backup_version)
-        restored = snapshot is not None
-        # Off the gevent hub: a new SQLite file's first checkpoint waits on fsync (10-30 ms on this
-        # disk), which stopped every greenlet of the worker; in a thread, attaches overlap.
-        vfs = thread_pool(self.settings.concurrency).submit(self._open_parked, instance_id, snapshot).result()
+        # Off the gevent hub: restoring and replaying (and a new SQLite file's first checkpoint) wait on
+        # the disk; in a thread, attaches overlap.
+        pool = thread_pool(self.settings.concurrency)
+        opened = pool.submit(
+            activation.open_current, self.settings, self.hooks, self.backups, self.journal, rec
+        ).result()
+        vfs: AnyVFS | JournalVFS = opened.vfs
+        if self.journal is not None:
+            vfs = JournalVFS(opened.vfs, epoch, opened.journal_seq)
+            vfs.written_bytes = opened.replayed_bytes
         if self.hooks.prepare_instance is not None:
             self.hooks.prepare_instance(instance_id, definition)
         equip = self.equipment
@@ -159,67 +170,26 @@ class InstanceHost:
             session=Session(vfs),
             tools=tools,
             runner=equip.runner(instance_id, definition, tools),
+            fence=Fence(self.r, instance_id, epoch),
             system_prompt=equip.system_prompt(definition),
         )
+        if not self.store.fenced_set(instance_id, epoch, status="started", lastActive=self.store.now()):
+            act.runner.close()
+            vfs.close()
+            raise StaleEpoch(f"instance {instance_id}: moved on while attaching at epoch {epoch}")
         tools.open()  # MCP connections follow the activation (SPEC §12)
         self.active[instance_id] = act
         self._park(act)
         self.store.fenced_set(instance_id, epoch, status="started", lastActive=self.store.now())
         self._count(+1)
-        return {"restored": restored}
+        return {"restored": opened.restored}
 
-    def _open_parked(self, instance_id: str, snapshot: bytes | None) -> AnyVFS:
-        vfs = self._open(instance_id, snapshot)
-        park = getattr(vfs, "park", None)
-        if park is not None:
-            park()
-        return vfs
-
-    def _open(self, instance_id: str, snapshot: bytes | None = None) -> AnyVFS:
-        """Open the instance's VFS; a memory VFS starts from `snapshot` (the restored backup)."""
-        s = self.settings
-        if s.vfs_backend == "memory" and snapshot is not None and self.hooks.restore is None:
-            return MemoryVFS.from_snapshot(snapshot)
-        return open_vfs(s.vfs_backend, instance_id, s.vfs_dir, s.fs_root_path, s.vfs_synchronous)
-
-    def _realdir_root(self, instance_id: str) -> str:
-        return os.path.join(self.settings.fs_root_path or "", instance_id)
-
-    def _local_path(self, instance_id: str) -> str:
-        return os.path.join(self.settings.vfs_dir, f"{instance_id}.sqlite")
-
-    def _local_version(self, instance_id: str) -> int:
-        """backupVersion of this member's own copy; -1 when it has none (a memory VFS never has)."""
-        backend = self.settings.vfs_backend
-        if backend == "memory":
-            return -1
-        if backend == "sqlite" and not os.path.exists(self._local_path(instance_id)):
-            return -1
-        if backend == "realdir" and not os.path.isdir(self._realdir_root(instance_id)):
-            return -1
-        vfs = self._open(instance_id)
-        try:
-            return int(vfs.get_meta("backupVersion") or 0)
-        finally:
-            vfs.close()
-
-    def _restore_if_newer(self, instance_id: str, version: int) -> bytes | None:
-        """Bring the backup into this member's backend when it is newer than the local copy;
-        returns the snapshot restored (None: the local copy is current, or there is no backup)."""
-        if self.storage is None or version <= 0 or self._local_version(instance_id) >= version:
-            return None
-        data = self.storage.get(backup_key(instance_id))
-        if data is None:
-            log.warning("instance %s: backup version %d missing from storage", instance_id, version)
-            return None
-        backend = self.settings.vfs_backend
-        if self.hooks.restore is not None:
-            self.hooks.restore(instance_id, data, self.settings)
-        elif backend == "sqlite":
-            restore_snapshot(self._local_path(instance_id), data)
-        elif backend == "realdir":
-            RealDirVFS.restore_snapshot(self._realdir_root(instance_id), data)
-        return data  # memory: _open builds the VFS from it
+    @staticmethod
+    def _set_epoch(act: Active, epoch: int) -> None:
+        act.epoch = epoch
+        act.fence.epoch = epoch
+        if isinstance(act.vfs, JournalVFS):
+            act.vfs.epoch = epoch
 
     def cancel_tool(self, instance_id: str) -> None:
         """Make the instance's tool call in progress (if any) fail now (its process is stopped)."""
@@ -235,7 +205,11 @@ class InstanceHost:
     # -- chat ------------------------------------------------------------------------------
 
     def run_step(self, instance_id: str, run_id: str, message: str | None, stream: bool = True) -> None:
-        """Run one chat step to its end, publishing its events; steps of one instance queue up."""
+        """Run one chat step to its end, publishing its events; steps of one instance queue up.
+
+        Raises StaleEpoch (after letting go of the instance) the moment a fenced write finds
+        that the instance moved to another owner: no further tool, event or steering drain.
+        """
         gate = self.loading.get(instance_id)
         if gate is not None:
             with gate:
@@ -246,67 +220,101 @@ class InstanceHost:
         with act.lock:
             if self.active.get(instance_id) is not act:
                 raise NotHere(f"instance {instance_id} was released from {self.member_id}")
-            act.parked = False
-            act.last_used = time.monotonic()
-            # One round trip: our epoch still current? events already published? mark running,
-            # and take the steering messages that wait for this run.
-            # Resolved before steering is taken for the run: a failure here loses no message.
-            target = resolve_model_target(act.definition.model, act.definition.provider, self.settings)
-            begun = self.runs.begin(instance_id, run_id, act.epoch)
-            if begun.kind == "stale":
-                raise StaleEpoch(f"instance {instance_id} moved to another member")
-            if begun.kind == "ended":
-                # A redelivered step whose run already ended (its ack was lost), a queued run
-                # cancelled before it started, or a run whose record expired: never run it twice.
-                log.info("step for run %s dropped: run %s", run_id, begun.previous_status or "unknown or expired")
-                return
-            window = self.settings.stream_batch_ms / 1000 if stream else None  # deltas batched
-            publisher = RunPublisher(
-                self.r, run_id, instance_id, self.settings.run_retention, begun.seq, not stream, window
-            )
-            # Only a redelivered step (its run already marked running) can have its message saved.
-            if begun.previous_status == "running" and any(m.get("runId") == run_id for m in act.session.messages):
-                message = None  # redelivered after a crash: the message is already in the history
-            d = act.definition
-            budget = budget_for(d.budget_settings(self.settings), begun.instance_tokens)
             try:
-                steered = _not_saved(begun.earlier, act.session.messages, run_id) + begun.steered
-            except BaseException:  # e.g. an unreadable transcript: the steers taken are not lost
+                self._run_locked(act, run_id, message, stream)
+            except StaleEpoch:
+                self._drop(act, f"step {run_id} found its epoch stale")
+                raise
+            if isinstance(act.vfs, JournalVFS) and act.vfs.written_bytes > self.settings.storage.checkpoint_bytes:
+                self._checkpoint(act)
+
+    def _run_locked(self, act: Active, run_id: str, message: str | None, stream: bool) -> None:
+        instance_id = act.instance_id
+        act.parked = False
+        act.last_used = time.monotonic()
+        # One round trip: our epoch still current? events already published? mark running,
+        # and take the steering messages that wait for this run.
+        # Resolved before steering is taken for the run: a failure here loses no message.
+        target = resolve_model_target(act.definition.model, act.definition.provider, self.settings)
+        begun = self.runs.begin(instance_id, run_id, act.epoch)
+        if begun.kind == "stale":
+            raise StaleEpoch(f"instance {instance_id} moved to another member")
+        if begun.kind == "ended":
+            # A redelivered step whose run already ended (its ack was lost), a queued run
+            # cancelled before it started, or a run whose record expired: never run it twice.
+            log.info("step for run %s dropped: run %s", run_id, begun.previous_status or "unknown or expired")
+            return
+        window = self.settings.stream_batch_ms / 1000 if stream else None  # deltas batched
+        publisher = RunPublisher(
+            self.r, run_id, instance_id, self.settings.run_retention, begun.seq, not stream, window, act.epoch
+        )
+        # Only a redelivered step (its run already marked running) can have its message saved.
+        if begun.previous_status == "running" and any(m.get("runId") == run_id for m in act.session.messages):
+            message = None  # redelivered after a crash: the message is already in the history
+            answer = activation.answer_of(act.session.messages, run_id)
+            if answer is not None:  # ... and its answer too: finish with it, do not ask again
+                self._flush(act)
                 self._give_back(instance_id, begun.steered)
-                raise
-            ctx = WatchedRun(self.r, instance_id, run_id, publisher, budget, steered, self.interrupter_factory)
-            ctx.touch_gate = lambda: self._touch_due(act)
-            if begun.cancel_requested:
-                ctx.cancel.cancel(CANCELLED)
-            # The delegate tool reads the run from `act`; a dropped MCP server is this run's event.
-            act.run_id, act.run_deadline = run_id, time.monotonic() + self.settings.limits.request_timeout
-            act.tools.bind_run(lambda server, error: ctx.emit(ToolDegraded(server=server, error=error)))
-            spec = TurnSpec(
-                target=target,
-                system_prompt=act.system_prompt,
-                tools=act.tools.for_step(),
-                tools_for_step=act.tools.for_step,
-                max_steps=d.max_steps or self.settings.defaults.max_steps,
-                temperature=d.temperature,
-                compaction=d.compaction_settings(self.settings),
-                tool_output_limit=self.settings.limits.max_tool_output_chars,
-                stream=stream,
-                runner=act.runner,
-            )
-            watch = ctx.watch = RunWatch(instance_id, run_id, spec.target.provider, d.model, stream)
-            self.running[run_id] = ctx
-            ctx.start_clock()
-            try:
-                watch.result = run_turn(spec, act.session, message, ctx)
-            except BaseException:
-                self._give_back(instance_id, ctx.unclaimed_steering())
-                raise
-            finally:
-                ctx.stop_clock()
-                watch.done()
-                self.running.pop(run_id, None)
-            self._touch(act)
-            act.last_used = time.monotonic()
+                publisher.publish({"type": "finish", "finishReason": "stop", "text": answer, "usage": activation.ZERO})
+                return
+        d = act.definition
+        budget = budget_for(d.budget_settings(self.settings), begun.instance_tokens)
+        try:
+            steered = _not_saved(begun.earlier, act.session.messages, run_id) + begun.steered
+        except BaseException:  # e.g. an unreadable transcript: the steers taken are not lost
+            self._give_back(instance_id, begun.steered)
+            raise
+        ctx = DurableRun(self.r, instance_id, run_id, publisher, budget, steered, self.interrupter_factory)
+        ctx.touch_gate = lambda: self._touch_due(act)
+        ctx.bind(act.fence, lambda before_tool: self._flush(act, before_tool))
+        if begun.cancel_requested:
+            ctx.cancel.cancel(CANCELLED)
+        # The delegate tool reads the run from `act`; a dropped MCP server is this run's event.
+        act.run_id, act.run_deadline = run_id, time.monotonic() + self.settings.limits.request_timeout
+        act.tools.bind_run(lambda server, error: ctx.emit(ToolDegraded(server=server, error=error)))
+        spec = TurnSpec(
+            target=target,
+            system_prompt=act.system_prompt,
+            tools=act.tools.for_step(),
+            tools_for_step=act.tools.for_step,
+            max_steps=d.max_steps or self.settings.defaults.max_steps,
+            temperature=d.temperature,
+            compaction=d.compaction_settings(self.settings),
+            tool_output_limit=self.settings.limits.max_tool_output_chars,
+            stream=stream,
+            runner=act.runner,
+        )
+        watch = ctx.watch = RunWatch(instance_id, run_id, spec.target.provider, d.model, stream)
+        self.running[run_id] = ctx
+        ctx.start_clock()
+        try:
+            watch.result = run_turn(spec, act.session, message, ctx)
+        except BaseException:
+            self._give_back(instance_id, ctx.unclaimed_steering())
+            raise
+        finally:
+            ctx.stop_clock()
+            watch.done()
+            self.running.pop(run_id, None)
+        self._touch(act)
+        act.last_used = time.monotonic()
+
+    def _flush(self, act: Active, before_tool: bool = False) -> None:
+        """Ship the journal (with nothing pending, a fence check). Without storage there is no
+        journal: only a tool call checks the fence first (terminal events are fenced anyway)."""
+        if self.journal is not None and isinstance(act.vfs, JournalVFS):
+            self.journal.flush(act.instance_id, act.epoch, act.vfs)
+        elif before_tool and not act.fence.current():
+            raise act.fence.stale("tool call")
+
+    def _checkpoint(self, act: Active) -> None:
+        """Back up a started instance whose journal grew past storage.checkpointBytes."""
+        try:
+            self._backup(act)
+        except StaleEpoch:
+            self._drop(act, "checkpoint found its epoch stale")
+        except Exception:  # noqa: BLE001 - the journal still holds every change; retried next run
+            log.warning("instance %s: checkpoint failed", act.instance_id, exc_info=True)
 
     def _give_back(self, instance_id: str, steered: list[Steer]) -> None:
         """Put steering a failed step took but never used back at the head of the instance's list."""
@@ -325,7 +333,7 @@ class InstanceHost:
     def _touch(self, act: Active) -> None:
         """Reset the idle timer from a running loop, at most once a second (timers are in seconds)."""
         if self._touch_due(act):
-            self.store.touch(act.instance_id)
+            act.fence.set(lastActive=time.time())
 
     @staticmethod
     def _touch_due(act: Active) -> bool:
@@ -364,14 +372,10 @@ class InstanceHost:
 
     def _stored_messages(self, instance_id: str) -> list[dict[str, Any]]:
         """The conversation of an instance suspended here, read from its local VFS (not attached)."""
-        backend = self.settings.vfs_backend
-        if backend == "memory" or (backend == "sqlite" and not os.path.exists(self._local_path(instance_id))):
+        stored = activation.local_messages(self.settings, instance_id)
+        if stored is None:
             raise NotHere(f"instance {instance_id} has no copy on {self.member_id}")
-        vfs = self._open(instance_id)
-        try:
-            return [dict(m) for m in Session(vfs).load()]
-        finally:
-            vfs.close()
+        return stored
 
     # -- release ---------------------------------------------------------------------------
 
@@ -389,16 +393,24 @@ class InstanceHost:
             if rec is not None and rec.status != "suspended" and (epoch is None or rec.epoch == epoch):
                 self.store.fenced_set(instance_id, rec.epoch, status="suspended")
             return {"backedUp": False}
-        self.store.fenced_set(instance_id, act.epoch, status="suspending")
+        if not self.store.fenced_set(instance_id, act.epoch, status="suspending"):
+            self._drop(act, "suspend found its epoch stale")
+            return {"backedUp": False, "moved": True}
         with act.lock:
-            size, version = self._backup(act)
+            if self.active.get(instance_id) is not act:
+                return {"backedUp": False, "moved": True}  # a step found the epoch stale meanwhile
+            try:
+                size, version = self._backup(act)
+            except StaleEpoch:
+                self._drop(act, "its backup found the epoch stale")
+                return {"backedUp": False, "moved": True}
             act.runner.close()
             self.active.pop(instance_id, None)
             act.tools.close()
             act.vfs.close()
-            fields: dict[str, str | int | float] = {"status": "suspended", "vfsBytes": size}
+            fields: dict[str, str | int | float] = {"status": "suspended"}
             if version:
-                fields["backupVersion"] = version
+                fields["vfsBytes"] = size
             if not self.store.fenced_set(instance_id, act.epoch, **fields):
                 log.warning("instance %s moved on while suspending; its newer owner's state is kept", instance_id)
         self._count(-1)
@@ -406,23 +418,45 @@ class InstanceHost:
 
     @metrics.timed(metrics.BACKUPS, metrics.BACKUP_SECONDS)
     def _backup(self, act: Active) -> tuple[int, int]:
-        """Snapshot the VFS and put it to storage with a new version; (size, version or 0)."""
-        if self.storage is None:
+        """Snapshot the VFS and put it to storage under a new version; (size, version or 0).
+
+        Fenced (regina/backups.py): StaleEpoch when another owner took the instance.
+        """
+        if self.backups is None:
             return 0, 0
+        if isinstance(act.vfs, JournalVFS):
+            self._flush(act)  # the backup covers every entry up to here
         rec = self.store.get(act.instance_id)
         if rec is None or rec.epoch != act.epoch:
             raise StaleEpoch(f"instance {act.instance_id}: not backing up from a stale owner")
-        version = rec.backup_version + 1
-        setter = getattr(act.vfs, "set_meta", None)
-        if setter is not None:
-            setter("backupVersion", str(version))
-        if self.hooks.backup is not None:
-            data = self.hooks.backup(act.instance_id, self.settings)
-        else:
-            data = act.vfs.snapshot()
-        self.storage.put(backup_key(act.instance_id), data)
-        metrics.BACKUP_BYTES.observe(len(data))
-        return len(data), version
+        hook = self.hooks.backup
+        custom = (lambda: hook(act.instance_id, self.settings)) if hook is not None else None
+        size, version = self.backups.save_vfs(act.instance_id, act.epoch, rec.backup_version + 1, act.vfs, custom)
+        metrics.BACKUP_BYTES.observe(size)
+        return size, version
+
+    def _drop(self, act: Active, why: str) -> None:
+        """Let go of an instance another owner holds now: close it here, write nothing shared."""
+        if self.active.get(act.instance_id) is act:
+            self.active.pop(act.instance_id, None)
+            self._count(-1)
+            log.warning("instance %s (epoch %d) dropped from %s: %s", act.instance_id, act.epoch, self.member_id, why)
+        act.runner.cancel()
+        act.runner.close()
+        act.tools.close()
+        act.vfs.close()
+
+    def release(self, instance_id: str, epoch: int | None = None) -> dict[str, Any]:
+        """Drop an instance whose epoch moved on (never waits: called from the consumer loop)."""
+        act = self.active.get(instance_id)
+        if act is None or (epoch is not None and act.epoch > epoch) or act.lock.busy or act.fence.current():
+            return {"released": False}  # gone, re-attached, or a running step that drops it itself
+        self._drop(act, "released: another owner holds it")
+        return {"released": True}
+
+    def stale_instances(self) -> list[tuple[str, int]]:
+        """(instance, epoch) of attached instances whose record moved to another epoch (or is gone)."""
+        return stale_epochs(self.r, {iid: act.epoch for iid, act in list(self.active.items())})
 
     def delete(self, instance_id: str) -> dict[str, Any]:
         """Drop the instance from this member and remove its local VFS file."""
@@ -434,15 +468,7 @@ class InstanceHost:
                 act.tools.close()
                 act.vfs.close()
             self._count(-1)
-        for suffix in ("", "-wal", "-shm"):
-            path = self._local_path(instance_id) + suffix
-            if os.path.exists(path):
-                os.remove(path)
-        if self.settings.vfs_backend == "realdir" and self.settings.fs_root_path:
-            root = self._realdir_root(instance_id)
-            shutil.rmtree(root, ignore_errors=True)
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(root + ".meta.json")
+        activation.remove_local(self.settings, instance_id)
         return {}
 
     def _count(self, delta: int) -> None:

@@ -79,6 +79,8 @@ class InstanceRecord:
     vfs_bytes: int
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    backup_key: str = ""
+    backup_seq: int = 0
 
     @property
     def usage(self) -> dict[str, int]:
@@ -123,6 +125,8 @@ def record_from_hash(instance_id: str, h: dict[str, str]) -> InstanceRecord:
         vfs_bytes=int(h.get("vfsBytes", 0)),
         prompt_tokens=int(h.get("promptTokens", 0)),
         completion_tokens=int(h.get("completionTokens", 0)),
+        backup_key=h.get("backupKey", ""),
+        backup_seq=int(h.get("backupSeq", 0)),
     )
 
 
@@ -228,6 +232,7 @@ class InstanceStore:
             keys.activation_lock(instance_id),
             keys.instance_runs(instance_id),
             keys.delegates(instance_id),
+            keys.journal(instance_id),
         )
         pipe.zrem(keys.INSTANCES, instance_id)
         pipe.zrem(keys.definition_instances(definition_id), instance_id)

@@ -11,7 +11,8 @@ lives under `regina:` too.
 | regina:instance:<instanceId>          | STRING | —          | id of the member owning the instance     |
 | regina:inst:<instanceId>              | HASH   | —          | instance record: definitionId, status,   |
 |                                       |        |            | member, epoch, createdAt, lastActive,    |
-|                                       |        |            | backupVersion, vfsBytes                  |
+|                                       |        |            | backupVersion, backupKey, backupSeq,     |
+|                                       |        |            | journalSeq, vfsBytes                     |
 | regina:instances                      | ZSET   | —          | every instance id, scored by createdAt   |
 | regina:def:<defId>:instances          | ZSET   | —          | instance ids of one definition           |
 | regina:lock:<instanceId>              | STRING | seconds    | activation lock (one placer at a time)   |
@@ -35,6 +36,7 @@ lives under `regina:` too.
 | regina:ready:<memberId>               | LIST   | —          | names of the member's instance queues    |
 |                                       |        |            | with a step waiting, one per step        |
 | regina:registry:version               | STRING | —          | bumped by every agent registry reload    |
+| regina:journal:<instanceId>           | LIST   | —          | VFS changes since the last backup        |
 
 Celery queues: `regina.i.<instanceId>` (an instance's chat steps, consumed only by its owner)
 and `regina.m.<memberId>` (a member's own command queue).
@@ -118,6 +120,11 @@ def idempotency(route: str, scope: str, key_digest: str) -> str:
 def delegates(instance_id: str) -> str:
     """Hash of the delegate children an instance owns, by agent type (reused across turns)."""
     return f"regina:delegates:{instance_id}"
+
+
+def journal(instance_id: str) -> str:
+    """List of the instance's VFS changes since its last backup (regina/journal.py)."""
+    return f"regina:journal:{instance_id}"
 
 
 def run_record(run_id: str) -> str:

@@ -18,12 +18,14 @@ import redis
 from redis.exceptions import LockError
 
 from regina import idempotency, ids, keys
+from regina.backups import Backups
 from regina.cluster.membership import is_alive, live_members
 from regina.cluster.placement import place
 from regina.config import Settings
 from regina.dispatch import Dispatcher
 from regina.errors import BadRequest, NotFound, PayloadTooLarge, ReginaError, ReplyTimeout, Unavailable
 from regina.instances import InstanceRecord, InstanceStore
+from regina.journal import Journal
 from regina.metrics import SPAWNS
 from regina.registry import AgentRegistry
 from regina.runs.service import RunService
@@ -32,11 +34,6 @@ from regina.storage import Storage
 from regina.vfs.memory import MemoryVFS
 
 log = logging.getLogger("regina.coordinator")
-
-
-def backup_key(instance_id: str) -> str:
-    """Storage key of an instance's VFS backup."""
-    return f"instances/{instance_id}/vfs"
 
 
 class Coordinator:
@@ -97,7 +94,7 @@ class Coordinator:
     def spawn(self, definition_id: str) -> InstanceRecord:
         """Create an instance of a definition on a live member and wait until it is attached."""
         definition = self.registry.get(definition_id)
-        member = place(self.r, self.settings.placement)
+        member = self._place()
         instance_id = ids.new_instance_id(definition.id)
         rec = self.store.create(instance_id, definition.id, member)
         try:
@@ -123,20 +120,22 @@ class Coordinator:
             return self._activate(instance_id)
 
     def _activate(self, instance_id: str) -> InstanceRecord:
-        timeout = self.settings.limits.worker_reply_timeout
-        deadline = time.monotonic() + timeout
+        limits = self.settings.limits
+        timeout = limits.worker_reply_timeout
+        give_up = time.monotonic() + timeout + limits.placement_wait
         backoff = Backoff()
         while True:
             rec = self.get(instance_id)
             alive = is_alive(self.r, rec.member)
             if rec.status == "started" and alive:
                 return rec
-            if time.monotonic() > deadline:
-                raise Unavailable(f"instance {instance_id!r} could not be activated within {timeout:g}s; try again")
+            if time.monotonic() > give_up:
+                waited = timeout + limits.placement_wait
+                raise Unavailable(f"instance {instance_id!r} could not be activated within {waited:g}s; try again")
             if rec.status == "suspending" and alive:
                 backoff.sleep()  # its owner is finishing a suspend; resume right after
                 continue
-            member = place(self.r, self.settings.placement, prefer=rec.member)
+            member = self._place(prefer=rec.member)
             epoch = self.store.claim(instance_id, member, expected_epoch=rec.epoch)
             if epoch == -2:
                 raise NotFound(f"instance {instance_id!r} not found")
@@ -153,14 +152,35 @@ class Coordinator:
                     epoch,
                     moved,
                 )
-            self.command(member, "attach", {"instanceId": instance_id, "epoch": epoch})
+            try:
+                self.command(member, "attach", {"instanceId": instance_id, "epoch": epoch})
+            except Unavailable:
+                if is_alive(self.r, member) or time.monotonic() > give_up:
+                    raise
+                log.warning("instance %s: %s left before attaching it; placing it again", instance_id, member)
+                continue
             return self.get(instance_id)
+
+    def _place(self, prefer: str | None = None) -> str:
+        """A live member; with none (a rolling restart, the only worker restarting) wait up to
+        limits.placementWait for one to join instead of failing at once."""
+        deadline = time.monotonic() + self.settings.limits.placement_wait
+        pause = 0.05
+        while True:
+            try:
+                return place(self.r, self.settings.placement, prefer=prefer)
+            except Unavailable:
+                if time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.5)
 
     @contextmanager
     def _activation_lock(self, instance_id: str) -> Iterator[None]:
         """One coordinator at a time places an instance (redis-py's Lock: released by token, so a
         holder whose lock expired never deletes the next holder's)."""
-        timeout = self.settings.limits.worker_reply_timeout
+        limits = self.settings.limits
+        timeout = limits.worker_reply_timeout + limits.placement_wait
         lock = self.r.lock(keys.activation_lock(instance_id), timeout=timeout + 1, sleep=0.01, blocking_timeout=timeout)
         if not lock.acquire():
             raise Unavailable(f"instance is busy being placed ({lock.name}); try again")
@@ -218,7 +238,7 @@ class Coordinator:
                 self.dispatcher.send_command(member, "delete", {"instanceId": instance_id}, None)
         self.dispatcher.purge(instance_id)
         if self.storage is not None:
-            self.storage.delete(backup_key(instance_id))
+            Backups(self.r, self.storage).delete_all(instance_id)
         self.store.delete(instance_id, rec.definition_id)
 
     # -- chat ----------------------------------------------------------------------------
@@ -269,11 +289,14 @@ class Coordinator:
 
     def _stored_messages(self, rec: InstanceRecord) -> list[dict[str, Any]] | None:
         """A suspended instance's conversation without attaching it anywhere (None: not found)."""
-        if self.storage is not None and rec.backup_version > 0 and not self.settings.factory:
-            data = self.storage.get(backup_key(rec.instance_id))
-            if data is not None:
-                vfs = MemoryVFS.from_snapshot(data)
+        if self.storage is not None and not self.settings.factory:
+            # Its state is the backup plus the journal after it (regina/journal.py).
+            journal = Journal(self.r)
+            backup = Backups(self.r, self.storage).load(rec.instance_id, rec.backup_version, rec.backup_key)
+            if backup is not None or (rec.backup_version == 0 and journal.entries(rec.instance_id)):
+                vfs = MemoryVFS.from_snapshot(backup) if backup is not None else MemoryVFS()
                 try:
+                    journal.replay(rec.instance_id, vfs, rec.backup_seq)
                     return [dict(m) for m in Session(vfs).load()]
                 finally:
                     vfs.close()

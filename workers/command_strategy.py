@@ -1,4 +1,4 @@
-"""Member commands (attach, suspend, delete, messages), handled inside the consumer loop.
+"""Member commands (attach, suspend, delete, release, messages), handled inside the consumer loop.
 
 Celery's `add_consumer`/`cancel_consumer` broadcasts reply before the change takes effect (up
 to 2 s on an idle gevent worker, and tasks published right after a cancel still reach the old
@@ -71,6 +71,13 @@ def command_strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Calla
         elif name == "delete":
             _release_queue(consumer, queue)
             gevent.spawn(_answer, ctx, token, lambda: host.delete(iid))
+        elif name == "release":
+            # An instance another owner holds now (seen by a fenced write or the heartbeat check):
+            # stop consuming its queue at once, unless it was attached here again meanwhile.
+            answer = host.release(iid, payload.get("epoch"))
+            if iid not in host.active and iid not in host.loading:
+                _release_queue(consumer, queue)
+            ctx.reply(token, {"ok": True, "data": answer})
         elif name == "messages":
             gevent.spawn(_answer, ctx, token, lambda: host.messages(iid))
         else:

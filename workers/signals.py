@@ -96,9 +96,15 @@ def _heartbeat_loop(membership: Membership) -> None:
     ctx = context()
     while not _state["stopping"]:
         gevent.sleep(ctx.settings.member_heartbeat)
+        if _state["stopping"]:
+            break  # leaving: placement must not see this member again
         try:
             membership.renew(len(ctx.host.active))
             _queue_gauges(ctx)
+            # Instances that moved while this worker was cut off or paused: let go of them now.
+            for iid, epoch in ctx.host.stale_instances():
+                log.warning("instance %s moved on from epoch %d: releasing it", iid, epoch)
+                ctx.dispatcher.send_command(ctx.member_id, "release", {"instanceId": iid, "epoch": epoch}, None)
         except Exception:
             log.exception("membership renewal failed; retrying")
 
@@ -158,7 +164,15 @@ def _orphan_loop() -> None:
 
 @signals.worker_shutting_down.connect
 def _shutting_down(**kwargs: Any) -> None:
+    """Leave placement at once (new and re-homed instances go elsewhere, or wait for a worker);
+    our own instances stay ours until the shutdown has backed them up."""
     _state["stopping"] = True
+    membership = _state.get("membership")
+    if membership is not None:
+        try:
+            membership.leave_placement()
+        except Exception:
+            log.warning("could not leave placement", exc_info=True)
 
 
 @signals.worker_shutdown.connect

@@ -30,8 +30,10 @@ def chat(instance_id: str, run_id: str, message: str | None, stream: bool = True
     try:
         ctx.host.run_step(instance_id, run_id, message, stream)
     except (NotHere, StaleEpoch) as exc:
-        # This member no longer holds the instance: give the step back for its real owner.
+        # This member no longer holds the instance: give the step back for its real owner and
+        # stop consuming the instance's queue (the consumer loop does that, see workers/command_strategy.py).
         log.warning("step %s for %s handed back: %s", run_id, instance_id, exc)
+        ctx.dispatcher.send_command(ctx.member_id, "release", {"instanceId": instance_id}, None)
         raise Reject(str(exc), requeue=True) from exc
     except Exception as exc:
         log.exception("step %s for %s failed", run_id, instance_id)

@@ -30,6 +30,10 @@ class Membership:
         """Refresh the TTLs (and the count); re-register if the keys had expired meanwhile."""
         self.register(instance_count)
 
+    def leave_placement(self) -> None:
+        """Stop being chosen for new instances (shutdown begins) while still owning ours."""
+        self.r.srem(keys.MEMBERS, self.member_id)
+
     def deregister(self) -> None:
         """Remove the member's keys at shutdown."""
         pipe = self.r.pipeline(transaction=True)

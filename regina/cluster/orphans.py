@@ -60,10 +60,16 @@ def sweep_orphans(
     """
     if not client.set(keys.SWEEP_ORPHANS_LOCK, "1", nx=True, px=max(1, int(every * 1000))):
         return 0, 0
-    alive = set(live_members(client, prune=True))  # the one place dead member ids are pruned
+    live_members(client, prune=True)  # the one place dead member ids are pruned
     rows = _records(client)
     if not rows:
         return 0, 0
+    # A member is alive while its key exists, even when it already left placement (shutting down).
+    held = sorted({r[2] for r in rows if r[1] in ("started", "suspending") and r[2]})
+    pipe = client.pipeline(transaction=False)
+    for mid in held:
+        pipe.exists(keys.member(mid))
+    alive = {mid for mid, ok in zip(held, pipe.execute(), strict=True) if ok}
     orphans = [r for r in rows if r[1] in ("started", "suspending") and r[2] and r[2] not in alive]
     suspended = [r for r in rows if r[1] == "suspended"]
     candidates = [r[0] for r in orphans + suspended]

@@ -16,16 +16,22 @@ from typing import Any, cast
 import redis
 
 from regina import keys
+from regina.errors import StaleEpoch
 from regina.secrets import redact
 
 TERMINAL = frozenset({"finish", "error"})
 
 # KEYS: run events, run record, instance record, instance runs[, steering list, run journal].
 # ARGV: retention, finishedAt, status, finishReason, promptTokens, completionTokens, error, runId,
-# then pairs of (entry id, event JSON). With a steering list that holds messages, takes them and
-# returns them without publishing; otherwise appends the entries, ends the run record, adds the
-# run's tokens to the instance's usage and returns {}.
+# fence epoch ('' = unfenced), then pairs of (entry id, event JSON). A stale epoch (the instance
+# moved to another owner) writes nothing: error STALE (SPEC §6). With a steering list that holds
+# messages, takes them (copying them to the run's steered list) and returns them without
+# publishing; otherwise appends the entries, ends the run record, adds the run's tokens to the
+# instance's usage and returns {}.
 _FINISH = """
+if ARGV[9] ~= '' and redis.call('HGET', KEYS[3], 'epoch') ~= ARGV[9] then
+  return redis.error_reply('STALE')
+end
 if #KEYS == 6 then
   local steered = redis.call('LRANGE', KEYS[5], 0, -1)
   if #steered > 0 then
@@ -35,7 +41,7 @@ if #KEYS == 6 then
     return steered
   end
 end
-for i = 9, #ARGV, 2 do
+for i = 10, #ARGV, 2 do
   redis.call('XADD', KEYS[1], ARGV[i], 'e', ARGV[i + 1])
 end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
@@ -49,6 +55,13 @@ if redis.call('EXISTS', KEYS[3]) == 1 then
 end
 redis.call('ZREM', KEYS[4], ARGV[8])
 return {}
+"""
+
+# KEYS: run events stream, instance record. ARGV: epoch, then pairs of (entry id, event JSON).
+_XADD_FENCED = """
+if redis.call('HGET', KEYS[2], 'epoch') ~= ARGV[1] then return redis.error_reply('STALE') end
+for i = 2, #ARGV, 2 do redis.call('XADD', KEYS[1], ARGV[i], 'e', ARGV[i + 1]) end
+return 1
 """
 
 
@@ -71,6 +84,7 @@ class RunPublisher:
         seq: int | None = None,
         buffered: bool = False,
         batch_window: float | None = None,
+        epoch: int | None = None,
     ) -> None:
         self.r = client
         self.run_id = run_id
@@ -92,6 +106,9 @@ class RunPublisher:
         self._send_lock = threading.Lock()
         self._list_lock = threading.Lock()  # held only to append or swap (OS threads, no gevent)
         self._sender_due = False
+        # Publish only while `epoch` owns the instance (SPEC §6): a stale owner gets StaleEpoch.
+        self.epoch = epoch
+        self._xadd_fenced = client.register_script(_XADD_FENCED) if epoch is not None else None
 
     def _payload(self, event: dict[str, Any], seq: int) -> str:
         return redact(json.dumps({**event, "seq": seq, "runId": self.run_id}, separators=(",", ":"), default=str))
@@ -103,6 +120,12 @@ class RunPublisher:
         if extra is not None:
             batch.append(extra)
         if not batch:
+            return
+        if self._xadd_fenced is not None:
+            args: list[Any] = [self.epoch]
+            for seq, payload in batch:
+                args += [f"0-{seq}", payload]
+            _fenced(self._xadd_fenced, [self.key, keys.instance_record(self.instance_id)], args)
             return
         if len(batch) == 1:
             self.r.xadd(self.key, {"e": batch[0][1]}, id=f"0-{batch[0][0]}")
@@ -144,6 +167,7 @@ class RunPublisher:
             int(usage.get("completionTokens", 0)),
             str(event.get("error", "")) if event.get("type") == "error" else "",
             self.run_id,
+            "" if self.epoch is None else str(self.epoch),
         ]
         for pending_seq, pending in [*self._pending, (seq, self._payload(event, seq))]:
             args += [f"0-{pending_seq}", pending]
@@ -153,7 +177,7 @@ class RunPublisher:
             keys.instance_record(self.instance_id),
             keys.instance_runs(self.instance_id),
         ] + ([steering_key, keys.run_steered(self.run_id)] if steering_key else [])
-        steered = cast(list[str], self._finish_script(keys=run_keys, args=args))
+        steered = cast(list[str], _fenced(self._finish_script, run_keys, args))
         if not steered:
             self.seq = seq
             self._pending.clear()
@@ -188,6 +212,16 @@ class RunPublisher:
             with self._send_lock:
                 self._send_waiting((self.seq, payload))
         return self.seq
+
+
+def _fenced(script: Any, script_keys: list[str], args: list[Any]) -> Any:
+    """Run a fenced script; StaleEpoch when it refused to write for a stale owner."""
+    try:
+        return script(keys=script_keys, args=args)
+    except redis.ResponseError as exc:
+        if str(exc).startswith("STALE"):
+            raise StaleEpoch(f"run events of {script_keys[0]}: the instance moved to another owner") from exc
+        raise
 
 
 def last_seq(client: redis.Redis, run_id: str) -> int:

@@ -37,7 +37,9 @@ Message = dict[str, Any]
 MODEL_KEYS = frozenset({"role", "content", "tool_calls", "tool_call_id", "name"})
 
 #: Result recorded for a tool call whose run stopped before the tool returned.
-OUTCOME_UNKNOWN: dict[str, str] = {"error": "outcome unknown: the run stopped before this tool returned"}
+OUTCOME_UNKNOWN: dict[str, str] = {
+    "error": "outcome unknown: the worker stopped while this tool was running; it was not run again"
+}
 
 
 def user(text: str, **meta: Any) -> Message:

@@ -1,0 +1,166 @@
+"""What attaching an instance on a member takes: its VFS brought up to date (local copy, backup,
+journal).
+
+The state of an instance is its last backup plus the journal entries after it (regina/journal.py).
+A local file is used as it is only when it is exactly a state the cluster knows: its `backupKey`
+meta is the record's and it was not changed since (no `dirty` meta) — so a file a dead or cut-off
+owner kept changing is never trusted. Otherwise the backup is restored (or, never backed up, the
+VFS starts empty) and the journal entries after what the copy covers are replayed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from typing import Any
+
+from regina.backups import Backups
+from regina.config import Settings
+from regina.factory_hooks import FactoryHooks
+from regina.instances import InstanceRecord
+from regina.journal import Journal
+from regina.runtime.session import Session
+from regina.vfs import MemoryVFS, RealDirVFS, SQLiteVFS, open_vfs, restore_snapshot
+
+log = logging.getLogger("regina.host")
+
+AnyVFS = SQLiteVFS | MemoryVFS | RealDirVFS
+
+
+@dataclass
+class Opened:
+    """The attached VFS and what it took to get there."""
+
+    vfs: AnyVFS
+    restored: bool
+    journal_seq: int
+    replayed_bytes: int
+
+
+def local_path(settings: Settings, instance_id: str) -> str:
+    """Where the sqlite backend keeps the instance's file."""
+    return os.path.join(settings.vfs_dir, f"{instance_id}.sqlite")
+
+
+def open_local(settings: Settings, instance_id: str) -> AnyVFS:
+    """Open (creating) the instance's VFS with the configured backend."""
+    s = settings
+    return open_vfs(s.vfs_backend, instance_id, s.vfs_dir, s.fs_root_path, s.vfs_synchronous)
+
+
+def remove_local(settings: Settings, instance_id: str) -> None:
+    """Delete the instance's local copy (SQLite file and WAL, or realdir directory)."""
+    if settings.vfs_backend == "realdir" and settings.fs_root_path:
+        root = realdir_root(settings, instance_id)
+        shutil.rmtree(root, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(root + ".meta.json")
+    for suffix in ("", "-wal", "-shm"):
+        path = local_path(settings, instance_id) + suffix
+        if os.path.exists(path):
+            os.remove(path)
+
+
+def realdir_root(settings: Settings, instance_id: str) -> str:
+    """Where the realdir backend keeps the instance's files."""
+    return os.path.join(settings.fs_root_path or "", instance_id)
+
+
+def _has_local(settings: Settings, instance_id: str) -> bool:
+    if settings.vfs_backend == "sqlite":
+        return os.path.exists(local_path(settings, instance_id))
+    if settings.vfs_backend == "realdir":
+        return os.path.isdir(realdir_root(settings, instance_id))
+    return False  # a memory VFS has no copy outside its process
+
+
+def _local_meta(settings: Settings, instance_id: str) -> dict[str, str] | None:
+    """The backup meta of this member's own copy (None when it has none)."""
+    if not _has_local(settings, instance_id):
+        return None
+    vfs = open_local(settings, instance_id)
+    try:
+        names = ("backupVersion", "backupKey", "journalSeq", "dirty")
+        return {k: v for k in names if (v := vfs.get_meta(k)) is not None}
+    finally:
+        vfs.close()
+
+
+def open_current(
+    settings: Settings,
+    hooks: FactoryHooks,
+    backups: Backups | None,
+    journal: Journal | None,
+    rec: InstanceRecord,
+) -> Opened:
+    """Open the instance's VFS at the state the cluster holds for `rec`.
+
+    Without storage (`backups` None) the local copy is all there is: restore only what a
+    graceful suspend wrote, as before journaling existed.
+    """
+    iid = rec.instance_id
+    if backups is None or journal is None:
+        return Opened(open_local(settings, iid), False, 0, 0)
+    meta = _local_meta(settings, iid)
+    trusted = (
+        meta is not None
+        and meta.get("dirty") != "1"
+        and meta.get("backupKey", "") == rec.backup_key
+        and int(meta.get("backupVersion") or 0) == rec.backup_version
+    )
+    restored = False
+    after = int(meta.get("journalSeq") or 0) if trusted and meta is not None else rec.backup_seq
+    snapshot: bytes | None = None
+    if not trusted:
+        data = backups.load(iid, rec.backup_version, rec.backup_key) if rec.backup_version > 0 else None
+        if data is not None:
+            restored = True
+            if hooks.restore is not None:
+                hooks.restore(iid, data, settings)
+            elif settings.vfs_backend == "sqlite":
+                restore_snapshot(local_path(settings, iid), data)
+            elif settings.vfs_backend == "realdir":
+                RealDirVFS.restore_snapshot(realdir_root(settings, iid), data)
+            else:
+                snapshot = data  # memory: built from it below
+        else:
+            if rec.backup_version > 0:
+                log.warning("instance %s: backup version %d missing from storage", iid, rec.backup_version)
+            remove_local(settings, iid)  # an untrusted copy: rebuild from the journal alone
+    vfs = MemoryVFS.from_snapshot(snapshot) if snapshot is not None else open_local(settings, iid)
+    last, size = journal.replay(iid, vfs, after)
+    if last != after and not isinstance(vfs, MemoryVFS):
+        vfs.set_meta("journalSeq", str(last))
+    return Opened(vfs, restored or last != after, last, size)
+
+
+#: Usage of a terminal event that spent nothing.
+ZERO = {"promptTokens": 0, "completionTokens": 0}
+
+
+def answer_of(messages: list[dict[str, Any]], run_id: str) -> str | None:
+    """The run's final answer when the transcript already ends with it (a redelivered run whose
+    worker stopped between making its answer durable and publishing it): finish with it, do not
+    ask the model again."""
+    if not messages:
+        return None
+    last = messages[-1]
+    if last.get("runId") == run_id and last.get("role") == "assistant" and not last.get("tool_calls"):
+        return str(last.get("content") or "")
+    return None
+
+
+def local_messages(settings: Settings, instance_id: str) -> list[dict[str, Any]] | None:
+    """The conversation in the instance's local copy (None when this member has none)."""
+    if settings.vfs_backend == "memory" or (
+        settings.vfs_backend == "sqlite" and not os.path.exists(local_path(settings, instance_id))
+    ):
+        return None
+    vfs = open_local(settings, instance_id)
+    try:
+        return [dict(m) for m in Session(vfs).load()]
+    finally:
+        vfs.close()

@@ -1,0 +1,139 @@
+"""VFS backups in storage, versioned so a stale owner's write can never become the latest (SPEC §6, §7).
+
+Each backup goes to a key of its own, `instances/<id>/vfs.<epoch>.<version>`, and only then
+does one fenced Lua script make the instance record point at it (`backupKey`, `backupVersion`).
+A worker that lost the instance meanwhile may still finish its `put`, but its record update is
+refused, it deletes the blob it wrote, and nothing ever reads it: readers follow the record.
+Two owners never share a key because the epoch is part of it. The previous blob is deleted
+after the record moved on. Records written before versioned keys point at the legacy key
+`instances/<id>/vfs` (no `backupKey` field).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from regina import keys
+from regina.errors import StaleEpoch
+from regina.fencing import is_stale_error
+from regina.storage import Storage
+
+log = logging.getLogger("regina.backups")
+
+# KEYS: instance record, journal list. ARGV: epoch, version, key, bytes, journal seq covered.
+# Points the record at the new backup, drops the journal entries the snapshot already holds,
+# and returns the key of the backup it replaces ('' when none).
+_COMMIT = """
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return redis.error_reply('STALE') end
+local old = redis.call('HGET', KEYS[1], 'backupKey') or ''
+redis.call('HSET', KEYS[1], 'backupVersion', ARGV[2], 'backupKey', ARGV[3], 'vfsBytes', ARGV[4],
+  'backupSeq', ARGV[5])
+local covered = tonumber(ARGV[5])
+while true do
+  local head = redis.call('LINDEX', KEYS[2], 0)
+  if not head then break end
+  local seq = tonumber(string.match(head, '^(%d+) '))
+  if not seq or seq > covered then break end
+  redis.call('LPOP', KEYS[2])
+end
+return old
+"""
+
+
+def instance_prefix(instance_id: str) -> str:
+    """Storage prefix of every backup an instance has (for delete)."""
+    return f"instances/{instance_id}/"
+
+
+def legacy_key(instance_id: str) -> str:
+    """The unversioned key records without `backupKey` point at."""
+    return f"instances/{instance_id}/vfs"
+
+
+def backup_key(instance_id: str, epoch: int, version: int) -> str:
+    """The key of one backup: unique per owner (epoch) and per backup (version)."""
+    return f"instances/{instance_id}/vfs.{epoch}.{version}"
+
+
+def current_key(instance_id: str, version: int, key: str) -> str | None:
+    """The key the record points at (None when the instance was never backed up)."""
+    if key:
+        return key
+    return legacy_key(instance_id) if version > 0 else None
+
+
+class Backups:
+    """Put, commit, read and delete the backups of instances in one storage."""
+
+    def __init__(self, client: redis.Redis, storage: Storage) -> None:
+        self.storage = storage
+        self._commit = client.register_script(_COMMIT)
+
+    def save(
+        self, instance_id: str, epoch: int, version: int, snapshot: Callable[[], bytes], journal_seq: int = 0
+    ) -> int:
+        """Snapshot, put under a fresh key and point the record at it; returns its size.
+
+        Raises StaleEpoch (after deleting the blob it wrote) when the epoch moved on.
+        """
+        data = snapshot()
+        key = backup_key(instance_id, epoch, version)
+        self.storage.put(key, data)
+        try:
+            old = self._commit(
+                keys=[keys.instance_record(instance_id), keys.journal(instance_id)],
+                args=[epoch, version, key, len(data), journal_seq],
+            )
+        except redis.ResponseError as exc:
+            if not is_stale_error(exc):
+                raise
+            self.storage.delete(key)  # never referenced: a stale owner's backup goes away
+            raise StaleEpoch(f"instance {instance_id}: backup from stale epoch {epoch} discarded") from exc
+        if old and old != key:
+            try:
+                self.storage.delete(str(old))
+            except Exception:  # noqa: BLE001 - a leftover blob is removed with the instance
+                log.warning("instance %s: could not delete the previous backup %s", instance_id, old, exc_info=True)
+        return len(data)
+
+    def save_vfs(
+        self, instance_id: str, epoch: int, version: int, vfs: Any, custom: Callable[[], bytes] | None = None
+    ) -> tuple[int, int]:
+        """Back up an open VFS (or what a factory `backup` hook returns); (size, version).
+
+        The snapshot's meta names the backup and the journal seq it covers, and says it is clean:
+        a later attach on this disk can then use the file without downloading it. If the save is
+        refused the file is marked dirty again, so it is never taken for a backup the cluster has.
+        """
+        key = backup_key(instance_id, epoch, version)
+        seq = int(getattr(vfs, "seq", 0))
+        setter = getattr(vfs, "set_meta", None)
+        if setter is not None:
+            setter("backupVersion", str(version))
+            setter("backupKey", key)
+            setter("journalSeq", str(seq))
+            setter("dirty", "0")
+        try:
+            size = self.save(instance_id, epoch, version, custom or vfs.snapshot, seq)
+        except BaseException:
+            if setter is not None:
+                setter("dirty", "1")
+            raise
+        if hasattr(vfs, "written_bytes"):
+            vfs.written_bytes = 0
+            vfs.touched = False
+        return size, version
+
+    def load(self, instance_id: str, version: int, key: str) -> bytes | None:
+        """The backup the record points at (None when there is none or it is missing)."""
+        name = current_key(instance_id, version, key)
+        return None if name is None else self.storage.get(name)
+
+    def delete_all(self, instance_id: str) -> None:
+        """Remove every backup of the instance (current, previous and stale ones)."""
+        for name in self.storage.list(instance_prefix(instance_id)):
+            self.storage.delete(name)

@@ -1,0 +1,64 @@
+"""`DurableRun`: a run's `RunContext` that is fenced and makes what it tells the client durable.
+
+On top of `regina.run_watch.WatchedRun` (a `RunContext`: events, steering, heartbeat, cancel):
+
+- before a tool call's event (so before the tool runs: the tool-call ledger) and before the
+  run's terminal event, the instance's journal is shipped (regina/journal.py) by a fenced script:
+  whatever the client is told, and every tool call that may start, is in Redis first;
+- steering drains between steps and the heartbeat check the owner's epoch first (fencing.py);
+  run events are fenced by the publisher itself.
+
+Any of these finding the epoch stale raises StaleEpoch: the step stops at once and the host lets
+go of the instance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from regina.fencing import Fence
+from regina.run_watch import WatchedRun
+from regina.runtime.events import Event, Finish, ToolCallEvent
+from regina.runtime.sink import Steer
+
+
+class DurableRun(WatchedRun):
+    """A RunContext whose owner may lose the instance at any moment (see the module docstring)."""
+
+    fence: Fence
+    flush: Callable[[bool], None]
+
+    def bind(self, fence: Fence, flush: Callable[[bool], None]) -> DurableRun:
+        """Attach the owner's fence and its journal flush (`flush(before_tool)`, a fence check too);
+        call after setting `touch_gate`: the heartbeat then checks the epoch when it touches."""
+        self.fence = fence
+        self.flush = flush
+        gate = self.touch_gate
+
+        def fenced_gate() -> bool:
+            if not gate():
+                return False
+            if not fence.current():
+                raise fence.stale("heartbeat")
+            return True
+
+        self.touch_gate = fenced_gate
+        return self
+
+    def emit(self, event: Event) -> None:
+        if isinstance(event, ToolCallEvent) or event.type in ("finish", "error"):
+            self.flush(isinstance(event, ToolCallEvent))
+        super().emit(event)
+
+    def drain_steering(self) -> list[Steer]:
+        if self._first:
+            return self._first.pop()
+        # What a stale owner takes anyway (paused right after this check) stays in the run's
+        # steering journal, and the redelivered step takes it again.
+        if not self.fence.current():
+            raise self.fence.stale("steering drain")
+        return super().drain_steering()
+
+    def finish_unless_steered(self, final: Finish) -> list[Steer]:
+        self.flush(False)  # durable before the client hears back
+        return super().finish_unless_steered(final)

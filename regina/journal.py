@@ -1,0 +1,206 @@
+"""The durable journal: every VFS change of a started instance, in Redis before the client hears back.
+
+Why: a worker's local VFS file dies with its disk. With storage configured, an instance's state
+is its last backup in storage plus the journal `regina:journal:<id>` (a Redis LIST): one entry
+per VFS change made since that backup (`write`, `append`, `mkdir`, `remove`, `rename`, `chmod`,
+`set_mtime`), logical and incremental (an appended transcript line costs its own bytes, not the
+file's). `JournalVFS` records the changes as they happen; the host ships them with one fenced
+script (`Journal.flush`) before a tool runs (the tool-call ledger) and before a run's terminal
+event, so whatever a client was told is in Redis. A new owner restores the backup and replays
+the entries after the sequence number the backup covers (`backupSeq`). A backup (suspend, or a
+checkpoint once the journal passes `storage.checkpointBytes`) drops the entries it covers.
+
+Entry format: `"<seq> <json [epoch, op, args…]>"`; bytes are sent as UTF-8 text when they are,
+else base64. Sequence numbers continue across owners (the record's `journalSeq`).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any, cast
+
+import redis
+
+from regina import keys
+from regina.errors import StaleEpoch
+from regina.fencing import is_stale_error
+from regina.vfs.base import FileStat
+
+# KEYS: instance record, journal. ARGV: epoch, last seq, entries…  Appends the entries and
+# records the last seq, only while the epoch is current (else error STALE, nothing written).
+_FLUSH = """
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return redis.error_reply('STALE') end
+if #ARGV > 2 then
+  redis.call('RPUSH', KEYS[2], unpack(ARGV, 3))
+  redis.call('HSET', KEYS[1], 'journalSeq', ARGV[2])
+end
+return 1
+"""
+
+
+def _enc(data: bytes) -> list[str]:
+    try:
+        return ["u", data.decode("utf-8")]
+    except UnicodeDecodeError:
+        return ["b", base64.b64encode(data).decode("ascii")]
+
+
+def _dec(kind: str, text: str) -> bytes:
+    return text.encode("utf-8") if kind == "u" else base64.b64decode(text)
+
+
+def parse(entry: str) -> tuple[int, list[Any]]:
+    """(seq, [epoch, op, args…]) of one stored entry."""
+    seq, _, body = entry.partition(" ")
+    return int(seq), cast(list[Any], json.loads(body))
+
+
+def apply(vfs: Any, op: str, args: list[Any]) -> None:
+    """Replay one recorded change on `vfs` (a plain VFS, not a JournalVFS)."""
+    if op == "write":
+        vfs.write(args[0], _dec(args[1], args[2]))
+    elif op == "append":
+        vfs.append(args[0], _dec(args[1], args[2]))
+    elif op == "mkdir":
+        vfs.mkdir(args[0], parents=bool(args[1]))
+    elif op == "remove":
+        vfs.remove(args[0], recursive=bool(args[1]))
+    elif op == "rename":
+        vfs.rename(args[0], args[1])
+    elif op == "chmod":
+        vfs.chmod(args[0], int(args[1]))
+    elif op == "set_mtime":
+        setter = getattr(vfs, "set_mtime", None)
+        if setter is not None:
+            setter(args[0], float(args[1]))
+    else:
+        raise ValueError(f"unknown journal op {op!r}")
+
+
+class JournalVFS:
+    """A VFS that records every successful change for the journal (reads pass through)."""
+
+    def __init__(self, inner: Any, epoch: int, seq: int) -> None:
+        self.inner = inner
+        self.epoch = epoch
+        self.seq = seq  # last seq assigned (flushed or pending)
+        self.pending: list[str] = []
+        self.pending_bytes = 0
+        self.written_bytes = 0  # since attach: drives checkpoints
+        self.touched = False  # changed anything since attach (the local file is no longer a backup)
+
+    def _record(self, op: str, *args: Any) -> None:
+        self.seq += 1
+        entry = f"{self.seq} " + json.dumps([self.epoch, op, *args], separators=(",", ":"))
+        self.pending.append(entry)
+        self.pending_bytes += len(entry)
+        self.written_bytes += len(entry)
+        if not self.touched:
+            self.touched = True
+            setter = getattr(self.inner, "set_meta", None)
+            if setter is not None:
+                setter("dirty", "1")
+
+    def take(self) -> list[str]:
+        """The entries not flushed yet (the caller ships them; on failure nothing is retried)."""
+        out, self.pending, self.pending_bytes = self.pending, [], 0
+        return out
+
+    # -- changes -------------------------------------------------------------------------------
+
+    def write(self, path: str, data: bytes) -> None:
+        self.inner.write(path, data)
+        self._record("write", path, *_enc(data))
+
+    def append(self, path: str, data: bytes) -> None:
+        self.inner.append(path, data)
+        self._record("append", path, *_enc(data))
+
+    def mkdir(self, path: str, parents: bool = True) -> None:
+        self.inner.mkdir(path, parents=parents)
+        self._record("mkdir", path, parents)
+
+    def remove(self, path: str, recursive: bool = False) -> None:
+        self.inner.remove(path, recursive=recursive)
+        self._record("remove", path, recursive)
+
+    def rename(self, src: str, dst: str) -> None:
+        self.inner.rename(src, dst)
+        self._record("rename", src, dst)
+
+    def chmod(self, path: str, mode: int) -> None:
+        self.inner.chmod(path, mode)
+        self._record("chmod", path, int(mode))
+
+    def set_mtime(self, path: str, mtime: float) -> None:
+        setter = getattr(self.inner, "set_mtime", None)
+        if setter is not None:
+            setter(path, mtime)
+            self._record("set_mtime", path, float(mtime))
+
+    # -- reads and the rest --------------------------------------------------------------------
+
+    def read(self, path: str) -> bytes:
+        return cast(bytes, self.inner.read(path))
+
+    def exists(self, path: str) -> bool:
+        return bool(self.inner.exists(path))
+
+    def stat(self, path: str) -> FileStat:
+        return cast(FileStat, self.inner.stat(path))
+
+    def listdir(self, path: str) -> list[str]:
+        return cast(list[str], self.inner.listdir(path))
+
+    def snapshot(self) -> bytes:
+        return cast(bytes, self.inner.snapshot())
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def __getattr__(self, name: str) -> Any:  # park, walk, get_meta, set_meta, …
+        return getattr(self.inner, name)
+
+
+class Journal:
+    """Ship and read one cluster's journal entries."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.r = client
+        self._flush = client.register_script(_FLUSH)
+
+    def flush(self, instance_id: str, epoch: int, vfs: JournalVFS) -> None:
+        """Append the VFS's pending entries, only while `epoch` owns the instance.
+
+        With nothing pending it is a plain fence check. Raises StaleEpoch when the epoch moved on.
+        """
+        entries = vfs.take()
+        try:
+            self._flush(
+                keys=[keys.instance_record(instance_id), keys.journal(instance_id)],
+                args=[epoch, vfs.seq, *entries],
+            )
+        except redis.ResponseError as exc:
+            if is_stale_error(exc):
+                raise StaleEpoch(f"instance {instance_id}: journal write from stale epoch {epoch} refused") from exc
+            vfs.pending[:0] = entries
+            raise
+        except redis.RedisError:
+            vfs.pending[:0] = entries  # shipped with the next flush
+            raise
+
+    def entries(self, instance_id: str) -> list[str]:
+        """Every stored entry, oldest first."""
+        return cast(list[str], self.r.lrange(keys.journal(instance_id), 0, -1))
+
+    def replay(self, instance_id: str, vfs: Any, after: int) -> tuple[int, int]:
+        """Apply the entries with seq > `after` to `vfs`; (last seq applied, bytes applied)."""
+        last, size = after, 0
+        for entry in self.entries(instance_id):
+            seq, body = parse(entry)
+            if seq <= after:
+                continue
+            apply(vfs, str(body[1]), body[2:])
+            last, size = seq, size + len(entry)
+        return last, size

@@ -1,0 +1,228 @@
+"""Fencing and durability of the worker side, driven in-process against a real Redis and the fake LLM.
+
+Two `InstanceHost`s with separate VFS directories stand for two workers; ownership moves the way
+the coordinator moves it (`InstanceStore.claim`). A stale owner must write nothing shared, and
+whatever a run acknowledged must reach the next owner without the first one's disk.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from regina import keys
+from regina.backups import Backups
+from regina.config import Settings, StorageSettings
+from regina.errors import StaleEpoch
+from regina.factory_hooks import FactoryHooks
+from regina.host import InstanceHost
+from regina.ids import new_instance_id, new_run_id
+from regina.instances import InstanceStore
+from regina.redis_conn import connect
+from regina.registry import AgentRegistry
+from regina.runtime.messages import OUTCOME_UNKNOWN
+from storage.redis import RedisStorage
+from tests.harness.fake_llm import FakeLLM, Reply, ToolCall
+from tests.harness.redis_server import RedisServer
+
+AGENTS = Path(__file__).resolve().parents[1] / "agents"
+
+
+class Pair:
+    """Two workers' hosts over one Redis and one storage."""
+
+    def __init__(self, url: str, tmp: Path) -> None:
+        self.tmp = tmp
+        self.settings = {
+            m: Settings(
+                redis=url,
+                agents_dir=str(AGENTS),
+                vfs_dir=str(tmp / f"vfs-{m}"),
+                storage=StorageSettings(type="redis"),
+            )
+            for m in ("a", "b")
+        }
+        self.r: redis.Redis = connect(url)
+        self.store = InstanceStore(self.r)
+        self.storage = RedisStorage(url, prefix=f"t{id(self)}:")
+        registry = AgentRegistry(self.settings["a"])
+        registry.load()
+        self.hosts = {
+            m: InstanceHost(s, registry, self.r, self.storage, FactoryHooks(), f"{m}-{id(self)}@test")
+            for m, s in self.settings.items()
+        }
+
+    def spawn(self, definition: str = "openai-agent") -> str:
+        iid = new_instance_id(definition)
+        self.store.create(iid, definition, self.hosts["a"].member_id)
+        self.hosts["a"].attach(iid, 1)
+        return iid
+
+    def move(self, iid: str, to: str) -> int:
+        """What the coordinator does when the owner is deemed gone: a new epoch for `to`."""
+        return self.store.claim(iid, self.hosts[to].member_id)
+
+    def new_run(self, iid: str) -> str:
+        """A queued run's record, as the coordinator writes it before queueing the step."""
+        run_id = new_run_id()
+        self.r.hset(keys.run_record(run_id), mapping={"instanceId": iid, "status": "queued"})
+        return run_id
+
+    def events(self, run_id: str) -> list[dict[str, Any]]:
+        return [json.loads(f["e"]) for _id, f in self.r.xrange(keys.run_events(run_id))]
+
+
+@pytest.fixture
+def pair(
+    redis_server: RedisServer, fake_llm: FakeLLM, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Pair]:
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_llm.url + "/v1")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-openai")
+    p = Pair(redis_server.url, tmp_path)
+    yield p
+    p.storage.close()
+
+
+def test_a_stale_owner_cannot_back_up_and_lets_go_of_the_instance(pair: Pair) -> None:
+    # Given an instance that moved from a to b, and b suspended it with its own file
+    a, b = pair.hosts["a"], pair.hosts["b"]
+    iid = pair.spawn()
+    a.active[iid].vfs.write("/who", b"a")
+    epoch = pair.move(iid, "b")
+    b.attach(iid, epoch)
+    b.active[iid].vfs.write("/who", b"b")
+    assert b.suspend(iid)["backedUp"]
+    latest = pair.store.get(iid)
+    assert latest is not None
+
+    # When the old owner suspends (its idle timer fired after a pause)
+    answer = a.suspend(iid)
+
+    # Then it backs nothing up, forgets the instance, and b's backup stays the latest
+    assert answer == {"backedUp": False, "moved": True}
+    assert iid not in a.active
+    after = pair.store.get(iid)
+    assert after is not None and after.backup_key == latest.backup_key and after.status == "suspended"
+    # and a backup written by a stale owner after the check is discarded, never pointed at
+    with pytest.raises(StaleEpoch):
+        Backups(pair.r, pair.storage).save(iid, 1, latest.backup_version + 1, lambda: b"stale bytes")
+    assert pair.storage.list(f"instances/{iid}/") == [latest.backup_key]
+    b.attach(iid, pair.move(iid, "b"))
+    assert b.active[iid].vfs.read("/who") == b"b"
+
+
+def test_a_running_step_stops_before_its_tool_once_the_instance_moved(pair: Pair, fake_llm: FakeLLM) -> None:
+    # Given a step on a that waits on the model, which will ask for a tool
+    a = pair.hosts["a"]
+    iid = pair.spawn("tool-agent")
+    fake_llm.push_for(
+        "count these words",
+        Reply(tool_calls=[ToolCall("word_count", {"text": "one two"})], delay=1.0),
+        Reply(text="never asked"),
+    )
+    run_id = pair.new_run(iid)
+    failures: list[BaseException] = []
+
+    def step() -> None:
+        try:
+            a.run_step(iid, run_id, "count these words", stream=True)
+        except BaseException as exc:  # noqa: BLE001 - inspected below
+            failures.append(exc)
+
+    thread = threading.Thread(target=step)
+    thread.start()
+    fake_llm.wait_for_requests(1, timeout=60)  # the process's first model call imports LiteLLM
+
+    # When the instance moves to b meanwhile
+    pair.move(iid, "b")
+    thread.join(60)
+
+    # Then a's step ends with StaleEpoch before the tool: no tool event, no further model call,
+    # no terminal event, and a holds the instance no more
+    assert failures and isinstance(failures[0], StaleEpoch)
+    types = [e["type"] for e in pair.events(run_id)]
+    assert "tool-call" not in types and "tool-result" not in types and "finish" not in types
+    assert len(fake_llm.requests) == 1
+    assert iid not in a.active
+
+
+def test_a_stale_owner_writes_nothing_for_a_new_step(pair: Pair) -> None:
+    # Given an instance that moved to b while a still has it attached
+    a = pair.hosts["a"]
+    iid = pair.spawn()
+    pair.move(iid, "b")
+    pair.r.rpush(keys.steering(iid), "for b")
+    run_id = pair.new_run(iid)
+
+    # When a step for it reaches a
+    with pytest.raises(StaleEpoch):
+        a.run_step(iid, run_id, "hello", stream=False)
+
+    # Then a did not touch the run, took no steering and let go of the instance
+    assert pair.r.hget(keys.run_record(run_id), "status") == "queued" and not pair.r.exists(keys.run_events(run_id))
+    assert pair.r.lrange(keys.steering(iid), 0, -1) == ["for b"]
+    assert iid not in a.active
+
+
+def test_an_answered_chat_survives_the_owner_and_its_disk(pair: Pair) -> None:
+    # Given a chat answered on a (no backup taken since: only the journal holds it)
+    a, b = pair.hosts["a"], pair.hosts["b"]
+    iid = pair.spawn()
+    run_id = pair.new_run(iid)
+    a.run_step(iid, run_id, "remember me", stream=False)
+    assert pair.events(run_id)[-1]["type"] == "finish"
+    a.active[iid].vfs.write("/notes.txt", b"written by a tool")  # a change outside any run: not acked
+
+    # When a's disk is gone and b takes over
+    shutil.rmtree(pair.settings["a"].vfs_dir)
+    b.attach(iid, pair.move(iid, "b"))
+
+    # Then b has the conversation
+    contents = [m["content"] for m in b.messages(iid)]
+    assert contents == ["remember me", "echo: remember me"]
+
+
+def test_a_tool_started_on_a_lost_owner_is_reported_not_rerun(pair: Pair, fake_llm: FakeLLM) -> None:
+    # Given a run on a whose tool ran, and whose owner was lost before the run answered
+    a, b = pair.hosts["a"], pair.hosts["b"]
+    iid = pair.spawn()
+    fake_llm.push_for(
+        "append a line",
+        Reply(tool_calls=[ToolCall("bash", {"command": "echo ran >> /count"})]),
+        Reply(text="done on a", delay=1.0),
+        Reply(text="recovered on b"),
+    )
+    run_id = pair.new_run(iid)
+    thread = threading.Thread(target=lambda: _swallow(a.run_step, iid, run_id, "append a line", True))
+    thread.start()
+    fake_llm.wait_for_requests(2, timeout=60)
+    pair.move(iid, "b")
+    thread.join(60)
+
+    # When the step is redelivered to b
+    b.attach(iid, pair.store.get(iid).epoch)  # type: ignore[union-attr]
+    b.run_step(iid, run_id, "append a line", stream=True)
+
+    # Then b did not run the tool again, the model saw the ledger's answer, and the run finished once
+    assert not b.active[iid].vfs.exists("/count")
+    tool_msgs = [m for m in fake_llm.requests[-1].messages if m.get("role") == "tool"]
+    assert [json.loads(m["content"]) for m in tool_msgs] == [OUTCOME_UNKNOWN]
+    events = pair.events(run_id)
+    assert [e["type"] for e in events].count("finish") == 1 and events[-1]["text"] == "recovered on b"
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    history = b.messages(iid)
+    assert [m["role"] for m in history] == ["user", "assistant", "tool", "assistant"]
+
+
+def _swallow(fn: Any, *args: Any) -> None:
+    try:
+        fn(*args)
+    except StaleEpoch:
+        pass
