@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
 from collections.abc import Iterator
 
 import httpx
@@ -49,3 +51,59 @@ def test_chats_continue_after_redis_restarts(persistent: tuple[RedisServer, Clus
     assert contents[:2] == ["before", "echo: before"] and contents[-2:] == ["after", "echo: after"]
     assert w.alive()
     api.close()
+
+
+@pytest.mark.timeout(300)
+def test_redis_restart_mid_load_loses_no_acknowledged_chat(fake_llm: FakeLLM) -> None:
+    # Given two workers with storage in Redis (the journal too) and a client chatting in a loop
+    server = RedisServer(persistent=True).start()
+    c = Cluster(server.url, fake_llm.url, env_overrides={"REGINA_STORAGE__TYPE": "redis", "REGINA_IDLE_TIMEOUT": "0"})
+    try:
+        w1, w2 = c.start_worker(wait=False), c.start_worker(wait=False)
+        c.wait_worker(w1)
+        c.wait_worker(w2)
+        web = c.start_web()
+        api = httpx.Client(base_url=web.url, timeout=60)
+        iids = [api.post("/agents/openai-agent/instances").json()["instanceId"] for _ in range(4)]
+        stop = threading.Event()
+        results: list[tuple[str, str, int, str]] = []
+
+        def loop() -> None:
+            with httpx.Client(base_url=web.url, timeout=60) as client:
+                n = 0
+                while not stop.is_set():
+                    iid, message = iids[n % len(iids)], f"load {n}"
+                    try:
+                        resp = client.post(f"/instances/{iid}/chat", json={"message": message})
+                        text = resp.json().get("text", "") if resp.status_code == 200 else ""
+                        results.append((iid, message, resp.status_code, text))
+                    except httpx.HTTPError:
+                        results.append((iid, message, 0, ""))
+                    n += 1
+
+        thread = threading.Thread(target=loop)
+        thread.start()
+        wait_until(lambda: len(results) >= 10, timeout=60, what="chats before the restart")
+
+        # When Redis restarts mid-load (its append-only file kept)
+        server.restart()
+        wait_until(lambda: api.get("/healthz", params={"ready": 1}).status_code == 200, timeout=30, what="ready")
+        after = len(results)
+        wait_until(
+            lambda: sum(1 for r in results[after:] if r[2] == 200) >= 10, timeout=90, what="chats after the restart"
+        )
+        stop.set()
+        thread.join(90)
+
+        # Then every chat answered with its echo is in its history exactly once, answer included
+        acked = [r for r in results if r[2] == 200 and r[3] == f"echo: {r[1]}"]
+        assert len(acked) >= 20
+        for iid in iids:
+            contents = Counter(m["content"] for m in api.get(f"/instances/{iid}/messages").json())
+            for r_iid, message, _status, text in acked:
+                if r_iid == iid:
+                    assert contents[message] == 1 and contents[text] == 1, (message, contents)
+        api.close()
+    finally:
+        c.stop()
+        server.close()
