@@ -42,7 +42,7 @@ from regina.runtime.session import Session
 from regina.runtime.sink import CANCELLED, Steer
 from regina.runtime.tools.merge import InstanceTools
 from regina.runtime.tools.process import warm_up
-from regina.runtime.tools.runner import ToolRunner, thread_pool
+from regina.runtime.tools.runner import ToolRunner
 from regina.sandbox_env import sandbox_env
 from regina.storage import Storage
 
@@ -148,12 +148,8 @@ class InstanceHost:
         if rec.epoch != epoch:
             raise StaleEpoch(f"instance {instance_id}: attach for epoch {epoch}, current is {rec.epoch}")
         definition = self.registry.get_or_reload(rec.definition_id)
-        # Off the gevent hub: restoring and replaying (and a new SQLite file's first checkpoint) wait on
-        # the disk; in a thread, attaches overlap.
-        pool = thread_pool(self.settings.concurrency)
-        opened = pool.submit(
-            activation.open_current, self.settings, self.hooks, self.backups, self.journal, rec
-        ).result()
+        # On the hub, not in a thread: restoring reads Redis (backup, journal) through gevent sockets.
+        opened = activation.open_current(self.settings, self.hooks, self.backups, self.journal, rec)
         vfs: AnyVFS | JournalVFS = opened.vfs
         if self.journal is not None:
             vfs = JournalVFS(opened.vfs, epoch, opened.journal_seq)

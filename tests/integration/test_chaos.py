@@ -64,7 +64,9 @@ def test_kill_9_under_load_loses_nothing_acknowledged(
     # Given 30 instances over 3 workers, each with a file written by an acknowledged chat
     c, workers, url = _cluster(make_cluster, tmp_path, 3)
     api = httpx.Client(base_url=url, timeout=120)
-    iids = [api.post("/agents/chaos-agent/instances").json()["instanceId"] for _ in range(30)]
+    spawned = [api.post("/agents/chaos-agent/instances") for _ in range(30)]
+    assert all(r.status_code == 201 for r in spawned), spawned[0].text
+    iids = [r.json()["instanceId"] for r in spawned]
     for n in range(len(iids)):
         fake_llm.push_for(
             f"seed {n} now",
