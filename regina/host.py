@@ -261,6 +261,9 @@ class InstanceHost:
             self._give_back(instance_id, begun.steered)
             raise
         ctx = DurableRun(self.r, instance_id, run_id, publisher, budget, steered, self.interrupter_factory)
+        # The open touched the instance and the start read the cancel flag just now: the first
+        # heartbeat is due a second from here.
+        act.last_touch = time.monotonic()
         ctx.touch_gate = lambda: self._touch_due(act)
         ctx.bind(act.fence, lambda before_tool: self._flush(act, before_tool))
         if begun.cancel_requested:
@@ -292,7 +295,10 @@ class InstanceHost:
             ctx.stop_clock()
             watch.done()
             self.running.pop(run_id, None)
-        self._touch(act)
+        if publisher.ended:  # its finish script reset the idle timer
+            act.last_touch = time.monotonic()
+        else:
+            self._touch(act)
         act.last_used = time.monotonic()
 
     def _flush(self, act: Active, before_tool: bool = False) -> None:

@@ -41,27 +41,50 @@ return epoch
 # Redis's clock as seconds since the epoch, for every timer (web and worker clocks may differ).
 LUA_NOW = "local t = redis.call('TIME'); local now = t[1] .. '.' .. string.format('%06d', t[2])"
 
-# Touch lastActive only if the record exists (a bare HSET would create a ghost record). Returns 1/0.
-_TOUCH = f"""
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-{LUA_NOW}
-redis.call('HSET', KEYS[1], 'lastActive', now)
-return 1
+# Lua: `touch_existing(key)` resets lastActive only if the record exists (a bare HSET would
+# create a ghost record); 1 or 0.
+LUA_TOUCH_EXISTING = f"""
+local function touch_existing(key)
+  if redis.call('EXISTS', key) == 0 then return 0 end
+  {LUA_NOW}
+  redis.call('HSET', key, 'lastActive', now)
+  return 1
+end
+"""
+
+_TOUCH = LUA_TOUCH_EXISTING + "return touch_existing(KEYS[1])"
+
+# Lua: `touch(key, rec, member_prefix)` resets the idle timer of the instance whose HGETALL `rec`
+# holds (non-empty: the record exists), sets lastActive in `rec` too, and returns "1"|"0" (its
+# member lives). One read serves existence, the member and the reply.
+LUA_TOUCH = f"""
+local function touch(key, rec, member_prefix)
+  {LUA_NOW}
+  redis.call('HSET', key, 'lastActive', now)
+  local alive, seen = '0', false
+  for i = 1, #rec, 2 do
+    if rec[i] == 'lastActive' then
+      rec[i + 1], seen = now, true
+    elseif rec[i] == 'member' and rec[i + 1] ~= '' and redis.call('EXISTS', member_prefix .. rec[i + 1]) == 1 then
+      alive = '1'
+    end
+  end
+  if not seen then rec[#rec + 1], rec[#rec + 2] = 'lastActive', now end
+  return alive
+end
 """
 
 # Touch lastActive and return ["1"|"0" (member alive), field, value, …], or {} if there is no
 # instance record. ARGV: (unused), member key prefix. lastActive is Redis's own TIME.
-_TOUCH_CHECK = f"""
-if redis.call('EXISTS', KEYS[1]) == 0 then return {{}} end
-{LUA_NOW}
-redis.call('HSET', KEYS[1], 'lastActive', now)
-local member = redis.call('HGET', KEYS[1], 'member')
-local alive = '0'
-if member and member ~= '' and redis.call('EXISTS', ARGV[2] .. member) == 1 then alive = '1' end
-local out = {{alive}}
-for _, v in ipairs(redis.call('HGETALL', KEYS[1])) do out[#out + 1] = v end
-return out
+_TOUCH_CHECK = (
+    LUA_TOUCH
+    + """
+local rec = redis.call('HGETALL', KEYS[1])
+if #rec == 0 then return {} end
+table.insert(rec, 1, touch(KEYS[1], rec, ARGV[2]))
+return rec
 """
+)
 
 
 @dataclass(frozen=True)
@@ -194,10 +217,6 @@ class InstanceStore:
         """Reset the idle timer of an existing instance (a running loop); never creates a record.
         False when the instance is gone."""
         return bool(self._touch(keys=[keys.instance_record(instance_id)], args=[repr(time.time())]))
-
-    def queue_touch(self, pipe: redis.client.Pipeline, instance_id: str) -> None:
-        """`touch` as one command of the caller's pipeline (the run heartbeat adds its own)."""
-        self._touch(keys=[keys.instance_record(instance_id)], args=[repr(time.time())], client=pipe)
 
     def claim(self, instance_id: str, member: str, expected_epoch: int | None = None) -> int:
         """Hand the instance to `member` with a new epoch; returns it (-1 stale, -2 gone)."""

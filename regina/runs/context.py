@@ -17,12 +17,22 @@ import redis
 
 from regina import keys
 from regina.config import BudgetSettings
-from regina.instances import InstanceStore
+from regina.instances import LUA_TOUCH_EXISTING
 from regina.runs.steering import decode_all
 from regina.runs.store import RunStore
 from regina.runs.stream import RunPublisher
 from regina.runtime.events import Event, Finish, event_to_dict
 from regina.runtime.sink import BUDGET, CANCELLED, Budget, CancelToken, Steer
+
+# KEYS: run record, instance record. Reset the idle timer of an existing instance (never creates
+# a record) and return 1 if the run is flagged for cancel.
+_HEARTBEAT = (
+    LUA_TOUCH_EXISTING
+    + """
+touch_existing(KEYS[2])
+return redis.call('HEXISTS', KEYS[1], 'cancel')
+"""
+)
 
 InterrupterFactory = Callable[[], Callable[[], None] | None]
 
@@ -48,7 +58,7 @@ class RunContext:
         interrupter_factory: InterrupterFactory | None = None,
     ) -> None:
         self.r = client
-        self.instances = InstanceStore(client)
+        self._heartbeat = client.register_script(_HEARTBEAT)
         self.runs = RunStore(client, publisher.retention)
         self.instance_id = instance_id
         self.run_id: str | None = run_id
@@ -57,7 +67,9 @@ class RunContext:
         self.cancel = CancelToken()
         self._first: list[list[Steer]] = [first_steering]
         self._interrupter_factory = interrupter_factory
-        self._last_touch = 0.0
+        # The step's start read the cancel flag and the chat's open reset the idle timer just
+        # before: the first heartbeat is due a second after the start.
+        self._last_touch = time.monotonic()
         # When the touch is due; the host shares one per instance, so back-to-back runs of an
         # instance touch at most once a second in all (no extra round trip per chat).
         self.touch_gate: Callable[[], bool] = self._own_gate
@@ -85,10 +97,7 @@ class RunContext:
         """Reset the idle timer at most once a second, and look for a cancel flag meanwhile."""
         if not self.touch_gate():
             return
-        pipe = self.r.pipeline(transaction=False)
-        self.instances.queue_touch(pipe, self.instance_id)  # never recreates a deleted instance
-        pipe.hexists(keys.run_record(cast(str, self.run_id)), "cancel")
-        if pipe.execute()[1]:
+        if self._heartbeat(keys=[keys.run_record(cast(str, self.run_id)), keys.instance_record(self.instance_id)]):
             self.cancel.cancel(CANCELLED)
 
     def _own_gate(self) -> bool:

@@ -23,7 +23,7 @@ from typing import Any, Literal, cast
 import redis
 
 from regina import keys
-from regina.instances import InstanceRecord, iso, record_from_hash
+from regina.instances import LUA_TOUCH, InstanceRecord, iso, record_from_hash
 from regina.runs.cancel import announce
 from regina.runs.steering import decode_all, encode
 from regina.runtime.sink import Steer
@@ -48,10 +48,13 @@ end
 # KEYS: instance record, run record, instance runs, steering list[, idempotency key].
 # ARGV: now, instanceId, run ttl, runId, whenBusy, steer entry, idempotency body hash,
 # idempotency ttl, member prefix, run prefix, most runs open at once (limits.maxQueuedRuns).
+# The instance's one HGETALL answers whether it exists, who owns it and what the reply carries.
 _OPEN = (
     _FRONT
+    + LUA_TOUCH
     + """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
+local rec = redis.call('HGETALL', KEYS[1])
+if #rec == 0 then return {'missing'} end
 if KEYS[5] then
   local prev = redis.call('GET', KEYS[5])
   if prev then
@@ -60,8 +63,7 @@ if KEYS[5] then
     return {'dup', string.sub(prev, sep + 1)}
   end
 end
-local t = redis.call('TIME')  -- Redis's clock: one clock for every idle timer
-redis.call('HSET', KEYS[1], 'lastActive', t[1] .. '.' .. string.format('%06d', t[2]))
+local alive = touch(KEYS[1], rec, ARGV[9])
 local busy = front(KEYS[3], ARGV[10])
 if busy and ARGV[5] == 'reject' then return {'busy', busy} end
 if busy and ARGV[5] == 'steer' then
@@ -74,12 +76,9 @@ redis.call('HSET', KEYS[2], 'instanceId', ARGV[2], 'status', 'queued', 'createdA
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('ZADD', KEYS[3], ARGV[1], ARGV[4])
 if KEYS[5] then redis.call('SET', KEYS[5], ARGV[7] .. ' ' .. ARGV[4], 'EX', ARGV[8]) end
-local member = redis.call('HGET', KEYS[1], 'member')
-local alive = '0'
-if member and member ~= '' and redis.call('EXISTS', ARGV[9] .. member) == 1 then alive = '1' end
-local out = {'ok', alive}
-for _, v in ipairs(redis.call('HGETALL', KEYS[1])) do out[#out + 1] = v end
-return out
+table.insert(rec, 1, alive)
+table.insert(rec, 1, 'ok')
+return rec
 """
 )
 
@@ -126,7 +125,8 @@ _TAKE = _TAKE_FN + "return take(KEYS[1], KEYS[2], ARGV[1])"
 _BEGIN = (
     _TAKE_FN
     + """
-if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return {'stale'} end
+local inst = redis.call('HMGET', KEYS[1], 'epoch', 'promptTokens', 'completionTokens')
+if inst[1] ~= ARGV[1] then return {'stale'} end
 local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
 local seq = '0'
 if #last > 0 then seq = string.match(last[1][1], '%-(%d+)$') end
@@ -135,10 +135,9 @@ local status = rec[1]
 if not status then return {'ended', seq, ''} end
 if status == 'finished' or status == 'failed' or status == 'cancelled' then return {'ended', seq, status} end
 redis.call('HSET', KEYS[3], 'instanceId', ARGV[3], 'status', 'running', 'startedAt', ARGV[2])
-local usage = redis.call('HMGET', KEYS[1], 'promptTokens', 'completionTokens')
 local earlier = {}
 if status == 'running' then earlier = redis.call('LRANGE', KEYS[5], 0, -1) end
-local out = {'run', seq, status, rec[2] or '', usage[1] or '0', usage[2] or '0', tostring(#earlier)}
+local out = {'run', seq, status, rec[2] or '', inst[2] or '0', inst[3] or '0', tostring(#earlier)}
 for _, v in ipairs(earlier) do out[#out + 1] = v end
 if rec[2] then return out end
 for _, v in ipairs(take(KEYS[4], KEYS[5], ARGV[4])) do out[#out + 1] = v end

@@ -17,6 +17,7 @@ import redis
 
 from regina import keys
 from regina.errors import StaleEpoch
+from regina.instances import LUA_TOUCH_EXISTING
 from regina.secrets import redact
 
 TERMINAL = frozenset({"finish", "error"})
@@ -27,8 +28,10 @@ TERMINAL = frozenset({"finish", "error"})
 # moved to another owner) writes nothing: error STALE (SPEC §6). With a steering list that holds
 # messages, takes them (copying them to the run's steered list) and returns them without
 # publishing; otherwise appends the entries, ends the run record, adds the run's tokens to the
-# instance's usage and returns {}.
-_FINISH = """
+# instance's usage, resets its idle timer (the run's last touch) and returns {}.
+_FINISH = (
+    LUA_TOUCH_EXISTING
+    + """
 if ARGV[9] ~= '' and redis.call('HGET', KEYS[3], 'epoch') ~= ARGV[9] then
   return redis.error_reply('STALE')
 end
@@ -49,13 +52,14 @@ redis.call('HSET', KEYS[2], 'status', ARGV[3], 'finishedAt', ARGV[2], 'finishRea
   'promptTokens', ARGV[5], 'completionTokens', ARGV[6])
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[2], 'error', ARGV[7]) end
 redis.call('EXPIRE', KEYS[2], ARGV[1])
-if redis.call('EXISTS', KEYS[3]) == 1 then
+if touch_existing(KEYS[3]) == 1 then
   redis.call('HINCRBY', KEYS[3], 'promptTokens', ARGV[5])
   redis.call('HINCRBY', KEYS[3], 'completionTokens', ARGV[6])
 end
 redis.call('ZREM', KEYS[4], ARGV[8])
 return {}
 """
+)
 
 # KEYS: run events stream, instance record. ARGV: epoch, then pairs of (entry id, event JSON).
 _XADD_FENCED = """
@@ -109,6 +113,8 @@ class RunPublisher:
         # Publish only while `epoch` owns the instance (SPEC §6): a stale owner gets StaleEpoch.
         self.epoch = epoch
         self._xadd_fenced = client.register_script(_XADD_FENCED) if epoch is not None else None
+        #: The run's record is ended (and its instance touched) by this publisher's finish script.
+        self.ended = False
 
     def _payload(self, event: dict[str, Any], seq: int) -> str:
         return redact(json.dumps({**event, "seq": seq, "runId": self.run_id}, separators=(",", ":"), default=str))
@@ -181,6 +187,7 @@ class RunPublisher:
         if not steered:
             self.seq = seq
             self._pending.clear()
+            self.ended = True
         return steered
 
     def finish_unless_steered(self, event: dict[str, Any], steering_key: str) -> list[str]:
