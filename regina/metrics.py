@@ -73,7 +73,7 @@ BACKUPS = Counter("regina_backups_total", "Instance backups written to storage."
 BACKUP_SECONDS = Histogram("regina_backup_seconds", "Time to snapshot and store one backup.", buckets=_SECONDS)
 QUEUE_DEPTH = Gauge(
     "regina_worker_queue_depth",
-    "Chat steps waiting in the queues of the instances a worker holds.",
+    "Chat steps waiting for a worker (the entries on its ready list).",
     ["member"],
     multiprocess_mode="livemax",
 )

@@ -110,17 +110,11 @@ def _heartbeat_loop(membership: Membership) -> None:
 
 
 def _queue_gauges(ctx: Any) -> None:
-    """Steps waiting in this worker's instance queues, its instance count, and its memory with its
-    tool processes counted in (per heartbeat)."""
-    held = list(ctx.host.active)
-    depth = 0
-    if held:
-        pipe = ctx.client.pipeline(transaction=False)
-        for iid in held:
-            pipe.llen(keys.instance_queue(iid))
-        depth = sum(int(n) for n in pipe.execute())
-    QUEUE_DEPTH.labels(ctx.member_id).set(depth)
-    WORKER_INSTANCES.labels(ctx.member_id).set(len(held))
+    """Steps waiting for this worker, its instance count, and its memory with its tool processes
+    counted in (per heartbeat). Every waiting step of a held queue has one entry on the member's
+    ready list (workers/transport.py): one LLEN counts them, whatever the number of instances."""
+    QUEUE_DEPTH.labels(ctx.member_id).set(int(ctx.client.llen(keys.member_ready(ctx.member_id))))
+    WORKER_INSTANCES.labels(ctx.member_id).set(len(ctx.host.active))
     children = ctx.host.tool_pids()
     WORKER_TOOL_PROCESSES.labels(ctx.member_id).set(len(children))
     WORKER_MEMORY.labels(ctx.member_id, "worker").set(resident_bytes([os.getpid()]))
