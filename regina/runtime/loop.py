@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from regina.config import Compaction
-from regina.errors import ModelError, ReginaError
+from regina.errors import ModelError
 from regina.providers import ModelTarget
 from regina.runtime import models as model_api
 from regina.runtime.compaction import maybe_compact, message_chars, render_transcript
@@ -62,11 +62,12 @@ from regina.runtime.events import (
     ToolResultEvent,
     Usage,
 )
-from regina.runtime.messages import Message, assistant, dumps_result, for_model, tool_call, tool_result, user
+from regina.runtime.messages import Message, assistant, for_model, tool_call, tool_result, user
 from regina.runtime.session import Session
 from regina.runtime.sink import RunCancelled, RunSink, Steer
+from regina.runtime.tool_call import INLINE, BothInterrupters, error_result, limit_output, run_tool
 from regina.runtime.tools.base import Tool
-from regina.runtime.tools.runner import InlineRunner, ToolRunner
+from regina.runtime.tools.runner import ToolRunner
 
 __all__ = ["TurnResult", "TurnSpec", "run_turn", "SUMMARY_INSTRUCTIONS", "MAX_STEPS_REASON"]
 
@@ -83,9 +84,6 @@ SUMMARY_INSTRUCTIONS = (
 )
 
 
-_INLINE = InlineRunner()
-
-
 @dataclass(frozen=True)
 class TurnSpec:
     """What to run: the model, the prompt, the tools and the turn's limits."""
@@ -98,7 +96,7 @@ class TurnSpec:
     compaction: Compaction | None = None
     tool_output_limit: int = 50_000
     stream: bool = True
-    runner: ToolRunner = _INLINE
+    runner: ToolRunner = INLINE
     """Where tool calls execute (the worker passes a thread or process runner)."""
     tools_for_step: Callable[[], dict[str, Tool]] | None = None
     """Asked for the tools before every step when set (MCP servers may reconnect or change their
@@ -165,35 +163,6 @@ class _Turn:
 
     def request(self) -> list[Message]:
         return [*self.system, *self.model_msgs]
-
-
-def _error_result(message: str) -> dict[str, str]:
-    return {"error": message}
-
-
-def _run_tool(tools: dict[str, Tool], name: str, args: dict[str, Any], runner: ToolRunner = _INLINE) -> Any:
-    """Run one tool where `runner` puts it; every failure becomes `{"error": ...}` for the model."""
-    tool = tools.get(name)
-    if tool is None:
-        return _error_result(f"unknown tool {name!r}; available tools: {', '.join(sorted(tools)) or 'none'}")
-    if set(args) == {"_raw"}:
-        return _error_result(f"arguments for tool {name!r} are not a valid JSON object: {args['_raw'][:200]}")
-    try:
-        return runner.run(tool, args)
-    except ReginaError as exc:
-        return _error_result(exc.message)
-    except Exception as exc:  # a tool's own bug: report it to the model, keep the run going
-        log.warning("tool %s failed", name, exc_info=True)
-        return _error_result(f"tool {name!r} failed: {type(exc).__name__}: {exc}")
-
-
-def _limit(result: Any, limit: int) -> tuple[Any, str]:
-    """(result for the event, content for the model), truncated to `limit` characters."""
-    content = dumps_result(result)
-    if len(content) <= limit:
-        return result, content
-    cut = content[:limit] + f"\n…[truncated: {len(content) - limit} more characters]"
-    return cut, cut
 
 
 def _summarizer(target: ModelTarget, temperature: float | None, spent: list[Usage]) -> Callable[[list[Message]], str]:
@@ -339,13 +308,13 @@ def _run_tools(turn: _Turn, spec: TurnSpec, calls: list[model_api.ToolCallPart])
         if stopped is None:
             try:
                 with sink.cancel.interruptible(_tool_interrupter(turn, spec, c.name)):
-                    result = _run_tool(spec.tools, c.name, c.args, spec.runner)
+                    result = run_tool(spec.tools, c.name, c.args, spec.runner)
                 sink.cancel.check()  # a runner that was cancelled returned an error result
             except RunCancelled as exc:
                 stopped = (exc.reason, exc.message)
         if stopped is not None:
-            result = _error_result(f"cancelled: {stopped[1]}; the tool was stopped or not run")
-        shown, content = _limit(result, spec.tool_output_limit)
+            result = error_result(f"cancelled: {stopped[1]}; the tool was stopped or not run")
+        shown, content = limit_output(result, spec.tool_output_limit)
         sink.emit(ToolResultEvent(tool_call_id=c.id, tool_name=c.name, result=shown))
         turn.append(tool_result(c.id, c.name, content))
     return stopped
@@ -355,26 +324,10 @@ def _tool_interrupter(turn: _Turn, spec: TurnSpec, name: str) -> Callable[[], No
     """Cut a running tool short: its runner stops the thread or process call; a tool that runs
     on the loop itself (inline) is interrupted like a model call."""
     tool = spec.tools.get(name)
-    here = turn.sink.interrupter() if tool is not None and (tool.inline or spec.runner is _INLINE) else None
+    here = turn.sink.interrupter() if tool is not None and (tool.inline or spec.runner is INLINE) else None
     if here is None:
         return spec.runner.cancel
-    return _Both(spec.runner.cancel, here)
-
-
-class _Both:
-    """Two interrupters as one (closing the second when the stretch ends)."""
-
-    def __init__(self, first: Callable[[], None], second: Callable[[], None]) -> None:
-        self.first, self.second = first, second
-
-    def __call__(self) -> None:
-        self.first()
-        self.second()
-
-    def close(self) -> None:
-        close = getattr(self.second, "close", None)
-        if close is not None:
-            close()
+    return BothInterrupters(spec.runner.cancel, here)
 
 
 def _stop_reason(sink: RunSink, used: Usage) -> tuple[str, str] | None:
