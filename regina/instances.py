@@ -41,11 +41,11 @@ return epoch
 # Redis's clock as seconds since the epoch, for every timer (web and worker clocks may differ).
 LUA_NOW = "local t = redis.call('TIME'); local now = t[1] .. '.' .. string.format('%06d', t[2])"
 
-# Lua: `touch_existing(key)` resets lastActive only if the record exists (a bare HSET would
-# create a ghost record); 1 or 0.
+# Lua: `touch_existing(key[, known])` resets lastActive only if the record exists (a bare HSET
+# would create a ghost record; `known`: the caller already read a field of it); 1 or 0.
 LUA_TOUCH_EXISTING = f"""
-local function touch_existing(key)
-  if redis.call('EXISTS', key) == 0 then return 0 end
+local function touch_existing(key, known)
+  if not known and redis.call('EXISTS', key) == 0 then return 0 end
   {LUA_NOW}
   redis.call('HSET', key, 'lastActive', now)
   return 1

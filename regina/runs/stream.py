@@ -52,7 +52,7 @@ redis.call('HSET', KEYS[2], 'status', ARGV[3], 'finishedAt', ARGV[2], 'finishRea
   'promptTokens', ARGV[5], 'completionTokens', ARGV[6])
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[2], 'error', ARGV[7]) end
 redis.call('EXPIRE', KEYS[2], ARGV[1])
-if touch_existing(KEYS[3]) == 1 then
+if touch_existing(KEYS[3], ARGV[9] ~= '') == 1 then  -- a passed fence read the record
   redis.call('HINCRBY', KEYS[3], 'promptTokens', ARGV[5])
   redis.call('HINCRBY', KEYS[3], 'completionTokens', ARGV[6])
 end
