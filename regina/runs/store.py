@@ -23,7 +23,7 @@ from typing import Any, Literal, cast
 import redis
 
 from regina import keys
-from regina.instances import LUA_TOUCH, InstanceRecord, iso, record_from_hash
+from regina.instances import LUA_TOUCH, LUA_TOUCH_EXISTING, InstanceRecord, iso, record_from_hash
 from regina.runs.cancel import announce
 from regina.runs.steering import decode_all, encode
 from regina.runtime.sink import Steer
@@ -45,23 +45,32 @@ local function front(runs_key, run_prefix)
 end
 """
 
+# An Idempotency-Key seen before: {'dup', first request's id} with the same body hash,
+# {'mismatch'} with another; false when the key is new. Stored as "<body hash> <id>".
+_CLAIMED = """
+local function claimed(key, body_hash)
+  local prev = redis.call('GET', key)
+  if not prev then return false end
+  local sep = string.find(prev, ' ', 1, true)
+  if string.sub(prev, 1, sep - 1) ~= body_hash then return {'mismatch'} end
+  return {'dup', string.sub(prev, sep + 1)}
+end
+"""
+
 # KEYS: instance record, run record, instance runs, steering list[, idempotency key].
 # ARGV: now, instanceId, run ttl, runId, whenBusy, steer entry, idempotency body hash,
 # idempotency ttl, member prefix, run prefix, most runs open at once (limits.maxQueuedRuns).
 # The instance's one HGETALL answers whether it exists, who owns it and what the reply carries.
 _OPEN = (
     _FRONT
+    + _CLAIMED
     + LUA_TOUCH
     + """
 local rec = redis.call('HGETALL', KEYS[1])
 if #rec == 0 then return {'missing'} end
 if KEYS[5] then
-  local prev = redis.call('GET', KEYS[5])
-  if prev then
-    local sep = string.find(prev, ' ', 1, true)
-    if string.sub(prev, 1, sep - 1) ~= ARGV[7] then return {'mismatch'} end
-    return {'dup', string.sub(prev, sep + 1)}
-  end
+  local earlier = claimed(KEYS[5], ARGV[7])
+  if earlier then return earlier end
 end
 local alive = touch(KEYS[1], rec, ARGV[9])
 local busy = front(KEYS[3], ARGV[10])
@@ -84,22 +93,21 @@ return rec
 
 # KEYS: instance record, steering list[, idempotency key]. ARGV: now, steer entry, steerId,
 # idempotency body hash, idempotency ttl.
-_STEER = """
+_STEER = (
+    _CLAIMED
+    + LUA_TOUCH_EXISTING
+    + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
 if KEYS[3] then
-  local prev = redis.call('GET', KEYS[3])
-  if prev then
-    local sep = string.find(prev, ' ', 1, true)
-    if string.sub(prev, 1, sep - 1) ~= ARGV[4] then return {'mismatch'} end
-    return {'dup', string.sub(prev, sep + 1)}
-  end
+  local earlier = claimed(KEYS[3], ARGV[4])
+  if earlier then return earlier end
   redis.call('SET', KEYS[3], ARGV[4] .. ' ' .. ARGV[3], 'EX', ARGV[5])
 end
-local t = redis.call('TIME')  -- Redis's clock: one clock for every idle timer
-redis.call('HSET', KEYS[1], 'lastActive', t[1] .. '.' .. string.format('%06d', t[2]))
+touch_existing(KEYS[1], true)
 redis.call('RPUSH', KEYS[2], ARGV[2])
 return {'ok', ARGV[3]}
 """
+)
 
 # Move every waiting steering message into the run's journal and return them (KEYS: steering
 # list, run journal; ARGV: retention). The journal lets a step redelivered after a crash take

@@ -5,6 +5,7 @@ copying. Typed VFS errors become the errno-style OSErrors just-bash reports like
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from regina.errors import (
@@ -158,20 +159,18 @@ class VFSBashFs:
         raise FileNotFoundError(f"ENOENT: no such file or directory, open '{raw}'")
 
     async def write_file(self, path: str, content: str | bytes, encoding: str = "utf-8") -> None:
-        data = content.encode(encoding or "utf-8", ENC_ERRORS) if isinstance(content, str) else content
-        p = self._norm(path)
-        self._check_parent(p, path)
-        try:
-            self.vfs.write(p, bytes(data))
-        except VFSError as exc:
-            raise self._oserror(exc, "write", path) from None
+        self._put(self.vfs.write, path, content, encoding)
 
     async def append_file(self, path: str, content: str | bytes, encoding: str = "utf-8") -> None:
+        self._put(self.vfs.append, path, content, encoding)
+
+    def _put(self, op: Callable[[str, bytes], Any], path: str, content: str | bytes, encoding: str) -> None:
+        """Write or append: encode, check the parent, map VFS errors to the errno bash shows."""
         data = content.encode(encoding or "utf-8", ENC_ERRORS) if isinstance(content, str) else content
         p = self._norm(path)
         self._check_parent(p, path)
         try:
-            self.vfs.append(p, bytes(data))
+            op(p, bytes(data))
         except VFSError as exc:
             raise self._oserror(exc, "write", path) from None
 
