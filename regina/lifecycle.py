@@ -135,7 +135,7 @@ class Coordinator:
             if rec.status == "suspending" and alive:
                 backoff.sleep()  # its owner is finishing a suspend; resume right after
                 continue
-            member = self._place(prefer=rec.member)
+            member = self._place(prefer=rec.member, until=give_up)
             epoch = self.store.claim(instance_id, member, expected_epoch=rec.epoch)
             if epoch == -2:
                 raise NotFound(f"instance {instance_id!r} not found")
@@ -161,10 +161,12 @@ class Coordinator:
                 continue
             return self.get(instance_id)
 
-    def _place(self, prefer: str | None = None) -> str:
+    def _place(self, prefer: str | None = None, until: float | None = None) -> str:
         """A live member; with none (a rolling restart, the only worker restarting) wait up to
-        limits.placementWait for one to join instead of failing at once."""
+        limits.placementWait (and never past `until`) for one to join instead of failing at once."""
         deadline = time.monotonic() + self.settings.limits.placement_wait
+        if until is not None:
+            deadline = min(deadline, until)
         pause = 0.05
         while True:
             try:
@@ -180,7 +182,10 @@ class Coordinator:
         """One coordinator at a time places an instance (redis-py's Lock: released by token, so a
         holder whose lock expired never deletes the next holder's)."""
         limits = self.settings.limits
-        timeout = limits.worker_reply_timeout + limits.placement_wait
+        # The holder gives up placing at reply + placementWait and then waits at most one more
+        # reply for the attach: hold (and wait for) the lock that long, so a waiter never fails
+        # while a holder is still legitimately at work and the lock never expires under it.
+        timeout = 2 * limits.worker_reply_timeout + limits.placement_wait
         lock = self.r.lock(keys.activation_lock(instance_id), timeout=timeout + 1, sleep=0.01, blocking_timeout=timeout)
         if not lock.acquire():
             raise Unavailable(f"instance is busy being placed ({lock.name}); try again")
