@@ -10,17 +10,15 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
 from regina import activation, keys, metrics
+from regina.attached import Active
 from regina.backups import Backups
 from regina.config import Settings
-from regina.definitions import AgentDefinition
 from regina.delegation import Delegation
-from regina.durable_run import DurableRun
 from regina.equipment import Equipment
 from regina.errors import ReginaError, StaleEpoch
 from regina.factory_hooks import FactoryHooks
@@ -29,21 +27,14 @@ from regina.fifo_lock import FifoLock
 from regina.instances import InstanceStore
 from regina.journal import Journal, JournalVFS
 from regina.outbound import Allowlist
-from regina.providers import resolve_model_target
 from regina.registry import AgentRegistry
-from regina.run_watch import RunWatch
-from regina.runs.context import InterrupterFactory, RunContext, budget_for
-from regina.runs.steering import encode
+from regina.runs.context import InterrupterFactory, RunContext
 from regina.runs.store import RunStore
-from regina.runs.stream import RunPublisher
-from regina.runtime.events import ToolDegraded
-from regina.runtime.loop import TurnSpec, run_turn
 from regina.runtime.session import Session
-from regina.runtime.sink import CANCELLED, Steer
-from regina.runtime.tools.merge import InstanceTools
+from regina.runtime.sink import CANCELLED
 from regina.runtime.tools.process import warm_up
-from regina.runtime.tools.runner import ToolRunner
 from regina.sandbox_env import sandbox_env
+from regina.step import StepRunner
 from regina.storage import Storage
 
 log = logging.getLogger("regina.host")
@@ -53,28 +44,6 @@ AnyVFS = activation.AnyVFS
 
 class NotHere(ReginaError):
     """Raised when a step arrives for an instance this member does not hold (anymore)."""
-
-
-@dataclass
-class Active:
-    """An instance attached to this member."""
-
-    instance_id: str
-    definition: AgentDefinition
-    epoch: int
-    vfs: AnyVFS | JournalVFS
-    session: Session
-    tools: InstanceTools
-    runner: ToolRunner
-    fence: Fence
-    system_prompt: str = ""
-    lock: FifoLock = field(default_factory=FifoLock)
-    last_used: float = field(default_factory=time.monotonic)
-    parked: bool = False
-    last_touch: float = 0.0
-    #: The running run and its deadline (monotonic), for the `delegate` tool.
-    run_id: str = ""
-    run_deadline: float = 0.0
 
 
 class InstanceHost:
@@ -106,6 +75,7 @@ class InstanceHost:
         # How a cancel interrupts a run blocked in a model call or a tool (the worker's is a
         # greenlet throw); None: the run stops at its next check.
         self.interrupter_factory = interrupter_factory
+        self.steps = StepRunner(settings, client, self.runs, self.journal, self.running, interrupter_factory)
         self.active: dict[str, Active] = {}
         # Instances being attached: steps that arrive meanwhile wait on this gate.
         self.loading: dict[str, FifoLock] = {}
@@ -217,97 +187,12 @@ class InstanceHost:
             if self.active.get(instance_id) is not act:
                 raise NotHere(f"instance {instance_id} was released from {self.member_id}")
             try:
-                self._run_locked(act, run_id, message, stream)
+                self.steps.run(act, run_id, message, stream)
             except StaleEpoch:
                 self._drop(act, f"step {run_id} found its epoch stale")
                 raise
             if isinstance(act.vfs, JournalVFS) and act.vfs.written_bytes > self.settings.storage.checkpoint_bytes:
                 self._checkpoint(act)
-
-    def _run_locked(self, act: Active, run_id: str, message: str | None, stream: bool) -> None:
-        instance_id = act.instance_id
-        act.parked = False
-        act.last_used = time.monotonic()
-        # One round trip: our epoch still current? events already published? mark running,
-        # and take the steering messages that wait for this run.
-        # Resolved before steering is taken for the run: a failure here loses no message.
-        target = resolve_model_target(act.definition.model, act.definition.provider, self.settings)
-        begun = self.runs.begin(instance_id, run_id, act.epoch)
-        if begun.kind == "stale":
-            raise StaleEpoch(f"instance {instance_id} moved to another member")
-        if begun.kind == "ended":
-            # A redelivered step whose run already ended (its ack was lost), a queued run
-            # cancelled before it started, or a run whose record expired: never run it twice.
-            log.info("step for run %s dropped: run %s", run_id, begun.previous_status or "unknown or expired")
-            return
-        window = self.settings.stream_batch_ms / 1000 if stream else None  # deltas batched
-        publisher = RunPublisher(
-            self.r, run_id, instance_id, self.settings.run_retention, begun.seq, not stream, window, act.epoch
-        )
-        # Only a redelivered step (its run already marked running) can have its message saved.
-        if begun.previous_status == "running" and any(m.get("runId") == run_id for m in act.session.messages):
-            message = None  # redelivered after a crash: the message is already in the history
-            answer = activation.answer_of(act.session.messages, run_id)
-            if answer is not None:  # ... and its answer too: finish with it, do not ask again
-                self._flush(act)
-                self._give_back(instance_id, begun.steered)
-                publisher.publish({"type": "finish", "finishReason": "stop", "text": answer, "usage": activation.ZERO})
-                return
-        d = act.definition
-        budget = budget_for(d.budget_settings(self.settings), begun.instance_tokens)
-        try:
-            steered = _not_saved(begun.earlier, act.session.messages, run_id) + begun.steered
-        except BaseException:  # e.g. an unreadable transcript: the steers taken are not lost
-            self._give_back(instance_id, begun.steered)
-            raise
-        ctx = DurableRun(self.r, instance_id, run_id, publisher, budget, steered, self.interrupter_factory)
-        # The open touched the instance and the start read the cancel flag just now: the first
-        # heartbeat is due a second from here.
-        act.last_touch = time.monotonic()
-        ctx.touch_gate = lambda: self._touch_due(act)
-        ctx.bind(act.fence, lambda before_tool: self._flush(act, before_tool))
-        if begun.cancel_requested:
-            ctx.cancel.cancel(CANCELLED)
-        # The delegate tool reads the run from `act`; a dropped MCP server is this run's event.
-        act.run_id, act.run_deadline = run_id, time.monotonic() + self.settings.limits.request_timeout
-        act.tools.bind_run(lambda server, error: ctx.emit(ToolDegraded(server=server, error=error)))
-        spec = TurnSpec(
-            target=target,
-            system_prompt=act.system_prompt,
-            tools=act.tools.for_step(),
-            tools_for_step=act.tools.for_step,
-            max_steps=d.max_steps or self.settings.defaults.max_steps,
-            temperature=d.temperature,
-            compaction=d.compaction_settings(self.settings),
-            tool_output_limit=self.settings.limits.max_tool_output_chars,
-            stream=stream,
-            runner=act.runner,
-        )
-        watch = ctx.watch = RunWatch(instance_id, run_id, spec.target.provider, d.model, stream)
-        self.running[run_id] = ctx
-        ctx.start_clock()
-        try:
-            watch.result = run_turn(spec, act.session, message, ctx)
-        except BaseException:
-            self._give_back(instance_id, ctx.unclaimed_steering())
-            raise
-        finally:
-            ctx.stop_clock()
-            watch.done()
-            self.running.pop(run_id, None)
-        if publisher.ended:  # its finish script reset the idle timer
-            act.last_touch = time.monotonic()
-        else:
-            self._touch(act)
-        act.last_used = time.monotonic()
-
-    def _flush(self, act: Active, before_tool: bool = False) -> None:
-        """Ship the journal (with nothing pending, a fence check). Without storage there is no
-        journal: only a tool call checks the fence first (terminal events are fenced anyway)."""
-        if self.journal is not None and isinstance(act.vfs, JournalVFS):
-            self.journal.flush(act.instance_id, act.epoch, act.vfs)
-        elif before_tool and not act.fence.current():
-            raise act.fence.stale("tool call")
 
     def _checkpoint(self, act: Active) -> None:
         """Back up a started instance whose journal grew past storage.checkpointBytes."""
@@ -318,31 +203,12 @@ class InstanceHost:
         except Exception:  # noqa: BLE001 - the journal still holds every change; retried next run
             log.warning("instance %s: checkpoint failed", act.instance_id, exc_info=True)
 
-    def _give_back(self, instance_id: str, steered: list[Steer]) -> None:
-        """Put steering a failed step took but never used back at the head of the instance's list."""
-        if steered:
-            self.r.lpush(keys.steering(instance_id), *[encode(s) for s in reversed(steered)])
-            log.warning("instance %s: %d steering message(s) given back after a failed step", instance_id, len(steered))
-
     def cancel_local(self, run_id: str) -> bool:
         """Cancel a run if it runs here (the cancel listener calls this); True if it did."""
         ctx = self.running.get(run_id)
         if ctx is None:
             return False
         ctx.cancel.cancel(CANCELLED)
-        return True
-
-    def _touch(self, act: Active) -> None:
-        """Reset the idle timer from a running loop, at most once a second (timers are in seconds)."""
-        if self._touch_due(act):
-            act.fence.set(lastActive=time.time())
-
-    @staticmethod
-    def _touch_due(act: Active) -> bool:
-        now = time.monotonic()
-        if now - act.last_touch < 1.0:
-            return False
-        act.last_touch = now
         return True
 
     @staticmethod
@@ -427,7 +293,7 @@ class InstanceHost:
         if self.backups is None:
             return 0, 0
         if isinstance(act.vfs, JournalVFS):
-            self._flush(act)  # the backup covers every entry up to here
+            self.steps.flush(act)  # the backup covers every entry up to here
         rec = self.store.get(act.instance_id)
         if rec is None or rec.epoch != act.epoch:
             raise StaleEpoch(f"instance {act.instance_id}: not backing up from a stale owner")
@@ -497,15 +363,3 @@ class InstanceHost:
                 self.suspend(iid)
             except Exception:
                 log.exception("instance %s: suspend at shutdown failed", iid)
-
-
-def _not_saved(earlier: list[Steer], history: list[dict[str, Any]], run_id: str) -> list[Steer]:
-    """Steering a crashed attempt of this run took but did not save to the history."""
-    saved = [m.get("content") for m in history if m.get("role") == "user" and m.get("runId") == run_id]
-    out = []
-    for steer in earlier:
-        if steer.message in saved:
-            saved.remove(steer.message)
-        else:
-            out.append(steer)
-    return out

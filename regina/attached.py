@@ -1,0 +1,37 @@
+"""`Active`: an instance attached to a member, as the host and its steps hold it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from regina.activation import AnyVFS
+from regina.definitions import AgentDefinition
+from regina.fencing import Fence
+from regina.fifo_lock import FifoLock
+from regina.journal import JournalVFS
+from regina.runtime.session import Session
+from regina.runtime.tools.merge import InstanceTools
+from regina.runtime.tools.runner import ToolRunner
+
+
+@dataclass
+class Active:
+    """An instance attached to this member."""
+
+    instance_id: str
+    definition: AgentDefinition
+    epoch: int
+    vfs: AnyVFS | JournalVFS
+    session: Session
+    tools: InstanceTools
+    runner: ToolRunner
+    fence: Fence
+    system_prompt: str = ""
+    lock: FifoLock = field(default_factory=FifoLock)
+    last_used: float = field(default_factory=time.monotonic)
+    parked: bool = False
+    last_touch: float = 0.0
+    #: The running run and its deadline (monotonic), for the `delegate` tool.
+    run_id: str = ""
+    run_deadline: float = 0.0

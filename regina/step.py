@@ -1,0 +1,170 @@
+"""One chat step of an attached instance, from its start to its end.
+
+The start takes the run (epoch fence, seq, `running`, steering) in one script; the step builds
+the run's context and budget and runs the agent loop; the end resets the idle timer (unless the
+finish script did) and gives back steering a failed step took but never used. The journal flush
+that fences a tool call lives here too. `InstanceHost` holds the instances and calls `run`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import redis
+
+from regina import activation, keys
+from regina.attached import Active
+from regina.config import Settings
+from regina.durable_run import DurableRun
+from regina.errors import StaleEpoch
+from regina.journal import Journal, JournalVFS
+from regina.providers import resolve_model_target
+from regina.run_watch import RunWatch
+from regina.runs.context import InterrupterFactory, RunContext, budget_for
+from regina.runs.steering import encode
+from regina.runs.store import RunStore
+from regina.runs.stream import RunPublisher
+from regina.runtime.events import ToolDegraded
+from regina.runtime.loop import TurnSpec, run_turn
+from regina.runtime.sink import CANCELLED, Steer
+
+log = logging.getLogger("regina.host")
+
+
+class StepRunner:
+    """Runs the chat steps of the instances a member holds (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: redis.Redis,
+        runs: RunStore,
+        journal: Journal | None,
+        running: dict[str, RunContext],
+        interrupter_factory: InterrupterFactory | None,
+    ) -> None:
+        self.settings = settings
+        self.r = client
+        self.runs = runs
+        self.journal = journal
+        self.running = running
+        self.interrupter_factory = interrupter_factory
+
+    def run(self, act: Active, run_id: str, message: str | None, stream: bool) -> None:
+        """Run one step of `act` (its lock held): begin, the loop, the end."""
+        instance_id = act.instance_id
+        act.parked = False
+        act.last_used = time.monotonic()
+        # One round trip: our epoch still current? events already published? mark running,
+        # and take the steering messages that wait for this run.
+        # Resolved before steering is taken for the run: a failure here loses no message.
+        target = resolve_model_target(act.definition.model, act.definition.provider, self.settings)
+        begun = self.runs.begin(instance_id, run_id, act.epoch)
+        if begun.kind == "stale":
+            raise StaleEpoch(f"instance {instance_id} moved to another member")
+        if begun.kind == "ended":
+            # A redelivered step whose run already ended (its ack was lost), a queued run
+            # cancelled before it started, or a run whose record expired: never run it twice.
+            log.info("step for run %s dropped: run %s", run_id, begun.previous_status or "unknown or expired")
+            return
+        window = self.settings.stream_batch_ms / 1000 if stream else None  # deltas batched
+        publisher = RunPublisher(
+            self.r, run_id, instance_id, self.settings.run_retention, begun.seq, not stream, window, act.epoch
+        )
+        # Only a redelivered step (its run already marked running) can have its message saved.
+        if begun.previous_status == "running" and any(m.get("runId") == run_id for m in act.session.messages):
+            message = None  # redelivered after a crash: the message is already in the history
+            answer = activation.answer_of(act.session.messages, run_id)
+            if answer is not None:  # ... and its answer too: finish with it, do not ask again
+                self.flush(act)
+                self.give_back(instance_id, begun.steered)
+                publisher.publish({"type": "finish", "finishReason": "stop", "text": answer, "usage": activation.ZERO})
+                return
+        d = act.definition
+        budget = budget_for(d.budget_settings(self.settings), begun.instance_tokens)
+        try:
+            steered = not_saved(begun.earlier, act.session.messages, run_id) + begun.steered
+        except BaseException:  # e.g. an unreadable transcript: the steers taken are not lost
+            self.give_back(instance_id, begun.steered)
+            raise
+        ctx = DurableRun(self.r, instance_id, run_id, publisher, budget, steered, self.interrupter_factory)
+        # The open touched the instance and the start read the cancel flag just now: the first
+        # heartbeat is due a second from here.
+        act.last_touch = time.monotonic()
+        ctx.touch_gate = lambda: self.touch_due(act)
+        ctx.bind(act.fence, lambda before_tool: self.flush(act, before_tool))
+        if begun.cancel_requested:
+            ctx.cancel.cancel(CANCELLED)
+        # The delegate tool reads the run from `act`; a dropped MCP server is this run's event.
+        act.run_id, act.run_deadline = run_id, time.monotonic() + self.settings.limits.request_timeout
+        act.tools.bind_run(lambda server, error: ctx.emit(ToolDegraded(server=server, error=error)))
+        spec = TurnSpec(
+            target=target,
+            system_prompt=act.system_prompt,
+            tools=act.tools.for_step(),
+            tools_for_step=act.tools.for_step,
+            max_steps=d.max_steps or self.settings.defaults.max_steps,
+            temperature=d.temperature,
+            compaction=d.compaction_settings(self.settings),
+            tool_output_limit=self.settings.limits.max_tool_output_chars,
+            stream=stream,
+            runner=act.runner,
+        )
+        watch = ctx.watch = RunWatch(instance_id, run_id, spec.target.provider, d.model, stream)
+        self.running[run_id] = ctx
+        ctx.start_clock()
+        try:
+            watch.result = run_turn(spec, act.session, message, ctx)
+        except BaseException:
+            self.give_back(instance_id, ctx.unclaimed_steering())
+            raise
+        finally:
+            ctx.stop_clock()
+            watch.done()
+            self.running.pop(run_id, None)
+        if publisher.ended:  # its finish script reset the idle timer
+            act.last_touch = time.monotonic()
+        else:
+            self.touch(act)
+        act.last_used = time.monotonic()
+
+    def flush(self, act: Active, before_tool: bool = False) -> None:
+        """Ship the journal (with nothing pending, a fence check). Without storage there is no
+        journal: only a tool call checks the fence first (terminal events are fenced anyway)."""
+        if self.journal is not None and isinstance(act.vfs, JournalVFS):
+            self.journal.flush(act.instance_id, act.epoch, act.vfs)
+        elif before_tool and not act.fence.current():
+            raise act.fence.stale("tool call")
+
+    def give_back(self, instance_id: str, steered: list[Steer]) -> None:
+        """Put steering a failed step took but never used back at the head of the instance's list."""
+        if steered:
+            self.r.lpush(keys.steering(instance_id), *[encode(s) for s in reversed(steered)])
+            log.warning("instance %s: %d steering message(s) given back after a failed step", instance_id, len(steered))
+
+    def touch(self, act: Active) -> None:
+        """Reset the idle timer from a running loop, at most once a second (timers are in seconds)."""
+        if self.touch_due(act):
+            act.fence.set(lastActive=time.time())
+
+    @staticmethod
+    def touch_due(act: Active) -> bool:
+        now = time.monotonic()
+        if now - act.last_touch < 1.0:
+            return False
+        act.last_touch = now
+        return True
+
+
+def not_saved(earlier: list[Steer], history: list[dict[str, Any]], run_id: str) -> list[Steer]:
+    """Steering a crashed attempt of this run took but did not save to the history."""
+    saved = [m.get("content") for m in history if m.get("role") == "user" and m.get("runId") == run_id]
+    out = []
+    for steer in earlier:
+        if steer.message in saved:
+            saved.remove(steer.message)
+        else:
+            out.append(steer)
+    return out
