@@ -163,10 +163,17 @@ def _shutting_down(**kwargs: Any) -> None:
     _state["stopping"] = True
     membership = _state.get("membership")
     if membership is not None:
-        try:
-            membership.leave_placement()
-        except Exception:
-            log.warning("could not leave placement", exc_info=True)
+        # Celery sends this from its signal handler, which under gevent runs in an event-loop
+        # callback where a Redis call (a blocking switch) raises BlockingSwitchOutError: leave
+        # from a greenlet of its own, which runs while the warm shutdown waits for the pool.
+        gevent.spawn(_leave_placement, membership)
+
+
+def _leave_placement(membership: Membership) -> None:
+    try:
+        membership.leave_placement()
+    except Exception:
+        log.warning("could not leave placement", exc_info=True)
 
 
 @signals.worker_shutdown.connect
