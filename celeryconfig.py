@@ -9,15 +9,21 @@ from regina.config import process_settings
 
 _settings = process_settings()
 
-broker_url = _settings.redis
-# kombu's Redis transport with one publishing client per channel (workers/transport.py); other
-# schemes (rediss://, sentinel://) keep kombu's own choice.
-if broker_url.startswith(("redis://", "unix://")):
-    broker_transport = "workers.transport:Transport"
-# One BRPOP key per queue instead of four: we use no message priorities (4-5x cheaper per
-# message with many queues). visibility_timeout stays long: gevent workers never sweep, and a
-# short one re-runs live steps; dead workers' steps are restored by the coordinator instead.
-broker_transport_options = {"priority_steps": [0], "visibility_timeout": 3600}
+broker_url = _settings.broker_url
+if _settings.broker:
+    # RabbitMQ (workers/amqp.py): push consumers per instance queue; publishes wait for the
+    # broker's confirm, so a step the web was told is queued is on the broker.
+    broker_transport = "workers.amqp:Transport"
+    broker_transport_options = {"confirm_publish": True}
+else:
+    # kombu's Redis transport with one publishing client per channel (workers/transport.py);
+    # other schemes (rediss://, sentinel://) keep kombu's own choice.
+    if broker_url.startswith(("redis://", "unix://")):
+        broker_transport = "workers.transport:Transport"
+    # One BRPOP key per queue instead of four: we use no message priorities (4-5x cheaper per
+    # message with many queues). visibility_timeout stays long: gevent workers never sweep, and
+    # a short one re-runs live steps; dead workers' steps are restored by the coordinator instead.
+    broker_transport_options = {"priority_steps": [0], "visibility_timeout": 3600}
 broker_connection_retry_on_startup = True
 # A pool at least as large as the number of concurrent publishers; never None (3.5 ms/publish).
 broker_pool_limit = 64

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> list[Table]:
 
             def sweep() -> None:
                 client.delete(keys.SWEEP_ORPHANS_LOCK)
-                sweep_orphans(client, lambda _iid: None, lambda: (), 10.0)
+                sweep_orphans(client, lambda _iid: None, lambda _ids: set(), 10.0)
 
             sweep_ms = _median_ms(sweep, args.runs)
             all_ms = _median_ms(store.all, args.runs)

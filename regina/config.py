@@ -172,6 +172,11 @@ class Settings(_Section):
     """Fallbacks for agent definitions."""
     redis: str = "redis://127.0.0.1:6379/0"
     """Redis URL: broker, cluster state, events and steering. `REDIS_URL` sets it too."""
+    broker: str | None = None
+    """RabbitMQ URL (`amqp://user:pass@host:5672/vhost`, or `amqps://`) for the task queues: the
+    per-instance queues become AMQP queues with push consumers (docs/scaling.md says when to
+    choose it). Unset: the queues live in the Redis of `redis`, which carries state, events and
+    steering either way."""
     member_address: str | None = None
     """Routable address a worker registers under `regina:member:<id>` (default: host name).
     `{HOSTNAME}`, `{POD_IP}` or any `{ENV_VAR}` in it is replaced by that variable's value."""
@@ -245,6 +250,18 @@ class Settings(_Section):
         context = info.context or {}
         environ = context["environ"] if "environ" in context else environment()
         return None if value is None else expand_placeholders(value, environ)
+
+    @field_validator("broker")
+    @classmethod
+    def _amqp_only(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("amqp://", "amqps://")):
+            raise ValueError("must be an amqp:// or amqps:// URL (Redis queues need no broker: unset it)")
+        return value or None
+
+    @property
+    def broker_url(self) -> str:
+        """Where the task queues live: `broker` when set, else the Redis of `redis`."""
+        return self.broker or self.redis
 
     @field_validator("outbound_allowlist", mode="before")
     @classmethod

@@ -22,6 +22,7 @@ from regina.runs.cancel import listen as cancel_listener
 from regina.runtime.models import get_litellm
 from regina.secrets import add_secret, install_log_redaction
 from storage import make_storage
+from workers.amqp import make_dispatcher
 from workers.celery_app import app
 from workers.dispatcher import CeleryDispatcher
 from workers.interrupt import greenlet_interrupter
@@ -67,7 +68,7 @@ def init_context(member_id: str, concurrency: int | None = None) -> WorkerContex
     warn_missing_keys(registry)
     storage = make_storage(settings.storage, settings.redis)
     get_litellm()  # import LiteLLM now (seconds of CPU), not inside the first chat step
-    dispatcher = CeleryDispatcher(app, client)
+    dispatcher = make_dispatcher(app, client)
     coordinator = Coordinator(settings, registry, client, dispatcher, storage)
     delegation = Delegation(coordinator, client)
     host = InstanceHost(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any, cast
 
 import redis
@@ -80,6 +81,17 @@ class CeleryDispatcher:
             pipe.execute()
             moved += 1
         return moved
+
+    def waiting_instances(self, instance_ids: Iterable[str]) -> set[str]:
+        """Those of `instance_ids` with steps waiting: queued, or taken and not acknowledged."""
+        ids = list(instance_ids)
+        if not ids:
+            return set()
+        pipe = self.r.pipeline(transaction=False)
+        for iid in ids:
+            pipe.llen(keys.instance_queue(iid))
+        queued = {iid for iid, n in zip(ids, pipe.execute(), strict=True) if n}
+        return queued | (self.unacked_instances() & set(ids))
 
     def unacked_instances(self) -> set[str]:
         """Instances with steps delivered to a worker and not acknowledged (yet)."""

@@ -16,8 +16,8 @@ from regina.lifecycle import Coordinator
 from regina.redis_conn import connect, embedded_redis_url
 from regina.registry import AgentRegistry
 from storage import make_storage
+from workers.amqp import make_dispatcher
 from workers.celery_app import app
-from workers.dispatcher import CeleryDispatcher
 
 
 def local_coordinator(settings: Settings | None = None) -> Coordinator:
@@ -27,6 +27,6 @@ def local_coordinator(settings: Settings | None = None) -> Coordinator:
     registry = AgentRegistry(settings)
     registry.load()
     client = connect(settings.redis)
-    app.conf.broker_url = settings.redis  # type: ignore[misc]
+    app.conf.broker_url = settings.broker_url  # type: ignore[misc]
     storage = make_storage(settings.storage, settings.redis)
-    return Coordinator(settings, registry, client, CeleryDispatcher(app, client), storage)
+    return Coordinator(settings, registry, client, make_dispatcher(app, client), storage)

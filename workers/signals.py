@@ -28,6 +28,7 @@ from regina.metrics import (
     serve_worker_metrics,
 )
 from regina.runtime.tools.process import resident_bytes
+from workers import amqp
 from workers.context import context, current, init_context
 from workers.step_strategy import flush_task_events
 from workers.transport import configure_worker
@@ -40,8 +41,15 @@ _state: dict[str, Any] = {"stopping": False, "greenlets": []}
 @signals.celeryd_init.connect
 def _size_pools(sender: str, conf: Any, options: dict[str, Any], **kwargs: Any) -> None:
     """Size the broker pools from this worker's concurrency before any connection exists, and
-    consume instance queues through the member's ready list (workers/transport.py)."""
-    configure_worker(conf, str(sender), int(options.get("concurrency") or conf.worker_concurrency or 1))
+    consume instance queues through the member's ready list (workers/transport.py) — or, on
+    RabbitMQ, with push consumers and a heartbeat under memberTtl (workers/amqp.py)."""
+    concurrency = int(options.get("concurrency") or conf.worker_concurrency or 1)
+    if amqp.is_amqp(str(conf.broker_url)):
+        from regina.config import process_settings
+
+        amqp.configure_worker(conf, concurrency, process_settings().member_ttl)
+    else:
+        configure_worker(conf, str(sender), concurrency)
 
 
 @signals.setup_logging.connect
@@ -61,7 +69,10 @@ def _setup(sender: str, instance: Any, **kwargs: Any) -> None:
     ctx = init_context(member_id, getattr(instance, "concurrency", None))
     # An earlier process under this member id left names of queues this one does not consume yet.
     ctx.client.delete(keys.member_ready(member_id))
-    instance.app.amqp.queues.select_add(keys.member_queue(member_id))
+    if isinstance(ctx.dispatcher, amqp.AmqpDispatcher):
+        instance.app.amqp.queues.select_add(amqp.member_queue(member_id))
+    else:
+        instance.app.amqp.queues.select_add(keys.member_queue(member_id))
     log.info("member %s (vfs %s, storage %s)", member_id, ctx.settings.vfs_dir, ctx.settings.storage.type or "none")
 
 
@@ -112,8 +123,10 @@ def _heartbeat_loop(membership: Membership) -> None:
 def _queue_gauges(ctx: Any) -> None:
     """Steps waiting for this worker, its instance count, and its memory with its tool processes
     counted in (per heartbeat). Every waiting step of a held queue has one entry on the member's
-    ready list (workers/transport.py): one LLEN counts them, whatever the number of instances."""
-    QUEUE_DEPTH.labels(ctx.member_id).set(int(ctx.client.llen(keys.member_ready(ctx.member_id))))
+    ready list (workers/transport.py): one LLEN counts them, whatever the number of instances.
+    On RabbitMQ the steps wait in its queues, and RabbitMQ's own metrics show their depths."""
+    if not isinstance(ctx.dispatcher, amqp.AmqpDispatcher):
+        QUEUE_DEPTH.labels(ctx.member_id).set(int(ctx.client.llen(keys.member_ready(ctx.member_id))))
     WORKER_INSTANCES.labels(ctx.member_id).set(len(ctx.host.active))
     children = ctx.host.tool_pids()
     WORKER_TOOL_PROCESSES.labels(ctx.member_id).set(len(children))
@@ -151,7 +164,7 @@ def _orphan_loop() -> None:
     while not _state["stopping"]:
         gevent.sleep(every)
         try:
-            sweep_orphans(ctx.client, ctx.coordinator.ensure_active, ctx.dispatcher.unacked_instances, every)
+            sweep_orphans(ctx.client, ctx.coordinator.ensure_active, ctx.dispatcher.waiting_instances, every)
         except Exception:
             log.exception("orphan sweep failed; retrying")
 

@@ -36,24 +36,19 @@ def _records(client: redis.Redis) -> list[Row]:
     return [(iid, s, m, int(e or 0)) for iid, (s, m, e) in zip(ids, pipe.execute(), strict=True)]
 
 
-def _queued(client: redis.Redis, ids: list[str]) -> set[str]:
-    pipe = client.pipeline(transaction=False)
-    for iid in ids:
-        pipe.llen(keys.instance_queue(iid))
-    return {iid for iid, n in zip(ids, pipe.execute(), strict=True) if n}
-
-
 def sweep_orphans(
     client: redis.Redis,
     activate: Callable[[str], object],
-    unacked_instances: Callable[[], Iterable[str]],
+    waiting_instances: Callable[[list[str]], Iterable[str]],
     every: float,
 ) -> tuple[int, int]:
     """Re-home orphans (and suspended instances) with steps waiting; suspend idle orphans.
 
     `activate(instance_id)` places an instance on a live member (the Coordinator's
-    `ensure_active`; passed in so the cluster layer does not reach up to the coordinator). At
-    most one member sweeps per `every` seconds (a Redis lock).
+    `ensure_active`; passed in so the cluster layer does not reach up to the coordinator);
+    `waiting_instances(ids)` names those with steps waiting on the broker, queued or taken by a
+    worker and not acknowledged (the Dispatcher's, whichever broker it uses). At most one member
+    sweeps per `every` seconds (a Redis lock).
 
     Returns:
         (re-homed or resumed, marked suspended)
@@ -73,7 +68,7 @@ def sweep_orphans(
     orphans = [r for r in rows if r[1] in ("started", "suspending") and r[2] and r[2] not in alive]
     suspended = [r for r in rows if r[1] == "suspended"]
     candidates = [r[0] for r in orphans + suspended]
-    waiting = _queued(client, candidates) | (set(unacked_instances()) & set(candidates)) if candidates else set()
+    waiting = set(waiting_instances(candidates)) if candidates else set()
     store = InstanceStore(client)
     moved = marked = 0
     for iid, _status, member, epoch in orphans + suspended:

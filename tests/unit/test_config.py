@@ -57,6 +57,12 @@ def test_platform_variables_redis_url_and_port() -> None:
     assert load_settings({"REDIS_URL": "redis://a", "REGINA_REDIS": "redis://b"}).redis == "redis://b"
 
 
+def test_the_queues_live_on_the_broker_when_one_is_set_else_on_redis() -> None:
+    assert load_settings({"REDIS_URL": "redis://h:1/2"}).broker_url == "redis://h:1/2"
+    s = load_settings({"REDIS_URL": "redis://h:1/2", "REGINA_BROKER": "amqp://u:p@mq:5672/v"})
+    assert s.broker_url == "amqp://u:p@mq:5672/v" and s.redis == "redis://h:1/2"
+
+
 @pytest.mark.parametrize(
     ("env", "needle"),
     [
@@ -65,6 +71,7 @@ def test_platform_variables_redis_url_and_port() -> None:
         ({"REGINA_STORAGE__TYPE": "ftp"}, "config key 'storage.type' (REGINA_STORAGE__TYPE)"),
         ({"REGINA_NO_SUCH_KEY": "1"}, "config key 'noSuchKey'"),
         ({"PORT": "99999"}, "config key 'port'"),
+        ({"REGINA_BROKER": "redis://127.0.0.1:6379/1"}, "config key 'broker' (REGINA_BROKER)"),
     ],
 )
 def test_a_bad_value_fails_naming_the_key(env: dict[str, str], needle: str) -> None:

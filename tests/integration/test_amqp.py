@@ -1,0 +1,172 @@
+"""RabbitMQ as the broker (`broker: amqp://…`), end to end with real processes: instance queues
+are AMQP queues with push consumers, Redis still carries state, events and steering.
+
+Uses the machine's RabbitMQ (127.0.0.1:5672, guest/guest) in a private vhost made for this
+module and deleted after it; skipped, with the reason, when RabbitMQ or `rabbitmqctl` is not
+there.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from tests.harness.fake_llm import FakeLLM, Reply
+from tests.harness.processes import Cluster
+from tests.harness.rabbitmq import RabbitUnavailable, RabbitVhost
+from tests.harness.redis_server import RedisServer
+from tests.harness.waiting import wait_until
+from tests.integration.test_api import spawn
+
+pytestmark = [pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def rabbit() -> Iterator[RabbitVhost]:
+    vhost = RabbitVhost()
+    try:
+        vhost.start()
+    except RabbitUnavailable as exc:
+        vhost.close()
+        pytest.skip(f"RabbitMQ broker tests skipped: {exc}")
+    yield vhost
+    vhost.close()
+
+
+@pytest.fixture(scope="module")
+def mq(rabbit: RabbitVhost, fake_llm: FakeLLM, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """Two workers and a web on RabbitMQ queues, a private Redis, fs storage."""
+    server = RedisServer().start()
+    backups = tmp_path_factory.mktemp("amqp-backups")
+    env = {"REGINA_BROKER": rabbit.url, "REGINA_STORAGE__TYPE": "fs", "REGINA_STORAGE__BASE_PATH": str(backups)}
+    c = Cluster(server.url, fake_llm.url, env_overrides=env)
+    try:
+        w1, w2 = c.start_worker(wait=False), c.start_worker(wait=False)
+        c.wait_worker(w1)
+        c.wait_worker(w2)
+        c.start_web()
+    except BaseException:
+        print(c.dump_logs())
+        c.stop()
+        server.close()
+        raise
+    yield c
+    c.stop()
+    server.close()
+
+
+@pytest.fixture
+def api(mq: Cluster) -> Iterator[httpx.Client]:
+    web = next(p for p in mq.procs if p.name.startswith("web"))
+    with httpx.Client(base_url=web.url, timeout=60) as client:
+        yield client
+
+
+def _queue(iid: str) -> str:
+    return f"regina.i.{iid}"
+
+
+def _contents(api: httpx.Client, iid: str) -> list[str]:
+    return [m["content"] for m in api.get(f"/instances/{iid}/messages").json()]
+
+
+def test_spawn_chat_and_stream_go_through_a_rabbitmq_queue(mq: Cluster, rabbit: RabbitVhost, api: httpx.Client) -> None:
+    iid = spawn(api)
+    # The attach declared the instance's queue on RabbitMQ and consumes it (one push consumer).
+    assert rabbit.queue(_queue(iid)) == (0, 1)
+    assert api.post(f"/instances/{iid}/chat", json={"message": "hello"}).json()["text"] == "echo: hello"
+    with api.stream("POST", f"/instances/{iid}/chat/stream", json={"message": "stream me"}) as resp:
+        events = [json.loads(line) for line in resp.iter_lines() if line]
+    assert [e["type"] for e in events][-1] == "finish" and events[-1]["text"] == "echo: stream me"
+    assert any(e["type"] == "text-delta" for e in events)
+    assert _contents(api, iid) == ["hello", "echo: hello", "stream me", "echo: stream me"]
+    # No queue, ready list or kombu bookkeeping in Redis: it carries state and events only.
+    client = redis.Redis.from_url(mq.redis_url, decode_responses=True)
+    try:
+        broker_keys = [k for k in client.scan_iter() if k.startswith(("regina.", "regina:ready:", "unacked", "_kombu"))]
+        assert broker_keys == []
+        assert client.exists(f"regina:inst:{iid}")
+    finally:
+        client.close()
+
+
+def test_steps_of_one_instance_run_in_arrival_order(mq: Cluster, api: httpx.Client, fake_llm: FakeLLM) -> None:
+    iid = spawn(api)
+    fake_llm.push_for("first", Reply(text="first done", delay=1.5))
+    client = redis.Redis.from_url(mq.redis_url)
+    with cf.ThreadPoolExecutor(4) as pool:
+        first = pool.submit(api.post, f"/instances/{iid}/chat", json={"message": "first"})
+        fake_llm.wait_for_requests(1, timeout=15)
+        later = []
+        for n in range(2, 5):
+            later.append(pool.submit(api.post, f"/instances/{iid}/chat", json={"message": f"step {n}"}))
+            # Run n is open (the web publishes its step right after) before step n + 1 is sent.
+            wait_until(lambda n=n: client.zcard(f"regina:inst:{iid}:runs") >= n, timeout=10)
+            time.sleep(0.1)
+        answers = [first.result(30).json()["text"], *(f.result(30).json()["text"] for f in later)]
+    client.close()
+    assert answers == ["first done", "echo: step 2", "echo: step 3", "echo: step 4"]
+    assert _contents(api, iid)[::2] == ["first", "step 2", "step 3", "step 4"]
+
+
+def test_suspend_releases_the_queue_and_resume_consumes_it_again(rabbit: RabbitVhost, api: httpx.Client) -> None:
+    iid = spawn(api)
+    api.post(f"/instances/{iid}/chat", json={"message": "remember me"})
+    assert api.post(f"/instances/{iid}/suspend").status_code == 204
+    # The queue stays (steps sent while suspended wait there), with nobody consuming it.
+    assert rabbit.queue(_queue(iid)) == (0, 0)
+    assert api.post(f"/instances/{iid}/resume").status_code == 204
+    assert api.get(f"/instances/{iid}").json()["status"] == "started"
+    assert rabbit.queue(_queue(iid)) == (0, 1)
+    assert api.post(f"/instances/{iid}/chat", json={"message": "again"}).json()["text"] == "echo: again"
+    assert _contents(api, iid) == ["remember me", "echo: remember me", "again", "echo: again"]
+    # A chat to a suspended instance resumes it and its step is consumed from the same queue.
+    assert api.post(f"/instances/{iid}/suspend").status_code == 204
+    assert api.post(f"/instances/{iid}/chat", json={"message": "wake"}).json()["text"] == "echo: wake"
+    assert rabbit.queue(_queue(iid)) == (0, 1)
+
+
+def test_delete_deletes_the_queue(rabbit: RabbitVhost, api: httpx.Client) -> None:
+    iid = spawn(api)
+    api.post(f"/instances/{iid}/chat", json={"message": "bye"})
+    assert rabbit.queue(_queue(iid)) is not None
+    assert api.delete(f"/instances/{iid}").status_code == 204
+    assert rabbit.queue(_queue(iid)) is None
+    assert api.get(f"/instances/{iid}").status_code == 404
+
+
+def test_kill_9_mid_step_rabbitmq_requeues_the_step_for_the_next_owner(
+    mq: Cluster, rabbit: RabbitVhost, api: httpx.Client, fake_llm: FakeLLM, tmp_path: Path
+) -> None:
+    # Given an instance with acknowledged turns on one of two workers (a third joins, so two
+    # stay for the tests after this one)
+    mq.start_worker()
+    iid = spawn(api)
+    for n in range(3):
+        assert api.post(f"/instances/{iid}/chat", json={"message": f"turn {n}"}).status_code == 200
+    member = api.get(f"/instances/{iid}").json()["member"]
+    victim = next(p for p in mq.procs if p.member_id == member)
+    fake_llm.push_for("during", Reply(text="never seen", delay=3.0), Reply(text="recovered"))
+
+    # When its owner is killed with -9 while the step waits on the model
+    with cf.ThreadPoolExecutor(1) as pool:
+        chat = pool.submit(api.post, f"/instances/{iid}/chat", json={"message": "during"})
+        wait_until(lambda: any("during" in json.dumps(r.body) for r in fake_llm.requests), timeout=15)
+        victim.kill()
+        # RabbitMQ put the unacknowledged step back on the queue as the connection closed.
+        wait_until(lambda: rabbit.queue(_queue(iid)) in ((1, 0), (0, 1)), timeout=10)
+        resp = chat.result(60)
+
+    # Then the next owner runs it once, after every acknowledged turn, none lost or repeated
+    assert resp.status_code == 200 and resp.json()["text"] == "recovered"
+    assert api.get(f"/instances/{iid}").json()["member"] != member
+    expected = [x for n in range(3) for x in (f"turn {n}", f"echo: turn {n}")] + ["during", "recovered"]
+    assert _contents(api, iid) == expected
+    assert rabbit.queue(_queue(iid)) == (0, 1)

@@ -1,0 +1,157 @@
+"""RabbitMQ as the broker (`broker: amqp://…`): instance queues as AMQP queues, push consumers.
+
+Everything broker-specific of the RabbitMQ deployment is here; `workers/transport.py` is the
+Redis one. What differs, and why the rest of Regina does not notice:
+
+- **Consuming.** A worker consumes each instance queue it holds with `basic.consume` on its one
+  consumer channel (Celery's `add_task_queue`, run in the consumer loop by the attach command);
+  RabbitMQ pushes each step to the queue's consumer, so a step costs the same whatever the
+  number of queues a worker consumes (no BRPOP, no ready list). Celery sets the prefetch limit
+  channel-wide (RabbitMQ's `global` QoS): at most `concurrency` steps are delivered and not yet
+  acknowledged, as on Redis; the host's per-instance FIFO runs them in delivery order.
+- **Queues.** An instance queue is declared (durable, on the default exchange: no exchange or
+  binding per instance) by its first attach and lives until DELETE deletes it, so a step is only
+  ever published to an existing queue: the web publishes after `ensure_active`, i.e. after an
+  attach declared it. Publishes wait for RabbitMQ's confirm (`confirm_publish`). A member's
+  command queue is on the default exchange too and expires `MEMBER_QUEUE_EXPIRES` after its
+  worker stopped consuming it (a member id per process would otherwise leave one per restart).
+- **A dead worker's steps.** Steps are acknowledged late (`acks_late`); when a worker's
+  connection closes, RabbitMQ itself puts its unacknowledged steps back, at their place in their
+  queues — at once after a kill (the kernel closes the socket), after the consumer heartbeat
+  (`heartbeat_seconds`, under `memberTtl`) for a lost machine. `restore_unacked` has nothing left
+  to do. Fencing is unchanged: a step a paused, cut-off worker still runs writes nothing once the
+  epoch moved, and is rejected back to its queue (`basic.reject`, requeued at its place).
+- **A queue deleted under its consumer** (DELETE while a stale owner still consumes it): RabbitMQ
+  cancels the consumer. py-amqp raises `ConsumerCancelled` for a consumer without a cancel
+  callback, which Celery handles as a lost connection (every step in flight requeued). The
+  channel below drops the consumer and logs instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any, cast
+
+import redis
+from amqp.exceptions import NotFound
+from celery import Celery
+from kombu import Exchange, Queue
+from kombu.transport import pyamqp
+
+from regina import keys
+from workers.dispatcher import CeleryDispatcher
+
+log = logging.getLogger("regina.worker")
+
+#: Seconds a member's command queue outlives its last consumer (RabbitMQ's `x-expires`).
+MEMBER_QUEUE_EXPIRES = 600
+#: Floor of the consumer's AMQP heartbeat (seconds): a gevent worker busy for a second must not
+#: lose its connection (and have every step in flight requeued).
+MIN_HEARTBEAT = 5
+
+
+def is_amqp(url: str) -> bool:
+    """True for a RabbitMQ broker URL (the `broker` setting's schemes)."""
+    return url.startswith(("amqp://", "amqps://"))
+
+
+def heartbeat_seconds(member_ttl: float) -> int:
+    """The consumer connection's heartbeat: RabbitMQ closes a silent connection (requeueing its
+    steps) after about this long, so keep it under `memberTtl`, when the instance is re-homed."""
+    return max(MIN_HEARTBEAT, int(member_ttl / 2))
+
+
+def configure_worker(conf: Any, concurrency: int, member_ttl: float) -> None:
+    """Celery's connection pool for `concurrency` greenlets, and the consumer's heartbeat."""
+    conf.broker_pool_limit = max(64, concurrency + 8)
+    conf.broker_heartbeat = heartbeat_seconds(member_ttl)
+
+
+def member_queue(member_id: str) -> Queue:
+    """The member's command queue: default exchange (nothing to bind), expires when unused."""
+    name = keys.member_queue(member_id)
+    return Queue(name, Exchange(""), routing_key=name, expires=MEMBER_QUEUE_EXPIRES)
+
+
+class Channel(pyamqp.Channel):
+    """kombu's AMQP channel, tolerating a consumer RabbitMQ cancelled (its queue was deleted)."""
+
+    def _on_basic_cancel(self, consumer_tag: str) -> None:
+        callback = cast(Any, self)._remove_tag(consumer_tag)
+        if callback:
+            callback(consumer_tag)
+            return
+        log.warning("broker cancelled consumer %s (its queue was deleted); dropped", consumer_tag)
+
+
+class Connection(pyamqp.Connection):
+    """py-amqp's connection with the channel above."""
+
+    Channel = Channel
+
+
+class Transport(pyamqp.Transport):
+    """kombu's py-amqp transport with the channel above (`celeryconfig.broker_transport`)."""
+
+    Connection = Connection
+
+
+class AmqpDispatcher(CeleryDispatcher):
+    """The Dispatcher on RabbitMQ: publishing as on Redis (anonymous exchange, no declare);
+    unacknowledged steps are RabbitMQ's to requeue; DELETE deletes the queue."""
+
+    def restore_unacked(self, instance_id: str) -> int:
+        """Nothing to move: RabbitMQ requeued the steps when the dead worker's connection closed."""
+        return 0
+
+    def unacked_instances(self) -> set[str]:
+        """Not visible to other clients on RabbitMQ (and requeued once their worker is gone)."""
+        return set()
+
+    def waiting_instances(self, instance_ids: Iterable[str]) -> set[str]:
+        """Instances with steps ready on their queues. Only instances with an unfinished run can
+        have one, so only their queues are asked (one passive declare each)."""
+        ids = list(instance_ids)
+        if not ids:
+            return set()
+        pipe = self.r.pipeline(transaction=False)
+        for iid in ids:
+            pipe.zcard(keys.instance_runs(iid))
+        busy = [iid for iid, n in zip(ids, pipe.execute(), strict=True) if n]
+        return {iid for iid in busy if self._ready_count(keys.instance_queue(iid))}
+
+    def _ready_count(self, queue: str) -> int:
+        with self._channel() as channel:
+            try:
+                return int(channel.queue_declare(queue=queue, passive=True).message_count)
+            except NotFound:
+                return 0  # never attached, or deleted (the failed declare closed the channel)
+
+    def purge(self, instance_id: str) -> None:
+        """Delete the instance queue with the steps still on it."""
+        with self._channel() as channel:
+            channel.queue_delete(queue=keys.instance_queue(instance_id))
+
+    @contextmanager
+    def _channel(self) -> Iterator[Any]:
+        """A channel of its own on a pooled connection (an error closes only that channel)."""
+        pool: Any = self.app.pool
+        with pool.acquire(block=True) as conn:
+            channel = conn.channel()
+            try:
+                yield channel
+            finally:
+                if channel.is_open:
+                    channel.close()
+
+
+def make_dispatcher(app: Celery, client: redis.Redis) -> CeleryDispatcher:
+    """The Dispatcher for the app's broker: RabbitMQ's for an amqp:// URL, else Redis's."""
+    if is_amqp(str(app.conf.broker_url or "")):
+        return AmqpDispatcher(app, client)
+    return CeleryDispatcher(app, client)
+
+
+__all__ = ["AmqpDispatcher", "Transport", "make_dispatcher"]
