@@ -24,7 +24,9 @@ from typing import Any
 import gevent
 from celery.exceptions import Reject
 
+from regina.runs.ack import CURRENT_DELIVERY
 from workers.tasks import publish_step_error
+from workers.transport import forget_settled, step_delivery
 
 log = logging.getLogger("regina.worker")
 
@@ -124,10 +126,21 @@ def step_strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Callable
     events = task_events(app, consumer.hostname) if app.conf.worker_send_task_events else None
     run = task.run
 
-    def execute(task_id: str, args: list[Any], kwargs_: dict[str, Any], ack: Any, reject: Any) -> None:
+    def execute(task_id: str, args: list[Any], kwargs_: dict[str, Any], message: Any) -> None:
         if events is not None:
             events.send("task-started", uuid=task_id)
         started = time.monotonic()
+        reject = message.reject
+        # The run's finish script acknowledges the step when it ends the run (regina/runs/ack.py).
+        delivery = step_delivery(message, str(args[1]))
+        CURRENT_DELIVERY.set(delivery)  # this greenlet's own context: it ends with the step
+
+        def ack() -> None:
+            if delivery is not None and delivery.settled:
+                forget_settled(message)
+            else:
+                message.ack()
+
         try:
             run(*args, **kwargs_)
         except Reject as exc:
@@ -171,7 +184,7 @@ def step_strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Callable
             )
         # Acknowledge from the step's greenlet as soon as it ends (not at the consumer loop's next
         # turn): a finished step should leave the unacked set before anything can redeliver it.
-        pool.apply_async(execute, (task_id, args, kwargs_, message.ack, message.reject), callback=_ignore)
+        pool.apply_async(execute, (task_id, args, kwargs_, message), callback=_ignore)
         # Let the step run up to its first Redis wait before the consumer re-sends its BRPOP
         # over every attached queue (≈ 0.4 ms sooner on the step's path).
         gevent.sleep(0)

@@ -31,15 +31,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from queue import Empty
-from time import monotonic
+from time import monotonic, time
 from typing import Any
 
 import redis
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 
 from regina import keys
+from regina.runs.ack import StepDelivery
 
 #: Connections a worker needs beside one per greenlet: the consumer's BRPOP, restores, publishes
 #: of commands and task events, the pool's health checks.
@@ -76,6 +78,21 @@ local owner = redis.call('GET', KEYS[2])
 if owner and redis.call('EXISTS', ARGV[2] .. owner) == 1 then
   redis.call('LPUSH', ARGV[3] .. owner, KEYS[1])
 end
+"""
+
+# KEYS: instance queue, unacked index, unacked hash. ARGV: now (the index's score). Takes the
+# queue's oldest step and records it as delivered and unacknowledged, as kombu's `QoS.append`
+# does with a MULTI of its own after the pop: one round trip, and no moment at which a popped
+# step is in neither place (a worker killed between the two lost it).
+_TAKE_UNACKED = """
+local raw = redis.call('RPOP', KEYS[1])
+if not raw then return false end
+local props = cjson.decode(raw)['properties']
+local info = props['delivery_info'] or {}
+redis.call('ZADD', KEYS[2], ARGV[1], props['delivery_tag'])
+redis.call('HSET', KEYS[3], props['delivery_tag'],
+  '[' .. raw .. ',' .. cjson.encode(info['exchange'] or '') .. ',' .. cjson.encode(info['routing_key'] or '') .. ']')
+return raw
 """
 
 # KEYS: instance queue, ready list. One ready entry per step waiting on the queue (at attach).
@@ -153,13 +170,15 @@ class Channel(_RedisChannel):  # type: ignore[misc]
     def basic_consume(self, queue: str, no_ack: bool, callback: Any, consumer_tag: str, **kwargs: Any) -> Any:
         if not self.ready_key or not is_instance_queue(queue):
             return super().basic_consume(queue, no_ack, callback, consumer_tag, **kwargs)
+        if no_ack:  # the ready list's take records every step as unacknowledged
+            return super().basic_consume(queue, no_ack, callback, consumer_tag, **kwargs)
         # kombu's virtual basic_consume, minus the O(queues) cycle updates and the BRPOP entry.
         self._tag_to_queue[consumer_tag] = queue
 
         def _callback(raw_message: Any) -> Any:
             message = self.Message(raw_message, channel=self)
-            if not no_ack:
-                self.qos.append(message, message.delivery_tag)
+            # In memory only: the take script already wrote kombu's unacked index.
+            virtual.QoS.append(self.qos, message, message.delivery_tag)
             return callback(message)
 
         self.connection._callbacks[queue] = _callback
@@ -208,9 +227,10 @@ class Channel(_RedisChannel):  # type: ignore[misc]
                 if dest == self.ready_key:
                     if item not in self._instance_queues:
                         raise Empty()  # released here: its next owner reads the queue itself
-                    # Same connection, now idle: the queue's oldest step.
-                    connection.send_command("RPOP", item)
-                    raw = self.client.parse_response(connection, "RPOP")
+                    # Same connection, now idle: the queue's oldest step, recorded as unacked.
+                    raw = self._script(_TAKE_UNACKED)(
+                        keys=[item, self.unacked_index_key, self.unacked_key], args=[time()], client=self.client
+                    )
                     if raw is None:
                         raise Empty()  # counted twice; already taken
                     self.connection._deliver(loads(bytes_to_str(raw)), item)
@@ -243,6 +263,22 @@ class Channel(_RedisChannel):  # type: ignore[misc]
         if cached is None or cached.connection_pool is not pool:
             cached = self._cached_client = self._create_client()
         yield cached
+
+
+def step_delivery(message: Any, run_id: str) -> StepDelivery | None:
+    """The delivery of a step for its run's finish script to acknowledge (regina/runs/ack.py);
+    None when it came through another broker, which acknowledges on its own."""
+    channel = message.channel
+    if not isinstance(channel, Channel) or channel.global_keyprefix:
+        return None
+    return StepDelivery(run_id, channel.unacked_index_key, channel.unacked_key, message.delivery_tag)
+
+
+def forget_settled(message: Any) -> None:
+    """The finish script removed the step from kombu's unacked index: drop it from the channel's
+    in-memory delivered set too, with no round trip (kombu's ack would repeat the removal)."""
+    virtual.QoS.ack(message.channel.qos, message.delivery_tag)
+    message._state = "ACK"
 
 
 class Transport(kombu_redis.Transport):

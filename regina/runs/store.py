@@ -135,11 +135,13 @@ _BEGIN = (
     + """
 local inst = redis.call('HMGET', KEYS[1], 'epoch', 'promptTokens', 'completionTokens')
 if inst[1] ~= ARGV[1] then return {'stale'} end
-local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
-local seq = '0'
-if #last > 0 then seq = string.match(last[1][1], '%-(%d+)$') end
 local rec = redis.call('HMGET', KEYS[3], 'status', 'cancel')
 local status = rec[1]
+local seq = '0'
+if status ~= 'queued' then  -- only a run that started (or ended) can have published events
+  local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+  if #last > 0 then seq = string.match(last[1][1], '%-(%d+)$') end
+end
 if not status then return {'ended', seq, ''} end
 if status == 'finished' or status == 'failed' or status == 'cancelled' then return {'ended', seq, status} end
 redis.call('HSET', KEYS[3], 'instanceId', ARGV[3], 'status', 'running', 'startedAt', ARGV[2])

@@ -17,25 +17,28 @@ import redis
 
 from regina import keys
 from regina.errors import StaleEpoch
-from regina.instances import LUA_TOUCH_EXISTING
+from regina.instances import LUA_NOW
+from regina.runs.ack import CURRENT_DELIVERY
 from regina.secrets import redact
 
 TERMINAL = frozenset({"finish", "error"})
 
-# KEYS: run events, run record, instance record, instance runs[, steering list, run journal].
-# ARGV: retention, finishedAt, status, finishReason, promptTokens, completionTokens, error, runId,
-# fence epoch ('' = unfenced), then pairs of (entry id, event JSON). A stale epoch (the instance
-# moved to another owner) writes nothing: error STALE (SPEC §6). With a steering list that holds
-# messages, takes them (copying them to the run's steered list) and returns them without
-# publishing; otherwise appends the entries, ends the run record, adds the run's tokens to the
-# instance's usage, resets its idle timer (the run's last touch) and returns {}.
-_FINISH = (
-    LUA_TOUCH_EXISTING
-    + """
-if ARGV[9] ~= '' and redis.call('HGET', KEYS[3], 'epoch') ~= ARGV[9] then
+# KEYS: run events, run record, instance record, instance runs[, steering list, run journal]
+# [, unacked index, unacked hash]. ARGV: retention, finishedAt, status, finishReason,
+# promptTokens, completionTokens, error, runId, fence epoch ('' = unfenced), steering check
+# ('1': KEYS 5-6 given), delivery tag to acknowledge ('' = none: no last two KEYS), then pairs of
+# (entry id, event JSON). A stale epoch (the instance moved to another owner) writes nothing:
+# error STALE (SPEC §6). With a steering list that holds messages, takes them (copying them to
+# the run's steered list) and returns them without publishing; otherwise appends the entries,
+# ends the run record, adds the run's tokens to the instance's usage and resets its idle timer
+# (the run's last touch, Redis's clock) in one HSET, acknowledges the step's delivery (regina/runs/ack.py) and
+# returns {}.
+_FINISH = f"""
+local inst = redis.call('HMGET', KEYS[3], 'epoch', 'promptTokens', 'completionTokens')
+if ARGV[9] ~= '' and inst[1] ~= ARGV[9] then
   return redis.error_reply('STALE')
 end
-if #KEYS == 6 then
+if ARGV[10] == '1' then
   local steered = redis.call('LRANGE', KEYS[5], 0, -1)
   if #steered > 0 then
     redis.call('RPUSH', KEYS[6], unpack(steered))
@@ -44,7 +47,7 @@ if #KEYS == 6 then
     return steered
   end
 end
-for i = 10, #ARGV, 2 do
+for i = 12, #ARGV, 2 do
   redis.call('XADD', KEYS[1], ARGV[i], 'e', ARGV[i + 1])
 end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
@@ -52,14 +55,19 @@ redis.call('HSET', KEYS[2], 'status', ARGV[3], 'finishedAt', ARGV[2], 'finishRea
   'promptTokens', ARGV[5], 'completionTokens', ARGV[6])
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[2], 'error', ARGV[7]) end
 redis.call('EXPIRE', KEYS[2], ARGV[1])
-if touch_existing(KEYS[3], ARGV[9] ~= '') == 1 then  -- a passed fence read the record
-  redis.call('HINCRBY', KEYS[3], 'promptTokens', ARGV[5])
-  redis.call('HINCRBY', KEYS[3], 'completionTokens', ARGV[6])
+if inst[1] then  -- every instance record has an epoch: none means no record (never create one)
+  {LUA_NOW}
+  redis.call('HSET', KEYS[3], 'lastActive', now,
+    'promptTokens', string.format('%d', tonumber(inst[2] or '0') + tonumber(ARGV[5])),
+    'completionTokens', string.format('%d', tonumber(inst[3] or '0') + tonumber(ARGV[6])))
 end
 redis.call('ZREM', KEYS[4], ARGV[8])
-return {}
+if ARGV[11] ~= '' then
+  redis.call('ZREM', KEYS[#KEYS - 1], ARGV[11])
+  redis.call('HDEL', KEYS[#KEYS], ARGV[11])
+end
+return {{}}
 """
-)
 
 # KEYS: run events stream, instance record. ARGV: epoch, then pairs of (entry id, event JSON).
 _XADD_FENCED = """
@@ -164,6 +172,9 @@ class RunPublisher:
     def _finish_locked(self, event: dict[str, Any], steering_key: str | None) -> list[str]:
         seq = self.seq + 1
         usage = event.get("usage") or {}
+        delivery = CURRENT_DELIVERY.get()
+        if delivery is not None and (delivery.settled or delivery.run_id != self.run_id):
+            delivery = None
         args: list[Any] = [
             self.retention,
             repr(time.time()),
@@ -174,6 +185,8 @@ class RunPublisher:
             str(event.get("error", "")) if event.get("type") == "error" else "",
             self.run_id,
             "" if self.epoch is None else str(self.epoch),
+            "1" if steering_key else "",
+            delivery.tag if delivery is not None else "",
         ]
         for pending_seq, pending in [*self._pending, (seq, self._payload(event, seq))]:
             args += [f"0-{pending_seq}", pending]
@@ -183,11 +196,15 @@ class RunPublisher:
             keys.instance_record(self.instance_id),
             keys.instance_runs(self.instance_id),
         ] + ([steering_key, keys.run_steered(self.run_id)] if steering_key else [])
+        if delivery is not None:
+            run_keys += [delivery.index_key, delivery.hash_key]
         steered = cast(list[str], _fenced(self._finish_script, run_keys, args))
         if not steered:
             self.seq = seq
             self._pending.clear()
             self.ended = True
+            if delivery is not None:
+                delivery.settled = True
         return steered
 
     def finish_unless_steered(self, event: dict[str, Any], steering_key: str) -> list[str]:
