@@ -91,7 +91,7 @@ def web_argv(settings: Settings, workers: int | None = None, environ: Mapping[st
         "--config",
         "python:gunicorn_conf",
         "--worker-class",
-        "gevent",
+        "gunicorn_conf.ReginaWebWorker",
         "--workers",
         str(count),
         "--worker-connections",
@@ -105,6 +105,11 @@ def web_argv(settings: Settings, workers: int | None = None, environ: Mapping[st
         "0",
         "--graceful-timeout",
         "30",
+        # Idle keep-alive connections stay open longer than clients pool them (httpx and Node 5 s,
+        # load balancers 60 s): gunicorn's 2 s default closes them under the client's next
+        # request, which then fails with "server disconnected". Idle ones cost a greenlet each.
+        "--keep-alive",
+        "75",
         "--log-level",
         settings.log_level.lower(),
         *access,

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import signal
+import socket
+import time
 
 import httpx
 import pytest
 from dirty_equals import IsStr
 
 from tests.harness.fake_llm import FakeLLM
+from tests.harness.processes import Cluster
 
 
 def spawn(api: httpx.Client, agent: str = "openai-agent") -> str:
@@ -177,3 +181,52 @@ class TestBadInput:
         assert resp.status_code == 413
         assert "too large" in resp.json()["error"]
         assert api.get(f"/instances/{iid}/messages").json() == []
+
+
+def test_an_idle_keep_alive_connection_is_still_served_after_a_few_seconds(api: httpx.Client) -> None:
+    # Clients pool connections for seconds (httpx: 5 s, Node: 5 s, load balancers: 60 s); a server
+    # that closes an idle one sooner races the client's next request on it, which then fails with
+    # "server disconnected without sending a response" — seen in the pause chaos test.
+    url = httpx.URL(str(api.base_url))
+    request = f"GET /healthz HTTP/1.1\r\nHost: {url.host}\r\n\r\n".encode()
+    with socket.create_connection((url.host, url.port or 80), timeout=10) as sock:
+        sock.sendall(request)
+        assert _read_response(sock).startswith(b"HTTP/1.1 200")
+        # When the connection idles longer than a short server keep-alive would allow
+        time.sleep(3.5)
+        # Then the same connection still answers the next request
+        sock.sendall(request)
+        assert _read_response(sock).startswith(b"HTTP/1.1 200")
+
+
+def _read_response(sock: socket.socket) -> bytes:
+    """One HTTP/1.1 response with a Content-Length body (what /healthz answers)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        body += sock.recv(4096)
+    return head
+
+
+def test_a_web_process_with_idle_keep_alive_connections_stops_at_once(cluster: Cluster) -> None:
+    # Given a web process of its own with a client's idle keep-alive connection open on it
+    web = cluster.start_web()
+    url = httpx.URL(web.url)
+    with socket.create_connection((url.host, url.port or 80), timeout=10) as sock:
+        sock.sendall(f"GET /healthz HTTP/1.1\r\nHost: {url.host}\r\n\r\n".encode())
+        assert _read_response(sock).startswith(b"HTTP/1.1 200")
+        # When it is told to stop
+        started = time.monotonic()
+        web.popen.send_signal(signal.SIGTERM)
+        web.popen.wait(timeout=60)
+        # Then the idle connection does not hold it up for the graceful timeout (30 s)
+        assert time.monotonic() - started < 8
+        assert sock.recv(1) == b""  # closed by the server
