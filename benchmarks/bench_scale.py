@@ -10,7 +10,11 @@ suspension off (`REGINA_IDLE_TIMEOUT=0`), so every spawned instance stays attach
 - memory: the worker's VmRSS, KB per instance against the first level;
 - idle CPU: the worker's CPU over 5 s with nothing to do.
 
-    .venv/bin/python -m benchmarks.bench_scale [--levels 10,100,1000,10000] [--quick]
+With `--amqp` the task queues are on the machine's RabbitMQ (`broker: amqp://…`, in a private
+vhost made and deleted with rabbitmqctl, tests/harness/rabbitmq.py) and RabbitMQ's CPU per chat
+is a column of its own (the machine's RabbitMQ serves nothing else during the run).
+
+    .venv/bin/python -m benchmarks.bench_scale [--levels 10,100,1000,10000] [--quick] [--amqp]
 """
 
 from __future__ import annotations
@@ -19,10 +23,13 @@ import argparse
 import concurrent.futures as cf
 import threading
 import time
+from contextlib import ExitStack
+from pathlib import Path
 
 import httpx
 
 from benchmarks.common import Table, cpu_seconds, machine, p50, pct, rss_kb, show, spawn, stack
+from tests.harness.rabbitmq import RabbitVhost
 
 TARGET_GROWTH, TARGET_KB, TARGET_FILL = 1.5, 20.0, 200.0
 
@@ -69,9 +76,25 @@ def _chats(api: httpx.Client, raw: httpx.Client, iid: str, n: int) -> tuple[list
     return sys_t, raw_t
 
 
-def run(levels: list[int], chats: int = 100, threads: int = 16) -> list[Table]:
+def _rabbit_pid() -> int:
+    """The pid of the machine's RabbitMQ (its Erlang VM), for its CPU per chat."""
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "comm").read_text().strip() == "beam.smp":
+                if b"rabbit" in (proc / "cmdline").read_bytes():
+                    return int(proc.name)
+        except OSError:
+            continue
+    raise RuntimeError("no RabbitMQ process found")
+
+
+def run(levels: list[int], chats: int = 100, threads: int = 16, amqp: bool = False) -> list[Table]:
+    env = {"REGINA_IDLE_TIMEOUT": "0", "REGINA_TASK_EVENTS": "true", "REGINA_MEMBER_HEARTBEAT": "10"}
+    env["REGINA_MEMBER_TTL"] = "30"  # deployment defaults for membership (the test harness renews every 0.5 s)
+    extra = ["rabbitmq CPU / chat (ms)"] if amqp else []
     t = Table(
-        "Instances per worker: sync chat overhead, worker memory, fill rate",
+        "Instances per worker: sync chat overhead, worker memory, fill rate"
+        + (" (task queues on RabbitMQ)" if amqp else ""),
         [
             "active idle instances",
             "chat p50 (ms)",
@@ -83,22 +106,24 @@ def run(levels: list[int], chats: int = 100, threads: int = 16) -> list[Table]:
             "KB / instance",
             "idle CPU (ms/s)",
             "fill to here (spawns/s)",
+            *extra,
         ],
-        conditions={**machine(), "spawn threads": threads, "chats per level": chats, "idleTimeout": 0},
+        conditions={
+            **machine(),
+            "spawn threads": threads,
+            "chats per level": chats,
+            "idleTimeout": 0,
+            "broker": "RabbitMQ" if amqp else "Redis",
+        },
     )
-    with (
-        # Deployment defaults for membership (the test harness renews every 0.5 s).
-        stack(
-            {
-                "REGINA_IDLE_TIMEOUT": "0",
-                "REGINA_TASK_EVENTS": "true",
-                "REGINA_MEMBER_HEARTBEAT": "10",
-                "REGINA_MEMBER_TTL": "30",
-            }
-        ) as st,
-        st.client() as api,
-        httpx.Client(base_url=st.fake_url, timeout=30) as raw,
-    ):
+    with ExitStack() as stack_:
+        mq_pid = 0
+        if amqp:
+            env["REGINA_BROKER"] = stack_.enter_context(RabbitVhost()).url
+            mq_pid = _rabbit_pid()
+        st = stack_.enter_context(stack(env))
+        api = stack_.enter_context(st.client())
+        raw = stack_.enter_context(httpx.Client(base_url=st.fake_url, timeout=30))
         pid = st.worker.popen.pid
         have = 0
         base_rss = 0
@@ -117,18 +142,19 @@ def run(levels: list[int], chats: int = 100, threads: int = 16) -> list[Table]:
             idle_cpu = (cpu_seconds(pid) - c0) / 5.0 * 1000
             assert st.redis.proc is not None
             rpid = st.redis.proc.pid
-            w0, r0 = cpu_seconds(pid), cpu_seconds(rpid)
+            w0, r0, m0 = cpu_seconds(pid), cpu_seconds(rpid), cpu_seconds(mq_pid) if mq_pid else 0.0
             sys_t, raw_t = _chats(api, raw, probe, chats)
             n_run = chats + 10
             w_cpu = (cpu_seconds(pid) - w0) / n_run * 1000
             r_cpu = (cpu_seconds(rpid) - r0) / n_run * 1000
+            mq_cpu = [(cpu_seconds(mq_pid) - m0) / n_run * 1000] if mq_pid else []
             over50, over99 = p50(sys_t) - p50(raw_t), pct(sys_t, 99) - pct(raw_t, 99)
             if first is None:
                 first, base_rss, base_level = over50, rss, level
                 per = float("nan")
             else:
                 per = (rss - base_rss) / (level - base_level)
-            t.add(level, p50(sys_t), over50, over99, w_cpu, r_cpu, rss / 1024, per, idle_cpu, rate)
+            t.add(level, p50(sys_t), over50, over99, w_cpu, r_cpu, rss / 1024, per, idle_cpu, rate, *mq_cpu)
         last = t.rows[-1]
         assert first is not None
         growth = last[2] / first if first else float("nan")
@@ -149,9 +175,10 @@ def main(argv: list[str] | None = None) -> list[Table]:
     ap.add_argument("--chats", type=int, default=100)
     ap.add_argument("--threads", type=int, default=16)
     ap.add_argument("--quick", action="store_true", help="levels 10,100,1000 and 40 chats")
+    ap.add_argument("--amqp", action="store_true", help="task queues on the machine's RabbitMQ (private vhost)")
     args = ap.parse_args(argv)
     levels = [10, 100, 1000] if args.quick else [int(x) for x in args.levels.split(",")]
-    return show(run(levels, 40 if args.quick else args.chats, args.threads))
+    return show(run(levels, 40 if args.quick else args.chats, args.threads, args.amqp))
 
 
 if __name__ == "__main__":
