@@ -18,6 +18,12 @@ class Dispatcher(Protocol):
         """
         ...
 
+    def step_message(self, instance_id: str, run_id: str, message: str | None, stream: bool = True) -> str | None:
+        """The broker message `enqueue_step` would publish, serialized, for the chat's open script
+        to push itself (`RunStore.open`); None when this broker takes messages only through its
+        own client (then `enqueue_step` publishes)."""
+        ...
+
     def send_command(self, member_id: str, command: str, payload: dict[str, Any], token: str | None) -> None:
         """Put a command (attach, suspend, delete, messages) on a member's own queue."""
         ...

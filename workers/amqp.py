@@ -119,6 +119,10 @@ class AmqpDispatcher(CeleryDispatcher):
     """The Dispatcher on RabbitMQ: publishing as on Redis (anonymous exchange, no declare);
     unacknowledged steps are RabbitMQ's to requeue; DELETE deletes the queue."""
 
+    def step_message(self, instance_id: str, run_id: str, message: str | None, stream: bool = True) -> str | None:
+        """None: steps reach RabbitMQ through its own client (`enqueue_step`)."""
+        return None
+
     def restore_unacked(self, instance_id: str) -> int:
         """Nothing to move: RabbitMQ requeued the steps when the dead worker's connection closed."""
         return 0

@@ -11,11 +11,13 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from regina import keys
-from workers.transport import notify_owner
+from workers.transport import captured_publishes, notify_owner
 
 _ANON = Exchange("")  # the anonymous exchange: routing key = list name, no bindings needed
 CHAT_TASK = "regina.chat"
 COMMAND_TASK = "regina.command"
+#: celeryconfig's broker_transport for Redis (workers/transport.py).
+TRANSPORT = "workers.transport:Transport"
 
 # kombu's Redis transport keeps delivered-but-unacknowledged messages here (acks_late).
 _UNACKED = "unacked"
@@ -49,6 +51,17 @@ class CeleryDispatcher:
             [instance_id, run_id, message, stream],
             f"(instance={instance_id!r}, run={run_id!r}, message={_short(message)})",  # Flower shows this
         )
+
+    def step_message(self, instance_id: str, run_id: str, message: str | None, stream: bool = True) -> str | None:
+        """The step's message as kombu would push it, for the chat's open script (None when the
+        broker is not on this module's Redis transport, e.g. rediss://: publish as usual)."""
+        if self.app.conf.broker_transport != TRANSPORT:
+            return None
+        with captured_publishes() as out:
+            self.enqueue_step(instance_id, run_id, message, stream)
+        if len(out) != 1:  # cannot happen on this transport: it would have been sent for real
+            raise RuntimeError(f"step publish not captured for run {run_id} (got {len(out)})")
+        return out[0][1]
 
     def send_command(self, member_id: str, command: str, payload: dict[str, Any], token: str | None) -> None:
         """Queue a command on a member's own queue."""

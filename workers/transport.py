@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from queue import Empty
 from time import monotonic, time
 from typing import Any
@@ -103,6 +104,24 @@ return n
 """
 
 
+#: Per greenlet: when a list, publishes to instance queues are collected here as (queue, message
+#: JSON) instead of sent (`captured_publishes`).
+_CAPTURED: ContextVar[list[tuple[str, str]] | None] = ContextVar("regina_captured_publishes", default=None)
+
+
+@contextmanager
+def captured_publishes() -> Iterator[list[tuple[str, str]]]:
+    """Collect the step messages published to instance queues in this block instead of sending
+    them: the chat's open script pushes its step itself (regina/runs/store.py), one round trip
+    less than a publish of its own, with Celery's message exactly as kombu would have sent it."""
+    out: list[tuple[str, str]] = []
+    token = _CAPTURED.set(out)
+    try:
+        yield out
+    finally:
+        _CAPTURED.reset(token)
+
+
 def is_instance_queue(queue: str) -> bool:
     """True for an instance's own step queue (`regina.i.<id>`)."""
     return queue.startswith(_QUEUE_PREFIX)
@@ -153,6 +172,10 @@ class Channel(_RedisChannel):  # type: ignore[misc]
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
         if kwargs.get("_publish_batch") is not None or not is_instance_queue(queue) or self._expires:
             super()._put(queue, message, **kwargs)
+            return
+        captured = _CAPTURED.get()
+        if captured is not None:
+            captured.append((queue, dumps(message)))
             return
         queue_keys, args = notify_args(queue, dumps(message))
         with self.conn_or_acquire() as client:

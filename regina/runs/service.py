@@ -67,7 +67,11 @@ class RunService:
         route = "chat-stream" if stream else "chat"
         run_id = ids.new_run_id()
         steer = new_steer(message) if when_busy == "steer" else None
-        opened = self.store.open(instance_id, run_id, when_busy, steer, self._idem(route, instance_id, idem))
+        # The step's broker message rides in the open (one round trip) when the instance is
+        # served; a delegated run's depth must be on its record before any worker can start it.
+        dispatcher = self.coord.dispatcher
+        step = "" if depth else dispatcher.step_message(instance_id, run_id, message, stream) or ""
+        opened = self.store.open(instance_id, run_id, when_busy, steer, self._idem(route, instance_id, idem), step)
         if opened.kind == "missing":
             raise NotFound(f"instance {instance_id!r} not found")
         if opened.kind == "mismatch":
@@ -87,13 +91,16 @@ class RunService:
             )
         if opened.kind != "ok":
             return opened.run_id  # an idempotent retry, or a steer into the busy run
+        if opened.queued:
+            RUNS_STARTED.labels("stream" if stream else "sync").inc()
+            return run_id
         rec = opened.record
         try:
             if rec is None or rec.status != "started" or not opened.alive:
                 rec = self.coord.ensure_active(instance_id)
             if depth:
                 self.r.hset(keys.run_record(run_id), "depth", depth)
-            self.coord.dispatcher.enqueue_step(rec.instance_id, run_id, message, stream)
+            dispatcher.enqueue_step(rec.instance_id, run_id, message, stream)
         except ReginaError as exc:
             # The run was recorded but never queued: end it, so it does not look busy for ever.
             publisher = RunPublisher(self.r, run_id, instance_id, self.settings.run_retention, seq=0)

@@ -57,10 +57,13 @@ local function claimed(key, body_hash)
 end
 """
 
-# KEYS: instance record, run record, instance runs, steering list[, idempotency key].
-# ARGV: now, instanceId, run ttl, runId, whenBusy, steer entry, idempotency body hash,
-# idempotency ttl, member prefix, run prefix, most runs open at once (limits.maxQueuedRuns).
-# The instance's one HGETALL answers whether it exists, who owns it and what the reply carries.
+# KEYS: instance record, run record, instance runs, steering list, instance queue
+# [, idempotency key]. ARGV: now, instanceId, run ttl, runId, whenBusy, steer entry, idempotency
+# body hash, idempotency ttl, member prefix, run prefix, most runs open at once
+# (limits.maxQueuedRuns), the step's broker message ('' = the caller publishes it), ready-list
+# prefix. The instance's one HGETALL answers whether it exists, who owns it and what the reply
+# carries. A started instance whose member lives gets the step message here, and its member the
+# queue's name on its ready list (workers/transport.py): no publish round trip of its own.
 _OPEN = (
     _FRONT
     + _CLAIMED
@@ -68,8 +71,8 @@ _OPEN = (
     + """
 local rec = redis.call('HGETALL', KEYS[1])
 if #rec == 0 then return {'missing'} end
-if KEYS[5] then
-  local earlier = claimed(KEYS[5], ARGV[7])
+if KEYS[6] then
+  local earlier = claimed(KEYS[6], ARGV[7])
   if earlier then return earlier end
 end
 local alive = touch(KEYS[1], rec, ARGV[9])
@@ -77,14 +80,27 @@ local busy = front(KEYS[3], ARGV[10])
 if busy and ARGV[5] == 'reject' then return {'busy', busy} end
 if busy and ARGV[5] == 'steer' then
   redis.call('RPUSH', KEYS[4], ARGV[6])
-  if KEYS[5] then redis.call('SET', KEYS[5], ARGV[7] .. ' ' .. busy, 'EX', ARGV[8]) end
+  if KEYS[6] then redis.call('SET', KEYS[6], ARGV[7] .. ' ' .. busy, 'EX', ARGV[8]) end
   return {'steered', busy}
 end
 if busy and redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[11]) then return {'full', busy} end
 redis.call('HSET', KEYS[2], 'instanceId', ARGV[2], 'status', 'queued', 'createdAt', ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('ZADD', KEYS[3], ARGV[1], ARGV[4])
-if KEYS[5] then redis.call('SET', KEYS[5], ARGV[7] .. ' ' .. ARGV[4], 'EX', ARGV[8]) end
+if KEYS[6] then redis.call('SET', KEYS[6], ARGV[7] .. ' ' .. ARGV[4], 'EX', ARGV[8]) end
+local pushed = '0'
+if ARGV[12] ~= '' and alive == '1' then
+  local status, member
+  for i = 1, #rec, 2 do
+    if rec[i] == 'status' then status = rec[i + 1] elseif rec[i] == 'member' then member = rec[i + 1] end
+  end
+  if status == 'started' then
+    redis.call('LPUSH', KEYS[5], ARGV[12])
+    redis.call('LPUSH', ARGV[13] .. member, KEYS[5])
+    pushed = '1'
+  end
+end
+table.insert(rec, 1, pushed)
 table.insert(rec, 1, alive)
 table.insert(rec, 1, 'ok')
 return rec
@@ -189,6 +205,8 @@ class Opened:
     run_id: str = ""
     record: InstanceRecord | None = None
     alive: bool = False
+    queued: bool = False
+    """The step message given to `open` is on the instance's queue (its owner was notified)."""
 
 
 @dataclass(frozen=True)
@@ -261,13 +279,16 @@ class RunStore:
         when_busy: WhenBusy = "queue",
         steer: Steer | None = None,
         idem: Idempotency | None = None,
+        step_message: str = "",
     ) -> Opened:
-        """Touch the instance and queue a run on it (or steer / reject per `when_busy`)."""
+        """Touch the instance and queue a run on it (or steer / reject per `when_busy`); with a
+        `step_message`, also push it when the instance is started on a live member."""
         run_keys = [
             keys.instance_record(instance_id),
             keys.run_record(run_id),
             keys.instance_runs(instance_id),
             keys.steering(instance_id),
+            keys.instance_queue(instance_id),
         ] + ([idem.key] if idem else [])
         args = [
             repr(time.time()),
@@ -281,13 +302,15 @@ class RunStore:
             keys.MEMBER_PREFIX,
             keys.RUN_PREFIX,
             str(self.max_backlog),
+            step_message,
+            keys.member_ready(""),
         ]
         flat = cast(list[str], self._open(keys=run_keys, args=args))
         kind = flat[0]
         if kind != "ok":
             return Opened(cast(Any, kind), flat[1] if len(flat) > 1 else "")
-        h = dict(zip(flat[2::2], flat[3::2], strict=True))
-        return Opened("ok", run_id, record_from_hash(instance_id, h), flat[1] == "1")
+        h = dict(zip(flat[3::2], flat[4::2], strict=True))
+        return Opened("ok", run_id, record_from_hash(instance_id, h), flat[1] == "1", flat[2] == "1")
 
     def steer(self, instance_id: str, steer: Steer, idem: Idempotency | None = None) -> tuple[str, str]:
         """Queue a steering message; (`ok` | `dup` | `mismatch` | `missing`, steerId)."""
