@@ -42,6 +42,14 @@ log = logging.getLogger("regina.host")
 AnyVFS = activation.AnyVFS
 
 
+# KEYS: member instance counter. ARGV: delta, count held now, TTL ms.
+_COUNT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('INCRBY', KEYS[1], ARGV[1])
+else redis.call('SET', KEYS[1], ARGV[2]) end
+return redis.call('PEXPIRE', KEYS[1], ARGV[3])
+"""
+
+
 class NotHere(ReginaError):
     """Raised when a step arrives for an instance this member does not hold (anymore)."""
 
@@ -77,6 +85,7 @@ class InstanceHost:
         self.interrupter_factory = interrupter_factory
         self.steps = StepRunner(settings, client, self.runs, self.journal, self.running, interrupter_factory)
         self.active: dict[str, Active] = {}
+        self._count_script = client.register_script(_COUNT)
         # Instances being attached: steps that arrive meanwhile wait on this gate.
         self.loading: dict[str, FifoLock] = {}
         self.env = sandbox_env(settings.allowed_env)
@@ -340,12 +349,10 @@ class InstanceHost:
         return {}
 
     def _count(self, delta: int) -> None:
-        """Change this member's instance counter, keeping its TTL (an INCR on a key that expired
-        between two renewals would otherwise create it without one)."""
-        pipe = self.r.pipeline(transaction=False)
-        pipe.incrby(keys.member_instances(self.member_id), delta)
-        pipe.pexpire(keys.member_instances(self.member_id), max(1, int(self.settings.member_ttl * 1000)))
-        pipe.execute()
+        """Change this member's instance counter by `delta`, keeping its TTL; a counter that expired
+        between two renewals is set to the count held now (an INCR would start it from 0)."""
+        ttl = max(1, int(self.settings.member_ttl * 1000))
+        self._count_script(keys=[keys.member_instances(self.member_id)], args=[delta, len(self.active), ttl])
 
     def idle_instances(self, now: float | None = None) -> list[str]:
         """Attached instances idle longer than idleTimeout and not running a step."""

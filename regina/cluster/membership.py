@@ -17,6 +17,7 @@ class Membership:
         self.member_id = member_id
         self.address = address
         self.ttl_ms = max(1, int(ttl * 1000))
+        self._differs: tuple[int, int] | None = None  # (held, stored) at the last renewal, if unequal
 
     def register(self, instance_count: int = 0) -> None:
         """SADD the member and SET its keys with the TTL."""
@@ -27,8 +28,27 @@ class Membership:
         pipe.execute()
 
     def renew(self, instance_count: int) -> None:
-        """Refresh the TTLs (and the count); re-register if the keys had expired meanwhile."""
-        self.register(instance_count)
+        """Refresh the TTLs; re-register if the keys had expired meanwhile.
+
+        The count is set only when its key is gone: between renewals it moves by increments
+        (`InstanceHost._count`), which commute, while an absolute count read here before an attach
+        and written after that attach's increment would undo it (least-loaded would then see a
+        member one instance emptier than it is). A difference seen twice in a row with nothing
+        attached or released in between is a drift (an increment lost to an error): the count held
+        then wins."""
+        counter = keys.member_instances(self.member_id)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.sadd(keys.MEMBERS, self.member_id)
+        pipe.set(keys.member(self.member_id), self.address, px=self.ttl_ms)
+        pipe.set(counter, instance_count, px=self.ttl_ms, nx=True)
+        pipe.pexpire(counter, self.ttl_ms)
+        pipe.get(counter)
+        stored = int(pipe.execute()[-1] or 0)
+        seen = (instance_count, stored) if stored != instance_count else None
+        if seen is not None and seen == self._differs:
+            self.r.set(counter, instance_count, px=self.ttl_ms)
+            seen = None
+        self._differs = seen
 
     def leave_placement(self) -> None:
         """Stop being chosen for new instances (shutdown begins) while still owning ours."""

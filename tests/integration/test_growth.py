@@ -5,7 +5,10 @@ from __future__ import annotations
 import httpx
 import redis
 
+from regina import keys
+from regina.cluster.membership import Membership
 from tests.harness.processes import Cluster
+from tests.harness.redis_server import RedisServer
 from tests.harness.waiting import wait_until
 from tests.integration.test_api import spawn
 
@@ -40,3 +43,27 @@ def test_delete_removes_the_files_an_earlier_owner_kept(make_cluster: object) ->
         c.start_worker(member_id=w1.member_id)
         assert api.delete(f"/instances/{iid}").status_code == 204
         wait_until(lambda: not w1_file.exists(), 10, what="the earlier owner's VFS file to go")
+
+
+def test_a_renewal_never_undoes_an_attach_counted_meanwhile(redis_server: RedisServer) -> None:
+    # Given a member whose heartbeat read its count (0) just before an attach counted itself
+    r = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    member = Membership(r, "race-member@test", "addr", ttl=30)
+    member.register(0)
+    counter = keys.member_instances("race-member@test")
+    r.incrby(counter, 1)
+
+    # When the renewal that read 0 lands after the attach's increment
+    member.renew(0)
+
+    # Then the counter keeps the attach (least-loaded sees the member as it is) and its TTL
+    assert r.get(counter) == "1" and r.pttl(counter) > 0
+    # and a difference that lasts two renewals (an increment lost to an error) is set right
+    member.renew(1)
+    r.set(counter, 7)
+    member.renew(1)
+    assert r.get(counter) == "7"
+    member.renew(1)
+    assert r.get(counter) == "1"
+    member.deregister()
+    r.close()
