@@ -2,9 +2,10 @@
 
 On top of `regina.run_watch.WatchedRun` (a `RunContext`: events, steering, heartbeat, cancel):
 
-- before a tool call's event (so before the tool runs: the tool-call ledger) and before the
-  run's terminal event, the instance's journal is shipped (regina/journal.py) by a fenced script:
-  whatever the client is told, and every tool call that may start, is in Redis first;
+- before a tool call's event (so before the tool runs: the tool-call ledger), at the end of a
+  step that ran tools (its results and file changes) and before the run's terminal event, the
+  instance's journal is shipped (regina/journal.py) by a fenced script: whatever the client is
+  told, every tool call that may start and every tool that completed is in Redis first;
 - steering drains between steps and the heartbeat check the owner's epoch first (fencing.py);
   run events are fenced by the publisher itself.
 
@@ -27,6 +28,7 @@ class DurableRun(WatchedRun):
 
     fence: Fence
     flush: Callable[[bool], None]
+    _tools_ran = False  # a tool ran since the last flush
 
     def bind(self, fence: Fence, flush: Callable[[bool], None]) -> DurableRun:
         """Attach the owner's fence and its journal flush (`flush(before_tool)`, a fence check too);
@@ -46,8 +48,14 @@ class DurableRun(WatchedRun):
         return self
 
     def emit(self, event: Event) -> None:
-        if isinstance(event, ToolCallEvent) or event.type in ("finish", "error"):
-            self.flush(isinstance(event, ToolCallEvent))
+        if isinstance(event, ToolCallEvent):
+            self._tools_ran = True
+            self.flush(True)
+        elif event.type in ("finish", "error") or (event.type == "step-finish" and self._tools_ran):
+            # After a step's tools: their results and file changes are durable before the model
+            # is asked again, so a later death leaves no completed tool "outcome unknown".
+            self._tools_ran = False
+            self.flush(False)
         super().emit(event)
 
     def drain_steering(self) -> list[Steer]:

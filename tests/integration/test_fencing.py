@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from regina.runtime.messages import OUTCOME_UNKNOWN
 from storage.redis import RedisStorage
 from tests.harness.fake_llm import FakeLLM, Reply, ToolCall
 from tests.harness.redis_server import RedisServer
+from tests.harness.waiting import wait_until
 
 AGENTS = Path(__file__).resolve().parents[1] / "agents"
 
@@ -190,7 +192,39 @@ def test_an_answered_chat_survives_the_owner_and_its_disk(pair: Pair) -> None:
 
 
 def test_a_tool_started_on_a_lost_owner_is_reported_not_rerun(pair: Pair, fake_llm: FakeLLM) -> None:
-    # Given a run on a whose tool ran, and whose owner was lost before the run answered
+    # Given a run on a whose owner is lost while its tool runs
+    a, b = pair.hosts["a"], pair.hosts["b"]
+    iid = pair.spawn()
+    fake_llm.push_for(
+        "append a line",
+        Reply(tool_calls=[ToolCall("bash", {"command": "echo ran >> /count; sleep 3"})]),
+        Reply(text="recovered on b"),
+    )
+    run_id = pair.new_run(iid)
+    thread = threading.Thread(target=lambda: _swallow(a.run_step, iid, run_id, "append a line", True))
+    thread.start()
+    wait_until(lambda: "tool-call" in [e["type"] for e in pair.events(run_id)], timeout=60, what="the tool to start")
+    time.sleep(1.0)  # the tool wrote its line and sleeps
+    pair.move(iid, "b")
+    thread.join(60)
+
+    # When the step is redelivered to b
+    b.attach(iid, pair.store.get(iid).epoch)  # type: ignore[union-attr]
+    b.run_step(iid, run_id, "append a line", stream=True)
+
+    # Then b did not run the tool again, the model saw the ledger's answer, and the run finished once
+    assert not b.active[iid].vfs.exists("/count")
+    tool_msgs = [m for m in fake_llm.requests[-1].messages if m.get("role") == "tool"]
+    assert [json.loads(m["content"]) for m in tool_msgs] == [OUTCOME_UNKNOWN]
+    events = pair.events(run_id)
+    assert [e["type"] for e in events].count("finish") == 1 and events[-1]["text"] == "recovered on b"
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    history = b.messages(iid)
+    assert [m["role"] for m in history] == ["user", "assistant", "tool", "assistant"]
+
+
+def test_a_tool_that_completed_on_a_lost_owner_keeps_its_result_and_changes(pair: Pair, fake_llm: FakeLLM) -> None:
+    # Given a run on a whose tool completed, and whose owner was lost while the model was asked again
     a, b = pair.hosts["a"], pair.hosts["b"]
     iid = pair.spawn()
     fake_llm.push_for(
@@ -210,13 +244,13 @@ def test_a_tool_started_on_a_lost_owner_is_reported_not_rerun(pair: Pair, fake_l
     b.attach(iid, pair.store.get(iid).epoch)  # type: ignore[union-attr]
     b.run_step(iid, run_id, "append a line", stream=True)
 
-    # Then b did not run the tool again, the model saw the ledger's answer, and the run finished once
-    assert not b.active[iid].vfs.exists("/count")
+    # Then the tool's result and its file change reached b (shipped when its step ended): the model
+    # got the real result, not "outcome unknown", and the tool ran once
+    assert b.active[iid].vfs.read("/count") == b"ran\n"
     tool_msgs = [m for m in fake_llm.requests[-1].messages if m.get("role") == "tool"]
-    assert [json.loads(m["content"]) for m in tool_msgs] == [OUTCOME_UNKNOWN]
+    assert len(tool_msgs) == 1 and json.loads(tool_msgs[0]["content"]) != OUTCOME_UNKNOWN
     events = pair.events(run_id)
     assert [e["type"] for e in events].count("finish") == 1 and events[-1]["text"] == "recovered on b"
-    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     history = b.messages(iid)
     assert [m["role"] for m in history] == ["user", "assistant", "tool", "assistant"]
 
