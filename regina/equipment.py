@@ -65,8 +65,15 @@ class Equipment:
             return definition.system_prompt
         return self.delegation.system_prompt(definition)
 
-    def runner(self, instance_id: str, definition: AgentDefinition, tools: InstanceTools) -> ToolRunner:
-        """Where the instance's tool calls run: the thread pool, or its own process (docs/isolation.md)."""
+    def runner(
+        self,
+        instance_id: str,
+        definition: AgentDefinition,
+        tools: InstanceTools,
+        on_change: Callable[..., None] | None = None,
+    ) -> ToolRunner:
+        """Where the instance's tool calls run: the thread pool, or its own process (docs/isolation.md);
+        `on_change` journals the VFS changes a tool process reports (`JournalVFS.record`)."""
         s = self.settings
         threads = ThreadRunner(s.limits.tool_timeout, thread_pool(s.concurrency))
         if not definition.use_processes:
@@ -82,6 +89,7 @@ class Equipment:
             network=s.bash_network,
             tool_paths=definition.tools,
             memory_mb=s.limits.tool_memory_mb,
+            journal=on_change is not None,
         )
         return ProcessRunner(
             spec,
@@ -89,4 +97,5 @@ class Equipment:
             timeout=s.limits.tool_timeout,
             cpu_seconds=s.limits.tool_cpu_seconds,
             fallback=threads,
+            on_change=on_change,
         )

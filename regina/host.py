@@ -144,7 +144,7 @@ class InstanceHost:
             vfs=vfs,
             session=Session(vfs),
             tools=tools,
-            runner=equip.runner(instance_id, definition, tools),
+            runner=equip.runner(instance_id, definition, tools, vfs.record if isinstance(vfs, JournalVFS) else None),
             fence=Fence(self.r, instance_id, epoch),
             system_prompt=equip.system_prompt(definition),
         )

@@ -1,12 +1,13 @@
 """The durable journal: every VFS change of a started instance, in Redis before the client hears back.
 
-Why: a worker's local VFS file dies with its disk. With storage configured, an instance's state
-is its last backup in storage plus the journal `regina:journal:<id>` (a Redis LIST): one entry
+Why: a worker's local VFS file dies with its disk. An instance's state is its last backup in
+storage (by default the cluster's Redis) plus the journal `regina:journal:<id>` (a Redis LIST): one entry
 per VFS change made since that backup (`write`, `append`, `mkdir`, `remove`, `rename`, `chmod`,
 `set_mtime`), logical and incremental (an appended transcript line costs its own bytes, not the
-file's). `JournalVFS` records the changes as they happen; the host ships them with one fenced
-script (`Journal.flush`) before a tool runs (the tool-call ledger) and before a run's terminal
-event, so whatever a client was told is in Redis. A new owner restores the backup and replays
+file's). `JournalVFS` records the changes as they happen (a tool process's too: it reports them
+over its pipe); the host ships them with one fenced script (`Journal.flush`) before a tool runs
+(the tool-call ledger), after a step that ran tools and before a run's terminal event, so
+whatever a client was told is in Redis. A new owner restores the backup and replays
 the entries after the sequence number the backup covers (`backupSeq`). A backup (suspend, or a
 checkpoint once the journal passes `storage.checkpointBytes`) drops the entries it covers.
 
@@ -16,7 +17,6 @@ else base64. Sequence numbers continue across owners (the record's `journalSeq`)
 
 from __future__ import annotations
 
-import base64
 import json
 from typing import Any, cast
 
@@ -25,7 +25,7 @@ import redis
 from regina import keys
 from regina.errors import StaleEpoch
 from regina.fencing import is_stale_error
-from regina.vfs.base import FileStat
+from regina.vfs.recording import RecordingVFS, decode_bytes
 
 # KEYS: instance record, journal. ARGV: epoch, last seq, entries…  Appends the entries and
 # records the last seq, only while the epoch is current (else error STALE, nothing written).
@@ -39,17 +39,6 @@ return 1
 """
 
 
-def _enc(data: bytes) -> list[str]:
-    try:
-        return ["u", data.decode("utf-8")]
-    except UnicodeDecodeError:
-        return ["b", base64.b64encode(data).decode("ascii")]
-
-
-def _dec(kind: str, text: str) -> bytes:
-    return text.encode("utf-8") if kind == "u" else base64.b64decode(text)
-
-
 def parse(entry: str) -> tuple[int, list[Any]]:
     """(seq, [epoch, op, args…]) of one stored entry."""
     seq, _, body = entry.partition(" ")
@@ -59,9 +48,9 @@ def parse(entry: str) -> tuple[int, list[Any]]:
 def apply(vfs: Any, op: str, args: list[Any]) -> None:
     """Replay one recorded change on `vfs` (a plain VFS, not a JournalVFS)."""
     if op == "write":
-        vfs.write(args[0], _dec(args[1], args[2]))
+        vfs.write(args[0], decode_bytes(args[1], args[2]))
     elif op == "append":
-        vfs.append(args[0], _dec(args[1], args[2]))
+        vfs.append(args[0], decode_bytes(args[1], args[2]))
     elif op == "mkdir":
         vfs.mkdir(args[0], parents=bool(args[1]))
     elif op == "remove":
@@ -78,11 +67,14 @@ def apply(vfs: Any, op: str, args: list[Any]) -> None:
         raise ValueError(f"unknown journal op {op!r}")
 
 
-class JournalVFS:
-    """A VFS that records every successful change for the journal (reads pass through)."""
+class JournalVFS(RecordingVFS):
+    """A VFS that records every successful change for the journal (reads pass through).
+
+    `record` is also how the worker journals what an instance's tool process changed
+    (`useProcesses`: the child reports each change over its pipe)."""
 
     def __init__(self, inner: Any, epoch: int, seq: int) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.epoch = epoch
         self.seq = seq  # last seq assigned (flushed or pending)
         self.pending: list[str] = []
@@ -90,7 +82,7 @@ class JournalVFS:
         self.written_bytes = 0  # since attach: drives checkpoints
         self.touched = False  # changed anything since attach (the local file is no longer a backup)
 
-    def _record(self, op: str, *args: Any) -> None:
+    def record(self, op: str, *args: Any) -> None:
         self.seq += 1
         entry = f"{self.seq} " + json.dumps([self.epoch, op, *args], separators=(",", ":"))
         self.pending.append(entry)
@@ -106,61 +98,6 @@ class JournalVFS:
         """The entries not flushed yet (the caller ships them; on failure nothing is retried)."""
         out, self.pending, self.pending_bytes = self.pending, [], 0
         return out
-
-    # -- changes -------------------------------------------------------------------------------
-
-    def write(self, path: str, data: bytes) -> None:
-        self.inner.write(path, data)
-        self._record("write", path, *_enc(data))
-
-    def append(self, path: str, data: bytes) -> None:
-        self.inner.append(path, data)
-        self._record("append", path, *_enc(data))
-
-    def mkdir(self, path: str, parents: bool = True) -> None:
-        self.inner.mkdir(path, parents=parents)
-        self._record("mkdir", path, parents)
-
-    def remove(self, path: str, recursive: bool = False) -> None:
-        self.inner.remove(path, recursive=recursive)
-        self._record("remove", path, recursive)
-
-    def rename(self, src: str, dst: str) -> None:
-        self.inner.rename(src, dst)
-        self._record("rename", src, dst)
-
-    def chmod(self, path: str, mode: int) -> None:
-        self.inner.chmod(path, mode)
-        self._record("chmod", path, int(mode))
-
-    def set_mtime(self, path: str, mtime: float) -> None:
-        setter = getattr(self.inner, "set_mtime", None)
-        if setter is not None:
-            setter(path, mtime)
-            self._record("set_mtime", path, float(mtime))
-
-    # -- reads and the rest --------------------------------------------------------------------
-
-    def read(self, path: str) -> bytes:
-        return cast(bytes, self.inner.read(path))
-
-    def exists(self, path: str) -> bool:
-        return bool(self.inner.exists(path))
-
-    def stat(self, path: str) -> FileStat:
-        return cast(FileStat, self.inner.stat(path))
-
-    def listdir(self, path: str) -> list[str]:
-        return cast(list[str], self.inner.listdir(path))
-
-    def snapshot(self) -> bytes:
-        return cast(bytes, self.inner.snapshot())
-
-    def close(self) -> None:
-        self.inner.close()
-
-    def __getattr__(self, name: str) -> Any:  # park, walk, get_meta, set_meta, …
-        return getattr(self.inner, name)
 
 
 class Journal:

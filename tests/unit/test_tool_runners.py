@@ -17,13 +17,14 @@ from pydantic import BaseModel
 from regina.config import Limits, Settings
 from regina.definitions import parse_definition
 from regina.errors import ConfigError, DefinitionError, ToolError
+from regina.journal import apply
 from regina.runtime.tools.base import Tool
 from regina.runtime.tools.child import ChildSpec
 from regina.runtime.tools.loading import load_tool_module
 from regina.runtime.tools.process import ProcessRunner
 from regina.runtime.tools.runner import ThreadRunner
 from regina.runtime.tools.toolset import build_tools
-from regina.vfs import SQLiteVFS, open_vfs
+from regina.vfs import MemoryVFS, SQLiteVFS, open_vfs
 
 TOOL = """
 import os
@@ -165,3 +166,42 @@ def test_use_processes_is_accepted_from_the_environment() -> None:
     assert load_settings({"REGINA_USE_PROCESSES": "true"}).use_processes is True
     with pytest.raises(ConfigError, match="useProcesses needs"):
         load_settings({"REGINA_USE_PROCESSES": "true", "REGINA_VFS_BACKEND": "memory"})
+
+
+def test_a_tool_process_reports_every_change_for_the_journal_even_from_a_call_cut_short(tmp_path: Path) -> None:
+    # Given a process runner whose instance is journaled (the worker records what the child reports)
+    vfs = open_vfs("sqlite", "i1", str(tmp_path), None, "NORMAL")
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": "/", "PWD": "/"}
+    tools = build_tools(vfs, env=env, limits=Limits(), network=False, user_tools={})
+    spec = ChildSpec("i1", "sqlite", str(tmp_path), None, "NORMAL", env, Limits().model_dump(), False, journal=True)
+    changes: list[tuple[Any, ...]] = []
+    runner = ProcessRunner(
+        spec,
+        child_tools=set(tools),
+        timeout=3,
+        cpu_seconds=30,
+        fallback=ThreadRunner(5),
+        on_change=lambda *c: changes.append(c),
+    )
+    try:
+        # When tools in the child write, make directories, append, move and remove files
+        runner.run(tools["write_file"], {"path": "/d/a.txt", "content": "one"})
+        moves = "echo two >> /d/a.txt && mkdir -p /e && mv /d/a.txt /e/b.txt && rm -r /d"
+        runner.run(tools["bash"], {"command": moves})
+        # Then each change reached the worker, in order, and replays to the same files
+        ops = [c[0] for c in changes]
+        assert ops[0] == "write" and changes[0][1] == "/d/a.txt" and "rename" in ops and ops[-1] == "remove", changes
+        replayed = MemoryVFS()
+        for op, *args in changes:
+            apply(replayed, op, list(args))
+        assert replayed.read("/e/b.txt") == vfs.read("/e/b.txt") == b"onetwo\n"
+        assert not replayed.exists("/d") and not vfs.exists("/d")
+
+        # And a call that wrote and then ran past its timeout still reports its write
+        changes.clear()
+        with pytest.raises(ToolError, match="timed out"):
+            runner.run(tools["bash"], {"command": "echo late > /late.txt; sleep 30"})
+        assert [c[:2] for c in changes] == [("write", "/late.txt")], changes
+    finally:
+        runner.close()
+        vfs.close()

@@ -8,7 +8,12 @@ answers calls on its pipe until the pipe closes:
 
     parent -> child: (tool_name, args, cpu_seconds)
     child -> parent: ("ready", None) once, then ("ok", result) | ("error", message) per call,
-                     or ("fatal", message): the call failed and the child exits (MemoryError)
+                     or ("fatal", message): the call failed and the child exits (MemoryError);
+                     before that, ("journal", [op, args…]) for each VFS change the call made
+
+With `journal` set (the worker journals the instance: regina/journal.py) the child's VFS reports
+every change it makes, as it makes it, so the worker journals the tools' writes exactly like its
+own, and a call cut short (killed, crashed, timed out) still reports what it changed before.
 
 The environment is the allow-listed one (`allowedEnv`), not the worker's. RLIMIT_AS caps the
 address space for the child's whole life; RLIMIT_CPU is moved before each call to the CPU time
@@ -24,12 +29,14 @@ import resource
 import select
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
 from regina.config import Limits
 from regina.errors import ReginaError
+from regina.vfs.recording import RecordingVFS
 
 MB = 1024 * 1024
 
@@ -49,6 +56,7 @@ class ChildSpec:
     tool_paths: tuple[str, ...] = field(default=())
     memory_mb: int | None = None
     worker_pid: int = field(default_factory=os.getpid)
+    journal: bool = False
 
 
 def _set_memory_limit(memory_mb: int | None) -> None:
@@ -68,18 +76,31 @@ def _set_cpu_budget(seconds: float | None) -> None:
         resource.setrlimit(resource.RLIMIT_CPU, (soft, resource.RLIM_INFINITY))
 
 
-def _build(spec: ChildSpec) -> dict[str, Any]:
+class _ReportedVFS(RecordingVFS):
+    """The child's VFS when the worker journals: each change goes to the worker as it happens."""
+
+    def __init__(self, inner: Any, send: Callable[[tuple[str, Any]], None]) -> None:
+        super().__init__(inner)
+        self._send = send
+
+    def record(self, op: str, *args: Any) -> None:
+        self._send(("journal", [op, *args]))
+
+
+def _build(spec: ChildSpec, send: Callable[[tuple[str, Any]], None]) -> dict[str, Any]:
     from regina.runtime.tools.loading import load_tool_module
     from regina.runtime.tools.toolset import build_tools
     from regina.vfs import open_vfs
 
-    vfs = open_vfs(
+    vfs: Any = open_vfs(
         spec.vfs_backend,  # type: ignore[arg-type]
         spec.instance_id,
         spec.vfs_dir,
         spec.fs_root_path,
         spec.vfs_synchronous,
     )
+    if spec.journal:
+        vfs = _ReportedVFS(vfs, send)
     user_tools = {}
     for path in spec.tool_paths:
         tool = load_tool_module(path)
@@ -111,6 +132,7 @@ PRELOAD = (
     "regina.runtime.tools.toolset",
     "regina.runtime.tools.loading",
     "regina.vfs",
+    "regina.vfs.recording",
     "just_bash",
     "just_bash.commands",
     "just_bash.fs",
@@ -148,8 +170,14 @@ def child_main(conn: Connection, spec: ChildSpec) -> None:
     from regina.runtime.aio import use_own_loop
 
     use_own_loop()
+    lock = threading.Lock()  # a tool's own threads may change files while the answer goes out
+
+    def send(message: tuple[str, Any]) -> None:
+        with lock:
+            conn.send(message)
+
     try:
-        tools = _build(spec)
+        tools = _build(spec, send)
     except ReginaError as exc:
         conn.send(("error", f"tool process for {spec.instance_id} could not start: {exc.message}"))
         return
@@ -163,10 +191,10 @@ def child_main(conn: Connection, spec: ChildSpec) -> None:
         _set_cpu_budget(cpu_seconds)
         kind, value = _answer(tools, name, args, spec.memory_mb)
         try:
-            conn.send((kind, value))
+            send((kind, value))
         except MemoryError:
             return
         except Exception as exc:  # a result pickle cannot carry
-            conn.send(("error", f"tool {name!r} returned a result that cannot be sent back: {exc}"))
+            send(("error", f"tool {name!r} returned a result that cannot be sent back: {exc}"))
         if kind == "fatal":
             return

@@ -11,6 +11,11 @@ Waiting for an answer is a `select` on the pipe and the child's sentinel: cooper
 gevent, and it tells an answer, a death (crash, `os._exit`, SIGKILL by the OOM killer, SIGXCPU
 past `limits.toolCpuSeconds`) and a timeout apart. A dead or stopped child fails that one call
 with a clear tool error; the next call starts a fresh child.
+
+When the worker journals the instance (regina/journal.py), the child reports each VFS change as it
+makes it (`("journal", change)` on the pipe, before the answer) and `on_change` journals it in the
+worker: a tool's writes are as durable as the worker's own. A call cut short still reports what it
+changed before: the pipe is read to its end before a dead or killed child is reaped.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import select
 import signal
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -104,8 +110,10 @@ class ProcessRunner:
         timeout: float,
         cpu_seconds: float | None,
         fallback: ToolRunner,
+        on_change: Callable[..., None] | None = None,
     ) -> None:
         self.spec = spec
+        self.on_change = on_change
         self.child_tools = child_tools
         self.timeout = timeout
         self.cpu_seconds = cpu_seconds
@@ -150,8 +158,16 @@ class ProcessRunner:
             raise ToolError(str(value))
         return proc, parent
 
-    def _stop(self, grace: float = 0.0) -> int | None:
-        """Stop the child (pipe closed first, so an idle child exits by itself) and reap it."""
+    def _stop(self, grace: float = 0.0, drain: bool = False) -> int | None:
+        """Stop the child (pipe closed first, so an idle child exits by itself) and reap it.
+
+        `drain`: kill it first and journal the changes it reported before that (a call timed out)."""
+        if drain and self._proc is not None and self._conn is not None:
+            if self._proc.exitcode is None:
+                self._proc.kill()
+                _wait([self._proc.sentinel], 5.0)
+            while (answer := self._receive()) is not None and answer[0] != "dead":
+                pass
         proc, conn = self._proc, self._conn
         self._proc = self._conn = None
         if conn is not None:
@@ -197,6 +213,21 @@ class ProcessRunner:
             self._cancelled = False
             return self._call(tool.name, args)
 
+    def _receive(self) -> tuple[str, Any] | None:
+        """The next answer waiting on the pipe, journaling the changes reported before it
+        (None: nothing more to read now; ("dead", None): the pipe ended with the child)."""
+        conn = self._conn
+        while conn is not None and conn.poll(0):
+            try:
+                kind, value = conn.recv()
+            except Exception:  # noqa: BLE001 - EOF, or a message cut short by the child's death
+                return "dead", None
+            if kind != "journal":
+                return kind, value
+            if self.on_change is not None:
+                self.on_change(*value)
+        return None
+
     def _call(self, name: str, args: dict[str, Any]) -> Any:
         proc, conn = (self._proc, self._conn) if self._alive() else self._start()
         assert conn is not None
@@ -205,25 +236,25 @@ class ProcessRunner:
             conn.send((name, args, self.cpu_seconds))
         except (OSError, ValueError):
             pass  # the child is gone: reported below from its exit status
-        ready = _wait([conn.fileno(), proc.sentinel], self.timeout)
-        if conn.fileno() in ready or conn.poll(0):
-            try:
-                kind, value = conn.recv()
-            except (EOFError, OSError):
-                kind, value = "dead", None
+        while True:  # changes reported as the call goes, then its answer, its death or the timeout
+            ready = _wait([conn.fileno(), proc.sentinel], max(0.0, started + self.timeout - time.monotonic()))
+            answer = self._receive()  # a dead child's pipe is read to its end here
+            if answer is not None or not ready or proc.sentinel in ready:
+                break
+        if answer is not None and answer[0] != "dead":
+            kind, value = answer
             if kind == "ok":
                 return value
             if kind == "error":
                 raise ToolError(str(value))
-            if kind == "fatal":
-                self._stop(grace=1.0)
-                raise ToolError(str(value))
+            self._stop(grace=1.0)  # "fatal"
+            raise ToolError(str(value))
         if self._cancelled:
             self._stop()
             raise ToolError(f"tool {name!r} was cancelled; its process was stopped")
         if not ready:
             log.warning("tool %s of %s ran past %g s: stopping its process", name, self.spec.instance_id, self.timeout)
-            self._stop()
+            self._stop(drain=True)
             raise ToolError(timeout_message(name, self.timeout, stopped=True))
         code = self._stop(grace=1.0)
         took = time.monotonic() - started

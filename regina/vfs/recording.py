@@ -1,0 +1,98 @@
+"""A VFS wrapper that reports every successful change, for the durable journal.
+
+Why a module of its own: two processes record changes. In the worker, `regina.journal.JournalVFS`
+queues each change for the next journal flush; in a tool process (`useProcesses`), the child's
+VFS sends each change over its pipe, and the worker journals it like its own
+(`regina/runtime/tools/child.py`). Both share this class, which imports nothing the tool
+process's fork server would not preload (no Redis).
+
+A change is `(op, args)` with JSON-able args: `write`/`append` (path, then the bytes as
+`["u", text]` when they are UTF-8, else `["b", base64]`), `mkdir` (path, parents), `remove`
+(path, recursive), `rename` (src, dst), `chmod` (path, mode), `set_mtime` (path, mtime).
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any, cast
+
+from regina.vfs.base import FileStat
+
+
+def encode_bytes(data: bytes) -> list[str]:
+    """File contents as JSON-able text: UTF-8 as it is, anything else base64."""
+    try:
+        return ["u", data.decode("utf-8")]
+    except UnicodeDecodeError:
+        return ["b", base64.b64encode(data).decode("ascii")]
+
+
+def decode_bytes(kind: str, text: str) -> bytes:
+    """The bytes `encode_bytes` turned into (kind, text)."""
+    return text.encode("utf-8") if kind == "u" else base64.b64decode(text)
+
+
+class RecordingVFS:
+    """Passes everything to `inner` and calls `record(op, *args)` after each successful change."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def record(self, op: str, *args: Any) -> None:
+        """Note one change already made to `inner` (subclasses decide where it goes)."""
+        raise NotImplementedError
+
+    # -- changes -------------------------------------------------------------------------------
+
+    def write(self, path: str, data: bytes) -> None:
+        self.inner.write(path, data)
+        self.record("write", path, *encode_bytes(data))
+
+    def append(self, path: str, data: bytes) -> None:
+        self.inner.append(path, data)
+        self.record("append", path, *encode_bytes(data))
+
+    def mkdir(self, path: str, parents: bool = True) -> None:
+        self.inner.mkdir(path, parents=parents)
+        self.record("mkdir", path, parents)
+
+    def remove(self, path: str, recursive: bool = False) -> None:
+        self.inner.remove(path, recursive=recursive)
+        self.record("remove", path, recursive)
+
+    def rename(self, src: str, dst: str) -> None:
+        self.inner.rename(src, dst)
+        self.record("rename", src, dst)
+
+    def chmod(self, path: str, mode: int) -> None:
+        self.inner.chmod(path, mode)
+        self.record("chmod", path, int(mode))
+
+    def set_mtime(self, path: str, mtime: float) -> None:
+        setter = getattr(self.inner, "set_mtime", None)
+        if setter is not None:
+            setter(path, mtime)
+            self.record("set_mtime", path, float(mtime))
+
+    # -- reads and the rest --------------------------------------------------------------------
+
+    def read(self, path: str) -> bytes:
+        return cast(bytes, self.inner.read(path))
+
+    def exists(self, path: str) -> bool:
+        return bool(self.inner.exists(path))
+
+    def stat(self, path: str) -> FileStat:
+        return cast(FileStat, self.inner.stat(path))
+
+    def listdir(self, path: str) -> list[str]:
+        return cast(list[str], self.inner.listdir(path))
+
+    def snapshot(self) -> bytes:
+        return cast(bytes, self.inner.snapshot())
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def __getattr__(self, name: str) -> Any:  # park, walk, get_meta, set_meta, …
+        return getattr(self.inner, name)
