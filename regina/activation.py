@@ -98,7 +98,7 @@ def open_current(
 ) -> Opened:
     """Open the instance's VFS at the state the cluster holds for `rec`.
 
-    Without storage (`backups` None) the local copy is all there is: restore only what a
+    With `storage.type` null (`backups` None) the local copy is all there is: restore only what a
     graceful suspend wrote, as before journaling existed.
     """
     iid = rec.instance_id

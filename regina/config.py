@@ -37,10 +37,14 @@ class Defaults(_Section):
 
 
 class StorageSettings(_Section):
-    """Where suspended instances are backed up (SPEC §7). No `type` means no backups."""
+    """Where instances are backed up (SPEC §7). By default the cluster's Redis: an instance's state
+    (journal and backups) must live off its worker for an acknowledged chat to survive the worker."""
 
-    type: Literal["fs", "s3", "redis"] | None = None
-    """Adapter: `fs`, `s3` or `redis`; unset keeps backups on the worker's own disk only."""
+    type: Literal["fs", "s3", "redis"] | None = "redis"
+    """Adapter: `fs`, `s3` or `redis` (the default: a hash in the cluster's Redis, so Redis holds
+    every instance's files). `null` (config file only) keeps backups on the worker's own disk and
+    journals nothing: a worker killed with -9 then loses the changes since the instance's last
+    suspend unless `vfsDir` is shared."""
     base_path: str | None = None
     """fs: directory the backups are written to (atomically)."""
     bucket: str | None = None
@@ -54,7 +58,7 @@ class StorageSettings(_Section):
     url: str | None = None
     """redis: URL of the Redis holding the backup hash (default: the cluster's Redis)."""
     checkpoint_bytes: int = Field(4_194_304, ge=1024)
-    """With storage configured every VFS change is journaled in Redis before a run answers; once a
+    """Every VFS change is journaled in Redis before a run answers (unless `type` is null); once a
     started instance's journal passes this many bytes it is backed up (and the journal trimmed)
     right after the run that passed it."""
 
@@ -184,7 +188,7 @@ class Settings(_Section):
     """Worker's member id and Celery node name (default: `w-<host>-<pid>-<random>`). Placeholders
     as in `memberAddress` (`{HOSTNAME}` falls back to the host name): one config for every pod."""
     storage: StorageSettings = Field(default_factory=StorageSettings)
-    """Backup storage for suspended instances."""
+    """Where instances are backed up (their journal is in the cluster's Redis): by default the cluster's Redis too."""
     placement: Literal["round-robin", "least-loaded", "random"] = "round-robin"
     """How a live worker is chosen for a new or re-homed instance."""
     member_ttl: float = Field(30, gt=0)

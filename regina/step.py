@@ -131,8 +131,8 @@ class StepRunner:
         act.last_used = time.monotonic()
 
     def flush(self, act: Active, before_tool: bool = False) -> None:
-        """Ship the journal (with nothing pending, a fence check). Without storage there is no
-        journal: only a tool call checks the fence first (terminal events are fenced anyway)."""
+        """Ship the journal (with nothing pending, a fence check). With `storage.type` null there is
+        no journal: only a tool call checks the fence first (terminal events are fenced anyway)."""
         if self.journal is not None and isinstance(act.vfs, JournalVFS):
             self.journal.flush(act.instance_id, act.epoch, act.vfs)
         elif before_tool and not act.fence.current():

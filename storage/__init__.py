@@ -20,14 +20,15 @@ def _required(value: str | None, key: str, env: str, kind: str) -> str:
 
 
 def make_storage(settings: StorageSettings, redis_url: str) -> Storage | None:
-    """Build the configured adapter; None when `storage.type` is unset (backups stay local).
+    """Build the configured adapter (by default `redis` on the cluster's Redis); None when
+    `storage.type` is null (backups stay on the worker's disk and nothing is journaled).
 
     Args:
         settings: the `storage` section of the settings.
         redis_url: the cluster's Redis, used by the `redis` adapter when `storage.url` is unset.
 
     Returns:
-        The adapter, or None when no storage type is configured.
+        The adapter, or None when the storage type is null.
 
     Raises:
         ConfigError: a required key for the chosen type is missing, or its library is not installed.

@@ -299,8 +299,12 @@ def test_redis_errors_name_the_key() -> None:
 # --- make_storage -------------------------------------------------------------------------------
 
 
-def test_make_storage_without_a_type_means_no_storage() -> None:
-    assert make_storage(StorageSettings(), DEAD_REDIS_URL) is None
+def test_make_storage_defaults_to_the_cluster_redis_and_null_means_no_storage() -> None:
+    default = make_storage(StorageSettings(), DEAD_REDIS_URL)
+    assert isinstance(default, RedisStorage) and default.hash_name == "regina:storage"
+    assert default._client.connection_pool.connection_kwargs["port"] == 1  # the cluster's URL
+    default.close()
+    assert make_storage(StorageSettings(type=None), DEAD_REDIS_URL) is None
 
 
 def test_make_storage_s3_without_a_bucket_names_storage_bucket() -> None:

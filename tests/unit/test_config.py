@@ -13,9 +13,15 @@ from regina.errors import ConfigError
 
 def test_defaults_without_any_config() -> None:
     s = load_settings({})
-    assert s.idle_timeout == 300 and s.placement == "round-robin" and s.storage.type is None
+    assert s.idle_timeout == 300 and s.placement == "round-robin" and s.storage.type == "redis"
     assert s.compaction.threshold == 100_000 and s.compaction.keep_last_n == 10
     assert s.member_ttl == 30 and s.member_heartbeat == 10
+
+
+def test_storage_type_null_in_a_file_means_no_storage(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("storage: {type: null}\n")
+    assert load_settings({"REGINA_CONFIG": str(f)}).storage.type is None
 
 
 def test_yaml_file_with_a_regina_object(tmp_path: Path) -> None:
