@@ -1,7 +1,9 @@
 """Start and stop real web and worker processes for integration tests.
 
 Workers are `regina worker` (Celery, gevent pool); web is `regina web` (gunicorn, gevent).
-Each process logs to a file; `Cluster.dump_logs()` prints them when a test fails.
+Each process logs to a file; `Cluster.dump_logs()` prints them when a test fails. Each starts in
+a session (so a process group) of its own, as a supervisor would start it: `Proc.kill_group()`
+kills it with everything it started (tool processes, their fork server), like a machine dying.
 """
 
 from __future__ import annotations
@@ -71,6 +73,17 @@ class Proc:
             self.popen.kill()
             self.popen.wait()
 
+    def kill_group(self) -> list[int]:
+        """kill -9 of the process group: the process and every process it started die at once.
+        Returns the pids that were in the group (each one is gone when this returns)."""
+        pgid = os.getpgid(self.popen.pid)
+        assert pgid == self.popen.pid, f"{self.name} does not lead a process group of its own"
+        members = _group_members(pgid)
+        os.killpg(pgid, signal.SIGKILL)
+        self.popen.wait()
+        wait_until(lambda: not any(_running(pid) for pid in members), timeout=10, what=f"{self.name}'s group to die")
+        return members
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
@@ -84,6 +97,8 @@ class Cluster:
     env_overrides: dict[str, str] = field(default_factory=dict)
     tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="regina-cluster-")))
     procs: list[Proc] = field(default_factory=list)
+    #: The tree the processes run from (benchmarks start an older checkout for an A/B).
+    root: Path = ROOT
 
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         env = clean_env()
@@ -110,7 +125,13 @@ class Cluster:
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Proc:
         log_path = self.tmp / f"{name}.log"
         popen = subprocess.Popen(
-            argv, env=env, cwd=ROOT, stdout=log_path.open("wb"), stderr=subprocess.STDOUT, preexec_fn=die_with_parent
+            argv,
+            env=env,
+            cwd=self.root,
+            stdout=log_path.open("wb"),
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
+            start_new_session=True,
         )
         proc = Proc(name, popen, log_path)
         self.procs.append(proc)
@@ -171,6 +192,28 @@ class Cluster:
 
     def dump_logs(self) -> str:
         return "\n".join(f"===== {p.name} =====\n{p.log()[-6000:]}" for p in self.procs)
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Pids of the live processes in process group `pgid` (Linux /proc)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getpgid(int(entry)) == pgid:
+                    pids.append(int(entry))
+            except ProcessLookupError:
+                continue
+    return pids
+
+
+def _running(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
 
 
 class ProcessDied(BaseException):

@@ -1,7 +1,9 @@
 """Nothing acknowledged is lost: kill -9 a worker under load, pause one past its TTL.
 
-Real processes (3 workers, one web, a private Redis, the fake LLM), storage in Redis and no
-shared `vfsDir`: each worker has its own directory, as on separate machines.
+Real processes (3 workers, one web, a private Redis, the fake LLM), the default storage (the
+cluster's Redis) and no shared `vfsDir`: each worker has its own directory, as on separate
+machines. Workers run in process groups of their own and die as a group (tool processes too).
+Half the instances run their tools in a process of their own (`useProcesses`).
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ def _cluster(make_cluster: Callable[..., Cluster], tmp_path: Path, workers: int)
     log = tmp_path / "tool-runs.log"
     c = make_cluster(
         REGINA_AGENTS_DIR=str(AGENTS),
-        REGINA_STORAGE__TYPE="redis",
         REGINA_MEMBER_TTL=str(MEMBER_TTL),
+        REGINA_ALLOWED_ENV="[PATH, HOME, LANG, CHAOS_TOOL_LOG]",  # the tool processes log too
         REGINA_IDLE_TIMEOUT="0",
         CHAOS_TOOL_LOG=str(log),
     )
@@ -61,10 +63,12 @@ def _history(api: httpx.Client, iid: str) -> list[dict[str, Any]]:
 def test_kill_9_under_load_loses_nothing_acknowledged(
     make_cluster: Callable[..., Cluster], fake_llm: FakeLLM, tmp_path: Path
 ) -> None:
-    # Given 30 instances over 3 workers, each with a file written by an acknowledged chat
+    # Given 30 instances over 3 workers (every other one with its tools in a process of its own),
+    # each with a file written by an acknowledged chat
     c, workers, url = _cluster(make_cluster, tmp_path, 3)
     api = httpx.Client(base_url=url, timeout=120)
-    spawned = [api.post("/agents/chaos-agent/instances") for _ in range(30)]
+    agents = ["chaos-agent", "chaos-proc-agent"]
+    spawned = [api.post(f"/agents/{agents[n % 2]}/instances") for n in range(30)]
     assert all(r.status_code == 201 for r in spawned), spawned[0].text
     iids = [r.json()["instanceId"] for r in spawned]
     for n in range(len(iids)):
@@ -83,19 +87,22 @@ def test_kill_9_under_load_loses_nothing_acknowledged(
     owner = {iid: api.get(f"/instances/{iid}").json()["member"] for iid in iids}
     victim = workers[0]
     doomed = [iid for iid in iids if owner[iid] == victim.member_id]
-    assert doomed, "round-robin gave the victim no instance"
+    assert {iids.index(iid) % 2 for iid in doomed} == {0, 1}, "the victim should hold both kinds of instance"
 
-    # When every instance has a chat in flight — a third of them inside a slow tool — and one
-    # worker is killed with -9
+    # When every instance has a chat in flight that wrote a file — a third of them then inside a
+    # slow tool, the others waiting for the model — and one worker's process group is killed
+    # with -9 (the worker, its fork server and its tool processes)
     for n in range(len(iids)):
+        wrote = Reply(tool_calls=[ToolCall("write_file", {"path": "/work.txt", "content": f"work-{n}"})])
         if n % 3 == 0:
             fake_llm.push_for(
                 f"work {n} now",
+                wrote,
                 Reply(tool_calls=[ToolCall("slow_mark", {"tag": f"tool-{n}", "seconds": 4.0})]),
                 Reply(text=f"after tool {n}"),
             )
         else:
-            fake_llm.push_for(f"work {n} now", Reply(text=f"answer {n}", delay=2.0))
+            fake_llm.push_for(f"work {n} now", wrote, Reply(text=f"answer {n}", delay=2.0))
     pool = cf.ThreadPoolExecutor(30)
     inflight = {
         iid: pool.submit(api.post, f"/instances/{iid}/chat", json={"message": f"work {n} now"})
@@ -106,8 +113,9 @@ def test_kill_9_under_load_loses_nothing_acknowledged(
         timeout=30,
         what="every slow tool to start",
     )
-    victim.kill()
+    group = victim.kill_group()
     killed_at = time.monotonic()
+    assert len(group) >= 3, f"the worker's group should hold its fork server and tool processes: {group}"
 
     # Then within memberTtl + 5 s every instance answers from a live worker
     def ping(n_iid: tuple[int, str]) -> tuple[str, int, float]:
@@ -118,8 +126,11 @@ def test_kill_9_under_load_loses_nothing_acknowledged(
     with cf.ThreadPoolExecutor(30) as pings:
         answers = list(pings.map(ping, enumerate(iids)))
     slowest = max(t for _, _, t in answers)
-    print(f"every instance answered {slowest:.1f} s after the kill")
+    moved = max(t for iid, _, t in answers if iid in doomed)
+    print(f"every instance answered {slowest:.1f} s after the kill, the dead worker's in {moved:.1f} s")
     assert [code for _, code, _ in answers] == [200] * 30
+    # the dead worker's instances (their interrupted tools are not run again) within memberTtl + 5 s
+    assert moved <= MEMBER_TTL + 5.0
     assert slowest <= MEMBER_TTL + 5.0 + 4.0  # + the in-flight step each ping queues behind
     for iid in doomed:
         assert api.get(f"/instances/{iid}").json()["member"] != victim.member_id
@@ -135,14 +146,13 @@ def test_kill_9_under_load_loses_nothing_acknowledged(
         resp = done[iid]
         assert resp.status_code == 200, resp.text
         assert users[f"work {n} now"] == 1 and answers_[resp.json()["text"]] == 1, history
-    # the seeded files are there on whichever worker holds each instance now
+    # and the files every chat wrote are there on whichever worker holds each instance now
     for n, iid in enumerate(iids):
-        fake_llm.push_for(
-            f"show {n} now", Reply(tool_calls=[ToolCall("bash", {"command": "cat /f.txt"})]), Reply(text="shown")
-        )
+        show = Reply(tool_calls=[ToolCall("bash", {"command": "cat /f.txt; echo; cat /work.txt"})])
+        fake_llm.push_for(f"show {n} now", show, Reply(text="shown"))
         assert api.post(f"/instances/{iid}/chat", json={"message": f"show {n} now"}).status_code == 200
         shown = [m for m in _history(api, iid) if m["role"] == "tool"][-1]
-        assert f"seed-{n}" in shown["content"], shown
+        assert f"seed-{n}" in shown["content"] and f"work-{n}" in shown["content"], (iid in doomed, shown)
     # and no tool that started on the dead worker ran twice
     runs = _tool_runs(tmp_path)
     assert all(count == 1 for count in runs.values()), runs
