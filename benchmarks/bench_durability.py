@@ -1,15 +1,18 @@
 """What durability costs and what failure costs: journal cost per chat, failover time, rolling restarts.
 
-1. Durability cost per sync chat (< 10 KB changed): three stacks side by side, requests
-   interleaved so the machine's noise hits each alike — this tree with storage (the journal on),
-   this tree without storage (no journal), and `--base` (another checkout, e.g. a worktree of the
-   commit before the journal) with storage.
-2. Failover: 3 workers; kill -9 the one holding the instances, then time kill → first good
-   answer for each of its instances (every instance chats at once right after the kill).
+1. Durability cost per sync chat, one run, requests interleaved so the machine's noise hits each
+   stack alike: this tree as configured by default (storage in the cluster's Redis: the journal
+   on), this tree with `storage: {type: null}` (no journal), and `--base` (another checkout, e.g.
+   `git worktree add /tmp/ab-8df2eb0 8df2eb0`) with storage in Redis. Two message sizes: a short
+   one (two transcript lines, < 1 KB changed) and one of 4 500 characters (≈ 9 KB changed: the
+   message and the fake model's echo of it), the budget's "< 10 KB" case.
+2. Failover: 3 workers; `--kills` times, kill -9 the process group of a worker holding instances,
+   then time kill → first good answer for each of its instances (all chat at once right after the
+   kill), and kill → every one answered; a fresh worker joins before the next kill.
 3. Rolling restart: a client chats in a loop while each of 2 workers is replaced in turn
-   (SIGTERM, a new one joins); latency during the restarts vs before.
+   (SIGTERM, a new one joins); latency during the restarts vs before, and failed chats.
 
-    .venv/bin/python -m benchmarks.bench_durability [--quick] [--n 200] [--base /path/to/tree]
+    .venv/bin/python -m benchmarks.bench_durability [--quick] [--n 200] [--kills 10] [--base /path/to/tree]
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -24,37 +28,48 @@ from collections.abc import Iterator
 from benchmarks.common import Stack, Table, machine, p50, pct, show, spawn, stack
 
 STORAGE = {"REGINA_STORAGE__TYPE": "redis", "REGINA_IDLE_TIMEOUT": "0"}
+SIZES = {"short (< 1 KB changed)": "hello {i}", "4 500 chars (≈ 9 KB changed)": "{i} " + "x" * 4_500}
+
+
+def _no_storage_config() -> str:
+    """A config file turning storage (and so the journal) off: null has no environment form."""
+    fd, path = tempfile.mkstemp(prefix="regina-bench-", suffix=".yaml")
+    with os.fdopen(fd, "w") as f:
+        f.write("storage:\n  type: null\n")
+    return path
 
 
 def durability_cost(n: int, base: str | None) -> Table:
-    variants: dict[str, dict[str, str]] = {
-        "journal (storage: redis)": dict(STORAGE),
-        "no journal (no storage)": {"REGINA_IDLE_TIMEOUT": "0"},
+    idle = {"REGINA_IDLE_TIMEOUT": "0"}
+    variants: dict[str, tuple[dict[str, str], str | None]] = {
+        "journal on (default storage: the cluster's Redis)": (idle, None),
+        "journal off (storage: {type: null})": ({**idle, "REGINA_CONFIG": _no_storage_config()}, None),
     }
     if base:
-        variants["base tree (storage: redis)"] = {**STORAGE, "PYTHONPATH": base}
+        variants[f"base tree {os.path.basename(base)} (storage: redis)"] = (dict(STORAGE), base)
     t = Table(
         "Durability cost per sync chat (one run, interleaved)",
-        ["variant", "p50 ms", "p99 ms", "n"],
+        ["variant", "message", "p50 ms", "p99 ms", "n"],
         conditions={**machine(), "n": n, "base": base or "-"},
-        notes=["fresh instance per variant; every chat appends 2 transcript lines (< 1 KB changed)"],
+        notes=["a fresh instance per variant and size; the fake model answers at once"],
     )
+    times: dict[tuple[str, str], list[float]] = {(v, m): [] for v in variants for m in SIZES}
     with contextlib.ExitStack() as stack_:
-        stacks: dict[str, Stack] = {name: stack_.enter_context(stack(env)) for name, env in variants.items()}
+        stacks: dict[str, Stack] = {n: stack_.enter_context(stack(env, root)) for n, (env, root) in variants.items()}
         clients = {name: stack_.enter_context(s.client()) for name, s in stacks.items()}
-        iids = {name: spawn(c) for name, c in clients.items()}
-        times: dict[str, list[float]] = {name: [] for name in variants}
+        iids = {(v, m): spawn(clients[v]) for v, m in times}
         for i in range(n + 20):
-            for name, c in clients.items():
+            for (name, size), xs in times.items():
+                message = SIZES[size].format(i=i)
                 t0 = time.perf_counter()
-                resp = c.post(f"/instances/{iids[name]}/chat", json={"message": f"hello {i}"})
+                resp = clients[name].post(f"/instances/{iids[name, size]}/chat", json={"message": message})
                 dt = time.perf_counter() - t0
                 if resp.status_code != 200:
                     raise RuntimeError(f"{name}: {resp.status_code} {resp.text}")
                 if i >= 20:  # warm-up
-                    times[name].append(dt)
-    for name, xs in times.items():
-        t.add(name, p50(xs), pct(xs, 99), len(xs))
+                    xs.append(dt)
+    for (name, size), xs in times.items():
+        t.add(name, size, p50(xs), pct(xs, 99), len(xs))
     return t
 
 
@@ -67,24 +82,25 @@ def _three_workers() -> Iterator[Stack]:
         yield s
 
 
-def failover(rounds: int, per_round: int) -> Table:
+def failover(kills: int, per_kill: int) -> Table:
     t = Table(
-        "Failover: kill -9 to the first good answer of each instance the dead worker held",
-        ["p50 s", "p90 s", "max s", "instances"],
-        conditions={**machine(), "memberTtl": 3, "memberHeartbeat": 0.5, "rounds": rounds},
-        notes=["storage redis, no shared vfsDir; every instance chats at once right after the kill"],
+        "Failover: kill -9 of a worker's process group to the first good answer",
+        ["measure", "p50 s", "p90 s", "max s", "n"],
+        conditions={**machine(), "memberTtl": 3, "memberHeartbeat": 0.5, "kills": kills, "per kill": per_kill},
+        notes=["storage in Redis (the default), no shared vfsDir; every instance chats at once right after the kill"],
     )
-    gaps: list[float] = []
+    each: list[float] = []
+    every: list[float] = []
     with _three_workers() as s, s.client() as api:
-        for _ in range(rounds):
+        for _ in range(kills):
             victim = next(p for p in s.cluster.procs if p.name.startswith("worker") and p.alive())
             iids = []
-            while len(iids) < per_round:
+            while len(iids) < per_kill:
                 iid = spawn(api)
                 if api.get(f"/instances/{iid}").json()["member"] == victim.member_id:
                     api.post(f"/instances/{iid}/chat", json={"message": "warm"})
                     iids.append(iid)
-            victim.kill()
+            victim.kill_group()
             killed = time.monotonic()
             done: list[float] = []
 
@@ -100,11 +116,15 @@ def failover(rounds: int, per_round: int) -> Table:
                 th.start()
             for th in threads:
                 th.join(120)
-            gaps += done
+            if len(done) != len(iids):
+                raise RuntimeError(f"{len(iids) - len(done)} instance(s) never answered after the kill")
+            each += done
+            every.append(max(done))
             fresh = s.cluster.start_worker(wait=False)
             s.cluster.wait_worker(fresh)
-    gaps.sort()
-    t.add(pct(gaps, 50) / 1000, pct(gaps, 90) / 1000, gaps[-1], len(gaps))
+    for name, xs in (("kill → each instance's first good answer", each), ("kill → every instance answered", every)):
+        xs.sort()
+        t.add(name, pct(xs, 50) / 1000, pct(xs, 90) / 1000, xs[-1], len(xs))
     return t
 
 
@@ -153,7 +173,8 @@ def main(argv: list[str] | None = None) -> list[Table]:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_durability")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--n", type=int)
-    ap.add_argument("--base", help="another checkout to compare with (its regina/ on PYTHONPATH)")
+    ap.add_argument("--kills", type=int, help="failover: how many workers to kill (default 10)")
+    ap.add_argument("--base", help="another checkout to compare with (run from its own tree)")
     ap.add_argument("--only", choices=["cost", "failover", "rolling"])
     args = ap.parse_args(argv)
     n = args.n or (60 if args.quick else 300)
@@ -162,7 +183,7 @@ def main(argv: list[str] | None = None) -> list[Table]:
     if args.only in (None, "cost"):
         tables.append(durability_cost(n, base))
     if args.only in (None, "failover"):
-        tables.append(failover(2 if args.quick else 3, 4 if args.quick else 6))
+        tables.append(failover(args.kills or (2 if args.quick else 10), 3 if args.quick else 5))
     if args.only in (None, "rolling"):
         tables.append(rolling(5.0 if args.quick else 10.0))
     return show(tables)

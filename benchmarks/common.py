@@ -198,12 +198,18 @@ class Stack:
 
 
 @contextlib.contextmanager
-def stack(env: dict[str, str] | None = None) -> Iterator[Stack]:
-    """Private Redis + fake LLM process + one `regina worker` + one `regina web` (1 gunicorn worker)."""
+def stack(env: dict[str, str] | None = None, root: str | None = None) -> Iterator[Stack]:
+    """Private Redis + fake LLM process + one `regina worker` + one `regina web` (1 gunicorn worker).
+
+    `root`: another checkout to run (an A/B): its tree is the processes' working directory and
+    comes first on their PYTHONPATH (`python -m celery` puts the working directory first)."""
     server = RedisServer().start()
     try:
         with fake_llm_process() as fake:
-            cluster = Cluster(server.url, fake.url, env_overrides=dict(env or {}))
+            env = dict(env or {})
+            if root:
+                env["PYTHONPATH"] = root
+            cluster = Cluster(server.url, fake.url, env_overrides=env, root=Path(root) if root else ROOT)
             try:
                 worker = cluster.start_worker()
                 web = cluster.start_web()
