@@ -13,6 +13,7 @@ from typing import Any, Literal, cast
 import redis
 
 from regina import keys
+from regina.clock import redis_now
 
 Status = Literal["started", "suspending", "suspended"]
 
@@ -54,12 +55,12 @@ end
 
 _TOUCH = LUA_TOUCH_EXISTING + "return touch_existing(KEYS[1])"
 
-# Lua: `touch(key, rec, member_prefix)` resets the idle timer of the instance whose HGETALL `rec`
-# holds (non-empty: the record exists), sets lastActive in `rec` too, and returns "1"|"0" (its
-# member lives). One read serves existence, the member and the reply.
-LUA_TOUCH = f"""
-local function touch(key, rec, member_prefix)
-  {LUA_NOW}
+# Lua: `touch(key, rec, member_prefix, now)` resets the idle timer of the instance whose HGETALL
+# `rec` holds (non-empty: the record exists) to `now` (Redis's clock as the caller keeps it,
+# regina/clock.py), sets lastActive in `rec` too, and returns "1"|"0" (its member lives). One read
+# serves existence, the member and the reply.
+LUA_TOUCH = """
+local function touch(key, rec, member_prefix, now)
   redis.call('HSET', key, 'lastActive', now)
   local alive, seen = '0', false
   for i = 1, #rec, 2 do
@@ -75,13 +76,13 @@ end
 """
 
 # Touch lastActive and return ["1"|"0" (member alive), field, value, …], or {} if there is no
-# instance record. ARGV: (unused), member key prefix. lastActive is Redis's own TIME.
+# instance record. ARGV: now (Redis's clock, regina/clock.py), member key prefix.
 _TOUCH_CHECK = (
     LUA_TOUCH
     + """
 local rec = redis.call('HGETALL', KEYS[1])
 if #rec == 0 then return {} end
-table.insert(rec, 1, touch(KEYS[1], rec, ARGV[2]))
+table.insert(rec, 1, touch(KEYS[1], rec, ARGV[2], ARGV[1]))
 return rec
 """
 )
@@ -196,7 +197,7 @@ class InstanceStore:
     def touch_and_check(self, instance_id: str) -> tuple[InstanceRecord | None, bool]:
         """Reset the idle timer and return the record and whether its member lives (one round
         trip; a chat does the same inside `RunStore.open`)."""
-        args = [repr(time.time()), keys.MEMBER_PREFIX]
+        args = [repr(redis_now(self.r)), keys.MEMBER_PREFIX]
         flat = cast(list[str], self._touch_check(keys=[keys.instance_record(instance_id)], args=args))
         if not flat:
             return None, False

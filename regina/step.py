@@ -16,6 +16,7 @@ import redis
 
 from regina import activation, keys
 from regina.attached import Active
+from regina.clock import redis_now
 from regina.config import Settings
 from regina.durable_run import DurableRun
 from regina.errors import StaleEpoch
@@ -147,7 +148,7 @@ class StepRunner:
     def touch(self, act: Active) -> None:
         """Reset the idle timer from a running loop, at most once a second (timers are in seconds)."""
         if self.touch_due(act):
-            act.fence.set(lastActive=time.time())
+            act.fence.set(lastActive=redis_now(self.r))
 
     @staticmethod
     def touch_due(act: Active) -> bool:

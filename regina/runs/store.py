@@ -23,6 +23,7 @@ from typing import Any, Literal, cast
 import redis
 
 from regina import keys
+from regina.clock import redis_now
 from regina.instances import LUA_TOUCH, LUA_TOUCH_EXISTING, InstanceRecord, iso, record_from_hash
 from regina.runs.cancel import announce
 from regina.runs.steering import decode_all, encode
@@ -75,7 +76,7 @@ if KEYS[6] then
   local earlier = claimed(KEYS[6], ARGV[7])
   if earlier then return earlier end
 end
-local alive = touch(KEYS[1], rec, ARGV[9])
+local alive = touch(KEYS[1], rec, ARGV[9], ARGV[1])
 local busy = front(KEYS[3], ARGV[10])
 if busy and ARGV[5] == 'reject' then return {'busy', busy} end
 if busy and ARGV[5] == 'steer' then
@@ -291,7 +292,7 @@ class RunStore:
             keys.instance_queue(instance_id),
         ] + ([idem.key] if idem else [])
         args = [
-            repr(time.time()),
+            repr(redis_now(self.r)),  # createdAt and the idle timer's touch (regina/clock.py)
             instance_id,
             str(self.retention),
             run_id,

@@ -16,8 +16,8 @@ from typing import Any, cast
 import redis
 
 from regina import keys
+from regina.clock import redis_now
 from regina.errors import StaleEpoch
-from regina.instances import LUA_NOW
 from regina.runs.ack import CURRENT_DELIVERY
 from regina.secrets import redact
 
@@ -30,10 +30,10 @@ TERMINAL = frozenset({"finish", "error"})
 # (entry id, event JSON). A stale epoch (the instance moved to another owner) writes nothing:
 # error STALE (SPEC §6). With a steering list that holds messages, takes them (copying them to
 # the run's steered list) and returns them without publishing; otherwise appends the entries,
-# ends the run record, adds the run's tokens to the instance's usage and resets its idle timer
-# (the run's last touch, Redis's clock) in one HSET, acknowledges the step's delivery (regina/runs/ack.py) and
-# returns {}.
-_FINISH = f"""
+# ends the run record, adds the run's tokens to the instance's usage and resets its idle timer to
+# finishedAt (the run's last touch; Redis's clock as the worker keeps it, regina/clock.py) in one
+# HSET, acknowledges the step's delivery (regina/runs/ack.py) and returns {}.
+_FINISH = """
 local inst = redis.call('HMGET', KEYS[3], 'epoch', 'promptTokens', 'completionTokens')
 if ARGV[9] ~= '' and inst[1] ~= ARGV[9] then
   return redis.error_reply('STALE')
@@ -56,8 +56,7 @@ redis.call('HSET', KEYS[2], 'status', ARGV[3], 'finishedAt', ARGV[2], 'finishRea
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[2], 'error', ARGV[7]) end
 redis.call('EXPIRE', KEYS[2], ARGV[1])
 if inst[1] then  -- every instance record has an epoch: none means no record (never create one)
-  {LUA_NOW}
-  redis.call('HSET', KEYS[3], 'lastActive', now,
+  redis.call('HSET', KEYS[3], 'lastActive', ARGV[2],
     'promptTokens', string.format('%d', tonumber(inst[2] or '0') + tonumber(ARGV[5])),
     'completionTokens', string.format('%d', tonumber(inst[3] or '0') + tonumber(ARGV[6])))
 end
@@ -66,7 +65,7 @@ if ARGV[11] ~= '' then
   redis.call('ZREM', KEYS[#KEYS - 1], ARGV[11])
   redis.call('HDEL', KEYS[#KEYS], ARGV[11])
 end
-return {{}}
+return {}
 """
 
 # KEYS: run events stream, instance record. ARGV: epoch, then pairs of (entry id, event JSON).
@@ -177,7 +176,7 @@ class RunPublisher:
             delivery = None
         args: list[Any] = [
             self.retention,
-            repr(time.time()),
+            repr(redis_now(self.r)),  # finishedAt and lastActive (regina/clock.py)
             final_status(event),
             event.get("finishReason") or ("error" if event.get("type") == "error" else ""),
             int(usage.get("promptTokens", 0)),

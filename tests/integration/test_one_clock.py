@@ -39,3 +39,34 @@ def test_last_active_is_written_with_redis_time(store: InstanceStore, monkeypatc
         assert abs(rec.created_at - _redis_now(store)) < 5
     finally:
         store.delete(iid, "openai-agent")
+
+
+def test_a_chat_open_and_finish_write_redis_time_without_calling_time(
+    store: InstanceStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The open and finish scripts take Redis's clock as the process keeps it (regina/clock.py):
+    no TIME inside them, and a process clock an hour off still writes Redis time."""
+    from regina import clock
+    from regina.runs.store import RunStore
+    from regina.runs.stream import RunPublisher
+
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + SKEW)
+    monkeypatch.setattr(clock, "_synced", None)  # read Redis's clock afresh under the skew
+    iid = f"openai-agent-{int(real() * 1e6):024x}"[-37:]
+    store.create(iid, "openai-agent", "nobody")
+    runs = RunStore(store.r)
+    try:
+        before = int(store.r.info("commandstats").get("cmdstat_time", {}).get("calls", 0))
+        opened = runs.open(iid, "run-clock-1")
+        RunPublisher(store.r, "run-clock-1", iid, 60, seq=0).publish({"type": "finish", "text": "ok"})
+        after = int(store.r.info("commandstats").get("cmdstat_time", {}).get("calls", 0))
+        assert opened.kind == "ok"
+        assert abs(opened.record.last_active - _redis_now(store)) < 5  # type: ignore[union-attr]
+        last = store.get(iid).last_active  # type: ignore[union-attr]
+        assert abs(last - _redis_now(store)) < 5, f"lastActive off Redis time by {last - _redis_now(store):.0f}s"
+        finished = float(store.r.hget("regina:run:run-clock-1", "finishedAt"))  # type: ignore[arg-type]
+        assert abs(finished - _redis_now(store)) < 5
+        assert after - before <= 1  # at most the clock's first read; none inside the scripts
+    finally:
+        store.delete(iid, "openai-agent")
