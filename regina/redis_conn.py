@@ -8,10 +8,12 @@ failing the request.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 
 import redis
+from redis.commands.core import Script
 
 from regina.config import Settings, environment
 
@@ -35,6 +37,22 @@ def connect(url: str, concurrency: int = WEB_CONCURRENCY) -> redis.Redis:
         retry_on_timeout=True,
     )
     return redis.Redis(connection_pool=pool)
+
+
+_SCRIPTS: weakref.WeakKeyDictionary[redis.Redis, dict[str, Script]] = weakref.WeakKeyDictionary()
+
+
+def script(client: redis.Redis, source: str) -> Script:
+    """`client.register_script(source)`, made once per client and script: every chat step builds
+    its run's publisher, context and store afresh, and each registration hashes its script (eight
+    per step, 30 µs of the worker's CPU)."""
+    scripts = _SCRIPTS.get(client)
+    if scripts is None:
+        scripts = _SCRIPTS[client] = {}
+    found = scripts.get(source)
+    if found is None:
+        found = scripts[source] = client.register_script(source)
+    return found
 
 
 REDIS_URL_FILE = "redis.url"

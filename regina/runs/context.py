@@ -18,6 +18,7 @@ import redis
 from regina import keys
 from regina.config import BudgetSettings
 from regina.instances import LUA_TOUCH_EXISTING
+from regina.redis_conn import script
 from regina.runs.steering import decode_all
 from regina.runs.store import RunStore
 from regina.runs.stream import RunPublisher
@@ -58,7 +59,7 @@ class RunContext:
         interrupter_factory: InterrupterFactory | None = None,
     ) -> None:
         self.r = client
-        self._heartbeat = client.register_script(_HEARTBEAT)
+        self._heartbeat = script(client, _HEARTBEAT)
         self.runs = RunStore(client, publisher.retention)
         self.instance_id = instance_id
         self.run_id: str | None = run_id

@@ -25,6 +25,7 @@ import redis
 from regina import keys
 from regina.clock import redis_now
 from regina.instances import LUA_TOUCH, LUA_TOUCH_EXISTING, InstanceRecord, iso, record_from_hash
+from regina.redis_conn import script
 from regina.runs.cancel import announce
 from regina.runs.steering import decode_all, encode
 from regina.runtime.sink import Steer
@@ -267,11 +268,11 @@ class RunStore:
         self.r = client
         self.retention = int(retention)
         self.max_backlog = max_backlog
-        self._open = client.register_script(_OPEN)
-        self._steer = client.register_script(_STEER)
-        self._begin = client.register_script(_BEGIN)
-        self._take = client.register_script(_TAKE)
-        self._cancel = client.register_script(_CANCEL)
+        self._open = script(client, _OPEN)
+        self._steer = script(client, _STEER)
+        self._begin = script(client, _BEGIN)
+        self._take = script(client, _TAKE)
+        self._cancel = script(client, _CANCEL)
 
     def open(
         self,

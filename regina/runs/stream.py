@@ -18,6 +18,7 @@ import redis
 from regina import keys
 from regina.clock import redis_now
 from regina.errors import StaleEpoch
+from regina.redis_conn import script
 from regina.runs.ack import CURRENT_DELIVERY
 from regina.secrets import redact
 
@@ -108,7 +109,7 @@ class RunPublisher:
         # round trip with the terminal one instead of one round trip each.
         self.buffered = buffered
         self._pending: list[tuple[int, str]] = []
-        self._finish_script = client.register_script(_FINISH)
+        self._finish_script = script(client, _FINISH)
         # Batched (streamed runs): text deltas go out from a sender thread (a greenlet in workers):
         # the first at once (or `batch_window` seconds later), then all that arrived during each
         # round trip in the next one, so the step never waits on Redis per delta; any other event
@@ -119,7 +120,7 @@ class RunPublisher:
         self._sender_due = False
         # Publish only while `epoch` owns the instance (SPEC §6): a stale owner gets StaleEpoch.
         self.epoch = epoch
-        self._xadd_fenced = client.register_script(_XADD_FENCED) if epoch is not None else None
+        self._xadd_fenced = script(client, _XADD_FENCED) if epoch is not None else None
         #: The run's record is ended (and its instance touched) by this publisher's finish script.
         self.ended = False
 
