@@ -2,10 +2,11 @@
 
 On top of `regina.run_watch.WatchedRun` (a `RunContext`: events, steering, heartbeat, cancel):
 
-- before a tool call's event (so before the tool runs: the tool-call ledger), at the end of a
-  step that ran tools (its results and file changes) and before the run's terminal event, the
-  instance's journal is shipped (regina/journal.py) by a fenced script: whatever the client is
-  told, every tool call that may start and every tool that completed is in Redis first;
+- before a tool call's event (so before the tool runs: the tool-call ledger) and at the end of a
+  step that ran tools (its results and file changes), the instance's journal is shipped
+  (regina/journal.py) by a fenced script; the run's terminal script ships the rest in the same
+  round trip as the terminal event: whatever the client is told, every tool call that may start
+  and every tool that completed is in Redis first;
 - steering drains between steps and the heartbeat check the owner's epoch first (fencing.py);
   run events are fenced by the publisher itself.
 
@@ -19,7 +20,7 @@ from collections.abc import Callable
 
 from regina.fencing import Fence
 from regina.run_watch import WatchedRun
-from regina.runtime.events import Event, Finish, ToolCallEvent
+from regina.runtime.events import Event, ToolCallEvent
 from regina.runtime.sink import Steer
 
 
@@ -51,12 +52,12 @@ class DurableRun(WatchedRun):
         if isinstance(event, ToolCallEvent):
             self._tools_ran = True
             self.flush(True)
-        elif event.type in ("finish", "error") or (event.type == "step-finish" and self._tools_ran):
+        elif event.type == "step-finish" and self._tools_ran:
             # After a step's tools: their results and file changes are durable before the model
             # is asked again, so a later death leaves no completed tool "outcome unknown".
             self._tools_ran = False
             self.flush(False)
-        super().emit(event)
+        super().emit(event)  # a terminal event's script ships the journal itself (runs/stream.py)
 
     def drain_steering(self) -> list[Steer]:
         if self._first:
@@ -66,7 +67,3 @@ class DurableRun(WatchedRun):
         if not self.fence.current():
             raise self.fence.stale("steering drain")
         return super().drain_steering()
-
-    def finish_unless_steered(self, final: Finish) -> list[Steer]:
-        self.flush(False)  # durable before the client hears back
-        return super().finish_unless_steered(final)

@@ -99,6 +99,14 @@ class JournalVFS(RecordingVFS):
         out, self.pending, self.pending_bytes = self.pending, [], 0
         return out
 
+    def ship(self) -> tuple[int, list[str]]:
+        """(last seq, pending entries), taken: a run's terminal script ships them (runs/stream.py)."""
+        return self.seq, self.take()
+
+    def give_back(self, entries: list[str]) -> None:
+        """Entries whose shipping failed go back in front (shipped with the next flush)."""
+        self.pending[:0] = entries
+
 
 class Journal:
     """Ship and read one cluster's journal entries."""

@@ -74,6 +74,8 @@ class StepRunner:
         publisher = RunPublisher(
             self.r, run_id, instance_id, self.settings.run_retention, begun.seq, not stream, window, act.epoch
         )
+        if self.journal is not None and isinstance(act.vfs, JournalVFS):
+            publisher.journal = act.vfs  # the terminal script ships the run's last changes
         # Only a redelivered step (its run already marked running) can have its message saved.
         if begun.previous_status == "running" and any(m.get("runId") == run_id for m in act.session.messages):
             message = None  # redelivered after a crash: the message is already in the history

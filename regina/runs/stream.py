@@ -11,7 +11,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import redis
 
@@ -24,13 +24,16 @@ from regina.secrets import redact
 
 TERMINAL = frozenset({"finish", "error"})
 
-# KEYS: run events, run record, instance record, instance runs[, steering list, run journal]
-# [, unacked index, unacked hash]. ARGV: retention, finishedAt, status, finishReason,
-# promptTokens, completionTokens, error, runId, fence epoch ('' = unfenced), steering check
-# ('1': KEYS 5-6 given), delivery tag to acknowledge ('' = none: no last two KEYS), then pairs of
-# (entry id, event JSON). A stale epoch (the instance moved to another owner) writes nothing:
-# error STALE (SPEC §6). With a steering list that holds messages, takes them (copying them to
-# the run's steered list) and returns them without publishing; otherwise appends the entries,
+# KEYS: run events, run record, instance record, instance runs, instance VFS journal[, steering
+# list, run journal][, unacked index, unacked hash]. ARGV: retention, finishedAt, status,
+# finishReason, promptTokens, completionTokens, error, runId, fence epoch ('' = unfenced), steering
+# check ('1': KEYS 6-7 given), delivery tag to acknowledge ('' = none: no last two KEYS), VFS
+# journal seq, number N of VFS journal entries, the N entries, then pairs of (entry id, event JSON).
+# A stale epoch (the instance moved to another owner) writes nothing: error STALE (SPEC §6). The
+# VFS journal entries are appended first (regina/journal.py: durable before the client hears
+# back, in this round trip rather than one of their own). With a steering list that holds
+# messages, takes them (copying them to the run's steered list) and returns them without
+# publishing; otherwise appends the entries,
 # ends the run record, adds the run's tokens to the instance's usage and resets its idle timer to
 # finishedAt (the run's last touch; Redis's clock as the worker keeps it, regina/clock.py) in one
 # HSET, acknowledges the step's delivery (regina/runs/ack.py) and returns {}.
@@ -39,16 +42,21 @@ local inst = redis.call('HMGET', KEYS[3], 'epoch', 'promptTokens', 'completionTo
 if ARGV[9] ~= '' and inst[1] ~= ARGV[9] then
   return redis.error_reply('STALE')
 end
+local nj = tonumber(ARGV[13])
+for i = 14, 13 + nj, 1000 do
+  redis.call('RPUSH', KEYS[5], unpack(ARGV, i, math.min(i + 999, 13 + nj)))
+end
+if nj > 0 then redis.call('HSET', KEYS[3], 'journalSeq', ARGV[12]) end
 if ARGV[10] == '1' then
-  local steered = redis.call('LRANGE', KEYS[5], 0, -1)
+  local steered = redis.call('LRANGE', KEYS[6], 0, -1)
   if #steered > 0 then
-    redis.call('RPUSH', KEYS[6], unpack(steered))
-    redis.call('EXPIRE', KEYS[6], ARGV[1])
-    redis.call('DEL', KEYS[5])
+    redis.call('RPUSH', KEYS[7], unpack(steered))
+    redis.call('EXPIRE', KEYS[7], ARGV[1])
+    redis.call('DEL', KEYS[6])
     return steered
   end
 end
-for i = 12, #ARGV, 2 do
+for i = 14 + nj, #ARGV, 2 do
   redis.call('XADD', KEYS[1], ARGV[i], 'e', ARGV[i + 1])
 end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
@@ -75,6 +83,19 @@ if redis.call('HGET', KEYS[2], 'epoch') ~= ARGV[1] then return redis.error_reply
 for i = 2, #ARGV, 2 do redis.call('XADD', KEYS[1], ARGV[i], 'e', ARGV[i + 1]) end
 return 1
 """
+
+
+class VfsJournal(Protocol):
+    """An instance's VFS changes not in Redis yet (`regina.journal.JournalVFS`): a run's terminal
+    script ships them, so what the client is told about is durable without a round trip more."""
+
+    def ship(self) -> tuple[int, list[str]]:
+        """(last seq, the pending entries), taken."""
+        ...
+
+    def give_back(self, entries: list[str]) -> None:
+        """Put entries whose shipping failed back in front of the pending ones."""
+        ...
 
 
 def final_status(event: dict[str, Any]) -> str:
@@ -123,6 +144,8 @@ class RunPublisher:
         self._xadd_fenced = script(client, _XADD_FENCED) if epoch is not None else None
         #: The run's record is ended (and its instance touched) by this publisher's finish script.
         self.ended = False
+        #: The VFS journal the terminal script ships with the run's end (None: no journal).
+        self.journal: VfsJournal | None = None
 
     def _payload(self, event: dict[str, Any], seq: int) -> str:
         return redact(json.dumps({**event, "seq": seq, "runId": self.run_id}, separators=(",", ":"), default=str))
@@ -188,6 +211,8 @@ class RunPublisher:
             "1" if steering_key else "",
             delivery.tag if delivery is not None else "",
         ]
+        seq_shipped, entries = self.journal.ship() if self.journal is not None else (0, [])
+        args += [seq_shipped, len(entries), *entries]
         for pending_seq, pending in [*self._pending, (seq, self._payload(event, seq))]:
             args += [f"0-{pending_seq}", pending]
         run_keys = [
@@ -195,10 +220,16 @@ class RunPublisher:
             keys.run_record(self.run_id),
             keys.instance_record(self.instance_id),
             keys.instance_runs(self.instance_id),
+            keys.journal(self.instance_id),
         ] + ([steering_key, keys.run_steered(self.run_id)] if steering_key else [])
         if delivery is not None:
             run_keys += [delivery.index_key, delivery.hash_key]
-        steered = cast(list[str], _fenced(self._finish_script, run_keys, args))
+        try:
+            steered = cast(list[str], _fenced(self._finish_script, run_keys, args))
+        except redis.RedisError:
+            if self.journal is not None:
+                self.journal.give_back(entries)  # shipped with the next flush
+            raise
         if not steered:
             self.seq = seq
             self._pending.clear()
