@@ -37,7 +37,6 @@ from typing import Any, cast
 import redis
 from amqp.exceptions import NotFound
 from celery import Celery
-from celery.worker import loops
 from kombu import Exchange, Queue
 from kombu.transport import pyamqp
 
@@ -69,12 +68,17 @@ def configure_worker(conf: Any, concurrency: int, member_ttl: float) -> None:
     consumer loop that does not wait on the task-events connection (below)."""
     conf.broker_pool_limit = max(64, concurrency + 8)
     conf.broker_heartbeat = heartbeat_seconds(member_ttl)
-    loops.__dict__["_quick_drain"] = _drain_briefly
+    from celery.worker import loops  # worker only: a web process never imports celery.worker
+
+    if loops.__dict__["_quick_drain"] is not _drain_briefly:
+        _celery_quick_drain.append(loops.__dict__["_quick_drain"])
+        loops.__dict__["_quick_drain"] = _drain_briefly
 
 
 #: Seconds the consumer loop waits on the task-events connection per turn (Celery: 0.1).
 EVENTS_DRAIN_WAIT = 0.001
-_celery_quick_drain = loops.__dict__["_quick_drain"]
+#: Celery's own `_quick_drain`, once `configure_worker` replaced it.
+_celery_quick_drain: list[Any] = []
 
 
 def _drain_briefly(connection: Any, timeout: float = 0.1) -> None:
@@ -83,7 +87,7 @@ def _drain_briefly(connection: Any, timeout: float = 0.1) -> None:
     no step is delivered meanwhile, and back-to-back chats took ~100 ms each (measured: 75 ms
     between RabbitMQ pushing a step and the worker reading it). That connection only publishes:
     read what is there (heartbeats) without waiting for more."""
-    _celery_quick_drain(connection, min(timeout, EVENTS_DRAIN_WAIT))
+    _celery_quick_drain[0](connection, min(timeout, EVENTS_DRAIN_WAIT))
 
 
 def member_queue(member_id: str) -> Queue:

@@ -12,6 +12,7 @@ minor version and the tests that exercise every command.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -40,47 +41,72 @@ def _release_queue(consumer: Any, queue: str) -> None:
 
 
 def command_strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Callable[..., None]:
-    """Build the handler Celery calls for every `regina.command` message this worker receives."""
+    """Build the handler Celery calls for every `regina.command` message this worker receives.
+
+    Commands run one after the other, in arrival order, never one inside another. On RabbitMQ,
+    attach and release wait for the broker's answer (queue.declare-ok, basic.consume-ok) inside
+    the consumer loop, and py-amqp delivers the messages that arrive meanwhile from inside that
+    wait; a command handled there waits for an answer of its own, the two waits take each
+    other's answers and one waits for good (measured: 2 of a burst of 16 attaches answered). A
+    command that arrives while another is handled is queued and handled right after it.
+    """
+    waiting: deque[tuple[Any, Any]] = deque()
 
     def handle(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **kw: Any) -> None:
-        args, _kwargs, _embed = body if body is not None else message.decode()
-        name, payload, token = args
-        message.ack()
-        ctx = context()
-        host = ctx.host
-        iid = payload.get("instanceId", "")
-        queue = keys.instance_queue(iid)
-        if name == "attach":
-
-            def attach() -> dict[str, Any]:
-                try:
-                    return host.attach(iid, int(payload["epoch"]))
-                except Exception:
-                    _release_queue(consumer, queue)
-                    raise
-
-            # Consume first: steps queued while the VFS is being restored wait on its lock.
-            host.begin_attach(iid)
-            # The anonymous exchange (as the publisher uses): no exchange or binding to declare,
-            # so nothing per queue accumulates in Redis or in kombu's in-memory state.
-            consumer.add_task_queue(queue, exchange="", exchange_type="direct", routing_key=queue)
-            gevent.spawn(_answer, ctx, token, attach)
-        elif name == "suspend":
-            _release_queue(consumer, queue)
-            gevent.spawn(_answer, ctx, token, lambda: host.suspend(iid, payload.get("epoch")))
-        elif name == "delete":
-            _release_queue(consumer, queue)
-            gevent.spawn(_answer, ctx, token, lambda: host.delete(iid))
-        elif name == "release":
-            # An instance another owner holds now (seen by a fenced write or the heartbeat check):
-            # stop consuming its queue at once, unless it was attached here again meanwhile.
-            answer = host.release(iid, payload.get("epoch"))
-            if iid not in host.active and iid not in host.loading:
-                _release_queue(consumer, queue)
-            ctx.reply(token, {"ok": True, "data": answer})
-        elif name == "messages":
-            gevent.spawn(_answer, ctx, token, lambda: host.messages(iid))
-        else:
-            ctx.reply(token, {"ok": False, "error": f"unknown command {name!r}"})
+        waiting.append((message, body))
+        if len(waiting) > 1:
+            return  # called from inside the handling of an earlier command: it takes this one
+        while waiting:
+            try:
+                _handle_command(consumer, *waiting[0])
+            except Exception:  # one bad command must not strand the ones queued behind it
+                log.exception("command failed in the consumer loop")
+            finally:
+                waiting.popleft()
 
     return handle
+
+
+def _handle_command(consumer: Any, message: Any, body: Any) -> None:
+    """Run one command: queue changes here in the consumer loop, the rest in a greenlet."""
+    args, _kwargs, _embed = body if body is not None else message.decode()
+    name, payload, token = args
+    message.ack()
+    ctx = context()
+    host = ctx.host
+    iid = payload.get("instanceId", "")
+    queue = keys.instance_queue(iid)
+    if name == "attach":
+
+        def attach() -> dict[str, Any]:
+            try:
+                return host.attach(iid, int(payload["epoch"]))
+            except Exception:
+                # Stop consuming through the consumer loop: this greenlet must not use the
+                # consumer's connection (on RabbitMQ a cancel waits for the broker's answer).
+                ctx.dispatcher.send_command(ctx.member_id, "release", {"instanceId": iid}, None)
+                raise
+
+        # Consume first: steps queued while the VFS is being restored wait on its lock.
+        host.begin_attach(iid)
+        # The anonymous exchange (as the publisher uses): no exchange or binding to declare,
+        # so nothing per queue accumulates in Redis or in kombu's in-memory state.
+        consumer.add_task_queue(queue, exchange="", exchange_type="direct", routing_key=queue)
+        gevent.spawn(_answer, ctx, token, attach)
+    elif name == "suspend":
+        _release_queue(consumer, queue)
+        gevent.spawn(_answer, ctx, token, lambda: host.suspend(iid, payload.get("epoch")))
+    elif name == "delete":
+        _release_queue(consumer, queue)
+        gevent.spawn(_answer, ctx, token, lambda: host.delete(iid))
+    elif name == "release":
+        # An instance another owner holds now (seen by a fenced write or the heartbeat check):
+        # stop consuming its queue at once, unless it was attached here again meanwhile.
+        answer = host.release(iid, payload.get("epoch"))
+        if iid not in host.active and iid not in host.loading:
+            _release_queue(consumer, queue)
+        ctx.reply(token, {"ok": True, "data": answer})
+    elif name == "messages":
+        gevent.spawn(_answer, ctx, token, lambda: host.messages(iid))
+    else:
+        ctx.reply(token, {"ok": False, "error": f"unknown command {name!r}"})

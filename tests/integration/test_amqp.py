@@ -97,6 +97,16 @@ def test_spawn_chat_and_stream_go_through_a_rabbitmq_queue(mq: Cluster, rabbit: 
         client.close()
 
 
+def test_a_burst_of_spawns_is_attached_every_one(rabbit: RabbitVhost, api: httpx.Client) -> None:
+    # Attach commands arriving while the worker waits on RabbitMQ for another attach's queue
+    # declare are handled after it, not inside it (py-amqp's nested waits lost them).
+    with cf.ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda _: api.post("/agents/openai-agent/instances"), range(32)))
+    assert [r.status_code for r in answers] == [201] * 32
+    for resp in answers:
+        assert rabbit.queue(_queue(resp.json()["instanceId"])) == (0, 1)
+
+
 def test_steps_of_one_instance_run_in_arrival_order(mq: Cluster, api: httpx.Client, fake_llm: FakeLLM) -> None:
     iid = spawn(api)
     fake_llm.push_for("first", Reply(text="first done", delay=1.5))
