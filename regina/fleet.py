@@ -5,6 +5,9 @@ set) from an opaque cursor — the last (score, id) served — so a page costs O
 Redis however deep it is, and instances created or deleted meanwhile never shift later pages.
 Filters on `status` and `member` are applied to the records read; a page scans at most
 `SCAN_LIMIT` ids, so a rare filter can return a short (even empty) page with a cursor to go on.
+`member` with `status=started|suspending` (what a worker runs) walks that member's held set
+(`keys.member_held`, also scored by createdAt) instead, so its pages cost O(page) however few
+of the fleet's instances the member runs.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from regina.errors import BadRequest
 from regina.instances import record_from_hash
 
 MAX_LIMIT = 1000
+HOLDING = ("started", "suspending")
 SCAN_LIMIT = 5000
 
 
@@ -53,6 +57,8 @@ class Fleet:
     ) -> tuple[list[dict[str, Any]], str | None]:
         """One page of the fleet and the cursor of the next (None at the end)."""
         key = keys.definition_instances(agent) if agent else keys.INSTANCES
+        if member is not None and status in HOLDING:
+            key = keys.member_held(member)  # what a member runs: its held set, not a scan
         after_score, after_id = decode_cursor(cursor) if cursor else (float("-inf"), "")
         out: list[dict[str, Any]] = []
         scanned = 0
@@ -67,7 +73,11 @@ class Fleet:
                 return out, None
             scanned += len(batch)
             for item in self._records([i for i, _ in batch]):
-                if (status is None or item["status"] == status) and (member is None or item["member"] == member):
+                if (
+                    (status is None or item["status"] == status)
+                    and (member is None or item["member"] == member)
+                    and (agent is None or item["definitionId"] == agent)
+                ):
                     out.append(item)
                     if len(out) == limit:
                         last = next(s for i, s in batch if i == item["instanceId"])

@@ -17,26 +17,79 @@ from regina.clock import redis_now
 
 Status = Literal["started", "suspending", "suspended"]
 
-# Set fields only if the record exists and its epoch equals ARGV[1]. Returns 1 or 0.
-_FENCED_HSET = """
-local cur = redis.call('HGET', KEYS[1], 'epoch')
-if not cur or cur ~= ARGV[1] then return 0 end
-for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-return 1
+_ID_AT = len(keys.instance_record("")) + 1
+
+# Lua: the held index (keys.member_held): `hold(member, id, createdAt)` / `unhold(member, id)`.
+# Every script that changes an instance's member or status keeps it in the same call, so the
+# orphan sweep reads only the held sets of dead members (SPEC §6) and never every record.
+LUA_HELD = f"""
+local function unhold(member, id)
+  if member and member ~= '' then redis.call('ZREM', '{keys.HELD_PREFIX}' .. member, id) end
+end
+local function hold(member, id, created)
+  if member and member ~= '' then
+    redis.call('ZADD', '{keys.HELD_PREFIX}' .. member, tonumber(created) or 0, id)
+    redis.call('SADD', '{keys.HOLDERS}', member)
+  end
+end
+local function reindex(key, status)
+  local id = string.sub(key, {_ID_AT})
+  local rec = redis.call('HMGET', key, 'member', 'createdAt')
+  if status ~= 'suspended' then return hold(rec[1], id, rec[2]) end
+  unhold(rec[1], id)
+  -- Runs still open (one queued while it was suspending): the orphan sweep resumes it.
+  if redis.call('ZCARD', key .. ':runs') > 0 then
+    redis.call('SADD', '{keys.STRANDED}', '{keys.instance_queue("")}' .. id)
+  end
+end
 """
 
-# Give the instance to a member: bump epoch, set member + status, update the seed mapping.
-# ARGV: member, status, expected epoch ('' = any). Returns the new epoch, or -1 if the
-# expected epoch did not match, or -2 if the record is gone.
-_CLAIM = """
+# Set fields only if the record exists and its epoch equals ARGV[1]. Returns 1 or 0.
+_FENCED_HSET = (
+    LUA_HELD
+    + """
+local cur = redis.call('HGET', KEYS[1], 'epoch')
+if not cur or cur ~= ARGV[1] then return 0 end
+local status
+for i = 2, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  if ARGV[i] == 'status' then status = ARGV[i + 1] end
+end
+if status then reindex(KEYS[1], status) end
+return 1
+"""
+)
+
+# Give the instance to a member: bump epoch, set member + status, update the seed mapping and
+# the held index. ARGV: member, status, expected epoch ('' = any). Returns the new epoch, or -1
+# if the expected epoch did not match, or -2 if the record is gone.
+_CLAIM = (
+    LUA_HELD
+    + f"""
 if redis.call('EXISTS', KEYS[1]) == 0 then return -2 end
 local cur = redis.call('HGET', KEYS[1], 'epoch')
 if ARGV[3] ~= '' and cur ~= ARGV[3] then return -1 end
 local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+local prev = redis.call('HGET', KEYS[1], 'member')
+if prev and prev ~= ARGV[1] then unhold(prev, string.sub(KEYS[1], {_ID_AT})) end
 redis.call('HSET', KEYS[1], 'member', ARGV[1], 'status', ARGV[2])
+reindex(KEYS[1], ARGV[2])
 redis.call('SET', KEYS[2], ARGV[1])
 return epoch
 """
+)
+
+# Remove every key of the instance and its entries in the indexes. KEYS: record, the other keys
+# to delete…; ARGV: instance id, then the sorted sets to remove it from.
+_DELETE = (
+    LUA_HELD
+    + """
+unhold(redis.call('HGET', KEYS[1], 'member'), ARGV[1])
+redis.call('DEL', unpack(KEYS))
+for i = 2, #ARGV do redis.call('ZREM', ARGV[i], ARGV[1]) end
+return 1
+"""
+)
 
 
 # Redis's clock as seconds since the epoch, for every timer (web and worker clocks may differ).
@@ -163,6 +216,7 @@ class InstanceStore:
         self._claim = client.register_script(_CLAIM)
         self._touch_check = client.register_script(_TOUCH_CHECK)
         self._touch = client.register_script(_TOUCH)
+        self._delete = client.register_script(_DELETE)
 
     def create(self, instance_id: str, definition_id: str, member: str) -> InstanceRecord:
         """Write a new record owned by `member` at epoch 1."""
@@ -181,6 +235,8 @@ class InstanceStore:
         pipe.set(keys.instance_owner(instance_id), member)
         pipe.zadd(keys.INSTANCES, {instance_id: now})
         pipe.zadd(keys.definition_instances(definition_id), {instance_id: now})
+        pipe.zadd(keys.member_held(member), {instance_id: now})
+        pipe.sadd(keys.HOLDERS, member)
         pipe.execute()
         return record_from_hash(instance_id, fields)
 
@@ -243,17 +299,20 @@ class InstanceStore:
         return {iid: float(v or 0) for iid, v in zip(instance_ids, pipe.execute(), strict=True)}
 
     def delete(self, instance_id: str, definition_id: str) -> None:
-        """Remove every key of the instance."""
-        pipe = self.r.pipeline(transaction=True)
-        pipe.delete(
-            keys.instance_record(instance_id),
-            keys.instance_owner(instance_id),
-            keys.steering(instance_id),
-            keys.activation_lock(instance_id),
-            keys.instance_runs(instance_id),
-            keys.delegates(instance_id),
-            keys.journal(instance_id),
+        """Remove every key of the instance and its entries in the indexes (one script)."""
+        self._delete(
+            keys=[
+                keys.instance_record(instance_id),
+                keys.instance_owner(instance_id),
+                keys.steering(instance_id),
+                keys.activation_lock(instance_id),
+                keys.instance_runs(instance_id),
+                keys.delegates(instance_id),
+                keys.journal(instance_id),
+            ],
+            args=[instance_id, keys.INSTANCES, keys.definition_instances(definition_id)],
         )
-        pipe.zrem(keys.INSTANCES, instance_id)
-        pipe.zrem(keys.definition_instances(definition_id), instance_id)
-        pipe.execute()
+
+    def held(self, member_id: str) -> list[str]:
+        """Ids of the instances `member_id` holds (started or suspending), oldest first."""
+        return cast(list[str], self.r.zrange(keys.member_held(member_id), 0, -1))

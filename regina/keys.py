@@ -37,6 +37,14 @@ lives under `regina:` too.
 |                                       |        |            | with a step waiting, one per step        |
 | regina:registry:version               | STRING | —          | bumped by every agent registry reload    |
 | regina:journal:<instanceId>           | LIST   | —          | VFS changes since the last backup        |
+| regina:held:<memberId>                | ZSET   | —          | ids of the instances the member holds    |
+|                                       |        |            | (started/suspending), by createdAt       |
+| regina:holders                        | SET    | —          | members whose held set may be non-empty  |
+| regina:unacked:<queue>                | SET    | —          | kombu delivery tags of the queue's steps |
+|                                       |        |            | in kombu's `unacked` hash                |
+| regina:indexes:v1                     | STRING | —          | the two indexes above were built once    |
+| regina:stranded                       | SET    | —          | queues of instances marked suspended     |
+|                                       |        |            | with runs open (the sweep resumes them)  |
 
 Celery queues: `regina.i.<instanceId>` (an instance's chat steps, consumed only by its owner)
 and `regina.m.<memberId>` (a member's own command queue).
@@ -62,6 +70,16 @@ CANCEL_CHANNEL = "regina:runs:cancel"
 RUN_PREFIX = "regina:run:"
 """Prefix of `run_record()`; Lua scripts that look at an instance's runs get it as an argument."""
 REGISTRY_VERSION = "regina:registry:version"
+HELD_PREFIX = "regina:held:"
+"""Prefix of `member_held()`: the instance scripts build held-set keys from it."""
+HOLDERS = "regina:holders"
+"""Members whose held set may be non-empty: the orphan sweep looks only at the dead ones."""
+STRANDED = "regina:stranded"
+"""Queues of instances marked suspended while runs were open (the orphan sweep resumes them)."""
+INDEXES_BUILT = "regina:indexes:v1"
+"""Set once the held and unacked indexes were built from earlier data (`orphans.build_indexes`)."""
+UNACKED_PREFIX = "regina:unacked:"
+"""Prefix of `unacked_of()`."""
 
 
 def member(member_id: str) -> str:
@@ -80,6 +98,17 @@ def member_ready(member_id: str) -> str:
 def member_instances(member_id: str) -> str:
     """Key holding how many instances a member runs."""
     return f"{MEMBER_PREFIX}{member_id}:instances"
+
+
+def member_held(member_id: str) -> str:
+    """Sorted set (by createdAt) of the instances a member holds: its record names the member and
+    its status is `started` or `suspending`. Kept by the scripts that change member or status."""
+    return f"{HELD_PREFIX}{member_id}"
+
+
+def unacked_of(queue: str) -> str:
+    """Set of kombu's delivery tags of the queue's steps that are delivered and not acknowledged."""
+    return f"{UNACKED_PREFIX}{queue}"
 
 
 def instance_owner(instance_id: str) -> str:

@@ -131,10 +131,6 @@ class AmqpDispatcher(CeleryDispatcher):
         """Nothing to move: RabbitMQ requeued the steps when the dead worker's connection closed."""
         return 0
 
-    def unacked_instances(self) -> set[str]:
-        """Not visible to other clients on RabbitMQ (and requeued once their worker is gone)."""
-        return set()
-
     def waiting_instances(self, instance_ids: Iterable[str]) -> set[str]:
         """Instances with steps ready on their queues. Only instances with an unfinished run can
         have one, so only their queues are asked (one passive declare each)."""

@@ -72,11 +72,24 @@ class CeleryDispatcher:
             f"(command={command!r}, instance={payload.get('instanceId')!r})",
         )
 
+    def _unacked(self, queue: str) -> dict[str, str]:
+        """kombu's unacked entries (tag → raw) of one queue, read through its tag set; tags whose
+        message is gone from kombu's hash leave the set."""
+        index = keys.unacked_of(queue)
+        tags = sorted(cast(set[str], self.r.smembers(index)))
+        if not tags:
+            return {}
+        raws = cast(list[str | None], self.r.hmget(_UNACKED, tags))
+        gone = [tag for tag, raw in zip(tags, raws, strict=True) if raw is None]
+        if gone:
+            self.r.srem(index, *gone)
+        return {tag: raw for tag, raw in zip(tags, raws, strict=True) if raw is not None}
+
     def restore_unacked(self, instance_id: str) -> int:
         """Requeue, at the head, the steps a dead owner had taken but not acknowledged."""
         queue = keys.instance_queue(instance_id)
         moved = 0
-        for tag, raw in cast(dict[str, str], self.r.hgetall(_UNACKED)).items():
+        for tag, raw in self._unacked(queue).items():
             try:
                 payload, _exchange, routing_key = json.loads(raw)
             except (ValueError, TypeError):
@@ -90,49 +103,33 @@ class CeleryDispatcher:
             pipe.rpush(queue, json.dumps(payload))
             pipe.hdel(_UNACKED, tag)
             pipe.zrem(_UNACKED_INDEX, tag)
+            pipe.srem(keys.unacked_of(queue), tag)
             notify_owner(pipe, queue)  # its owner's worker reads the queue through its ready list
             pipe.execute()
             moved += 1
         return moved
 
     def waiting_instances(self, instance_ids: Iterable[str]) -> set[str]:
-        """Those of `instance_ids` with steps waiting: queued, or taken and not acknowledged."""
+        """Those of `instance_ids` with steps waiting: queued, or taken and not acknowledged (the
+        queue's own set of unacknowledged tags, workers/unacked.py: never the whole `unacked`)."""
         ids = list(instance_ids)
         if not ids:
             return set()
         pipe = self.r.pipeline(transaction=False)
         for iid in ids:
             pipe.llen(keys.instance_queue(iid))
-        queued = {iid for iid, n in zip(ids, pipe.execute(), strict=True) if n}
-        return queued | (self.unacked_instances() & set(ids))
-
-    def unacked_instances(self) -> set[str]:
-        """Instances with steps delivered to a worker and not acknowledged (yet)."""
-        prefix = keys.instance_queue("")
-        found = set()
-        for raw in cast(dict[str, str], self.r.hgetall(_UNACKED)).values():
-            try:
-                routing_key = json.loads(raw)[2]
-            except (ValueError, TypeError, IndexError):
-                continue
-            if isinstance(routing_key, str) and routing_key.startswith(prefix):
-                found.add(routing_key[len(prefix) :])
-        return found
+            pipe.exists(keys.unacked_of(keys.instance_queue(iid)))
+        replies = pipe.execute()
+        return {iid for n, iid in enumerate(ids) if replies[2 * n] or replies[2 * n + 1]}
 
     def purge(self, instance_id: str) -> None:
         """Delete the instance queue, kombu's binding keys for it, and the steps of it a dead worker
         left unacknowledged (they would otherwise stay in kombu's `unacked` hash for good)."""
         queue = keys.instance_queue(instance_id)
-        tags = []
-        for tag, raw in cast(dict[str, str], self.r.hgetall(_UNACKED)).items():
-            try:
-                routing_key = json.loads(raw)[2]
-            except (ValueError, TypeError, IndexError):
-                continue
-            if routing_key == queue:
-                tags.append(tag)
+        tags = list(self._unacked(queue))
         pipe = self.r.pipeline(transaction=True)
-        pipe.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
+        pipe.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}", keys.unacked_of(queue))
+        pipe.srem(keys.STRANDED, queue)
         if tags:
             pipe.hdel(_UNACKED, *tags)
             pipe.zrem(_UNACKED_INDEX, *tags)

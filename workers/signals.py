@@ -17,7 +17,7 @@ from celery import signals
 
 from regina import keys
 from regina.cluster.membership import Membership
-from regina.cluster.orphans import release_previous_incarnation, sweep_orphans
+from regina.cluster.orphans import build_indexes, release_previous_incarnation, sweep_orphans
 from regina.ids import new_token
 from regina.metrics import (
     QUEUE_DEPTH,
@@ -82,6 +82,7 @@ def _ready(sender: Any, **kwargs: Any) -> None:
     ctx = context()
     address = ctx.settings.member_address or socket.gethostname()
     membership = Membership(ctx.client, ctx.member_id, address, ctx.settings.member_ttl)
+    build_indexes(ctx.client)  # once per cluster: data written before the indexes existed
     release_previous_incarnation(ctx.client, ctx.member_id, ctx.dispatcher.restore_unacked)
     membership.register(0)
     _state["membership"] = membership

@@ -43,6 +43,7 @@ from kombu.utils.json import dumps, loads
 
 from regina import keys
 from regina.runs.ack import StepDelivery
+from workers.unacked import QueueIndexedQoS
 
 #: Connections a worker needs beside one per greenlet: the consumer's BRPOP, restores, publishes
 #: of commands and task events, the pool's health checks.
@@ -81,16 +82,18 @@ if owner and redis.call('EXISTS', ARGV[2] .. owner) == 1 then
 end
 """
 
-# KEYS: instance queue, unacked index, unacked hash. ARGV: now (the index's score). Takes the
-# queue's oldest step and records it as delivered and unacknowledged, as kombu's `QoS.append`
-# does with a MULTI of its own after the pop: one round trip, and no moment at which a popped
-# step is in neither place (a worker killed between the two lost it).
+# KEYS: instance queue, unacked index, unacked hash, the queue's unacked tags. ARGV: now (the
+# index's score). Takes the queue's oldest step and records it as delivered and unacknowledged, as
+# kombu's `QoS.append` does with a MULTI of its own after the pop: one round trip, and no moment
+# at which a popped step is in neither place (a worker killed between the two lost it). The tag
+# also goes into the queue's own set (workers/unacked.py): a dead owner's steps are found there.
 _TAKE_UNACKED = """
 local raw = redis.call('RPOP', KEYS[1])
 if not raw then return false end
 local props = cjson.decode(raw)['properties']
 local info = props['delivery_info'] or {}
 redis.call('ZADD', KEYS[2], ARGV[1], props['delivery_tag'])
+redis.call('SADD', KEYS[4], props['delivery_tag'])
 redis.call('HSET', KEYS[3], props['delivery_tag'],
   '[' .. raw .. ',' .. cjson.encode(info['exchange'] or '') .. ',' .. cjson.encode(info['routing_key'] or '') .. ']')
 return raw
@@ -150,6 +153,7 @@ class Channel(_RedisChannel):  # type: ignore[misc]
     through the ready list; without it (web processes) the channel only publishes with notify.
     """
 
+    QoS = QueueIndexedQoS
     from_transport_options = (*_RedisChannel.from_transport_options, "ready_key")
     ready_key: str | None = None
     _cached_client: Any = None
@@ -252,7 +256,9 @@ class Channel(_RedisChannel):  # type: ignore[misc]
                         raise Empty()  # released here: its next owner reads the queue itself
                     # Same connection, now idle: the queue's oldest step, recorded as unacked.
                     raw = self._script(_TAKE_UNACKED)(
-                        keys=[item, self.unacked_index_key, self.unacked_key], args=[time()], client=self.client
+                        keys=[item, self.unacked_index_key, self.unacked_key, keys.unacked_of(item)],
+                        args=[time()],
+                        client=self.client,
                     )
                     if raw is None:
                         raise Empty()  # counted twice; already taken
@@ -294,7 +300,8 @@ def step_delivery(message: Any, run_id: str) -> StepDelivery | None:
     channel = message.channel
     if not isinstance(channel, Channel) or channel.global_keyprefix:
         return None
-    return StepDelivery(run_id, channel.unacked_index_key, channel.unacked_key, message.delivery_tag)
+    queue = keys.unacked_of(str(message.delivery_info.get("routing_key", "")))
+    return StepDelivery(run_id, channel.unacked_index_key, channel.unacked_key, message.delivery_tag, queue)
 
 
 def forget_settled(message: Any) -> None:

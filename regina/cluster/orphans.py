@@ -4,7 +4,13 @@ An orphan with steps waiting (queued, or taken by the dead worker and never ackn
 re-homed on a live member right away, so those steps run even if no client is waiting on them.
 An orphan with nothing waiting is only marked `suspended` (fenced by its epoch): its next
 request resumes it from storage, and a worker death does not trigger a storm of restores.
-A suspended instance with steps waiting (one queued while it was suspending) is resumed too.
+A suspended instance with a step stranded on its queue (one queued while it was suspending) is
+resumed too.
+
+A sweep costs what changed, not what exists: it reads the members that may hold instances
+(`regina:holders`), the held sets (`regina:held:<member>`) of the dead ones only, and the queues
+named in `regina:stranded` (an instance marked suspended while it had unfinished runs). The
+instance scripts keep both (regina/instances.py).
 
 `release_previous_incarnation` handles a worker that restarts under the same member id (a pod
 keeping its host name): the records still name it, but the new process holds none of them.
@@ -12,6 +18,7 @@ keeping its host name): the records still name it, but the new process holds non
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterable
 from typing import cast
@@ -25,15 +32,65 @@ from regina.instances import InstanceStore
 log = logging.getLogger("regina.orphans")
 
 Row = tuple[str, str | None, str | None, int]
+HOLDING = ("started", "suspending")
+
+# KEYS: held set, member key, holders set. ARGV: member id, instance record prefix. Drops the
+# held set's entries whose record no longer names the member as holding it (none should exist:
+# every change is scripted; this keeps a stray one from pinning the member), then forgets a dead
+# member that holds nothing (atomic: a claim onto it in between would otherwise be missed).
+_FORGET = """
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local rec = redis.call('HMGET', ARGV[2] .. id, 'member', 'status')
+  if rec[1] ~= ARGV[1] or (rec[2] ~= 'started' and rec[2] ~= 'suspending') then
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+if redis.call('ZCARD', KEYS[1]) == 0 and redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('SREM', KEYS[3], ARGV[1])
+  return 1
+end
+return 0
+"""
 
 
-def _records(client: redis.Redis) -> list[Row]:
-    """(instanceId, status, member, epoch) of every instance, in two round trips."""
-    ids = cast(list[str], client.zrange(keys.INSTANCES, 0, -1))
+def _rows(client: redis.Redis, ids: Iterable[str]) -> list[Row]:
+    """(instanceId, status, member, epoch) of the given instances that still exist."""
+    ids = list(ids)
+    if not ids:
+        return []
     pipe = client.pipeline(transaction=False)
     for iid in ids:
         pipe.hmget(keys.instance_record(iid), "status", "member", "epoch")
-    return [(iid, s, m, int(e or 0)) for iid, (s, m, e) in zip(ids, pipe.execute(), strict=True)]
+    rows = [(iid, s, m, int(e or 0)) for iid, (s, m, e) in zip(ids, pipe.execute(), strict=True)]
+    return [r for r in rows if r[1] is not None]
+
+
+def _held(client: redis.Redis, member_ids: list[str]) -> list[str]:
+    """Ids of the instances the given members hold, per their held sets."""
+    if not member_ids:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for mid in member_ids:
+        pipe.zrange(keys.member_held(mid), 0, -1)
+    return [iid for held in pipe.execute() for iid in held]
+
+
+def _dead_holders(client: redis.Redis) -> list[str]:
+    """Members that may hold instances and whose address key is gone."""
+    holders = sorted(cast(set[str], client.smembers(keys.HOLDERS)))
+    if not holders:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for mid in holders:
+        pipe.exists(keys.member(mid))
+    return [mid for mid, ok in zip(holders, pipe.execute(), strict=True) if not ok]
+
+
+def _stranded(client: redis.Redis) -> list[str]:
+    """Instance ids named in the stranded set."""
+    prefix = keys.instance_queue("")
+    names = cast(set[str], client.smembers(keys.STRANDED))
+    return sorted(n[len(prefix) :] for n in names if n.startswith(prefix))
 
 
 def sweep_orphans(
@@ -56,32 +113,70 @@ def sweep_orphans(
     if not client.set(keys.SWEEP_ORPHANS_LOCK, "1", nx=True, px=max(1, int(every * 1000))):
         return 0, 0
     live_members(client, prune=True)  # the one place dead member ids are pruned
-    rows = _records(client)
-    if not rows:
-        return 0, 0
+    dead = _dead_holders(client)
+    dead_set = set(dead)
     # A member is alive while its key exists, even when it already left placement (shutting down).
-    held = sorted({r[2] for r in rows if r[1] in ("started", "suspending") and r[2]})
-    pipe = client.pipeline(transaction=False)
-    for mid in held:
-        pipe.exists(keys.member(mid))
-    alive = {mid for mid, ok in zip(held, pipe.execute(), strict=True) if ok}
-    orphans = [r for r in rows if r[1] in ("started", "suspending") and r[2] and r[2] not in alive]
-    suspended = [r for r in rows if r[1] == "suspended"]
+    orphans = [r for r in _rows(client, _held(client, dead)) if r[1] in HOLDING and r[2] in dead_set]
+    stranded = _stranded(client)
+    stranded_rows = _rows(client, stranded)
+    suspended = [r for r in stranded_rows if r[1] == "suspended"]
     candidates = [r[0] for r in orphans + suspended]
     waiting = set(waiting_instances(candidates)) if candidates else set()
     store = InstanceStore(client)
     moved = marked = 0
-    for iid, _status, member, epoch in orphans + suspended:
+    failed: set[str] = set()
+    for iid, status, member, epoch in orphans + suspended:
         if iid in waiting:
             try:
                 activate(iid)
                 moved += 1
                 log.warning("instance %s (member %s) had steps waiting: placed on a live member", iid, member)
             except Exception as exc:  # noqa: BLE001 - one instance must not stop the sweep
+                failed.add(iid)
                 log.warning("instance %s could not be placed yet: %s", iid, exc)
-        elif _status != "suspended" and store.fenced_set(iid, epoch, status="suspended"):
+        elif status != "suspended" and store.fenced_set(iid, epoch, status="suspended"):
             marked += 1
+    # A stranded queue stays named while its placement failed or its owner is still suspending.
+    keep = failed | {r[0] for r in stranded_rows if r[1] == "suspending"}
+    done = [keys.instance_queue(iid) for iid in stranded if iid not in keep]
+    if done:
+        client.srem(keys.STRANDED, *done)
+    forget = client.register_script(_FORGET)
+    for mid in dead:
+        forget(keys=[keys.member_held(mid), keys.member(mid), keys.HOLDERS], args=[mid, keys.instance_record("")])
     return moved, marked
+
+
+def build_indexes(client: redis.Redis, unacked_key: str = "unacked") -> bool:
+    """Once per cluster (the first worker of this version to start): index the instances and
+    unacknowledged steps written before the indexes existed. O(instances) once; every later
+    change keeps them in its own script. False when they were built already."""
+    if not client.set(keys.INDEXES_BUILT, "1", nx=True):
+        return False
+    ids = cast(list[str], client.zrange(keys.INSTANCES, 0, -1))
+    for lo in range(0, len(ids), 1000):
+        batch = ids[lo : lo + 1000]
+        pipe = client.pipeline(transaction=False)
+        for iid in batch:
+            pipe.hmget(keys.instance_record(iid), "member", "status", "createdAt")
+        write = client.pipeline(transaction=False)
+        for iid, (member, status, created) in zip(batch, pipe.execute(), strict=True):
+            if member and status in HOLDING:
+                write.zadd(keys.member_held(member), {iid: float(created or 0)})
+                write.sadd(keys.HOLDERS, member)
+        write.execute()
+    prefix = keys.instance_queue("")
+    write = client.pipeline(transaction=False)
+    for tag, raw in cast(dict[str, str], client.hgetall(unacked_key)).items():
+        try:
+            queue = json.loads(raw)[2]  # [message, exchange, routing key]
+        except (ValueError, TypeError, IndexError):
+            continue
+        if isinstance(queue, str) and queue.startswith(prefix):
+            write.sadd(keys.unacked_of(queue), tag)
+    write.execute()
+    log.warning("indexes built for %d instance records (first start of this version)", len(ids))
+    return True
 
 
 def release_previous_incarnation(client: redis.Redis, member_id: str, restore_unacked: Callable[[str], int]) -> int:
@@ -92,10 +187,10 @@ def release_previous_incarnation(client: redis.Redis, member_id: str, restore_un
     """
     store = InstanceStore(client)
     count = 0
-    for iid, status, member, epoch in _records(client):
-        if member == member_id and status in ("started", "suspending"):
+    for iid, status, member, epoch in _rows(client, store.held(member_id)):
+        if member == member_id and status in HOLDING:
             restore_unacked(iid)
-            if store.fenced_set(iid, epoch, status="suspended"):
+            if store.fenced_set(iid, epoch, status="suspended"):  # with runs waiting: stranded
                 count += 1
     if count:
         log.warning("member %s restarted: %d instance(s) it held were released", member_id, count)

@@ -18,13 +18,15 @@ from dataclasses import dataclass
 
 @dataclass
 class StepDelivery:
-    """One delivered, unacknowledged step of run `run_id`: `tag` in the sorted set `index_key`
-    and the hash `hash_key`. `settled` turns true when the run's finish script removed both."""
+    """One delivered, unacknowledged step of run `run_id`: `tag` in the sorted set `index_key`,
+    the hash `hash_key` and its queue's tag set `queue_key` (keys.unacked_of). `settled` turns
+    true when the run's finish script removed all three."""
 
     run_id: str
     index_key: str
     hash_key: str
     tag: str
+    queue_key: str
     settled: bool = False
 
 

@@ -25,18 +25,18 @@ from regina.secrets import redact
 TERMINAL = frozenset({"finish", "error"})
 
 # KEYS: run events, run record, instance record, instance runs, instance VFS journal[, steering
-# list, run journal][, unacked index, unacked hash]. ARGV: retention, finishedAt, status,
-# finishReason, promptTokens, completionTokens, error, runId, fence epoch ('' = unfenced), steering
-# check ('1': KEYS 6-7 given), delivery tag to acknowledge ('' = none: no last two KEYS), VFS
-# journal seq, number N of VFS journal entries, the N entries, then pairs of (entry id, event JSON).
-# A stale epoch (the instance moved to another owner) writes nothing: error STALE (SPEC §6). The
-# VFS journal entries are appended first (regina/journal.py: durable before the client hears
-# back, in this round trip rather than one of their own). With a steering list that holds
-# messages, takes them (copying them to the run's steered list) and returns them without
-# publishing; otherwise appends the entries,
-# ends the run record, adds the run's tokens to the instance's usage and resets its idle timer to
-# finishedAt (the run's last touch; Redis's clock as the worker keeps it, regina/clock.py) in one
-# HSET, acknowledges the step's delivery (regina/runs/ack.py) and returns {}.
+# list, run journal][, unacked index, unacked hash, the queue's unacked tags]. ARGV: retention,
+# finishedAt, status, finishReason, promptTokens, completionTokens, error, runId, fence epoch
+# ('' = unfenced), steering check ('1': KEYS 6-7 given), delivery tag to acknowledge ('' = none:
+# no last three KEYS), VFS journal seq, number N of VFS journal entries, the N entries, then pairs
+# of (entry id, event JSON). A stale epoch (the instance moved to another owner) writes nothing:
+# error STALE (SPEC §6). The VFS journal entries are appended first (regina/journal.py: durable
+# before the client hears back, in this round trip rather than one of their own). With a steering
+# list that holds messages, takes them (copying them to the run's steered list) and returns them
+# without publishing; otherwise appends the entries, ends the run record, adds the run's tokens to
+# the instance's usage and resets its idle timer to finishedAt (the run's last touch; Redis's
+# clock as the worker keeps it, regina/clock.py) in one HSET, acknowledges the step's delivery
+# (regina/runs/ack.py) and returns {}.
 _FINISH = """
 local inst = redis.call('HMGET', KEYS[3], 'epoch', 'promptTokens', 'completionTokens')
 if ARGV[9] ~= '' and inst[1] ~= ARGV[9] then
@@ -71,8 +71,9 @@ if inst[1] then  -- every instance record has an epoch: none means no record (ne
 end
 redis.call('ZREM', KEYS[4], ARGV[8])
 if ARGV[11] ~= '' then
-  redis.call('ZREM', KEYS[#KEYS - 1], ARGV[11])
-  redis.call('HDEL', KEYS[#KEYS], ARGV[11])
+  redis.call('ZREM', KEYS[#KEYS - 2], ARGV[11])
+  redis.call('HDEL', KEYS[#KEYS - 1], ARGV[11])
+  redis.call('SREM', KEYS[#KEYS], ARGV[11])
 end
 return {}
 """
@@ -223,7 +224,7 @@ class RunPublisher:
             keys.journal(self.instance_id),
         ] + ([steering_key, keys.run_steered(self.run_id)] if steering_key else [])
         if delivery is not None:
-            run_keys += [delivery.index_key, delivery.hash_key]
+            run_keys += [delivery.index_key, delivery.hash_key, delivery.queue_key]
         try:
             steered = cast(list[str], _fenced(self._finish_script, run_keys, args))
         except redis.RedisError:

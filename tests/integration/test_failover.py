@@ -8,9 +8,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from tests.harness.fake_llm import FakeLLM, Reply
 from tests.harness.processes import Cluster
+from tests.harness.waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.chaos]
 
@@ -84,4 +86,47 @@ def test_the_orphan_sweep_reruns_a_step_nobody_waits_for(
         what="the redelivered step to finish",
     )
     assert api.get(f"/instances/{iid}").json()["member"] == survivor.member_id
+    api.close()
+
+
+def test_a_killed_workers_instances_are_found_through_the_indexes_and_deleted_from_them(
+    make_cluster: Callable[..., Cluster], fake_llm: FakeLLM
+) -> None:
+    # Given a worker holding three instances, one with a step it took and never acknowledged
+    c = make_cluster()
+    victim = c.start_worker()
+    web = c.start_web()
+    r = redis.Redis.from_url(c.redis_url, decode_responses=True)
+    api = httpx.Client(base_url=web.url, timeout=30)
+    busy, idle1, idle2 = (api.post("/agents/openai-agent/instances").json()["instanceId"] for _ in range(3))
+    assert set(r.zrange(f"regina:held:{victim.member_id}", 0, -1)) == {busy, idle1, idle2}
+    fake_llm.push_for("unwatched", Reply(text="lost", delay=5.0), Reply(text="done anyway"))
+    with pytest.raises(httpx.ReadTimeout):
+        api.post(f"/instances/{busy}/chat", json={"message": "unwatched"}, timeout=1.0)
+    fake_llm.wait_for_requests(1, timeout=10)
+    assert r.scard(f"regina:unacked:regina.i.{busy}") == 1  # kombu's unacked entry, indexed by queue
+
+    # When it is killed with -9 and another worker joins
+    victim.kill()
+    survivor = c.start_worker()
+
+    # Then the sweep finds them through the dead member's held set: the busy one is re-homed and
+    # its step re-runs, the idle ones are marked suspended; the dead member is forgotten
+    wait_until(
+        lambda: [m["content"] for m in api.get(f"/instances/{busy}/messages").json()] == ["unwatched", "done anyway"],
+        timeout=40,
+        what="the redelivered step to finish",
+    )
+    wait_until(lambda: not r.sismember("regina:holders", victim.member_id), 20, what="the dead member to be forgotten")
+    assert api.get(f"/instances/{busy}").json()["member"] == survivor.member_id
+    assert [api.get(f"/instances/{i}").json()["status"] for i in (idle1, idle2)] == ["suspended", "suspended"]
+    assert r.zrange(f"regina:held:{survivor.member_id}", 0, -1) == [busy]
+    assert not r.exists(f"regina:held:{victim.member_id}", f"regina:unacked:regina.i.{busy}")
+    assert r.hlen("unacked") == 0
+
+    # And a deleted instance leaves no entry in any index
+    for iid in (busy, idle1, idle2):
+        assert api.delete(f"/instances/{iid}").status_code == 204
+    assert not r.exists(f"regina:held:{survivor.member_id}")
+    assert not r.keys("regina:unacked:*") and not r.smembers("regina:stranded")
     api.close()
