@@ -122,6 +122,12 @@ class Limits(_Section):
     max_queued_runs: int = Field(32, ge=1)
     """Chat runs one instance may have queued or running at once; one more is refused with 429 and
     `Retry-After` (so one instance cannot fill a worker's pool; steering a busy run still works)."""
+    max_run_events: int = Field(50_000, ge=100)
+    """Events one run's stream keeps (the oldest go first): a run cannot grow Redis without bound;
+    a client replaying from an older `seq` gets the events still kept."""
+    max_steering: int = Field(100, ge=1)
+    """Steering messages an instance may have waiting for its next step boundary; one more is
+    refused with 429 and `Retry-After` (a running step takes them all at its next boundary)."""
     request_timeout: float = Field(600.0, gt=0)
     """Seconds a sync chat waits for its run to finish before answering 503."""
     worker_reply_timeout: float = Field(30.0, gt=0)

@@ -26,6 +26,7 @@ from regina.fencing import Fence, stale_epochs
 from regina.fifo_lock import FifoLock
 from regina.instances import InstanceStore
 from regina.journal import Journal, JournalVFS
+from regina.local_copies import MEMBER_META
 from regina.outbound import Allowlist
 from regina.registry import AgentRegistry
 from regina.runs.context import InterrupterFactory, RunContext
@@ -129,6 +130,8 @@ class InstanceHost:
         definition = self.registry.get_or_reload(rec.definition_id)
         # On the hub, not in a thread: restoring reads Redis (backup, journal) through gevent sockets.
         opened = activation.open_current(self.settings, self.hooks, self.backups, self.journal, rec)
+        if self.settings.vfs_backend != "memory":
+            opened.vfs.set_meta(MEMBER_META, self.member_id)  # whose copy it is (regina/local_copies.py)
         vfs: AnyVFS | JournalVFS = opened.vfs
         if self.journal is not None:
             vfs = JournalVFS(opened.vfs, epoch, opened.journal_seq)

@@ -72,7 +72,15 @@ class StepRunner:
             return
         window = self.settings.stream_batch_ms / 1000 if stream else None  # deltas batched
         publisher = RunPublisher(
-            self.r, run_id, instance_id, self.settings.run_retention, begun.seq, not stream, window, act.epoch
+            self.r,
+            run_id,
+            instance_id,
+            self.settings.run_retention,
+            begun.seq,
+            not stream,
+            window,
+            act.epoch,
+            self.settings.limits.max_run_events,
         )
         if self.journal is not None and isinstance(act.vfs, JournalVFS):
             publisher.journal = act.vfs  # the terminal script ships the run's last changes

@@ -19,6 +19,7 @@ from regina import keys
 from regina.cluster.membership import Membership
 from regina.cluster.orphans import build_indexes, release_previous_incarnation, sweep_orphans
 from regina.ids import new_token
+from regina.local_copies import remove_stale_copies
 from regina.metrics import (
     QUEUE_DEPTH,
     WORKER_INSTANCES,
@@ -84,6 +85,7 @@ def _ready(sender: Any, **kwargs: Any) -> None:
     membership = Membership(ctx.client, ctx.member_id, address, ctx.settings.member_ttl)
     build_indexes(ctx.client)  # once per cluster: data written before the indexes existed
     release_previous_incarnation(ctx.client, ctx.member_id, ctx.dispatcher.restore_unacked)
+    remove_stale_copies(ctx.client, ctx.settings, ctx.member_id)
     membership.register(0)
     _state["membership"] = membership
     _state["greenlets"] = [

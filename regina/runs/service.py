@@ -16,8 +16,9 @@ from regina import idempotency, ids, keys
 from regina.cluster.membership import is_alive
 from regina.errors import Busy, Conflict, NotFound, ReginaError, TooManyRequests, Unavailable
 from regina.metrics import RUNS_STARTED, STEERS
+from regina.runs.record import public
 from regina.runs.steering import new_steer
-from regina.runs.store import Idempotency, RunStore, WhenBusy, public
+from regina.runs.store import Idempotency, RunStore, WhenBusy
 from regina.runs.stream import TERMINAL, RunPublisher, read_events
 
 if TYPE_CHECKING:
@@ -43,7 +44,8 @@ class RunService:
         self.coord = coordinator
         self.r = coordinator.r
         self.settings = coordinator.settings
-        self.store = RunStore(self.r, self.settings.run_retention, self.settings.limits.max_queued_runs)
+        limits = self.settings.limits
+        self.store = RunStore(self.r, self.settings.run_retention, limits.max_queued_runs, limits.max_steering)
 
     def _idem(self, route: str, scope: str, req: IdemRequest | None) -> Idempotency | None:
         if req is None:
@@ -83,6 +85,8 @@ class RunService:
                 "retry later, or steer the running one",
                 retry_after=2,
             )
+        if opened.kind == "steer-full":
+            raise self._steering_full(instance_id)
         if opened.kind == "busy":
             raise Busy(
                 f"instance {instance_id} is busy with run {opened.run_id} (whenBusy: reject); "
@@ -181,9 +185,19 @@ class RunService:
             raise NotFound(f"instance {instance_id!r} not found")
         if kind == "mismatch":
             raise idempotency.mismatch("steer")
+        if kind == "full":
+            raise self._steering_full(instance_id)
         if kind == "ok":  # not an idempotent replay ("dup")
             STEERS.inc()
         return steer_id
+
+    def _steering_full(self, instance_id: str) -> TooManyRequests:
+        limit = self.settings.limits.max_steering
+        return TooManyRequests(
+            f"instance {instance_id} already has {limit} steering messages waiting (limits.maxSteering); "
+            "retry once its running step has taken them",
+            retry_after=2,
+        )
 
     def cancel(self, run_id: str) -> tuple[bool, str]:
         """(True, status) when the run was stopped; (False, final status) when it had ended."""

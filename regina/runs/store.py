@@ -24,7 +24,7 @@ import redis
 
 from regina import keys
 from regina.clock import redis_now
-from regina.instances import LUA_TOUCH, LUA_TOUCH_EXISTING, InstanceRecord, iso, record_from_hash
+from regina.instances import LUA_TOUCH, LUA_TOUCH_EXISTING, InstanceRecord, record_from_hash
 from regina.redis_conn import script
 from regina.runs.cancel import announce
 from regina.runs.steering import decode_all, encode
@@ -63,9 +63,10 @@ end
 # [, idempotency key]. ARGV: now, instanceId, run ttl, runId, whenBusy, steer entry, idempotency
 # body hash, idempotency ttl, member prefix, run prefix, most runs open at once
 # (limits.maxQueuedRuns), the step's broker message ('' = the caller publishes it), ready-list
-# prefix. The instance's one HGETALL answers whether it exists, who owns it and what the reply
-# carries. A started instance whose member lives gets the step message here, and its member the
-# queue's name on its ready list (workers/transport.py): no publish round trip of its own.
+# prefix, most steering messages waiting (limits.maxSteering). The instance's one HGETALL
+# answers whether it exists, who owns it and what the reply carries. A started instance whose
+# member lives gets the step message here, and its member the queue's name on its ready list
+# (workers/transport.py): no publish round trip of its own.
 _OPEN = (
     _FRONT
     + _CLAIMED
@@ -81,6 +82,7 @@ local alive = touch(KEYS[1], rec, ARGV[9], ARGV[1])
 local busy = front(KEYS[3], ARGV[10])
 if busy and ARGV[5] == 'reject' then return {'busy', busy} end
 if busy and ARGV[5] == 'steer' then
+  if redis.call('LLEN', KEYS[4]) >= tonumber(ARGV[14]) then return {'steer-full', busy} end
   redis.call('RPUSH', KEYS[4], ARGV[6])
   if KEYS[6] then redis.call('SET', KEYS[6], ARGV[7] .. ' ' .. busy, 'EX', ARGV[8]) end
   return {'steered', busy}
@@ -110,17 +112,19 @@ return rec
 )
 
 # KEYS: instance record, steering list[, idempotency key]. ARGV: now, steer entry, steerId,
-# idempotency body hash, idempotency ttl.
+# most messages waiting (limits.maxSteering), idempotency body hash, idempotency ttl. A full list
+# answers {'full'} and writes nothing.
 _STEER = (
     _CLAIMED
     + LUA_TOUCH_EXISTING
     + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
 if KEYS[3] then
-  local earlier = claimed(KEYS[3], ARGV[4])
+  local earlier = claimed(KEYS[3], ARGV[5])
   if earlier then return earlier end
-  redis.call('SET', KEYS[3], ARGV[4] .. ' ' .. ARGV[3], 'EX', ARGV[5])
 end
+if redis.call('LLEN', KEYS[2]) >= tonumber(ARGV[4]) then return {'full'} end
+if KEYS[3] then redis.call('SET', KEYS[3], ARGV[5] .. ' ' .. ARGV[3], 'EX', ARGV[6]) end
 touch_existing(KEYS[1], true)
 redis.call('RPUSH', KEYS[2], ARGV[2])
 return {'ok', ARGV[3]}
@@ -201,9 +205,10 @@ class Opened:
     """What `open` did: `ok` (a new run), `dup` (an Idempotency-Key retry: `run_id` is the
     first request's run), `steered` (`run_id` is the busy run that got the message), `busy`
     (reject: `run_id` is the busy run), `full` (limits.maxQueuedRuns runs open already),
+    `steer-full` (whenBusy steer: limits.maxSteering messages wait already),
     `mismatch` (the key was used with another body), `missing` (no such instance)."""
 
-    kind: Literal["ok", "dup", "steered", "busy", "full", "mismatch", "missing"]
+    kind: Literal["ok", "dup", "steered", "busy", "full", "steer-full", "mismatch", "missing"]
     run_id: str = ""
     record: InstanceRecord | None = None
     alive: bool = False
@@ -235,38 +240,16 @@ class Idempotency:
     ttl: int = 86_400
 
 
-def public(run_id: str, h: dict[str, str]) -> dict[str, Any]:
-    """The SPEC §12 JSON of a run record."""
-
-    def ts(name: str) -> str | None:
-        return iso(float(h[name])) if h.get(name) else None
-
-    data: dict[str, Any] = {
-        "runId": run_id,
-        "instanceId": h.get("instanceId", ""),
-        "status": h.get("status", "queued"),
-        "createdAt": ts("createdAt"),
-        "startedAt": ts("startedAt"),
-        "finishedAt": ts("finishedAt"),
-        "usage": {
-            "promptTokens": int(h.get("promptTokens", 0)),
-            "completionTokens": int(h.get("completionTokens", 0)),
-        },
-    }
-    if h.get("finishReason"):
-        data["finishReason"] = h["finishReason"]
-    if h.get("error"):
-        data["error"] = h["error"]
-    return data
-
-
 class RunStore:
     """Creates, starts, cancels and reads runs; the only writer of `regina:run:*` records besides
     the finish script of `RunPublisher`."""
 
-    def __init__(self, client: redis.Redis, retention: float = 3600, max_backlog: int = 32) -> None:
+    def __init__(
+        self, client: redis.Redis, retention: float = 3600, max_backlog: int = 32, max_steering: int = 100
+    ) -> None:
         self.r = client
         self.retention = int(retention)
+        self.max_steering = max_steering
         self.max_backlog = max_backlog
         self._open = script(client, _OPEN)
         self._steer = script(client, _STEER)
@@ -306,6 +289,7 @@ class RunStore:
             str(self.max_backlog),
             step_message,
             keys.member_ready(""),
+            str(self.max_steering),
         ]
         flat = cast(list[str], self._open(keys=run_keys, args=args))
         kind = flat[0]
@@ -315,9 +299,9 @@ class RunStore:
         return Opened("ok", run_id, record_from_hash(instance_id, h), flat[1] == "1", flat[2] == "1")
 
     def steer(self, instance_id: str, steer: Steer, idem: Idempotency | None = None) -> tuple[str, str]:
-        """Queue a steering message; (`ok` | `dup` | `mismatch` | `missing`, steerId)."""
+        """Queue a steering message; (`ok` | `dup` | `mismatch` | `missing` | `full`, steerId)."""
         run_keys = [keys.instance_record(instance_id), keys.steering(instance_id)] + ([idem.key] if idem else [])
-        args = [repr(time.time()), encode(steer), steer.steer_id]
+        args = [repr(time.time()), encode(steer), steer.steer_id, str(self.max_steering)]
         if idem:
             args += [idem.body_hash, str(idem.ttl)]
         flat = cast(list[str], self._steer(keys=run_keys, args=args))
@@ -396,4 +380,4 @@ class RunStore:
         return {iid: (first[0] if first else None) for iid, first in zip(instance_ids, pipe.execute(), strict=True)}
 
 
-__all__ = ["ENDED", "Begun", "Idempotency", "Opened", "RunStore", "WhenBusy", "announce", "public"]
+__all__ = ["ENDED", "Begun", "Idempotency", "Opened", "RunStore", "WhenBusy", "announce"]

@@ -23,20 +23,23 @@ from regina.runs.ack import CURRENT_DELIVERY
 from regina.secrets import redact
 
 TERMINAL = frozenset({"finish", "error"})
+#: Seconds a run's event stream lives past its first event while the run has not ended (plus
+#: runRetention): a bound for runs that never end, far above any run a client waits for.
+RUNNING_TTL = 86_400
 
 # KEYS: run events, run record, instance record, instance runs, instance VFS journal[, steering
 # list, run journal][, unacked index, unacked hash, the queue's unacked tags]. ARGV: retention,
 # finishedAt, status, finishReason, promptTokens, completionTokens, error, runId, fence epoch
 # ('' = unfenced), steering check ('1': KEYS 6-7 given), delivery tag to acknowledge ('' = none:
-# no last three KEYS), VFS journal seq, number N of VFS journal entries, the N entries, then pairs
-# of (entry id, event JSON). A stale epoch (the instance moved to another owner) writes nothing:
-# error STALE (SPEC §6). The VFS journal entries are appended first (regina/journal.py: durable
-# before the client hears back, in this round trip rather than one of their own). With a steering
-# list that holds messages, takes them (copying them to the run's steered list) and returns them
-# without publishing; otherwise appends the entries, ends the run record, adds the run's tokens to
-# the instance's usage and resets its idle timer to finishedAt (the run's last touch; Redis's
-# clock as the worker keeps it, regina/clock.py) in one HSET, acknowledges the step's delivery
-# (regina/runs/ack.py) and returns {}.
+# no last three KEYS), VFS journal seq, number N of VFS journal entries, the N entries, most events
+# kept (MAXLEN), then pairs of (entry id, event JSON). A stale epoch (the instance moved to another
+# owner) writes nothing: error STALE (SPEC §6). The VFS journal entries are appended first
+# (regina/journal.py: durable before the client hears back, in this round trip rather than one of
+# their own). With a steering list that holds messages, takes them (copying them to the run's
+# steered list) and returns them without publishing; otherwise appends the entries, ends the run
+# record, adds the run's tokens to the instance's usage and resets its idle timer to finishedAt
+# (the run's last touch; Redis's clock as the worker keeps it, regina/clock.py) in one HSET,
+# acknowledges the step's delivery (regina/runs/ack.py) and returns {}.
 _FINISH = """
 local inst = redis.call('HMGET', KEYS[3], 'epoch', 'promptTokens', 'completionTokens')
 if ARGV[9] ~= '' and inst[1] ~= ARGV[9] then
@@ -56,8 +59,8 @@ if ARGV[10] == '1' then
     return steered
   end
 end
-for i = 14 + nj, #ARGV, 2 do
-  redis.call('XADD', KEYS[1], ARGV[i], 'e', ARGV[i + 1])
+for i = 15 + nj, #ARGV, 2 do
+  redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[14 + nj], ARGV[i], 'e', ARGV[i + 1])
 end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[2], 'status', ARGV[3], 'finishedAt', ARGV[2], 'finishReason', ARGV[4],
@@ -78,10 +81,14 @@ end
 return {}
 """
 
-# KEYS: run events stream, instance record. ARGV: epoch, then pairs of (entry id, event JSON).
+# KEYS: run events stream, instance record. ARGV: epoch, TTL, most events kept, then pairs of
+# (entry id, event JSON). The batch that creates the stream (its first entry is "0-1") gives it a
+# TTL (RUNNING_TTL + retention), so the events of a run that never finishes (its worker killed,
+# its instance deleted) still expire; the finish script sets runRetention at the end.
 _XADD_FENCED = """
 if redis.call('HGET', KEYS[2], 'epoch') ~= ARGV[1] then return redis.error_reply('STALE') end
-for i = 2, #ARGV, 2 do redis.call('XADD', KEYS[1], ARGV[i], 'e', ARGV[i + 1]) end
+for i = 4, #ARGV, 2 do redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[3], ARGV[i], 'e', ARGV[i + 1]) end
+if ARGV[4] == '0-1' then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 return 1
 """
 
@@ -119,8 +126,11 @@ class RunPublisher:
         buffered: bool = False,
         batch_window: float | None = None,
         epoch: int | None = None,
+        max_events: int = 50_000,
     ) -> None:
         self.r = client
+        #: Most events the run's stream keeps (XADD MAXLEN): a run cannot grow Redis without bound.
+        self.max_events = max_events
         self.run_id = run_id
         self.instance_id = instance_id
         self.key = keys.run_events(run_id)
@@ -160,17 +170,16 @@ class RunPublisher:
         if not batch:
             return
         if self._xadd_fenced is not None:
-            args: list[Any] = [self.epoch]
+            args: list[Any] = [self.epoch, self.retention + RUNNING_TTL, self.max_events]
             for seq, payload in batch:
                 args += [f"0-{seq}", payload]
             _fenced(self._xadd_fenced, [self.key, keys.instance_record(self.instance_id)], args)
             return
-        if len(batch) == 1:
-            self.r.xadd(self.key, {"e": batch[0][1]}, id=f"0-{batch[0][0]}")
-            return
         pipe = self.r.pipeline(transaction=False)
         for seq, payload in batch:
-            pipe.xadd(self.key, {"e": payload}, id=f"0-{seq}")
+            pipe.xadd(self.key, {"e": payload}, id=f"0-{seq}", maxlen=self.max_events, approximate=False)
+        if batch[0][0] == 1:
+            pipe.expire(self.key, self.retention + RUNNING_TTL)  # see _XADD_FENCED
         pipe.execute()
 
     def _sender(self) -> None:
@@ -213,7 +222,7 @@ class RunPublisher:
             delivery.tag if delivery is not None else "",
         ]
         seq_shipped, entries = self.journal.ship() if self.journal is not None else (0, [])
-        args += [seq_shipped, len(entries), *entries]
+        args += [seq_shipped, len(entries), *entries, self.max_events]
         for pending_seq, pending in [*self._pending, (seq, self._payload(event, seq))]:
             args += [f"0-{pending_seq}", pending]
         run_keys = [

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import redis
 
 from regina import keys
 from regina.cluster.membership import Membership
+from tests.harness.fake_llm import FakeLLM, Reply
 from tests.harness.processes import Cluster
 from tests.harness.redis_server import RedisServer
 from tests.harness.waiting import wait_until
@@ -67,3 +70,69 @@ def test_a_renewal_never_undoes_an_attach_counted_meanwhile(redis_server: RedisS
     assert r.get(counter) == "1"
     member.deregister()
     r.close()
+
+
+def test_a_runs_events_have_a_ttl_while_it_runs_and_a_bounded_length(make_cluster: object, fake_llm: FakeLLM) -> None:
+    # Given a cluster whose runs keep at most 100 events
+    c: Cluster = make_cluster(REGINA_LIMITS__MAX_RUN_EVENTS="100")  # type: ignore[operator]
+    c.start_worker()
+    web = c.start_web()
+    r = redis.Redis.from_url(c.redis_url)
+    words = " ".join(f"w{i}" for i in range(300))
+    fake_llm.push_for("long answer", Reply(text=words, chunk_delay=0.01))
+    with httpx.Client(base_url=web.url, timeout=60) as api:
+        iid = spawn(api)
+        # When a streamed run is half-way (its worker could be killed now and the run never end)
+        with api.stream("POST", f"/instances/{iid}/chat/stream", json={"message": "long answer"}) as resp:
+            lines = resp.iter_lines()
+            first = json.loads(next(line for line in lines if '"text-delta"' in line))
+            events = f"regina:run:{first['runId']}:events"
+            # Then its events already expire by themselves
+            assert r.ttl(events) > 0, "a running run's event stream has no TTL: a killed run's events stay for good"
+            last = json.loads(list(lines)[-1])
+    # And the ended run keeps its last 100 events, the terminal one last
+    assert last["type"] == "finish" and last["seq"] > 300
+    assert r.xlen(events) == 100
+    assert json.loads(r.xrevrange(events, count=1)[0][1][b"e"])["type"] == "finish"
+    assert 0 < r.ttl(events) <= 3600
+
+
+def test_steering_is_bounded_per_instance(api: httpx.Client, cluster: Cluster) -> None:
+    # Given an instance with no run to take its steering (default limits.maxSteering: 100)
+    iid = spawn(api)
+    for n in range(100):
+        assert api.post(f"/instances/{iid}/steer", json={"message": f"note {n}"}).status_code == 200
+    # When one more is sent, as a steer or as a chat that steers the busy run
+    resp = api.post(f"/instances/{iid}/steer", json={"message": "one too many"})
+    # Then it is refused with 429 and Retry-After, naming the limit, and nothing was added
+    assert resp.status_code == 429 and resp.headers["Retry-After"]
+    assert "limits.maxSteering" in resp.json()["error"]
+    assert redis.Redis.from_url(cluster.redis_url).llen(f"regina:steer:{iid}") == 100
+    api.delete(f"/instances/{iid}")
+
+
+def test_a_restarted_member_removes_its_copies_of_deleted_and_moved_instances(make_cluster: object) -> None:
+    # Given three instances on w1: one it suspends (its copy stays its own), two it holds
+    c: Cluster = make_cluster()  # type: ignore[operator]
+    w1 = c.start_worker()
+    web = c.start_web()
+    vfs = c.tmp / f"vfs-{w1.member_id.split('@')[0]}"
+    with httpx.Client(base_url=web.url, timeout=60) as api:
+        kept, moved, deleted = spawn(api), spawn(api), spawn(api)
+        for iid in (kept, moved, deleted):
+            assert api.post(f"/instances/{iid}/chat", json={"message": "on w1"}).status_code == 200
+        assert api.post(f"/instances/{kept}/suspend").status_code == 204
+
+        # When w1 is killed, one instance moves to w2 and another is deleted while w1 is down
+        w1.kill()
+        c.start_worker()
+        wait_until(lambda: api.post(f"/instances/{moved}/chat", json={"message": "on w2"}).status_code == 200, 30)
+        assert api.delete(f"/instances/{deleted}").status_code == 204
+        assert (vfs / f"{moved}.sqlite").exists() and (vfs / f"{deleted}.sqlite").exists()
+
+        # Then w1, back on the same disk under the same member id, removes those two copies at start
+        c.start_worker(member_id=w1.member_id)
+        assert not (vfs / f"{deleted}.sqlite").exists(), "a deleted instance's files stayed on disk"
+        assert not (vfs / f"{moved}.sqlite").exists(), "a copy of an instance another member owns stayed"
+        assert (vfs / f"{kept}.sqlite").exists()
+        assert [m["content"] for m in api.get(f"/instances/{kept}/messages").json()] == ["on w1", "echo: on w1"]

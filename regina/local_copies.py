@@ -1,0 +1,75 @@
+"""At a worker's start: remove the local VFS copies an earlier process left that nobody may use.
+
+A worker killed (or restarted) keeps its instances' files on its disk. DELETE asks every live
+member to drop its own copy, but a process that was down then, or the next process on the same
+disk, would keep a deleted instance's files for good (a privacy problem, issue 15). So at start
+a worker removes, in `vfsDir` (and `fsRootPath` for realdir):
+
+- the copies of instances that no longer exist (whichever process wrote them);
+- the copies an earlier process of this same member wrote (each attach records the member in
+  the copy's meta) of instances another member owns now: the cluster's state is that member's
+  plus storage, so this copy is stale.
+
+Copies another member wrote (a `vfsDir` shared by several workers) are left alone unless their
+instance is gone, and so are this member's copies of the instances it still owns (a resume
+prefers the member that holds the file).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import cast
+
+import redis
+
+from regina import activation, ids, keys
+from regina.config import Settings
+
+log = logging.getLogger("regina.host")
+
+#: The meta key naming the member that last attached a local copy.
+MEMBER_META = "member"
+
+
+def _local_ids(settings: Settings) -> set[str]:
+    """Instance ids with a copy in this member's vfsDir (or realdir root)."""
+    found: set[str] = set()
+    if os.path.isdir(settings.vfs_dir):
+        for name in os.listdir(settings.vfs_dir):
+            stem = name.split(".sqlite", 1)[0]
+            if name.startswith(stem + ".sqlite") and ids.is_valid_instance_id(stem):
+                found.add(stem)
+    root = settings.fs_root_path
+    if settings.vfs_backend == "realdir" and root and os.path.isdir(root):
+        found |= {n for n in os.listdir(root) if ids.is_valid_instance_id(n) and os.path.isdir(os.path.join(root, n))}
+    return found
+
+
+def _written_by(settings: Settings, instance_id: str) -> str | None:
+    vfs = activation.open_local(settings, instance_id)
+    try:
+        return vfs.get_meta(MEMBER_META)
+    finally:
+        vfs.close()
+
+
+def remove_stale_copies(client: redis.Redis, settings: Settings, member_id: str) -> int:
+    """Remove the local copies described above; returns how many instances' copies went."""
+    if settings.vfs_backend == "memory":
+        return 0
+    local = sorted(_local_ids(settings))
+    if not local:
+        return 0
+    pipe = client.pipeline(transaction=False)
+    for iid in local:
+        pipe.hget(keys.instance_record(iid), "member")
+    owners = cast(list[str | None], pipe.execute())
+    removed = 0
+    for iid, owner in zip(local, owners, strict=True):
+        if owner is None or (owner != member_id and _written_by(settings, iid) == member_id):
+            activation.remove_local(settings, iid)
+            removed += 1
+    if removed:
+        log.warning("member %s: removed %d local VFS copies of deleted or moved instances", member_id, removed)
+    return removed
