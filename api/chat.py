@@ -10,17 +10,25 @@ from api.body import json_body
 from api.idem import idem_request
 from api.openapi import documented, parse_body
 from api.runs import stream_run
+from regina.errors import StillRunning
 
 bp = Blueprint("chat", __name__)
 
 
 @bp.post("/instances/<iid>/chat")
-@documented({"HTTP_200": m.ChatAnswer}, json=m.ChatBody, tag="chat", headers=m.IdempotencyHeaders)
-def chat(iid: str) -> Response:
+@documented(
+    {"HTTP_200": m.ChatAnswer, "HTTP_202": m.RunAccepted}, json=m.ChatBody, tag="chat", headers=m.IdempotencyHeaders
+)
+def chat(iid: str) -> Response | tuple[Response, int]:
+    """200 with the answer; 202 when the run outlives `limits.requestTimeout` and goes on: the
+    body and `Location` say where to follow it (`GET /runs/<runId>`, `…/events`)."""
     coord = services().coordinator
     body = json_body()
     message = coord.validate_message(body)
-    result = coord.runs.chat(iid, message, parse_body(m.ChatBody).whenBusy, idem_request(body))
+    try:
+        result = coord.runs.chat(iid, message, parse_body(m.ChatBody).whenBusy, idem_request(body))
+    except StillRunning as going:
+        return _still_running(iid, going)
     resp = jsonify(
         {
             "text": result["text"],
@@ -31,6 +39,17 @@ def chat(iid: str) -> Response:
     )
     resp.headers["X-Run-Id"] = result["runId"]
     return resp
+
+
+def _still_running(iid: str, going: StillRunning) -> tuple[Response, int]:
+    run = f"/runs/{going.run_id}"
+    resp = jsonify(
+        {"runId": going.run_id, "instanceId": iid, "status": going.status, "run": run, "events": f"{run}/events"}
+    )
+    resp.headers["X-Run-Id"] = going.run_id
+    resp.headers["Location"] = run
+    resp.headers["Retry-After"] = "1"
+    return resp, 202
 
 
 @bp.post("/instances/<iid>/chat/stream")

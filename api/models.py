@@ -130,6 +130,17 @@ class ChatAnswer(BaseModel):
     finishReason: str
 
 
+class RunAccepted(BaseModel):
+    """202 from a sync chat whose run outlived `limits.requestTimeout`: it goes on. Follow it at
+    `run` (`GET /runs/<runId>`, also the `Location` header) or `events` (NDJSON, replay + live)."""
+
+    runId: str
+    instanceId: str
+    status: Literal["queued", "running"]
+    run: str
+    events: str
+
+
 class SteerReceipt(BaseModel):
     """A queued steering message; `steer-applied` with this steerId follows when it is used."""
 

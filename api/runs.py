@@ -43,7 +43,11 @@ def _relay(events: Iterator[dict[str, Any]], run_id: str) -> Iterator[bytes]:
 def stream_run(run_id: str, after: int, instance_id: str | None = None) -> Response:
     """An NDJSON response of the run's events after seq `after`, followed live to the end."""
     runs = services().coordinator.runs
-    events = runs.follow(run_id, after=after) if instance_id is None else runs.follow_known(run_id, instance_id, after)
+    events = (
+        runs.follow(run_id, after=after)
+        if instance_id is None
+        else runs.follow_known(run_id, instance_id, after, keep_following=True)
+    )
     resp = Response(stream_with_context(_relay(events, run_id)), mimetype=NDJSON)
     resp.headers["X-Run-Id"] = run_id
     resp.headers["Cache-Control"] = "no-cache"

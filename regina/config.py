@@ -129,7 +129,10 @@ class Limits(_Section):
     """Steering messages an instance may have waiting for its next step boundary; one more is
     refused with 429 and `Retry-After` (a running step takes them all at its next boundary)."""
     request_timeout: float = Field(600.0, gt=0)
-    """Seconds a sync chat waits for its run to finish before answering 503."""
+    """Seconds a sync chat waits for its run to finish. A run still queued or running then goes
+    on and the chat answers 202 with its `runId` and `Location: /runs/<runId>` (follow it at
+    `/runs/<runId>/events`); 503 only when no worker can serve it. Streams follow a healthy run
+    past it."""
     worker_reply_timeout: float = Field(30.0, gt=0)
     """Seconds the web waits for a worker to confirm an attach, suspend or other command."""
     placement_wait: float = Field(30.0, ge=0)

@@ -11,7 +11,8 @@ ReginaError
  │    └── Busy             a chat refused because a run is in progress (names it)
  ├── Unprocessable          an Idempotency-Key reused with another body
  ├── Unavailable            no live worker, or a worker that did not answer
- │    └── ReplyTimeout       a worker has not confirmed a command yet (it may still complete)
+ │    ├── ReplyTimeout       a worker has not confirmed a command yet (it may still complete)
+ │    └── StillRunning       a run outlived the wait for it and goes on (follow it by its id)
  ├── StaleEpoch             a write from an owner that lost the instance (fencing)
  ├── StorageError           a storage adapter failed
  ├── VFSError               a virtual-filesystem operation failed (message goes to the model)
@@ -78,6 +79,16 @@ class Unavailable(ReginaError):
 
 class ReplyTimeout(Unavailable):
     """Raised when a worker did not confirm a command in time; it may still carry it out."""
+
+
+class StillRunning(Unavailable):
+    """Raised when a run a request waits on outlives `limits.requestTimeout` and is still queued
+    or running: it goes on, and a sync chat answers 202 with where to follow it (api/chat.py)."""
+
+    def __init__(self, message: str, run_id: str, status: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.status = status
 
 
 class TooManyRequests(ReginaError):

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from regina import idempotency, ids, keys
 from regina.cluster.membership import is_alive
-from regina.errors import Busy, Conflict, NotFound, ReginaError, TooManyRequests, Unavailable
+from regina.errors import Busy, Conflict, NotFound, ReginaError, StillRunning, TooManyRequests, Unavailable
 from regina.metrics import RUNS_STARTED, STEERS
 from regina.runs.record import public
 from regina.runs.steering import new_steer
@@ -114,30 +114,49 @@ class RunService:
         return run_id
 
     def follow(self, run_id: str, after: int = 0) -> Iterator[dict[str, Any]]:
-        """Yield a run's events after seq `after` until its terminal event."""
+        """Yield a run's events after seq `after` until its terminal event, for as long as the run
+        is queued or running on a served instance (a stream: the client holds the connection)."""
         info = self.store.info(run_id)
         if not info:
             raise NotFound(f"run {run_id!r} not found (unknown or expired)")
-        return self.follow_known(run_id, info["instanceId"], after)
+        return self.follow_known(run_id, info["instanceId"], after, keep_following=True)
 
     def follow_known(
-        self, run_id: str, instance_id: str, after: int = 0, timeout: float | None = None
+        self,
+        run_id: str,
+        instance_id: str,
+        after: int = 0,
+        timeout: float | None = None,
+        keep_following: bool = False,
     ) -> Iterator[dict[str, Any]]:
         """Like `follow` for a run whose instance is known. Between waits it checks the instance
         is still served: a step queued for an instance that was suspended meanwhile, or whose
-        worker died, is resumed on a live worker. Unavailable after `timeout` seconds (default
-        `limits.requestTimeout`)."""
+        worker died, is resumed on a live worker. After `timeout` seconds (default
+        `limits.requestTimeout`) without the end: StillRunning while the run is queued or running
+        (Unavailable when it is neither), or, with `keep_following` (streams), go on following
+        while it is queued or running."""
         timeout = self.settings.limits.request_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         for event in read_events(self.r, run_id, after=after, block_ms=500):
             if event is None:
-                if time.monotonic() > deadline:
-                    raise Unavailable(f"run {run_id} did not finish within {timeout:g}s")
                 self._keep_served(instance_id, run_id)
+                if time.monotonic() > deadline:
+                    outlived = self._outlived(run_id, timeout)
+                    if not (keep_following and isinstance(outlived, StillRunning)):
+                        raise outlived
                 continue
             yield event
             if event.get("type") in TERMINAL:
                 return
+
+    def _outlived(self, run_id: str, timeout: float) -> Unavailable:
+        """The error for a wait that ended before the run: StillRunning while the run is queued or
+        running on a served instance (it goes on), else a plain 503."""
+        status = (self.store.info(run_id) or {}).get("status", "")
+        message = f"run {run_id} did not finish within {timeout:g}s"
+        if status in ("queued", "running"):
+            return StillRunning(f"{message}; it is still {status}: follow it at /runs/{run_id}", run_id, status)
+        return Unavailable(message)
 
     def _keep_served(self, instance_id: str, run_id: str) -> None:
         rec = self.coord.store.get(instance_id)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 
 import httpx
+import redis
 
 from tests.harness.fake_llm import FakeLLM, Reply
 from tests.harness.processes import Cluster
@@ -30,3 +32,42 @@ def test_a_suspend_slower_than_the_reply_timeout_is_accepted_not_failed(
         answer = chat.result()
         assert answer.json().get("text") == "slow answer", answer.text
         wait_until(lambda: api.get(f"/instances/{iid}").json()["status"] == "suspended", 20)
+
+
+def test_a_sync_chat_longer_than_the_request_timeout_is_accepted_and_its_run_followed_to_the_end(
+    make_cluster: object, fake_llm: FakeLLM
+) -> None:
+    # Given a web whose sync chats wait at most 1 s, and a model that takes 4 s
+    c: Cluster = make_cluster(  # type: ignore[operator]
+        REGINA_LIMITS__REQUEST_TIMEOUT="1", REGINA_LIMITS__PLACEMENT_WAIT="2"
+    )
+    worker = c.start_worker()
+    web = c.start_web()
+    fake_llm.push_for("slow but healthy", Reply(text="worth the wait", delay=4))
+    with httpx.Client(base_url=web.url, timeout=60) as api:
+        iid = spawn(api)
+        # When a sync chat outlives it
+        resp = api.post(f"/instances/{iid}/chat", json={"message": "slow but healthy"})
+        # Then it is accepted, not failed: 202 with the run and where to follow it
+        assert resp.status_code == 202, resp.text
+        body = resp.json()
+        run_id = body["runId"]
+        assert body == {
+            "runId": run_id,
+            "instanceId": iid,
+            "status": "running",
+            "run": f"/runs/{run_id}",
+            "events": f"/runs/{run_id}/events",
+        }
+        assert resp.headers["Location"] == f"/runs/{run_id}" and resp.headers["X-Run-Id"] == run_id
+        # And its events, followed past the same 1 s, end with the answer
+        with api.stream("GET", body["events"]) as events:
+            lines = [json.loads(line) for line in events.iter_lines() if line]
+        assert lines[-1]["type"] == "finish" and lines[-1]["text"] == "worth the wait", lines[-1]
+        assert api.get(body["run"]).json()["status"] == "finished"
+        # And an instance nobody can serve (its only worker gone) still answers 503, not 202
+        worker.kill()
+        r = redis.Redis.from_url(c.redis_url)
+        wait_until(lambda: not r.exists(f"regina:member:{worker.member_id}"), 10, what="the member key to expire")
+        late = api.post(f"/instances/{iid}/chat", json={"message": "nobody serves"})
+        assert late.status_code == 503, late.text
