@@ -150,7 +150,7 @@ class McpSettings(_Section):
     """Seconds one MCP tool call may take before the model gets a tool error."""
     retry_interval: float = Field(30.0, ge=0)
     """Seconds before a server that failed to connect is tried again at a step start (a server
-    that dropped mid-run is retried at the very next step)."""
+    that dropped mid-run is retried at the very next step, and a tool call reconnects at once)."""
 
 
 class Settings(_Section):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,10 +99,15 @@ def guarded_client(
     headers: dict[str, str] | None = None,
     timeout: httpx2.Timeout | None = None,
     auth: httpx2.Auth | None = None,
+    wrap: Callable[[httpx2.AsyncBaseTransport], httpx2.AsyncBaseTransport] | None = None,
 ) -> httpx2.AsyncClient:
-    """An httpx2 client that reaches only allowed addresses (shaped like the MCP SDK's factory)."""
+    """An httpx2 client that reaches only allowed addresses (shaped like the MCP SDK's factory).
+
+    `wrap` puts an observer around the guarded transport (the guard stays underneath).
+    """
+    transport: httpx2.AsyncBaseTransport = GuardedTransport(allow)
     return httpx2.AsyncClient(
-        transport=GuardedTransport(allow),
+        transport=wrap(transport) if wrap is not None else transport,
         headers=headers,
         timeout=timeout if timeout is not None else httpx2.Timeout(30.0, read=300.0),
         auth=auth,

@@ -1,10 +1,12 @@
 """One instance's connection to one MCP server, living on the worker's asyncio loop.
 
 The SDK's transports and sessions are anyio task groups: they must be entered and left by the
-same task. So each connection is one long-lived task (`_run`) that connects, initializes, lists
-the tools, then waits until it is told to stop; tool calls are made from other tasks through its
-session. When the task ends on its own (the server went away) the connection is down and
-`error` says why; `open()` starts a fresh task.
+same task. So each connection attempt (`regina.mcp.wire.Attempt`) is one long-lived task
+(`_run`) that connects, initializes, lists the tools, then waits until it is stopped; tool calls
+are made from other tasks through its session. An attempt ends when it is closed, when its
+transport ends, or when the wire shows the server gone; `open()` and `call()` then start a fresh
+one. Each attempt keeps its own reason for ending, so an old connection's error is never
+reported for a new one.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from mcp_types import CONNECTION_CLOSED
 
 from regina.definitions import McpServer
 from regina.errors import ReginaError
+from regina.mcp.wire import Attempt, CallTrace, ObservedTransport, WatchedReads, describe
 from regina.outbound import Allowlist
 from regina.outbound_http import check_url, guarded_client
 
@@ -44,14 +47,12 @@ class ServerToolError(ReginaError):
     """The server answered a tool call with an MCP error (the connection is fine)."""
 
 
-def describe(exc: BaseException) -> str:
-    """A one-line reason, looking inside the exception groups anyio raises."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    if isinstance(exc, ReginaError):
-        return exc.message
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+class _NotStarted(Exception):
+    """The connection dropped before the call's request reached a live server."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class ServerConnection:
@@ -62,81 +63,103 @@ class ServerConnection:
         self.allow = allow
         self.connect_timeout = connect_timeout
         self.tools: list[types.Tool] = []
-        self.error: str | None = None
         self.stale = False
-        self._session: ClientSession | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._stop: asyncio.Event | None = None
+        self._attempt: Attempt | None = None
+        self._closed = False  # closed with the activation: no call may open it again
+        self._lock = asyncio.Lock()  # one attempt is made at a time; the others wait and share it
 
     @property
     def up(self) -> bool:
-        """True while connected (the connection task runs and the session is initialized)."""
-        return self._session is not None and self._task is not None and not self._task.done()
+        """True while connected (the attempt's task runs and nothing has ended it)."""
+        return self._attempt is not None and self._attempt.live
 
     async def open(self) -> None:
-        """Connect, initialize and list the tools; ServerDown with the reason when that fails."""
-        await self.close()
-        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._stop = asyncio.Event()
-        self._task = asyncio.create_task(self._run(ready, self._stop), name=f"mcp-{self.server.name}")
-        try:
-            await asyncio.wait_for(asyncio.shield(ready), self.connect_timeout)
-        except TimeoutError:
-            await self.close()
-            raise ServerDown(f"no answer within {self.connect_timeout:g} s") from None
-        except ServerDown:
-            await self.close()
-            raise
-        self.error = None
+        """Connect unless connected: initialize and list the tools; ServerDown with the reason."""
+        self._closed = False
+        await self._connected(self.connect_timeout)
 
     async def close(self) -> None:
         """Leave the session and the transport (a no-op when not connected)."""
-        task, stop = self._task, self._stop
-        self._task = self._stop = None
-        self._session = None
-        if task is None or stop is None:
-            return
-        stop.set()
+        self._closed = True
+        async with self._lock:
+            await self._close()
+
+    async def _connected(self, timeout: float) -> Attempt:
+        """The live attempt, making a new one first when there is none."""
+        attempt = self._attempt
+        if attempt is not None and attempt.live:
+            return attempt
+        async with self._lock:
+            attempt = self._attempt
+            if attempt is not None and attempt.live:  # made while this call waited for the lock
+                return attempt
+            if self._closed:
+                raise ServerDown("the connection was closed with the instance's activation")
+            await self._close()
+            return await self._connect(timeout)
+
+    async def _connect(self, timeout: float) -> Attempt:
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+        ready.add_done_callback(lambda f: f.cancelled() or f.exception())  # read even when abandoned
+        attempt = self._attempt = Attempt()
+        # A fresh context: a connection made for a call must not count its own requests as the call's.
+        run = self._run(attempt, ready)
+        attempt.task = loop.create_task(run, name=f"mcp-{self.server.name}", context=CallTrace.cleared())
         try:
-            await asyncio.wait_for(asyncio.shield(task), 5)
+            await asyncio.wait_for(asyncio.shield(ready), timeout)
         except TimeoutError:
-            task.cancel()
+            await self._close()
+            raise ServerDown(f"no answer within {timeout:g} s") from None
+        except ServerDown:
+            await self._close()
+            raise
+        return attempt
+
+    async def _close(self) -> None:
+        attempt, self._attempt = self._attempt, None
+        if attempt is None or attempt.task is None:
+            return
+        attempt.stop.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(attempt.task), 5)
+        except TimeoutError:
+            attempt.task.cancel()
             with contextlib.suppress(BaseException):
-                await task
-        except BaseException:  # the task's own failure is already recorded in `error`
+                await attempt.task
+        except Exception:  # the attempt's own failure is already its reason
             pass
 
-    async def _run(self, ready: asyncio.Future[None], stop: asyncio.Event) -> None:
+    async def _run(self, attempt: Attempt, ready: asyncio.Future[None]) -> None:
         try:
             await check_url(self.server.url, self.allow)
             async with AsyncExitStack() as stack:
-                read, write = await stack.enter_async_context(self._transport())
-                session = await stack.enter_async_context(ClientSession(read, write, message_handler=self._on_message))
+                read, write = await stack.enter_async_context(self._transport(attempt))
+                reads = WatchedReads(read, attempt)
+                session = await stack.enter_async_context(ClientSession(reads, write, message_handler=self._on_message))
                 await session.initialize()
                 self.tools = await _list_tools(session)
                 self.stale = False
-                self._session = session
+                attempt.session = session
                 ready.set_result(None)
-                await stop.wait()
+                await attempt.stop.wait()
         except BaseException as exc:
-            reason = describe(exc)
             if not ready.done():
-                ready.set_exception(ServerDown(reason))
-            elif not stop.is_set():
-                self.error = reason
+                ready.set_exception(ServerDown(describe(exc)))
+            attempt.lose(describe(exc))
             if isinstance(exc, asyncio.CancelledError):
                 raise
         finally:
-            self._session = None
+            attempt.lose(attempt.fault or "connection closed")  # a no-op when it was told to stop
             if not ready.done():
-                ready.set_exception(ServerDown(self.error or "connection closed"))
+                ready.set_exception(ServerDown(attempt.reason or "connection closed"))
 
     @contextlib.asynccontextmanager
-    async def _transport(self) -> AsyncIterator[tuple[Any, Any]]:
+    async def _transport(self, attempt: Attempt) -> AsyncIterator[tuple[Any, Any]]:
         headers = dict(self.server.headers)  # `${VAR}` was expanded when the definition loaded
-        timeout = httpx2.Timeout(self.connect_timeout, read=SSE_READ_TIMEOUT)
+        observe = functools.partial(ObservedTransport, attempt=attempt)
         if self.server.transport == "sse":
-            factory = functools.partial(guarded_client, self.allow)
+            factory = functools.partial(guarded_client, self.allow, wrap=observe)
             async with sse_client(
                 self.server.url,
                 headers=headers,
@@ -146,56 +169,68 @@ class ServerConnection:
             ) as streams:
                 yield streams[0], streams[1]
         else:
-            async with guarded_client(self.allow, headers=headers, timeout=timeout) as client:
+            timeout = httpx2.Timeout(self.connect_timeout, read=SSE_READ_TIMEOUT)
+            async with guarded_client(self.allow, headers=headers, timeout=timeout, wrap=observe) as client:
                 async with streamable_http_client(self.server.url, http_client=client) as streams:
                     yield streams[0], streams[1]
 
     async def _on_message(self, message: IncomingMessage) -> None:
-        if isinstance(message, Exception):
-            # The transport failed (stream dropped): end the connection so calls fail fast.
-            self.error = describe(message)
-            if self._stop is not None:
-                self._stop.set()
-        elif isinstance(message, types.ToolListChangedNotification):
+        # Transport errors are seen by the attempt's WatchedReads; here only the list changes.
+        if isinstance(message, types.ToolListChangedNotification):
             self.stale = True
 
     async def refresh_tools(self) -> None:
         """List the tools again (after a list-changed notification)."""
-        session = self._session
-        if session is not None and self.up:
-            self.tools = await _list_tools(session)
+        attempt = self._attempt
+        if attempt is not None and attempt.session is not None and attempt.live:
+            self.tools = await _list_tools(attempt.session)
             self.stale = False
 
     async def call(self, name: str, args: dict[str, Any], timeout: float) -> types.CallToolResult:
-        """Call one tool; ServerDown when the connection is (or goes) away, ServerToolError for
-        an MCP error answer. Waits at most `timeout` seconds."""
-        session, task = self._session, self._task
-        if session is None or task is None or task.done():
-            raise ServerDown(self.error or "not connected")
-        call = asyncio.ensure_future(session.call_tool(name, args, read_timeout_seconds=timeout))
-        done, _ = await asyncio.wait({call, task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        """Call one tool within `timeout` seconds.
+
+        A connection found dead is replaced first. One that dies during the call is replaced and
+        the call made once more when its request cannot have reached the server; otherwise
+        ServerDown says the tool may have run. ServerToolError for an MCP error or no answer.
+        """
+        deadline = asyncio.get_running_loop().time() + timeout
+        try:
+            return await self._call_once(name, args, deadline, timeout)
+        except _NotStarted:
+            try:
+                return await self._call_once(name, args, deadline, timeout)
+            except _NotStarted as exc:
+                raise ServerDown(exc.reason) from None
+
+    async def _call_once(
+        self, name: str, args: dict[str, Any], deadline: float, timeout: float
+    ) -> types.CallToolResult:
+        loop = asyncio.get_running_loop()
+        attempt = await self._connected(min(self.connect_timeout, max(deadline - loop.time(), 0.1)))
+        trace = CallTrace()
+        remaining = max(deadline - loop.time(), 0.1)
+        assert attempt.session is not None and attempt.task is not None  # a live attempt has both
+        request = attempt.session.call_tool(name, args, read_timeout_seconds=remaining)
+        call = loop.create_task(request, context=trace.context())
+        done, _ = await asyncio.wait({call, attempt.task}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
         if call in done:
             try:
                 return call.result()
-            except MCPError as exc:
-                if exc.code != CONNECTION_CLOSED:
-                    raise ServerToolError(describe(exc)) from exc
-                raise self._down(describe(exc)) from exc
             except Exception as exc:
-                raise self._down(describe(exc)) from exc
-        call.cancel()
-        with contextlib.suppress(BaseException):
-            await call
-        if task.done():
-            raise self._down(self.error or "connection closed")
-        raise ServerToolError(f"no answer from tool {name!r} within {timeout:g} s")
-
-    def _down(self, reason: str) -> ServerDown:
-        """Mark the connection down (its task ends; the next step reconnects)."""
-        self.error = reason
-        if self._stop is not None:
-            self._stop.set()
-        return ServerDown(reason)
+                closed = isinstance(exc, MCPError) and exc.code == CONNECTION_CLOSED
+                if attempt.live and not closed:
+                    raise ServerToolError(describe(exc)) from exc
+                attempt.lose(describe(exc))
+        else:
+            call.cancel()
+            with contextlib.suppress(BaseException):
+                await call
+            if attempt.live:
+                raise ServerToolError(f"no answer from tool {name!r} within {timeout:g} s")
+        reason = attempt.reason or "connection closed"
+        if trace.may_have_run(attempt):
+            raise ServerDown(f"the connection dropped during the call, so the tool may have run: {reason}")
+        raise _NotStarted(reason)
 
 
 async def _list_tools(session: ClientSession) -> list[types.Tool]:

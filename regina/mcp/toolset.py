@@ -11,7 +11,8 @@ called from greenlets and run the SDK's coroutines on the worker's one asyncio l
   a server dropped mid-run, else every `mcp.retryInterval` seconds), re-lists the tools of a
   server that sent a list-changed notification, and returns `<server>_<tool>` tools whose
   parameters are the server's JSON schema as given.
-- A tool call that finds its server gone gives the model a tool error and reports
+- A tool call whose connection is gone reconnects first (`ServerConnection.call`); one whose
+  server cannot be reached, or dropped while it ran, gives the model a tool error and reports
   `(server, error)` through `on_degraded` (the host emits the `tool-degraded` event).
 """
 
@@ -189,7 +190,8 @@ class McpToolset:
             args = params.model_dump()
             server = conn.server.name
             try:
-                result = run_coro(conn.call(tool, args, timeout), timeout=timeout + 5)
+                # The call replaces a dead connection first (bounded by the same deadline).
+                result = run_coro(conn.call(tool, args, timeout), timeout=timeout + 10)
             except ServerToolError as exc:
                 raise ToolError(f"MCP server {server!r}, tool {tool!r}: {exc.message}") from exc
             except (ServerDown, TimeoutError) as exc:

@@ -1,8 +1,9 @@
 """A real MCP server built with the `mcp` SDK, run as its own process for tests and benchmarks.
 
 ``python -m tests.harness.mcp_server --transport sse|http --port N [--require-header K=V]``
-serves tools ``echo``, ``add`` (structured result), ``pixel`` (an image) and ``add_tool`` (adds a
-tool ``extra_<name>`` and tells clients the tool list changed) on 127.0.0.1. With
+serves tools ``echo``, ``add`` (structured result), ``pixel`` (an image), ``nap`` (answers after a
+pause, to be killed mid-call) and ``add_tool`` (adds a tool ``extra_<name>`` and tells clients the
+tool list changed) on 127.0.0.1. With
 ``--require-header`` every request lacking that header value gets 401. `McpServerProc` starts it
 on a free port, waits until it accepts connections, and stops or kills it.
 """
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import anyio
 from mcp.server.mcpserver import Context, Image, MCPServer
 from starlette.responses import JSONResponse
 
@@ -48,6 +50,11 @@ def build_app(transport: str, required: tuple[str, str] | None) -> Any:
     @server.tool(description="A tiny PNG image")
     def pixel() -> Image:
         return Image(data=PIXEL, format="png")
+
+    @server.tool(description="Answer 'rested' after the given number of seconds")
+    async def nap(seconds: float) -> str:
+        await anyio.sleep(seconds)
+        return "rested"
 
     @server.tool(description="Add a tool named extra_<name> that returns its name")
     async def add_tool(name: str, ctx: Context) -> str:

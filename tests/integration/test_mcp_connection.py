@@ -1,0 +1,81 @@
+"""One MCP connection against a real `mcp` SDK server that dies and comes back (SSE and HTTP).
+
+No cluster: `ServerConnection` on this test's own asyncio loop, the server a real process that
+is killed (kill -9) and restarted on the same port. What the worker's tools rely on: a dead
+connection is replaced at the next call, a failure reports its own reason (never an older
+connection's), and a call is made again only when its request cannot have reached the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Iterator
+
+import pytest
+
+from regina.definitions import McpServer
+from regina.mcp.connection import ServerConnection, ServerDown
+from regina.outbound import Allowlist
+from tests.harness.mcp_server import McpServerProc
+
+pytestmark = pytest.mark.chaos
+
+
+@pytest.fixture(params=["sse", "http"])
+def server(request: pytest.FixtureRequest) -> Iterator[McpServerProc]:
+    proc = McpServerProc(request.param).start()
+    yield proc
+    proc.stop()
+
+
+def connect(server: McpServerProc) -> ServerConnection:
+    spec = McpServer(name="s", transport=server.transport, url=server.url)  # type: ignore[arg-type]
+    return ServerConnection(spec, Allowlist.parse(["127.0.0.1"]), connect_timeout=5)
+
+
+async def echo(conn: ServerConnection, text: str) -> str:
+    result = await conn.call("echo", {"text": text}, timeout=10)
+    return str(result.content[0].text)  # type: ignore[union-attr]
+
+
+def test_a_dead_connection_is_replaced_and_each_failure_says_why(server: McpServerProc) -> None:
+    # The server is killed and started from a thread: the connection's loop keeps running and sees
+    # what happens on the wire as it happens (as on a worker, whose loop never waits for a test).
+    kill = functools.partial(asyncio.to_thread, server.kill)
+    start = functools.partial(asyncio.to_thread, server.start)
+
+    async def scenario() -> None:
+        conn = connect(server)
+        await conn.open()
+        try:
+            assert await echo(conn, "one") == "echo: one"
+
+            # Killed while running a tool: the request reached it, so no second call, and the
+            # model is told the tool may have run.
+            nap = asyncio.create_task(conn.call("nap", {"seconds": 5}, timeout=10))
+            await asyncio.sleep(0.7)
+            await kill()
+            with pytest.raises(ServerDown) as down:
+                await nap
+            assert "the tool may have run" in down.value.message, down.value.message
+
+            # Still down: the failure is this attempt's (nothing listens), not the old stream's.
+            with pytest.raises(ServerDown) as down:
+                await echo(conn, "lost")
+            assert down.value.message.startswith("ConnectError"), down.value.message
+            assert not conn.up
+
+            await start()  # same port
+            assert await echo(conn, "back") == "echo: back"
+
+            # Restarted between two calls: SSE sees its stream end; streamable HTTP keeps a
+            # session the new server never knew (404). Either way the next call reconnects, and
+            # two calls at once share the one new connection.
+            await kill()
+            await start()
+            assert await asyncio.gather(echo(conn, "a"), echo(conn, "b")) == ["echo: a", "echo: b"]
+        finally:
+            await conn.close()
+
+    asyncio.run(scenario())
