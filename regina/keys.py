@@ -60,7 +60,7 @@ SWEEP_ORPHANS_LOCK = "regina:sweep:orphans"
 REGISTRY_RELOAD = "regina:registry:reload"
 """Pub/sub channel announcing that agent definitions changed on disk."""
 STORAGE_HASH = "regina:storage"
-"""Default hash of the redis storage adapter's blobs."""
+"""Hash of the redis storage adapter's keys without a folder (foldered ones: `storage_folder`)."""
 DEFAULT_QUEUE = "regina.default"
 """Celery's default queue (Regina routes every message explicitly; nothing should land here)."""
 MEMBER_PREFIX = "regina:member:"
@@ -184,3 +184,8 @@ def instance_queue(instance_id: str) -> str:
 def member_queue(member_id: str) -> str:
     """Celery queue of one member's commands (attach, suspend, …)."""
     return f"regina.m.{member_id}"
+
+
+def storage_folder(storage_hash: str, folder: str) -> str:
+    """Hash of the redis storage adapter's keys under one `instances/<id>` (that instance's backups)."""
+    return f"{storage_hash}:{folder}"

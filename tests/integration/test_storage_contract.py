@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import redis
 
 from regina.config import StorageSettings, load_settings
 from regina.errors import ConfigError, StorageError
@@ -331,3 +332,44 @@ def test_make_storage_from_environment_settings(tmp_path: Path) -> None:
     adapter = make_storage(settings.storage, settings.redis)
     assert isinstance(adapter, FsStorage)
     assert adapter.base_path == (tmp_path / "b").resolve()
+
+
+# --- redis: one hash per folder -----------------------------------------------------------------
+
+
+def test_redis_storage_keeps_each_instances_backups_in_a_hash_of_their_own(redis_server: RedisServer) -> None:
+    # Given backups of many instances
+    rs = RedisStorage(redis_server.url, prefix="folders:")
+    raw = redis.Redis.from_url(redis_server.url)
+    for n in range(200):
+        rs.put(f"instances/i{n}/vfs.1.1", b"x")
+    rs.put("instances/i7/vfs.1.2", b"y")
+    # Then one instance's keys are the fields of its own hash, so listing them (every DELETE does)
+    # reads that hash only, whatever the number of instances
+    assert raw.hkeys("folders:regina:storage:instances/i7") == [b"vfs.1.1", b"vfs.1.2"]
+    assert not raw.exists("folders:regina:storage")
+    assert rs.list("instances/i7/") == ["instances/i7/vfs.1.1", "instances/i7/vfs.1.2"]
+    assert len(rs.list("instances/")) == 201 and len(rs.list("instances/i19")) == 11
+    # And deleting them leaves nothing behind
+    for name in rs.list("instances/i7/"):
+        rs.delete(name)
+    assert not raw.exists("folders:regina:storage:instances/i7")
+    for name in rs.list(""):
+        rs.delete(name)
+    assert raw.keys("folders:*") == []
+    rs.close()
+    raw.close()
+
+
+def test_redis_storage_reads_and_deletes_keys_written_before_the_split(redis_server: RedisServer) -> None:
+    # Given a backup written in the one hash that held every key before
+    rs = RedisStorage(redis_server.url, prefix="legacy:")
+    raw = redis.Redis.from_url(redis_server.url)
+    raw.hset("legacy:regina:storage", "instances/old/vfs.2.5", b"old backup")
+    # Then it is found, listed and deleted like any other
+    assert rs.get("instances/old/vfs.2.5") == b"old backup"
+    assert rs.list("instances/old/") == ["instances/old/vfs.2.5"]
+    rs.delete("instances/old/vfs.2.5")
+    assert rs.get("instances/old/vfs.2.5") is None and raw.keys("legacy:*") == []
+    rs.close()
+    raw.close()
