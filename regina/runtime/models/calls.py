@@ -10,7 +10,7 @@ from regina.providers import ModelTarget
 from regina.runtime.events import Usage
 from regina.runtime.models import direct as direct
 from regina.runtime.models import litellm_route as litellm_route
-from regina.runtime.models.parts import FinishPart, ModelDelta, TextPart
+from regina.runtime.models.parts import FinishPart, ModelDelta, ModelRequest, TextPart
 
 __all__ = ["stream_completion", "call_completion", "complete"]
 
@@ -27,11 +27,12 @@ def stream_completion(
     Raises:
         ModelError: the provider failed, before or during the stream.
     """
+    request = ModelRequest(messages, tools, temperature, timeout)
     route = direct.route_for(target)
     if route is not None:
-        yield from direct.stream(route, messages, tools, temperature, timeout)
+        yield from direct.stream(route, request)
     else:
-        yield from litellm_route.stream(target, messages, tools, temperature, timeout)
+        yield from litellm_route.stream(target, request)
 
 
 def call_completion(
@@ -49,12 +50,13 @@ def call_completion(
     Raises:
         ModelError: the provider failed.
     """
+    request = ModelRequest(messages, tools, temperature, timeout)
     route = direct.route_for(target)
     if route is None:
-        yield from litellm_route.call(target, messages, tools, temperature, timeout)
+        yield from litellm_route.call(target, request)
         return
     pending: list[str] = []  # the direct route always streams (its parser is cheap): one text part
-    for part in direct.stream(route, messages, tools, temperature, timeout):
+    for part in direct.stream(route, request):
         if isinstance(part, TextPart):
             pending.append(part.text)
             continue

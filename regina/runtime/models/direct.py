@@ -21,16 +21,15 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from regina.errors import ModelError
 from regina.providers import ModelTarget
-from regina.runtime.models.errors import model_error
-from regina.runtime.models.parts import ModelDelta
+from regina.runtime.models.errors import provider_errors
+from regina.runtime.models.parts import ModelDelta, ModelRequest
 from regina.runtime.models.setup import get_litellm
 from regina.runtime.models.stream import StreamAcc
 
@@ -103,32 +102,16 @@ def _iterator(route: Route, lines: Iterator[str], litellm_params: dict[str, Any]
     return iter(route.config.get_model_response_iterator(streaming_response=lines, sync_stream=True, json_mode=False))
 
 
-def stream(
-    route: Route,
-    messages: Sequence[dict[str, Any]],
-    tools: Sequence[dict[str, Any]] | None,
-    temperature: float | None,
-    timeout: float | None,
-) -> Iterator[ModelDelta]:
+def stream(route: Route, request: ModelRequest) -> Iterator[ModelDelta]:
     """One streamed call on the direct route as TextPart… ToolCallPart… FinishPart."""
     acc = StreamAcc()
-    try:
-        for chunk in stream_chunks(route, messages, tools, temperature, timeout):
+    with provider_errors():
+        for chunk in stream_chunks(route, request):
             yield from acc.feed(chunk)
-    except ModelError:
-        raise
-    except Exception as exc:
-        raise model_error(exc) from exc
     yield from acc.end()
 
 
-def stream_chunks(
-    route: Route,
-    messages: Sequence[dict[str, Any]],
-    tools: Sequence[dict[str, Any]] | None,
-    temperature: float | None,
-    timeout: float | None,
-) -> Iterator[Any]:
+def stream_chunks(route: Route, request: ModelRequest) -> Iterator[Any]:
     """POST one streamed request and yield LiteLLM's parsed chunks (`ModelResponseStream`
     objects, or `GenericStreamingChunk` dicts at the end of some streams).
 
@@ -141,15 +124,15 @@ def stream_chunks(
     params: dict[str, Any] = {"stream": True}
     if route.provider == "openai":
         params["stream_options"] = {"include_usage": True}
-    if tools:
-        params["tools"] = list(tools)
-    if temperature is not None:
-        params["temperature"] = temperature
+    if request.tools:
+        params["tools"] = list(request.tools)
+    if request.temperature is not None:
+        params["temperature"] = request.temperature
     optional = config.map_openai_params(
         non_default_params=params, optional_params={}, model=route.model, drop_params=True
     )
     litellm_params: dict[str, Any] = {}
-    msgs = list(messages)
+    msgs = list(request.messages)
     headers = config.validate_environment(
         headers={},
         model=route.model,
@@ -173,7 +156,7 @@ def stream_chunks(
     data["stream"] = True
     try:
         response = litellm.module_level_client.post(
-            url, data=json.dumps(data), headers=headers, stream=True, timeout=timeout
+            url, data=json.dumps(data), headers=headers, stream=True, timeout=request.timeout
         )
     except httpx.HTTPStatusError as exc:  # LiteLLM's handler has read and masked the error body
         body = str(getattr(exc, "message", "") or exc)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+from collections.abc import Iterator
 
 from regina.errors import ModelError
 from regina.secrets import redact
 
-__all__ = ["model_error", "clean_message"]
+__all__ = ["model_error", "provider_errors", "clean_message"]
 
 _PREFIX = re.compile(r"^\s*(?:litellm\.\w+:|\w+Error:|\w+Exception\s*-)\s*")
 _HANDLE_WITH = re.compile(r"\.?\s*Handle with `litellm\.\w+`\.?\s*$")
@@ -49,3 +51,14 @@ def model_error(exc: BaseException) -> ModelError:
     err = ModelError(f"model provider error: {head}{message or type(exc).__name__}")
     err.__cause__ = exc
     return err
+
+
+@contextlib.contextmanager
+def provider_errors() -> Iterator[None]:
+    """Whatever the provider call inside raises leaves as one readable `ModelError`."""
+    try:
+        yield
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise model_error(exc) from exc

@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
-from regina.errors import ModelError
 from regina.providers import ModelTarget
-from regina.runtime.models.errors import model_error
-from regina.runtime.models.parts import ModelDelta, TextPart, ToolCallPart, finish_part, parse_args
+from regina.runtime.models.errors import provider_errors
+from regina.runtime.models.parts import ModelDelta, ModelRequest, TextPart, ToolCallPart, finish_part, parse_args
 from regina.runtime.models.setup import get_litellm
 from regina.runtime.models.stream import StreamAcc, new_call_id, usage_of
 
@@ -19,29 +18,25 @@ __all__ = ["stream", "call"]
 log = logging.getLogger(__name__)
 
 
-def _request_kwargs(
-    target: ModelTarget,
-    messages: Sequence[dict[str, Any]],
-    tools: Sequence[dict[str, Any]] | None,
-    temperature: float | None,
-    timeout: float | None,
-) -> dict[str, Any]:
+def _completion(litellm: Any, target: ModelTarget, request: ModelRequest, **extra: Any) -> Any:
+    """`litellm.completion` for one target, no retries (the caller's errors are its own)."""
     kwargs: dict[str, Any] = {
         "model": target.litellm_model,
-        "messages": messages,
-        "timeout": timeout,
+        "messages": request.messages,
+        "timeout": request.timeout,
         "max_retries": 0,
         "num_retries": 0,
+        **extra,
     }
-    if tools:
-        kwargs["tools"] = list(tools)
-    if temperature is not None:
-        kwargs["temperature"] = temperature
+    if request.tools:
+        kwargs["tools"] = list(request.tools)
+    if request.temperature is not None:
+        kwargs["temperature"] = request.temperature
     if target.api_key:
         kwargs["api_key"] = target.api_key
     if target.api_base:
         kwargs["api_base"] = target.api_base
-    return kwargs
+    return litellm.completion(**kwargs)
 
 
 def _release(stream: Any, drain: bool) -> None:
@@ -77,47 +72,29 @@ def _release(stream: Any, drain: bool) -> None:
             log.debug("closing a model stream failed", exc_info=True)
 
 
-def stream(
-    target: ModelTarget,
-    messages: Sequence[dict[str, Any]],
-    tools: Sequence[dict[str, Any]] | None,
-    temperature: float | None,
-    timeout: float | None,
-) -> Iterator[ModelDelta]:
+def stream(target: ModelTarget, request: ModelRequest) -> Iterator[ModelDelta]:
     """One streamed `litellm.completion` call as TextPart… ToolCallPart… FinishPart."""
     litellm = get_litellm()
-    kwargs = _request_kwargs(target, messages, tools, temperature, timeout)
     acc = StreamAcc()
     chunks: Any = None
     finished = False
     try:
-        chunks = litellm.completion(stream=True, stream_options={"include_usage": True}, **kwargs)
-        for chunk in chunks:
-            yield from acc.feed(chunk)
-        finished = True
-    except ModelError:
-        raise
-    except Exception as exc:
-        raise model_error(exc) from exc
+        with provider_errors():
+            chunks = _completion(litellm, target, request, stream=True, stream_options={"include_usage": True})
+            for chunk in chunks:
+                yield from acc.feed(chunk)
+            finished = True
     finally:
         if chunks is not None:
             _release(chunks, drain=finished)
     yield from acc.end()
 
 
-def call(
-    target: ModelTarget,
-    messages: Sequence[dict[str, Any]],
-    tools: Sequence[dict[str, Any]] | None,
-    temperature: float | None,
-    timeout: float | None,
-) -> Iterator[ModelDelta]:
+def call(target: ModelTarget, request: ModelRequest) -> Iterator[ModelDelta]:
     """One non-streamed `litellm.completion` call, yielded as the same parts."""
     litellm = get_litellm()
-    try:
-        resp = litellm.completion(**_request_kwargs(target, messages, tools, temperature, timeout))
-    except Exception as exc:
-        raise model_error(exc) from exc
+    with provider_errors():
+        resp = _completion(litellm, target, request)
     choices = getattr(resp, "choices", None) or []
     message = choices[0].message if choices else None
     text = str(getattr(message, "content", None) or "") if message is not None else ""

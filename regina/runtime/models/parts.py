@@ -1,4 +1,5 @@
-"""The small tagged deltas every model call yields, whichever route made it.
+"""What one model call takes (`ModelRequest`) and the small tagged deltas it yields, whichever
+route made it.
 
 - `TextPart(text)`                    a chunk of the model's text;
 - `ToolCallPart(id, name, args, raw)` one complete tool call (arguments that are not a JSON object
@@ -11,12 +12,23 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from regina.runtime.events import Usage
 
-__all__ = ["TextPart", "ToolCallPart", "FinishPart", "ModelDelta", "finish_part", "parse_args"]
+__all__ = ["ModelRequest", "TextPart", "ToolCallPart", "FinishPart", "ModelDelta", "finish_part", "parse_args"]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRequest:
+    """One call's input, the same for every route: the conversation, tools and limits."""
+
+    messages: Sequence[dict[str, Any]]
+    tools: Sequence[dict[str, Any]] | None = None
+    temperature: float | None = None
+    timeout: float | None = 600.0
 
 
 @dataclass(frozen=True, slots=True)
