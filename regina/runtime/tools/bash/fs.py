@@ -5,7 +5,8 @@ copying. Typed VFS errors become the errno-style OSErrors just-bash reports like
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from regina.errors import (
@@ -28,6 +29,16 @@ def _fs_types() -> tuple[Any, Any]:
     from just_bash.types import FsStat
 
     return FsStat, DirentEntry
+
+
+#: Typed VFS errors and the errno-style OSError bash shows for each.
+_ERRNO: tuple[tuple[type[VFSError], type[OSError], str], ...] = (
+    (IsADirectory, IsADirectoryError, "EISDIR: illegal operation on a directory"),
+    (NotADirectory, NotADirectoryError, "ENOTDIR: not a directory"),
+    (NoSuchPath, FileNotFoundError, "ENOENT: no such file or directory"),
+    (DirectoryNotEmpty, OSError, "ENOTEMPTY: directory not empty"),
+    (PathExists, FileExistsError, "EEXIST: file already exists"),
+)
 
 
 class VFSBashFs:
@@ -61,19 +72,21 @@ class VFSBashFs:
     @staticmethod
     def _oserror(exc: VFSError, op: str, raw: str) -> OSError:
         """The errno-style OSError just-bash expects for a typed VFS error."""
-        if isinstance(exc, IsADirectory):
-            return IsADirectoryError(f"EISDIR: illegal operation on a directory, {op} '{raw}'")
-        if isinstance(exc, NotADirectory):
-            return NotADirectoryError(f"ENOTDIR: not a directory, {op} '{raw}'")
-        if isinstance(exc, NoSuchPath):
-            return FileNotFoundError(f"ENOENT: no such file or directory, {op} '{raw}'")
-        if isinstance(exc, DirectoryNotEmpty):
-            return OSError(f"ENOTEMPTY: directory not empty, {op} '{raw}'")
-        if isinstance(exc, PathExists):
-            return FileExistsError(f"EEXIST: file already exists, {op} '{raw}'")
+        for kind, error, text in _ERRNO:
+            if isinstance(exc, kind):
+                return error(f"{text}, {op} '{raw}'")
         if isinstance(exc, ReadOnlyPath):
             return PermissionError(f"EROFS: read-only file system ({exc.message}), {op} '{raw}'")
         return OSError(f"EIO: {exc.message}, {op} '{raw}'")
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _errno(op: str, raw: str) -> Iterator[None]:
+        """Turn a typed VFS error raised inside into the errno-style OSError bash would show."""
+        try:
+            yield
+        except VFSError as exc:
+            raise VFSBashFs._oserror(exc, op, raw) from None
 
     # reading
     async def read_file(self, path: str, encoding: str = "utf-8") -> str:
@@ -83,10 +96,8 @@ class VFSBashFs:
         p = self._norm(path)
         if self._must(p, "open", path) == "dir":
             raise IsADirectoryError(f"EISDIR: illegal operation on a directory, read '{path}'")
-        try:
+        with self._errno("open", path):
             return self.vfs.read(p)
-        except VFSError as exc:
-            raise self._oserror(exc, "open", path) from None
 
     async def exists(self, path: str) -> bool:
         try:
@@ -169,10 +180,8 @@ class VFSBashFs:
         data = content.encode(encoding or "utf-8", ENC_ERRORS) if isinstance(content, str) else content
         p = self._norm(path)
         self._check_parent(p, path)
-        try:
+        with self._errno("write", path):
             op(p, bytes(data))
-        except VFSError as exc:
-            raise self._oserror(exc, "write", path) from None
 
     async def mkdir(self, path: str, recursive: bool = False) -> None:
         p = self._norm(path)
@@ -183,10 +192,8 @@ class VFSBashFs:
             if recursive:
                 return
             raise FileExistsError(f"EEXIST: directory already exists, mkdir '{path}'")
-        try:
+        with self._errno("mkdir", path):
             self.vfs.mkdir(p, parents=recursive)
-        except VFSError as exc:
-            raise self._oserror(exc, "mkdir", path) from None
 
     async def rm(self, path: str, recursive: bool = False, force: bool = False) -> None:
         p = self._norm(path)
@@ -194,10 +201,8 @@ class VFSBashFs:
             if force:
                 return
             raise FileNotFoundError(f"ENOENT: no such file or directory, rm '{path}'")
-        try:
+        with self._errno("rm", path):
             self.vfs.remove(p, recursive=recursive)
-        except VFSError as exc:
-            raise self._oserror(exc, "rm", path) from None
 
     async def cp(self, src: str, dest: str, recursive: bool = False) -> None:
         s, d = self._norm(src), self._norm(dest)
@@ -217,10 +222,8 @@ class VFSBashFs:
     async def mv(self, src: str, dest: str) -> None:
         s, d = self._norm(src), self._norm(dest)
         self._must(s, "rename", src)
-        try:
+        with self._errno("rename", src):
             self.vfs.rename(s, d)
-        except VFSError as exc:
-            raise self._oserror(exc, "rename", src) from None
 
     async def chmod(self, path: str, mode: int) -> None:
         p = self._norm(path)
