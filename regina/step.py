@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -34,24 +35,16 @@ from regina.runtime.sink import CANCELLED, Steer
 log = logging.getLogger("regina.host")
 
 
+@dataclass
 class StepRunner:
     """Runs the chat steps of the instances a member holds (see the module docstring)."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        client: redis.Redis,
-        runs: RunStore,
-        journal: Journal | None,
-        running: dict[str, RunContext],
-        interrupter_factory: InterrupterFactory | None,
-    ) -> None:
-        self.settings = settings
-        self.r = client
-        self.runs = runs
-        self.journal = journal
-        self.running = running
-        self.interrupter_factory = interrupter_factory
+    settings: Settings
+    r: redis.Redis
+    runs: RunStore
+    journal: Journal | None
+    running: dict[str, RunContext]  # the member's runs in progress, by run id (shared with the host)
+    interrupter_factory: InterrupterFactory | None
 
     def run(self, act: Active, run_id: str, message: str | None, stream: bool) -> None:
         """Run one step of `act` (its lock held): begin, the loop, the end."""

@@ -42,23 +42,35 @@ def get_litellm() -> Any:
     return _litellm
 
 
+#: LiteLLM's module settings Regina sets: no retries, no telemetry, logging, cost or token counting.
+_SETTINGS: dict[str, Any] = {
+    "drop_params": True,
+    "telemetry": False,
+    "suppress_debug_info": True,
+    "set_verbose": False,
+    "turn_off_message_logging": True,
+    "disable_streaming_logging": True,
+    "logging": False,
+    "include_cost_in_streaming_usage": False,
+    "disable_end_user_cost_tracking": True,
+    "disable_token_counter": True,
+    "num_retries": 0,
+}
+#: LiteLLM's callback lists, emptied (Regina runs no callbacks).
+_CALLBACK_LISTS = (
+    "success_callback",
+    "failure_callback",
+    "callbacks",
+    "input_callback",
+    "_async_success_callback",
+    "_async_failure_callback",
+)
+
+
 def _configure(litellm: Any) -> None:
-    litellm.drop_params = True
-    litellm.telemetry = False
-    litellm.suppress_debug_info = True
-    litellm.set_verbose = False
-    litellm.turn_off_message_logging = True
-    litellm.disable_streaming_logging = True
-    litellm.logging = False
-    litellm.include_cost_in_streaming_usage = False
-    litellm.disable_end_user_cost_tracking = True
-    litellm.disable_token_counter = True
-    litellm.success_callback = []
-    litellm.failure_callback = []
-    litellm.callbacks = []
-    litellm.input_callback = []
-    litellm._async_success_callback = []
-    litellm._async_failure_callback = []
-    litellm.num_retries = 0
+    for name, value in _SETTINGS.items():
+        setattr(litellm, name, value)
+    for name in _CALLBACK_LISTS:
+        setattr(litellm, name, [])
     for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "litellm"):
         logging.getLogger(name).setLevel(logging.ERROR)
