@@ -6,10 +6,12 @@ Imported by a starting worker only (`workers.celery_app.WORKER_MODULES`), never 
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import os
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -172,24 +174,39 @@ def _orphan_loop() -> None:
             log.exception("orphan sweep failed; retrying")
 
 
+def deferred(handler: Callable[..., None]) -> Callable[..., None]:
+    """`handler`, run in a greenlet of its own: for every signal handler that does I/O.
+
+    A Python signal handler (and so whatever Celery sends from one, like worker_shutting_down)
+    runs under gevent inside an event-loop callback, where anything that would switch (a Redis
+    call, a lock, starting a thread) raises BlockingSwitchOutError. The returned handler only
+    schedules the work; it runs on the hub's next turn, where it may block. Its errors are
+    logged (there is no caller to raise them to).
+    """
+
+    def run(*args: Any, **kwargs: Any) -> None:
+        try:
+            handler(*args, **kwargs)
+        except Exception:
+            log.exception("signal handler %s failed", handler.__name__)
+
+    @functools.wraps(handler)
+    def schedule(*args: Any, **kwargs: Any) -> None:
+        gevent.spawn(run, *args, **kwargs)
+
+    return schedule
+
+
 @signals.worker_shutting_down.connect
+@deferred
 def _shutting_down(**kwargs: Any) -> None:
     """Leave placement at once (new and re-homed instances go elsewhere, or wait for a worker);
-    our own instances stay ours until the shutdown has backed them up."""
+    our own instances stay ours until the shutdown has backed them up. Celery sends this from its
+    signal handler; the greenlet runs while the warm shutdown waits for the pool."""
     _state["stopping"] = True
     membership = _state.get("membership")
     if membership is not None:
-        # Celery sends this from its signal handler, which under gevent runs in an event-loop
-        # callback where a Redis call (a blocking switch) raises BlockingSwitchOutError: leave
-        # from a greenlet of its own, which runs while the warm shutdown waits for the pool.
-        gevent.spawn(_leave_placement, membership)
-
-
-def _leave_placement(membership: Membership) -> None:
-    try:
         membership.leave_placement()
-    except Exception:
-        log.warning("could not leave placement", exc_info=True)
 
 
 @signals.worker_shutdown.connect
