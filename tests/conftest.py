@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
 
+from tests.harness.clusters import private_cluster
 from tests.harness.fake_llm import FakeLLM
 from tests.harness.processes import Cluster, clean_env
 from tests.harness.redis_server import RedisServer
@@ -51,41 +53,23 @@ def cluster(redis_server: RedisServer, fake_llm: FakeLLM) -> Iterator[Cluster]:
     """Two workers and one web process shared by the tests that need no special config."""
     c = Cluster(redis_server.url, fake_llm.url)
     try:
-        w1 = c.start_worker(wait=False)
-        w2 = c.start_worker(wait=False)
-        c.wait_worker(w1)
-        c.wait_worker(w2)
-        c.start_web()
-    except BaseException:
-        print(c.dump_logs())
+        yield c.start(workers=2)
+    finally:
         c.stop()
-        raise
-    yield c
-    c.stop()
 
 
 @pytest.fixture
 def api(cluster: Cluster) -> Iterator[httpx.Client]:
-    web = next(p for p in cluster.procs if p.name.startswith("web"))
-    with httpx.Client(base_url=web.url, timeout=60) as client:
+    with httpx.Client(base_url=cluster.web.url, timeout=60) as client:
         yield client
 
 
 @pytest.fixture
-def make_cluster(fake_llm: FakeLLM) -> Iterator[object]:
-    """Factory for a private cluster (own Redis server) with its own settings (idle timeouts, storage, …)."""
-    made: list[tuple[Cluster, RedisServer]] = []
-
-    def make(**env: str) -> Cluster:
-        server = RedisServer().start()
-        c = Cluster(server.url, fake_llm.url, env_overrides=env)
-        made.append((c, server))
-        return c
-
-    yield make
-    for c, server in made:
-        c.stop()
-        server.close()
+def make_cluster(fake_llm: FakeLLM) -> Iterator[Callable[..., Cluster]]:
+    """Factory for a private cluster (own Redis server) with its own settings (idle timeouts,
+    storage, …), unstarted (`Cluster.start(workers=…)`); all are stopped after the test."""
+    with contextlib.ExitStack() as made:
+        yield lambda **env: made.enter_context(private_cluster(fake_llm.url, **env))
 
 
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> None:

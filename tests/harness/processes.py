@@ -182,6 +182,31 @@ class Cluster:
         wait_until(ready, timeout=60, what=f"{proc.name} to answer /healthz")
         return proc
 
+    def start(self, workers: int = 1, web: bool = True) -> Cluster:
+        """Start `workers` workers side by side, wait until each joined, then one web process.
+
+        On a failure the processes' logs are printed (the caller's teardown stops them)."""
+        try:
+            started = [self.start_worker(wait=False) for _ in range(workers)]
+            for proc in started:
+                self.wait_worker(proc)
+            if web:
+                self.start_web()
+        except BaseException:
+            print(self.dump_logs())
+            raise
+        return self
+
+    @property
+    def web(self) -> Proc:
+        """The first web process."""
+        return next(p for p in self.procs if p.name.startswith("web"))
+
+    @property
+    def workers(self) -> list[Proc]:
+        """The worker processes, in start order."""
+        return [p for p in self.procs if p.name.startswith("worker")]
+
     def stop(self) -> None:
         """SIGTERM every process at once, then wait for each (kill after 30 s)."""
         for proc in self.procs:

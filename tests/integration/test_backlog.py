@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+from collections.abc import Callable
 
 import httpx
 import redis
@@ -15,12 +16,10 @@ from tests.integration.test_api import spawn
 
 
 def test_a_full_backlog_is_429_with_retry_after_and_commands_still_flow(
-    make_cluster: object, fake_llm: FakeLLM
+    make_cluster: Callable[..., Cluster], fake_llm: FakeLLM
 ) -> None:
-    c: Cluster = make_cluster(REGINA_LIMITS__MAX_QUEUED_RUNS="2")  # type: ignore[operator]
-    c.start_worker()
-    web = c.start_web()
-    with httpx.Client(base_url=web.url, timeout=60) as api, cf.ThreadPoolExecutor(2) as pool:
+    c = make_cluster(REGINA_LIMITS__MAX_QUEUED_RUNS="2").start()
+    with httpx.Client(base_url=c.web.url, timeout=60) as api, cf.ThreadPoolExecutor(2) as pool:
         iid = spawn(api)
         fake_llm.push(Reply(text="first", delay=3), Reply(text="second"))
         first = pool.submit(api.post, f"/instances/{iid}/chat", json={"message": "one"})

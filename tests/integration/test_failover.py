@@ -21,12 +21,9 @@ def test_kill_9_mid_step_redelivers_the_step_on_another_worker(
     make_cluster: Callable[..., Cluster], fake_llm: FakeLLM, tmp_path: Path
 ) -> None:
     # Given two workers with fs storage and an instance with a backed-up history
-    c = make_cluster(REGINA_STORAGE__TYPE="fs", REGINA_STORAGE__BASE_PATH=str(tmp_path / "b"))
-    w1, w2 = c.start_worker(wait=False), c.start_worker(wait=False)
-    c.wait_worker(w1)
-    c.wait_worker(w2)
-    web = c.start_web()
-    api = httpx.Client(base_url=web.url, timeout=90)
+    c = make_cluster(REGINA_STORAGE__TYPE="fs", REGINA_STORAGE__BASE_PATH=str(tmp_path / "b")).start(workers=2)
+    w1, w2 = c.workers
+    api = httpx.Client(base_url=c.web.url, timeout=90)
     iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
     api.post(f"/instances/{iid}/chat", json={"message": "before"})
     api.post(f"/instances/{iid}/suspend")
@@ -58,13 +55,9 @@ def test_the_orphan_sweep_reruns_a_step_nobody_waits_for(
     make_cluster: Callable[..., Cluster], fake_llm: FakeLLM
 ) -> None:
     # Given an instance whose step is running on w1 and whose client has gone away
-    c = make_cluster()
-    w1 = c.start_worker(wait=False)
-    w2 = c.start_worker(wait=False)
-    c.wait_worker(w1)
-    c.wait_worker(w2)
-    web = c.start_web()
-    api = httpx.Client(base_url=web.url, timeout=30)
+    c = make_cluster().start(workers=2)
+    w1, w2 = c.workers
+    api = httpx.Client(base_url=c.web.url, timeout=30)
     iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
     member = api.get(f"/instances/{iid}").json()["member"]
     victim, survivor = (w1, w2) if w1.member_id == member else (w2, w1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+from collections.abc import Callable
 
 import httpx
 import redis
@@ -15,12 +16,10 @@ from tests.integration.test_api import spawn
 
 
 def test_a_suspend_slower_than_the_reply_timeout_is_accepted_not_failed(
-    make_cluster: object, fake_llm: FakeLLM
+    make_cluster: Callable[..., Cluster], fake_llm: FakeLLM
 ) -> None:
-    c: Cluster = make_cluster(REGINA_LIMITS__WORKER_REPLY_TIMEOUT="1")  # type: ignore[operator]
-    c.start_worker()
-    web = c.start_web()
-    with httpx.Client(base_url=web.url, timeout=60) as api, cf.ThreadPoolExecutor(1) as pool:
+    c = make_cluster(REGINA_LIMITS__WORKER_REPLY_TIMEOUT="1").start()
+    with httpx.Client(base_url=c.web.url, timeout=60) as api, cf.ThreadPoolExecutor(1) as pool:
         iid = spawn(api)
         fake_llm.push(Reply(text="slow answer", delay=4))
         chat = pool.submit(api.post, f"/instances/{iid}/chat", json={"message": "take your time"})

@@ -22,6 +22,7 @@ import psutil
 import pytest
 import redis
 
+from tests.harness.clusters import private_cluster
 from tests.harness.fake_llm import FakeLLM, Reply, ToolCall
 from tests.harness.processes import Cluster
 from tests.harness.waiting import wait_until
@@ -75,42 +76,25 @@ You are {name}.
 
 @pytest.fixture(scope="module")
 def iso(tmp_path_factory: pytest.TempPathFactory, fake_llm: FakeLLM, redis_server: Any) -> Iterator[Cluster]:
-    from tests.harness.redis_server import RedisServer
-
     agents = tmp_path_factory.mktemp("iso-agents")
     (agents / "tools").mkdir()
     (agents / "tools" / "work.py").write_text(TOOL)
     (agents / "spin-agent.md").write_text(AGENT.format(name="spin-agent", extra=""))
     (agents / "proc-agent.md").write_text(AGENT.format(name="proc-agent", extra="useProcesses: true\n"))
-    server = RedisServer().start()
-    c = Cluster(
-        server.url,
-        fake_llm.url,
-        env_overrides={
-            "REGINA_AGENTS_DIR": str(agents),
-            "REGINA_LIMITS__TOOL_TIMEOUT": "15",
-            "REGINA_LIMITS__TOOL_CPU_SECONDS": "60",
-            "REGINA_LIMITS__TOOL_MEMORY_MB": "400",
-            "REGINA_IDLE_TIMEOUT": "0",
-        },
-    )
-    try:
-        c.start_worker()
-        c.start_web()
-    except BaseException:
-        print(c.dump_logs())
-        c.stop()
-        server.close()
-        raise
-    yield c
-    c.stop()
-    server.close()
+    env = {
+        "REGINA_AGENTS_DIR": str(agents),
+        "REGINA_LIMITS__TOOL_TIMEOUT": "15",
+        "REGINA_LIMITS__TOOL_CPU_SECONDS": "60",
+        "REGINA_LIMITS__TOOL_MEMORY_MB": "400",
+        "REGINA_IDLE_TIMEOUT": "0",
+    }
+    with private_cluster(fake_llm.url, **env) as c:
+        yield c.start()
 
 
 @pytest.fixture
 def api(iso: Cluster) -> Iterator[httpx.Client]:
-    web = next(p for p in iso.procs if p.name.startswith("web"))
-    with httpx.Client(base_url=web.url, timeout=60) as client:
+    with httpx.Client(base_url=iso.web.url, timeout=60) as client:
         yield client
 
 

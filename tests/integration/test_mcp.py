@@ -14,11 +14,11 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.harness.clusters import private_cluster
 from tests.harness.fake_llm import FakeLLM, Reply, ToolCall
 from tests.harness.mcp_server import McpServerProc
 from tests.harness.ports import free_port
 from tests.harness.processes import Cluster
-from tests.harness.redis_server import RedisServer
 from tests.harness.waiting import wait_until
 from tests.integration.test_api import spawn
 
@@ -36,43 +36,25 @@ def servers() -> Iterator[dict[str, McpServerProc]]:
 
 @pytest.fixture(scope="module")
 def mcp_cluster(servers: dict[str, McpServerProc], fake_llm: FakeLLM) -> Iterator[Cluster]:
-    server = RedisServer().start()
-    c = Cluster(
-        server.url,
-        fake_llm.url,
-        env_overrides={
-            "REGINA_OUTBOUND_ALLOWLIST": "127.0.0.1",
-            "REGINA_MCP__CONNECT_TIMEOUT": "5",
-            # The default back-off: a server that comes back must work at the next call even
-            # while its step-start retry waits (the restart below lands inside that wait).
-            "REGINA_MCP__RETRY_INTERVAL": "30",
-            "TEST_MCP_SSE_URL": servers["sse"].url,
-            "TEST_MCP_HTTP_URL": servers["web"].url,
-            "TEST_MCP_KEY": SECRET,
-            "TEST_MCP_DEAD_URL": f"http://127.0.0.1:{free_port()}/mcp",
-        },
-    )
-    try:
+    env = {
+        "REGINA_OUTBOUND_ALLOWLIST": "127.0.0.1",
+        "REGINA_MCP__CONNECT_TIMEOUT": "5",
+        # The default back-off: a server that comes back must work at the next call even
+        # while its step-start retry waits (the restart below lands inside that wait).
+        "REGINA_MCP__RETRY_INTERVAL": "30",
+        "TEST_MCP_SSE_URL": servers["sse"].url,
+        "TEST_MCP_HTTP_URL": servers["web"].url,
+        "TEST_MCP_KEY": SECRET,
+        "TEST_MCP_DEAD_URL": f"http://127.0.0.1:{free_port()}/mcp",
+    }
+    with private_cluster(fake_llm.url, **env) as c:
         c.env_overrides.update(REGINA_STORAGE__TYPE="fs", REGINA_STORAGE__BASE_PATH=str(c.tmp / "backups"))
-        w1 = c.start_worker(wait=False)
-        w2 = c.start_worker(wait=False)
-        c.wait_worker(w1)
-        c.wait_worker(w2)
-        c.start_web()
-    except BaseException:
-        print(c.dump_logs())
-        c.stop()
-        server.close()
-        raise
-    yield c
-    c.stop()
-    server.close()
+        yield c.start(workers=2)
 
 
 @pytest.fixture
 def mcp_api(mcp_cluster: Cluster) -> Iterator[httpx.Client]:
-    web = next(p for p in mcp_cluster.procs if p.name.startswith("web"))
-    with httpx.Client(base_url=web.url, timeout=60) as client:
+    with httpx.Client(base_url=mcp_cluster.web.url, timeout=60) as client:
         yield client
 
 

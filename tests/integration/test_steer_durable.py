@@ -18,12 +18,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.chaos]
 def test_a_steer_taken_by_a_run_whose_worker_died_reaches_the_redelivered_run(
     make_cluster: Callable[..., Cluster], fake_llm: FakeLLM, tmp_path: Path
 ) -> None:
-    c = make_cluster(REGINA_STORAGE__TYPE="fs", REGINA_STORAGE__BASE_PATH=str(tmp_path / "b"))
-    w1, w2 = c.start_worker(wait=False), c.start_worker(wait=False)
-    c.wait_worker(w1)
-    c.wait_worker(w2)
-    web = c.start_web()
-    with httpx.Client(base_url=web.url, timeout=90) as api:
+    c = make_cluster(REGINA_STORAGE__TYPE="fs", REGINA_STORAGE__BASE_PATH=str(tmp_path / "b")).start(workers=2)
+    w1, w2 = c.workers
+    with httpx.Client(base_url=c.web.url, timeout=90) as api:
         iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
         api.post(f"/instances/{iid}/chat", json={"message": "before"})
         api.post(f"/instances/{iid}/suspend")
