@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -179,4 +181,35 @@ def test_kill_9_mid_step_rabbitmq_requeues_the_step_for_the_next_owner(
     assert api.get(f"/instances/{iid}").json()["member"] != member
     expected = [x for n in range(3) for x in (f"turn {n}", f"echo: turn {n}")] + ["during", "recovered"]
     assert _contents(api, iid) == expected
+    assert rabbit.queue(_queue(iid)) == (0, 1)
+
+
+def test_the_orphan_sweep_reruns_a_step_nobody_waits_for(
+    mq: Cluster, rabbit: RabbitVhost, api: httpx.Client, fake_llm: FakeLLM
+) -> None:
+    # Given a step running on a worker, sent through a web process that is gone since (so no
+    # request re-homes the instance), and a spare worker
+    mq.start_worker()
+    iid = spawn(api)
+    member = api.get(f"/instances/{iid}").json()["member"]
+    victim = next(p for p in mq.procs if p.member_id == member)
+    other_web = mq.start_web()
+    fake_llm.push_for("unwatched", Reply(text="lost", delay=3.0), Reply(text="done anyway"))
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{other_web.url}/instances/{iid}/chat", json={"message": "unwatched"}, timeout=1.0)
+    wait_until(lambda: any("unwatched" in json.dumps(r.body) for r in fake_llm.requests), timeout=15)
+    pid = other_web.popen.pid
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        os.kill(int(child), signal.SIGKILL)  # gunicorn's worker, which would finish the request
+    other_web.kill()
+
+    # When its worker is killed with -9 (RabbitMQ requeues the step)
+    victim.kill()
+
+    # Then a live worker's sweep finds the step on the queue, re-homes the instance and runs it
+    # (watched through the model's requests: reading the messages would re-home it by itself)
+    asked = lambda: sum("unwatched" in json.dumps(r.body) for r in fake_llm.requests)  # noqa: E731
+    wait_until(lambda: asked() >= 2, timeout=60, what="the requeued step to ask the model again")
+    wait_until(lambda: api.get(f"/instances/{iid}").json()["member"] != member, timeout=10)
+    wait_until(lambda: _contents(api, iid) == ["unwatched", "done anyway"], timeout=30)
     assert rabbit.queue(_queue(iid)) == (0, 1)
