@@ -34,6 +34,11 @@ def connect(url: str, concurrency: int = WEB_CONCURRENCY) -> redis.Redis:
         decode_responses=True,
         health_check_interval=30,
         socket_connect_timeout=5,
+        # No read timeout (redis-py before 8; 8 made it 5 s): blocking commands wait as long as
+        # they ask — a worker's reply up to workerReplyTimeout, XREAD BLOCK. A dead peer is found
+        # by TCP keepalive and the health check; `?socket_timeout=` in the URL still applies.
+        socket_timeout=None,
+        socket_keepalive=True,
         retry_on_timeout=True,
     )
     return redis.Redis(connection_pool=pool)

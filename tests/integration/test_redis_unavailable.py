@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from regina.redis_conn import connect
 from regina.registry import AgentRegistry
 from regina.registry_sync import RegistryFollower
 from tests.harness.ports import free_port
+from tests.harness.redis_server import RedisServer
 from workers.celery_app import app as celery_app
 from workers.dispatcher import CeleryDispatcher
 
@@ -55,3 +57,15 @@ def test_redis_unreachable_is_503_naming_redis() -> None:
     resp = web.post("/instances/openai-agent-0123456789abcdef01234567/heartbeat")
     assert resp.status_code == 503, resp.text
     assert "Redis is unreachable" in resp.json["error"]
+
+
+def test_a_blocking_wait_longer_than_redis_pys_default_socket_timeout_is_not_an_error(
+    redis_server: RedisServer,
+) -> None:
+    # redis-py 8 gives every socket a 5 s read timeout by default, which cut the web's wait for a
+    # worker's reply (up to workerReplyTimeout, 30 s) into a 503 "Redis did not answer in time"
+    client = connect(redis_server.url)
+    started = time.monotonic()
+    assert client.blpop(["regina:test:never-pushed"], timeout=6) is None
+    assert time.monotonic() - started >= 5.5
+    client.close()
