@@ -1,5 +1,7 @@
-"""Suspend / resume latency per VFS size and storage adapter; worker memory per instance.
+"""Spawn and resume latency; suspend / resume per VFS size and storage adapter; worker memory.
 
+0. Spawn p50 (sequential `POST /agents/openai-agent/instances`) and suspend / resume of small
+   instances (one chat each) whose worker still has their copy (fs storage).
 1. For each storage adapter (fs, s3 on moto's server, redis) and VFS size (10 KB, 1 MB, 50 MB of
    random bytes written into the instance's SQLite VFS from this process): POST …/suspend, POST
    …/resume while the worker still has the file ("local"), suspend again, delete the worker's
@@ -8,7 +10,7 @@
    small thread pool, N = 10 000 or what fits in the time budget), and with N active idle
    instances (REGINA_IDLE_TIMEOUT=0) → KB per active instance.
 
-    .venv/bin/python -m benchmarks.bench_lifecycle [--quick]
+    .venv/bin/python -m benchmarks.bench_lifecycle [--quick] [--only spawn|latency|memory]
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from tests.harness.s3_server import FAKE_AWS_ENV, S3Server
 
 SIZES = {"10 KB": 10 * 1024, "1 MB": 1024 * 1024, "50 MB": 50 * 1024 * 1024}
 TARGET_SUSPEND, TARGET_RESUME, TARGET_KB_ACTIVE = 30.0, 50.0, 100.0
+TARGET_SPAWN_P50, TARGET_RESUME_P50 = 5.0, 5.0
 
 
 def _ok(resp: Any) -> None:
@@ -220,9 +223,46 @@ def memory_tables(quick: bool) -> list[Table]:
     return [t]
 
 
+def spawn_resume_table(quick: bool) -> Table:
+    """Spawn p50 (sequential) and suspend / resume of a small instance whose worker kept its copy."""
+    import tempfile
+
+    n_spawn, n_resume = (50, 20) if quick else (200, 60)
+    t = Table(
+        "Spawn and resume (local copy), sequential, fs storage (ms)",
+        ["operation", "N", "p50", "p99"],
+        conditions={**machine(), "storage": "fs", "each resumed instance": "one chat before its suspend"},
+    )
+    tmp = Path(tempfile.mkdtemp(prefix="regina-bench-spawn-"))
+    with stack(_storage_env("fs", tmp, None)) as st, st.client() as api:
+        for _ in range(10):
+            spawn(api)
+        spawns = []
+        for _ in range(n_spawn):
+            t0 = time.perf_counter()
+            spawn(api)
+            spawns.append(time.perf_counter() - t0)
+        iids = [spawn(api) for _ in range(n_resume)]
+        for iid in iids:
+            _ok(api.post(f"/instances/{iid}/chat", json={"message": "hi"}))
+        sus, res = [], []
+        for iid in iids:
+            sus.append(_timed_post(api, f"/instances/{iid}/suspend"))
+            res.append(_timed_post(api, f"/instances/{iid}/resume"))
+    for name, xs in (("spawn", spawns), ("suspend", sus), ("resume (local copy)", res)):
+        t.add(name, len(xs), statistics.median(xs) * 1000, pct(xs, 99))
+    sp50, re50 = statistics.median(spawns) * 1000, statistics.median(res) * 1000
+    t.notes.append(
+        f"spawn p50 {sp50:.2f} ms, resume (local) p50 {re50:.2f} ms (targets ≤ {TARGET_SPAWN_P50:g} / "
+        f"≤ {TARGET_RESUME_P50:g}: {'meets' if sp50 <= TARGET_SPAWN_P50 else 'MISSES'} / "
+        f"{'meets' if re50 <= TARGET_RESUME_P50 else 'MISSES'}); original 1 993 / 1 824 ms"
+    )
+    return t
+
+
 def run(quick: bool = False) -> list[Table]:
-    tables = lifecycle_tables(quick)
-    tables[0].conditions = {**machine(), **tables[0].conditions}
+    tables = [spawn_resume_table(quick), *lifecycle_tables(quick)]
+    tables[1].conditions = {**machine(), **tables[1].conditions}
     tables += memory_tables(quick)
     return tables
 
@@ -230,9 +270,11 @@ def run(quick: bool = False) -> list[Table]:
 def main(argv: list[str] | None = None) -> list[Table]:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_lifecycle")
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", choices=["latency", "memory"])
+    ap.add_argument("--only", choices=["spawn", "latency", "memory"])
     args = ap.parse_args(argv)
-    if args.only == "latency":
+    if args.only == "spawn":
+        tables = [spawn_resume_table(args.quick)]
+    elif args.only == "latency":
         tables = lifecycle_tables(args.quick)
     elif args.only == "memory":
         tables = memory_tables(args.quick)

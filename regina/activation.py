@@ -24,6 +24,7 @@ from regina.instances import InstanceRecord
 from regina.journal import Journal
 from regina.runtime.session import Session
 from regina.vfs import MemoryVFS, RealDirVFS, SQLiteVFS, open_vfs, restore_snapshot
+from regina.vfs.sqlite_files import create_parked, read_meta
 
 log = logging.getLogger("regina.host")
 
@@ -49,6 +50,25 @@ def open_local(settings: Settings, instance_id: str) -> AnyVFS:
     """Open (creating) the instance's VFS with the configured backend."""
     s = settings
     return open_vfs(s.vfs_backend, instance_id, s.vfs_dir, s.fs_root_path, s.vfs_synchronous)
+
+
+def open_new(settings: Settings, instance_id: str, meta: dict[str, str] | None = None) -> AnyVFS:
+    """A new instance's VFS carrying `meta`: an sqlite one is written from an image and left
+    parked (no SQLite connection or fsync until its first use)."""
+    path = local_path(settings, instance_id)
+    if settings.vfs_backend == "sqlite" and not os.path.exists(path):
+        return create_parked(path, synchronous=settings.vfs_synchronous, meta=meta)
+    vfs = open_local(settings, instance_id)
+    for key, value in (meta or {}).items():
+        vfs.set_meta(key, value)
+    return vfs
+
+
+def open_parked(settings: Settings, instance_id: str) -> AnyVFS:
+    """The instance's local copy, opened parked when it is an sqlite file (first use connects)."""
+    if settings.vfs_backend == "sqlite":
+        return SQLiteVFS(local_path(settings, instance_id), synchronous=settings.vfs_synchronous, connect=False)
+    return open_local(settings, instance_id)
 
 
 def remove_local(settings: Settings, instance_id: str) -> None:
@@ -81,9 +101,11 @@ def _local_meta(settings: Settings, instance_id: str) -> dict[str, str] | None:
     """The backup meta of this member's own copy (None when it has none)."""
     if not _has_local(settings, instance_id):
         return None
+    if settings.vfs_backend == "sqlite":
+        return read_meta(local_path(settings, instance_id))
+    names = ("backupVersion", "backupKey", "journalSeq", "dirty")
     vfs = open_local(settings, instance_id)
     try:
-        names = ("backupVersion", "backupKey", "journalSeq", "dirty")
         return {k: v for k in names if (v := vfs.get_meta(k)) is not None}
     finally:
         vfs.close()
@@ -95,16 +117,26 @@ def open_current(
     backups: Backups | None,
     journal: Journal | None,
     rec: InstanceRecord,
+    new: bool = False,
+    meta: dict[str, str] | None = None,
 ) -> Opened:
     """Open the instance's VFS at the state the cluster holds for `rec`.
 
     With `storage.type` null (`backups` None) the local copy is all there is: restore only what a
-    graceful suspend wrote, as before journaling existed.
+    graceful suspend wrote, as before journaling existed. A `new` instance (its spawn) has no
+    backup, journal or copy anywhere yet. `meta`: keys the opened copy must carry (written only
+    where it does not already).
     """
     iid = rec.instance_id
+    want = meta or {}
+    if new:
+        return Opened(open_new(settings, iid, want), False, 0, 0)
+    local = _local_meta(settings, iid)
     if backups is None or journal is None:
-        return Opened(open_local(settings, iid), False, 0, 0)
-    meta = _local_meta(settings, iid)
+        if local is None:
+            return Opened(open_new(settings, iid, want), False, 0, 0)
+        return Opened(_carrying(open_parked(settings, iid), local, want), False, 0, 0)
+    meta = local
     trusted = (
         meta is not None
         and meta.get("dirty") != "1"
@@ -130,11 +162,30 @@ def open_current(
             if rec.backup_version > 0:
                 log.warning("instance %s: backup version %d missing from storage", iid, rec.backup_version)
             remove_local(settings, iid)  # an untrusted copy: rebuild from the journal alone
-    vfs = MemoryVFS.from_snapshot(snapshot) if snapshot is not None else open_local(settings, iid)
+    vfs = _open_copy(settings, iid, snapshot, trusted and not restored)
+    vfs = _carrying(vfs, meta if trusted and not restored else None, want)
     last, size = journal.replay(iid, vfs, after)
     if last != after and not isinstance(vfs, MemoryVFS):
         vfs.set_meta("journalSeq", str(last))
     return Opened(vfs, restored or last != after, last, size)
+
+
+def _open_copy(settings: Settings, iid: str, snapshot: bytes | None, clean: bool) -> AnyVFS:
+    """The VFS from a memory snapshot, or the local copy: parked when it is a copy closed
+    cleanly (`clean`: no need to connect yet), else opened."""
+    if snapshot is not None:
+        return MemoryVFS.from_snapshot(snapshot)
+    return open_parked(settings, iid) if clean else open_local(settings, iid)
+
+
+def _carrying(vfs: AnyVFS, has: dict[str, str] | None, want: dict[str, str]) -> AnyVFS:
+    """`vfs` with the meta in `want`, written only where `has` (what it holds) differs."""
+    if isinstance(vfs, MemoryVFS):
+        return vfs
+    for key, value in want.items():
+        if (has or {}).get(key) != value:
+            vfs.set_meta(key, value)
+    return vfs
 
 
 #: Usage of a terminal event that spent nothing.

@@ -24,7 +24,7 @@ from regina.errors import ReginaError, StaleEpoch
 from regina.factory_hooks import FactoryHooks
 from regina.fencing import Fence, stale_epochs
 from regina.fifo_lock import FifoLock
-from regina.instances import InstanceStore
+from regina.instances import InstanceStore, new_record
 from regina.journal import Journal, JournalVFS
 from regina.local_copies import MEMBER_META
 from regina.outbound import Allowlist
@@ -105,16 +105,18 @@ class InstanceHost:
             self.loading[instance_id] = gate
 
     @metrics.timed(metrics.RESUMES, metrics.RESUME_SECONDS)
-    def attach(self, instance_id: str, epoch: int) -> dict[str, Any]:
-        """Open the instance here at `epoch`, restoring its VFS from storage when ours is older."""
+    def attach(self, instance_id: str, epoch: int, new_of: str | None = None) -> dict[str, Any]:
+        """Open the instance here at `epoch`, restoring its VFS from storage when ours is older.
+
+        `new_of`: the definition of an instance being spawned (nothing to restore or replay)."""
         try:
-            return self._attach(instance_id, epoch)
+            return self._attach(instance_id, epoch, new_of)
         finally:
             gate = self.loading.pop(instance_id, None)
             if gate is not None:
                 gate.release()
 
-    def _attach(self, instance_id: str, epoch: int) -> dict[str, Any]:
+    def _attach(self, instance_id: str, epoch: int, new_of: str | None) -> dict[str, Any]:
         current = self.active.get(instance_id)
         if current is not None:
             if epoch in (current.epoch, current.epoch + 1):
@@ -122,16 +124,19 @@ class InstanceHost:
                 self._set_epoch(current, epoch)
                 return {"restored": False}
             self._drop(current, "re-attached after another owner")  # someone else owned it meanwhile
-        rec = self.store.get(instance_id)
+        # A spawn's record was written an instant ago by the coordinator waiting for this answer.
+        rec = new_record(instance_id, new_of, epoch) if new_of is not None else self.store.get(instance_id)
         if rec is None:
             raise NotHere(f"instance {instance_id} does not exist")
         if rec.epoch != epoch:
             raise StaleEpoch(f"instance {instance_id}: attach for epoch {epoch}, current is {rec.epoch}")
         definition = self.registry.get_or_reload(rec.definition_id)
         # On the hub, not in a thread: restoring reads Redis (backup, journal) through gevent sockets.
-        opened = activation.open_current(self.settings, self.hooks, self.backups, self.journal, rec)
-        if self.settings.vfs_backend != "memory":
-            opened.vfs.set_meta(MEMBER_META, self.member_id)  # whose copy it is (regina/local_copies.py)
+        hooks, backups, journal = self.hooks, self.backups, self.journal
+        # Whose copy it is (regina/local_copies.py): written into a new file's image, and into an
+        # existing copy only when it names another member.
+        mine = {MEMBER_META: self.member_id} if self.settings.vfs_backend != "memory" else {}
+        opened = activation.open_current(self.settings, hooks, backups, journal, rec, new_of is not None, mine)
         vfs: AnyVFS | JournalVFS = opened.vfs
         if self.journal is not None:
             vfs = JournalVFS(opened.vfs, epoch, opened.journal_seq)
@@ -151,14 +156,13 @@ class InstanceHost:
             fence=Fence(self.r, instance_id, epoch),
             system_prompt=equip.system_prompt(definition),
         )
-        if not self.store.fenced_set(instance_id, epoch, status="started", lastActive=self.store.now()):
+        if not self.store.fenced_touch(instance_id, epoch, status="started"):
             act.runner.close()
             vfs.close()
             raise StaleEpoch(f"instance {instance_id}: moved on while attaching at epoch {epoch}")
         tools.open()  # MCP connections follow the activation (SPEC §12)
         self.active[instance_id] = act
-        self._park(act)
-        self.store.fenced_set(instance_id, epoch, status="started", lastActive=self.store.now())
+        self._park(act)  # a VFS opened parked (sqlite) has nothing to close here
         self._count(+1)
         return {"restored": opened.restored}
 

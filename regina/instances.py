@@ -108,6 +108,42 @@ end
 
 _TOUCH = LUA_TOUCH_EXISTING + "return touch_existing(KEYS[1])"
 
+# Like _FENCED_HSET, and lastActive = Redis's TIME (no separate round trip for the clock).
+_FENCED_TOUCH = (
+    LUA_HELD
+    + """
+local cur = redis.call('HGET', KEYS[1], 'epoch')
+if not cur or cur ~= ARGV[1] then return 0 end
+"""
+    + LUA_NOW
+    + """
+redis.call('HSET', KEYS[1], 'lastActive', now)
+local status
+for i = 2, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  if ARGV[i] == 'status' then status = ARGV[i + 1] end
+end
+if status then reindex(KEYS[1], status) end
+return 1
+"""
+)
+
+# A new record at epoch 1, its indexes and the held index, stamped with Redis's clock. KEYS:
+# record, owner, all instances, the definition's instances. ARGV: instance id, definition id, member.
+_CREATE = (
+    LUA_HELD
+    + LUA_NOW
+    + """
+redis.call('HSET', KEYS[1], 'definitionId', ARGV[2], 'status', 'started', 'member', ARGV[3], 'epoch', '1',
+  'createdAt', now, 'lastActive', now, 'backupVersion', '0')
+redis.call('SET', KEYS[2], ARGV[3])
+redis.call('ZADD', KEYS[3], now, ARGV[1])
+redis.call('ZADD', KEYS[4], now, ARGV[1])
+hold(ARGV[3], ARGV[1], now)
+return now
+"""
+)
+
 # Lua: `touch(key, rec, member_prefix, now)` resets the idle timer of the instance whose HGETALL
 # `rec` holds (non-empty: the record exists) to `now` (Redis's clock as the caller keeps it,
 # regina/clock.py), sets lastActive in `rec` too, and returns "1"|"0" (its member lives). One read
@@ -207,6 +243,11 @@ def record_from_hash(instance_id: str, h: dict[str, str]) -> InstanceRecord:
     )
 
 
+def new_record(instance_id: str, definition_id: str, epoch: int = 1) -> InstanceRecord:
+    """The record `InstanceStore.create` writes, as the worker attaching a spawn knows it."""
+    return InstanceRecord(instance_id, definition_id, "started", "", epoch, 0.0, 0.0, 0, 0)
+
+
 class InstanceStore:
     """Read and change instance records; every change an owner makes is fenced by epoch."""
 
@@ -217,28 +258,20 @@ class InstanceStore:
         self._touch_check = client.register_script(_TOUCH_CHECK)
         self._touch = client.register_script(_TOUCH)
         self._delete = client.register_script(_DELETE)
+        self._fenced_touch = client.register_script(_FENCED_TOUCH)
+        self._create = client.register_script(_CREATE)
 
     def create(self, instance_id: str, definition_id: str, member: str) -> InstanceRecord:
-        """Write a new record owned by `member` at epoch 1."""
-        now = self.now()
-        fields: dict[str, str] = {
-            "definitionId": definition_id,
-            "status": "started",
-            "member": member,
-            "epoch": "1",
-            "createdAt": repr(now),
-            "lastActive": repr(now),
-            "backupVersion": "0",
-        }
-        pipe = self.r.pipeline(transaction=True)
-        pipe.hset(keys.instance_record(instance_id), mapping=dict(fields))  # type: ignore[arg-type]
-        pipe.set(keys.instance_owner(instance_id), member)
-        pipe.zadd(keys.INSTANCES, {instance_id: now})
-        pipe.zadd(keys.definition_instances(definition_id), {instance_id: now})
-        pipe.zadd(keys.member_held(member), {instance_id: now})
-        pipe.sadd(keys.HOLDERS, member)
-        pipe.execute()
-        return record_from_hash(instance_id, fields)
+        """Write a new record owned by `member` at epoch 1 (one round trip, Redis's clock)."""
+        instance_keys = [
+            keys.instance_record(instance_id),
+            keys.instance_owner(instance_id),
+            keys.INSTANCES,
+            keys.definition_instances(definition_id),
+        ]
+        now = str(self._create(keys=instance_keys, args=[instance_id, definition_id, member]))
+        fields = {"definitionId": definition_id, "member": member, "createdAt": now, "lastActive": now}
+        return record_from_hash(instance_id, {**fields, "status": "started", "epoch": "1"})
 
     def now(self) -> float:
         """Redis's clock (seconds since the epoch): the one clock every idle timer uses."""
@@ -290,6 +323,13 @@ class InstanceStore:
         for k, v in fields.items():
             args += [k, repr(v) if isinstance(v, float) else str(v)]
         return bool(self._fenced_hset(keys=[keys.instance_record(instance_id)], args=args))
+
+    def fenced_touch(self, instance_id: str, epoch: int, **fields: str | int) -> bool:
+        """`fenced_set` that also resets lastActive to Redis's clock, in one round trip."""
+        args: list[str] = [str(epoch)]
+        for k, v in fields.items():
+            args += [k, str(v)]
+        return bool(self._fenced_touch(keys=[keys.instance_record(instance_id)], args=args))
 
     def last_active_many(self, instance_ids: list[str]) -> dict[str, float]:
         """lastActive of several instances in one round trip (the idle sweep)."""

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import replace
 from typing import Any, cast
 
 import redis
@@ -98,7 +99,7 @@ class Coordinator:
         instance_id = ids.new_instance_id(definition.id)
         rec = self.store.create(instance_id, definition.id, member)
         try:
-            self.command(member, "attach", {"instanceId": instance_id, "epoch": rec.epoch})
+            self.command(member, "attach", {"instanceId": instance_id, "epoch": rec.epoch, "spawnOf": definition.id})
         except ReginaError:
             self.store.delete(instance_id, definition.id)
             raise
@@ -159,7 +160,7 @@ class Coordinator:
                     raise
                 log.warning("instance %s: %s left before attaching it; placing it again", instance_id, member)
                 continue
-            return self.get(instance_id)
+            return replace(rec, member=member, epoch=epoch, status="started")  # what the attach wrote
 
     def _place(self, prefer: str | None = None, until: float | None = None) -> str:
         """A live member; with none (a rolling restart, the only worker restarting) wait up to
@@ -207,8 +208,13 @@ class Coordinator:
 
     def resume(self, instance_id: str) -> InstanceRecord:
         """Start a suspended instance (no-op when started); resets the idle timer."""
-        self._touch(instance_id)
-        return self.ensure_active(instance_id)
+        rec, alive = self.store.touch_and_check(instance_id) if ids.is_valid_instance_id(instance_id) else (None, False)
+        if rec is None:
+            raise NotFound(f"instance {instance_id!r} not found")
+        if rec.status == "started" and alive:
+            return rec
+        with self._activation_lock(instance_id):
+            return self._activate(instance_id)
 
     def suspend(self, instance_id: str) -> bool:
         """Finish the running step, back up, release the queue, mark suspended.

@@ -125,6 +125,21 @@ def captured_publishes() -> Iterator[list[tuple[str, str]]]:
         _CAPTURED.reset(token)
 
 
+#: Queues of instances being spawned: nothing can wait on them yet (their id is not out), so
+#: consuming one needs no kick (one round trip less per spawn). See `fresh_queue`.
+_fresh: set[str] = set()
+
+
+@contextmanager
+def fresh_queue(queue: str) -> Iterator[None]:
+    """Consume a new instance's queue without the kick (start consuming it inside)."""
+    _fresh.add(queue)
+    try:
+        yield
+    finally:
+        _fresh.discard(queue)
+
+
 def is_instance_queue(queue: str) -> bool:
     """True for an instance's own step queue (`regina.i.<id>`)."""
     return queue.startswith(_QUEUE_PREFIX)
@@ -211,8 +226,9 @@ class Channel(_RedisChannel):  # type: ignore[misc]
         self.connection._callbacks[queue] = _callback
         self._consumers.add(consumer_tag)
         self._instance_queues.add(queue)
-        with self.conn_or_acquire() as client:
-            self._script(_KICK)(keys=[queue, self.ready_key], client=client)
+        if queue not in _fresh:
+            with self.conn_or_acquire() as client:
+                self._script(_KICK)(keys=[queue, self.ready_key], client=client)
         return None
 
     def _basic_cancel(self, consumer_tag: str) -> Any:

@@ -16,11 +16,20 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 
 from regina.atomic_file import write_atomic
 from regina.errors import VFSError
 
-__all__ = ["SCHEMA", "SCHEMA_VERSION", "database_image", "rollback_header", "check_snapshot", "restore_snapshot"]
+__all__ = [
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "create_schema",
+    "database_image",
+    "rollback_header",
+    "check_snapshot",
+    "restore_snapshot",
+]
 
 SCHEMA_VERSION = "1"
 """Stored as meta key ``vfs.schema``."""
@@ -43,6 +52,20 @@ CREATE TABLE IF NOT EXISTS chunks (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+ROOT_MODE = 0o755
+
+
+def create_schema(cur: sqlite3.Cursor) -> None:
+    """The layout, the root directory and the schema version (idempotent; inside a transaction)."""
+    for statement in SCHEMA.split(";"):
+        if statement.strip():
+            cur.execute(statement)
+    cur.execute(
+        "INSERT OR IGNORE INTO entries(path, parent, is_dir, data, mode, mtime) VALUES ('/', '', 1, x'', ?, ?)",
+        (ROOT_MODE, time.time()),
+    )
+    cur.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('vfs.schema', ?)", (SCHEMA_VERSION,))
 
 
 def database_image(source: sqlite3.Connection) -> bytes:

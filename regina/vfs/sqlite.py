@@ -32,7 +32,7 @@ from contextlib import contextmanager
 
 from regina.errors import DirectoryNotEmpty, IsADirectory, NoSuchPath, NotADirectory, PathExists, VFSError
 from regina.vfs.base import FileStat, normalize
-from regina.vfs.snapshot import SCHEMA, SCHEMA_VERSION, database_image
+from regina.vfs.snapshot import create_schema, database_image
 
 _DIR_MODE = 0o755
 _FILE_MODE = 0o644
@@ -53,7 +53,9 @@ def _subtree_bounds(path: str) -> tuple[str, str]:
 class SQLiteVFS:
     """A VFS stored in one SQLite file (or ``":memory:"``)."""
 
-    def __init__(self, path: str, *, synchronous: str = "FULL") -> None:
+    def __init__(self, path: str, *, synchronous: str = "FULL", connect: bool = True) -> None:
+        """`connect=False` opens an existing VFS file parked: no connection until its first use
+        (`regina.vfs.sqlite_files.create_parked` makes a new one that way)."""
         if synchronous.upper() not in _SYNC_LEVELS:
             raise VFSError(f"synchronous must be one of {_SYNC_LEVELS}, got {synchronous!r}")
         self.path = path
@@ -62,8 +64,10 @@ class SQLiteVFS:
         if path != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self._synchronous = synchronous.upper()
-        self._conn: sqlite3.Connection | None = self._connect()
-        self._init_db()
+        self._conn: sqlite3.Connection | None = None
+        if connect or path == ":memory:":
+            self._conn = self._connect()
+            self._init_db()
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -91,14 +95,7 @@ class SQLiteVFS:
 
     def _init_db(self) -> None:
         with self._tx() as cur:  # schema and root entry in one transaction (one commit, not five)
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    cur.execute(statement)
-            cur.execute(
-                "INSERT OR IGNORE INTO entries(path, parent, is_dir, data, mode, mtime) VALUES ('/', '', 1, x'', ?, ?)",
-                (_DIR_MODE, time.time()),
-            )
-            cur.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('vfs.schema', ?)", (SCHEMA_VERSION,))
+            create_schema(cur)
 
     # -- plumbing -----------------------------------------------------------------------------
 

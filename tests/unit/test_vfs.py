@@ -15,17 +15,21 @@ from regina import errors
 from regina.errors import ConfigError, VFSError
 from regina.vfs import MemoryVFS, RealDirVFS, SQLiteVFS, open_vfs, restore_snapshot
 from regina.vfs.base import VFS
+from regina.vfs.snapshot import check_snapshot
+from regina.vfs.sqlite_files import create_parked, read_meta
 
 
 def _make(kind: str, tmp_path: Path) -> SQLiteVFS | MemoryVFS | RealDirVFS:
     if kind == "sqlite":
         return SQLiteVFS(str(tmp_path / "inst.sqlite"))
+    if kind == "sqlite-parked":  # a spawn's: written from an in-memory image, connected on first use
+        return create_parked(str(tmp_path / "inst.sqlite"))
     if kind == "memory":
         return MemoryVFS()
     return RealDirVFS(str(tmp_path / "root"))
 
 
-@pytest.fixture(params=["sqlite", "memory", "realdir"])
+@pytest.fixture(params=["sqlite", "sqlite-parked", "memory", "realdir"])
 def vfs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SQLiteVFS | MemoryVFS | RealDirVFS]:
     v = _make(request.param, tmp_path)
     yield v
@@ -381,6 +385,27 @@ def test_a_parked_sqlite_vfs_reopens_on_the_next_use(tmp_path: Path) -> None:
     vfs.park()
     assert vfs.read("/a.txt") == b"onetwo"
     vfs.close()
+
+
+def test_a_created_parked_vfs_is_a_wal_database_opened_on_first_use(tmp_path: Path) -> None:
+    """A spawn's VFS file is written whole with no SQLite connection; it is a valid WAL database
+    with the root directory and the schema version, and the first use connects."""
+    path = str(tmp_path / "new.sqlite")
+    before = time.time()
+    vfs = create_parked(path, synchronous="NORMAL")
+    assert vfs._conn is None
+    assert sorted(os.listdir(tmp_path)) == ["new.sqlite"]  # no -wal / -shm: never opened
+    assert read_meta(path) == {"vfs.schema": "1"}
+    assert vfs.listdir("/") == []
+    assert vfs.stat("/").is_dir and vfs.stat("/").mtime >= before - 1
+    assert vfs._conn is not None
+    assert vfs._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    vfs.write("/a.txt", b"one")
+    check_snapshot(vfs.snapshot())
+    vfs.close()
+    again = SQLiteVFS(path, connect=False)
+    assert again.read("/a.txt") == b"one"
+    again.close()
 
 
 def test_errors_are_typed_by_kind(vfs: VFS) -> None:
