@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from regina.config import Settings
 from regina.definitions import AgentDefinition
 from regina.delegation import Delegation
-from regina.mcp.toolset import McpToolset
 from regina.outbound import Allowlist
 from regina.runtime.tools.base import Tool
 from regina.runtime.tools.child import ChildSpec
@@ -44,7 +43,13 @@ class Equipment:
         run's id and deadline (what a delegation needs)."""
         s = self.settings
         defaults = build_tools(vfs, env=self.env, limits=s.limits, network=s.bash_network, user_tools={})
-        mcp = McpToolset(definition.name, definition.mcp_servers, s.mcp, self.allow) if definition.mcp_servers else None
+        mcp = None
+        if definition.mcp_servers:
+            # The MCP SDK costs ≈ 0.6 s of CPU to import: a worker imports it after it joins
+            # (workers/signals.py), or here for the first instance that has MCP servers.
+            from regina.mcp.toolset import McpToolset
+
+            mcp = McpToolset(definition.name, definition.mcp_servers, s.mcp, self.allow)
         return InstanceTools(
             defaults=defaults,
             user=dict(definition.user_tools),

@@ -19,7 +19,6 @@ from regina.redis_conn import connect
 from regina.registry import AgentRegistry
 from regina.registry_sync import RegistryFollower, start_reload_listener, warn_missing_keys
 from regina.runs.cancel import listen as cancel_listener
-from regina.runtime.models import get_litellm
 from regina.secrets import add_secret, install_log_redaction
 from storage import make_storage
 from workers.amqp import make_dispatcher
@@ -67,7 +66,6 @@ def init_context(member_id: str, concurrency: int | None = None) -> WorkerContex
     follower = start_reload_listener(client, registry)
     warn_missing_keys(registry)
     storage = make_storage(settings.storage, settings.redis)
-    get_litellm()  # import LiteLLM now (seconds of CPU), not inside the first chat step
     dispatcher = make_dispatcher(app, client)
     coordinator = Coordinator(settings, registry, client, dispatcher, storage)
     delegation = Delegation(coordinator, client)

@@ -11,6 +11,7 @@ import gc
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,7 @@ from regina.metrics import (
     process_exited,
     serve_worker_metrics,
 )
+from regina.runtime.models.setup import preload_litellm
 from regina.runtime.tools.process import resident_bytes
 from workers import amqp
 from workers.context import context, current, init_context
@@ -91,6 +93,9 @@ def _ready(sender: Any, **kwargs: Any) -> None:
     membership.register(0)
     _state["membership"] = membership
     _state["greenlets"] = [
+        # LiteLLM's import (seconds of CPU) after joining, not before: "ready" does not wait for
+        # it, and the first chat step waits for the rest of it (regina/runtime/models/setup.py).
+        gevent.spawn(_preload_litellm),
         gevent.spawn(_heartbeat_loop, membership),
         gevent.spawn(_idle_loop),
         gevent.spawn(_orphan_loop),
@@ -106,6 +111,20 @@ def _ready(sender: Any, **kwargs: Any) -> None:
         serve_worker_metrics(ctx.settings.metrics_port, ctx.settings.host)
         log.info("metrics on http://%s:%d/metrics", ctx.settings.host, ctx.settings.metrics_port)
     log.info("member %s ready (pid %d)", ctx.member_id, os.getpid())
+
+
+def _preload_litellm() -> None:
+    """The imports start-up leaves out (seconds of CPU), one module at a time between the
+    worker's other greenlets: the MCP SDK, then LiteLLM."""
+    t0 = time.monotonic()
+    try:
+        preload_litellm(gevent.idle, before=("regina.mcp.toolset",))
+    except Exception:
+        log.exception("importing LiteLLM or the MCP SDK failed; their first use will try again")
+        return
+    gc.collect()
+    gc.freeze()  # LiteLLM's objects too (see _ready)
+    log.info("LiteLLM and the MCP SDK imported in %.1f s (in the background)", time.monotonic() - t0)
 
 
 def _heartbeat_loop(membership: Membership) -> None:

@@ -28,6 +28,10 @@ ROOT = Path(__file__).resolve().parents[2]
 REGINA = str(Path(sys.executable).parent / "regina")
 
 
+#: What a worker logs when its imports after joining are done (or failed).
+PRELOAD_DONE = ("LiteLLM and the MCP SDK imported", "importing LiteLLM or the MCP SDK failed")
+
+
 def clean_env(base: dict[str, str] | None = None) -> dict[str, str]:
     """os.environ without real API keys or REGINA_* settings of the developer's shell."""
     env = {
@@ -158,6 +162,9 @@ class Cluster:
                     and client.exists(f"regina:member:{proc.member_id}")
                     # this process registered, not an earlier one with the same member id
                     and f"ready (pid {proc.popen.pid})" in proc.log()
+                    # and finished the imports it does after joining (workers/signals.py), so a
+                    # test meets a worker as warm as one that imported everything before joining
+                    and any(line in proc.log() for line in PRELOAD_DONE)
                 ),
                 timeout=timeout,
                 what=f"{proc.name} to join the cluster",

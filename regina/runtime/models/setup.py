@@ -7,12 +7,17 @@ registered as a LiteLLM custom provider in the same step, so a `demo` target can
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
+import sys
 import threading
+from collections.abc import Callable, Sequence
+from importlib.machinery import ModuleSpec
+from types import ModuleType
 from typing import Any
 
-__all__ = ["get_litellm"]
+__all__ = ["get_litellm", "preload_litellm"]
 
 _litellm: Any = None
 _litellm_lock = threading.Lock()
@@ -65,6 +70,42 @@ _CALLBACK_LISTS = (
     "_async_success_callback",
     "_async_failure_callback",
 )
+
+
+class _PauseBetweenModules:
+    """A meta path finder that finds nothing: it calls `pause` before each module is looked up."""
+
+    def __init__(self, pause: Callable[[], None]) -> None:
+        self.pause = pause
+
+    def find_spec(
+        self, name: str, path: Sequence[str] | None = None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
+        self.pause()
+        return None
+
+
+def preload_litellm(pause: Callable[[], None], before: Sequence[str] = ()) -> None:
+    """`get_litellm()` (after importing the modules named in `before`), calling `pause` before
+    each of the ~2 000 modules it imports.
+
+    A worker runs this in a greenlet once it has joined the cluster, with `pause` waiting for an
+    idle event loop (`gevent.idle`: the import goes on only when nothing else is ready to run):
+    the import (seconds of CPU) no longer delays "ready", and the worker's other greenlets
+    (heartbeat, commands, attaches) get a turn between modules instead of waiting seconds. A step
+    that needs LiteLLM meanwhile waits for it on `get_litellm`'s lock. Rule that keeps this safe:
+    code imports LiteLLM, or a package only LiteLLM brings (openai, aiohttp, tiktoken), through
+    `get_litellm()` first — two greenlets importing one package's modules at once can meet
+    half-initialized modules.
+    """
+    finder = _PauseBetweenModules(pause)
+    sys.meta_path.insert(0, finder)
+    try:
+        for name in before:
+            importlib.import_module(name)
+        get_litellm()
+    finally:
+        sys.meta_path.remove(finder)
 
 
 def _configure(litellm: Any) -> None:
