@@ -1,6 +1,6 @@
 """Run every benchmark and print a table per figure with its conditions.
 
-    .venv/bin/python -m benchmarks [--quick] [--only chat,floor,profile,stream,lifecycle,loop,vfs,isolation,mcp]
+    .venv/bin/python -m benchmarks [--quick] [--only chat,floor,...]   (names: ALL below)
 
 `make bench` runs this. Results with their conditions go in docs/benchmarks.md.
 """
@@ -19,7 +19,20 @@ import traceback
 from benchmarks.common import ROOT, Table, machine, versions
 from tests.harness.redis_server import redis_binary
 
-ALL = ["chat", "floor", "profile", "stream", "lifecycle", "scale", "throughput", "loop", "vfs", "isolation", "mcp"]
+ALL = [
+    "chat",
+    "floor",
+    "profile",
+    "stream",
+    "lifecycle",
+    "scale",
+    "throughput",
+    "start",
+    "loop",
+    "vfs",
+    "isolation",
+    "mcp",
+]
 
 
 def _redis_version() -> str:
@@ -107,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             elif name == "scale":
                 from benchmarks import bench_scale
 
-                levels = [10, 100, 1000] if args.quick else [10, 100, 1000, 3000]
+                levels = [10, 100, 1000] if args.quick else [10, 100, 1000, 10000]
                 tables = bench_scale.run(levels, 40 if args.quick else 100)
                 _plot("scale", tables)
             elif name == "throughput":
@@ -116,7 +129,12 @@ def main(argv: list[str] | None = None) -> int:
                 seconds = 4 if args.quick else 10
                 tables = [bench_throughput.run([1, 4, 16, 64], 0.0, seconds=seconds)]
                 tables.append(bench_throughput.run([64, 256], 0.2, seconds=seconds))
+                tables.append(bench_throughput.by_workers([1, 2] if args.quick else [1, 2, 4], 16, seconds=seconds))
                 _plot("throughput", tables[:1])
+            elif name == "start":
+                from benchmarks import bench_start
+
+                tables = bench_start.run(1 if args.quick else 3, [1, 2])
             elif name == "loop":
                 tables = _loop(args.quick)
             elif name == "vfs":

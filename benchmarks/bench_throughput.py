@@ -8,6 +8,7 @@ own instance (one instance's chats run one at a time), sending sync chats back t
 chats answered.
 
     .venv/bin/python -m benchmarks.bench_throughput [--clients 1,4,16,64] [--delay 0] [--workers 2]
+    .venv/bin/python -m benchmarks.bench_throughput --by-workers 1,2,4 --clients 16
 """
 
 from __future__ import annotations
@@ -100,6 +101,19 @@ def run(clients: list[int], delay: float = 0.0, workers: int = 2, web_procs: int
     return t
 
 
+def by_workers(counts: list[int], clients: int = 16, delay: float = 0.0, seconds: float = 10) -> Table:
+    """Throughput at `clients` against the number of worker processes (web processes as many)."""
+    t = Table(
+        f"Throughput against worker processes: {clients} clients, model delay {delay * 1000:g} ms",
+        ["worker processes", "chats/s", "errors", "p50 (ms)", "p99 (ms)", "server CPU / chat (ms)", "worker CPU share"],
+        conditions={**machine(), "clients": clients, "web processes": "as many as workers", "window s": seconds},
+    )
+    for n in counts:
+        row = run([clients], delay, workers=n, web_procs=n, seconds=seconds).rows[0]
+        t.add(n, *row[1:])
+    return t
+
+
 def main(argv: list[str] | None = None) -> list[Table]:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_throughput")
     ap.add_argument("--clients", default="1,4,16,64")
@@ -107,8 +121,12 @@ def main(argv: list[str] | None = None) -> list[Table]:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--web-procs", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--by-workers", help="comma-separated worker counts: one row each at the first --clients")
     args = ap.parse_args(argv)
     clients = [int(x) for x in args.clients.split(",")]
+    if args.by_workers:
+        counts = [int(x) for x in args.by_workers.split(",")]
+        return show([by_workers(counts, clients[0], args.delay, args.seconds)])
     return show([run(clients, args.delay, args.workers, args.web_procs, args.seconds)])
 
 

@@ -204,12 +204,24 @@ def run_up(port: int | None, workers: int, with_flower: bool, flower_port: int) 
 
 @click.command()
 @click.option("--port", type=int, help="HTTP port (default: PORT or config `port`, 3000).")
-@click.option("--workers", type=int, default=1, show_default=True, help="Worker processes to start.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Worker processes to start (default: one per core; a worker uses one core).",
+)
 @click.option("--flower", "with_flower", is_flag=True, help="Start Flower too.")
 @click.option("--flower-port", type=int, default=5555, show_default=True, help="Flower's HTTP port.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), help="Log line format (config `logFormat`).")
-def up(port: int | None, workers: int, with_flower: bool, flower_port: int, log_format: str | None) -> None:
-    """Web + worker (+ embedded Redis when REDIS_URL is unset) on this machine."""
+def up(port: int | None, workers: int | None, with_flower: bool, flower_port: int, log_format: str | None) -> None:
+    """Web + one worker per core (+ embedded Redis when REDIS_URL is unset) on this machine."""
     if log_format:
         os.environ.update(REGINA_LOG_FORMAT=log_format)
-    sys.exit(run_up(port, workers, with_flower, flower_port))
+    sys.exit(run_up(port, workers or default_workers(), with_flower, flower_port))
+
+
+def default_workers() -> int:
+    """One worker process per core this process may run on: a worker's chats run on one thread."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
