@@ -4,7 +4,7 @@ Everything broker-specific of the RabbitMQ deployment is here; `workers/transpor
 Redis one. What differs, and why the rest of Regina does not notice:
 
 - **Consuming.** A worker consumes each instance queue it holds with `basic.consume` on its one
-  consumer channel (Celery's `add_task_queue`, run in the consumer loop by the attach command);
+  consumer channel (`_consume_queue` in workers/command_strategy.py, run in the consumer loop by the attach command);
   RabbitMQ pushes each step to the queue's consumer, so a step costs the same whatever the
   number of queues a worker consumes (no BRPOP, no ready list). Celery sets the prefetch limit
   channel-wide (RabbitMQ's `global` QoS): at most `concurrency` steps are delivered and not yet
