@@ -10,7 +10,12 @@ Three independent views of the same workload (sequential chats, short histories)
 3. With py-spy in the venv: sampled stacks of the worker's main thread, bucketed (LiteLLM, the
    OpenAI SDK's request transform, event publishing, SQLite, Celery/kombu, idle).
 
-    .venv/bin/python -m benchmarks.profile_chat [--n 200] [--no-spy]
+    .venv/bin/python -m benchmarks.profile_chat [--n 200] [--no-spy] [--root TREE] [--config FILE]
+        [--spy-out FILE]
+
+`--root` runs the web and worker from another checkout (an A/B against an older commit),
+`--config` hands them a `REGINA_CONFIG` file (e.g. `storage: {type: null}`: no journal),
+`--spy-out` keeps py-spy's raw stacks (the worker's) for a closer look.
 """
 
 from __future__ import annotations
@@ -103,9 +108,16 @@ def _buckets(path: str) -> tuple[int, collections.Counter[str]]:
     return total, counts
 
 
-def run(n: int = 200, spy: bool = True) -> list[Table]:
+def run(
+    n: int = 200,
+    spy: bool = True,
+    root: str | None = None,
+    config: str | None = None,
+    spy_out: str | None = None,
+) -> list[Table]:
     tables: list[Table] = []
-    with stack() as st:
+    env = {"REGINA_CONFIG": os.path.abspath(config)} if config else None
+    with stack(env, root) as st:
         with st.client() as api:
             pool = [spawn(api) for _ in range(n // PER_INSTANCE + 4)]
             _chat_loop(st, 30, pool, api)  # warm-up
@@ -195,6 +207,8 @@ def run(n: int = 200, spy: bool = True) -> list[Table]:
                         t4.add(name, 100 * c / total, c / total * spent / max(done, 1) * 1000)
                     t4.notes.append("ms per chat = share × wall time per chat while sampled (py-spy slows it)")
                     tables.append(t4)
+                    if spy_out:
+                        shutil.copyfile(out, spy_out)
                     shutil.rmtree(tmp, ignore_errors=True)
     return tables
 
@@ -203,8 +217,11 @@ def main(argv: list[str] | None = None) -> list[Table]:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.profile_chat")
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--no-spy", action="store_true")
+    ap.add_argument("--root", help="run the web and worker from this checkout (an A/B)")
+    ap.add_argument("--config", help="REGINA_CONFIG file for the web and worker")
+    ap.add_argument("--spy-out", help="keep py-spy's raw worker stacks in this file")
     args = ap.parse_args(argv)
-    tables = run(args.n, not args.no_spy)
+    tables = run(args.n, not args.no_spy, args.root, args.config, args.spy_out)
     return show(tables)
 
 

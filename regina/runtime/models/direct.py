@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from regina.providers import ModelTarget
+from regina.runtime.models import wire
 from regina.runtime.models.errors import provider_errors
 from regina.runtime.models.parts import ModelDelta, ModelRequest
 from regina.runtime.models.setup import get_litellm
@@ -154,16 +155,10 @@ def stream_chunks(route: Route, request: ModelRequest) -> Iterator[Any]:
         model=route.model, messages=msgs, optional_params=optional, litellm_params=litellm_params, headers=headers
     )
     data["stream"] = True
-    try:
-        response = litellm.module_level_client.post(
-            url, data=json.dumps(data), headers=headers, stream=True, timeout=request.timeout
-        )
-    except httpx.HTTPStatusError as exc:  # LiteLLM's handler has read and masked the error body
-        body = str(getattr(exc, "message", "") or exc)
-        raise config.get_error_class(
-            error_message=body, status_code=exc.response.status_code, headers=exc.response.headers
-        ) from exc
-    lines = response.iter_lines()
+    body = json.dumps(data).encode()
+    lines: Any = wire.post_lines(url, body, headers, request.timeout, config)
+    if lines is None:  # a proxy, HTTP/2, a redirect…: LiteLLM's httpx client makes the call
+        lines = _httpx_lines(litellm, config, url, body, headers, request.timeout)
     try:
         yield from _iterator(route, lines, litellm_params)
         for _ in lines:  # past the parser's last event (Anthropic stops at message_stop)
@@ -172,4 +167,34 @@ def stream_chunks(route: Route, request: ModelRequest) -> Iterator[Any]:
         # Close deterministically: a suspended line generator finalized later by the cyclic GC
         # can close httpcore's pool stream inside another pool operation and deadlock it.
         lines.close()
-        response.close()
+
+
+class _HttpxLines:
+    """`httpx.Response.iter_lines()` with a `close()` that closes the response too."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self._response = response
+        self._it: Generator[str, None, None] = response.iter_lines()  # type: ignore[assignment]
+
+    def __iter__(self) -> Generator[str, None, None]:
+        return self._it
+
+    def __next__(self) -> str:
+        return next(self._it)
+
+    def close(self) -> None:
+        self._it.close()
+        self._response.close()
+
+
+def _httpx_lines(
+    litellm: Any, config: Any, url: str, body: bytes, headers: dict[str, str], timeout: float | None
+) -> _HttpxLines:
+    try:
+        response = litellm.module_level_client.post(url, data=body, headers=headers, stream=True, timeout=timeout)
+    except httpx.HTTPStatusError as exc:  # LiteLLM's handler has read and masked the error body
+        body_text = str(getattr(exc, "message", "") or exc)
+        raise config.get_error_class(
+            error_message=body_text, status_code=exc.response.status_code, headers=exc.response.headers
+        ) from exc
+    return _HttpxLines(response)

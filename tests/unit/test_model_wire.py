@@ -1,0 +1,127 @@
+"""The direct route's kept-alive HTTP client (regina/runtime/models/wire.py) against a real
+local HTTP server: lines, connection reuse, a server-closed idle connection, error bodies,
+and the cases it leaves to LiteLLM's httpx client (proxy from the environment, redirect)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from regina.runtime.models import wire
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    peers: list[tuple[str, int]] = []
+    user_agents: list[str] = []
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - base class signature
+        pass
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).peers.append(self.client_address)
+        type(self).user_agents.append(self.headers.get("User-Agent", ""))
+        if self.path == "/fail":
+            self._reply(500, b'{"error": {"message": "upstream exploded"}}')
+        elif self.path == "/moved":
+            self.send_response(307)
+            self.send_header("Location", "/v1")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif self.path == "/close":
+            self._reply(200, b"data: one\n\n", close=True)
+        else:
+            self._reply(200, b"data: " + body + b"\n\ndata: [DONE]\n\n")
+
+    def _reply(self, status: int, payload: bytes, close: bool = False) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Content-Length", str(len(payload)))
+        if close:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(payload)
+        self.close_connection = close
+
+
+@pytest.fixture
+def server() -> Iterator[str]:
+    _Handler.peers, _Handler.user_agents = [], []
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    srv.daemon_threads = True
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    wire._served.clear()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()
+    for conns in wire._idle.values():
+        for c in conns:
+            c.close()
+    wire._idle.clear()
+    wire._served.clear()
+
+
+class _Config:
+    def get_error_class(self, error_message: str, status_code: int, headers: Any) -> Exception:
+        err = RuntimeError(error_message)
+        err.status_code = status_code  # type: ignore[attr-defined]
+        return err
+
+
+def _call(url: str, body: bytes = b"{}") -> list[str] | None:
+    lines = wire.post_lines(url, body, {"Content-Type": "application/json"}, 5.0, _Config())
+    if lines is None:
+        return None
+    try:
+        return list(lines)
+    finally:
+        lines.close()
+
+
+def test_lines_come_back_and_the_connection_is_kept_alive(server: str) -> None:
+    assert _call(server + "/v1", b'{"a": 1}') == ['data: {"a": 1}', "", "data: [DONE]", ""]
+    assert _call(server + "/v1", b'{"a": 2}') == ['data: {"a": 2}', "", "data: [DONE]", ""]
+    assert _Handler.peers[0] == _Handler.peers[1]  # one TCP connection for both
+    assert _Handler.user_agents[0].startswith("litellm/")  # as LiteLLM's client sends
+
+
+def test_a_connection_the_server_closed_is_not_reused(server: str) -> None:
+    assert _call(server + "/close") == ["data: one", ""]
+    assert _call(server + "/v1") is not None
+    assert _Handler.peers[0] != _Handler.peers[1]
+
+
+def test_an_idle_connection_closed_by_the_server_is_replaced(server: str) -> None:
+    assert _call(server + "/v1") is not None
+    (conn,) = next(iter(wire._idle.values()))
+    assert conn.sock is not None
+    conn.sock.shutdown(2)  # what the server's idle timeout looks like from here: readable EOF
+    assert _call(server + "/v1") is not None
+    assert _Handler.peers[0] != _Handler.peers[1]
+
+
+def test_an_error_status_raises_the_providers_error_with_the_body(server: str) -> None:
+    with pytest.raises(RuntimeError, match="upstream exploded") as info:
+        _call(server + "/fail")
+    assert info.value.status_code == 500  # type: ignore[attr-defined]
+    assert not any(wire._idle.values())  # the failed exchange's connection was closed
+
+
+def test_a_redirect_is_left_to_litellms_client(server: str) -> None:
+    assert _call(server + "/moved") is None
+
+
+def test_a_proxy_in_the_environment_leaves_the_call_to_litellms_client(
+    server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    assert _call(server.replace("127.0.0.1", "localhost.test") + "/v1") is None
+    assert _Handler.peers == []
