@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 from collections.abc import Iterable
 from typing import Any, cast
+from uuid import uuid4
 
 import redis
 from celery import Celery
+from celery._state import get_current_task
 from kombu import Exchange, Queue
+from kombu.utils.json import dumps as kombu_dumps
 
 from regina import keys
 from workers.transport import captured_publishes, notify_owner
@@ -30,12 +35,19 @@ def _short(text: str | None, limit: int = 60) -> str:
     return repr(text if len(text) <= limit else text[: limit - 1] + "…")
 
 
+def _step_repr(instance_id: str, run_id: str, message: str | None) -> str:
+    """A chat step's `argsrepr` (what Flower shows)."""
+    return f"(instance={instance_id!r}, run={run_id!r}, message={_short(message)})"
+
+
 class CeleryDispatcher:
     """Publish steps and commands straight to their queues (anonymous exchange, no declare)."""
 
     def __init__(self, app: Celery, client: redis.Redis) -> None:
         self.app = app
         self.r = client
+        #: (pid, a chat step's message as Celery built it, its body's embed) for `step_message`.
+        self._envelope: tuple[int, dict[str, Any], Any] | None = None
 
     def _send(self, task: str, queue: str, args: list[Any], argsrepr: str) -> None:
         # exchange="" + routing_key=queue makes kombu LPUSH onto the queue's list directly;
@@ -49,7 +61,7 @@ class CeleryDispatcher:
             CHAT_TASK,
             keys.instance_queue(instance_id),
             [instance_id, run_id, message, stream],
-            f"(instance={instance_id!r}, run={run_id!r}, message={_short(message)})",  # Flower shows this
+            _step_repr(instance_id, run_id, message),
         )
 
     def step_message(self, instance_id: str, run_id: str, message: str | None, stream: bool = True) -> str | None:
@@ -57,11 +69,45 @@ class CeleryDispatcher:
         broker is not on this module's Redis transport, e.g. rediss://: publish as usual)."""
         if self.app.conf.broker_transport != TRANSPORT:
             return None
+        if get_current_task() is None:  # no parent task: the message differs from the last in ids only
+            return self._filled(instance_id, run_id, message, stream)
+        return self._captured(instance_id, run_id, message, stream)
+
+    def _captured(self, instance_id: str, run_id: str, message: str | None, stream: bool) -> str:
         with captured_publishes() as out:
             self.enqueue_step(instance_id, run_id, message, stream)
         if len(out) != 1:  # cannot happen on this transport: it would have been sent for real
             raise RuntimeError(f"step publish not captured for run {run_id} (got {len(out)})")
         return out[0][1]
+
+    def _filled(self, instance_id: str, run_id: str, message: str | None, stream: bool) -> str:
+        """Celery's message for a chat step, from one Celery built in this process: its fields in
+        the same order, the new task id, arguments, queue and delivery tag. Celery's `send_task`
+        (message headers, producer, routing, options) cost ≈ 0.23 ms of the web's CPU per chat;
+        this ≈ 0.02 ms. Only outside a task: inside one, Celery fills in the parent and root ids."""
+        pid = os.getpid()
+        if self._envelope is None or self._envelope[0] != pid:
+            tpl = json.loads(self._captured("", "", None, True))
+            self._envelope = (pid, tpl, json.loads(base64.b64decode(tpl["body"]))[2])
+        _pid, tpl, embed = self._envelope
+        task_id = str(uuid4())
+        queue = keys.instance_queue(instance_id)
+        argsrepr = _step_repr(instance_id, run_id, message)
+        body = kombu_dumps([[instance_id, run_id, message, stream], {}, embed])
+        msg = {
+            **tpl,
+            "body": base64.b64encode(body.encode()).decode(),
+            "headers": {**tpl["headers"], "id": task_id, "root_id": task_id, "argsrepr": argsrepr},
+            "properties": {
+                **tpl["properties"],
+                "correlation_id": task_id,
+                "reply_to": self.app.thread_oid,
+                "argsrepr": argsrepr,
+                "delivery_info": {**tpl["properties"]["delivery_info"], "routing_key": queue},
+                "delivery_tag": str(uuid4()),
+            },
+        }
+        return str(kombu_dumps(msg))
 
     def send_command(self, member_id: str, command: str, payload: dict[str, Any], token: str | None) -> None:
         """Queue a command on a member's own queue."""
