@@ -68,8 +68,15 @@ def api(cluster: Cluster) -> Iterator[httpx.Client]:
 def make_cluster(fake_llm: FakeLLM) -> Iterator[Callable[..., Cluster]]:
     """Factory for a private cluster (own Redis server) with its own settings (idle timeouts,
     storage, …), unstarted (`Cluster.start(workers=…)`); all are stopped after the test."""
-    with contextlib.ExitStack() as made:
-        yield lambda **env: made.enter_context(private_cluster(fake_llm.url, **env))
+    made: list[Cluster] = []
+    with contextlib.ExitStack() as stack:
+
+        def make(**env: str) -> Cluster:
+            made.append(stack.enter_context(private_cluster(fake_llm.url, **env)))
+            return made[-1]
+
+        make.made = made  # type: ignore[attr-defined]  # read by pytest_runtest_makereport
+        yield make
 
 
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> None:
@@ -77,8 +84,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if call.when == "call" and call.excinfo is not None:
         for name in ("cluster", "make_cluster"):
             value = item.funcargs.get(name) if hasattr(item, "funcargs") else None
-            if isinstance(value, Cluster):
-                print(value.dump_logs())
+            for made in [value, *getattr(value, "made", [])]:
+                if isinstance(made, Cluster):
+                    print(made.dump_logs())
 
 
 __all__ = ["clean_env"]

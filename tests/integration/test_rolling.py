@@ -24,7 +24,11 @@ def _chat_loop(url: str, iids: list[str], stop: threading.Event, results: list[t
         n = 0
         while not stop.is_set():
             iid = iids[n % len(iids)]
-            resp = api.post(f"/instances/{iid}/chat", json={"message": f"loop {n}"})
+            try:
+                resp = api.post(f"/instances/{iid}/chat", json={"message": f"loop {n}"})
+            except httpx.HTTPError as exc:  # a hang or a dropped connection is a failed chat
+                results.append((0, f"{iid} loop {n}: {exc!r}"))
+                return
             results.append((resp.status_code, resp.text))
             n += 1
 
