@@ -98,7 +98,11 @@ class InstanceHost:
     # -- activation ----------------------------------------------------------------------
 
     def begin_attach(self, instance_id: str) -> None:
-        """Close the gate for an instance about to be attached (call before consuming its queue)."""
+        """Close the gate for an instance about to be attached (call before consuming its queue).
+
+        Steps that arrive meanwhile queue on it in arrival order. A new `Active` takes the gate as
+        its step lock, so a step arriving just after the attach queues behind them, not in front
+        of one woken a moment ago (a redelivered step then ran after the next run, inside its turn)."""
         if instance_id not in self.loading:
             gate = FifoLock()
             gate.acquire()
@@ -155,6 +159,7 @@ class InstanceHost:
             runner=equip.runner(instance_id, definition, tools, vfs.record if isinstance(vfs, JournalVFS) else None),
             fence=Fence(self.r, instance_id, epoch),
             system_prompt=equip.system_prompt(definition),
+            lock=self.loading.get(instance_id) or FifoLock(),  # the gate: see begin_attach
         )
         if not self.store.fenced_touch(instance_id, epoch, status="started"):
             act.runner.close()
@@ -192,14 +197,8 @@ class InstanceHost:
         Raises StaleEpoch (after letting go of the instance) the moment a fenced write finds
         that the instance moved to another owner: no further tool, event or steering drain.
         """
-        gate = self.loading.get(instance_id)
-        if gate is not None:
-            with gate:
-                pass
-        act = self.active.get(instance_id)
-        if act is None:
-            raise NotHere(f"instance {instance_id} is not attached to {self.member_id}")
-        with act.lock:
+        act = self._turn(instance_id)
+        try:
             if self.active.get(instance_id) is not act:
                 raise NotHere(f"instance {instance_id} was released from {self.member_id}")
             try:
@@ -209,6 +208,23 @@ class InstanceHost:
                 raise
             if isinstance(act.vfs, JournalVFS) and act.vfs.written_bytes > self.settings.storage.checkpoint_bytes:
                 self._checkpoint(act)
+        finally:
+            act.lock.release()
+
+    def _turn(self, instance_id: str) -> Active:
+        """Wait for this step's turn (arrival order) and return the instance, its lock held."""
+        gate = self.loading.get(instance_id)
+        if gate is not None:
+            gate.acquire()
+            act = self.active.get(instance_id)
+            if act is not None and act.lock is gate:
+                return act  # a new Active: the gate is its lock, held now
+            gate.release()  # the attach failed, or kept the Active (and lock) held here already
+        act = self.active.get(instance_id)
+        if act is None:
+            raise NotHere(f"instance {instance_id} is not attached to {self.member_id}")
+        act.lock.acquire()
+        return act
 
     def _checkpoint(self, act: Active) -> None:
         """Back up a started instance whose journal grew past storage.checkpointBytes."""

@@ -255,6 +255,50 @@ def test_a_tool_that_completed_on_a_lost_owner_keeps_its_result_and_changes(pair
     assert [m["role"] for m in history] == ["user", "assistant", "tool", "assistant"]
 
 
+def test_a_redelivered_step_runs_before_a_later_run_that_arrives_as_the_attach_ends(
+    pair: Pair, fake_llm: FakeLLM
+) -> None:
+    # Given a run on a whose tool completed, and whose owner was lost while the model was asked again
+    a, b = pair.hosts["a"], pair.hosts["b"]
+    iid = pair.spawn()
+    fake_llm.push_for(
+        "first run",
+        Reply(tool_calls=[ToolCall("bash", {"command": "echo one > /one"})]),
+        Reply(text="lost with a", delay=1.0),
+    )
+    run_id = pair.new_run(iid)
+    thread = threading.Thread(target=lambda: _swallow(a.run_step, iid, run_id, "first run", True))
+    thread.start()
+    fake_llm.wait_for_requests(2, timeout=60)
+    pair.move(iid, "b")
+    thread.join(60)
+
+    # When b attaches it, the redelivered step waiting for the attach (it came first off the
+    # queue) and the next run's step arriving the moment the attach ends (chaos test, issue 10)
+    later = pair.new_run(iid)
+    b.begin_attach(iid)
+    redelivered = threading.Thread(target=b.run_step, args=(iid, run_id, "first run", True))
+    redelivered.start()
+    time.sleep(0.5)  # it waits for the attach
+    b.attach(iid, pair.store.get(iid).epoch)  # type: ignore[union-attr]
+    b.run_step(iid, later, "second run", stream=True)
+    redelivered.join(60)
+
+    # Then the redelivered run finished its turn first: the later run's message and answer come
+    # after it, not inside it (its answer was the model's reply to the later message, twice)
+    history = b.messages(iid)
+    assert [(m["role"], m.get("runId")) for m in history] == [
+        ("user", run_id),
+        ("assistant", run_id),
+        ("tool", run_id),
+        ("assistant", run_id),
+        ("user", later),
+        ("assistant", later),
+    ], history
+    assert pair.events(run_id)[-1]["text"] == "echo: first run"
+    assert pair.events(later)[-1]["text"] == "echo: second run"
+
+
 def _swallow(fn: Any, *args: Any) -> None:
     try:
         fn(*args)
