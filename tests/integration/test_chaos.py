@@ -60,11 +60,6 @@ def _history(api: httpx.Client, iid: str) -> list[dict[str, Any]]:
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.xfail(
-    strict=False,
-    reason="known bug (issue 10): in 1 of 3 full runs on 8dbb02e an in-flight chat's 200 answer was in the "
-    "history twice after the kill -9 (a duplicated turn); until fixed",
-)
 def test_kill_9_under_load_loses_nothing_acknowledged(
     make_cluster: Callable[..., Cluster], fake_llm: FakeLLM, tmp_path: Path
 ) -> None:
