@@ -38,8 +38,9 @@ RUNNING_TTL = 86_400
 # their own). With a steering list that holds messages, takes them (copying them to the run's
 # steered list) and returns them without publishing; otherwise appends the entries, ends the run
 # record, adds the run's tokens to the instance's usage and resets its idle timer to finishedAt
-# (the run's last touch; Redis's clock as the worker keeps it, regina/clock.py) in one HSET,
-# acknowledges the step's delivery (regina/runs/ack.py) and returns {}.
+# (the run's last touch; Redis's clock as the worker keeps it, regina/clock.py) and records the
+# journal's seq, in one HSET (one write of the instance record per chat), acknowledges the step's
+# delivery (regina/runs/ack.py) and returns {}.
 _FINISH = """
 local inst = redis.call('HMGET', KEYS[3], 'epoch', 'promptTokens', 'completionTokens')
 if ARGV[9] ~= '' and inst[1] ~= ARGV[9] then
@@ -49,10 +50,10 @@ local nj = tonumber(ARGV[13])
 for i = 14, 13 + nj, 1000 do
   redis.call('RPUSH', KEYS[5], unpack(ARGV, i, math.min(i + 999, 13 + nj)))
 end
-if nj > 0 then redis.call('HSET', KEYS[3], 'journalSeq', ARGV[12]) end
 if ARGV[10] == '1' then
   local steered = redis.call('LRANGE', KEYS[6], 0, -1)
   if #steered > 0 then
+    if nj > 0 then redis.call('HSET', KEYS[3], 'journalSeq', ARGV[12]) end
     redis.call('RPUSH', KEYS[7], unpack(steered))
     redis.call('EXPIRE', KEYS[7], ARGV[1])
     redis.call('DEL', KEYS[6])
@@ -63,14 +64,17 @@ for i = 15 + nj, #ARGV, 2 do
   redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[14 + nj], ARGV[i], 'e', ARGV[i + 1])
 end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
-redis.call('HSET', KEYS[2], 'status', ARGV[3], 'finishedAt', ARGV[2], 'finishReason', ARGV[4],
-  'promptTokens', ARGV[5], 'completionTokens', ARGV[6])
-if ARGV[7] ~= '' then redis.call('HSET', KEYS[2], 'error', ARGV[7]) end
+local run = {'status', ARGV[3], 'finishedAt', ARGV[2], 'finishReason', ARGV[4],
+  'promptTokens', ARGV[5], 'completionTokens', ARGV[6]}
+if ARGV[7] ~= '' then run[11] = 'error'; run[12] = ARGV[7] end
+redis.call('HSET', KEYS[2], unpack(run))
 redis.call('EXPIRE', KEYS[2], ARGV[1])
 if inst[1] then  -- every instance record has an epoch: none means no record (never create one)
-  redis.call('HSET', KEYS[3], 'lastActive', ARGV[2],
+  local fields = {'lastActive', ARGV[2],
     'promptTokens', string.format('%d', tonumber(inst[2] or '0') + tonumber(ARGV[5])),
-    'completionTokens', string.format('%d', tonumber(inst[3] or '0') + tonumber(ARGV[6])))
+    'completionTokens', string.format('%d', tonumber(inst[3] or '0') + tonumber(ARGV[6]))}
+  if nj > 0 then fields[7] = 'journalSeq'; fields[8] = ARGV[12] end
+  redis.call('HSET', KEYS[3], unpack(fields))
 end
 redis.call('ZREM', KEYS[4], ARGV[8])
 if ARGV[11] ~= '' then

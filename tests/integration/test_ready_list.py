@@ -81,3 +81,36 @@ def test_a_step_is_taken_and_acknowledged_inside_scripts(cluster: Cluster, api: 
     popped = [kind for kind, c in seen if c.startswith(f"RPOP regina.i.{iid}")]
     # kombu's own bookkeeping sent each from a MULTI/EXEC of its own (client type tcp/unix)
     assert taken == ["lua"] * 5 and acked == ["lua"] * 5 and popped == ["lua"] * 5, seen
+
+
+def test_the_finish_writes_the_instance_record_once_per_chat(cluster: Cluster, api: httpx.Client) -> None:
+    """The finish script records the VFS journal's seq in the same HSET as the instance's usage
+    and lastActive (regina/runs/stream.py): one write of the instance record per chat."""
+    iid = api.post("/agents/openai-agent/instances", json={}).json()["instanceId"]
+    assert api.post(f"/instances/{iid}/chat", json={"message": "warm"}).status_code == 200
+    seen: list[tuple[str, str]] = []
+    stop = threading.Event()
+    conn = redis.Redis.from_url(cluster.redis_url, decode_responses=True)
+    monitor = conn.monitor()
+    m = monitor.__enter__()
+
+    def watch() -> None:
+        for cmd in m.listen():
+            seen.append((str(cmd.get("client_type", "")), cmd.get("command", "")))
+            if stop.is_set():
+                return
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    for i in range(3):
+        assert api.post(f"/instances/{iid}/chat", json={"message": f"m{i}"}).json()["text"] == f"echo: m{i}"
+    stop.set()
+    api.get("/healthz")
+    t.join(10)
+    monitor.__exit__(None, None, None)
+    conn.close()
+    writes = [c for kind, c in seen if kind == "lua" and c.startswith(f"HSET regina:inst:{iid} ")]
+    finishes = [c for c in writes if " promptTokens " in c]  # the finish's (the open touches lastActive only)
+    assert len(finishes) == 3, writes
+    assert all(" journalSeq " in c for c in finishes), finishes  # the journal rode in each finish
+    assert not [c for c in writes if c.startswith(f"HSET regina:inst:{iid} journalSeq")], writes
