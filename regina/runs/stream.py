@@ -154,6 +154,9 @@ class RunPublisher:
         self._send_lock = threading.Lock()
         self._list_lock = threading.Lock()  # held only to append or swap (OS threads, no gevent)
         self._sender_due = False
+        #: What ended the sender thread (a stale owner, Redis gone): raised by the next publish,
+        #: in the step, where it can be handled; a thread has no caller to raise it to.
+        self._sender_failed: Exception | None = None
         # Publish only while `epoch` owns the instance (SPEC §6): a stale owner gets StaleEpoch.
         self.epoch = epoch
         self._xadd_fenced = script(client, _XADD_FENCED) if epoch is not None else None
@@ -192,8 +195,13 @@ class RunPublisher:
         if self.batch_window:
             time.sleep(self.batch_window)
         while True:
-            with self._send_lock:
-                self._send_waiting()
+            try:
+                with self._send_lock:
+                    self._send_waiting()
+            except Exception as exc:  # handed to the step (see _sender_failed)
+                with self._list_lock:
+                    self._sender_failed, self._sender_due = exc, False
+                return
             with self._list_lock:
                 if not self._pending:
                     self._sender_due = False
@@ -263,6 +271,8 @@ class RunPublisher:
 
     def publish(self, event: dict[str, Any]) -> int:
         """Append an event, stamped with `seq` and `runId`; returns its seq."""
+        if self._sender_failed is not None:
+            raise self._sender_failed
         if event.get("type") in TERMINAL:
             self._finish(event, None)
             return self.seq

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import redis
 
+from regina.errors import StaleEpoch
 from regina.runs.stream import RunPublisher
 from tests.harness.redis_server import RedisServer
 from tests.harness.waiting import wait_until
@@ -66,4 +68,23 @@ def test_with_no_window_the_first_delta_goes_out_at_once_and_the_rest_follow_in_
     wait_until(lambda: len(_seqs(r, "run-batch-3")) == 20, timeout=5, what="the other deltas")
     assert _seqs(r, "run-batch-3") == list(range(1, 21))
     r.delete("regina:run:run-batch-3:events")
+    r.close()
+
+
+def test_a_stale_owner_s_batched_delta_stops_the_step_at_its_next_publish(redis_server: RedisServer) -> None:
+    # Given a publisher fenced at epoch 1 of an instance that moved on to epoch 2
+    r = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    r.hset("regina:inst:inst-batch-stale", "epoch", "2")
+    pub = RunPublisher(r, "run-batch-4", "inst-batch-stale", retention=60, seq=0, batch_window=0, epoch=1)
+    # When a delta goes out from the sender thread and is refused
+    pub.publish({"type": "text-delta", "text": "late"})
+    wait_until(lambda: not pub._sender_due, timeout=5, what="the sender to end")
+    # Then the step's next publish raises StaleEpoch (the thread had no one to raise it to), and
+    # nothing was written
+    with pytest.raises(StaleEpoch):
+        pub.publish({"type": "text-delta", "text": "more"})
+    with pytest.raises(StaleEpoch):
+        pub.publish({"type": "finish", "text": "late more", "finishReason": "stop", "usage": {}})
+    assert _seqs(r, "run-batch-4") == []
+    r.delete("regina:inst:inst-batch-stale")
     r.close()
