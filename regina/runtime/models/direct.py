@@ -100,7 +100,12 @@ def _iterator(route: Route, lines: Iterator[str], litellm_params: dict[str, Any]
                 tool_name_reverse_map=litellm_params.get(ANTHROPIC_TOOL_NAME_REVERSE_MAP_KEY),
             )
         )
-    return iter(route.config.get_model_response_iterator(streaming_response=lines, sync_stream=True, json_mode=False))
+    handler = route.config.get_model_response_iterator(streaming_response=lines, sync_stream=True, json_mode=False)
+    from regina.runtime.models.openai_chunks import HANDLER, LeanOpenAIStream
+
+    if type(handler) is HANDLER:  # plain chunks instead of pydantic ones (openai_chunks.py)
+        handler = LeanOpenAIStream(streaming_response=lines, sync_stream=True, json_mode=False)
+    return iter(handler)
 
 
 def stream(route: Route, request: ModelRequest) -> Iterator[ModelDelta]:

@@ -1,0 +1,71 @@
+"""OpenAI chat-completion stream chunks as plain objects instead of LiteLLM's pydantic ones.
+
+LiteLLM's `OpenAIChatCompletionStreamingHandler` builds a `ModelResponseStream` (pydantic:
+choices, `Delta`, tool-call models) for every SSE event; that construction was the largest part
+of parsing a streamed reply (≈ 4 % of a worker's busy samples for a short chat, more per chunk
+for a long reply). `StreamAcc` reads five attributes of a chunk, so here a chunk is a
+`SimpleNamespace` with exactly those, filled the way LiteLLM fills them: the finish reason
+through `map_finish_reason`, a tool call without an index numbered by its place in the chunk,
+an error event raised as LiteLLM's `OpenAIError`. Everything else (SSE lines, `[DONE]`, lines
+that are not JSON) is LiteLLM's handler's own code.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from litellm.litellm_core_utils.core_helpers import map_finish_reason
+from litellm.llms.openai.chat.gpt_transformation import OpenAIChatCompletionStreamingHandler
+from litellm.llms.openai.common_utils import OpenAIError
+
+__all__ = ["LeanOpenAIStream", "HANDLER"]
+
+#: The handler class whose chunks this one replaces (swapped only for exactly this class).
+HANDLER = OpenAIChatCompletionStreamingHandler
+
+_NO_DELTA = SimpleNamespace(content=None, tool_calls=None)
+
+
+def _tool_calls(raw: Any) -> list[SimpleNamespace] | None:
+    if not isinstance(raw, list | tuple):
+        return None
+    out = []
+    position = 0
+    for call in raw:
+        if not isinstance(call, dict):
+            continue
+        index = call.get("index")
+        if index is None:  # as LiteLLM's Delta numbers them
+            index, position = position, position + 1
+        fn = call.get("function") or {}
+        out.append(
+            SimpleNamespace(
+                index=index,
+                id=call.get("id"),
+                function=SimpleNamespace(name=fn.get("name"), arguments=fn.get("arguments")),
+            )
+        )
+    return out
+
+
+def _choice(raw: dict[str, Any]) -> SimpleNamespace:
+    delta = raw.get("delta")
+    reason = raw.get("finish_reason")
+    return SimpleNamespace(
+        delta=SimpleNamespace(content=delta.get("content"), tool_calls=_tool_calls(delta.get("tool_calls")))
+        if isinstance(delta, dict)
+        else _NO_DELTA,
+        finish_reason=map_finish_reason(reason) if reason else None,
+    )
+
+
+class LeanOpenAIStream(OpenAIChatCompletionStreamingHandler):
+    """LiteLLM's OpenAI stream handler with chunks as `SimpleNamespace(usage, choices)`."""
+
+    def chunk_parser(self, chunk: dict[str, Any]) -> Any:
+        error = self._extract_error_from_chunk(chunk)
+        if error is not None:
+            raise OpenAIError(status_code=error[1], message=error[0])
+        choices = chunk.get("choices") or ()
+        return SimpleNamespace(usage=chunk.get("usage"), choices=[_choice(c) for c in choices if isinstance(c, dict)])
