@@ -119,23 +119,35 @@ class CeleryDispatcher:
         )
 
     def _unacked(self, queue: str) -> dict[str, str]:
-        """kombu's unacked entries (tag → raw) of one queue, read through its tag set; tags whose
+        """kombu's unacked entries (tag → raw) of one queue, read through its tag set, in the order
+        they were delivered (kombu's index scores; the tags themselves are random); tags whose
         message is gone from kombu's hash leave the set."""
         index = keys.unacked_of(queue)
         tags = sorted(cast(set[str], self.r.smembers(index)))
         if not tags:
             return {}
-        raws = cast(list[str | None], self.r.hmget(_UNACKED, tags))
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hmget(_UNACKED, tags)
+        for tag in tags:
+            pipe.zscore(_UNACKED_INDEX, tag)
+        raws, *taken_at = pipe.execute()
         gone = [tag for tag, raw in zip(tags, raws, strict=True) if raw is None]
         if gone:
             self.r.srem(index, *gone)
-        return {tag: raw for tag, raw in zip(tags, raws, strict=True) if raw is not None}
+        rows = [
+            (at if at is not None else float("inf"), tag, raw)
+            for tag, raw, at in zip(tags, raws, taken_at, strict=True)
+        ]
+        return {tag: raw for _at, tag, raw in sorted(rows) if raw is not None}
 
     def restore_unacked(self, instance_id: str) -> int:
-        """Requeue, at the head, the steps a dead owner had taken but not acknowledged."""
+        """Requeue, at the head, the steps a dead owner had taken but not acknowledged, in the order
+        it took them: a run cut short mid-turn goes on before the run queued behind it starts."""
         queue = keys.instance_queue(instance_id)
         moved = 0
-        for tag, raw in self._unacked(queue).items():
+        # kombu publishes with LPUSH and consumes with BRPOP: each RPUSH below goes first in line,
+        # so the last taken goes back first and the first taken ends up at the head.
+        for tag, raw in reversed(self._unacked(queue).items()):
             try:
                 payload, _exchange, routing_key = json.loads(raw)
             except (ValueError, TypeError):
@@ -145,7 +157,6 @@ class CeleryDispatcher:
             payload.setdefault("headers", {})["redelivered"] = True
             payload.get("properties", {}).get("delivery_info", {})["redelivered"] = True
             pipe = self.r.pipeline(transaction=True)
-            # kombu publishes with LPUSH and consumes with BRPOP: RPUSH puts it first in line.
             pipe.rpush(queue, json.dumps(payload))
             pipe.hdel(_UNACKED, tag)
             pipe.zrem(_UNACKED_INDEX, tag)

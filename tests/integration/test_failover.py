@@ -10,7 +10,8 @@ import httpx
 import pytest
 import redis
 
-from tests.harness.fake_llm import FakeLLM, Reply
+from regina import keys
+from tests.harness.fake_llm import FakeLLM, Reply, ToolCall
 from tests.harness.processes import Cluster
 from tests.harness.waiting import wait_until
 
@@ -122,4 +123,56 @@ def test_a_killed_workers_instances_are_found_through_the_indexes_and_deleted_fr
         assert api.delete(f"/instances/{iid}").status_code == 204
     assert not r.exists(f"regina:held:{survivor.member_id}")
     assert not r.keys("regina:unacked:*") and not r.smembers("regina:stranded")
+    api.close()
+
+
+def test_a_killed_workers_steps_run_again_in_the_order_it_took_them(
+    make_cluster: Callable[..., Cluster], fake_llm: FakeLLM
+) -> None:
+    # Given instances on w1, each with a run waiting on the model after its tool ran and the next
+    # run's step taken by w1 too (waiting for the first: queued while it was busy)
+    c = make_cluster().start(workers=1)
+    (w1,) = c.workers
+    api = httpx.Client(base_url=c.web.url, timeout=90)
+    iids = [api.post("/agents/openai-agent/instances").json()["instanceId"] for _ in range(6)]
+    c.start_worker()
+    r = redis.Redis.from_url(c.redis_url, decode_responses=True)
+    for k in range(len(iids)):
+        fake_llm.push_for(
+            f"first {k}",
+            Reply(tool_calls=[ToolCall("write_file", {"path": "/one", "content": "1"})]),
+            Reply(text="lost with w1", delay=30.0),
+        )
+    pool = cf.ThreadPoolExecutor(2 * len(iids))
+    firsts = [
+        pool.submit(api.post, f"/instances/{iid}/chat", json={"message": f"first {k}"}) for k, iid in enumerate(iids)
+    ]
+    fake_llm.wait_for_requests(2 * len(iids), timeout=30)
+    seconds = [
+        pool.submit(api.post, f"/instances/{iid}/chat", json={"message": f"second {k}"}) for k, iid in enumerate(iids)
+    ]
+    taken = [keys.unacked_of(keys.instance_queue(iid)) for iid in iids]
+    wait_until(lambda: all(r.scard(t) == 2 for t in taken), timeout=30, what="w1 to take both steps of each")
+
+    # When w1 is killed with -9 and w2 runs them all again
+    w1.kill()
+    answers = [f.result(90) for f in firsts + seconds]
+    pool.shutdown()
+
+    # Then each instance's first run finished its turn before the second began (its steps were
+    # restored in the order w1 took them, not in the order of their random delivery tags)
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+    for k, iid in enumerate(iids):
+        history = api.get(f"/instances/{iid}/messages").json()
+        first, second = answers[k].json()["runId"], answers[len(iids) + k].json()["runId"]
+        assert [(m["role"], m["runId"]) for m in history] == [
+            ("user", first),
+            ("assistant", first),
+            ("tool", first),
+            ("assistant", first),
+            ("user", second),
+            ("assistant", second),
+        ], history
+        assert answers[k].json()["text"] == f"echo: first {k}"
+    r.close()
     api.close()
