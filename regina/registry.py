@@ -13,31 +13,26 @@
   *not* reject the definition (that would let one broken file take down every agent delegating to
   it); the name is dropped from that definition's `delegates`, so the model is never offered a
   delegate that cannot answer, and a `{"file", "error"}` entry is added to `warnings`.
-- `install_sighup()` makes SIGHUP reload the registry, debounced: the first signal arms a reload
-  `debounce` seconds later and further signals until then are coalesced into it. The signal
-  handler only sets a flag and starts a `threading.Timer`; the reload runs on the timer's thread.
+- SIGHUP reloads every process's registry through `regina/registry_sync.py` (its handler only
+  notes the time; nothing may block inside a signal handler under gevent).
 """
 
 from __future__ import annotations
 
 import builtins
 import logging
-import signal
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType, MappingProxyType
-from typing import Any
+from types import MappingProxyType
 
 from regina.config import Settings, environment
 from regina.definitions import AgentDefinition, parse_definition
 from regina.errors import ConfigError, DefinitionError, NotFound
 
 log = logging.getLogger(__name__)
-
-_Handler = Any  # what signal.signal returns: a callable, an int or None
 
 
 @dataclass(frozen=True)
@@ -66,11 +61,6 @@ class AgentRegistry:
         self._environ = environ
         self.snapshot = RegistrySnapshot()
         self._reload_lock = threading.Lock()
-        self._sighup_pending = False
-        self._sighup_timer: threading.Timer | None = None
-        self._sighup_debounce = 5.0
-        self._previous_handler: _Handler = None
-        self._sighup_installed = False
 
     # -- building -------------------------------------------------------------------------
     def _agents_dir(self) -> Path:
@@ -197,42 +187,3 @@ class AgentRegistry:
     def warnings(self) -> builtins.list[dict[str, str]]:
         """Definitions loaded with a problem fixed up: `[{"file", "error"}]`."""
         return [dict(w) for w in self.snapshot.warnings]
-
-    # -- SIGHUP ---------------------------------------------------------------------------
-    @property
-    def reload_pending(self) -> bool:
-        """True while a SIGHUP-triggered reload waits for its debounce delay."""
-        return self._sighup_pending
-
-    def _on_sighup(self, signum: int, frame: FrameType | None) -> None:
-        if self._sighup_pending:
-            return  # coalesced into the reload already armed
-        self._sighup_pending = True
-        timer = threading.Timer(self._sighup_debounce, self._sighup_reload)
-        timer.daemon = True
-        self._sighup_timer = timer
-        timer.start()
-
-    def _sighup_reload(self) -> None:
-        self._sighup_pending = False  # a signal from now on arms a new reload that sees later edits
-        try:
-            self.reload()
-        except Exception:
-            log.exception("agent registry reload on SIGHUP failed; keeping the previous definitions")
-
-    def install_sighup(self, debounce: float = 5.0) -> None:
-        """Reload on SIGHUP, at most once per `debounce` seconds (must run in the main thread)."""
-        self._sighup_debounce = debounce
-        if not self._sighup_installed:
-            self._previous_handler = signal.signal(signal.SIGHUP, self._on_sighup)
-            self._sighup_installed = True
-
-    def uninstall_sighup(self) -> None:
-        """Restore the previous SIGHUP handler and cancel a pending reload."""
-        if self._sighup_installed:
-            signal.signal(signal.SIGHUP, self._previous_handler or signal.SIG_DFL)
-            self._sighup_installed = False
-        timer, self._sighup_timer = self._sighup_timer, None
-        if timer is not None:
-            timer.cancel()
-        self._sighup_pending = False

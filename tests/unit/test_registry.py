@@ -1,11 +1,8 @@
-"""The agent registry: skip-and-report, duplicates, atomic reload, debounced SIGHUP."""
+"""The agent registry: skip-and-report, duplicates, atomic reload (SIGHUP: tests/integration/test_watching.py)."""
 
 from __future__ import annotations
 
-import os
-import signal
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -172,67 +169,3 @@ def test_readers_never_see_a_partial_registry(tmp_path: Path) -> None:
         stop.set()
         reader.join()
     assert seen == {20}
-
-
-@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="needs SIGHUP")
-def test_sighup_reload_is_debounced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    agent(tmp_path, "a.md", "alpha")
-    registry = registry_for(tmp_path)
-    registry.load()
-    reloads: list[float] = []
-    real_reload = registry.reload
-
-    def counting_reload() -> object:
-        reloads.append(time.monotonic())
-        return real_reload()
-
-    monkeypatch.setattr(registry, "reload", counting_reload)
-    previous = signal.getsignal(signal.SIGHUP)
-    registry.install_sighup(debounce=0.3)
-    try:
-        agent(tmp_path, "b.md", "beta")
-        for _ in range(5):
-            os.kill(os.getpid(), signal.SIGHUP)
-            time.sleep(0.02)
-        assert registry.reload_pending
-        assert reloads == []  # nothing yet: waiting for the debounce delay
-        deadline = time.monotonic() + 5
-        while not reloads and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(0.5)  # room for a (wrong) second reload to show up
-        assert len(reloads) == 1
-        assert not registry.reload_pending
-        assert "beta" in registry
-        # A later signal arms a new reload.
-        agent(tmp_path, "c.md", "gamma")
-        os.kill(os.getpid(), signal.SIGHUP)
-        deadline = time.monotonic() + 5
-        while len(reloads) < 2 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(0.1)
-        assert len(reloads) == 2 and "gamma" in registry
-    finally:
-        registry.uninstall_sighup()
-    assert signal.getsignal(signal.SIGHUP) == previous
-
-
-@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="needs SIGHUP")
-def test_sighup_failed_reload_keeps_old_and_uninstall_cancels(tmp_path: Path) -> None:
-    directory, registry = loaded_alpha(tmp_path)
-    before = registry.snapshot
-    registry.install_sighup(debounce=0.1)
-    try:
-        directory.rename(tmp_path / "moved")
-        os.kill(os.getpid(), signal.SIGHUP)
-        deadline = time.monotonic() + 5
-        while registry.reload_pending and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(0.1)
-        assert registry.snapshot is before  # the failed reload was logged, the old registry kept
-        registry.install_sighup(debounce=60)
-        os.kill(os.getpid(), signal.SIGHUP)
-        time.sleep(0.05)
-        assert registry.reload_pending
-    finally:
-        registry.uninstall_sighup()
-    assert not registry.reload_pending
