@@ -11,7 +11,9 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import os
+import re
 import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -22,7 +24,7 @@ import httpx
 import pytest
 import redis
 
-from tests.harness.fake_llm import FakeLLM, Reply, ToolCall
+from tests.harness.fake_llm import FakeLLM, RecordedRequest, Reply, ToolCall, default_reply
 from tests.harness.processes import Cluster
 from tests.harness.waiting import wait_until
 
@@ -51,6 +53,36 @@ def _cluster(make_cluster: Callable[..., Cluster], tmp_path: Path, workers: int)
 def _tool_runs(tmp_path: Path) -> Counter[str]:
     path = tmp_path / "tool-runs.log"
     return Counter(path.read_text().split()) if path.exists() else Counter()
+
+
+def _work_model() -> Callable[[RecordedRequest], Reply]:
+    """The model of the "work N now" chats, answering from the conversation rather than from a
+    queue of replies (a worker killed after taking a reply from a queue, before its tool call
+    reached the journal, left the re-run the next reply: no tool call, no /work.txt). The chat
+    writes /work.txt (again when its write's outcome is unknown), then (every third) calls the
+    slow tool once, then answers: after 2 s the first time, at once when asked again after the
+    kill. Any other chat (the pings) gets the echo."""
+    asked: set[int] = set()
+    lock = threading.Lock()
+
+    def reply(req: RecordedRequest) -> Reply:
+        users = [i for i, m in enumerate(req.messages) if m["role"] == "user"]
+        found = re.fullmatch(r"work (\d+) now", req.messages[users[-1]]["content"]) if users else None
+        if found is None:
+            return default_reply(req)
+        n, turn = int(found.group(1)), req.messages[users[-1] :]
+        if not any(m["role"] == "tool" and m["content"].startswith("wrote ") for m in turn):  # or outcome unknown
+            return Reply(tool_calls=[ToolCall("write_file", {"path": "/work.txt", "content": f"work-{n}"})])
+        if n % 3 == 0:
+            if not any(c["name"] == "slow_mark" for m in turn for c in m.get("tool_calls") or []):
+                return Reply(tool_calls=[ToolCall("slow_mark", {"tag": f"tool-{n}", "seconds": 4.0})])
+            return Reply(text=f"after tool {n}")
+        with lock:
+            first = n not in asked
+            asked.add(n)
+        return Reply(text=f"answer {n}", delay=2.0 if first else 0.0)
+
+    return reply
 
 
 def _history(api: httpx.Client, iid: str) -> list[dict[str, Any]]:
@@ -92,17 +124,7 @@ def test_kill_9_under_load_loses_nothing_acknowledged(
     # When every instance has a chat in flight that wrote a file — a third of them then inside a
     # slow tool, the others waiting for the model — and one worker's process group is killed
     # with -9 (the worker, its fork server and its tool processes)
-    for n in range(len(iids)):
-        wrote = Reply(tool_calls=[ToolCall("write_file", {"path": "/work.txt", "content": f"work-{n}"})])
-        if n % 3 == 0:
-            fake_llm.push_for(
-                f"work {n} now",
-                wrote,
-                Reply(tool_calls=[ToolCall("slow_mark", {"tag": f"tool-{n}", "seconds": 4.0})]),
-                Reply(text=f"after tool {n}"),
-            )
-        else:
-            fake_llm.push_for(f"work {n} now", wrote, Reply(text=f"answer {n}", delay=2.0))
+    fake_llm.default = _work_model()
     pool = cf.ThreadPoolExecutor(30)
     inflight = {
         iid: pool.submit(api.post, f"/instances/{iid}/chat", json={"message": f"work {n} now"})
