@@ -171,12 +171,14 @@ class InstanceHost:
         self._count(+1)
         return {"restored": opened.restored}
 
-    @staticmethod
-    def _set_epoch(act: Active, epoch: int) -> None:
+    def _set_epoch(self, act: Active, epoch: int) -> None:
         act.epoch = epoch
         act.fence.epoch = epoch
         if isinstance(act.vfs, JournalVFS):
             act.vfs.epoch = epoch
+        run = self.running.get(act.run_id)
+        if run is not None:  # its events go on at the new epoch (they were refused as stale)
+            run.publisher.epoch = epoch
 
     def cancel_tool(self, instance_id: str) -> None:
         """Make the instance's tool call in progress (if any) fail now (its process is stopped)."""

@@ -299,6 +299,29 @@ def test_a_redelivered_step_runs_before_a_later_run_that_arrives_as_the_attach_e
     assert pair.events(later)[-1]["text"] == "echo: second run"
 
 
+def test_a_step_running_when_its_member_is_claimed_again_finishes_there(pair: Pair, fake_llm: FakeLLM) -> None:
+    # Given a step on a waiting for the model
+    a = pair.hosts["a"]
+    iid = pair.spawn()
+    fake_llm.push_for("slow answer", Reply(text="answered", delay=1.5))
+    run_id = pair.new_run(iid)
+    thread = threading.Thread(target=lambda: _swallow(a.run_step, iid, run_id, "slow answer", True))
+    thread.start()
+    fake_llm.wait_for_requests(1, timeout=30)
+
+    # When a is claimed again meanwhile (its member key lapsed; the coordinator placed the instance
+    # on it again: a new epoch with nobody in between) and attaches it at that epoch
+    a.attach(iid, pair.move(iid, "a"))
+    thread.join(60)
+
+    # Then the step finishes there and a keeps the instance (it was dropped: the step's events
+    # were still fenced with the old epoch, and nobody served the instance any more)
+    events = pair.events(run_id)
+    assert [e["type"] for e in events][-1:] == ["finish"] and events[-1]["text"] == "answered", events
+    assert iid in a.active
+    assert [m["content"] for m in a.messages(iid)] == ["slow answer", "answered"]
+
+
 def _swallow(fn: Any, *args: Any) -> None:
     try:
         fn(*args)
