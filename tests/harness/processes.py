@@ -164,7 +164,8 @@ class Cluster:
                     and f"ready (pid {proc.popen.pid})" in proc.log()
                     # and finished the imports it does after joining (workers/signals.py), so a
                     # test meets a worker as warm as one that imported everything before joining
-                    and any(line in proc.log() for line in PRELOAD_DONE)
+                    # (an older checkout started for an A/B, `root`, may import before joining)
+                    and (not _preloads_after_join(self.root) or any(line in proc.log() for line in PRELOAD_DONE))
                 ),
                 timeout=timeout,
                 what=f"{proc.name} to join the cluster",
@@ -224,6 +225,12 @@ class Cluster:
 
     def dump_logs(self) -> str:
         return "\n".join(f"===== {p.name} =====\n{p.log()[-6000:]}" for p in self.procs)
+
+
+def _preloads_after_join(root: Path) -> bool:
+    """Whether the worker of the checkout at `root` imports LiteLLM after joining (and logs it)."""
+    signals = root / "workers" / "signals.py"
+    return signals.exists() and PRELOAD_DONE[0] in signals.read_text(encoding="utf-8")
 
 
 def _group_members(pgid: int) -> list[int]:
