@@ -7,7 +7,9 @@ queue and its ready list, however many instances are attached.
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -44,50 +46,10 @@ def test_brpop_names_the_ready_list_not_every_instance_queue(cluster: Cluster, a
     assert all(any(n.strip('"').startswith("regina:ready:") for n in names) for names in seen)
 
 
-def test_a_step_is_taken_and_acknowledged_inside_scripts(cluster: Cluster, api: httpx.Client) -> None:
-    """The take records the step in kombu's unacked index in the same script as its RPOP, and the
-    run's finish script removes it (regina/runs/ack.py): no MULTI/EXEC of kombu's per chat, and
-    nothing left unacknowledged after the reply."""
-    iid = api.post("/agents/openai-agent/instances", json={}).json()["instanceId"]
-    assert api.post(f"/instances/{iid}/chat", json={"message": "warm"}).status_code == 200
-    seen: list[tuple[str, str]] = []  # (client type: "lua" inside a script, command)
-    stop = threading.Event()
-    conn = redis.Redis.from_url(cluster.redis_url, decode_responses=True)
-
-    monitor = conn.monitor()
-    m = monitor.__enter__()  # MONITOR is on before the first chat
-
-    def watch() -> None:
-        for cmd in m.listen():
-            seen.append((str(cmd.get("client_type", "")), cmd.get("command", "")))
-            if stop.is_set():
-                return
-
-    t = threading.Thread(target=watch, daemon=True)
-    t.start()
-    for i in range(5):
-        assert api.post(f"/instances/{iid}/chat", json={"message": f"m{i}"}).json()["text"] == f"echo: m{i}"
-    check = redis.Redis.from_url(cluster.redis_url, decode_responses=True)
-    unacked = {tag: raw for tag, raw in check.hgetall("unacked").items() if f"regina.i.{iid}" in raw}
-    stop.set()
-    api.get("/healthz")
-    t.join(10)
-    monitor.__exit__(None, None, None)
-    conn.close()
-    check.close()
-    assert unacked == {}
-    taken = [kind for kind, c in seen if c.startswith("ZADD unacked_index")]
-    acked = [kind for kind, c in seen if c.startswith("HDEL unacked ")]
-    popped = [kind for kind, c in seen if c.startswith(f"RPOP regina.i.{iid}")]
-    # kombu's own bookkeeping sent each from a MULTI/EXEC of its own (client type tcp/unix)
-    assert taken == ["lua"] * 5 and acked == ["lua"] * 5 and popped == ["lua"] * 5, seen
-
-
-def test_the_finish_writes_the_instance_record_once_per_chat(cluster: Cluster, api: httpx.Client) -> None:
-    """The finish script records the VFS journal's seq in the same HSET as the instance's usage
-    and lastActive (regina/runs/stream.py): one write of the instance record per chat."""
-    iid = api.post("/agents/openai-agent/instances", json={}).json()["instanceId"]
-    assert api.post(f"/instances/{iid}/chat", json={"message": "warm"}).status_code == 200
+@contextlib.contextmanager
+def _monitored(cluster: Cluster, api: httpx.Client) -> Iterator[list[tuple[str, str]]]:
+    """Redis's MONITOR listing, as (client type: "lua" inside a script, command), of what runs
+    inside the block (MONITOR is on before the block starts)."""
     seen: list[tuple[str, str]] = []
     stop = threading.Event()
     conn = redis.Redis.from_url(cluster.redis_url, decode_responses=True)
@@ -102,13 +64,44 @@ def test_the_finish_writes_the_instance_record_once_per_chat(cluster: Cluster, a
 
     t = threading.Thread(target=watch, daemon=True)
     t.start()
-    for i in range(3):
-        assert api.post(f"/instances/{iid}/chat", json={"message": f"m{i}"}).json()["text"] == f"echo: m{i}"
-    stop.set()
-    api.get("/healthz")
-    t.join(10)
-    monitor.__exit__(None, None, None)
-    conn.close()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        api.get("/healthz")  # one more command so the monitor loop sees the stop flag
+        t.join(10)
+        monitor.__exit__(None, None, None)
+        conn.close()
+
+
+def test_a_step_is_taken_and_acknowledged_inside_scripts(cluster: Cluster, api: httpx.Client) -> None:
+    """The take records the step in kombu's unacked index in the same script as its RPOP, and the
+    run's finish script removes it (regina/runs/ack.py): no MULTI/EXEC of kombu's per chat, and
+    nothing left unacknowledged after the reply."""
+    iid = api.post("/agents/openai-agent/instances", json={}).json()["instanceId"]
+    assert api.post(f"/instances/{iid}/chat", json={"message": "warm"}).status_code == 200
+    with _monitored(cluster, api) as seen:
+        for i in range(5):
+            assert api.post(f"/instances/{iid}/chat", json={"message": f"m{i}"}).json()["text"] == f"echo: m{i}"
+        check = redis.Redis.from_url(cluster.redis_url, decode_responses=True)
+        unacked = {tag: raw for tag, raw in check.hgetall("unacked").items() if f"regina.i.{iid}" in raw}
+        check.close()
+    assert unacked == {}
+    taken = [kind for kind, c in seen if c.startswith("ZADD unacked_index")]
+    acked = [kind for kind, c in seen if c.startswith("HDEL unacked ")]
+    popped = [kind for kind, c in seen if c.startswith(f"RPOP regina.i.{iid}")]
+    # kombu's own bookkeeping sent each from a MULTI/EXEC of its own (client type tcp/unix)
+    assert taken == ["lua"] * 5 and acked == ["lua"] * 5 and popped == ["lua"] * 5, seen
+
+
+def test_the_finish_writes_the_instance_record_once_per_chat(cluster: Cluster, api: httpx.Client) -> None:
+    """The finish script records the VFS journal's seq in the same HSET as the instance's usage
+    and lastActive (regina/runs/stream.py): one write of the instance record per chat."""
+    iid = api.post("/agents/openai-agent/instances", json={}).json()["instanceId"]
+    assert api.post(f"/instances/{iid}/chat", json={"message": "warm"}).status_code == 200
+    with _monitored(cluster, api) as seen:
+        for i in range(3):
+            assert api.post(f"/instances/{iid}/chat", json={"message": f"m{i}"}).json()["text"] == f"echo: m{i}"
     # Each script's commands follow its EVALSHA in MONITOR's listing (a script runs alone).
     scripts: list[list[str]] = []
     for kind, c in seen:
