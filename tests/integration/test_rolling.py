@@ -12,6 +12,7 @@ import httpx
 import pytest
 import redis
 
+from regina import keys
 from tests.harness.fake_llm import FakeLLM
 from tests.harness.processes import Cluster
 
@@ -31,6 +32,19 @@ def _chat_loop(url: str, iids: list[str], stop: threading.Event, results: list[t
                 return
             results.append((resp.status_code, resp.text))
             n += 1
+
+
+def _state(c: Cluster, iids: list[str]) -> dict[str, object]:
+    """What Redis holds for each instance (record, queue, unacknowledged steps): for a failure."""
+    r = redis.Redis.from_url(c.redis_url, decode_responses=True)
+    try:
+        state: dict[str, object] = {"members": r.smembers(keys.MEMBERS)}
+        for iid in iids:
+            queue = keys.instance_queue(iid)
+            state[iid] = (r.hgetall(keys.instance_record(iid)), r.llen(queue), r.smembers(keys.unacked_of(queue)))
+        return state
+    finally:
+        r.close()
 
 
 @pytest.mark.parametrize("workers", [2, 1], ids=["one-by-one", "the-only-worker"])
@@ -68,7 +82,7 @@ def test_restarting_every_worker_fails_no_chat(
 
     # Then no chat failed, and every answered one is in its history exactly once
     failed = [r for r in results if r[0] != 200]
-    assert not failed and len(results) >= 4 * workers, (failed[:3], len(results))
+    assert not failed and len(results) >= 4 * workers, (failed[:3], len(results), _state(c, iids))
     said = Counter()
     for iid in iids:
         for m in api.get(f"/instances/{iid}/messages").json():
