@@ -20,8 +20,9 @@ class Dispatcher(Protocol):
 
     def step_message(self, instance_id: str, run_id: str, message: str | None, stream: bool = True) -> str | None:
         """The broker message `enqueue_step` would publish, serialized, for the chat's open script
-        to push itself (`RunStore.open`); None when this broker takes messages only through its
-        own client (then `enqueue_step` publishes)."""
+        to push itself (`RunStore.open`), with the run's id as its delivery tag (a dead owner's
+        taken steps are then found through the instance's open runs); None when this broker takes
+        messages only through its own client (then `enqueue_step` publishes)."""
         ...
 
     def send_command(self, member_id: str, command: str, payload: dict[str, Any], token: str | None) -> None:

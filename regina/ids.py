@@ -18,9 +18,14 @@ def is_valid_instance_id(value: str) -> bool:
     return bool(_INSTANCE_RE.match(value))
 
 
+#: Every run id starts with this. A chat step message built by the web (workers/dispatcher.py)
+#: has its run's id as its broker delivery tag, which no other tag starts with.
+RUN_PREFIX = "run-"
+
+
 def new_run_id() -> str:
     """A run id: `run-<96 random bits>`."""
-    return f"run-{secrets.token_hex(12)}"
+    return f"{RUN_PREFIX}{secrets.token_hex(12)}"
 
 
 def new_token() -> str:

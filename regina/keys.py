@@ -107,7 +107,8 @@ def member_held(member_id: str) -> str:
 
 
 def unacked_of(queue: str) -> str:
-    """Set of kombu's delivery tags of the queue's steps that are delivered and not acknowledged."""
+    """Set of kombu's delivery tags of the queue's steps that are delivered and not acknowledged,
+    except those tagged with their open run's id (workers/unacked.py)."""
     return f"{UNACKED_PREFIX}{queue}"
 
 

@@ -78,7 +78,11 @@ class CeleryDispatcher:
             self.enqueue_step(instance_id, run_id, message, stream)
         if len(out) != 1:  # cannot happen on this transport: it would have been sent for real
             raise RuntimeError(f"step publish not captured for run {run_id} (got {len(out)})")
-        return out[0][1]
+        if not run_id:  # the template of `_filled`
+            return out[0][1]
+        msg = json.loads(out[0][1])
+        msg["properties"]["delivery_tag"] = run_id  # as `_filled` does
+        return str(kombu_dumps(msg))
 
     def _filled(self, instance_id: str, run_id: str, message: str | None, stream: bool) -> str:
         """Celery's message for a chat step, from one Celery built in this process: its fields in
@@ -104,7 +108,7 @@ class CeleryDispatcher:
                 "reply_to": self.app.thread_oid,
                 "argsrepr": argsrepr,
                 "delivery_info": {**tpl["properties"]["delivery_info"], "routing_key": queue},
-                "delivery_tag": str(uuid4()),
+                "delivery_tag": run_id,  # regina/dispatch.py: found through the instance's open runs
             },
         }
         return str(kombu_dumps(msg))
@@ -118,12 +122,17 @@ class CeleryDispatcher:
             f"(command={command!r}, instance={payload.get('instanceId')!r})",
         )
 
-    def _unacked(self, queue: str) -> dict[str, str]:
-        """kombu's unacked entries (tag → raw) of one queue, read through its tag set, in the order
-        they were delivered (kombu's index scores; the tags themselves are random); tags whose
-        message is gone from kombu's hash leave the set."""
-        index = keys.unacked_of(queue)
-        tags = sorted(cast(set[str], self.r.smembers(index)))
+    def _unacked(self, instance_id: str) -> dict[str, str]:
+        """kombu's unacked entries (tag → raw) of one instance's queue, in the order they were
+        delivered (kombu's index scores; the tags themselves are random): steps tagged with their
+        run's id (`step_message`) are looked for under the instance's open runs, the others in the
+        queue's tag set; tags of the set whose message is gone from kombu's hash leave the set."""
+        index = keys.unacked_of(keys.instance_queue(instance_id))
+        pipe = self.r.pipeline(transaction=False)
+        pipe.smembers(index)
+        pipe.zrange(keys.instance_runs(instance_id), 0, -1)
+        indexed, runs = cast(tuple[set[str], list[str]], pipe.execute())
+        tags = sorted(indexed.union(runs))
         if not tags:
             return {}
         pipe = self.r.pipeline(transaction=False)
@@ -131,7 +140,7 @@ class CeleryDispatcher:
         for tag in tags:
             pipe.zscore(_UNACKED_INDEX, tag)
         raws, *taken_at = pipe.execute()
-        gone = [tag for tag, raw in zip(tags, raws, strict=True) if raw is None]
+        gone = [tag for tag, raw in zip(tags, raws, strict=True) if raw is None and tag in indexed]
         if gone:
             self.r.srem(index, *gone)
         rows = [
@@ -147,7 +156,7 @@ class CeleryDispatcher:
         moved = 0
         # kombu publishes with LPUSH and consumes with BRPOP: each RPUSH below goes first in line,
         # so the last taken goes back first and the first taken ends up at the head.
-        for tag, raw in reversed(self._unacked(queue).items()):
+        for tag, raw in reversed(self._unacked(instance_id).items()):
             try:
                 payload, _exchange, routing_key = json.loads(raw)
             except (ValueError, TypeError):
@@ -168,7 +177,8 @@ class CeleryDispatcher:
 
     def waiting_instances(self, instance_ids: Iterable[str]) -> set[str]:
         """Those of `instance_ids` with steps waiting: queued, or taken and not acknowledged (the
-        queue's own set of unacknowledged tags, workers/unacked.py: never the whole `unacked`)."""
+        queue's own set of unacknowledged tags, workers/unacked.py, and the steps tagged with an
+        open run's id: never the whole `unacked`)."""
         ids = list(instance_ids)
         if not ids:
             return set()
@@ -176,14 +186,24 @@ class CeleryDispatcher:
         for iid in ids:
             pipe.llen(keys.instance_queue(iid))
             pipe.exists(keys.unacked_of(keys.instance_queue(iid)))
+            pipe.zrange(keys.instance_runs(iid), 0, -1)
         replies = pipe.execute()
-        return {iid for n, iid in enumerate(ids) if replies[2 * n] or replies[2 * n + 1]}
+        waiting = {iid for n, iid in enumerate(ids) if replies[3 * n] or replies[3 * n + 1]}
+        runs = [(iid, replies[3 * n + 2]) for n, iid in enumerate(ids) if iid not in waiting and replies[3 * n + 2]]
+        if runs:
+            pipe = self.r.pipeline(transaction=False)
+            for _iid, run_ids in runs:
+                pipe.hmget(_UNACKED, run_ids)
+            for (iid, _run_ids), raws in zip(runs, pipe.execute(), strict=True):
+                if any(raw is not None for raw in raws):
+                    waiting.add(iid)
+        return waiting
 
     def purge(self, instance_id: str) -> None:
         """Delete the instance queue, kombu's binding keys for it, and the steps of it a dead worker
         left unacknowledged (they would otherwise stay in kombu's `unacked` hash for good)."""
         queue = keys.instance_queue(instance_id)
-        tags = list(self._unacked(queue))
+        tags = list(self._unacked(instance_id))
         pipe = self.r.pipeline(transaction=True)
         pipe.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}", keys.unacked_of(queue))
         pipe.srem(keys.STRANDED, queue)

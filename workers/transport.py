@@ -42,6 +42,7 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 
 from regina import keys
+from regina.ids import RUN_PREFIX
 from regina.runs.ack import StepDelivery
 from workers.unacked import QueueIndexedQoS
 
@@ -83,17 +84,20 @@ end
 """
 
 # KEYS: instance queue, unacked index, unacked hash, the queue's unacked tags. ARGV: now (the
-# index's score). Takes the queue's oldest step and records it as delivered and unacknowledged, as
-# kombu's `QoS.append` does with a MULTI of its own after the pop: one round trip, and no moment
-# at which a popped step is in neither place (a worker killed between the two lost it). The tag
-# also goes into the queue's own set (workers/unacked.py): a dead owner's steps are found there.
+# index's score), run id prefix. Takes the queue's oldest step and records it as delivered and
+# unacknowledged, as kombu's `QoS.append` does with a MULTI of its own after the pop: one round
+# trip, and no moment at which a popped step is in neither place (a worker killed between the two
+# lost it). A tag that is not a run's id also goes into the queue's own set (workers/unacked.py):
+# a dead owner's steps are found there, and those tagged with their run's id through the
+# instance's open runs (workers/dispatcher.py).
 _TAKE_UNACKED = """
 local raw = redis.call('RPOP', KEYS[1])
 if not raw then return false end
 local props = cjson.decode(raw)['properties']
 local info = props['delivery_info'] or {}
-redis.call('ZADD', KEYS[2], ARGV[1], props['delivery_tag'])
-redis.call('SADD', KEYS[4], props['delivery_tag'])
+local tag = props['delivery_tag']
+redis.call('ZADD', KEYS[2], ARGV[1], tag)
+if string.sub(tag, 1, #ARGV[2]) ~= ARGV[2] then redis.call('SADD', KEYS[4], tag) end
 redis.call('HSET', KEYS[3], props['delivery_tag'],
   '[' .. raw .. ',' .. cjson.encode(info['exchange'] or '') .. ',' .. cjson.encode(info['routing_key'] or '') .. ']')
 return raw
@@ -273,7 +277,7 @@ class Channel(_RedisChannel):  # type: ignore[misc]
                     # Same connection, now idle: the queue's oldest step, recorded as unacked.
                     raw = self._script(_TAKE_UNACKED)(
                         keys=[item, self.unacked_index_key, self.unacked_key, keys.unacked_of(item)],
-                        args=[time()],
+                        args=[time(), RUN_PREFIX],
                         client=self.client,
                     )
                     if raw is None:

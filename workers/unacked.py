@@ -3,15 +3,20 @@ every unacknowledged message of the cluster.
 
 kombu's Redis QoS keeps every delivered, unacknowledged message in one hash (`unacked`, bodies
 included) and its delivery time in `unacked_index`. Finding the steps one instance's dead owner
-held meant an HGETALL of the whole hash. Here a step of an instance queue also has its delivery
-tag in `regina:unacked:<queue>` (keys.unacked_of), written and removed in the same call as
-kombu's two entries, so the index never disagrees with them:
+held meant an HGETALL of the whole hash. Now:
 
-- a step taken through the ready list: the take script (workers/transport.py) and the run's
-  finish script that acknowledges it (regina/runs/stream.py) — one command more each, no round trip;
-- every other path, in this QoS: kombu's append (a consumer not on the ready list) and ack (a
-  steered, stale or failed step) as one script each instead of kombu's MULTI/EXEC; reject and
-  kombu's restore (at shutdown) in their own transaction.
+- a chat step the web's open script pushed has its run's id as its delivery tag
+  (workers/dispatcher.py `step_message`): while its run is open, the instance's open runs
+  (`regina:inst:<id>:runs`, written anyway) name it, so the take script and the run's finish
+  script write no index of their own for it; a run cancelled while queued (its step may be taken
+  already) puts its id into the queue's set below instead (regina/runs/store.py `_CANCEL`);
+- any other step of an instance queue has its delivery tag in `regina:unacked:<queue>`
+  (keys.unacked_of), written and removed in the same call as kombu's two entries, so the index
+  never disagrees with them: the take script (workers/transport.py) and the finish script
+  (regina/runs/stream.py); in this QoS, kombu's append (a consumer not on the ready list) and ack
+  (a steered, stale or failed step) as one script each instead of kombu's MULTI/EXEC; reject and
+  kombu's restore (at shutdown) in their own transaction (these also remove a run-id tag, which
+  is then not in the set: harmless).
 
 Other queues (a member's command queue) keep kombu's own bookkeeping. A tag left in a queue's
 set whose message is gone from `unacked` (a restore by kombu's visibility timeout, if one ever

@@ -66,7 +66,8 @@ end
 # prefix, most steering messages waiting (limits.maxSteering). The instance's one HGETALL
 # answers whether it exists, who owns it and what the reply carries. A started instance whose
 # member lives gets the step message here, and its member the queue's name on its ready list
-# (workers/transport.py): no publish round trip of its own.
+# (workers/transport.py): no publish round trip of its own. Such a message has the run's id as its
+# delivery tag (regina/dispatch.py): the run record says so (`tagged`, read by `_CANCEL`).
 _OPEN = (
     _FRONT
     + _CLAIMED
@@ -88,21 +89,26 @@ if busy and ARGV[5] == 'steer' then
   return {'steered', busy}
 end
 if busy and redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[11]) then return {'full', busy} end
-redis.call('HSET', KEYS[2], 'instanceId', ARGV[2], 'status', 'queued', 'createdAt', ARGV[1])
-redis.call('EXPIRE', KEYS[2], ARGV[3])
-redis.call('ZADD', KEYS[3], ARGV[1], ARGV[4])
-if KEYS[6] then redis.call('SET', KEYS[6], ARGV[7] .. ' ' .. ARGV[4], 'EX', ARGV[8]) end
 local pushed = '0'
+local member
 if ARGV[12] ~= '' and alive == '1' then
-  local status, member
+  local status
   for i = 1, #rec, 2 do
     if rec[i] == 'status' then status = rec[i + 1] elseif rec[i] == 'member' then member = rec[i + 1] end
   end
-  if status == 'started' then
-    redis.call('LPUSH', KEYS[5], ARGV[12])
-    redis.call('LPUSH', ARGV[13] .. member, KEYS[5])
-    pushed = '1'
-  end
+  if status == 'started' then pushed = '1' end
+end
+if pushed == '1' then
+  redis.call('HSET', KEYS[2], 'instanceId', ARGV[2], 'status', 'queued', 'createdAt', ARGV[1], 'tagged', '1')
+else
+  redis.call('HSET', KEYS[2], 'instanceId', ARGV[2], 'status', 'queued', 'createdAt', ARGV[1])
+end
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('ZADD', KEYS[3], ARGV[1], ARGV[4])
+if KEYS[6] then redis.call('SET', KEYS[6], ARGV[7] .. ' ' .. ARGV[4], 'EX', ARGV[8]) end
+if pushed == '1' then
+  redis.call('LPUSH', KEYS[5], ARGV[12])
+  redis.call('LPUSH', ARGV[13] .. member, KEYS[5])
 end
 table.insert(rec, 1, pushed)
 table.insert(rec, 1, alive)
@@ -177,10 +183,14 @@ return out
 """
 )
 
-# KEYS: run record, run events, instance runs. ARGV: now, retention, runId, event JSON head
-# (up to "seq":), event JSON tail (after the seq number).
+# KEYS: run record, run events, instance runs, the instance queue's unacked tags. ARGV: now,
+# retention, runId, event JSON head (up to "seq":), event JSON tail (after the seq number). A
+# queued run leaves the instance's open runs here while its step may already be taken (waiting for
+# the one before it); a step tagged with the run's id (`tagged`, see `_OPEN`) goes into the queue's
+# tag set instead, where a dead owner's steps are also looked for (workers/unacked.py).
 _CANCEL = """
-local st = redis.call('HGET', KEYS[1], 'status')
+local rec = redis.call('HMGET', KEYS[1], 'status', 'tagged')
+local st = rec[1]
 if not st then return {'missing'} end
 if st == 'finished' or st == 'failed' or st == 'cancelled' then return {'ended', st} end
 redis.call('HSET', KEYS[1], 'cancel', ARGV[1])
@@ -196,6 +206,7 @@ redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finishedAt', ARGV[1], 'finis
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 redis.call('ZREM', KEYS[3], ARGV[3])
+if rec[2] == '1' then redis.call('SADD', KEYS[4], ARGV[3]) end
 return {'cancelled', st}
 """
 
@@ -354,7 +365,12 @@ class RunStore:
         flat = cast(
             list[str],
             self._cancel(
-                keys=[keys.run_record(run_id), keys.run_events(run_id), keys.instance_runs(instance_id)],
+                keys=[
+                    keys.run_record(run_id),
+                    keys.run_events(run_id),
+                    keys.instance_runs(instance_id),
+                    keys.unacked_of(keys.instance_queue(instance_id)),
+                ],
                 args=[repr(time.time()), str(self.retention), run_id, head, tail, keys.CANCEL_CHANNEL],
             ),
         )

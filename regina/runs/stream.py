@@ -40,7 +40,8 @@ RUNNING_TTL = 86_400
 # record, adds the run's tokens to the instance's usage and resets its idle timer to finishedAt
 # (the run's last touch; Redis's clock as the worker keeps it, regina/clock.py) and records the
 # journal's seq, in one HSET (one write of the instance record per chat), acknowledges the step's
-# delivery (regina/runs/ack.py) and returns {}.
+# delivery (regina/runs/ack.py; a tag that is the run's id was never in the queue's tag set, see
+# workers/transport.py) and returns {}.
 _FINISH = """
 local inst = redis.call('HMGET', KEYS[3], 'epoch', 'promptTokens', 'completionTokens')
 if ARGV[9] ~= '' and inst[1] ~= ARGV[9] then
@@ -80,7 +81,7 @@ redis.call('ZREM', KEYS[4], ARGV[8])
 if ARGV[11] ~= '' then
   redis.call('ZREM', KEYS[#KEYS - 2], ARGV[11])
   redis.call('HDEL', KEYS[#KEYS - 1], ARGV[11])
-  redis.call('SREM', KEYS[#KEYS], ARGV[11])
+  if ARGV[11] ~= ARGV[8] then redis.call('SREM', KEYS[#KEYS], ARGV[11]) end
 end
 return {}
 """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -98,7 +99,9 @@ def test_a_killed_workers_instances_are_found_through_the_indexes_and_deleted_fr
     with pytest.raises(httpx.ReadTimeout):
         api.post(f"/instances/{busy}/chat", json={"message": "unwatched"}, timeout=1.0)
     fake_llm.wait_for_requests(1, timeout=10)
-    assert r.scard(f"regina:unacked:regina.i.{busy}") == 1  # kombu's unacked entry, indexed by queue
+    # kombu's unacked entry, tagged with its open run's id (not in the queue's tag set)
+    (run_id,) = r.zrange(f"regina:inst:{busy}:runs", 0, -1)
+    assert r.hkeys("unacked") == [run_id] and not r.exists(f"regina:unacked:regina.i.{busy}")
 
     # When it is killed with -9 and another worker joins
     victim.kill()
@@ -151,8 +154,13 @@ def test_a_killed_workers_steps_run_again_in_the_order_it_took_them(
     seconds = [
         pool.submit(api.post, f"/instances/{iid}/chat", json={"message": f"second {k}"}) for k, iid in enumerate(iids)
     ]
-    taken = [keys.unacked_of(keys.instance_queue(iid)) for iid in iids]
-    wait_until(lambda: all(r.scard(t) == 2 for t in taken), timeout=30, what="w1 to take both steps of each")
+    queues = [keys.instance_queue(iid) for iid in iids]
+
+    def taken() -> list[int]:  # kombu's unacked entries per queue
+        routed = [json.loads(raw)[2] for raw in r.hvals("unacked")]
+        return [routed.count(q) for q in queues]
+
+    wait_until(lambda: taken() == [2] * len(iids), timeout=30, what="w1 to take both steps of each")
 
     # When w1 is killed with -9 and w2 runs them all again
     w1.kill()
@@ -174,5 +182,46 @@ def test_a_killed_workers_steps_run_again_in_the_order_it_took_them(
             ("assistant", second),
         ], history
         assert answers[k].json()["text"] == f"echo: first {k}"
+    r.close()
+    api.close()
+
+
+def test_a_killed_workers_step_of_a_run_cancelled_while_queued_is_still_found(
+    make_cluster: Callable[..., Cluster], fake_llm: FakeLLM
+) -> None:
+    # Given a worker running one run of an instance, and the next run's step taken by it too
+    # (waiting for the first), that next run cancelled while queued: it leaves the open runs
+    c = make_cluster()
+    victim = c.start_worker()
+    web = c.start_web()
+    r = redis.Redis.from_url(c.redis_url, decode_responses=True)
+    api = httpx.Client(base_url=web.url, timeout=60)
+    iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
+    fake_llm.push_for("first", Reply(text="lost with the victim", delay=30.0), Reply(text="first again"))
+    pool = cf.ThreadPoolExecutor(2)
+    first = pool.submit(api.post, f"/instances/{iid}/chat", json={"message": "first"})
+    fake_llm.wait_for_requests(1, timeout=20)
+    second = pool.submit(api.post, f"/instances/{iid}/chat", json={"message": "second"})
+    queue = keys.instance_queue(iid)
+    wait_until(
+        lambda: [json.loads(raw)[2] for raw in r.hvals("unacked")] == [queue, queue],
+        timeout=20,
+        what="the victim to take both steps",
+    )
+    (_first_id, second_id) = r.zrange(keys.instance_runs(iid), 0, -1)
+    assert api.post(f"/runs/{second_id}/cancel").json() == {"cancelled": True}
+    assert second.result(20).json()["finishReason"] == "cancelled"
+
+    # When it is killed with -9 and another worker takes the instance over
+    victim.kill()
+    c.start_worker()
+
+    # Then both its steps went back to the queue (the cancelled one is dropped there, as ended)
+    # and nothing of them is left in kombu's unacked entries or the queue's tag set
+    assert first.result(60).json()["text"] == "first again"
+    wait_until(lambda: r.hlen("unacked") == 0, timeout=20, what="the restored steps to be acknowledged")
+    assert not r.exists(keys.unacked_of(queue))
+    assert [m["content"] for m in api.get(f"/instances/{iid}/messages").json()] == ["first", "first again"]
+    pool.shutdown()
     r.close()
     api.close()
