@@ -41,7 +41,10 @@ def _state(c: Cluster, iids: list[str]) -> dict[str, object]:
         state: dict[str, object] = {"members": r.smembers(keys.MEMBERS)}
         for iid in iids:
             queue = keys.instance_queue(iid)
-            state[iid] = (r.hgetall(keys.instance_record(iid)), r.llen(queue), r.smembers(keys.unacked_of(queue)))
+            # unacknowledged: tags in the queue's set, and open runs' ids (a pushed step's tag)
+            tags = r.smembers(keys.unacked_of(queue)) | set(r.zrange(keys.instance_runs(iid), 0, -1))
+            unacked = {tag for tag in tags if r.hexists("unacked", tag)}
+            state[iid] = (r.hgetall(keys.instance_record(iid)), r.llen(queue), unacked)
         return state
     finally:
         r.close()
