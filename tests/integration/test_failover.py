@@ -114,6 +114,8 @@ def test_a_killed_workers_instances_are_found_through_the_indexes_and_deleted_fr
         timeout=40,
         what="the redelivered step to finish",
     )
+    # the answer is in the history a moment before the finish script ends the run (and acks its step)
+    wait_until(lambda: not r.exists(keys.instance_runs(busy)), 20, what="the redelivered run to end")
     wait_until(lambda: not r.sismember("regina:holders", victim.member_id), 20, what="the dead member to be forgotten")
     assert api.get(f"/instances/{busy}").json()["member"] == survivor.member_id
     assert [api.get(f"/instances/{i}").json()["status"] for i in (idle1, idle2)] == ["suspended", "suspended"]
