@@ -12,7 +12,8 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import gevent
@@ -41,6 +42,17 @@ from workers.transport import configure_worker
 log = logging.getLogger("regina.worker")
 
 _state: dict[str, Any] = {"stopping": False, "greenlets": []}
+#: Orphan sweeps under way (not asleep): the shutdown waits for these (see _shutdown).
+_sweeping: set[gevent.Greenlet] = set()
+
+
+@contextmanager
+def _sweep() -> Iterator[None]:
+    _sweeping.add(gevent.getcurrent())
+    try:
+        yield
+    finally:
+        _sweeping.discard(gevent.getcurrent())
 
 
 @signals.celeryd_init.connect
@@ -92,14 +104,12 @@ def _ready(sender: Any, **kwargs: Any) -> None:
     remove_stale_copies(ctx.client, ctx.settings, ctx.member_id)
     membership.register(0)
     _state["membership"] = membership
-    _state["greenlets"] = [
-        # LiteLLM's import (seconds of CPU) after joining, not before: "ready" does not wait for
-        # it, and the first chat step waits for the rest of it (regina/runtime/models/setup.py).
-        gevent.spawn(_preload_litellm),
-        gevent.spawn(_heartbeat_loop, membership),
-        gevent.spawn(_idle_loop),
-        gevent.spawn(_orphan_loop),
-    ]
+    # LiteLLM's import (seconds of CPU) after joining, not before: "ready" does not wait for
+    # it, and the first chat step waits for the rest of it (regina/runtime/models/setup.py).
+    gevent.spawn(_preload_litellm)
+    gevent.spawn(_heartbeat_loop, membership)
+    # The sweeps: the shutdown waits for the one under way (see _shutdown).
+    _state["greenlets"] = [gevent.spawn(_idle_loop), gevent.spawn(_orphan_loop)]
     # LiteLLM, Celery and friends leave ~300 000 long-lived objects; keep the cyclic GC from scanning
     # them again in every full collection (each one a pause in every running step).
     gc.collect()
@@ -166,6 +176,8 @@ def _idle_loop() -> None:
     requested: set[str] = set()
     while not _state["stopping"]:
         gevent.sleep(interval)
+        if _state["stopping"]:
+            break  # the shutdown suspends every instance itself
         try:
             ctx.host.park_idle(ctx.settings.vfs_park_after)
             idle = ctx.host.idle_instances()
@@ -187,8 +199,11 @@ def _orphan_loop() -> None:
     every = ctx.settings.member_heartbeat
     while not _state["stopping"]:
         gevent.sleep(every)
+        if _state["stopping"]:
+            break  # a leaving member places nothing (its sweep would outlive it, see _shutdown)
         try:
-            sweep_orphans(ctx.client, ctx.coordinator.ensure_active, ctx.dispatcher.waiting_instances, every)
+            with _sweep():
+                sweep_orphans(ctx.client, ctx.coordinator.ensure_active, ctx.dispatcher.waiting_instances, every)
         except Exception:
             log.exception("orphan sweep failed; retrying")
 
@@ -232,8 +247,16 @@ def _shutting_down(**kwargs: Any) -> None:
 def _shutdown(sender: Any, **kwargs: Any) -> None:
     """After running steps finished: back up and release every instance, then leave."""
     _state["stopping"] = True
-    flush_task_events()
     ctx = current()
+    # A sweep under way finishes first: an orphan sweep places instances while holding their
+    # activation lock, and a process exiting in the middle left that lock for its whole TTL (every
+    # chat to the instance waited that long; seen when a suspend here stranded a queued step). One
+    # that takes longer than a worker's reply is stopped: its lock is released on the way out.
+    sweeps = _state["greenlets"]
+    gevent.killall([g for g in sweeps if g not in _sweeping])  # asleep: nothing to finish
+    gevent.joinall(list(_sweeping), timeout=ctx.settings.limits.worker_reply_timeout if ctx else 0)
+    gevent.killall(sweeps)
+    flush_task_events()
     if ctx is None:
         return
     count = len(ctx.host.active)
