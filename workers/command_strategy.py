@@ -21,7 +21,7 @@ import gevent
 
 from regina import keys
 from workers.context import WorkerContext, context
-from workers.transport import fresh_queue
+from workers.transport import Channel, fresh_queue
 
 log = logging.getLogger("regina.worker")
 
@@ -45,13 +45,19 @@ def _release_queue(consumer: Any, queue: str) -> None:
 def _consume_queue(consumer: Any, queue: str) -> None:
     """Celery's `Consumer.add_task_queue` without its O(queues) part: after adding a queue it
     calls kombu's `consume()`, which walks every queue the worker consumes (a spawn cost 30 ms at
-    10 000 attached instances, docs/benchmarks.md); this starts consuming the one queue added."""
+    10 000 attached instances, docs/benchmarks.md); this starts consuming the one queue added,
+    without declaring it on Redis."""
     cset = consumer.task_consumer
     queues = consumer.app.amqp.queues
     if queue in queues:  # `in`, not a lookup: the mapping creates missing queues (Celery #1079)
         q = queues.select_add(queues[queue])
     else:
         q = queues.select_add(queue, exchange="", exchange_type="direct", routing_key=queue)
+    if isinstance(cset.channel, Channel):
+        # On Redis a queue is a list: declaring it was an LLEN and binding it to Celery's default
+        # exchange an SADD that nothing reads (steps go through the anonymous exchange), two
+        # MULTIs per attach. RabbitMQ needs its queues declared.
+        q.no_declare = True
     if not cset.consuming_from(queue):
         bound = cset.add_queue(q)
         cset._basic_consume(bound, no_ack=cset.no_ack, nowait=False)

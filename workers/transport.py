@@ -71,6 +71,7 @@ def configure_worker(conf: Any, member_id: str, concurrency: int) -> None:
 
 
 _QUEUE_PREFIX = keys.instance_queue("")
+_COMMAND_PREFIX = keys.member_queue("")
 
 # KEYS: instance queue, instance owner key. ARGV: message ('' = only notify), live-member key
 # prefix, ready-list prefix. Pushes the message, then the queue's name onto its owner's ready list
@@ -149,6 +150,11 @@ def is_instance_queue(queue: str) -> bool:
     return queue.startswith(_QUEUE_PREFIX)
 
 
+def is_command_queue(queue: str) -> bool:
+    """True for a member's own command queue (`regina.m.<memberId>`)."""
+    return queue.startswith(_COMMAND_PREFIX)
+
+
 def notify_args(queue: str, message: str = "") -> tuple[list[str], list[str]]:
     """(keys, args) of the put-and-notify script for a step on `queue` ('' = only notify)."""
     owner = keys.instance_owner(queue[len(_QUEUE_PREFIX) :])
@@ -214,6 +220,19 @@ class Channel(_RedisChannel):  # type: ignore[misc]
     # -- consuming ----------------------------------------------------------------------------
 
     def basic_consume(self, queue: str, no_ack: bool, callback: Any, consumer_tag: str, **kwargs: Any) -> Any:
+        if self.ready_key and is_command_queue(queue) and not no_ack:
+            # A command is acknowledged the moment the consumer loop takes it
+            # (workers/command_strategy.py), and only this process reads its member's queue:
+            # kombu's unacked entries for it were two MULTIs per command that nothing reads.
+            super().basic_consume(queue, no_ack, callback, consumer_tag, **kwargs)
+
+            def _command(raw_message: Any) -> Any:
+                message = self.Message(raw_message, channel=self)
+                virtual.QoS.append(self.qos, message, message.delivery_tag)  # in memory only
+                return callback(message)
+
+            self.connection._callbacks[queue] = _command
+            return None
         if not self.ready_key or not is_instance_queue(queue):
             return super().basic_consume(queue, no_ack, callback, consumer_tag, **kwargs)
         if no_ack:  # the ready list's take records every step as unacknowledged

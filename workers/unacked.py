@@ -18,7 +18,8 @@ held meant an HGETALL of the whole hash. Now:
   kombu's restore (at shutdown) in their own transaction (these also remove a run-id tag, which
   is then not in the set: harmless).
 
-Other queues (a member's command queue) keep kombu's own bookkeeping. A tag left in a queue's
+A member's command queue has none in Redis: a command is acknowledged as the consumer loop
+takes it, so its delivery is kept in memory only (workers/transport.py). A tag left in a queue's
 set whose message is gone from `unacked` (a restore by kombu's visibility timeout, if one ever
 runs) is harmless: readers skip it and remove it (workers/dispatcher.py).
 """
@@ -36,6 +37,7 @@ from kombu.utils.json import dumps, loads
 from regina import keys
 
 _QUEUE_PREFIX = keys.instance_queue("")
+_COMMAND_PREFIX = keys.member_queue("")
 
 # KEYS: unacked_index, unacked, the queue's tag set. ARGV: time, tag, [message, exchange, key].
 _APPEND = """
@@ -59,6 +61,11 @@ _VirtualQoS: Any = virtual.QoS
 def _instance_queue(message: Any) -> str | None:
     routing_key = message.delivery_info.get("routing_key") if message is not None else None
     return routing_key if isinstance(routing_key, str) and routing_key.startswith(_QUEUE_PREFIX) else None
+
+
+def _command_queue(message: Any) -> bool:
+    routing_key = message.delivery_info.get("routing_key") if message is not None else None
+    return isinstance(routing_key, str) and routing_key.startswith(_COMMAND_PREFIX)
 
 
 class QueueIndexedQoS(_RedisQoS):  # type: ignore[misc]
@@ -87,6 +94,9 @@ class QueueIndexedQoS(_RedisQoS):  # type: ignore[misc]
         return True
 
     def ack(self, delivery_tag: str) -> None:
+        if _command_queue(self._delivered.get(delivery_tag)):
+            _VirtualQoS.ack(self, delivery_tag)  # never written to Redis (workers/transport.py)
+            return
         if not self._remove(delivery_tag):
             super().ack(delivery_tag)
             return
