@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from regina import activation, keys, metrics
+from regina import activation, metrics
 from regina.attached import Active
 from regina.backups import Backups
 from regina.config import Settings
@@ -27,6 +27,7 @@ from regina.fifo_lock import FifoLock
 from regina.instances import InstanceStore, new_record
 from regina.journal import Journal, JournalVFS
 from regina.local_copies import MEMBER_META
+from regina.member_writes import MemberWrites, answer
 from regina.outbound import Allowlist
 from regina.registry import AgentRegistry
 from regina.runs.context import InterrupterFactory, RunContext
@@ -41,14 +42,6 @@ from regina.storage import Storage
 log = logging.getLogger("regina.host")
 
 AnyVFS = activation.AnyVFS
-
-
-# KEYS: member instance counter. ARGV: delta, count held now, TTL ms.
-_COUNT = """
-if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('INCRBY', KEYS[1], ARGV[1])
-else redis.call('SET', KEYS[1], ARGV[2]) end
-return redis.call('PEXPIRE', KEYS[1], ARGV[3])
-"""
 
 
 class NotHere(ReginaError):
@@ -86,7 +79,7 @@ class InstanceHost:
         self.interrupter_factory = interrupter_factory
         self.steps = StepRunner(settings, client, self.runs, self.journal, self.running, interrupter_factory)
         self.active: dict[str, Active] = {}
-        self._count_script = client.register_script(_COUNT)
+        self.writes = MemberWrites(client, member_id, settings.member_ttl)
         # Instances being attached: steps that arrive meanwhile wait on this gate.
         self.loading: dict[str, FifoLock] = {}
         self.env = sandbox_env(settings.allowed_env)
@@ -109,23 +102,29 @@ class InstanceHost:
             self.loading[instance_id] = gate
 
     @metrics.timed(metrics.RESUMES, metrics.RESUME_SECONDS)
-    def attach(self, instance_id: str, epoch: int, new_of: str | None = None) -> dict[str, Any]:
+    def attach(
+        self, instance_id: str, epoch: int, new_of: str | None = None, reply_to: str | None = None
+    ) -> dict[str, Any]:
         """Open the instance here at `epoch`, restoring its VFS from storage when ours is older.
 
-        `new_of`: the definition of an instance being spawned (nothing to restore or replay)."""
+        `new_of`: the definition of an instance being spawned (nothing to restore or replay).
+        `reply_to`: the token of the coordinator's reply list; an attach that succeeds answers
+        on it ({"ok": true, "data": <the result>}) in its last write, a failed one leaves the
+        answer to the caller."""
         try:
-            return self._attach(instance_id, epoch, new_of)
+            return self._attach(instance_id, epoch, new_of, reply_to)
         finally:
             gate = self.loading.pop(instance_id, None)
             if gate is not None:
                 gate.release()
 
-    def _attach(self, instance_id: str, epoch: int, new_of: str | None) -> dict[str, Any]:
+    def _attach(self, instance_id: str, epoch: int, new_of: str | None, reply_to: str | None) -> dict[str, Any]:
         current = self.active.get(instance_id)
         if current is not None:
             if epoch in (current.epoch, current.epoch + 1):
                 # Claimed again for this member with nobody in between: what we hold is current.
                 self._set_epoch(current, epoch)
+                answer(self.r, reply_to, {"restored": False})
                 return {"restored": False}
             self._drop(current, "re-attached after another owner")  # someone else owned it meanwhile
         # A spawn's record was written an instant ago by the coordinator waiting for this answer.
@@ -161,15 +160,19 @@ class InstanceHost:
             system_prompt=equip.system_prompt(definition),
             lock=self.loading.get(instance_id) or FifoLock(),  # the gate: see begin_attach
         )
-        if not self.store.fenced_touch(instance_id, epoch, status="started"):
-            act.runner.close()
-            vfs.close()
-            raise StaleEpoch(f"instance {instance_id}: moved on while attaching at epoch {epoch}")
         tools.open()  # MCP connections follow the activation (SPEC §12)
         self.active[instance_id] = act
         self._park(act)  # a VFS opened parked (sqlite) has nothing to close here
-        self._count(+1)
-        return {"restored": opened.restored}
+        result = {"restored": opened.restored}
+        # Last, so the answer goes out when the instance is held here (a command that follows
+        # it finds it in `active`); steps wait on the gate until this returns.
+        if not self.writes.attached(instance_id, epoch, len(self.active), reply_to, result):
+            self.active.pop(instance_id, None)
+            act.runner.close()
+            tools.close()
+            vfs.close()
+            raise StaleEpoch(f"instance {instance_id}: moved on while attaching at epoch {epoch}")
+        return result
 
     def _set_epoch(self, act: Active, epoch: int) -> None:
         act.epoch = epoch
@@ -374,10 +377,8 @@ class InstanceHost:
         return {}
 
     def _count(self, delta: int) -> None:
-        """Change this member's instance counter by `delta`, keeping its TTL; a counter that expired
-        between two renewals is set to the count held now (an INCR would start it from 0)."""
-        ttl = max(1, int(self.settings.member_ttl * 1000))
-        self._count_script(keys=[keys.member_instances(self.member_id)], args=[delta, len(self.active), ttl])
+        """Change this member's instance counter by `delta` (regina/member_writes.py)."""
+        self.writes.count(delta, len(self.active))
 
     def idle_instances(self, now: float | None = None) -> list[str]:
         """Attached instances idle longer than idleTimeout and not running a step."""

@@ -45,13 +45,14 @@ end
 """
 
 # Lua for the fenced writes: go on only if the record exists and its epoch equals ARGV[1], then
-# `set_pairs()` HSETs the field/value pairs ARGV[2..] (a status among them updates the held index).
-_LUA_FENCED = (
+# `set_pairs([last])` HSETs the field/value pairs ARGV[2..last] (all when no `last`; a status
+# among them updates the held index).
+LUA_FENCED = (
     LUA_HELD
     + """
-local function set_pairs()
+local function set_pairs(last)
   local status
-  for i = 2, #ARGV, 2 do
+  for i = 2, last or #ARGV, 2 do
     redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
     if ARGV[i] == 'status' then status = ARGV[i + 1] end
   end
@@ -63,7 +64,7 @@ if not cur or cur ~= ARGV[1] then return 0 end
 )
 
 # Set fields only if the record exists and its epoch equals ARGV[1]. Returns 1 or 0.
-_FENCED_HSET = _LUA_FENCED + "set_pairs() return 1"
+_FENCED_HSET = LUA_FENCED + "set_pairs() return 1"
 
 # Give the instance to a member: bump epoch, set member + status, update the seed mapping and
 # the held index. ARGV: member, status, expected epoch ('' = any). Returns the new epoch, or -1
@@ -115,7 +116,7 @@ _TOUCH = LUA_TOUCH_EXISTING + "return touch_existing(KEYS[1])"
 
 # Like _FENCED_HSET, and lastActive = Redis's TIME (no separate round trip for the clock).
 _FENCED_TOUCH = (
-    _LUA_FENCED
+    LUA_FENCED
     + LUA_NOW
     + """
 redis.call('HSET', KEYS[1], 'lastActive', now)

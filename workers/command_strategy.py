@@ -26,14 +26,18 @@ from workers.transport import Channel, fresh_queue
 log = logging.getLogger("regina.worker")
 
 
-def _answer(ctx: WorkerContext, token: str | None, fn: Callable[[], dict[str, Any] | list[Any]]) -> None:
+def _answer(
+    ctx: WorkerContext, token: str | None, fn: Callable[[], dict[str, Any] | list[Any]], answers: bool = False
+) -> None:
+    """Run a command and answer it; `answers`: `fn` answers itself when it succeeds."""
     try:
         result = fn()
     except Exception as exc:
         log.warning("command failed: %s", exc, exc_info=not hasattr(exc, "message"))
         ctx.reply(token, {"ok": False, "error": getattr(exc, "message", None) or repr(exc)})
         return
-    ctx.reply(token, {"ok": True, "data": result})
+    if not answers:
+        ctx.reply(token, {"ok": True, "data": result})
 
 
 def _release_queue(consumer: Any, queue: str) -> None:
@@ -104,7 +108,7 @@ def _handle_command(consumer: Any, message: Any, body: Any) -> None:
 
         def attach() -> dict[str, Any]:
             try:
-                return host.attach(iid, int(payload["epoch"]), spawn_of)
+                return host.attach(iid, int(payload["epoch"]), spawn_of, reply_to=token)
             except Exception:
                 # Stop consuming through the consumer loop: this greenlet must not use the
                 # consumer's connection (on RabbitMQ a cancel waits for the broker's answer).
@@ -117,7 +121,7 @@ def _handle_command(consumer: Any, message: Any, body: Any) -> None:
         # so nothing per queue accumulates in Redis or in kombu's in-memory state.
         with fresh_queue(queue) if spawn_of else nullcontext():
             _consume_queue(consumer, queue)
-        gevent.spawn(_answer, ctx, token, attach)
+        gevent.spawn(_answer, ctx, token, attach, True)  # the attach's last write answers
     elif name == "suspend":
         _release_queue(consumer, queue)
         gevent.spawn(_answer, ctx, token, lambda: host.suspend(iid, payload.get("epoch")))

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 
-from regina import keys
 from regina.config import Settings, process_settings
 from regina.delegation import Delegation
 from regina.factory_hooks import load_hooks
 from regina.host import InstanceHost
 from regina.lifecycle import Coordinator
+from regina.member_writes import answer as reply
 from regina.redis_conn import connect
 from regina.registry import AgentRegistry
 from regina.registry_sync import RegistryFollower, start_reload_listener, warn_missing_keys
@@ -43,12 +42,10 @@ class WorkerContext:
 
     def reply(self, token: str | None, answer: dict[str, Any]) -> None:
         """Answer a command on its reply list (the coordinator BLPOPs it)."""
-        if not token:
-            return
-        pipe = self.client.pipeline(transaction=False)
-        pipe.rpush(keys.reply(token), json.dumps(answer, default=str))
-        pipe.expire(keys.reply(token), 60)
-        pipe.execute()
+        if answer.get("ok"):
+            reply(self.client, token, answer.get("data"))
+        else:
+            reply(self.client, token, error=str(answer.get("error")))
 
 
 _context: WorkerContext | None = None
