@@ -29,6 +29,12 @@ class Dispatcher(Protocol):
         """Put a command (attach, suspend, delete, messages) on a member's own queue."""
         ...
 
+    def command_message(self, member_id: str, command: str, payload: dict[str, Any], token: str | None) -> str | None:
+        """The message `send_command` would publish, serialized, for a script that LPUSHes it onto
+        `keys.member_queue(member_id)` itself (the spawn's create, a resume's claim); None when
+        this broker takes messages only through its own client (then `send_command` publishes)."""
+        ...
+
     def restore_unacked(self, instance_id: str) -> int:
         """Move a dead owner's delivered-but-unacknowledged steps back to the instance queue."""
         ...

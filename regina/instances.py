@@ -67,8 +67,10 @@ if not cur or cur ~= ARGV[1] then return 0 end
 _FENCED_HSET = LUA_FENCED + "set_pairs() return 1"
 
 # Give the instance to a member: bump epoch, set member + status, update the seed mapping and
-# the held index. ARGV: member, status, expected epoch ('' = any). Returns the new epoch, or -1
-# if the expected epoch did not match, or -2 if the record is gone.
+# the held index, and push the member's attach command when given. KEYS: record, owner, the
+# member's command queue. ARGV: member, status, expected epoch ('' = any), the command message
+# ('' = none; written for the epoch after the expected one). Returns the new epoch, or -1 if the
+# expected epoch did not match, or -2 if the record is gone.
 _CLAIM = (
     LUA_HELD
     + f"""
@@ -81,6 +83,7 @@ if prev and prev ~= ARGV[1] then unhold(prev, string.sub(KEYS[1], {_ID_AT})) end
 redis.call('HSET', KEYS[1], 'member', ARGV[1], 'status', ARGV[2])
 reindex(KEYS[1], ARGV[2])
 redis.call('SET', KEYS[2], ARGV[1])
+if ARGV[4] and ARGV[4] ~= '' then redis.call('LPUSH', KEYS[3], ARGV[4]) end
 return epoch
 """
 )
@@ -125,8 +128,10 @@ return 1
 """
 )
 
-# A new record at epoch 1, its indexes and the held index, stamped with Redis's clock. KEYS:
-# record, owner, all instances, the definition's instances. ARGV: instance id, definition id, member.
+# A new record at epoch 1, its indexes and the held index, stamped with Redis's clock, and the
+# member's attach command when given. KEYS: record, owner, all instances, the definition's
+# instances, the member's command queue. ARGV: instance id, definition id, member, the command
+# message ('' = none).
 _CREATE = (
     LUA_HELD
     + LUA_NOW
@@ -137,6 +142,7 @@ redis.call('SET', KEYS[2], ARGV[3])
 redis.call('ZADD', KEYS[3], now, ARGV[1])
 redis.call('ZADD', KEYS[4], now, ARGV[1])
 hold(ARGV[3], ARGV[1], now)
+if ARGV[4] ~= '' then redis.call('LPUSH', KEYS[5], ARGV[4]) end
 return now
 """
 )
@@ -258,15 +264,17 @@ class InstanceStore:
         self._fenced_touch = client.register_script(_FENCED_TOUCH)
         self._create = client.register_script(_CREATE)
 
-    def create(self, instance_id: str, definition_id: str, member: str) -> InstanceRecord:
-        """Write a new record owned by `member` at epoch 1 (one round trip, Redis's clock)."""
+    def create(self, instance_id: str, definition_id: str, member: str, command: str | None = None) -> InstanceRecord:
+        """Write a new record owned by `member` at epoch 1 (one round trip, Redis's clock);
+        `command`: a message for the member's command queue, pushed in the same script."""
         instance_keys = [
             keys.instance_record(instance_id),
             keys.instance_owner(instance_id),
             keys.INSTANCES,
             keys.definition_instances(definition_id),
+            keys.member_queue(member),
         ]
-        now = str(self._create(keys=instance_keys, args=[instance_id, definition_id, member]))
+        now = str(self._create(keys=instance_keys, args=[instance_id, definition_id, member, command or ""]))
         fields = {"definitionId": definition_id, "member": member, "createdAt": now, "lastActive": now}
         return record_from_hash(instance_id, {**fields, "status": "started", "epoch": "1"})
 
@@ -305,12 +313,16 @@ class InstanceStore:
         False when the instance is gone."""
         return bool(self._touch(keys=[keys.instance_record(instance_id)], args=[repr(time.time())]))
 
-    def claim(self, instance_id: str, member: str, expected_epoch: int | None = None) -> int:
-        """Hand the instance to `member` with a new epoch; returns it (-1 stale, -2 gone)."""
+    def claim(
+        self, instance_id: str, member: str, expected_epoch: int | None = None, command: str | None = None
+    ) -> int:
+        """Hand the instance to `member` with a new epoch; returns it (-1 stale, -2 gone).
+        `command`: a message for the member's command queue, pushed only when the claim succeeds
+        (it can name the new epoch: `expected_epoch` + 1)."""
         return int(
             self._claim(
-                keys=[keys.instance_record(instance_id), keys.instance_owner(instance_id)],
-                args=[member, "started", "" if expected_epoch is None else str(expected_epoch)],
+                keys=[keys.instance_record(instance_id), keys.instance_owner(instance_id), keys.member_queue(member)],
+                args=[member, "started", "" if expected_epoch is None else str(expected_epoch), command or ""],
             )
         )
 

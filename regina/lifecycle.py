@@ -62,6 +62,10 @@ class Coordinator:
         """Send a command to a member and wait for its answer (Unavailable on timeout)."""
         token = ids.new_token()
         self.dispatcher.send_command(member, name, payload, token)
+        return self._answer(member, name, token)
+
+    def _answer(self, member: str, name: str, token: str) -> dict[str, Any]:
+        """Wait for the answer to the command sent with `token` (Unavailable on timeout)."""
         timeout = self.settings.limits.worker_reply_timeout
         got = self.r.blpop([keys.reply(token)], timeout=timeout)
         if got is None:
@@ -97,9 +101,15 @@ class Coordinator:
         definition = self.registry.get(definition_id)
         member = self._place()
         instance_id = ids.new_instance_id(definition.id)
-        rec = self.store.create(instance_id, definition.id, member)
+        token = ids.new_token()
+        attach = {"instanceId": instance_id, "epoch": 1, "spawnOf": definition.id}
+        # The record's script pushes the attach too (one round trip less), where the broker allows.
+        message = self.dispatcher.command_message(member, "attach", attach, token)
+        rec = self.store.create(instance_id, definition.id, member, message)
         try:
-            self.command(member, "attach", {"instanceId": instance_id, "epoch": rec.epoch, "spawnOf": definition.id})
+            if message is None:
+                self.dispatcher.send_command(member, "attach", attach, token)
+            self._answer(member, "attach", token)
         except ReginaError:
             self.store.delete(instance_id, definition.id)
             raise

@@ -127,6 +127,10 @@ class AmqpDispatcher(CeleryDispatcher):
         """None: steps reach RabbitMQ through its own client (`enqueue_step`)."""
         return None
 
+    def command_message(self, member_id: str, command: str, payload: dict[str, Any], token: str | None) -> str | None:
+        """None: commands reach RabbitMQ through its own client (`send_command`)."""
+        return None
+
     def restore_unacked(self, instance_id: str) -> int:
         """Nothing to move: RabbitMQ requeued the steps when the dead worker's connection closed."""
         return 0

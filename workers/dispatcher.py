@@ -122,6 +122,16 @@ class CeleryDispatcher:
             f"(command={command!r}, instance={payload.get('instanceId')!r})",
         )
 
+    def command_message(self, member_id: str, command: str, payload: dict[str, Any], token: str | None) -> str | None:
+        """The command's message as kombu would push it (None off this module's Redis transport)."""
+        if self.app.conf.broker_transport != TRANSPORT:
+            return None
+        with captured_publishes() as out:
+            self.send_command(member_id, command, payload, token)
+        if len(out) != 1:  # cannot happen on this transport: it would have been sent for real
+            raise RuntimeError(f"command publish not captured for {member_id} (got {len(out)})")
+        return out[0][1]
+
     def _unacked(self, instance_id: str) -> dict[str, str]:
         """kombu's unacked entries (tag → raw) of one instance's queue, in the order they were
         delivered (kombu's index scores; the tags themselves are random): steps tagged with their

@@ -119,9 +119,10 @@ _CAPTURED: ContextVar[list[tuple[str, str]] | None] = ContextVar("regina_capture
 
 @contextmanager
 def captured_publishes() -> Iterator[list[tuple[str, str]]]:
-    """Collect the step messages published to instance queues in this block instead of sending
-    them: the chat's open script pushes its step itself (regina/runs/store.py), one round trip
-    less than a publish of its own, with Celery's message exactly as kombu would have sent it."""
+    """Collect the messages published to instance and command queues in this block instead of
+    sending them: the chat's open script pushes its step itself (regina/runs/store.py), a spawn's
+    create and a resume's claim their attach (regina/instances.py), one round trip less than a
+    publish of its own, with Celery's message exactly as kombu would have sent it."""
     out: list[tuple[str, str]] = []
     token = _CAPTURED.set(out)
     try:
@@ -199,12 +200,13 @@ class Channel(_RedisChannel):  # type: ignore[misc]
     # -- publishing -------------------------------------------------------------------------
 
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
-        if kwargs.get("_publish_batch") is not None or not is_instance_queue(queue) or self._expires:
-            super()._put(queue, message, **kwargs)
-            return
+        plain = kwargs.get("_publish_batch") is not None or self._expires
         captured = _CAPTURED.get()
-        if captured is not None:
+        if captured is not None and not plain and (is_instance_queue(queue) or is_command_queue(queue)):
             captured.append((queue, dumps(message)))
+            return
+        if plain or not is_instance_queue(queue):
+            super()._put(queue, message, **kwargs)
             return
         queue_keys, args = notify_args(queue, dumps(message))
         with self.conn_or_acquire() as client:

@@ -77,12 +77,30 @@ return out
 """
 
 
+# _MEMBERS_AND_COUNTS, then INCR of KEYS[2] (the round-robin counter) as the last element.
+_MEMBERS_AND_COUNTER = _MEMBERS_AND_COUNTS.replace(
+    "return out", "out[#out + 1] = redis.call('INCR', KEYS[2])\nreturn out"
+)
+
+
 def live_members(client: redis.Redis, prune: bool = False) -> dict[str, int]:
     """Members whose address key has not expired, with their instance counts. Only the orphan
     sweep prunes dead ids (`prune`): a read such as /healthz changes nothing."""
     prefix = keys.member("")
     suffix = keys.member_instances("").removeprefix(prefix)
     flat = cast(list[Any], client.eval(_MEMBERS_AND_COUNTS, 1, keys.MEMBERS, prefix, suffix))
+    return _alive(client, flat, prune)
+
+
+def live_members_and_turn(client: redis.Redis) -> tuple[dict[str, int], int]:
+    """`live_members()` and the next value of the round-robin counter, in one round trip."""
+    prefix = keys.member("")
+    suffix = keys.member_instances("").removeprefix(prefix)
+    flat = cast(list[Any], client.eval(_MEMBERS_AND_COUNTER, 2, keys.MEMBERS, keys.PLACEMENT_RR, prefix, suffix))
+    return _alive(client, flat[:-1], False), int(flat[-1])
+
+
+def _alive(client: redis.Redis, flat: list[Any], prune: bool) -> dict[str, int]:
     alive: dict[str, int] = {}
     dead: list[str] = []
     for mid, exists, count in sorted(zip(flat[0::3], flat[1::3], flat[2::3], strict=True)):

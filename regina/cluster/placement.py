@@ -7,7 +7,7 @@ import random
 import redis
 
 from regina import keys
-from regina.cluster.membership import live_members
+from regina.cluster.membership import live_members, live_members_and_turn
 from regina.errors import Unavailable
 
 
@@ -25,6 +25,9 @@ def choose(members: dict[str, int], strategy: str, counter: int = 0) -> str:
 
 def place(client: redis.Redis, strategy: str, prefer: str | None = None) -> str:
     """Choose a live member; `prefer` wins when it is alive (keeps a VFS where it already is)."""
+    if strategy == "round-robin" and not prefer:
+        members, turn = live_members_and_turn(client)  # one round trip
+        return choose(members, strategy, turn)
     members = live_members(client)
     if prefer and prefer in members:
         return prefer
