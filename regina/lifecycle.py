@@ -11,14 +11,14 @@ import json
 import logging
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, cast
 
 import redis
-from redis.exceptions import LockError
 
 from regina import idempotency, ids, keys
+from regina.activation_lock import ActivationLock, Seen
 from regina.backups import Backups
 from regina.cluster.membership import is_alive, live_members
 from regina.cluster.placement import place
@@ -54,6 +54,7 @@ class Coordinator:
         self.dispatcher = dispatcher
         self.storage = storage
         self.store = InstanceStore(client)
+        self.locks = ActivationLock(client)
         self.runs = RunService(self)
 
     # -- commands to members -------------------------------------------------------------
@@ -127,17 +128,20 @@ class Coordinator:
         rec = self.get(instance_id)
         if rec.status == "started" and is_alive(self.r, rec.member):
             return rec
-        with self._activation_lock(instance_id):
-            return self._activate(instance_id)
+        with self._activation_lock(instance_id) as seen:
+            return self._activate(instance_id, seen)
 
-    def _activate(self, instance_id: str) -> InstanceRecord:
+    def _activate(self, instance_id: str, seen: Seen | None = None) -> InstanceRecord:
+        """`seen`: the instance as read when the activation lock was taken (else read here)."""
         limits = self.settings.limits
         timeout = limits.worker_reply_timeout
         give_up = time.monotonic() + timeout + limits.placement_wait
         backoff = Backoff()
         while True:
-            rec = self.get(instance_id)
-            alive = is_alive(self.r, rec.member)
+            now, seen = seen or self.locks.read(instance_id), None
+            rec, alive = now.record, now.alive
+            if rec is None:
+                raise NotFound(f"instance {instance_id!r} not found")
             if rec.status == "started" and alive:
                 return rec
             if time.monotonic() > give_up:
@@ -146,14 +150,21 @@ class Coordinator:
             if rec.status == "suspending" and alive:
                 backoff.sleep()  # its owner is finishing a suspend; resume right after
                 continue
-            member = self._place(prefer=rec.member, until=give_up)
-            epoch = self.store.claim(instance_id, member, expected_epoch=rec.epoch)
+            # Its member lives and takes instances: what placement would prefer, without asking it.
+            member = rec.member if alive and now.placeable else self._place(prefer=rec.member, until=give_up)
+            failover = bool(rec.member) and not alive
+            token = ids.new_token()
+            attach = {"instanceId": instance_id, "epoch": rec.epoch + 1}  # the epoch the claim makes
+            # The claim pushes the attach too (one round trip less); a failover requeues the dead
+            # owner's steps between the two, as the attach's queue kick expects.
+            message = None if failover else self.dispatcher.command_message(member, "attach", attach, token)
+            epoch = self.store.claim(instance_id, member, expected_epoch=rec.epoch, command=message)
             if epoch == -2:
                 raise NotFound(f"instance {instance_id!r} not found")
             if epoch == -1:
                 backoff.sleep()  # someone else changed it meanwhile: look again
                 continue
-            if rec.member and not alive:
+            if failover:
                 moved = self.dispatcher.restore_unacked(instance_id)
                 log.warning(
                     "instance %s: member %s is gone; moving it to %s (epoch %d, %d step(s) requeued)",
@@ -164,7 +175,9 @@ class Coordinator:
                     moved,
                 )
             try:
-                self.command(member, "attach", {"instanceId": instance_id, "epoch": epoch})
+                if message is None:
+                    self.dispatcher.send_command(member, "attach", attach, token)
+                self._answer(member, "attach", token)
             except Unavailable:
                 if is_alive(self.r, member) or time.monotonic() > give_up:
                     raise
@@ -189,22 +202,15 @@ class Coordinator:
             pause = min(pause * 2, 0.5)
 
     @contextmanager
-    def _activation_lock(self, instance_id: str) -> Iterator[None]:
-        """One coordinator at a time places an instance (redis-py's Lock: released by token, so a
-        holder whose lock expired never deletes the next holder's)."""
+    def _activation_lock(self, instance_id: str) -> Iterator[Seen]:
+        """One coordinator at a time places an instance (regina/activation_lock.py: released by
+        token); yields the instance as read when the lock was taken."""
         limits = self.settings.limits
         # The holder gives up placing at reply + placementWait and then waits at most one more
         # reply for the attach: hold (and wait for) the lock that long, so a waiter never fails
         # while a holder is still legitimately at work and the lock never expires under it.
-        timeout = 2 * limits.worker_reply_timeout + limits.placement_wait
-        lock = self.r.lock(keys.activation_lock(instance_id), timeout=timeout + 1, sleep=0.01, blocking_timeout=timeout)
-        if not lock.acquire():
-            raise Unavailable(f"instance is busy being placed ({lock.name}); try again")
-        try:
-            yield
-        finally:
-            with suppress(LockError):  # expired meanwhile: nothing of ours left to release
-                lock.release()
+        with self.locks.held(instance_id, 2 * limits.worker_reply_timeout + limits.placement_wait) as seen:
+            yield seen
 
     def _touch(self, instance_id: str) -> None:
         """Reset the idle timer of an existing instance (NotFound otherwise): one round trip."""
@@ -223,8 +229,8 @@ class Coordinator:
             raise NotFound(f"instance {instance_id!r} not found")
         if rec.status == "started" and alive:
             return rec
-        with self._activation_lock(instance_id):
-            return self._activate(instance_id)
+        with self._activation_lock(instance_id) as seen:
+            return self._activate(instance_id, seen)
 
     def suspend(self, instance_id: str) -> bool:
         """Finish the running step, back up, release the queue, mark suspended.
