@@ -32,6 +32,10 @@ STOP_TIMEOUT = 60.0
 """Seconds a worker may take to finish its steps and back up its instances at shutdown."""
 
 
+#: Seconds after which the other workers start even if the first has not joined yet.
+LATER_WORKERS_AFTER = 10.0
+
+
 def _say(message: str) -> None:
     click.echo(f"regina up: {message}", err=True)
 
@@ -171,9 +175,15 @@ def run_up(port: int | None, workers: int, with_flower: bool, flower_port: int) 
         shutil.rmtree(metrics, ignore_errors=True)
         metrics.mkdir(parents=True)
         env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics)
-        for i in range(workers):
-            member = f"up{i + 1}-{secrets.token_hex(2)}@{socket.gethostname()}"
-            sup.children.append((f"worker{i + 1}", _spawn(worker_argv(settings, member), env)))
+        # The first worker and the web start at once; the other workers once the first joined
+        # (or after LATER_WORKERS_AFTER): N cold starts at once took every core, and "ready"
+        # needs one worker (2 workers on 2 cores: ready at 3.2 s instead of 1.8 s).
+        argvs = [
+            (f"worker{i + 1}", worker_argv(settings, f"up{i + 1}-{secrets.token_hex(2)}@{socket.gethostname()}"))
+            for i in range(workers)
+        ]
+        sup.children.append((argvs[0][0], _spawn(argvs[0][1], env)))
+        later, later_at = argvs[1:], time.monotonic() + LATER_WORKERS_AFTER
         sup.children.append(("web", _spawn(web_argv(settings, workers=1, environ=env), env)))
         flower_line = f"start Flower with `regina flower` (it finds this Redis through {url_file})"
         if with_flower:
@@ -192,6 +202,9 @@ def run_up(port: int | None, workers: int, with_flower: bool, flower_port: int) 
                 announced = True
                 click.echo(f"regina up: ready  API {api}  docs {api}/docs  Redis {redis_url}  (Ctrl-C stops)")
                 click.echo(f"regina up: {flower_line}; metrics {api}/metrics")
+            if later and (announced or time.monotonic() > later_at):
+                sup.children.extend((name, _spawn(argv, env)) for name, argv in later)
+                later = []
             time.sleep(0.2)
         _say("stopping: workers back up their instances first")
     finally:
