@@ -96,7 +96,9 @@ def live_members_and_turn(client: redis.Redis) -> tuple[dict[str, int], int]:
     """`live_members()` and the next value of the round-robin counter, in one round trip."""
     prefix = keys.member("")
     suffix = keys.member_instances("").removeprefix(prefix)
-    flat = cast(list[Any], client.eval(_MEMBERS_AND_COUNTER, 2, keys.MEMBERS, keys.PLACEMENT_RR, prefix, suffix))
+    # A Script (EVALSHA) on this path, which every spawn takes: EVAL sends the script's text.
+    script = client.register_script(_MEMBERS_AND_COUNTER)
+    flat = cast(list[Any], script(keys=[keys.MEMBERS, keys.PLACEMENT_RR], args=[prefix, suffix]))
     return _alive(client, flat[:-1], False), int(flat[-1])
 
 

@@ -56,14 +56,15 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 ROOT_MODE = 0o755
 
 
-def create_schema(cur: sqlite3.Cursor) -> None:
-    """The layout, the root directory and the schema version (idempotent; inside a transaction)."""
+def create_schema(cur: sqlite3.Cursor, root_mtime: float | None = None) -> None:
+    """The layout, the root directory (modified now, or at `root_mtime`) and the schema version
+    (idempotent; inside a transaction)."""
     for statement in SCHEMA.split(";"):
         if statement.strip():
             cur.execute(statement)
     cur.execute(
         "INSERT OR IGNORE INTO entries(path, parent, is_dir, data, mode, mtime) VALUES ('/', '', 1, x'', ?, ?)",
-        (ROOT_MODE, time.time()),
+        (ROOT_MODE, time.time() if root_mtime is None else root_mtime),
     )
     cur.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('vfs.schema', ?)", (SCHEMA_VERSION,))
 

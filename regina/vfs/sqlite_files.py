@@ -8,8 +8,11 @@ instance that is spawned and never used needs none of that.
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
+import struct
+import time
 
 from regina.vfs.snapshot import create_schema
 from regina.vfs.sqlite import SQLiteVFS
@@ -17,20 +20,39 @@ from regina.vfs.sqlite import SQLiteVFS
 __all__ = ["create_parked", "empty_image", "read_meta"]
 
 
-def empty_image(meta: dict[str, str] | None = None) -> bytes:
-    """The bytes of a new, empty VFS database in WAL mode holding `meta` (built in memory, ≈ 0.2 ms)."""
+#: The root directory's mtime in a template image: a value with a fraction, so SQLite stores it as
+#: an 8-byte big-endian float (never as an integer) that occurs once in the image.
+_TEMPLATE_MTIME = 1_000_000_000.123456789
+_TEMPLATE_MTIME_BYTES = struct.pack(">d", _TEMPLATE_MTIME)
+
+
+@functools.lru_cache(maxsize=16)
+def _template(meta: tuple[tuple[str, str], ...]) -> tuple[bytes, int]:
+    """An empty image holding `meta`, and where its root directory's mtime is (built once per
+    meta: a worker's spawns all carry the same member id)."""
     conn = sqlite3.connect(":memory:", isolation_level=None)
     try:
         cur = conn.cursor()
         cur.execute("BEGIN")
-        create_schema(cur)
-        cur.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", list((meta or {}).items()))
+        create_schema(cur, root_mtime=_TEMPLATE_MTIME)
+        cur.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", list(meta))
         cur.execute("COMMIT")
         image = conn.serialize()
     finally:
         conn.close()
+    at = image.find(_TEMPLATE_MTIME_BYTES)
+    if at < 0 or image.find(_TEMPLATE_MTIME_BYTES, at + 1) >= 0:
+        raise RuntimeError("the template image's root mtime is not found exactly once")
     # Header bytes 18-19 = 2 mark a WAL database: the file opens in WAL mode with no -wal file.
-    return image[:18] + b"\x02\x02" + image[20:]
+    return image[:18] + b"\x02\x02" + image[20:], at
+
+
+def empty_image(meta: dict[str, str] | None = None) -> bytes:
+    """The bytes of a new, empty VFS database in WAL mode holding `meta`, its root directory
+    modified now: a template built once per meta, with the mtime's 8 bytes written in (SQLite
+    pages carry no checksum; ≈ 0.2 ms per spawn less than building it)."""
+    image, at = _template(tuple(sorted((meta or {}).items())))
+    return image[:at] + struct.pack(">d", time.time()) + image[at + 8 :]
 
 
 def create_parked(path: str, *, synchronous: str = "FULL", meta: dict[str, str] | None = None) -> SQLiteVFS:
