@@ -20,6 +20,7 @@ changed before: the pipe is read to its end before a dead or killed child is rea
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import multiprocessing
 import os
@@ -43,6 +44,11 @@ log = logging.getLogger(__name__)
 _START_TIMEOUT = 30.0
 _ctx: Any = None
 _ctx_lock = threading.Lock()
+#: One child start at a time in a process. Under gevent each start runs multiprocessing's fork
+#: server client in a real thread, and its module locks are gevent's, which do not order real
+#: threads reliably: with several instances starting children at once, starts were seen waiting
+#: for ever for the fork server's answer (read_signed), their steps with them.
+_start_lock = threading.Lock()
 
 
 def mp_context() -> Any:
@@ -65,7 +71,14 @@ def warm_up() -> None:
         mp_context()
         forkserver.ensure_running()
 
-    thread_pool().submit(start)
+    def start_alone() -> None:
+        with _start_lock:
+            try:
+                thread_pool().submit(start).result(timeout=_START_TIMEOUT)
+            except Exception:  # the first child start tries again and reports its own error
+                log.warning("the tool fork server did not start", exc_info=True)
+
+    threading.Thread(target=start_alone, daemon=True).start()  # a greenlet under gevent
 
 
 def resident_bytes(pids: list[int]) -> int:
@@ -142,7 +155,13 @@ class ProcessRunner:
         # start() blocks in os.read until the fork server reports the child's pid (the first time,
         # until the server has imported the preloaded modules: seconds on a busy machine), so it
         # runs in a real thread, never on the gevent hub.
-        thread_pool().submit(proc.start).result()
+        with _start_lock:
+            try:
+                thread_pool().submit(proc.start).result(timeout=_START_TIMEOUT)
+            except concurrent.futures.TimeoutError:
+                child.close()
+                parent.close()
+                raise ToolError(f"the tool process did not start within {_START_TIMEOUT:g} s") from None
         child.close()
         self._proc, self._conn = proc, parent
         if not _wait([parent.fileno(), proc.sentinel], _START_TIMEOUT):
