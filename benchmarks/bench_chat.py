@@ -195,7 +195,11 @@ def _measure(
 
 
 def run(
-    quick: bool = False, n: int | None = None, spawn_n: int | None = None, profile: str | None = None
+    quick: bool = False,
+    n: int | None = None,
+    spawn_n: int | None = None,
+    profile: str | None = None,
+    root: str | None = None,
 ) -> list[Table]:
     n = n or (60 if quick else 300)
     spawn_n = spawn_n or (30 if quick else 100)
@@ -204,7 +208,7 @@ def run(
     tables: list[Table] = []
     # BENCH_REGINA_<KEY>=… passes REGINA_<KEY>=… to the web and worker (e.g. BENCH_REGINA_TASK_EVENTS=false).
     overrides = {k.removeprefix("BENCH_"): v for k, v in os.environ.items() if k.startswith("BENCH_REGINA_")}
-    with stack(overrides) as st:
+    with stack(overrides, root) as st:
         direct, close = _direct_calls(st.fake_url)
         conditions = {
             **machine(),
@@ -303,8 +307,9 @@ def main(argv: list[str] | None = None) -> list[Table]:
     ap.add_argument("--n", type=int)
     ap.add_argument("--spawn-n", type=int)
     ap.add_argument("--profile", help="directory for py-spy flamegraphs of worker and web")
+    ap.add_argument("--root", help="run the web and worker from this checkout (an A/B against an older commit)")
     args = ap.parse_args(argv)
-    tables = run(args.quick, args.n, args.spawn_n, args.profile)
+    tables = run(args.quick, args.n, args.spawn_n, args.profile, args.root)
     return show(tables)
 
 

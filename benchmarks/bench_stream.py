@@ -64,13 +64,13 @@ def _write_run(r: Any, instance_id: str, n_events: int) -> str:
 SETTLE = 0.01
 
 
-def run(quick: bool = False) -> list[Table]:
+def run(quick: bool = False, root: str | None = None) -> list[Table]:
     n = 60 if quick else 300
     warmup = 10 if quick else 30
     n_events = 10_000 if quick else 50_000
     reps = 2 if quick else 3
     tables: list[Table] = []
-    with stack() as st:
+    with stack(None, root) as st:
         direct = httpx.Client(base_url=st.fake_url, timeout=30)
         headers = {"Authorization": "Bearer sk-test"}
         tools = worker_tool_schemas()
@@ -187,8 +187,9 @@ def run(quick: bool = False) -> list[Table]:
 def main(argv: list[str] | None = None) -> list[Table]:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_stream")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--root", help="run the web and worker from this checkout (an A/B against an older commit)")
     args = ap.parse_args(argv)
-    tables = run(args.quick)
+    tables = run(args.quick, args.root)
     return show(tables)
 
 

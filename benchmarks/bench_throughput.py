@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.common import Table, cpu_seconds, fake_llm_process, machine, p50, pct, show, spawn
+from benchmarks.common import ROOT, Table, cpu_seconds, fake_llm_process, machine, p50, pct, show, spawn
 from tests.harness.processes import Cluster, Proc
 from tests.harness.redis_server import RedisServer
 
@@ -62,16 +62,25 @@ def _load(url: str, iids: list[str], seconds: float) -> tuple[int, int, list[flo
     return len(lat), len(errors), lat, errors[:3]
 
 
-def run(clients: list[int], delay: float = 0.0, workers: int = 2, web_procs: int = 2, seconds: float = 10) -> Table:
+def run(
+    clients: list[int],
+    delay: float = 0.0,
+    workers: int = 2,
+    web_procs: int = 2,
+    seconds: float = 10,
+    root: str | None = None,
+) -> Table:
     t = Table(
         f"Throughput: sync chats, model delay {delay * 1000:g} ms",
         ["clients", "chats/s", "errors", "p50 (ms)", "p99 (ms)", "server CPU / chat (ms)", "worker CPU share"],
-        conditions={**machine(), "worker processes": workers, "web processes": web_procs, "window s": seconds},
+        conditions={**machine(), "worker processes": workers, "web processes": web_procs, "window s": seconds}
+        | ({"code": root} if root else {}),
     )
+    env = {"REGINA_CONCURRENCY": "300"} | ({"PYTHONPATH": root} if root else {})
     server = RedisServer().start()
     try:
         with fake_llm_process(["--delay", str(delay)]) as fake:
-            cluster = Cluster(server.url, fake.url, env_overrides={"REGINA_CONCURRENCY": "300"})
+            cluster = Cluster(server.url, fake.url, env_overrides=env, root=Path(root) if root else ROOT)
             try:
                 ws = [cluster.start_worker(wait=False) for _ in range(workers)]
                 for w in ws:
@@ -101,7 +110,9 @@ def run(clients: list[int], delay: float = 0.0, workers: int = 2, web_procs: int
     return t
 
 
-def by_workers(counts: list[int], clients: int = 16, delay: float = 0.0, seconds: float = 10) -> Table:
+def by_workers(
+    counts: list[int], clients: int = 16, delay: float = 0.0, seconds: float = 10, root: str | None = None
+) -> Table:
     """Throughput at `clients` against the number of worker processes (web processes as many)."""
     t = Table(
         f"Throughput against worker processes: {clients} clients, model delay {delay * 1000:g} ms",
@@ -109,7 +120,7 @@ def by_workers(counts: list[int], clients: int = 16, delay: float = 0.0, seconds
         conditions={**machine(), "clients": clients, "web processes": "as many as workers", "window s": seconds},
     )
     for n in counts:
-        row = run([clients], delay, workers=n, web_procs=n, seconds=seconds).rows[0]
+        row = run([clients], delay, workers=n, web_procs=n, seconds=seconds, root=root).rows[0]
         t.add(n, *row[1:])
     return t
 
@@ -122,12 +133,13 @@ def main(argv: list[str] | None = None) -> list[Table]:
     ap.add_argument("--web-procs", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--by-workers", help="comma-separated worker counts: one row each at the first --clients")
+    ap.add_argument("--root", help="run the web and workers from this checkout (an A/B against an older commit)")
     args = ap.parse_args(argv)
     clients = [int(x) for x in args.clients.split(",")]
     if args.by_workers:
         counts = [int(x) for x in args.by_workers.split(",")]
-        return show([by_workers(counts, clients[0], args.delay, args.seconds)])
-    return show([run(clients, args.delay, args.workers, args.web_procs, args.seconds)])
+        return show([by_workers(counts, clients[0], args.delay, args.seconds, args.root)])
+    return show([run(clients, args.delay, args.workers, args.web_procs, args.seconds, args.root)])
 
 
 if __name__ == "__main__":
