@@ -90,9 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     chosen = [x.strip() for x in args.only.split(",") if x.strip()]
 
+    started = time.monotonic()
     header = {**machine(), "redis-server": _redis_version(), **versions(), "quick": args.quick}
     print("# Regina benchmarks\n" + "\n".join(f"- {k}: {v}" for k, v in header.items()) + "\n", flush=True)
     failures = 0
+    verdicts = Table("Targets: every note above that names one", ["benchmark", "note"])
     for name in chosen:
         t0 = time.monotonic()
         print(f"## {name}\n", flush=True)
@@ -157,7 +159,10 @@ def main(argv: list[str] | None = None) -> int:
             continue
         for t in tables:
             t.print()
+            verdicts.rows.extend([name, n] for n in t.notes if "target" in n)
         print(f"({name}: {time.monotonic() - t0:.0f} s)\n", flush=True)
+    verdicts.print()
+    print(f"(all: {time.monotonic() - started:.0f} s, {failures} failed)", flush=True)
     return 1 if failures else 0
 
 

@@ -160,9 +160,9 @@ def _settle_rss(pid: int) -> int:
 
 
 def memory_tables(quick: bool) -> list[Table]:
-    n_susp = 500 if quick else 10_000
+    n_susp = 500 if quick else 3_000
     n_active = 200 if quick else 1000
-    budget = 40 if quick else 180
+    budget = 40 if quick else 90
     threads = 8
     t = Table(
         "Worker memory (VmRSS of the worker process)",

@@ -150,7 +150,7 @@ def bench_steps(fake: FakeLLM, steps: int, turns: int, vfs_kind: str, provider: 
         return {"ok": p.n}
 
     tool = Tool(name="noop", description="does nothing", parameters=P, fn=noop)
-    real_run_tool = loop_mod._run_tool
+    real_run_tool = loop_mod.run_tool
 
     def timed_run_tool(tools: dict[str, Tool], name: str, args: dict[str, Any], *rest: Any) -> Any:
         t0 = time.perf_counter()
@@ -160,7 +160,7 @@ def bench_steps(fake: FakeLLM, steps: int, turns: int, vfs_kind: str, provider: 
             acc["tool"] += time.perf_counter() - t0
 
     loop_mod.model_api.stream_completion = timed_stream  # type: ignore[assignment]
-    loop_mod._run_tool = timed_run_tool  # type: ignore[assignment]
+    loop_mod.run_tool = timed_run_tool  # type: ignore[assignment]
     per_step: list[float] = []
     events = 0
     try:
@@ -192,7 +192,7 @@ def bench_steps(fake: FakeLLM, steps: int, turns: int, vfs_kind: str, provider: 
                 vfs.close()
     finally:
         loop_mod.model_api.stream_completion = real_stream  # type: ignore[assignment]
-        loop_mod._run_tool = real_run_tool  # type: ignore[assignment]
+        loop_mod.run_tool = real_run_tool
     print(
         f"{provider:9s} {vfs_kind:6s} VFS: {steps} steps x {turns} turns: loop overhead per step "
         f"p50 {p50(per_step):.3f} ms (max {max(per_step) * 1000:.3f} ms)"

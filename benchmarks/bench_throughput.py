@@ -62,6 +62,24 @@ def _load(url: str, iids: list[str], seconds: float) -> tuple[int, int, list[flo
     return len(lat), len(errors), lat, errors[:3]
 
 
+def _verdicts(clients: int, delay: float, rate: float, errors: int, cpu_ms: float) -> list[str]:
+    """Issue 16's throughput targets that this row can judge."""
+    out = []
+    if delay == 0 and clients == 16:
+        verdict = "meets" if cpu_ms <= 4 else "MISSES"
+        out.append(f"16 clients, 0 ms model: server CPU per chat {cpu_ms:.2f} ms (target ≤ 4: {verdict})")
+    if delay > 0 and clients == 64:
+        share = rate / (clients / delay)
+        verdict = "meets" if share >= 0.9 and errors == 0 else "MISSES"
+        out.append(
+            f"64 clients, {delay * 1000:g} ms model: {share:.0%} of the {clients / delay:.0f}/s ceiling, "
+            f"{errors} errors (target ≥ 90 %, zero errors: {verdict})"
+        )
+    if clients == 256:
+        out.append(f"256 clients: {errors} errors (target zero: {'meets' if errors == 0 else 'MISSES'})")
+    return out
+
+
 def run(
     clients: list[int],
     delay: float = 0.0,
@@ -103,6 +121,7 @@ def run(
                     t.add(n, ok / took, errs, p50(lat), pct(lat, 99), per, f"{share:.2f} cores/worker")
                     if samples:
                         t.notes.append(f"{n} clients: errors like {samples}")
+                    t.notes.extend(_verdicts(n, delay, ok / took, errs, per))
             finally:
                 cluster.stop()
     finally:
