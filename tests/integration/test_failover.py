@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -13,10 +14,32 @@ import redis
 
 from regina import keys
 from tests.harness.fake_llm import FakeLLM, Reply, ToolCall
-from tests.harness.processes import Cluster
+from tests.harness.processes import Cluster, Proc
 from tests.harness.waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.chaos]
+
+
+@dataclass
+class Doomed:
+    """A cluster whose one worker (`victim`) is to be killed, its web, and clients of both."""
+
+    cluster: Cluster
+    victim: Proc
+    r: redis.Redis
+    api: httpx.Client
+
+
+@pytest.fixture
+def doomed(make_cluster: Callable[..., Cluster]) -> Iterator[Doomed]:
+    c = make_cluster()
+    victim = c.start_worker()
+    web = c.start_web()
+    with (
+        redis.Redis.from_url(c.redis_url, decode_responses=True) as r,
+        httpx.Client(base_url=web.url, timeout=60) as api,
+    ):
+        yield Doomed(c, victim, r, api)
 
 
 def test_kill_9_mid_step_redelivers_the_step_on_another_worker(
@@ -85,14 +108,10 @@ def test_the_orphan_sweep_reruns_a_step_nobody_waits_for(
 
 
 def test_a_killed_workers_instances_are_found_through_the_indexes_and_deleted_from_them(
-    make_cluster: Callable[..., Cluster], fake_llm: FakeLLM
+    doomed: Doomed, fake_llm: FakeLLM
 ) -> None:
     # Given a worker holding three instances, one with a step it took and never acknowledged
-    c = make_cluster()
-    victim = c.start_worker()
-    web = c.start_web()
-    r = redis.Redis.from_url(c.redis_url, decode_responses=True)
-    api = httpx.Client(base_url=web.url, timeout=30)
+    c, victim, r, api = doomed.cluster, doomed.victim, doomed.r, doomed.api
     busy, idle1, idle2 = (api.post("/agents/openai-agent/instances").json()["instanceId"] for _ in range(3))
     assert set(r.zrange(f"regina:held:{victim.member_id}", 0, -1)) == {busy, idle1, idle2}
     fake_llm.push_for("unwatched", Reply(text="lost", delay=5.0), Reply(text="done anyway"))
@@ -128,7 +147,6 @@ def test_a_killed_workers_instances_are_found_through_the_indexes_and_deleted_fr
         assert api.delete(f"/instances/{iid}").status_code == 204
     assert not r.exists(f"regina:held:{survivor.member_id}")
     assert not r.keys("regina:unacked:*") and not r.smembers("regina:stranded")
-    api.close()
 
 
 def test_a_killed_workers_steps_run_again_in_the_order_it_took_them(
@@ -189,15 +207,11 @@ def test_a_killed_workers_steps_run_again_in_the_order_it_took_them(
 
 
 def test_a_killed_workers_step_of_a_run_cancelled_while_queued_is_still_found(
-    make_cluster: Callable[..., Cluster], fake_llm: FakeLLM
+    doomed: Doomed, fake_llm: FakeLLM
 ) -> None:
     # Given a worker running one run of an instance, and the next run's step taken by it too
     # (waiting for the first), that next run cancelled while queued: it leaves the open runs
-    c = make_cluster()
-    victim = c.start_worker()
-    web = c.start_web()
-    r = redis.Redis.from_url(c.redis_url, decode_responses=True)
-    api = httpx.Client(base_url=web.url, timeout=60)
+    c, victim, r, api = doomed.cluster, doomed.victim, doomed.r, doomed.api
     iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
     fake_llm.push_for("first", Reply(text="lost with the victim", delay=30.0), Reply(text="first again"))
     pool = cf.ThreadPoolExecutor(2)
@@ -225,5 +239,3 @@ def test_a_killed_workers_step_of_a_run_cancelled_while_queued_is_still_found(
     assert not r.exists(keys.unacked_of(queue))
     assert [m["content"] for m in api.get(f"/instances/{iid}/messages").json()] == ["first", "first again"]
     pool.shutdown()
-    r.close()
-    api.close()
