@@ -2,11 +2,14 @@
 as the first read of what it guards (the record, and whether its member lives and takes new work).
 
 The lock is a key holding the holder's random token; it is released by token (a holder whose lock
-expired never deletes the next holder's), as redis-py's Lock does.
+expired never deletes the next holder's), as redis-py's Lock does. It is a short lease the holder
+renews while it works (a placement may wait minutes for a worker's reply), so a holder killed
+with -9 blocks the instance for one lease, not for the whole wait.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -51,6 +54,12 @@ return read()
 # KEYS: lock, record, members. ARGV: member key prefix.
 _READ = _LUA_READ + "return read()"
 
+# KEYS: lock. ARGV: token, lease ms. Extends the lock only while it is still ours.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
 # KEYS: lock. ARGV: token. Deletes the lock only while it is still ours.
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -68,12 +77,16 @@ class Seen:
 
 
 class ActivationLock:
-    """The activation lock of instances and the reads that go with it."""
+    """The activation lock of instances and the reads that go with it.
 
-    def __init__(self, client: redis.Redis) -> None:
+    `lease`: seconds the lock lives without a renewal; the holder renews it every third of that."""
+
+    def __init__(self, client: redis.Redis, lease: float = 5.0) -> None:
         self.r = client
+        self.lease = lease
         self._lock_and_read = client.register_script(_LOCK_AND_READ)
         self._read = client.register_script(_READ)
+        self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
 
     def read(self, instance_id: str) -> Seen:
@@ -82,11 +95,12 @@ class ActivationLock:
 
     @contextmanager
     def held(self, instance_id: str, wait: float, sleep: float = 0.01) -> Iterator[Seen]:
-        """Hold the instance's lock (waiting up to `wait` seconds for it; it expires a second
-        after that) and yield what was read when it was taken; Unavailable when it stays taken."""
+        """Hold the instance's lock (waiting up to `wait` seconds for it; renewed while held) and
+        yield what was read when it was taken; Unavailable when it stays taken."""
         token = uuid.uuid4().hex
         lock = keys.activation_lock(instance_id)
-        args: list[str | int] = [keys.member(""), token, int((wait + 1) * 1000)]
+        lease_ms = int(self.lease * 1000)
+        args: list[str | int] = [keys.member(""), token, lease_ms]
         deadline = time.monotonic() + wait
         while True:
             flat = self._lock_and_read(keys=self._keys(instance_id), args=args)
@@ -95,10 +109,23 @@ class ActivationLock:
             if time.monotonic() + sleep > deadline:
                 raise Unavailable(f"instance is busy being placed ({lock}); try again")
             time.sleep(sleep)
+        done = threading.Event()
+        renewer = threading.Thread(target=self._renewing, args=(lock, token, lease_ms, done), daemon=True)
+        renewer.start()
         try:
             yield _seen(instance_id, flat)
         finally:
+            done.set()
             self._release(keys=[lock], args=[token])
+
+    def _renewing(self, lock: str, token: str, lease_ms: int, done: threading.Event) -> None:
+        """Extend the lease every third of it until released, or until it is no longer ours."""
+        while not done.wait(lease_ms / 3000):
+            try:
+                if not self._renew(keys=[lock], args=[token, lease_ms]):
+                    return
+            except redis.RedisError:
+                continue  # Redis away for a moment: the lease may lapse; the epoch still fences
 
     @staticmethod
     def _keys(instance_id: str) -> list[str]:
