@@ -14,7 +14,7 @@ With `--amqp` the task queues are on the machine's RabbitMQ (`broker: amqp://…
 vhost made and deleted with rabbitmqctl, tests/harness/rabbitmq.py) and RabbitMQ's CPU per chat
 is a column of its own (the machine's RabbitMQ serves nothing else during the run).
 
-    .venv/bin/python -m benchmarks.bench_scale [--levels 10,100,1000,10000] [--quick] [--amqp]
+    .venv/bin/python -m benchmarks.bench_scale [--levels 10,100,1000,10000] [--quick] [--amqp] [--root DIR]
 """
 
 from __future__ import annotations
@@ -88,7 +88,9 @@ def _rabbit_pid() -> int:
     raise RuntimeError("no RabbitMQ process found")
 
 
-def run(levels: list[int], chats: int = 100, threads: int = 16, amqp: bool = False) -> list[Table]:
+def run(
+    levels: list[int], chats: int = 100, threads: int = 16, amqp: bool = False, root: str | None = None
+) -> list[Table]:
     env = {"REGINA_IDLE_TIMEOUT": "0", "REGINA_TASK_EVENTS": "true", "REGINA_MEMBER_HEARTBEAT": "10"}
     env["REGINA_MEMBER_TTL"] = "30"  # deployment defaults for membership (the test harness renews every 0.5 s)
     extra = ["rabbitmq CPU / chat (ms)"] if amqp else []
@@ -114,6 +116,7 @@ def run(levels: list[int], chats: int = 100, threads: int = 16, amqp: bool = Fal
             "chats per level": chats,
             "idleTimeout": 0,
             "broker": "RabbitMQ" if amqp else "Redis",
+            **({"code": root} if root else {}),
         },
     )
     with ExitStack() as stack_:
@@ -121,7 +124,7 @@ def run(levels: list[int], chats: int = 100, threads: int = 16, amqp: bool = Fal
         if amqp:
             env["REGINA_BROKER"] = stack_.enter_context(RabbitVhost()).url
             mq_pid = _rabbit_pid()
-        st = stack_.enter_context(stack(env))
+        st = stack_.enter_context(stack(env, root))
         api = stack_.enter_context(st.client())
         raw = stack_.enter_context(httpx.Client(base_url=st.fake_url, timeout=30))
         pid = st.worker.popen.pid
@@ -176,9 +179,10 @@ def main(argv: list[str] | None = None) -> list[Table]:
     ap.add_argument("--threads", type=int, default=16)
     ap.add_argument("--quick", action="store_true", help="levels 10,100,1000 and 40 chats")
     ap.add_argument("--amqp", action="store_true", help="task queues on the machine's RabbitMQ (private vhost)")
+    ap.add_argument("--root", help="run the web and worker from this checkout (an A/B against an older commit)")
     args = ap.parse_args(argv)
     levels = [10, 100, 1000] if args.quick else [int(x) for x in args.levels.split(",")]
-    return show(run(levels, 40 if args.quick else args.chats, args.threads, args.amqp))
+    return show(run(levels, 40 if args.quick else args.chats, args.threads, args.amqp, args.root))
 
 
 if __name__ == "__main__":
