@@ -113,9 +113,18 @@ class Coordinator:
             self._answer(member, "attach", token)
         except ReginaError:
             self.store.delete(instance_id, definition.id)
+            self._purge_quietly(instance_id)  # a queue the attach's publish created (RabbitMQ)
             raise
         SPAWNS.labels(definition.id).inc()
         return rec
+
+    def _purge_quietly(self, instance_id: str) -> None:
+        """Delete the queue of an instance that was never attached; a failure only logs (the
+        spawn's own error is what the caller gets)."""
+        try:
+            self.dispatcher.purge(instance_id)
+        except Exception as exc:
+            log.warning("instance %s: its queue could not be deleted after a failed spawn: %r", instance_id, exc)
 
     def instances(self, definition_id: str | None = None) -> list[InstanceRecord]:
         """Instances, suspended ones included (of one definition when given)."""

@@ -9,10 +9,16 @@ Redis one. What differs, and why the rest of Regina does not notice:
   number of queues a worker consumes (no BRPOP, no ready list). Celery sets the prefetch limit
   channel-wide (RabbitMQ's `global` QoS): at most `concurrency` steps are delivered and not yet
   acknowledged, as on Redis; the host's per-instance FIFO runs them in delivery order.
-- **Queues.** An instance queue is declared (durable, on the default exchange: no exchange or
-  binding per instance) by its first attach and lives until DELETE deletes it, so a step is only
-  ever published to an existing queue: the web publishes after `ensure_active`, i.e. after an
-  attach declared it. Publishes wait for RabbitMQ's confirm (`confirm_publish`). A member's
+- **Queues.** An instance queue is durable, on the default exchange (no exchange or binding per
+  instance), and lives until DELETE deletes it. The web creates it with the spawn's attach: it
+  declares it without waiting (`nowait`) on the channel that then publishes the attach, and
+  RabbitMQ confirms the publish only after the declare before it on that channel; creating a
+  durable queue is a disk write (2-8 ms), done so by as many web requests as run at once instead
+  of one after the other in the worker's consumer loop. Every attach declares the queue again
+  (`nowait`; cheap for a queue that exists) before it consumes it, and waits only for the
+  consume's answer, which comes after the declare's. So a step is only ever published to an
+  existing queue: the web publishes after `ensure_active`, i.e. after an attach. Publishes wait
+  for RabbitMQ's confirm (`confirm_publish`). A member's
   command queue is on the default exchange too and expires `MEMBER_QUEUE_EXPIRES` after its
   worker stopped consuming it (a member id per process would otherwise leave one per restart).
 - **A dead worker's steps.** Steps are acknowledged late (`acks_late`); when a worker's
@@ -41,7 +47,7 @@ from kombu import Exchange, Queue
 from kombu.transport import pyamqp
 
 from regina import keys
-from workers.dispatcher import CeleryDispatcher
+from workers.dispatcher import COMMAND_TASK, CeleryDispatcher
 
 log = logging.getLogger("regina.worker")
 
@@ -90,6 +96,31 @@ def _drain_briefly(connection: Any, timeout: float = 0.1) -> None:
     _celery_quick_drain[0](connection, min(timeout, EVENTS_DRAIN_WAIT))
 
 
+#: The anonymous exchange: an instance queue's steps are published to it (routing key = the queue).
+ANON = Exchange("")
+
+
+def declare_instance_queue(channel: Any, name: str) -> None:
+    """Declare an instance queue without waiting for RabbitMQ's answer: durable, not exclusive or
+    auto-deleted, no arguments (as Celery's `Queues` makes a missing queue, so the web's and the
+    worker's declares agree). A failing declare closes the channel: the next call waiting for an
+    answer on it raises."""
+    channel.queue_declare(queue=name, durable=True, exclusive=False, auto_delete=False, nowait=True)
+
+
+def add_instance_queue(task_consumer: Any, queue: Queue) -> Any:
+    """kombu's `Consumer.add_queue` for an instance queue: declares it (`declare_instance_queue`)
+    and nothing else. Celery's `Queues` gives a queue on the anonymous exchange its default
+    exchange instead, and kombu then declared that exchange and bound the queue to it (two more
+    answers waited for, a durable binding per instance that nothing routes through). Returns the
+    queue bound to the consumer's channel; consuming it is the caller's."""
+    queue.exchange = ANON
+    bound = queue(task_consumer.channel)
+    declare_instance_queue(bound.channel, bound.name)
+    task_consumer._queues[bound.name] = bound
+    return bound
+
+
 def member_queue(member_id: str) -> Queue:
     """The member's command queue: default exchange (nothing to bind), expires when unused."""
     name = keys.member_queue(member_id)
@@ -126,6 +157,22 @@ class AmqpDispatcher(CeleryDispatcher):
     def step_message(self, instance_id: str, run_id: str, message: str | None, stream: bool = True) -> str | None:
         """None: steps reach RabbitMQ through its own client (`enqueue_step`)."""
         return None
+
+    def send_command(self, member_id: str, command: str, payload: dict[str, Any], token: str | None) -> None:
+        """Publish a command; a spawn's attach creates the instance's queue first, on the same
+        channel: the publish's confirm comes after the declare (see the module's doc)."""
+        if command != "attach" or not payload.get("spawnOf"):
+            super().send_command(member_id, command, payload, token)
+            return
+        with self.app.producer_or_acquire() as producer:
+            declare_instance_queue(producer.channel, keys.instance_queue(payload["instanceId"]))
+            self._send(
+                COMMAND_TASK,
+                keys.member_queue(member_id),
+                [command, payload, token],
+                f"(command={command!r}, instance={payload.get('instanceId')!r})",
+                producer,
+            )
 
     def command_message(self, member_id: str, command: str, payload: dict[str, Any], token: str | None) -> str | None:
         """None: commands reach RabbitMQ through its own client (`send_command`)."""

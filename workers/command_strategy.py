@@ -20,6 +20,8 @@ from typing import Any
 import gevent
 
 from regina import keys
+from workers.amqp import Channel as AmqpChannel
+from workers.amqp import add_instance_queue
 from workers.context import WorkerContext, context
 from workers.transport import Channel, fresh_queue
 
@@ -63,7 +65,11 @@ def _consume_queue(consumer: Any, queue: str) -> None:
         # MULTIs per attach. RabbitMQ needs its queues declared.
         q.no_declare = True
     if not cset.consuming_from(queue):
-        bound = cset.add_queue(q)
+        if isinstance(cset.channel, AmqpChannel):
+            # The queue declared without waiting, then one answer (consume-ok) waited for.
+            bound = add_instance_queue(cset, q)
+        else:
+            bound = cset.add_queue(q)
         cset._basic_consume(bound, no_ack=cset.no_ack, nowait=False)
 
 
@@ -71,7 +77,7 @@ def command_strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Calla
     """Build the handler Celery calls for every `regina.command` message this worker receives.
 
     Commands run one after the other, in arrival order, never one inside another. On RabbitMQ,
-    attach and release wait for the broker's answer (queue.declare-ok, basic.consume-ok) inside
+    attach and release wait for the broker's answer (basic.consume-ok, basic.cancel-ok) inside
     the consumer loop, and py-amqp delivers the messages that arrive meanwhile from inside that
     wait; a command handled there waits for an answer of its own, the two waits take each
     other's answers and one waits for good (measured: 2 of a burst of 16 attaches answered). A

@@ -69,6 +69,22 @@ class RabbitVhost:
             channel.close()
             return int(ok.message_count), int(ok.consumer_count)
 
+    def bindings(self, queue: str) -> list[str]:
+        """The exchanges a queue is bound to ('' is the default exchange every queue is on)."""
+        rows = self._list("list_bindings", "source_name", "destination_name")
+        return sorted(row[0] for row in rows if len(row) == 2 and row[1] == queue)
+
+    def queues(self) -> list[str]:
+        """The names of the vhost's queues."""
+        return sorted(row[0] for row in self._list("list_queues", "name"))
+
+    def _list(self, command: str, *columns: str) -> list[list[str]]:
+        argv = ["rabbitmqctl", command, "-q", "--no-table-headers", "-p", self.name, *columns]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            raise RuntimeError(f"rabbitmqctl {command} failed: {(done.stderr or done.stdout).strip()[-300:]}")
+        return [line.split("\t") for line in done.stdout.splitlines() if line.strip()]
+
     def close(self) -> None:
         if self.created:
             _ctl("delete_vhost", self.name)

@@ -26,6 +26,8 @@ from tests.harness.rabbitmq import RabbitUnavailable, RabbitVhost
 from tests.harness.redis_server import RedisServer
 from tests.harness.waiting import wait_until
 from tests.integration.test_api import spawn
+from workers.amqp import AmqpDispatcher, member_queue
+from workers.celery_app import create_app
 
 pytestmark = [pytest.mark.slow]
 
@@ -81,8 +83,10 @@ def _contents(api: httpx.Client, iid: str) -> list[str]:
 
 def test_spawn_chat_and_stream_go_through_a_rabbitmq_queue(mq: Cluster, rabbit: RabbitVhost, api: httpx.Client) -> None:
     iid = spawn(api)
-    # The attach declared the instance's queue on RabbitMQ and consumes it (one push consumer).
+    # The instance's queue is on RabbitMQ and consumed (one push consumer), on the default
+    # exchange only: no exchange or binding per instance (steps are published to the default one).
     assert rabbit.queue(_queue(iid)) == (0, 1)
+    assert rabbit.bindings(_queue(iid)) == [""]
     assert api.post(f"/instances/{iid}/chat", json={"message": "hello"}).json()["text"] == "echo: hello"
     with api.stream("POST", f"/instances/{iid}/chat/stream", json={"message": "stream me"}) as resp:
         events = [json.loads(line) for line in resp.iter_lines() if line]
@@ -97,6 +101,55 @@ def test_spawn_chat_and_stream_go_through_a_rabbitmq_queue(mq: Cluster, rabbit: 
         assert client.exists(f"regina:inst:{iid}")
     finally:
         client.close()
+
+
+def test_a_spawns_attach_is_published_after_its_queue_was_created(rabbit: RabbitVhost) -> None:
+    # The web creates a new instance's queue on the channel that publishes the spawn's attach
+    # (RabbitMQ confirms the publish after the declare before it): when the publish returns, the
+    # queue exists, with no worker having done anything.
+    app = create_app()
+    app.conf.broker_url = rabbit.url
+    app.conf.broker_transport = "workers.amqp:Transport"
+    app.conf.broker_transport_options = {"confirm_publish": True}
+    member, iid = "m-test-1", "openai-agent-queue1"
+    with app.connection_for_write() as conn:
+        member_queue(member)(conn.default_channel).declare()
+    dispatcher = AmqpDispatcher(app, redis.Redis())  # Redis is not used to publish on RabbitMQ
+    dispatcher.send_command(member, "attach", {"instanceId": iid, "epoch": 1, "spawnOf": "openai-agent"}, "t1")
+    assert rabbit.queue(_queue(iid)) == (0, 0)
+    assert rabbit.bindings(_queue(iid)) == [""]
+    assert rabbit.queue(f"regina.m.{member}") == (1, 0)
+    # A resume's attach (no spawnOf) declares nothing: the queue is there since the spawn.
+    dispatcher.send_command(member, "attach", {"instanceId": "openai-agent-queue2", "epoch": 2}, "t2")
+    assert rabbit.queue(_queue("openai-agent-queue2")) is None
+    assert rabbit.queue(f"regina.m.{member}") == (2, 0)
+    app.close()
+
+
+def test_a_spawn_no_worker_answers_leaves_no_queue(fake_llm: FakeLLM) -> None:
+    # The spawn's attach created the instance's queue (above); a spawn that fails (its worker
+    # is stopped and does not answer within workerReplyTimeout) deletes it with the record.
+    vhost = RabbitVhost()
+    server = RedisServer().start()
+    env = {"REGINA_BROKER": vhost.url, "REGINA_LIMITS__WORKER_REPLY_TIMEOUT": "1"}
+    c = Cluster(server.url, fake_llm.url, env_overrides=env)
+    try:
+        try:
+            vhost.start()
+        except RabbitUnavailable as exc:
+            pytest.skip(f"RabbitMQ broker tests skipped: {exc}")
+        worker, web = c.start_worker(), c.start_web()
+        os.kill(worker.popen.pid, signal.SIGSTOP)  # alive for memberTtl (3 s): placed, never answers
+        try:
+            resp = httpx.post(f"{web.url}/agents/openai-agent/instances", timeout=30)
+            assert resp.status_code == 503, resp.text
+            assert [q for q in vhost.queues() if q.startswith("regina.i.")] == []
+        finally:
+            os.kill(worker.popen.pid, signal.SIGCONT)
+    finally:
+        c.stop()
+        server.close()
+        vhost.close()
 
 
 def test_a_burst_of_spawns_is_attached_every_one(rabbit: RabbitVhost, api: httpx.Client) -> None:
