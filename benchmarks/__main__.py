@@ -129,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
                 from benchmarks import bench_throughput
 
                 seconds = 4 if args.quick else 10
-                tables = [bench_throughput.run([1, 4, 16, 64], 0.0, seconds=seconds)]
-                tables.append(bench_throughput.run([64, 256], 0.2, seconds=seconds))
+                tables = bench_throughput.run([1, 4, 16, 64], 0.0, seconds=seconds)
+                tables += bench_throughput.run([64, 256], 0.2, seconds=seconds, timeline=True)
                 tables.append(bench_throughput.by_workers([1, 2] if args.quick else [1, 2, 4], 16, seconds=seconds))
                 _plot("throughput", tables[:1])
             elif name == "start":
