@@ -8,9 +8,11 @@ failing the request.
 
 from __future__ import annotations
 
+import select
 import weakref
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import redis
 from redis.commands.core import Script
@@ -42,6 +44,49 @@ def connect(url: str, concurrency: int = WEB_CONCURRENCY) -> redis.Redis:
         retry_on_timeout=True,
     )
     return redis.Redis(connection_pool=pool)
+
+
+def _original_poll() -> Any:
+    """`select.poll` as the OS gives it, also under gevent's monkey patching."""
+    try:
+        from gevent.monkey import get_original
+    except ImportError:  # pragma: no cover - gevent is a dependency
+        return select.poll
+    return get_original("select", "poll")
+
+
+def _install_native_readiness_check() -> None:
+    """Check a pooled connection for stray data with the OS's `poll`, not gevent's.
+
+    redis-py's pool checks every connection it hands out (`ensure_connection` → `can_read(0)`)
+    with a `select.poll()` made per check. Under gevent's patching that is gevent's poll, which
+    builds watchers on the hub: 13 µs a check against 0.9 µs for the OS's poll, about five
+    checks per chat in a worker. A zero-timeout poll never blocks, so the OS's one is safe in a
+    greenlet; a check that may wait (a timeout) keeps redis-py's own function.
+    """
+    try:
+        from redis._parsers import hiredis as parser
+    except ImportError:  # pragma: no cover - other redis-py layouts keep their own check
+        return
+    patched = getattr(parser, "_socket_can_read", None)
+    if patched is None or getattr(patched, "regina_native", False):
+        return
+    native_poll = _original_poll()
+    pollin = select.POLLIN
+
+    def _socket_can_read(sock: Any, timeout: float) -> bool:
+        if timeout != 0 or (hasattr(sock, "pending") and sock.pending()):
+            return bool(patched(sock, timeout))
+        poller = native_poll()
+        poller.register(sock, pollin)
+        return bool(poller.poll(0))
+
+    _socket_can_read.regina_native = True  # type: ignore[attr-defined]
+    parser._socket_can_read = _socket_can_read
+
+
+if hasattr(select, "poll"):
+    _install_native_readiness_check()
 
 
 _SCRIPTS: weakref.WeakKeyDictionary[redis.Redis, dict[str, Script]] = weakref.WeakKeyDictionary()
