@@ -31,7 +31,7 @@ from regina.member_writes import MemberWrites, answer
 from regina.outbound import Allowlist
 from regina.registry import AgentRegistry
 from regina.runs.context import InterrupterFactory, RunContext
-from regina.runs.store import RunStore
+from regina.runs.store import Begun, RunStore, parse_begun
 from regina.runtime.session import Session
 from regina.runtime.sink import CANCELLED
 from regina.runtime.tools.process import warm_up
@@ -82,6 +82,10 @@ class InstanceHost:
         self.writes = MemberWrites(client, member_id, settings.member_ttl)
         # Instances being attached: steps that arrive meanwhile wait on this gate.
         self.loading: dict[str, FifoLock] = {}
+        # Steps taken from an instance's queue whose greenlet has not yet had its turn, by
+        # instance; and runs started by the take of their step (`taken`), by run id.
+        self._taken: dict[str, int] = {}
+        self._prebegun: dict[str, tuple[int, Begun]] = {}
         self.env = sandbox_env(settings.allowed_env)
         self.equipment = Equipment(settings, self.env, Allowlist.parse(settings.outbound_allowlist), delegation)
         if settings.use_processes or any(d.use_processes for d in registry.list()):
@@ -202,12 +206,16 @@ class InstanceHost:
         Raises StaleEpoch (after letting go of the instance) the moment a fenced write finds
         that the instance moved to another owner: no further tool, event or steering drain.
         """
-        act = self._turn(instance_id)
+        try:
+            act = self._turn(instance_id)
+        finally:
+            self._had_turn(instance_id)
+        pre = self._prebegun.pop(run_id, None)
         try:
             if self.active.get(instance_id) is not act:
                 raise NotHere(f"instance {instance_id} was released from {self.member_id}")
             try:
-                self.steps.run(act, run_id, message, stream)
+                self.steps.run(act, run_id, message, stream, pre[1] if pre and pre[0] == act.epoch else None)
             except StaleEpoch:
                 self._drop(act, f"step {run_id} found its epoch stale")
                 raise
@@ -215,6 +223,41 @@ class InstanceHost:
                 self._checkpoint(act)
         finally:
             act.lock.release()
+
+    # -- the consumer's take of a step (workers/transport.py, `StepStarts`) -------------------
+
+    #: Runs started by a take and never claimed by their step (a greenlet killed before it ran)
+    #: are forgotten past this many; such a step, if it runs, starts its run again (no harm: a
+    #: run already `running` gives back what its first start took, see regina/step.py).
+    PREBEGUN_LIMIT = 1000
+
+    def prebegin(self, instance_id: str) -> tuple[int, int] | None:
+        """(epoch, run retention) when a step of `instance_id` taken now may start its run in the
+        take: the instance is attached here, no step of it runs or waits for its turn, and none
+        was taken without having had its turn yet (steps start in arrival order: a later step
+        must not start its run, and take the steering, before an earlier one)."""
+        if instance_id in self.loading or self._taken.get(instance_id):
+            return None
+        act = self.active.get(instance_id)
+        if act is None or act.lock.busy:
+            return None
+        return act.epoch, self.runs.retention
+
+    def taken(self, instance_id: str, tag: str, begun: tuple[int, list[str]] | None) -> None:
+        """A step of `instance_id` was taken from its queue (delivery tag = run id for a chat
+        step), its run started with it when `begun` is given: (epoch, the begin script's reply)."""
+        self._taken[instance_id] = self._taken.get(instance_id, 0) + 1
+        if begun is not None:
+            if len(self._prebegun) >= self.PREBEGUN_LIMIT:
+                self._prebegun.clear()
+            self._prebegun[tag] = (begun[0], parse_begun(begun[1]))
+
+    def _had_turn(self, instance_id: str) -> None:
+        left = self._taken.get(instance_id, 0) - 1
+        if left > 0:
+            self._taken[instance_id] = left
+        else:
+            self._taken.pop(instance_id, None)
 
     def _turn(self, instance_id: str) -> Active:
         """Wait for this step's turn (arrival order) and return the instance, its lock held."""

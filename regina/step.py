@@ -22,11 +22,11 @@ from regina.config import Settings
 from regina.durable_run import DurableRun
 from regina.errors import StaleEpoch
 from regina.journal import Journal, JournalVFS
-from regina.providers import resolve_model_target
+from regina.providers import ModelTarget, resolve_model_target
 from regina.run_watch import RunWatch
 from regina.runs.context import InterrupterFactory, RunContext, budget_for
 from regina.runs.steering import encode
-from regina.runs.store import RunStore
+from regina.runs.store import Begun, RunStore
 from regina.runs.stream import RunPublisher
 from regina.runtime.events import ToolDegraded
 from regina.runtime.loop import TurnSpec, run_turn
@@ -46,16 +46,13 @@ class StepRunner:
     running: dict[str, RunContext]  # the member's runs in progress, by run id (shared with the host)
     interrupter_factory: InterrupterFactory | None
 
-    def run(self, act: Active, run_id: str, message: str | None, stream: bool) -> None:
-        """Run one step of `act` (its lock held): begin, the loop, the end."""
+    def run(self, act: Active, run_id: str, message: str | None, stream: bool, begun: Begun | None = None) -> None:
+        """Run one step of `act` (its lock held): begin, the loop, the end. `begun`: the run was
+        started by the take of its step, with the instance's current epoch (regina/host.py)."""
         instance_id = act.instance_id
         act.parked = False
         act.last_used = time.monotonic()
-        # One round trip: our epoch still current? events already published? mark running,
-        # and take the steering messages that wait for this run.
-        # Resolved before steering is taken for the run: a failure here loses no message.
-        target = resolve_model_target(act.definition.model, act.definition.provider, self.settings)
-        begun = self.runs.begin(instance_id, run_id, act.epoch)
+        target, begun = self._start(act, run_id, begun)
         if begun.kind == "stale":
             raise StaleEpoch(f"instance {instance_id} moved to another member")
         if begun.kind == "ended":
@@ -133,6 +130,21 @@ class StepRunner:
         else:
             self.touch(act)
         act.last_used = time.monotonic()
+
+    def _start(self, act: Active, run_id: str, begun: Begun | None) -> tuple[ModelTarget, Begun]:
+        """The step's model target, and its run started (unless its take did that)."""
+        # Resolved before steering is taken for the run: a failure here loses no message.
+        try:
+            target = resolve_model_target(act.definition.model, act.definition.provider, self.settings)
+        except BaseException:
+            if begun is not None:
+                self.give_back(act.instance_id, begun.steered)
+            raise
+        if begun is None:
+            # One round trip: our epoch still current? events already published? mark running,
+            # and take the steering messages that wait for this run.
+            begun = self.runs.begin(act.instance_id, run_id, act.epoch)
+        return target, begun
 
     def flush(self, act: Active, before_tool: bool = False) -> None:
         """Ship the journal (with nothing pending, a fence check). With `storage.type` null there is

@@ -24,6 +24,7 @@ from workers.amqp import make_dispatcher
 from workers.celery_app import app
 from workers.dispatcher import CeleryDispatcher
 from workers.interrupt import greenlet_interrupter
+from workers.transport import set_step_starts
 
 log = logging.getLogger("regina.worker")
 
@@ -70,6 +71,7 @@ def init_context(member_id: str, concurrency: int | None = None) -> WorkerContex
         settings, registry, client, storage, load_hooks(settings.factory), member_id, greenlet_interrupter, delegation
     )
     cancel_listener(client, host.cancel_local)
+    set_step_starts(host)  # a step's take starts its run when the instance is free (transport.py)
     _context = WorkerContext(settings, client, member_id, host, dispatcher, coordinator, follower)
     return _context
 

@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from queue import Empty
 from time import monotonic, time
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 from kombu.transport import redis as kombu_redis
@@ -44,6 +44,7 @@ from kombu.utils.json import dumps, loads
 from regina import keys
 from regina.ids import RUN_PREFIX
 from regina.runs.ack import StepDelivery
+from regina.runs.store import BEGIN_FN
 from workers.unacked import QueueIndexedQoS
 
 #: Connections a worker needs beside one per greenlet: the consumer's BRPOP, restores, publishes
@@ -103,6 +104,57 @@ redis.call('HSET', KEYS[3], props['delivery_tag'],
   '[' .. raw .. ',' .. cjson.encode(info['exchange'] or '') .. ',' .. cjson.encode(info['routing_key'] or '') .. ']')
 return raw
 """
+
+# The take, and the start of the step's run in the same call (`begin` of regina/runs/store.py)
+# when the worker says the instance runs nothing and nothing else of it waits (`StepStarts`):
+# one round trip less before the model call. KEYS: those of _TAKE_UNACKED, instance record,
+# steering list. ARGV: now, run id prefix, epoch, instance id, retention, run record prefix.
+# Returns {raw} for a step not tagged with its run's id (its start stays the step's own),
+# else {raw, <begin's reply…>}.
+_TAKE_AND_BEGIN = (
+    BEGIN_FN
+    + """
+local raw = redis.call('RPOP', KEYS[1])
+if not raw then return false end
+local props = cjson.decode(raw)['properties']
+local info = props['delivery_info'] or {}
+local tag = props['delivery_tag']
+redis.call('ZADD', KEYS[2], ARGV[1], tag)
+redis.call('HSET', KEYS[3], tag,
+  '[' .. raw .. ',' .. cjson.encode(info['exchange'] or '') .. ',' .. cjson.encode(info['routing_key'] or '') .. ']')
+if string.sub(tag, 1, #ARGV[2]) ~= ARGV[2] then
+  redis.call('SADD', KEYS[4], tag)
+  return {raw}
+end
+local run = ARGV[6] .. tag
+local out = begin({KEYS[5], run .. ':events', run, KEYS[6], run .. ':steered'}, {ARGV[3], ARGV[1], ARGV[4], ARGV[5]})
+table.insert(out, 1, raw)
+return out
+"""
+)
+
+
+class StepStarts(Protocol):
+    """What the consumer asks the worker's instances (regina/host.py's `InstanceHost`)."""
+
+    def prebegin(self, instance_id: str) -> tuple[int, int] | None:
+        """(epoch, run retention) when the instance's next step may start as it is taken: the
+        instance is attached here, runs nothing, and no step of it was taken and not started."""
+
+    def taken(self, instance_id: str, tag: str, begun: tuple[int, list[str]] | None) -> None:
+        """A step of the instance was taken (delivery `tag`), with (epoch, the begin script's
+        reply) when its run was started in the same call."""
+
+
+#: Set by the worker at start-up (workers/context.py); None: every step starts on its own.
+_step_starts: StepStarts | None = None
+
+
+def set_step_starts(starts: StepStarts | None) -> None:
+    """Let the consumer start a step's run in its take (see `_TAKE_AND_BEGIN`)."""
+    global _step_starts
+    _step_starts = starts
+
 
 # KEYS: instance queue, ready list. One ready entry per step waiting on the queue (at attach).
 _KICK = """
@@ -296,14 +348,7 @@ class Channel(_RedisChannel):  # type: ignore[misc]
                     if item not in self._instance_queues:
                         raise Empty()  # released here: its next owner reads the queue itself
                     # Same connection, now idle: the queue's oldest step, recorded as unacked.
-                    raw = self._script(_TAKE_UNACKED)(
-                        keys=[item, self.unacked_index_key, self.unacked_key, keys.unacked_of(item)],
-                        args=[time(), RUN_PREFIX],
-                        client=self.client,
-                    )
-                    if raw is None:
-                        raise Empty()  # counted twice; already taken
-                    self.connection._deliver(loads(bytes_to_str(raw)), item)
+                    self._take(item)
                     return True
             except self.connection_errors:
                 connection.disconnect()
@@ -315,6 +360,34 @@ class Channel(_RedisChannel):  # type: ignore[misc]
         finally:
             self._in_poll = None
             self._flush_brpop_reauth()
+
+    def _take(self, queue: str) -> None:
+        """Take `queue`'s oldest step (see _TAKE_UNACKED and _TAKE_AND_BEGIN) and deliver it."""
+        take_keys = [queue, self.unacked_index_key, self.unacked_key, keys.unacked_of(queue)]
+        starts = None if self.global_keyprefix else _step_starts
+        instance_id = queue[len(_QUEUE_PREFIX) :]
+        pre = starts.prebegin(instance_id) if starts is not None else None
+        begun: tuple[int, list[str]] | None = None
+        if pre is None:
+            raw = self._script(_TAKE_UNACKED)(keys=take_keys, args=[time(), RUN_PREFIX], client=self.client)
+            if raw is None:
+                raise Empty()  # counted twice; already taken
+        else:
+            epoch, retention = pre
+            reply = self._script(_TAKE_AND_BEGIN)(
+                keys=[*take_keys, keys.instance_record(instance_id), keys.steering(instance_id)],
+                args=[time(), RUN_PREFIX, epoch, instance_id, retention, keys.RUN_PREFIX],
+                client=self.client,
+            )
+            if reply is None:
+                raise Empty()
+            raw = reply[0]
+            if len(reply) > 1:
+                begun = (epoch, [bytes_to_str(x) for x in reply[1:]])
+        payload = loads(bytes_to_str(raw))
+        if starts is not None:
+            starts.taken(instance_id, payload["properties"]["delivery_tag"], begun)
+        self.connection._deliver(payload, queue)
 
     def _get_pool(self, asynchronous: bool = False) -> Any:
         """A pool that waits for a free connection (up to POOL_WAIT) instead of raising."""

@@ -158,9 +158,12 @@ _TAKE = _TAKE_FN + "return take(KEYS[1], KEYS[2], ARGV[1])"
 # instanceId, retention. A stale owner, an ended run or an expired record (status '') takes
 # nothing and writes nothing; a run flagged for cancel takes no steering. Returns
 # {'run', seq, previous status, cancel, prompt, completion, n, <n journal entries>, <taken…>}.
-_BEGIN = (
+# A function (KEYS and ARGV its parameters): the worker's take of a step runs it too
+# (workers/transport.py, `BEGIN_FN`).
+BEGIN_FN = (
     _TAKE_FN
     + """
+local function begin(KEYS, ARGV)
 local inst = redis.call('HMGET', KEYS[1], 'epoch', 'promptTokens', 'completionTokens')
 if inst[1] ~= ARGV[1] then return {'stale'} end
 local rec = redis.call('HMGET', KEYS[3], 'status', 'cancel')
@@ -180,8 +183,10 @@ for _, v in ipairs(earlier) do out[#out + 1] = v end
 if rec[2] then return out end
 for _, v in ipairs(take(KEYS[4], KEYS[5], ARGV[4])) do out[#out + 1] = v end
 return out
+end
 """
 )
+_BEGIN = BEGIN_FN + "return begin(KEYS, ARGV)"
 
 # KEYS: run record, run events, instance runs, the instance queue's unacked tags. ARGV: now,
 # retention, runId, event JSON head (up to "seq":), event JSON tail (after the seq number). A
@@ -240,6 +245,23 @@ class Begun:
     steered: list[Steer] = field(default_factory=list)
     earlier: list[Steer] = field(default_factory=list)
     """What a crashed earlier attempt of this run had taken (some may be in the history)."""
+
+
+def parse_begun(flat: list[str]) -> Begun:
+    """`Begun` from the reply of `BEGIN_FN`'s `begin`."""
+    if flat[0] == "stale":
+        return Begun("stale")
+    if flat[0] == "ended":
+        return Begun("ended", int(flat[1]), flat[2])
+    return Begun(
+        "run",
+        seq=int(flat[1]),
+        previous_status=flat[2],
+        cancel_requested=bool(flat[3]),
+        instance_tokens=int(flat[4]) + int(flat[5]),
+        earlier=decode_all(flat[7 : 7 + int(flat[6])]),
+        steered=decode_all(flat[7 + int(flat[6]) :]),
+    )
 
 
 @dataclass(frozen=True)
@@ -328,20 +350,7 @@ class RunStore:
             keys.run_steered(run_id),
         ]
         args = [str(epoch), repr(time.time()), instance_id, str(self.retention)]
-        flat = cast(list[str], self._begin(keys=run_keys, args=args))
-        if flat[0] == "stale":
-            return Begun("stale")
-        if flat[0] == "ended":
-            return Begun("ended", int(flat[1]), flat[2])
-        return Begun(
-            "run",
-            seq=int(flat[1]),
-            previous_status=flat[2],
-            cancel_requested=bool(flat[3]),
-            instance_tokens=int(flat[4]) + int(flat[5]),
-            earlier=decode_all(flat[7 : 7 + int(flat[6])]),
-            steered=decode_all(flat[7 + int(flat[6]) :]),
-        )
+        return parse_begun(cast(list[str], self._begin(keys=run_keys, args=args)))
 
     def take_steering(self, instance_id: str, run_id: str) -> list[Steer]:
         """Take the waiting steering messages for a running run (kept in its journal)."""
@@ -396,4 +405,4 @@ class RunStore:
         return {iid: (first[0] if first else None) for iid, first in zip(instance_ids, pipe.execute(), strict=True)}
 
 
-__all__ = ["ENDED", "Begun", "Idempotency", "Opened", "RunStore", "WhenBusy", "announce"]
+__all__ = ["BEGIN_FN", "ENDED", "Begun", "Idempotency", "Opened", "RunStore", "WhenBusy", "announce", "parse_begun"]

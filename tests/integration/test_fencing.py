@@ -327,3 +327,43 @@ def _swallow(fn: Any, *args: Any) -> None:
         fn(*args)
     except StaleEpoch:
         pass
+
+
+def test_a_take_starts_the_run_only_of_a_free_instance_at_its_current_epoch(
+    pair: Pair, fake_llm: FakeLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an idle instance on a: the consumer's take may start its next run (workers/transport.py)
+    a = pair.hosts["a"]
+    iid = pair.spawn()
+    first, second, third = pair.new_run(iid), pair.new_run(iid), pair.new_run(iid)
+    assert a.prebegin(iid) == (1, a.runs.retention)
+
+    # When a step was taken whose greenlet has not had its turn yet
+    a.taken(iid, first, None)
+
+    # Then the next take does not start its run (it would start ahead of the first, and take its
+    # steering); once the first had its turn, it may again
+    assert a.prebegin(iid) is None
+    a.run_step(iid, first, "one", True)
+    assert a.prebegin(iid) == (1, a.runs.retention)
+
+    # And a run the take started at the current epoch is not started again by its step
+    run_keys = [
+        keys.instance_record(iid),
+        keys.run_events(second),
+        keys.run_record(second),
+        keys.steering(iid),
+        keys.run_steered(second),
+    ]
+    flat = a.runs._begin(keys=run_keys, args=["1", repr(time.time()), iid, str(a.runs.retention)])
+    a.taken(iid, second, (1, flat))
+    with monkeypatch.context() as m:
+        m.setattr(a.runs, "begin", lambda *args: pytest.fail("the step started its run again"))
+        a.run_step(iid, second, "two", True)
+    assert pair.events(second)[-1]["text"] == "echo: two"
+
+    # But one started at an epoch the instance no longer has here is started again
+    a.taken(iid, third, (1, ["stale"]))
+    a.attach(iid, pair.move(iid, "a"))
+    a.run_step(iid, third, "three", True)
+    assert pair.events(third)[-1]["text"] == "echo: three"

@@ -114,3 +114,31 @@ def test_the_finish_writes_the_instance_record_once_per_chat(cluster: Cluster, a
     assert len(finishes) == 3, scripts
     assert all(sum(c.startswith(record) for c in cmds) == 1 for cmds in finishes), finishes
     assert any(" journalSeq " in c for cmds in finishes for c in cmds), finishes  # the journal rode along
+
+
+def test_an_idle_instance_s_step_starts_its_run_in_its_take(cluster: Cluster, api: httpx.Client) -> None:
+    """A step of an instance that runs nothing is taken and its run started (epoch fence,
+    `running`, steering) in one script (workers/transport.py `_TAKE_AND_BEGIN`): the worker's
+    round trips per chat are its BRPOP, that script and the finish script."""
+    iid = api.post("/agents/openai-agent/instances", json={}).json()["instanceId"]
+    assert api.post(f"/instances/{iid}/chat", json={"message": "warm"}).status_code == 200
+    with _monitored(cluster, api) as seen:
+        run_ids = []
+        for i in range(3):
+            resp = api.post(f"/instances/{iid}/chat", json={"message": f"m{i}"})
+            assert resp.json()["text"] == f"echo: m{i}"
+            run_ids.append(resp.headers["X-Run-Id"])
+    scripts: list[list[str]] = []
+    for kind, c in seen:
+        if kind != "lua":
+            scripts.append([])
+        elif scripts:
+            scripts[-1].append(c)
+    for run_id in run_ids:
+        started = [
+            cmds
+            for cmds in scripts
+            if any(c.startswith(f"HSET regina:run:{run_id} ") and " status running " in c for c in cmds)
+        ]
+        assert len(started) == 1, [c for cmds in scripts for c in cmds if run_id in c]
+        assert any(c.startswith(f"RPOP regina.i.{iid}") for c in started[0]), started
