@@ -7,6 +7,7 @@ it changed which queues it consumes.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -287,7 +288,13 @@ class InstanceHost:
         """Cancel a run if it runs here (the cancel listener calls this); True if it did."""
         ctx = self.running.get(run_id)
         if ctx is None:
-            return False
+            pre = self._prebegun.get(run_id)
+            if pre is None:
+                return False
+            # Started by its take, its step not yet running (waiting for a slot in the pool): the
+            # cancel flag the take read is out of date; the step starts cancelled.
+            self._prebegun[run_id] = (pre[0], dataclasses.replace(pre[1], cancel_requested=True))
+            return True
         ctx.cancel.cancel(CANCELLED)
         return True
 

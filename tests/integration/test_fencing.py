@@ -367,3 +367,30 @@ def test_a_take_starts_the_run_only_of_a_free_instance_at_its_current_epoch(
     a.attach(iid, pair.move(iid, "a"))
     a.run_step(iid, third, "three", True)
     assert pair.events(third)[-1]["text"] == "echo: three"
+
+
+def test_a_cancel_announced_between_a_take_that_started_the_run_and_its_step_is_kept(
+    pair: Pair, fake_llm: FakeLLM
+) -> None:
+    # Given a run its step's take started (the step waits for a slot in the worker's pool)
+    a = pair.hosts["a"]
+    iid = pair.spawn()
+    run_id = pair.new_run(iid)
+    run_keys = [
+        keys.instance_record(iid),
+        keys.run_events(run_id),
+        keys.run_record(run_id),
+        keys.steering(iid),
+        keys.run_steered(run_id),
+    ]
+    flat = a.runs._begin(keys=run_keys, args=["1", repr(time.time()), iid, str(a.runs.retention)])
+    a.taken(iid, run_id, (1, flat))
+
+    # When a cancel is announced before the step runs (the run is `running`: flagged, not ended)
+    assert a.runs.cancel(run_id) == (True, "running")
+    assert a.cancel_local(run_id)
+    a.run_step(iid, run_id, "never answered", True)
+
+    # Then the step ends the run cancelled instead of answering
+    events = pair.events(run_id)
+    assert events[-1]["type"] == "finish" and events[-1]["finishReason"] == "cancelled", events
