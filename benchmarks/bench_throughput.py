@@ -120,14 +120,22 @@ class _LeanClient:
         self.i += 1
         self.buf = b""
         self.w0, self.t0 = time.time(), time.perf_counter()
-        self.sock.sendall(self.head + b"%d\r\n\r\n" % len(body) + body)
+        try:
+            self.sock.sendall(self.head + b"%d\r\n\r\n" % len(body) + body)
+        except OSError:
+            pass  # a dead connection: the selector reports it readable, `receive` counts the error
 
     def receive(self) -> tuple[bool, str, str] | None:
         """(ok, why not, run id) once the whole answer is in, else None (more to read)."""
-        data = self.sock.recv(65536)
+        try:
+            data = self.sock.recv(65536)
+        except OSError as exc:  # reset: counted as an error, the client reconnects
+            data, why = b"", repr(exc)
+        else:
+            why = "connection closed by the server"
         if not data:
             self.closed = True
-            return False, "connection closed by the server", ""
+            return False, why, ""
         self.buf += data
         end = self.buf.find(b"\r\n\r\n")
         if end < 0:
