@@ -63,7 +63,7 @@ def chat_stream(iid: str) -> Response:
     coord = services().coordinator
     body = json_body()
     message = coord.validate_message(body)
-    run_id = coord.runs.start(
+    run_id, events = coord.runs.start_following(
         iid, message, stream=True, when_busy=parse_body(m.ChatBody).whenBusy, idem=idem_request(body)
     )
-    return stream_run(run_id, 0, iid)
+    return stream_run(run_id, 0, events)

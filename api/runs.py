@@ -28,8 +28,8 @@ def _relay(events: Iterator[dict[str, Any]], run_id: str) -> Iterator[bytes]:
     An empty first chunk makes the server send the status line and headers (`X-Run-Id`) at once,
     so a client knows the run id (to cancel it) before the model's first token.
     """
-    yield b""
     try:
+        yield b""
         for event in events:
             yield to_ndjson(event)
     except ReginaError as exc:
@@ -38,16 +38,17 @@ def _relay(events: Iterator[dict[str, Any]], run_id: str) -> Iterator[bytes]:
     except Exception as exc:
         log.exception("stream of run %s broke", run_id)
         yield to_ndjson({"type": "error", "error": describe_unexpected(exc), "runId": run_id})
+    finally:
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()  # also when the client left before the first event: its connection back
 
 
-def stream_run(run_id: str, after: int, instance_id: str | None = None) -> Response:
-    """An NDJSON response of the run's events after seq `after`, followed live to the end."""
-    runs = services().coordinator.runs
-    events = (
-        runs.follow(run_id, after=after)
-        if instance_id is None
-        else runs.follow_known(run_id, instance_id, after, keep_following=True)
-    )
+def stream_run(run_id: str, after: int, events: Iterator[dict[str, Any]] | None = None) -> Response:
+    """An NDJSON response of the run's events after seq `after` (or `events`, a follow of the
+    run), followed live to the end."""
+    if events is None:
+        events = services().coordinator.runs.follow(run_id, after=after)
     resp = Response(stream_with_context(_relay(events, run_id)), mimetype=NDJSON)
     resp.headers["X-Run-Id"] = run_id
     resp.headers["Cache-Control"] = "no-cache"

@@ -18,8 +18,8 @@ from regina.errors import Busy, Conflict, NotFound, ReginaError, StillRunning, T
 from regina.metrics import RUNS_STARTED, STEERS
 from regina.runs.record import public
 from regina.runs.steering import new_steer
-from regina.runs.store import Idempotency, RunStore, WhenBusy
-from regina.runs.stream import TERMINAL, RunPublisher, read_events
+from regina.runs.store import Idempotency, Opened, RunStore, WhenBusy
+from regina.runs.stream import TERMINAL, PendingRead, RunPublisher, read_events
 
 if TYPE_CHECKING:
     from regina.lifecycle import Coordinator
@@ -31,6 +31,35 @@ class IdemRequest:
 
     key: str
     digest: str
+
+
+#: How long one XREAD of a followed run waits (ms) before the follower checks the instance.
+FOLLOW_BLOCK_MS = 500
+
+
+class Following(Iterator[dict[str, Any]]):
+    """A run's events as `follow_known` yields them, whose first wait may be sent already: its
+    connection is given back by `close` (or the end of a `with`) also when nothing was read."""
+
+    def __init__(self, events: Iterator[dict[str, Any]], pending: PendingRead | None = None) -> None:
+        self._events = events
+        self._pending = pending
+
+    def __next__(self) -> dict[str, Any]:
+        return next(self._events)
+
+    def close(self) -> None:
+        close = getattr(self._events, "close", None)
+        if close is not None:
+            close()
+        if self._pending is not None:
+            self._pending.discard()  # a no-op once read
+
+    def __enter__(self) -> Following:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _zero_usage() -> dict[str, int]:
@@ -64,6 +93,40 @@ class RunService:
         """Queue a chat run (or steer the busy one, or refuse, per `when_busy`); returns the id
         of the run whose events answer this request. `depth` > 0 marks a delegated run (how
         many delegations deep it is; `regina.delegation` reads it back)."""
+        return self._start(instance_id, message, stream, when_busy, idem, depth)[0]
+
+    def start_following(
+        self,
+        instance_id: str,
+        message: str,
+        stream: bool = True,
+        when_busy: WhenBusy = "queue",
+        idem: IdemRequest | None = None,
+    ) -> tuple[str, Following]:
+        """`start`, and `follow_known` of the run whose events answer this request (from its
+        first event, kept following like a stream's with `stream`). A new run's first wait for
+        events rides in the open's round trip. Close the iterator if it is not read to its end."""
+        run_id, pending = self._start(instance_id, message, stream, when_busy, idem, 0, read_events=True)
+        if pending is None:
+            return run_id, Following(self.follow_known(run_id, instance_id, keep_following=stream))
+        try:
+            return run_id, Following(
+                self.follow_known(run_id, instance_id, keep_following=stream, pending=pending), pending
+            )
+        except BaseException:
+            pending.discard()
+            raise
+
+    def _start(
+        self,
+        instance_id: str,
+        message: str,
+        stream: bool,
+        when_busy: WhenBusy,
+        idem: IdemRequest | None,
+        depth: int,
+        read_events: bool = False,
+    ) -> tuple[str, PendingRead | None]:
         if not ids.is_valid_instance_id(instance_id):
             raise NotFound(f"instance {instance_id!r} not found")
         route = "chat-stream" if stream else "chat"
@@ -73,7 +136,27 @@ class RunService:
         # served; a delegated run's depth must be on its record before any worker can start it.
         dispatcher = self.coord.dispatcher
         step = "" if depth else dispatcher.step_message(instance_id, run_id, message, stream) or ""
-        opened = self.store.open(instance_id, run_id, when_busy, steer, self._idem(route, instance_id, idem), step)
+        opened = self.store.open(
+            instance_id,
+            run_id,
+            when_busy,
+            steer,
+            self._idem(route, instance_id, idem),
+            step,
+            read_events=FOLLOW_BLOCK_MS if read_events else None,
+        )
+        try:
+            return self._started(opened, instance_id, run_id, message, stream, depth), opened.pending
+        except BaseException:
+            if opened.pending is not None:
+                opened.pending.discard()
+            raise
+
+    def _started(self, opened: Opened, instance_id: str, run_id: str, message: str, stream: bool, depth: int) -> str:
+        """What `open` answered, acted on: the run id, or the error; an `ok` open's step is
+        queued here unless the open pushed it."""
+        dispatcher = self.coord.dispatcher
+        route = "chat-stream" if stream else "chat"
         if opened.kind == "missing":
             raise NotFound(f"instance {instance_id!r} not found")
         if opened.kind == "mismatch":
@@ -94,7 +177,7 @@ class RunService:
                 opened.run_id,
             )
         if opened.kind != "ok":
-            return opened.run_id  # an idempotent retry, or a steer into the busy run
+            return opened.run_id  # an idempotent retry, or a steer into the busy run (no pending read)
         if opened.queued:
             RUNS_STARTED.labels("stream" if stream else "sync").inc()
             return run_id
@@ -128,16 +211,17 @@ class RunService:
         after: int = 0,
         timeout: float | None = None,
         keep_following: bool = False,
+        pending: PendingRead | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Like `follow` for a run whose instance is known. Between waits it checks the instance
         is still served: a step queued for an instance that was suspended meanwhile, or whose
         worker died, is resumed on a live worker. After `timeout` seconds (default
         `limits.requestTimeout`) without the end: StillRunning while the run is queued or running
         (Unavailable when it is neither), or, with `keep_following` (streams), go on following
-        while it is queued or running."""
+        while it is queued or running. `pending`: its first wait, already sent (`start_following`)."""
         timeout = self.settings.limits.request_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
-        for event in read_events(self.r, run_id, after=after, block_ms=500):
+        for event in read_events(self.r, run_id, after=after, block_ms=FOLLOW_BLOCK_MS, pending=pending):
             if event is None:
                 self._keep_served(instance_id, run_id)
                 if time.monotonic() > deadline:
@@ -174,13 +258,15 @@ class RunService:
         idem: IdemRequest | None = None,
     ) -> dict[str, Any]:
         """Run a chat to its end; returns {text, usage, runId, finishReason}."""
-        run_id = self.start(instance_id, message, stream=False, when_busy=when_busy, idem=idem)
-        return self.collect(run_id, instance_id)
+        run_id, events = self.start_following(instance_id, message, stream=False, when_busy=when_busy, idem=idem)
+        with events:
+            return self.collect(run_id, instance_id, events)
 
-    def collect(self, run_id: str, instance_id: str) -> dict[str, Any]:
-        """Follow a run from its first event and return its final text and usage."""
+    def collect(self, run_id: str, instance_id: str, events: Iterator[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Follow a run from its first event (or read `events`, its `follow_known`) and return
+        its final text and usage."""
         final: dict[str, Any] = {}
-        for event in self.follow_known(run_id, instance_id):
+        for event in self.follow_known(run_id, instance_id) if events is None else events:
             final = event
         usage = final.get("usage") or _zero_usage()
         if final.get("type") == "error":

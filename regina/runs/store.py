@@ -28,6 +28,7 @@ from regina.instances import LUA_TOUCH, LUA_TOUCH_EXISTING, InstanceRecord, reco
 from regina.redis_conn import script
 from regina.runs.cancel import announce
 from regina.runs.steering import decode_all, encode
+from regina.runs.stream import PendingRead
 from regina.runtime.sink import Steer
 
 ENDED = frozenset({"finished", "failed", "cancelled"})
@@ -230,6 +231,8 @@ class Opened:
     alive: bool = False
     queued: bool = False
     """The step message given to `open` is on the instance's queue (its owner was notified)."""
+    pending: PendingRead | None = None
+    """The first wait for the new run's events, sent with the open (`open`'s `read_events`)."""
 
 
 @dataclass(frozen=True)
@@ -298,9 +301,15 @@ class RunStore:
         steer: Steer | None = None,
         idem: Idempotency | None = None,
         step_message: str = "",
+        read_events: int | None = None,
     ) -> Opened:
         """Touch the instance and queue a run on it (or steer / reject per `when_busy`); with a
-        `step_message`, also push it when the instance is started on a live member."""
+        `step_message`, also push it when the instance is started on a live member.
+
+        `read_events` (ms): the first `XREAD … BLOCK` of the new run's events goes in the same
+        write as the script (one round trip for the open and the first wait); an `ok` answer
+        carries it unread as `pending`, which its caller reads or discards. Any other answer
+        discards it (the connection is closed)."""
         run_keys = [
             keys.instance_record(instance_id),
             keys.run_record(run_id),
@@ -324,12 +333,48 @@ class RunStore:
             keys.member_ready(""),
             str(self.max_steering),
         ]
-        flat = cast(list[str], self._open(keys=run_keys, args=args))
+        pending = None
+        if read_events is None:
+            flat = cast(list[str], self._open(keys=run_keys, args=args))
+        else:
+            flat, pending = self._open_then_read(run_keys, args, keys.run_events(run_id), read_events)
         kind = flat[0]
         if kind != "ok":
+            if pending is not None:
+                pending.discard()
             return Opened(cast(Any, kind), flat[1] if len(flat) > 1 else "")
         h = dict(zip(flat[3::2], flat[4::2], strict=True))
-        return Opened("ok", run_id, record_from_hash(instance_id, h), flat[1] == "1", flat[2] == "1")
+        return Opened("ok", run_id, record_from_hash(instance_id, h), flat[1] == "1", flat[2] == "1", pending)
+
+    def _open_then_read(
+        self, run_keys: list[str], args: list[str], events_key: str, block_ms: int
+    ) -> tuple[list[str], PendingRead | None]:
+        """The open script and an XREAD BLOCK of `events_key` from its start, written at once on
+        one pooled connection; the script's answer, and the XREAD to read later. Without the
+        script loaded in Redis (NOSCRIPT) or on a connection error, the open runs as usual (its
+        loading and retries), without a pending read."""
+        client: Any = self.r  # redis-py's connection-level calls are untyped
+        pool = client.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command(
+                conn.pack_commands(
+                    [
+                        ("EVALSHA", self._open.sha, len(run_keys), *run_keys, *args),
+                        ("XREAD", "COUNT", 500, "BLOCK", block_ms, "STREAMS", events_key, "0-0"),
+                    ]
+                )
+            )
+            flat = cast(list[str], client.parse_response(conn, "EVALSHA"))
+        except (redis.exceptions.NoScriptError, redis.ConnectionError, redis.TimeoutError):
+            conn.disconnect()
+            pool.release(conn)
+            return cast(list[str], self._open(keys=run_keys, args=args)), None
+        except BaseException:
+            conn.disconnect()
+            pool.release(conn)
+            raise
+        return flat, PendingRead(client, conn)
 
     def steer(self, instance_id: str, steer: Steer, idem: Idempotency | None = None) -> tuple[str, str]:
         """Queue a steering message; (`ok` | `dup` | `mismatch` | `missing` | `full`, steerId)."""

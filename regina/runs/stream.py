@@ -314,24 +314,83 @@ def seq_of(xrevrange_reply: list[tuple[str, dict[str, str]]]) -> int:
     return int(xrevrange_reply[0][0].split("-")[1]) if xrevrange_reply else 0
 
 
+class PendingRead:
+    """An `XREAD … BLOCK` of a run's events sent behind another command in the same write, on a
+    connection checked out of the client's pool, its reply not read yet (`RunStore.open`'s
+    `read_events`: the chat's open and its first wait for events are one round trip). The first
+    `read_events` reads it; whoever does not, `discard`s it (the connection is closed: its reply
+    may still come)."""
+
+    def __init__(self, client: redis.Redis, conn: Any) -> None:
+        self.client: Any = client  # redis-py's connection-level calls are untyped
+        self.conn: Any = conn
+
+    def read(self) -> Any:
+        """The XREAD's parsed reply; the connection goes back to the pool."""
+        conn, self.conn = self.conn, None
+        if conn is None:
+            raise RuntimeError("the pending XREAD was read or discarded already")
+        try:
+            return self.client.parse_response(conn, "XREAD")
+        except BaseException:
+            conn.disconnect()  # the reply may be half read, or still to come
+            raise
+        finally:
+            self.client.connection_pool.release(conn)
+
+    def discard(self) -> None:
+        """Drop the read unread (idempotent)."""
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.disconnect()
+            self.client.connection_pool.release(conn)
+
+    def __del__(self) -> None:
+        # Dropped unread and not discarded (a response never iterated): close its socket at least
+        # (not given back to the pool from a finalizer: the pool's lock may be held right here).
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            try:
+                conn.disconnect()
+            except Exception:  # noqa: S110 -- a finalizer has no one to tell
+                pass
+
+
 def read_events(
-    client: redis.Redis, run_id: str, after: int = 0, block_ms: int = 1000
+    client: redis.Redis,
+    run_id: str,
+    after: int = 0,
+    block_ms: int = 1000,
+    pending: PendingRead | None = None,
 ) -> Iterator[dict[str, Any] | None]:
     """Yield the run's events after seq `after`, blocking for new ones; None on each idle timeout.
 
     The caller stops after a terminal event (finish/error) or when it decides to give up; a
-    None lets it check the instance's health between waits.
+    None lets it check the instance's health between waits. `pending`: the first XREAD (of
+    `after`, blocking `block_ms`), already sent.
     """
     key = keys.run_events(run_id)
     last_id = f"0-{after}"
     while True:
-        resp = cast(
-            list[tuple[str, list[tuple[str, dict[str, str]]]]],
-            client.xread({key: last_id}, block=block_ms, count=500),
-        )
-        if not resp:
-            yield None
-            continue
+        resp: list[tuple[str, list[tuple[str, dict[str, str]]]]] | None = None
+        if pending is not None:
+            first, pending = pending, None
+            try:
+                resp = first.read()
+            except (redis.ConnectionError, redis.TimeoutError):
+                resp = None  # asked again, with the client's retries
+            else:
+                if not resp:
+                    yield None
+                    continue
+        if resp is None:
+            resp = cast(
+                list[tuple[str, list[tuple[str, dict[str, str]]]]],
+                client.xread({key: last_id}, block=block_ms, count=500),
+            )
+            if not resp:
+                yield None
+                continue
         for entry_id, fields in resp[0][1]:
             last_id = entry_id
             yield cast(dict[str, Any], json.loads(fields["e"]))
