@@ -12,6 +12,8 @@ redis into the master before its gevent workers fork and monkey-patch.
 - Idle keep-alive connections are kept longer than clients pool them (`regina web` passes
   `--keep-alive 75`), and `ReginaWebWorker` closes them at once when the process stops, so a
   long keep-alive never holds up a shutdown for the graceful timeout.
+- A response's status line and headers go out in the same write as its first piece of body
+  (`OneWriteResponse`): one send per plain response instead of two.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 import gevent
 from gunicorn.glogging import Logger  # type: ignore[import-untyped]
+from gunicorn.http import wsgi as gunicorn_wsgi  # type: ignore[import-untyped]
 from gunicorn.workers.ggevent import GeventWorker  # type: ignore[import-untyped]
 
 from regina.config import load_settings
@@ -43,12 +46,43 @@ class ReginaLogger(Logger):  # type: ignore[misc]
 logger_class = ReginaLogger
 
 
+class _Gathered:
+    """Stands in for a socket while gunicorn writes a response's head and first piece of body."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def sendall(self, data: bytes) -> None:
+        self.parts.append(data)
+
+
+class OneWriteResponse(gunicorn_wsgi.Response):  # type: ignore[misc]
+    """gunicorn's response whose status line and headers go out in one write with the first
+    non-empty piece of the body (gunicorn writes them on their own first: two sends, and two
+    wake-ups of the client, per plain response). An empty first piece (a stream's, to show its
+    headers at once, api/runs.py) still sends the head alone."""
+
+    def write(self, arg: bytes) -> None:
+        if self.headers_sent or not arg:
+            super().write(arg)
+            return
+        sock, gathered = self.sock, _Gathered()
+        self.sock = gathered  # gunicorn's own framing (length limit, chunks), gathered
+        try:
+            super().write(arg)
+        finally:
+            self.sock = sock
+        sock.sendall(b"".join(gathered.parts))
+
+
 class ReginaWebWorker(GeventWorker):  # type: ignore[misc]
     """gunicorn's gevent worker whose connections waiting for their next request close as soon as
-    the process is told to stop (gunicorn's own waits for them up to the graceful timeout)."""
+    the process is told to stop (gunicorn's own waits for them up to the graceful timeout), and
+    whose responses are `OneWriteResponse`s."""
 
     def init_process(self) -> None:
         self.idle: dict[gevent.Greenlet, gevent.Timeout] = {}
+        gunicorn_wsgi.Response = OneWriteResponse  # what gunicorn's `wsgi.create` builds, in this process
         super().init_process()
 
     def timeout_ctx(self) -> _IdleWait:
