@@ -12,11 +12,16 @@ from regina.errors import BadRequest
 
 # A \uD800-\uDFFF escape: only then can the parsed body hold a lone surrogate.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+#: Where the parsed body is kept in the request's environ: a route and `parse_body` parse it once.
+_PARSED = "regina.json_body"
 
 
 def json_body(required: bool = True) -> Any:
     """The parsed JSON body; 400 when it is not JSON, nested absurdly deep or not valid Unicode
-    (413 comes from MAX_CONTENT_LENGTH)."""
+    (413 comes from MAX_CONTENT_LENGTH). Parsed once per request."""
+    environ = request.environ
+    if _PARSED in environ:
+        return environ[_PARSED]
     raw = request.get_data(cache=True)
     if not raw:
         if required:
@@ -38,4 +43,5 @@ def json_body(required: bool = True) -> Any:
             ) from None
         except RecursionError:
             raise BadRequest("request body is JSON nested too deeply") from None
+    environ[_PARSED] = data
     return data

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, cast, get_args
+
 from flask import Blueprint, Response, jsonify
 
 from api import models as m
@@ -11,8 +13,10 @@ from api.idem import idem_request
 from api.openapi import documented, parse_body
 from api.runs import stream_run
 from regina.errors import StillRunning
+from regina.runs.store import WhenBusy
 
 bp = Blueprint("chat", __name__)
+_WHEN_BUSY = frozenset(get_args(WhenBusy))
 
 
 @bp.post("/instances/<iid>/chat")
@@ -26,7 +30,7 @@ def chat(iid: str) -> Response | tuple[Response, int]:
     body = json_body()
     message = coord.validate_message(body)
     try:
-        result = coord.runs.chat(iid, message, parse_body(m.ChatBody).whenBusy, idem_request(body))
+        result = coord.runs.chat(iid, message, _when_busy(body), idem_request(body))
     except StillRunning as going:
         return _still_running(iid, going)
     resp = jsonify(
@@ -39,6 +43,14 @@ def chat(iid: str) -> Response | tuple[Response, int]:
     )
     resp.headers["X-Run-Id"] = result["runId"]
     return resp
+
+
+def _when_busy(body: dict[str, Any]) -> WhenBusy:
+    """The body's `whenBusy` (its message is checked already); any other value is ChatBody's 400."""
+    value = body.get("whenBusy", "queue")
+    if isinstance(value, str) and value in _WHEN_BUSY:
+        return cast(WhenBusy, value)
+    return parse_body(m.ChatBody).whenBusy
 
 
 def _still_running(iid: str, going: StillRunning) -> tuple[Response, int]:
@@ -64,6 +76,6 @@ def chat_stream(iid: str) -> Response:
     body = json_body()
     message = coord.validate_message(body)
     run_id, events = coord.runs.start_following(
-        iid, message, stream=True, when_busy=parse_body(m.ChatBody).whenBusy, idem=idem_request(body)
+        iid, message, stream=True, when_busy=_when_busy(body), idem=idem_request(body)
     )
     return stream_run(run_id, 0, events)
