@@ -46,3 +46,17 @@ def test_the_filled_step_message_is_celerys_own(dispatcher: CeleryDispatcher, me
     msg, body = _ids_out(filled)
     assert body[0] == ["inst-1", "run-1", message, False]
     assert msg["properties"]["delivery_info"]["routing_key"] == "regina.i.inst-1"
+
+
+@pytest.mark.parametrize("message", ["hello", None, 'quote " back \\ newline \n ünï \u2028 😀'])
+def test_the_filled_step_message_is_celerys_text_but_for_its_ids(
+    dispatcher: CeleryDispatcher, message: str | None
+) -> None:
+    """The template is JSON text joined around its varying strings: byte for byte what kombu
+    dumps, whatever the strings hold."""
+    filled = dispatcher.step_message('inst-"1', "run-\\1", message, True)
+    built = dispatcher._captured('inst-"1', "run-\\1", message, True)
+    assert filled is not None
+    task_id = json.loads(filled)["headers"]["id"]
+    built_id = json.loads(built)["headers"]["id"]
+    assert filled.replace(task_id, "<id>") == built.replace(built_id, "<id>")
