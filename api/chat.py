@@ -75,7 +75,7 @@ def chat_stream(iid: str) -> Response:
     coord = services().coordinator
     body = json_body()
     message = coord.validate_message(body)
-    run_id, events = coord.runs.start_following(
+    run_id, batches = coord.runs.start_following(
         iid, message, stream=True, when_busy=_when_busy(body), idem=idem_request(body)
     )
-    return stream_run(run_id, 0, events)
+    return stream_run(run_id, 0, batches)

@@ -22,16 +22,17 @@ bp = Blueprint("runs", __name__)
 NDJSON = "application/x-ndjson"
 
 
-def _relay(events: Iterator[dict[str, Any]], run_id: str) -> Iterator[bytes]:
+def _relay(batches: Iterator[list[dict[str, Any]]], run_id: str) -> Iterator[bytes]:
     """The run's events as NDJSON; whatever goes wrong, the last line is `finish` or `error`.
 
     An empty first chunk makes the server send the status line and headers (`X-Run-Id`) at once,
-    so a client knows the run id (to cancel it) before the model's first token.
+    so a client knows the run id (to cancel it) before the model's first token. The events of
+    one read go out in one chunk (one send, not one per event).
     """
     try:
         yield b""
-        for event in events:
-            yield to_ndjson(event)
+        for batch in batches:
+            yield b"".join([to_ndjson(event) for event in batch])
     except ReginaError as exc:
         # The status line is sent already: report the failure as the last event.
         yield to_ndjson({"type": "error", "error": exc.message, "runId": run_id})
@@ -39,17 +40,17 @@ def _relay(events: Iterator[dict[str, Any]], run_id: str) -> Iterator[bytes]:
         log.exception("stream of run %s broke", run_id)
         yield to_ndjson({"type": "error", "error": describe_unexpected(exc), "runId": run_id})
     finally:
-        close = getattr(events, "close", None)
+        close = getattr(batches, "close", None)
         if close is not None:
             close()  # also when the client left before the first event: its connection back
 
 
-def stream_run(run_id: str, after: int, events: Iterator[dict[str, Any]] | None = None) -> Response:
-    """An NDJSON response of the run's events after seq `after` (or `events`, a follow of the
+def stream_run(run_id: str, after: int, batches: Iterator[list[dict[str, Any]]] | None = None) -> Response:
+    """An NDJSON response of the run's events after seq `after` (or `batches`, a follow of the
     run), followed live to the end."""
-    if events is None:
-        events = services().coordinator.runs.follow(run_id, after=after)
-    resp = Response(stream_with_context(_relay(events, run_id)), mimetype=NDJSON)
+    if batches is None:
+        batches = services().coordinator.runs.follow_batches(run_id, after=after)
+    resp = Response(stream_with_context(_relay(batches, run_id)), mimetype=NDJSON)
     resp.headers["X-Run-Id"] = run_id
     resp.headers["Cache-Control"] = "no-cache"
     resp.headers["X-Accel-Buffering"] = "no"

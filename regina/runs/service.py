@@ -19,7 +19,7 @@ from regina.metrics import RUNS_STARTED, STEERS
 from regina.runs.record import public
 from regina.runs.steering import new_steer
 from regina.runs.store import Idempotency, Opened, RunStore, WhenBusy
-from regina.runs.stream import TERMINAL, PendingRead, RunPublisher, read_events
+from regina.runs.stream import TERMINAL, PendingRead, RunPublisher, read_event_batches
 
 if TYPE_CHECKING:
     from regina.lifecycle import Coordinator
@@ -37,15 +37,16 @@ class IdemRequest:
 FOLLOW_BLOCK_MS = 500
 
 
-class Following(Iterator[dict[str, Any]]):
-    """A run's events as `follow_known` yields them, whose first wait may be sent already: its
-    connection is given back by `close` (or the end of a `with`) also when nothing was read."""
+class Following(Iterator[list[dict[str, Any]]]):
+    """A run's events as `follow_known_batches` yields them, whose first wait may be sent
+    already: its connection is given back by `close` (or the end of a `with`) also when nothing
+    was read."""
 
-    def __init__(self, events: Iterator[dict[str, Any]], pending: PendingRead | None = None) -> None:
+    def __init__(self, events: Iterator[list[dict[str, Any]]], pending: PendingRead | None = None) -> None:
         self._events = events
         self._pending = pending
 
-    def __next__(self) -> dict[str, Any]:
+    def __next__(self) -> list[dict[str, Any]]:
         return next(self._events)
 
     def close(self) -> None:
@@ -103,15 +104,15 @@ class RunService:
         when_busy: WhenBusy = "queue",
         idem: IdemRequest | None = None,
     ) -> tuple[str, Following]:
-        """`start`, and `follow_known` of the run whose events answer this request (from its
-        first event, kept following like a stream's with `stream`). A new run's first wait for
+        """`start`, and `follow_known_batches` of the run whose events answer this request (from
+        its first event, kept following like a stream's with `stream`). A new run's first wait for
         events rides in the open's round trip. Close the iterator if it is not read to its end."""
         run_id, pending = self._start(instance_id, message, stream, when_busy, idem, 0, read_events=True)
         if pending is None:
-            return run_id, Following(self.follow_known(run_id, instance_id, keep_following=stream))
+            return run_id, Following(self.follow_known_batches(run_id, instance_id, keep_following=stream))
         try:
             return run_id, Following(
-                self.follow_known(run_id, instance_id, keep_following=stream, pending=pending), pending
+                self.follow_known_batches(run_id, instance_id, keep_following=stream, pending=pending), pending
             )
         except BaseException:
             pending.discard()
@@ -199,10 +200,14 @@ class RunService:
     def follow(self, run_id: str, after: int = 0) -> Iterator[dict[str, Any]]:
         """Yield a run's events after seq `after` until its terminal event, for as long as the run
         is queued or running on a served instance (a stream: the client holds the connection)."""
+        return (event for batch in self.follow_batches(run_id, after) for event in batch)
+
+    def follow_batches(self, run_id: str, after: int = 0) -> Iterator[list[dict[str, Any]]]:
+        """`follow`, the events that arrived together at a time (`follow_known_batches`)."""
         info = self.store.info(run_id)
         if not info:
             raise NotFound(f"run {run_id!r} not found (unknown or expired)")
-        return self.follow_known(run_id, info["instanceId"], after, keep_following=True)
+        return self.follow_known_batches(run_id, info["instanceId"], after, keep_following=True)
 
     def follow_known(
         self,
@@ -219,19 +224,35 @@ class RunService:
         `limits.requestTimeout`) without the end: StillRunning while the run is queued or running
         (Unavailable when it is neither), or, with `keep_following` (streams), go on following
         while it is queued or running. `pending`: its first wait, already sent (`start_following`)."""
+        for batch in self.follow_known_batches(run_id, instance_id, after, timeout, keep_following, pending):
+            yield from batch
+
+    def follow_known_batches(
+        self,
+        run_id: str,
+        instance_id: str,
+        after: int = 0,
+        timeout: float | None = None,
+        keep_following: bool = False,
+        pending: PendingRead | None = None,
+    ) -> Iterator[list[dict[str, Any]]]:
+        """`follow_known`, the events of one read at a time (never empty; the terminal event
+        ends the last)."""
         timeout = self.settings.limits.request_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
-        for event in read_events(self.r, run_id, after=after, block_ms=FOLLOW_BLOCK_MS, pending=pending):
-            if event is None:
+        for batch in read_event_batches(self.r, run_id, after=after, block_ms=FOLLOW_BLOCK_MS, pending=pending):
+            if batch is None:
                 self._keep_served(instance_id, run_id)
                 if time.monotonic() > deadline:
                     outlived = self._outlived(run_id, timeout)
                     if not (keep_following and isinstance(outlived, StillRunning)):
                         raise outlived
                 continue
-            yield event
-            if event.get("type") in TERMINAL:
-                return
+            for n, event in enumerate(batch):
+                if event.get("type") in TERMINAL:
+                    yield batch[: n + 1]
+                    return
+            yield batch
 
     def _outlived(self, run_id: str, timeout: float) -> Unavailable:
         """The error for a wait that ended before the run: StillRunning while the run is queued or
@@ -258,9 +279,9 @@ class RunService:
         idem: IdemRequest | None = None,
     ) -> dict[str, Any]:
         """Run a chat to its end; returns {text, usage, runId, finishReason}."""
-        run_id, events = self.start_following(instance_id, message, stream=False, when_busy=when_busy, idem=idem)
-        with events:
-            return self.collect(run_id, instance_id, events)
+        run_id, batches = self.start_following(instance_id, message, stream=False, when_busy=when_busy, idem=idem)
+        with batches:
+            return self.collect(run_id, instance_id, (event for batch in batches for event in batch))
 
     def collect(self, run_id: str, instance_id: str, events: Iterator[dict[str, Any]] | None = None) -> dict[str, Any]:
         """Follow a run from its first event (or read `events`, its `follow_known`) and return

@@ -369,6 +369,21 @@ def read_events(
     None lets it check the instance's health between waits. `pending`: the first XREAD (of
     `after`, blocking `block_ms`), already sent.
     """
+    for batch in read_event_batches(client, run_id, after, block_ms, pending):
+        if batch is None:
+            yield None
+        else:
+            yield from batch
+
+
+def read_event_batches(
+    client: redis.Redis,
+    run_id: str,
+    after: int = 0,
+    block_ms: int = 1000,
+    pending: PendingRead | None = None,
+) -> Iterator[list[dict[str, Any]] | None]:
+    """`read_events`, the events of one XREAD reply at a time (a relay writes them at once)."""
     key = keys.run_events(run_id)
     last_id = f"0-{after}"
     while True:
@@ -391,6 +406,6 @@ def read_events(
             if not resp:
                 yield None
                 continue
-        for entry_id, fields in resp[0][1]:
-            last_id = entry_id
-            yield cast(dict[str, Any], json.loads(fields["e"]))
+        entries = resp[0][1]
+        last_id = entries[-1][0]
+        yield [cast(dict[str, Any], json.loads(fields["e"])) for _entry_id, fields in entries]
