@@ -272,6 +272,11 @@ def run(
                     if samples:
                         t.notes.append(f"{n} clients: errors like {samples}")
                     t.notes.extend(_verdicts(n, delay, ok / took, errs, per))
+                    web_ms, redis_ms = (used[0] / max(ok, 1) * 1000, used[-1] / max(ok, 1) * 1000)
+                    t.notes.append(
+                        f"{n} clients: server CPU per chat = web {web_ms:.2f} + workers {per - web_ms - redis_ms:.2f}"
+                        f" + Redis {redis_ms:.2f} ms"
+                    )
                     if runs:
                         tl.add(n, *_timeline(server.url, runs))
             finally:
