@@ -65,20 +65,18 @@ def _consume_queue(consumer: Any, queue: str) -> None:
         # MULTIs per attach. RabbitMQ needs its queues declared.
         q.no_declare = True
     if not cset.consuming_from(queue):
-        if isinstance(cset.channel, AmqpChannel):
-            # The queue declared without waiting, then one answer (consume-ok) waited for.
-            bound = add_instance_queue(cset, q)
-        else:
-            bound = cset.add_queue(q)
-        cset._basic_consume(bound, no_ack=cset.no_ack, nowait=False)
+        amqp = isinstance(cset.channel, AmqpChannel)
+        # RabbitMQ: declared and consumed without waiting for an answer (workers/amqp.py).
+        bound = add_instance_queue(cset, q) if amqp else cset.add_queue(q)
+        cset._basic_consume(bound, no_ack=cset.no_ack, nowait=amqp)
 
 
 def command_strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Callable[..., None]:
     """Build the handler Celery calls for every `regina.command` message this worker receives.
 
     Commands run one after the other, in arrival order, never one inside another. On RabbitMQ,
-    attach and release wait for the broker's answer (basic.consume-ok, basic.cancel-ok) inside
-    the consumer loop, and py-amqp delivers the messages that arrive meanwhile from inside that
+    suspend, delete and release wait for the broker's answer (basic.cancel-ok) inside the
+    consumer loop, and py-amqp delivers the messages that arrive meanwhile from inside that
     wait; a command handled there waits for an answer of its own, the two waits take each
     other's answers and one waits for good (measured: 2 of a burst of 16 attaches answered). A
     command that arrives while another is handled is queued and handled right after it.

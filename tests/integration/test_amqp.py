@@ -123,6 +123,11 @@ def test_a_spawns_attach_is_published_after_its_queue_was_created(rabbit: Rabbit
     dispatcher.send_command(member, "attach", {"instanceId": "openai-agent-queue2", "epoch": 2}, "t2")
     assert rabbit.queue(_queue("openai-agent-queue2")) is None
     assert rabbit.queue(f"regina.m.{member}") == (2, 0)
+    # Commands are transient (their senders wait for the answers): not written to RabbitMQ's disk.
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        modes = [channel.basic_get(f"regina.m.{member}", no_ack=True).properties["delivery_mode"] for _ in "ab"]
+    assert modes == [1, 1]
     app.close()
 
 
