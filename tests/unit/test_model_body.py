@@ -1,0 +1,102 @@
+"""The direct route's request body: tool schemas spliced into the JSON are the bytes LiteLLM's
+transform would have sent (regina/runtime/models/direct.py, `request_body`)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+
+from regina.providers import ModelTarget
+from regina.runtime.models import direct
+from regina.runtime.models.parts import ModelRequest
+
+TOOLS: list[dict[str, Any]] = [
+    {
+        "type": "function",
+        "function": {
+            "name": f"tool_{i}",
+            "description": 'Does things – with ünïcode and "quotes"',
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "path": {"type": "string", "description": "where"},
+                    "items": {"type": "array", "items": {"type": "object", "properties": {"n": {"type": "integer"}}}},
+                },
+                "required": ["path"],
+            },
+        },
+    }
+    for i in range(4)
+]
+MESSAGES: list[dict[str, Any]] = [
+    {"role": "system", "content": "You are a test."},
+    {"role": "user", "content": "hi \x00regina-tools\x00 there"},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "tool_0", "arguments": "{}"}}],
+    },
+    {"role": "tool", "tool_call_id": "c1", "content": "done"},
+    {"role": "user", "content": [{"type": "text", "text": "part", "cache_control": {"type": "ephemeral"}}]},
+]
+
+
+def _route(model: str = "openai/gpt-4o") -> direct.Route:
+    route = direct.route_for(ModelTarget("openai", model, "sk-test", "http://127.0.0.1:9/v1"))
+    assert route is not None
+    return route
+
+
+def _bodies(
+    monkeypatch: pytest.MonkeyPatch, route: direct.Route, tools: list[dict[str, Any]] | None, temperature: float | None
+) -> tuple[bytes, bytes]:
+    spliced = direct.request_body(route, ModelRequest(copy.deepcopy(MESSAGES), copy.deepcopy(tools), temperature))[2]
+    with monkeypatch.context() as m:
+        m.setattr(direct, "_plain_openai_tools", lambda config, optional: None)
+        walked = direct.request_body(route, ModelRequest(copy.deepcopy(MESSAGES), copy.deepcopy(tools), temperature))[2]
+    return spliced, walked
+
+
+@pytest.mark.parametrize("temperature", [None, 0.3])
+@pytest.mark.parametrize("tools", [TOOLS, TOOLS[:1], None])
+def test_spliced_tools_are_the_bytes_the_transform_sends(
+    monkeypatch: pytest.MonkeyPatch, tools: list[dict[str, Any]] | None, temperature: float | None
+) -> None:
+    spliced, walked = _bodies(monkeypatch, _route(), tools, temperature)
+    assert spliced == walked
+    body = json.loads(spliced)
+    assert body["messages"][1]["content"] == "hi \x00regina-tools\x00 there"
+    assert "cache_control" not in json.dumps(body["messages"])  # the transform still strips messages
+    if tools:
+        assert body["tools"] == tools
+
+
+def test_the_splice_skips_the_transforms_walk_over_the_tools(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[Any] = []
+    route = _route()
+    real = type(route.config).remove_cache_control_flag_from_messages_and_tools
+
+    def spy(self: Any, model: str, messages: Any, tools: Any = None) -> Any:
+        seen.append(tools)
+        return real(self, model, messages, tools)
+
+    monkeypatch.setattr(type(route.config), "remove_cache_control_flag_from_messages_and_tools", spy)
+    direct.request_body(route, ModelRequest(copy.deepcopy(MESSAGES), copy.deepcopy(TOOLS), None))
+    assert seen and all(not t for t in seen)
+
+
+def test_a_tool_with_cache_control_goes_through_the_transform(monkeypatch: pytest.MonkeyPatch) -> None:
+    tools = copy.deepcopy(TOOLS)
+    tools[1]["function"]["parameters"]["cache_control"] = {"type": "ephemeral"}
+    spliced, walked = _bodies(monkeypatch, _route(), tools, None)
+    assert spliced == walked
+    assert "cache_control" not in spliced.decode()
+
+
+@pytest.mark.parametrize("model", ["openai/o3-mini", "openai/gpt-5"])
+def test_other_openai_configs_keep_their_own_tool_transform(monkeypatch: pytest.MonkeyPatch, model: str) -> None:
+    spliced, walked = _bodies(monkeypatch, _route(model), TOOLS, None)
+    assert spliced == walked
