@@ -13,7 +13,7 @@ from api.agents import services
 from api.errors import describe_unexpected
 from api.openapi import documented
 from regina.errors import BadRequest, ReginaError
-from regina.runtime.events import stored_to_ndjson, to_ndjson
+from regina.runtime.events import to_ndjson
 
 log = logging.getLogger("regina.api")
 
@@ -32,11 +32,7 @@ def _relay(batches: Iterator[list[dict[str, Any]]], run_id: str) -> Iterator[byt
     try:
         yield b""
         for batch in batches:
-            stored = getattr(batch, "stored", None)  # an EventBatch: the events' text as stored
-            if stored is None:
-                yield b"".join([to_ndjson(event) for event in batch])
-            else:
-                yield b"".join([stored_to_ndjson(text, event) for text, event in zip(stored, batch, strict=True)])
+            yield b"".join([to_ndjson(event) for event in batch])
     except ReginaError as exc:
         # The status line is sent already: report the failure as the last event.
         yield to_ndjson({"type": "error", "error": exc.message, "runId": run_id})

@@ -92,9 +92,22 @@ end
 # lost it). A tag that is not a run's id also goes into the queue's own set (workers/unacked.py):
 # a dead owner's steps are found there, and those tagged with their run's id through the
 # instance's open runs (workers/dispatcher.py).
-_TAKE_UNACKED = """
+#
+# Both takes also pop the next name off the worker's ready list (KEYS: the last; ARGV: the last,
+# '1') when the consumer may take another step now: under load, steps follow one another with one
+# round trip each instead of a BRPOP and a take. Reply: {raw or '', next name or '', …}.
+_NEXT_READY = """
+local function next_ready(ready, wanted)
+  if wanted ~= '1' then return '' end
+  return redis.call('RPOP', ready) or ''
+end
+"""
+
+_TAKE_UNACKED = (
+    _NEXT_READY
+    + """
 local raw = redis.call('RPOP', KEYS[1])
-if not raw then return false end
+if not raw then return {'', next_ready(KEYS[5], ARGV[3])} end
 local props = cjson.decode(raw)['properties']
 local info = props['delivery_info'] or {}
 local tag = props['delivery_tag']
@@ -102,20 +115,22 @@ redis.call('ZADD', KEYS[2], ARGV[1], tag)
 if string.sub(tag, 1, #ARGV[2]) ~= ARGV[2] then redis.call('SADD', KEYS[4], tag) end
 redis.call('HSET', KEYS[3], props['delivery_tag'],
   '[' .. raw .. ',' .. cjson.encode(info['exchange'] or '') .. ',' .. cjson.encode(info['routing_key'] or '') .. ']')
-return raw
+return {raw, next_ready(KEYS[5], ARGV[3])}
 """
+)
 
 # The take, and the start of the step's run in the same call (`begin` of regina/runs/store.py)
 # when the worker says the instance runs nothing and nothing else of it waits (`StepStarts`):
 # one round trip less before the model call. KEYS: those of _TAKE_UNACKED, instance record,
-# steering list. ARGV: now, run id prefix, epoch, instance id, retention, run record prefix.
-# Returns {raw} for a step not tagged with its run's id (its start stays the step's own),
-# else {raw, <begin's reply…>}.
+# steering list, ready list. ARGV: now, run id prefix, epoch, instance id, retention, run record
+# prefix, whether to pop the next ready name. Returns {raw, next} for a step not tagged with its
+# run's id (its start stays the step's own), else {raw, next, <begin's reply…>}.
 _TAKE_AND_BEGIN = (
     BEGIN_FN
+    + _NEXT_READY
     + """
 local raw = redis.call('RPOP', KEYS[1])
-if not raw then return false end
+if not raw then return {'', next_ready(KEYS[7], ARGV[7])} end
 local props = cjson.decode(raw)['properties']
 local info = props['delivery_info'] or {}
 local tag = props['delivery_tag']
@@ -124,10 +139,11 @@ redis.call('HSET', KEYS[3], tag,
   '[' .. raw .. ',' .. cjson.encode(info['exchange'] or '') .. ',' .. cjson.encode(info['routing_key'] or '') .. ']')
 if string.sub(tag, 1, #ARGV[2]) ~= ARGV[2] then
   redis.call('SADD', KEYS[4], tag)
-  return {raw}
+  return {raw, next_ready(KEYS[7], ARGV[7])}
 end
 local run = ARGV[6] .. tag
 local out = begin({KEYS[5], run .. ':events', run, KEYS[6], run .. ':steered'}, {ARGV[3], ARGV[1], ARGV[4], ARGV[5]})
+table.insert(out, 1, next_ready(KEYS[7], ARGV[7]))
 table.insert(out, 1, raw)
 return out
 """
@@ -145,6 +161,9 @@ class StepStarts(Protocol):
         """A step of the instance was taken (delivery `tag`), with (epoch, the begin script's
         reply) when its run was started in the same call."""
 
+
+#: Steps taken at most per BRPOP of the ready list (each take pops the next name).
+_CHAIN = 16
 
 #: Set by the worker at start-up (workers/context.py); None: every step starts on its own.
 _step_starts: StepStarts | None = None
@@ -345,10 +364,7 @@ class Channel(_RedisChannel):  # type: ignore[misc]
                     raise Empty()
                 dest, item = bytes_to_str(dest__item[0]), bytes_to_str(dest__item[1])
                 if dest == self.ready_key:
-                    if item not in self._instance_queues:
-                        raise Empty()  # released here: its next owner reads the queue itself
-                    # Same connection, now idle: the queue's oldest step, recorded as unacked.
-                    self._take(item)
+                    self._take_ready(item)
                     return True
             except self.connection_errors:
                 connection.disconnect()
@@ -361,33 +377,57 @@ class Channel(_RedisChannel):  # type: ignore[misc]
             self._in_poll = None
             self._flush_brpop_reauth()
 
-    def _take(self, queue: str) -> None:
-        """Take `queue`'s oldest step (see _TAKE_UNACKED and _TAKE_AND_BEGIN) and deliver it."""
+    def _take_ready(self, name: str) -> None:
+        """Take the step of the ready name the BRPOP popped and, while the take pops another
+        name and the prefetch limit allows, theirs too (at most `_CHAIN` per BRPOP, so the
+        command queue is not starved). Empty when nothing was delivered."""
+        delivered = 0
+        for n in range(_CHAIN):
+            if name not in self._instance_queues:
+                break  # released here: its next owner reads the queue itself
+            # Same connection, now idle: the queue's oldest step, recorded as unacked.
+            took, name = self._take(name, pop_next=n + 1 < _CHAIN and self._room_after_one())
+            delivered += took
+            if not name:
+                break
+        if not delivered:
+            raise Empty()
+
+    def _room_after_one(self) -> bool:
+        """Whether the prefetch limit allows another step once the one being taken is delivered."""
+        limit = self.qos.prefetch_count
+        return not limit or len(self.qos._delivered) - len(self.qos._dirty) + 1 < limit
+
+    def _take(self, queue: str, pop_next: bool = False) -> tuple[bool, str]:
+        """Take `queue`'s oldest step (see _TAKE_UNACKED and _TAKE_AND_BEGIN) and deliver it:
+        (whether a step was there, the next ready name popped or '')."""
         take_keys = [queue, self.unacked_index_key, self.unacked_key, keys.unacked_of(queue)]
         starts = None if self.global_keyprefix else _step_starts
         instance_id = queue[len(_QUEUE_PREFIX) :]
         pre = starts.prebegin(instance_id) if starts is not None else None
         begun: tuple[int, list[str]] | None = None
+        wanted = "1" if pop_next and self.ready_key else "0"
         if pre is None:
-            raw = self._script(_TAKE_UNACKED)(keys=take_keys, args=[time(), RUN_PREFIX], client=self.client)
-            if raw is None:
-                raise Empty()  # counted twice; already taken
+            reply = self._script(_TAKE_UNACKED)(
+                keys=[*take_keys, self.ready_key or ""], args=[time(), RUN_PREFIX, wanted], client=self.client
+            )
         else:
             epoch, retention = pre
             reply = self._script(_TAKE_AND_BEGIN)(
-                keys=[*take_keys, keys.instance_record(instance_id), keys.steering(instance_id)],
-                args=[time(), RUN_PREFIX, epoch, instance_id, retention, keys.RUN_PREFIX],
+                keys=[*take_keys, keys.instance_record(instance_id), keys.steering(instance_id), self.ready_key or ""],
+                args=[time(), RUN_PREFIX, epoch, instance_id, retention, keys.RUN_PREFIX, wanted],
                 client=self.client,
             )
-            if reply is None:
-                raise Empty()
-            raw = reply[0]
-            if len(reply) > 1:
-                begun = (epoch, [bytes_to_str(x) for x in reply[1:]])
+            if len(reply) > 2:
+                begun = (epoch, [bytes_to_str(x) for x in reply[2:]])
+        raw, following = reply[0], bytes_to_str(reply[1])
+        if not raw:
+            return False, following  # counted twice; already taken
         payload = loads(bytes_to_str(raw))
         if starts is not None:
             starts.taken(instance_id, payload["properties"]["delivery_tag"], begun)
         self.connection._deliver(payload, queue)
+        return True, following
 
     def _get_pool(self, asynchronous: bool = False) -> Any:
         """A pool that waits for a free connection (up to POOL_WAIT) instead of raising."""

@@ -250,7 +250,7 @@ class RunService:
                 continue
             for n, event in enumerate(batch):
                 if event.get("type") in TERMINAL:
-                    yield batch.upto(n + 1)
+                    yield batch[: n + 1]
                     return
             yield batch
 

@@ -376,25 +376,13 @@ def read_events(
             yield from batch
 
 
-class EventBatch(list[dict[str, Any]]):
-    """The events of one read, parsed, and `stored`: the JSON text of each, as in the stream."""
-
-    def __init__(self, stored: list[str]) -> None:
-        super().__init__(json.loads(text) for text in stored)
-        self.stored = stored
-
-    def upto(self, n: int) -> EventBatch:
-        """The first `n` events."""
-        return EventBatch(self.stored[:n]) if n < len(self) else self
-
-
 def read_event_batches(
     client: redis.Redis,
     run_id: str,
     after: int = 0,
     block_ms: int = 1000,
     pending: PendingRead | None = None,
-) -> Iterator[EventBatch | None]:
+) -> Iterator[list[dict[str, Any]] | None]:
     """`read_events`, the events of one XREAD reply at a time (a relay writes them at once)."""
     key = keys.run_events(run_id)
     last_id = f"0-{after}"
@@ -420,4 +408,4 @@ def read_event_batches(
                 continue
         entries = resp[0][1]
         last_id = entries[-1][0]
-        yield EventBatch([fields["e"] for _entry_id, fields in entries])
+        yield [cast(dict[str, Any], json.loads(fields["e"])) for _entry_id, fields in entries]

@@ -38,7 +38,6 @@ __all__ = [
     "event_to_dict",
     "event_from_dict",
     "to_ndjson",
-    "stored_to_ndjson",
 ]
 
 
@@ -161,13 +160,3 @@ def to_ndjson(ev: Event | dict[str, Any], **extra: Any) -> bytes:
     if extra:
         d.update(extra)
     return json.dumps(d, separators=(",", ":"), ensure_ascii=False, default=str).encode() + b"\n"
-
-
-def stored_to_ndjson(stored: str, ev: dict[str, Any]) -> bytes:
-    """`to_ndjson(ev)` of an event read back from its run's stream, where `stored` is the text
-    it was stored as (compact JSON: `RunPublisher`, the cancel script) and `ev` its parse: the
-    stored text itself unless it holds a \\u escape (a non-ASCII or control character, which
-    `to_ndjson` writes as UTF-8), so most events are not encoded a second time."""
-    if "\\u" in stored:
-        return to_ndjson(ev)
-    return stored.encode() + b"\n"

@@ -7,15 +7,19 @@ queue and its ready list, however many instances are attached.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
+import os
+import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import redis
 
 from tests.harness.processes import Cluster
+from tests.harness.waiting import wait_until
 
 
 def test_brpop_names_the_ready_list_not_every_instance_queue(cluster: Cluster, api: httpx.Client) -> None:
@@ -142,3 +146,31 @@ def test_an_idle_instance_s_step_starts_its_run_in_its_take(cluster: Cluster, ap
         ]
         assert len(started) == 1, [c for cmds in scripts for c in cmds if run_id in c]
         assert any(c.startswith(f"RPOP regina.i.{iid}") for c in started[0]), started
+
+
+def test_steps_waiting_on_the_ready_list_follow_one_another_without_a_brpop_each(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    # Given a worker paused while eight instances' chats wait on its ready list
+    c = make_cluster().start(workers=1)
+    (worker,) = c.workers
+    r = redis.Redis.from_url(c.redis_url, decode_responses=True)
+    api = httpx.Client(base_url=c.web.url, timeout=60)
+    iids = [api.post("/agents/openai-agent/instances", json={}).json()["instanceId"] for _ in range(8)]
+    pool = cf.ThreadPoolExecutor(len(iids))
+    os.kill(worker.popen.pid, signal.SIGSTOP)
+    try:
+        chats = [pool.submit(api.post, f"/instances/{i}/chat", json={"message": f"m{k}"}) for k, i in enumerate(iids)]
+        # its BRPOP, sent before the pause, was served by the first push
+        wait_until(lambda: r.llen(f"regina:ready:{worker.member_id}") == len(iids) - 1, 20, what="the ready list")
+        brpops = int(r.info("commandstats")["cmdstat_brpop"]["calls"])
+    finally:
+        os.kill(worker.popen.pid, signal.SIGCONT)
+
+    # When it goes on, every chat is answered, and the worker took the waiting steps one after
+    # another (each take popped the next name) instead of a BRPOP for each
+    assert [f.result(60).json()["text"] for f in chats] == [f"echo: m{k}" for k in range(len(iids))]
+    assert int(r.info("commandstats")["cmdstat_brpop"]["calls"]) - brpops <= 3
+    pool.shutdown()
+    api.close()
+    r.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -18,7 +17,6 @@ from regina.runtime.events import (
     Usage,
     event_from_dict,
     event_to_dict,
-    stored_to_ndjson,
     to_ndjson,
 )
 
@@ -91,31 +89,3 @@ def test_ndjson_keeps_unicode_and_newlines_inside_one_line() -> None:
     line = to_ndjson(TextDelta(text_delta="héllo\nwörld"))
     assert line.count(b"\n") == 1
     assert json.loads(line)["textDelta"] == "héllo\nwörld"
-
-
-@pytest.mark.parametrize(
-    "event",
-    [
-        {"type": "text-delta", "textDelta": "Hel"},
-        {"type": "text-delta", "textDelta": 'quote " back \\ slash \\u0041 tab\t nl\n nul\x00 /'},
-        {"type": "text-delta", "textDelta": "ünïcode \u2028 \u2029 😀"},
-        {"type": "tool-result", "toolCallId": "c1", "toolName": "t", "result": {"a": [1, 2.5, None, True, 1e300]}},
-        {"type": "finish", "finishReason": "stop", "text": "x", "usage": {"promptTokens": 1, "completionTokens": 2}},
-        {"type": "error", "error": "model provider error: 500 …"},
-    ],
-)
-def test_a_stored_event_relays_as_to_ndjson_writes_it(event: dict[str, Any]) -> None:
-    """The relay writes an event's stored text as is when that is what to_ndjson would write."""
-    for stored in (
-        json.dumps({**event, "seq": 7, "runId": "run-1"}, separators=(",", ":"), default=str),  # RunPublisher
-        json.dumps({**event, "seq": 7, "runId": "run-1"}, separators=(",", ":"), ensure_ascii=False),
-    ):
-        assert stored_to_ndjson(stored, json.loads(stored)) == to_ndjson(json.loads(stored))
-
-
-def test_the_cancel_scripts_finish_relays_as_to_ndjson_writes_it() -> None:
-    stored = (
-        '{"type":"finish","finishReason":"cancelled","text":"",'
-        '"usage":{"promptTokens":0,"completionTokens":0},"seq":3,"runId":"run-1"}'
-    )  # regina/runs/store.py _CANCEL: head .. seq .. tail
-    assert stored_to_ndjson(stored, json.loads(stored)) == to_ndjson(json.loads(stored))
