@@ -12,6 +12,7 @@ import contextlib
 import os
 import signal
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -55,24 +56,24 @@ def _monitored(cluster: Cluster, api: httpx.Client) -> Iterator[list[tuple[str, 
     """Redis's MONITOR listing, as (client type: "lua" inside a script, command), of what runs
     inside the block (MONITOR is on before the block starts)."""
     seen: list[tuple[str, str]] = []
-    stop = threading.Event()
+    end = f"ECHO monitor-end-{uuid.uuid4().hex}"
     conn = redis.Redis.from_url(cluster.redis_url, decode_responses=True)
     monitor = conn.monitor()
     m = monitor.__enter__()
 
     def watch() -> None:
         for cmd in m.listen():
+            if cmd.get("command", "") == end:
+                return  # everything sent before it has been listed (a flag could stop it short)
             seen.append((str(cmd.get("client_type", "")), cmd.get("command", "")))
-            if stop.is_set():
-                return
 
     t = threading.Thread(target=watch, daemon=True)
     t.start()
     try:
         yield seen
     finally:
-        stop.set()
-        api.get("/healthz")  # one more command so the monitor loop sees the stop flag
+        with redis.Redis.from_url(cluster.redis_url, decode_responses=True) as marker:
+            marker.echo(end.split(" ", 1)[1])
         t.join(10)
         monitor.__exit__(None, None, None)
         conn.close()
