@@ -185,6 +185,18 @@ def _load_httpx(url: str, iids: list[str], seconds: float, runs: Runs | None = N
 LOADERS = {"lean": _load, "httpx": _load_httpx}
 
 
+#: A row's figures after its first column (clients, or worker processes).
+_RESULT_COLUMNS = [
+    "chats/s",
+    "errors",
+    "p50 (ms)",
+    "p99 (ms)",
+    "server CPU / chat (ms)",
+    "worker CPU share",
+    "load tool CPU / chat (ms): clients + fake LLM",
+]
+
+
 def _verdicts(clients: int, delay: float, rate: float, errors: int, cpu_ms: float) -> list[str]:
     """Issue 16's throughput targets that this row can judge."""
     out = []
@@ -215,16 +227,7 @@ def run(
 ) -> list[Table]:
     t = Table(
         f"Throughput: sync chats, model delay {delay * 1000:g} ms",
-        [
-            "clients",
-            "chats/s",
-            "errors",
-            "p50 (ms)",
-            "p99 (ms)",
-            "server CPU / chat (ms)",
-            "worker CPU share",
-            "load tool CPU / chat (ms): clients + fake LLM",
-        ],
+        ["clients", *_RESULT_COLUMNS],
         conditions={
             **machine(),
             "worker processes": workers,
@@ -327,16 +330,7 @@ def by_workers(
     """Throughput at `clients` against the number of worker processes (web processes as many)."""
     t = Table(
         f"Throughput against worker processes: {clients} clients, model delay {delay * 1000:g} ms",
-        [
-            "worker processes",
-            "chats/s",
-            "errors",
-            "p50 (ms)",
-            "p99 (ms)",
-            "server CPU / chat (ms)",
-            "worker CPU share",
-            "load tool CPU / chat (ms): clients + fake LLM",
-        ],
+        ["worker processes", *_RESULT_COLUMNS],
         conditions={**machine(), "clients": clients, "web processes": "as many as workers", "window s": seconds},
     )
     for n in counts:

@@ -103,19 +103,30 @@ local function next_ready(ready, wanted)
 end
 """
 
+# The pop of the queue's oldest step and kombu's unacked entry for it (both takes). Returns the
+# raw step and whether its tag is its run's id, or nil when the queue is empty.
+_POP_UNACKED = """
+local function pop_unacked()
+  local raw = redis.call('RPOP', KEYS[1])
+  if not raw then return nil end
+  local props = cjson.decode(raw)['properties']
+  local info = props['delivery_info'] or {}
+  local tag = props['delivery_tag']
+  redis.call('ZADD', KEYS[2], ARGV[1], tag)
+  redis.call('HSET', KEYS[3], tag,
+    '[' .. raw .. ',' .. cjson.encode(info['exchange'] or '') .. ',' .. cjson.encode(info['routing_key'] or '') .. ']')
+  if string.sub(tag, 1, #ARGV[2]) == ARGV[2] then return raw, tag end
+  redis.call('SADD', KEYS[4], tag)
+  return raw, nil
+end
+"""
+
 _TAKE_UNACKED = (
     _NEXT_READY
+    + _POP_UNACKED
     + """
-local raw = redis.call('RPOP', KEYS[1])
-if not raw then return {'', next_ready(KEYS[5], ARGV[3])} end
-local props = cjson.decode(raw)['properties']
-local info = props['delivery_info'] or {}
-local tag = props['delivery_tag']
-redis.call('ZADD', KEYS[2], ARGV[1], tag)
-if string.sub(tag, 1, #ARGV[2]) ~= ARGV[2] then redis.call('SADD', KEYS[4], tag) end
-redis.call('HSET', KEYS[3], props['delivery_tag'],
-  '[' .. raw .. ',' .. cjson.encode(info['exchange'] or '') .. ',' .. cjson.encode(info['routing_key'] or '') .. ']')
-return {raw, next_ready(KEYS[5], ARGV[3])}
+local raw = pop_unacked()
+return {raw or '', next_ready(KEYS[5], ARGV[3])}
 """
 )
 
@@ -128,19 +139,10 @@ return {raw, next_ready(KEYS[5], ARGV[3])}
 _TAKE_AND_BEGIN = (
     BEGIN_FN
     + _NEXT_READY
+    + _POP_UNACKED
     + """
-local raw = redis.call('RPOP', KEYS[1])
-if not raw then return {'', next_ready(KEYS[7], ARGV[7])} end
-local props = cjson.decode(raw)['properties']
-local info = props['delivery_info'] or {}
-local tag = props['delivery_tag']
-redis.call('ZADD', KEYS[2], ARGV[1], tag)
-redis.call('HSET', KEYS[3], tag,
-  '[' .. raw .. ',' .. cjson.encode(info['exchange'] or '') .. ',' .. cjson.encode(info['routing_key'] or '') .. ']')
-if string.sub(tag, 1, #ARGV[2]) ~= ARGV[2] then
-  redis.call('SADD', KEYS[4], tag)
-  return {raw, next_ready(KEYS[7], ARGV[7])}
-end
+local raw, tag = pop_unacked()
+if not tag then return {raw or '', next_ready(KEYS[7], ARGV[7])} end
 local run = ARGV[6] .. tag
 local out = begin({KEYS[5], run .. ':events', run, KEYS[6], run .. ':steered'}, {ARGV[3], ARGV[1], ARGV[4], ARGV[5]})
 table.insert(out, 1, next_ready(KEYS[7], ARGV[7]))
