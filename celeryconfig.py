@@ -6,6 +6,7 @@ docs/architecture.md): per-instance queues on Redis with the gevent pool.
 
 from regina import keys
 from regina.config import process_settings
+from workers.broker_url import is_socket_url, kombu_broker_url
 
 _settings = process_settings()
 
@@ -18,7 +19,9 @@ if _settings.broker:
 else:
     # kombu's Redis transport with one publishing client per channel (workers/transport.py);
     # other schemes (rediss://, sentinel://) keep kombu's own choice.
-    if broker_url.startswith(("redis://", "unix://")):
+    # A Unix socket URL (`unix://`) becomes this transport's `regina+socket://`.
+    broker_url = kombu_broker_url(broker_url)
+    if broker_url.startswith("redis://") or is_socket_url(broker_url):
         broker_transport = "workers.transport:Transport"
     # One BRPOP key per queue instead of four: we use no message priorities (4-5x cheaper per
     # message with many queues). visibility_timeout stays long: gevent workers never sweep, and

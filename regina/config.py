@@ -184,7 +184,8 @@ class Settings(_Section):
     defaults: Defaults = Field(default_factory=Defaults)
     """Fallbacks for agent definitions."""
     redis: str = "redis://127.0.0.1:6379/0"
-    """Redis URL: broker, cluster state, events and steering. `REDIS_URL` sets it too."""
+    """Redis URL: broker, cluster state, events and steering; `unix:///path/redis.sock?db=0` for
+    a Redis on this host's socket. `REDIS_URL` sets it too."""
     broker: str | None = None
     """RabbitMQ URL (`amqp://user:pass@host:5672/vhost`, or `amqps://`) for the task queues: the
     per-instance queues become AMQP queues with push consumers (docs/scaling.md says when to

@@ -29,6 +29,9 @@ POOL_WAIT = 30.0
 
 def connect(url: str, concurrency: int = WEB_CONCURRENCY) -> redis.Redis:
     """A client returning `str` values, with a pool for `concurrency` concurrent users."""
+    # TCP keepalive finds a dead peer over the network; a Unix socket (`unix://`, a Redis on
+    # this host) has no such option and needs none: the kernel closes it with the server.
+    tcp: dict[str, Any] = {} if url.startswith("unix://") else {"socket_keepalive": True}
     pool = redis.BlockingConnectionPool.from_url(
         url,
         max_connections=concurrency + HEADROOM,
@@ -40,8 +43,8 @@ def connect(url: str, concurrency: int = WEB_CONCURRENCY) -> redis.Redis:
         # they ask — a worker's reply up to workerReplyTimeout, XREAD BLOCK. A dead peer is found
         # by TCP keepalive and the health check; `?socket_timeout=` in the URL still applies.
         socket_timeout=None,
-        socket_keepalive=True,
         retry_on_timeout=True,
+        **tcp,
     )
     return redis.Redis(connection_pool=pool)
 

@@ -17,6 +17,7 @@ from regina.redis_conn import connect, embedded_redis_url
 from regina.registry import AgentRegistry
 from storage import make_storage
 from workers.amqp import make_dispatcher
+from workers.broker_url import kombu_broker_url
 from workers.celery_app import app
 
 
@@ -27,6 +28,6 @@ def local_coordinator(settings: Settings | None = None) -> Coordinator:
     registry = AgentRegistry(settings)
     registry.load()
     client = connect(settings.redis)
-    app.conf.broker_url = settings.broker_url  # type: ignore[misc]
+    app.conf.broker_url = kombu_broker_url(settings.broker_url)  # type: ignore[misc]
     storage = make_storage(settings.storage, settings.redis)
     return Coordinator(settings, registry, client, make_dispatcher(app, client), storage)

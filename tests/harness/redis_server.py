@@ -29,14 +29,18 @@ def redis_binary() -> str:
 class RedisServer:
     """Start, stop and restart a private redis-server. Use as a context manager."""
 
-    def __init__(self, port: int | None = None, persistent: bool = False) -> None:
+    def __init__(self, port: int | None = None, persistent: bool = False, unix_socket: bool = False) -> None:
         self.port = port or free_port()
         self.persistent = persistent
         self.dir = Path(tempfile.mkdtemp(prefix="regina-redis-"))
+        #: Also listen on a Unix socket in the data dir, and give it as `url` (clients on this host).
+        self.unix_socket = unix_socket
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
+        if self.unix_socket:
+            return f"unix://{self.dir / 'redis.sock'}"
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
@@ -59,6 +63,8 @@ class RedisServer:
             "--logfile",
             str(self.dir / "redis.log"),
         ]
+        if self.unix_socket:
+            args += ["--unixsocket", str(self.dir / "redis.sock"), "--unixsocketperm", "700"]
         self.proc = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent
         )
