@@ -15,7 +15,7 @@ Three independent views of the same workload (sequential chats, short histories)
 
 `--root` runs the web and worker from another checkout (an A/B against an older commit),
 `--config` hands them a `REGINA_CONFIG` file (e.g. `storage: {type: null}`: no journal),
-`--spy-out` keeps py-spy's raw stacks (the worker's) for a closer look.
+`--spy-out` keeps py-spy's raw stacks (the worker's; the web process's in FILE.web) for a closer look.
 """
 
 from __future__ import annotations
@@ -181,6 +181,7 @@ def run(
                 tmp = tempfile.mkdtemp(prefix="regina-spy-")
                 out = os.path.join(tmp, "worker.txt")
                 proc = _spy(st.worker.popen.pid, 12, out)
+                web_proc = _spy(st.web_worker_pid(), 12, spy_out + ".web") if spy_out else None
                 if proc is None:
                     print("py-spy not installed in the venv: skipping the sampled breakdown", file=sys.stderr)
                 else:
@@ -193,6 +194,8 @@ def run(
                         done += 1
                     spent = time.perf_counter() - s0
                     proc.wait()
+                    if web_proc is not None:
+                        web_proc.wait()
                     total, counts = _buckets(out)
                     t4 = Table(
                         "Worker main thread, py-spy samples (wall time incl. waits)",

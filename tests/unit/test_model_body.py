@@ -1,5 +1,6 @@
 """The direct route's request body: tool schemas spliced into the JSON are the bytes LiteLLM's
-transform would have sent (regina/runtime/models/direct.py, `request_body`)."""
+transform would have sent, spliced messages the same JSON (regina/runtime/models/direct.py,
+`request_body`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import copy
 import json
 from typing import Any
 
+import orjson
 import pytest
 
 from regina.providers import ModelTarget
@@ -44,6 +46,21 @@ MESSAGES: list[dict[str, Any]] = [
 ]
 
 
+#: A transcript of text messages (the splice's case): tool calls, a tool result, no content,
+#: non-ASCII text, text that spells the marks and `cache_control` inside a string.
+PLAIN: list[dict[str, Any]] = [
+    {"role": "system", "content": "You are a test."},
+    {"role": "user", "content": 'hi \x00regina-messages\x00 ünïcode "quoted" \\ there'},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "tool_0", "arguments": '{"a": 1}'}}],
+    },
+    {"role": "tool", "tool_call_id": "c1", "name": "tool_0", "content": '{"cache_control": "in a string"}'},
+    {"role": "assistant", "content": "done ✓"},
+]
+
+
 def _route(model: str = "openai/gpt-4o") -> direct.Route:
     route = direct.route_for(ModelTarget("openai", model, "sk-test", "http://127.0.0.1:9/v1"))
     assert route is not None
@@ -51,12 +68,17 @@ def _route(model: str = "openai/gpt-4o") -> direct.Route:
 
 
 def _bodies(
-    monkeypatch: pytest.MonkeyPatch, route: direct.Route, tools: list[dict[str, Any]] | None, temperature: float | None
+    monkeypatch: pytest.MonkeyPatch,
+    route: direct.Route,
+    tools: list[dict[str, Any]] | None,
+    temperature: float | None,
+    messages: list[dict[str, Any]] = MESSAGES,
 ) -> tuple[bytes, bytes]:
-    spliced = direct.request_body(route, ModelRequest(copy.deepcopy(MESSAGES), copy.deepcopy(tools), temperature))[2]
+    spliced = direct.request_body(route, ModelRequest(copy.deepcopy(messages), copy.deepcopy(tools), temperature))[2]
     with monkeypatch.context() as m:
         m.setattr(direct, "_plain_openai_tools", lambda config, optional: None)
-        walked = direct.request_body(route, ModelRequest(copy.deepcopy(MESSAGES), copy.deepcopy(tools), temperature))[2]
+        m.setattr(direct, "_plain_openai_messages", lambda config, messages: None)
+        walked = direct.request_body(route, ModelRequest(copy.deepcopy(messages), copy.deepcopy(tools), temperature))[2]
     return spliced, walked
 
 
@@ -100,3 +122,46 @@ def test_a_tool_with_cache_control_goes_through_the_transform(monkeypatch: pytes
 def test_other_openai_configs_keep_their_own_tool_transform(monkeypatch: pytest.MonkeyPatch, model: str) -> None:
     spliced, walked = _bodies(monkeypatch, _route(model), TOOLS, None)
     assert spliced == walked
+
+
+@pytest.mark.parametrize("model", ["openai/gpt-4o", "openai/o3-mini", "openai/gpt-5"])
+@pytest.mark.parametrize("tools", [TOOLS, None])
+def test_spliced_messages_are_the_json_the_transform_sends(
+    monkeypatch: pytest.MonkeyPatch, model: str, tools: list[dict[str, Any]] | None
+) -> None:
+    spliced, walked = _bodies(monkeypatch, _route(model), tools, 0.3, PLAIN)
+    assert json.loads(spliced) == json.loads(walked)
+    assert list(json.loads(spliced)) == list(json.loads(walked))  # keys in the same order
+    if model == "openai/gpt-4o":  # the o-series config rewrites the system message its own way
+        body = json.loads(spliced)
+        assert body["messages"] == PLAIN
+        # Outside the messages, the bytes LiteLLM's dump makes.
+        rest = {key: (None if key == "messages" else value) for key, value in body.items()}
+        assert spliced.replace(orjson.dumps(PLAIN), b"null") == json.dumps(rest).encode()
+
+
+def test_the_splice_skips_the_transforms_walk_over_the_messages(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[Any] = []
+    route = _route()
+    real = type(route.config).remove_cache_control_flag_from_messages_and_tools
+
+    def spy(self: Any, model: str, messages: Any, tools: Any = None) -> Any:
+        seen.append(list(messages))
+        return real(self, model, messages, tools)
+
+    monkeypatch.setattr(type(route.config), "remove_cache_control_flag_from_messages_and_tools", spy)
+    direct.request_body(route, ModelRequest(copy.deepcopy(PLAIN), copy.deepcopy(TOOLS), None))
+    assert seen == [[]]
+    direct.request_body(route, ModelRequest(copy.deepcopy(MESSAGES), copy.deepcopy(TOOLS), None))
+    assert len(seen[1]) == len(MESSAGES)  # content parts: the transform sees every message
+
+
+def test_a_cache_control_key_or_content_parts_go_through_the_transform(monkeypatch: pytest.MonkeyPatch) -> None:
+    keyed = copy.deepcopy(PLAIN)
+    keyed[1]["cache_control"] = {"type": "ephemeral"}
+    image = copy.deepcopy(PLAIN)
+    image[3]["content"] = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]
+    for messages in (keyed, image):
+        spliced, walked = _bodies(monkeypatch, _route(), None, None, messages)
+        assert spliced == walked  # both through the transform
+    assert "cache_control" not in json.loads(_bodies(monkeypatch, _route(), None, None, keyed)[0])["messages"][1]
