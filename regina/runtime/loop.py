@@ -127,9 +127,8 @@ class _Turn:
     unsaved: list[Message] = field(default_factory=list)
 
     def reload(self) -> None:
-        msgs = self.session.messages
-        self.model_msgs = for_model(msgs)
-        self.chars = sum(message_chars(m) for m in msgs)
+        model, self.chars = self.session.model_view()
+        self.model_msgs = list(model)  # this turn's own: deferred messages join it before the session
 
     def append(self, *msgs: Message, defer: bool = False) -> None:
         """Add messages to the request and the session. `defer` keeps them in memory until the

@@ -2,7 +2,8 @@
 
 Appends are incremental (one `vfs.append` per call); the whole file is rewritten only after
 compaction or a repair. The parsed history is cached after the first load, so a running loop
-never re-reads the file.
+never re-reads the file; so is its model form (`model_view`), kept in step with appends, so a
+turn's start costs the same with ten messages or ten thousand.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 import logging
 
 from regina.errors import VFSError
-from regina.runtime.messages import Message, from_jsonl, repair, to_jsonl
+from regina.runtime.compaction import message_chars
+from regina.runtime.messages import Message, for_model, from_jsonl, repair, to_jsonl
 from regina.vfs.base import VFS
 
 __all__ = ["Session", "SESSION_PATH"]
@@ -27,6 +29,9 @@ class Session:
         self.vfs = vfs
         self.path = path
         self._messages: list[Message] | None = None
+        #: `for_model` of the history and its size in characters (`model_view`); None: not built.
+        self._model: list[Message] | None = None
+        self._chars = 0
 
     def load(self) -> list[Message]:
         """The history, oldest first (read once, then cached). Torn last lines are skipped."""
@@ -55,6 +60,15 @@ class Session:
         """The cached history (loads it on first use). Do not mutate; use append/rewrite."""
         return self.load()
 
+    def model_view(self) -> tuple[list[Message], int]:
+        """The history as the model is sent it (`for_model`) and its characters (`message_chars`,
+        for compaction), built once and extended by appends. Do not mutate the list."""
+        if self._model is None:
+            history = self.load()
+            self._model = for_model(history)
+            self._chars = sum(message_chars(m) for m in history)
+        return self._model, self._chars
+
     def append(self, *msgs: Message) -> None:
         """Persist messages at the end of the history (one VFS append)."""
         if not msgs:
@@ -62,11 +76,15 @@ class Session:
         history = self.load()
         self.vfs.append(self.path, to_jsonl(msgs))
         history.extend(msgs)
+        if self._model is not None:
+            self._model.extend(for_model(msgs))
+            self._chars += sum(message_chars(m) for m in msgs)
 
     def rewrite(self, msgs: list[Message]) -> None:
         """Replace the whole history (after compaction or repair)."""
         self.vfs.write(self.path, to_jsonl(msgs))
         self._messages = list(msgs)
+        self._model = None
 
     def repair(self) -> bool:
         """Make the stored transcript valid (see `messages.repair`); True when it changed."""
@@ -78,3 +96,4 @@ class Session:
     def invalidate(self) -> None:
         """Forget the cache so the next `load` reads the file again (e.g. after a restore)."""
         self._messages = None
+        self._model = None

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+from regina.runtime.compaction import message_chars
 from regina.runtime.messages import (
     OUTCOME_UNKNOWN,
+    Message,
     assistant,
     for_model,
     from_jsonl,
@@ -15,7 +17,7 @@ from regina.runtime.messages import (
     tool_result,
     user,
 )
-from regina.runtime.session import Session
+from regina.runtime.session import SESSION_PATH, Session
 from regina.vfs import MemoryVFS
 
 
@@ -124,3 +126,25 @@ def test_session_rewrite_and_repair() -> None:
     assert not Session(vfs).repair()
     s.rewrite([user("only")])
     assert Session(vfs).messages == [user("only")]
+
+
+def test_session_model_view_follows_appends_rewrites_and_reloads() -> None:
+    vfs = MemoryVFS()
+    s = Session(vfs)
+    s.append(user("hello", runId="run-1"), assistant("hi there", [tool_call("c1", "read", {"path": "/x"})], ts=1.0))
+
+    def expected(session: Session) -> tuple[list[Message], int]:
+        return for_model(session.messages), sum(message_chars(m) for m in session.messages)
+
+    assert s.model_view() == expected(s)
+    first, _ = s.model_view()
+    s.append(tool_result("c1", "read", "contents"), user("more"))
+    assert s.model_view() == expected(s)
+    assert s.model_view()[0] is first  # extended in place, not rebuilt
+    assert all("runId" not in m and "ts" not in m for m in s.model_view()[0])
+    s.rewrite([user("only")])
+    assert s.model_view() == ([{"role": "user", "content": "only"}], len("only"))
+    vfs.append(SESSION_PATH, to_jsonl([assistant("from another writer")]))
+    s.invalidate()
+    assert s.model_view() == expected(s)
+    assert len(s.model_view()[0]) == 2

@@ -233,7 +233,8 @@ def request_body(route: Route, request: ModelRequest) -> tuple[str, dict[str, st
         optional.pop("tools")
     data = config.transform_request(
         model=route.model,
-        messages=[] if messages_json is not None else msgs,
+        # Copies: a transform may edit a message in place (Session.model_view keeps them).
+        messages=[] if messages_json is not None else [dict(m) for m in msgs],
         optional_params=optional,
         litellm_params=litellm_params,
         headers=headers,

@@ -22,7 +22,9 @@ def _completion(litellm: Any, target: ModelTarget, request: ModelRequest, **extr
     """`litellm.completion` for one target, no retries (the caller's errors are its own)."""
     kwargs: dict[str, Any] = {
         "model": target.litellm_model,
-        "messages": request.messages,
+        # Copies: a provider transform may edit a message in place, and the session keeps the
+        # model form of its messages from turn to turn (Session.model_view).
+        "messages": [dict(m) for m in request.messages],
         "timeout": request.timeout,
         "max_retries": 0,
         "num_retries": 0,
