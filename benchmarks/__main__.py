@@ -29,6 +29,8 @@ ALL = [
     "throughput",
     "start",
     "loop",
+    "history",
+    "body",
     "vfs",
     "isolation",
     "mcp",
@@ -139,6 +141,14 @@ def main(argv: list[str] | None = None) -> int:
                 tables = bench_start.run(1 if args.quick else 3, [1, 2])
             elif name == "loop":
                 tables = _loop(args.quick)
+            elif name == "history":
+                from benchmarks import bench_history
+
+                tables = [bench_history.measure([0, 1000], 30 if args.quick else 50, None)]
+            elif name == "body":
+                from benchmarks import bench_model_body
+
+                tables = [bench_model_body.measure([10, 100, 1000], 3 if args.quick else 5)]
             elif name == "vfs":
                 from benchmarks import bench_vfs
 
