@@ -176,6 +176,8 @@ class StepRunner:
 
 def not_saved(earlier: list[Steer], history: list[dict[str, Any]], run_id: str) -> list[Steer]:
     """Steering a crashed attempt of this run took but did not save to the history."""
+    if not earlier:  # the common case: no walk over the whole history
+        return []
     saved = [m.get("content") for m in history if m.get("role") == "user" and m.get("runId") == run_id]
     out = []
     for steer in earlier:

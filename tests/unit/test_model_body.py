@@ -57,7 +57,7 @@ PLAIN: list[dict[str, Any]] = [
         "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "tool_0", "arguments": '{"a": 1}'}}],
     },
     {"role": "tool", "tool_call_id": "c1", "name": "tool_0", "content": '{"cache_control": "in a string"}'},
-    {"role": "assistant", "content": "done ✓"},
+    {"role": "assistant", "content": 'done ✓ {"content":[1], "content":{}}'},
 ]
 
 
@@ -161,7 +161,9 @@ def test_a_cache_control_key_or_content_parts_go_through_the_transform(monkeypat
     keyed[1]["cache_control"] = {"type": "ephemeral"}
     image = copy.deepcopy(PLAIN)
     image[3]["content"] = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]
-    for messages in (keyed, image):
+    parts = copy.deepcopy(PLAIN)
+    parts[1]["content"] = [{"type": "text", "text": "a part"}]
+    for messages in (keyed, image, parts):
         spliced, walked = _bodies(monkeypatch, _route(), None, None, messages)
         assert spliced == walked  # both through the transform
     assert "cache_control" not in json.loads(_bodies(monkeypatch, _route(), None, None, keyed)[0])["messages"][1]
