@@ -32,6 +32,8 @@ class Session:
         #: `for_model` of the history and its size in characters (`model_view`); None: not built.
         self._model: list[Message] | None = None
         self._chars = 0
+        #: How many leading messages `repair` found valid: appends leave them so (`repair`).
+        self._repaired = 0
 
     def load(self) -> list[Message]:
         """The history, oldest first (read once, then cached). Torn last lines are skipped."""
@@ -85,15 +87,26 @@ class Session:
         self.vfs.write(self.path, to_jsonl(msgs))
         self._messages = list(msgs)
         self._model = None
+        self._repaired = 0
 
     def repair(self) -> bool:
-        """Make the stored transcript valid (see `messages.repair`); True when it changed."""
-        fixed, changed = repair(self.load())
+        """Make the stored transcript valid (see `messages.repair`); True when it changed.
+
+        Only what was appended since the last repair is checked: `messages.repair` handles the
+        messages before a non-tool message and those from it on independently, so a prefix it
+        left unchanged stays unchanged (a turn's start costs the same on a long transcript)."""
+        history = self.load()
+        start = self._repaired
+        if start > len(history) or (start < len(history) and history[start].get("role") == "tool"):
+            start = 0  # no boundary there: check it all
+        fixed, changed = repair(history[start:])
         if changed:
-            self.rewrite(fixed)
+            self.rewrite(history[:start] + fixed)
+        self._repaired = len(self.load())
         return changed
 
     def invalidate(self) -> None:
         """Forget the cache so the next `load` reads the file again (e.g. after a restore)."""
         self._messages = None
         self._model = None
+        self._repaired = 0

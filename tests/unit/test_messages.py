@@ -148,3 +148,39 @@ def test_session_model_view_follows_appends_rewrites_and_reloads() -> None:
     s.invalidate()
     assert s.model_view() == expected(s)
     assert len(s.model_view()[0]) == 2
+
+
+def test_session_repair_checks_only_the_appended_tail_with_the_same_result() -> None:
+    """Random transcripts appended in chunks, repaired between them: the same messages as a
+    repair of the whole history each time (the incremental check's split is exact)."""
+    import random
+
+    rng = random.Random(7)
+
+    def chunk(n: int) -> list[Message]:
+        out: list[Message] = []
+        for _ in range(n):
+            kind = rng.choice(["user", "assistant", "calls", "tool", "calls"])
+            if kind == "user":
+                out.append(user(f"u{rng.random():.3f}"))
+            elif kind == "assistant":
+                out.append(assistant(f"a{rng.random():.3f}"))
+            elif kind == "calls":
+                ids = [f"c{rng.randrange(50)}" for _ in range(rng.randint(1, 2))]
+                out.append(assistant(None, [_call(cid) for cid in ids]))
+                for cid in rng.sample(ids, k=rng.randint(0, len(ids))):  # some answered, any order
+                    out.append(tool_result(cid, "read_file", "ok"))
+            else:  # a stray result
+                out.append(tool_result(f"c{rng.randrange(50)}", "read_file", "stray"))
+        return out
+
+    for _ in range(200):
+        session = Session(MemoryVFS())
+        reference: list[Message] = []
+        for _ in range(rng.randint(1, 6)):
+            part = chunk(rng.randint(0, 5))
+            session.append(*part)
+            reference = repair(reference + part)[0]
+            session.repair()
+            assert session.messages == reference
+            assert Session(session.vfs).messages == reference
