@@ -14,8 +14,10 @@ import pytest
 import redis
 
 from tests.harness.fake_llm import FakeLLM
-from tests.harness.processes import Cluster
+from tests.harness.ports import free_port
+from tests.harness.processes import REGINA, Cluster
 from tests.harness.redis_server import RedisServer
+from tests.harness.waiting import wait_until
 from workers.broker_url import kombu_broker_url
 
 
@@ -31,7 +33,7 @@ def socket_redis() -> Iterator[RedisServer]:
         yield server
 
 
-def test_chat_over_a_unix_socket(socket_redis: RedisServer, fake_llm: FakeLLM) -> None:
+def test_chat_and_flower_over_a_unix_socket(socket_redis: RedisServer, fake_llm: FakeLLM) -> None:
     assert socket_redis.url.startswith("unix://")
     cluster = Cluster(socket_redis.url, fake_llm.url)
     try:
@@ -44,6 +46,22 @@ def test_chat_over_a_unix_socket(socket_redis: RedisServer, fake_llm: FakeLLM) -
             reply = api.post(f"/instances/{iid}/chat", json={"message": "over the socket"})
             assert reply.status_code == 200, reply.text
             assert reply.json()["text"]
+        # Flower reads the same Redis over the socket: its Broker tab lists the instance's queue.
+        port = free_port()
+        cluster._spawn(
+            "flower", [REGINA, "flower", "--port", str(port)], cluster.env({"FLOWER_UNAUTHENTICATED_API": "true"})
+        )
+
+        def queue_names() -> set[str] | None:
+            try:
+                resp = httpx.get(f"http://127.0.0.1:{port}/api/queues/length", timeout=5)
+            except httpx.HTTPError:
+                return None
+            assert resp.status_code == 200, resp.text
+            names = {q["name"] for q in resp.json()["active_queues"]}
+            return names if f"regina.i.{iid}" in names else None  # once it has asked the worker
+
+        wait_until(queue_names, timeout=60, interval=0.5, what="Flower's queue lengths to list the instance's queue")
         # Every client of the web and the worker (state, queues, events) came over the socket.
         clients = redis.Redis.from_url(socket_redis.url).client_list()
         assert len(clients) > 2 and all(c["addr"].startswith("/") for c in clients), clients
