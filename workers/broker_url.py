@@ -33,3 +33,8 @@ def kombu_broker_url(url: str) -> str:
 def is_socket_url(url: str) -> bool:
     """A broker URL of workers/transport.py over a Unix socket."""
     return url.startswith(f"{ALIAS}+socket://")
+
+
+def stock_broker_url(url: str) -> str:
+    """The URL for kombu's own Redis transport (Flower reads `redis+socket://`, not ours)."""
+    return "redis" + url[len(ALIAS) :] if is_socket_url(url) else url

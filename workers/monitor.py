@@ -9,11 +9,10 @@ socket: `redis+socket://`, which Flower reads too); web and worker processes kee
 
 from __future__ import annotations
 
-from workers.broker_url import ALIAS
+from workers.broker_url import stock_broker_url
 from workers.celery_app import app
 
 app.conf.broker_transport = None
-if str(app.conf.broker_url).startswith(f"{ALIAS}+socket://"):
-    app.conf.broker_url = "redis" + str(app.conf.broker_url)[len(ALIAS) :]  # type: ignore[misc]
+app.conf.broker_url = stock_broker_url(str(app.conf.broker_url))  # type: ignore[misc]
 
 __all__ = ["app"]

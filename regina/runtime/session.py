@@ -86,8 +86,7 @@ class Session:
         """Replace the whole history (after compaction or repair)."""
         self.vfs.write(self.path, to_jsonl(msgs))
         self._messages = list(msgs)
-        self._model = None
-        self._repaired = 0
+        self._forget_derived()
 
     def repair(self) -> bool:
         """Make the stored transcript valid (see `messages.repair`); True when it changed.
@@ -108,5 +107,9 @@ class Session:
     def invalidate(self) -> None:
         """Forget the cache so the next `load` reads the file again (e.g. after a restore)."""
         self._messages = None
+        self._forget_derived()
+
+    def _forget_derived(self) -> None:
+        """Drop what was derived from the history (`model_view`, `repair`'s checked prefix)."""
         self._model = None
         self._repaired = 0
