@@ -34,6 +34,12 @@ def configure(role: str, level: str = "INFO", fmt: str = "text") -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # The format has no thread, process name or source position: skip looking them up for every
+    # record (logging's documented switches). Under gevent a thread name is a dummy thread built
+    # per greenlet: a worker's log line per run cost twice as much with it.
+    logging.logThreads = False
+    logging.logMultiprocessing = False
+    logging._srcfile = None
     # LiteLLM and httpx log every request at INFO: keep them to warnings.
     for noisy in ("httpx", "LiteLLM", "litellm"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

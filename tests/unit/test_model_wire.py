@@ -125,3 +125,27 @@ def test_a_proxy_in_the_environment_leaves_the_call_to_litellms_client(
     monkeypatch.delenv("no_proxy", raising=False)
     assert _call(server.replace("127.0.0.1", "localhost.test") + "/v1") is None
     assert _Handler.peers == []
+
+
+class _CountingSocket:
+    """A connection's socket that records each write (and otherwise is the socket)."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock, self.writes = sock, []
+
+    def sendall(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+        self._sock.sendall(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def test_a_request_goes_out_in_one_write(server: str) -> None:
+    assert _call(server + "/v1") is not None
+    (conn,) = next(iter(wire._idle.values()))
+    counting = _CountingSocket(conn.sock)
+    conn.sock = counting  # type: ignore[assignment]
+    assert _call(server + "/v1", b'{"one": "write"}') == ['data: {"one": "write"}', "", "data: [DONE]", ""]
+    (write,) = counting.writes  # http.client alone writes the headers and the body separately
+    assert write.startswith(b"POST /v1 HTTP/1.1\r\n") and write.endswith(b'\r\n\r\n{"one": "write"}')

@@ -7,6 +7,12 @@ a line reader in C; `benchmarks`' profile of a chat, docs/benchmarks.md). A work
 model call of its chats this way, so this module keeps a small pool of idle connections per
 (scheme, host, port) in the process and reuses them.
 
+http.client writes a request's headers and its body in two sends; with TCP_NODELAY (which it
+sets) they leave as two segments and wake the model's server twice. The connections here hold
+the request's writes and send them as one. The check that an idle connection is still usable
+polls its socket without yielding: under gevent a `select` yields to the hub, and the worker's
+consumer loop then ran (re-sending its BRPOP) before the model request went out.
+
 It serves a request only when nothing would make httpx's answer differ: no proxy from the
 environment for the host, no HTTP/2, no client certificate, no forced IPv4, and a TLS setting
 LiteLLM resolves to a context (or to no verification). `post_lines` returns None otherwise,
@@ -18,6 +24,7 @@ from __future__ import annotations
 import http.client
 import os
 import select
+import socket
 import ssl
 import urllib.request
 from collections.abc import Generator
@@ -29,11 +36,18 @@ import httpx
 from regina.config import environment
 from regina.runtime.models.setup import get_litellm
 
+try:  # the unpatched poll: a zero-timeout check that never yields to gevent's hub
+    from gevent.monkey import get_original
+
+    _poll: Any = get_original("select", "poll")
+except ImportError:  # pragma: no cover - gevent is a dependency; plain select without it
+    _poll = select.poll
+
 __all__ = ["post_lines", "Lines"]
 
 _Key = tuple[str, str, int]
 #: Idle keep-alive connections per (scheme, host, port); a connection is in here or in use.
-_idle: dict[_Key, list[http.client.HTTPConnection]] = {}
+_idle: dict[_Key, list[_Conn]] = {}
 #: Whether this module may serve a (scheme, host, port): decided once, on its first request.
 _served: dict[_Key, bool] = {}
 _MAX_IDLE = 16
@@ -76,28 +90,67 @@ def _tls_context() -> ssl.SSLContext | None:
     return None
 
 
-def _connect(key: _Key, timeout: float | None) -> http.client.HTTPConnection:
+class _OneWrite:
+    """Holds what `http.client` sends while a request is written, for `request_in_one_write`."""
+
+    _held: list[bytes] | None = None
+
+    def send(self, data: Any) -> None:
+        if self._held is not None:
+            self._held.append(bytes(data))
+        else:
+            super().send(data)  # type: ignore[misc]
+
+    def request_in_one_write(self, path: str, body: bytes, headers: dict[str, str]) -> None:
+        """POST `body`: the request line, headers and body in one send (one TCP segment when
+        it fits)."""
+        self._held = []
+        try:
+            self.request("POST", path, body=body, headers=headers)  # type: ignore[attr-defined]
+        finally:
+            held, self._held = self._held, None
+        super().send(b"".join(held))  # type: ignore[misc]
+
+
+class _Connection(_OneWrite, http.client.HTTPConnection):
+    pass
+
+
+class _TLSConnection(_OneWrite, http.client.HTTPSConnection):
+    pass
+
+
+_Conn = _Connection | _TLSConnection
+
+
+def _connect(key: _Key, timeout: float | None) -> _Conn:
     scheme, host, port = key
     if scheme == "https":
-        return http.client.HTTPSConnection(host, port, timeout=timeout, context=_tls_context())
-    return http.client.HTTPConnection(host, port, timeout=timeout)
+        return _TLSConnection(host, port, timeout=timeout, context=_tls_context())
+    return _Connection(host, port, timeout=timeout)
 
 
-def _checkout(key: _Key, timeout: float | None) -> http.client.HTTPConnection:
+def _readable_now(sock: socket.socket) -> bool:
+    poller = _poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def _checkout(key: _Key, timeout: float | None) -> _Conn:
     idle = _idle.get(key)
     while idle:
         conn = idle.pop()
         sock = conn.sock
         # An idle kept-alive socket is readable only when the server closed it (or broke the
         # protocol): drop it instead of writing a request into it.
-        if sock is not None and not select.select([sock], [], [], 0)[0]:
+        if sock is not None and not _readable_now(sock):
             sock.settimeout(timeout)
             return conn
         conn.close()
     return _connect(key, timeout)
 
 
-def _checkin(key: _Key, conn: http.client.HTTPConnection) -> None:
+def _checkin(key: _Key, conn: _Conn) -> None:
     idle = _idle.setdefault(key, [])
     if len(idle) < _MAX_IDLE:
         idle.append(conn)
@@ -109,9 +162,9 @@ class Lines:
     """The response's lines as text (no line ends), like `httpx.Response.iter_lines()`; the
     connection goes back to the pool when the body was read to its end, else it is closed."""
 
-    def __init__(self, key: _Key, conn: http.client.HTTPConnection, response: http.client.HTTPResponse) -> None:
+    def __init__(self, key: _Key, conn: _Conn, response: http.client.HTTPResponse) -> None:
         self._key, self._response = key, response
-        self._conn: http.client.HTTPConnection | None = conn
+        self._conn: _Conn | None = conn
         self._it = self._lines()
 
     def __iter__(self) -> Generator[str, None, None]:
@@ -162,7 +215,7 @@ def post_lines(url: str, body: bytes, headers: dict[str, str], timeout: float | 
     send = headers if any(k.lower() == "user-agent" for k in headers) else {"User-Agent": _user_agent(), **headers}
     conn = _checkout(key, timeout)
     try:
-        conn.request("POST", path, body=body, headers=send)  # headers and body in one write
+        conn.request_in_one_write(path, body, send)
         response = conn.getresponse()
     except TimeoutError as exc:
         conn.close()
