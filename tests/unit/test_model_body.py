@@ -61,6 +61,11 @@ PLAIN: list[dict[str, Any]] = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _fresh_frames() -> None:
+    direct._plain_frame.cache_clear()  # tests here spy on the transform a cached frame skips
+
+
 def _route(model: str = "openai/gpt-4o") -> direct.Route:
     route = direct.route_for(ModelTarget("openai", model, "sk-test", "http://127.0.0.1:9/v1"))
     assert route is not None
@@ -167,3 +172,27 @@ def test_a_cache_control_key_or_content_parts_go_through_the_transform(monkeypat
         spliced, walked = _bodies(monkeypatch, _route(), None, None, messages)
         assert spliced == walked  # both through the transform
     assert "cache_control" not in json.loads(_bodies(monkeypatch, _route(), None, None, keyed)[0])["messages"][1]
+
+
+def test_the_frame_around_the_messages_is_built_once_per_tools_and_temperature(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[Any] = []
+    route = _route()
+    real = type(route.config).transform_request
+
+    def spy(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs.get("optional_params"))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(route.config), "transform_request", spy)
+    conversations = [PLAIN[:2], PLAIN, PLAIN[:4]]
+    for messages in conversations:  # the same tools and temperature: one frame
+        spliced, walked = _bodies(monkeypatch, route, TOOLS, 0.3, messages)
+        assert json.loads(spliced) == json.loads(walked)
+        assert json.loads(spliced)["messages"] == messages
+    framed = len(calls) - len(conversations)  # the walked bodies call the transform every time
+    assert framed == 1
+    _bodies(monkeypatch, route, TOOLS[:1], 0.3, PLAIN)  # other tools: a frame of their own
+    _bodies(monkeypatch, route, TOOLS, None, PLAIN)  # another temperature: too
+    assert len(calls) - len(conversations) - 2 == framed + 2

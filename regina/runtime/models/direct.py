@@ -199,7 +199,43 @@ def request_body(route: Route, request: ModelRequest) -> tuple[str, dict[str, st
     """(url, headers, JSON body, LiteLLM's params) of one streamed request, as LiteLLM builds
     them; tool schemas and messages the transform would leave as they are skip its walk and
     are spliced into the body's JSON (the same bytes, see `_plain_openai_tools` and
-    `_plain_openai_messages`)."""
+    `_plain_openai_messages`).
+
+    When the messages are spliced, nothing LiteLLM builds depends on them: the URL, headers and
+    the body around the messages come from `_plain_frame`, built once per model, tool schemas
+    and temperature (an agent's tools stay the same from step to step)."""
+    msgs = list(request.messages)
+    messages_json = _plain_openai_messages(route.config, msgs)
+    if messages_json is not None:
+        try:
+            tools_key = orjson.dumps(list(request.tools)) if request.tools else b""
+        except TypeError:  # not plain JSON data: the transform's own dump reports it
+            tools_key = b'"cache_control"'
+        if b'"cache_control"' not in tools_key:
+            url, headers, head, tail, params = _plain_frame(route, tools_key, request.temperature)
+            return url, dict(headers), (head + messages_json + tail).encode(), dict(params)
+    return _built_body(route, request, msgs, messages_json)
+
+
+@functools.lru_cache(maxsize=256)
+def _plain_frame(
+    route: Route, tools_key: bytes, temperature: float | None
+) -> tuple[str, tuple[tuple[str, str], ...], str, str, tuple[tuple[str, Any], ...]]:
+    """(url, headers, the body's JSON before the messages and after them, LiteLLM's params) of
+    a request whose messages go out as they are: `_built_body`'s, split at the messages."""
+    tools = orjson.loads(tools_key) if tools_key else None
+    url, headers, body, params = _built_body(route, ModelRequest([], tools, temperature), [], _MESSAGES_MARK)
+    head, mark, tail = body.decode().partition(_MESSAGES_MARK)
+    if not mark:  # cannot happen: the mark goes where the messages go
+        raise RuntimeError("the request body has no place for the messages")
+    return url, tuple(headers.items()), head, tail, tuple(params.items())
+
+
+def _built_body(
+    route: Route, request: ModelRequest, msgs: list[Any], messages_json: str | None
+) -> tuple[str, dict[str, str], bytes, dict[str, Any]]:
+    """`request_body`'s result built with LiteLLM's provider config (`messages_json`: the
+    messages' JSON to splice, or None to let the transform see them)."""
     config = route.config
     params: dict[str, Any] = {"stream": True}
     if route.provider == "openai":
@@ -212,7 +248,6 @@ def request_body(route: Route, request: ModelRequest) -> tuple[str, dict[str, st
         non_default_params=params, optional_params={}, model=route.model, drop_params=True
     )
     litellm_params: dict[str, Any] = {}
-    msgs = list(request.messages)
     headers = config.validate_environment(
         headers={},
         model=route.model,
@@ -231,7 +266,6 @@ def request_body(route: Route, request: ModelRequest) -> tuple[str, dict[str, st
         stream=True,
     )
     tools_json = _plain_openai_tools(config, optional)
-    messages_json = _plain_openai_messages(config, msgs)
     order = list(optional)
     if tools_json is not None:
         optional.pop("tools")
