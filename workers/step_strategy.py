@@ -36,7 +36,11 @@ EVENT_BATCH_LIMIT = 100
 
 
 class TaskEvents:
-    """Buffered task events for Flower, published in batches by one background greenlet."""
+    """Buffered task events for Flower, published in batches by one background greenlet.
+
+    `send` only notes the event and its time: Celery's dispatcher builds the event (its clock,
+    host, pid, UTC offset) at the flush, off the step's path (the received and started events
+    come before the model call)."""
 
     def __init__(self, app: Any, hostname: str) -> None:
         self.dispatcher = app.events.Dispatcher(
@@ -46,16 +50,22 @@ class TaskEvents:
             buffer_group=["task"],
             buffer_limit=EVENT_BATCH_LIMIT,
         )
+        self._noted: list[tuple[str, float, dict[str, Any]]] = []
         self._flusher = gevent.spawn(self._flush_loop)
 
     def send(self, type_: str, **fields: Any) -> None:
-        """Buffer one event (timestamped now); the flush loop publishes it, or this call when the
+        """Note one event (timestamped now); the flush loop publishes it, or this call when the
         batch is full."""
-        self.dispatcher.send(type_, **fields)
+        self._noted.append((type_, time.time(), fields))
+        if len(self._noted) >= EVENT_BATCH_LIMIT:
+            self.flush()
 
     def flush(self) -> None:
-        """Publish what is buffered now (the flush loop does this every EVENT_FLUSH_INTERVAL)."""
+        """Publish what is noted now (the flush loop does this every EVENT_FLUSH_INTERVAL)."""
+        noted, self._noted = self._noted, []
         try:
+            for type_, at, fields in noted:
+                self.dispatcher.send(type_, timestamp=at, **fields)
             self.dispatcher.flush()
         except Exception:  # a broker hiccup must not end the loop; events are best effort
             log.warning("could not publish task events", exc_info=True)

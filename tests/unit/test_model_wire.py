@@ -33,6 +33,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Location", "/v1")
             self.send_header("Content-Length", "0")
             self.end_headers()
+        elif self.path == "/chunked":  # a line, and a character, split across chunks
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for part in (b'data: {"a": "\xc3', b'\xbc"}\r\n\r\ndata: two\n', b"\ndata: [DONE]\n\n"):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
         elif self.path == "/close":
             self._reply(200, b"data: one\n\n", close=True)
         else:
@@ -149,3 +158,9 @@ def test_a_request_goes_out_in_one_write(server: str) -> None:
     assert _call(server + "/v1", b'{"one": "write"}') == ['data: {"one": "write"}', "", "data: [DONE]", ""]
     (write,) = counting.writes  # http.client alone writes the headers and the body separately
     assert write.startswith(b"POST /v1 HTTP/1.1\r\n") and write.endswith(b'\r\n\r\n{"one": "write"}')
+
+
+def test_lines_split_across_chunks_come_back_whole(server: str) -> None:
+    assert _call(server + "/chunked") == ['data: {"a": "ü"}', "", "data: two", "", "data: [DONE]", ""]
+    assert _call(server + "/chunked") is not None
+    assert _Handler.peers[0] == _Handler.peers[1]  # read to its end: the connection was kept

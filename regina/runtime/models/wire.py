@@ -52,6 +52,7 @@ _idle: dict[_Key, list[_Conn]] = {}
 _served: dict[_Key, bool] = {}
 _MAX_IDLE = 16
 _ERROR_BODY_LIMIT = 65536
+_READ_SIZE = 65536
 
 
 def _forget_all() -> None:  # a forked child must not share its parent's sockets
@@ -174,8 +175,17 @@ class Lines:
         return next(self._it)
 
     def _lines(self) -> Generator[str, None, None]:
-        for raw in self._response:
-            yield raw.rstrip(b"\r\n").decode("utf-8", "replace")
+        # What has arrived, a chunk at a time (`read1` returns as soon as bytes are there), split
+        # here: `http.client`'s readline walks its chunked decoding once per line, which cost
+        # about as much as parsing the line's event.
+        read1 = self._response.read1
+        rest = b""
+        while data := read1(_READ_SIZE):
+            *lines, rest = (rest + data).split(b"\n") if rest else data.split(b"\n")
+            for raw in lines:
+                yield raw.rstrip(b"\r").decode("utf-8", "replace")
+        if rest:
+            yield rest.rstrip(b"\r").decode("utf-8", "replace")
 
     def close(self) -> None:
         self._it.close()
