@@ -164,3 +164,72 @@ def test_lines_split_across_chunks_come_back_whole(server: str) -> None:
     assert _call(server + "/chunked") == ['data: {"a": "ü"}', "", "data: two", "", "data: [DONE]", ""]
     assert _call(server + "/chunked") is not None
     assert _Handler.peers[0] == _Handler.peers[1]  # read to its end: the connection was kept
+
+
+def _self_signed(tmp_path: Any) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 and its key, as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return str(cert_file), str(key_file)
+
+
+def test_https_is_served_verified_and_kept_alive(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ssl
+
+    cert_file, key_file = _self_signed(tmp_path)
+    _Handler.peers, _Handler.user_agents = [], []
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    srv.socket = context.wrap_socket(srv.socket, server_side=True)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    url = f"https://127.0.0.1:{srv.server_address[1]}"
+    wire._served.clear()
+    try:
+        monkeypatch.setenv("SSL_VERIFY", cert_file)  # LiteLLM's setting: trust this certificate
+        assert _call(url + "/v1", b'{"tls": 1}') == ['data: {"tls": 1}', "", "data: [DONE]", ""]
+        assert _call(url + "/chunked") == ['data: {"a": "ü"}', "", "data: two", "", "data: [DONE]", ""]
+        assert _Handler.peers[0] == _Handler.peers[1]
+        wire._served.clear()
+        for conns in wire._idle.values():
+            for c in conns:
+                c.close()
+        wire._idle.clear()
+        monkeypatch.delenv("SSL_VERIFY")  # certifi's roots: the self-signed certificate is refused
+        with pytest.raises(ssl.SSLError):
+            _call(url + "/v1")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        for conns in wire._idle.values():
+            for c in conns:
+                c.close()
+        wire._idle.clear()
+        wire._served.clear()

@@ -1,17 +1,19 @@
-"""The direct route's HTTP: one streamed POST on a kept-alive `http.client` connection.
+"""The direct route's HTTP: one streamed POST on a kept-alive connection, its response read by
+httptools (the C HTTP parser uvicorn uses).
 
 LiteLLM's module-level client is an `httpx.Client`; per model call its request building, auth,
 redirect and cookie layers, httpcore's pool and event machinery, and the two writes it makes
-(headers, then body) cost ≈ 0.37 ms of CPU more than the same call on `http.client` (one write,
-a line reader in C; `benchmarks`' profile of a chat, docs/benchmarks.md). A worker makes every
-model call of its chats this way, so this module keeps a small pool of idle connections per
-(scheme, host, port) in the process and reuses them.
-
-http.client writes a request's headers and its body in two sends; with TCP_NODELAY (which it
-sets) they leave as two segments and wake the model's server twice. The connections here hold
-the request's writes and send them as one. The check that an idle connection is still usable
-polls its socket without yielding: under gevent a `select` yields to the hub, and the worker's
-consumer loop then ran (re-sending its BRPOP) before the model request went out.
+(headers, then body) cost ≈ 0.37 ms of CPU more than the same call on `http.client`
+(docs/benchmarks.md). `http.client` in turn validated and wrote every header per call, sent the
+headers and the body in two writes (with TCP_NODELAY two segments, waking the model's server
+twice), parsed the response's headers with the `email` package and walked its chunked decoding
+in Python: ≈ 0.1 ms more per call. Here a request's line and headers are built once per endpoint
+and header set (`_head`), each request leaves in one write, and httptools takes the status,
+headers and chunk framing off the response as it arrives. A worker makes every model call of its
+chats this way, so this module keeps a small pool of idle connections per (scheme, host, port)
+in the process and reuses them. The check that an idle connection is still usable polls its
+socket without yielding: under gevent a `select` yields to the hub, and the worker's consumer
+loop then ran (re-sending its BRPOP) before the model request went out.
 
 It serves a request only when nothing would make httpx's answer differ: no proxy from the
 environment for the host, no HTTP/2, no client certificate, no forced IPv4, and a TLS setting
@@ -21,8 +23,10 @@ and for a redirect, and the caller goes through LiteLLM's client as before.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import os
+import re
 import select
 import socket
 import ssl
@@ -31,6 +35,7 @@ from collections.abc import Generator
 from typing import Any
 from urllib.parse import urlsplit
 
+import httptools
 import httpx
 
 from regina.config import environment
@@ -47,7 +52,7 @@ __all__ = ["post_lines", "Lines"]
 
 _Key = tuple[str, str, int]
 #: Idle keep-alive connections per (scheme, host, port); a connection is in here or in use.
-_idle: dict[_Key, list[_Conn]] = {}
+_idle: dict[_Key, list[_Connection]] = {}
 #: Whether this module may serve a (scheme, host, port): decided once, on its first request.
 _served: dict[_Key, bool] = {}
 _MAX_IDLE = 16
@@ -91,44 +96,23 @@ def _tls_context() -> ssl.SSLContext | None:
     return None
 
 
-class _OneWrite:
-    """Holds what `http.client` sends while a request is written, for `request_in_one_write`."""
+class _Connection:
+    """One kept-alive HTTP/1.1 connection to a model's server: its socket."""
 
-    _held: list[bytes] | None = None
+    __slots__ = ("sock",)
 
-    def send(self, data: Any) -> None:
-        if self._held is not None:
-            self._held.append(bytes(data))
-        else:
-            super().send(data)  # type: ignore[misc]
+    def __init__(self, key: _Key, timeout: float | None) -> None:
+        scheme, host, port = key
+        sock = socket.create_connection((host, port), timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if scheme == "https":
+            context = _tls_context()
+            assert context is not None  # _may_serve serves https only with one
+            sock = context.wrap_socket(sock, server_hostname=host)
+        self.sock: Any = sock
 
-    def request_in_one_write(self, path: str, body: bytes, headers: dict[str, str]) -> None:
-        """POST `body`: the request line, headers and body in one send (one TCP segment when
-        it fits)."""
-        self._held = []
-        try:
-            self.request("POST", path, body=body, headers=headers)  # type: ignore[attr-defined]
-        finally:
-            held, self._held = self._held, None
-        super().send(b"".join(held))  # type: ignore[misc]
-
-
-class _Connection(_OneWrite, http.client.HTTPConnection):
-    pass
-
-
-class _TLSConnection(_OneWrite, http.client.HTTPSConnection):
-    pass
-
-
-_Conn = _Connection | _TLSConnection
-
-
-def _connect(key: _Key, timeout: float | None) -> _Conn:
-    scheme, host, port = key
-    if scheme == "https":
-        return _TLSConnection(host, port, timeout=timeout, context=_tls_context())
-    return _Connection(host, port, timeout=timeout)
+    def close(self) -> None:
+        self.sock.close()
 
 
 def _readable_now(sock: socket.socket) -> bool:
@@ -137,21 +121,21 @@ def _readable_now(sock: socket.socket) -> bool:
     return bool(poller.poll(0))
 
 
-def _checkout(key: _Key, timeout: float | None) -> _Conn:
+def _checkout(key: _Key, timeout: float | None) -> _Connection | None:
+    """An idle connection to reuse (its timeout set), or None."""
     idle = _idle.get(key)
     while idle:
         conn = idle.pop()
-        sock = conn.sock
         # An idle kept-alive socket is readable only when the server closed it (or broke the
         # protocol): drop it instead of writing a request into it.
-        if sock is not None and not _readable_now(sock):
-            sock.settimeout(timeout)
+        if not _readable_now(conn.sock):
+            conn.sock.settimeout(timeout)
             return conn
         conn.close()
-    return _connect(key, timeout)
+    return None
 
 
-def _checkin(key: _Key, conn: _Conn) -> None:
+def _checkin(key: _Key, conn: _Connection) -> None:
     idle = _idle.setdefault(key, [])
     if len(idle) < _MAX_IDLE:
         idle.append(conn)
@@ -159,14 +143,82 @@ def _checkin(key: _Key, conn: _Conn) -> None:
         conn.close()
 
 
+@functools.lru_cache(maxsize=64)
+def _head(key: _Key, path: str, headers: tuple[tuple[str, str], ...]) -> bytes:
+    """A POST's request line and headers up to the value of its Content-Length, as
+    `http.client` writes them (Host, Accept-Encoding: identity, Content-Length, then the
+    caller's), built once per endpoint and header set."""
+    scheme, host, port = key
+    host_value = host if port == (443 if scheme == "https" else 80) else f"{host}:{port}"
+    if ":" in host and not host.startswith("["):
+        host_value = f"[{host}]" if port == (443 if scheme == "https" else 80) else f"[{host}]:{port}"
+    lines = [f"POST {path} HTTP/1.1", f"Host: {host_value}", "Accept-Encoding: identity"]
+    for name, value in headers:
+        if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):  # no header injection
+            raise ValueError(f"invalid HTTP header {name!r}")
+        lines.append(f"{name}: {value}")
+    # Content-Length last: the caller's headers never carry one (LiteLLM's do not).
+    return ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1")
+
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_BAD_VALUE = re.compile(r"[\r\n\x00]")
+
+
+class _Exchange:
+    """httptools' callbacks for one response: its headers, the body as it arrives, its end."""
+
+    __slots__ = ("headers", "headers_done", "status", "body", "complete", "keep_alive", "parser")
+
+    def __init__(self) -> None:
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.headers_done = False
+        self.status = 0
+        self.body: list[bytes] = []
+        self.complete = False
+        self.keep_alive = False
+        #: The parser feeding this exchange, until the exchange ends (`done`).
+        self.parser: Any = httptools.HttpResponseParser(self)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.headers_done = True
+        self.status = int(self.parser.get_status_code())
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        # Asked now: once this callback returns, the parser is reset for a next message.
+        self.keep_alive = bool(self.parser.should_keep_alive())
+
+    def feed(self, sock: Any) -> bool:
+        """Read what arrived into the parser; False when the server closed the connection."""
+        data = sock.recv(_READ_SIZE)
+        if not data:
+            return False
+        self.parser.feed_data(data)
+        return True
+
+    def done(self) -> None:
+        self.parser = None  # the parser holds this exchange: no cycle left behind
+
+    def framed(self) -> bool:
+        """Whether the body's end is in the message (a length or chunks), not the close."""
+        return any(name.lower() in (b"content-length", b"transfer-encoding") for name, _ in self.headers)
+
+
 class Lines:
     """The response's lines as text (no line ends), like `httpx.Response.iter_lines()`; the
     connection goes back to the pool when the body was read to its end, else it is closed."""
 
-    def __init__(self, key: _Key, conn: _Conn, response: http.client.HTTPResponse) -> None:
-        self._key, self._response = key, response
-        self._conn: _Conn | None = conn
-        self._it = self._lines()
+    def __init__(self, key: _Key, conn: _Connection, exchange: _Exchange) -> None:
+        self._key, self._exchange = key, exchange
+        self._conn: _Connection | None = conn
+        self._it = self._lines(conn.sock)
 
     def __iter__(self) -> Generator[str, None, None]:
         return self._it
@@ -174,16 +226,23 @@ class Lines:
     def __next__(self) -> str:
         return next(self._it)
 
-    def _lines(self) -> Generator[str, None, None]:
-        # What has arrived, a chunk at a time (`read1` returns as soon as bytes are there), split
-        # here: `http.client`'s readline walks its chunked decoding once per line, which cost
-        # about as much as parsing the line's event.
-        read1 = self._response.read1
+    def _lines(self, sock: Any) -> Generator[str, None, None]:
+        # What each read brings (httptools has taken the chunk framing off), split here.
+        exchange = self._exchange
         rest = b""
-        while data := read1(_READ_SIZE):
-            *lines, rest = (rest + data).split(b"\n") if rest else data.split(b"\n")
-            for raw in lines:
-                yield raw.rstrip(b"\r").decode("utf-8", "replace")
+        while True:
+            if exchange.body:
+                data = b"".join(exchange.body)
+                exchange.body.clear()
+                *lines, rest = (rest + data).split(b"\n") if rest else data.split(b"\n")
+                for raw in lines:
+                    yield raw.rstrip(b"\r").decode("utf-8", "replace")
+            if exchange.complete:
+                break
+            if not exchange.feed(sock):
+                if exchange.framed():
+                    raise http.client.IncompleteRead(rest)
+                exchange.complete = True  # a body that ends with the connection (not kept)
         if rest:
             yield rest.rstrip(b"\r").decode("utf-8", "replace")
 
@@ -192,11 +251,9 @@ class Lines:
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        response = self._response
-        # Read to its end: a chunked body closes itself at its last chunk, a sized one is done
-        # when nothing is left of its length.
-        if (response.isclosed() or response.length == 0) and not response.will_close:
-            response.close()
+        exchange = self._exchange
+        exchange.done()
+        if exchange.complete and exchange.keep_alive:
             _checkin(self._key, conn)
         else:
             conn.close()
@@ -221,38 +278,63 @@ def post_lines(url: str, body: bytes, headers: dict[str, str], timeout: float | 
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
-    litellm = get_litellm()
     send = headers if any(k.lower() == "user-agent" for k in headers) else {"User-Agent": _user_agent(), **headers}
+    request = b"%s%d\r\n\r\n%s" % (_head(key, path, tuple(send.items())), len(body), body)
+    conn, exchange = _exchange(key, request, timeout)
+    if exchange.status < 300:
+        return Lines(key, conn, exchange)
+    try:
+        if exchange.status >= 400:
+            _raise_error(conn, exchange, config)
+        return None  # a redirect: LiteLLM's client follows it
+    finally:
+        exchange.done()
+        conn.close()
+
+
+def _exchange(key: _Key, request: bytes, timeout: float | None) -> tuple[_Connection, _Exchange]:
+    """Send `request` in one write on a kept-alive (or new) connection and read up to the end
+    of the response's headers."""
+    exchange = _Exchange()
     conn = _checkout(key, timeout)
     try:
-        conn.request_in_one_write(path, body, send)
-        response = conn.getresponse()
-    except TimeoutError as exc:
-        conn.close()
-        raise litellm.Timeout(
-            message=f"Connection timed out after {timeout} seconds.",
-            model="default-model-name",
-            llm_provider="litellm-httpx-handler",
-        ) from exc
-    except BaseException:
-        conn.close()
+        if conn is None:
+            conn = _Connection(key, timeout)
+        conn.sock.sendall(request)
+        while not exchange.headers_done:
+            if not exchange.feed(conn.sock):
+                raise http.client.RemoteDisconnected("Remote end closed connection without response")
+    except BaseException as exc:
+        exchange.done()
+        if conn is not None:
+            conn.close()
+        if isinstance(exc, TimeoutError):
+            raise get_litellm().Timeout(
+                message=f"Connection timed out after {timeout} seconds.",
+                model="default-model-name",
+                llm_provider="litellm-httpx-handler",
+            ) from exc
+        if isinstance(exc, httptools.HttpParserError):
+            raise http.client.BadStatusLine(str(exc)) from exc
         raise
-    status = response.status
-    if status < 300:
-        return Lines(key, conn, response)
-    try:
-        if status < 400:
-            return None  # a redirect: LiteLLM's client follows it
-        from litellm.llms.custom_httpx.http_handler import mask_sensitive_info
+    return conn, exchange
 
-        text = mask_sensitive_info(  # type: ignore[no-untyped-call]
-            response.read(_ERROR_BODY_LIMIT).decode("utf-8", "replace")
-        )
-        raise config.get_error_class(
-            error_message=text, status_code=status, headers=httpx.Headers(response.getheaders())
-        )
-    finally:
-        conn.close()
+
+def _raise_error(conn: _Connection, exchange: _Exchange, config: Any) -> None:
+    """The provider's exception for an error status, with (the start of) the error body."""
+    from litellm.llms.custom_httpx.http_handler import mask_sensitive_info
+
+    while not exchange.complete and sum(map(len, exchange.body)) < _ERROR_BODY_LIMIT:
+        if not exchange.feed(conn.sock):
+            break
+    text = mask_sensitive_info(  # type: ignore[no-untyped-call]
+        b"".join(exchange.body)[:_ERROR_BODY_LIMIT].decode("utf-8", "replace")
+    )
+    raise config.get_error_class(
+        error_message=text,
+        status_code=exchange.status,
+        headers=httpx.Headers([(k.decode("latin-1"), v.decode("latin-1")) for k, v in exchange.headers]),
+    )
 
 
 def _user_agent() -> str:
