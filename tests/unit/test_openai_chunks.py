@@ -66,6 +66,15 @@ STREAMS = {
     "a finish reason LiteLLM maps, no [DONE]": _sse(_chunk({"content": "x"}), _chunk({}, "eos")),
     "no finish reason": _sse(_chunk({"content": "x"}), "[DONE]"),
     "lines that are not JSON": ["", ": keep-alive", *_sse(_chunk({"content": "x"}, "length"))],
+    "SSE lines read LiteLLM's way": [
+        "   ",
+        "data:" + json.dumps(_chunk({"content": "no space after data:"})),
+        "data: {not json",
+        "event: ping",
+        'data: {"id": "c1", "choices": [{"index": 0, "delta": {"content": "n"}, "finish_reason": null}], "x": NaN}',
+        "data: " + json.dumps(_chunk({"content": "big"}, n=2**70)),
+        *_sse(_chunk({"content": "says [DONE] inside"}), _chunk({"content": "after"}, "stop")),
+    ],
 }
 
 
