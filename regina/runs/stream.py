@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from typing import Any, Protocol, cast
 
+import orjson
 import redis
 
 from regina import keys
@@ -21,6 +22,9 @@ from regina.errors import StaleEpoch
 from regina.redis_conn import script
 from regina.runs.ack import CURRENT_DELIVERY
 from regina.secrets import redact
+
+#: Events whose fields are text and numbers only (every run's delta and end): dumped with orjson.
+_PLAIN_EVENTS = frozenset({"text-delta", "finish"})
 
 TERMINAL = frozenset({"finish", "error"})
 #: Seconds a run's event stream lives past its first event while the run has not ended (plus
@@ -167,7 +171,13 @@ class RunPublisher:
         self.journal: VfsJournal | None = None
 
     def _payload(self, event: dict[str, Any], seq: int) -> str:
-        return redact(json.dumps({**event, "seq": seq, "runId": self.run_id}, separators=(",", ":"), default=str))
+        payload = {**event, "seq": seq, "runId": self.run_id}
+        if event.get("type") in _PLAIN_EVENTS:
+            try:  # text and numbers only: orjson's JSON is json's value, ≈ 4x faster
+                return redact(orjson.dumps(payload).decode())
+            except TypeError:
+                pass
+        return redact(json.dumps(payload, separators=(",", ":"), default=str))
 
     def _send_waiting(self, extra: tuple[int, str] | None = None) -> None:
         """XADD the waiting deltas (and `extra`) in one round trip; call with the send lock held."""
