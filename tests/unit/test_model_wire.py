@@ -42,6 +42,19 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
                 self.wfile.flush()
             self.wfile.write(b"0\r\n\r\n")
+        elif self.path == "/until-close":  # no length, no chunks: the body ends with the connection
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(b"data: one\n\ndata: last")
+            self.close_connection = True
+        elif self.path == "/cut":  # a chunked body that stops short
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.write(b"a\r\ndata: one\n\r\n")
+            self.close_connection = True
         elif self.path == "/close":
             self._reply(200, b"data: one\n\n", close=True)
         else:
@@ -233,3 +246,24 @@ def test_https_is_served_verified_and_kept_alive(tmp_path: Any, monkeypatch: pyt
                 c.close()
         wire._idle.clear()
         wire._served.clear()
+
+
+def test_a_body_that_ends_with_the_connection_is_read_to_it(server: str) -> None:
+    assert _call(server + "/until-close") == ["data: one", "", "data: last"]
+    assert not any(wire._idle.values())  # not reusable: closed
+
+
+def test_a_chunked_body_cut_short_is_an_error(server: str) -> None:
+    import http.client
+
+    with pytest.raises(http.client.IncompleteRead):
+        _call(server + "/cut")
+    assert not any(wire._idle.values())
+
+
+def test_a_header_that_would_inject_lines_is_refused_before_sending(server: str) -> None:
+    with pytest.raises(ValueError, match="invalid HTTP header"):
+        wire.post_lines(server + "/v1", b"{}", {"Authorization": "Bearer x\r\nX-Evil: 1"}, 5.0, _Config())
+    with pytest.raises(ValueError, match="invalid HTTP header"):
+        wire.post_lines(server + "/v1", b"{}", {"Bad Name": "x"}, 5.0, _Config())
+    assert _Handler.peers == []  # nothing reached the server

@@ -145,13 +145,12 @@ def _checkin(key: _Key, conn: _Connection) -> None:
 
 @functools.lru_cache(maxsize=64)
 def _head(key: _Key, path: str, headers: tuple[tuple[str, str], ...]) -> bytes:
-    """A POST's request line and headers up to the value of its Content-Length, as
-    `http.client` writes them (Host, Accept-Encoding: identity, Content-Length, then the
-    caller's), built once per endpoint and header set."""
+    """A POST's request line and headers up to the value of its Content-Length: Host and
+    `Accept-Encoding: identity` as `http.client` sent them, the caller's headers, then
+    Content-Length; built once per endpoint and header set."""
     scheme, host, port = key
-    host_value = host if port == (443 if scheme == "https" else 80) else f"{host}:{port}"
-    if ":" in host and not host.startswith("["):
-        host_value = f"[{host}]" if port == (443 if scheme == "https" else 80) else f"[{host}]:{port}"
+    name = f"[{host}]" if ":" in host else host  # an IPv6 address (urlsplit drops the brackets)
+    host_value = name if port == (443 if scheme == "https" else 80) else f"{name}:{port}"
     lines = [f"POST {path} HTTP/1.1", f"Host: {host_value}", "Accept-Encoding: identity"]
     for name, value in headers:
         if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):  # no header injection
