@@ -71,6 +71,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = close
 
 
+def _forget_connections() -> None:
+    """Close this process's idle connections and forget which endpoints may be served."""
+    for conns in wire._idle.values():
+        for c in conns:
+            c.close()
+    wire._idle.clear()
+    wire._served.clear()
+
+
 @pytest.fixture
 def server() -> Iterator[str]:
     _Handler.peers, _Handler.user_agents = [], []
@@ -82,11 +91,7 @@ def server() -> Iterator[str]:
     yield f"http://127.0.0.1:{srv.server_address[1]}"
     srv.shutdown()
     srv.server_close()
-    for conns in wire._idle.values():
-        for c in conns:
-            c.close()
-    wire._idle.clear()
-    wire._served.clear()
+    _forget_connections()
 
 
 class _Config:
@@ -230,22 +235,14 @@ def test_https_is_served_verified_and_kept_alive(tmp_path: Any, monkeypatch: pyt
         assert _call(url + "/v1", b'{"tls": 1}') == ['data: {"tls": 1}', "", "data: [DONE]", ""]
         assert _call(url + "/chunked") == ['data: {"a": "ü"}', "", "data: two", "", "data: [DONE]", ""]
         assert _Handler.peers[0] == _Handler.peers[1]
-        wire._served.clear()
-        for conns in wire._idle.values():
-            for c in conns:
-                c.close()
-        wire._idle.clear()
+        _forget_connections()
         monkeypatch.delenv("SSL_VERIFY")  # certifi's roots: the self-signed certificate is refused
         with pytest.raises(ssl.SSLError):
             _call(url + "/v1")
     finally:
         srv.shutdown()
         srv.server_close()
-        for conns in wire._idle.values():
-            for c in conns:
-                c.close()
-        wire._idle.clear()
-        wire._served.clear()
+        _forget_connections()
 
 
 def test_a_body_that_ends_with_the_connection_is_read_to_it(server: str) -> None:

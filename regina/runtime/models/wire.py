@@ -149,9 +149,9 @@ def _head(key: _Key, path: str, headers: tuple[tuple[str, str], ...]) -> bytes:
     `Accept-Encoding: identity` as `http.client` sent them, the caller's headers, then
     Content-Length; built once per endpoint and header set."""
     scheme, host, port = key
-    name = f"[{host}]" if ":" in host else host  # an IPv6 address (urlsplit drops the brackets)
-    host_value = name if port == (443 if scheme == "https" else 80) else f"{name}:{port}"
-    lines = [f"POST {path} HTTP/1.1", f"Host: {host_value}", "Accept-Encoding: identity"]
+    address = f"[{host}]" if ":" in host else host  # IPv6 (urlsplit drops the brackets)
+    authority = address if port == (443 if scheme == "https" else 80) else f"{address}:{port}"
+    lines = [f"POST {path} HTTP/1.1", f"Host: {authority}", "Accept-Encoding: identity"]
     for name, value in headers:
         if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):  # no header injection
             raise ValueError(f"invalid HTTP header {name!r}")
