@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import itertools
 import json
 import re
@@ -33,6 +34,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Literal
+
+import orjson
 
 from tests.harness.ports import free_port
 
@@ -91,12 +94,13 @@ class RecordedRequest:
     def stream(self) -> bool:
         return bool(self.body.get("stream"))
 
-    @property
+    @functools.cached_property
     def messages(self) -> list[dict[str, Any]]:
         """Messages as ``{"role", "content": str}`` in either format; system first, tool results as "tool".
 
         Assistant messages that called tools also carry ``tool_calls: [{id, name, args}]``;
-        tool messages carry ``tool_call_id``.
+        tool messages carry ``tool_call_id``. Built once per request: a long conversation's walk
+        would otherwise be the fake's main cost, taken from the cores the system under test runs on.
         """
         if self.api == "anthropic":
             return _anthropic_messages(self.body)
@@ -105,13 +109,26 @@ class RecordedRequest:
     @property
     def last_user_text(self) -> str:
         """Text of the last user message ("" if none)."""
+        if self.api == "openai":  # from the end, without normalizing the whole conversation
+            for msg in reversed(self.body.get("messages") or []):
+                if msg.get("role") == "user":
+                    return _text_of(msg.get("content"))
+            return ""
         users = [m["content"] for m in self.messages if m["role"] == "user"]
         return users[-1] if users else ""
 
-    @property
+    @functools.cached_property
     def all_text(self) -> str:
         """Every message's text (system, user, assistant, tool) joined by newlines; usage counts this."""
         return "\n".join(m["content"] for m in self.messages)
+
+    @functools.cached_property
+    def text_length(self) -> int:
+        """``len(all_text)``, for OpenAI bodies without building it (the fake's cost per request)."""
+        if self.api != "openai":
+            return len(self.all_text)
+        msgs = self.body.get("messages") or []
+        return sum(len(_text_of(m.get("content"))) for m in msgs) + max(len(msgs) - 1, 0)
 
     @property
     def tool_names(self) -> list[str]:
@@ -208,7 +225,7 @@ def compute_usage(req: RecordedRequest, reply: Reply) -> tuple[int, int]:
     if reply.usage is not None:
         return reply.usage
     completion = reply.text + "".join(json.dumps(tc.args) for tc in reply.tool_calls)
-    return len(req.all_text) // 4 + 1, len(completion) // 4 + 1
+    return req.text_length // 4 + 1, len(completion) // 4 + 1
 
 
 def _text_chunks(text: str, size: int) -> list[str]:
@@ -470,7 +487,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "not_found_error"}})
             return
         try:
-            body = json.loads(raw or b"{}")
+            body = _loads(raw or b"{}")
             if not isinstance(body, dict):
                 raise ValueError("body is not a JSON object")
         except ValueError as exc:
@@ -517,18 +534,39 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(head + data)  # one write: headers and body in the same segment
 
     def _stream(self, frames: Iterator[bytes | None], delay: float, tail: bytes) -> None:
-        """Send SSE frames as HTTP/1.1 chunks, each written (hence flushed) as it is produced."""
-        self.wfile.write(
+        """Send SSE frames as HTTP/1.1 chunks, each written (hence flushed) as it is produced.
+
+        With no ``chunk_delay`` nothing separates the frames in time, so they go out in one write
+        with the head, as a model that had the whole answer would send them; a write (a segment
+        and a wake-up of the reader) per frame made the fake cost as much CPU as the system under
+        test, on the same cores.
+        """
+        head = (
             b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n"
         )
-        for frame in itertools.chain(frames, [tail] if tail else []):
-            if frame is None:
-                if delay:
-                    time.sleep(delay)
-                continue
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(frame), frame))
+        chunks = (
+            (b"%x\r\n%s\r\n" % (len(f), f)) if f is not None else None
+            for f in itertools.chain(frames, [tail] if tail else [])
+        )
+        if not delay:
+            self.wfile.write(head + b"".join(c for c in chunks if c is not None) + b"0\r\n\r\n")
+            return
+        self.wfile.write(head)
+        for chunk in chunks:
+            if chunk is None:
+                time.sleep(delay)
+            else:
+                self.wfile.write(chunk)
         self.wfile.write(b"0\r\n\r\n")
+
+
+def _loads(raw: bytes) -> Any:
+    """orjson (a long conversation's body is the fake's biggest parse); json for what it refuses (NaN)."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)
 
 
 def _dumps(obj: Any) -> bytes:
