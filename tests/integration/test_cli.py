@@ -118,7 +118,7 @@ def test_each_run_is_one_log_line_and_a_model_error_a_warning_naming_provider_an
     iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
     ok = api.post(f"/instances/{iid}/chat", json={"message": "fine"})
     fake_llm.push(Reply(error_status=401, error_message="bad key"))
-    api.post(f"/instances/{iid}/chat", json={"message": "fails"})
+    failed_run = api.post(f"/instances/{iid}/chat", json={"message": "fails"}).headers["X-Run-Id"]
     ok_run = ok.headers["X-Run-Id"]
     logs = lambda: "".join(p.log() for p in cluster.procs if p.name.startswith("worker"))  # noqa: E731
     line = wait_until(
@@ -130,7 +130,10 @@ def test_each_run_is_one_log_line_and_a_model_error_a_warning_naming_provider_an
         r" INFO +worker\[\d+\] regina\.run: run run-\w+ instance .+ stop: 1 step\(s\), \d+\+\d+ tokens", line
     )
     warning = wait_until(
-        lambda: next((x for x in logs().splitlines() if "model error (provider openai, model gpt-4o)" in x), None),
+        lambda: next(
+            (x for x in logs().splitlines() if f"run {failed_run} model error (provider openai, model gpt-4o)" in x),
+            None,
+        ),
         timeout=20,
         what="the model error warning",
     )
