@@ -534,30 +534,17 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(head + data)  # one write: headers and body in the same segment
 
     def _stream(self, frames: Iterator[bytes | None], delay: float, tail: bytes) -> None:
-        """Send SSE frames as HTTP/1.1 chunks, each written (hence flushed) as it is produced.
-
-        With no ``chunk_delay`` nothing separates the frames in time, so they go out in one write
-        with the head, as a model that had the whole answer would send them; a write (a segment
-        and a wake-up of the reader) per frame made the fake cost as much CPU as the system under
-        test, on the same cores.
-        """
-        head = (
+        """Send SSE frames as HTTP/1.1 chunks, each written (hence flushed) as it is produced."""
+        self.wfile.write(
             b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n"
         )
-        chunks = (
-            (b"%x\r\n%s\r\n" % (len(f), f)) if f is not None else None
-            for f in itertools.chain(frames, [tail] if tail else [])
-        )
-        if not delay:
-            self.wfile.write(head + b"".join(c for c in chunks if c is not None) + b"0\r\n\r\n")
-            return
-        self.wfile.write(head)
-        for chunk in chunks:
-            if chunk is None:
-                time.sleep(delay)
-            else:
-                self.wfile.write(chunk)
+        for frame in itertools.chain(frames, [tail] if tail else []):
+            if frame is None:
+                if delay:
+                    time.sleep(delay)
+                continue
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(frame), frame))
         self.wfile.write(b"0\r\n\r\n")
 
 
