@@ -14,7 +14,6 @@ import signal
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import httpx
 import redis
@@ -25,30 +24,18 @@ from tests.harness.waiting import wait_until
 
 def test_brpop_names_the_ready_list_not_every_instance_queue(cluster: Cluster, api: httpx.Client) -> None:
     iids = [api.post("/agents/openai-agent/instances", json={}).json()["instanceId"] for _ in range(30)]
-    seen: list[list[str]] = []
-    stop = threading.Event()
-    conn = redis.Redis.from_url(cluster.redis_url, decode_responses=True)
 
-    def watch() -> None:
-        with conn.monitor() as m:
-            for cmd in m.listen():
-                parts: Any = cmd.get("command", "").split(" ")
-                if parts[0].upper() == "BRPOP":
-                    seen.append(parts[1:-1])
-                if stop.is_set():
-                    return
+    def brpops(seen: list[tuple[str, str]]) -> list[list[str]]:
+        return [c.split(" ")[1:-1] for _, c in seen if c.split(" ", 1)[0].upper() == "BRPOP"]
 
-    t = threading.Thread(target=watch, daemon=True)
-    t.start()
-    for iid in iids:
-        assert api.post(f"/instances/{iid}/chat", json={"message": "hi"}).json()["text"] == "echo: hi"
-    stop.set()
-    api.get("/healthz")  # one more command so the monitor loop sees the stop flag
-    t.join(10)
-    conn.close()
-    assert len(seen) >= len(iids)  # a BRPOP at least after every step
-    assert all(len(names) <= 2 for names in seen), max(seen, key=len)
-    assert all(any(n.strip('"').startswith("regina:ready:") for n in names) for names in seen)
+    with _monitored(cluster, api) as seen:  # MONITOR is on before the first chat
+        for iid in iids:
+            assert api.post(f"/instances/{iid}/chat", json={"message": "hi"}).json()["text"] == "echo: hi"
+        # A worker blocks again once its step is done, maybe after the client has the answer.
+        wait_until(lambda: len(brpops(seen)) >= len(iids), timeout=15, what="a BRPOP after every step")
+    seen_brpops = brpops(seen)
+    assert all(len(names) <= 2 for names in seen_brpops), max(seen_brpops, key=len)
+    assert all(any(n.strip('"').startswith("regina:ready:") for n in names) for names in seen_brpops)
 
 
 @contextlib.contextmanager
