@@ -86,11 +86,11 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     def _count(response: Response) -> Response:
         rule = request.url_rule
         endpoint = rule.rule if rule is not None else "unknown"
-        key = (endpoint, request.method, response.status_code)
-        children = counted.get(key)
+        method, status = request.method, response.status_code
+        children = counted.get((endpoint, method, status))
         if children is None:
-            children = counted[key] = (
-                HTTP_REQUESTS.labels(endpoint, key[1], str(key[2])),
+            children = counted[endpoint, method, status] = (
+                HTTP_REQUESTS.labels(endpoint, method, str(status)),
                 HTTP_SECONDS.labels(endpoint),
             )
         children[0].inc()

@@ -120,15 +120,9 @@ class RecordedRequest:
     @functools.cached_property
     def all_text(self) -> str:
         """Every message's text (system, user, assistant, tool) joined by newlines; usage counts this."""
+        if self.api == "openai":  # each message's text is its content's: no need to normalize them
+            return "\n".join(_text_of(m.get("content")) for m in self.body.get("messages") or [])
         return "\n".join(m["content"] for m in self.messages)
-
-    @functools.cached_property
-    def text_length(self) -> int:
-        """``len(all_text)``, for OpenAI bodies without building it (the fake's cost per request)."""
-        if self.api != "openai":
-            return len(self.all_text)
-        msgs = self.body.get("messages") or []
-        return sum(len(_text_of(m.get("content"))) for m in msgs) + max(len(msgs) - 1, 0)
 
     @property
     def tool_names(self) -> list[str]:
@@ -225,7 +219,7 @@ def compute_usage(req: RecordedRequest, reply: Reply) -> tuple[int, int]:
     if reply.usage is not None:
         return reply.usage
     completion = reply.text + "".join(json.dumps(tc.args) for tc in reply.tool_calls)
-    return req.text_length // 4 + 1, len(completion) // 4 + 1
+    return len(req.all_text) // 4 + 1, len(completion) // 4 + 1
 
 
 def _text_chunks(text: str, size: int) -> list[str]:
