@@ -50,9 +50,10 @@ def test_the_client_runs_cancel_keys_when_busy_and_typed_errors(api: httpx.Clien
         assert regina.cancel(answer["runId"]) == {"cancelled": False, "status": "finished"}
 
         fake_llm.push(Reply(text="slow", delay=30))
+        seen = len(fake_llm.requests)  # the keyed chat's request is one already
         with cf.ThreadPoolExecutor(1) as pool:
             events = pool.submit(lambda: list(regina.stream(iid, "long")))
-            fake_llm.wait_for_requests(1, timeout=20)
+            fake_llm.wait_for_requests(seen + 1, timeout=20)
             with pytest.raises(c.Conflict) as busy:
                 regina.chat(iid, "now?", when_busy="reject")
             assert busy.value.run_id and busy.value.run_id in str(busy.value)
