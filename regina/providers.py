@@ -32,9 +32,11 @@ The base URL comes from the environment variable when set, else from
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import ModuleType
 
 from regina.config import Settings, environment
 from regina.errors import DefinitionError
@@ -111,10 +113,24 @@ def check_provider_name(provider: str) -> str:
     return name
 
 
-def _litellm_providers() -> set[str]:
-    import litellm  # imported lazily: costs seconds, and only the worker needs it
+def import_litellm() -> ModuleType:
+    """LiteLLM, imported with Regina's defaults for what it reads from the environment (each
+    unless set): its bundled model cost map rather than a download at import (on a machine
+    without internet that is seconds of retries and two warnings in every process that imports
+    it, even the web's and the CLI's for a definition's provider), errors-only logging, and its
+    own httpx handler for the OpenAI route instead of the OpenAI SDK, whose request transform
+    costs ~0.18 ms of CPU per history message (23 ms at 100 messages, 4.4 ms with this handler;
+    docs/benchmarks.md; "false" uses the SDK). Imported lazily: it costs seconds."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    os.environ.setdefault("LITELLM_LOG", "ERROR")
+    os.environ.setdefault("EXPERIMENTAL_OPENAI_BASE_LLM_HTTP_HANDLER", "true")
+    import litellm
 
-    return {str(getattr(p, "value", p)) for p in litellm.provider_list}
+    return litellm
+
+
+def _litellm_providers() -> set[str]:
+    return {str(getattr(p, "value", p)) for p in import_litellm().provider_list}
 
 
 def _env_prefix(provider: str) -> str:

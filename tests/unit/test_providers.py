@@ -130,3 +130,24 @@ def test_target_is_frozen() -> None:
     target = resolve_model_target("gpt-4o", None, SETTINGS, {})
     with pytest.raises(AttributeError):
         target.api_key = "changed"  # type: ignore[misc]
+
+
+def test_a_litellm_only_provider_does_not_make_litellm_download_its_cost_map() -> None:
+    """Resolving a provider only LiteLLM knows imports LiteLLM in the web and the CLI too, where
+    no model call configured it first: it must use its bundled cost map, not fetch one (offline,
+    seconds of retries and warnings in every such process)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LITELLM_")}
+    code = (
+        "from regina.config import Settings\n"
+        "from regina.providers import resolve_model_target\n"
+        "print(resolve_model_target('llama3', 'groq', Settings(), {}).litellm_model)\n"
+        "from litellm.litellm_core_utils.get_model_cost_map import get_model_cost_map_source_info\n"
+        "print(get_model_cost_map_source_info()['url'])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["groq/llama3", "None"], done.stderr  # no URL: none was tried

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
 from importlib.machinery import ModuleSpec
 from types import ModuleType
 from typing import Any
+
+from regina.providers import import_litellm
 
 __all__ = ["get_litellm", "preload_litellm"]
 
@@ -30,13 +31,7 @@ def get_litellm() -> Any:
         return _litellm
     with _litellm_lock:
         if _litellm is None:
-            os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-            os.environ.setdefault("LITELLM_LOG", "ERROR")
-            # LiteLLM's own httpx handler for the OpenAI route instead of the OpenAI SDK, whose
-            # request transform costs ~0.18 ms of CPU per history message (23 ms at 100 messages,
-            # 4.4 ms with this handler; docs/benchmarks.md). Set it to "false" to use the SDK.
-            os.environ.setdefault("EXPERIMENTAL_OPENAI_BASE_LLM_HTTP_HANDLER", "true")
-            import litellm
+            litellm = import_litellm()
 
             # The demo module subclasses LiteLLM's CustomLLM, so it is imported with LiteLLM.
             from regina.runtime.models.demo import register_demo_provider
