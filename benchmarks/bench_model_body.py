@@ -5,9 +5,12 @@
 A step's request carries the whole transcript. LiteLLM's OpenAI transform walks every message
 on every call (`cache_control` keys, tool messages' images and tool references, user content
 parts); regina/runtime/models/direct.py leaves text-only conversations out of that walk and
-splices their JSON into the body (`_plain_openai_messages`). This measures `request_body` both
-ways in alternating rounds on the same messages (four tools, a transcript of user, assistant
-tool-call, tool-result and assistant messages) and prints the medians and their ratio.
+splices their JSON into the body (`_plain_openai_messages`), encoded as a whole list when the
+caller gives only the messages, or joined from each message's JSON when it keeps them
+(`ModelRequest.encoded`: the agent loop does, each message encoded once as it joins the
+conversation). This measures `request_body` the three ways in alternating rounds on the same
+messages (four tools, a transcript of user, assistant tool-call, tool-result and assistant
+messages) and prints the medians and their ratios to the transform's.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 
 from benchmarks.common import Table, show
 from regina.providers import ModelTarget
+from regina.runtime.messages import model_json
 from regina.runtime.models import direct
 from regina.runtime.models.parts import ModelRequest
 
@@ -60,23 +64,30 @@ def measure(lengths: list[int], rounds: int) -> Table:
     splice = direct._plain_openai_messages
     table = Table(
         "Model request body per step against the conversation's length (µs, median of rounds)",
-        ["messages", "LiteLLM's transform walks them", "spliced (main)", "ratio"],
+        ["messages", "LiteLLM's transform walks them", "spliced, the list encoded", "spliced, each kept", "ratios"],
         conditions={"rounds": rounds, "model": "openai/gpt-4o", "tools": len(TOOLS)},
     )
     try:
         for length in lengths:
-            request = ModelRequest(conversation(length), TOOLS, None)
-            times: dict[str, list[float]] = {"walked": [], "spliced": []}
+            messages = conversation(length)
+            requests = {
+                "walked": ModelRequest(messages, TOOLS, None),
+                "listed": ModelRequest(messages, TOOLS, None),
+                "kept": ModelRequest(messages, TOOLS, None, encoded=[model_json(m) for m in messages]),
+            }
+            times: dict[str, list[float]] = {side: [] for side in requests}
             reps = max(20, 20000 // length)
             for _ in range(rounds):
-                for side in ("walked", "spliced"):
-                    direct._plain_openai_messages = splice if side == "spliced" else (lambda config, messages: None)
+                for side, request in requests.items():
+                    direct._plain_openai_messages = splice if side != "walked" else (lambda config, request: None)
                     start = time.perf_counter()
                     for _ in range(reps):
                         direct.request_body(route, request)
                     times[side].append((time.perf_counter() - start) / reps * 1e6)
-            walked, spliced = statistics.median(times["walked"]), statistics.median(times["spliced"])
-            table.add(length, f"{walked:.1f}", f"{spliced:.1f}", f"{spliced / walked:.2f}")
+            walked, listed, kept = (statistics.median(times[side]) for side in requests)
+            table.add(
+                length, f"{walked:.1f}", f"{listed:.1f}", f"{kept:.1f}", f"{listed / walked:.2f} / {kept / walked:.3f}"
+            )
     finally:
         direct._plain_openai_messages = splice
     return table

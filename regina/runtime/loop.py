@@ -62,7 +62,7 @@ from regina.runtime.events import (
     ToolResultEvent,
     Usage,
 )
-from regina.runtime.messages import Message, assistant, for_model, tool_call, tool_result, user
+from regina.runtime.messages import Message, assistant, for_model, model_json, tool_call, tool_result, user
 from regina.runtime.session import Session
 from regina.runtime.sink import RunCancelled, RunSink, Steer
 from regina.runtime.tool_call import INLINE, BothInterrupters, error_result, limit_output, run_tool
@@ -123,12 +123,15 @@ class _Turn:
     meta: dict[str, Any]
     sink: RunSink
     model_msgs: list[Message] = field(default_factory=list)
+    #: `model_json` of each of `model_msgs` (the session's, then this turn's own).
+    model_encoded: list[bytes | None] = field(default_factory=list)
     chars: int = 0
     unsaved: list[Message] = field(default_factory=list)
 
     def reload(self) -> None:
         model, self.chars = self.session.model_view()
         self.model_msgs = list(model)  # this turn's own: deferred messages join it before the session
+        self.model_encoded = list(self.session.model_json())
 
     def append(self, *msgs: Message, defer: bool = False) -> None:
         """Add messages to the request and the session. `defer` keeps them in memory until the
@@ -141,7 +144,9 @@ class _Turn:
         else:
             self.session.append(*self.unsaved, *msgs)
             self.unsaved.clear()
-        self.model_msgs.extend(for_model(msgs))
+        model = for_model(msgs)
+        self.model_msgs.extend(model)
+        self.model_encoded.extend(model_json(m) for m in model)
         for m in msgs:
             self.chars += message_chars(m)
 
@@ -162,6 +167,10 @@ class _Turn:
 
     def request(self) -> list[Message]:
         return [*self.system, *self.model_msgs]
+
+    def encoded(self) -> list[bytes | None]:
+        """`model_json` of each message of `request()`, in its order."""
+        return [*(model_json(m) for m in self.system), *self.model_encoded]
 
 
 def _summarizer(target: ModelTarget, temperature: float | None, spent: list[Usage]) -> Callable[[list[Message]], str]:
@@ -284,7 +293,7 @@ def _call_model(
     reason, usage = "stop", Usage()
     call = model_api.stream_completion if spec.stream else model_api.call_completion
     with sink.cancel.interruptible(sink.interrupter()):
-        for delta in call(spec.target, turn.request(), schemas, spec.temperature):
+        for delta in call(spec.target, turn.request(), schemas, spec.temperature, encoded=turn.encoded()):
             if isinstance(delta, model_api.TextPart):
                 parts.append(delta.text)
                 sink.emit(TextDelta(text_delta=delta.text))

@@ -12,8 +12,11 @@ has exactly one tool result right after its assistant message, and no tool resul
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
+
+import orjson
 
 __all__ = [
     "Message",
@@ -28,6 +31,8 @@ __all__ = [
     "from_jsonl",
     "repair",
     "for_model",
+    "model_json",
+    "goes_out_as_is",
     "text_of",
 ]
 
@@ -146,6 +151,30 @@ def repair(msgs: Sequence[Message]) -> tuple[list[Message], bool]:
 def for_model(msgs: Iterable[Message]) -> list[Message]:
     """Shallow copies holding only the keys a provider accepts (drops runId, ts, …)."""
     return [{k: v for k, v in m.items() if k in MODEL_KEYS} for m in msgs]
+
+
+#: A message content that is neither text nor null, in orjson's compact JSON (where a quote
+#: inside a string is escaped: `"content":` is a message's key, which no other key holds).
+_PARTS = re.compile(rb'"content":(?!"|null[,}])')
+
+
+def model_json(msg: Message) -> bytes | None:
+    """A model-form message (`for_model`) as compact UTF-8 JSON (orjson) when a provider's
+    request transform would send it as it is: its content is text or null (no content parts to
+    rewrite) and no `cache_control` key is in it (none to strip). None otherwise, or when it is
+    not plain JSON data. A long-lived conversation's messages are encoded and checked once each,
+    as they join it (`Session.model_json`), not on every step of every later turn."""
+    try:
+        dumped = orjson.dumps(msg)
+    except TypeError:
+        return None
+    return dumped if goes_out_as_is(dumped) else None
+
+
+def goes_out_as_is(dumped: bytes) -> bool:
+    """Whether messages in orjson's compact JSON (one, or a list of them) hold no content parts
+    and no `cache_control` key: nothing a provider's request transform would rewrite."""
+    return b'"cache_control"' not in dumped and _PARTS.search(dumped) is None
 
 
 def text_of(msg: Message) -> str:

@@ -12,7 +12,7 @@ import logging
 
 from regina.errors import VFSError
 from regina.runtime.compaction import message_chars
-from regina.runtime.messages import Message, for_model, from_jsonl, repair, to_jsonl
+from regina.runtime.messages import Message, for_model, from_jsonl, model_json, repair, to_jsonl
 from regina.vfs.base import VFS
 
 __all__ = ["Session", "SESSION_PATH"]
@@ -32,6 +32,8 @@ class Session:
         #: `for_model` of the history and its size in characters (`model_view`); None: not built.
         self._model: list[Message] | None = None
         self._chars = 0
+        #: `model_json` of each message of the model view (`model_json`); None: not built.
+        self._json: list[bytes | None] | None = None
         #: How many leading messages `repair` found valid: appends leave them so (`repair`).
         self._repaired = 0
 
@@ -71,6 +73,14 @@ class Session:
             self._chars = sum(message_chars(m) for m in history)
         return self._model, self._chars
 
+    def model_json(self) -> list[bytes | None]:
+        """`messages.model_json` of each message of `model_view`, in step with it: each message
+        is encoded once, so a step's request costs the same at ten messages or ten thousand.
+        Do not mutate the list."""
+        if self._json is None:
+            self._json = [model_json(m) for m in self.model_view()[0]]
+        return self._json
+
     def append(self, *msgs: Message) -> None:
         """Persist messages at the end of the history (one VFS append)."""
         if not msgs:
@@ -79,8 +89,11 @@ class Session:
         self.vfs.append(self.path, to_jsonl(msgs))
         history.extend(msgs)
         if self._model is not None:
-            self._model.extend(for_model(msgs))
+            model = for_model(msgs)
+            self._model.extend(model)
             self._chars += sum(message_chars(m) for m in msgs)
+            if self._json is not None:
+                self._json.extend(model_json(m) for m in model)
 
     def rewrite(self, msgs: list[Message]) -> None:
         """Replace the whole history (after compaction or repair)."""
@@ -112,4 +125,5 @@ class Session:
     def _forget_derived(self) -> None:
         """Drop what was derived from the history (`model_view`, `repair`'s checked prefix)."""
         self._model = None
+        self._json = None
         self._repaired = 0

@@ -374,3 +374,47 @@ def test_a_non_streamed_turn_gives_the_same_events_and_history(fake: FakeLLM, ta
     assert turn.events[-1]["usage"]["promptTokens"] == prompt
     roles = [m["role"] for m in turn.persisted()]
     assert roles == ["user", "assistant", "tool", "assistant"]
+
+
+def test_each_message_is_encoded_once_however_long_the_conversation(
+    fake: FakeLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop keeps each message's JSON (`messages.model_json`) as the conversation grows: a
+    turn encodes its own messages, not the whole history again (which made a step's request cost
+    grow with the transcript), and the model still receives the whole conversation."""
+    import regina.runtime.loop as loop_module
+    import regina.runtime.models.direct as direct_module
+    import regina.runtime.session as session_module
+    from regina.runtime.messages import model_json
+
+    counts = {"loop": 0, "session": 0, "direct": 0}
+
+    def counting(where: str) -> Callable[[dict[str, Any]], bytes | None]:
+        def encode(m: dict[str, Any]) -> bytes | None:
+            counts[where] += 1
+            return model_json(m)
+
+        return encode
+
+    for where, module in (("loop", loop_module), ("session", session_module)):
+        monkeypatch.setattr(module, "model_json", counting(where))
+    checked = direct_module.goes_out_as_is
+
+    def whole_list(dumped: bytes) -> bool:
+        counts["direct"] += 1
+        return checked(dumped)
+
+    monkeypatch.setattr(direct_module, "goes_out_as_is", whole_list)
+    fake.reset()
+    t = Turn(ModelTarget("openai", "openai/gpt-4o", "sk-test", fake.url + "/v1"), MemoryVFS())
+    per_turn = []
+    for n in range(8):
+        before = sum(counts.values())
+        assert t.run(f"message {n}").text == f"echo: message {n}"
+        per_turn.append(sum(counts.values()) - before)
+    assert counts["direct"] == 0  # no request's whole list was encoded: each went out as the loop kept it
+    assert len(set(per_turn[1:])) == 1, per_turn  # the same work at 2 messages as at 16
+    last = fake.requests[-1]
+    assert [m["content"] for m in last.messages] == [SYSTEM] + [
+        text for n in range(8) for text in (f"message {n}", f"echo: message {n}")
+    ][:-1]

@@ -11,6 +11,7 @@ from regina.runtime.messages import (
     assistant,
     for_model,
     from_jsonl,
+    model_json,
     repair,
     to_jsonl,
     tool_call,
@@ -148,6 +149,40 @@ def test_session_model_view_follows_appends_rewrites_and_reloads() -> None:
     s.invalidate()
     assert s.model_view() == expected(s)
     assert len(s.model_view()[0]) == 2
+
+
+def test_model_json_is_a_messages_json_when_it_can_go_out_as_it_is() -> None:
+    plain = [
+        user('text with "quotes", ünïcode and a "content":[1] spelled inside'),
+        assistant(None, [tool_call("c1", "read", {"path": "/x"})]),
+        tool_result("c1", "read", '{"cache_control": "only a string"}'),
+    ]
+    for m in for_model(plain):
+        encoded = model_json(m)
+        assert encoded is not None and json.loads(encoded) == m
+    assert model_json({"role": "user", "content": [{"type": "text", "text": "a part"}]}) is None
+    assert model_json({"role": "user", "content": "x", "cache_control": {"type": "ephemeral"}}) is None
+    assert model_json({"role": "user", "content": {"not": "text"}}) is None
+    assert model_json({"role": "user", "content": object()}) is None  # not JSON data
+
+
+def test_session_model_json_follows_the_model_view() -> None:
+    vfs = MemoryVFS()
+    s = Session(vfs)
+    s.append(user("hello", runId="run-1"), assistant("hi", [tool_call("c1", "read", {"path": "/x"})], ts=1.0))
+
+    def expected(session: Session) -> list[bytes | None]:
+        return [model_json(m) for m in session.model_view()[0]]
+
+    first = s.model_json()
+    assert first == expected(s) and len(first) == 2
+    s.append(tool_result("c1", "read", "contents"), user("more"))
+    assert s.model_json() is first and first == expected(s)  # extended, not rebuilt
+    s.rewrite([user("only")])
+    assert s.model_json() == [b'{"role":"user","content":"only"}']
+    vfs.append(SESSION_PATH, to_jsonl([assistant("from another writer")]))
+    s.invalidate()
+    assert s.model_json() == expected(s) and len(s.model_json()) == 2
 
 
 def test_session_repair_checks_only_the_appended_tail_with_the_same_result() -> None:

@@ -196,3 +196,25 @@ def test_the_frame_around_the_messages_is_built_once_per_tools_and_temperature(
     _bodies(monkeypatch, route, TOOLS[:1], 0.3, PLAIN)  # other tools: a frame of their own
     _bodies(monkeypatch, route, TOOLS, None, PLAIN)  # another temperature: too
     assert len(calls) - len(conversations) - 2 == framed + 2
+
+
+def test_messages_encoded_by_the_caller_are_spliced_as_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    from regina.runtime.messages import model_json
+
+    route = _route()
+    encoded = [model_json(m) for m in PLAIN]
+    given = direct.request_body(route, ModelRequest(copy.deepcopy(PLAIN), TOOLS, 0.3, encoded=encoded))[2]
+    spliced, walked = _bodies(monkeypatch, route, TOOLS, 0.3, PLAIN)
+    assert given == spliced and json.loads(given) == json.loads(walked)
+    # The caller's encoding is what goes out (it is not encoded again).
+    marked = [*encoded[:-1], b'{"role":"assistant","content":"from the caller"}']
+    body = direct.request_body(route, ModelRequest(copy.deepcopy(PLAIN), TOOLS, 0.3, encoded=marked))[2]
+    assert json.loads(body)["messages"][-1]["content"] == "from the caller"
+    # A message the transform must see: the whole conversation goes through it.
+    parts = copy.deepcopy(PLAIN)
+    parts[1]["content"] = [{"type": "text", "text": "a part"}]
+    body = direct.request_body(route, ModelRequest(parts, TOOLS, 0.3, encoded=[model_json(m) for m in parts]))[2]
+    assert body == _bodies(monkeypatch, route, TOOLS, 0.3, parts)[1]
+    # Encodings that do not match the messages one to one are not used.
+    short = direct.request_body(route, ModelRequest(copy.deepcopy(PLAIN), TOOLS, 0.3, encoded=marked[1:]))[2]
+    assert short == spliced

@@ -21,13 +21,14 @@ def stream_completion(
     tools: Sequence[dict[str, Any]] | None = None,
     temperature: float | None = None,
     timeout: float | None = 600.0,
+    encoded: Sequence[bytes | None] | None = None,
 ) -> Iterator[ModelDelta]:
     """Stream one model call as TextPart… ToolCallPart… FinishPart.
 
     Raises:
         ModelError: the provider failed, before or during the stream.
     """
-    request = ModelRequest(messages, tools, temperature, timeout)
+    request = ModelRequest(messages, tools, temperature, timeout, encoded)
     route = direct.route_for(target)
     if route is not None:
         yield from direct.stream(route, request)
@@ -41,6 +42,7 @@ def call_completion(
     tools: Sequence[dict[str, Any]] | None = None,
     temperature: float | None = None,
     timeout: float | None = 600.0,
+    encoded: Sequence[bytes | None] | None = None,
 ) -> Iterator[ModelDelta]:
     """One non-streamed model call, yielded as the same TextPart / ToolCallPart… / FinishPart.
 
@@ -50,7 +52,7 @@ def call_completion(
     Raises:
         ModelError: the provider failed.
     """
-    request = ModelRequest(messages, tools, temperature, timeout)
+    request = ModelRequest(messages, tools, temperature, timeout, encoded)
     route = direct.route_for(target)
     if route is None:
         yield from litellm_route.call(target, request)

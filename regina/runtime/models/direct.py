@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 import secrets
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ import httpx
 import orjson
 
 from regina.providers import ModelTarget
+from regina.runtime.messages import goes_out_as_is
 from regina.runtime.models import wire
 from regina.runtime.models.errors import provider_errors
 from regina.runtime.models.parts import ModelDelta, ModelRequest
@@ -148,8 +148,6 @@ def stream_chunks(route: Route, request: ModelRequest) -> Iterator[Any]:
 #: (`request_body`); random per process, so no message can spell them.
 _TOOLS_MARK = f"\x00regina-tools-{secrets.token_hex(16)}\x00"
 _MESSAGES_MARK = f"\x00regina-messages-{secrets.token_hex(16)}\x00"
-#: A message content that is neither text nor null, in orjson's compact JSON.
-_PARTS = re.compile(r'"content":(?!"|null[,}])')
 
 
 def _plain_openai_tools(config: Any, optional: dict[str, Any]) -> str | None:
@@ -168,31 +166,34 @@ def _plain_openai_tools(config: Any, optional: dict[str, Any]) -> str | None:
     return None if '"cache_control"' in dumped else dumped
 
 
-def _plain_openai_messages(config: Any, messages: list[Any]) -> str | None:
+def _plain_openai_messages(config: Any, request: ModelRequest) -> bytes | None:
     """The messages as JSON when LiteLLM's OpenAI transform would send them unchanged, as
     `_plain_openai_tools` does for tools. The transform walks the whole conversation on every
     call (every message, recursively, for `cache_control` keys; tool messages for images and
     tool references; user messages' content parts), so a step's request cost grew with the
     transcript. Messages whose content is text (or none) have no parts to rewrite, and a
-    conversation whose JSON has no `cache_control` key has none to strip: then the messages go
-    out as they are. Only for `OpenAIGPTConfig` itself, and not when LiteLLM is set to move
-    system messages first. The text is orjson's (compact, UTF-8 as it is), the rest of the body
-    json's as LiteLLM dumps it: the same JSON value. None: let the transform see the messages."""
+    conversation with no `cache_control` key has none to strip: then the messages go out as
+    they are (`messages.goes_out_as_is`). A caller that keeps each message's JSON
+    (`request.encoded`, the loop's) had each encoded and checked once, as it joined the
+    conversation; otherwise the whole list is, here. Only for `OpenAIGPTConfig` itself, and not
+    when LiteLLM is set to move system messages first. The text is orjson's (compact, UTF-8 as
+    it is), the rest of the body json's as LiteLLM dumps it: the same JSON value. None: let the
+    transform see the messages."""
     from litellm.llms.openai.chat.gpt_transformation import OpenAIGPTConfig
 
     if type(config) is not OpenAIGPTConfig or get_litellm().openai_system_messages_first:
         return None
+    encoded = request.encoded
+    if encoded is not None and len(encoded) == len(request.messages):
+        try:
+            return b"[" + b",".join(encoded) + b"]"  # type: ignore[arg-type]  # a None: TypeError
+        except TypeError:  # a message the transform must see
+            return None
     try:
-        # orjson: compact UTF-8, ≈ 8x faster than json's (benchmarks/bench_model_body.py).
-        dumped = orjson.dumps(messages).decode()
+        dumped = orjson.dumps(list(request.messages))  # ≈ 8x json's (benchmarks/bench_model_body.py)
     except TypeError:  # not plain JSON data: json's errors, from the transform's own dump
         return None
-    # Searched in the compact JSON, where a quote inside a string is escaped: `"content":` is a
-    # message's key (no other key of a model message holds one), followed by text or null
-    # unless some message has content parts.
-    if '"cache_control"' in dumped or _PARTS.search(dumped):
-        return None
-    return dumped
+    return dumped if goes_out_as_is(dumped) else None
 
 
 def request_body(route: Route, request: ModelRequest) -> tuple[str, dict[str, str], bytes, dict[str, Any]]:
@@ -205,7 +206,7 @@ def request_body(route: Route, request: ModelRequest) -> tuple[str, dict[str, st
     the body around the messages come from `_plain_frame`, built once per model, tool schemas
     and temperature (an agent's tools stay the same from step to step)."""
     msgs = list(request.messages)
-    messages_json = _plain_openai_messages(route.config, msgs)
+    messages_json = _plain_openai_messages(route.config, request)
     if messages_json is not None:
         try:
             tools_key = orjson.dumps(list(request.tools)) if request.tools else b""
@@ -213,14 +214,14 @@ def request_body(route: Route, request: ModelRequest) -> tuple[str, dict[str, st
             tools_key = b'"cache_control"'
         if b'"cache_control"' not in tools_key:
             url, headers, head, tail, params = _plain_frame(route, tools_key, request.temperature)
-            return url, dict(headers), (head + messages_json + tail).encode(), dict(params)
-    return _built_body(route, request, msgs, messages_json)
+            return url, dict(headers), b"".join((head, messages_json, tail)), dict(params)
+    return _built_body(route, request, msgs, None if messages_json is None else messages_json.decode())
 
 
 @functools.lru_cache(maxsize=256)
 def _plain_frame(
     route: Route, tools_key: bytes, temperature: float | None
-) -> tuple[str, tuple[tuple[str, str], ...], str, str, tuple[tuple[str, Any], ...]]:
+) -> tuple[str, tuple[tuple[str, str], ...], bytes, bytes, tuple[tuple[str, Any], ...]]:
     """(url, headers, the body's JSON before the messages and after them, LiteLLM's params) of
     a request whose messages go out as they are: `_built_body`'s, split at the messages."""
     tools = orjson.loads(tools_key) if tools_key else None
@@ -228,7 +229,7 @@ def _plain_frame(
     head, mark, tail = body.decode().partition(_MESSAGES_MARK)
     if not mark:  # cannot happen: the mark goes where the messages go
         raise RuntimeError("the request body has no place for the messages")
-    return url, tuple(headers.items()), head, tail, tuple(params.items())
+    return url, tuple(headers.items()), head.encode(), tail.encode(), tuple(params.items())
 
 
 def _built_body(

@@ -29,6 +29,9 @@ class ModelRequest:
     tools: Sequence[dict[str, Any]] | None = None
     temperature: float | None = None
     timeout: float | None = 600.0
+    #: `messages.model_json` of each message, in order, when the caller keeps them (the loop
+    #: does, for a conversation that only grows); None: encoded from `messages` when needed.
+    encoded: Sequence[bytes | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
