@@ -55,6 +55,11 @@ def render() -> str:
         "`providers.<name>.baseUrl`). Provider names under `providers` are env-encoded with `_` for",
         "`-`: `REGINA_PROVIDERS__VERCEL_GATEWAY__BASE_URL`.",
         "",
+        "LiteLLM's own variables keep Regina's defaults unless set: `LITELLM_LOCAL_MODEL_COST_MAP=True`",
+        "(its bundled model cost map, no download at start), `LITELLM_LOG=ERROR`, and",
+        "`EXPERIMENTAL_OPENAI_BASE_LLM_HTTP_HANDLER=true` (LiteLLM's httpx handler for OpenAI models",
+        "that Regina's direct route does not serve; `false` uses the OpenAI SDK).",
+        "",
         "| key | environment | default | meaning |",
         "|---|---|---|---|",
     ]
