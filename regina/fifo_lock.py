@@ -28,6 +28,11 @@ class FifoLock:
             self._cond.notify_all()
 
     @property
+    def waiting(self) -> int:
+        """How many callers wait for their turn (not counting the holder)."""
+        return max(0, self._next - self._serving - 1)
+
+    @property
     def busy(self) -> bool:
         """True while someone holds or waits for the lock."""
         return self._next != self._serving

@@ -279,7 +279,7 @@ def test_a_redelivered_step_runs_before_a_later_run_that_arrives_as_the_attach_e
     b.begin_attach(iid)
     redelivered = threading.Thread(target=b.run_step, args=(iid, run_id, "first run", True))
     redelivered.start()
-    time.sleep(0.5)  # it waits for the attach
+    wait_until(lambda: b.loading[iid].waiting == 1, timeout=30, what="the redelivered step to wait for the attach")
     b.attach(iid, pair.store.get(iid).epoch)  # type: ignore[union-attr]
     b.run_step(iid, later, "second run", stream=True)
     redelivered.join(60)

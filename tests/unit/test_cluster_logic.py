@@ -60,11 +60,15 @@ def test_fifo_lock_serves_waiters_in_arrival_order() -> None:
             order.append(n)
 
     threads = []
+    assert lock.waiting == 0
     for n in range(5):
         t = threading.Thread(target=worker, args=(n,))
         t.start()
         threads.append(t)
-        time.sleep(0.02)  # make arrival order unambiguous
+        deadline = time.monotonic() + 10
+        while lock.waiting != n + 1 and time.monotonic() < deadline:  # arrived: the order is set
+            time.sleep(0.001)
+        assert lock.waiting == n + 1
     assert lock.busy
     lock.release()
     for t in threads:
