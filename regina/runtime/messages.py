@@ -168,7 +168,9 @@ def model_json(msg: Message) -> bytes | None:
         dumped = orjson.dumps(msg)
     except TypeError:
         return None
-    return dumped if goes_out_as_is(dumped) else None
+    # A copy of its own length: orjson's bytes keep their whole output buffer (4 KB for a short
+    # message), and these live as long as the conversation does.
+    return memoryview(dumped).tobytes() if goes_out_as_is(dumped) else None
 
 
 def goes_out_as_is(dumped: bytes) -> bool:

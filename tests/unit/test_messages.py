@@ -166,6 +166,22 @@ def test_model_json_is_a_messages_json_when_it_can_go_out_as_it_is() -> None:
     assert model_json({"role": "user", "content": object()}) is None  # not JSON data
 
 
+def test_model_json_keeps_no_more_memory_than_its_bytes() -> None:
+    """They live as long as the conversation: orjson's own bytes hold 4 KB for a short message."""
+    import tracemalloc
+
+    msgs = [user(f"a short message {i}") for i in range(200)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [model_json(m) for m in msgs]
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert all(k is not None for k in kept)
+    assert held / len(kept) < 200, held / len(kept)  # ≈ 80 bytes each and the list
+
+
 def test_session_model_json_follows_the_model_view() -> None:
     vfs = MemoryVFS()
     s = Session(vfs)
