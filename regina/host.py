@@ -300,10 +300,13 @@ class InstanceHost:
 
     @staticmethod
     def _park(act: Active) -> None:
-        """Release the VFS's SQLite connection and cache until the next use."""
+        """Release the VFS's SQLite connection and cache, and the session's parsed history with
+        its model form and JSON, until the next use: an idle instance's memory no longer grows
+        with its conversation (the next step reads the file again)."""
         park = getattr(act.vfs, "park", None)
         if park is not None:
             park()
+            act.session.invalidate()
             act.parked = True
 
     def park_idle(self, older_than: float) -> int:

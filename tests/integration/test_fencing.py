@@ -394,3 +394,40 @@ def test_a_cancel_announced_between_a_take_that_started_the_run_and_its_step_is_
     # Then the step ends the run cancelled instead of answering
     events = pair.events(run_id)
     assert events[-1]["type"] == "finish" and events[-1]["finishReason"] == "cancelled", events
+
+
+def test_parking_an_idle_instance_frees_its_conversation_and_the_next_step_reads_it_again(
+    pair: Pair, fake_llm: FakeLLM
+) -> None:
+    """An attached instance's parsed history, model form and JSON stay in the worker while it
+    works; parked (idle for `vfsParkAfter`), it lets go of them with its SQLite connection."""
+    import gc
+    import tracemalloc
+
+    from regina.runtime.messages import assistant, to_jsonl, user
+    from regina.runtime.session import SESSION_PATH
+
+    # Given an instance with a 1 000-message conversation that has just run a step
+    a = pair.hosts["a"]
+    iid = pair.spawn()
+    act = a.active[iid]
+    history = [m for i in range(500) for m in (user(f"question {i} " * 20), assistant(f"answer {i} " * 20))]
+    act.vfs.write(SESSION_PATH, to_jsonl(history))
+    act.session.invalidate()
+    tracemalloc.start()
+    try:
+        a.run_step(iid, pair.new_run(iid), "one more", True)
+        # When it is parked
+        gc.collect()
+        loaded = tracemalloc.get_traced_memory()[0]
+        assert a.park_idle(0) == 1
+        gc.collect()
+        freed = loaded - tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    # Then the conversation's memory is given back (its text alone is ≈ 270 KB)
+    assert freed > 400_000, freed
+    # And the next step sends the model the whole conversation again
+    a.run_step(iid, pair.new_run(iid), "after parking", True)
+    sent = [m["content"] for m in fake_llm.requests[-1].messages]
+    assert sent[1:] == [m["content"] for m in history] + ["one more", "echo: one more", "after parking"]
