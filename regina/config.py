@@ -167,8 +167,9 @@ class Settings(_Section):
     process, the last ones may be lost on power loss; FULL also survives power loss and costs an
     fsync per write (several ms on most disks)."""
     vfs_park_after: float = Field(30, ge=0)
-    """Seconds after its last step an instance's SQLite connection is closed (reopened on the next
-    step), so idle instances cost their worker almost no memory."""
+    """Seconds after its last step an instance's SQLite connection is closed and its conversation
+    dropped from the worker's memory (both read again on the next step), so idle instances cost
+    their worker almost no memory, however long their conversations."""
     fs_root_path: str | None = None
     """`realdir` backend: root under which each instance gets a directory."""
     data_dir: str = "./data"
