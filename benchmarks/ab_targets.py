@@ -121,7 +121,7 @@ def measure(root_a: str, pairs: int, quick: bool) -> Table:
             target.figure,
             " / ".join(f"{x:.2f}" for x in a),
             " / ".join(f"{x:.2f}" for x in b),
-            f"{mb / ma:.2f}×",
+            f"{mb / ma:.2f}×" if target.ratio is not None else "—",
             target.wording,
             target.verdict(ma, mb),
         )
