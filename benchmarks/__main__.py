@@ -13,8 +13,10 @@ import io
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
+from pathlib import Path
 
 from benchmarks.common import ROOT, Table, machine, versions
 from tests.harness.redis_server import redis_binary
@@ -68,12 +70,13 @@ def _loop(quick: bool) -> list[Table]:
     return [t]
 
 
-def _plot(kind: str, tables: list[Table]) -> None:
-    """docs/<kind>.png from this run's table (matplotlib is a dev dependency)."""
+def _plot(kind: str, tables: list[Table], quick: bool) -> None:
+    """docs/<kind>.png from this run's table (matplotlib is a dev dependency); a `--quick` run's
+    small-N plot goes to the temporary directory instead, leaving the docs' own."""
     from benchmarks import plots
 
     rows = [[float(c) if isinstance(c, int | float) else float("nan") for c in r] for r in tables[0].rows]
-    target = str(ROOT / "docs" / f"{kind}.png")
+    target = str((Path(tempfile.gettempdir()) if quick else ROOT / "docs") / f"{kind}.png")
     (plots.plot_scale if kind == "scale" else plots.plot_throughput)({"this run": [rows]}, target)
     print(f"(plot: {target})", flush=True)
 
@@ -126,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 levels = [10, 100, 1000] if args.quick else [10, 100, 1000, 10000]
                 tables = bench_scale.run(levels, 40 if args.quick else 100)
-                _plot("scale", tables)
+                _plot("scale", tables, args.quick)
             elif name == "throughput":
                 from benchmarks import bench_throughput
 
@@ -134,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                 tables = bench_throughput.run([1, 4, 16, 64], 0.0, seconds=seconds)
                 tables += bench_throughput.run([64, 256], 0.2, seconds=seconds, timeline=True)
                 tables.append(bench_throughput.by_workers([1, 2] if args.quick else [1, 2, 4], 16, seconds=seconds))
-                _plot("throughput", tables[:1])
+                _plot("throughput", tables[:1], args.quick)
             elif name == "start":
                 from benchmarks import bench_start
 
