@@ -122,8 +122,10 @@ class _Turn:
     system: list[Message]
     meta: dict[str, Any]
     sink: RunSink
+    #: Whether the model call uses each message's JSON (`model_api.keeps_encoded_messages`).
+    encode: bool = False
     model_msgs: list[Message] = field(default_factory=list)
-    #: `model_json` of each of `model_msgs` (the session's, then this turn's own).
+    #: `model_json` of each of `model_msgs` (the session's, then this turn's own), if `encode`.
     model_encoded: list[bytes | None] = field(default_factory=list)
     chars: int = 0
     unsaved: list[Message] = field(default_factory=list)
@@ -131,7 +133,7 @@ class _Turn:
     def reload(self) -> None:
         model, self.chars = self.session.model_view()
         self.model_msgs = list(model)  # this turn's own: deferred messages join it before the session
-        self.model_encoded = list(self.session.model_json())
+        self.model_encoded = list(self.session.model_json()) if self.encode else []
 
     def append(self, *msgs: Message, defer: bool = False) -> None:
         """Add messages to the request and the session. `defer` keeps them in memory until the
@@ -146,7 +148,8 @@ class _Turn:
             self.unsaved.clear()
         model = for_model(msgs)
         self.model_msgs.extend(model)
-        self.model_encoded.extend(model_json(m) for m in model)
+        if self.encode:
+            self.model_encoded.extend(model_json(m) for m in model)
         for m in msgs:
             self.chars += message_chars(m)
 
@@ -168,9 +171,9 @@ class _Turn:
     def request(self) -> list[Message]:
         return [*self.system, *self.model_msgs]
 
-    def encoded(self) -> list[bytes | None]:
-        """`model_json` of each message of `request()`, in its order."""
-        return [*(model_json(m) for m in self.system), *self.model_encoded]
+    def encoded(self) -> list[bytes | None] | None:
+        """`model_json` of each message of `request()`, in its order (None unless `encode`)."""
+        return [*(model_json(m) for m in self.system), *self.model_encoded] if self.encode else None
 
 
 def _summarizer(target: ModelTarget, temperature: float | None, spent: list[Usage]) -> Callable[[list[Message]], str]:
@@ -212,6 +215,7 @@ def run_turn(spec: TurnSpec, session: Session, user_message: str | None, sink: R
         system=[{"role": "system", "content": spec.system_prompt}] if spec.system_prompt else [],
         meta={"runId": run_id} if run_id else {},
         sink=sink,
+        encode=model_api.keeps_encoded_messages(spec.target),
     )
     turn.reload()
     # Steering messages were taken out of Redis: save them at once. The user's own message can

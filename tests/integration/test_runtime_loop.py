@@ -418,3 +418,10 @@ def test_each_message_is_encoded_once_however_long_the_conversation(
     assert [m["content"] for m in last.messages] == [SYSTEM] + [
         text for n in range(8) for text in (f"message {n}", f"echo: message {n}")
     ][:-1]
+    # A route that walks the messages itself (Anthropic's format) keeps no JSON of them.
+    counts.update(loop=0, session=0)
+    fake.reset()
+    other = Turn(ModelTarget("anthropic", "anthropic/claude-sonnet-4-5", "sk-ant-test", fake.url), MemoryVFS())
+    for n in range(3):
+        assert other.run(f"message {n}").text == f"echo: message {n}"
+    assert counts == {"loop": 0, "session": 0, "direct": 0}

@@ -15,7 +15,7 @@ Modules, one job each:
 Importing this package does not import LiteLLM; the first call (or `get_litellm()`) does.
 """
 
-from regina.runtime.models.calls import call_completion, complete, stream_completion
+from regina.runtime.models.calls import call_completion, complete, keeps_encoded_messages, stream_completion
 from regina.runtime.models.parts import FinishPart, ModelDelta, TextPart, ToolCallPart
 from regina.runtime.models.setup import get_litellm
 
@@ -27,5 +27,6 @@ __all__ = [
     "stream_completion",
     "call_completion",
     "complete",
+    "keeps_encoded_messages",
     "get_litellm",
 ]

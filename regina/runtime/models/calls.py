@@ -12,7 +12,13 @@ from regina.runtime.models import direct as direct
 from regina.runtime.models import litellm_route as litellm_route
 from regina.runtime.models.parts import FinishPart, ModelDelta, ModelRequest, TextPart
 
-__all__ = ["stream_completion", "call_completion", "complete"]
+__all__ = ["stream_completion", "call_completion", "complete", "keeps_encoded_messages"]
+
+
+def keeps_encoded_messages(target: ModelTarget) -> bool:
+    """Whether calls for `target` use each message's JSON when the caller keeps it
+    (`ModelRequest.encoded`): the direct OpenAI route does, the others walk the messages."""
+    return direct.joins_encoded_messages(target)
 
 
 def stream_completion(

@@ -90,6 +90,21 @@ def route_for(target: ModelTarget) -> Route | None:
     return _route(target.litellm_model, target.api_base, target.api_key)
 
 
+def joins_encoded_messages(target: ModelTarget) -> bool:
+    """Whether a call for `target` sends the messages as the JSON in `ModelRequest.encoded`
+    (see `_plain_openai_messages`): only then is keeping each message's JSON worth its memory."""
+    route = route_for(target)
+    return route is not None and _splices_messages(route.config)
+
+
+def _splices_messages(config: Any) -> bool:
+    """LiteLLM's plain OpenAI config, not set to move system messages first: it would send
+    text messages as they are (the o-series, GPT-5 and other configs rewrite them their ways)."""
+    from litellm.llms.openai.chat.gpt_transformation import OpenAIGPTConfig
+
+    return type(config) is OpenAIGPTConfig and not get_litellm().openai_system_messages_first
+
+
 def _iterator(route: Route, lines: Iterator[str], litellm_params: dict[str, Any]) -> Iterator[Any]:
     if route.provider == "anthropic":
         from litellm.llms.anthropic.chat.handler import ModelResponseIterator
@@ -179,9 +194,7 @@ def _plain_openai_messages(config: Any, request: ModelRequest) -> bytes | None:
     when LiteLLM is set to move system messages first. The text is orjson's (compact, UTF-8 as
     it is), the rest of the body json's as LiteLLM dumps it: the same JSON value. None: let the
     transform see the messages."""
-    from litellm.llms.openai.chat.gpt_transformation import OpenAIGPTConfig
-
-    if type(config) is not OpenAIGPTConfig or get_litellm().openai_system_messages_first:
+    if not _splices_messages(config):
         return None
     encoded = request.encoded
     if encoded is not None and len(encoded) == len(request.messages):
