@@ -17,8 +17,13 @@ __all__ = ["stream_completion", "call_completion", "complete", "keeps_encoded_me
 
 def keeps_encoded_messages(target: ModelTarget) -> bool:
     """Whether calls for `target` use each message's JSON when the caller keeps it
-    (`ModelRequest.encoded`): the direct OpenAI route does, the others walk the messages."""
-    return direct.joins_encoded_messages(target)
+    (`ModelRequest.encoded`): the direct OpenAI route does, the others walk the messages. Only
+    an optimisation: whatever fails here (LiteLLM's import, a provider lookup) says no, and the
+    call itself reports it as before."""
+    try:
+        return direct.joins_encoded_messages(target)
+    except Exception:
+        return False
 
 
 def stream_completion(
