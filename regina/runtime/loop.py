@@ -42,6 +42,7 @@ stays repairable in that case.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -171,9 +172,14 @@ class _Turn:
     def request(self) -> list[Message]:
         return [*self.system, *self.model_msgs]
 
+    @functools.cached_property
+    def system_encoded(self) -> list[bytes | None]:
+        """`model_json` of the system messages, once per turn (they stay the same in every step)."""
+        return [model_json(m) for m in self.system]
+
     def encoded(self) -> list[bytes | None] | None:
         """`model_json` of each message of `request()`, in its order (None unless `encode`)."""
-        return [*(model_json(m) for m in self.system), *self.model_encoded] if self.encode else None
+        return [*self.system_encoded, *self.model_encoded] if self.encode else None
 
 
 def _summarizer(target: ModelTarget, temperature: float | None, spent: list[Usage]) -> Callable[[list[Message]], str]:
