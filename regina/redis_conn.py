@@ -14,8 +14,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import hiredis
 import redis
+from redis._parsers.encoders import Encoder
 from redis.commands.core import Script
+from redis.connection import PythonRespSerializer
 
 from regina.config import Settings, environment
 
@@ -25,6 +28,32 @@ HEADROOM = 16
 WEB_CONCURRENCY = 1000
 #: Seconds a greenlet waits for a free connection before its command fails.
 POOL_WAIT = 30.0
+
+
+class CommandPacker:
+    """Pack a command with hiredis alone when it can: redis-py 8 runs every argument through its
+    Python `Encoder` first (≈ 0.7 µs each: 20 µs for a 27-argument EVALSHA against 3.4 µs
+    for hiredis on its own; a chat's scripts and events carry ≈ 80 arguments). hiredis takes
+    str (as strict UTF-8), bytes, int and float (as `repr`), as the Encoder does; anything else
+    (memoryview, bool, None) and command names with a space in them go to redis-py's own
+    packer, which packs them or raises its `DataError` as before. A connection's
+    `command_packer` (redis-py's hook for it)."""
+
+    def __init__(self) -> None:
+        self._fallback = PythonRespSerializer(6000, Encoder("utf-8", "strict", False).encode)  # type: ignore[no-untyped-call]
+
+    def pack(self, *args: Any) -> list[bytes]:
+        name = args[0]
+        if isinstance(name, str) and " " not in name:
+            try:
+                return [hiredis.pack_command(args)]
+            except TypeError:
+                pass
+        return self._fallback.pack(*args)  # type: ignore[no-untyped-call, no-any-return]
+
+
+#: One for every connection (it keeps no state).
+PACKER = CommandPacker()
 
 
 def connect(url: str, concurrency: int = WEB_CONCURRENCY) -> redis.Redis:
@@ -44,6 +73,7 @@ def connect(url: str, concurrency: int = WEB_CONCURRENCY) -> redis.Redis:
         # by TCP keepalive and the health check; `?socket_timeout=` in the URL still applies.
         socket_timeout=None,
         retry_on_timeout=True,
+        command_packer=PACKER,
         **tcp,
     )
     return redis.Redis(connection_pool=pool)

@@ -43,6 +43,7 @@ from kombu.utils.json import dumps, loads
 
 from regina import keys
 from regina.ids import RUN_PREFIX
+from regina.redis_conn import PACKER
 from regina.runs.ack import StepDelivery
 from regina.runs.store import BEGIN_FN
 from workers.unacked import QueueIndexedQoS
@@ -436,7 +437,9 @@ class Channel(_RedisChannel):  # type: ignore[misc]
         params = self._connparams(asynchronous=asynchronous)
         prefix: str = getattr(self, "keyprefix_fanout")  # noqa: B009 (untyped in kombu)
         self.keyprefix_fanout = prefix.format(db=params["db"])
-        return redis.BlockingConnectionPool(timeout=POOL_WAIT, **params)  # type: ignore[no-untyped-call]
+        return redis.BlockingConnectionPool(  # type: ignore[no-untyped-call]
+            timeout=POOL_WAIT, command_packer=PACKER, **params
+        )
 
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
