@@ -140,11 +140,14 @@ class Journal:
         return cast(list[str], self.r.lrange(keys.journal(instance_id), 0, -1))
 
     def replay(self, instance_id: str, vfs: Any, after: int) -> tuple[int, int]:
-        """Apply the entries with seq > `after` to `vfs`; (last seq applied, bytes applied)."""
+        """Apply the entries with seq > `after` to `vfs`, each seq once; (last seq applied, bytes
+        applied). Seqs only grow, but a flush can be stored twice: redis-py sends a command again
+        when its connection drops before the reply, and the first may have run (an append
+        applied twice would double its bytes)."""
         last, size = after, 0
         for entry in self.entries(instance_id):
             seq, body = parse(entry)
-            if seq <= after:
+            if seq <= last:
                 continue
             apply(vfs, str(body[1]), body[2:])
             last, size = seq, size + len(entry)

@@ -57,7 +57,20 @@ def _redis_py_bytes(*args: object) -> bytes:
 @pytest.mark.parametrize(
     "args",
     [
-        ("EVALSHA", "ab" * 20, 2, "regina:inst:x", "regina:run:y", "1717.25", 0.1, 1e20, -3, 10**30, "é ✓", b"\x00\xff"),
+        (
+            "EVALSHA",
+            "ab" * 20,
+            2,
+            "regina:inst:x",
+            "regina:run:y",
+            "1717.25",
+            0.1,
+            1e20,
+            -3,
+            10**30,
+            "é ✓",
+            b"\x00\xff",
+        ),
         ("SET", "k", ""),
         ("SCRIPT LOAD", "return 1"),  # a name in two words: redis-py's packer
         ("SET", "k", memoryview(b"view")),  # not hiredis's: redis-py's packer

@@ -1,0 +1,54 @@
+"""Replaying an instance's journal (regina/journal.py) on a real Redis."""
+
+from __future__ import annotations
+
+import uuid
+
+from regina import keys
+from regina.journal import Journal, JournalVFS
+from regina.redis_conn import connect
+from regina.vfs.memory import MemoryVFS
+from tests.harness.redis_server import RedisServer
+
+
+def test_an_entry_stored_twice_is_applied_once(redis_server: RedisServer) -> None:
+    """A flush whose reply was lost (redis-py sends a command again after a dropped connection)
+    can leave its entries in the journal twice: the replay applies each seq once."""
+    client = connect(redis_server.url, concurrency=1)
+    iid = f"replay-{uuid.uuid4().hex[:12]}"
+    try:
+        recorder = JournalVFS(MemoryVFS(), epoch=1, seq=0)
+        recorder.append("/notes.txt", b"one\n")
+        recorder.append("/notes.txt", b"two\n")
+        entries = recorder.take()
+        client.hset(keys.instance_record(iid), "epoch", "1")
+        client.rpush(keys.journal(iid), *entries, *entries)  # the second call of the same flush
+
+        target = MemoryVFS()
+        last, _size = Journal(client).replay(iid, target, after=0)
+
+        assert target.read("/notes.txt") == b"one\ntwo\n"
+        assert last == 2
+    finally:
+        client.delete(keys.instance_record(iid), keys.journal(iid))
+        client.close()
+
+
+def test_entries_the_backup_covers_are_skipped(redis_server: RedisServer) -> None:
+    client = connect(redis_server.url, concurrency=1)
+    iid = f"replay-{uuid.uuid4().hex[:12]}"
+    try:
+        recorder = JournalVFS(MemoryVFS(), epoch=1, seq=0)
+        recorder.append("/notes.txt", b"one\n")
+        recorder.append("/notes.txt", b"two\n")
+        client.rpush(keys.journal(iid), *recorder.take())
+        target = MemoryVFS()
+        target.write("/notes.txt", b"one\n")  # the backup holds seq 1
+
+        last, _size = Journal(client).replay(iid, target, after=1)
+
+        assert target.read("/notes.txt") == b"one\ntwo\n"
+        assert last == 2
+    finally:
+        client.delete(keys.journal(iid))
+        client.close()
