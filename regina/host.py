@@ -290,6 +290,7 @@ class InstanceHost:
         if ctx is None:
             pre = self._prebegun.get(run_id)
             if pre is None:
+                self._remember_cancel(run_id)
                 return False
             # Started by its take, its step not yet running (waiting for a slot in the pool): the
             # cancel flag the take read is out of date; the step starts cancelled.
@@ -297,6 +298,20 @@ class InstanceHost:
             return True
         ctx.cancel.cancel(CANCELLED)
         return True
+
+    def _remember_cancel(self, run_id: str) -> None:
+        """Keep an announced cancel for a run that may be starting here: its begin (which read
+        the cancel flag) is done, but its step has not registered the run yet. Every worker
+        hears every cancel, so this holds at most PREBEGUN_LIMIT, the oldest minute dropped
+        first (a run that ends without registering here leaves its id behind)."""
+        early = self.steps.cancelled_early
+        if len(early) >= self.PREBEGUN_LIMIT:
+            cutoff = time.monotonic() - 60
+            for old in [rid for rid, at in early.items() if at < cutoff]:
+                del early[old]
+            if len(early) >= self.PREBEGUN_LIMIT:
+                early.clear()
+        early[run_id] = time.monotonic()
 
     @staticmethod
     def _park(act: Active) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -45,6 +45,9 @@ class StepRunner:
     journal: Journal | None
     running: dict[str, RunContext]  # the member's runs in progress, by run id (shared with the host)
     interrupter_factory: InterrupterFactory | None
+    #: Cancels announced for runs not in `running` yet (run id → when), kept by the host's
+    #: `cancel_local`: a step that registers its run after the announcement starts cancelled.
+    cancelled_early: dict[str, float] = field(default_factory=dict)
 
     def run(self, act: Active, run_id: str, message: str | None, stream: bool, begun: Begun | None = None) -> None:
         """Run one step of `act` (its lock held): begin, the loop, the end. `begun`: the run was
@@ -115,6 +118,8 @@ class StepRunner:
         )
         watch = ctx.watch = RunWatch(instance_id, run_id, spec.target.provider, d.model, stream)
         self.running[run_id] = ctx
+        if self.cancelled_early.pop(run_id, None) is not None:  # announced since its start
+            ctx.cancel.cancel(CANCELLED)
         ctx.start_clock()
         try:
             watch.result = run_turn(spec, act.session, message, ctx)

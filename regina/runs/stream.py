@@ -45,7 +45,11 @@ RUNNING_TTL = 86_400
 # (the run's last touch; Redis's clock as the worker keeps it, regina/clock.py) and records the
 # journal's seq, in one HSET (one write of the instance record per chat), acknowledges the step's
 # delivery (regina/runs/ack.py; a tag that is the run's id was never in the queue's tag set, see
-# workers/transport.py) and returns {}.
+# workers/transport.py) and returns {}. A run flagged for cancel (`cancel` in its record: the
+# client was told `{"cancelled": true}`) that would end `finished` ends `cancelled` instead, its
+# terminal event's finishReason "cancelled", and takes no steering (left for the next run):
+# the cancel may have landed where its worker could not interrupt the run (after the last model
+# call, or before the step was registered for the announcement).
 _FINISH = """
 local inst = redis.call('HMGET', KEYS[3], 'epoch', 'promptTokens', 'completionTokens')
 if ARGV[9] ~= '' and inst[1] ~= ARGV[9] then
@@ -55,7 +59,10 @@ local nj = tonumber(ARGV[13])
 for i = 14, 13 + nj, 1000 do
   redis.call('RPUSH', KEYS[5], unpack(ARGV, i, math.min(i + 999, 13 + nj)))
 end
-if ARGV[10] == '1' then
+local status, reason = ARGV[3], ARGV[4]
+local cancelled = status == 'finished' and redis.call('HEXISTS', KEYS[2], 'cancel') == 1
+if cancelled then status = 'cancelled'; reason = 'cancelled' end
+if ARGV[10] == '1' and not cancelled then
   local steered = redis.call('LRANGE', KEYS[6], 0, -1)
   if #steered > 0 then
     if nj > 0 then redis.call('HSET', KEYS[3], 'journalSeq', ARGV[12]) end
@@ -65,11 +72,20 @@ if ARGV[10] == '1' then
     return steered
   end
 end
-for i = 15 + nj, #ARGV, 2 do
+local terminal = ARGV[#ARGV]
+if cancelled then  -- the terminal event is the last: its first finishReason is its own field
+  local was = '"finishReason":"' .. ARGV[4] .. '"'
+  local at = string.find(terminal, was, 1, true)
+  if at then
+    terminal = string.sub(terminal, 1, at - 1) .. '"finishReason":"cancelled"' .. string.sub(terminal, at + #was)
+  end
+end
+for i = 15 + nj, #ARGV - 2, 2 do
   redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[14 + nj], ARGV[i], 'e', ARGV[i + 1])
 end
+redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[14 + nj], ARGV[#ARGV - 1], 'e', terminal)
 redis.call('EXPIRE', KEYS[1], ARGV[1])
-local run = {'status', ARGV[3], 'finishedAt', ARGV[2], 'finishReason', ARGV[4],
+local run = {'status', status, 'finishedAt', ARGV[2], 'finishReason', reason,
   'promptTokens', ARGV[5], 'completionTokens', ARGV[6]}
 if ARGV[7] ~= '' then run[11] = 'error'; run[12] = ARGV[7] end
 redis.call('HSET', KEYS[2], unpack(run))

@@ -1,0 +1,127 @@
+"""A cancel that lands while a run is running but before its worker can interrupt it (SPEC §12:
+once the cancel answered `{"cancelled": true}`, the run ends `cancelled`)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from regina.instances import InstanceStore
+from regina.redis_conn import connect
+from regina.runs.store import RunStore
+from regina.runs.stream import RunPublisher
+from tests.harness.fake_llm import FakeLLM, Reply
+from tests.harness.redis_server import RedisServer
+from tests.integration.test_fencing import Pair
+
+
+@pytest.fixture
+def running(redis_server: RedisServer) -> Iterator[tuple[InstanceStore, RunStore, str, str]]:
+    store = InstanceStore(connect(redis_server.url))
+    iid = f"openai-agent-{int(time.time() * 1e6):024x}"[-37:]
+    run_id = f"run-race-{iid[-12:]}"
+    rec = store.create(iid, "openai-agent", "nobody")
+    runs = RunStore(store.r)
+    assert runs.open(iid, run_id).kind == "ok"
+    assert runs.begin(iid, run_id, rec.epoch).kind == "run"
+    try:
+        yield store, runs, iid, run_id
+    finally:
+        store.delete(iid, "openai-agent")
+
+
+def _events(store: InstanceStore, run_id: str) -> list[dict[str, object]]:
+    return [json.loads(f["e"]) for _id, f in store.r.xrange(f"regina:run:{run_id}:events")]
+
+
+def test_a_run_flagged_for_cancel_ends_cancelled_not_finished(
+    running: tuple[InstanceStore, RunStore, str, str],
+) -> None:
+    store, runs, iid, run_id = running
+    assert runs.cancel(run_id) == (True, "running")  # the client heard {"cancelled": true}
+    epoch = store.get(iid).epoch  # type: ignore[union-attr]
+    publisher = RunPublisher(store.r, run_id, iid, 60, seq=0, buffered=True, epoch=epoch)
+    publisher.publish({"type": "text-delta", "text": "the whole answer"})
+    steered = publisher.finish_unless_steered(
+        {"type": "finish", "finishReason": "stop", "text": 'the whole "finishReason":"stop" answer'},
+        f"regina:inst:{iid}:steering",
+    )
+
+    assert steered == []
+    assert runs.info(run_id)["status"] == "cancelled"
+    assert runs.info(run_id)["finishReason"] == "cancelled"
+    last = _events(store, run_id)[-1]
+    assert last["type"] == "finish" and last["finishReason"] == "cancelled"
+    assert last["text"] == 'the whole "finishReason":"stop" answer'  # the answer's text as it was
+
+
+def test_a_run_not_flagged_finishes_as_it_says(running: tuple[InstanceStore, RunStore, str, str]) -> None:
+    store, runs, iid, run_id = running
+    epoch = store.get(iid).epoch  # type: ignore[union-attr]
+    RunPublisher(store.r, run_id, iid, 60, seq=0, epoch=epoch).publish(
+        {"type": "finish", "finishReason": "stop", "text": "done"}
+    )
+    assert runs.info(run_id)["status"] == "finished"
+    assert _events(store, run_id)[-1]["finishReason"] == "stop"
+    assert runs.cancel(run_id) == (False, "finished")
+
+
+def test_a_cancelled_run_leaves_waiting_steering_for_the_next_run(
+    running: tuple[InstanceStore, RunStore, str, str],
+) -> None:
+    store, runs, iid, run_id = running
+    steering = f"regina:inst:{iid}:steering"
+    store.r.rpush(steering, json.dumps({"message": "also this", "steerId": "s1"}))
+    assert runs.cancel(run_id) == (True, "running")
+    epoch = store.get(iid).epoch  # type: ignore[union-attr]
+    publisher = RunPublisher(store.r, run_id, iid, 60, seq=0, buffered=True, epoch=epoch)
+    steered = publisher.finish_unless_steered({"type": "finish", "finishReason": "stop", "text": "x"}, steering)
+
+    assert steered == []  # not taken into a run that is over
+    assert runs.info(run_id)["status"] == "cancelled"
+    assert store.r.llen(steering) == 1
+
+
+# -- the worker's side: a cancel announced while a step starts its run -------------------------
+
+
+@pytest.fixture
+def pair(
+    redis_server: RedisServer, fake_llm: FakeLLM, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Pair]:
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_llm.url + "/v1")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-openai")
+    p = Pair(redis_server.url, tmp_path)
+    yield p
+    p.storage.close()
+
+
+def test_a_cancel_heard_before_the_step_registers_its_run_stops_it_at_once(pair: Pair, fake_llm: FakeLLM) -> None:
+    """The announcement reached the worker after the run's begin read the cancel flag (not set
+    yet) and before its step registered the run for announcements: the step starts cancelled."""
+    host = pair.hosts["a"]
+    iid = pair.spawn()
+    run_id = pair.new_run(iid)
+    fake_llm.push(Reply(text="a slow answer", delay=5))
+
+    assert host.cancel_local(run_id) is False  # not running here yet: kept for the step
+    started = time.monotonic()
+    host.run_step(iid, run_id, "hello", stream=False)
+
+    assert time.monotonic() - started < 3  # not after the model's 5 s
+    last = pair.events(run_id)[-1]
+    assert last["type"] == "finish" and last["finishReason"] == "cancelled"
+    assert pair.r.hget(f"regina:run:{run_id}", "status") == "cancelled"
+    assert run_id not in host.steps.cancelled_early
+
+
+def test_cancels_of_runs_elsewhere_are_kept_within_a_bound(pair: Pair) -> None:
+    host = pair.hosts["a"]
+    for n in range(host.PREBEGUN_LIMIT + 10):
+        host.cancel_local(f"run-elsewhere-{n}")
+    assert len(host.steps.cancelled_early) <= host.PREBEGUN_LIMIT
+    assert "run-elsewhere-1009" in host.steps.cancelled_early
