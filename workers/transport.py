@@ -289,8 +289,12 @@ class Channel(_RedisChannel):  # type: ignore[misc]
     def _do_restore_message(
         self, payload: Any, exchange: Any, routing_key: Any, pipe: Any, leftmost: bool = False
     ) -> None:
-        super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)
-        if not exchange and isinstance(routing_key, str) and is_instance_queue(routing_key):
+        instance = not exchange and isinstance(routing_key, str) and is_instance_queue(routing_key)
+        # An instance's steps run in queue order: a step given back goes to the head of the line
+        # (the right-hand end: kombu takes from there), also from a requeueing reject, which
+        # kombu sends to the back (`leftmost`).
+        super()._do_restore_message(payload, exchange, routing_key, pipe, False if instance else leftmost)
+        if instance:
             notify_owner(pipe, routing_key)  # queued in the restore's MULTI
 
     # -- consuming ----------------------------------------------------------------------------

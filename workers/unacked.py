@@ -108,6 +108,15 @@ class QueueIndexedQoS(_RedisQoS):  # type: ignore[misc]
             return
         _VirtualQoS.ack(self, delivery_tag)
 
+    def restore_unacked(self, client: Any = None) -> None:
+        """kombu's restore of what this channel took (at shutdown), newest first: each step goes
+        back to the head of its queue, so the oldest ends up first again (kombu's, oldest first,
+        reversed them)."""
+        with self.channel.conn_or_acquire(client) as conn:
+            for tag in reversed(list(self._delivered)):
+                self.restore_by_tag(tag, client=conn)
+        self._delivered.clear()
+
     def restore_by_tag(self, tag: str, client: Any = None, leftmost: bool = False) -> None:
         """kombu's restore (at shutdown, on a requeueing reject), also leaving the queue's set."""
 
