@@ -33,6 +33,7 @@ from regina.outbound import Allowlist
 from regina.registry import AgentRegistry
 from regina.runs.context import InterrupterFactory, RunContext
 from regina.runs.store import Begun, RunStore, parse_begun
+from regina.runs.stream import RunPublisher
 from regina.runtime.session import Session
 from regina.runtime.sink import CANCELLED
 from regina.runtime.tools.process import warm_up
@@ -224,6 +225,25 @@ class InstanceHost:
                 self._checkpoint(act)
         finally:
             act.lock.release()
+
+    def end_failed(self, instance_id: str, run_id: str, error: str) -> None:
+        """End a run whose step failed with an `error` event, fenced by the epoch this member
+        holds the instance under: an owner that turned stale ends nothing of the new owner's run
+        (StaleEpoch), and a member the record does not name at all raises NotHere (the step goes
+        back to the owner's queue). An instance whose record is gone ends its run unfenced."""
+        act = self.active.get(instance_id)
+        epoch = act.epoch if act is not None else None
+        if epoch is None:
+            rec = self.store.get(instance_id)
+            if rec is not None:
+                if rec.member != self.member_id:
+                    raise NotHere(
+                        f"instance {instance_id} is held by {rec.member or 'no member'}, not {self.member_id}"
+                    )
+                epoch = rec.epoch
+        RunPublisher(self.r, run_id, instance_id, self.settings.run_retention, epoch=epoch).publish(
+            {"type": "error", "error": error}
+        )
 
     # -- the consumer's take of a step (workers/transport.py, `StepStarts`) -------------------
 

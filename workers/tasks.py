@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
+from typing import NoReturn
 
 from celery import Task
 from celery.exceptions import Reject
 
 from regina.errors import ReginaError, StaleEpoch
 from regina.host import NotHere
-from regina.runs.stream import RunPublisher
 from workers.celery_app import app
 from workers.context import context
 from workers.dispatcher import CHAT_TASK, COMMAND_TASK
@@ -30,25 +30,33 @@ def chat(instance_id: str, run_id: str, message: str | None, stream: bool = True
     try:
         ctx.host.run_step(instance_id, run_id, message, stream)
     except (NotHere, StaleEpoch) as exc:
-        # This member no longer holds the instance: give the step back for its real owner and
-        # stop consuming the instance's queue (the consumer loop does that, see workers/command_strategy.py).
-        log.warning("step %s for %s handed back: %s", run_id, instance_id, exc)
-        ctx.dispatcher.send_command(ctx.member_id, "release", {"instanceId": instance_id}, None)
-        raise Reject(str(exc), requeue=True) from exc
+        _hand_back(instance_id, run_id, exc)
     except Exception as exc:
         log.exception("step %s for %s failed", run_id, instance_id)
-        publish_step_error(instance_id, run_id, exc)
+        try:
+            publish_step_error(instance_id, run_id, exc)
+        except (NotHere, StaleEpoch) as moved:  # failed on an owner that is no longer one
+            _hand_back(instance_id, run_id, moved)
+
+
+def _hand_back(instance_id: str, run_id: str, exc: Exception) -> NoReturn:
+    """This member no longer holds the instance: give the step back for its real owner and stop
+    consuming the instance's queue (the consumer loop does that, see workers/command_strategy.py)."""
+    ctx = context()
+    log.warning("step %s for %s handed back: %s", run_id, instance_id, exc)
+    ctx.dispatcher.send_command(ctx.member_id, "release", {"instanceId": instance_id}, None)
+    raise Reject(str(exc), requeue=True) from exc
 
 
 def publish_step_error(instance_id: str, run_id: str, exc: BaseException) -> None:
-    """End the run with an error event: a Regina error's own message (it says what went wrong),
-    otherwise only the kind of error (its text may hold anything; the worker log has it)."""
-    ctx = context()
+    """End the run with an error event (fenced: `InstanceHost.end_failed`): a Regina error's own
+    message (it says what went wrong), otherwise only the kind of error (its text may hold
+    anything; the worker log has it)."""
     if isinstance(exc, ReginaError):
         error = exc.message
     else:
         error = f"internal error: {exc.__class__.__name__} (details in the worker log)"
-    RunPublisher(ctx.client, run_id, instance_id, ctx.settings.run_retention).publish({"type": "error", "error": error})
+    context().host.end_failed(instance_id, run_id, error)
 
 
 class CommandTask(Task):  # type: ignore[type-arg]

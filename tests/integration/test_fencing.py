@@ -23,7 +23,7 @@ from regina.backups import Backups
 from regina.config import Settings, StorageSettings
 from regina.errors import StaleEpoch
 from regina.factory_hooks import FactoryHooks
-from regina.host import InstanceHost
+from regina.host import InstanceHost, NotHere
 from regina.ids import new_instance_id, new_run_id
 from regina.instances import InstanceStore
 from regina.redis_conn import connect
@@ -431,3 +431,34 @@ def test_parking_an_idle_instance_frees_its_conversation_and_the_next_step_reads
     a.run_step(iid, pair.new_run(iid), "after parking", True)
     sent = [m["content"] for m in fake_llm.requests[-1].messages]
     assert sent[1:] == [m["content"] for m in history] + ["one more", "echo: one more", "after parking"]
+
+
+def test_a_stale_owner_cannot_end_the_new_owners_run_as_failed(pair: Pair) -> None:
+    # Given an instance that moved from a to b while a's step of a run was failing
+    a, b = pair.hosts["a"], pair.hosts["b"]
+    iid = pair.spawn()
+    run_id = pair.new_run(iid)
+    b.attach(iid, pair.move(iid, "b"))
+    pair.r.hset(keys.run_record(run_id), "status", "running")  # b runs it now
+
+    # When a reports its step's failure
+    with pytest.raises(StaleEpoch):
+        a.end_failed(iid, run_id, "internal error: ConnectionError (details in the worker log)")
+
+    # Then nothing of b's run changed
+    assert pair.r.hget(keys.run_record(run_id), "status") == "running"
+    assert pair.events(run_id) == []
+
+
+def test_a_failed_step_ends_its_run_with_an_error_where_it_is_owned(pair: Pair) -> None:
+    a, b = pair.hosts["a"], pair.hosts["b"]
+    iid = pair.spawn()
+    run_id = pair.new_run(iid)
+    a.end_failed(iid, run_id, "boom")
+    assert pair.r.hget(keys.run_record(run_id), "status") == "failed"
+    assert pair.events(run_id)[-1] == {"type": "error", "error": "boom", "seq": 1, "runId": run_id}
+    # and a member the record does not name hands the step back rather than report anything
+    other = pair.new_run(iid)
+    with pytest.raises(NotHere):
+        b.end_failed(iid, other, "boom")
+    assert pair.r.hget(keys.run_record(other), "status") == "queued"
