@@ -28,7 +28,7 @@ from regina.instances import LUA_TOUCH, LUA_TOUCH_EXISTING, InstanceRecord, reco
 from regina.redis_conn import script
 from regina.runs.cancel import announce
 from regina.runs.steering import decode_all, encode
-from regina.runs.stream import PendingRead
+from regina.runs.stream import RUNNING_TTL, PendingRead
 from regina.runtime.sink import Steer
 
 ENDED = frozenset({"finished", "failed", "cancelled"})
@@ -106,7 +106,10 @@ else
 end
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('ZADD', KEYS[3], ARGV[1], ARGV[4])
-if KEYS[6] then redis.call('SET', KEYS[6], ARGV[7] .. ' ' .. ARGV[4], 'EX', ARGV[8]) end
+if KEYS[6] then
+  redis.call('SET', KEYS[6], ARGV[7] .. ' ' .. ARGV[4], 'EX', ARGV[8])
+  redis.call('HSET', KEYS[2], 'keep', ARGV[8])  -- the run answers its key's retries: kept as long
+end
 if pushed == '1' then
   redis.call('LPUSH', KEYS[5], ARGV[12])
   redis.call('LPUSH', ARGV[13] .. member, KEYS[5])
@@ -195,8 +198,9 @@ _BEGIN = BEGIN_FN + "return begin(KEYS, ARGV)"
 # the one before it); a step tagged with the run's id (`tagged`, see `_OPEN`) goes into the queue's
 # tag set instead, where a dead owner's steps are also looked for (workers/unacked.py).
 _CANCEL = """
-local rec = redis.call('HMGET', KEYS[1], 'status', 'tagged')
+local rec = redis.call('HMGET', KEYS[1], 'status', 'tagged', 'keep')
 local st = rec[1]
+local keep = math.max(tonumber(ARGV[2]), tonumber(rec[3] or '0'))
 if not st then return {'missing'} end
 if st == 'finished' or st == 'failed' or st == 'cancelled' then return {'ended', st} end
 redis.call('HSET', KEYS[1], 'cancel', ARGV[1])
@@ -209,8 +213,8 @@ local seq = 1
 if #last > 0 then seq = tonumber(string.match(last[1][1], '%-(%d+)$')) + 1 end
 redis.call('XADD', KEYS[2], '0-' .. seq, 'e', ARGV[4] .. seq .. ARGV[5])
 redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finishedAt', ARGV[1], 'finishReason', 'cancelled')
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('EXPIRE', KEYS[1], keep)
+redis.call('EXPIRE', KEYS[2], keep)
 redis.call('ZREM', KEYS[3], ARGV[3])
 if rec[2] == '1' then redis.call('SADD', KEYS[4], ARGV[3]) end
 return {'cancelled', st}
@@ -320,7 +324,7 @@ class RunStore:
         args = [
             repr(redis_now(self.r)),  # createdAt and the idle timer's touch (regina/clock.py)
             instance_id,
-            str(self.retention),
+            str(self.retention + RUNNING_TTL),  # the record lives while the run may go on (its events too)
             run_id,
             when_busy,
             encode(steer) if steer else "",

@@ -60,7 +60,9 @@ for i = 14, 13 + nj, 1000 do
   redis.call('RPUSH', KEYS[5], unpack(ARGV, i, math.min(i + 999, 13 + nj)))
 end
 local status, reason = ARGV[3], ARGV[4]
-local cancelled = status == 'finished' and redis.call('HEXISTS', KEYS[2], 'cancel') == 1
+local flags = redis.call('HMGET', KEYS[2], 'cancel', 'keep')
+local keep = math.max(tonumber(ARGV[1]), tonumber(flags[2] or '0'))
+local cancelled = status == 'finished' and flags[1] ~= false
 if cancelled then status = 'cancelled'; reason = 'cancelled' end
 if ARGV[10] == '1' and not cancelled then
   local steered = redis.call('LRANGE', KEYS[6], 0, -1)
@@ -84,12 +86,12 @@ for i = 15 + nj, #ARGV - 2, 2 do
   redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[14 + nj], ARGV[i], 'e', ARGV[i + 1])
 end
 redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[14 + nj], ARGV[#ARGV - 1], 'e', terminal)
-redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], keep)
 local run = {'status', status, 'finishedAt', ARGV[2], 'finishReason', reason,
   'promptTokens', ARGV[5], 'completionTokens', ARGV[6]}
 if ARGV[7] ~= '' then run[11] = 'error'; run[12] = ARGV[7] end
 redis.call('HSET', KEYS[2], unpack(run))
-redis.call('EXPIRE', KEYS[2], ARGV[1])
+redis.call('EXPIRE', KEYS[2], keep)
 if inst[1] then  -- every instance record has an epoch: none means no record (never create one)
   local fields = {'lastActive', ARGV[2],
     'promptTokens', string.format('%d', tonumber(inst[2] or '0') + tonumber(ARGV[5])),
