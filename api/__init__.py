@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 from flask import Flask, Response, g, request
 from flask.json.provider import DefaultJSONProvider
+from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.sansio.response import Response as BaseResponse
 
 from api import agents, chat, health, instances, openapi, runs
@@ -18,6 +19,18 @@ from api.services import Services, build_services
 from regina.config import Settings, process_settings
 from regina.metrics import HTTP_REQUESTS, HTTP_SECONDS
 from regina.secrets import add_secret, install_log_redaction
+
+
+def _read_body(limit: int) -> None:
+    """Read the body now: 413 past `limit` (Werkzeug raises it for a Content-Length; a chunked
+    body it only cuts at the limit, so look for one byte more)."""
+    body = request.get_data(cache=True)
+    if request.content_length is None and len(body) >= limit and request.environ["wsgi.input"].read(1):
+        raise RequestEntityTooLarge()
+
+
+#: Methods counted by name in the request metrics (others as "other").
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class _JSONProvider(DefaultJSONProvider):
@@ -62,7 +75,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     settings = settings or process_settings()
     add_secret(settings.auth_token)
     app = ReginaFlask("regina")
-    app.config["MAX_CONTENT_LENGTH"] = settings.limits.max_body_bytes
+    limit = app.config["MAX_CONTENT_LENGTH"] = settings.limits.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["regina"] = services or build_services(settings)
     register_error_handlers(app)
@@ -76,7 +89,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         also those that ignore it."""
         g.regina_started = time.perf_counter()
         if request.method != "GET":
-            request.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH
+            _read_body(limit)
 
     #: (route, method, status) -> the request counter's and the latency histogram's children
     #: (`labels` validates and locks on every call).
@@ -86,7 +99,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     def _count(response: Response) -> Response:
         rule = request.url_rule
         endpoint = rule.rule if rule is not None else "unknown"
-        method, status = request.method, response.status_code
+        method = request.method if request.method in _METHODS else "other"  # not a series per token
+        status = response.status_code
         children = counted.get((endpoint, method, status))
         if children is None:
             children = counted[endpoint, method, status] = (

@@ -28,7 +28,12 @@ def json_body(required: bool = True) -> Any:
             raise BadRequest('request body must be JSON, e.g. {"message": "hello"}')
         return {}
     try:
-        data = json.loads(raw)
+        # Strictly: json.loads of bytes lets UTF-8-encoded surrogates through (surrogatepass).
+        text = raw.decode(json.detect_encoding(raw))
+    except UnicodeDecodeError:
+        raise BadRequest("request body is not valid UTF-8 (JSON text must be valid Unicode)") from None
+    try:
+        data = json.loads(text)
     except RecursionError:
         raise BadRequest("request body is JSON nested too deeply") from None
     except ValueError:

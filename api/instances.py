@@ -26,7 +26,7 @@ def fleet() -> Response:
     `limit` (default 100, at most 1000), the next page's `cursor` in the `X-Next-Cursor` header."""
     args = request.args
     raw_limit = args.get("limit", "100")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
+    if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= MAX_LIMIT:
         raise BadRequest(f"query parameter 'limit' must be an integer from 1 to {MAX_LIMIT}, got {raw_limit!r}")
     status = args.get("status")
     if status is not None and status not in STATUSES:

@@ -62,8 +62,8 @@ def stream_run(run_id: str, after: int, batches: Iterator[list[dict[str, Any]]] 
 def run_events(run_id: str) -> Response:
     """Re-attach to a run: every event after `?after=<seq>` (default: from the start)."""
     raw = request.args.get("after", "0")
-    if not raw.isdigit():
-        raise BadRequest(f"query parameter 'after' must be a non-negative integer, got {raw!r}")
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
+        raise BadRequest(f"query parameter 'after' must be an integer from 0 to 10^18, got {raw!r}")
     return stream_run(run_id, int(raw))
 
 

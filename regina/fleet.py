@@ -13,6 +13,7 @@ of the fleet's instances the member runs.
 from __future__ import annotations
 
 import base64
+import math
 from typing import Any, cast
 
 import redis
@@ -36,6 +37,8 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         score, instance_id = raw.split("|", 1)
+        if not math.isfinite(float(score)):
+            raise ValueError(score)
         return float(score), instance_id
     except (ValueError, UnicodeDecodeError):
         raise BadRequest("query parameter 'cursor' is not a cursor this API returned") from None

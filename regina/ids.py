@@ -23,6 +23,15 @@ def is_valid_instance_id(value: str) -> bool:
 RUN_PREFIX = "run-"
 
 
+_RUN_RE = re.compile(r"^run-[A-Za-z0-9_-]{1,64}$")
+
+
+def is_valid_run_id(value: str) -> bool:
+    """True when `value` can be a run id: no ':' (a run's other keys, `regina:run:<id>:events`,
+    must not be read as its record) and not absurdly long."""
+    return bool(_RUN_RE.match(value))
+
+
 def new_run_id() -> str:
     """A run id: `run-<96 random bits>`."""
     return f"{RUN_PREFIX}{secrets.token_hex(12)}"

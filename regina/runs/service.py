@@ -18,8 +18,8 @@ from regina.errors import Busy, Conflict, NotFound, ReginaError, StillRunning, T
 from regina.metrics import RUNS_STARTED, STEERS
 from regina.runs.record import public
 from regina.runs.steering import new_steer
-from regina.runs.store import Idempotency, Opened, RunStore, WhenBusy
-from regina.runs.stream import TERMINAL, PendingRead, RunPublisher, read_event_batches
+from regina.runs.store import ENDED, Idempotency, Opened, RunStore, WhenBusy
+from regina.runs.stream import TERMINAL, PendingRead, RunPublisher, read_event_batches, read_events_after
 
 if TYPE_CHECKING:
     from regina.lifecycle import Coordinator
@@ -203,11 +203,25 @@ class RunService:
         return (event for batch in self.follow_batches(run_id, after) for event in batch)
 
     def follow_batches(self, run_id: str, after: int = 0) -> Iterator[list[dict[str, Any]]]:
-        """`follow`, the events that arrived together at a time (`follow_known_batches`)."""
-        info = self.store.info(run_id)
+        """`follow`, the events that arrived together at a time (`follow_known_batches`); of a
+        run that has ended, the events after `after` at once (nothing more can come: no wait,
+        and its instance is not woken for it)."""
+        info = self._info(run_id)
+        if info.get("status") in ENDED:
+            return self._ended_batches(run_id, after)
+        return self.follow_known_batches(run_id, info["instanceId"], after, keep_following=True)
+
+    def _info(self, run_id: str) -> dict[str, str]:
+        """The run's record, or 404 (also for an id no run can have)."""
+        info = self.store.info(run_id) if ids.is_valid_run_id(run_id) else {}
         if not info:
             raise NotFound(f"run {run_id!r} not found (unknown or expired)")
-        return self.follow_known_batches(run_id, info["instanceId"], after, keep_following=True)
+        return info
+
+    def _ended_batches(self, run_id: str, after: int) -> Iterator[list[dict[str, Any]]]:
+        events = read_events_after(self.r, run_id, after)
+        if events:
+            yield events
 
     def follow_known(
         self,
@@ -327,6 +341,8 @@ class RunService:
 
     def cancel(self, run_id: str) -> tuple[bool, str]:
         """(True, status) when the run was stopped; (False, final status) when it had ended."""
+        if not ids.is_valid_run_id(run_id):
+            raise NotFound(f"run {run_id!r} not found (unknown or expired)")
         try:
             return self.store.cancel(run_id)
         except KeyError:
@@ -334,7 +350,4 @@ class RunService:
 
     def show(self, run_id: str) -> dict[str, Any]:
         """The run's SPEC §12 record."""
-        info = self.store.info(run_id)
-        if not info:
-            raise NotFound(f"run {run_id!r} not found (unknown or expired)")
-        return public(run_id, info)
+        return public(run_id, self._info(run_id))

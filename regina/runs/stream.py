@@ -404,6 +404,12 @@ def read_events(
             yield from batch
 
 
+def read_events_after(client: redis.Redis, run_id: str, after: int) -> list[dict[str, Any]]:
+    """The run's stored events after seq `after`, without waiting."""
+    entries = cast(list[tuple[str, dict[str, str]]], client.xrange(keys.run_events(run_id), min=f"0-{after + 1}"))
+    return [cast(dict[str, Any], json.loads(fields["e"])) for _entry_id, fields in entries]
+
+
 def read_event_batches(
     client: redis.Redis,
     run_id: str,

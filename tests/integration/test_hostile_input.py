@@ -83,3 +83,89 @@ def test_a_stream_that_breaks_on_an_unexpected_error_still_ends_with_an_error_li
                 r.xadd(f"regina:run:{run_id}:events", {"e": "{not json"}, id="0-999999")
     assert lines[-1]["type"] == "error", lines
     assert "internal error" in str(lines[-1]["error"])
+
+
+# -- found by a review of the API's input handling ---------------------------------------------
+
+
+def _finished_run(api: httpx.Client) -> tuple[str, str]:
+    iid = spawn(api)
+    resp = api.post(f"/instances/{iid}/chat", json={"message": "hi"})
+    assert resp.status_code == 200, resp.text
+    return iid, resp.headers["X-Run-Id"]
+
+
+def test_a_run_id_naming_another_key_is_404(api: httpx.Client, cluster: Cluster) -> None:
+    _iid, run_id = _finished_run(api)
+    for method, path in (
+        ("GET", f"/runs/{run_id}:events"),
+        ("GET", f"/runs/{run_id}:events/events"),
+        ("POST", f"/runs/{run_id}:events/cancel"),
+        ("GET", f"/runs/{run_id}:steered"),
+    ):
+        resp = api.request(method, path)
+        assert resp.status_code == 404, (path, resp.text)
+        assert "not found" in resp.json()["error"]
+    assert redis.Redis.from_url(cluster.redis_url).type(f"regina:run:{run_id}:events") == b"stream"
+
+
+@pytest.mark.parametrize("query", ["after=²", "after=٣", "after=99999999999999999999999", "after=-1"])
+def test_an_after_that_is_not_a_small_ascii_number_is_400(api: httpx.Client, query: str) -> None:
+    _iid, run_id = _finished_run(api)
+    resp = api.get(f"/runs/{run_id}/events?{query}")
+    assert resp.status_code == 400, resp.text
+    assert "after" in resp.json()["error"]
+
+
+@pytest.mark.parametrize("query", ["limit=²", "cursor=bmFufHg", "cursor=aW5mfHg"])  # nan|x, inf|x
+def test_fleet_paging_parameters_that_are_not_numbers_are_400(api: httpx.Client, query: str) -> None:
+    resp = api.get(f"/instances?{query}")
+    assert resp.status_code == 400, resp.text
+    assert query.split("=")[0] in resp.json()["error"]
+
+
+def test_reattaching_past_a_finished_runs_end_answers_at_once_and_wakes_nothing(api: httpx.Client) -> None:
+    iid, run_id = _finished_run(api)
+    events = [json.loads(line) for line in api.get(f"/runs/{run_id}/events").text.splitlines()]
+    last = events[-1]["seq"]
+    assert api.post(f"/instances/{iid}/suspend").status_code in (200, 204)
+    for after in (last, last + 50):
+        resp = api.get(f"/runs/{run_id}/events?after={after}", timeout=10)
+        assert resp.status_code == 200 and resp.text == "", resp.text
+    assert api.get(f"/runs/{run_id}/events?after={last - 1}").text.splitlines() == [
+        json.dumps(events[-1], separators=(",", ":"))
+    ]
+    assert api.get(f"/instances/{iid}").json()["status"] == "suspended"
+
+
+@pytest.mark.parametrize("path", ["chat", "chat/stream", "steer"])
+def test_a_raw_utf8_surrogate_in_a_body_is_400(api: httpx.Client, path: str) -> None:
+    iid = spawn(api)
+    body = b'{"message": "hi \xed\xa0\x80 there"}'
+    resp = api.post(f"/instances/{iid}/{path}", content=body, headers={"content-type": "application/json"})
+    assert resp.status_code == 400, resp.text
+    assert "UTF-8" in resp.json()["error"]
+    assert api.post(f"/instances/{iid}/chat", json={"message": "still fine"}).json()["text"] == "echo: still fine"
+
+
+def test_a_chunked_body_over_the_limit_is_413_and_creates_nothing(api: httpx.Client, cluster: Cluster) -> None:
+    r = redis.Redis.from_url(cluster.redis_url)
+    before = r.zcard("regina:instances")
+
+    def chunks() -> object:
+        for _ in range(30):
+            yield b" " * 100_000
+
+    resp = api.post("/agents/openai-agent/instances", content=chunks())  # type: ignore[arg-type]
+    assert resp.status_code == 413, resp.text
+    assert "too large" in resp.json()["error"]
+    assert r.zcard("regina:instances") == before
+    iid = spawn(api)
+    small = api.post(f"/instances/{iid}/steer", content=iter([b'{"message": ', b'"chunked"}']))  # type: ignore[arg-type]
+    assert small.status_code == 200, small.text
+
+
+def test_unknown_http_methods_do_not_grow_the_metrics(api: httpx.Client) -> None:
+    for n in range(5):
+        api.request(f"ZZ{n:05d}", "/healthz")
+    assert "ZZ0000" not in api.get("/metrics").text
