@@ -137,25 +137,36 @@ class RunService:
         # served; a delegated run's depth must be on its record before any worker can start it.
         dispatcher = self.coord.dispatcher
         step = "" if depth else dispatcher.step_message(instance_id, run_id, message, stream) or ""
+        claim = self._idem(route, instance_id, idem)
         opened = self.store.open(
             instance_id,
             run_id,
             when_busy,
             steer,
-            self._idem(route, instance_id, idem),
+            claim,
             step,
             read_events=FOLLOW_BLOCK_MS if read_events else None,
         )
         try:
-            return self._started(opened, instance_id, run_id, message, stream, depth), opened.pending
+            return self._started(opened, instance_id, run_id, message, stream, depth, claim), opened.pending
         except BaseException:
             if opened.pending is not None:
                 opened.pending.discard()
             raise
 
-    def _started(self, opened: Opened, instance_id: str, run_id: str, message: str, stream: bool, depth: int) -> str:
+    def _started(
+        self,
+        opened: Opened,
+        instance_id: str,
+        run_id: str,
+        message: str,
+        stream: bool,
+        depth: int,
+        claim: Idempotency | None = None,
+    ) -> str:
         """What `open` answered, acted on: the run id, or the error; an `ok` open's step is
-        queued here unless the open pushed it."""
+        queued here unless the open pushed it (if it cannot be, the run ends with the error and
+        the Idempotency-Key `claim` is let go: a retry does the work)."""
         dispatcher = self.coord.dispatcher
         route = "chat-stream" if stream else "chat"
         if opened.kind == "missing":
@@ -193,6 +204,8 @@ class RunService:
             # The run was recorded but never queued: end it, so it does not look busy for ever.
             publisher = RunPublisher(self.r, run_id, instance_id, self.settings.run_retention, seq=0)
             publisher.publish({"type": "error", "error": exc.message})
+            if claim is not None:
+                self.store.release_claim(claim, run_id)
             raise
         RUNS_STARTED.labels("stream" if stream else "sync").inc()
         return run_id

@@ -221,6 +221,14 @@ return {'cancelled', st}
 """
 
 
+# KEYS: idempotency key. ARGV: the value that names the run. Deletes the key only if it still
+# names that run.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
 @dataclass(frozen=True)
 class Opened:
     """What `open` did: `ok` (a new run), `dup` (an Idempotency-Key retry: `run_id` is the
@@ -296,6 +304,7 @@ class RunStore:
         self._begin = script(client, _BEGIN)
         self._take = script(client, _TAKE)
         self._cancel = script(client, _CANCEL)
+        self._release = script(client, _RELEASE)
 
     def open(
         self,
@@ -437,6 +446,11 @@ class RunStore:
         if flat[0] == "cancelled" and flat[1] != "queued":
             return True, flat[1]
         return flat[0] == "cancelled", flat[1] if flat[0] == "ended" else "cancelled"
+
+    def release_claim(self, claim: Idempotency, run_id: str) -> None:
+        """Forget an Idempotency-Key claim that names `run_id` (the run did no work), so the
+        key's retry opens a run of its own."""
+        self._release(keys=[claim.key], args=[f"{claim.body_hash} {run_id}"])
 
     def info(self, run_id: str) -> dict[str, str]:
         """The raw run record ({} when unknown or expired)."""

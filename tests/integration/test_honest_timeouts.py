@@ -70,3 +70,27 @@ def test_a_sync_chat_longer_than_the_request_timeout_is_accepted_and_its_run_fol
         wait_until(lambda: not r.exists(f"regina:member:{worker.member_id}"), 10, what="the member key to expire")
         late = api.post(f"/instances/{iid}/chat", json={"message": "nobody serves"})
         assert late.status_code == 503, late.text
+
+
+def test_a_chat_that_could_not_be_queued_does_not_hold_its_idempotency_key(
+    make_cluster: Callable[..., Cluster], fake_llm: FakeLLM
+) -> None:
+    """The retry of a chat answered 503 (no worker to serve it) runs the chat once a worker is
+    back: its Idempotency-Key did no work, so it names no run to answer again."""
+    c = make_cluster(REGINA_LIMITS__REQUEST_TIMEOUT="4", REGINA_LIMITS__PLACEMENT_WAIT="1")
+    worker = c.start_worker()
+    web = c.start_web()
+    with httpx.Client(base_url=web.url, timeout=60) as api:
+        iid = spawn(api)
+        worker.kill()
+        r = redis.Redis.from_url(c.redis_url)
+        wait_until(lambda: not r.exists(f"regina:member:{worker.member_id}"), 10, what="the member key to expire")
+        headers = {"Idempotency-Key": "once-nobody-served"}
+        first = api.post(f"/instances/{iid}/chat", json={"message": "hello"}, headers=headers)
+        assert first.status_code == 503, first.text
+        c.start_worker()
+        retry = api.post(f"/instances/{iid}/chat", json={"message": "hello"}, headers=headers)
+        assert retry.status_code == 200, retry.text
+        assert retry.json()["text"] == "echo: hello" and retry.json()["finishReason"] == "stop"
+        again = api.post(f"/instances/{iid}/chat", json={"message": "hello"}, headers=headers)
+        assert again.json()["runId"] == retry.json()["runId"]  # from now on, this run answers it
