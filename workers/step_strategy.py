@@ -52,13 +52,22 @@ class TaskEvents:
         )
         self._noted: list[tuple[str, float, dict[str, Any]]] = []
         self._flusher = gevent.spawn(self._flush_loop)
+        self._full: gevent.Greenlet | None = None
 
     def send(self, type_: str, **fields: Any) -> None:
-        """Note one event (timestamped now); the flush loop publishes it, or this call when the
-        batch is full."""
+        """Note one event (timestamped now); the flush loop publishes it, or a greenlet of its own
+        when the batch is full. Never this call: a step's greenlet sends `task-started` before
+        it takes its turn on its instance, and a publish there would let the instance's next
+        step take the turn first."""
         self._noted.append((type_, time.time(), fields))
-        if len(self._noted) >= EVENT_BATCH_LIMIT:
+        if len(self._noted) >= EVENT_BATCH_LIMIT and self._full is None:
+            self._full = gevent.spawn(self._flush_full)
+
+    def _flush_full(self) -> None:
+        try:
             self.flush()
+        finally:
+            self._full = None
 
     def flush(self) -> None:
         """Publish what is noted now (the flush loop does this every EVENT_FLUSH_INTERVAL)."""
