@@ -192,7 +192,8 @@ end
 )
 _BEGIN = BEGIN_FN + "return begin(KEYS, ARGV)"
 
-# KEYS: run record, run events, instance runs, the instance queue's unacked tags. ARGV: now,
+# KEYS: run record, run events, instance runs, the instance queue's unacked tags, instance
+# record (a deleted instance's queue gets no tag set: nothing would ever remove it). ARGV: now,
 # retention, runId, event JSON head (up to "seq":), event JSON tail (after the seq number). A
 # queued run leaves the instance's open runs here while its step may already be taken (waiting for
 # the one before it); a step tagged with the run's id (`tagged`, see `_OPEN`) goes into the queue's
@@ -216,7 +217,7 @@ redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finishedAt', ARGV[1], 'finis
 redis.call('EXPIRE', KEYS[1], keep)
 redis.call('EXPIRE', KEYS[2], keep)
 redis.call('ZREM', KEYS[3], ARGV[3])
-if rec[2] == '1' then redis.call('SADD', KEYS[4], ARGV[3]) end
+if rec[2] == '1' and redis.call('EXISTS', KEYS[5]) == 1 then redis.call('SADD', KEYS[4], ARGV[3]) end
 return {'cancelled', st}
 """
 
@@ -437,6 +438,7 @@ class RunStore:
                     keys.run_events(run_id),
                     keys.instance_runs(instance_id),
                     keys.unacked_of(keys.instance_queue(instance_id)),
+                    keys.instance_record(instance_id),
                 ],
                 args=[repr(time.time()), str(self.retention), run_id, head, tail, keys.CANCEL_CHANNEL],
             ),

@@ -181,3 +181,16 @@ def test_a_queued_run_cancelled_with_an_idempotency_key_is_kept_as_long_as_the_k
         assert store.r.ttl("regina:run:run-ttl-cancel:events") > 500
     finally:
         store.r.delete(idem.key)
+
+
+def test_cancelling_a_queued_run_of_a_deleted_instance_leaves_no_key(redis_server: RedisServer) -> None:
+    store = InstanceStore(connect(redis_server.url))
+    iid = f"openai-agent-{int(time.time() * 1e6):024x}"[-37:]
+    store.create(iid, "openai-agent", "nobody")
+    runs = RunStore(store.r)
+    assert runs.open(iid, "run-of-a-deleted-one").kind == "ok"
+    store.r.hset("regina:run:run-of-a-deleted-one", "tagged", "1")  # its step was pushed by the open
+    store.delete(iid, "openai-agent")
+
+    assert runs.cancel("run-of-a-deleted-one")[0] is True
+    assert not store.r.exists(f"regina:unacked:regina.i.{iid}")
