@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable
 from typing import Any, cast
@@ -44,6 +45,12 @@ def mismatch(route: str) -> Unprocessable:
     return Unprocessable(f"Idempotency-Key was already used on this {route} with a different request body")
 
 
+def pending_ttl(wait_seconds: float) -> int:
+    """Seconds a claim lives while its work runs: three times as long as a duplicate waits for
+    it (the work's own bound), at least a minute."""
+    return max(60, math.ceil(wait_seconds * 3))
+
+
 def once(
     client: redis.Redis,
     key: str,
@@ -53,9 +60,11 @@ def once(
     route: str = "route",
 ) -> dict[str, Any]:
     """Do `work` once per key: the first caller runs it and stores its JSON answer; a duplicate
-    gets that answer (waiting while it is pending). A failed first attempt frees the key."""
+    gets that answer (waiting while it is pending). A failed first attempt frees the key; one
+    that never ends (its process killed) leaves a pending claim that expires after
+    `pending_ttl(wait_seconds)`, not after the key's 24 h."""
     claim = json.dumps({"h": digest, "state": PENDING})
-    if client.set(key, claim, nx=True, ex=TTL):
+    if client.set(key, claim, nx=True, ex=pending_ttl(wait_seconds)):
         try:
             answer = work()
         except BaseException:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from regina import keys
+from regina import idempotency, keys
 from regina.journal import Journal, JournalVFS
 from regina.redis_conn import connect
 from regina.vfs.memory import MemoryVFS
@@ -51,4 +51,20 @@ def test_entries_the_backup_covers_are_skipped(redis_server: RedisServer) -> Non
         assert last == 2
     finally:
         client.delete(keys.journal(iid))
+        client.close()
+
+
+def test_a_pending_idempotency_claim_expires_long_before_the_key(redis_server: RedisServer) -> None:
+    """A spawn whose web process dies mid-way (its claim never answered nor freed) blocks the
+    key's retries for the claim's pending time, not for the key's 24 h."""
+    client = connect(redis_server.url, concurrency=1)
+    key = f"regina:idem:test:{uuid.uuid4().hex}"
+    seen: list[int] = []
+    try:
+        answer = idempotency.once(client, key, "digest", lambda: seen.append(client.ttl(key)) or {"ok": 1}, 20)
+        assert answer == {"ok": 1}
+        assert 0 < seen[0] <= idempotency.pending_ttl(20) == 60
+        assert client.ttl(key) > idempotency.TTL - 60  # answered: kept the whole 24 h
+    finally:
+        client.delete(key)
         client.close()
