@@ -37,7 +37,7 @@ from regina.runtime.tools.process import resident_bytes
 from workers import amqp
 from workers.context import context, current, init_context
 from workers.step_strategy import flush_task_events
-from workers.transport import configure_worker
+from workers.transport import configure_worker, rekick
 
 log = logging.getLogger("regina.worker")
 
@@ -144,7 +144,16 @@ def _heartbeat_loop(membership: Membership) -> None:
         if _state["stopping"]:
             break  # leaving: placement must not see this member again
         try:
-            membership.renew(len(ctx.host.active))
+            if membership.renew(len(ctx.host.active)) and not isinstance(ctx.dispatcher, amqp.AmqpDispatcher):
+                queues = [keys.instance_queue(iid) for iid in list(ctx.host.active)]
+                put_back = rekick(ctx.client, keys.member_ready(ctx.member_id), queues)
+                log.warning(
+                    "member %s was taken for dead and is back: %d waiting step(s) of its %d instance(s) "
+                    "put back on its ready list",
+                    ctx.member_id,
+                    put_back,
+                    len(queues),
+                )
             _queue_gauges(ctx)
             # Instances that moved while this worker was cut off or paused: let go of them now.
             for iid, epoch in ctx.host.stale_instances():

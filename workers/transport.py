@@ -168,6 +168,15 @@ class StepStarts(Protocol):
 #: Steps taken at most per BRPOP of the ready list (each take pops the next name).
 _CHAIN = 16
 
+
+def rekick(client: Any, ready_key: str, queues: list[str]) -> int:
+    """Push one ready entry per step waiting on each of `queues` (`_KICK`): after the member's
+    ready list was deleted while it was taken for dead, its steps would otherwise wait for
+    later publishes. An entry too many only makes a take that finds nothing."""
+    kick = client.register_script(_KICK)
+    return sum(int(kick(keys=[queue, ready_key])) for queue in queues)
+
+
 #: Set by the worker at start-up (workers/context.py); None: every step starts on its own.
 _step_starts: StepStarts | None = None
 

@@ -27,8 +27,10 @@ class Membership:
         pipe.set(keys.member_instances(self.member_id), instance_count, px=self.ttl_ms)
         pipe.execute()
 
-    def renew(self, instance_count: int) -> None:
-        """Refresh the TTLs; re-register if the keys had expired meanwhile.
+    def renew(self, instance_count: int) -> bool:
+        """Refresh the TTLs; re-register if the keys had expired meanwhile. True when the member
+        was not in the members set any more: the orphan sweep took it for dead (its key had
+        lapsed) and deleted its ready list, whose entries the caller must put back.
 
         The count is set only when its key is gone: between renewals it moves by increments
         (`InstanceHost._count`), which commute, while an absolute count read here before an attach
@@ -43,12 +45,14 @@ class Membership:
         pipe.set(counter, instance_count, px=self.ttl_ms, nx=True)
         pipe.pexpire(counter, self.ttl_ms)
         pipe.get(counter)
-        stored = int(pipe.execute()[-1] or 0)
+        replies = pipe.execute()
+        stored = int(replies[-1] or 0)
         seen = (instance_count, stored) if stored != instance_count else None
         if seen is not None and seen == self._differs:
             self.r.set(counter, instance_count, px=self.ttl_ms)
             seen = None
         self._differs = seen
+        return bool(replies[0])
 
     def leave_placement(self) -> None:
         """Stop being chosen for new instances (shutdown begins) while still owning ours."""

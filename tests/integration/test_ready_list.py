@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import redis
 
+from tests.harness.fake_llm import FakeLLM, Reply
 from tests.harness.processes import Cluster
 from tests.harness.waiting import wait_until
 
@@ -162,3 +163,31 @@ def test_steps_waiting_on_the_ready_list_follow_one_another_without_a_brpop_each
     pool.shutdown()
     api.close()
     r.close()
+
+
+def test_steps_waiting_when_a_live_members_ready_list_was_pruned_still_run(
+    make_cluster: Callable[..., Cluster], fake_llm: FakeLLM
+) -> None:
+    """A member taken for dead (its key lapsed: a pause past memberTtl) loses its ready list to
+    the orphan sweep; if it comes back still holding its instances, the steps that wait on their
+    queues are put back on its list at its next renewal, not left for later publishes."""
+    c = make_cluster(REGINA_MEMBER_HEARTBEAT="0.5", REGINA_LIMITS__REQUEST_TIMEOUT="10", REGINA_CONCURRENCY="1").start(
+        workers=1
+    )
+    worker = c.workers[0]
+    r = redis.Redis.from_url(c.redis_url, decode_responses=True)
+    with httpx.Client(base_url=c.web.url, timeout=60) as api, cf.ThreadPoolExecutor(2) as pool:
+        iid = api.post("/agents/openai-agent/instances", json={}).json()["instanceId"]
+        fake_llm.push_for("first, slowly", Reply(text="first done", delay=2))
+        first = pool.submit(api.post, f"/instances/{iid}/chat", json={"message": "first, slowly"})
+        wait_until(lambda: any(q.last_user_text == "first, slowly" for q in fake_llm.requests), 10)
+        # Its one slot busy, the worker takes nothing more: the next step's entry waits.
+        second = pool.submit(api.post, f"/instances/{iid}/chat", json={"message": "second"})
+        ready = f"regina:ready:{worker.member_id}"
+        wait_until(lambda: r.llen(ready) == 1, 10, what="the second step on the ready list")
+        # What the orphan sweep does to a member whose key had lapsed:
+        r.srem("regina:members", worker.member_id)
+        r.delete(ready)
+        assert first.result().json()["text"] == "first done"
+        answer = second.result()
+        assert answer.status_code == 200 and answer.json()["text"] == "echo: second", answer.text
