@@ -263,6 +263,9 @@ class Coordinator:
     def delete(self, instance_id: str) -> None:
         """Tear down queue, VFS, backup and keys."""
         rec = self.get(instance_id)
+        # Its runs can no longer run: they end cancelled now (a running one is interrupted, so
+        # its owner's delete below does not wait for the model).
+        self.runs.store.end_all(instance_id)
         if rec.member and is_alive(self.r, rec.member):
             try:
                 self.command(rec.member, "delete", {"instanceId": instance_id, "epoch": rec.epoch})

@@ -222,6 +222,35 @@ return {'cancelled', st}
 """
 
 
+# KEYS: instance runs. ARGV: now, retention, run record prefix, cancel channel. Ends every run
+# of the instance not ended yet with a `cancelled` finish (the instance is being deleted: none
+# of them can run any more), announces the running ones to their worker, empties the set.
+# Returns how many it ended.
+_END_ALL = """
+local ended = 0
+for _, run_id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local rec = ARGV[3] .. run_id
+  local st = redis.call('HGET', rec, 'status')
+  if st == 'queued' or st == 'running' then
+    local events = rec .. ':events'
+    local last = redis.call('XREVRANGE', events, '+', '-', 'COUNT', 1)
+    local seq = 1
+    if #last > 0 then seq = tonumber(string.match(last[1][1], '%-(%d+)$')) + 1 end
+    redis.call('XADD', events, '0-' .. seq, 'e', '{"type":"finish","finishReason":"cancelled","text":"",'
+      .. '"usage":{"promptTokens":0,"completionTokens":0},"seq":' .. seq .. ',"runId":"' .. run_id .. '"}')
+    redis.call('HSET', rec, 'status', 'cancelled', 'finishedAt', ARGV[1], 'finishReason', 'cancelled',
+      'cancel', ARGV[1])
+    local keep = math.max(tonumber(ARGV[2]), tonumber(redis.call('HGET', rec, 'keep') or '0'))
+    redis.call('EXPIRE', rec, keep)
+    redis.call('EXPIRE', events, keep)
+    if st == 'running' then redis.call('PUBLISH', ARGV[4], run_id) end
+    ended = ended + 1
+  end
+end
+redis.call('DEL', KEYS[1])
+return ended
+"""
+
 # KEYS: idempotency key. ARGV: the value that names the run. Deletes the key only if it still
 # names that run.
 _RELEASE = """
@@ -306,6 +335,7 @@ class RunStore:
         self._take = script(client, _TAKE)
         self._cancel = script(client, _CANCEL)
         self._release = script(client, _RELEASE)
+        self._end_all = script(client, _END_ALL)
 
     def open(
         self,
@@ -415,6 +445,16 @@ class RunStore:
         """Take the waiting steering messages for a running run (kept in its journal)."""
         taken = self._take(keys=[keys.steering(instance_id), keys.run_steered(run_id)], args=[str(self.retention)])
         return decode_all(cast(list[str], taken))
+
+    def end_all(self, instance_id: str) -> int:
+        """End every run of the instance not ended yet, `cancelled` (its delete: they can no
+        longer run, and their followers and `GET /runs/<id>` should say so); how many."""
+        return int(
+            self._end_all(
+                keys=[keys.instance_runs(instance_id)],
+                args=[repr(redis_now(self.r)), str(self.retention), keys.RUN_PREFIX, keys.CANCEL_CHANNEL],
+            )
+        )
 
     def cancel(self, run_id: str) -> tuple[bool, str]:
         """Cancel a run: (True, status before) or (False, its final status); KeyError if unknown.

@@ -194,3 +194,43 @@ def test_cancelling_a_queued_run_of_a_deleted_instance_leaves_no_key(redis_serve
 
     assert runs.cancel("run-of-a-deleted-one")[0] is True
     assert not store.r.exists(f"regina:unacked:regina.i.{iid}")
+
+
+def test_the_runs_of_a_deleted_instance_end_cancelled(instance: tuple[InstanceStore, str]) -> None:
+    store, iid = instance
+    runs = RunStore(store.r, retention=60)
+    rec = store.get(iid)
+    assert rec is not None
+    assert runs.open(iid, "run-del-running").kind == "ok"
+    assert runs.begin(iid, "run-del-running", rec.epoch).kind == "run"
+    RunPublisher(store.r, "run-del-running", iid, 60, seq=0, epoch=rec.epoch).publish(
+        {"type": "text-delta", "text": "x"}
+    )
+    assert runs.open(iid, "run-del-queued").kind == "ok"
+
+    assert runs.end_all(iid) == 2
+
+    for run_id, seq in (("run-del-running", 2), ("run-del-queued", 1)):
+        assert runs.info(run_id)["status"] == "cancelled"
+        last = _events(store, run_id)[-1]
+        assert last == {
+            "type": "finish",
+            "finishReason": "cancelled",
+            "text": "",
+            "usage": {"promptTokens": 0, "completionTokens": 0},
+            "seq": seq,
+            "runId": run_id,
+        }
+        assert 0 < store.r.ttl(f"regina:run:{run_id}") <= 60
+    assert store.r.zcard(f"regina:inst:{iid}:runs") == 0
+    assert runs.end_all(iid) == 0
+
+
+def test_a_run_ended_by_its_instances_delete_is_not_ended_again(instance: tuple[InstanceStore, str]) -> None:
+    store, iid = instance
+    runs = RunStore(store.r, retention=60)
+    assert runs.open(iid, "run-del-twice").kind == "ok"
+    runs.end_all(iid)
+    RunPublisher(store.r, "run-del-twice", iid, 60).publish({"type": "error", "error": "the step broke"})
+    assert runs.info("run-del-twice")["status"] == "cancelled"
+    assert [e["type"] for e in _events(store, "run-del-twice")] == ["finish"]

@@ -16,9 +16,11 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from tests.harness.fake_llm import FakeLLM, RecordedRequest, Reply, ToolCall
 from tests.harness.processes import Cluster
+from tests.harness.waiting import wait_until
 
 ISO = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$"
 
@@ -260,3 +262,30 @@ def test_idempotent_chat_does_the_work_once_also_when_two_race(api: httpx.Client
             streamed.append([json.loads(line) for line in resp.iter_lines() if line])
     assert streamed[0] == streamed[1] and streamed[0][-1]["type"] == "finish"
     assert len(fake_llm.requests) == 2
+
+
+def test_deleting_an_instance_ends_its_running_and_queued_runs_cancelled(
+    api: httpx.Client, fake_llm: FakeLLM, cluster: Cluster
+) -> None:
+    iid = spawn(api)
+    fake_llm.push_for("slow one", Reply(text="never heard", delay=5))
+    r = redis.Redis.from_url(cluster.redis_url)
+    results: queue.Queue[httpx.Response] = queue.Queue()
+
+    def chat(message: str) -> None:
+        with httpx.Client(base_url=str(api.base_url), timeout=60) as own:
+            results.put(own.post(f"/instances/{iid}/chat", json={"message": message}))
+
+    threading.Thread(target=chat, args=("slow one",), daemon=True).start()
+    wait_until(lambda: any(q.last_user_text == "slow one" for q in fake_llm.requests), 10)
+    threading.Thread(target=chat, args=("behind it",), daemon=True).start()
+    wait_until(lambda: r.zcard(f"regina:inst:{iid}:runs") == 2, 10, what="the second run queued")
+
+    assert api.delete(f"/instances/{iid}").status_code == 204
+
+    answers = [results.get(timeout=20), results.get(timeout=20)]
+    for answer in answers:
+        assert answer.status_code == 200 and answer.json()["finishReason"] == "cancelled", answer.text
+        run_id = answer.headers["X-Run-Id"]
+        assert api.get(f"/runs/{run_id}").json()["status"] == "cancelled"
+        assert json.loads(api.get(f"/runs/{run_id}/events").text.splitlines()[-1])["finishReason"] == "cancelled"
