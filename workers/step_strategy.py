@@ -106,11 +106,15 @@ def flush_task_events() -> None:
 ACK_RETRY_FOR = 30.0
 
 
-def acknowledge(ack: Callable[[], Any], task_id: str, retry_for: float = ACK_RETRY_FOR) -> bool:
-    """Acknowledge a finished step, retrying with backoff while the broker refuses.
+def acknowledge(
+    ack: Callable[[], Any], task_id: str, retry_for: float = ACK_RETRY_FOR, what: str = "acknowledgement"
+) -> bool:
+    """Acknowledge a finished step (or hand one back: `what`), retrying with backoff while the
+    broker refuses.
 
     An ack that never lands leaves the step in kombu's unacked index; if a restore moves it back
     to the queue later, the worker drops it (its run is already finished, see `InstanceHost`).
+    A hand-back that never lands leaves it there under a live owner until that owner exits.
     """
     deadline = time.monotonic() + retry_for
     pause = 0.05
@@ -120,9 +124,9 @@ def acknowledge(ack: Callable[[], Any], task_id: str, retry_for: float = ACK_RET
             return True
         except Exception:
             if time.monotonic() > deadline:
-                log.exception("step %s: acknowledgement failed for %gs; giving up", task_id, retry_for)
+                log.exception("step %s: %s failed for %gs; giving up", task_id, what, retry_for)
                 return False
-            log.warning("step %s: acknowledgement failed; retrying", task_id, exc_info=True)
+            log.warning("step %s: %s failed; retrying", task_id, what, exc_info=True)
             gevent.sleep(pause)
             pause = min(pause * 2, 2.0)
 
@@ -164,7 +168,7 @@ def step_strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Callable
             run(*args, **kwargs_)
         except Reject as exc:
             requeue = bool(getattr(exc, "requeue", False))
-            reject(requeue=requeue)
+            acknowledge(lambda: reject(requeue=requeue), task_id, what="hand-back")
             if events is not None:
                 events.send("task-rejected", uuid=task_id, requeue=requeue)
             return

@@ -1,13 +1,15 @@
-"""Task events for Flower are buffered (workers/step_strategy.py `TaskEvents`)."""
+"""Task events for Flower are buffered, and a step's settlement is retried (workers/step_strategy.py)."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import gevent
 from celery import Celery
+from celery.exceptions import Reject
 
-from workers.step_strategy import EVENT_BATCH_LIMIT, TaskEvents
+from workers.step_strategy import EVENT_BATCH_LIMIT, TaskEvents, step_strategy
 
 
 class _Recorder:
@@ -43,3 +45,32 @@ def test_a_full_batch_is_published_off_the_senders_greenlet() -> None:
     assert len(recorder.sent) >= EVENT_BATCH_LIMIT
     assert all(greenlet is not sender for _type, greenlet in recorder.sent)
     events._flusher.kill()
+
+
+def test_a_hand_back_the_broker_refuses_is_tried_again() -> None:
+    """A step handed back (its task raised Reject: the instance is not this member's any more)
+    whose reject meets a Redis hiccup is tried again, not left unacknowledged under its live
+    owner for good."""
+    rejects: list[bool] = []
+
+    def reject(requeue: bool = False) -> None:
+        rejects.append(requeue)
+        if len(rejects) < 3:
+            raise ConnectionError("broker gone for a moment")
+
+    def run(*_args: Any) -> None:
+        raise Reject("not here", requeue=True)
+
+    class _Pool:
+        def apply_async(self, fn: Any, args: Any, callback: Any = None) -> None:
+            fn(*args)
+
+    app = Celery(broker="memory://")
+    app.conf.worker_send_task_events = False
+    handle = step_strategy(SimpleNamespace(run=run, name="regina.chat"), app, SimpleNamespace(pool=_Pool()))
+    message = SimpleNamespace(
+        headers={"id": "task-1"}, delivery_info={"routing_key": "regina.i.x"}, channel=None, reject=reject
+    )
+    handle(message, (["x", "run-1", "hi", False], {}, {}), None, None, None)
+
+    assert rejects == [True, True, True]
