@@ -43,7 +43,7 @@ from kombu.utils.json import dumps, loads
 
 from regina import keys
 from regina.ids import RUN_PREFIX
-from regina.redis_conn import PACKER
+from regina.redis_conn import PACKER, script
 from regina.runs.ack import StepDelivery
 from regina.runs.store import BEGIN_FN
 from workers.unacked import QueueIndexedQoS
@@ -173,7 +173,7 @@ def rekick(client: Any, ready_key: str, queues: list[str]) -> int:
     """Push one ready entry per step waiting on each of `queues` (`_KICK`): after the member's
     ready list was deleted while it was taken for dead, its steps would otherwise wait for
     later publishes. An entry too many only makes a take that finds nothing."""
-    kick = client.register_script(_KICK)
+    kick = script(client, _KICK)
     return sum(int(kick(keys=[queue, ready_key])) for queue in queues)
 
 

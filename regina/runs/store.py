@@ -192,16 +192,38 @@ end
 )
 _BEGIN = BEGIN_FN + "return begin(KEYS, ARGV)"
 
+# `end_cancelled(record, events, now, retention, head, tail)`: a run's end as `cancelled`, its
+# finish event (head .. seq .. tail) at the stream's next seq, both kept `retention` seconds, or
+# as long as the Idempotency-Key the run answers (`keep`).
+_END_CANCELLED_FN = """
+local function end_cancelled(rec, events, now, retention, head, tail)
+  local last = redis.call('XREVRANGE', events, '+', '-', 'COUNT', 1)
+  local seq = 1
+  if #last > 0 then seq = tonumber(string.match(last[1][1], '%-(%d+)$')) + 1 end
+  redis.call('XADD', events, '0-' .. seq, 'e', head .. seq .. tail)
+  redis.call('HSET', rec, 'status', 'cancelled', 'finishedAt', now, 'finishReason', 'cancelled')
+  local keep = math.max(tonumber(retention), tonumber(redis.call('HGET', rec, 'keep') or '0'))
+  redis.call('EXPIRE', rec, keep)
+  redis.call('EXPIRE', events, keep)
+end
+"""
+
+#: A `cancelled` finish event's JSON up to its seq (the scripts add the seq and the rest).
+_CANCELLED_HEAD = (
+    '{"type":"finish","finishReason":"cancelled","text":"","usage":{"promptTokens":0,"completionTokens":0},"seq":'
+)
+
 # KEYS: run record, run events, instance runs, the instance queue's unacked tags, instance
 # record (a deleted instance's queue gets no tag set: nothing would ever remove it). ARGV: now,
 # retention, runId, event JSON head (up to "seq":), event JSON tail (after the seq number). A
 # queued run leaves the instance's open runs here while its step may already be taken (waiting for
 # the one before it); a step tagged with the run's id (`tagged`, see `_OPEN`) goes into the queue's
 # tag set instead, where a dead owner's steps are also looked for (workers/unacked.py).
-_CANCEL = """
-local rec = redis.call('HMGET', KEYS[1], 'status', 'tagged', 'keep')
+_CANCEL = (
+    _END_CANCELLED_FN
+    + """
+local rec = redis.call('HMGET', KEYS[1], 'status', 'tagged')
 local st = rec[1]
-local keep = math.max(tonumber(ARGV[2]), tonumber(rec[3] or '0'))
 if not st then return {'missing'} end
 if st == 'finished' or st == 'failed' or st == 'cancelled' then return {'ended', st} end
 redis.call('HSET', KEYS[1], 'cancel', ARGV[1])
@@ -209,40 +231,29 @@ if st ~= 'queued' then
   redis.call('PUBLISH', ARGV[6], ARGV[3])
   return {'cancelled', st}
 end
-local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
-local seq = 1
-if #last > 0 then seq = tonumber(string.match(last[1][1], '%-(%d+)$')) + 1 end
-redis.call('XADD', KEYS[2], '0-' .. seq, 'e', ARGV[4] .. seq .. ARGV[5])
-redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finishedAt', ARGV[1], 'finishReason', 'cancelled')
-redis.call('EXPIRE', KEYS[1], keep)
-redis.call('EXPIRE', KEYS[2], keep)
+end_cancelled(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[4], ARGV[5])
 redis.call('ZREM', KEYS[3], ARGV[3])
 if rec[2] == '1' and redis.call('EXISTS', KEYS[5]) == 1 then redis.call('SADD', KEYS[4], ARGV[3]) end
 return {'cancelled', st}
 """
+)
 
 
-# KEYS: instance runs. ARGV: now, retention, run record prefix, cancel channel. Ends every run
+# KEYS: instance runs. ARGV: now, retention, run record prefix, cancel channel, the `cancelled`
+# finish event's JSON up to its seq (`_CANCELLED_HEAD`). Ends every run
 # of the instance not ended yet with a `cancelled` finish (the instance is being deleted: none
 # of them can run any more), announces the running ones to their worker, empties the set.
 # Returns how many it ended.
-_END_ALL = """
+_END_ALL = (
+    _END_CANCELLED_FN
+    + """
 local ended = 0
 for _, run_id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   local rec = ARGV[3] .. run_id
   local st = redis.call('HGET', rec, 'status')
   if st == 'queued' or st == 'running' then
-    local events = rec .. ':events'
-    local last = redis.call('XREVRANGE', events, '+', '-', 'COUNT', 1)
-    local seq = 1
-    if #last > 0 then seq = tonumber(string.match(last[1][1], '%-(%d+)$')) + 1 end
-    redis.call('XADD', events, '0-' .. seq, 'e', '{"type":"finish","finishReason":"cancelled","text":"",'
-      .. '"usage":{"promptTokens":0,"completionTokens":0},"seq":' .. seq .. ',"runId":"' .. run_id .. '"}')
-    redis.call('HSET', rec, 'status', 'cancelled', 'finishedAt', ARGV[1], 'finishReason', 'cancelled',
-      'cancel', ARGV[1])
-    local keep = math.max(tonumber(ARGV[2]), tonumber(redis.call('HGET', rec, 'keep') or '0'))
-    redis.call('EXPIRE', rec, keep)
-    redis.call('EXPIRE', events, keep)
+    redis.call('HSET', rec, 'cancel', ARGV[1])
+    end_cancelled(rec, rec .. ':events', ARGV[1], ARGV[2], ARGV[5], ',"runId":"' .. run_id .. '"}')
     if st == 'running' then redis.call('PUBLISH', ARGV[4], run_id) end
     ended = ended + 1
   end
@@ -250,6 +261,7 @@ end
 redis.call('DEL', KEYS[1])
 return ended
 """
+)
 
 # KEYS: idempotency key. ARGV: the value that names the run. Deletes the key only if it still
 # names that run.
@@ -452,7 +464,13 @@ class RunStore:
         return int(
             self._end_all(
                 keys=[keys.instance_runs(instance_id)],
-                args=[repr(redis_now(self.r)), str(self.retention), keys.RUN_PREFIX, keys.CANCEL_CHANNEL],
+                args=[
+                    repr(redis_now(self.r)),
+                    str(self.retention),
+                    keys.RUN_PREFIX,
+                    keys.CANCEL_CHANNEL,
+                    _CANCELLED_HEAD,
+                ],
             )
         )
 
@@ -465,10 +483,6 @@ class RunStore:
         instance_id = cast(str | None, self.r.hget(keys.run_record(run_id), "instanceId"))
         if instance_id is None:
             raise KeyError(run_id)
-        head = (
-            '{"type":"finish","finishReason":"cancelled","text":"",'
-            '"usage":{"promptTokens":0,"completionTokens":0},"seq":'
-        )
         tail = f',"runId":"{run_id}"}}'
         flat = cast(
             list[str],
@@ -480,7 +494,7 @@ class RunStore:
                     keys.unacked_of(keys.instance_queue(instance_id)),
                     keys.instance_record(instance_id),
                 ],
-                args=[repr(time.time()), str(self.retention), run_id, head, tail, keys.CANCEL_CHANNEL],
+                args=[repr(time.time()), str(self.retention), run_id, _CANCELLED_HEAD, tail, keys.CANCEL_CHANNEL],
             ),
         )
         if flat[0] == "missing":

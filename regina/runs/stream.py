@@ -59,16 +59,18 @@ local nj = tonumber(ARGV[13])
 for i = 14, 13 + nj, 1000 do
   redis.call('RPUSH', KEYS[5], unpack(ARGV, i, math.min(i + 999, 13 + nj)))
 end
-local status, reason = ARGV[3], ARGV[4]
-local flags = redis.call('HMGET', KEYS[2], 'cancel', 'keep', 'status')
-local keep = math.max(tonumber(ARGV[1]), tonumber(flags[2] or '0'))
-if flags[3] == 'finished' or flags[3] == 'failed' or flags[3] == 'cancelled' then
-  -- ended already (its instance's delete ended it): its end is written once; the step is done
+local function settle()  -- the step's delivery acknowledged
   if ARGV[11] ~= '' then
     redis.call('ZREM', KEYS[#KEYS - 2], ARGV[11])
     redis.call('HDEL', KEYS[#KEYS - 1], ARGV[11])
     if ARGV[11] ~= ARGV[8] then redis.call('SREM', KEYS[#KEYS], ARGV[11]) end
   end
+end
+local status, reason = ARGV[3], ARGV[4]
+local flags = redis.call('HMGET', KEYS[2], 'cancel', 'keep', 'status')
+local keep = math.max(tonumber(ARGV[1]), tonumber(flags[2] or '0'))
+if flags[3] == 'finished' or flags[3] == 'failed' or flags[3] == 'cancelled' then
+  settle()  -- ended already (its instance's delete ended it): its end is written once
   return {}
 end
 local cancelled = status == 'finished' and flags[1] ~= false
@@ -109,11 +111,7 @@ if inst[1] then  -- every instance record has an epoch: none means no record (ne
   redis.call('HSET', KEYS[3], unpack(fields))
 end
 redis.call('ZREM', KEYS[4], ARGV[8])
-if ARGV[11] ~= '' then
-  redis.call('ZREM', KEYS[#KEYS - 2], ARGV[11])
-  redis.call('HDEL', KEYS[#KEYS - 1], ARGV[11])
-  if ARGV[11] ~= ARGV[8] then redis.call('SREM', KEYS[#KEYS], ARGV[11]) end
-end
+settle()
 return {}
 """
 

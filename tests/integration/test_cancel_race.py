@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -16,6 +15,7 @@ from regina.runs.store import Idempotency, RunStore
 from regina.runs.stream import RUNNING_TTL, RunPublisher
 from tests.harness.fake_llm import FakeLLM, Reply
 from tests.harness.redis_server import RedisServer
+from tests.integration import test_fencing
 from tests.integration.test_fencing import Pair
 
 
@@ -88,16 +88,7 @@ def test_a_cancelled_run_leaves_waiting_steering_for_the_next_run(
 
 # -- the worker's side: a cancel announced while a step starts its run -------------------------
 
-
-@pytest.fixture
-def pair(
-    redis_server: RedisServer, fake_llm: FakeLLM, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Pair]:
-    monkeypatch.setenv("OPENAI_BASE_URL", fake_llm.url + "/v1")
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-openai")
-    p = Pair(redis_server.url, tmp_path)
-    yield p
-    p.storage.close()
+pair = test_fencing.pair  # the two in-process hosts of test_fencing.py
 
 
 def test_a_cancel_heard_before_the_step_registers_its_run_stops_it_at_once(pair: Pair, fake_llm: FakeLLM) -> None:

@@ -11,16 +11,21 @@ from regina.vfs.memory import MemoryVFS
 from tests.harness.redis_server import RedisServer
 
 
+def _two_appends() -> list[str]:
+    """The journal entries of "one" and then "two" appended to /notes.txt (seqs 1 and 2)."""
+    recorder = JournalVFS(MemoryVFS(), epoch=1, seq=0)
+    recorder.append("/notes.txt", b"one\n")
+    recorder.append("/notes.txt", b"two\n")
+    return recorder.take()
+
+
 def test_an_entry_stored_twice_is_applied_once(redis_server: RedisServer) -> None:
     """A flush whose reply was lost (redis-py sends a command again after a dropped connection)
     can leave its entries in the journal twice: the replay applies each seq once."""
     client = connect(redis_server.url, concurrency=1)
     iid = f"replay-{uuid.uuid4().hex[:12]}"
     try:
-        recorder = JournalVFS(MemoryVFS(), epoch=1, seq=0)
-        recorder.append("/notes.txt", b"one\n")
-        recorder.append("/notes.txt", b"two\n")
-        entries = recorder.take()
+        entries = _two_appends()
         client.hset(keys.instance_record(iid), "epoch", "1")
         client.rpush(keys.journal(iid), *entries, *entries)  # the second call of the same flush
 
@@ -38,10 +43,7 @@ def test_entries_the_backup_covers_are_skipped(redis_server: RedisServer) -> Non
     client = connect(redis_server.url, concurrency=1)
     iid = f"replay-{uuid.uuid4().hex[:12]}"
     try:
-        recorder = JournalVFS(MemoryVFS(), epoch=1, seq=0)
-        recorder.append("/notes.txt", b"one\n")
-        recorder.append("/notes.txt", b"two\n")
-        client.rpush(keys.journal(iid), *recorder.take())
+        client.rpush(keys.journal(iid), *_two_appends())
         target = MemoryVFS()
         target.write("/notes.txt", b"one\n")  # the backup holds seq 1
 
