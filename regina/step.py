@@ -93,7 +93,16 @@ class StepRunner:
         except BaseException:  # e.g. an unreadable transcript: the steers taken are not lost
             self.give_back(instance_id, begun.steered)
             raise
-        ctx = DurableRun(self.r, instance_id, run_id, publisher, budget, steered, self.interrupter_factory)
+        ctx = DurableRun(
+            self.r,
+            instance_id,
+            run_id,
+            publisher,
+            budget,
+            steered,
+            self.interrupter_factory,
+            journal_seen=len(begun.earlier) + len(begun.steered),
+        )
         # The open touched the instance and the start read the cancel flag just now: the first
         # heartbeat is due a second from here.
         act.last_touch = time.monotonic()

@@ -57,6 +57,7 @@ class RunContext:
         budget: Budget,
         first_steering: list[Steer],
         interrupter_factory: InterrupterFactory | None = None,
+        journal_seen: int = 0,
     ) -> None:
         self.r = client
         self._heartbeat = script(client, _HEARTBEAT)
@@ -67,6 +68,9 @@ class RunContext:
         self.budget = budget
         self.cancel = CancelToken()
         self._first: list[list[Steer]] = [first_steering]
+        # Entries of the run's steering journal this step has had (its start's take and earlier
+        # attempts' included): a take run again after a lost reply returns what it took.
+        self._journal_seen = journal_seen
         self._interrupter_factory = interrupter_factory
         # The step's start read the cancel flag and the chat's open reset the idle timer just
         # before: the first heartbeat is due a second after the start.
@@ -82,7 +86,9 @@ class RunContext:
     def drain_steering(self) -> list[Steer]:
         if self._first:
             return self._first.pop()
-        return self.runs.take_steering(self.instance_id, cast(str, self.run_id))
+        taken = self.runs.take_steering(self.instance_id, cast(str, self.run_id), self._journal_seen)
+        self._journal_seen += len(taken)
+        return taken
 
     def unclaimed_steering(self) -> list[Steer]:
         """Steering taken for this run that the loop never drained (the step failed first)."""
@@ -92,7 +98,11 @@ class RunContext:
 
     def finish_unless_steered(self, final: Finish) -> list[Steer]:
         self._first.clear()
-        return decode_all(self.publisher.finish_unless_steered(event_to_dict(final), keys.steering(self.instance_id)))
+        taken = self.publisher.finish_unless_steered(
+            event_to_dict(final), keys.steering(self.instance_id), self._journal_seen
+        )
+        self._journal_seen += len(taken)
+        return decode_all(taken)
 
     def heartbeat(self) -> None:
         """Reset the idle timer at most once a second, and look for a cancel flag meanwhile."""

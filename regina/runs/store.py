@@ -69,6 +69,8 @@ end
 # member lives gets the step message here, and its member the queue's name on its ready list
 # (workers/transport.py): no publish round trip of its own. Such a message has the run's id as its
 # delivery tag (regina/dispatch.py): the run record says so (`tagged`, read by `_CANCEL`).
+# The same call run again (redis-py sends it again after a lost reply, and so does
+# `_open_then_read`) finds its run record, or its steering entry, and answers as before.
 _OPEN = (
     _FRONT
     + _CLAIMED
@@ -76,6 +78,13 @@ _OPEN = (
     + """
 local rec = redis.call('HGETALL', KEYS[1])
 if #rec == 0 then return {'missing'} end
+if redis.call('EXISTS', KEYS[2]) == 1 then  -- this open ran already (its reply was lost): answer the same
+  local alive = touch(KEYS[1], rec, ARGV[9], ARGV[1])
+  table.insert(rec, 1, redis.call('HGET', KEYS[2], 'tagged') or '0')
+  table.insert(rec, 1, alive)
+  table.insert(rec, 1, 'ok')
+  return rec
+end
 if KEYS[6] then
   local earlier = claimed(KEYS[6], ARGV[7])
   if earlier then return earlier end
@@ -84,6 +93,7 @@ local alive = touch(KEYS[1], rec, ARGV[9], ARGV[1])
 local busy = front(KEYS[3], ARGV[10])
 if busy and ARGV[5] == 'reject' then return {'busy', busy} end
 if busy and ARGV[5] == 'steer' then
+  if redis.call('LPOS', KEYS[4], ARGV[6]) then return {'steered', busy} end  -- queued by this open already
   if redis.call('LLEN', KEYS[4]) >= tonumber(ARGV[14]) then return {'steer-full', busy} end
   redis.call('RPUSH', KEYS[4], ARGV[6])
   if KEYS[6] then redis.call('SET', KEYS[6], ARGV[7] .. ' ' .. busy, 'EX', ARGV[8]) end
@@ -123,7 +133,8 @@ return rec
 
 # KEYS: instance record, steering list[, idempotency key]. ARGV: now, steer entry, steerId,
 # most messages waiting (limits.maxSteering), idempotency body hash, idempotency ttl. A full list
-# answers {'full'} and writes nothing.
+# answers {'full'} and writes nothing; an entry queued already (the same call run again after a
+# lost reply: each entry holds its own steerId) answers {'ok'} and writes nothing.
 _STEER = (
     _CLAIMED
     + LUA_TOUCH_EXISTING
@@ -133,6 +144,7 @@ if KEYS[3] then
   local earlier = claimed(KEYS[3], ARGV[5])
   if earlier then return earlier end
 end
+if redis.call('LPOS', KEYS[2], ARGV[2]) then return {'ok', ARGV[3]} end  -- queued by this call already
 if redis.call('LLEN', KEYS[2]) >= tonumber(ARGV[4]) then return {'full'} end
 if KEYS[3] then redis.call('SET', KEYS[3], ARGV[5] .. ' ' .. ARGV[3], 'EX', ARGV[6]) end
 touch_existing(KEYS[1], true)
@@ -156,7 +168,10 @@ local function take(list_key, journal_key, ttl)
 end
 """
 
-_TAKE = _TAKE_FN + "return take(KEYS[1], KEYS[2], ARGV[1])"
+# The take of a running step (KEYS: steering list, run journal; ARGV: retention, journal entries
+# the step has seen): what the journal holds past those, so that the same call run again (its
+# reply lost) returns what the first run took.
+_TAKE = _TAKE_FN + "take(KEYS[1], KEYS[2], ARGV[1])\nreturn redis.call('LRANGE', KEYS[2], ARGV[2], -1)"
 
 # KEYS: instance record, run events, run record, steering list, run journal. ARGV: epoch, now,
 # instanceId, retention. A stale owner, an ended run or an expired record (status '') takes
@@ -453,9 +468,12 @@ class RunStore:
         args = [str(epoch), repr(time.time()), instance_id, str(self.retention)]
         return parse_begun(cast(list[str], self._begin(keys=run_keys, args=args)))
 
-    def take_steering(self, instance_id: str, run_id: str) -> list[Steer]:
-        """Take the waiting steering messages for a running run (kept in its journal)."""
-        taken = self._take(keys=[keys.steering(instance_id), keys.run_steered(run_id)], args=[str(self.retention)])
+    def take_steering(self, instance_id: str, run_id: str, seen: int) -> list[Steer]:
+        """Take the waiting steering messages for a running run (kept in its journal): those of
+        the journal past the `seen` first entries the step has had already."""
+        taken = self._take(
+            keys=[keys.steering(instance_id), keys.run_steered(run_id)], args=[str(self.retention), str(seen)]
+        )
         return decode_all(cast(list[str], taken))
 
     def end_all(self, instance_id: str) -> int:

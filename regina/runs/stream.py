@@ -34,7 +34,9 @@ RUNNING_TTL = 86_400
 # KEYS: run events, run record, instance record, instance runs, instance VFS journal[, steering
 # list, run journal][, unacked index, unacked hash, the queue's unacked tags]. ARGV: retention,
 # finishedAt, status, finishReason, promptTokens, completionTokens, error, runId, fence epoch
-# ('' = unfenced), steering check ('1': KEYS 6-7 given), delivery tag to acknowledge ('' = none:
+# ('' = unfenced), steering check ('' = none; else KEYS 6-7 are given and this is how many run
+# journal entries the step has had: more in the journal means this call took them already and
+# its reply was lost, and they are returned again), delivery tag to acknowledge ('' = none:
 # no last three KEYS), VFS journal seq, number N of VFS journal entries, the N entries, most events
 # kept (MAXLEN), then pairs of (entry id, event JSON). A stale epoch (the instance moved to another
 # owner) writes nothing: error STALE (SPEC §6). The VFS journal entries are appended first
@@ -54,6 +56,9 @@ _FINISH = """
 local inst = redis.call('HMGET', KEYS[3], 'epoch', 'promptTokens', 'completionTokens')
 if ARGV[9] ~= '' and inst[1] ~= ARGV[9] then
   return redis.error_reply('STALE')
+end
+if ARGV[10] ~= '' and redis.call('LLEN', KEYS[7]) > tonumber(ARGV[10]) then
+  return redis.call('LRANGE', KEYS[7], ARGV[10], -1)  -- taken by this call already (its reply was lost)
 end
 local nj = tonumber(ARGV[13])
 for i = 14, 13 + nj, 1000 do
@@ -75,7 +80,7 @@ if flags[3] == 'finished' or flags[3] == 'failed' or flags[3] == 'cancelled' the
 end
 local cancelled = status == 'finished' and flags[1] ~= false
 if cancelled then status = 'cancelled'; reason = 'cancelled' end
-if ARGV[10] == '1' and not cancelled then
+if ARGV[10] ~= '' and not cancelled then
   local steered = redis.call('LRANGE', KEYS[6], 0, -1)
   if #steered > 0 then
     if nj > 0 then redis.call('HSET', KEYS[3], 'journalSeq', ARGV[12]) end
@@ -243,14 +248,14 @@ class RunPublisher:
                     self._sender_due = False
                     return
 
-    def _finish(self, event: dict[str, Any], steering_key: str | None) -> list[str]:
+    def _finish(self, event: dict[str, Any], steering_key: str | None, seen: int = 0) -> list[str]:
         """Append the buffered events and the terminal `event` and end the run record, in one
         atomic script (a web process blocked in XREAD wakes once, after the last entry) —
         unless `steering_key` holds messages: then those are taken and returned instead."""
         with self._send_lock:
-            return self._finish_locked(event, steering_key)
+            return self._finish_locked(event, steering_key, seen)
 
-    def _finish_locked(self, event: dict[str, Any], steering_key: str | None) -> list[str]:
+    def _finish_locked(self, event: dict[str, Any], steering_key: str | None, seen: int) -> list[str]:
         seq = self.seq + 1
         usage = event.get("usage") or {}
         delivery = CURRENT_DELIVERY.get()
@@ -266,7 +271,7 @@ class RunPublisher:
             str(event.get("error", "")) if event.get("type") == "error" else "",
             self.run_id,
             "" if self.epoch is None else str(self.epoch),
-            "1" if steering_key else "",
+            str(seen) if steering_key else "",
             delivery.tag if delivery is not None else "",
         ]
         seq_shipped, entries = self.journal.ship() if self.journal is not None else (0, [])
@@ -296,14 +301,15 @@ class RunPublisher:
                 delivery.settled = True
         return steered
 
-    def finish_unless_steered(self, event: dict[str, Any], steering_key: str) -> list[str]:
+    def finish_unless_steered(self, event: dict[str, Any], steering_key: str, seen: int) -> list[str]:
         """Publish the terminal `event` unless steering messages wait in `steering_key`.
 
         One round trip instead of a steering drain and then the publish: if messages wait, they
         are taken (oldest first) and returned, and nothing is published (the loop goes on with
-        them); otherwise the run ends as with `publish`.
+        them); otherwise the run ends as with `publish`. `seen`: how many entries of the run's
+        steering journal the step has had (see `_FINISH`).
         """
-        return self._finish(event, steering_key)
+        return self._finish(event, steering_key, seen)
 
     def publish(self, event: dict[str, Any]) -> int:
         """Append an event, stamped with `seq` and `runId`; returns its seq."""

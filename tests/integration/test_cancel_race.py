@@ -49,6 +49,7 @@ def test_a_run_flagged_for_cancel_ends_cancelled_not_finished(
     steered = publisher.finish_unless_steered(
         {"type": "finish", "finishReason": "stop", "text": 'the whole "finishReason":"stop" answer'},
         f"regina:inst:{iid}:steering",
+        0,
     )
 
     assert steered == []
@@ -79,7 +80,7 @@ def test_a_cancelled_run_leaves_waiting_steering_for_the_next_run(
     assert runs.cancel(run_id) == (True, "running")
     epoch = store.get(iid).epoch  # type: ignore[union-attr]
     publisher = RunPublisher(store.r, run_id, iid, 60, seq=0, buffered=True, epoch=epoch)
-    steered = publisher.finish_unless_steered({"type": "finish", "finishReason": "stop", "text": "x"}, steering)
+    steered = publisher.finish_unless_steered({"type": "finish", "finishReason": "stop", "text": "x"}, steering, 0)
 
     assert steered == []  # not taken into a run that is over
     assert runs.info(run_id)["status"] == "cancelled"
