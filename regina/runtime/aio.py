@@ -89,3 +89,6 @@ def run_coro(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
     except concurrent.futures.TimeoutError:
         future.cancel()
         raise TimeoutError(f"coroutine did not finish within {timeout} s") from None
+    except BaseException:  # the waiting greenlet interrupted (a run cancelled): stop the coroutine too
+        future.cancel()
+        raise

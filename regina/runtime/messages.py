@@ -27,6 +27,7 @@ __all__ = [
     "tool_result",
     "tool_call",
     "dumps_result",
+    "encode_result",
     "to_jsonl",
     "from_jsonl",
     "repair",
@@ -69,9 +70,18 @@ def assistant(text: str | None, tool_calls: Sequence[dict[str, Any]] | None = No
 
 def dumps_result(result: Any) -> str:
     """A tool result as the string content of a tool message (strings stay as they are)."""
+    return encode_result(result)[0]
+
+
+def encode_result(result: Any) -> tuple[str, bool]:
+    """(a tool result as a tool message's content, whether that is the result's JSON): a value
+    JSON cannot hold (a dict with tuple keys, a cycle) is shown as its repr instead."""
     if isinstance(result, str):
-        return result
-    return json.dumps(result, ensure_ascii=False, default=str)
+        return result, False
+    try:
+        return json.dumps(result, ensure_ascii=False, default=str), True
+    except (TypeError, ValueError, RecursionError):
+        return repr(result)[:1_000_000], False
 
 
 def tool_result(call_id: str, name: str, result: Any, **meta: Any) -> Message:

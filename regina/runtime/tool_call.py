@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from regina.errors import ReginaError
-from regina.runtime.messages import dumps_result
+from regina.runtime.messages import encode_result
 from regina.runtime.tools.base import Tool
 from regina.runtime.tools.runner import InlineRunner, ToolRunner
 
@@ -29,7 +29,7 @@ def run_tool(tools: dict[str, Tool], name: str, args: dict[str, Any], runner: To
     if tool is None:
         return error_result(f"unknown tool {name!r}; available tools: {', '.join(sorted(tools)) or 'none'}")
     if set(args) == {"_raw"}:
-        return error_result(f"arguments for tool {name!r} are not a valid JSON object: {args['_raw'][:200]}")
+        return error_result(f"arguments for tool {name!r} are not a valid JSON object: {str(args['_raw'])[:200]}")
     try:
         return runner.run(tool, args)
     except ReginaError as exc:
@@ -41,7 +41,9 @@ def run_tool(tools: dict[str, Tool], name: str, args: dict[str, Any], runner: To
 
 def limit_output(result: Any, limit: int) -> tuple[Any, str]:
     """(result for the event, content for the model), truncated to `limit` characters."""
-    content = dumps_result(result)
+    content, as_json = encode_result(result)
+    if not as_json:
+        result = content  # the event shows what the model sees (a string: it always encodes)
     if len(content) <= limit:
         return result, content
     cut = content[:limit] + f"\n…[truncated: {len(content) - limit} more characters]"

@@ -425,3 +425,34 @@ def test_each_message_is_encoded_once_however_long_the_conversation(
     for n in range(3):
         assert other.run(f"message {n}").text == f"echo: message {n}"
     assert counts == {"loop": 0, "session": 0, "direct": 0}
+
+
+def test_hostile_tool_calls_and_results_are_tool_errors_not_a_failed_turn(fake: FakeLLM, target: ModelTarget) -> None:
+    """Arguments a model may send (a lone surrogate escape, a `_raw` that is not text) and a
+    result JSON cannot hold: each is a result the model sees; the turn and its history stay whole."""
+
+    def odd(p: EchoParams) -> dict[Any, str]:
+        return {(1, 2): "tuple key"}
+
+    tools = {**_extra_tools(), "odd": Tool(name="odd", description="odd", parameters=EchoParams, fn=odd)}
+    fake.push(
+        Reply(
+            tool_calls=[
+                ToolCall("shout", {"text": "a\ud800b"}),
+                ToolCall("shout", {"_raw": 5}),
+                ToolCall("odd", {"text": "x"}),
+            ]
+        ),
+        Reply(text="handled"),
+    )
+    t = Turn(target, MemoryVFS(), tools=tools)
+    result = t.run("try tools")
+    assert result.text == "handled" and result.error is None
+    res = [e["result"] for e in t.events if e["type"] == "tool-result"]
+    assert res[0] == {"loud": "A\ufffdB"}
+    assert "not a valid JSON object: 5" in res[1]["error"]
+    assert res[2] == "{(1, 2): 'tuple key'}"
+    json.dumps(t.events)  # every event encodes
+    saved = t.persisted()
+    assert [m["role"] for m in saved] == ["user", "assistant", "tool", "tool", "tool", "assistant"]
+    assert saved[1]["tool_calls"][0]["function"]["arguments"] == json.dumps({"text": "a\ufffdb"}, ensure_ascii=False)

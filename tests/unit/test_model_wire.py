@@ -264,3 +264,12 @@ def test_a_header_that_would_inject_lines_is_refused_before_sending(server: str)
     with pytest.raises(ValueError, match="invalid HTTP header"):
         wire.post_lines(server + "/v1", b"{}", {"Bad Name": "x"}, 5.0, _Config())
     assert _Handler.peers == []  # nothing reached the server
+
+
+def test_tool_arguments_past_the_recursion_limit_or_with_lone_surrogates_parse() -> None:
+    from regina.runtime.models.parts import parse_args
+
+    deep = "[" * 100_000
+    assert parse_args(deep) == {"_raw": deep}
+    assert parse_args('{"p": "a\\ud800b", "q": "\\ud83d\\ude00"}') == {"p": "a\ufffdb", "q": "\U0001f600"}
+    assert parse_args('{"a": "\\u00e9"}') == {"a": "\u00e9"}

@@ -205,3 +205,102 @@ def test_a_tool_process_reports_every_change_for_the_journal_even_from_a_call_cu
     finally:
         runner.close()
         vfs.close()
+
+
+def test_a_call_withdrawn_while_queued_for_a_thread_never_runs() -> None:
+    """The model was told the call timed out or was cancelled: it must not run later, when a
+    thread of the pool frees up."""
+    import concurrent.futures
+
+    ran: list[str] = []
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        runner = ThreadRunner(0.3, pool=pool)
+        with pytest.raises(ToolError, match="abandoned"):
+            runner.run(_tool(lambda p: time.sleep(1.5)), {})  # holds the only thread
+        with pytest.raises(ToolError, match="abandoned"):
+            runner.run(_tool(lambda p: ran.append("timed out")), {})  # queued behind it
+        runner = ThreadRunner(30, pool=pool)
+        threading.Timer(0.1, runner.cancel).start()
+        with pytest.raises(ToolError, match="was cancelled"):
+            runner.run(_tool(lambda p: ran.append("cancelled")), {})
+        time.sleep(2)  # the first call ends; the two withdrawn ones get the thread
+        assert runner.run(_tool(lambda p: ran.append("later") or "ok"), {}) == "ok"
+        assert ran == ["later"]
+    finally:
+        pool.shutdown()
+
+
+def test_process_runner_cancel_while_its_process_starts_fails_the_call(tmp_path: Path) -> None:
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": "/", "PWD": "/"}
+    spec = ChildSpec("i2", "sqlite", str(tmp_path), None, "NORMAL", env, Limits().model_dump(), False, (), 1024)
+    vfs = open_vfs("sqlite", "i2", str(tmp_path), None, "NORMAL")
+    tools = build_tools(vfs, env=env, limits=Limits(), network=False, user_tools={})
+    runner = ProcessRunner(spec, child_tools={"bash"}, timeout=30, cpu_seconds=30, fallback=ThreadRunner(5))
+    try:
+        started = threading.Event()
+        real_start = runner._start
+
+        def slow_start() -> Any:
+            started.set()
+            time.sleep(0.5)  # a fork server still loading its modules
+            return real_start()
+
+        runner._start = slow_start  # type: ignore[method-assign]
+        threading.Thread(target=lambda: (started.wait(5), runner.cancel())).start()
+        t0 = time.monotonic()
+        with pytest.raises(ToolError, match="was cancelled"):
+            runner.run(tools["bash"], {"command": "sleep 5; echo finished > /done"})
+        assert time.monotonic() - t0 < 4
+        assert not vfs.exists("/done")
+    finally:
+        runner.close()
+        vfs.close()
+
+
+def test_process_runner_leaves_an_inline_tool_of_a_child_tools_name_to_its_fallback(tmp_path: Path) -> None:
+    """An MCP tool (inline) named like a built-in wins the merge: it, not the child's built-in, runs."""
+    spec = ChildSpec("i3", "sqlite", str(tmp_path), None, "NORMAL", {}, Limits().model_dump(), False, (), 1024)
+    runner = ProcessRunner(spec, child_tools={"read_file"}, timeout=5, cpu_seconds=None, fallback=ThreadRunner(5))
+    try:
+        mcp_tool = Tool("read_file", "an MCP tool", P, lambda p: "from MCP", inline=True)
+        assert runner.run(mcp_tool, {}) == "from MCP"
+        assert runner.pid is None  # no tool process was started for it
+    finally:
+        runner.close()
+
+
+def test_a_coroutine_waited_for_by_an_interrupted_greenlet_is_cancelled() -> None:
+    """A run cancelled while its step waits on an MCP call (a coroutine on the background loop):
+    the call is cancelled too, not left running to its timeout."""
+    import subprocess
+    import sys
+
+    script = """
+from gevent import monkey; monkey.patch_all()
+import asyncio, gevent
+from regina.runtime.aio import run_coro
+log = []
+async def call():
+    try:
+        await asyncio.sleep(2)
+        log.append("completed")
+    except asyncio.CancelledError:
+        log.append("cancelled"); raise
+class Stop(Exception): pass
+def step():
+    try:
+        run_coro(call(), timeout=30)
+    except Stop:
+        log.append("interrupted")
+g = gevent.spawn(step)
+gevent.sleep(0.3)
+gevent.kill(g, Stop)
+gevent.sleep(2.5)
+print(",".join(log))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip().split(",") == ["interrupted", "cancelled"] or out.stdout.strip().split(",") == [
+        "cancelled",
+        "interrupted",
+    ]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from regina.runtime.events import Usage
 
@@ -88,11 +88,25 @@ def finish_part(has_calls: bool, raw_reason: str | None, usage: Usage | None) ->
 
 
 def parse_args(raw: str) -> dict[str, Any]:
-    """Tool-call arguments as a dict; text that is not a JSON object is kept as `{"_raw": …}`."""
+    """Tool-call arguments as a dict; text that is not a JSON object (or nested past Python's
+    recursion limit) is kept as `{"_raw": …}`. A lone surrogate escape (`"\\ud800"`: valid JSON,
+    not encodable text) becomes U+FFFD, so the call can be saved, published and sent back."""
     if not raw.strip():
         return {}
     try:
         value = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return {"_raw": raw}
-    return value if isinstance(value, dict) else {"_raw": raw}
+    if not isinstance(value, dict):
+        return {"_raw": raw}
+    if "\\u" in raw:  # only escapes can make a surrogate (the text itself is decoded UTF-8)
+        try:
+            json.dumps(value, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            return cast(dict[str, Any], json.loads(without_surrogates(json.dumps(value, ensure_ascii=False))))
+    return value
+
+
+def without_surrogates(text: str) -> str:
+    """`text` with each lone surrogate replaced by U+FFFD."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")

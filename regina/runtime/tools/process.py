@@ -216,15 +216,18 @@ class ProcessRunner:
     def cancel(self) -> None:
         """Fail the call in progress now: its child is killed (a fresh one serves the next call)."""
         proc = self._proc
-        if self._lock.locked() and proc is not None and proc.exitcode is None:
+        if self._lock.locked():  # a call in progress, its process perhaps still starting
             self._cancelled = True
-            proc.kill()
+            if proc is not None and proc.exitcode is None:
+                proc.kill()
         self.fallback.cancel()
 
     # -- calls -----------------------------------------------------------------------------
 
     def run(self, tool: Tool, args: dict[str, Any]) -> Any:
-        if tool.name not in self.child_tools:
+        # The child has the default and user tools of these names; an inline tool of the same
+        # name (an MCP tool, `delegate`: they win the merge) is another tool and runs here.
+        if tool.inline or tool.name not in self.child_tools:
             return self.fallback.run(tool, args)
         with self._lock:
             if self._closed:
@@ -250,6 +253,8 @@ class ProcessRunner:
     def _call(self, name: str, args: dict[str, Any]) -> Any:
         proc, conn = (self._proc, self._conn) if self._alive() else self._start()
         assert conn is not None
+        if self._cancelled:  # while its process started: nothing was sent
+            raise ToolError(f"tool {name!r} was cancelled")
         started = time.monotonic()
         try:
             conn.send((name, args, self.cpu_seconds))

@@ -71,7 +71,17 @@ def _gevent_patched() -> bool:
     return bool(monkey.is_module_patched("threading"))
 
 
-def _in_tool_thread(tool: Tool, args: dict[str, Any]) -> Any:
+class _Withdrawn:
+    """Set by the caller when it stopped waiting (timeout, cancel): a call still queued for a
+    thread then never starts — the model was told it did not run. A plain flag: set from the
+    hub's thread, read in the tool's, under the GIL."""
+
+    is_set = False
+
+
+def _in_tool_thread(tool: Tool, args: dict[str, Any], withdrawn: _Withdrawn) -> Any:
+    if withdrawn.is_set:
+        return None
     use_own_loop()
     return call_here(tool, args)
 
@@ -116,12 +126,15 @@ class ThreadRunner:
             return call_here(tool, args)
         cancelled: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._cancelled = cancelled
+        withdrawn = _Withdrawn()
         try:
-            future = self.pool.submit(_in_tool_thread, tool, args)
+            future = self.pool.submit(_in_tool_thread, tool, args, withdrawn)
             if not wait_first(future, cancelled, self.timeout):
+                withdrawn.is_set = True
                 log.warning("tool %s still running after %g s; abandoned in its thread", tool.name, self.timeout)
                 raise ToolError(timeout_message(tool.name, self.timeout, stopped=False))
             if not future.done():
+                withdrawn.is_set = True
                 raise ToolError(f"tool {tool.name!r} was cancelled")
             return future.result()
         finally:
