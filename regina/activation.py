@@ -164,9 +164,7 @@ def open_current(
             remove_local(settings, iid)  # an untrusted copy: rebuild from the journal alone
     vfs = _open_copy(settings, iid, snapshot, trusted and not restored)
     vfs = _carrying(vfs, meta if trusted and not restored else None, want)
-    last, size = journal.replay(iid, vfs, after)
-    if last != after and not isinstance(vfs, MemoryVFS):
-        vfs.set_meta("journalSeq", str(last))
+    last, size = journal.replay(iid, vfs, after)  # writes the copy's journalSeq
     return Opened(vfs, restored or last != after, last, size)
 
 

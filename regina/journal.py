@@ -80,7 +80,6 @@ class JournalVFS(RecordingVFS):
         self.pending: list[str] = []
         self.pending_bytes = 0
         self.written_bytes = 0  # since attach: drives checkpoints
-        self.touched = False  # changed anything since attach (the local file is no longer a backup)
 
     def record(self, op: str, *args: Any) -> None:
         self.seq += 1
@@ -88,11 +87,7 @@ class JournalVFS(RecordingVFS):
         self.pending.append(entry)
         self.pending_bytes += len(entry)
         self.written_bytes += len(entry)
-        if not self.touched:
-            self.touched = True
-            setter = getattr(self.inner, "set_meta", None)
-            if setter is not None:
-                setter("dirty", "1")
+        self._changing()  # a tool process's change (reported after it was made) marks it too
 
     def take(self) -> list[str]:
         """The entries not flushed yet (the caller ships them; on failure nothing is retried)."""
@@ -143,12 +138,23 @@ class Journal:
         """Apply the entries with seq > `after` to `vfs`, each seq once; (last seq applied, bytes
         applied). Seqs only grow, but a flush can be stored twice: redis-py sends a command again
         when its connection drops before the reply, and the first may have run (an append
-        applied twice would double its bytes)."""
+        applied twice would double its bytes).
+
+        A local copy (`set_meta`) is marked dirty before the first entry and gets the last seq
+        and its clean mark back after the last: a process killed halfway leaves a copy the next
+        attach does not trust (it would replay from `after` again over entries applied already:
+        a turn twice, or a rename whose source is gone)."""
         last, size = after, 0
+        setter = getattr(vfs, "set_meta", None)
         for entry in self.entries(instance_id):
             seq, body = parse(entry)
             if seq <= last:
                 continue
+            if setter is not None and last == after:
+                setter("dirty", "1")
             apply(vfs, str(body[1]), body[2:])
             last, size = seq, size + len(entry)
+        if setter is not None and last != after:
+            setter("journalSeq", str(last))
+            setter("dirty", "0")
         return last, size

@@ -360,6 +360,7 @@ def _stop(turn: _Turn, stop: tuple[str, str], text: str, total: Usage, step: int
     """End the turn early (cancel or budget); steering not taken stays queued."""
     reason, message = stop
     final_text = message if reason == "budget" else text
+    turn.flush()  # the user's message is saved before the end is told (its script ships it)
     turn.sink.emit(Finish(finish_reason=reason, text=final_text, usage=total))
     return TurnResult(text=final_text, usage=total, finish_reason=reason, steps=step)
 

@@ -33,7 +33,14 @@ def decode_bytes(kind: str, text: str) -> bytes:
 
 
 class RecordingVFS:
-    """Passes everything to `inner` and calls `record(op, *args)` after each successful change."""
+    """Passes everything to `inner` and calls `record(op, *args)` after each successful change.
+
+    Before the first change (again after `touched` is reset: a backup made the file clean), the
+    inner VFS's meta says `dirty`: a copy marked clean never holds a change the journal may lack
+    (a kill between the change's commit and the mark would leave one)."""
+
+    touched = False
+    """Changed since the last clean point (attach or backup): the file is no longer a backup."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
@@ -42,35 +49,49 @@ class RecordingVFS:
         """Note one change already made to `inner` (subclasses decide where it goes)."""
         raise NotImplementedError
 
+    def _changing(self) -> None:
+        if not self.touched:
+            setter = getattr(self.inner, "set_meta", None)
+            if setter is not None:
+                setter("dirty", "1")
+            self.touched = True
+
     # -- changes -------------------------------------------------------------------------------
 
     def write(self, path: str, data: bytes) -> None:
+        self._changing()
         self.inner.write(path, data)
         self.record("write", path, *encode_bytes(data))
 
     def append(self, path: str, data: bytes) -> None:
+        self._changing()
         self.inner.append(path, data)
         self.record("append", path, *encode_bytes(data))
 
     def mkdir(self, path: str, parents: bool = True) -> None:
+        self._changing()
         self.inner.mkdir(path, parents=parents)
         self.record("mkdir", path, parents)
 
     def remove(self, path: str, recursive: bool = False) -> None:
+        self._changing()
         self.inner.remove(path, recursive=recursive)
         self.record("remove", path, recursive)
 
     def rename(self, src: str, dst: str) -> None:
+        self._changing()
         self.inner.rename(src, dst)
         self.record("rename", src, dst)
 
     def chmod(self, path: str, mode: int) -> None:
+        self._changing()
         self.inner.chmod(path, mode)
         self.record("chmod", path, int(mode))
 
     def set_mtime(self, path: str, mtime: float) -> None:
         setter = getattr(self.inner, "set_mtime", None)
         if setter is not None:
+            self._changing()
             setter(path, mtime)
             self.record("set_mtime", path, float(mtime))
 

@@ -191,6 +191,27 @@ def test_an_answered_chat_survives_the_owner_and_its_disk(pair: Pair) -> None:
     assert contents == ["remember me", "echo: remember me"]
 
 
+def test_the_message_of_a_run_cancelled_before_its_model_call_survives_the_owner_and_its_disk(
+    pair: Pair,
+) -> None:
+    # Given a run flagged for cancel before its step started: it ends `cancelled` at once, and
+    # its message is in the conversation (GET /messages shows it)
+    a, b = pair.hosts["a"], pair.hosts["b"]
+    iid = pair.spawn()
+    run_id = pair.new_run(iid)
+    pair.r.hset(keys.run_record(run_id), "cancel", str(time.time()))
+    a.run_step(iid, run_id, "please remember this", stream=False)
+    assert pair.events(run_id)[-1]["finishReason"] == "cancelled"
+    assert [m["content"] for m in a.messages(iid)] == ["please remember this"]
+
+    # When a's disk is gone and b takes over
+    shutil.rmtree(pair.settings["a"].vfs_dir)
+    b.attach(iid, pair.move(iid, "b"))
+
+    # Then the message was in Redis before the client heard of the end
+    assert [m["content"] for m in b.messages(iid)] == ["please remember this"]
+
+
 def test_a_tool_started_on_a_lost_owner_is_reported_not_rerun(pair: Pair, fake_llm: FakeLLM) -> None:
     # Given a run on a whose owner is lost while its tool runs
     a, b = pair.hosts["a"], pair.hosts["b"]

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import os
 import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
 
 from regina import idempotency, keys
+from regina import journal as journal_module
+from regina.activation import local_path, open_current
+from regina.backups import Backups
+from regina.config import Settings
+from regina.factory_hooks import FactoryHooks
+from regina.instances import InstanceStore
 from regina.journal import Journal, JournalVFS
 from regina.redis_conn import connect
+from regina.vfs import SQLiteVFS
 from regina.vfs.memory import MemoryVFS
+from storage.fs import FsStorage
 from tests.harness.redis_server import RedisServer
 
 
@@ -69,4 +82,108 @@ def test_a_pending_idempotency_claim_expires_long_before_the_key(redis_server: R
         assert client.ttl(key) > idempotency.TTL - 60  # answered: kept the whole 24 h
     finally:
         client.delete(key)
+        client.close()
+
+
+# -- a worker killed while it replays, or between a change and its dirty mark -------------------
+
+
+class _Killed(BaseException):
+    """Stands for a kill -9 at that instant: nothing after it runs (no except clause catches it)."""
+
+
+def _instance_with_journal(client: Any, settings: Settings, storage_dir: Path) -> tuple[str, Backups]:
+    """An instance backed up at seq 0 whose journal then holds an append, a mkdir and a rename
+    (seqs 1-3), with no local copy on this disk (another member made them)."""
+    iid = f"openai-agent-{uuid.uuid4().hex[:24]}"
+    client.hset(keys.instance_record(iid), mapping={"epoch": "1", "status": "started", "definitionId": "openai-agent"})
+    backups = Backups(client, FsStorage(storage_dir))
+    vfs = SQLiteVFS(local_path(settings, iid))
+    recorder = JournalVFS(vfs, epoch=1, seq=0)
+    backups.save_vfs(iid, 1, 1, recorder)
+    recorder.append("/notes.txt", b"hi\n")
+    recorder.mkdir("/a")
+    recorder.rename("/a", "/b")
+    Journal(client).flush(iid, 1, recorder)
+    vfs.close()
+    os.remove(local_path(settings, iid))
+    return iid, backups
+
+
+def test_a_replay_cut_short_is_not_trusted_by_the_next_attach(
+    redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed after two of three entries: the copy on disk says the backup's seq, and trusting
+    it would apply them again (the append twice, the rename of a path that is gone)."""
+    client = connect(redis_server.url, concurrency=1)
+    settings = Settings(vfs_dir=str(tmp_path / "vfs"))
+    os.makedirs(settings.vfs_dir)
+    iid, backups = _instance_with_journal(client, settings, tmp_path / "store")
+    try:
+        rec = InstanceStore(client).get(iid)
+        assert rec is not None
+        applied: list[str] = []
+        real_apply = journal_module.apply
+
+        def killed_after_two(vfs: Any, op: str, args: list[Any]) -> None:
+            real_apply(vfs, op, args)
+            applied.append(op)
+            if len(applied) == 2:
+                raise _Killed()
+
+        monkeypatch.setattr(journal_module, "apply", killed_after_two)
+        with pytest.raises(_Killed):
+            open_current(settings, FactoryHooks(), backups, Journal(client), rec)
+        monkeypatch.setattr(journal_module, "apply", real_apply)
+
+        opened = open_current(settings, FactoryHooks(), backups, Journal(client), rec)
+        try:
+            assert opened.vfs.read("/notes.txt") == b"hi\n"
+            assert opened.vfs.exists("/b") and not opened.vfs.exists("/a")
+            assert opened.journal_seq == 3
+        finally:
+            opened.vfs.close()
+        # ... and a third attach trusts the copy the second one left (nothing downloaded again).
+        again = open_current(settings, FactoryHooks(), backups, Journal(client), rec)
+        try:
+            assert not again.restored and again.vfs.read("/notes.txt") == b"hi\n"
+        finally:
+            again.vfs.close()
+    finally:
+        client.delete(keys.instance_record(iid), keys.journal(iid))
+        client.close()
+
+
+def test_a_change_is_never_in_a_copy_marked_clean(redis_server: RedisServer, tmp_path: Path) -> None:
+    """Killed between a change's commit and its journaling: the copy must already say dirty, or
+    the next attach would trust a file holding a change the cluster never heard of."""
+    client = connect(redis_server.url, concurrency=1)
+    settings = Settings(vfs_dir=str(tmp_path / "vfs"))
+    os.makedirs(settings.vfs_dir)
+    iid, backups = _instance_with_journal(client, settings, tmp_path / "store")
+    try:
+        rec = InstanceStore(client).get(iid)
+        assert rec is not None
+        opened = open_current(settings, FactoryHooks(), backups, Journal(client), rec)
+        vfs = opened.vfs
+        backups.save_vfs(iid, 1, 2, JournalVFS(vfs, epoch=1, seq=opened.journal_seq))  # a clean copy
+        rec = InstanceStore(client).get(iid)
+        assert rec is not None
+
+        class KilledRecorder(JournalVFS):
+            def record(self, op: str, *args: Any) -> None:
+                raise _Killed()  # the change is committed; its entry never made
+
+        with pytest.raises(_Killed):
+            KilledRecorder(vfs, epoch=1, seq=opened.journal_seq).append("/notes.txt", b"lost?\n")
+        vfs.close()
+
+        again = open_current(settings, FactoryHooks(), backups, Journal(client), rec)
+        try:
+            assert again.restored  # from the backup: the local copy was not trusted
+            assert again.vfs.read("/notes.txt") == b"hi\n"
+        finally:
+            again.vfs.close()
+    finally:
+        client.delete(keys.instance_record(iid), keys.journal(iid))
         client.close()
