@@ -119,6 +119,18 @@ class InstanceHost:
         answer to the caller."""
         try:
             return self._attach(instance_id, epoch, new_of, reply_to)
+        except StaleEpoch:
+            raise
+        except Exception:
+            # The claim said `started` here; left so, the coordinator would queue steps on a
+            # queue nobody reads (this member alive, the instance not held). Suspended, the
+            # next request claims it again.
+            if instance_id not in self.active:
+                try:
+                    self.store.fenced_set(instance_id, epoch, status="suspended")
+                except Exception:  # noqa: BLE001 - the attach's own error is what the caller hears
+                    log.warning("instance %s: failed attach not marked suspended", instance_id, exc_info=True)
+            raise
         finally:
             gate = self.loading.pop(instance_id, None)
             if gate is not None:
@@ -397,6 +409,12 @@ class InstanceHost:
             except StaleEpoch:
                 self._drop(act, "its backup found the epoch stale")
                 return {"backedUp": False, "moved": True}
+            except Exception:
+                # Storage or Redis failed: the instance stays here, started again (its queue is
+                # read again by the caller; the idle loop asks for the suspend again later).
+                log.warning("instance %s: suspend failed; it stays started here", instance_id, exc_info=True)
+                self._unsuspend(act)
+                raise
             act.runner.close()
             self.active.pop(instance_id, None)
             act.tools.close()
@@ -408,6 +426,14 @@ class InstanceHost:
                 log.warning("instance %s moved on while suspending; its newer owner's state is kept", instance_id)
         self._count(-1)
         return {"backedUp": bool(version), "bytes": size}
+
+    def _unsuspend(self, act: Active) -> None:
+        """Undo a suspend's `suspending` (a coordinator waits on it, then would give up with 503s
+        for as long as it stayed)."""
+        try:
+            self.store.fenced_set(act.instance_id, act.epoch, status="started")
+        except Exception:  # noqa: BLE001 - Redis down too: the record is repaired by the next suspend
+            log.warning("instance %s: could not mark it started again", act.instance_id, exc_info=True)
 
     @metrics.timed(metrics.BACKUPS, metrics.BACKUP_SECONDS)
     def _backup(self, act: Active) -> tuple[int, int]:

@@ -11,6 +11,7 @@ minor version and the tests that exercise every command.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -108,27 +109,16 @@ def _handle_command(consumer: Any, message: Any, body: Any) -> None:
     iid = payload.get("instanceId", "")
     queue = keys.instance_queue(iid)
     if name == "attach":
-        spawn_of = payload.get("spawnOf")  # the definition of an instance being spawned
-
-        def attach() -> dict[str, Any]:
-            try:
-                return host.attach(iid, int(payload["epoch"]), spawn_of, reply_to=token)
-            except Exception:
-                # Stop consuming through the consumer loop: this greenlet must not use the
-                # consumer's connection (on RabbitMQ a cancel waits for the broker's answer).
-                ctx.dispatcher.send_command(ctx.member_id, "release", {"instanceId": iid}, None)
-                raise
-
-        # Consume first: steps queued while the VFS is being restored wait on its lock.
-        host.begin_attach(iid)
-        # The anonymous exchange (as the publisher uses): no exchange or binding to declare,
-        # so nothing per queue accumulates in Redis or in kombu's in-memory state.
-        with fresh_queue(queue) if spawn_of else nullcontext():
-            _consume_queue(consumer, queue)
-        gevent.spawn(_answer, ctx, token, attach, True)  # the attach's last write answers
+        _attach(ctx, consumer, iid, payload, token)
     elif name == "suspend":
         _release_queue(consumer, queue)
-        gevent.spawn(_answer, ctx, token, lambda: host.suspend(iid, payload.get("epoch")))
+        gevent.spawn(_answer, ctx, token, functools.partial(_suspend, ctx, iid, payload.get("epoch")))
+    elif name == "consume":
+        # An instance a failed suspend left here: its steps are taken again (kicked: those that
+        # waited meanwhile too).
+        if iid in host.active:
+            _consume_queue(consumer, queue)
+        ctx.reply(token, {"ok": True, "data": {}})
     elif name == "delete":
         _release_queue(consumer, queue)
         gevent.spawn(_answer, ctx, token, lambda: host.delete(iid))
@@ -143,3 +133,38 @@ def _handle_command(consumer: Any, message: Any, body: Any) -> None:
         gevent.spawn(_answer, ctx, token, lambda: host.messages(iid))
     else:
         ctx.reply(token, {"ok": False, "error": f"unknown command {name!r}"})
+
+
+def _attach(ctx: WorkerContext, consumer: Any, iid: str, payload: dict[str, Any], token: str | None) -> None:
+    """Consume the instance's queue now (steps queued while its VFS is restored wait on its
+    lock), attach it in a greenlet; a failed attach stops consuming it again."""
+    host = ctx.host
+    queue = keys.instance_queue(iid)
+    spawn_of = payload.get("spawnOf")  # the definition of an instance being spawned
+
+    def attach() -> dict[str, Any]:
+        try:
+            return host.attach(iid, int(payload["epoch"]), spawn_of, reply_to=token)
+        except Exception:
+            # Stop consuming through the consumer loop: this greenlet must not use the
+            # consumer's connection (on RabbitMQ a cancel waits for the broker's answer).
+            ctx.dispatcher.send_command(ctx.member_id, "release", {"instanceId": iid}, None)
+            raise
+
+    host.begin_attach(iid)
+    # The anonymous exchange (as the publisher uses): no exchange or binding to declare,
+    # so nothing per queue accumulates in Redis or in kombu's in-memory state.
+    with fresh_queue(queue) if spawn_of else nullcontext():
+        _consume_queue(consumer, queue)
+    gevent.spawn(_answer, ctx, token, attach, True)  # the attach's last write answers
+
+
+def _suspend(ctx: WorkerContext, iid: str, epoch: int | None) -> dict[str, Any]:
+    """Suspend (its queue already released); one that failed (its backup) leaves the instance
+    here, and its queue is read again."""
+    try:
+        return ctx.host.suspend(iid, epoch)
+    except Exception:
+        if iid in ctx.host.active:
+            ctx.dispatcher.send_command(ctx.member_id, "consume", {"instanceId": iid}, None)
+        raise

@@ -182,7 +182,10 @@ def _idle_loop() -> None:
     ctx = context()
     timeout = ctx.settings.idle_timeout
     interval = min(max(timeout / 4, 0.2), 5.0) if timeout > 0 else 5.0
-    requested: set[str] = set()
+    # When each suspend was asked for: asked again after `again` seconds if the instance is
+    # still here and idle (a suspend whose backup failed leaves it started).
+    requested: dict[str, float] = {}
+    again = max(timeout, 30.0)
     while not _state["stopping"]:
         gevent.sleep(interval)
         if _state["stopping"]:
@@ -190,11 +193,12 @@ def _idle_loop() -> None:
         try:
             ctx.host.park_idle(ctx.settings.vfs_park_after)
             idle = ctx.host.idle_instances()
-            requested &= set(ctx.host.active)
+            now = time.monotonic()
+            requested = {i: t for i, t in requested.items() if i in ctx.host.active and now - t < again}
             for iid in idle:
                 if iid in requested:
                     continue
-                requested.add(iid)
+                requested[iid] = now
                 log.info("instance %s idle for more than %gs: suspending", iid, timeout)
                 epoch = ctx.host.active[iid].epoch
                 ctx.dispatcher.send_command(ctx.member_id, "suspend", {"instanceId": iid, "epoch": epoch}, new_token())

@@ -230,3 +230,62 @@ def test_heartbeats_and_a_running_loop_keep_an_instance_from_idling_out(
     assert [m["content"] for m in api.get(f"/instances/{iid}/messages").json()] == ["take your time", "slow but alive"]
     # Left alone, it idles out.
     wait_until(lambda: api.get(f"/instances/{iid}").json()["status"] == "suspended", timeout=15, what="idle suspend")
+
+
+def test_a_suspend_whose_backup_fails_leaves_the_instance_started_and_answering(
+    make_cluster: Callable[..., Cluster], tmp_path: Path
+) -> None:
+    """Storage down during a suspend: the instance stays where it is, started, its queue read
+    (not "suspending" until someone asks again, every chat a 503); once storage is back, the
+    next suspend succeeds."""
+    backups = tmp_path / "backups"
+    c = make_cluster(
+        REGINA_IDLE_TIMEOUT="600", REGINA_STORAGE__TYPE="fs", REGINA_STORAGE__BASE_PATH=str(backups)
+    ).start(workers=1)
+    with httpx.Client(base_url=c.web.url, timeout=60) as api:
+        iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
+        assert api.post(f"/instances/{iid}/chat", json={"message": "before"}).status_code == 200
+        backups.rename(tmp_path / "moved")
+        backups.write_text("not a directory: every put fails")
+
+        failed = api.post(f"/instances/{iid}/suspend")
+
+        assert failed.status_code >= 500, failed.text
+        assert record(c.redis_url, iid)["status"] == "started"
+        answer = api.post(f"/instances/{iid}/chat", json={"message": "after"}, timeout=20)
+        assert answer.status_code == 200 and answer.json()["text"] == "echo: after"
+
+        backups.unlink()
+        (tmp_path / "moved").rename(backups)
+        assert api.post(f"/instances/{iid}/suspend").status_code == 204
+        assert record(c.redis_url, iid)["status"] == "suspended"
+
+
+def test_an_attach_that_fails_leaves_the_instance_suspended_not_started_nowhere(
+    make_cluster: Callable[..., Cluster], tmp_path: Path
+) -> None:
+    """A resume whose restore cannot read storage: the claim wrote `started` on a live worker
+    that then holds nothing; left so, every later chat would wait on a queue nobody reads."""
+    backups = tmp_path / "backups"
+    c = make_cluster(
+        REGINA_IDLE_TIMEOUT="600", REGINA_STORAGE__TYPE="fs", REGINA_STORAGE__BASE_PATH=str(backups)
+    ).start(workers=1)
+    with httpx.Client(base_url=c.web.url, timeout=60) as api:
+        iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
+        assert api.post(f"/instances/{iid}/chat", json={"message": "before"}).status_code == 200
+        assert api.post(f"/instances/{iid}/suspend").status_code == 204
+        for copy in (c.tmp / f"vfs-{c.workers[0].member_id.split('@')[0]}").glob(f"{iid}*"):
+            copy.unlink()  # no local copy: the attach must download the backup
+        backups.rename(tmp_path / "moved")
+        backups.write_text("not a directory: every get fails")
+
+        failed = api.post(f"/instances/{iid}/chat", json={"message": "during"}, timeout=30)
+
+        assert failed.status_code >= 500, failed.text
+        assert record(c.redis_url, iid)["status"] == "suspended"
+        backups.unlink()
+        (tmp_path / "moved").rename(backups)
+        answer = api.post(f"/instances/{iid}/chat", json={"message": "after"}, timeout=30)
+        assert answer.status_code == 200 and answer.json()["text"] == "echo: after"
+        texts = [m["content"] for m in api.get(f"/instances/{iid}/messages").json()]
+        assert texts[:2] == ["before", "echo: before"] and texts[-2:] == ["after", "echo: after"]
