@@ -144,8 +144,13 @@ def _heartbeat_loop(membership: Membership) -> None:
         if _state["stopping"]:
             break  # leaving: placement must not see this member again
         try:
-            if membership.renew(len(ctx.host.active)) and not isinstance(ctx.dispatcher, amqp.AmqpDispatcher):
-                queues = [keys.instance_queue(iid) for iid in list(ctx.host.active)]
+            rejoined = membership.renew(len(ctx.host.active))
+            # Instances that moved while this worker was cut off or paused: let go of them (below),
+            # and put back no ready entries for their new owner's steps.
+            stale = ctx.host.stale_instances()
+            if rejoined and not isinstance(ctx.dispatcher, amqp.AmqpDispatcher):
+                moved = {iid for iid, _epoch in stale}
+                queues = [keys.instance_queue(iid) for iid in list(ctx.host.active) if iid not in moved]
                 put_back = rekick(ctx.client, keys.member_ready(ctx.member_id), queues)
                 log.warning(
                     "member %s was taken for dead and is back: %d waiting step(s) of its %d instance(s) "
@@ -155,8 +160,7 @@ def _heartbeat_loop(membership: Membership) -> None:
                     len(queues),
                 )
             _queue_gauges(ctx)
-            # Instances that moved while this worker was cut off or paused: let go of them now.
-            for iid, epoch in ctx.host.stale_instances():
+            for iid, epoch in stale:
                 log.warning("instance %s moved on from epoch %d: releasing it", iid, epoch)
                 ctx.dispatcher.send_command(ctx.member_id, "release", {"instanceId": iid, "epoch": epoch}, None)
         except Exception:

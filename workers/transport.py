@@ -94,9 +94,9 @@ end
 # a dead owner's steps are found there, and those tagged with their run's id through the
 # instance's open runs (workers/dispatcher.py).
 #
-# Both takes also pop the next name off the worker's ready list (KEYS: the last; ARGV: the last,
-# '1') when the consumer may take another step now: under load, steps follow one another with one
-# round trip each instead of a BRPOP and a take. Reply: {raw or '', next name or '', …}.
+# Both takes also pop the next name off the worker's ready list (a KEYS entry; ARGV: '1') when
+# the consumer may take another step now: under load, steps follow one another with one round
+# trip each instead of a BRPOP and a take. Reply: {raw or '', next name or '', …}.
 _NEXT_READY = """
 local function next_ready(ready, wanted)
   if wanted ~= '1' then return '' end
@@ -105,9 +105,13 @@ end
 """
 
 # The pop of the queue's oldest step and kombu's unacked entry for it (both takes). Returns the
-# raw step and whether its tag is its run's id, or nil when the queue is empty.
+# raw step and whether its tag is its run's id, or nil when the queue is empty — or when the
+# instance's record names another member (`record`, `member`): a worker back from a pause
+# still consumes the queues of instances that moved meanwhile, until it lets go of them, and
+# must not take their new owner's steps.
 _POP_UNACKED = """
-local function pop_unacked()
+local function pop_unacked(record, member)
+  if redis.call('HGET', record, 'member') ~= member then return nil end
   local raw = redis.call('RPOP', KEYS[1])
   if not raw then return nil end
   local props = cjson.decode(raw)['properties']
@@ -122,27 +126,30 @@ local function pop_unacked()
 end
 """
 
+# KEYS: queue, unacked index, unacked hash, the queue's tag set, ready list, instance record.
+# ARGV: now, run id prefix, whether to pop the next ready name, this member's id.
 _TAKE_UNACKED = (
     _NEXT_READY
     + _POP_UNACKED
     + """
-local raw = pop_unacked()
+local raw = pop_unacked(KEYS[6], ARGV[4])
 return {raw or '', next_ready(KEYS[5], ARGV[3])}
 """
 )
 
 # The take, and the start of the step's run in the same call (`begin` of regina/runs/store.py)
 # when the worker says the instance runs nothing and nothing else of it waits (`StepStarts`):
-# one round trip less before the model call. KEYS: those of _TAKE_UNACKED, instance record,
-# steering list, ready list. ARGV: now, run id prefix, epoch, instance id, retention, run record
-# prefix, whether to pop the next ready name. Returns {raw, next} for a step not tagged with its
-# run's id (its start stays the step's own), else {raw, next, <begin's reply…>}.
+# one round trip less before the model call. KEYS: the first four of _TAKE_UNACKED, instance
+# record, steering list, ready list. ARGV: now, run id prefix, epoch, instance id, retention, run
+# record prefix, whether to pop the next ready name, this member's id. Returns {raw, next} for a
+# step not tagged with its run's id (its start stays the step's own), else {raw, next, <begin's
+# reply…>}.
 _TAKE_AND_BEGIN = (
     BEGIN_FN
     + _NEXT_READY
     + _POP_UNACKED
     + """
-local raw, tag = pop_unacked()
+local raw, tag = pop_unacked(KEYS[5], ARGV[8])
 if not tag then return {raw or '', next_ready(KEYS[7], ARGV[7])} end
 local run = ARGV[6] .. tag
 local out = begin({KEYS[5], run .. ':events', run, KEYS[6], run .. ':steered'}, {ARGV[3], ARGV[1], ARGV[4], ARGV[5]})
@@ -266,6 +273,11 @@ class Channel(_RedisChannel):  # type: ignore[misc]
     from_transport_options = (*_RedisChannel.from_transport_options, "ready_key")
     ready_key: str | None = None
     _cached_client: Any = None
+
+    @property
+    def member_id(self) -> str:
+        """The member consuming through `ready_key` (its steps are those of instances it owns)."""
+        return (self.ready_key or "")[len(keys.member_ready("")) :]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -423,15 +435,18 @@ class Channel(_RedisChannel):  # type: ignore[misc]
         pre = starts.prebegin(instance_id) if starts is not None else None
         begun: tuple[int, list[str]] | None = None
         wanted = "1" if pop_next and self.ready_key else "0"
+        record = keys.instance_record(instance_id)
         if pre is None:
             reply = self._script(_TAKE_UNACKED)(
-                keys=[*take_keys, self.ready_key or ""], args=[time(), RUN_PREFIX, wanted], client=self.client
+                keys=[*take_keys, self.ready_key or "", record],
+                args=[time(), RUN_PREFIX, wanted, self.member_id],
+                client=self.client,
             )
         else:
             epoch, retention = pre
             reply = self._script(_TAKE_AND_BEGIN)(
-                keys=[*take_keys, keys.instance_record(instance_id), keys.steering(instance_id), self.ready_key or ""],
-                args=[time(), RUN_PREFIX, epoch, instance_id, retention, keys.RUN_PREFIX, wanted],
+                keys=[*take_keys, record, keys.steering(instance_id), self.ready_key or ""],
+                args=[time(), RUN_PREFIX, epoch, instance_id, retention, keys.RUN_PREFIX, wanted, self.member_id],
                 client=self.client,
             )
             if len(reply) > 2:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import json
 import os
 import signal
 import threading
@@ -20,6 +21,7 @@ import redis
 
 from tests.harness.fake_llm import FakeLLM, Reply
 from tests.harness.processes import Cluster
+from tests.harness.redis_server import RedisServer
 from tests.harness.waiting import wait_until
 
 
@@ -191,3 +193,38 @@ def test_steps_waiting_when_a_live_members_ready_list_was_pruned_still_run(
         assert first.result().json()["text"] == "first done"
         answer = second.result()
         assert answer.status_code == 200 and answer.json()["text"] == "echo: second", answer.text
+
+
+def test_a_worker_takes_no_step_of_an_instance_that_moved_to_another_member(redis_server: RedisServer) -> None:
+    """A worker back from a pause still consumes the queue of an instance that moved meanwhile
+    (until its heartbeat lets go of it), and its ready list may name that queue: its takes must
+    leave the new owner's steps where they are (taken, they would wait behind whatever the old
+    holder still runs, then be given back out of order)."""
+    from regina import keys
+    from workers.transport import _TAKE_AND_BEGIN, _TAKE_UNACKED
+
+    r = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    iid = f"openai-agent-{uuid.uuid4().hex[:24]}"
+    queue, record = keys.instance_queue(iid), keys.instance_record(iid)
+    step = json.dumps({"body": "", "properties": {"delivery_tag": "tag-1", "delivery_info": {}}})
+    take_keys = [queue, f"unacked-index-{iid}", f"unacked-{iid}", keys.unacked_of(queue)]
+    try:
+        r.hset(record, mapping={"member": "new@test", "epoch": "2", "status": "started"})
+        r.lpush(queue, step)
+        for script, keys_, args in (
+            (_TAKE_UNACKED, [*take_keys, "ready-old", record], ["1", "run-", "0", "old@test"]),
+            (
+                _TAKE_AND_BEGIN,
+                [*take_keys, record, keys.steering(iid), "ready-old"],
+                ["1", "run-", "1", iid, "60", keys.RUN_PREFIX, "0", "old@test"],
+            ),
+        ):
+            assert r.register_script(script)(keys=keys_, args=args)[0] == ""
+            assert r.lrange(queue, 0, -1) == [step]
+        # ... while its owner takes it
+        taken = r.register_script(_TAKE_UNACKED)(
+            keys=[*take_keys, "ready-new", record], args=["1", "run-", "0", "new@test"]
+        )
+        assert taken[0] == step and r.llen(queue) == 0
+    finally:
+        r.delete(queue, record, *take_keys)

@@ -24,6 +24,8 @@ class _Consumer:
         self.iid = f"order-{uuid.uuid4().hex[:12]}"
         self.queue = keys.instance_queue(self.iid)
         member = f"m-{uuid.uuid4().hex[:8]}"
+        # The instance is this member's: a take leaves the steps of another's alone.
+        redis.Redis.from_url(url).hset(keys.instance_record(self.iid), "member", member)
         self.conn = Connection(
             url, transport="workers.transport:Transport", transport_options={"ready_key": keys.member_ready(member)}
         )
@@ -55,7 +57,7 @@ def consumer(redis_server: RedisServer) -> Iterator[_Consumer]:
         yield c
     finally:
         r = redis.Redis.from_url(redis_server.url)
-        r.delete(c.queue, keys.unacked_of(c.queue))
+        r.delete(c.queue, keys.unacked_of(c.queue), keys.instance_record(c.iid))
         c.conn.release()
 
 
