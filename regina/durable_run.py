@@ -7,7 +7,7 @@ On top of `regina.run_watch.WatchedRun` (a `RunContext`: events, steering, heart
   (regina/journal.py) by a fenced script; the run's terminal script ships the rest in the same
   round trip as the terminal event: whatever the client is told, every tool call that may start
   and every tool that completed is in Redis first;
-- steering drains between steps and the heartbeat check the owner's epoch first (fencing.py);
+- steering drains (in their take script) and the heartbeat check the owner's epoch (fencing.py);
   run events are fenced by the publisher itself.
 
 Any of these finding the epoch stale raises StaleEpoch: the step stops at once and the host lets
@@ -21,7 +21,6 @@ from collections.abc import Callable
 from regina.fencing import Fence
 from regina.run_watch import WatchedRun
 from regina.runtime.events import Event, ToolCallEvent
-from regina.runtime.sink import Steer
 
 
 class DurableRun(WatchedRun):
@@ -59,11 +58,6 @@ class DurableRun(WatchedRun):
             self.flush(False)
         super().emit(event)  # a terminal event's script ships the journal itself (runs/stream.py)
 
-    def drain_steering(self) -> list[Steer]:
-        if self._first:
-            return self._first.pop()
-        # What a stale owner takes anyway (paused right after this check) stays in the run's
-        # steering journal, and the redelivered step takes it again.
-        if not self.fence.current():
-            raise self.fence.stale("steering drain")
-        return super().drain_steering()
+    def steering_epoch(self) -> int | None:
+        """The take script checks the epoch: a stale owner takes nothing (StaleEpoch)."""
+        return self.fence.epoch

@@ -86,9 +86,15 @@ class RunContext:
     def drain_steering(self) -> list[Steer]:
         if self._first:
             return self._first.pop()
-        taken = self.runs.take_steering(self.instance_id, cast(str, self.run_id), self._journal_seen)
+        taken = self.runs.take_steering(
+            self.instance_id, cast(str, self.run_id), self._journal_seen, self.steering_epoch()
+        )
         self._journal_seen += len(taken)
         return taken
+
+    def steering_epoch(self) -> int | None:
+        """The owner's epoch steering is taken under (None: unfenced)."""
+        return None
 
     def unclaimed_steering(self) -> list[Steer]:
         """Steering taken for this run that the loop never drained (the step failed first)."""

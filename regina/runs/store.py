@@ -24,6 +24,8 @@ import redis
 
 from regina import keys
 from regina.clock import redis_now
+from regina.errors import StaleEpoch
+from regina.fencing import is_stale_error
 from regina.instances import LUA_TOUCH, LUA_TOUCH_EXISTING, InstanceRecord, record_from_hash
 from regina.redis_conn import script
 from regina.runs.cancel import announce
@@ -168,10 +170,18 @@ local function take(list_key, journal_key, ttl)
 end
 """
 
-# The take of a running step (KEYS: steering list, run journal; ARGV: retention, journal entries
-# the step has seen): what the journal holds past those, so that the same call run again (its
-# reply lost) returns what the first run took.
-_TAKE = _TAKE_FN + "take(KEYS[1], KEYS[2], ARGV[1])\nreturn redis.call('LRANGE', KEYS[2], ARGV[2], -1)"
+# The take of a running step (KEYS: steering list, run journal, instance record; ARGV: retention,
+# journal entries the step has seen, the owner's epoch or '' unfenced): what the journal holds past
+# those, so that the same call run again (its reply lost) returns what the first run took. A stale
+# owner (paused after its last check) takes nothing: error STALE.
+_TAKE = (
+    _TAKE_FN
+    + """
+if ARGV[3] ~= '' and redis.call('HGET', KEYS[3], 'epoch') ~= ARGV[3] then return redis.error_reply('STALE') end
+take(KEYS[1], KEYS[2], ARGV[1])
+return redis.call('LRANGE', KEYS[2], ARGV[2], -1)
+"""
+)
 
 # KEYS: instance record, run events, run record, steering list, run journal. ARGV: epoch, now,
 # instanceId, retention. A stale owner, an ended run or an expired record (status '') takes
@@ -468,12 +478,19 @@ class RunStore:
         args = [str(epoch), repr(time.time()), instance_id, str(self.retention)]
         return parse_begun(cast(list[str], self._begin(keys=run_keys, args=args)))
 
-    def take_steering(self, instance_id: str, run_id: str, seen: int) -> list[Steer]:
+    def take_steering(self, instance_id: str, run_id: str, seen: int, epoch: int | None = None) -> list[Steer]:
         """Take the waiting steering messages for a running run (kept in its journal): those of
-        the journal past the `seen` first entries the step has had already."""
-        taken = self._take(
-            keys=[keys.steering(instance_id), keys.run_steered(run_id)], args=[str(self.retention), str(seen)]
-        )
+        the journal past the `seen` first entries the step has had already. With `epoch`, only
+        while it is the instance's (else StaleEpoch, nothing taken)."""
+        try:
+            taken = self._take(
+                keys=[keys.steering(instance_id), keys.run_steered(run_id), keys.instance_record(instance_id)],
+                args=[str(self.retention), str(seen), "" if epoch is None else str(epoch)],
+            )
+        except redis.ResponseError as exc:
+            if is_stale_error(exc):
+                raise StaleEpoch(f"instance {instance_id} moved on (epoch {epoch} is stale): steering refused") from exc
+            raise
         return decode_all(cast(list[str], taken))
 
     def end_all(self, instance_id: str) -> int:

@@ -28,7 +28,10 @@ from regina.ids import new_instance_id, new_run_id
 from regina.instances import InstanceStore
 from regina.redis_conn import connect
 from regina.registry import AgentRegistry
+from regina.runs.steering import encode as encode_steer
+from regina.runs.store import RunStore
 from regina.runtime.messages import OUTCOME_UNKNOWN
+from regina.runtime.sink import Steer
 from storage.redis import RedisStorage
 from tests.harness.fake_llm import FakeLLM, Reply, ToolCall
 from tests.harness.redis_server import RedisServer
@@ -210,6 +213,22 @@ def test_the_message_of_a_run_cancelled_before_its_model_call_survives_the_owner
 
     # Then the message was in Redis before the client heard of the end
     assert [m["content"] for m in b.messages(iid)] == ["please remember this"]
+
+
+def test_a_stale_owner_takes_no_steering(pair: Pair) -> None:
+    """An owner paused between its last check and its take of steering: the take itself is
+    fenced, so the message stays for the run on the new owner (the client was told it queued)."""
+    iid = pair.spawn()
+    run_id = pair.new_run(iid)
+    epoch = pair.move(iid, "b")
+    pair.r.rpush(keys.steering(iid), encode_steer(Steer("steer-x", "go left")))
+    runs = RunStore(pair.r)
+
+    with pytest.raises(StaleEpoch):
+        runs.take_steering(iid, run_id, 0, epoch=epoch - 1)
+
+    assert pair.r.llen(keys.steering(iid)) == 1
+    assert [s.steer_id for s in runs.take_steering(iid, run_id, 0, epoch=epoch)] == ["steer-x"]
 
 
 def test_a_tool_started_on_a_lost_owner_is_reported_not_rerun(pair: Pair, fake_llm: FakeLLM) -> None:
