@@ -24,7 +24,7 @@ from typing import Any
 import redis
 from pydantic import BaseModel, Field
 
-from regina import keys
+from regina import ids, keys
 from regina.definitions import AgentDefinition
 from regina.errors import DefinitionError, ReginaError, ToolError
 from regina.lifecycle import Coordinator
@@ -123,7 +123,12 @@ class Delegation:
             raise ToolError("no time left in this run to wait for a delegate")
         child = self._child(caller_id, agent_type)
         runs = self.coordinator.runs
-        run_id = runs.start(child, message, stream=False, depth=depth + 1)
+        run_id = ids.new_run_id()
+        try:
+            runs.start(child, message, stream=False, depth=depth + 1, run_id=run_id)
+        except BaseException:
+            _cancel(runs, run_id)  # cut short (the caller's run cancelled) after the run opened
+            raise
         final: dict[str, Any] = {}
         try:
             for event in runs.follow_known(run_id, child, timeout=deadline - time.monotonic()):
@@ -144,12 +149,15 @@ class Delegation:
             child = child.decode()
         if child and self.coordinator.store.get(child) is not None:
             return str(child)
+        # Paired before it exists: a spawn cut short (the caller's run cancelled) leaves a
+        # child its caller still owns (reused next time, deleted with it), not a stray one.
+        child = ids.new_instance_id(agent_type)
+        self.r.hset(key, agent_type, child)
         try:
-            rec = self.coordinator.spawn(agent_type)
+            self.coordinator.spawn(agent_type, instance_id=child)
         except ReginaError as exc:
             raise ToolError(f"could not start an instance of {agent_type!r}: {exc.message}") from exc
-        self.r.hset(key, agent_type, rec.instance_id)
-        return rec.instance_id
+        return child
 
 
 def _cancel(runs: RunService, run_id: str) -> None:

@@ -97,11 +97,12 @@ class Coordinator:
             "spawn",
         )
 
-    def spawn(self, definition_id: str) -> InstanceRecord:
-        """Create an instance of a definition on a live member and wait until it is attached."""
+    def spawn(self, definition_id: str, instance_id: str | None = None) -> InstanceRecord:
+        """Create an instance of a definition on a live member and wait until it is attached.
+        `instance_id`: one the caller made (`ids.new_instance_id`) and recorded first."""
         definition = self.registry.get(definition_id)
         member = self._place()
-        instance_id = ids.new_instance_id(definition.id)
+        instance_id = instance_id or ids.new_instance_id(definition.id)
         token = ids.new_token()
         attach = {"instanceId": instance_id, "epoch": 1, "spawnOf": definition.id}
         # The record's script pushes the attach too (one round trip less), where the broker allows.
@@ -261,8 +262,10 @@ class Coordinator:
         return True
 
     def delete(self, instance_id: str) -> None:
-        """Tear down queue, VFS, backup and keys."""
+        """Tear down queue, VFS, backup and keys; then the instance's delegate children (it owns
+        them: no other caller can reach them once it is gone)."""
         rec = self.get(instance_id)
+        children = cast(list[str], self.r.hvals(keys.delegates(instance_id)))
         # Its runs can no longer run: they end cancelled now (a running one is interrupted, so
         # its owner's delete below does not wait for the model).
         self.runs.store.end_all(instance_id)
@@ -279,6 +282,11 @@ class Coordinator:
         if self.storage is not None:
             Backups(self.r, self.storage).delete_all(instance_id)
         self.store.delete(instance_id, rec.definition_id)
+        for child in children:
+            try:
+                self.delete(child)
+            except NotFound:
+                pass  # deleted on its own already
 
     # -- chat ----------------------------------------------------------------------------
 

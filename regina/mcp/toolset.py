@@ -99,6 +99,9 @@ class McpToolset:
         self.on_degraded: Callable[[str, str], None] | None = None
         self._tools: dict[str, Tool] = {}
         self._built_from: list[int] = []
+        #: Closed with the instance's activation: nothing connects again (a step still running
+        #: as its instance is dropped would open connections nothing ever closes).
+        self.closed = False
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -107,7 +110,8 @@ class McpToolset:
         self._connect(list(self.conns))
 
     def close(self) -> None:
-        """Close every connection (suspend, delete, shutdown)."""
+        """Close every connection (suspend, delete, shutdown), for good."""
+        self.closed = True
         if self.conns:
             try:
                 run_coro(self._close_all(), timeout=15)
@@ -118,7 +122,7 @@ class McpToolset:
         await asyncio.gather(*(c.close() for c in self.conns.values()), return_exceptions=True)
 
     def _connect(self, names: list[str]) -> None:
-        if not names:
+        if not names or self.closed:
             return
         try:
             outcomes = run_coro(self._open_many(names), timeout=self.settings.connect_timeout + 10)
@@ -147,6 +151,8 @@ class McpToolset:
 
     def tools(self) -> dict[str, Tool]:
         """The `<server>_<tool>` tools for the next step (reconnecting and re-listing first)."""
+        if self.closed:
+            return {}
         now = time.monotonic()
         due = [n for n, c in self.conns.items() if not c.up and now >= self.next_try.get(n, 0.0)]
         self._connect(due)

@@ -90,11 +90,13 @@ class RunService:
         when_busy: WhenBusy = "queue",
         idem: IdemRequest | None = None,
         depth: int = 0,
+        run_id: str | None = None,
     ) -> str:
         """Queue a chat run (or steer the busy one, or refuse, per `when_busy`); returns the id
         of the run whose events answer this request. `depth` > 0 marks a delegated run (how
-        many delegations deep it is; `regina.delegation` reads it back)."""
-        return self._start(instance_id, message, stream, when_busy, idem, depth)[0]
+        many delegations deep it is; `regina.delegation` reads it back). `run_id`: the new
+        run's id, made by the caller (`ids.new_run_id`) to cancel it if the start is cut short."""
+        return self._start(instance_id, message, stream, when_busy, idem, depth, run_id=run_id)[0]
 
     def start_following(
         self,
@@ -127,11 +129,12 @@ class RunService:
         idem: IdemRequest | None,
         depth: int,
         read_events: bool = False,
+        run_id: str | None = None,
     ) -> tuple[str, PendingRead | None]:
         if not ids.is_valid_instance_id(instance_id):
             raise NotFound(f"instance {instance_id!r} not found")
         route = "chat-stream" if stream else "chat"
-        run_id = ids.new_run_id()
+        run_id = run_id or ids.new_run_id()
         steer = new_steer(message) if when_busy == "steer" else None
         # The step's broker message rides in the open (one round trip) when the instance is
         # served; a delegated run's depth must be on its record before any worker can start it.

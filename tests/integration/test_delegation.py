@@ -77,11 +77,15 @@ def test_delegation_reuses_the_callers_child_across_turns_and_workers(
     asked = [m["content"] for m in api.get(f"/instances/{child}/messages").json() if m["role"] == "user"]
     assert asked == ["what is 2+2?", "and 3+3?", "still there?"]
 
-    # Deleting the caller drops its pairing: a new boss gets a new child.
+    # Deleting the caller deletes the child it owns (no other caller could reach it); a new
+    # boss gets a new child.
     assert api.delete(f"/instances/{boss}").status_code == 204
+    assert api.get(f"/instances/{child}").status_code == 404
+    assert helpers(api) - before == set()
     boss2 = spawn(api, "boss-agent")
     api.post(f"/instances/{boss2}/chat", json={"message": "ask: new?"})
-    assert len(helpers(api) - before) == 2
+    (new_child,) = helpers(api) - before
+    assert new_child != child
 
 
 def test_a_target_not_in_delegates_is_refused_with_a_clear_tool_error(api: httpx.Client, fake_llm: FakeLLM) -> None:

@@ -79,3 +79,20 @@ def test_a_dead_connection_is_replaced_and_each_failure_says_why(server: McpServ
             await conn.close()
 
     asyncio.run(scenario())
+
+
+def test_a_closed_toolset_connects_no_more(server: McpServerProc) -> None:
+    """A step still running as its instance is dropped asks for its next step's tools after the
+    close: it gets none, and nothing connects (a connection then would never be closed)."""
+    from regina.config import McpSettings
+    from regina.mcp.toolset import McpToolset
+
+    spec = McpServer(name="s", transport=server.transport, url=server.url)  # type: ignore[arg-type]
+    settings = McpSettings(connect_timeout=5, retry_interval=0)
+    toolset = McpToolset("a", [spec], settings, Allowlist.parse(["127.0.0.1"]))
+    toolset.open()
+    assert toolset.conns["s"].up and toolset.tools()
+    toolset.close()
+
+    assert toolset.tools() == {}
+    assert not toolset.conns["s"].up
