@@ -103,6 +103,10 @@ class Limits(_Section):
     """Longest chat or steer `message` accepted (413 above)."""
     max_tool_output_chars: int = Field(50_000, ge=100)
     """Tool results longer than this are truncated before they reach the model."""
+    max_file_bytes: int = Field(67_108_864, ge=1)
+    """Largest file a tool may make, in bytes (64 MiB): a `write` or an `append` past it fails with
+    a tool error and changes nothing. Every change is one entry of the durable journal in Redis,
+    which takes at most 512 MB per value; a bigger one would fail every journal write after it."""
     bash_timeout: float = Field(10.0, gt=0)
     """Seconds one `bash` tool call may run."""
     bash_max_loop_iterations: int = Field(10_000, ge=1)
@@ -196,7 +200,7 @@ class Settings(_Section):
     """Routable address a worker registers under `regina:member:<id>` (default: host name).
     `{HOSTNAME}`, `{POD_IP}` or any `{ENV_VAR}` in it is replaced by that variable's value."""
     member_id: str | None = None
-    """Worker's member id and Celery node name (default: `w-<host>-<pid>-<random>`). Placeholders
+    """Worker's member id and Celery node name (default: `w<pid>-<random>@<host>`). Placeholders
     as in `memberAddress` (`{HOSTNAME}` falls back to the host name): one config for every pod."""
     storage: StorageSettings = Field(default_factory=StorageSettings)
     """Where instances are backed up (their journal is in the cluster's Redis): by default the cluster's Redis too."""

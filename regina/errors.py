@@ -135,6 +135,10 @@ class ReadOnlyPath(VFSError):
     """Raised when a tool tries to change a path only Regina may write (`/.session/`)."""
 
 
+class FileTooLarge(VFSError):
+    """Raised when a tool's write or append would make a file larger than limits.maxFileBytes."""
+
+
 class ModelError(ReginaError):
     """Raised when the model provider fails; the run reports it and records `Error: …`."""
 

@@ -7,7 +7,7 @@ unguarded VFS.
 
 from __future__ import annotations
 
-from regina.errors import ReadOnlyPath
+from regina.errors import FileTooLarge, NoSuchPath, ReadOnlyPath
 from regina.vfs.base import VFS, FileStat, normalize
 
 PROTECTED = "/.session"
@@ -29,10 +29,19 @@ def _refuse(path: str) -> ReadOnlyPath:
 
 
 class ToolVFS:
-    """Delegates to the instance's VFS and refuses changes under /.session/."""
+    """Delegates to the instance's VFS and refuses changes under /.session/, and files past
+    `max_file_bytes` (limits.maxFileBytes)."""
 
-    def __init__(self, vfs: VFS) -> None:
+    def __init__(self, vfs: VFS, max_file_bytes: int | None = None) -> None:
         self._vfs = vfs
+        self.max_file_bytes = max_file_bytes
+
+    def _check_size(self, path: str, size: int) -> None:
+        limit = self.max_file_bytes
+        if limit is not None and size > limit:
+            raise FileTooLarge(
+                f"{normalize(path)}: {size} bytes is more than the {limit} a file may hold (limits.maxFileBytes)"
+            )
 
     def read(self, path: str) -> bytes:
         return self._vfs.read(path)
@@ -49,11 +58,18 @@ class ToolVFS:
     def write(self, path: str, data: bytes) -> None:
         if _inside(path):
             raise _refuse(path)
+        self._check_size(path, len(data))
         self._vfs.write(path, data)
 
     def append(self, path: str, data: bytes) -> None:
         if _inside(path):
             raise _refuse(path)
+        if self.max_file_bytes is not None:
+            try:
+                before = self._vfs.stat(path).size
+            except NoSuchPath:
+                before = 0
+            self._check_size(path, before + len(data))
         self._vfs.append(path, data)
 
     def mkdir(self, path: str, parents: bool = True) -> None:

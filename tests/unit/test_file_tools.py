@@ -103,3 +103,26 @@ def test_schemas_are_openai_style() -> None:
     schema = tools["edit_file"].schema()
     assert schema["function"]["name"] == "edit_file"
     assert set(schema["function"]["parameters"]["required"]) == {"path", "old_string", "new_string"}
+
+
+def test_a_tool_cannot_make_a_file_past_the_limit(setup: tuple[SQLiteVFS, dict[str, Tool]]) -> None:
+    """limits.maxFileBytes: each change is a journal entry in Redis (512 MB a value at most); a
+    write or an append past the limit is a tool error and changes nothing."""
+    from regina.config import Limits
+    from regina.runtime.tools.toolset import build_tools
+
+    vfs, _ = setup
+    limits = Limits(max_file_bytes=100)
+    tools = build_tools(vfs, env={"HOME": "/", "PWD": "/"}, limits=limits, network=False, user_tools={})
+    too_big = r"/big: 101 bytes is more than the 100 a file may hold \(limits.maxFileBytes\)"
+    with pytest.raises(ToolError, match=too_big):
+        tools["write_file"].call_sync({"path": "/big", "content": "x" * 101})
+    assert not vfs.exists("/big")
+    tools["write_file"].call_sync({"path": "/log", "content": "y" * 60})
+    result = tools["bash"].call_sync({"command": "printf '%050d' 0 >> /log; echo status $?"})
+    assert "limits.maxFileBytes" in str(result) and "status 1" in str(result)
+    assert vfs.read("/log") == b"y" * 60
+    result = tools["bash"].call_sync({"command": "printf '%0200d' 0 > /other; echo status $?"})
+    assert "limits.maxFileBytes" in str(result) and not vfs.exists("/other")
+    tools["bash"].call_sync({"command": "printf '%040d' 0 >> /log"})  # within the limit: fine
+    assert len(vfs.read("/log")) == 100

@@ -23,7 +23,7 @@ def build_tools(
 
     The built-in tools see `vfs` through `ToolVFS`: they may read `/.session/` but never change it.
     """
-    view = ToolVFS(vfs)
+    view = ToolVFS(vfs, limits.max_file_bytes)
     tools: dict[str, Tool] = {"bash": bash_tool(view, env=env, limits=limits, network=network)}
     tools.update(file_tools(view, max_output_chars=limits.max_tool_output_chars))
     tools.update(user_tools)
