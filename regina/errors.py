@@ -135,6 +135,10 @@ class ReadOnlyPath(VFSError):
     """Raised when a tool tries to change a path only Regina may write (`/.session/`)."""
 
 
+class ToolCallAbandoned(VFSError):
+    """Raised when a tool call its caller stopped waiting for (timeout, cancel) changes a file."""
+
+
 class FileTooLarge(VFSError):
     """Raised when a tool's write or append would make a file larger than limits.maxFileBytes."""
 

@@ -2,12 +2,16 @@
 
 The model's tools must not rewrite the conversation Regina keeps for it (SPEC §5): a forged
 `messages.jsonl` would become the model's own past. The session itself writes through the
-unguarded VFS.
+unguarded VFS. A tool may not make a file past limits.maxFileBytes, and a call abandoned in its
+thread (timed out, cancelled: see `bind_call`) may change nothing more.
 """
 
 from __future__ import annotations
 
-from regina.errors import FileTooLarge, NoSuchPath, ReadOnlyPath
+import threading
+from typing import Any
+
+from regina.errors import FileTooLarge, NoSuchPath, ReadOnlyPath, ToolCallAbandoned
 from regina.vfs.base import VFS, FileStat, normalize
 
 PROTECTED = "/.session"
@@ -26,6 +30,23 @@ def _holds(path: str) -> bool:
 
 def _refuse(path: str) -> ReadOnlyPath:
     return ReadOnlyPath(f"{normalize(path)}: {PROTECTED}/ is read-only (Regina keeps the conversation there)")
+
+
+_calls = threading.local()
+
+
+def bind_call(withdrawn: Any) -> None:
+    """Make `withdrawn` (an object whose `is_set` turns true when the caller stops waiting: a
+    timeout, a cancel) the tool call this thread runs, or None when it runs none. A thread cannot
+    be stopped; an abandoned call's later changes through a ToolVFS are refused instead (the model
+    was told it did not finish; its instance may be backed up or have moved meanwhile)."""
+    _calls.current = withdrawn
+
+
+def _check_live(path: str) -> None:
+    current = getattr(_calls, "current", None)
+    if current is not None and current.is_set:
+        raise ToolCallAbandoned(f"{normalize(path)}: this tool call was abandoned (timed out or cancelled)")
 
 
 class ToolVFS:
@@ -56,12 +77,14 @@ class ToolVFS:
         return self._vfs.listdir(path)
 
     def write(self, path: str, data: bytes) -> None:
+        _check_live(path)
         if _inside(path):
             raise _refuse(path)
         self._check_size(path, len(data))
         self._vfs.write(path, data)
 
     def append(self, path: str, data: bytes) -> None:
+        _check_live(path)
         if _inside(path):
             raise _refuse(path)
         if self.max_file_bytes is not None:
@@ -73,27 +96,32 @@ class ToolVFS:
         self._vfs.append(path, data)
 
     def mkdir(self, path: str, parents: bool = True) -> None:
+        _check_live(path)
         if _inside(path):
             raise _refuse(path)
         self._vfs.mkdir(path, parents)
 
     def remove(self, path: str, recursive: bool = False) -> None:
+        _check_live(path)
         if _holds(path):
             raise _refuse(path)
         self._vfs.remove(path, recursive)
 
     def rename(self, src: str, dst: str) -> None:
+        _check_live(src)
         for p in (src, dst):
             if _holds(p):
                 raise _refuse(p)
         self._vfs.rename(src, dst)
 
     def chmod(self, path: str, mode: int) -> None:
+        _check_live(path)
         if _inside(path):
             raise _refuse(path)
         self._vfs.chmod(path, mode)
 
     def set_mtime(self, path: str, mtime: float) -> None:
+        _check_live(path)
         if _inside(path):
             raise _refuse(path)
         setter = getattr(self._vfs, "set_mtime", None)

@@ -304,3 +304,29 @@ print(",".join(log))
         "cancelled",
         "interrupted",
     ]
+
+
+def test_a_call_abandoned_in_its_thread_changes_no_file_after(tmp_path: Path) -> None:
+    """A thread cannot be stopped: the call timed out (the model was told so, the instance may be
+    backed up or moved next), and whatever it writes later is refused."""
+    from regina.vfs.guarded import ToolVFS
+
+    vfs = MemoryVFS()
+    view = ToolVFS(vfs)
+    ran = threading.Event()
+
+    def slow(p: P) -> str:
+        view.write("/before", b"1")
+        time.sleep(0.6)
+        ran.set()
+        view.write("/after", b"2")
+        return "done"
+
+    with pytest.raises(ToolError, match="abandoned"):
+        ThreadRunner(0.3).run(_tool(slow), {})
+    assert ran.wait(5)
+    time.sleep(0.1)
+    assert vfs.exists("/before") and not vfs.exists("/after")
+    # The thread's next call is a call of its own again.
+    assert ThreadRunner(5).run(_tool(lambda p: view.write("/next", b"3") or "ok"), {}) == "ok"
+    assert vfs.exists("/next")

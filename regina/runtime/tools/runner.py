@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from regina.errors import ToolError
 from regina.runtime.aio import run_coro, use_own_loop
 from regina.runtime.tools.base import Tool
+from regina.vfs.guarded import bind_call
 
 __all__ = ["ToolRunner", "InlineRunner", "ThreadRunner", "call_here", "thread_pool"]
 
@@ -83,7 +84,11 @@ def _in_tool_thread(tool: Tool, args: dict[str, Any], withdrawn: _Withdrawn) -> 
     if withdrawn.is_set:
         return None
     use_own_loop()
-    return call_here(tool, args)
+    bind_call(withdrawn)  # once withdrawn, the call's file changes are refused (regina/vfs/guarded.py)
+    try:
+        return call_here(tool, args)
+    finally:
+        bind_call(None)
 
 
 _pool: concurrent.futures.Executor | None = None
