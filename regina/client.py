@@ -9,17 +9,31 @@ with ReginaClient("http://127.0.0.1:3000") as regina:
         print(event["type"])
     run_id = regina.chat(iid, "think long", when_busy="queue")["runId"]
     regina.cancel(run_id)                  # {"cancelled": false, "status": "finished"} by now
+    for instance in regina.fleet(status="started"):   # every page of GET /instances
+        print(instance["instanceId"])
 
 Every error answer raises the `ClientError` of its status (also the core error of the same name,
 so `except regina.errors.NotFound` works too) (`Unauthorized`, `BadRequest`,
 `NotFound`, `Conflict` with the busy run's `run_id`, `PayloadTooLarge`, `Unprocessable`,
-`TooManyRequests`, `Unavailable`); a server that cannot be reached raises `ConnectionFailed`.
+`TooManyRequests`, `Unavailable`); a server that cannot be reached raises `ConnectionFailed`, an
+unusable URL `InvalidURL`, an answer that is not the API's (not JSON) `BadResponse`, and a
+followed run that ends with an `error` event `RunFailed`. No httpx error leaves the client.
+
+A sync chat whose run outlives the server's `limits.requestTimeout` is answered 202 by the
+server; `chat()` then follows the run's events and returns the same {text, usage, runId,
+finishReason} as a 200 would. Streams (`stream()`, `events()`) wait without a read timeout and,
+when the connection drops before the run's `finish`/`error` event, re-attach at
+`GET /runs/<runId>/events?after=<last seq>` (a few attempts with a short backoff, then
+`ConnectionFailed`); the events they yield have no gap and no repeat.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, cast
@@ -30,6 +44,16 @@ from regina import errors
 from regina.errors import ReginaError
 
 WhenBusy = Literal["queue", "steer", "reject"]
+
+CONNECT_TIMEOUT = 10.0
+"""Seconds to wait for a connection to the server."""
+DEFAULT_TIMEOUT = 660.0
+"""Seconds a request waits for its answer by default: longer than the server's default
+`limits.requestTimeout` (600), so a long sync chat gets the server's 202 before this fires."""
+RESUME_DELAYS = (0.25, 0.5, 1.0, 2.0)
+"""Seconds before each attempt to re-attach a dropped stream (reset by every event received)."""
+TERMINAL = frozenset({"finish", "error"})
+"""The event types that end a run's stream."""
 
 
 class ClientError(ReginaError):
@@ -84,7 +108,24 @@ class Unavailable(ClientError, errors.Unavailable):
 
 
 class ConnectionFailed(ClientError):
-    """The server could not be reached (refused, reset, timed out)."""
+    """The server could not be reached (refused, reset, timed out), or a stream stayed cut."""
+
+
+class InvalidURL(ClientError):
+    """The server URL (or a path built from an argument) is not a usable URL."""
+
+
+class BadResponse(ClientError):
+    """An answer that is not the API's: a body or stream line that is not JSON (a proxy's page,
+    another server on that port); `status` is the answer's HTTP status."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RunFailed(ClientError):
+    """A followed run ended with an `error` event; `body` is that event."""
 
 
 _BY_STATUS: dict[int, type[ClientError]] = {
@@ -114,6 +155,68 @@ def _raise_for(resp: httpx.Response) -> None:
     raise _BY_STATUS.get(resp.status_code, ClientError)(message, body)
 
 
+def _not_json(resp: httpx.Response, what: str) -> BadResponse:
+    shown = what.strip().replace("\n", " ")
+    shown = shown[:80] + ("…" if len(shown) > 80 else "")
+    return BadResponse(
+        f"{resp.request.method} {resp.request.url} answered {resp.status_code} with something that is not "
+        f"the Regina API's JSON: {shown!r}",
+        resp.status_code,
+    )
+
+
+def _body(resp: httpx.Response) -> Any:
+    """The answer's JSON body (None for 204 or an empty body); BadResponse when it is not JSON."""
+    if resp.status_code == 204 or not resp.content:
+        return None
+    try:
+        return resp.json()
+    except ValueError:
+        raise _not_json(resp, resp.text) from None
+
+
+def _event(resp: httpx.Response, line: str) -> dict[str, Any]:
+    try:
+        event = json.loads(line)
+    except ValueError:
+        event = None
+    if not isinstance(event, dict):
+        raise _not_json(resp, line)
+    return event
+
+
+def _items(resp: httpx.Response) -> list[dict[str, Any]]:
+    """The instances of one page of `GET /instances` (a list; a wrapping object is accepted)."""
+    body = _body(resp)
+    if isinstance(body, dict):
+        body = body.get("instances") or body.get("items") or []
+    if not isinstance(body, list):
+        raise _not_json(resp, resp.text)
+    return cast(list[dict[str, Any]], body)
+
+
+@contextmanager
+def _errors_of(base_url: httpx.URL | str, transport: bool = True) -> Iterator[None]:
+    """httpx's exceptions as the client's: ConnectionFailed (unless `transport` is False: a
+    stream re-attaches on those), InvalidURL, or ClientError."""
+    try:
+        yield
+    except httpx.TransportError as exc:
+        if not transport:
+            raise
+        raise ConnectionFailed(f"cannot reach {base_url}: {exc}") from exc
+    except httpx.InvalidURL as exc:
+        raise InvalidURL(f"invalid URL for {base_url}: {exc}") from exc
+    except httpx.HTTPError as exc:
+        raise ClientError(f"request to {base_url} failed: {exc}") from exc
+
+
+def _timeouts(timeout: float | None) -> tuple[httpx.Timeout, httpx.Timeout]:
+    """(requests, streams): a short connect timeout for both; streams wait for events forever."""
+    connect = CONNECT_TIMEOUT if timeout is None else min(CONNECT_TIMEOUT, timeout)
+    return httpx.Timeout(timeout, connect=connect), httpx.Timeout(None, connect=connect)
+
+
 @dataclass
 class _Call:
     """One request: what both clients send."""
@@ -135,12 +238,29 @@ def _chat_body(message: str, when_busy: WhenBusy) -> dict[str, Any]:
     return {"message": message} if when_busy == "queue" else {"message": message, "whenBusy": when_busy}
 
 
+def _fleet_params(filters: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in filters.items() if v is not None}
+
+
 class _Routes:
     """The API's routes as `_Call`s (shared by the sync and the async client)."""
 
     @staticmethod
+    def agents() -> _Call:
+        return _Call("GET", "/agents")
+
+    @staticmethod
     def spawn(definition_id: str, key: str | None) -> _Call:
         return _with_key(_Call("POST", f"/agents/{definition_id}/instances"), key)
+
+    @staticmethod
+    def instance(instance_id: str, action: str = "", method: str = "GET") -> _Call:
+        return _Call(method, f"/instances/{instance_id}" + (f"/{action}" if action else ""))
+
+    @staticmethod
+    def instances(definition_id: str | None, filters: dict[str, Any]) -> _Call:
+        path = f"/agents/{definition_id}/instances" if definition_id else "/instances"
+        return _Call("GET", path, params=filters or None)
 
     @staticmethod
     def chat(instance_id: str, message: str, when_busy: WhenBusy, key: str | None, stream: bool) -> _Call:
@@ -151,44 +271,196 @@ class _Routes:
     def steer(instance_id: str, message: str, key: str | None) -> _Call:
         return _with_key(_Call("POST", f"/instances/{instance_id}/steer", {"message": message}), key)
 
+    @staticmethod
+    def events(run_id: str, after: int) -> _Call:
+        return _Call("GET", f"/runs/{run_id}/events", params={"after": after})
+
+    @staticmethod
+    def run(run_id: str, action: str = "", method: str = "GET") -> _Call:
+        return _Call(method, f"/runs/{run_id}" + (f"/{action}" if action else ""))
+
+    @staticmethod
+    def reload() -> _Call:
+        return _Call("POST", "/admin/agents/reload")
+
+
+@dataclass
+class _Follow:
+    """A run's stream as far as it was read: where to re-attach after a drop."""
+
+    call: _Call
+    run_id: str | None = None
+    seq: int = 0
+    failures: int = 0
+    ended: bool = False
+
+    def opened(self, resp: httpx.Response) -> None:
+        self.run_id = resp.headers.get("X-Run-Id") or self.run_id
+
+    def seen(self, event: dict[str, Any]) -> bool:
+        """Note an event; False for one already seen (a replay overlapping what came before)."""
+        seq = event.get("seq")
+        if isinstance(seq, int):
+            if seq <= self.seq:
+                return False
+            self.seq = seq
+        if event.get("runId"):
+            self.run_id = str(event["runId"])
+        self.failures = 0
+        self.ended = event.get("type") in TERMINAL
+        return True
+
+    def retry(self, exc: Exception, base_url: httpx.URL) -> float:
+        """The delay before re-attaching at the last seq; ConnectionFailed when there is no run to
+        re-attach to (the drop came before its id) or the attempts are used up."""
+        if self.run_id is None or self.failures >= len(RESUME_DELAYS):
+            tried = f" (re-attached {self.failures} time(s))" if self.failures else ""
+            raise ConnectionFailed(f"stream from {base_url} broke{tried}: {exc}") from exc
+        delay = RESUME_DELAYS[self.failures]
+        self.failures += 1
+        self.call = _Routes.events(self.run_id, self.seq)
+        return delay
+
+
+class _CutShort(httpx.TransportError):
+    """A stream that ended without its run's `finish` or `error` event."""
+
+
+def _answer(final: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """A followed run's last event as a sync chat's answer; RunFailed for an `error` event."""
+    if final.get("type") == "error":
+        raise RunFailed(f"run {run_id} failed: {final.get('error', 'unknown error')}", final)
+    return {
+        "text": final.get("text", ""),
+        "usage": final.get("usage") or {"promptTokens": 0, "completionTokens": 0},
+        "runId": final.get("runId") or run_id,
+        "finishReason": final.get("finishReason", "stop"),
+    }
+
+
+def _accepted_run(resp: httpx.Response) -> str:
+    """The run id of a 202 chat answer."""
+    body = _body(resp)
+    run_id = (body.get("runId") if isinstance(body, dict) else None) or resp.headers.get("X-Run-Id")
+    if not run_id:
+        raise _not_json(resp, resp.text)
+    return str(run_id)
+
+
+class RunStream(Iterator[dict[str, Any]]):
+    """A run's events as they come; `run_id` is known once the answer's headers arrived (before
+    the first event), e.g. to cancel the run from a KeyboardInterrupt handler."""
+
+    def __init__(self, follow: _Follow, events: Iterator[dict[str, Any]]) -> None:
+        self._follow = follow
+        self._events = events
+
+    @property
+    def run_id(self) -> str | None:
+        return self._follow.run_id
+
+    def __iter__(self) -> RunStream:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        return next(self._events)
+
+    def close(self) -> None:
+        """Stop reading (closes the connection)."""
+        close = getattr(self._events, "close", None)
+        if close is not None:
+            close()
+
+
+class AsyncRunStream(AsyncIterator[dict[str, Any]]):
+    """`RunStream` for asyncio: `async for event in regina.stream(…)`; `run_id` as there."""
+
+    def __init__(self, follow: _Follow, events: AsyncIterator[dict[str, Any]]) -> None:
+        self._follow = follow
+        self._events = events
+
+    @property
+    def run_id(self) -> str | None:
+        return self._follow.run_id
+
+    def __aiter__(self) -> AsyncRunStream:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        return await self._events.__anext__()
+
+    async def aclose(self) -> None:
+        """Stop reading (closes the connection)."""
+        aclose = getattr(self._events, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
 
 class ReginaClient:
-    """Talks to any web process of a Regina cluster."""
+    """Talks to any web process of a Regina cluster.
 
-    def __init__(self, base_url: str, token: str | None = None, timeout: float = 600.0) -> None:
+    `timeout`: seconds a request waits for its answer (None: no limit; connecting: at most 10 s).
+    Keep it above the server's `limits.requestTimeout` so a long chat's 202 arrives first.
+    Streams wait for their events without a limit."""
+
+    def __init__(self, base_url: str, token: str | None = None, timeout: float | None = DEFAULT_TIMEOUT) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
+        requests, self._stream_timeout = _timeouts(timeout)
+        with _errors_of(base_url):
+            self._http = httpx.Client(base_url=base_url, headers=headers, timeout=requests)
+
+    def _request(self, call: _Call) -> httpx.Response:
+        with _errors_of(self._http.base_url):
+            resp = self._http.request(call.method, call.path, json=call.json, params=call.params, headers=call.headers)
+        _raise_for(resp)
+        return resp
 
     def _send(self, call: _Call) -> Any:
-        try:
-            resp = self._http.request(call.method, call.path, json=call.json, params=call.params, headers=call.headers)
-        except httpx.TransportError as exc:
-            raise ConnectionFailed(f"cannot reach {self._http.base_url}: {exc}") from exc
-        _raise_for(resp)
-        return None if resp.status_code == 204 else resp.json()
+        return _body(self._request(call))
 
-    def _json(self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None) -> Any:
-        return self._send(_Call(method, path, body, params))
+    def _attempt(self, follow: _Follow) -> Iterator[dict[str, Any]]:
+        """One connection of a stream: its new events, until the run's last one."""
+        call = follow.call
+        with (
+            _errors_of(self._http.base_url, transport=False),
+            self._http.stream(
+                call.method,
+                call.path,
+                json=call.json,
+                params=call.params,
+                headers=call.headers,
+                timeout=self._stream_timeout,
+            ) as r,
+        ):
+            if r.status_code >= 400:
+                r.read()
+                _raise_for(r)
+            follow.opened(r)
+            for line in r.iter_lines():
+                if line and follow.seen(event := _event(r, line)):
+                    yield event
+                    if follow.ended:
+                        return
+        raise _CutShort("the stream ended before the run did")
 
-    def _ndjson(self, call: _Call) -> Iterator[dict[str, Any]]:
-        try:
-            with self._http.stream(
-                call.method, call.path, json=call.json, params=call.params, headers=call.headers
-            ) as r:
-                if r.status_code >= 400:
-                    r.read()
-                    _raise_for(r)
-                for line in r.iter_lines():
-                    if line:
-                        yield json.loads(line)
-        except httpx.TransportError as exc:
-            raise ConnectionFailed(f"cannot reach {self._http.base_url}: {exc}") from exc
+    def _follow(self, follow: _Follow) -> Iterator[dict[str, Any]]:
+        """A run's events, re-attaching after a dropped connection (see `_Follow.retry`)."""
+        while True:
+            try:
+                yield from self._attempt(follow)
+                return
+            except httpx.TransportError as exc:
+                time.sleep(follow.retry(exc, self._http.base_url))
+
+    def _ndjson(self, call: _Call, after: int = 0) -> RunStream:
+        follow = _Follow(call, seq=after)
+        return RunStream(follow, self._follow(follow))
 
     # -- agents and instances -------------------------------------------------------------------
 
     def agents(self) -> list[dict[str, Any]]:
         """Every agent definition."""
-        return cast(list[dict[str, Any]], self._json("GET", "/agents"))
+        return cast(list[dict[str, Any]], self._send(_Routes.agents()))
 
     def spawn(self, definition_id: str, idempotency_key: str | None = None) -> dict[str, Any]:
         """Start a new instance (the same key answers the same instance for 24 h)."""
@@ -196,55 +468,76 @@ class ReginaClient:
 
     def instance(self, instance_id: str) -> dict[str, Any]:
         """The instance's status, member, epoch and usage."""
-        return cast(dict[str, Any], self._json("GET", f"/instances/{instance_id}"))
+        return cast(dict[str, Any], self._send(_Routes.instance(instance_id)))
 
     def instances(self, definition_id: str | None = None, **filters: Any) -> list[dict[str, Any]]:
         """Instances of one definition, or one page of the fleet (filters: status, member, limit,
-        cursor)."""
-        path = f"/agents/{definition_id}/instances" if definition_id else "/instances"
-        return cast(list[dict[str, Any]], self._json("GET", path, params=filters or None))
+        cursor); `fleet()` walks every page."""
+        return cast(list[dict[str, Any]], self._send(_Routes.instances(definition_id, filters)))
+
+    def fleet(self, **filters: Any) -> Iterator[dict[str, Any]]:
+        """Every instance of the fleet (`GET /instances`, page after page by `X-Next-Cursor`),
+        with member and lastActive; filters: agent, status, member, limit (the page size)."""
+        params = _fleet_params(filters)
+        while True:
+            resp = self._request(_Routes.instances(None, params))
+            yield from _items(resp)
+            cursor = resp.headers.get("X-Next-Cursor")
+            if not cursor:
+                return
+            params = {**params, "cursor": cursor}
 
     def heartbeat(self, instance_id: str) -> None:
         """Reset the idle timer."""
-        self._json("POST", f"/instances/{instance_id}/heartbeat")
+        self._send(_Routes.instance(instance_id, "heartbeat", "POST"))
 
     def suspend(self, instance_id: str) -> None:
         """Back up and release the instance."""
-        self._json("POST", f"/instances/{instance_id}/suspend")
+        self._send(_Routes.instance(instance_id, "suspend", "POST"))
 
     def resume(self, instance_id: str) -> None:
         """Start a suspended instance (on any worker)."""
-        self._json("POST", f"/instances/{instance_id}/resume")
+        self._send(_Routes.instance(instance_id, "resume", "POST"))
 
     def delete(self, instance_id: str) -> None:
         """Remove the instance with its files, backup and keys."""
-        self._json("DELETE", f"/instances/{instance_id}")
+        self._send(_Routes.instance(instance_id, method="DELETE"))
 
     # -- runs ------------------------------------------------------------------------------------
 
     def chat(
         self, instance_id: str, message: str, when_busy: WhenBusy = "queue", idempotency_key: str | None = None
     ) -> dict[str, Any]:
-        """Send a message and wait for the answer: {text, usage, runId, finishReason}."""
-        return cast(dict[str, Any], self._send(_Routes.chat(instance_id, message, when_busy, idempotency_key, False)))
+        """Send a message and wait for the answer: {text, usage, runId, finishReason}. A run that
+        outlives the server's request timeout (202) is followed to its end; RunFailed when it
+        ends with an `error` event."""
+        resp = self._request(_Routes.chat(instance_id, message, when_busy, idempotency_key, False))
+        if resp.status_code != 202:
+            return cast(dict[str, Any], _body(resp))
+        run_id = _accepted_run(resp)
+        final: dict[str, Any] = {}
+        for event in self._ndjson(_Routes.events(run_id, 0)):
+            final = event
+        return _answer(final, run_id)
 
     def stream(
         self, instance_id: str, message: str, when_busy: WhenBusy = "queue", idempotency_key: str | None = None
-    ) -> Iterator[dict[str, Any]]:
-        """Send a message and yield its events as they happen (each has `seq` and `runId`)."""
+    ) -> RunStream:
+        """Send a message and yield its events as they happen (each has `seq` and `runId`; the
+        stream's `run_id` is known before the first event); a dropped connection re-attaches."""
         return self._ndjson(_Routes.chat(instance_id, message, when_busy, idempotency_key, True))
 
-    def events(self, run_id: str, after: int = 0) -> Iterator[dict[str, Any]]:
+    def events(self, run_id: str, after: int = 0) -> RunStream:
         """Re-attach to a run: its events after `after`, then the live ones until it ends."""
-        return self._ndjson(_Call("GET", f"/runs/{run_id}/events", params={"after": after}))
+        return self._ndjson(_Routes.events(run_id, after), after)
 
     def run(self, run_id: str) -> dict[str, Any]:
         """The run's record: status, times, usage (finishReason, error)."""
-        return cast(dict[str, Any], self._json("GET", f"/runs/{run_id}"))
+        return cast(dict[str, Any], self._send(_Routes.run(run_id)))
 
     def cancel(self, run_id: str) -> dict[str, Any]:
         """Stop a run: {"cancelled": true}, or {"cancelled": false, "status"} when it had ended."""
-        return cast(dict[str, Any], self._json("POST", f"/runs/{run_id}/cancel"))
+        return cast(dict[str, Any], self._send(_Routes.run(run_id, "cancel", "POST")))
 
     def steer(self, instance_id: str, message: str, idempotency_key: str | None = None) -> dict[str, Any]:
         """Queue a message for the running loop's next step boundary: {queued, steerId}."""
@@ -252,11 +545,11 @@ class ReginaClient:
 
     def reload(self) -> dict[str, Any]:
         """Reload the agent registry in every web and worker process: {agents, errors}."""
-        return cast(dict[str, Any], self._json("POST", "/admin/agents/reload"))
+        return cast(dict[str, Any], self._send(_Routes.reload()))
 
     def messages(self, instance_id: str) -> list[dict[str, Any]]:
         """The conversation, oldest first."""
-        return cast(list[dict[str, Any]], self._json("GET", f"/instances/{instance_id}/messages"))
+        return cast(list[dict[str, Any]], self._send(_Routes.instance(instance_id, "messages")))
 
     # -- lifetime ----------------------------------------------------------------------------
 
@@ -276,33 +569,65 @@ class ReginaClient:
 class AsyncReginaClient:
     """The same API for asyncio code (`await regina.chat(…)`, `async for e in regina.stream(…)`)."""
 
-    def __init__(self, base_url: str, token: str | None = None, timeout: float = 600.0) -> None:
+    def __init__(self, base_url: str, token: str | None = None, timeout: float | None = DEFAULT_TIMEOUT) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout)
+        requests, self._stream_timeout = _timeouts(timeout)
+        with _errors_of(base_url):
+            self._http = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=requests)
 
-    async def _send(self, call: _Call) -> Any:
-        try:
+    async def _request(self, call: _Call) -> httpx.Response:
+        with _errors_of(self._http.base_url):
             resp = await self._http.request(
                 call.method, call.path, json=call.json, params=call.params, headers=call.headers
             )
-        except httpx.TransportError as exc:
-            raise ConnectionFailed(f"cannot reach {self._http.base_url}: {exc}") from exc
         _raise_for(resp)
-        return None if resp.status_code == 204 else resp.json()
+        return resp
 
-    async def _ndjson(self, call: _Call) -> AsyncIterator[dict[str, Any]]:
-        try:
+    async def _send(self, call: _Call) -> Any:
+        return _body(await self._request(call))
+
+    async def _attempt(self, follow: _Follow) -> AsyncIterator[dict[str, Any]]:
+        """One connection of a stream: its new events, until the run's last one."""
+        call = follow.call
+        with _errors_of(self._http.base_url, transport=False):
             async with self._http.stream(
-                call.method, call.path, json=call.json, params=call.params, headers=call.headers
+                call.method,
+                call.path,
+                json=call.json,
+                params=call.params,
+                headers=call.headers,
+                timeout=self._stream_timeout,
             ) as r:
                 if r.status_code >= 400:
                     await r.aread()
                     _raise_for(r)
+                follow.opened(r)
                 async for line in r.aiter_lines():
-                    if line:
-                        yield json.loads(line)
-        except httpx.TransportError as exc:
-            raise ConnectionFailed(f"cannot reach {self._http.base_url}: {exc}") from exc
+                    if line and follow.seen(event := _event(r, line)):
+                        yield event
+                        if follow.ended:
+                            return
+        raise _CutShort("the stream ended before the run did")
+
+    async def _follow(self, follow: _Follow) -> AsyncIterator[dict[str, Any]]:
+        """A run's events, re-attaching after a dropped connection (see `_Follow.retry`)."""
+        while True:
+            try:
+                async for event in self._attempt(follow):
+                    yield event
+                return
+            except httpx.TransportError as exc:
+                await asyncio.sleep(follow.retry(exc, self._http.base_url))
+
+    def _ndjson(self, call: _Call, after: int = 0) -> AsyncRunStream:
+        follow = _Follow(call, seq=after)
+        return AsyncRunStream(follow, self._follow(follow))
+
+    # -- agents and instances -------------------------------------------------------------------
+
+    async def agents(self) -> list[dict[str, Any]]:
+        """Every agent definition."""
+        return cast(list[dict[str, Any]], await self._send(_Routes.agents()))
 
     async def spawn(self, definition_id: str, idempotency_key: str | None = None) -> dict[str, Any]:
         """Start a new instance."""
@@ -310,40 +635,87 @@ class AsyncReginaClient:
 
     async def instance(self, instance_id: str) -> dict[str, Any]:
         """The instance's status, member, epoch and usage."""
-        return cast(dict[str, Any], await self._send(_Call("GET", f"/instances/{instance_id}")))
+        return cast(dict[str, Any], await self._send(_Routes.instance(instance_id)))
+
+    async def instances(self, definition_id: str | None = None, **filters: Any) -> list[dict[str, Any]]:
+        """Instances of one definition, or one page of the fleet; `fleet()` walks every page."""
+        return cast(list[dict[str, Any]], await self._send(_Routes.instances(definition_id, filters)))
+
+    async def fleet(self, **filters: Any) -> AsyncIterator[dict[str, Any]]:
+        """Every instance of the fleet, page after page (filters as `ReginaClient.fleet`)."""
+        params = _fleet_params(filters)
+        while True:
+            resp = await self._request(_Routes.instances(None, params))
+            for item in _items(resp):
+                yield item
+            cursor = resp.headers.get("X-Next-Cursor")
+            if not cursor:
+                return
+            params = {**params, "cursor": cursor}
+
+    async def heartbeat(self, instance_id: str) -> None:
+        """Reset the idle timer."""
+        await self._send(_Routes.instance(instance_id, "heartbeat", "POST"))
+
+    async def suspend(self, instance_id: str) -> None:
+        """Back up and release the instance."""
+        await self._send(_Routes.instance(instance_id, "suspend", "POST"))
+
+    async def resume(self, instance_id: str) -> None:
+        """Start a suspended instance (on any worker)."""
+        await self._send(_Routes.instance(instance_id, "resume", "POST"))
+
+    async def delete(self, instance_id: str) -> None:
+        """Remove the instance."""
+        await self._send(_Routes.instance(instance_id, method="DELETE"))
+
+    # -- runs ------------------------------------------------------------------------------------
 
     async def chat(
         self, instance_id: str, message: str, when_busy: WhenBusy = "queue", idempotency_key: str | None = None
     ) -> dict[str, Any]:
-        """Send a message and wait for the answer: {text, usage, runId, finishReason}."""
-        call = _Routes.chat(instance_id, message, when_busy, idempotency_key, False)
-        return cast(dict[str, Any], await self._send(call))
+        """Send a message and wait for the answer: {text, usage, runId, finishReason} (a 202 is
+        followed to the run's end, as `ReginaClient.chat`)."""
+        resp = await self._request(_Routes.chat(instance_id, message, when_busy, idempotency_key, False))
+        if resp.status_code != 202:
+            return cast(dict[str, Any], _body(resp))
+        run_id = _accepted_run(resp)
+        final: dict[str, Any] = {}
+        async for event in self._ndjson(_Routes.events(run_id, 0)):
+            final = event
+        return _answer(final, run_id)
 
     def stream(
         self, instance_id: str, message: str, when_busy: WhenBusy = "queue", idempotency_key: str | None = None
-    ) -> AsyncIterator[dict[str, Any]]:
-        """Send a message and yield its events as they happen."""
+    ) -> AsyncRunStream:
+        """Send a message and yield its events as they happen; a dropped connection re-attaches."""
         return self._ndjson(_Routes.chat(instance_id, message, when_busy, idempotency_key, True))
 
-    def events(self, run_id: str, after: int = 0) -> AsyncIterator[dict[str, Any]]:
+    def events(self, run_id: str, after: int = 0) -> AsyncRunStream:
         """Re-attach to a run's events."""
-        return self._ndjson(_Call("GET", f"/runs/{run_id}/events", params={"after": after}))
+        return self._ndjson(_Routes.events(run_id, after), after)
 
     async def run(self, run_id: str) -> dict[str, Any]:
         """The run's record."""
-        return cast(dict[str, Any], await self._send(_Call("GET", f"/runs/{run_id}")))
+        return cast(dict[str, Any], await self._send(_Routes.run(run_id)))
 
     async def cancel(self, run_id: str) -> dict[str, Any]:
         """Stop a run."""
-        return cast(dict[str, Any], await self._send(_Call("POST", f"/runs/{run_id}/cancel")))
+        return cast(dict[str, Any], await self._send(_Routes.run(run_id, "cancel", "POST")))
 
     async def steer(self, instance_id: str, message: str, idempotency_key: str | None = None) -> dict[str, Any]:
         """Queue a steering message: {queued, steerId}."""
         return cast(dict[str, Any], await self._send(_Routes.steer(instance_id, message, idempotency_key)))
 
-    async def delete(self, instance_id: str) -> None:
-        """Remove the instance."""
-        await self._send(_Call("DELETE", f"/instances/{instance_id}"))
+    async def reload(self) -> dict[str, Any]:
+        """Reload the agent registry in every web and worker process: {agents, errors}."""
+        return cast(dict[str, Any], await self._send(_Routes.reload()))
+
+    async def messages(self, instance_id: str) -> list[dict[str, Any]]:
+        """The conversation, oldest first."""
+        return cast(list[dict[str, Any]], await self._send(_Routes.instance(instance_id, "messages")))
+
+    # -- lifetime ----------------------------------------------------------------------------
 
     async def aclose(self) -> None:
         """Close the HTTP connection pool."""

@@ -13,12 +13,11 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import click
-import httpx
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from regina.client import ReginaClient
+from regina.client import ClientError, ReginaClient, RunStream
 from regina.errors import ReginaError
 from regina.ids import is_valid_instance_id
 
@@ -47,14 +46,13 @@ def server_options(f: F) -> F:
 
 @contextmanager
 def connect(url: str, token: str | None) -> Iterator[ReginaClient]:
-    """A client whose errors end the command with exit status 1 and the message on stderr."""
+    """A client whose errors end the command with exit status 1 and the message on stderr (the
+    client raises only its own errors: unreachable server, bad URL, an answer that is not JSON)."""
     try:
         with ReginaClient(url, token=token) as client:
             yield client
     except ReginaError as exc:
         raise ApiError(exc.message) from exc
-    except httpx.HTTPError as exc:
-        raise ApiError(f"cannot reach {url}: {exc}") from exc
 
 
 def _console() -> Console:
@@ -94,6 +92,8 @@ class StreamPrinter:
         self.at_line_start = True
         self.streamed = False
         self.error: str | None = None
+        self.events = 0
+        """Events printed so far."""
 
     def _line(self, text: str, style: str) -> None:
         if not self.at_line_start:
@@ -102,6 +102,7 @@ class StreamPrinter:
         self.at_line_start = True
 
     def event(self, ev: dict[str, Any]) -> None:
+        self.events += 1
         kind = ev.get("type")
         if kind == "text-delta":
             delta = str(ev.get("textDelta", ""))
@@ -145,19 +146,13 @@ def agents(url: str, token: str | None) -> None:
     print_table(["NAME", "PROVIDER", "MODEL", "TOOLS", "READY"], shown)
 
 
-def _fleet(data: Any) -> list[dict[str, Any]]:
-    if isinstance(data, dict):
-        return list(data.get("instances") or data.get("items") or [])
-    return list(data)
-
-
 @click.command()
 @click.option("--agent", help="Only instances of this agent.")
 @server_options
 def ps(agent: str | None, url: str, token: str | None) -> None:
     """The fleet: id, agent, status, member and last activity of every instance."""
     with connect(url, token) as client:
-        rows = _fleet(client.instances(agent))
+        rows = list(client.fleet(agent=agent))  # GET /instances?agent=…, every page
     shown = []
     for i in rows:
         last = str(i.get("lastActive") or i.get("lastActiveAt") or "-")
@@ -170,21 +165,59 @@ def ps(agent: str | None, url: str, token: str | None) -> None:
 @click.argument("message")
 @server_options
 def chat(target: str, message: str, url: str, token: str | None) -> None:
-    """Send MESSAGE and stream the answer; an agent name spawns an instance first (its id is printed)."""
+    """Send MESSAGE and stream the answer; an agent name spawns an instance first (its id is printed).
+
+    Ctrl-C cancels the run on the server and exits with status 130."""
+    if not message.strip():
+        raise ApiError("the message must not be empty")  # checked before a spawn: no instance left behind
     console = _console()
     with connect(url, token) as client:
         instance_id = target
-        if not is_valid_instance_id(target):
+        spawned = not is_valid_instance_id(target)
+        if spawned:
             instance_id = client.spawn(target)["instanceId"]
             console.print(Text(f"instance {instance_id}", style="bold" if console.is_terminal else ""))
         printer = StreamPrinter(console)
+        events = client.stream(instance_id, message)
         try:
-            for ev in client.stream(instance_id, message):
+            for ev in events:
                 printer.event(ev)
+        except ClientError as exc:
+            if spawned and 400 <= exc.status < 500 and printer.events == 0:
+                _remove_spawned(client, instance_id)
+            raise
+        except KeyboardInterrupt:
+            printer.end()
+            _cancel_interrupted(client, events)
         finally:
             printer.end()
     if printer.error is not None:
         raise ApiError(printer.error)
+
+
+def _remove_spawned(client: ReginaClient, instance_id: str) -> None:
+    """Delete the instance this command spawned for a chat the server refused (4xx)."""
+    try:
+        client.delete(instance_id)
+    except ReginaError as exc:
+        click.echo(f"regina: could not delete instance {instance_id}: {exc.message}", err=True)
+    else:
+        click.echo(f"regina: deleted instance {instance_id} (spawned for this chat)", err=True)
+
+
+def _cancel_interrupted(client: ReginaClient, events: RunStream) -> None:
+    """Ctrl-C: cancel the run on the server (it would go on otherwise), say so, exit 130."""
+    run_id = events.run_id
+    if run_id is None:
+        click.echo("regina: interrupted before the run started", err=True)
+    else:
+        try:
+            client.cancel(run_id)
+        except ReginaError as exc:
+            click.echo(f"regina: interrupted; could not cancel run {run_id}: {exc.message}", err=True)
+        else:
+            click.echo(f"regina: interrupted; cancelled run {run_id}", err=True)
+    raise click.exceptions.Exit(130)
 
 
 @click.command()
@@ -192,10 +225,11 @@ def chat(target: str, message: str, url: str, token: str | None) -> None:
 @click.argument("message")
 @server_options
 def steer(instance: str, message: str, url: str, token: str | None) -> None:
-    """Queue MESSAGE for the instance's running (or next) run."""
+    """Queue MESSAGE for the instance's running (or next) run; prints its steerId receipt."""
     with connect(url, token) as client:
-        client.steer(instance, message)
-    click.echo(f"steering message queued for {instance}")
+        receipt = client.steer(instance, message)
+    steer_id = receipt.get("steerId") if isinstance(receipt, dict) else None
+    click.echo(f"steering message queued for {instance}" + (f" ({steer_id})" if steer_id else ""))
 
 
 def _each(verb: str, action: Callable[[ReginaClient, str], None]) -> Callable[..., None]:

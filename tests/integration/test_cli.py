@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+import re
+import signal
 import subprocess
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 
@@ -47,7 +54,9 @@ def test_chat_spawns_prints_the_id_and_streams_tool_lines(api: httpx.Client, fak
     row = next(line for line in ps.stdout.splitlines() if line.startswith(iid))
     assert "openai-agent" in row and "started" in row
 
-    assert regina(api, "steer", iid, "later").returncode == 0
+    steered = regina(api, "steer", iid, "later")
+    assert steered.returncode == 0, steered.stderr
+    assert re.fullmatch(rf"steering message queued for {iid} \(steer-\w+\)\n", steered.stdout), steered.stdout
     assert regina(api, "suspend", iid).stdout == f"suspended {iid}\n"
     assert api.get(f"/instances/{iid}").json()["status"] == "suspended"
     assert regina(api, "resume", iid).returncode == 0
@@ -138,3 +147,123 @@ def test_each_run_is_one_log_line_and_a_model_error_a_warning_naming_provider_an
         what="the model error warning",
     )
     assert " WARNING worker[" in warning and ("401" in warning or "bad key" in warning)
+
+
+def _fleet_of(api: httpx.Client, agent: str) -> dict[str, dict[str, object]]:
+    items = api.get("/instances", params={"agent": agent, "limit": 1000}).json()
+    return {i["instanceId"]: i for i in items}
+
+
+def test_ps_lists_every_page_of_the_fleet_and_an_agents_instances_with_member_and_last_active(
+    api: httpx.Client,
+) -> None:
+    # Given more instances than one page of GET /instances (100)
+    with cf.ThreadPoolExecutor(8) as pool:
+        mine = set(pool.map(lambda _: api.post("/agents/helper-agent/instances").json()["instanceId"], range(101)))
+    try:
+        # Then `ps` lists them all
+        out = regina(api, "ps")
+        assert out.returncode == 0, out.stderr
+        shown = {line.split("\t")[0] for line in out.stdout.splitlines()[1:]}
+        assert mine <= shown, f"{len(mine - shown)} of {len(mine)} instances missing"
+        # And `ps --agent` shows only that agent's, each with its member and last activity
+        by_agent = regina(api, "ps", "--agent", "helper-agent")
+        assert by_agent.returncode == 0, by_agent.stderr
+        lines = by_agent.stdout.splitlines()
+        assert lines[0].split("\t") == ["ID", "AGENT", "STATUS", "MEMBER", "LAST ACTIVE"]
+        rows = {cols[0]: cols for cols in (line.split("\t") for line in lines[1:])}
+        assert set(rows) == set(_fleet_of(api, "helper-agent")) and mine <= set(rows)
+        fleet = _fleet_of(api, "helper-agent")
+        for iid in mine:
+            assert rows[iid][1:] == ["helper-agent", "started", fleet[iid]["member"], fleet[iid]["lastActive"]]
+    finally:
+        with cf.ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda iid: api.delete(f"/instances/{iid}"), mine))
+
+
+@contextmanager
+def not_regina() -> Iterator[str]:
+    """An HTTP server that answers every request with a 200 HTML page (another service on the port)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"<html><body>not regina</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_bad_url_or_an_answer_that_is_not_json_is_a_message_not_a_traceback(api: httpx.Client) -> None:
+    bad = regina(api, "agents", "--url", "http://127.0.0.1:abc")
+    assert bad.returncode == 1 and bad.stdout == ""
+    assert bad.stderr.startswith("regina: ") and "abc" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+    with not_regina() as url:
+        for command in ("agents", "ps"):
+            out = regina(api, command, "--url", url)
+            assert out.returncode == 1 and out.stdout == "", out
+            assert out.stderr.startswith("regina: ") and "not the Regina API" in out.stderr, out.stderr
+            assert "Traceback" not in out.stderr and len(out.stderr.splitlines()) == 1, out.stderr
+
+
+def test_ctrl_c_during_chat_cancels_the_run_on_the_server_and_exits_130(api: httpx.Client, fake_llm: FakeLLM) -> None:
+    iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
+    fake_llm.push(Reply(text="too late", delay=30))
+    seen = len(fake_llm.requests)
+    proc = subprocess.Popen(
+        [REGINA, "chat", iid, "think long"],
+        env={**clean_env(), "REGINA_URL": str(api.base_url)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        fake_llm.wait_for_requests(seen + 1, timeout=30)  # the run is waiting on the model
+        run_id = _fleet_of(api, "openai-agent")[iid]["runningRun"]
+        assert run_id
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert err.strip().endswith(f"cancelled run {run_id}") and "Traceback" not in err, err
+    assert api.get(f"/runs/{run_id}").json()["status"] == "cancelled"
+    assert api.post(f"/instances/{iid}/chat", json={"message": "next"}).json()["text"] == "echo: next"
+    api.delete(f"/instances/{iid}")
+
+
+def test_chat_checks_the_message_before_spawning_and_removes_what_it_spawned_for_a_refused_chat(
+    api: httpx.Client, cluster: Cluster
+) -> None:
+    before = set(_fleet_of(api, "openai-agent"))
+    for message in ("", "  \n"):
+        empty = regina(api, "chat", "openai-agent", message)
+        assert empty.returncode == 1 and empty.stdout == ""
+        assert empty.stderr == "regina: the message must not be empty\n"
+    assert set(_fleet_of(api, "openai-agent")) == before
+    # A message the server refuses (413 from a web whose limit is 20 characters) after the spawn
+    web = cluster.start_web(env={"REGINA_LIMITS__MAX_MESSAGE_CHARS": "20"})
+    try:
+        out = regina(api, "chat", "openai-agent", "x" * 30, REGINA_URL=web.url)
+    finally:
+        web.stop()
+        cluster.procs.remove(web)
+    assert out.returncode == 1 and out.stdout.startswith("instance openai-agent-"), out
+    iid = out.stdout.split()[1]
+    assert f"deleted instance {iid}" in out.stderr and "the limit is 20" in out.stderr, out.stderr
+    assert api.get(f"/instances/{iid}").status_code == 404
+    assert set(_fleet_of(api, "openai-agent")) == before

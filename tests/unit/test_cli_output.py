@@ -40,3 +40,23 @@ def test_an_error_event_is_kept_for_stderr_and_a_budget_stop_is_shown() -> None:
     printer.end()
     assert buf.getvalue() == "budget maxTokensPerRun reached\n[budget]\n"
     assert printer.error == "model provider error: 401"
+
+
+def test_the_documented_member_id_default_is_the_one_a_worker_takes() -> None:
+    """docs/configuration.md (rendered from the Settings docstrings) shows `memberId`'s default
+    as `default_member_id` makes it."""
+    import re
+    import socket
+
+    from regina.cli.serve import default_member_id
+    from regina.config import Settings
+
+    doc = Settings.model_fields["member_id"].description or ""
+    shown = re.search(r"\(default: `([^`]+)`\)", doc)
+    assert shown, doc
+    pattern = re.escape(shown.group(1))
+    host = re.escape(socket.gethostname())
+    for placeholder, regex in (("<pid>", r"\d+"), ("<random>", "[0-9a-f]+"), ("<host>", host)):
+        assert placeholder in shown.group(1), shown.group(1)
+        pattern = pattern.replace(re.escape(placeholder), regex)
+    assert re.fullmatch(pattern, default_member_id()), (shown.group(1), default_member_id())
