@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import time
 from typing import cast
 
 import redis
@@ -54,10 +56,45 @@ def _written_by(settings: Settings, instance_id: str) -> str | None:
         vfs.close()
 
 
+#: Seconds after which a restore's temp file or directory is a leftover (its process died): a
+#: live restore (another worker sharing `vfsDir`) writes and renames its own within seconds.
+LEFTOVER_AGE = 600.0
+
+
+def remove_leftovers(settings: Settings, now: float | None = None) -> int:
+    """Remove what restores killed midway left in `vfsDir` (`.restore-*.sqlite`) and the realdir
+    root (`.restore-*`, `.old-*` directories), older than LEFTOVER_AGE; how many went."""
+    now = time.time() if now is None else now
+    removed = 0
+    places: list[tuple[str, tuple[str, ...]]] = [(settings.vfs_dir, (".restore-",))]
+    if settings.vfs_backend == "realdir" and settings.fs_root_path:
+        places.append((settings.fs_root_path, (".restore-", ".old-")))
+    for place, prefixes in places:
+        if not os.path.isdir(place):
+            continue
+        for name in os.listdir(place):
+            path = os.path.join(place, name)
+            try:
+                if not name.startswith(prefixes) or now - os.lstat(path).st_mtime < LEFTOVER_AGE:
+                    continue
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path)
+                else:
+                    os.remove(path)
+            except OSError:
+                continue  # gone meanwhile, or not ours to remove: the next start tries again
+            removed += 1
+    if removed:
+        log.warning("removed %d leftover(s) of restores cut short in %s", removed, settings.vfs_dir)
+    return removed
+
+
 def remove_stale_copies(client: redis.Redis, settings: Settings, member_id: str) -> int:
-    """Remove the local copies described above; returns how many instances' copies went."""
+    """Remove the local copies described above (and restores' leftovers); returns how many
+    instances' copies went."""
     if settings.vfs_backend == "memory":
         return 0
+    remove_leftovers(settings)
     local = sorted(_local_ids(settings))
     if not local:
         return 0

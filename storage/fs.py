@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import os
+import time
 from pathlib import Path, PurePosixPath
 
 from regina.atomic_file import write_atomic
@@ -61,12 +62,15 @@ class FsStorage:
             raise StorageError(f"fs storage: cannot read key {key!r}: {exc}") from exc
 
     def delete(self, key: str) -> None:
-        """Unlink the file; empty directories are left for a later put to reuse."""
+        """Unlink the file, then tidy its directory: temp files of puts killed midway (older
+        than STALE_TEMP_AGE) go, and so does the directory once empty (an instance's last
+        backup deleted)."""
         path = self._path(key)
         try:
             path.unlink(missing_ok=True)
         except OSError as exc:
             raise StorageError(f"fs storage: cannot delete key {key!r}: {exc}") from exc
+        _tidy(path.parent, self.base_path)
 
     def list(self, prefix: str = "") -> builtins.list[str]:
         """Walk from the deepest directory the prefix names, skipping temp files."""
@@ -90,6 +94,24 @@ class FsStorage:
 
     def close(self) -> None:
         """Nothing to release: every call opens and closes its own file."""
+
+
+#: Seconds after which a temp file is a leftover of a put whose process died (a live put
+#: writes and renames its own within seconds).
+STALE_TEMP_AGE = 600.0
+
+
+def _tidy(directory: Path, base: Path) -> None:
+    """Remove stale temp files in `directory`, and the directory when nothing is left in it."""
+    now = time.time()
+    try:
+        for entry in os.scandir(directory):
+            if entry.name.endswith(TEMP_SUFFIX) and now - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMP_AGE:
+                os.remove(entry.path)
+        if directory != base:
+            directory.rmdir()  # fails (and is left) while anything is in it
+    except OSError:
+        pass  # another put is writing there, or it is gone already
 
 
 def _raise(exc: OSError) -> None:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -242,6 +243,16 @@ def test_fs_process_killed_mid_write_leaves_a_whole_value(tmp_path: Path) -> Non
     assert fs.list() == ["instances/a/vfs"]
     fs.put("instances/a/vfs", b"after the crash")
     assert fs.get("instances/a/vfs") == b"after the crash"
+    # ... and once it is old, the leftover goes with the next delete in its directory, and the
+    # directory with the last key in it
+    leftovers = [n for n in os.listdir(target_dir) if n.endswith(TEMP_SUFFIX)]
+    assert leftovers
+    long_ago = time.time() - 3600
+    for name in leftovers:
+        os.utime(target_dir / name, (long_ago, long_ago))
+    fs.delete("instances/a/vfs")
+    assert not target_dir.exists()
+    assert fs.list() == []
 
 
 @pytest.mark.parametrize(

@@ -426,3 +426,31 @@ def test_errors_are_typed_by_kind(vfs: VFS) -> None:
     for kind, call in cases:
         with pytest.raises(kind):
             call()
+
+
+def test_restores_killed_midway_leave_nothing_after_the_next_start(tmp_path: Path) -> None:
+    """A worker killed while it restored a copy leaves its temp file (sqlite) or directories
+    (realdir); the next start removes them once old enough not to be a live restore's."""
+    import time
+
+    from regina.config import Settings
+    from regina.local_copies import LEFTOVER_AGE, remove_leftovers
+
+    vfs_dir, root = tmp_path / "vfs", tmp_path / "root"
+    vfs_dir.mkdir()
+    root.mkdir()
+    old = time.time() - LEFTOVER_AGE - 60
+    for path in (vfs_dir / ".restore-abc.sqlite", root / ".restore-x", root / ".old-y"):
+        if path.suffix == ".sqlite":
+            path.write_bytes(b"half an image")
+        else:
+            path.mkdir()
+            (path / "f").write_text("x")
+        os.utime(path, (old, old))
+    (vfs_dir / ".restore-live.sqlite").write_bytes(b"being written now")
+    (vfs_dir / "demo-0123456789abcdef01234567.sqlite").write_bytes(b"a copy")
+    settings = Settings(vfs_dir=str(vfs_dir), vfs_backend="realdir", fs_root_path=str(root))
+
+    assert remove_leftovers(settings) == 3
+    assert sorted(os.listdir(vfs_dir)) == [".restore-live.sqlite", "demo-0123456789abcdef01234567.sqlite"]
+    assert os.listdir(root) == []
