@@ -120,13 +120,19 @@ settle()
 return {}
 """
 
+# An entry already in the stream (the same batch run again after a lost reply) is skipped.
 # KEYS: run events stream, instance record. ARGV: epoch, TTL, most events kept, then pairs of
 # (entry id, event JSON). The batch that creates the stream (its first entry is "0-1") gives it a
 # TTL (RUNNING_TTL + retention), so the events of a run that never finishes (its worker killed,
 # its instance deleted) still expire; the finish script sets runRetention at the end.
 _XADD_FENCED = """
 if redis.call('HGET', KEYS[2], 'epoch') ~= ARGV[1] then return redis.error_reply('STALE') end
-for i = 4, #ARGV, 2 do redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[3], ARGV[i], 'e', ARGV[i + 1]) end
+for i = 4, #ARGV, 2 do
+  local added = redis.pcall('XADD', KEYS[1], 'MAXLEN', ARGV[3], ARGV[i], 'e', ARGV[i + 1])
+  if type(added) == 'table' and added.err and not string.find(added.err, 'equal or smaller', 1, true) then
+    return added
+  end
+end
 if ARGV[4] == '0-1' then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 return 1
 """
@@ -228,7 +234,9 @@ class RunPublisher:
             pipe.xadd(self.key, {"e": payload}, id=f"0-{seq}", maxlen=self.max_events, approximate=False)
         if batch[0][0] == 1:
             pipe.expire(self.key, self.retention + RUNNING_TTL)  # see _XADD_FENCED
-        pipe.execute()
+        for result in pipe.execute(raise_on_error=False):
+            if isinstance(result, redis.ResponseError) and not _added_before(result):
+                raise result
 
     def _sender(self) -> None:
         """Send what waits, then whatever arrived while that round trip was in flight, until
@@ -333,6 +341,12 @@ class RunPublisher:
             with self._send_lock:
                 self._send_waiting((self.seq, payload))
         return self.seq
+
+
+def _added_before(error: redis.ResponseError) -> bool:
+    """An XADD refused because its entry is in the stream already: the same batch sent again
+    after its reply was lost (redis-py sends a command once more on a dropped connection)."""
+    return "equal or smaller" in str(error)
 
 
 def _fenced(script: Any, script_keys: list[str], args: list[Any]) -> Any:

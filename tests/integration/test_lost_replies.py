@@ -9,6 +9,7 @@ connection before the reply reaches the client.
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Iterator
 
@@ -177,3 +178,26 @@ def test_a_finish_that_took_steering_twice_does_not_end_the_run(proxy: LossyProx
     finally:
         _cleanup(direct, iid, run_id)
         direct.delete(keys.run_events(run_id), keys.run_record("run-warm"), keys.run_events("run-warm"))
+
+
+@pytest.mark.parametrize("fenced", [True, False], ids=["fenced", "unfenced"])
+def test_a_batch_of_events_sent_twice_is_published_once(proxy: LossyProxy, direct: redis.Redis, fenced: bool) -> None:
+    """The events go out with their own ids (`0-<seq>`); the same batch again finds them there and
+    must not fail the run."""
+    iid = _started_instance(direct)
+    run_id = f"run-{secrets.token_hex(10)}"
+    client = connect(proxy.url)
+    try:
+        publisher = RunPublisher(client, run_id, iid, 60, epoch=1 if fenced else None)  # each event sent at once
+        publisher.publish({"type": "text-delta", "textDelta": "warm "})
+
+        proxy.lose_reply_to(b"lost-once")
+        publisher.publish({"type": "text-delta", "textDelta": "lost-once"})
+        assert proxy.lost.is_set(), "the proxy cut no reply"
+        publisher.publish({"type": "finish", "finishReason": "stop", "text": "warm lost-once"})
+
+        seen = [json.loads(f["e"]) for _id, f in direct.xrange(keys.run_events(run_id))]
+        assert [(e["type"], e["seq"]) for e in seen] == [("text-delta", 1), ("text-delta", 2), ("finish", 3)]
+    finally:
+        _cleanup(direct, iid, run_id)
+        direct.delete(keys.run_events(run_id))
