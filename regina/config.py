@@ -9,6 +9,8 @@ the reference for that key (docs/configuration.md is generated from the same tex
 from __future__ import annotations
 
 import os
+import types
+import typing
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -21,7 +23,11 @@ from regina.errors import ConfigError
 
 class _Section(BaseModel):
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", use_attribute_docstrings=True
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_attribute_docstrings=True,
+        allow_inf_nan=False,  # `.inf` seconds would overflow the clocks they feed
     )
 
 
@@ -284,6 +290,21 @@ class Settings(_Section):
         """Where the task queues live: `broker` when set, else the Redis of `redis`."""
         return self.broker or self.redis
 
+    @field_validator("redis")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL (e.g. redis://127.0.0.1:6379/0)")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in _LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(_LOG_LEVELS)}")
+        return level
+
     @field_validator("outbound_allowlist", mode="before")
     @classmethod
     def _split_allowlist(cls, value: Any) -> Any:
@@ -304,6 +325,19 @@ class Settings(_Section):
         if self.use_processes and self.vfs_backend == "memory":
             raise ValueError(MEMORY_VFS_NO_PROCESSES)
         return self
+
+    @model_validator(mode="after")
+    def _heartbeat_within_ttl(self) -> Settings:
+        if self.member_heartbeat >= self.member_ttl:
+            raise ValueError(
+                f"memberHeartbeat ({self.member_heartbeat:g} s) must be shorter than memberTtl "
+                f"({self.member_ttl:g} s): a member key would lapse between renewals and its "
+                "instances be taken from a live worker"
+            )
+        return self
+
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 MEMORY_VFS_NO_PROCESSES = (
@@ -348,6 +382,30 @@ def bind_host(settings: Settings, environ: Mapping[str, str] | None = None) -> s
     return "0.0.0.0" if any(env.get(marker) for marker in PLATFORM_MARKERS) else settings.host
 
 
+def holds_text(path: list[str]) -> bool:
+    """Whether the config key at `path` (its camelCase segments, as in REGINA_* variables) holds
+    text: its environment value is then taken as it is, not read as YAML."""
+    model: Any = Settings
+    i = 0
+    while i < len(path):
+        fields = {(f.alias or name): f for name, f in model.model_fields.items()}
+        field = fields.get(path[i]) or model.model_fields.get(path[i])
+        if field is None:
+            return False
+        ann = field.annotation
+        union = typing.get_origin(ann) in (typing.Union, types.UnionType)
+        kinds = [a for a in typing.get_args(ann) if a is not type(None)] if union else [ann]
+        if i == len(path) - 1:
+            return all(k is str for k in kinds)
+        section = next((k for k in kinds if isinstance(k, type) and issubclass(k, BaseModel)), None)
+        if section is None and typing.get_origin(kinds[0]) is dict:  # a mapping of sections (providers)
+            section, i = typing.get_args(kinds[0])[1], i + 1
+        if not (isinstance(section, type) and issubclass(section, BaseModel)):
+            return False
+        model, i = section, i + 1
+    return False
+
+
 def load_settings(environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> Settings:
     """Build Settings from REGINA_CONFIG, REDIS_URL, PORT, WEB_CONCURRENCY and REGINA_* (later
     wins). Every call reads the environment afresh; processes use `process_settings()`.
@@ -365,7 +423,7 @@ def load_settings(environ: Mapping[str, str] | None = None, overrides: Mapping[s
         data["port"] = parse_env_value(env["PORT"])
     if env.get("WEB_CONCURRENCY"):
         data["webConcurrency"] = parse_env_value(env["WEB_CONCURRENCY"])
-    data = merge(data, env_overrides(env))
+    data = merge(data, env_overrides(env, holds_text))
     if overrides:
         data = merge(data, overrides)
     try:

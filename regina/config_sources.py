@@ -9,7 +9,7 @@ import json
 import os
 import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +69,10 @@ def parse_env_value(raw: str) -> Any:
     return raw if value is None and raw != "" else value
 
 
-def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+def env_overrides(environ: Mapping[str, str], is_text: Callable[[list[str]], bool] | None = None) -> dict[str, Any]:
+    """The REGINA_* variables as a nested dict of config keys. A value is read as YAML (numbers,
+    booleans, lists), except for a key `is_text(path)` says holds text: that one is kept as it is
+    (`{HOSTNAME}` would be a YAML mapping, `123456789012` a number, `a #b` would lose `#b`)."""
     overrides: dict[str, Any] = {}
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX) or name in _NOT_SETTINGS:
@@ -83,7 +86,7 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         node = overrides
         for part in path[:-1]:
             node = node.setdefault(part, {})
-        node[path[-1]] = parse_env_value(raw)
+        node[path[-1]] = raw if is_text is not None and is_text(path) else parse_env_value(raw)
     return overrides
 
 
@@ -118,12 +121,29 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     return {k: v for k, v in inner.items() if k != "module"}
 
 
+#: Keys whose value is never shown in an error (it is a secret whatever it looks like).
+_SECRET_KEYS = {"authToken", "apiKey"}
+_URL_PASSWORD = re.compile(r"(://[^/@:\s]*:)[^/@\s]+@")
+
+
+def shown_value(key: str, value: Any) -> str:
+    """A bad value as an error message may show it: a secret key's never, a URL's password
+    hidden (errors end up in platform logs)."""
+    if key.rsplit(".", 1)[-1] in _SECRET_KEYS:
+        return " (value hidden)"
+    if isinstance(value, dict):
+        return ""
+    hidden = _URL_PASSWORD.sub(r"\1***@", repr(value))
+    return f" (got {hidden})"
+
+
 def describe(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(root)"
+        if not err["loc"]:  # a rule across keys: its message names them
+            lines.append(f"config: {err['msg'].removeprefix('Value error, ')}")
+            continue
+        key = ".".join(str(p) for p in err["loc"])
         env = ENV_PREFIX + "__".join(re.sub(r"(?<!^)(?=[A-Z])", "_", str(p)).upper() for p in err["loc"])
-        value = err.get("input")
-        shown = "" if isinstance(value, dict) else f" (got {value!r})"
-        lines.append(f"config key '{key}' ({env}): {err['msg']}{shown}")
+        lines.append(f"config key '{key}' ({env}): {err['msg']}{shown_value(key, err.get('input'))}")
     return "; ".join(lines)

@@ -81,8 +81,20 @@ def _logging(loglevel: Any = None, **kwargs: Any) -> None:
 
 @signals.celeryd_after_setup.connect
 def _setup(sender: str, instance: Any, **kwargs: Any) -> None:
-    """The member id is the Celery node name; consume the member's own command queue."""
-    member_id = str(sender)
+    """The member id is the Celery node name; consume the member's own command queue.
+
+    A failure here ends the process (exit status 2): Celery only logs what a signal handler
+    raises and would go on as a worker that never joins the cluster (looking healthy to a
+    platform, serving nothing)."""
+    try:
+        _set_up(str(sender), instance)
+    except Exception:
+        log.critical("worker start-up failed; exiting", exc_info=True)
+        logging.shutdown()
+        os._exit(2)
+
+
+def _set_up(member_id: str, instance: Any) -> None:
     ctx = init_context(member_id, getattr(instance, "concurrency", None))
     # An earlier process under this member id left names of queues this one does not consume yet.
     ctx.client.delete(keys.member_ready(member_id))

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -201,3 +202,14 @@ def test_honcho_start_runs_the_procfile_and_flower_sees_workers_tasks_and_queues
         except subprocess.TimeoutExpired:
             os.killpg(honcho.pid, signal.SIGKILL)
         server.close()
+
+
+def test_a_worker_whose_start_up_fails_exits_instead_of_idling(make_cluster: Any) -> None:
+    """Celery only logs what its start-up signal handlers raise: a worker whose factory cannot be
+    imported went on as a process that never joined the cluster (healthy to a platform)."""
+    c = make_cluster()
+    proc = c.start_worker(env={"REGINA_FACTORY": "no.such.module"}, wait=False)
+    wait_until(lambda: not proc.alive(), timeout=60, what="the worker to exit")
+    assert proc.popen.returncode == 2
+    assert "worker start-up failed; exiting" in proc.log()
+    assert "no.such.module" in proc.log()

@@ -135,3 +135,47 @@ def test_web_process_settings_from_platform_variables() -> None:
 )
 def test_bind_host(env: dict[str, str], host: str) -> None:
     assert bind_host(load_settings(env), env) == host
+
+
+def test_text_keys_from_the_environment_are_taken_as_they_are() -> None:
+    """YAML would make `{HOSTNAME}` a mapping, a numeric token a number and cut `a #b` at the `#`."""
+    settings = load_settings(
+        {
+            "HOSTNAME": "pod-7",
+            "REGINA_MEMBER_ID": "{HOSTNAME}",
+            "REGINA_AUTH_TOKEN": "123456789012",
+            "REGINA_PROVIDERS__OPENAI__BASE_URL": "http://gw #1/v1",
+            "REGINA_LIMITS__BASH_TIMEOUT": "3",
+            "REGINA_OUTBOUND_ALLOWLIST": '["127.0.0.1", "10.0.0.0/8"]',
+        }
+    )
+    assert settings.member_id == "pod-7"
+    assert settings.auth_token == "123456789012"
+    assert settings.providers["openai"].base_url == "http://gw #1/v1"
+    assert settings.limits.bash_timeout == 3.0
+    assert settings.outbound_allowlist == ["127.0.0.1", "10.0.0.0/8"]
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"REGINA_LOG_LEVEL": "verbose"}, "'logLevel' (REGINA_LOG_LEVEL): Value error, must be one of DEBUG, INFO"),
+        ({"REDIS_URL": "localhost:6379"}, "'redis' (REGINA_REDIS): Value error, must be a redis://, rediss://"),
+        ({"REGINA_MEMBER_HEARTBEAT": "40"}, "config: memberHeartbeat (40 s) must be shorter than memberTtl (30 s)"),
+        ({"REGINA_MEMBER_TTL": ".inf"}, "'memberTtl' (REGINA_MEMBER_TTL): Input should be a finite number"),
+    ],
+)
+def test_values_that_would_break_a_process_later_are_refused_at_load(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(env)
+    assert message in str(err.value)
+
+
+def test_a_refused_secret_is_not_repeated_in_the_error() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings({"REGINA_BROKER": "redis://:hunter2secret@10.0.0.1:6379/0"})
+    assert "hunter2secret" not in str(err.value) and "redis://:***@10.0.0.1" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        load_settings({}, overrides={"authToken": ["s3cret-token"]})  # a token must be text: not shown
+    assert "s3cret-token" not in str(err.value) and "value hidden" in str(err.value)
+    assert load_settings({"REGINA_LOG_LEVEL": "debug"}).log_level == "DEBUG"
