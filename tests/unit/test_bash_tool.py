@@ -299,3 +299,29 @@ def test_vfs_errors_map_to_errno_by_class_whatever_the_message(
 ) -> None:
     mapped = VFSBashFs._oserror(error("a message that names no errno"), "open", "/p")
     assert type(mapped) is oserror and str(mapped).startswith(errno_name + ":")
+
+
+def test_sqlite3_reaches_no_file_of_the_host_and_stops(tmp_path: Path) -> None:
+    """`sqlite3 :memory:` is a SQL toy over nothing; ATTACH and VACUUM INTO opened any file of the
+    worker's host (another instance's VFS file: its transcript, to read or forge)."""
+    import sqlite3
+    import time
+
+    host_db = tmp_path / "other-instance.sqlite"
+    conn = sqlite3.connect(host_db)
+    conn.execute("CREATE TABLE entries (path TEXT, data BLOB)")
+    conn.execute("INSERT INTO entries VALUES ('/.session/messages.jsonl', 'the other transcript')")
+    conn.commit()
+    conn.close()
+    bash = bash_tool(MemoryVFS(), env=_env(), limits=Limits())
+
+    read = bash.call_sync({"command": f"sqlite3 :memory: \"ATTACH '{host_db}' AS o; SELECT * FROM o.entries;\""})
+    assert "not authorized" in read["stdout"] and "the other transcript" not in read["stdout"]
+    copy = tmp_path / "copy.sqlite"
+    bash.call_sync({"command": f"sqlite3 :memory: \"VACUUM INTO '{copy}'\""})
+    assert not copy.exists()
+    t0 = time.monotonic()
+    forever = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c) SELECT count(*) FROM c;"
+    endless = bash.call_sync({"command": f"sqlite3 :memory: '{forever}'"})
+    assert "interrupted" in endless["stdout"] and time.monotonic() - t0 < 5
+    assert bash.call_sync({"command": "sqlite3 :memory: 'SELECT 1 + 2'"})["stdout"] == "3\n"

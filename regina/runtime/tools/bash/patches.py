@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sqlite3
 from typing import Any
 
 __all__ = ["patch_interpreter", "command_registry"]
@@ -130,12 +131,47 @@ def patch_interpreter() -> None:
     _patched = True
 
 
+#: SQLite VM instructions one `sqlite3` statement may run (checked every 1 000): about a second.
+SQLITE_STEPS = 20_000_000
+
+
+def _deny_files(action: int, *_args: Any) -> int:
+    """SQLite authorizer: no ATTACH or DETACH (an attached file is any file of the worker's host)."""
+    return sqlite3.SQLITE_DENY if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH) else sqlite3.SQLITE_OK
+
+
+class _SandboxedSqlite:
+    """The `sqlite3` module as just-bash's `sqlite3` command sees it. The command opens
+    `:memory:` only, but SQL's ATTACH and VACUUM INTO open any path of the worker's host (other
+    instances' VFS files, transcripts included) and a recursive query ran past bashTimeout: no
+    attached databases, and a budget of VM steps."""
+
+    Error = sqlite3.Error
+    sqlite_version = sqlite3.sqlite_version
+
+    @staticmethod
+    def connect(database: str) -> sqlite3.Connection:
+        conn = sqlite3.connect(":memory:")
+        conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
+        conn.set_authorizer(_deny_files)
+        calls = [0]
+
+        def progress() -> int:
+            calls[0] += 1
+            return int(calls[0] * 1000 > SQLITE_STEPS)  # non-zero interrupts the statement
+
+        conn.set_progress_handler(progress, 1000)
+        return conn
+
+
 @functools.cache
 def command_registry(network: bool) -> dict[str, Any]:
     """just_bash's commands, built once per process (≈ 11 KB per instance when built for each
     instance's bash tool); each shell gets its own copy of the mapping."""
     from just_bash.commands import create_command_registry
+    from just_bash.commands.sqlite3 import sqlite3_cmd
 
+    setattr(sqlite3_cmd, "sqlite3", _SandboxedSqlite)  # noqa: B010 (the module's own name for it)
     commands: dict[str, Any] = create_command_registry(include_network=network)
     commands["cat"] = _ExactCat(commands["cat"])
     return commands
