@@ -188,7 +188,7 @@ def chat(target: str, message: str, url: str, token: str | None) -> None:
             raise
         except KeyboardInterrupt:
             printer.end()
-            _cancel_interrupted(client, events)
+            _cancel_interrupted(url, token, events)
         finally:
             printer.end()
     if printer.error is not None:
@@ -205,14 +205,25 @@ def _remove_spawned(client: ReginaClient, instance_id: str) -> None:
         click.echo(f"regina: deleted instance {instance_id} (spawned for this chat)", err=True)
 
 
-def _cancel_interrupted(client: ReginaClient, events: RunStream) -> None:
-    """Ctrl-C: cancel the run on the server (it would go on otherwise), say so, exit 130."""
+#: Seconds a Ctrl-C waits for the server to take the run's cancel.
+CANCEL_TIMEOUT = 10.0
+
+
+def _cancel_interrupted(url: str, token: str | None, events: RunStream) -> None:
+    """Ctrl-C: cancel the run on the server (it would go on otherwise), say so, exit 130. The
+    interrupted stream is let go first, and the cancel goes on a client of its own with a short
+    timeout: whatever the interrupt left half done in the stream's client cannot hold it up."""
     run_id = events.run_id
+    try:
+        events.close()
+    except Exception:  # noqa: BLE001 - a connection the interrupt left broken: dropped anyway
+        pass
     if run_id is None:
         click.echo("regina: interrupted before the run started", err=True)
     else:
         try:
-            client.cancel(run_id)
+            with ReginaClient(url, token=token, timeout=CANCEL_TIMEOUT) as client:
+                client.cancel(run_id)
         except ReginaError as exc:
             click.echo(f"regina: interrupted; could not cancel run {run_id}: {exc.message}", err=True)
         else:

@@ -234,7 +234,12 @@ def test_ctrl_c_during_chat_cancels_the_run_on_the_server_and_exits_130(api: htt
         run_id = _fleet_of(api, "openai-agent")[iid]["runningRun"]
         assert run_id
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            raise AssertionError(f"regina chat did not exit after Ctrl-C:\n{out}\n{err}") from None
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -325,3 +325,17 @@ def test_sqlite3_reaches_no_file_of_the_host_and_stops(tmp_path: Path) -> None:
     endless = bash.call_sync({"command": f"sqlite3 :memory: '{forever}'"})
     assert "interrupted" in endless["stdout"] and time.monotonic() - t0 < 5
     assert bash.call_sync({"command": "sqlite3 :memory: 'SELECT 1 + 2'"})["stdout"] == "3\n"
+
+
+def test_arithmetic_is_64_bit_as_in_bash_and_never_runs_away() -> None:
+    """Python's ints computed 9**9**9 in full: minutes of CPU in one statement, which no
+    bashTimeout could stop (the deadline is checked between statements)."""
+    bash = bash_tool(MemoryVFS(), env=_env(), limits=Limits(bash_timeout=5))
+    t0 = time.monotonic()
+    out = bash.call_sync({"command": "x=$((9**9**9)); y=$((1<<10000000000)); echo $y $((2**64)) $((2**63)) $((2**62))"})
+    assert out["stdout"] == "1 0 -9223372036854775808 4611686018427387904\n"
+    assert time.monotonic() - t0 < 2
+    assert bash.call_sync({"command": "echo $((9223372036854775807 + 1)) $(( (1+2)*3 ))"})["stdout"] == (
+        "-9223372036854775808 9\n"
+    )
+    assert bash.call_sync({"command": "let y=2**10; ((z = 3 << 2)); echo $y $z"})["stdout"] == "1024 12\n"

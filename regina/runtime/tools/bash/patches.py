@@ -128,7 +128,55 @@ def patch_interpreter() -> None:
         return await original(self, redirections, result)
 
     Interpreter._process_output_redirections = process_output_redirections  # type: ignore[method-assign]
+    _patch_arithmetic()
     _patched = True
+
+
+_WORD = 1 << 64
+
+
+def _signed64(value: Any) -> Any:
+    """An arithmetic result as bash's 64-bit integers hold it (wrapping past 2^63)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        return value
+    value &= _WORD - 1
+    return value - _WORD if value >> 63 else value
+
+
+def _bounded_op(op: str, left: int, right: int) -> int:
+    """`**` and `<<` computed as bash does, in 64 bits: Python's ints computed 9**9**9 (and
+    1<<10**10) in full, minutes of CPU and gigabytes no bashTimeout could stop (one statement)."""
+    if op == "**":
+        if right < 0:
+            raise ValueError("exponent less than 0")
+        return int(_signed64(pow(left, right, _WORD)))
+    return int(_signed64(left << (right & 63)))
+
+
+def _patch_arithmetic() -> None:
+    """Every arithmetic result wraps to 64 bits, `**` and `<<` are computed in 64 bits. The
+    evaluators call themselves through their module's globals, so replacing those (and the names
+    other modules imported) routes every sub-expression through the bounds."""
+    from just_bash.interpreter import control_flow, expansion, interpreter
+
+    sync_eval = expansion.evaluate_arithmetic_sync
+    async_eval = expansion.evaluate_arithmetic
+
+    def evaluate_sync(ctx: Any, expr: Any) -> Any:
+        if getattr(expr, "type", None) == "ArithBinary" and expr.operator in ("**", "<<"):
+            return _bounded_op(expr.operator, evaluate_sync(ctx, expr.left), evaluate_sync(ctx, expr.right))
+        return _signed64(sync_eval(ctx, expr))
+
+    async def evaluate(ctx: Any, expr: Any) -> Any:
+        if getattr(expr, "type", None) == "ArithBinary" and expr.operator in ("**", "<<"):
+            left = await evaluate(ctx, expr.left)
+            return _bounded_op(expr.operator, left, await evaluate(ctx, expr.right))
+        return _signed64(await async_eval(ctx, expr))
+
+    expansion.evaluate_arithmetic_sync = evaluate_sync
+    for module in (expansion, control_flow, interpreter):
+        if getattr(module, "evaluate_arithmetic", None) is async_eval:
+            setattr(module, "evaluate_arithmetic", evaluate)  # noqa: B010 (untyped module)
 
 
 #: SQLite VM instructions one `sqlite3` statement may run (checked every 1 000): about a second.
