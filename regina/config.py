@@ -264,7 +264,9 @@ class Settings(_Section):
     `json` (one object per line, for platforms that parse logs). `--log-format` sets it too."""
     metrics_port: int | None = Field(None, ge=0, le=65535)
     """A worker serves its own Prometheus `/metrics` on this port (for workers on other machines
-    than the web; on one machine they share the web's `/metrics`, see README "Watching it")."""
+    than the web; on one machine they share the web's `/metrics`, see README "Watching it"). It
+    listens on `host`: set that to `0.0.0.0` (or the machine's address) for another machine's
+    Prometheus to reach it."""
 
     @field_validator("access_log", mode="before")
     @classmethod

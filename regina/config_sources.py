@@ -22,6 +22,7 @@ __all__ = [
     "ENV_PREFIX",
     "describe",
     "env_overrides",
+    "without_password",
     "expand_placeholders",
     "merge",
     "parse_env_value",
@@ -126,6 +127,11 @@ _SECRET_KEYS = {"authToken", "apiKey"}
 _URL_PASSWORD = re.compile(r"(://[^/@:\s]*:)[^/@\s]+@")
 
 
+def without_password(text: str) -> str:
+    """`text` with the password of every URL in it replaced by `***` (for output and errors)."""
+    return _URL_PASSWORD.sub(r"\1***@", text)
+
+
 def shown_value(key: str, value: Any) -> str:
     """A bad value as an error message may show it: a secret key's never, a URL's password
     hidden (errors end up in platform logs)."""
@@ -133,8 +139,7 @@ def shown_value(key: str, value: Any) -> str:
         return " (value hidden)"
     if isinstance(value, dict):
         return ""
-    hidden = _URL_PASSWORD.sub(r"\1***@", repr(value))
-    return f" (got {hidden})"
+    return f" (got {without_password(repr(value))})"
 
 
 def describe(exc: ValidationError) -> str:

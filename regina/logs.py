@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
+
+from regina.secrets import redact
 
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s {role}[%(process)d] %(name)s: %(message)s"
 JSON_FIELDS = "%(asctime)s %(levelname)s %(process)d %(name)s %(message)s"
@@ -21,7 +24,14 @@ def formatter(role: str, fmt: str = "text") -> logging.Formatter:
     if fmt == "json":
         from pythonjsonlogger.json import JsonFormatter
 
-        return JsonFormatter(JSON_FIELDS, rename_fields=_JSON_RENAME, static_fields={"role": role})
+        class RedactingJsonFormatter(JsonFormatter):
+            """python-json-logger formats a traceback itself (not the record's redacted text)."""
+
+            def formatException(self, ei: Any) -> Any:  # noqa: N802 - logging's name
+                text = super().formatException(ei)
+                return redact(text) if isinstance(text, str) else [redact(line) for line in text]
+
+        return RedactingJsonFormatter(JSON_FIELDS, rename_fields=_JSON_RENAME, static_fields={"role": role})
     return logging.Formatter(TEXT_FORMAT.format(role=role))
 
 

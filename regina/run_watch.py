@@ -57,7 +57,9 @@ class RunWatch:
             self._model_call_ended()
         elif isinstance(event, ToolResultEvent):
             failed = isinstance(event.result, dict) and "error" in event.result
-            TOOL_CALLS.labels(event.tool_name, "error" if failed else "ok").inc()
+            # A name the model made up is not a label of its own (each would be a series for good).
+            unknown = failed and str(event.result.get("error", "")).startswith("unknown tool ")
+            TOOL_CALLS.labels("unknown" if unknown else event.tool_name, "error" if failed else "ok").inc()
         elif isinstance(event, StepFinish):
             self._model_call_ended()
             self.step_started, self.model_done = time.monotonic(), False

@@ -178,7 +178,11 @@ def web(workers: int | None, log_format: str | None) -> None:
 def worker(member_id: str | None, concurrency: int | None, log_format: str | None) -> None:
     """A Celery worker (gevent pool) that joins the cluster as a member."""
     _set_log_format(log_format)
-    _exec(worker_argv(settings_or_exit(), member_id, concurrency))
+    settings = settings_or_exit()
+    given = environment().get("PROMETHEUS_MULTIPROC_DIR")
+    if given:  # its counters are written there from the first increment (a web may not have made it)
+        os.makedirs(given, exist_ok=True)
+    _exec(worker_argv(settings, member_id, concurrency))
 
 
 @click.command()

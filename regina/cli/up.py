@@ -26,6 +26,7 @@ import httpx
 
 from regina.cli.serve import flower_argv, settings_or_exit, web_argv, worker_argv
 from regina.config import Settings, environment
+from regina.config_sources import without_password
 from regina.redis_conn import REDIS_URL_FILE
 
 STOP_TIMEOUT = 60.0
@@ -200,7 +201,8 @@ def run_up(port: int | None, workers: int, with_flower: bool, flower_port: int) 
                 break
             if not announced and _ready(api):
                 announced = True
-                click.echo(f"regina up: ready  API {api}  docs {api}/docs  Redis {redis_url}  (Ctrl-C stops)")
+                shown = without_password(redis_url)
+                click.echo(f"regina up: ready  API {api}  docs {api}/docs  Redis {shown}  (Ctrl-C stops)")
                 click.echo(f"regina up: {flower_line}; metrics {api}/metrics")
             if later and (announced or time.monotonic() > later_at):
                 sup.children.extend((name, _spawn(argv, env)) for name, argv in later)

@@ -57,6 +57,9 @@ def test_metrics_count_exactly_across_two_gunicorn_and_two_worker_processes(
         answers = list(pool.map(chat, [(n, ids[n % 3]) for n in range(6)]))
     fake_llm.push(Reply(tool_calls=[ToolCall("bash", {"command": "echo hi"})]), Reply(text="done"))
     answers.append(dict(api.post(f"/instances/{ids[0]}/chat", json={"message": "use a tool"}).json()))
+    # A tool name the model made up counts as "unknown" (not one series per invented name).
+    fake_llm.push(Reply(tool_calls=[ToolCall("made_up_tool_x", {})]), Reply(text="done"))
+    answers.append(dict(api.post(f"/instances/{ids[0]}/chat", json={"message": "invent a tool"}).json()))
     assert api.post(f"/instances/{ids[1]}/steer", json={"message": "s1"}).status_code == 200
     assert api.post(f"/instances/{ids[1]}/steer", json={"message": "s2"}).status_code == 200
     assert api.post(f"/instances/{ids[2]}/suspend").status_code == 204
@@ -67,11 +70,13 @@ def test_metrics_count_exactly_across_two_gunicorn_and_two_worker_processes(
     model = (("model", "gpt-4o"), ("provider", "openai"))
     expected = {
         ("regina_spawns_total", (("agent", "openai-agent"),)): 3,
-        ("regina_runs_total", (("mode", "sync"), ("outcome", "stop"))): 7,
-        ("regina_runs_started_total", (("mode", "sync"),)): 7,
-        ("regina_run_steps_sum", ()): 8,
+        ("regina_runs_total", (("mode", "sync"), ("outcome", "stop"))): 8,
+        ("regina_runs_started_total", (("mode", "sync"),)): 8,
+        ("regina_run_steps_sum", ()): 10,
         ("regina_tool_calls_total", (("outcome", "ok"), ("tool", "bash"))): 1,
-        ("regina_model_call_seconds_count", model): 8,
+        ("regina_tool_calls_total", (("outcome", "error"), ("tool", "unknown"))): 1,
+        ("regina_tool_calls_total", (("outcome", "error"), ("tool", "made_up_tool_x"))): None,
+        ("regina_model_call_seconds_count", model): 10,
         ("regina_tokens_total", (*model, ("type", "prompt"))): prompt,
         ("regina_tokens_total", (*model, ("type", "completion"))): completion,
         ("regina_steering_messages_total", ()): 2,
@@ -85,7 +90,7 @@ def test_metrics_count_exactly_across_two_gunicorn_and_two_worker_processes(
         "regina_http_requests_total",
         (("endpoint", "/instances/<iid>/chat"), ("method", "POST"), ("status", "200")),
     )
-    expected[chat_ok] = 7
+    expected[chat_ok] = 8
     # Scrapes land on either gunicorn process; every one must show the same, exact counts.
     for _ in range(6):
         with httpx.Client(base_url=web.url, timeout=30) as scraper:

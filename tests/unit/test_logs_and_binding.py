@@ -34,3 +34,22 @@ def test_port_without_a_platform_marker_is_explained() -> None:
     assert bind_note(load_settings({}), {}) is None
     chosen = {"PORT": "5000", "REGINA_HOST": "127.0.0.1"}  # asked for: nothing to explain
     assert bind_note(load_settings(chosen), chosen) is None
+
+
+def test_a_traceback_in_json_lines_is_redacted_too() -> None:
+    import sys
+
+    from regina.secrets import add_secret, install_log_redaction
+
+    secret = "sk-json-traceback-0123456789"
+    add_secret(secret)
+    install_log_redaction()
+    try:
+        raise RuntimeError(f"provider said no to key {secret}")
+    except RuntimeError:
+        record = logging.getLogRecordFactory()(
+            "regina.run", logging.ERROR, __file__, 1, "failed", (), sys.exc_info()
+        )
+    for fmt in ("text", "json"):
+        line = formatter("worker", fmt).format(record)
+        assert secret not in line and "[redacted]" in line and "RuntimeError" in line, fmt
