@@ -339,3 +339,24 @@ def test_arithmetic_is_64_bit_as_in_bash_and_never_runs_away() -> None:
         "-9223372036854775808 9\n"
     )
     assert bash.call_sync({"command": "let y=2**10; ((z = 3 << 2)); echo $y $z"})["stdout"] == "1024 12\n"
+
+
+def test_what_just_bash_raises_is_a_shell_error_not_a_failed_tool_call() -> None:
+    """Refused writes under /.session/ by cp, runaway recursion, lone surrogates in output and
+    just-bash's own exceptions: each is stderr and an exit status, as bash would give."""
+    from regina.runtime.tools.toolset import build_tools
+
+    vfs = MemoryVFS()
+    vfs.mkdir("/.session")
+    vfs.write("/.session/messages.jsonl", b"")  # a conversation exists
+    bash = build_tools(vfs, env=_env(), limits=Limits(), network=False, user_tools={})["bash"]
+    cases = {
+        "echo x > /a; cp /a /.session/x": 1,
+        "f(){ x=$(f); }; f": 125,
+        'echo hi > "/h${c:=$(echo 1)}"': 2,
+    }
+    for command, code in cases.items():
+        out = bash.call_sync({"command": command})
+        assert out["exitCode"] == code and out["stderr"].startswith("bash: "), (command, out)
+    assert not vfs.exists("/.session/x")
+    assert bash.call_sync({"command": "printf '\\ud83d\\ude00'; echo $'\\ud800'"})["stdout"] == "\ufffd\ufffd\ufffd\n"

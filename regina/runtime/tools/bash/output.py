@@ -3,15 +3,25 @@ keeping the start and the end of each stream."""
 
 from __future__ import annotations
 
+import re
+
 __all__ = ["ENC_ERRORS", "clean", "truncate_output"]
 
 ENC_ERRORS = "surrogateescape"
 """Binary bytes survive a read -> string -> write round trip through just-bash."""
 
 
+#: Surrogates that are not surrogate-escaped bytes (U+DC80-DCFF): `printf '\ud800'` makes one.
+_LONE_SURROGATE = re.compile("[\ud800-\udc7f\udd00-\udfff]")
+
+
 def clean(text: str) -> str:
-    """Turn surrogate-escaped bytes back into replacement characters (JSON-safe text)."""
-    return text.encode("utf-8", ENC_ERRORS).decode("utf-8", "replace")
+    """Turn surrogate-escaped bytes back into replacement characters (JSON-safe text); any other
+    surrogate becomes U+FFFD too."""
+    try:
+        return text.encode("utf-8", ENC_ERRORS).decode("utf-8", "replace")
+    except UnicodeEncodeError:
+        return _LONE_SURROGATE.sub("\ufffd", text).encode("utf-8", ENC_ERRORS).decode("utf-8", "replace")
 
 
 def _cut(text: str, budget: int, label: str) -> str:

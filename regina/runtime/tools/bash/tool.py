@@ -27,7 +27,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from regina.config import Limits
-from regina.errors import ToolError, VFSError
+from regina.errors import ReginaError, ToolError, VFSError
 from regina.runtime.aio import run_coro
 from regina.runtime.tools.base import Tool
 from regina.runtime.tools.bash.fs import VFSBashFs
@@ -44,6 +44,38 @@ class BashParams(BaseModel):
 
 
 _GRACE = 2.0  # seconds the caller waits beyond bash_timeout for the interpreter to notice it
+
+
+def _limit_result(reason: str, code: int) -> dict[str, Any]:
+    return {
+        "stdout": "",
+        "stderr": f"bash: stopped: {reason}. The command was aborted and its output discarded; "
+        "make it smaller (fewer iterations/commands, less data) and try again.\n",
+        "exitCode": code,
+    }
+
+
+#: What just-bash raises where bash would print an error and go on.
+_SHELL_ERRORS = (
+    ReginaError,
+    RecursionError,
+    OSError,
+    ValueError,
+    LookupError,
+    RuntimeError,
+    TypeError,
+    ArithmeticError,
+)
+
+
+def _shell_error(exc: Exception) -> dict[str, Any]:
+    """An exception of the interpreter as bash would report it: the model gets the error, not a
+    failed tool call."""
+    if isinstance(exc, RecursionError):
+        return _limit_result("commands nested too deep (functions, $(…) or scripts that call themselves)", 125)
+    if isinstance(exc, ReginaError):  # a file operation refused (read-only /.session/, maxFileBytes, …)
+        return {"stdout": "", "stderr": f"bash: {exc.message}\n", "exitCode": 1}
+    return {"stdout": "", "stderr": f"bash: {type(exc).__name__}: {exc}\n", "exitCode": 2}
 
 
 def bash_tool(vfs: VFS, *, env: dict[str, str], limits: Limits, network: bool = False) -> Tool:
@@ -89,15 +121,9 @@ def bash_tool(vfs: VFS, *, env: dict[str, str], limits: Limits, network: bool = 
             if getattr(exc, "limit_type", "") == "commands":
                 reason = f"too many commands ({limits.bash_max_commands} per call)"
             return _limit_result(reason, code)
+        except _SHELL_ERRORS as exc:
+            return _shell_error(exc)
         return {"stdout": result.stdout, "stderr": result.stderr, "exitCode": int(result.exit_code)}
-
-    def _limit_result(reason: str, code: int) -> dict[str, Any]:
-        return {
-            "stdout": "",
-            "stderr": f"bash: stopped: {reason}. The command was aborted and its output discarded; "
-            "make it smaller (fewer iterations/commands, less data) and try again.\n",
-            "exitCode": code,
-        }
 
     def bash(params: BashParams) -> dict[str, Any]:
         try:
