@@ -360,3 +360,19 @@ def test_what_just_bash_raises_is_a_shell_error_not_a_failed_tool_call() -> None
         assert out["exitCode"] == code and out["stderr"].startswith("bash: "), (command, out)
     assert not vfs.exists("/.session/x")
     assert bash.call_sync({"command": "printf '\\ud83d\\ude00'; echo $'\\ud800'"})["stdout"] == "\ufffd\ufffd\ufffd\n"
+
+
+def test_one_statement_cannot_build_gigabytes() -> None:
+    """A brace range or a printf field width built its whole text in one statement, before any
+    limit was looked at (and the tool's event loop, shared by every call, with it)."""
+    bash = bash_tool(MemoryVFS(), env=_env(), limits=Limits(bash_timeout=5))
+    t0 = time.monotonic()
+    for command in ("echo {1..100000000}", "echo a{1..100000000}b"):
+        out = bash.call_sync({"command": command})
+        assert out["exitCode"] == 2 and "brace range of 100000000 words is more than 1000000" in out["stderr"]
+    for command in ('printf "%2000000000s" x', 'printf "%*s" 2000000000 x'):
+        out = bash.call_sync({"command": command})
+        assert out["exitCode"] == 1 and out["stderr"] == "printf: field width over 1000000\n", out
+    assert time.monotonic() - t0 < 3
+    out = bash.call_sync({"command": 'echo {1..3} x{01..02}; printf "%05d|%-3s|%*s|\n" 42 ab 3 z'})
+    assert out["stdout"] == "1 2 3 x01 x02\n00042|ab |  z|\n"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import sqlite3
 from typing import Any
 
@@ -129,7 +130,64 @@ def patch_interpreter() -> None:
 
     Interpreter._process_output_redirections = process_output_redirections  # type: ignore[method-assign]
     _patch_arithmetic()
+    _patch_brace_ranges()
     _patched = True
+
+
+#: Most words one brace range (`{1..N}`) or one printf field width makes: `{1..100000000}` and
+#: `printf '%2000000000s'` built gigabytes in one statement, before any limit was checked.
+MAX_EXPANSION = 1_000_000
+
+
+def _patch_brace_ranges() -> None:
+    from just_bash.interpreter import expansion
+
+    original = expansion.expand_brace_range
+
+    def expand_brace_range(start: int, end: int, step: int = 1) -> list[str]:  # `{1..N}` alone
+        expand_brace_range_bound(start, end, step)
+        return original(start, end, step)
+
+    expansion.expand_brace_range = expand_brace_range
+    sequence = expansion._expand_sequence
+
+    def expand_sequence(content: str) -> list[str]:  # `{1..N}` in a word
+        parts = content.split("..")
+        if 2 <= len(parts) <= 3 and all(p.lstrip("-").isdigit() for p in parts):
+            expand_brace_range_bound(int(parts[0]), int(parts[1]), int(parts[2]) if len(parts) == 3 else 1)
+        return sequence(content)
+
+    expansion._expand_sequence = expand_sequence
+
+
+def expand_brace_range_bound(start: int, end: int, step: int) -> None:
+    """ValueError when `{start..end..step}` would make more than MAX_EXPANSION words."""
+    count = abs(end - start) // max(abs(step), 1) + 1
+    if count > MAX_EXPANSION:
+        raise ValueError(f"brace range of {count} words is more than {MAX_EXPANSION}")
+
+
+_PRINTF_FIELD = re.compile(r"%[-+ #0']*(\*|\d+)?(?:\.(\*|\d+))?")
+
+
+class _BoundedPrintf:
+    """`printf` whose field widths and precisions stay under MAX_EXPANSION (see there)."""
+
+    name = "printf"
+
+    def __init__(self, original: Any) -> None:
+        self._original = original
+
+    async def execute(self, args: list[str], ctx: Any) -> Any:
+        from just_bash.types import ExecResult
+
+        fmt = next((a for a in args if not a.startswith("-")), "")
+        numbers = [int(n) for m in _PRINTF_FIELD.finditer(fmt) for n in m.groups() if n and n.isdigit()]
+        if "*" in fmt:  # widths given as arguments
+            numbers += [int(a) for a in args if a.lstrip("-").isdigit()]
+        if any(abs(n) > MAX_EXPANSION for n in numbers):
+            return ExecResult(stdout="", stderr=f"printf: field width over {MAX_EXPANSION}\n", exit_code=1)
+        return await self._original.execute(args, ctx)
 
 
 _WORD = 1 << 64
@@ -222,4 +280,5 @@ def command_registry(network: bool) -> dict[str, Any]:
     setattr(sqlite3_cmd, "sqlite3", _SandboxedSqlite)  # noqa: B010 (the module's own name for it)
     commands: dict[str, Any] = create_command_registry(include_network=network)
     commands["cat"] = _ExactCat(commands["cat"])
+    commands["printf"] = _BoundedPrintf(commands["printf"])
     return commands
