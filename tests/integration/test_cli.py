@@ -15,6 +15,7 @@ import httpx
 
 from tests.harness.fake_llm import FakeLLM, Reply, ToolCall
 from tests.harness.processes import REGINA, Cluster, clean_env
+from tests.harness.waiting import wait_until
 
 
 def regina(api: httpx.Client, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -220,17 +221,20 @@ def test_a_bad_url_or_an_answer_that_is_not_json_is_a_message_not_a_traceback(ap
 
 def test_ctrl_c_during_chat_cancels_the_run_on_the_server_and_exits_130(api: httpx.Client, fake_llm: FakeLLM) -> None:
     iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
-    fake_llm.push(Reply(text="too late", delay=30))
-    seen = len(fake_llm.requests)
+    # For this chat's request only: a reply queued for "the next request" could go to another's.
+    marker = f"think long {iid}"
+    fake_llm.push_for(marker, Reply(text="too late", delay=30))
     proc = subprocess.Popen(
-        [REGINA, "chat", iid, "think long"],
+        [REGINA, "chat", iid, marker],
         env={**clean_env(), "REGINA_URL": str(api.base_url)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        fake_llm.wait_for_requests(seen + 1, timeout=30)  # the run is waiting on the model
+        wait_until(  # the run is waiting on the model
+            lambda: any(r.last_user_text == marker for r in fake_llm.requests), timeout=30, what="the model call"
+        )
         run_id = _fleet_of(api, "openai-agent")[iid]["runningRun"]
         assert run_id
         proc.send_signal(signal.SIGINT)
