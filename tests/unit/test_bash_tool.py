@@ -376,3 +376,17 @@ def test_one_statement_cannot_build_gigabytes() -> None:
     assert time.monotonic() - t0 < 3
     out = bash.call_sync({"command": 'echo {1..3} x{01..02}; printf "%05d|%-3s|%*s|\n" 42 ab 3 z'})
     assert out["stdout"] == "1 2 3 x01 x02\n00042|ab |  z|\n"
+
+
+def test_a_redirect_target_is_expanded_once() -> None:
+    """The check for a missing target directory expanded the target a second time: a `$((n++))`
+    or a `$(…)` in it ran twice (bash writes /g0 and prints n=1)."""
+    vfs = MemoryVFS()
+    bash = bash_tool(vfs, env=_env(), limits=Limits())
+    command = 'n=0; echo hi > "/g$((n++))"; echo n=$n; echo x > "/$(echo y >> /log; echo f)"'
+    out = bash.call_sync({"command": command})
+    assert out["stdout"] == "n=1\n"
+    assert vfs.exists("/g0") and not vfs.exists("/g1")
+    assert vfs.read("/log") == b"y\n"
+    missing = bash.call_sync({"command": 'd=/nope; echo hi > "$d/f"'})
+    assert missing["stderr"] == "bash: /nope/f: No such file or directory\n"

@@ -73,7 +73,20 @@ def _merge_stderr_into_file(redirections: list[Any]) -> list[Any]:
 
 
 # Word parts whose expansion cannot run commands or assign variables.
-_PURE_PARTS = frozenset({"Literal", "SingleQuoted", "Escaped", "ParameterExpansion", "DoubleQuoted", "TildeExpansion"})
+_PURE_PARTS = frozenset({"Literal", "SingleQuoted", "Escaped", "TildeExpansion"})
+
+
+def _pure(part: Any) -> bool:
+    """Whether expanding `part` can neither run a command nor assign (`${x:=…}`, `$((n++))`,
+    `$(…)` inside double quotes): the redirection's own expansion would then happen twice."""
+    kind = getattr(part, "type", None)
+    if kind in _PURE_PARTS:
+        return True
+    if kind == "ParameterExpansion":
+        return getattr(part, "operation", None) is None  # a plain $name
+    if kind == "DoubleQuoted":
+        return all(_pure(p) for p in getattr(part, "parts", ()))
+    return False
 
 
 async def _unwritable_target(interp: Any, redirections: list[Any]) -> Any:
@@ -93,7 +106,7 @@ async def _unwritable_target(interp: Any, redirections: list[Any]) -> Any:
             continue
         if all(getattr(p, "type", None) == "Literal" for p in parts):
             target = "".join(p.value for p in parts)
-        elif all(getattr(p, "type", None) in _PURE_PARTS for p in parts):
+        elif all(_pure(p) for p in parts):
             target = await expand_word_async(interp._ctx, redir.target)  # no side effects
         else:
             continue
