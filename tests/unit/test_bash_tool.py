@@ -390,3 +390,11 @@ def test_a_redirect_target_is_expanded_once() -> None:
     assert vfs.read("/log") == b"y\n"
     missing = bash.call_sync({"command": 'd=/nope; echo hi > "$d/f"'})
     assert missing["stderr"] == "bash: /nope/f: No such file or directory\n"
+
+
+def test_shell_variables_cannot_grow_without_bound() -> None:
+    """`x=$x$x` forty times: each statement within every other limit, a terabyte at the end."""
+    bash = bash_tool(MemoryVFS(), env=_env(), limits=Limits())
+    out = bash.call_sync({"command": "x=a; for i in $(seq 1 40); do x=$x$x; done; echo ${#x}"})
+    assert out["exitCode"] == 125 and "shell variables hold more than 67108864 bytes" in out["stderr"]
+    assert bash.call_sync({"command": "x=a; for i in $(seq 1 10); do x=$x$x; done; echo ${#x}"})["stdout"] == "1024\n"

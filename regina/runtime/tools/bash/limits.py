@@ -4,8 +4,13 @@ own execution-limit counters."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 
 from regina.config import Limits
+
+#: Most bytes a call's shell variables may hold in all: `x=$x$x` forty times would build a
+#: terabyte in forty statements, each within every other limit.
+MAX_VARIABLE_BYTES = 64 << 20
 
 __all__ = ["DeadlineLimits"]
 
@@ -26,12 +31,18 @@ class DeadlineLimits:
         self.max_awk_iterations = limits.bash_max_loop_iterations
         self.max_sed_iterations = limits.bash_max_loop_iterations
         self.max_iterations = limits.bash_max_loop_iterations
+        #: The shell's variables (set once the shell exists): their size is checked with the clock.
+        self.variables: Callable[[], Mapping[str, str]] | None = None
 
     def _check(self) -> None:
         if time.monotonic() > self._deadline:
             from just_bash.interpreter.errors import ExecutionLimitError
 
             raise ExecutionLimitError(f"time limit exceeded ({self._timeout:g} s)", "time")
+        if self.variables is not None and sum(map(len, self.variables().values())) > MAX_VARIABLE_BYTES:
+            from just_bash.interpreter.errors import ExecutionLimitError
+
+            raise ExecutionLimitError(f"shell variables hold more than {MAX_VARIABLE_BYTES} bytes", "memory")
 
     @property
     def max_command_count(self) -> int:

@@ -102,15 +102,17 @@ def bash_tool(vfs: VFS, *, env: dict[str, str], limits: Limits, network: bool = 
         cwd = base_env.get("PWD") or "/"
         if not await fs.is_directory(cwd):
             cwd = "/"
+        bounds = DeadlineLimits(limits, deadline)
         shell = Bash(
             fs=fs,
             cwd=cwd,
             env={**base_env, "PWD": cwd},
-            limits=DeadlineLimits(limits, deadline),  # type: ignore[arg-type]
+            limits=bounds,  # type: ignore[arg-type]
             network=net,
             commands=dict(commands),
             unescape_html=False,
         )
+        bounds.variables = lambda: shell._interpreter.state.env
         try:
             result = await asyncio.wait_for(shell.exec(command), timeout=limits.bash_timeout)
         except TimeoutError:
