@@ -115,10 +115,23 @@ def _alive(client: redis.Redis, flat: list[Any], prune: bool) -> dict[str, int]:
         else:
             dead.append(str(mid))
     if dead and prune:
-        client.srem(keys.MEMBERS, *dead)
         # A dead member's ready list names queues its instances' next owners read anyway.
-        client.delete(*(keys.member_ready(mid) for mid in dead))
+        client.eval(_PRUNE, 1, keys.MEMBERS, keys.member(""), keys.member_ready(""), *dead)
     return alive
+
+
+# KEYS: the members set. ARGV: address-key prefix, ready-list prefix, ids found dead. Each id is
+# looked at again in the script: one that renewed since it was read stays (it would have been
+# left out of placement, its ready list gone, until its next renewal).
+_PRUNE = """
+for i = 3, #ARGV do
+  if redis.call('EXISTS', ARGV[1] .. ARGV[i]) == 0 then
+    redis.call('SREM', KEYS[1], ARGV[i])
+    redis.call('DEL', ARGV[2] .. ARGV[i])
+  end
+end
+return 1
+"""
 
 
 def is_alive(client: redis.Redis, member_id: str) -> bool:

@@ -228,3 +228,27 @@ def test_a_worker_takes_no_step_of_an_instance_that_moved_to_another_member(redi
         assert taken[0] == step and r.llen(queue) == 0
     finally:
         r.delete(queue, record, *take_keys)
+
+
+def test_a_member_that_renews_while_the_sweep_prunes_is_kept(redis_server: RedisServer) -> None:
+    """The sweep read a member's key as gone, the member renewed, then the sweep pruned it: it
+    left placement and lost its ready list until its next renewal."""
+    from regina import keys
+    from regina.cluster.membership import _alive
+
+    r = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    back, gone = f"back-{uuid.uuid4().hex[:6]}@test", f"gone-{uuid.uuid4().hex[:6]}@test"
+    try:
+        r.sadd(keys.MEMBERS, back, gone)
+        r.lpush(keys.member_ready(back), "regina.i.x")
+        r.lpush(keys.member_ready(gone), "regina.i.y")
+        seen_dead = [back, 0, "0", gone, 0, "0"]  # what the sweep read
+        r.set(keys.member(back), "{}", ex=60)  # ... and then `back` renewed
+
+        _alive(r, seen_dead, prune=True)
+
+        assert r.sismember(keys.MEMBERS, back) and r.llen(keys.member_ready(back)) == 1
+        assert not r.sismember(keys.MEMBERS, gone) and not r.exists(keys.member_ready(gone))
+    finally:
+        r.srem(keys.MEMBERS, back, gone)
+        r.delete(keys.member(back), keys.member_ready(back), keys.member_ready(gone))
