@@ -9,10 +9,11 @@ accepting new ones (a server that stays unreachable).
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import threading
-from collections.abc import Iterator
+
+from tests.harness.lossy_proxy import chunks as _chunks
+from tests.harness.lossy_proxy import close_all as _close
 
 
 class CuttingProxy:
@@ -103,22 +104,3 @@ class CuttingProxy:
                 self.cut.set()
                 return
         _close(src, dst)
-
-
-def _chunks(sock: socket.socket) -> Iterator[bytes]:
-    while True:
-        try:
-            data = sock.recv(65536)
-        except OSError:
-            return
-        if not data:
-            return
-        yield data
-
-
-def _close(*socks: socket.socket) -> None:
-    for s in socks:
-        with contextlib.suppress(OSError):
-            s.shutdown(socket.SHUT_RDWR)
-        with contextlib.suppress(OSError):
-            s.close()

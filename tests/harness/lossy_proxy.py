@@ -66,7 +66,7 @@ class LossyProxy:
 
     def _up(self, client: socket.socket, server: socket.socket, cut: threading.Event) -> None:
         """Client → Redis; arms the cut when the marked command passes."""
-        for data in _chunks(client):
+        for data in chunks(client):
             with self._lock:
                 if self._marker is not None and self._marker in data:
                     self._marker = None
@@ -75,23 +75,24 @@ class LossyProxy:
                 server.sendall(data)
             except OSError:
                 break
-        _close(client, server)
+        close_all(client, server)
 
     def _down(self, server: socket.socket, client: socket.socket, cut: threading.Event) -> None:
         """Redis → client; the first reply after an armed command is dropped with the connection."""
-        for data in _chunks(server):
+        for data in chunks(server):
             if cut.is_set():
-                _close(client, server)
+                close_all(client, server)
                 self.lost.set()
                 return
             try:
                 client.sendall(data)
             except OSError:
                 break
-        _close(client, server)
+        close_all(client, server)
 
 
-def _chunks(sock: socket.socket) -> Iterator[bytes]:
+def chunks(sock: socket.socket) -> Iterator[bytes]:
+    """What `sock` receives, chunk by chunk, until it closes or fails."""
     while True:
         try:
             data = sock.recv(65536)
@@ -102,7 +103,8 @@ def _chunks(sock: socket.socket) -> Iterator[bytes]:
         yield data
 
 
-def _close(*socks: socket.socket) -> None:
+def close_all(*socks: socket.socket) -> None:
+    """Shut down and close each socket, whatever state it is in."""
     for s in socks:
         with contextlib.suppress(OSError):
             s.shutdown(socket.SHUT_RDWR)

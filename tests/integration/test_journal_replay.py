@@ -15,7 +15,7 @@ from regina.activation import local_path, open_current
 from regina.backups import Backups
 from regina.config import Settings
 from regina.factory_hooks import FactoryHooks
-from regina.instances import InstanceStore
+from regina.instances import InstanceRecord, InstanceStore
 from regina.journal import Journal, JournalVFS
 from regina.redis_conn import connect
 from regina.vfs import SQLiteVFS
@@ -110,18 +110,24 @@ def _instance_with_journal(client: Any, settings: Settings, storage_dir: Path) -
     return iid, backups
 
 
+def _journaled(redis_server: RedisServer, tmp_path: Path) -> tuple[Any, Settings, str, Backups, InstanceRecord]:
+    """A client, this disk's settings, and `_instance_with_journal`'s instance with its record."""
+    client = connect(redis_server.url, concurrency=1)
+    settings = Settings(vfs_dir=str(tmp_path / "vfs"))
+    os.makedirs(settings.vfs_dir)
+    iid, backups = _instance_with_journal(client, settings, tmp_path / "store")
+    rec = InstanceStore(client).get(iid)
+    assert rec is not None
+    return client, settings, iid, backups, rec
+
+
 def test_a_replay_cut_short_is_not_trusted_by_the_next_attach(
     redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Killed after two of three entries: the copy on disk says the backup's seq, and trusting
     it would apply them again (the append twice, the rename of a path that is gone)."""
-    client = connect(redis_server.url, concurrency=1)
-    settings = Settings(vfs_dir=str(tmp_path / "vfs"))
-    os.makedirs(settings.vfs_dir)
-    iid, backups = _instance_with_journal(client, settings, tmp_path / "store")
+    client, settings, iid, backups, rec = _journaled(redis_server, tmp_path)
     try:
-        rec = InstanceStore(client).get(iid)
-        assert rec is not None
         applied: list[str] = []
         real_apply = journal_module.apply
 
@@ -157,13 +163,8 @@ def test_a_replay_cut_short_is_not_trusted_by_the_next_attach(
 def test_a_change_is_never_in_a_copy_marked_clean(redis_server: RedisServer, tmp_path: Path) -> None:
     """Killed between a change's commit and its journaling: the copy must already say dirty, or
     the next attach would trust a file holding a change the cluster never heard of."""
-    client = connect(redis_server.url, concurrency=1)
-    settings = Settings(vfs_dir=str(tmp_path / "vfs"))
-    os.makedirs(settings.vfs_dir)
-    iid, backups = _instance_with_journal(client, settings, tmp_path / "store")
+    client, settings, iid, backups, rec = _journaled(redis_server, tmp_path)
     try:
-        rec = InstanceStore(client).get(iid)
-        assert rec is not None
         opened = open_current(settings, FactoryHooks(), backups, Journal(client), rec)
         vfs = opened.vfs
         backups.save_vfs(iid, 1, 2, JournalVFS(vfs, epoch=1, seq=opened.journal_seq))  # a clean copy

@@ -232,6 +232,17 @@ def test_heartbeats_and_a_running_loop_keep_an_instance_from_idling_out(
     wait_until(lambda: api.get(f"/instances/{iid}").json()["status"] == "suspended", timeout=15, what="idle suspend")
 
 
+def _one_chatted_instance(make_cluster: Callable[..., Cluster], backups: Path) -> tuple[Cluster, str]:
+    """One worker with fs storage in `backups` (no idle suspends), and an instance chatted once."""
+    c = make_cluster(
+        REGINA_IDLE_TIMEOUT="600", REGINA_STORAGE__TYPE="fs", REGINA_STORAGE__BASE_PATH=str(backups)
+    ).start(workers=1)
+    with httpx.Client(base_url=c.web.url, timeout=60) as api:
+        iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
+        assert api.post(f"/instances/{iid}/chat", json={"message": "before"}).status_code == 200
+    return c, str(iid)
+
+
 def test_a_suspend_whose_backup_fails_leaves_the_instance_started_and_answering(
     make_cluster: Callable[..., Cluster], tmp_path: Path
 ) -> None:
@@ -239,12 +250,8 @@ def test_a_suspend_whose_backup_fails_leaves_the_instance_started_and_answering(
     (not "suspending" until someone asks again, every chat a 503); once storage is back, the
     next suspend succeeds."""
     backups = tmp_path / "backups"
-    c = make_cluster(
-        REGINA_IDLE_TIMEOUT="600", REGINA_STORAGE__TYPE="fs", REGINA_STORAGE__BASE_PATH=str(backups)
-    ).start(workers=1)
+    c, iid = _one_chatted_instance(make_cluster, backups)
     with httpx.Client(base_url=c.web.url, timeout=60) as api:
-        iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
-        assert api.post(f"/instances/{iid}/chat", json={"message": "before"}).status_code == 200
         backups.rename(tmp_path / "moved")
         backups.write_text("not a directory: every put fails")
 
@@ -267,12 +274,8 @@ def test_an_attach_that_fails_leaves_the_instance_suspended_not_started_nowhere(
     """A resume whose restore cannot read storage: the claim wrote `started` on a live worker
     that then holds nothing; left so, every later chat would wait on a queue nobody reads."""
     backups = tmp_path / "backups"
-    c = make_cluster(
-        REGINA_IDLE_TIMEOUT="600", REGINA_STORAGE__TYPE="fs", REGINA_STORAGE__BASE_PATH=str(backups)
-    ).start(workers=1)
+    c, iid = _one_chatted_instance(make_cluster, backups)
     with httpx.Client(base_url=c.web.url, timeout=60) as api:
-        iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
-        assert api.post(f"/instances/{iid}/chat", json={"message": "before"}).status_code == 200
         assert api.post(f"/instances/{iid}/suspend").status_code == 204
         for copy in (c.tmp / f"vfs-{c.workers[0].member_id.split('@')[0]}").glob(f"{iid}*"):
             copy.unlink()  # no local copy: the attach must download the backup
