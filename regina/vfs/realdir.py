@@ -191,9 +191,13 @@ class RealDirVFS:
             os.replace(sreal, dreal)
 
     def chmod(self, path: str, mode: int) -> None:
+        """The permission bits on the host file, always readable and writable by the worker
+        (`chmod 000` made a file it could no longer read, nor back up) and never setuid, setgid
+        or sticky (these are the host's files)."""
         vp, real = self._real(path)
         try:
-            os.chmod(real, int(mode) & 0o7777)
+            keep = 0o700 if os.path.isdir(real) else 0o600
+            os.chmod(real, (int(mode) & 0o777) | keep)
         except FileNotFoundError:
             raise NoSuchPath(f"no such file or directory: {vp}") from None
 

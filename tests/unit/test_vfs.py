@@ -454,3 +454,20 @@ def test_restores_killed_midway_leave_nothing_after_the_next_start(tmp_path: Pat
     assert remove_leftovers(settings) == 3
     assert sorted(os.listdir(vfs_dir)) == [".restore-live.sqlite", "demo-0123456789abcdef01234567.sqlite"]
     assert os.listdir(root) == []
+
+
+def test_a_realdir_chmod_keeps_the_file_the_workers_and_sets_no_special_bits(tmp_path: Path) -> None:
+    """`chmod 000` made a host file the worker (not root) could neither read nor back up, and
+    `chmod 4777` set setuid on a host file."""
+    import stat as stat_module
+
+    vfs = RealDirVFS(str(tmp_path / "root"))
+    vfs.write("/f", b"data")
+    vfs.mkdir("/d")
+    vfs.chmod("/f", 0o000)
+    vfs.chmod("/d", 0o000)
+    host = tmp_path / "root"
+    assert (host / "f").stat().st_mode & 0o700 == 0o600 and (host / "d").stat().st_mode & 0o700 == 0o700
+    vfs.chmod("/f", 0o4777)
+    assert not (host / "f").stat().st_mode & (stat_module.S_ISUID | stat_module.S_ISGID | stat_module.S_ISVTX)
+    assert vfs.read("/f") == b"data" and vfs.snapshot()
