@@ -230,6 +230,9 @@ def test_ctrl_c_during_chat_cancels_the_run_on_the_server_and_exits_130(api: htt
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # As from a terminal: a suite started in the background (`make test &`, nohup) has SIGINT
+        # ignored, which its children inherit, and Python then never raises KeyboardInterrupt.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         wait_until(  # the run is waiting on the model
@@ -239,7 +242,7 @@ def test_ctrl_c_during_chat_cancels_the_run_on_the_server_and_exits_130(api: htt
         assert run_id
         proc.send_signal(signal.SIGINT)
         try:
-            _, err = proc.communicate(timeout=60)
+            out, err = proc.communicate(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
             out, err = proc.communicate()
@@ -248,7 +251,7 @@ def test_ctrl_c_during_chat_cancels_the_run_on_the_server_and_exits_130(api: htt
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert proc.returncode == 130, err
+    assert proc.returncode == 130, (out, err)
     assert err.strip().endswith(f"cancelled run {run_id}") and "Traceback" not in err, err
     assert api.get(f"/runs/{run_id}").json()["status"] == "cancelled"
     assert api.post(f"/instances/{iid}/chat", json={"message": "next"}).json()["text"] == "echo: next"
