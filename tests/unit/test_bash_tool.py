@@ -398,3 +398,15 @@ def test_shell_variables_cannot_grow_without_bound() -> None:
     out = bash.call_sync({"command": "x=a; for i in $(seq 1 40); do x=$x$x; done; echo ${#x}"})
     assert out["exitCode"] == 125 and "shell variables hold more than 67108864 bytes" in out["stderr"]
     assert bash.call_sync({"command": "x=a; for i in $(seq 1 10); do x=$x$x; done; echo ${#x}"})["stdout"] == "1024\n"
+
+
+def test_a_pipeline_keeps_every_stage_s_errors() -> None:
+    """just-bash kept the last stage's stderr only: `grep x /missing | wc -l` said 0, no error."""
+    bash = bash_tool(MemoryVFS(), env=_env(), limits=Limits())
+    out = bash.call_sync({"command": "grep x /missing | wc -l; nosuch | cat"})
+    assert out["stdout"] == "0\n"
+    assert out["stderr"] == "grep: /missing: No such file or directory\nbash: nosuch: command not found\n"
+    merged = bash.call_sync({"command": "ls /nope |& cat; ls /nope 2>/dev/null | cat"})
+    assert merged["stderr"] == "" and "cannot access '/nope'" in merged["stdout"]
+    nested = bash.call_sync({"command": "f(){ ls /nope | cat; }; f | cat"})
+    assert nested["stderr"] == "ls: cannot access '/nope': No such file or directory\n"  # once

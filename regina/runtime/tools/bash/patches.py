@@ -5,6 +5,7 @@ Installed once per process (only Regina uses just-bash).
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import functools
 import re
@@ -142,6 +143,7 @@ def patch_interpreter() -> None:
         return await original(self, redirections, result)
 
     Interpreter._process_output_redirections = process_output_redirections  # type: ignore[method-assign]
+    _patch_pipeline_stderr(Interpreter)
     _patch_arithmetic()
     _patch_brace_ranges()
     _patched = True
@@ -201,6 +203,48 @@ class _BoundedPrintf:
         if any(abs(n) > MAX_EXPANSION for n in numbers):
             return ExecResult(stdout="", stderr=f"printf: field width over {MAX_EXPANSION}\n", exit_code=1)
         return await self._original.execute(args, ctx)
+
+
+#: The stderr of each stage of the pipeline being run (None outside one, and inside a stage).
+_STAGES: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("regina_bash_stages", default=None)
+
+
+def _patch_pipeline_stderr(interpreter: Any) -> None:
+    """A pipeline keeps the stderr of every stage, as bash prints it: just-bash kept the last
+    stage's only (`grep x /missing | wc -l` said 0 and nothing else)."""
+    run_pipeline = interpreter.execute_pipeline
+    run_command = interpreter.execute_command
+
+    async def execute_pipeline(self: Any, node: Any) -> Any:
+        commands = getattr(node, "commands", ())
+        if len(commands) < 2:
+            return await run_pipeline(self, node)
+        stages: list[str] = []
+        token = _STAGES.set(stages)
+        try:
+            result = await run_pipeline(self, node)
+        finally:
+            _STAGES.reset(token)
+        merged = getattr(node, "pipe_amp", None) or ()  # `|&` stages send stderr down the pipe
+        earlier = "".join(e for i, e in enumerate(stages[: len(commands) - 1]) if not (i < len(merged) and merged[i]))
+        if not earlier:
+            return result
+        return dataclasses.replace(result, stderr=earlier + result.stderr)
+
+    async def execute_command(self: Any, node: Any, stdin: str) -> Any:
+        stages = _STAGES.get()
+        if stages is None:
+            return await run_command(self, node, stdin)
+        token = _STAGES.set(None)  # what runs inside this stage is not a stage of this pipeline
+        try:
+            result = await run_command(self, node, stdin)
+        finally:
+            _STAGES.reset(token)
+        stages.append(result.stderr)
+        return result
+
+    interpreter.execute_pipeline = execute_pipeline
+    interpreter.execute_command = execute_command
 
 
 _WORD = 1 << 64
