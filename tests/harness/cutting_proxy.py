@@ -12,33 +12,21 @@ from __future__ import annotations
 import socket
 import threading
 
-from tests.harness.lossy_proxy import chunks as _chunks
-from tests.harness.lossy_proxy import close_all as _close
+from tests.harness.tcp_proxy import TcpProxy, chunks, close_all
 
 
-class CuttingProxy:
+class CuttingProxy(TcpProxy):
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
-        self.upstream = (upstream_host, upstream_port)
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self._lock = threading.Lock()
+        super().__init__(upstream_host, upstream_port)
         self._marker: bytes | None = None
         self._count = 0
         self._refuse = False
-        self._closed = False
-        self._socks: list[socket.socket] = []
         #: Set once a connection was cut.
         self.cut = threading.Event()
-        #: Connections accepted so far.
-        self.connections = 0
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> CuttingProxy:
-        threading.Thread(target=self._accept, daemon=True, name="cutting-proxy").start()
-        return self
 
     def cut_after(self, marker: bytes, count: int = 1, refuse_after_cut: bool = False) -> None:
         """Arm one cut: after the answer chunk holding the `count`-th `marker`."""
@@ -46,44 +34,13 @@ class CuttingProxy:
             self._marker, self._count, self._refuse = marker, count, refuse_after_cut
             self.cut.clear()
 
-    def close(self) -> None:
-        self._stop_accepting()
-        for s in list(self._socks):
-            _close(s)
-
-    def _stop_accepting(self) -> None:
-        """Refuse new connections (shutdown wakes the thread blocked in accept; close alone would not)."""
-        self._closed = True
-        _close(self._listener)
-
-    def __enter__(self) -> CuttingProxy:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            if self._closed:
-                _close(client)
-                return
-            try:
-                server = socket.create_connection(self.upstream)
-            except OSError:
-                _close(client)
-                continue
-            self.connections += 1
-            self._socks += [client, server]
-            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
+    def relay(self, client: socket.socket, server: socket.socket) -> None:
+        threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
+        threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
 
     def _pump(self, src: socket.socket, dst: socket.socket, answer: bool) -> None:
         seen = 0
-        for data in _chunks(src):
+        for data in chunks(src):
             try:
                 dst.sendall(data)
             except OSError:
@@ -99,8 +56,8 @@ class CuttingProxy:
                     self._marker = None
                     refuse = self._refuse
                 if refuse:
-                    self._stop_accepting()
-                _close(src, dst)
+                    self.stop_accepting()
+                close_all(src, dst)
                 self.cut.set()
                 return
-        _close(src, dst)
+        close_all(src, dst)

@@ -8,61 +8,32 @@ retries once on a connection error; some of our calls re-run a script themselves
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import threading
-from collections.abc import Iterator
+
+from tests.harness.tcp_proxy import TcpProxy, chunks, close_all
 
 
-class LossyProxy:
+class LossyProxy(TcpProxy):
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
-        self.upstream = (upstream_host, upstream_port)
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
+        super().__init__(upstream_host, upstream_port)
         self._marker: bytes | None = None
-        self._lock = threading.Lock()
-        self._closed = False
         #: Set once a reply was lost.
         self.lost = threading.Event()
-        self._socks: list[socket.socket] = []
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> LossyProxy:
-        threading.Thread(target=self._accept, daemon=True, name="lossy-proxy").start()
-        return self
 
     def lose_reply_to(self, marker: bytes) -> None:
         with self._lock:
             self._marker = marker
             self.lost.clear()
 
-    def close(self) -> None:
-        self._closed = True
-        self._listener.close()
-        for s in list(self._socks):
-            with contextlib.suppress(OSError):
-                s.close()
-
-    def __enter__(self) -> LossyProxy:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(self.upstream)
-            self._socks += [client, server]
-            cut = threading.Event()
-            threading.Thread(target=self._up, args=(client, server, cut), daemon=True).start()
-            threading.Thread(target=self._down, args=(server, client, cut), daemon=True).start()
+    def relay(self, client: socket.socket, server: socket.socket) -> None:
+        cut = threading.Event()
+        threading.Thread(target=self._up, args=(client, server, cut), daemon=True).start()
+        threading.Thread(target=self._down, args=(server, client, cut), daemon=True).start()
 
     def _up(self, client: socket.socket, server: socket.socket, cut: threading.Event) -> None:
         """Client → Redis; arms the cut when the marked command passes."""
@@ -89,24 +60,3 @@ class LossyProxy:
             except OSError:
                 break
         close_all(client, server)
-
-
-def chunks(sock: socket.socket) -> Iterator[bytes]:
-    """What `sock` receives, chunk by chunk, until it closes or fails."""
-    while True:
-        try:
-            data = sock.recv(65536)
-        except OSError:
-            return
-        if not data:
-            return
-        yield data
-
-
-def close_all(*socks: socket.socket) -> None:
-    """Shut down and close each socket, whatever state it is in."""
-    for s in socks:
-        with contextlib.suppress(OSError):
-            s.shutdown(socket.SHUT_RDWR)
-        with contextlib.suppress(OSError):
-            s.close()
