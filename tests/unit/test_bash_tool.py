@@ -410,3 +410,59 @@ def test_a_pipeline_keeps_every_stage_s_errors() -> None:
     assert merged["stderr"] == "" and "cannot access '/nope'" in merged["stdout"]
     nested = bash.call_sync({"command": "f(){ ls /nope | cat; }; f | cat"})
     assert nested["stderr"] == "ls: cannot access '/nope': No such file or directory\n"  # once
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "seq 1 300 > /f; sed ':a;/z/!{s/$/y/;ba}' /f",  # a branch loop that never ends
+        "awk 'BEGIN{for(i=0;i<5000;i++)for(j=0;j<5000;j++)k++; print k}'",  # 25 M iterations
+    ],
+)
+def test_sed_and_awk_stop_at_the_deadline_and_free_the_shared_loop(command: str) -> None:
+    """sed's and awk's programs run in one synchronous loop: they ran on past bashTimeout, and
+    every later bash call of the process timed out behind them on the shared event loop."""
+    bash = bash_tool(MemoryVFS(), env=_env(), limits=Limits(bash_timeout=0.5))
+    t0 = time.monotonic()
+    out = bash.call_sync({"command": command})
+    assert out["exitCode"] == 124 and "time limit exceeded (0.5 s)" in out["stderr"], out
+    assert time.monotonic() - t0 < 1.5
+    t0 = time.monotonic()
+    after = bash_tool(MemoryVFS(), env=_env(), limits=Limits()).call_sync({"command": "echo next"})
+    assert after == {"stdout": "next\n", "stderr": "", "exitCode": 0}
+    assert time.monotonic() - t0 < 0.5
+
+
+@pytest.mark.parametrize(
+    ("command", "what"),
+    [
+        ("echo a | sed ':a;s/.*/&&/;ba'", "sed's pattern space"),
+        ("echo abcdefgh | sed ':a;s/.*/&&/;/.\\{1000000\\}/!ba;:b;H;bb'", "sed's hold space"),
+        ("echo abcdefgh | sed -n ':a;s/.*/&&/;/.\\{1000000\\}/!ba;:b;p;bb'", "sed's output"),
+        ("awk 'BEGIN{s=\"a\"; for(i=0;i<40;i++) s=s s; print length(s)}'", "awk's string"),
+        ("awk 'BEGIN{s=\"a\"; for(i=0;i<20;i++) s=s s; while(1){print s}}'", "awk's output"),
+    ],
+)
+def test_sed_and_awk_cannot_build_gigabytes(command: str, what: str) -> None:
+    """Text doubled on every pass of a loop: a gigabyte in thirty passes, well within the time."""
+    bash = bash_tool(MemoryVFS(), env=_env(), limits=Limits(bash_timeout=20))
+    t0 = time.monotonic()
+    out = bash.call_sync({"command": command})
+    assert out["exitCode"] == 125 and f"{what} is over 16777216 characters" in out["stderr"], out
+    assert time.monotonic() - t0 < 5
+
+
+def test_sed_and_awk_work_as_before_under_their_guards() -> None:
+    bash = bash_tool(MemoryVFS(), env=_env(), limits=Limits())
+    out = bash.call_sync({"command": "printf 'a b\\nc d\\n' | sed 's/ /-/;2s/^/>/;s/-/ /' | awk '{print NR, $2}'"})
+    assert out == {"stdout": "1 b\n2 d\n", "stderr": "", "exitCode": 0}
+
+
+def test_seq_refuses_what_it_would_cut_short() -> None:
+    """just-bash's seq stopped at 100 000 numbers with exit 0: `seq 200000 | wc -l` said 100000."""
+    bash = bash_tool(MemoryVFS(), env=_env(), limits=Limits())
+    assert bash.call_sync({"command": "seq 100000 | tail -1"})["stdout"] == "100000\n"
+    for command in ("seq 100001", "seq 0 200000", "seq -s, 1 0.5 60000", "seq 1e6"):
+        out = bash.call_sync({"command": command})
+        assert out["exitCode"] == 1 and "is more than 100000" in out["stderr"] and out["stdout"] == "", (command, out)
+    assert bash.call_sync({"command": "seq -s, 2 2 10"})["stdout"] == "2,4,6,8,10\n"

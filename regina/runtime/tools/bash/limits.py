@@ -34,11 +34,16 @@ class DeadlineLimits:
         #: The shell's variables (set once the shell exists): their size is checked with the clock.
         self.variables: Callable[[], Mapping[str, str]] | None = None
 
-    def _check(self) -> None:
+    def check_clock(self) -> None:
+        """ExecutionLimitError when the deadline has passed."""
         if time.monotonic() > self._deadline:
             from just_bash.interpreter.errors import ExecutionLimitError
 
             raise ExecutionLimitError(f"time limit exceeded ({self._timeout:g} s)", "time")
+
+    def check(self) -> None:
+        """ExecutionLimitError when the deadline has passed or the variables grew too big."""
+        self.check_clock()
         if self.variables is not None and sum(map(len, self.variables().values())) > MAX_VARIABLE_BYTES:
             from just_bash.interpreter.errors import ExecutionLimitError
 
@@ -46,10 +51,10 @@ class DeadlineLimits:
 
     @property
     def max_command_count(self) -> int:
-        self._check()
+        self.check()
         return self._commands
 
     @property
     def max_loop_iterations(self) -> int:
-        self._check()
+        self.check()
         return self._loops

@@ -8,8 +8,10 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import functools
+import math
 import re
 import sqlite3
+import sys
 from typing import Any
 
 __all__ = ["patch_interpreter", "command_registry"]
@@ -327,6 +329,178 @@ class _SandboxedSqlite:
         return conn
 
 
+#: Most characters sed's pattern space, hold space and output may hold, each.
+MAX_SED_TEXT = 16 << 20
+#: Characters sed may add to its hold space and output between two looks at them.
+_SED_SLACK = 4 << 20
+
+
+class _SedGuard:
+    """One `sed` run's bounds, checked at every command it executes (see `_GuardedSed`)."""
+
+    def __init__(self, limits: Any) -> None:
+        self.check_clock = getattr(limits, "check_clock", None)  # the call's deadline (DeadlineLimits)
+        self.steps = 0
+        self.grown = 0  # characters the hold space and output may have gained since a look
+
+    def step(self, pattern_space: str) -> None:
+        self.steps += 1
+        if not self.steps & 63 and self.check_clock is not None:
+            self.check_clock()
+        if len(pattern_space) > MAX_SED_TEXT:
+            self.stop("pattern space")
+        # A command adds at most the pattern space to the hold space or output (`H`, `p`; `l`
+        # escapes it, up to 4 characters each): look at them when that could pass the slack.
+        self.grown += 4 * len(pattern_space) + 256
+        if self.grown > _SED_SLACK:
+            self.grown = 0
+            frame = sys._getframe(2)  # `_process_content`, which called `_address_matches`
+            for name in ("hold_space", "output"):
+                text = frame.f_locals[name]
+                if len(text) > MAX_SED_TEXT:
+                    self.stop(name.replace("_", " "))
+
+    @staticmethod
+    def stop(what: str) -> None:
+        from just_bash.interpreter.errors import ExecutionLimitError
+
+        raise ExecutionLimitError(f"sed's {what} is over {MAX_SED_TEXT} characters", "memory")
+
+
+#: Numbers just-bash's `seq` makes at most: it stopped there silently (`seq 200000 | wc -l` said 100000).
+MAX_SEQ = 100_000
+
+
+class _BoundedSeq:
+    """`seq` that refuses a sequence longer than MAX_SEQ instead of cutting it short silently."""
+
+    name = "seq"
+
+    def __init__(self, original: Any) -> None:
+        self._original = original
+
+    async def execute(self, args: list[str], ctx: Any) -> Any:
+        from just_bash.types import ExecResult
+
+        count = _seq_length(args)
+        if count is not None and count > MAX_SEQ:
+            return ExecResult(stdout="", stderr=f"seq: {count} numbers is more than {MAX_SEQ}\n", exit_code=1)
+        return await self._original.execute(args, ctx)
+
+
+def _seq_length(args: list[str]) -> int | None:
+    """How many numbers `seq args` prints (None: arguments `seq` itself will reject)."""
+    numbers: list[float] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+            continue
+        if arg in ("-s", "-f"):
+            skip = True
+            continue
+        try:
+            numbers.append(float(arg))
+        except ValueError:
+            continue  # an option (-w, -s:, --separator=…)
+    if not 1 <= len(numbers) <= 3:
+        return None
+    first, step, last = (1.0, 1.0, numbers[0]) if len(numbers) == 1 else (numbers[0], 1.0, numbers[-1])
+    if len(numbers) == 3:
+        step = numbers[1]
+    if step == 0 or not all(map(math.isfinite, (first, step, last))):
+        return None
+    return max(0, math.floor((last - first) / step + 1e-9) + 1)
+
+
+_SED: contextvars.ContextVar[_SedGuard | None] = contextvars.ContextVar("regina_sed", default=None)
+
+
+def _guarded_sed() -> Any:
+    """just-bash's `sed` that stops at the call's deadline and at MAX_SED_TEXT: its commands run
+    in one synchronous loop with no limit at all, so `sed ':a;ba'` ran forever on the worker's
+    shared event loop (every later bash call on the worker timed out behind it) and
+    `sed ':a;s/.*/&&/;ba'` doubled its text until the worker ran out of memory. Every command
+    it runs first matches its address (`_address_matches`, given the pattern space): the check
+    goes there."""
+    from just_bash.commands.sed.sed import SedCommand
+
+    class GuardedSed(SedCommand):
+        async def execute(self, args: list[str], ctx: Any) -> Any:
+            token = _SED.set(_SedGuard(ctx.limits))
+            try:
+                return await super().execute(args, ctx)
+            finally:
+                _SED.reset(token)
+
+        def _address_matches(self, address: Any, line: int, total: int, pattern_space: str, *rest: Any) -> bool:
+            guard = _SED.get()
+            if guard is not None:
+                guard.step(pattern_space)
+            return bool(super()._address_matches(address, line, total, pattern_space, *rest))
+
+    return GuardedSed()
+
+
+#: Most characters one awk value or awk's output may hold.
+MAX_AWK_TEXT = 16 << 20
+
+
+class _AwkGuard:
+    """One `awk` run's deadline, checked every 64 statements (see `_guarded_awk`)."""
+
+    def __init__(self, limits: Any) -> None:
+        self.check_clock = getattr(limits, "check_clock", None)
+        self.steps = 0
+
+    def step(self) -> None:
+        self.steps += 1
+        if not self.steps & 63 and self.check_clock is not None:
+            self.check_clock()
+
+
+_AWK: contextvars.ContextVar[_AwkGuard | None] = contextvars.ContextVar("regina_awk", default=None)
+
+
+def _awk_too_big(what: str) -> Exception:
+    from just_bash.interpreter.errors import ExecutionLimitError
+
+    return ExecutionLimitError(f"awk's {what} is over {MAX_AWK_TEXT} characters", "memory")
+
+
+def _guarded_awk() -> Any:
+    """just-bash's `awk` that stops at the call's deadline and at MAX_AWK_TEXT: it runs a
+    program in one synchronous loop, so nested loops (`for(i…)for(j…)`) ran on past bashTimeout
+    on the worker's shared event loop (every later bash call on the worker timed out behind
+    them), and `s = s s` doubled a string until the worker ran out of memory. Every statement
+    passes `_execute_statement` and every value `_eval_expr`: the checks go there."""
+    from just_bash.commands.awk.awk import AwkCommand
+
+    class GuardedAwk(AwkCommand):
+        async def execute(self, args: list[str], ctx: Any) -> Any:
+            token = _AWK.set(_AwkGuard(ctx.limits))
+            try:
+                return await super().execute(args, ctx)
+            finally:
+                _AWK.reset(token)
+
+        def _execute_statement(self, stmt: str, state: Any, *rest: Any) -> None:
+            guard = _AWK.get()
+            if guard is not None:
+                guard.step()
+            super()._execute_statement(stmt, state, *rest)
+            if len(state.output) > MAX_AWK_TEXT:
+                raise _awk_too_big("output")
+
+        def _eval_expr(self, expr: str, *rest: Any) -> Any:
+            value = super()._eval_expr(expr, *rest)
+            if isinstance(value, str) and len(value) > MAX_AWK_TEXT:
+                raise _awk_too_big("string")
+            return value
+
+    return GuardedAwk()
+
+
 @functools.cache
 def command_registry(network: bool) -> dict[str, Any]:
     """just_bash's commands, built once per process (≈ 11 KB per instance when built for each
@@ -338,4 +512,7 @@ def command_registry(network: bool) -> dict[str, Any]:
     commands: dict[str, Any] = create_command_registry(include_network=network)
     commands["cat"] = _ExactCat(commands["cat"])
     commands["printf"] = _BoundedPrintf(commands["printf"])
+    commands["sed"] = _guarded_sed()
+    commands["seq"] = _BoundedSeq(commands["seq"])
+    commands["awk"] = _guarded_awk()
     return commands
