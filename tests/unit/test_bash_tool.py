@@ -466,3 +466,35 @@ def test_seq_refuses_what_it_would_cut_short() -> None:
         out = bash.call_sync({"command": command})
         assert out["exitCode"] == 1 and "is more than 100000" in out["stderr"] and out["stdout"] == "", (command, out)
     assert bash.call_sync({"command": "seq -s, 2 2 10"})["stdout"] == "2,4,6,8,10\n"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "echo {s} | grep -E '^(a|aa)+$'",
+        "echo {s} | sed -E 's/^(a|aa)+$/x/'",
+        "[[ {s} =~ ^(a|aa)+$ ]]",
+    ],
+)
+def test_a_catastrophic_regex_stops_at_the_deadline_and_lets_other_threads_run(command: str) -> None:
+    """Python's `re` backtracks without bound holding the GIL: `^(a|aa)+$` against forty `a`s
+    and a `b` froze the whole worker (heartbeats included) far past bashTimeout."""
+    bash = bash_tool(MemoryVFS(), env=_env(), limits=Limits(bash_timeout=0.5))
+    ticks = [0]
+    stop = threading.Event()
+
+    def tick() -> None:
+        while not stop.wait(0.01):
+            ticks[0] += 1
+
+    ticker = threading.Thread(target=tick, daemon=True)
+    ticker.start()
+    t0 = time.monotonic()
+    try:
+        out = bash.call_sync({"command": command.format(s="a" * 40 + "b")})
+    finally:
+        stop.set()
+    assert out["exitCode"] == 124 and "time limit exceeded (0.5 s)" in out["stderr"], out
+    assert time.monotonic() - t0 < 1.5
+    assert ticks[0] >= 20  # the GIL was free while the pattern was being matched
+    assert bash.call_sync({"command": "echo aab | grep -E '^(a|aa)+b$'"})["stdout"] == "aab\n"

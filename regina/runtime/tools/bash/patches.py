@@ -14,6 +14,8 @@ import sqlite3
 import sys
 from typing import Any
 
+from regina.runtime.tools.bash import timed_re
+
 __all__ = ["patch_interpreter", "command_registry"]
 
 
@@ -148,6 +150,7 @@ def patch_interpreter() -> None:
     _patch_pipeline_stderr(Interpreter)
     _patch_arithmetic()
     _patch_brace_ranges()
+    timed_re.install()
     _patched = True
 
 

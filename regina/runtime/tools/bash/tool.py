@@ -30,6 +30,7 @@ from regina.config import Limits
 from regina.errors import ReginaError, ToolError, VFSError
 from regina.runtime.aio import run_coro
 from regina.runtime.tools.base import Tool
+from regina.runtime.tools.bash import timed_re
 from regina.runtime.tools.bash.fs import VFSBashFs
 from regina.runtime.tools.bash.limits import DeadlineLimits
 from regina.runtime.tools.bash.output import clean, truncate_output
@@ -113,6 +114,7 @@ def bash_tool(vfs: VFS, *, env: dict[str, str], limits: Limits, network: bool = 
             unescape_html=False,
         )
         bounds.variables = lambda: shell._interpreter.state.env
+        timed_re.DEADLINE.set((deadline, limits.bash_timeout))  # this call's task only
         try:
             result = await asyncio.wait_for(shell.exec(command), timeout=limits.bash_timeout)
         except TimeoutError:
