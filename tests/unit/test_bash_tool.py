@@ -498,3 +498,17 @@ def test_a_catastrophic_regex_stops_at_the_deadline_and_lets_other_threads_run(c
     assert time.monotonic() - t0 < 1.5
     assert ticks[0] >= 20  # the GIL was free while the pattern was being matched
     assert bash.call_sync({"command": "echo aab | grep -E '^(a|aa)+b$'"})["stdout"] == "aab\n"
+
+
+def test_jq_cannot_build_a_billion_numbers_nor_run_past_the_deadline() -> None:
+    """jq's evaluator builds result lists whole: `[range(1e9)]` was one C call filling memory."""
+    bash = bash_tool(MemoryVFS(), env=_env(), limits=Limits(bash_timeout=0.5))
+    for program in ("[range(1000000000)] | length", "[range(range(3) | . + 600000)] | length"):
+        out = bash.call_sync({"command": f"jq -n '{program}'"})
+        assert out["exitCode"] != 0 and "range: more than 1000000 numbers in one program" in out["stderr"], out
+    t0 = time.monotonic()
+    out = bash.call_sync({"command": "jq -n '[range(300000) | tostring] | map(. + \"x\") | map(length) | add'"})
+    assert out["exitCode"] != 0 and "time limit exceeded (0.5 s)" in out["stderr"], out
+    assert time.monotonic() - t0 < 1.5
+    out = bash.call_sync({"command": "jq -nc '[range(0;10;3)], ([range(1000)] | add)'"})
+    assert out["stdout"] == "[0,3,6,9]\n499500\n"

@@ -150,6 +150,7 @@ def patch_interpreter() -> None:
     _patch_pipeline_stderr(Interpreter)
     _patch_arithmetic()
     _patch_brace_ranges()
+    _patch_jq()
     timed_re.install()
     _patched = True
 
@@ -178,6 +179,59 @@ def _patch_brace_ranges() -> None:
         return sequence(content)
 
     expansion._expand_sequence = expand_sequence
+
+
+#: Numbers the `range`s of one jq program have made so far (None outside a `jq` command).
+_JQ_RANGES: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("regina_jq_ranges", default=None)
+
+
+class _BoundedJq:
+    """`jq` whose `range`s make at most MAX_EXPANSION numbers in all (see `_patch_jq`)."""
+
+    name = "jq"
+
+    def __init__(self, original: Any) -> None:
+        self._original = original
+
+    async def execute(self, args: list[str], ctx: Any) -> Any:
+        token = _JQ_RANGES.set([0])
+        try:
+            return await self._original.execute(args, ctx)
+        finally:
+            _JQ_RANGES.reset(token)
+
+
+def _patch_jq() -> None:
+    """jq's evaluator (just-bash's query engine) builds every result list whole, in one
+    synchronous recursion: `[range(1e9)]` built a billion ints in one C call (the worker ran out
+    of memory) and long programs ran past bashTimeout. A jq program's `range`s make at most
+    MAX_EXPANSION numbers in all, and the call's deadline is checked every 64 nodes."""
+    import builtins
+
+    from just_bash.query_engine import builtins as jq_builtins
+    from just_bash.query_engine import evaluator
+    from just_bash.query_engine.types import JqError
+
+    def bounded_range(*args: int) -> range:
+        numbers = builtins.range(*args)
+        made = _JQ_RANGES.get()
+        if made is not None:
+            made[0] += len(numbers)
+            if made[0] > MAX_EXPANSION:
+                raise JqError(f"range: more than {MAX_EXPANSION} numbers in one program")
+        return numbers
+
+    jq_builtins.range = bounded_range  # type: ignore[attr-defined]  # shadows the builtin there
+    eval_node = evaluator._eval_node
+    nodes = [0]
+
+    def guarded_eval_node(value: Any, ast: Any, ctx: Any) -> Any:
+        nodes[0] += 1
+        if not nodes[0] & 63:
+            timed_re.check_deadline()
+        return eval_node(value, ast, ctx)
+
+    evaluator._eval_node = guarded_eval_node
 
 
 def expand_brace_range_bound(start: int, end: int, step: int) -> None:
@@ -518,4 +572,5 @@ def command_registry(network: bool) -> dict[str, Any]:
     commands["sed"] = _guarded_sed()
     commands["seq"] = _BoundedSeq(commands["seq"])
     commands["awk"] = _guarded_awk()
+    commands["jq"] = _BoundedJq(commands["jq"])
     return commands

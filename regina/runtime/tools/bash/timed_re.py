@@ -18,7 +18,7 @@ from typing import Any
 
 import regex  # type: ignore[import-untyped]
 
-__all__ = ["DEADLINE", "install"]
+__all__ = ["DEADLINE", "check_deadline", "install"]
 
 #: The running bash call's deadline (time.monotonic()) and its timeout in seconds, for messages.
 DEADLINE: contextvars.ContextVar[tuple[float, float] | None] = contextvars.ContextVar(
@@ -27,6 +27,15 @@ DEADLINE: contextvars.ContextVar[tuple[float, float] | None] = contextvars.Conte
 
 #: The matching methods of a compiled pattern that take `timeout` and `concurrent`.
 _MATCHING = ("search", "match", "fullmatch", "sub", "subn", "findall", "finditer", "split")
+
+
+def check_deadline() -> None:
+    """ExecutionLimitError when the running bash call (if any) is past its deadline."""
+    deadline = DEADLINE.get()
+    if deadline is not None and time.monotonic() > deadline[0]:
+        from just_bash.interpreter.errors import ExecutionLimitError
+
+        raise ExecutionLimitError(f"time limit exceeded ({deadline[1]:g} s)", "time")
 
 
 def _bounded(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
