@@ -512,3 +512,13 @@ def test_jq_cannot_build_a_billion_numbers_nor_run_past_the_deadline() -> None:
     assert time.monotonic() - t0 < 1.5
     out = bash.call_sync({"command": "jq -nc '[range(0;10;3)], ([range(1000)] | add)'"})
     assert out["stdout"] == "[0,3,6,9]\n499500\n"
+
+
+def test_shuf_refuses_a_range_it_would_build_whole() -> None:
+    """`shuf -i 1-1000000000 -n 3` built the billion lines first: 6 GB, the shared loop held."""
+    bash = bash_tool(MemoryVFS(), env=_env(), limits=Limits(bash_timeout=2))
+    for command in ("shuf -i 1-1000000000 -n 3", "shuf -r -n 100000000 -e a", "shuf --input-range=1-2000000"):
+        out = bash.call_sync({"command": command})
+        assert out == {"stdout": "", "stderr": "shuf: more than 1000000 lines\n", "exitCode": 1}, (command, out)
+    assert bash.call_sync({"command": "shuf -i 5-9 | sort -n | tr -d '\\n'"})["stdout"] == "56789"
+    assert bash.call_sync({"command": "shuf -r -n 5 -e a | wc -l"})["stdout"] == "5\n"

@@ -445,6 +445,36 @@ class _BoundedSeq:
         return await self._original.execute(args, ctx)
 
 
+class _BoundedShuf:
+    """`shuf` whose `-i LO-HI` range and `-r -n COUNT` stay under MAX_EXPANSION: just-bash built
+    the whole range first (`shuf -i 1-1000000000 -n 3` took 6 GB and held the shared loop)."""
+
+    name = "shuf"
+
+    def __init__(self, original: Any) -> None:
+        self._original = original
+
+    async def execute(self, args: list[str], ctx: Any) -> Any:
+        from just_bash.types import ExecResult
+
+        values = {"-i": "", "-n": ""}
+        for at, arg in enumerate(args):
+            for short, long in (("-i", "--input-range="), ("-n", "--head-count=")):
+                if arg == short and at + 1 < len(args):
+                    values[short] = args[at + 1]
+                elif arg.startswith(long):
+                    values[short] = arg[len(long) :]
+                elif arg.startswith(short) and len(arg) > 2:
+                    values[short] = arg[2:]
+        lo, _, hi = values["-i"].partition("-")
+        sizes = [int(hi) - int(lo) + 1] if lo.isdigit() and hi.isdigit() else []
+        if values["-n"].isdigit() and ("-r" in args or "--repeat" in args):
+            sizes.append(int(values["-n"]))
+        if any(size > MAX_EXPANSION for size in sizes):
+            return ExecResult(stdout="", stderr=f"shuf: more than {MAX_EXPANSION} lines\n", exit_code=1)
+        return await self._original.execute(args, ctx)
+
+
 def _seq_length(args: list[str]) -> int | None:
     """How many numbers `seq args` prints (None: arguments `seq` itself will reject)."""
     numbers: list[float] = []
@@ -573,4 +603,5 @@ def command_registry(network: bool) -> dict[str, Any]:
     commands["seq"] = _BoundedSeq(commands["seq"])
     commands["awk"] = _guarded_awk()
     commands["jq"] = _BoundedJq(commands["jq"])
+    commands["shuf"] = _BoundedShuf(commands["shuf"])
     return commands
