@@ -38,12 +38,11 @@ def check_deadline() -> None:
         raise ExecutionLimitError(f"time limit exceeded ({deadline[1]:g} s)", "time")
 
 
-def _bounded(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+def _bounded(call: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     deadline = DEADLINE.get()
     if deadline is None:
         return call(*args, concurrent=True, **kwargs)
-    at, seconds = deadline
-    left = at - time.monotonic()
+    left = deadline[0] - time.monotonic()
     try:
         if left <= 0:
             raise TimeoutError
@@ -51,20 +50,42 @@ def _bounded(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     except TimeoutError:
         from just_bash.interpreter.errors import ExecutionLimitError
 
-        raise ExecutionLimitError(f"time limit exceeded ({seconds:g} s)", "time") from None
+        raise ExecutionLimitError(f"time limit exceeded ({deadline[1]:g} s)", "time") from None
 
 
 class TimedPattern:
     """A compiled `regex` pattern whose matching methods are bounded (see the module docstring)."""
 
+    __slots__ = ("_compiled", "pattern", "flags", "groups", "groupindex")
+
     def __init__(self, compiled: Any) -> None:
         self._compiled = compiled
+        self.pattern, self.flags = compiled.pattern, compiled.flags
+        self.groups, self.groupindex = compiled.groups, compiled.groupindex
 
-    def __getattr__(self, name: str) -> Any:
-        value = getattr(self._compiled, name)
-        if name in _MATCHING:
-            return lambda *args, **kwargs: _bounded(value, *args, **kwargs)
-        return value
+    def search(self, *args: Any, **kwargs: Any) -> Any:
+        return _bounded(self._compiled.search, args, kwargs)
+
+    def match(self, *args: Any, **kwargs: Any) -> Any:
+        return _bounded(self._compiled.match, args, kwargs)
+
+    def fullmatch(self, *args: Any, **kwargs: Any) -> Any:
+        return _bounded(self._compiled.fullmatch, args, kwargs)
+
+    def sub(self, *args: Any, **kwargs: Any) -> Any:
+        return _bounded(self._compiled.sub, args, kwargs)
+
+    def subn(self, *args: Any, **kwargs: Any) -> Any:
+        return _bounded(self._compiled.subn, args, kwargs)
+
+    def findall(self, *args: Any, **kwargs: Any) -> Any:
+        return _bounded(self._compiled.findall, args, kwargs)
+
+    def finditer(self, *args: Any, **kwargs: Any) -> Any:
+        return _bounded(self._compiled.finditer, args, kwargs)
+
+    def split(self, *args: Any, **kwargs: Any) -> Any:
+        return _bounded(self._compiled.split, args, kwargs)
 
     def __repr__(self) -> str:
         return repr(self._compiled)
@@ -92,7 +113,7 @@ class _Module:
             def call(pattern: Any, *args: Any, **kwargs: Any) -> Any:
                 if isinstance(pattern, TimedPattern):
                     pattern = pattern._compiled
-                return _bounded(function, pattern, *args, **kwargs)
+                return _bounded(function, (pattern, *args), kwargs)
 
             return call
         return getattr(regex, name)  # flags (IGNORECASE, …), purge, …
