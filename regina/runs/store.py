@@ -244,13 +244,19 @@ _CANCELLED_HEAD = (
 # queued run leaves the instance's open runs here while its step may already be taken (waiting for
 # the one before it); a step tagged with the run's id (`tagged`, see `_OPEN`) goes into the queue's
 # tag set instead, where a dead owner's steps are also looked for (workers/unacked.py).
+# The same call run again (redis-py sends it again after a lost reply) finds its own `now` in the
+# record's `cancel` and answers `cancelled` again, not "already ended".
 _CANCEL = (
     _END_CANCELLED_FN
     + """
-local rec = redis.call('HMGET', KEYS[1], 'status', 'tagged')
+local rec = redis.call('HMGET', KEYS[1], 'status', 'tagged', 'cancel', 'startedAt')
 local st = rec[1]
 if not st then return {'missing'} end
-if st == 'finished' or st == 'failed' or st == 'cancelled' then return {'ended', st} end
+if st == 'finished' or st == 'failed' or st == 'cancelled' then
+  -- This cancel ran already (its reply was lost; `now` is its token): answer as it did.
+  if st == 'cancelled' and rec[3] == ARGV[1] then return {'cancelled', rec[4] and 'running' or 'queued'} end
+  return {'ended', st}
+end
 redis.call('HSET', KEYS[1], 'cancel', ARGV[1])
 if st ~= 'queued' then
   redis.call('PUBLISH', ARGV[6], ARGV[3])

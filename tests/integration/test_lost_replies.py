@@ -201,3 +201,27 @@ def test_a_batch_of_events_sent_twice_is_published_once(proxy: LossyProxy, direc
     finally:
         _cleanup(direct, iid, run_id)
         direct.delete(keys.run_events(run_id))
+
+
+def test_a_cancel_run_twice_answers_cancelled(proxy: LossyProxy, direct: redis.Redis) -> None:
+    """The cancel's second run found the queued run it had just ended and answered "already
+    ended" (`{"cancelled": false, "status": "cancelled"}`) to the client that cancelled it."""
+    store = RunStore(connect(proxy.url))
+    iid = _started_instance(direct)
+    warm, run_id = f"run-{secrets.token_hex(10)}", f"run-{secrets.token_hex(10)}"
+    try:
+        store.open(iid, warm, step_message="warm")
+        store.cancel(warm)  # the script is loaded
+        store.open(iid, run_id, step_message="step")
+
+        proxy.lose_reply_to(b'"finishReason":"cancelled"')
+        answer = store.cancel(run_id)
+        assert proxy.lost.is_set(), "the proxy cut no reply"
+
+        assert answer == (True, "cancelled")  # a queued run ends at once
+        assert direct.hget(keys.run_record(run_id), "status") == "cancelled"
+        events = [json.loads(e["e"]) for _, e in direct.xrange(keys.run_events(run_id))]
+        assert [e["type"] for e in events] == ["finish"]
+        assert store.cancel(run_id) == (False, "cancelled")  # another cancel: the run had ended
+    finally:
+        _cleanup(direct, iid, warm, run_id)
