@@ -433,15 +433,21 @@ def test_sed_and_awk_stop_at_the_deadline_and_free_the_shared_loop(command: str)
     assert time.monotonic() - t0 < 0.5
 
 
+_DOUBLE_17 = ";".join(["s/.*/&&/"] * 17)
+
+
 @pytest.mark.parametrize(
     ("command", "what"),
     [
         ("echo a | sed ':a;s/.*/&&/;ba'", "sed's pattern space"),
-        ("echo abcdefgh | sed ':a;s/.*/&&/;/.\\{1000000\\}/!ba;:b;H;bb'", "sed's hold space"),
-        ("echo abcdefgh | sed -n ':a;s/.*/&&/;/.\\{1000000\\}/!ba;:b;p;bb'", "sed's output"),
+        (f"echo abcdefgh | sed '{_DOUBLE_17};:b;H;bb'", "sed's hold space"),  # 1 Mi, then added on
+        (f"echo abcdefgh | sed -n '{_DOUBLE_17};:b;p;bb'", "sed's output"),
+        (f"echo abcdefgh | sed -n '{_DOUBLE_17};:b;w /o\n;bb'", "sed's `w /o` text"),
+        ("echo | sed -e ':x' -e 'a " + "t" * 20000 + "' -e 'bx'", "sed's append text"),
         ("awk 'BEGIN{s=\"a\"; for(i=0;i<40;i++) s=s s; print length(s)}'", "awk's string"),
         ("awk 'BEGIN{s=\"a\"; for(i=0;i<20;i++) s=s s; while(1){print s}}'", "awk's output"),
     ],
+    ids=lambda value: value if value.endswith(("space", "output", "text", "string")) else "",
 )
 def test_sed_and_awk_cannot_build_gigabytes(command: str, what: str) -> None:
     """Text doubled on every pass of a loop: a gigabyte in thirty passes, well within the time."""
@@ -462,7 +468,7 @@ def test_seq_refuses_what_it_would_cut_short() -> None:
     """just-bash's seq stopped at 100 000 numbers with exit 0: `seq 200000 | wc -l` said 100000."""
     bash = bash_tool(MemoryVFS(), env=_env(), limits=Limits())
     assert bash.call_sync({"command": "seq 100000 | tail -1"})["stdout"] == "100000\n"
-    for command in ("seq 100001", "seq 0 200000", "seq -s, 1 0.5 60000", "seq 1e6"):
+    for command in ("seq 100001", "seq 0 200000", "seq -s, 1 0.5 60000", "seq 1e6", "seq -ws 100000000 1 200000"):
         out = bash.call_sync({"command": command})
         assert out["exitCode"] == 1 and "is more than 100000" in out["stderr"] and out["stdout"] == "", (command, out)
     assert bash.call_sync({"command": "seq -s, 2 2 10"})["stdout"] == "2,4,6,8,10\n"
@@ -501,24 +507,56 @@ def test_a_catastrophic_regex_stops_at_the_deadline_and_lets_other_threads_run(c
 
 
 def test_jq_cannot_build_a_billion_numbers_nor_run_past_the_deadline() -> None:
-    """jq's evaluator builds result lists whole: `[range(1e9)]` was one C call filling memory."""
+    """jq's evaluator builds result lists whole: `[range(1e9)]` was one C call filling memory,
+    `"x" * 3e8` another, `.+.` doubled a string thirty times within the timeout, and a `try`
+    caught the deadline's error and went on."""
     bash = bash_tool(MemoryVFS(), env=_env(), limits=Limits(bash_timeout=0.5))
-    for program in ("[range(1000000000)] | length", "[range(range(3) | . + 600000)] | length"):
+    for program, error in [
+        ("[range(1000000000)] | length", "range of 1000000000 numbers is more than 1000000"),
+        ("[limit(3; range(100000000))]", "range of 100000000 numbers is more than 1000000"),
+        ("[range(range(12) | . + 990000)] | length", "ranges made more than 10000000 numbers"),
+        ('"x" * 300000000 | length', "string repeat of more than 16777216 characters"),
+        ('reduce range(30) as $i ("x"; .+.) | length', "value of more than 16777216 items or characters"),
+        ("[range(10)] | [combinations(7)] | length", "combinations of more than 1000000 arrays"),
+    ]:
         out = bash.call_sync({"command": f"jq -n '{program}'"})
-        assert out["exitCode"] != 0 and "range: more than 1000000 numbers in one program" in out["stderr"], out
+        assert out["exitCode"] != 0 and error in out["stderr"], (program, out)
     t0 = time.monotonic()
-    out = bash.call_sync({"command": "jq -n '[range(300000) | tostring] | map(. + \"x\") | map(length) | add'"})
-    assert out["exitCode"] != 0 and "time limit exceeded (0.5 s)" in out["stderr"], out
-    assert time.monotonic() - t0 < 1.5
-    out = bash.call_sync({"command": "jq -nc '[range(0;10;3)], ([range(1000)] | add)'"})
-    assert out["stdout"] == "[0,3,6,9]\n499500\n"
+    for program in (
+        '[range(300000) | tostring] | map(. + "x") | map(length) | add',
+        "def f: try ([range(300)] | map(f) | length) catch 0; f",  # `try` catches the deadline
+        'try ([range(300000) | tostring] | map(. + "x") | length) catch "caught"',
+    ):
+        out = bash.call_sync({"command": f"jq -n '{program}'"})
+        assert out["exitCode"] == 124 and "time limit exceeded (0.5 s)" in out["stderr"], out
+    assert time.monotonic() - t0 < 3
+    out = bash.call_sync(
+        {"command": "jq -nc '[range(0;10;3)], ([range(1000)] | add), (\"ab\" * 2), ([[1,2],[3]] | [combinations])'"}
+    )
+    assert out["stdout"] == '[0,3,6,9]\n499500\n"abab"\n[[1,3],[2,3]]\n'
+    assert bash.call_sync({"command": "seq 300 | jq '[range(2000)] | length' | sort -u"})["stdout"] == "2000\n"
 
 
 def test_shuf_refuses_a_range_it_would_build_whole() -> None:
     """`shuf -i 1-1000000000 -n 3` built the billion lines first: 6 GB, the shared loop held."""
     bash = bash_tool(MemoryVFS(), env=_env(), limits=Limits(bash_timeout=2))
-    for command in ("shuf -i 1-1000000000 -n 3", "shuf -r -n 100000000 -e a", "shuf --input-range=1-2000000"):
+    for command in (
+        "shuf -i 1-1000000000 -n 3",
+        "shuf -r -n 100000000 -e a",
+        "shuf --input-range=1-2000000",
+        "shuf -i 1-2_000_000 -n 1",  # read as Python's int() reads it
+        "shuf -r -n 2_000_000 -e x",
+    ):
         out = bash.call_sync({"command": command})
         assert out == {"stdout": "", "stderr": "shuf: more than 1000000 lines\n", "exitCode": 1}, (command, out)
     assert bash.call_sync({"command": "shuf -i 5-9 | sort -n | tr -d '\\n'"})["stdout"] == "56789"
     assert bash.call_sync({"command": "shuf -r -n 5 -e a | wc -l"})["stdout"] == "5\n"
+
+
+def test_a_pattern_regex_would_unroll_into_gigabytes_is_refused() -> None:
+    """`regex` writes counted repeats out when it compiles: `(a{1000}){8000}` took 2 GB."""
+    bash = bash_tool(MemoryVFS(), env=_env(), limits=Limits(bash_timeout=2))
+    out = bash.call_sync({"command": "echo a | grep -cE '(a{1000}){8000}'"})
+    assert out["exitCode"] == 2 and "pattern too big once its repeats are counted out (8000000 items" in out["stderr"]
+    out = bash.call_sync({"command": "echo 2024-01-05 | grep -oE '[0-9]{4}-[0-9]{2}'; echo aaa | sed 's/a\\{2\\}/x/'"})
+    assert out["stdout"] == "2024-01\nxa\n"

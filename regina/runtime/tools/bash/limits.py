@@ -3,6 +3,8 @@ own execution-limit counters."""
 
 from __future__ import annotations
 
+import contextvars
+import resource
 import time
 from collections.abc import Callable, Mapping
 
@@ -12,7 +14,16 @@ from regina.config import Limits
 #: terabyte in forty statements, each within every other limit.
 MAX_VARIABLE_BYTES = 64 << 20
 
-__all__ = ["DeadlineLimits"]
+#: Most the process's peak memory may grow during one call (KiB, as getrusage counts it): a
+#: safety net under the per-command caps, for what one of just-bash's commands builds that no
+#: cap foresaw (checked with the clock).
+MAX_CALL_GROWTH_KB = 1 << 20
+
+__all__ = ["CALL", "DeadlineLimits", "current_call", "MAX_CALL_GROWTH_KB"]
+
+
+def _peak_kb() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 class DeadlineLimits:
@@ -27,6 +38,8 @@ class DeadlineLimits:
         self._loops = limits.bash_max_loop_iterations
         self._timeout = limits.bash_timeout
         self._deadline = deadline
+        self._peak = _peak_kb()
+        self._clock_checks = 0
         self.max_call_depth = 100
         self.max_awk_iterations = limits.bash_max_loop_iterations
         self.max_sed_iterations = limits.bash_max_loop_iterations
@@ -34,12 +47,24 @@ class DeadlineLimits:
         #: The shell's variables (set once the shell exists): their size is checked with the clock.
         self.variables: Callable[[], Mapping[str, str]] | None = None
 
-    def check_clock(self) -> None:
-        """ExecutionLimitError when the deadline has passed."""
-        if time.monotonic() > self._deadline:
-            from just_bash.interpreter.errors import ExecutionLimitError
+    @property
+    def timeout(self) -> float:
+        return self._timeout
 
+    def remaining(self) -> float:
+        """Seconds left before the deadline (negative past it)."""
+        return self._deadline - time.monotonic()
+
+    def check_clock(self) -> None:
+        """ExecutionLimitError when the deadline has passed, or when the process's peak memory
+        grew by more than MAX_CALL_GROWTH_KB since the call began."""
+        from just_bash.interpreter.errors import ExecutionLimitError
+
+        if time.monotonic() > self._deadline:
             raise ExecutionLimitError(f"time limit exceeded ({self._timeout:g} s)", "time")
+        self._clock_checks += 1
+        if not self._clock_checks & 15 and _peak_kb() - self._peak > MAX_CALL_GROWTH_KB:
+            raise ExecutionLimitError(f"the worker's memory grew by more than {MAX_CALL_GROWTH_KB >> 10} MiB", "memory")
 
     def check(self) -> None:
         """ExecutionLimitError when the deadline has passed or the variables grew too big."""
@@ -58,3 +83,11 @@ class DeadlineLimits:
     def max_loop_iterations(self) -> int:
         self.check()
         return self._loops
+
+
+#: The running bash call's bounds (None outside one): what a command's own loop checks.
+CALL: contextvars.ContextVar[DeadlineLimits | None] = contextvars.ContextVar("regina_bash_call", default=None)
+
+
+def current_call() -> DeadlineLimits | None:
+    return CALL.get()

@@ -12,9 +12,11 @@ import math
 import re
 import sqlite3
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from regina.runtime.tools.bash import timed_re
+from regina.runtime.tools.bash.limits import current_call
 
 __all__ = ["patch_interpreter", "command_registry"]
 
@@ -201,37 +203,82 @@ class _BoundedJq:
             _JQ_RANGES.reset(token)
 
 
+#: Most characters of one jq string and items of one jq array or result list.
+MAX_JQ_SIZE = 16 << 20
+
+
 def _patch_jq() -> None:
     """jq's evaluator (just-bash's query engine) builds every result list whole, in one
-    synchronous recursion: `[range(1e9)]` built a billion ints in one C call (the worker ran out
-    of memory) and long programs ran past bashTimeout. A jq program's `range`s make at most
-    MAX_EXPANSION numbers in all, and the call's deadline is checked every 64 nodes."""
-    import builtins
-
+    synchronous recursion, and catches every exception in `try`, `limit` and friends:
+    `[range(1e9)]` built a billion ints in one C call, `"x" * 1e10` ten gigabytes, `.+.` in a
+    `reduce` doubled a string thirty times within the timeout, and a `try` caught the
+    deadline's error and went on. Here a `range` makes at most MAX_EXPANSION numbers and a
+    program's ranges ten times that, a string repeat, a product or a node's result stays within
+    MAX_JQ_SIZE or MAX_EXPANSION, and past the call's bounds every node fails (a `try` cannot
+    outlast them; the tool reports the timeout whatever the program printed after)."""
     from just_bash.query_engine import builtins as jq_builtins
     from just_bash.query_engine import evaluator
-    from just_bash.query_engine.types import JqError
 
-    def bounded_range(*args: int) -> range:
-        numbers = builtins.range(*args)
-        made = _JQ_RANGES.get()
-        if made is not None:
-            made[0] += len(numbers)
-            if made[0] > MAX_EXPANSION:
-                raise JqError(f"range: more than {MAX_EXPANSION} numbers in one program")
-        return numbers
-
-    jq_builtins.range = bounded_range  # type: ignore[attr-defined]  # shadows the builtin there
-    eval_node = evaluator._eval_node
-    nodes = [0]
+    jq_builtins.range = _jq_range  # type: ignore[attr-defined]  # shadows the builtin there
+    eval_node, binary, builtin = evaluator._eval_node, evaluator._eval_binary_op, evaluator.call_builtin  # type: ignore[attr-defined]
 
     def guarded_eval_node(value: Any, ast: Any, ctx: Any) -> Any:
-        nodes[0] += 1
-        if not nodes[0] & 63:
-            timed_re.check_deadline()
-        return eval_node(value, ast, ctx)
+        bounds = current_call()
+        if bounds is not None:
+            bounds.check_clock()
+        result = eval_node(value, ast, ctx)
+        if len(result) > MAX_JQ_SIZE or (result and isinstance(result[0], str | list) and len(result[0]) > MAX_JQ_SIZE):
+            raise _jq_too_big(f"value of more than {MAX_JQ_SIZE} items or characters")
+        return result
+
+    def guarded_binary(value: Any, op: str, left: Any, right: Any, ctx: Any) -> Any:
+        if op == "*":  # `"x" * n` repeats the string: check n first
+            _check_jq_repeat(guarded_eval_node(value, right, ctx), lambda: guarded_eval_node(value, left, ctx))
+        return binary(value, op, left, right, ctx)
+
+    def guarded_builtin(value: Any, name: str, args: list[Any], ctx: Any, eval_fn: Any) -> Any:
+        if name == "combinations" and isinstance(value, list):  # the whole product, in one call
+            _check_jq_product(value, eval_fn(value, args[0], ctx)[:1] if args else None)
+        return builtin(value, name, args, ctx, eval_fn)
 
     evaluator._eval_node = guarded_eval_node
+    evaluator._eval_binary_op = guarded_binary
+    evaluator.call_builtin = guarded_builtin  # type: ignore[attr-defined]
+
+
+def _jq_too_big(what: str) -> Exception:
+    from just_bash.interpreter.errors import ExecutionLimitError
+
+    return ExecutionLimitError(what, "memory")
+
+
+def _jq_range(*args: int) -> range:
+    """jq's `range`, bounded (see `_patch_jq`)."""
+    numbers = range(*args)
+    if len(numbers) > MAX_EXPANSION:
+        raise _jq_too_big(f"range of {len(numbers)} numbers is more than {MAX_EXPANSION}")
+    made = _JQ_RANGES.get()
+    if made is not None:
+        made[0] += len(numbers)
+        if made[0] > 10 * MAX_EXPANSION:
+            raise _jq_too_big(f"ranges made more than {10 * MAX_EXPANSION} numbers")
+    return numbers
+
+
+def _check_jq_repeat(counts: list[Any], texts: Callable[[], list[Any]]) -> None:
+    for count in counts:
+        if isinstance(count, int | float) and count > MAX_JQ_SIZE:
+            if any(isinstance(text, str) and len(text) * count > MAX_JQ_SIZE for text in texts()):
+                raise _jq_too_big(f"string repeat of more than {MAX_JQ_SIZE} characters")
+
+
+def _check_jq_product(value: list[Any], repeat: list[Any] | None) -> None:
+    if repeat is None:  # `combinations`: the product of the arrays in `value`
+        counts = [math.prod(len(x) for x in value if isinstance(x, list))]
+    else:  # `combinations(n)`
+        counts = [len(value) ** min(max(0, int(n)), 64) for n in repeat if isinstance(n, int | float)]  # 2**64: enough
+    if any(count > MAX_EXPANSION for count in counts):
+        raise _jq_too_big(f"combinations of more than {MAX_EXPANSION} arrays")
 
 
 def expand_brace_range_bound(start: int, end: int, step: int) -> None:
@@ -388,34 +435,46 @@ class _SandboxedSqlite:
 
 #: Most characters sed's pattern space, hold space and output may hold, each.
 MAX_SED_TEXT = 16 << 20
-#: Characters sed may add to its hold space and output between two looks at them.
+#: Characters sed may add to its other texts (hold space, output, `a`/`i` text, `w` files)
+#: between two looks at them.
 _SED_SLACK = 4 << 20
 
 
 class _SedGuard:
     """One `sed` run's bounds, checked at every command it executes (see `_GuardedSed`)."""
 
-    def __init__(self, limits: Any) -> None:
+    def __init__(self, limits: Any, script: int) -> None:
         self.check_clock = getattr(limits, "check_clock", None)  # the call's deadline (DeadlineLimits)
         self.steps = 0
-        self.grown = 0  # characters the hold space and output may have gained since a look
+        self.script = script + 256  # at most what one command adds of its own (`a`, `i`, `c` text)
+        self.grown = 0  # characters sed's other texts may have gained since a look
+        self.written: dict[str, tuple[int, int]] = {}  # `w` file: (lines seen, their characters)
 
     def step(self, pattern_space: str) -> None:
         self.steps += 1
-        if not self.steps & 63 and self.check_clock is not None:
+        size = len(pattern_space)
+        # A step over a big pattern space is itself long (`y` walks it all): look at the clock.
+        if (not self.steps & 63 or size > 65_536) and self.check_clock is not None:
             self.check_clock()
-        if len(pattern_space) > MAX_SED_TEXT:
+        if size > MAX_SED_TEXT:
             self.stop("pattern space")
-        # A command adds at most the pattern space to the hold space or output (`H`, `p`; `l`
-        # escapes it, up to 4 characters each): look at them when that could pass the slack.
-        self.grown += 4 * len(pattern_space) + 256
+        # A command adds at most the pattern space (`H`, `p`, `w`; `l` escapes it, up to 4
+        # characters each) or its own text (`a`, `i`, `c`) to one of sed's other texts: look at
+        # them when that could pass the slack.
+        self.grown += 4 * size + self.script
         if self.grown > _SED_SLACK:
             self.grown = 0
             frame = sys._getframe(2)  # `_process_content`, which called `_address_matches`
-            for name in ("hold_space", "output"):
-                text = frame.f_locals[name]
-                if len(text) > MAX_SED_TEXT:
+            names = ("hold_space", "output", "append_text", "insert_text")
+            for name in names:
+                if len(frame.f_locals[name]) > MAX_SED_TEXT:
                     self.stop(name.replace("_", " "))
+            for file, lines in frame.f_locals["write_buffers"].items():
+                seen, total = self.written.get(file, (0, 0))
+                total += sum(map(len, lines[seen:]))
+                self.written[file] = (len(lines), total)
+                if total > MAX_SED_TEXT:
+                    self.stop(f"`w {file}` text")
 
     @staticmethod
     def stop(what: str) -> None:
@@ -467,12 +526,20 @@ class _BoundedShuf:
                 elif arg.startswith(short) and len(arg) > 2:
                     values[short] = arg[2:]
         lo, _, hi = values["-i"].partition("-")
-        sizes = [int(hi) - int(lo) + 1] if lo.isdigit() and hi.isdigit() else []
-        if values["-n"].isdigit() and ("-r" in args or "--repeat" in args):
-            sizes.append(int(values["-n"]))
+        sizes = [_as_int(hi) - _as_int(lo) + 1] if _as_int(lo) >= 0 and _as_int(hi) >= 0 else []
+        if "-r" in args or "--repeat" in args:
+            sizes.append(_as_int(values["-n"]))
         if any(size > MAX_EXPANSION for size in sizes):
             return ExecResult(stdout="", stderr=f"shuf: more than {MAX_EXPANSION} lines\n", exit_code=1)
         return await self._original.execute(args, ctx)
+
+
+def _as_int(text: str) -> int:
+    """`text` read as just-bash reads it (Python's `int`: `2_000`, `+5`, ` 7` too); -1 if it is not."""
+    try:
+        return int(text)
+    except ValueError:
+        return -1
 
 
 def _seq_length(args: list[str]) -> int | None:
@@ -483,13 +550,12 @@ def _seq_length(args: list[str]) -> int | None:
         if skip:
             skip = False
             continue
-        if arg in ("-s", "-f"):
-            skip = True
-            continue
         try:
             numbers.append(float(arg))
-        except ValueError:
-            continue  # an option (-w, -s:, --separator=…)
+        except ValueError:  # an option: -w, -s SEP, -sSEP, -ws SEP, --separator=…
+            letters = arg[1:] if arg.startswith("-") and not arg.startswith("--") else ""
+            at = min((letters.find(c) for c in "sf" if c in letters), default=-1)
+            skip = at == len(letters) - 1 and at >= 0  # the value is the next argument
     if not 1 <= len(numbers) <= 3:
         return None
     first, step, last = (1.0, 1.0, numbers[0]) if len(numbers) == 1 else (numbers[0], 1.0, numbers[-1])
@@ -514,7 +580,7 @@ def _guarded_sed() -> Any:
 
     class GuardedSed(SedCommand):
         async def execute(self, args: list[str], ctx: Any) -> Any:
-            token = _SED.set(_SedGuard(ctx.limits))
+            token = _SED.set(_SedGuard(ctx.limits, sum(map(len, args))))
             try:
                 return await super().execute(args, ctx)
             finally:
@@ -565,6 +631,11 @@ def _guarded_awk() -> Any:
 
     class GuardedAwk(AwkCommand):
         async def execute(self, args: list[str], ctx: Any) -> Any:
+            from just_bash.types import ExecResult
+
+            widths = [int(n) for a in args for m in _PRINTF_FIELD.finditer(a) for n in m.groups() if n and n.isdigit()]
+            if any(width > MAX_EXPANSION for width in widths):  # `printf "%300000000s"`: one call
+                return ExecResult(stdout="", stderr=f"awk: printf field width over {MAX_EXPANSION}\n", exit_code=2)
             token = _AWK.set(_AwkGuard(ctx.limits))
             try:
                 return await super().execute(args, ctx)

@@ -11,38 +11,28 @@ bash call (no deadline) patterns match with no timeout, as `re`'s did.
 
 from __future__ import annotations
 
-import contextvars
-import time
+import functools
+import re
 from collections.abc import Callable
 from typing import Any
 
 import regex  # type: ignore[import-untyped]
 
-__all__ = ["DEADLINE", "check_deadline", "install"]
+from regina.runtime.tools.bash.limits import CALL
 
-#: The running bash call's deadline (time.monotonic()) and its timeout in seconds, for messages.
-DEADLINE: contextvars.ContextVar[tuple[float, float] | None] = contextvars.ContextVar(
-    "regina_bash_deadline", default=None
-)
+__all__ = ["install", "unrolled_size"]
 
-#: The matching methods of a compiled pattern that take `timeout` and `concurrent`.
-_MATCHING = ("search", "match", "fullmatch", "sub", "subn", "findall", "finditer", "split")
-
-
-def check_deadline() -> None:
-    """ExecutionLimitError when the running bash call (if any) is past its deadline."""
-    deadline = DEADLINE.get()
-    if deadline is not None and time.monotonic() > deadline[0]:
-        from just_bash.interpreter.errors import ExecutionLimitError
-
-        raise ExecutionLimitError(f"time limit exceeded ({deadline[1]:g} s)", "time")
+#: Seconds a match may take where no bash call's bounds are known: just-bash runs a command
+#: substitution inside an array subscript (`${a[$(…)]}`) on a thread of its own, without the
+#: call's context.
+UNBOUNDED_SECONDS = 10.0
 
 
 def _bounded(call: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    deadline = DEADLINE.get()
-    if deadline is None:
-        return call(*args, concurrent=True, **kwargs)
-    left = deadline[0] - time.monotonic()
+    bounds = CALL.get()
+    if bounds is None:  # not in a bash call's task (a thread just-bash started itself)
+        return call(*args, timeout=UNBOUNDED_SECONDS, concurrent=True, **kwargs)
+    left = bounds.remaining()
     try:
         if left <= 0:
             raise TimeoutError
@@ -50,7 +40,7 @@ def _bounded(call: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, 
     except TimeoutError:
         from just_bash.interpreter.errors import ExecutionLimitError
 
-        raise ExecutionLimitError(f"time limit exceeded ({deadline[1]:g} s)", "time") from None
+        raise ExecutionLimitError(f"time limit exceeded ({bounds.timeout:g} s)", "time") from None
 
 
 class TimedPattern:
@@ -91,14 +81,65 @@ class TimedPattern:
         return repr(self._compiled)
 
 
+#: Most pattern items a regular expression may stand for once its counted repeats are unrolled.
+MAX_UNROLLED = 10_000
+_COUNT = re.compile(r"\{(\d*)(?:,(\d*))?\}")
+
+
+def unrolled_size(pattern: str) -> int:
+    """About how many items `pattern` stands for with its `{m,n}` repeats written out: `regex`
+    unrolls them when it compiles (`(a{1000}){8000}` took 2 GB), where `re` does not."""
+    groups = [[0, 0]]  # per open group: [its size so far, the size of its last item]
+    at = 0
+    while at < len(pattern):
+        char = pattern[at]
+        item = 1
+        if char == "\\":
+            at += 2
+        elif char == "[":  # a class is one item: skip to its closing bracket
+            end = pattern.find(
+                "]", at + (3 if pattern.startswith("[^]", at) else 2 if pattern.startswith("[]", at) else 1)
+            )
+            at = len(pattern) if end < 0 else end + 1
+        elif char == "(":
+            groups.append([0, 0])
+            at += 1
+            continue
+        elif char == ")" and len(groups) > 1:
+            item = max(groups.pop()[0], 1)
+            at += 1
+        elif char == "{" and (count := _COUNT.match(pattern, at)) and (count[1] or count[2]):
+            times = max(int(count[1] or 0), int(count[2] or 0), 1)
+            top = groups[-1]
+            top[0] += top[1] * (times - 1)
+            top[1] *= times
+            at = count.end()
+            continue
+        else:
+            at += 1
+        groups[-1][0] += item
+        groups[-1][1] = item
+    return sum(size for size, _ in groups)
+
+
 def _compile(pattern: Any, flags: int = 0) -> TimedPattern:
     if isinstance(pattern, TimedPattern):
         return pattern
-    return TimedPattern(regex.compile(pattern, flags))  # VERSION0, `re`'s syntax, is the default
+    return _compiled(pattern, flags)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(pattern: Any, flags: int) -> TimedPattern:
+    """Patterns compiled lately (regex's own cache keeps 500, of up to megabytes each)."""
+    if isinstance(pattern, str) and "{" in pattern and (size := unrolled_size(pattern)) > MAX_UNROLLED:
+        raise regex.error(f"pattern too big once its repeats are counted out ({size} items, at most {MAX_UNROLLED})")
+    # VERSION0, `re`'s syntax, is the default
+    return TimedPattern(regex.compile(pattern, flags, cache_pattern=False))
 
 
 class _Module:
-    """Stands in for the `re` module inside just-bash's command modules."""
+    """Stands in for the `re` module inside just-bash's command modules: its functions take
+    `re`'s arguments and match with a compiled pattern (see `_compiled`)."""
 
     error = regex.error
     Pattern = TimedPattern
@@ -106,16 +147,39 @@ class _Module:
     escape = staticmethod(regex.escape)
     compile = staticmethod(_compile)
 
+    @staticmethod
+    def search(pattern: Any, string: Any, flags: int = 0) -> Any:
+        return _compile(pattern, flags).search(string)
+
+    @staticmethod
+    def match(pattern: Any, string: Any, flags: int = 0) -> Any:
+        return _compile(pattern, flags).match(string)
+
+    @staticmethod
+    def fullmatch(pattern: Any, string: Any, flags: int = 0) -> Any:
+        return _compile(pattern, flags).fullmatch(string)
+
+    @staticmethod
+    def sub(pattern: Any, repl: Any, string: Any, count: int = 0, flags: int = 0) -> Any:
+        return _compile(pattern, flags).sub(repl, string, count)
+
+    @staticmethod
+    def subn(pattern: Any, repl: Any, string: Any, count: int = 0, flags: int = 0) -> Any:
+        return _compile(pattern, flags).subn(repl, string, count)
+
+    @staticmethod
+    def split(pattern: Any, string: Any, maxsplit: int = 0, flags: int = 0) -> Any:
+        return _compile(pattern, flags).split(string, maxsplit)
+
+    @staticmethod
+    def findall(pattern: Any, string: Any, flags: int = 0) -> Any:
+        return _compile(pattern, flags).findall(string)
+
+    @staticmethod
+    def finditer(pattern: Any, string: Any, flags: int = 0) -> Any:
+        return _compile(pattern, flags).finditer(string)
+
     def __getattr__(self, name: str) -> Any:
-        if name in _MATCHING:  # regex's module functions take `re`'s arguments, in `re`'s order
-            function = getattr(regex, name)
-
-            def call(pattern: Any, *args: Any, **kwargs: Any) -> Any:
-                if isinstance(pattern, TimedPattern):
-                    pattern = pattern._compiled
-                return _bounded(function, (pattern, *args), kwargs)
-
-            return call
         return getattr(regex, name)  # flags (IGNORECASE, …), purge, …
 
 
@@ -139,10 +203,26 @@ _MODULES = (
 
 
 def install() -> None:
-    """Point the `re` of just-bash's pattern-matching modules at the bounded stand-in."""
+    """Point the `re` of just-bash's pattern-matching modules at the bounded stand-in, and
+    match `[[ x == +(…) ]]`'s extended globs with it too (just-bash imports `re` inside that
+    function: `[[ aaaaaaaaaaaaaaaaaaaaaaaaaaaaac == +(+(a)) ]]` held the GIL for 20 s)."""
+    import fnmatch
     import importlib
 
     stand_in = _Module()
     for name in _MODULES:
         module = importlib.import_module(name)
         module.re = stand_in  # type: ignore[attr-defined]
+
+    from just_bash.interpreter import conditionals
+    from just_bash.interpreter.expansion import glob_to_regex
+
+    def match_pattern(value: str, pattern: str) -> bool:  # conditionals.match_pattern, bounded
+        if re.search(r"[@?*+!]\(", pattern):
+            try:
+                return bool(stand_in.match("^" + glob_to_regex(pattern) + "$", value))
+            except regex.error:
+                pass
+        return fnmatch.fnmatch(value, pattern)
+
+    conditionals.match_pattern = match_pattern

@@ -30,9 +30,8 @@ from regina.config import Limits
 from regina.errors import ReginaError, ToolError, VFSError
 from regina.runtime.aio import run_coro
 from regina.runtime.tools.base import Tool
-from regina.runtime.tools.bash import timed_re
 from regina.runtime.tools.bash.fs import VFSBashFs
-from regina.runtime.tools.bash.limits import DeadlineLimits
+from regina.runtime.tools.bash.limits import CALL, DeadlineLimits
 from regina.runtime.tools.bash.output import clean, truncate_output
 from regina.runtime.tools.bash.patches import command_registry, patch_interpreter
 from regina.vfs.base import VFS
@@ -114,7 +113,7 @@ def bash_tool(vfs: VFS, *, env: dict[str, str], limits: Limits, network: bool = 
             unescape_html=False,
         )
         bounds.variables = lambda: shell._interpreter.state.env
-        timed_re.DEADLINE.set((deadline, limits.bash_timeout))  # this call's task only
+        CALL.set(bounds)  # this call's task only
         try:
             result = await asyncio.wait_for(shell.exec(command), timeout=limits.bash_timeout)
         except TimeoutError:
@@ -127,6 +126,8 @@ def bash_tool(vfs: VFS, *, env: dict[str, str], limits: Limits, network: bool = 
             return _limit_result(reason, code)
         except _SHELL_ERRORS as exc:
             return _shell_error(exc)
+        if bounds.remaining() < 0:  # a command caught the deadline's error and went on (jq's `try`)
+            return _limit_result(f"time limit exceeded ({limits.bash_timeout:g} s)", 124)
         return {"stdout": result.stdout, "stderr": result.stderr, "exitCode": int(result.exit_code)}
 
     def bash(params: BashParams) -> dict[str, Any]:
