@@ -158,3 +158,34 @@ def test_a_delegate_too_slow_for_the_callers_deadline_is_given_up_and_cancelled(
         (child,) = {i["instanceId"] for i in slow_api.get("/agents/helper-agent/instances").json()}
         again = slow_api.post(f"/instances/{child}/chat", json={"message": "quick one"}, timeout=15)
         assert again.json()["text"] == "HELPER answers: quick one"
+
+
+def test_cancelling_the_callers_run_cancels_the_delegate_s_run(api: httpx.Client, fake_llm: FakeLLM) -> None:
+    """A cancel of the caller's run while its delegate is still working ends both: the caller's
+    run at once, the child's run too (it would otherwise wait on its slow model call)."""
+
+    def slow_helper(req: RecordedRequest) -> Reply:
+        if "You are HELPER" in req.all_text and req.last_user_text == "think hard":
+            return Reply(text="too late", delay=30)
+        return script(req)
+
+    fake_llm.default = slow_helper
+    boss = spawn(api, "boss-agent")
+    before = helpers(api)
+    with api.stream("POST", f"/instances/{boss}/chat/stream", json={"message": "ask: think hard"}) as stream:
+        run_id = stream.headers["X-Run-Id"]
+        deadline = time.monotonic() + 20
+        while not any(r.last_user_text == "think hard" and "You are HELPER" in r.all_text for r in fake_llm.requests):
+            assert time.monotonic() < deadline, "the helper's model call never came"
+            time.sleep(0.05)
+        t0 = time.monotonic()
+        assert api.post(f"/runs/{run_id}/cancel").json() == {"cancelled": True}
+        events = [json.loads(line) for line in stream.iter_lines() if line.strip()]
+    assert time.monotonic() - t0 < 5
+    assert events[-1]["type"] == "finish" and events[-1]["finishReason"] == "cancelled", events[-1]
+    (child,) = helpers(api) - before
+    # The child's run was cancelled too: it answers the next chat at once, not after 30 s.
+    t1 = time.monotonic()
+    again = api.post(f"/instances/{child}/chat", json={"message": "quick one"}, timeout=15)
+    assert again.status_code == 200 and again.json()["text"] == "HELPER answers: quick one"
+    assert time.monotonic() - t1 < 10
