@@ -480,6 +480,8 @@ def test_seq_refuses_what_it_would_cut_short() -> None:
         "echo {s} | grep -E '^(a|aa)+$'",
         "echo {s} | sed -E 's/^(a|aa)+$/x/'",
         "[[ {s} =~ ^(a|aa)+$ ]]",
+        "[[ {s} == +(a|aa) ]]",  # extended globs become regular expressions
+        "shopt -s extglob; case {s} in +(a|aa)) echo m;; esac",
     ],
 )
 def test_a_catastrophic_regex_stops_at_the_deadline_and_lets_other_threads_run(command: str) -> None:

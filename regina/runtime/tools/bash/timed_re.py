@@ -203,10 +203,10 @@ _MODULES = (
 
 
 def install() -> None:
-    """Point the `re` of just-bash's pattern-matching modules at the bounded stand-in, and
-    match `[[ x == +(…) ]]`'s extended globs with it too (just-bash imports `re` inside that
-    function: `[[ aaaaaaaaaaaaaaaaaaaaaaaaaaaaac == +(+(a)) ]]` held the GIL for 20 s)."""
-    import fnmatch
+    """Point the `re` of just-bash's pattern-matching modules at the bounded stand-in, and of
+    the two functions that import `re` themselves: `[[ x == +(…) ]]` and `case` patterns with
+    extended globs (`case aaaaaaaaaaaaaaaaaaaaaaaaaac in +(+(a)))` held the GIL for 1.4 s,
+    every further `a` doubling it)."""
     import importlib
 
     stand_in = _Module()
@@ -214,15 +214,37 @@ def install() -> None:
         module = importlib.import_module(name)
         module.re = stand_in  # type: ignore[attr-defined]
 
-    from just_bash.interpreter import conditionals
-    from just_bash.interpreter.expansion import glob_to_regex
+    from just_bash.interpreter import conditionals, control_flow, interpreter
 
-    def match_pattern(value: str, pattern: str) -> bool:  # conditionals.match_pattern, bounded
-        if re.search(r"[@?*+!]\(", pattern):
-            try:
-                return bool(stand_in.match("^" + glob_to_regex(pattern) + "$", value))
-            except regex.error:
-                pass
-        return fnmatch.fnmatch(value, pattern)
+    conditionals.match_pattern = _importing_stand_in(conditionals.match_pattern, stand_in)
+    execute_case = _importing_stand_in(control_flow.execute_case, stand_in)
+    control_flow.execute_case = interpreter.execute_case = execute_case  # type: ignore[attr-defined]
 
-    conditionals.match_pattern = match_pattern
+
+def _importing_stand_in(function: Any, stand_in: _Module) -> Any:
+    """`function` once more, with its own `import re` giving `stand_in`: a function's builtins
+    (`__import__` among them) are its module's at the moment it is made, so it is made while the
+    module's `__builtins__` say so, then those are put back."""
+    import builtins
+    import types
+
+    def bounded_import(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "re":
+            return stand_in
+        return builtins.__import__(name, *args, **kwargs)
+
+    namespace = function.__globals__
+    before = namespace["__builtins__"]
+    namespace["__builtins__"] = {**vars(builtins), "__import__": bounded_import}
+    try:
+        made = types.FunctionType(
+            function.__code__, namespace, function.__name__, function.__defaults__, function.__closure__
+        )
+    finally:
+        namespace["__builtins__"] = before
+    made.__kwdefaults__, made.__qualname__, made.__doc__ = (
+        function.__kwdefaults__,
+        function.__qualname__,
+        function.__doc__,
+    )
+    return made
