@@ -562,3 +562,41 @@ def test_a_pattern_regex_would_unroll_into_gigabytes_is_refused() -> None:
     assert out["exitCode"] == 2 and "pattern too big once its repeats are counted out (8000000 items" in out["stderr"]
     out = bash.call_sync({"command": "echo 2024-01-05 | grep -oE '[0-9]{4}-[0-9]{2}'; echo aaa | sed 's/a\\{2\\}/x/'"})
     assert out["stdout"] == "2024-01\nxa\n"
+
+
+def test_one_command_step_cannot_build_gigabytes() -> None:
+    """Commands that built their whole output in one step, before any limit was looked at: a tar
+    of bzip2 streams joined (6 KB made in the sandbox, 500 MB once decompressed), `tr` ranges over
+    all of Unicode, `nl -w` / `expand -t` widths, `printf -v` widths, SQLite's `zeroblob`."""
+    bash = bash_tool(MemoryVFS(), env=_env(), limits=Limits(bash_timeout=5))
+    ten = " ".join(["/t.tbz"] * 10)
+    eight = " ".join(["/c.tbz"] * 8)
+    made = bash.call_sync(
+        {
+            "command": "printf '%01000000d' 0 > /one; cat /one /one /one /one /one /one /one /one /one /one > /t; "
+            f"tar -cjf /t.tbz /t; cat {ten} > /c.tbz; cat {eight} > /b.tbz; ls -l /b.tbz"
+        }
+    )
+    assert int(made["stdout"].split()[4]) < 20_000, made  # ls -l's size column
+    cases = {
+        "tar -tjf /b.tbz": "more than 67108864 bytes once decompressed",
+        "echo abc | tr -d $'\\x01-\\U10FFFF\\x01-\\U10FFFF'": "tr: set of more than 1000000 characters",
+        "seq 3 | nl -w 100000000": "nl: width over 10000",
+        "printf 'a\\tb' | expand -t 100000000": "expand: width over 10000",
+        "printf -v y '%100000000s' x": "printf: field width over 1000000",
+        "sqlite3 :memory: 'select length(zeroblob(300000000))'": "string or blob too big",
+    }
+    for command, error in cases.items():
+        out = bash.call_sync({"command": command})
+        assert error in out["stderr"] + out["stdout"], (command, out)
+    out = bash.call_sync(
+        {"command": "tar -tjf /t.tbz; seq 2 | nl -w 3; printf -v y '%3s' x; echo \"[$y]\"; echo ab | tr a-b x-y"}
+    )
+    assert out["stdout"] == "/t\n  1\t1\n  2\t2\n[  x]\nxy\n", out
+
+
+def test_a_script_a_command_cannot_parse_is_a_shell_error() -> None:
+    """xargs parses its input as a script: past the parser's token cap its error escaped the tool."""
+    bash = bash_tool(MemoryVFS(), env=_env(), limits=Limits())
+    out = bash.call_sync({"command": "seq 100000 | xargs echo | wc -c"})
+    assert out["exitCode"] == 2 and out["stderr"].startswith("bash: syntax error: Too many tokens"), out

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from regina.runtime.tools.bash import timed_re
+from regina.runtime.tools.bash import compressed, timed_re
 from regina.runtime.tools.bash.limits import current_call
 
 __all__ = ["patch_interpreter", "command_registry"]
@@ -154,6 +154,7 @@ def patch_interpreter() -> None:
     _patch_brace_ranges()
     _patch_jq()
     timed_re.install()
+    compressed.install()
     _patched = True
 
 
@@ -302,7 +303,8 @@ class _BoundedPrintf:
     async def execute(self, args: list[str], ctx: Any) -> Any:
         from just_bash.types import ExecResult
 
-        fmt = next((a for a in args if not a.startswith("-")), "")
+        rest = args[2:] if args[:1] == ["-v"] else args  # `printf -v NAME FORMAT …`
+        fmt = next((a for a in rest if not a.startswith("-")), "")
         numbers = [int(n) for m in _PRINTF_FIELD.finditer(fmt) for n in m.groups() if n and n.isdigit()]
         if "*" in fmt:  # widths given as arguments
             numbers += [int(a) for a in args if a.lstrip("-").isdigit()]
@@ -402,6 +404,8 @@ def _patch_arithmetic() -> None:
 
 #: SQLite VM instructions one `sqlite3` statement may run (checked every 1 000): about a second.
 SQLITE_STEPS = 20_000_000
+#: Most bytes of one SQLite string or blob (`zeroblob(300000000)` took 300 MB in one VM step).
+SQLITE_MAX_LENGTH = 16 << 20
 
 
 def _deny_files(action: int, *_args: Any) -> int:
@@ -422,6 +426,7 @@ class _SandboxedSqlite:
     def connect(database: str) -> sqlite3.Connection:
         conn = sqlite3.connect(":memory:")
         conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
+        conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, SQLITE_MAX_LENGTH)  # zeroblob(3e8): one VM step
         conn.set_authorizer(_deny_files)
         calls = [0]
 
@@ -531,6 +536,53 @@ class _BoundedShuf:
             sizes.append(_as_int(values["-n"]))
         if any(size > MAX_EXPANSION for size in sizes):
             return ExecResult(stdout="", stderr=f"shuf: more than {MAX_EXPANSION} lines\n", exit_code=1)
+        return await self._original.execute(args, ctx)
+
+
+class _BoundedWidths:
+    """A command whose widths stay under MAX_WIDTH: `nl -w 100000000` padded every line number to
+    100 MB and `expand -t 100000000` every tab, in one step each (2 GB)."""
+
+    def __init__(self, original: Any, options: tuple[str, ...]) -> None:
+        self._original = original
+        self.name = original.name
+        self._options = options
+
+    async def execute(self, args: list[str], ctx: Any) -> Any:
+        from just_bash.types import ExecResult
+
+        for at, arg in enumerate(args):
+            for option in self._options:
+                value = args[at + 1] if arg == option and at + 1 < len(args) else ""
+                if arg.startswith(option) and arg != option:
+                    value = arg[len(option) :].lstrip("=")
+                numbers = [_as_int(n) for n in value.split(",") if n.strip()]
+                if any(n > MAX_WIDTH for n in numbers):
+                    return ExecResult(stdout="", stderr=f"{self.name}: width over {MAX_WIDTH}\n", exit_code=1)
+        return await self._original.execute(args, ctx)
+
+
+#: Most columns `nl -w` and `expand -t` may pad to.
+MAX_WIDTH = 10_000
+_TR_RANGE = re.compile(r"(.)-(.)", re.DOTALL)
+
+
+class _BoundedTr:
+    """`tr` whose sets stay under MAX_EXPANSION characters: just-bash writes a range out whole,
+    and ten ranges over all of Unicode took a gigabyte in one step."""
+
+    name = "tr"
+
+    def __init__(self, original: Any) -> None:
+        self._original = original
+
+    async def execute(self, args: list[str], ctx: Any) -> Any:
+        from just_bash.types import ExecResult
+
+        for arg in args:
+            size = sum(max(0, ord(m[2]) - ord(m[1]) + 1) for m in _TR_RANGE.finditer(arg))
+            if size > MAX_EXPANSION:
+                return ExecResult(stdout="", stderr=f"tr: set of more than {MAX_EXPANSION} characters\n", exit_code=1)
         return await self._original.execute(args, ctx)
 
 
@@ -675,4 +727,7 @@ def command_registry(network: bool) -> dict[str, Any]:
     commands["awk"] = _guarded_awk()
     commands["jq"] = _BoundedJq(commands["jq"])
     commands["shuf"] = _BoundedShuf(commands["shuf"])
+    commands["tr"] = _BoundedTr(commands["tr"])
+    commands["nl"] = _BoundedWidths(commands["nl"], ("-w", "--number-width"))
+    commands["expand"] = _BoundedWidths(commands["expand"], ("-t", "--tabs"))
     return commands

@@ -82,6 +82,7 @@ def bash_tool(vfs: VFS, *, env: dict[str, str], limits: Limits, network: bool = 
     """The `bash` tool over `vfs` with exactly `env` as its environment."""
     from just_bash import Bash, NetworkConfig
     from just_bash.interpreter.errors import ExecutionLimitError
+    from just_bash.parser.parser import ParseException
 
     patch_interpreter()
     fs = VFSBashFs(vfs)
@@ -126,6 +127,8 @@ def bash_tool(vfs: VFS, *, env: dict[str, str], limits: Limits, network: bool = 
             return _limit_result(reason, code)
         except _SHELL_ERRORS as exc:
             return _shell_error(exc)
+        except ParseException as exc:  # raised by a command that parses a script itself (xargs)
+            return {"stdout": "", "stderr": f"bash: syntax error: {exc}\n", "exitCode": 2}
         if bounds.remaining() < 0:  # a command caught the deadline's error and went on (jq's `try`)
             return _limit_result(f"time limit exceeded ({limits.bash_timeout:g} s)", 124)
         return {"stdout": result.stdout, "stderr": result.stderr, "exitCode": int(result.exit_code)}
