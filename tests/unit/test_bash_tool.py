@@ -600,3 +600,13 @@ def test_a_script_a_command_cannot_parse_is_a_shell_error() -> None:
     bash = bash_tool(MemoryVFS(), env=_env(), limits=Limits())
     out = bash.call_sync({"command": "seq 100000 | xargs echo | wc -c"})
     assert out["exitCode"] == 2 and out["stderr"].startswith("bash: syntax error: Too many tokens"), out
+
+
+def test_a_pattern_substitution_cannot_build_gigabytes() -> None:
+    """`${x//?/$x}` with a 30 KB `x`: 900 MB joined in one call, before the variables' cap looked."""
+    bash = bash_tool(MemoryVFS(), env=_env(), limits=Limits())
+    out = bash.call_sync({"command": 'x=$(printf "%30000s" ""); y=${x//?/$x}; echo ${#y}'})
+    assert out["exitCode"] == 125 and "a pattern substitution would make more than 67108864 bytes" in out["stderr"]
+    command = 'x=abcabc; echo ${x//b/XY} ${x//[ac]/} ${x//?/-}; x=$(printf "%3000s" ""); y=${x// /ab}; echo ${#y}'
+    out = bash.call_sync({"command": command})
+    assert out["stdout"] == "aXYcaXYc bb ------\n6000\n"

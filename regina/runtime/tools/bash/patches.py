@@ -152,6 +152,7 @@ def patch_interpreter() -> None:
     _patch_pipeline_stderr(Interpreter)
     _patch_arithmetic()
     _patch_brace_ranges()
+    _patch_replace_all()
     _patch_jq()
     timed_re.install()
     compressed.install()
@@ -161,6 +162,33 @@ def patch_interpreter() -> None:
 #: Most words one brace range (`{1..N}`) or one printf field width makes: `{1..100000000}` and
 #: `printf '%2000000000s'` built gigabytes in one statement, before any limit was checked.
 MAX_EXPANSION = 1_000_000
+
+
+def _patch_replace_all() -> None:
+    """`${x//pattern/replacement}` stays under MAX_VARIABLE_BYTES: just-bash joins the pieces in
+    one call, and `${x//?/$x}` with a 30 KB `x` built 900 MB before the variables' cap could look.
+    When the worst case (every character a match) could pass the cap, the matches are counted
+    first (a second pass of the bounded pattern)."""
+    from just_bash.interpreter import expansion
+
+    from regina.runtime.tools.bash.limits import MAX_VARIABLE_BYTES
+
+    replace_all = expansion._bash_replace_all
+
+    def bounded_replace_all(regex_pattern: str, replacement: str, value: str) -> str:
+        if len(replacement) * (len(value) + 1) > MAX_VARIABLE_BYTES:
+            matches = 0
+            for _ in timed_re.compiled(regex_pattern).finditer(value):
+                matches += 1
+            if len(value) + matches * len(replacement) > MAX_VARIABLE_BYTES:
+                from just_bash.interpreter.errors import ExecutionLimitError
+
+                raise ExecutionLimitError(
+                    f"a pattern substitution would make more than {MAX_VARIABLE_BYTES} bytes", "memory"
+                )
+        return str(replace_all(regex_pattern, replacement, value))
+
+    expansion._bash_replace_all = bounded_replace_all
 
 
 def _patch_brace_ranges() -> None:

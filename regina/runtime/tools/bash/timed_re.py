@@ -20,7 +20,7 @@ import regex  # type: ignore[import-untyped]
 
 from regina.runtime.tools.bash.limits import CALL
 
-__all__ = ["install", "unrolled_size"]
+__all__ = ["compiled", "install", "unrolled_size"]
 
 #: Seconds a match may take where no bash call's bounds are known: just-bash runs a command
 #: substitution inside an array subscript (`${a[$(…)]}`) on a thread of its own, without the
@@ -126,6 +126,11 @@ def _compile(pattern: Any, flags: int = 0) -> TimedPattern:
     if isinstance(pattern, TimedPattern):
         return pattern
     return _compiled(pattern, flags)
+
+
+def compiled(pattern: str) -> TimedPattern:
+    """`pattern` compiled as just-bash's commands get it: bounded by the running call."""
+    return _compile(pattern)
 
 
 @functools.lru_cache(maxsize=64)
