@@ -14,12 +14,16 @@ from regina.config import Limits
 #: terabyte in forty statements, each within every other limit.
 MAX_VARIABLE_BYTES = 64 << 20
 
+#: Most words one brace range (`{1..N}`), printf field width, jq `range` or shuf makes: `{1..100000000}` and
+#: `printf '%2000000000s'` built gigabytes in one statement, before any limit was checked.
+MAX_EXPANSION = 1_000_000
+
 #: Most the process's peak memory may grow during one call (KiB, as getrusage counts it): a
 #: safety net under the per-command caps, for what one of just-bash's commands builds that no
 #: cap foresaw (checked with the clock).
 MAX_CALL_GROWTH_KB = 1 << 20
 
-__all__ = ["CALL", "DeadlineLimits", "current_call", "MAX_CALL_GROWTH_KB"]
+__all__ = ["CALL", "DeadlineLimits", "current_call", "MAX_CALL_GROWTH_KB", "MAX_EXPANSION", "MAX_VARIABLE_BYTES"]
 
 
 def _peak_kb() -> int:

@@ -1,5 +1,8 @@
-"""Fixes to just-bash where it differs from bash: `cat` copies bytes exactly, `>file 2>&1`
-sends stderr to the file, and a redirection into a missing directory fails before any output.
+"""Fixes to just-bash's interpreter where it differs from bash or runs away: `cat` copies bytes
+exactly, `>file 2>&1` sends stderr to the file, a redirection into a missing directory fails
+before any output, a pipeline keeps every stage's stderr, arithmetic is 64-bit, brace ranges and
+pattern substitutions are bounded, `sqlite3` is sandboxed; and the registry of commands, with
+the guarded programs (programs.py) and argument-checked commands (bounded_commands.py).
 Installed once per process (only Regina uses just-bash).
 """
 
@@ -8,15 +11,13 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import functools
-import math
-import re
 import sqlite3
-import sys
-from collections.abc import Callable
 from typing import Any
 
 from regina.runtime.tools.bash import compressed, timed_re
-from regina.runtime.tools.bash.limits import current_call
+from regina.runtime.tools.bash.bounded_commands import bounded_commands
+from regina.runtime.tools.bash.limits import MAX_EXPANSION
+from regina.runtime.tools.bash.programs import BoundedJq, guarded_awk, guarded_sed, patch_jq
 
 __all__ = ["patch_interpreter", "command_registry"]
 
@@ -153,15 +154,10 @@ def patch_interpreter() -> None:
     _patch_arithmetic()
     _patch_brace_ranges()
     _patch_replace_all()
-    _patch_jq()
+    patch_jq()
     timed_re.install()
     compressed.install()
     _patched = True
-
-
-#: Most words one brace range (`{1..N}`) or one printf field width makes: `{1..100000000}` and
-#: `printf '%2000000000s'` built gigabytes in one statement, before any limit was checked.
-MAX_EXPANSION = 1_000_000
 
 
 def _patch_replace_all() -> None:
@@ -212,133 +208,11 @@ def _patch_brace_ranges() -> None:
     expansion._expand_sequence = expand_sequence
 
 
-#: Numbers the `range`s of one jq program have made so far (None outside a `jq` command).
-_JQ_RANGES: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("regina_jq_ranges", default=None)
-
-
-class _BoundedJq:
-    """`jq` whose `range`s make at most MAX_EXPANSION numbers in all (see `_patch_jq`)."""
-
-    name = "jq"
-
-    def __init__(self, original: Any) -> None:
-        self._original = original
-
-    async def execute(self, args: list[str], ctx: Any) -> Any:
-        token = _JQ_RANGES.set([0])
-        try:
-            return await self._original.execute(args, ctx)
-        finally:
-            _JQ_RANGES.reset(token)
-
-
-#: Most characters of one jq string and items of one jq array or result list.
-MAX_JQ_SIZE = 16 << 20
-
-
-def _patch_jq() -> None:
-    """jq's evaluator (just-bash's query engine) builds every result list whole, in one
-    synchronous recursion, and catches every exception in `try`, `limit` and friends:
-    `[range(1e9)]` built a billion ints in one C call, `"x" * 1e10` ten gigabytes, `.+.` in a
-    `reduce` doubled a string thirty times within the timeout, and a `try` caught the
-    deadline's error and went on. Here a `range` makes at most MAX_EXPANSION numbers and a
-    program's ranges ten times that, a string repeat, a product or a node's result stays within
-    MAX_JQ_SIZE or MAX_EXPANSION, and past the call's bounds every node fails (a `try` cannot
-    outlast them; the tool reports the timeout whatever the program printed after)."""
-    from just_bash.query_engine import builtins as jq_builtins
-    from just_bash.query_engine import evaluator
-
-    jq_builtins.range = _jq_range  # type: ignore[attr-defined]  # shadows the builtin there
-    eval_node, binary, builtin = evaluator._eval_node, evaluator._eval_binary_op, evaluator.call_builtin  # type: ignore[attr-defined]
-
-    def guarded_eval_node(value: Any, ast: Any, ctx: Any) -> Any:
-        bounds = current_call()
-        if bounds is not None:
-            bounds.check_clock()
-        result = eval_node(value, ast, ctx)
-        if len(result) > MAX_JQ_SIZE or (result and isinstance(result[0], str | list) and len(result[0]) > MAX_JQ_SIZE):
-            raise _jq_too_big(f"value of more than {MAX_JQ_SIZE} items or characters")
-        return result
-
-    def guarded_binary(value: Any, op: str, left: Any, right: Any, ctx: Any) -> Any:
-        if op == "*":  # `"x" * n` repeats the string: check n first
-            _check_jq_repeat(guarded_eval_node(value, right, ctx), lambda: guarded_eval_node(value, left, ctx))
-        return binary(value, op, left, right, ctx)
-
-    def guarded_builtin(value: Any, name: str, args: list[Any], ctx: Any, eval_fn: Any) -> Any:
-        if name == "combinations" and isinstance(value, list):  # the whole product, in one call
-            _check_jq_product(value, eval_fn(value, args[0], ctx)[:1] if args else None)
-        return builtin(value, name, args, ctx, eval_fn)
-
-    evaluator._eval_node = guarded_eval_node
-    evaluator._eval_binary_op = guarded_binary
-    evaluator.call_builtin = guarded_builtin  # type: ignore[attr-defined]
-
-
-def _jq_too_big(what: str) -> Exception:
-    from just_bash.interpreter.errors import ExecutionLimitError
-
-    return ExecutionLimitError(what, "memory")
-
-
-def _jq_range(*args: int) -> range:
-    """jq's `range`, bounded (see `_patch_jq`)."""
-    numbers = range(*args)
-    if len(numbers) > MAX_EXPANSION:
-        raise _jq_too_big(f"range of {len(numbers)} numbers is more than {MAX_EXPANSION}")
-    made = _JQ_RANGES.get()
-    if made is not None:
-        made[0] += len(numbers)
-        if made[0] > 10 * MAX_EXPANSION:
-            raise _jq_too_big(f"ranges made more than {10 * MAX_EXPANSION} numbers")
-    return numbers
-
-
-def _check_jq_repeat(counts: list[Any], texts: Callable[[], list[Any]]) -> None:
-    for count in counts:
-        if isinstance(count, int | float) and count > MAX_JQ_SIZE:
-            if any(isinstance(text, str) and len(text) * count > MAX_JQ_SIZE for text in texts()):
-                raise _jq_too_big(f"string repeat of more than {MAX_JQ_SIZE} characters")
-
-
-def _check_jq_product(value: list[Any], repeat: list[Any] | None) -> None:
-    if repeat is None:  # `combinations`: the product of the arrays in `value`
-        counts = [math.prod(len(x) for x in value if isinstance(x, list))]
-    else:  # `combinations(n)`
-        counts = [len(value) ** min(max(0, int(n)), 64) for n in repeat if isinstance(n, int | float)]  # 2**64: enough
-    if any(count > MAX_EXPANSION for count in counts):
-        raise _jq_too_big(f"combinations of more than {MAX_EXPANSION} arrays")
-
-
 def expand_brace_range_bound(start: int, end: int, step: int) -> None:
     """ValueError when `{start..end..step}` would make more than MAX_EXPANSION words."""
     count = abs(end - start) // max(abs(step), 1) + 1
     if count > MAX_EXPANSION:
         raise ValueError(f"brace range of {count} words is more than {MAX_EXPANSION}")
-
-
-_PRINTF_FIELD = re.compile(r"%[-+ #0']*(\*|\d+)?(?:\.(\*|\d+))?")
-
-
-class _BoundedPrintf:
-    """`printf` whose field widths and precisions stay under MAX_EXPANSION (see there)."""
-
-    name = "printf"
-
-    def __init__(self, original: Any) -> None:
-        self._original = original
-
-    async def execute(self, args: list[str], ctx: Any) -> Any:
-        from just_bash.types import ExecResult
-
-        rest = args[2:] if args[:1] == ["-v"] else args  # `printf -v NAME FORMAT …`
-        fmt = next((a for a in rest if not a.startswith("-")), "")
-        numbers = [int(n) for m in _PRINTF_FIELD.finditer(fmt) for n in m.groups() if n and n.isdigit()]
-        if "*" in fmt:  # widths given as arguments
-            numbers += [int(a) for a in args if a.lstrip("-").isdigit()]
-        if any(abs(n) > MAX_EXPANSION for n in numbers):
-            return ExecResult(stdout="", stderr=f"printf: field width over {MAX_EXPANSION}\n", exit_code=1)
-        return await self._original.execute(args, ctx)
 
 
 #: The stderr of each stage of the pipeline being run (None outside one, and inside a stage).
@@ -466,279 +340,6 @@ class _SandboxedSqlite:
         return conn
 
 
-#: Most characters sed's pattern space, hold space and output may hold, each.
-MAX_SED_TEXT = 16 << 20
-#: Characters sed may add to its other texts (hold space, output, `a`/`i` text, `w` files)
-#: between two looks at them.
-_SED_SLACK = 4 << 20
-
-
-class _SedGuard:
-    """One `sed` run's bounds, checked at every command it executes (see `_GuardedSed`)."""
-
-    def __init__(self, limits: Any, script: int) -> None:
-        self.check_clock = getattr(limits, "check_clock", None)  # the call's deadline (DeadlineLimits)
-        self.steps = 0
-        self.script = script + 256  # at most what one command adds of its own (`a`, `i`, `c` text)
-        self.grown = 0  # characters sed's other texts may have gained since a look
-        self.written: dict[str, tuple[int, int]] = {}  # `w` file: (lines seen, their characters)
-
-    def step(self, pattern_space: str) -> None:
-        self.steps += 1
-        size = len(pattern_space)
-        # A step over a big pattern space is itself long (`y` walks it all): look at the clock.
-        if (not self.steps & 63 or size > 65_536) and self.check_clock is not None:
-            self.check_clock()
-        if size > MAX_SED_TEXT:
-            self.stop("pattern space")
-        # A command adds at most the pattern space (`H`, `p`, `w`; `l` escapes it, up to 4
-        # characters each) or its own text (`a`, `i`, `c`) to one of sed's other texts: look at
-        # them when that could pass the slack.
-        self.grown += 4 * size + self.script
-        if self.grown > _SED_SLACK:
-            self.grown = 0
-            frame = sys._getframe(2)  # `_process_content`, which called `_address_matches`
-            names = ("hold_space", "output", "append_text", "insert_text")
-            for name in names:
-                if len(frame.f_locals[name]) > MAX_SED_TEXT:
-                    self.stop(name.replace("_", " "))
-            for file, lines in frame.f_locals["write_buffers"].items():
-                seen, total = self.written.get(file, (0, 0))
-                total += sum(map(len, lines[seen:]))
-                self.written[file] = (len(lines), total)
-                if total > MAX_SED_TEXT:
-                    self.stop(f"`w {file}` text")
-
-    @staticmethod
-    def stop(what: str) -> None:
-        from just_bash.interpreter.errors import ExecutionLimitError
-
-        raise ExecutionLimitError(f"sed's {what} is over {MAX_SED_TEXT} characters", "memory")
-
-
-#: Numbers just-bash's `seq` makes at most: it stopped there silently (`seq 200000 | wc -l` said 100000).
-MAX_SEQ = 100_000
-
-
-class _BoundedSeq:
-    """`seq` that refuses a sequence longer than MAX_SEQ instead of cutting it short silently."""
-
-    name = "seq"
-
-    def __init__(self, original: Any) -> None:
-        self._original = original
-
-    async def execute(self, args: list[str], ctx: Any) -> Any:
-        from just_bash.types import ExecResult
-
-        count = _seq_length(args)
-        if count is not None and count > MAX_SEQ:
-            return ExecResult(stdout="", stderr=f"seq: {count} numbers is more than {MAX_SEQ}\n", exit_code=1)
-        return await self._original.execute(args, ctx)
-
-
-class _BoundedShuf:
-    """`shuf` whose `-i LO-HI` range and `-r -n COUNT` stay under MAX_EXPANSION: just-bash built
-    the whole range first (`shuf -i 1-1000000000 -n 3` took 6 GB and held the shared loop)."""
-
-    name = "shuf"
-
-    def __init__(self, original: Any) -> None:
-        self._original = original
-
-    async def execute(self, args: list[str], ctx: Any) -> Any:
-        from just_bash.types import ExecResult
-
-        values = {"-i": "", "-n": ""}
-        for at, arg in enumerate(args):
-            for short, long in (("-i", "--input-range="), ("-n", "--head-count=")):
-                if arg == short and at + 1 < len(args):
-                    values[short] = args[at + 1]
-                elif arg.startswith(long):
-                    values[short] = arg[len(long) :]
-                elif arg.startswith(short) and len(arg) > 2:
-                    values[short] = arg[2:]
-        lo, _, hi = values["-i"].partition("-")
-        sizes = [_as_int(hi) - _as_int(lo) + 1] if _as_int(lo) >= 0 and _as_int(hi) >= 0 else []
-        if "-r" in args or "--repeat" in args:
-            sizes.append(_as_int(values["-n"]))
-        if any(size > MAX_EXPANSION for size in sizes):
-            return ExecResult(stdout="", stderr=f"shuf: more than {MAX_EXPANSION} lines\n", exit_code=1)
-        return await self._original.execute(args, ctx)
-
-
-class _BoundedWidths:
-    """A command whose widths stay under MAX_WIDTH: `nl -w 100000000` padded every line number to
-    100 MB and `expand -t 100000000` every tab, in one step each (2 GB)."""
-
-    def __init__(self, original: Any, options: tuple[str, ...]) -> None:
-        self._original = original
-        self.name = original.name
-        self._options = options
-
-    async def execute(self, args: list[str], ctx: Any) -> Any:
-        from just_bash.types import ExecResult
-
-        for at, arg in enumerate(args):
-            for option in self._options:
-                value = args[at + 1] if arg == option and at + 1 < len(args) else ""
-                if arg.startswith(option) and arg != option:
-                    value = arg[len(option) :].lstrip("=")
-                numbers = [_as_int(n) for n in value.split(",") if n.strip()]
-                if any(n > MAX_WIDTH for n in numbers):
-                    return ExecResult(stdout="", stderr=f"{self.name}: width over {MAX_WIDTH}\n", exit_code=1)
-        return await self._original.execute(args, ctx)
-
-
-#: Most columns `nl -w` and `expand -t` may pad to.
-MAX_WIDTH = 10_000
-_TR_RANGE = re.compile(r"(.)-(.)", re.DOTALL)
-
-
-class _BoundedTr:
-    """`tr` whose sets stay under MAX_EXPANSION characters: just-bash writes a range out whole,
-    and ten ranges over all of Unicode took a gigabyte in one step."""
-
-    name = "tr"
-
-    def __init__(self, original: Any) -> None:
-        self._original = original
-
-    async def execute(self, args: list[str], ctx: Any) -> Any:
-        from just_bash.types import ExecResult
-
-        for arg in args:
-            size = sum(max(0, ord(m[2]) - ord(m[1]) + 1) for m in _TR_RANGE.finditer(arg))
-            if size > MAX_EXPANSION:
-                return ExecResult(stdout="", stderr=f"tr: set of more than {MAX_EXPANSION} characters\n", exit_code=1)
-        return await self._original.execute(args, ctx)
-
-
-def _as_int(text: str) -> int:
-    """`text` read as just-bash reads it (Python's `int`: `2_000`, `+5`, ` 7` too); -1 if it is not."""
-    try:
-        return int(text)
-    except ValueError:
-        return -1
-
-
-def _seq_length(args: list[str]) -> int | None:
-    """How many numbers `seq args` prints (None: arguments `seq` itself will reject)."""
-    numbers: list[float] = []
-    skip = False
-    for arg in args:
-        if skip:
-            skip = False
-            continue
-        try:
-            numbers.append(float(arg))
-        except ValueError:  # an option: -w, -s SEP, -sSEP, -ws SEP, --separator=…
-            letters = arg[1:] if arg.startswith("-") and not arg.startswith("--") else ""
-            at = min((letters.find(c) for c in "sf" if c in letters), default=-1)
-            skip = at == len(letters) - 1 and at >= 0  # the value is the next argument
-    if not 1 <= len(numbers) <= 3:
-        return None
-    first, step, last = (1.0, 1.0, numbers[0]) if len(numbers) == 1 else (numbers[0], 1.0, numbers[-1])
-    if len(numbers) == 3:
-        step = numbers[1]
-    if step == 0 or not all(map(math.isfinite, (first, step, last))):
-        return None
-    return max(0, math.floor((last - first) / step + 1e-9) + 1)
-
-
-_SED: contextvars.ContextVar[_SedGuard | None] = contextvars.ContextVar("regina_sed", default=None)
-
-
-def _guarded_sed() -> Any:
-    """just-bash's `sed` that stops at the call's deadline and at MAX_SED_TEXT: its commands run
-    in one synchronous loop with no limit at all, so `sed ':a;ba'` ran forever on the worker's
-    shared event loop (every later bash call on the worker timed out behind it) and
-    `sed ':a;s/.*/&&/;ba'` doubled its text until the worker ran out of memory. Every command
-    it runs first matches its address (`_address_matches`, given the pattern space): the check
-    goes there."""
-    from just_bash.commands.sed.sed import SedCommand
-
-    class GuardedSed(SedCommand):
-        async def execute(self, args: list[str], ctx: Any) -> Any:
-            token = _SED.set(_SedGuard(ctx.limits, sum(map(len, args))))
-            try:
-                return await super().execute(args, ctx)
-            finally:
-                _SED.reset(token)
-
-        def _address_matches(self, address: Any, line: int, total: int, pattern_space: str, *rest: Any) -> bool:
-            guard = _SED.get()
-            if guard is not None:
-                guard.step(pattern_space)
-            return bool(super()._address_matches(address, line, total, pattern_space, *rest))
-
-    return GuardedSed()
-
-
-#: Most characters one awk value or awk's output may hold.
-MAX_AWK_TEXT = 16 << 20
-
-
-class _AwkGuard:
-    """One `awk` run's deadline, checked every 64 statements (see `_guarded_awk`)."""
-
-    def __init__(self, limits: Any) -> None:
-        self.check_clock = getattr(limits, "check_clock", None)
-        self.steps = 0
-
-    def step(self) -> None:
-        self.steps += 1
-        if not self.steps & 63 and self.check_clock is not None:
-            self.check_clock()
-
-
-_AWK: contextvars.ContextVar[_AwkGuard | None] = contextvars.ContextVar("regina_awk", default=None)
-
-
-def _awk_too_big(what: str) -> Exception:
-    from just_bash.interpreter.errors import ExecutionLimitError
-
-    return ExecutionLimitError(f"awk's {what} is over {MAX_AWK_TEXT} characters", "memory")
-
-
-def _guarded_awk() -> Any:
-    """just-bash's `awk` that stops at the call's deadline and at MAX_AWK_TEXT: it runs a
-    program in one synchronous loop, so nested loops (`for(i…)for(j…)`) ran on past bashTimeout
-    on the worker's shared event loop (every later bash call on the worker timed out behind
-    them), and `s = s s` doubled a string until the worker ran out of memory. Every statement
-    passes `_execute_statement` and every value `_eval_expr`: the checks go there."""
-    from just_bash.commands.awk.awk import AwkCommand
-
-    class GuardedAwk(AwkCommand):
-        async def execute(self, args: list[str], ctx: Any) -> Any:
-            from just_bash.types import ExecResult
-
-            widths = [int(n) for a in args for m in _PRINTF_FIELD.finditer(a) for n in m.groups() if n and n.isdigit()]
-            if any(width > MAX_EXPANSION for width in widths):  # `printf "%300000000s"`: one call
-                return ExecResult(stdout="", stderr=f"awk: printf field width over {MAX_EXPANSION}\n", exit_code=2)
-            token = _AWK.set(_AwkGuard(ctx.limits))
-            try:
-                return await super().execute(args, ctx)
-            finally:
-                _AWK.reset(token)
-
-        def _execute_statement(self, stmt: str, state: Any, *rest: Any) -> None:
-            guard = _AWK.get()
-            if guard is not None:
-                guard.step()
-            super()._execute_statement(stmt, state, *rest)
-            if len(state.output) > MAX_AWK_TEXT:
-                raise _awk_too_big("output")
-
-        def _eval_expr(self, expr: str, *rest: Any) -> Any:
-            value = super()._eval_expr(expr, *rest)
-            if isinstance(value, str) and len(value) > MAX_AWK_TEXT:
-                raise _awk_too_big("string")
-            return value
-
-    return GuardedAwk()
-
-
 @functools.cache
 def command_registry(network: bool) -> dict[str, Any]:
     """just_bash's commands, built once per process (≈ 11 KB per instance when built for each
@@ -749,13 +350,8 @@ def command_registry(network: bool) -> dict[str, Any]:
     setattr(sqlite3_cmd, "sqlite3", _SandboxedSqlite)  # noqa: B010 (the module's own name for it)
     commands: dict[str, Any] = create_command_registry(include_network=network)
     commands["cat"] = _ExactCat(commands["cat"])
-    commands["printf"] = _BoundedPrintf(commands["printf"])
-    commands["sed"] = _guarded_sed()
-    commands["seq"] = _BoundedSeq(commands["seq"])
-    commands["awk"] = _guarded_awk()
-    commands["jq"] = _BoundedJq(commands["jq"])
-    commands["shuf"] = _BoundedShuf(commands["shuf"])
-    commands["tr"] = _BoundedTr(commands["tr"])
-    commands["nl"] = _BoundedWidths(commands["nl"], ("-w", "--number-width"))
-    commands["expand"] = _BoundedWidths(commands["expand"], ("-t", "--tabs"))
+    commands["sed"] = guarded_sed()
+    commands["awk"] = guarded_awk()
+    commands["jq"] = BoundedJq(commands["jq"])
+    bounded_commands(commands)
     return commands
