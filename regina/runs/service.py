@@ -10,19 +10,33 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
+
+import redis
 
 from regina import idempotency, ids, keys
 from regina.cluster.membership import is_alive
+from regina.config import Settings
+from regina.dispatch import Dispatcher
 from regina.errors import Busy, Conflict, NotFound, ReginaError, StillRunning, TooManyRequests, Unavailable
+from regina.instances import InstanceRecord, InstanceStore
 from regina.metrics import RUNS_STARTED, STEERS
 from regina.runs.record import public
 from regina.runs.steering import new_steer
 from regina.runs.store import ENDED, Idempotency, Opened, RunStore, WhenBusy
 from regina.runs.stream import TERMINAL, PendingRead, RunPublisher, read_event_batches, read_events_after
 
-if TYPE_CHECKING:
-    from regina.lifecycle import Coordinator
+
+class Placement(Protocol):
+    """What runs need of the instance lifecycle (regina.lifecycle.Coordinator, which owns a
+    RunService): its Redis, settings, dispatcher and instance records, and an instance served."""
+
+    r: redis.Redis
+    settings: Settings
+    dispatcher: Dispatcher
+    store: InstanceStore
+
+    def ensure_active(self, instance_id: str) -> InstanceRecord: ...
 
 
 @dataclass(frozen=True)
@@ -70,7 +84,7 @@ def _zero_usage() -> dict[str, int]:
 class RunService:
     """The run operations of the HTTP API, for one Coordinator."""
 
-    def __init__(self, coordinator: Coordinator) -> None:
+    def __init__(self, coordinator: Placement) -> None:
         self.coord = coordinator
         self.r = coordinator.r
         self.settings = coordinator.settings
