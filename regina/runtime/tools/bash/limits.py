@@ -23,7 +23,7 @@ MAX_EXPANSION = 1_000_000
 #: cap foresaw (checked with the clock).
 MAX_CALL_GROWTH_KB = 1 << 20
 
-__all__ = ["CALL", "DeadlineLimits", "current_call", "MAX_CALL_GROWTH_KB", "MAX_EXPANSION", "MAX_VARIABLE_BYTES"]
+__all__ = ["CALL", "DeadlineLimits", "MAX_CALL_GROWTH_KB", "MAX_EXPANSION", "MAX_VARIABLE_BYTES"]
 
 
 def _peak_kb() -> int:
@@ -91,7 +91,3 @@ class DeadlineLimits:
 
 #: The running bash call's bounds (None outside one): what a command's own loop checks.
 CALL: contextvars.ContextVar[DeadlineLimits | None] = contextvars.ContextVar("regina_bash_call", default=None)
-
-
-def current_call() -> DeadlineLimits | None:
-    return CALL.get()

@@ -11,8 +11,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from regina.runtime.tools.bash.bounded_commands import PRINTF_FIELD
-from regina.runtime.tools.bash.limits import MAX_EXPANSION, current_call
+from regina.runtime.tools.bash.bounded_commands import printf_widths
+from regina.runtime.tools.bash.limits import CALL, MAX_EXPANSION
 
 __all__ = ["guarded_awk", "guarded_sed", "patch_jq", "BoundedJq"]
 
@@ -72,8 +72,8 @@ _SED: contextvars.ContextVar[_SedGuard | None] = contextvars.ContextVar("regina_
 
 def guarded_sed() -> Any:
     """just-bash's `sed` that stops at the call's deadline and at MAX_SED_TEXT: its commands run
-    in one synchronous loop with no limit at all, so `sed ':a;ba'` ran forever on the worker's
-    shared event loop (every later bash call on the worker timed out behind it) and
+    in one synchronous loop with no limit at all, so `sed ':a;ba'` ran forever (a tool thread and
+    a core for good) and
     `sed ':a;s/.*/&&/;ba'` doubled its text until the worker ran out of memory. Every command
     it runs first matches its address (`_address_matches`, given the pattern space): the check
     goes there."""
@@ -124,9 +124,8 @@ def _awk_too_big(what: str) -> Exception:
 
 def guarded_awk() -> Any:
     """just-bash's `awk` that stops at the call's deadline and at MAX_AWK_TEXT: it runs a
-    program in one synchronous loop, so nested loops (`for(i…)for(j…)`) ran on past bashTimeout
-    on the worker's shared event loop (every later bash call on the worker timed out behind
-    them), and `s = s s` doubled a string until the worker ran out of memory. Every statement
+    program in one synchronous loop, so nested loops (`for(i…)for(j…)`) ran on past bashTimeout,
+    and `s = s s` doubled a string until the worker ran out of memory. Every statement
     passes `_execute_statement` and every value `_eval_expr`: the checks go there."""
     from just_bash.commands.awk.awk import AwkCommand
 
@@ -134,8 +133,8 @@ def guarded_awk() -> Any:
         async def execute(self, args: list[str], ctx: Any) -> Any:
             from just_bash.types import ExecResult
 
-            widths = [int(n) for a in args for m in PRINTF_FIELD.finditer(a) for n in m.groups() if n and n.isdigit()]
-            if any(width > MAX_EXPANSION for width in widths):  # `printf "%300000000s"`: one call
+            # `printf "%300000000s"` builds its text in one call
+            if any(width > MAX_EXPANSION for a in args for width in printf_widths(a)):
                 return ExecResult(stdout="", stderr=f"awk: printf field width over {MAX_EXPANSION}\n", exit_code=2)
             token = _AWK.set(_AwkGuard(ctx.limits))
             try:
@@ -200,7 +199,7 @@ def patch_jq() -> None:
     eval_node, binary, builtin = evaluator._eval_node, evaluator._eval_binary_op, evaluator.call_builtin  # type: ignore[attr-defined]
 
     def guarded_eval_node(value: Any, ast: Any, ctx: Any) -> Any:
-        bounds = current_call()
+        bounds = CALL.get()
         if bounds is not None:
             bounds.check_clock()
         result = eval_node(value, ast, ctx)

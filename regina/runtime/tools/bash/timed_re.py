@@ -5,8 +5,8 @@ jq's `test`, `[[ =~ ]]`) ran on Python's `re`, which backtracks without bound an
 the whole time: `grep -E '(a+)+$'` on thirty `a`s and a `!` froze the whole worker — every
 greenlet, its heartbeat included — for 36 s, and longer inputs for hours. The `regex` module
 (already installed for tiktoken) matches the same syntax (its VERSION0 is `re`'s), takes a
-`timeout` on every match and releases the GIL while it matches (`concurrent=True`). Outside a
-bash call (no deadline) patterns match with no timeout, as `re`'s did.
+`timeout` on every match and releases the GIL while it matches (`concurrent=True`). Where no
+bash call's bounds are known, a match gets UNBOUNDED_SECONDS.
 """
 
 from __future__ import annotations
@@ -43,6 +43,14 @@ def _bounded(call: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, 
         raise ExecutionLimitError(f"time limit exceeded ({bounds.timeout:g} s)", "time") from None
 
 
+def _bounded_method(name: str) -> Callable[..., Any]:
+    def method(self: TimedPattern, *args: Any, **kwargs: Any) -> Any:
+        return _bounded(getattr(self._compiled, name), args, kwargs)
+
+    method.__name__ = name
+    return method
+
+
 class TimedPattern:
     """A compiled `regex` pattern whose matching methods are bounded (see the module docstring)."""
 
@@ -53,29 +61,14 @@ class TimedPattern:
         self.pattern, self.flags = compiled.pattern, compiled.flags
         self.groups, self.groupindex = compiled.groups, compiled.groupindex
 
-    def search(self, *args: Any, **kwargs: Any) -> Any:
-        return _bounded(self._compiled.search, args, kwargs)
-
-    def match(self, *args: Any, **kwargs: Any) -> Any:
-        return _bounded(self._compiled.match, args, kwargs)
-
-    def fullmatch(self, *args: Any, **kwargs: Any) -> Any:
-        return _bounded(self._compiled.fullmatch, args, kwargs)
-
-    def sub(self, *args: Any, **kwargs: Any) -> Any:
-        return _bounded(self._compiled.sub, args, kwargs)
-
-    def subn(self, *args: Any, **kwargs: Any) -> Any:
-        return _bounded(self._compiled.subn, args, kwargs)
-
-    def findall(self, *args: Any, **kwargs: Any) -> Any:
-        return _bounded(self._compiled.findall, args, kwargs)
-
-    def finditer(self, *args: Any, **kwargs: Any) -> Any:
-        return _bounded(self._compiled.finditer, args, kwargs)
-
-    def split(self, *args: Any, **kwargs: Any) -> Any:
-        return _bounded(self._compiled.split, args, kwargs)
+    search = _bounded_method("search")
+    match = _bounded_method("match")
+    fullmatch = _bounded_method("fullmatch")
+    sub = _bounded_method("sub")
+    subn = _bounded_method("subn")
+    findall = _bounded_method("findall")
+    finditer = _bounded_method("finditer")
+    split = _bounded_method("split")
 
     def __repr__(self) -> str:
         return repr(self._compiled)

@@ -55,6 +55,10 @@ def _limit_result(reason: str, code: int) -> dict[str, Any]:
     }
 
 
+def _timed_out(limits: Limits) -> dict[str, Any]:
+    return _limit_result(f"time limit exceeded ({limits.bash_timeout:g} s)", 124)
+
+
 #: What just-bash raises where bash would print an error and go on.
 _SHELL_ERRORS = (
     ReginaError,
@@ -118,7 +122,7 @@ def bash_tool(vfs: VFS, *, env: dict[str, str], limits: Limits, network: bool = 
         try:
             result = await asyncio.wait_for(shell.exec(command), timeout=limits.bash_timeout)
         except TimeoutError:
-            return _limit_result(f"time limit exceeded ({limits.bash_timeout:g} s)", 124)
+            return _timed_out(limits)
         except ExecutionLimitError as exc:
             code = 124 if getattr(exc, "limit_type", "") == "time" else 125
             reason = str(exc).split(", increase execution_limits")[0]
@@ -130,14 +134,14 @@ def bash_tool(vfs: VFS, *, env: dict[str, str], limits: Limits, network: bool = 
         except ParseException as exc:  # raised by a command that parses a script itself (xargs)
             return {"stdout": "", "stderr": f"bash: syntax error: {exc}\n", "exitCode": 2}
         if bounds.remaining() < 0:  # a command caught the deadline's error and went on (jq's `try`)
-            return _limit_result(f"time limit exceeded ({limits.bash_timeout:g} s)", 124)
+            return _timed_out(limits)
         return {"stdout": result.stdout, "stderr": result.stderr, "exitCode": int(result.exit_code)}
 
     def bash(params: BashParams) -> dict[str, Any]:
         try:
             out = run_coro(run(params.command), timeout=limits.bash_timeout + _GRACE)
         except TimeoutError:
-            out = _limit_result(f"time limit exceeded ({limits.bash_timeout:g} s)", 124)
+            out = _timed_out(limits)
         except VFSError as exc:
             raise ToolError(f"bash: filesystem error: {exc.message}") from exc
         stdout, stderr = truncate_output(clean(out["stdout"]), clean(out["stderr"]), limits.max_tool_output_chars)
