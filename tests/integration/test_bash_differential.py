@@ -63,6 +63,9 @@ CASES: list[object] = [
     "{ echo a; echo b; } > grouped.txt; cat grouped.txt",
     "echo hidden > /dev/null; echo shown",
     "cat < numbers.txt | sort -n | head -1",
+    # bytes through pipes and redirections
+    "sort fruits.txt | gzip | gunzip | head -2",
+    "gzip -c fruits.txt > f.gz; zcat f.gz | wc -c; gunzip < f.gz | tail -1",
     # && || and exit codes
     "true && echo yes || echo no",
     "false && echo yes || echo no",

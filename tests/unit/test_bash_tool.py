@@ -512,7 +512,7 @@ def test_jq_cannot_build_a_billion_numbers_nor_run_past_the_deadline() -> None:
     """jq's evaluator builds result lists whole: `[range(1e9)]` was one C call filling memory,
     `"x" * 3e8` another, `.+.` doubled a string thirty times within the timeout, and a `try`
     caught the deadline's error and went on."""
-    bash = bash_tool(MemoryVFS(), env=_env(), limits=Limits(bash_timeout=0.5))
+    bounded = bash_tool(MemoryVFS(), env=_env(), limits=Limits(bash_timeout=20))  # the bounds, not the clock
     for program, error in [
         ("[range(1000000000)] | length", "range of 1000000000 numbers is more than 1000000"),
         ("[limit(3; range(100000000))]", "range of 100000000 numbers is more than 1000000"),
@@ -521,8 +521,9 @@ def test_jq_cannot_build_a_billion_numbers_nor_run_past_the_deadline() -> None:
         ('reduce range(30) as $i ("x"; .+.) | length', "value of more than 16777216 items or characters"),
         ("[range(10)] | [combinations(7)] | length", "combinations of more than 1000000 arrays"),
     ]:
-        out = bash.call_sync({"command": f"jq -n '{program}'"})
+        out = bounded.call_sync({"command": f"jq -n '{program}'"})
         assert out["exitCode"] != 0 and error in out["stderr"], (program, out)
+    bash = bash_tool(MemoryVFS(), env=_env(), limits=Limits(bash_timeout=0.5))
     t0 = time.monotonic()
     for program in (
         '[range(300000) | tostring] | map(. + "x") | map(length) | add',
@@ -610,3 +611,32 @@ def test_a_pattern_substitution_cannot_build_gigabytes() -> None:
     command = 'x=abcabc; echo ${x//b/XY} ${x//[ac]/} ${x//?/-}; x=$(printf "%3000s" ""); y=${x// /ab}; echo ${#y}'
     out = bash.call_sync({"command": command})
     assert out["stdout"] == "aXYcaXYc bb ------\n6000\n"
+
+
+def test_gzip_moves_bytes_through_pipes_and_redirections(tmp_path: Path) -> None:
+    import gzip
+
+    vfs = RealDirVFS(str(tmp_path / "root"))
+    bash = bash_tool(vfs, env=_env(), limits=Limits())
+    payload = bytes(range(256)) * 4  # not UTF-8
+    vfs.write("/bin.dat", payload)
+    vfs.write("/host.gz", gzip.compress(payload))
+
+    r = bash.call_sync({"command": "echo hello | gzip | gunzip; seq 1000 | gzip -9 | gzip -dc | tail -1"})
+    assert r == {"stdout": "hello\n1000\n", "stderr": "", "exitCode": 0}
+    # What the sandbox compresses, gzip elsewhere reads, and the other way round, byte for byte.
+    r = bash.call_sync({"command": "gzip -c /bin.dat > /out.gz; cat /bin.dat | gzip >/piped.gz; zcat /host.gz >/back"})
+    assert r["exitCode"] == 0, r
+    assert gzip.decompress(vfs.read("/out.gz")) == payload
+    assert gzip.decompress(vfs.read("/piped.gz")) == payload
+    assert vfs.read("/back") == payload
+    r = bash.call_sync({"command": "gunzip < /host.gz | gzip | gunzip - > /again"})
+    assert r["exitCode"] == 0 and vfs.read("/again") == payload, r
+
+    r = bash.call_sync({"command": "echo x | gzip -d"})
+    assert r["exitCode"] == 1 and r["stderr"].startswith("gzip: stdin: "), r
+    # A bomb read from stdin stops at the same bound as one read from a file.
+    vfs.write("/bomb.gz", gzip.compress(b"\0" * (65 << 20)))
+    r = bash.call_sync({"command": "gunzip < /bomb.gz | wc -c"})
+    assert "more than 67108864 bytes once decompressed" in r["stderr"], r
+    vfs.close()

@@ -353,5 +353,9 @@ def command_registry(network: bool) -> dict[str, Any]:
     commands["sed"] = guarded_sed()
     commands["awk"] = guarded_awk()
     commands["jq"] = BoundedJq(commands["jq"])
+    gzip = commands["gzip"]
+    commands["gzip"] = compressed.BinaryGzip(gzip, "gzip")
+    commands["gunzip"] = compressed.BinaryGzip(gzip, "gunzip", ("-d",))
+    commands["zcat"] = compressed.BinaryGzip(gzip, "zcat", ("-d", "-c"))
     bounded_commands(commands)
     return commands
