@@ -32,7 +32,9 @@ from regina.vfs.recording import RecordingVFS, decode_bytes
 _FLUSH = """
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return redis.error_reply('STALE') end
 if #ARGV > 2 then
-  redis.call('RPUSH', KEYS[2], unpack(ARGV, 3))
+  for i = 3, #ARGV, 1000 do  -- unpack fails past ~8000 values
+    redis.call('RPUSH', KEYS[2], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+  end
   redis.call('HSET', KEYS[1], 'journalSeq', ARGV[2])
 end
 return 1

@@ -162,7 +162,7 @@ _TAKE_FN = """
 local function take(list_key, journal_key, ttl)
   local taken = redis.call('LRANGE', list_key, 0, -1)
   if #taken > 0 then
-    redis.call('RPUSH', journal_key, unpack(taken))
+    for i = 1, #taken, 1000 do redis.call('RPUSH', journal_key, unpack(taken, i, math.min(i + 999, #taken))) end
     redis.call('EXPIRE', journal_key, ttl)
     redis.call('DEL', list_key)
   end

@@ -84,7 +84,7 @@ if ARGV[10] ~= '' and not cancelled then
   local steered = redis.call('LRANGE', KEYS[6], 0, -1)
   if #steered > 0 then
     if nj > 0 then redis.call('HSET', KEYS[3], 'journalSeq', ARGV[12]) end
-    redis.call('RPUSH', KEYS[7], unpack(steered))
+    for i = 1, #steered, 1000 do redis.call('RPUSH', KEYS[7], unpack(steered, i, math.min(i + 999, #steered))) end
     redis.call('EXPIRE', KEYS[7], ARGV[1])
     redis.call('DEL', KEYS[6])
     return steered

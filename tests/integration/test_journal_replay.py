@@ -188,3 +188,26 @@ def test_a_change_is_never_in_a_copy_marked_clean(redis_server: RedisServer, tmp
     finally:
         client.delete(keys.instance_record(iid), keys.journal(iid))
         client.close()
+
+
+def test_a_flush_of_ten_thousand_changes_is_stored_whole(redis_server: RedisServer) -> None:
+    """One tool call can make thousands of changes (`touch f{1..4000}` makes 8 000 entries); Lua's
+    `unpack` stops near 8 000 values, so the flush pushes them in chunks."""
+    client = connect(redis_server.url, concurrency=1)
+    iid = f"replay-{uuid.uuid4().hex[:12]}"
+    try:
+        client.hset(keys.instance_record(iid), "epoch", "3")
+        recorder = JournalVFS(MemoryVFS(), epoch=3, seq=0)
+        for i in range(10_000):
+            recorder.append("/many.txt", b"%d\n" % i)
+        Journal(client).flush(iid, 3, recorder)
+
+        assert recorder.pending == []
+        assert client.llen(keys.journal(iid)) == 10_000
+        assert client.hget(keys.instance_record(iid), "journalSeq") == "10000"
+        target = MemoryVFS()
+        last, _size = Journal(client).replay(iid, target, after=0)
+        assert last == 10_000 and target.read("/many.txt") == b"".join(b"%d\n" % i for i in range(10_000))
+    finally:
+        client.delete(keys.instance_record(iid), keys.journal(iid))
+        client.close()
