@@ -6,6 +6,7 @@ import logging
 
 import redis
 from flask import Flask, Response, jsonify
+from kombu.exceptions import OperationalError
 from werkzeug.exceptions import HTTPException
 
 from regina.errors import (
@@ -61,6 +62,8 @@ def describe_unexpected(exc: Exception) -> str:
         return "Redis did not answer in time (TimeoutError); try again"
     if isinstance(exc, redis.ConnectionError):
         return f"Redis is unreachable ({exc.__class__.__name__}); try again"
+    if isinstance(exc, OperationalError):
+        return f"the message broker is unreachable ({exc.__class__.__name__}); try again"
     return f"internal error: {exc.__class__.__name__} (details in the server log)"
 
 
@@ -95,6 +98,11 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(redis.TimeoutError)
     def _redis_down(exc: redis.RedisError) -> tuple[Response, int]:
         log.warning("Redis unavailable: %r", exc)
+        return error_response(describe_unexpected(exc), 503)
+
+    @app.errorhandler(OperationalError)
+    def _broker_down(exc: OperationalError) -> tuple[Response, int]:
+        log.warning("broker unavailable: %r", exc)
         return error_response(describe_unexpected(exc), 503)
 
     @app.errorhandler(Exception)

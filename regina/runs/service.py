@@ -7,6 +7,7 @@ Coordinator's job; this module asks it (`ensure_active`) when the instance is no
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from regina.runs.record import public
 from regina.runs.steering import new_steer
 from regina.runs.store import ENDED, Idempotency, Opened, RunStore, WhenBusy
 from regina.runs.stream import TERMINAL, PendingRead, RunPublisher, read_event_batches, read_events_after
+
+log = logging.getLogger(__name__)
 
 
 class Placement(Protocol):
@@ -217,15 +220,25 @@ class RunService:
             if depth:
                 self.r.hset(keys.run_record(run_id), "depth", depth)
             dispatcher.enqueue_step(rec.instance_id, run_id, message, stream)
-        except ReginaError as exc:
-            # The run was recorded but never queued: end it, so it does not look busy for ever.
-            publisher = RunPublisher(self.r, run_id, instance_id, self.settings.run_retention, seq=0)
-            publisher.publish({"type": "error", "error": exc.message})
-            if claim is not None:
-                self.store.release_claim(claim, run_id)
+        except BaseException as exc:
+            # The run was recorded but never queued: end it, so it does not look busy for ever
+            # (nor answer its Idempotency-Key's retries), whatever stopped it.
+            self._never_queued(instance_id, run_id, claim, exc)
             raise
         RUNS_STARTED.labels("stream" if stream else "sync").inc()
         return run_id
+
+    def _never_queued(self, instance_id: str, run_id: str, claim: Idempotency | None, exc: BaseException) -> None:
+        """End a run whose step could not be queued with the reason, and let go of its claim; best
+        effort (Redis may be what failed): the caller raises `exc` either way."""
+        reason = exc.message if isinstance(exc, ReginaError) else f"the run could not be queued: {type(exc).__name__}"
+        try:
+            publisher = RunPublisher(self.r, run_id, instance_id, self.settings.run_retention, seq=0)
+            publisher.publish({"type": "error", "error": reason})
+            if claim is not None:
+                self.store.release_claim(claim, run_id)
+        except Exception:  # noqa: BLE001 - the original error is the one to report
+            log.warning("run %s: could not end it after %r", run_id, exc, exc_info=True)
 
     def follow(self, run_id: str, after: int = 0) -> Iterator[dict[str, Any]]:
         """Yield a run's events after seq `after` until its terminal event, for as long as the run
