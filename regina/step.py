@@ -77,22 +77,25 @@ class StepRunner:
         )
         if self.journal is not None and isinstance(act.vfs, JournalVFS):
             publisher.journal = act.vfs  # the terminal script ships the run's last changes
+        try:
+            left = not_saved(begun.earlier, act.session.messages, run_id)
+        except BaseException:  # e.g. an unreadable transcript: the steers taken are not lost
+            self.give_back(instance_id, begun.steered)
+            raise
         # Only a redelivered step (its run already marked running) can have its message saved.
         if begun.previous_status == "running" and any(m.get("runId") == run_id for m in act.session.messages):
             message = None  # redelivered after a crash: the message is already in the history
             answer = activation.answer_of(act.session.messages, run_id)
-            if answer is not None:  # ... and its answer too: finish with it, do not ask again
+            # ... and its answer too: finish with it, do not ask again, unless the crashed attempt
+            # had taken steering after that answer (its finish took it): then the model answers it.
+            if answer is not None and not left:
                 self.flush(act)
                 self.give_back(instance_id, begun.steered)
                 publisher.publish({"type": "finish", "finishReason": "stop", "text": answer, "usage": activation.ZERO})
                 return
         d = act.definition
         budget = budget_for(d.budget_settings(self.settings), begun.instance_tokens)
-        try:
-            steered = not_saved(begun.earlier, act.session.messages, run_id) + begun.steered
-        except BaseException:  # e.g. an unreadable transcript: the steers taken are not lost
-            self.give_back(instance_id, begun.steered)
-            raise
+        steered = left + begun.steered
         ctx = DurableRun(
             self.r,
             instance_id,
