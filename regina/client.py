@@ -37,6 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, cast
+from urllib.parse import quote
 
 import httpx
 
@@ -242,8 +243,17 @@ def _fleet_params(filters: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in filters.items() if v is not None}
 
 
+def _seg(value: object, what: str) -> str:
+    """`value` as one path segment, percent-quoted ("/", "?", "#", "%" and spaces included), so an
+    id cannot reach another route; InvalidURL for None, "", "." and ".." (no id would fit)."""
+    if not isinstance(value, str) or value in ("", ".", ".."):
+        raise InvalidURL(f"{what} must be a non-empty string (not '.' or '..'), got {value!r}")
+    return quote(value, safe="")
+
+
 class _Routes:
-    """The API's routes as `_Call`s (shared by the sync and the async client)."""
+    """The API's routes as `_Call`s (shared by the sync and the async client); every id in a path
+    is quoted as one segment (`_seg`)."""
 
     @staticmethod
     def agents() -> _Call:
@@ -251,33 +261,34 @@ class _Routes:
 
     @staticmethod
     def spawn(definition_id: str, key: str | None) -> _Call:
-        return _with_key(_Call("POST", f"/agents/{definition_id}/instances"), key)
+        return _with_key(_Call("POST", f"/agents/{_seg(definition_id, 'agent name')}/instances"), key)
 
     @staticmethod
     def instance(instance_id: str, action: str = "", method: str = "GET") -> _Call:
-        return _Call(method, f"/instances/{instance_id}" + (f"/{action}" if action else ""))
+        return _Call(method, f"/instances/{_seg(instance_id, 'instance id')}" + (f"/{action}" if action else ""))
 
     @staticmethod
     def instances(definition_id: str | None, filters: dict[str, Any]) -> _Call:
-        path = f"/agents/{definition_id}/instances" if definition_id else "/instances"
+        path = f"/agents/{_seg(definition_id, 'agent name')}/instances" if definition_id is not None else "/instances"
         return _Call("GET", path, params=filters or None)
 
     @staticmethod
     def chat(instance_id: str, message: str, when_busy: WhenBusy, key: str | None, stream: bool) -> _Call:
-        path = f"/instances/{instance_id}/chat" + ("/stream" if stream else "")
+        path = f"/instances/{_seg(instance_id, 'instance id')}/chat" + ("/stream" if stream else "")
         return _with_key(_Call("POST", path, _chat_body(message, when_busy)), key)
 
     @staticmethod
     def steer(instance_id: str, message: str, key: str | None) -> _Call:
-        return _with_key(_Call("POST", f"/instances/{instance_id}/steer", {"message": message}), key)
+        path = f"/instances/{_seg(instance_id, 'instance id')}/steer"
+        return _with_key(_Call("POST", path, {"message": message}), key)
 
     @staticmethod
     def events(run_id: str, after: int) -> _Call:
-        return _Call("GET", f"/runs/{run_id}/events", params={"after": after})
+        return _Call("GET", f"/runs/{_seg(run_id, 'run id')}/events", params={"after": after})
 
     @staticmethod
     def run(run_id: str, action: str = "", method: str = "GET") -> _Call:
-        return _Call(method, f"/runs/{run_id}" + (f"/{action}" if action else ""))
+        return _Call(method, f"/runs/{_seg(run_id, 'run id')}" + (f"/{action}" if action else ""))
 
     @staticmethod
     def reload() -> _Call:

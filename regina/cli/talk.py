@@ -175,7 +175,7 @@ def chat(target: str, message: str, url: str, token: str | None) -> None:
         instance_id = target
         spawned = not is_valid_instance_id(target)
         if spawned:
-            instance_id = client.spawn(target)["instanceId"]
+            instance_id = _spawn(client, target)
             console.print(Text(f"instance {instance_id}", style="bold" if console.is_terminal else ""))
         printer = StreamPrinter(console)
         events = client.stream(instance_id, message)
@@ -193,6 +193,16 @@ def chat(target: str, message: str, url: str, token: str | None) -> None:
             printer.end()
     if printer.error is not None:
         raise ApiError(printer.error)
+
+
+def _spawn(client: ReginaClient, agent: str) -> str:
+    """A new instance of `agent`; its id, or ApiError when the answer does not name one."""
+    answer = client.spawn(agent)
+    instance_id = answer.get("instanceId") if isinstance(answer, dict) else None
+    if not isinstance(instance_id, str) or not is_valid_instance_id(instance_id):
+        shown = one_line(answer, 200)
+        raise ApiError(f"the server's answer to spawning {agent!r} names no instance (no instanceId): {shown}")
+    return instance_id
 
 
 def _remove_spawned(client: ReginaClient, instance_id: str) -> None:

@@ -279,3 +279,13 @@ def test_chat_checks_the_message_before_spawning_and_removes_what_it_spawned_for
     assert f"deleted instance {iid}" in out.stderr and "the limit is 20" in out.stderr, out.stderr
     assert api.get(f"/instances/{iid}").status_code == 404
     assert set(_fleet_of(api, "openai-agent")) == before
+
+
+def test_an_id_is_one_path_segment_it_cannot_reach_another_instance(api: httpx.Client) -> None:
+    iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
+    try:
+        out = regina(api, "rm", f"x/../{iid}")
+        assert out.returncode == 1 and out.stderr.startswith("regina: ") and "Traceback" not in out.stderr, out
+        assert api.get(f"/instances/{iid}").json()["status"] == "started"
+    finally:
+        api.delete(f"/instances/{iid}")

@@ -1,0 +1,115 @@
+"""The client and the client CLI against a stand-in HTTP server that records what it was asked and
+answers what a test sets (a proxy's HTML page, a 429, an odd spawn answer): what a real cluster
+cannot be made to say on demand. No part of Regina is replaced: the client and `regina` are real."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from regina import client as c
+from regina import errors
+from tests.harness.processes import REGINA, clean_env
+
+
+@dataclass
+class Answer:
+    status: int = 200
+    body: bytes = b"{}"
+    headers: dict[str, str] = field(default_factory=lambda: {"Content-Type": "application/json"})
+    delay: float = 0.0
+
+
+def json_answer(value: object, status: int = 200, **headers: str) -> Answer:
+    return Answer(status, json.dumps(value).encode(), {"Content-Type": "application/json", **headers})
+
+
+@dataclass
+class StandIn:
+    """The server: `answer(method, path)` says what to send; `asked` lists (method, raw path)."""
+
+    url: str
+    asked: list[tuple[str, str]]
+    answer: Callable[[str, str], Answer]
+
+
+@pytest.fixture
+def stand_in() -> Iterator[StandIn]:
+    asked: list[tuple[str, str]] = []
+    state = StandIn("", asked, lambda method, path: json_answer({}))
+
+    class Handler(BaseHTTPRequestHandler):
+        def _any(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length:
+                self.rfile.read(length)
+            asked.append((self.command, self.path))
+            answer = state.answer(self.command, self.path)
+            time.sleep(answer.delay)
+            self.send_response(answer.status)
+            for name, value in answer.headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(answer.body)))
+            self.end_headers()
+            self.wfile.write(answer.body)
+
+        do_GET = do_POST = do_DELETE = _any
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def run_cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [REGINA, *args], env={**clean_env(), "REGINA_URL": url}, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_ids_are_one_quoted_path_segment_and_none_or_empty_is_refused(stand_in: StandIn) -> None:
+    with c.ReginaClient(stand_in.url) as regina:
+        regina.run("bad id/../x")
+        regina.cancel("r?x#y")
+        regina.delete("x/../demo-1")
+        regina.spawn("../admin/agents/reload?")
+        regina.instances("a/b")
+        for bad in (None, "", ".", ".."):
+            with pytest.raises(c.InvalidURL, match="must be a non-empty string"):
+                regina.cancel(bad)  # type: ignore[arg-type]
+            with pytest.raises(errors.ReginaError, match="instance id"):
+                regina.chat(bad, "hi")  # type: ignore[arg-type]
+    assert stand_in.asked == [
+        ("GET", "/runs/bad%20id%2F..%2Fx"),
+        ("POST", "/runs/r%3Fx%23y/cancel"),
+        ("DELETE", "/instances/x%2F..%2Fdemo-1"),
+        ("POST", "/agents/..%2Fadmin%2Fagents%2Freload%3F/instances"),
+        ("GET", "/agents/a%2Fb/instances"),
+    ]
+    out = run_cli(stand_in.url, "chat", "../admin/agents/reload?", "hi")
+    assert ("POST", "/admin/agents/reload") not in stand_in.asked
+    assert stand_in.asked[-1] == ("POST", "/agents/..%2Fadmin%2Fagents%2Freload%3F/instances"), out
+
+
+def test_chat_says_so_when_the_spawn_answer_names_no_instance(stand_in: StandIn) -> None:
+    for answer in ({}, [], {"instanceId": None}, "text"):
+        stand_in.answer = lambda method, path, answer=answer: json_answer(answer, 201)  # type: ignore[misc]
+        out = run_cli(stand_in.url, "chat", "demo", "hi")
+        assert out.returncode == 1 and out.stdout == "", out
+        assert out.stderr.startswith("regina: the server's answer to spawning 'demo' names no instance"), out.stderr
+        assert "Traceback" not in out.stderr and len(out.stderr.splitlines()) == 1, out.stderr
