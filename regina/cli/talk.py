@@ -59,16 +59,20 @@ def _console() -> Console:
     return Console(soft_wrap=True, highlight=False)
 
 
-def print_table(headers: list[str], rows: list[list[str]]) -> None:
-    """An aligned table on a terminal; tab-separated lines (header first) in a pipe."""
-    console = _console()
+def print_table(headers: list[str], rows: list[list[str]], console: Console | None = None) -> None:
+    """An aligned table on a terminal; tab-separated lines (header first) in a pipe. The first
+    column (a name or id, to copy into the next command) is always whole; on a narrow terminal the
+    others fold onto more lines."""
+    console = console or _console()
     if not console.is_terminal:
         for row in [headers, *rows]:
             click.echo("\t".join(row))
         return
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for header in headers:
-        table.add_column(header, no_wrap=True)
+    first = max(len(row[0]) for row in [headers, *rows])
+    table.add_column(headers[0], no_wrap=True, min_width=first)
+    for header in headers[1:]:
+        table.add_column(header, overflow="fold")
     for row in rows:
         table.add_row(*row)
     console.print(table)

@@ -60,3 +60,21 @@ def test_the_documented_member_id_default_is_the_one_a_worker_takes() -> None:
         assert placeholder in shown.group(1), shown.group(1)
         pattern = pattern.replace(re.escape(placeholder), regex)
     assert re.fullmatch(pattern, default_member_id()), (shown.group(1), default_member_id())
+
+
+def test_ps_on_an_80_column_terminal_prints_ids_whole_and_folds_the_rest() -> None:
+    from regina.cli.talk import print_table
+
+    iid = "openai-agent-" + "0123456789abcdef01234567"
+    member = "worker-" + "m" * 40
+    buf = io.StringIO()
+    console = Console(file=buf, width=80, force_terminal=True, color_system=None, soft_wrap=True, highlight=False)
+    print_table(
+        ["ID", "AGENT", "STATUS", "MEMBER", "LAST ACTIVE"],
+        [[iid, "openai-agent", "started", member, "2026-11-21T20:55:11.902Z"]],
+        console=console,
+    )
+    shown = buf.getvalue()
+    assert iid in shown and "…" not in shown, shown
+    assert all(len(line) <= 80 for line in shown.splitlines()), shown
+    assert shown.count("m") == 40, shown  # the member folded, not cut
