@@ -15,8 +15,9 @@ with ReginaClient("http://127.0.0.1:3000") as regina:
 Every error answer raises the `ClientError` of its status (also the core error of the same name,
 so `except regina.errors.NotFound` works too) (`Unauthorized`, `BadRequest`,
 `NotFound`, `Conflict` with the busy run's `run_id`, `PayloadTooLarge`, `Unprocessable`,
-`TooManyRequests`, `Unavailable`); a server that cannot be reached raises `ConnectionFailed`, an
-unusable URL `InvalidURL`, an answer that is not the API's (not JSON) `BadResponse`, and a
+`TooManyRequests` with `retry_after`, `Unavailable`; `ClientError` for another status) and carries
+it in `status`; a server that cannot be reached raises `ConnectionFailed`, an unusable URL
+`InvalidURL`, an answer that is not the API's JSON (a proxy's 502 page) `BadResponse`, and a
 followed run that ends with an `error` event `RunFailed`. No httpx error leaves the client.
 
 A sync chat whose run outlives the server's `limits.requestTimeout` is answered 202 by the
@@ -30,7 +31,10 @@ when the connection drops before the run's `finish`/`error` event, re-attach at
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
+import math
+import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -58,13 +62,16 @@ TERMINAL = frozenset({"finish", "error"})
 
 
 class ClientError(ReginaError):
-    """An error answer of the API; `status` is its HTTP status (0: no answer at all)."""
+    """An error answer of the API; `status` is its HTTP status (0: no answer at all), also for a
+    status without a class of its own (500, 502, 405…); `body` is the API's JSON error body."""
 
     status = 0
 
-    def __init__(self, message: str, body: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, body: dict[str, Any] | None = None, status: int | None = None) -> None:
+        ReginaError.__init__(self, message)  # not super(): a core error's own arguments are set here
         self.body = body or {}
+        if status is not None:
+            self.status = status
 
 
 class BadRequest(ClientError, errors.BadRequest):
@@ -100,8 +107,12 @@ class Unprocessable(ClientError, errors.Unprocessable):
     status = 422
 
 
-class TooManyRequests(ClientError):
+class TooManyRequests(ClientError, errors.TooManyRequests):
+    """429: the instance's backlog of runs or steering messages is full; `retry_after` is the
+    answer's Retry-After in seconds (1 when it had none)."""
+
     status = 429
+    retry_after = 1
 
 
 class Unavailable(ClientError, errors.Unavailable):
@@ -121,8 +132,7 @@ class BadResponse(ClientError):
     another server on that port); `status` is the answer's HTTP status."""
 
     def __init__(self, message: str, status: int = 0) -> None:
-        super().__init__(message)
-        self.status = status
+        super().__init__(message, status=status)
 
 
 class RunFailed(ClientError):
@@ -144,24 +154,45 @@ _BY_STATUS: dict[int, type[ClientError]] = {
 }
 
 
+def _retry_after(resp: httpx.Response) -> int:
+    """The Retry-After header in seconds (a number or an HTTP date); 1 when absent or unreadable."""
+    value = resp.headers.get("Retry-After", "").strip()
+    if value.isdigit():
+        return int(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return 1
+    return max(0, math.ceil(when.timestamp() - time.time()))
+
+
 def _raise_for(resp: httpx.Response) -> None:
+    """The ClientError of an error answer (status ≥ 400), with its status; BadResponse when its
+    body is not the API's `{"error": …}` (a proxy's HTML page, another server)."""
     if resp.status_code < 400:
         return
     try:
         body = resp.json()
-        body = body if isinstance(body, dict) else {}
     except ValueError:
-        body = {}
-    message = str(body.get("error", resp.text or resp.reason_phrase))
-    raise _BY_STATUS.get(resp.status_code, ClientError)(message, body)
+        body = None
+    if not isinstance(body, dict) or "error" not in body:
+        raise _not_json(resp, resp.text or resp.reason_phrase)
+    exc = _BY_STATUS.get(resp.status_code, ClientError)(str(body["error"]), body, resp.status_code)
+    if isinstance(exc, TooManyRequests):
+        exc.retry_after = _retry_after(resp)
+    raise exc
 
 
 def _not_json(resp: httpx.Response, what: str) -> BadResponse:
-    shown = what.strip().replace("\n", " ")
-    shown = shown[:80] + ("…" if len(shown) > 80 else "")
+    shown = " ".join(what.split())
+    if shown.startswith("<"):  # a page (a proxy's 502, a login page): its title, not its markup
+        title = re.search(r"<title[^>]*>(.*?)</title>", shown, re.IGNORECASE | re.DOTALL)
+        shown = f"an HTML page ({title.group(1).strip()[:80]!r})" if title else "an HTML page"
+    else:
+        shown = repr(shown[:80] + ("…" if len(shown) > 80 else ""))
     return BadResponse(
         f"{resp.request.method} {resp.request.url} answered {resp.status_code} with something that is not "
-        f"the Regina API's JSON: {shown!r}",
+        f"the Regina API's JSON: {shown}",
         resp.status_code,
     )
 

@@ -113,3 +113,49 @@ def test_chat_says_so_when_the_spawn_answer_names_no_instance(stand_in: StandIn)
         assert out.returncode == 1 and out.stdout == "", out
         assert out.stderr.startswith("regina: the server's answer to spawning 'demo' names no instance"), out.stderr
         assert "Traceback" not in out.stderr and len(out.stderr.splitlines()) == 1, out.stderr
+
+
+PROXY_PAGE = b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1>nginx</body></html>"
+
+
+def test_every_error_carries_its_status_and_a_page_that_is_not_the_apis_json_is_bad_response(
+    stand_in: StandIn,
+) -> None:
+    answers = {
+        "/runs/r500": json_answer({"error": "internal error: KeyError (details in the server log)"}, 500),
+        "/runs/r405": json_answer({"error": "method not allowed: x"}, 405),
+        "/runs/r404": json_answer({"error": "run not found"}, 404),
+        "/runs/r502": Answer(502, PROXY_PAGE, {"Content-Type": "text/html"}),
+        "/runs/r503": Answer(503, b"", {}),
+    }
+    stand_in.answer = lambda method, path: answers.get(path, answers["/runs/r502"])
+    with c.ReginaClient(stand_in.url) as regina:
+        for run_id, status in (("r500", 500), ("r405", 405), ("r404", 404)):
+            with pytest.raises(c.ClientError) as raised:
+                regina.run(run_id)
+            assert raised.value.status == status and "error" in raised.value.body, raised.value
+        assert isinstance(raised.value, c.NotFound) and raised.value.message == "run not found"
+        for run_id, status in (("r502", 502), ("r503", 503)):
+            with pytest.raises(c.BadResponse, match="not the Regina API's JSON") as bad:
+                regina.run(run_id)
+            assert bad.value.status == status
+        assert "502 Bad Gateway" in bad.value.message or run_id == "r503"
+    with c.ReginaClient(stand_in.url) as regina, pytest.raises(c.BadResponse) as page:
+        regina.run("r502")
+    assert "<" not in page.value.message and "an HTML page ('502 Bad Gateway')" in page.value.message
+    out = run_cli(stand_in.url, "chat", "openai-agent-" + "0" * 24, "hi")  # a stream's error answer too
+    assert out.returncode == 1 and "not the Regina API's JSON" in out.stderr and "<" not in out.stderr, out
+
+
+def test_a_429_is_the_core_too_many_requests_with_retry_after(stand_in: StandIn) -> None:
+    full = {"error": "instance has 2 runs waiting (limits.maxQueuedRuns)"}
+    stand_in.answer = lambda method, path: json_answer(full, 429, **{"Retry-After": "7"})
+    with c.ReginaClient(stand_in.url) as regina:
+        with pytest.raises(errors.TooManyRequests) as raised:
+            regina.chat("openai-agent-" + "0" * 24, "hi")
+        assert isinstance(raised.value, c.TooManyRequests) and raised.value.retry_after == 7
+        assert raised.value.status == 429 and raised.value.message == full["error"]
+        stand_in.answer = lambda method, path: json_answer(full, 429)
+        with pytest.raises(c.TooManyRequests) as unsaid:
+            regina.steer("openai-agent-" + "0" * 24, "hi")
+        assert unsaid.value.retry_after == 1
