@@ -243,6 +243,14 @@ def _errors_of(base_url: httpx.URL | str, transport: bool = True) -> Iterator[No
         raise ClientError(f"request to {base_url} failed: {exc}") from exc
 
 
+def _checked_url(base_url: object) -> str:
+    """The server URL; InvalidURL unless it starts with http:// or https:// (httpx would take
+    `localhost:3000` or `ftp://x` and fail each request with an unclear "cannot reach")."""
+    if not isinstance(base_url, str) or not base_url.strip().lower().startswith(("http://", "https://")):
+        raise InvalidURL(f"the server URL must start with http:// or https://, got {base_url!r}")
+    return base_url.strip()
+
+
 def _timeouts(timeout: float | None) -> tuple[httpx.Timeout, httpx.Timeout]:
     """(requests, streams): a short connect timeout for both; streams wait for events forever."""
     connect = CONNECT_TIMEOUT if timeout is None else min(CONNECT_TIMEOUT, timeout)
@@ -448,6 +456,7 @@ class ReginaClient:
     def __init__(self, base_url: str, token: str | None = None, timeout: float | None = DEFAULT_TIMEOUT) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         requests, self._stream_timeout = _timeouts(timeout)
+        base_url = _checked_url(base_url)
         with _errors_of(base_url):
             self._http = httpx.Client(base_url=base_url, headers=headers, timeout=requests)
 
@@ -614,6 +623,7 @@ class AsyncReginaClient:
     def __init__(self, base_url: str, token: str | None = None, timeout: float | None = DEFAULT_TIMEOUT) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         requests, self._stream_timeout = _timeouts(timeout)
+        base_url = _checked_url(base_url)
         with _errors_of(base_url):
             self._http = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=requests)
 

@@ -159,3 +159,12 @@ def test_a_429_is_the_core_too_many_requests_with_retry_after(stand_in: StandIn)
         with pytest.raises(c.TooManyRequests) as unsaid:
             regina.steer("openai-agent-" + "0" * 24, "hi")
         assert unsaid.value.retry_after == 1
+
+
+def test_a_url_that_is_not_http_is_invalid_url_not_cannot_reach() -> None:
+    for url in ("localhost:3000", "ftp://x", "", "127.0.0.1"):
+        for make in (c.ReginaClient, c.AsyncReginaClient):
+            with pytest.raises(c.InvalidURL, match="must start with http:// or https://"):
+                make(url)
+        out = run_cli(url, "agents", "--url", url)
+        assert out.returncode == 1 and "must start with http:// or https://" in out.stderr, out
