@@ -343,8 +343,11 @@ class _Follow:
     seq: int = 0
     failures: int = 0
     ended: bool = False
+    answered: bool = False
+    """Whether the server ever answered this stream (a drop before that: it cannot be reached)."""
 
     def opened(self, resp: httpx.Response) -> None:
+        self.answered = True
         self.run_id = resp.headers.get("X-Run-Id") or self.run_id
 
     def seen(self, event: dict[str, Any]) -> bool:
@@ -363,6 +366,8 @@ class _Follow:
     def retry(self, exc: Exception, base_url: httpx.URL) -> float:
         """The delay before re-attaching at the last seq; ConnectionFailed when there is no run to
         re-attach to (the drop came before its id) or the attempts are used up."""
+        if self.run_id is None and not self.answered:
+            raise ConnectionFailed(f"cannot reach {base_url}: {exc}") from exc
         if self.run_id is None or self.failures >= len(RESUME_DELAYS):
             tried = f" (re-attached {self.failures} time(s))" if self.failures else ""
             raise ConnectionFailed(f"stream from {base_url} broke{tried}: {exc}") from exc

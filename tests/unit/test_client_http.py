@@ -168,3 +168,12 @@ def test_a_url_that_is_not_http_is_invalid_url_not_cannot_reach() -> None:
                 make(url)
         out = run_cli(url, "agents", "--url", url)
         assert out.returncode == 1 and "must start with http:// or https://" in out.stderr, out
+
+
+def test_a_stream_to_a_server_that_cannot_be_reached_says_cannot_reach() -> None:
+    iid = "openai-agent-" + "0" * 24
+    with c.ReginaClient("http://127.0.0.1:1") as regina, pytest.raises(c.ConnectionFailed) as raised:
+        list(regina.stream(iid, "hi"))
+    assert raised.value.message.startswith("cannot reach http://127.0.0.1:1"), raised.value
+    out = run_cli("http://127.0.0.1:1", "chat", iid, "hi")
+    assert out.returncode == 1 and out.stderr.startswith("regina: cannot reach http://127.0.0.1:1"), out
