@@ -179,7 +179,7 @@ def chat(target: str, message: str, url: str, token: str | None) -> None:
         instance_id = target
         spawned = not is_valid_instance_id(target)
         if spawned:
-            instance_id = _spawn(client, target)
+            instance_id = _spawn_or_exit_130(client, target)
             console.print(Text(f"instance {instance_id}", style="bold" if console.is_terminal else ""))
         printer = StreamPrinter(console)
         events = client.stream(instance_id, message)
@@ -207,6 +207,20 @@ def _spawn(client: ReginaClient, agent: str) -> str:
         shown = one_line(answer, 200)
         raise ApiError(f"the server's answer to spawning {agent!r} names no instance (no instanceId): {shown}")
     return instance_id
+
+
+def _spawn_or_exit_130(client: ReginaClient, agent: str) -> str:
+    """`_spawn`; Ctrl-C while it waits exits 130 like the rest of `chat` (the request is let go:
+    the server may have created the instance anyway, and the message says where to look)."""
+    try:
+        return _spawn(client, agent)
+    except KeyboardInterrupt:
+        click.echo(
+            f"regina: interrupted while spawning; an instance of {agent} may have been created "
+            f"(regina ps --agent {agent})",
+            err=True,
+        )
+        raise click.exceptions.Exit(130) from None
 
 
 def _remove_spawned(client: ReginaClient, instance_id: str) -> None:

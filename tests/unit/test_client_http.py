@@ -5,6 +5,7 @@ cannot be made to say on demand. No part of Regina is replaced: the client and `
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import threading
 import time
@@ -67,6 +68,7 @@ def stand_in() -> Iterator[StandIn]:
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
+    server.block_on_close = False  # a test's slow answer does not hold up the next test
     threading.Thread(target=server.serve_forever, daemon=True).start()
     state.url = f"http://127.0.0.1:{server.server_address[1]}"
     try:
@@ -177,3 +179,32 @@ def test_a_stream_to_a_server_that_cannot_be_reached_says_cannot_reach() -> None
     assert raised.value.message.startswith("cannot reach http://127.0.0.1:1"), raised.value
     out = run_cli("http://127.0.0.1:1", "chat", iid, "hi")
     assert out.returncode == 1 and out.stderr.startswith("regina: cannot reach http://127.0.0.1:1"), out
+
+
+def test_ctrl_c_while_chat_spawns_exits_130_with_a_message(stand_in: StandIn) -> None:
+    stand_in.answer = lambda method, path: Answer(201, b'{"instanceId": "demo-1"}', delay=30)
+    proc = subprocess.Popen(
+        [REGINA, "chat", "demo", "hi"],
+        env={**clean_env(), "REGINA_URL": stand_in.url},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as from a terminal
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not stand_in.asked and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert stand_in.asked == [("POST", "/agents/demo/instances")]
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, (out, err)
+    assert (
+        err == "regina: interrupted while spawning; an instance of demo may have been created "
+        "(regina ps --agent demo)\n"
+    ), err
+    assert out == ""
