@@ -278,7 +278,16 @@ def _chat_body(message: str, when_busy: WhenBusy) -> dict[str, Any]:
     return {"message": message} if when_busy == "queue" else {"message": message, "whenBusy": when_busy}
 
 
+FLEET_FILTERS = ("agent", "status", "member", "limit", "cursor")
+"""The query parameters of `GET /instances`."""
+
+
 def _fleet_params(filters: dict[str, Any]) -> dict[str, Any]:
+    """The filters that are set; TypeError for a name `GET /instances` does not know (the server
+    would ignore it and answer the whole fleet)."""
+    unknown = sorted(set(filters) - set(FLEET_FILTERS))
+    if unknown:
+        raise TypeError(f"unknown instance filter(s) {', '.join(unknown)}: the filters are {', '.join(FLEET_FILTERS)}")
     return {k: v for k, v in filters.items() if v is not None}
 
 
@@ -308,8 +317,15 @@ class _Routes:
 
     @staticmethod
     def instances(definition_id: str | None, filters: dict[str, Any]) -> _Call:
-        path = f"/agents/{_seg(definition_id, 'agent name')}/instances" if definition_id is not None else "/instances"
-        return _Call("GET", path, params=filters or None)
+        """A definition's instances (`GET /agents/<id>/instances`, all of them) or, with filters,
+        one page of `GET /instances?agent=<id>&…`."""
+        params = _fleet_params(filters)
+        if definition_id is not None and not params:
+            return _Call("GET", f"/agents/{_seg(definition_id, 'agent name')}/instances")
+        if definition_id is not None:
+            if params.setdefault("agent", definition_id) != definition_id:
+                raise TypeError(f"instances({definition_id!r}, agent={params['agent']!r}): two different agents")
+        return _Call("GET", "/instances", params=params or None)
 
     @staticmethod
     def chat(instance_id: str, message: str, when_busy: WhenBusy, key: str | None, stream: bool) -> _Call:
@@ -527,8 +543,9 @@ class ReginaClient:
         return cast(dict[str, Any], self._send(_Routes.instance(instance_id)))
 
     def instances(self, definition_id: str | None = None, **filters: Any) -> list[dict[str, Any]]:
-        """Instances of one definition, or one page of the fleet (filters: status, member, limit,
-        cursor); `fleet()` walks every page."""
+        """Every instance of one definition, or one page of the fleet (`GET /instances`) when there
+        are filters (agent, status, member, limit, cursor; the definition is the agent filter);
+        `fleet()` walks every page. TypeError for an unknown filter."""
         return cast(list[dict[str, Any]], self._send(_Routes.instances(definition_id, filters)))
 
     def fleet(self, **filters: Any) -> Iterator[dict[str, Any]]:
@@ -695,7 +712,7 @@ class AsyncReginaClient:
         return cast(dict[str, Any], await self._send(_Routes.instance(instance_id)))
 
     async def instances(self, definition_id: str | None = None, **filters: Any) -> list[dict[str, Any]]:
-        """Instances of one definition, or one page of the fleet; `fleet()` walks every page."""
+        """As `ReginaClient.instances`: a definition's instances, or one filtered page of the fleet."""
         return cast(list[dict[str, Any]], await self._send(_Routes.instances(definition_id, filters)))
 
     async def fleet(self, **filters: Any) -> AsyncIterator[dict[str, Any]]:

@@ -231,3 +231,32 @@ def test_a_dropped_stream_re_attaches_after_its_last_seq(api: httpx.Client, fake
                 pass
         assert stream.run_id is not None
         api.post(f"/runs/{stream.run_id}/cancel")
+
+
+def test_instances_of_a_definition_take_the_fleet_filters(api: httpx.Client) -> None:
+    import asyncio
+
+    from regina.client import AsyncReginaClient
+
+    with ReginaClient(str(api.base_url)) as regina:
+        kept, parked = (regina.spawn("helper-agent")["instanceId"] for _ in range(2))
+        try:
+            regina.suspend(parked)
+            everyone = {i["instanceId"] for i in regina.instances("helper-agent")}
+            assert {kept, parked} <= everyone
+            suspended = regina.instances("helper-agent", status="suspended", limit=1000)
+            assert parked in {i["instanceId"] for i in suspended} and kept not in {i["instanceId"] for i in suspended}
+            assert all(i["definitionId"] == "helper-agent" and i["status"] == "suspended" for i in suspended)
+            assert len(regina.instances("helper-agent", limit=1)) == 1
+            with pytest.raises(TypeError, match="unknown instance filter"):
+                regina.instances("helper-agent", state="suspended")
+
+            async def walk() -> list[dict[str, Any]]:
+                async with AsyncReginaClient(str(api.base_url)) as aregina:
+                    return await aregina.instances("helper-agent", status="started", limit=1000)
+
+            started = {i["instanceId"] for i in asyncio.run(walk())}
+            assert kept in started and parked not in started
+        finally:
+            regina.delete(kept)
+            regina.delete(parked)
