@@ -275,10 +275,19 @@ def _each(verb: str, action: Callable[[ReginaClient, str], None]) -> Callable[..
     @click.argument("instances", nargs=-1, required=True, metavar="INSTANCE...")
     @server_options
     def command(instances: tuple[str, ...], url: str, token: str | None) -> None:
+        failed = 0
         with connect(url, token) as client:
             for iid in instances:
-                action(client, iid)
-                click.echo(f"{verb} {iid}")
+                try:
+                    action(client, iid)
+                except ReginaError as exc:  # said, and the next ones are still done
+                    click.echo(f"regina: {iid}: {exc.message}", err=True)
+                    failed += 1
+                else:
+                    click.echo(f"{verb} {iid}")
+        if failed:
+            click.echo(f"regina: {failed} of {len(instances)} failed", err=True)
+            raise click.exceptions.Exit(1)
 
     return command
 

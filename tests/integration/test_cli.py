@@ -289,3 +289,21 @@ def test_an_id_is_one_path_segment_it_cannot_reach_another_instance(api: httpx.C
         assert api.get(f"/instances/{iid}").json()["status"] == "started"
     finally:
         api.delete(f"/instances/{iid}")
+
+
+def test_suspend_resume_rm_go_through_every_id_and_report_each_failure(api: httpx.Client) -> None:
+    first, second = (api.post("/agents/openai-agent/instances").json()["instanceId"] for _ in range(2))
+    missing = "openai-agent-" + "0" * 24
+    try:
+        out = regina(api, "suspend", missing, first, "x/y", second)
+        assert out.returncode == 1, out
+        assert out.stdout == f"suspended {first}\nsuspended {second}\n", out.stdout
+        errs = out.stderr.splitlines()
+        assert errs[0].startswith(f"regina: {missing}: ") and "not found" in errs[0], errs
+        assert errs[1].startswith("regina: x/y: ") and errs[2] == "regina: 2 of 4 failed", errs
+        assert all(api.get(f"/instances/{i}").json()["status"] == "suspended" for i in (first, second))
+        done = regina(api, "rm", first, second)
+        assert done.returncode == 0 and done.stderr == "", done
+    finally:
+        api.delete(f"/instances/{first}")
+        api.delete(f"/instances/{second}")
