@@ -308,7 +308,7 @@ def reload(url: str, token: str | None) -> None:
     names = result.get("agents", [])
     click.echo(f"{len(names)} agent(s): {', '.join(names)}")
     for err in result.get("errors", []):
-        click.echo(f"skipped {err.get('file')}: {err.get('error')}", err=True)
+        click.echo(f"skipped: {err.get('error') or err.get('file')}", err=True)  # the error names the file
 
 
 COMMANDS = [agents, ps, chat, steer, suspend, resume, rm, reload]

@@ -208,3 +208,11 @@ def test_ctrl_c_while_chat_spawns_exits_130_with_a_message(stand_in: StandIn) ->
         "(regina ps --agent demo)\n"
     ), err
     assert out == ""
+
+
+def test_reload_names_each_skipped_file_once(stand_in: StandIn) -> None:
+    skipped = {"file": "/srv/agents/bad.md", "error": "/srv/agents/bad.md: frontmatter: 'model' is required"}
+    stand_in.answer = lambda method, path: json_answer({"agents": ["demo"], "errors": [skipped]})
+    out = run_cli(stand_in.url, "reload")
+    assert out.returncode == 0 and out.stdout == "1 agent(s): demo\n", out
+    assert out.stderr == "skipped: /srv/agents/bad.md: frontmatter: 'model' is required\n", out.stderr
