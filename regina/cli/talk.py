@@ -117,6 +117,8 @@ class StreamPrinter:
             self._line(f"→ {ev.get('toolName')} {one_line(ev.get('args', {}), 200)}", "cyan")
         elif kind == "tool-result":
             self._line(f"← {one_line(ev.get('result'))}", "dim")
+        elif kind == "steer-applied":
+            self._line(f"↪ steer: {one_line(ev.get('message', ''))}", "magenta")
         elif kind == "tool-degraded":
             self._line(f"! {ev.get('server')}: {one_line(ev.get('error'))}", "yellow")
         elif kind == "finish":

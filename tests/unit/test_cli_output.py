@@ -78,3 +78,13 @@ def test_ps_on_an_80_column_terminal_prints_ids_whole_and_folds_the_rest() -> No
     assert iid in shown and "…" not in shown, shown
     assert all(len(line) <= 80 for line in shown.splitlines()), shown
     assert shown.count("m") == 40, shown  # the member folded, not cut
+
+
+def test_a_steer_applied_event_is_a_line_of_its_own() -> None:
+    buf = io.StringIO()
+    printer = StreamPrinter(Console(file=buf, soft_wrap=True, highlight=False))
+    printer.event({"type": "text-delta", "textDelta": "Working"})
+    printer.event({"type": "steer-applied", "steerId": "steer-1", "message": "be brief\nand kind"})
+    printer.event({"type": "finish", "finishReason": "stop", "text": "Working"})
+    printer.end()
+    assert buf.getvalue() == "Working\n↪ steer: be brief…\n"
