@@ -38,7 +38,15 @@ spec = SpecTree(
     security_schemes=[SecurityScheme(name="bearer", data=SecuritySchemeData(type=SecureType.HTTP, scheme="bearer"))],
 )
 
-_ERROR_CODES = (400, 401, 404, 409, 413, 422, 503)
+_ERROR_CODES = (400, 401, 404, 409, 413, 422, 500, 503)
+"""The JSON errors every route may answer (500: an unexpected failure, named, details in the log)."""
+_BACKLOG_TAGS = frozenset({"chat"})
+"""Routes that queue work on an instance (chat, chat/stream, steer) and answer 429 when its
+backlog (`limits.maxQueuedRuns`, `limits.maxSteering`) is full."""
+_RETRY_AFTER = {
+    "description": "Seconds to wait before trying again.",
+    "schema": {"type": "integer", "minimum": 0},
+}
 
 
 def documented(
@@ -50,7 +58,9 @@ def documented(
 ) -> Callable[[F], F]:
     """Declare a route's body, query and answers (`ok`, e.g. {"HTTP_200": Model}); every route
     may also answer the JSON errors."""
-    errors = {f"HTTP_{code}": Error for code in _ERROR_CODES if f"HTTP_{code}" not in ok}
+    errors: dict[str, Any] = {f"HTTP_{code}": Error for code in _ERROR_CODES if f"HTTP_{code}" not in ok}
+    if tag in _BACKLOG_TAGS:
+        errors["HTTP_429"] = (Error, "The instance's backlog is full; try again after Retry-After seconds.")
     decorator = spec.validate(
         json=json,
         query=query,
@@ -91,7 +101,17 @@ bp = Blueprint("docs", __name__)
 @bp.get("/openapi.json")
 def openapi_json() -> Response:
     """The OpenAPI 3.1 document of every route."""
-    return jsonify(spec.spec)
+    return jsonify(_with_retry_after(spec.spec))
+
+
+def _with_retry_after(doc: dict[str, Any]) -> dict[str, Any]:
+    """Every 429 answer's `Retry-After` header (spectree has no way to declare a header)."""
+    for operations in doc.get("paths", {}).values():
+        for operation in operations.values():
+            answer = operation.get("responses", {}).get("429") if isinstance(operation, dict) else None
+            if answer is not None:
+                answer.setdefault("headers", {})["Retry-After"] = _RETRY_AFTER
+    return doc
 
 
 @bp.get("/docs")
