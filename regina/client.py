@@ -419,8 +419,10 @@ def _accepted_run(resp: httpx.Response) -> str:
 
 
 class RunStream(Iterator[dict[str, Any]]):
-    """A run's events as they come; `run_id` is known once the answer's headers arrived (before
-    the first event), e.g. to cancel the run from a KeyboardInterrupt handler."""
+    """A run's events as they come. The request is sent when reading starts (the first `next()`),
+    like any generator's work: `run_id` is None until then, and is known once the answer's headers
+    arrived (before the first event is yielded), e.g. to cancel the run from a KeyboardInterrupt
+    handler around the loop."""
 
     def __init__(self, follow: _Follow, events: Iterator[dict[str, Any]]) -> None:
         self._follow = follow
@@ -596,8 +598,9 @@ class ReginaClient:
     def stream(
         self, instance_id: str, message: str, when_busy: WhenBusy = "queue", idempotency_key: str | None = None
     ) -> RunStream:
-        """Send a message and yield its events as they happen (each has `seq` and `runId`; the
-        stream's `run_id` is known before the first event); a dropped connection re-attaches."""
+        """Send a message (when reading starts) and yield its events as they happen (each has `seq`
+        and `runId`; the stream's `run_id` is set before the first event is yielded); a dropped
+        connection re-attaches."""
         return self._ndjson(_Routes.chat(instance_id, message, when_busy, idempotency_key, True))
 
     def events(self, run_id: str, after: int = 0) -> RunStream:

@@ -216,3 +216,16 @@ def test_reload_names_each_skipped_file_once(stand_in: StandIn) -> None:
     out = run_cli(stand_in.url, "reload")
     assert out.returncode == 0 and out.stdout == "1 agent(s): demo\n", out
     assert out.stderr == "skipped: /srv/agents/bad.md: frontmatter: 'model' is required\n", out.stderr
+
+
+def test_a_stream_is_sent_when_read_and_knows_its_run_before_the_first_event(stand_in: StandIn) -> None:
+    """As the README says: nothing is sent by stream() itself; run_id comes with the headers."""
+    event = {"type": "finish", "finishReason": "stop", "text": "ok", "seq": 1, "runId": "run-1"}
+    stand_in.answer = lambda method, path: Answer(
+        200, json.dumps(event).encode() + b"\n", {"Content-Type": "application/x-ndjson", "X-Run-Id": "run-1"}
+    )
+    with c.ReginaClient(stand_in.url) as regina:
+        stream = regina.stream("openai-agent-" + "0" * 24, "hi")
+        assert stream.run_id is None and stand_in.asked == []
+        assert next(stream) == event and stream.run_id == "run-1"
+    assert stand_in.asked == [("POST", "/instances/openai-agent-000000000000000000000000/chat/stream")]
