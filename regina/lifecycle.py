@@ -165,9 +165,11 @@ class Coordinator:
             failover = bool(rec.member) and not alive
             token = ids.new_token()
             attach = {"instanceId": instance_id, "epoch": rec.epoch + 1}  # the epoch the claim makes
-            # The claim pushes the attach too (one round trip less); a failover requeues the dead
-            # owner's steps between the two, as the attach's queue kick expects.
-            message = None if failover else self.dispatcher.command_message(member, "attach", attach, token)
+            # The claim pushes the attach too (one round trip less, and a coordinator that dies
+            # after the claim leaves an attach on its way). A failover requeues the dead owner's
+            # taken steps right after it; the attaching member does too before it consumes the
+            # queue (each step moves once, whoever moves it), in case this process is gone by then.
+            message = self.dispatcher.command_message(member, "attach", attach, token)
             epoch = self.store.claim(instance_id, member, expected_epoch=rec.epoch, command=message)
             if epoch == -2:
                 raise NotFound(f"instance {instance_id!r} not found")

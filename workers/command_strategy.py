@@ -151,12 +151,27 @@ def _attach(ctx: WorkerContext, consumer: Any, iid: str, payload: dict[str, Any]
             ctx.dispatcher.send_command(ctx.member_id, "release", {"instanceId": iid}, None)
             raise
 
+    if spawn_of is None and iid not in host.active and iid not in host.loading:
+        _restore_taken(ctx, iid)
     host.begin_attach(iid)
     # The anonymous exchange (as the publisher uses): no exchange or binding to declare,
     # so nothing per queue accumulates in Redis or in kombu's in-memory state.
     with fresh_queue(queue) if spawn_of else nullcontext():
         _consume_queue(consumer, queue)
     gevent.spawn(_answer, ctx, token, attach, True)  # the attach's last write answers
+
+
+def _restore_taken(ctx: WorkerContext, iid: str) -> None:
+    """Requeue the steps a dead owner took and did not acknowledge, before the queue is consumed
+    here: the failover's coordinator does so after its claim, but may have died since (the claim
+    pushed this attach). A step moves once, whoever moves it (workers/dispatcher.py)."""
+    try:
+        moved = ctx.dispatcher.restore_unacked(iid)
+    except Exception:  # noqa: BLE001 - the coordinator's restore, or the next attach, moves them
+        log.warning("instance %s: taken steps not restored at attach", iid, exc_info=True)
+        return
+    if moved:
+        log.warning("instance %s: %d step(s) a previous owner had taken requeued at attach", iid, moved)
 
 
 def _suspend(ctx: WorkerContext, iid: str, epoch: int | None) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from kombu import Exchange, Queue
 from kombu.utils.json import dumps as kombu_dumps
 
 from regina import keys
+from regina.redis_conn import script
 from workers.transport import captured_publishes, notify_owner
 
 _ANON = Exchange("")  # the anonymous exchange: routing key = list name, no bindings needed
@@ -28,6 +29,17 @@ TRANSPORT = "workers.transport:Transport"
 # kombu's Redis transport keeps delivered-but-unacknowledged messages here (acks_late).
 _UNACKED = "unacked"
 _UNACKED_INDEX = "unacked_index"
+
+# KEYS: unacked hash, unacked index, instance queue, the queue's tag set. ARGV: tag, message.
+# Moves one taken step back to the head of its queue, once: of two restorers (a web's failover,
+# a worker's attach, a restarted worker's own), the one whose HDEL removed the entry pushes it.
+_RESTORE = """
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('RPUSH', KEYS[3], ARGV[2])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('SREM', KEYS[4], ARGV[1])
+return 1
+"""
 
 
 def _short(text: str | None, limit: int = 60) -> str:
@@ -217,14 +229,11 @@ class CeleryDispatcher:
                 continue
             payload.setdefault("headers", {})["redelivered"] = True
             payload.get("properties", {}).get("delivery_info", {})["redelivered"] = True
-            pipe = self.r.pipeline(transaction=True)
-            pipe.rpush(queue, json.dumps(payload))
-            pipe.hdel(_UNACKED, tag)
-            pipe.zrem(_UNACKED_INDEX, tag)
-            pipe.srem(keys.unacked_of(queue), tag)
-            notify_owner(pipe, queue)  # its owner's worker reads the queue through its ready list
-            pipe.execute()
-            moved += 1
+            restore = script(self.r, _RESTORE)
+            if restore(keys=[_UNACKED, _UNACKED_INDEX, queue, keys.unacked_of(queue)], args=[tag, json.dumps(payload)]):
+                moved += 1
+        for _ in range(moved):  # one ready entry per step: its owner's worker reads the queue through them
+            notify_owner(self.r, queue)
         return moved
 
     def waiting_instances(self, instance_ids: Iterable[str]) -> set[str]:

@@ -239,3 +239,62 @@ def test_a_killed_workers_step_of_a_run_cancelled_while_queued_is_still_found(
     assert not r.exists(keys.unacked_of(queue))
     assert [m["content"] for m in api.get(f"/instances/{iid}/messages").json()] == ["first", "first again"]
     pool.shutdown()
+
+
+def test_a_failover_whose_coordinator_died_after_its_claim_still_requeues_the_taken_step(
+    make_cluster: Callable[..., Cluster], fake_llm: FakeLLM, tmp_path: Path
+) -> None:
+    """The claim pushes the attach; the coordinator that made it dies before it requeues the dead
+    owner's taken steps. The attaching member requeues them before it consumes the queue."""
+    from regina import ids
+    from regina.instances import InstanceStore
+    from regina.redis_conn import connect
+    from workers.celery_app import create_app
+    from workers.dispatcher import CeleryDispatcher
+
+    c = make_cluster(REGINA_STORAGE__TYPE="fs", REGINA_STORAGE__BASE_PATH=str(tmp_path / "b")).start(workers=2)
+    w1, w2 = c.workers
+    r = redis.Redis.from_url(c.redis_url, decode_responses=True)
+    api = httpx.Client(base_url=c.web.url, timeout=90)
+    iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
+    api.post(f"/instances/{iid}/chat", json={"message": "before"})
+    api.post(f"/instances/{iid}/suspend")
+    api.post(f"/instances/{iid}/resume")
+    member = api.get(f"/instances/{iid}").json()["member"]
+    victim, survivor = (w1, w2) if w1.member_id == member else (w2, w1)
+    fake_llm.push_for("during", Reply(text="never seen", delay=3.0), Reply(text="recovered"))
+    r.set(keys.SWEEP_ORPHANS_LOCK, "held by the test", px=120_000)  # no sweep re-homes it meanwhile
+    with cf.ThreadPoolExecutor(1) as pool:
+        chat = pool.submit(api.post, f"/instances/{iid}/chat", json={"message": "during"})
+        fake_llm.wait_for_requests(2, timeout=15)  # the step of "during" is taken and waits on the model
+        victim.kill()
+        c.web.kill()  # nobody else re-homes it
+        with pytest.raises(httpx.HTTPError):
+            chat.result(30)
+    run_id = r.zrange(keys.instance_runs(iid), 0, 0)[0]
+    wait_until(lambda: not r.exists(keys.member(victim.member_id)), timeout=15, what="the dead member's key to expire")
+
+    # A coordinator's failover up to its claim, which pushes the attach; then it dies.
+    app = create_app()
+    app.conf.broker_url = c.redis_url
+    client = connect(c.redis_url)
+    store = InstanceStore(client)
+    rec = store.get(iid)
+    assert rec is not None and rec.member == victim.member_id
+    token = ids.new_token()
+    attach = CeleryDispatcher(app, client).command_message(
+        survivor.member_id, "attach", {"instanceId": iid, "epoch": rec.epoch + 1}, token
+    )
+    assert attach is not None
+    assert store.claim(iid, survivor.member_id, expected_epoch=rec.epoch, command=attach) == rec.epoch + 1
+
+    try:
+        wait_until(lambda: r.hget(keys.run_record(run_id), "status") == "finished", timeout=30, what="the run to end")
+    except Exception:
+        print(c.dump_logs())
+        raise
+    finish = json.loads(r.xrevrange(keys.run_events(run_id), count=1)[0][1]["e"])
+    assert finish["type"] == "finish" and finish["text"] == "recovered"
+    client.close()
+    r.close()
+    api.close()
