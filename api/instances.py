@@ -26,8 +26,10 @@ def fleet() -> Response:
     `limit` (default 100, at most 1000), the next page's `cursor` in the `X-Next-Cursor` header."""
     args = request.args
     raw_limit = args.get("limit", "100")
-    if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= MAX_LIMIT:
-        raise BadRequest(f"query parameter 'limit' must be an integer from 1 to {MAX_LIMIT}, got {raw_limit!r}")
+    small = raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 18  # int() refuses 4 300+ digits
+    if not small or not 1 <= int(raw_limit) <= MAX_LIMIT:
+        shown = raw_limit if len(raw_limit) <= 40 else raw_limit[:40] + "…"
+        raise BadRequest(f"query parameter 'limit' must be an integer from 1 to {MAX_LIMIT}, got {shown!r}")
     status = args.get("status")
     if status is not None and status not in STATUSES:
         raise BadRequest(f"query parameter 'status' must be one of {', '.join(STATUSES)}, got {status!r}")
