@@ -280,10 +280,10 @@ class Coordinator:
         for member in live_members(self.r):
             if member != rec.member:
                 self.dispatcher.send_command(member, "delete", {"instanceId": instance_id}, None)
-        self.dispatcher.purge(instance_id)
         if self.storage is not None:
             Backups(self.r, self.storage).delete_all(instance_id)
         self.store.delete(instance_id, rec.definition_id)
+        self.dispatcher.purge(instance_id)  # last: a chat opened until the record went queued a step
         for child in children:
             try:
                 self.delete(child)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-from typing import NoReturn
 
 from celery import Task
 from celery.exceptions import Reject
 
+from regina import keys
 from regina.errors import ReginaError, StaleEpoch
 from regina.host import NotHere
+from regina.runs.store import ENDED
 from workers.celery_app import app
 from workers.context import context
 from workers.dispatcher import CHAT_TASK, COMMAND_TASK
@@ -39,12 +40,17 @@ def chat(instance_id: str, run_id: str, message: str | None, stream: bool = True
             _hand_back(instance_id, run_id, moved)
 
 
-def _hand_back(instance_id: str, run_id: str, exc: Exception) -> NoReturn:
+def _hand_back(instance_id: str, run_id: str, exc: Exception) -> None:
     """This member no longer holds the instance: give the step back for its real owner and stop
-    consuming the instance's queue (the consumer loop does that, see workers/command_strategy.py)."""
+    consuming the instance's queue (the consumer loop does that, see workers/command_strategy.py).
+    A step whose run has ended (its instance was deleted: the delete ends its runs first) is
+    acknowledged instead: requeued after the delete's purge, it would be a queue nobody reads."""
     ctx = context()
-    log.warning("step %s for %s handed back: %s", run_id, instance_id, exc)
     ctx.dispatcher.send_command(ctx.member_id, "release", {"instanceId": instance_id}, None)
+    if ctx.client.hget(keys.run_record(run_id), "status") in ENDED:
+        log.info("step %s for %s dropped: its run has ended (%s)", run_id, instance_id, exc)
+        return
+    log.warning("step %s for %s handed back: %s", run_id, instance_id, exc)
     raise Reject(str(exc), requeue=True) from exc
 
 

@@ -292,3 +292,36 @@ def test_an_attach_that_fails_leaves_the_instance_suspended_not_started_nowhere(
         assert answer.status_code == 200 and answer.json()["text"] == "echo: after"
         texts = [m["content"] for m in api.get(f"/instances/{iid}/messages").json()]
         assert texts[:2] == ["before", "echo: before"] and texts[-2:] == ["after", "echo: after"]
+
+
+def test_a_delete_with_runs_queued_behind_a_slow_one_leaves_no_queue(
+    cluster: Cluster, api: httpx.Client, fake_llm: FakeLLM
+) -> None:
+    """The owner has taken steps that wait behind the running one; the delete ends every run and
+    the owner lets go of them: none may be put back on the queue the delete removes."""
+    import time
+
+    iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
+    fake_llm.push_for("slowpoke", Reply(text="slow", delay=3.0))
+    r = redis.Redis.from_url(cluster.redis_url, decode_responses=True)
+
+    def chat(message: str, timeout: float) -> None:
+        with pytest.raises(httpx.HTTPError):  # each gives up waiting; its run stays queued
+            api.post(f"/instances/{iid}/chat", json={"message": message}, timeout=timeout)
+
+    with cf.ThreadPoolExecutor(21) as pool:
+        first = pool.submit(chat, "slowpoke", 2.0)
+        wait_until(lambda: fake_llm.requests, timeout=10, what="the slow model call")
+        waiting = [pool.submit(chat, f"queued {i}", 1.0) for i in range(20)]
+        wait_until(lambda: r.zcard(f"regina:inst:{iid}:runs") == 21, timeout=10, what="20 runs queued")
+        for f in [first, *waiting]:
+            f.result(10)
+    assert api.delete(f"/instances/{iid}").status_code == 204
+    time.sleep(2)  # steps let go of after the delete's answer
+    # Requeued (handed back), they would race the delete's purge: left after it, a queue nobody reads.
+    lines = [line for w in cluster.workers for line in w.log().splitlines() if iid in line]
+    assert not [line for line in lines if "handed back" in line]
+    assert any("dropped: its run has ended" in line for line in lines)
+    assert not r.exists(f"regina.i.{iid}")
+    assert not [k for k in r.keys(f"*{iid}*")]
+    r.close()
