@@ -16,6 +16,7 @@ lives under `regina:` too.
 | regina:instances                      | ZSET   | —          | every instance id, scored by createdAt   |
 | regina:def:<defId>:instances          | ZSET   | —          | instance ids of one definition           |
 | regina:lock:<instanceId>              | STRING | seconds    | activation lock (one placer at a time)   |
+| regina:deleting:<instanceId>          | STRING | 2 × reply  | a delete of the instance is under way    |
 | regina:steer:<instanceId>             | LIST   | —          | queued steering messages (JSON: steerId, |
 |                                       |        |            | message)                                 |
 | regina:inst:<instanceId>:runs         | ZSET   | —          | the instance's unfinished run ids, by    |
@@ -130,6 +131,11 @@ def definition_instances(definition_id: str) -> str:
 def activation_lock(instance_id: str) -> str:
     """Lock held while an instance is being placed on a member."""
     return f"regina:lock:{instance_id}"
+
+
+def deleting(instance_id: str) -> str:
+    """Set while the instance is being deleted: its workers' failures meanwhile are 404s."""
+    return f"regina:deleting:{instance_id}"
 
 
 def steering(instance_id: str) -> str:

@@ -60,10 +60,21 @@ class Coordinator:
     # -- commands to members -------------------------------------------------------------
 
     def command(self, member: str, name: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """Send a command to a member and wait for its answer (Unavailable on timeout)."""
+        """Send a command to a member and wait for its answer (Unavailable on timeout; NotFound
+        when the instance it was about was deleted meanwhile)."""
         token = ids.new_token()
         self.dispatcher.send_command(member, name, payload, token)
-        return self._answer(member, name, token)
+        try:
+            return self._answer(member, name, token)
+        except Unavailable as exc:
+            self._raise_if_deleted(str(payload.get("instanceId") or ""), exc)
+            raise
+
+    def _raise_if_deleted(self, instance_id: str, exc: Exception) -> None:
+        """NotFound when the instance is gone: a worker that could not attach or read an instance
+        deleted meanwhile failed because of the delete, not because it is unavailable."""
+        if instance_id and (self.r.exists(keys.deleting(instance_id)) or self.store.get(instance_id) is None):
+            raise NotFound(f"instance {instance_id!r} not found") from exc
 
     def _answer(self, member: str, name: str, token: str) -> dict[str, Any]:
         """Wait for the answer to the command sent with `token` (Unavailable on timeout)."""
@@ -190,7 +201,8 @@ class Coordinator:
                 if message is None:
                     self.dispatcher.send_command(member, "attach", attach, token)
                 self._answer(member, "attach", token)
-            except Unavailable:
+            except Unavailable as exc:
+                self._raise_if_deleted(instance_id, exc)
                 if is_alive(self.r, member) or time.monotonic() > give_up:
                     raise
                 log.warning("instance %s: %s left before attaching it; placing it again", instance_id, member)
@@ -267,14 +279,28 @@ class Coordinator:
         """Tear down queue, VFS, backup and keys; then the instance's delegate children (it owns
         them: no other caller can reach them once it is gone)."""
         rec = self.get(instance_id)
-        children = cast(list[str], self.r.hvals(keys.delegates(instance_id)))
+        # Said first, so what fails because of this delete meanwhile is a 404, not a 503.
+        self.r.set(keys.deleting(instance_id), "1", ex=max(1, int(2 * self.settings.limits.worker_reply_timeout)))
+        try:
+            children = cast(list[str], self.r.hvals(keys.delegates(instance_id)))
+            self._tear_down(rec)
+        finally:
+            self.r.delete(keys.deleting(instance_id))
+        for child in children:
+            try:
+                self.delete(child)
+            except NotFound:
+                pass  # deleted on its own already
+
+    def _tear_down(self, rec: InstanceRecord) -> None:
+        instance_id = rec.instance_id
         # Its runs can no longer run: they end cancelled now (a running one is interrupted, so
         # its owner's delete below does not wait for the model).
         self.runs.store.end_all(instance_id)
         if rec.member and is_alive(self.r, rec.member):
             try:
                 self.command(rec.member, "delete", {"instanceId": instance_id, "epoch": rec.epoch})
-            except Unavailable as exc:
+            except (Unavailable, NotFound) as exc:
                 log.warning("delete %s: %s; removing its keys anyway", instance_id, exc)
         # Earlier owners may still keep a copy on their disks: every live member drops its own.
         for member in live_members(self.r):
@@ -284,11 +310,6 @@ class Coordinator:
             Backups(self.r, self.storage).delete_all(instance_id)
         self.store.delete(instance_id, rec.definition_id)
         self.dispatcher.purge(instance_id)  # last: a chat opened until the record went queued a step
-        for child in children:
-            try:
-                self.delete(child)
-            except NotFound:
-                pass  # deleted on its own already
 
     # -- chat ----------------------------------------------------------------------------
 

@@ -325,3 +325,21 @@ def test_a_delete_with_runs_queued_behind_a_slow_one_leaves_no_queue(
     assert not r.exists(f"regina.i.{iid}")
     assert not [k for k in r.keys(f"*{iid}*")]
     r.close()
+
+
+def test_reads_and_chats_racing_a_delete_answer_404_not_503(cluster: Cluster, api: httpx.Client) -> None:
+    """A worker asked for an instance being deleted fails because of the delete: the client hears
+    'not found' (404), never 'unavailable, try again' (503)."""
+    statuses: list[tuple[int, str, str]] = []
+    with cf.ThreadPoolExecutor(8) as pool:
+        for round_ in range(12):
+            iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
+            if round_ % 2:
+                api.post(f"/instances/{iid}/suspend")
+            calls = [pool.submit(api.get, f"/instances/{iid}/messages") for _ in range(3)]
+            calls += [pool.submit(api.post, f"/instances/{iid}/resume") for _ in range(2)]
+            calls.append(pool.submit(api.post, f"/instances/{iid}/chat", json={"message": "hi", "whenBusy": "steer"}))
+            assert api.delete(f"/instances/{iid}").status_code == 204
+            answers = [f.result(60) for f in calls]
+            statuses += [(a.status_code, a.request.url.path.rsplit("/", 1)[-1], a.text[:160]) for a in answers]
+    assert not [s for s in statuses if s[0] >= 500], statuses
