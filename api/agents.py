@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify
 
 from api import models as m
 from api.body import json_body
-from api.idem import HEADER
+from api.idem import idem_key
 from api.openapi import documented
 from api.services import Services
 from regina.definitions import AgentDefinition
@@ -49,7 +49,7 @@ def get_agent(def_id: str) -> Response:
 @documented({"HTTP_201": m.Instance}, tag="agents", headers=m.IdempotencyHeaders)
 def spawn(def_id: str) -> tuple[Response, int]:
     coord = services().coordinator
-    key = request.headers.get(HEADER)
+    key = idem_key()
     if key is not None:
         return jsonify(coord.spawn_once(def_id, key, body_hash(json_body(required=False)))), 201
     return jsonify(coord.spawn(def_id).public()), 201

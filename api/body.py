@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from typing import Any
 
 from flask import request
@@ -14,6 +15,14 @@ from regina.errors import BadRequest
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
 #: Where the parsed body is kept in the request's environ: a route and `parse_body` parse it once.
 _PARSED = "regina.json_body"
+
+
+class _NotJson(ValueError):
+    """A token Python's json module reads but JSON does not have."""
+
+
+def _not_json(name: str) -> Any:
+    raise _NotJson(f"{name} is not a JSON value")
 
 
 def json_body(required: bool = True) -> Any:
@@ -33,11 +42,15 @@ def json_body(required: bool = True) -> Any:
     except UnicodeDecodeError:
         raise BadRequest("request body is not valid UTF-8 (JSON text must be valid Unicode)") from None
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_not_json)
     except RecursionError:
         raise BadRequest("request body is JSON nested too deeply") from None
-    except ValueError:
-        raise BadRequest("request body is not valid JSON") from None
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+    except _NotJson as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    except ValueError:  # int() refuses numbers of more than sys.get_int_max_str_digits() digits
+        raise BadRequest(f"request body holds a number of more than {sys.get_int_max_str_digits()} digits") from None
     if _SURROGATE_ESCAPE.search(raw):
         try:
             json.dumps(data, ensure_ascii=False).encode("utf-8")

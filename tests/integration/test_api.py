@@ -168,11 +168,20 @@ class TestBadInput:
         assert api.get(f"/instances/{iid}/messages").json() == []
         assert not fake_llm.requests
 
-    def test_body_that_is_not_json_is_400(self, api: httpx.Client) -> None:
+    @pytest.mark.parametrize(
+        ("raw", "says"),
+        [
+            (b"{not json", "request body is not valid JSON: Expecting property name enclosed in double quotes"),
+            (b'{"message": NaN}', "request body is not valid JSON: NaN is not a JSON value"),
+            (b'{"message": "hi", "x": -Infinity}', "request body is not valid JSON: -Infinity is not a JSON value"),
+            (b'{"message": "hi", "x": ' + b"9" * 5000 + b"}", "request body holds a number of more than 4300 digits"),
+        ],
+    )
+    def test_body_that_is_not_json_is_400_saying_why(self, api: httpx.Client, raw: bytes, says: str) -> None:
         iid = spawn(api)
-        resp = api.post(f"/instances/{iid}/chat", content=b"{not json", headers={"content-type": "application/json"})
+        resp = api.post(f"/instances/{iid}/chat", content=raw, headers={"content-type": "application/json"})
         assert resp.status_code == 400
-        assert resp.json() == {"error": "request body is not valid JSON"}
+        assert resp.json()["error"].startswith(says), resp.text
         assert api.get(f"/instances/{iid}/messages").json() == []
 
     def test_oversized_body_is_413(self, api: httpx.Client) -> None:

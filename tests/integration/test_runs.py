@@ -233,6 +233,17 @@ def test_idempotent_spawn(api: httpx.Client) -> None:
     assert elsewhere.status_code == 201 and elsewhere.json()["instanceId"] != first.json()["instanceId"]
 
 
+def test_an_idempotency_key_in_utf8_counts_its_characters(api: httpx.Client) -> None:
+    """Headers reach the app as latin-1: 255 'é' were 510 characters, over the 255 limit."""
+    key = f"clé-{time.monotonic_ns()}-".encode() + "é".encode() * 200
+    first = api.post("/agents/openai-agent/instances", headers={"Idempotency-Key": key})
+    again = api.post("/agents/openai-agent/instances", headers={"Idempotency-Key": key})
+    assert first.status_code == again.status_code == 201, first.text
+    assert first.json() == again.json()
+    too_long = api.post("/agents/openai-agent/instances", headers={"Idempotency-Key": "é".encode() * 256})
+    assert too_long.status_code == 400 and "1 to 255 characters" in too_long.json()["error"]
+
+
 def test_idempotent_chat_does_the_work_once_also_when_two_race(api: httpx.Client, fake_llm: FakeLLM) -> None:
     iid = spawn(api)
     headers = {"Idempotency-Key": "chat-key-1"}
