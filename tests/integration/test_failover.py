@@ -15,6 +15,7 @@ import redis
 from regina import keys
 from tests.harness.fake_llm import FakeLLM, Reply, ToolCall
 from tests.harness.processes import Cluster, Proc
+from tests.harness.scenarios import backed_up_instance
 from tests.harness.waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.chaos]
@@ -47,14 +48,8 @@ def test_kill_9_mid_step_redelivers_the_step_on_another_worker(
 ) -> None:
     # Given two workers with fs storage and an instance with a backed-up history
     c = make_cluster(REGINA_STORAGE__TYPE="fs", REGINA_STORAGE__BASE_PATH=str(tmp_path / "b")).start(workers=2)
-    w1, w2 = c.workers
     api = httpx.Client(base_url=c.web.url, timeout=90)
-    iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
-    api.post(f"/instances/{iid}/chat", json={"message": "before"})
-    api.post(f"/instances/{iid}/suspend")
-    api.post(f"/instances/{iid}/resume")
-    member = api.get(f"/instances/{iid}").json()["member"]
-    victim = w1 if w1.member_id == member else w2
+    iid, victim, _ = backed_up_instance(c, api)
     fake_llm.push_for("during", Reply(text="never seen", delay=3.0), Reply(text="recovered"))
 
     # When its owner is killed with -9 while the step waits on the model
@@ -253,15 +248,9 @@ def test_a_failover_whose_coordinator_died_after_its_claim_still_requeues_the_ta
     from workers.dispatcher import CeleryDispatcher
 
     c = make_cluster(REGINA_STORAGE__TYPE="fs", REGINA_STORAGE__BASE_PATH=str(tmp_path / "b")).start(workers=2)
-    w1, w2 = c.workers
     r = redis.Redis.from_url(c.redis_url, decode_responses=True)
     api = httpx.Client(base_url=c.web.url, timeout=90)
-    iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
-    api.post(f"/instances/{iid}/chat", json={"message": "before"})
-    api.post(f"/instances/{iid}/suspend")
-    api.post(f"/instances/{iid}/resume")
-    member = api.get(f"/instances/{iid}").json()["member"]
-    victim, survivor = (w1, w2) if w1.member_id == member else (w2, w1)
+    iid, victim, survivor = backed_up_instance(c, api)
     fake_llm.push_for("during", Reply(text="never seen", delay=3.0), Reply(text="recovered"))
     r.set(keys.SWEEP_ORPHANS_LOCK, "held by the test", px=120_000)  # no sweep re-homes it meanwhile
     with cf.ThreadPoolExecutor(1) as pool:

@@ -11,6 +11,7 @@ import pytest
 
 from tests.harness.fake_llm import FakeLLM, Reply
 from tests.harness.processes import Cluster
+from tests.harness.scenarios import backed_up_instance
 
 pytestmark = [pytest.mark.slow, pytest.mark.chaos]
 
@@ -19,14 +20,8 @@ def test_a_steer_taken_by_a_run_whose_worker_died_reaches_the_redelivered_run(
     make_cluster: Callable[..., Cluster], fake_llm: FakeLLM, tmp_path: Path
 ) -> None:
     c = make_cluster(REGINA_STORAGE__TYPE="fs", REGINA_STORAGE__BASE_PATH=str(tmp_path / "b")).start(workers=2)
-    w1, w2 = c.workers
     with httpx.Client(base_url=c.web.url, timeout=90) as api:
-        iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
-        api.post(f"/instances/{iid}/chat", json={"message": "before"})
-        api.post(f"/instances/{iid}/suspend")
-        api.post(f"/instances/{iid}/resume")
-        member = api.get(f"/instances/{iid}").json()["member"]
-        victim = w1 if w1.member_id == member else w2
+        iid, victim, _ = backed_up_instance(c, api)
         receipt = api.post(f"/instances/{iid}/steer", json={"message": "remember the blue door"}).json()
         fake_llm.push_for("during", Reply(text="never seen", delay=3.0), Reply(text="recovered"))
         with cf.ThreadPoolExecutor(1) as pool:
@@ -49,14 +44,8 @@ def test_a_steer_taken_after_the_answer_survives_the_worker_dying_in_the_next_mo
     while the model answered the steer: the answer is durable, the steer is in the run's steering
     journal only. The redelivered step must answer the steer, not finish with the first answer."""
     c = make_cluster(REGINA_STORAGE__TYPE="fs", REGINA_STORAGE__BASE_PATH=str(tmp_path / "b")).start(workers=2)
-    w1, w2 = c.workers
     with httpx.Client(base_url=c.web.url, timeout=90) as api:
-        iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
-        api.post(f"/instances/{iid}/chat", json={"message": "before"})
-        api.post(f"/instances/{iid}/suspend")
-        api.post(f"/instances/{iid}/resume")
-        member = api.get(f"/instances/{iid}").json()["member"]
-        victim = w1 if w1.member_id == member else w2
+        iid, victim, _ = backed_up_instance(c, api)
         fake_llm.push_for(
             "during",
             Reply(text="first answer", delay=1.0),
