@@ -10,24 +10,15 @@ from typing import Any
 import orjson
 from flask import Flask, Response, g, request
 from flask.json.provider import DefaultJSONProvider
-from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.sansio.response import Response as BaseResponse
 
 from api import agents, chat, health, instances, openapi, runs
+from api.body import read_body
 from api.errors import error_response, register_error_handlers
 from api.services import Services, build_services
 from regina.config import Settings, process_settings
 from regina.metrics import HTTP_REQUESTS, HTTP_SECONDS
 from regina.secrets import add_secret, install_log_redaction
-
-
-def _read_body(limit: int) -> None:
-    """Read the body now: 413 past `limit` (Werkzeug raises it for a Content-Length; a chunked
-    body it only cuts at the limit, so look for one byte more)."""
-    body = request.get_data(cache=True)
-    if request.content_length is None and len(body) >= limit and request.environ["wsgi.input"].read(1):
-        raise RequestEntityTooLarge()
-
 
 #: Methods counted by name in the request metrics (others as "other").
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -89,7 +80,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         also those that ignore it."""
         g.regina_started = time.perf_counter()
         if request.method != "GET":
-            _read_body(limit)
+            read_body(limit, settings.limits.body_timeout)
 
     #: (route, method, status) -> the request counter's and the latency histogram's children
     #: (`labels` validates and locks on every call).

@@ -8,13 +8,36 @@ import sys
 from typing import Any
 
 from flask import request
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
-from regina.errors import BadRequest
+from regina.errors import BadRequest, RequestTimeout
 
 # A \uD800-\uDFFF escape: only then can the parsed body hold a lone surrogate.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
 #: Where the parsed body is kept in the request's environ: a route and `parse_body` parse it once.
 _PARSED = "regina.json_body"
+
+
+def read_body(limit: int, timeout: float) -> None:
+    """Read the request's body now (cached for the route): 413 past `limit` (Werkzeug raises it
+    for a Content-Length; a chunked body it only cuts at the limit, so look for one byte more);
+    408 when it stalls for `timeout` seconds (under gunicorn, whose socket the environ names):
+    a body that stops arriving does not hold its connection for good."""
+    sock = request.environ.get("gunicorn.socket")
+    before = sock.gettimeout() if sock is not None else None
+    if sock is not None:
+        sock.settimeout(timeout)
+    try:
+        body = request.get_data(cache=True)
+        if request.content_length is None and len(body) >= limit and request.environ["wsgi.input"].read(1):
+            raise RequestEntityTooLarge()
+    except (TimeoutError, ClientDisconnected):  # Werkzeug reports the socket's timeout as a disconnect
+        # The socket keeps the short timeout: gunicorn's drain of the rest fails too and closes it.
+        raise RequestTimeout(
+            f"the request body stopped before its end (nothing arrived for {timeout:g}s: limits.bodyTimeout)"
+        ) from None
+    if sock is not None:
+        sock.settimeout(before)
 
 
 class _NotJson(ValueError):

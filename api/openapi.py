@@ -38,7 +38,7 @@ spec = SpecTree(
     security_schemes=[SecurityScheme(name="bearer", data=SecuritySchemeData(type=SecureType.HTTP, scheme="bearer"))],
 )
 
-_ERROR_CODES = (400, 401, 404, 409, 413, 422, 500, 503)
+_ERROR_CODES = (400, 401, 404, 408, 409, 413, 422, 500, 503)
 """The JSON errors every route may answer (500: an unexpected failure, named, details in the log)."""
 _BACKLOG_TAGS = frozenset({"chat"})
 """Routes that queue work on an instance (chat, chat/stream, steer) and answer 429 when its

@@ -107,6 +107,9 @@ class Limits(_Section):
     """Largest HTTP request body accepted (413 above)."""
     max_message_chars: int = Field(100_000, ge=1)
     """Longest chat or steer `message` accepted (413 above)."""
+    body_timeout: float = Field(30.0, gt=0)
+    """Seconds a request body may stall (no byte arriving) before the request is answered 408 and
+    its connection closed: a client that sends headers and never the body holds nothing longer."""
     max_tool_output_chars: int = Field(50_000, ge=100)
     """Tool results longer than this are truncated before they reach the model."""
     max_file_bytes: int = Field(67_108_864, ge=1)

@@ -57,6 +57,10 @@ class PayloadTooLarge(ReginaError):
     """Raised when a body or a message exceeds a configured limit."""
 
 
+class RequestTimeout(ReginaError):
+    """Raised when a request's body stops arriving (limits.bodyTimeout)."""
+
+
 class Conflict(ReginaError):
     """Raised when a request clashes with the instance's current state."""
 

@@ -172,3 +172,32 @@ def test_unknown_http_methods_do_not_grow_the_metrics(api: httpx.Client) -> None
     for n in range(5):
         api.request(f"ZZ{n:05d}", "/healthz")
     assert "ZZ0000" not in api.get("/metrics").text
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{}",  # 98 bytes never come
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n",  # no last chunk
+    ],
+)
+def test_a_body_that_stops_arriving_is_408_after_body_timeout(cluster: Cluster, head: bytes) -> None:
+    import socket
+    import time
+
+    web = next((p for p in cluster.procs if p.name == "web-body-timeout" and p.alive()), None)
+    if web is None:
+        web = cluster.start_web(env={"REGINA_LIMITS__BODY_TIMEOUT": "1"})
+        web.name = "web-body-timeout"
+    assert web.url is not None
+    host, port = web.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        started = time.monotonic()
+        sock.sendall(b"POST /agents/openai-agent/instances HTTP/1.1\r\nHost: x\r\n" + head)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        took = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b"limits.bodyTimeout" in answer
+    assert 0.9 < took < 6  # answered after the 1 s stall, then closed (not kept alive for 75 s)
