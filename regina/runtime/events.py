@@ -107,10 +107,12 @@ class Finish(_Wire):
 
 
 class ErrorEvent(_Wire):
-    """Last event of a failed run."""
+    """Last event of a failed run, with what its model calls spent before it failed (the run's
+    and its instance's usage and budget count it)."""
 
     type: Literal["error"] = "error"
     error: str
+    usage: Usage = Field(default_factory=Usage)
 
 
 class SteerApplied(_Wire):

@@ -376,5 +376,5 @@ def _fail(turn: _Turn, exc: ModelError, total: Usage, step: int, spent: list[Usa
     total = _plus(total, spent)
     text = f"Error: {exc.message}"
     turn.append(assistant(text))
-    turn.sink.emit(ErrorEvent(error=exc.message))
+    turn.sink.emit(ErrorEvent(error=exc.message, usage=total))
     return TurnResult(text=text, usage=total, finish_reason="error", error=exc.message, steps=step)

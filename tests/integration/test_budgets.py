@@ -89,3 +89,20 @@ def test_time_budget_cuts_a_slow_model_call_short(budget_api: httpx.Client, fake
     assert body["finishReason"] == "budget" and "maxSecondsPerRun" in body["text"]
     fake_llm.push_for("quick", Reply(text="quick answer"))
     assert api.post(f"/instances/{iid}/chat", json={"message": "quick"}).json()["text"] == "quick answer"
+
+
+def test_a_run_that_ends_in_a_model_error_counts_what_it_spent(budget_api: httpx.Client, fake_llm: FakeLLM) -> None:
+    """A tool step spent tokens, then the provider failed: the run's and the instance's usage
+    count that step (else runs ending in errors would pass maxTokensPerInstance uncounted)."""
+    api = budget_api
+    iid = _spawn(api)
+    fake_llm.push_for(
+        "then fail",
+        Reply(tool_calls=[ToolCall("bash", {"command": "echo hi"})], usage=(40, 10)),
+        Reply(error_status=500, error_message="provider down"),
+    )
+    body = api.post(f"/instances/{iid}/chat", json={"message": "then fail"}).json()
+    assert "provider down" in body.get("error", "") or "provider down" in body.get("text", ""), body
+    run = api.get(f"/runs/{body['runId']}").json()
+    assert run["status"] == "failed" and run["usage"] == {"promptTokens": 40, "completionTokens": 10}, run
+    assert api.get(f"/instances/{iid}").json()["usage"] == {"promptTokens": 40, "completionTokens": 10}

@@ -210,7 +210,7 @@ def test_model_error_is_an_event_and_a_saved_message(fake: FakeLLM, target: Mode
 
     assert result.error == "model provider error: 500 upstream exploded"
     assert result.text == f"Error: {result.error}"
-    assert t.events == [{"type": "error", "error": result.error}]
+    assert t.events == [{"type": "error", "error": result.error, "usage": {"promptTokens": 0, "completionTokens": 0}}]
     assert t.persisted()[-1] == {"role": "assistant", "content": result.text}
 
     fake.push(Reply(text="recovered"))  # the history stays valid for the next turn

@@ -45,7 +45,14 @@ CASES = [
             "usage": {"promptTokens": 3, "completionTokens": 4},
         },
     ),
-    (ErrorEvent(error="model provider error: 500 boom"), {"type": "error", "error": "model provider error: 500 boom"}),
+    (
+        ErrorEvent(error="model provider error: 500 boom"),
+        {
+            "type": "error",
+            "error": "model provider error: 500 boom",
+            "usage": {"promptTokens": 0, "completionTokens": 0},
+        },
+    ),
 ]
 
 
