@@ -26,12 +26,17 @@ log = logging.getLogger("regina.backups")
 
 # KEYS: instance record, journal list. ARGV: epoch, version, key, bytes, journal seq covered.
 # Points the record at the new backup, drops the journal entries the snapshot already holds,
-# and returns the key of the backup it replaces ('' when none).
+# and returns the key of the backup it replaces ('' when none). Run again after its reply was
+# lost (redis-py sends it once more), it answers the same: the record naming this call's key
+# (unique per epoch and version) means it ran — even if the epoch has moved on since, so the
+# caller never deletes the backup the record names.
 _COMMIT = """
+local cur = redis.call('HGET', KEYS[1], 'backupKey')
+if cur == ARGV[3] then return redis.call('HGET', KEYS[1], 'prevBackupKey') or '' end
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return redis.error_reply('STALE') end
-local old = redis.call('HGET', KEYS[1], 'backupKey') or ''
+local old = cur or ''
 redis.call('HSET', KEYS[1], 'backupVersion', ARGV[2], 'backupKey', ARGV[3], 'vfsBytes', ARGV[4],
-  'backupSeq', ARGV[5])
+  'backupSeq', ARGV[5], 'prevBackupKey', old)
 local covered = tonumber(ARGV[5])
 while true do
   local head = redis.call('LINDEX', KEYS[2], 0)

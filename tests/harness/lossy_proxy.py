@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import threading
+from collections.abc import Callable
 
 from tests.harness.tcp_proxy import TcpProxy, chunks, close_all
 
@@ -18,6 +19,7 @@ class LossyProxy(TcpProxy):
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
         super().__init__(upstream_host, upstream_port)
         self._marker: bytes | None = None
+        self._meanwhile: Callable[[], object] | None = None
         #: Set once a reply was lost.
         self.lost = threading.Event()
 
@@ -25,9 +27,12 @@ class LossyProxy(TcpProxy):
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def lose_reply_to(self, marker: bytes) -> None:
+    def lose_reply_to(self, marker: bytes, meanwhile: Callable[[], object] | None = None) -> None:
+        """Lose the reply to the next command holding `marker`; `meanwhile` runs after the command
+        ran and before the client's connection is cut (what another client did in between)."""
         with self._lock:
             self._marker = marker
+            self._meanwhile = meanwhile
             self.lost.clear()
 
     def relay(self, client: socket.socket, server: socket.socket) -> None:
@@ -52,6 +57,8 @@ class LossyProxy(TcpProxy):
         """Redis → client; the first reply after an armed command is dropped with the connection."""
         for data in chunks(server):
             if cut.is_set():
+                if self._meanwhile is not None:
+                    self._meanwhile()
                 close_all(client, server)
                 self.lost.set()
                 return

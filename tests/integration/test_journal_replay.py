@@ -211,3 +211,37 @@ def test_a_flush_of_ten_thousand_changes_is_stored_whole(redis_server: RedisServ
     finally:
         client.delete(keys.instance_record(iid), keys.journal(iid))
         client.close()
+
+
+def test_a_backup_commit_whose_reply_was_lost_keeps_the_backup_it_made(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The commit ran (record pointed at the new blob, journal trimmed), its reply was lost, the
+    epoch moved on meanwhile, and redis-py sent the commit again: the second run must answer what
+    the first did, not STALE — on STALE the owner deletes the blob, the one the record names."""
+    import redis as redis_module
+
+    from tests.harness.lossy_proxy import LossyProxy
+
+    iid = f"replay-{uuid.uuid4().hex[:12]}"
+    direct = redis_module.Redis.from_url(redis_server.url, decode_responses=True)
+    direct.hset(keys.instance_record(iid), mapping={"epoch": "5", "backupKey": "instances/x/vfs.4.9"})
+    direct.rpush(keys.journal(iid), *_two_appends())
+    storage = FsStorage(str(tmp_path / "storage"))
+    from regina import backups as backups_module
+
+    direct.script_load(backups_module._COMMIT)  # the lost reply is the commit's own, not NOSCRIPT's
+    with LossyProxy("127.0.0.1", redis_server.port) as proxy:
+        client = connect(proxy.url, concurrency=1)
+        try:
+            proxy.lose_reply_to(b"vfs.5.1", meanwhile=lambda: direct.hset(keys.instance_record(iid), "epoch", "6"))
+            Backups(client, storage).save(iid, 5, 1, lambda: b"the snapshot", journal_seq=2)
+            assert proxy.lost.is_set()
+            rec = direct.hgetall(keys.instance_record(iid))
+            assert rec["backupKey"] == f"instances/{iid}/vfs.5.1" and rec["backupSeq"] == "2"
+            assert storage.get(f"instances/{iid}/vfs.5.1") == b"the snapshot"
+            assert direct.llen(keys.journal(iid)) == 0
+        finally:
+            client.close()
+            direct.delete(keys.instance_record(iid), keys.journal(iid))
+            direct.close()
