@@ -76,9 +76,11 @@ class Equipment:
         definition: AgentDefinition,
         tools: InstanceTools,
         on_change: Callable[..., None] | None = None,
+        before_call: Callable[[], None] | None = None,
     ) -> ToolRunner:
         """Where the instance's tool calls run: the thread pool, or its own process (docs/isolation.md);
-        `on_change` journals the VFS changes a tool process reports (`JournalVFS.record`)."""
+        `on_change` journals the VFS changes a tool process reports (`JournalVFS.record`),
+        `before_call` marks the file changed before the process may write it (`mark_changing`)."""
         s = self.settings
         threads = ThreadRunner(s.limits.tool_timeout, thread_pool(s.concurrency))
         if not definition.use_processes:
@@ -103,4 +105,5 @@ class Equipment:
             cpu_seconds=s.limits.tool_cpu_seconds,
             fallback=threads,
             on_change=on_change,
+            before_call=before_call,
         )

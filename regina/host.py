@@ -173,7 +173,13 @@ class InstanceHost:
             vfs=vfs,
             session=Session(vfs),
             tools=tools,
-            runner=equip.runner(instance_id, definition, tools, vfs.record if isinstance(vfs, JournalVFS) else None),
+            runner=equip.runner(
+                instance_id,
+                definition,
+                tools,
+                vfs.record if isinstance(vfs, JournalVFS) else None,
+                vfs.mark_changing if isinstance(vfs, JournalVFS) else None,
+            ),
             fence=Fence(self.r, instance_id, epoch),
             system_prompt=equip.system_prompt(definition),
             lock=self.loading.get(instance_id) or FifoLock(),  # the gate: see begin_attach

@@ -89,7 +89,7 @@ class JournalVFS(RecordingVFS):
         self.pending.append(entry)
         self.pending_bytes += len(entry)
         self.written_bytes += len(entry)
-        self._changing()  # a tool process's change (reported after it was made) marks it too
+        self.mark_changing()  # a tool process's change (reported after it was made) marks it too
 
     def take(self) -> list[str]:
         """The entries not flushed yet (the caller ships them; on failure nothing is retried)."""

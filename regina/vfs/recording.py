@@ -49,7 +49,9 @@ class RecordingVFS:
         """Note one change already made to `inner` (subclasses decide where it goes)."""
         raise NotImplementedError
 
-    def _changing(self) -> None:
+    def mark_changing(self) -> None:
+        """Mark the file no longer a backup (once per clean point), before a change is made to it:
+        by this object, or by a tool process writing the same file."""
         if not self.touched:
             setter = getattr(self.inner, "set_meta", None)
             if setter is not None:
@@ -59,39 +61,39 @@ class RecordingVFS:
     # -- changes -------------------------------------------------------------------------------
 
     def write(self, path: str, data: bytes) -> None:
-        self._changing()
+        self.mark_changing()
         self.inner.write(path, data)
         self.record("write", path, *encode_bytes(data))
 
     def append(self, path: str, data: bytes) -> None:
-        self._changing()
+        self.mark_changing()
         self.inner.append(path, data)
         self.record("append", path, *encode_bytes(data))
 
     def mkdir(self, path: str, parents: bool = True) -> None:
-        self._changing()
+        self.mark_changing()
         self.inner.mkdir(path, parents=parents)
         self.record("mkdir", path, parents)
 
     def remove(self, path: str, recursive: bool = False) -> None:
-        self._changing()
+        self.mark_changing()
         self.inner.remove(path, recursive=recursive)
         self.record("remove", path, recursive)
 
     def rename(self, src: str, dst: str) -> None:
-        self._changing()
+        self.mark_changing()
         self.inner.rename(src, dst)
         self.record("rename", src, dst)
 
     def chmod(self, path: str, mode: int) -> None:
-        self._changing()
+        self.mark_changing()
         self.inner.chmod(path, mode)
         self.record("chmod", path, int(mode))
 
     def set_mtime(self, path: str, mtime: float) -> None:
         setter = getattr(self.inner, "set_mtime", None)
         if setter is not None:
-            self._changing()
+            self.mark_changing()
             setter(path, mtime)
             self.record("set_mtime", path, float(mtime))
 

@@ -207,6 +207,45 @@ def test_a_tool_process_reports_every_change_for_the_journal_even_from_a_call_cu
         vfs.close()
 
 
+def test_a_tool_process_never_writes_a_copy_still_marked_clean(tmp_path: Path) -> None:
+    """After a checkpoint the file says it is a backup (dirty 0). The next call's process writes
+    it before the worker journals what it reports: a worker killed in between must not leave a
+    copy marked clean that holds a change the journal lacks, so the worker marks it first."""
+    from regina.journal import JournalVFS
+    from regina.vfs.sqlite_files import read_meta
+
+    path = str(tmp_path / "i3.sqlite")
+    worker = JournalVFS(open_vfs("sqlite", "i3", str(tmp_path), None, "NORMAL"), epoch=1, seq=0)
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": "/", "PWD": "/"}
+    tools = build_tools(worker, env=env, limits=Limits(), network=False, user_tools={})
+    spec = ChildSpec("i3", "sqlite", str(tmp_path), None, "NORMAL", env, Limits().model_dump(), False, journal=True)
+    seen: list[str | None] = []
+
+    def on_change(*change: Any) -> None:  # the child's write is committed by now
+        seen.append(read_meta(path).get("dirty"))
+        worker.record(*change)
+
+    runner = ProcessRunner(
+        spec,
+        child_tools=set(tools),
+        timeout=5,
+        cpu_seconds=30,
+        fallback=ThreadRunner(5),
+        on_change=on_change,
+        before_call=worker.mark_changing,
+    )
+    try:
+        runner.run(tools["write_file"], {"path": "/a.txt", "content": "first call"})
+        worker.set_meta("dirty", "0")  # a checkpoint: the file is the backup again
+        worker.touched = False
+        seen.clear()
+        runner.run(tools["write_file"], {"path": "/b.txt", "content": "next run, same process"})
+        assert seen == ["1"]
+    finally:
+        runner.close()
+        worker.close()
+
+
 def test_a_call_withdrawn_while_queued_for_a_thread_never_runs() -> None:
     """The model was told the call timed out or was cancelled: it must not run later, when a
     thread of the pool frees up."""

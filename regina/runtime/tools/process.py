@@ -124,9 +124,13 @@ class ProcessRunner:
         cpu_seconds: float | None,
         fallback: ToolRunner,
         on_change: Callable[..., None] | None = None,
+        before_call: Callable[[], None] | None = None,
     ) -> None:
         self.spec = spec
         self.on_change = on_change
+        #: Marks the instance's file changed before a call (the child writes it itself, and a
+        #: kill before its report is journaled must not leave a copy marked clean: a backup).
+        self.before_call = before_call
         self.child_tools = child_tools
         self.timeout = timeout
         self.cpu_seconds = cpu_seconds
@@ -233,6 +237,8 @@ class ProcessRunner:
             if self._closed:
                 raise ToolError(f"tool {tool.name!r}: the instance is being released")
             self._cancelled = False
+            if self.before_call is not None:
+                self.before_call()
             return self._call(tool.name, args)
 
     def _receive(self) -> tuple[str, Any] | None:
