@@ -37,6 +37,10 @@ log = logging.getLogger("regina.mcp")
 
 #: Seconds an SSE stream may stay silent before the client gives up on it (servers ping).
 SSE_READ_TIMEOUT = 300.0
+#: Largest message a streamable-HTTP server may send (a tool's result): the SDK's default of
+#: 1 MiB made a healthy server's bigger result look like a dropped connection (the tool "may
+#: have run", the server degraded); what reaches the model is cut to limits.maxToolOutputChars.
+MAX_MESSAGE_BYTES = 64 << 20
 
 
 class ServerDown(ReginaError):
@@ -171,7 +175,9 @@ class ServerConnection:
         else:
             timeout = httpx2.Timeout(self.connect_timeout, read=SSE_READ_TIMEOUT)
             async with guarded_client(self.allow, headers=headers, timeout=timeout, wrap=observe) as client:
-                async with streamable_http_client(self.server.url, http_client=client) as streams:
+                async with streamable_http_client(
+                    self.server.url, http_client=client, max_sse_event_size=MAX_MESSAGE_BYTES
+                ) as streams:
                     yield streams[0], streams[1]
 
     async def _on_message(self, message: IncomingMessage) -> None:

@@ -51,6 +51,10 @@ def build_app(transport: str, required: tuple[str, str] | None) -> Any:
     def pixel() -> Image:
         return Image(data=PIXEL, format="png")
 
+    @server.tool(description="A text of `size` characters")
+    def blob(size: int) -> str:
+        return "x" * size
+
     @server.tool(description="Answer 'rested' after the given number of seconds")
     async def nap(seconds: float) -> str:
         await anyio.sleep(seconds)

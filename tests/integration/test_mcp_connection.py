@@ -96,3 +96,22 @@ def test_a_closed_toolset_connects_no_more(server: McpServerProc) -> None:
 
     assert toolset.tools() == {}
     assert not toolset.conns["s"].up
+
+
+def test_a_result_of_megabytes_is_a_result_not_a_dropped_connection(server: McpServerProc) -> None:
+    """The SDK's streamable-HTTP client refused events over 1 MiB and closed the stream: a
+    healthy server's big result looked like a dropped server (the tool may have run)."""
+    if server.transport == "sse":
+        pytest.skip("the SDK's SSE client has a fixed 1 MiB message limit (README: prefer http)")
+
+    async def scenario() -> None:
+        conn = connect(server)
+        await conn.open()
+        try:
+            result = await conn.call("blob", {"size": 3_000_000}, timeout=30)
+            assert len(result.content[0].text) == 3_000_000  # type: ignore[union-attr]
+            assert await echo(conn, "still up") == "echo: still up"
+        finally:
+            await conn.close()
+
+    asyncio.run(scenario())
