@@ -125,6 +125,11 @@ class ServerConnection:
         if attempt is None or attempt.task is None:
             return
         attempt.stop.set()
+        if attempt.session is None:  # still connecting: nothing to leave politely, do not wait for it
+            attempt.task.cancel()
+            with contextlib.suppress(BaseException):
+                await attempt.task
+            return
         try:
             await asyncio.wait_for(asyncio.shield(attempt.task), 5)
         except TimeoutError:
@@ -186,10 +191,16 @@ class ServerConnection:
             self.stale = True
 
     async def refresh_tools(self) -> None:
-        """List the tools again (after a list-changed notification)."""
+        """List the tools again (after a list-changed notification), within connect_timeout: a
+        server that does not answer is taken for down (ServerDown), so the next steps do not each
+        wait on it again; it is reconnected after mcp.retryInterval."""
         attempt = self._attempt
         if attempt is not None and attempt.session is not None and attempt.live:
-            self.tools = await _list_tools(attempt.session)
+            try:
+                self.tools = await asyncio.wait_for(_list_tools(attempt.session), self.connect_timeout)
+            except TimeoutError:
+                attempt.lose(f"listing its tools got no answer within {self.connect_timeout:g} s")
+                raise ServerDown(attempt.reason or "no answer") from None
             self.stale = False
 
     async def call(self, name: str, args: dict[str, Any], timeout: float) -> types.CallToolResult:

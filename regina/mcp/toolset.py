@@ -158,18 +158,28 @@ class McpToolset:
         self._connect(due)
         stale = [c for c in self.conns.values() if c.up and c.stale]
         if stale:
-            try:
-                run_coro(self._refresh(stale), timeout=self.settings.connect_timeout + 5)
-            except Exception:
-                log.warning("agent %s: re-listing MCP tools failed", self.agent, exc_info=True)
+            self._relist(stale)
         key = [id(c.tools) for c in self.conns.values()]
         if key != self._built_from:
             self._tools = self._build()
             self._built_from = key
         return self._tools
 
-    async def _refresh(self, conns: list[ServerConnection]) -> None:
-        await asyncio.gather(*(c.refresh_tools() for c in conns), return_exceptions=True)
+    def _relist(self, stale: list[ServerConnection]) -> None:
+        """List again the tools of servers that said they changed; one that fails is taken for
+        down and reconnected after retryInterval (not waited on again at every step)."""
+        try:
+            outcomes = run_coro(self._refresh(stale), timeout=self.settings.connect_timeout + 5)
+        except Exception as exc:  # noqa: BLE001 - every server of the batch counts as failed
+            outcomes = [exc] * len(stale)
+        for conn, outcome in zip(stale, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                name = conn.server.name
+                self.next_try[name] = time.monotonic() + self.settings.retry_interval
+                log.warning("agent %s: re-listing MCP server %s's tools failed: %s", self.agent, name, outcome)
+
+    async def _refresh(self, conns: list[ServerConnection]) -> list[BaseException | None]:
+        return list(await asyncio.gather(*(c.refresh_tools() for c in conns), return_exceptions=True))
 
     def _build(self) -> dict[str, Tool]:
         tools: dict[str, Tool] = {}

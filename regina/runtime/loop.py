@@ -247,10 +247,14 @@ def _steps(turn: _Turn, spec: TurnSpec) -> TurnResult:
     step = 0
     while step < spec.max_steps:
         step += 1
-        spec, schemas = _current_tools(spec, schemas)
         stop = _stop_reason(sink, _plus(total, spent))
         if stop is not None:
             return _stop(turn, stop, text, _plus(total, spent), step - 1)
+        try:  # reconnecting an MCP server may wait: a cancel or the budget's clock cuts it short
+            with sink.cancel.interruptible(sink.interrupter()):
+                spec, schemas = _current_tools(spec, schemas)
+        except RunCancelled as exc:
+            return _stop(turn, (exc.reason, exc.message), text, _plus(total, spent), step - 1)
         if spec.compaction is not None:
             _maybe_compact(turn, spec.compaction, summarize)
         try:

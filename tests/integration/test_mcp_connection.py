@@ -115,3 +115,28 @@ def test_a_result_of_megabytes_is_a_result_not_a_dropped_connection(server: McpS
             await conn.close()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("transport", ["sse", "http"])
+def test_a_server_that_never_answers_costs_connect_timeout_not_more(transport: str) -> None:
+    """A connection attempt still connecting is cancelled at once when it is given up (it waited
+    5 s more for a polite close): every step that retries a hung server paid for it."""
+    import socket
+    import time
+
+    with socket.socket() as hole:  # accepts connections (the kernel's backlog), never answers
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(16)
+        url = f"http://127.0.0.1:{hole.getsockname()[1]}/" + ("sse" if transport == "sse" else "mcp")
+        spec = McpServer(name="hole", transport=transport, url=url)  # type: ignore[arg-type]
+        conn = ServerConnection(spec, Allowlist.parse(["127.0.0.1"]), connect_timeout=1)
+
+        async def scenario() -> float:
+            started = time.monotonic()
+            with pytest.raises(ServerDown, match="no answer within 1 s"):
+                await conn.open()
+            took = time.monotonic() - started
+            await conn.close()
+            return took
+
+        assert asyncio.run(scenario()) < 2.5
