@@ -360,16 +360,19 @@ class Coordinator:
     def _stored_messages(self, rec: InstanceRecord) -> list[dict[str, Any]] | None:
         """A suspended instance's conversation without attaching it anywhere (None: not found)."""
         if self.storage is not None and not self.settings.factory:
-            # Its state is the backup plus the journal after it (regina/journal.py).
-            journal = Journal(self.r)
-            backup = Backups(self.r, self.storage).load(rec.instance_id, rec.backup_version, rec.backup_key)
-            if backup is not None or (rec.backup_version == 0 and journal.entries(rec.instance_id)):
-                vfs = MemoryVFS.from_snapshot(backup) if backup is not None else MemoryVFS()
+            for _ in range(3):
                 try:
-                    journal.replay(rec.instance_id, vfs, rec.backup_seq)
-                    return [dict(m) for m in Session(vfs).load()]
-                finally:
-                    vfs.close()
+                    found = self._from_storage(rec)
+                except Exception:  # noqa: BLE001 - a backup and a journal of two moments: look again
+                    found = None
+                now = self.get(rec.instance_id)
+                if (now.backup_key, now.backup_seq) == (rec.backup_key, rec.backup_seq):
+                    if found is not None:
+                        return found
+                    break
+                rec = now  # backed up meanwhile (resumed, run, suspended): its journal was trimmed
+            else:
+                return None  # it keeps changing: the caller resumes it and asks its worker
         if is_alive(self.r, rec.member):
             try:
                 payload = {"instanceId": rec.instance_id, "epoch": rec.epoch}
@@ -378,6 +381,20 @@ class Coordinator:
                 return None
             return cast(list[dict[str, Any]], answer.get("data") or [])
         return None
+
+    def _from_storage(self, rec: InstanceRecord) -> list[dict[str, Any]] | None:
+        """The conversation in the backup `rec` names plus the journal after it (None: no backup)."""
+        assert self.storage is not None  # only called with storage
+        journal = Journal(self.r)
+        backup = Backups(self.r, self.storage).load(rec.instance_id, rec.backup_version, rec.backup_key)
+        if backup is None and not (rec.backup_version == 0 and journal.entries(rec.instance_id)):
+            return None
+        vfs = MemoryVFS.from_snapshot(backup) if backup is not None else MemoryVFS()
+        try:
+            journal.replay(rec.instance_id, vfs, rec.backup_seq)
+            return [dict(m) for m in Session(vfs).load()]
+        finally:
+            vfs.close()
 
 
 class Backoff:
