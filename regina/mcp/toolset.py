@@ -28,6 +28,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import mcp_types as types
+from jsonschema.exceptions import SchemaError  # type: ignore[import-untyped]
+from jsonschema.validators import validator_for  # type: ignore[import-untyped]
 from pydantic import BaseModel, ConfigDict
 
 from regina.config import McpSettings
@@ -85,6 +87,18 @@ def _same(text: str, structured: Any) -> bool:
         return bool(json.loads(text) == structured)
     except ValueError:
         return False
+
+
+def schema_problem(schema: Any) -> str | None:
+    """Why a tool's input schema cannot go to a model provider (None: it can): it must be a valid
+    JSON Schema of an object (the function parameters every provider takes)."""
+    if not isinstance(schema, dict) or schema.get("type") != "object":
+        return "is not a JSON Schema of type object"
+    try:
+        validator_for(schema).check_schema(schema)
+    except SchemaError as exc:
+        return f"is not valid JSON Schema: {exc.message}"
+    return None
 
 
 class McpToolset:
@@ -188,6 +202,10 @@ class McpToolset:
                 full = f"{name}_{spec.name}"
                 if not _TOOL_NAME.match(full):
                     log.warning("agent %s: MCP tool %r skipped: not a valid tool name", self.agent, full)
+                    continue
+                problem = schema_problem(spec.input_schema)
+                if problem is not None:  # sent on, it would make the provider refuse every request
+                    log.warning("agent %s: MCP tool %r skipped: its input schema %s", self.agent, full, problem)
                     continue
                 tools[full] = Tool(
                     name=full,
