@@ -119,7 +119,7 @@ def _ready(sender: Any, **kwargs: Any) -> None:
     # LiteLLM's import (seconds of CPU) after joining, not before: "ready" does not wait for
     # it, and the first chat step waits for the rest of it (regina/runtime/models/setup.py).
     gevent.spawn(_preload_litellm)
-    gevent.spawn(_heartbeat_loop, membership)
+    _state["heartbeat"] = gevent.spawn(_heartbeat_loop, membership)
     # The sweeps: the shutdown waits for the one under way (see _shutdown).
     _state["greenlets"] = [gevent.spawn(_idle_loop), gevent.spawn(_orphan_loop)]
     # LiteLLM, Celery and friends leave ~300 000 long-lived objects; keep the cyclic GC from scanning
@@ -151,10 +151,11 @@ def _preload_litellm() -> None:
 
 def _heartbeat_loop(membership: Membership) -> None:
     ctx = context()
-    while not _state["stopping"]:
+    while True:
         gevent.sleep(ctx.settings.member_heartbeat)
         if _state["stopping"]:
-            break  # leaving: placement must not see this member again
+            _leaving_heartbeat(membership)
+            continue
         try:
             rejoined = membership.renew(len(ctx.host.active))
             # Instances that moved while this worker was cut off or paused: let go of them (below),
@@ -177,6 +178,17 @@ def _heartbeat_loop(membership: Membership) -> None:
                 ctx.dispatcher.send_command(ctx.member_id, "release", {"instanceId": iid, "epoch": epoch}, None)
         except Exception:
             log.exception("membership renewal failed; retrying")
+
+
+def _leaving_heartbeat(membership: Membership) -> None:
+    """While a warm shutdown finishes its steps and backs its instances up, the member stays
+    alive (its key renewed) and out of placement: a key let lapse made its instances orphans,
+    re-homed and their running steps run again elsewhere, while they still ran here. `_shutdown`
+    kills this loop before it deregisters."""
+    try:
+        membership.renew_leaving()
+    except Exception:
+        log.exception("membership renewal while leaving failed; retrying")
 
 
 def _queue_gauges(ctx: Any) -> None:
@@ -291,6 +303,9 @@ def _shutdown(sender: Any, **kwargs: Any) -> None:
     count = len(ctx.host.active)
     ctx.host.suspend_all()
     membership = _state.get("membership")
+    heartbeat = _state.get("heartbeat")
+    if heartbeat is not None:
+        heartbeat.kill()  # no renewal may follow the deregister
     if membership is not None:
         membership.deregister()
     process_exited(os.getpid())

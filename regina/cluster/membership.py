@@ -54,6 +54,16 @@ class Membership:
         self._differs = seen
         return bool(replies[0])
 
+    def renew_leaving(self) -> None:
+        """Keep the member alive while it leaves (a warm shutdown finishing its steps and backups),
+        out of placement: its keys' TTLs are refreshed, and it is taken out of the members set
+        again (a renewal in flight when it left could have put it back)."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.srem(keys.MEMBERS, self.member_id)
+        pipe.set(keys.member(self.member_id), self.address, px=self.ttl_ms)
+        pipe.pexpire(keys.member_instances(self.member_id), self.ttl_ms)
+        pipe.execute()
+
     def leave_placement(self) -> None:
         """Stop being chosen for new instances (shutdown begins) while still owning ours."""
         self.r.srem(keys.MEMBERS, self.member_id)

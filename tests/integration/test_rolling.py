@@ -126,3 +126,29 @@ def test_placement_strategies_through_a_live_cluster(make_cluster: Callable[...,
     got = spawn(webs["round-robin"], 300, 6)
     assert all(abs(got[m] - 100) <= 1 for m in members), got
     r.close()
+
+
+def test_a_warm_shutdown_keeps_its_member_alive_until_its_steps_end(
+    make_cluster: Callable[..., Cluster], fake_llm: FakeLLM, tmp_path: Path
+) -> None:
+    """SIGTERM while a step waits on the model longer than memberTtl (3 s here): the worker
+    finishes it and backs the instance up. Its member key lapsed before: the other worker's sweep
+    took the instance for an orphan and ran the step again (two model calls, the first one's
+    answer thrown away)."""
+    from tests.harness.fake_llm import Reply
+    from tests.harness.scenarios import backed_up_instance
+
+    c = make_cluster(REGINA_STORAGE__TYPE="fs", REGINA_STORAGE__BASE_PATH=str(tmp_path / "b")).start(workers=2)
+    with httpx.Client(base_url=c.web.url, timeout=90) as api:
+        iid, leaving, _ = backed_up_instance(c, api)
+        fake_llm.push_for("slow", Reply(text="answered once", delay=5.0), Reply(text="asked twice"))
+        with cf.ThreadPoolExecutor(2) as pool:
+            chat = pool.submit(api.post, f"/instances/{iid}/chat", json={"message": "slow"})
+            fake_llm.wait_for_requests(2, timeout=15)  # "before" and the slow one
+            stopped = pool.submit(leaving.stop, 60)
+            resp = chat.result(60)
+            assert stopped.result(60) == 0
+        assert resp.status_code == 200 and resp.json()["text"] == "answered once", resp.text
+        assert sum(1 for r in fake_llm.requests if r.last_user_text == "slow") == 1
+        contents = [m["content"] for m in api.get(f"/instances/{iid}/messages").json()]
+        assert contents == ["before", "echo: before", "slow", "answered once"]
