@@ -104,7 +104,15 @@ def remove_stale_copies(client: redis.Redis, settings: Settings, member_id: str)
     owners = cast(list[str | None], pipe.execute())
     removed = 0
     for iid, owner in zip(local, owners, strict=True):
-        if owner is None or (owner != member_id and _written_by(settings, iid) == member_id):
+        if owner is not None and owner != member_id:
+            try:
+                writer = _written_by(settings, iid)
+            except Exception as exc:  # noqa: BLE001 - a damaged file must not keep the worker from joining
+                log.warning("member %s: could not read the local copy of %s (left as it is): %r", member_id, iid, exc)
+                continue
+            if writer != member_id:
+                continue
+        if owner is None or owner != member_id:
             activation.remove_local(settings, iid)
             removed += 1
     if removed:

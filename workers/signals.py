@@ -107,6 +107,17 @@ def _set_up(member_id: str, instance: Any) -> None:
 
 @signals.worker_ready.connect
 def _ready(sender: Any, **kwargs: Any) -> None:
+    """Join (see `_join`); a failure ends the process (exit status 2), as in `_setup`: Celery
+    would only log it, and the worker would run on without ever joining."""
+    try:
+        _join()
+    except Exception:
+        log.critical("worker failed to join the cluster; exiting", exc_info=True)
+        logging.shutdown()
+        os._exit(2)
+
+
+def _join() -> None:
     """Register as a member and start the heartbeat and idle-sweep greenlets."""
     ctx = context()
     address = ctx.settings.member_address or socket.gethostname()

@@ -151,7 +151,7 @@ def build_indexes(client: redis.Redis, unacked_key: str = "unacked") -> bool:
     """Once per cluster (the first worker of this version to start): index the instances and
     unacknowledged steps written before the indexes existed. O(instances) once; every later
     change keeps them in its own script. False when they were built already."""
-    if not client.set(keys.INDEXES_BUILT, "1", nx=True):
+    if client.exists(keys.INDEXES_BUILT):  # set once built: a build cut short is made again
         return False
     ids = cast(list[str], client.zrange(keys.INSTANCES, 0, -1))
     for lo in range(0, len(ids), 1000):
@@ -175,6 +175,7 @@ def build_indexes(client: redis.Redis, unacked_key: str = "unacked") -> bool:
         if isinstance(queue, str) and queue.startswith(prefix):
             write.sadd(keys.unacked_of(queue), tag)
     write.execute()
+    client.set(keys.INDEXES_BUILT, "1")  # building twice (two first workers at once) is harmless
     log.warning("indexes built for %d instance records (first start of this version)", len(ids))
     return True
 

@@ -136,3 +136,29 @@ def test_a_restarted_member_removes_its_copies_of_deleted_and_moved_instances(ma
         assert not (vfs / f"{moved}.sqlite").exists(), "a copy of an instance another member owns stayed"
         assert (vfs / f"{kept}.sqlite").exists()
         assert [m["content"] for m in api.get(f"/instances/{kept}/messages").json()] == ["on w1", "echo: on w1"]
+
+
+def test_a_local_copy_that_cannot_be_read_does_not_keep_a_worker_from_joining(make_cluster: object) -> None:
+    """A damaged file in vfsDir (a disk filled during a restore, a power loss) whose instance
+    another member owns: reading who wrote it raised at every start, inside the worker's ready
+    handler, and the worker ran on without ever joining (never ready, serving nothing)."""
+    import redis as redis_module
+
+    from regina import ids, keys
+
+    c: Cluster = make_cluster()  # type: ignore[operator]
+    member = "w9-damaged@test"
+    vfs = c.tmp / f"vfs-{member.split('@')[0]}"
+    vfs.mkdir(parents=True)
+    iid = ids.new_instance_id("openai-agent")
+    (vfs / f"{iid}.sqlite").write_bytes(b"not a database, " * 64)
+    r = redis_module.Redis.from_url(c.redis_url, decode_responses=True)
+    r.hset(keys.instance_record(iid), mapping={"status": "started", "member": "another@test", "epoch": "1"})
+    try:
+        w = c.start_worker(member_id=member)  # waits for its "ready" line
+        assert r.exists(keys.member(w.member_id))
+        assert (vfs / f"{iid}.sqlite").exists()  # who wrote it is unknown: left as it is
+        assert "could not read" in w.log()
+    finally:
+        r.delete(keys.instance_record(iid))
+        r.close()
