@@ -399,6 +399,14 @@ class InstanceHost:
     def suspend(self, instance_id: str, epoch: int | None = None) -> dict[str, Any]:
         """Wait for running steps, back up the VFS, close it, mark the instance suspended."""
         act = self.active.get(instance_id)
+        gate = self.loading.get(instance_id) if act is None else None
+        if gate is not None:
+            # An attach is under way: suspend what it attaches, after the steps queued on it. Marked
+            # suspended now, the attach's last write would make it started again on a member that
+            # no longer reads its queue (its steps waited until requestTimeout).
+            with gate:
+                pass
+            act = self.active.get(instance_id)
         if act is None:
             rec = self.store.get(instance_id)
             if rec is not None and rec.status != "suspended" and (epoch is None or rec.epoch == epoch):

@@ -343,3 +343,48 @@ def test_reads_and_chats_racing_a_delete_answer_404_not_503(cluster: Cluster, ap
             answers = [f.result(60) for f in calls]
             statuses += [(a.status_code, a.request.url.path.rsplit("/", 1)[-1], a.text[:160]) for a in answers]
     assert not [s for s in statuses if s[0] >= 500], statuses
+
+
+def test_a_suspend_while_an_attach_is_restoring_waits_for_it(fake_llm: FakeLLM, tmp_path: Path) -> None:
+    """A chat resumes an instance; its attach takes seconds (here: MCP servers that never answer,
+    3 s of connectTimeout); a suspend arrives meanwhile. The suspend marked the record suspended
+    at once and released the queue, then the attach's last write made it started again: started
+    on a member that no longer read its queue, every chat waiting until requestTimeout."""
+    import socket
+    import time
+
+    from tests.harness.clusters import private_cluster
+
+    with socket.socket() as hole:  # accepts connections, never answers
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(64)
+        url = f"http://127.0.0.1:{hole.getsockname()[1]}"
+        env = {
+            "REGINA_OUTBOUND_ALLOWLIST": "127.0.0.1",
+            "REGINA_MCP__CONNECT_TIMEOUT": "3",
+            "TEST_MCP_SSE_URL": url + "/sse",
+            "TEST_MCP_HTTP_URL": url + "/mcp",
+            "TEST_MCP_DEAD_URL": url + "/mcp",
+            "REGINA_STORAGE__TYPE": "fs",
+            "REGINA_STORAGE__BASE_PATH": str(tmp_path / "backups"),
+            "REGINA_LIMITS__REQUEST_TIMEOUT": "40",
+        }
+        with (
+            private_cluster(fake_llm.url, **env) as c,
+            httpx.Client(base_url=c.start(workers=1).web.url, timeout=90) as api,
+        ):
+            iid = api.post("/agents/mcp-agent/instances").json()["instanceId"]
+            assert api.post(f"/instances/{iid}/suspend").status_code == 204
+            r = redis.Redis.from_url(c.redis_url, decode_responses=True)
+            with cf.ThreadPoolExecutor(2) as pool:
+                chat = pool.submit(api.post, f"/instances/{iid}/chat", json={"message": "during the attach"})
+                wait_until(lambda: r.hget(f"regina:inst:{iid}", "status") == "started", timeout=10, what="the claim")
+                suspend = pool.submit(api.post, f"/instances/{iid}/suspend")
+                started = time.monotonic()
+                resp = chat.result(60)
+                assert suspend.result(60).status_code == 204
+            assert resp.status_code == 200 and resp.json()["text"] == "echo: during the attach", resp.text
+            assert time.monotonic() - started < 20  # not requestTimeout
+            again = api.post(f"/instances/{iid}/chat", json={"message": "and after"}, timeout=30)
+            assert again.status_code == 200 and again.json()["text"] == "echo: and after", again.text
+            r.close()
