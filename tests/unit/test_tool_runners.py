@@ -168,21 +168,25 @@ def test_use_processes_is_accepted_from_the_environment() -> None:
         load_settings({"REGINA_USE_PROCESSES": "true", "REGINA_VFS_BACKEND": "memory"})
 
 
+def _journaled_runner(
+    iid: str, vfs: Any, tmp_path: Path, timeout: float, **hooks: Any
+) -> tuple[dict[str, Tool], ProcessRunner]:
+    """The default tools of a sqlite instance in `tmp_path`, and a process runner for them whose
+    child reports its changes for the journal (`hooks`: on_change, before_call)."""
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": "/", "PWD": "/"}
+    tools = build_tools(vfs, env=env, limits=Limits(), network=False, user_tools={})
+    spec = ChildSpec(iid, "sqlite", str(tmp_path), None, "NORMAL", env, Limits().model_dump(), False, journal=True)
+    runner = ProcessRunner(
+        spec, child_tools=set(tools), timeout=timeout, cpu_seconds=30, fallback=ThreadRunner(5), **hooks
+    )
+    return tools, runner
+
+
 def test_a_tool_process_reports_every_change_for_the_journal_even_from_a_call_cut_short(tmp_path: Path) -> None:
     # Given a process runner whose instance is journaled (the worker records what the child reports)
     vfs = open_vfs("sqlite", "i1", str(tmp_path), None, "NORMAL")
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": "/", "PWD": "/"}
-    tools = build_tools(vfs, env=env, limits=Limits(), network=False, user_tools={})
-    spec = ChildSpec("i1", "sqlite", str(tmp_path), None, "NORMAL", env, Limits().model_dump(), False, journal=True)
     changes: list[tuple[Any, ...]] = []
-    runner = ProcessRunner(
-        spec,
-        child_tools=set(tools),
-        timeout=3,
-        cpu_seconds=30,
-        fallback=ThreadRunner(5),
-        on_change=lambda *c: changes.append(c),
-    )
+    tools, runner = _journaled_runner("i1", vfs, tmp_path, 3, on_change=lambda *c: changes.append(c))
     try:
         # When tools in the child write, make directories, append, move and remove files
         runner.run(tools["write_file"], {"path": "/d/a.txt", "content": "one"})
@@ -216,24 +220,13 @@ def test_a_tool_process_never_writes_a_copy_still_marked_clean(tmp_path: Path) -
 
     path = str(tmp_path / "i3.sqlite")
     worker = JournalVFS(open_vfs("sqlite", "i3", str(tmp_path), None, "NORMAL"), epoch=1, seq=0)
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": "/", "PWD": "/"}
-    tools = build_tools(worker, env=env, limits=Limits(), network=False, user_tools={})
-    spec = ChildSpec("i3", "sqlite", str(tmp_path), None, "NORMAL", env, Limits().model_dump(), False, journal=True)
     seen: list[str | None] = []
 
     def on_change(*change: Any) -> None:  # the child's write is committed by now
         seen.append(read_meta(path).get("dirty"))
         worker.record(*change)
 
-    runner = ProcessRunner(
-        spec,
-        child_tools=set(tools),
-        timeout=5,
-        cpu_seconds=30,
-        fallback=ThreadRunner(5),
-        on_change=on_change,
-        before_call=worker.mark_changing,
-    )
+    tools, runner = _journaled_runner("i3", worker, tmp_path, 5, on_change=on_change, before_call=worker.mark_changing)
     try:
         runner.run(tools["write_file"], {"path": "/a.txt", "content": "first call"})
         worker.set_meta("dirty", "0")  # a checkpoint: the file is the backup again
