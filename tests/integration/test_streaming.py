@@ -209,8 +209,11 @@ def test_streams_on_one_instance_run_in_order_and_on_two_instances_interleave(
         second = pool.submit(stream, api, a, "a-second")
         other = pool.submit(stream, api, b, "b-only")
         ev1, ev2, ev3 = first.result(30), second.result(30), other.result(30)
-    # One instance: the second run starts only after the first finished.
-    assert ev2[0][0] >= ev1[-1][0]
+    # One instance: the second run starts only after the first finished (the run records' times,
+    # from one clock: the two clients' receive times may cross by a fraction of a millisecond).
+    run1 = api.get(f"/runs/{ev1[-1][1]['runId']}").json()
+    run2 = api.get(f"/runs/{ev2[-1][1]['runId']}").json()
+    assert run2["startedAt"] >= run1["finishedAt"], (run1, run2)
     # Two instances: b's run overlaps a's first run.
     assert ev3[0][0] < ev1[-1][0]
     assert ev1[-1][1]["text"] == "a-first x y z" and ev2[-1][1]["text"] == "a-second x y z"
