@@ -217,6 +217,7 @@ class CeleryDispatcher:
         """Requeue, at the head, the steps a dead owner had taken but not acknowledged, in the order
         it took them: a run cut short mid-turn goes on before the run queued behind it starts."""
         queue = keys.instance_queue(instance_id)
+        restore = script(self.r, _RESTORE)
         moved = 0
         # kombu publishes with LPUSH and consumes with BRPOP: each RPUSH below goes first in line,
         # so the last taken goes back first and the first taken ends up at the head.
@@ -229,7 +230,6 @@ class CeleryDispatcher:
                 continue
             payload.setdefault("headers", {})["redelivered"] = True
             payload.get("properties", {}).get("delivery_info", {})["redelivered"] = True
-            restore = script(self.r, _RESTORE)
             if restore(keys=[_UNACKED, _UNACKED_INDEX, queue, keys.unacked_of(queue)], args=[tag, json.dumps(payload)]):
                 moved += 1
         for _ in range(moved):  # one ready entry per step: its owner's worker reads the queue through them

@@ -79,19 +79,22 @@ def _logging(loglevel: Any = None, **kwargs: Any) -> None:
     configure("worker", settings.log_level, settings.log_format)
 
 
-@signals.celeryd_after_setup.connect
-def _setup(sender: str, instance: Any, **kwargs: Any) -> None:
-    """The member id is the Celery node name; consume the member's own command queue.
-
-    A failure here ends the process (exit status 2): Celery only logs what a signal handler
-    raises and would go on as a worker that never joins the cluster (looking healthy to a
-    platform, serving nothing)."""
+def _or_exit(what: str, start: Callable[[], None]) -> None:
+    """Run a start-up step; a failure ends the process (exit status 2): Celery only logs what a
+    signal handler raises and would go on as a worker that never joins the cluster (looking
+    healthy to a platform, serving nothing)."""
     try:
-        _set_up(str(sender), instance)
+        start()
     except Exception:
-        log.critical("worker start-up failed; exiting", exc_info=True)
+        log.critical("worker %s failed; exiting", what, exc_info=True)
         logging.shutdown()
         os._exit(2)
+
+
+@signals.celeryd_after_setup.connect
+def _setup(sender: str, instance: Any, **kwargs: Any) -> None:
+    """The member id is the Celery node name; consume the member's own command queue."""
+    _or_exit("start-up", lambda: _set_up(str(sender), instance))
 
 
 def _set_up(member_id: str, instance: Any) -> None:
@@ -107,14 +110,8 @@ def _set_up(member_id: str, instance: Any) -> None:
 
 @signals.worker_ready.connect
 def _ready(sender: Any, **kwargs: Any) -> None:
-    """Join (see `_join`); a failure ends the process (exit status 2), as in `_setup`: Celery
-    would only log it, and the worker would run on without ever joining."""
-    try:
-        _join()
-    except Exception:
-        log.critical("worker failed to join the cluster; exiting", exc_info=True)
-        logging.shutdown()
-        os._exit(2)
+    """Join the cluster (`_join`)."""
+    _or_exit("joining the cluster", _join)
 
 
 def _join() -> None:
