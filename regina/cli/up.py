@@ -23,11 +23,13 @@ from typing import Any
 
 import click
 import httpx
+import redis
 
 from regina.cli.serve import flower_argv, settings_or_exit, web_argv, worker_argv
+from regina.cluster.membership import live_members
 from regina.config import Settings, environment
 from regina.config_sources import without_password
-from regina.redis_conn import REDIS_URL_FILE
+from regina.redis_conn import REDIS_URL_FILE, connect
 
 STOP_TIMEOUT = 60.0
 """Seconds a worker may take to finish its steps and back up its instances at shutdown."""
@@ -137,11 +139,18 @@ class Supervisor:
                 self.redis.kill()
 
 
-def _ready(url: str) -> bool:
+def is_ready(url: str, client: redis.Redis, own: list[str]) -> bool:
+    """The API answers ready and one of this `regina up`'s own workers has joined. The API alone
+    is not enough: a member an earlier `regina up` left behind when it was killed (-9) looks live
+    to it until its key expires (`memberTtl`), and chats placed there wait for a worker that is
+    gone."""
     try:
-        return httpx.get(url + "/healthz", params={"ready": "1"}, timeout=1).status_code == 200
-    except httpx.HTTPError:
+        if httpx.get(url + "/healthz", params={"ready": "1"}, timeout=1).status_code != 200:
+            return False
+        live = live_members(client)
+    except (httpx.HTTPError, redis.RedisError):
         return False
+    return any(member in live for member in own)
 
 
 def run_up(port: int | None, workers: int, with_flower: bool, flower_port: int) -> int:
@@ -179,10 +188,9 @@ def run_up(port: int | None, workers: int, with_flower: bool, flower_port: int) 
         # The first worker and the web start at once; the other workers once the first joined
         # (or after LATER_WORKERS_AFTER): N cold starts at once took every core, and "ready"
         # needs one worker (2 workers on 2 cores: ready at 3.2 s instead of 1.8 s).
-        argvs = [
-            (f"worker{i + 1}", worker_argv(settings, f"up{i + 1}-{secrets.token_hex(2)}@{socket.gethostname()}"))
-            for i in range(workers)
-        ]
+        members = [f"up{i + 1}-{secrets.token_hex(2)}@{socket.gethostname()}" for i in range(workers)]
+        argvs = [(f"worker{i + 1}", worker_argv(settings, member)) for i, member in enumerate(members)]
+        client = connect(redis_url, concurrency=1)
         sup.children.append((argvs[0][0], _spawn(argvs[0][1], env)))
         later, later_at = argvs[1:], time.monotonic() + LATER_WORKERS_AFTER
         sup.children.append(("web", _spawn(web_argv(settings, workers=1, environ=env), env)))
@@ -199,7 +207,7 @@ def run_up(port: int | None, workers: int, with_flower: bool, flower_port: int) 
                 _say(f"{dead}; stopping")
                 code = 1
                 break
-            if not announced and _ready(api):
+            if not announced and is_ready(api, client, members):
                 announced = True
                 shown = without_password(redis_url)
                 click.echo(f"regina up: ready  API {api}  docs {api}/docs  Redis {shown}  (Ctrl-C stops)")

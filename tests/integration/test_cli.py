@@ -307,3 +307,17 @@ def test_suspend_resume_rm_go_through_every_id_and_report_each_failure(api: http
     finally:
         api.delete(f"/instances/{first}")
         api.delete(f"/instances/{second}")
+
+
+def test_up_is_ready_only_once_one_of_its_own_workers_joined(cluster: Cluster) -> None:
+    """A member left behind by a `regina up` killed with -9 looks live to /healthz?ready=1 until
+    memberTtl; `regina up` must not print "ready" on its account (chats placed there would wait)."""
+    from regina.cli.up import is_ready
+    from regina.redis_conn import connect
+
+    client = connect(cluster.redis_url, concurrency=1)
+    url = cluster.web.url
+    assert httpx.get(url + "/healthz", params={"ready": "1"}).status_code == 200  # other members are live
+    assert not is_ready(url, client, ["up1-gone@nowhere"])
+    assert is_ready(url, client, ["up1-gone@nowhere", cluster.workers[0].member_id])
+    assert not is_ready("http://127.0.0.1:9", client, [cluster.workers[0].member_id])  # no API yet
