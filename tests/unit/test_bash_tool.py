@@ -122,6 +122,45 @@ def test_network_true_provides_curl() -> None:
     assert bash.call_sync({"command": "curl -s http://127.0.0.1:9/"})["exitCode"] != 0
 
 
+def test_network_curl_connects_only_to_the_addresses_it_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rebinding name (a public address at the check, loopback at the next lookup) written in
+    Unicode, whose IDNA form aiohttp resolves again: curl must not reach the loopback server."""
+    import http.server
+    import threading
+
+    import just_bash.network as network
+
+    hits: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            hits.append(self.headers.get("Host", ""))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"LOOPBACK-SECRET\n")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    lookups: list[str] = []
+
+    async def rebinding(hostname: str, port: int) -> list[dict[str, object]]:
+        lookups.append(hostname)
+        address = "93.184.216.34" if len(lookups) == 1 else "127.0.0.1"
+        return [{"hostname": hostname, "host": address, "port": port, "family": 2, "proto": 6, "flags": 4}]
+
+    bash = bash_tool(MemoryVFS(), env=_env(), limits=Limits(), network=True)  # patches installed
+    monkeypatch.setattr(network, "_resolve_host", rebinding)
+    try:
+        r = bash.call_sync({"command": f"curl -s http://bücher.example:{server.server_address[1]}/"})
+    finally:
+        server.shutdown()
+    assert "LOOPBACK-SECRET" not in r["stdout"] and hits == [], (r, lookups)
+    assert lookups == ["bücher.example"]
+
+
 def test_time_limit_stops_cpu_loop() -> None:
     limits = Limits(bash_timeout=0.5, bash_max_loop_iterations=10**9, bash_max_commands=10**9)
     bash = bash_tool(MemoryVFS(), env=_env(), limits=limits)

@@ -1,7 +1,8 @@
 """Fixes to just-bash's interpreter where it differs from bash or runs away: `cat` copies bytes
 exactly, `>file 2>&1` sends stderr to the file, a redirection into a missing directory fails
 before any output, a pipeline keeps every stage's stderr, arithmetic is 64-bit, brace ranges and
-pattern substitutions are bounded, `sqlite3` is sandboxed; and the registry of commands, with
+pattern substitutions are bounded, `sqlite3` is sandboxed, `curl` connects only where it
+checked; and the registry of commands, with
 the guarded programs (programs.py) and argument-checked commands (bounded_commands.py).
 Installed once per process (only Regina uses just-bash).
 """
@@ -152,6 +153,7 @@ def patch_interpreter() -> None:
     Interpreter._process_output_redirections = process_output_redirections  # type: ignore[method-assign]
     _patch_pipeline_stderr(Interpreter)
     _patch_arithmetic()
+    _patch_network()
     _patch_brace_ranges()
     _patch_replace_all()
     patch_jq()
@@ -276,6 +278,31 @@ def _bounded_op(op: str, left: int, right: int) -> int:
             raise ValueError("exponent less than 0")
         return int(_signed64(pow(left, right, _WORD)))
     return int(_signed64(left << (right & 63)))
+
+
+def _patch_network() -> None:
+    """`curl` connects only to the addresses its private-range check resolved. just-bash pins
+    them under the URL's host name as `urlsplit` spells it (Unicode: `bücher.example`), but
+    aiohttp resolves the IDNA form (`xn--bcher-kva.example`), misses the pin and asks DNS again,
+    unchecked: a name answering a public address first and 127.0.0.1 next reached loopback. Each
+    pinned connector serves one URL (redirects are followed by hand, one connector per hop), so
+    it answers every lookup with the checked addresses; a name with no address is refused before
+    aiohttp could resolve it itself."""
+    import just_bash.network as network
+
+    original_resolve = network._resolve_host
+
+    async def resolve_checked(hostname: str, port: int) -> list[Any]:
+        records = await original_resolve(hostname, port)
+        if not records:
+            raise OSError(f"{hostname}: no address")
+        return records
+
+    async def pinned(self: Any, host: str, port: int = 0, family: Any = None) -> list[Any]:
+        return [{**record, "port": port} for record in self._records]
+
+    network._resolve_host = resolve_checked
+    network._PinnedResolver.resolve = pinned  # type: ignore[method-assign]
 
 
 def _patch_arithmetic() -> None:
