@@ -20,6 +20,7 @@ import orjson
 
 __all__ = [
     "Message",
+    "utf8_safe",
     "MODEL_KEYS",
     "OUTCOME_UNKNOWN",
     "user",
@@ -48,6 +49,20 @@ OUTCOME_UNKNOWN: dict[str, str] = {
 }
 
 
+def utf8_safe(text: str) -> str:
+    """`text` with each lone surrogate replaced by U+FFFD. A model or a tool can hand over half
+    of a surrogate pair (a JSON `"\\ud83d"` escape, a JavaScript string cut in two), which no
+    UTF-8 writer accepts: the transcript's append failed and the turn with it. The common case
+    costs one check (an ASCII string: none)."""
+    if text.isascii():
+        return text
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
 def user(text: str, **meta: Any) -> Message:
     """A user message."""
     return {"role": "user", "content": text, **meta}
@@ -61,7 +76,7 @@ def tool_call(call_id: str, name: str, args: dict[str, Any] | str) -> dict[str, 
 
 def assistant(text: str | None, tool_calls: Sequence[dict[str, Any]] | None = None, **meta: Any) -> Message:
     """An assistant message; `tool_calls` are entries made by `tool_call`."""
-    msg: Message = {"role": "assistant", "content": text or ""}
+    msg: Message = {"role": "assistant", "content": utf8_safe(text) if text else ""}
     if tool_calls:
         msg["tool_calls"] = list(tool_calls)
     msg.update(meta)
@@ -75,11 +90,12 @@ def dumps_result(result: Any) -> str:
 
 def encode_result(result: Any) -> tuple[str, bool]:
     """(a tool result as a tool message's content, whether that is the result's JSON): a value
-    JSON cannot hold (a dict with tuple keys, a cycle) is shown as its repr instead."""
+    JSON cannot hold (a dict with tuple keys, a cycle) is shown as its repr instead; lone
+    surrogates become U+FFFD (`utf8_safe`)."""
     if isinstance(result, str):
-        return result, False
+        return utf8_safe(result), False
     try:
-        return json.dumps(result, ensure_ascii=False, default=str), True
+        return utf8_safe(json.dumps(result, ensure_ascii=False, default=str)), True
     except (TypeError, ValueError, RecursionError):
         return repr(result)[:1_000_000], False
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
 import httpx
 import redis
 
+from tests.harness.fake_llm import FakeLLM, Reply
 from tests.harness.processes import Cluster
 from tests.integration.test_api import spawn
 
@@ -55,3 +57,16 @@ def test_steering_taken_by_a_step_that_fails_before_using_it_is_given_back(api: 
     assert api.post(f"/instances/{iid}/chat", json={"message": "two"}).json()["text"].startswith("Error:")
     waiting = redis.Redis.from_url(cluster.redis_url).lrange(f"regina:steer:{iid}", 0, -1)
     assert any(b"do not lose me" in w for w in waiting), waiting
+
+
+def test_a_model_answer_with_half_a_surrogate_pair_is_answered_and_kept(api: httpx.Client, fake_llm: FakeLLM) -> None:
+    """A provider's JSON can escape a lone surrogate ("\\ud83d"): it becomes U+FFFD in the answer,
+    the stream and the transcript, instead of failing the turn at the transcript's append."""
+    iid = spawn(api)
+    fake_llm.push(Reply(text="half \ud83d here"), Reply(text="and \udc00 again"))
+    answer = api.post(f"/instances/{iid}/chat", json={"message": "one"})
+    assert answer.status_code == 200 and answer.json()["text"] == "half \ufffd here", answer.text
+    lines = api.post(f"/instances/{iid}/chat/stream", json={"message": "two"}).text.splitlines()
+    assert json.loads(lines[-1])["text"] == "and \ufffd again", lines
+    contents = [m["content"] for m in api.get(f"/instances/{iid}/messages").json()]
+    assert contents == ["one", "half \ufffd here", "two", "and \ufffd again"]

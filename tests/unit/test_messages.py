@@ -17,6 +17,7 @@ from regina.runtime.messages import (
     tool_call,
     tool_result,
     user,
+    utf8_safe,
 )
 from regina.runtime.session import SESSION_PATH, Session
 from regina.vfs import MemoryVFS
@@ -235,3 +236,22 @@ def test_session_repair_checks_only_the_appended_tail_with_the_same_result() -> 
             session.repair()
             assert session.messages == reference
             assert Session(session.vfs).messages == reference
+
+
+def test_lone_surrogates_from_a_tool_or_the_model_become_replacement_characters() -> None:
+    """Half a surrogate pair (a JSON "\\ud83d" escape, a JavaScript string cut in two) cannot be
+    written as UTF-8: the transcript's append failed and the turn with it."""
+    cut = "page text cut mid-emoji: \ud83d"
+    assert utf8_safe(cut) == "page text cut mid-emoji: \ufffd"
+    assert utf8_safe("whole: \U0001f600 é") == "whole: \U0001f600 é"
+    msgs = [
+        assistant("half \udc00 an answer"),
+        tool_result("c1", "web", cut),
+        tool_result("c2", "web", {"text": cut}),
+    ]
+    saved = from_jsonl(to_jsonl(msgs))  # raised UnicodeEncodeError
+    assert [m["content"] for m in saved] == [
+        "half \ufffd an answer",
+        "page text cut mid-emoji: \ufffd",
+        json.dumps({"text": "page text cut mid-emoji: \ufffd"}, ensure_ascii=False),
+    ]

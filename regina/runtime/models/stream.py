@@ -14,6 +14,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from regina.runtime.events import Usage
+from regina.runtime.messages import utf8_safe
 from regina.runtime.models.parts import ModelDelta, TextPart, ToolCallPart, finish_part, parse_args
 
 __all__ = ["StreamAcc", "token_counts", "usage_of", "new_call_id"]
@@ -107,7 +108,7 @@ class StreamAcc:
         if isinstance(chunk, dict):  # GenericStreamingChunk
             self._usage(chunk.get("usage"))
             if chunk.get("text"):
-                yield TextPart(str(chunk["text"]))
+                yield TextPart(utf8_safe(str(chunk["text"])))
             tool_use = chunk.get("tool_use")
             if tool_use:
                 self.calls.add(_frag(tool_use))
@@ -120,7 +121,7 @@ class StreamAcc:
             if delta is not None:
                 text = delta.content
                 if text:
-                    yield TextPart(text)
+                    yield TextPart(utf8_safe(text))
                 for frag in delta.tool_calls or ():
                     self.calls.add(frag)
             if choice.finish_reason:
