@@ -108,7 +108,10 @@ class SQLiteVFS:
             try:
                 yield cur
             except BaseException:
-                cur.execute("ROLLBACK")
+                # SQLite may have rolled back already (disk full, out of memory): a ROLLBACK then
+                # fails with "no transaction is active" and hides the error that ended it.
+                if cur.connection.in_transaction:
+                    cur.execute("ROLLBACK")
                 raise
             else:
                 cur.execute("COMMIT")

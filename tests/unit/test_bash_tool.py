@@ -390,14 +390,24 @@ def test_what_just_bash_raises_is_a_shell_error_not_a_failed_tool_call() -> None
     vfs.write("/.session/messages.jsonl", b"")  # a conversation exists
     bash = build_tools(vfs, env=_env(), limits=Limits(), network=False, user_tools={})["bash"]
     cases = {
-        "echo x > /a; cp /a /.session/x": 1,
         "f(){ x=$(f); }; f": 125,
         'echo hi > "/h${c:=$(echo 1)}"': 2,
     }
     for command, code in cases.items():
         out = bash.call_sync({"command": command})
         assert out["exitCode"] == code and out["stderr"].startswith("bash: "), (command, out)
-    assert not vfs.exists("/.session/x")
+    # A write the VFS refuses (cp, ln, chmod into /.session/) fails that command, as in bash: the
+    # script goes on and keeps its output (it ended the whole call, dropping what came before).
+    out = bash.call_sync(
+        {
+            "command": "echo before; echo x > /a; cp /a /.session/x; echo rc=$?; ln /a /.session/b; echo rc=$?;"
+            " chmod 700 /.session/messages.jsonl; echo rc=$?; echo end"
+        }
+    )
+    assert out["stdout"] == "before\nrc=1\nrc=1\nrc=1\nend\n" and out["exitCode"] == 0, out
+    assert [line.split(":")[0] for line in out["stderr"].splitlines()] == ["cp", "ln", "chmod"], out
+    assert "read-only" in out["stderr"]
+    assert not vfs.exists("/.session/x") and not vfs.exists("/.session/b")
     assert bash.call_sync({"command": "printf '\\ud83d\\ude00'; echo $'\\ud800'"})["stdout"] == "\ufffd\ufffd\ufffd\n"
 
 

@@ -471,3 +471,19 @@ def test_a_realdir_chmod_keeps_the_file_the_workers_and_sets_no_special_bits(tmp
     vfs.chmod("/f", 0o4777)
     assert not (host / "f").stat().st_mode & (stat_module.S_ISUID | stat_module.S_ISGID | stat_module.S_ISVTX)
     assert vfs.read("/f") == b"data" and vfs.snapshot()
+
+
+def test_a_full_disk_is_named_not_hidden_by_the_rollback(tmp_path: Path) -> None:
+    """SQLite rolls back by itself when the disk is full: the write's error must say so, not
+    "cannot rollback - no transaction is active" from a second ROLLBACK."""
+    v = SQLiteVFS(str(tmp_path / "full.sqlite"))
+    try:
+        v._connection().execute("PRAGMA max_page_count=50")
+        with pytest.raises(Exception) as raised:
+            v.write("/big", b"x" * 1_000_000)
+        assert "full" in str(raised.value) and "no transaction" not in str(raised.value), repr(raised.value)
+        assert not v.exists("/big")
+        v.write("/small", b"ok")  # the connection is usable afterwards
+        assert v.read("/small") == b"ok"
+    finally:
+        v.close()

@@ -163,7 +163,8 @@ class VFSBashFs:
         if kind == "dir":
             return
         if kind is None and (parent == "/tmp" or parent.startswith("/tmp/")):
-            self.vfs.mkdir(parent, parents=True)
+            with self._errno("mkdir", parent):
+                self.vfs.mkdir(parent, parents=True)
             return
         if kind == "file":
             raise NotADirectoryError(f"ENOTDIR: not a directory, open '{raw}'")
@@ -209,13 +210,15 @@ class VFSBashFs:
         kind = self._must(s, "cp", src)
         if kind == "file":
             self._check_parent(d, dest)
-            self.vfs.write(d, self.vfs.read(s))
+            with self._errno("cp", dest):
+                self.vfs.write(d, self.vfs.read(s))
             return
         if not recursive:
             raise IsADirectoryError(f"EISDIR: is a directory, cp '{src}'")
         if d == s or d.startswith(s.rstrip("/") + "/"):
             raise OSError(f"EINVAL: cannot copy a directory into itself, cp '{src}' to '{dest}'")
-        self.vfs.mkdir(d, parents=True)
+        with self._errno("cp", dest):
+            self.vfs.mkdir(d, parents=True)
         for name in self.vfs.listdir(s):
             await self.cp(s.rstrip("/") + "/" + name, d.rstrip("/") + "/" + name, recursive=True)
 
@@ -228,7 +231,8 @@ class VFSBashFs:
     async def chmod(self, path: str, mode: int) -> None:
         p = self._norm(path)
         self._must(p, "chmod", path)
-        self.vfs.chmod(p, mode)
+        with self._errno("chmod", path):
+            self.vfs.chmod(p, mode)
 
     async def symlink(self, target: str, link_path: str) -> None:
         raise PermissionError(f"EPERM: symbolic links are not supported in this sandbox, symlink '{link_path}'")
@@ -239,7 +243,8 @@ class VFSBashFs:
             raise PermissionError(f"EPERM: operation not permitted, link '{existing_path}'")
         if self._kind(d) is not None:
             raise FileExistsError(f"EEXIST: file already exists, link '{new_path}'")
-        self.vfs.write(d, self.vfs.read(s))  # no inodes in the VFS: a hard link is a copy
+        with self._errno("link", new_path):
+            self.vfs.write(d, self.vfs.read(s))  # no inodes in the VFS: a hard link is a copy
 
     async def utimes(self, path: str, atime: float, mtime: float) -> None:
         p = self._norm(path)
