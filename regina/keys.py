@@ -46,6 +46,11 @@ lives under `regina:` too.
 | regina:indexes:v1                     | STRING | —          | the two indexes above were built once    |
 | regina:stranded                       | SET    | —          | queues of instances marked suspended     |
 |                                       |        |            | with runs open (the sweep resumes them)  |
+| regina:runs:open                      | ZSET   | —          | run ids opened and not seen ended, by    |
+|                                       |        |            | when last known held (lost-run sweep)    |
+| regina:member:<memberId>:runs         | STRING | memberTtl  | ids of the runs whose steps the member   |
+|                                       |        |            | holds, space-separated (per heartbeat)   |
+| regina:sweep:runs                     | STRING | heartbeat  | the lost-run sweep's lock                |
 
 Celery queues: `regina.i.<instanceId>` (an instance's chat steps, consumed only by its owner)
 and `regina.m.<memberId>` (a member's own command queue).
@@ -79,6 +84,11 @@ STRANDED = "regina:stranded"
 """Queues of instances marked suspended while runs were open (the orphan sweep resumes them)."""
 INDEXES_BUILT = "regina:indexes:v1"
 """Set once the held and unacked indexes were built from earlier data (`orphans.build_indexes`)."""
+RUNS_OPEN = "regina:runs:open"
+"""Runs opened and not yet seen ended by the lost-run sweep, scored by when each was last known to
+be held (its creation, then each sweep that found it queued or held; regina/runs/lost.py)."""
+SWEEP_RUNS_LOCK = "regina:sweep:runs"
+"""Held for `memberHeartbeat` seconds by the one member that sweeps for lost runs."""
 UNACKED_PREFIX = "regina:unacked:"
 """Prefix of `unacked_of()`."""
 
@@ -99,6 +109,13 @@ def member_ready(member_id: str) -> str:
 def member_instances(member_id: str) -> str:
     """Key holding how many instances a member runs."""
     return f"{MEMBER_PREFIX}{member_id}:instances"
+
+
+def member_runs(member_id: str) -> str:
+    """The ids of the runs whose steps the member holds (taken, waiting for their turn or running),
+    space-separated, written by each heartbeat with the member key's TTL: the lost-run sweep's
+    proof that a live member still works on a run (regina/runs/lost.py)."""
+    return f"{MEMBER_PREFIX}{member_id}:runs"
 
 
 def member_held(member_id: str) -> str:

@@ -131,6 +131,48 @@ def acknowledge(
             pause = min(pause * 2, 2.0)
 
 
+#: Runs whose steps this worker holds (from their handling to their end: waiting for the pool or
+#: for their instance's turn, or running), by run id, with how many of its steps (a step given
+#: back and taken again can overlap its first copy's end). Each heartbeat writes their ids
+#: (`keys.member_runs`): the lost-run sweep ends no run a live member holds (regina/runs/lost.py).
+_held: dict[str, int] = {}
+
+
+def held_runs() -> list[str]:
+    """Ids of the runs whose steps this worker holds now."""
+    return list(_held)
+
+
+def _hold(run_id: str) -> None:
+    _held[run_id] = _held.get(run_id, 0) + 1
+
+
+def _let_go(run_id: str) -> None:
+    left = _held.get(run_id, 0) - 1
+    if left > 0:
+        _held[run_id] = left
+    else:
+        _held.pop(run_id, None)
+
+
+def _apply_held(pool: Any, run_id: str, execute: Callable[..., None], *args: Any) -> None:
+    """`execute(*args)` on the pool, the run held from now (the pool may make it wait for a free
+    greenlet) to the end of `execute`."""
+    _hold(run_id)
+    try:
+        pool.apply_async(_holding, (run_id, execute, *args), callback=_ignore)
+    except BaseException:
+        _let_go(run_id)
+        raise
+
+
+def _holding(run_id: str, execute: Callable[..., None], *args: Any) -> None:
+    try:
+        execute(*args)
+    finally:
+        _let_go(run_id)
+
+
 def _ignore(_result: Any) -> None:
     """The pool's result callback: a step's outcome travels as run events, not as a result."""
 
@@ -207,7 +249,7 @@ def step_strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Callable
             )
         # Acknowledge from the step's greenlet as soon as it ends (not at the consumer loop's next
         # turn): a finished step should leave the unacked set before anything can redeliver it.
-        pool.apply_async(execute, (task_id, args, kwargs_, message), callback=_ignore)
+        _apply_held(pool, str(args[1]), execute, task_id, args, kwargs_, message)
         # Let the step run up to its first Redis wait before the consumer re-sends its BRPOP
         # over every attached queue (≈ 0.4 ms sooner on the step's path).
         gevent.sleep(0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, cast
 
 import redis
@@ -20,14 +21,15 @@ class Membership:
         self._differs: tuple[int, int] | None = None  # (held, stored) at the last renewal, if unequal
 
     def register(self, instance_count: int = 0) -> None:
-        """SADD the member and SET its keys with the TTL."""
+        """SADD the member and SET its keys with the TTL (it holds no run yet)."""
         pipe = self.r.pipeline(transaction=True)
         pipe.sadd(keys.MEMBERS, self.member_id)
         pipe.set(keys.member(self.member_id), self.address, px=self.ttl_ms)
         pipe.set(keys.member_instances(self.member_id), instance_count, px=self.ttl_ms)
+        pipe.set(keys.member_runs(self.member_id), "", px=self.ttl_ms)
         pipe.execute()
 
-    def renew(self, instance_count: int) -> bool:
+    def renew(self, instance_count: int, runs: Iterable[str] = ()) -> bool:
         """Refresh the TTLs; re-register if the keys had expired meanwhile. True when the member
         was not in the members set any more: the orphan sweep took it for dead (its key had
         lapsed) and deleted its ready list, whose entries the caller must put back.
@@ -37,11 +39,15 @@ class Membership:
         and written after that attach's increment would undo it (least-loaded would then see a
         member one instance emptier than it is). A difference seen twice in a row with nothing
         attached or released in between is a drift (an increment lost to an error): the count held
-        then wins."""
+        then wins.
+
+        `runs`: the ids of the runs whose steps the member holds now, written with the same TTL
+        (`keys.member_runs`, what the lost-run sweep trusts)."""
         counter = keys.member_instances(self.member_id)
         pipe = self.r.pipeline(transaction=True)
         pipe.sadd(keys.MEMBERS, self.member_id)
         pipe.set(keys.member(self.member_id), self.address, px=self.ttl_ms)
+        pipe.set(keys.member_runs(self.member_id), " ".join(runs), px=self.ttl_ms)
         pipe.set(counter, instance_count, px=self.ttl_ms, nx=True)
         pipe.pexpire(counter, self.ttl_ms)
         pipe.get(counter)
@@ -54,13 +60,14 @@ class Membership:
         self._differs = seen
         return bool(replies[0])
 
-    def renew_leaving(self) -> None:
+    def renew_leaving(self, runs: Iterable[str] = ()) -> None:
         """Keep the member alive while it leaves (a warm shutdown finishing its steps and backups),
-        out of placement: its keys' TTLs are refreshed, and it is taken out of the members set
-        again (a renewal in flight when it left could have put it back)."""
+        out of placement: its keys' TTLs are refreshed (its runs as in `renew`), and it is taken
+        out of the members set again (a renewal in flight when it left could have put it back)."""
         pipe = self.r.pipeline(transaction=True)
         pipe.srem(keys.MEMBERS, self.member_id)
         pipe.set(keys.member(self.member_id), self.address, px=self.ttl_ms)
+        pipe.set(keys.member_runs(self.member_id), " ".join(runs), px=self.ttl_ms)
         pipe.pexpire(keys.member_instances(self.member_id), self.ttl_ms)
         pipe.execute()
 
@@ -73,7 +80,10 @@ class Membership:
         pipe = self.r.pipeline(transaction=True)
         pipe.srem(keys.MEMBERS, self.member_id)
         pipe.delete(
-            keys.member(self.member_id), keys.member_instances(self.member_id), keys.member_ready(self.member_id)
+            keys.member(self.member_id),
+            keys.member_instances(self.member_id),
+            keys.member_ready(self.member_id),
+            keys.member_runs(self.member_id),
         )
         pipe.execute()
 
@@ -142,6 +152,19 @@ for i = 3, #ARGV do
 end
 return 1
 """
+
+
+def held_runs(client: redis.Redis, member_ids: Iterable[str]) -> tuple[set[str], set[str]]:
+    """(the members of `member_ids` alive now, the ids of the runs those members said at their
+    last renewal they hold), in one round trip. A member is alive while its address key exists
+    (a leaving member too, out of placement); its runs key lives as long."""
+    ids = sorted(set(member_ids))
+    if not ids:
+        return set(), set()
+    values = cast(list[str | None], client.mget([keys.member(m) for m in ids] + [keys.member_runs(m) for m in ids]))
+    alive = {m for m, address in zip(ids, values[: len(ids)], strict=True) if address is not None}
+    runs = {run for held in values[len(ids) :] if held for run in held.split()}
+    return alive, runs
 
 
 def is_alive(client: redis.Redis, member_id: str) -> bool:
