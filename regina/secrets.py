@@ -28,9 +28,14 @@ _pattern: re.Pattern[str] | None = None
 _NOTHING = re.compile(r"(?!)")
 
 
+def is_secret_name(name: str) -> bool:
+    """True when an environment variable's name says it holds a secret (see the module docstring)."""
+    return _SECRET_NAME.search(name) is not None
+
+
 def secret_values(environ: Mapping[str, str]) -> set[str]:
     """Values of the environment variables whose names say they hold a secret."""
-    return {v for k, v in environ.items() if _SECRET_NAME.search(k) and len(v) >= MIN_SECRET_LENGTH}
+    return {v for k, v in environ.items() if is_secret_name(k) and len(v) >= MIN_SECRET_LENGTH}
 
 
 def add_secret(value: str | None) -> None:

@@ -91,9 +91,15 @@ def test_secret_in_environ_is_not_visible(monkeypatch: pytest.MonkeyPatch) -> No
 def test_secret_name_patterns() -> None:
     for name in ("OPENAI_API_KEY", "anthropic_api_key", "AWS_SECRET_ACCESS_KEY", "GH_TOKEN", "PGPASSWORD"):
         assert is_secret_name(name)
+    # The names whose values are redacted from logs and events (regina/secrets.py) are as secret here.
+    for name in ("GOOGLE_APPLICATION_CREDENTIALS", "SSH_AUTH_SOCK", "DEPLOY_KEY", "MY_PASSWD"):
+        assert is_secret_name(name)
     for name in ("PATH", "HOME", "LANG", "TZ", "API_URL"):
         assert not is_secret_name(name)
     assert sandbox_env(["X"], environ={"X": "1", "Y": "2"}) == {"X": "1", "HOME": "/", "PWD": "/"}
+    # A value holding a password is not copied whatever its name.
+    environ = {"REDIS_URL": "redis://:hunter2hunter2@cache:6379/0", "DB": "postgres://u:pw@db/x", "OK": "https://h/x"}
+    assert sandbox_env(["REDIS_URL", "DB", "OK"], environ=environ) == {"OK": "https://h/x", "HOME": "/", "PWD": "/"}
 
 
 def test_no_network_and_no_host_processes(tmp_path: Path) -> None:
