@@ -32,11 +32,12 @@ from regina.metrics import (
     process_exited,
     serve_worker_metrics,
 )
+from regina.runs.lost import sweep_lost_runs
 from regina.runtime.models.setup import preload_litellm
 from regina.runtime.tools.process import resident_bytes
 from workers import amqp
 from workers.context import context, current, init_context
-from workers.step_strategy import flush_task_events
+from workers.step_strategy import flush_task_events, held_runs
 from workers.transport import configure_worker, rekick
 
 log = logging.getLogger("regina.worker")
@@ -165,7 +166,7 @@ def _heartbeat_loop(membership: Membership) -> None:
             _leaving_heartbeat(membership)
             continue
         try:
-            rejoined = membership.renew(len(ctx.host.active))
+            rejoined = membership.renew(len(ctx.host.active), held_runs())
             # Instances that moved while this worker was cut off or paused: let go of them (below),
             # and put back no ready entries for their new owner's steps.
             stale = ctx.host.stale_instances()
@@ -194,7 +195,7 @@ def _leaving_heartbeat(membership: Membership) -> None:
     re-homed and their running steps run again elsewhere, while they still ran here. `_shutdown`
     kills this loop before it deregisters."""
     try:
-        membership.renew_leaving()
+        membership.renew_leaving(held_runs())
     except Exception:
         log.exception("membership renewal while leaving failed; retrying")
 
@@ -243,9 +244,11 @@ def _idle_loop() -> None:
 
 
 def _orphan_loop() -> None:
-    """Every memberHeartbeat seconds one member sweeps for instances whose member died."""
+    """Every memberHeartbeat seconds one member sweeps for instances whose member died, and one
+    for runs nothing holds any more (regina/runs/lost.py)."""
     ctx = context()
-    every = ctx.settings.member_heartbeat
+    settings = ctx.settings
+    every = settings.member_heartbeat
     while not _state["stopping"]:
         gevent.sleep(every)
         if _state["stopping"]:
@@ -255,6 +258,17 @@ def _orphan_loop() -> None:
                 sweep_orphans(ctx.client, ctx.coordinator.ensure_active, ctx.dispatcher.waiting_instances, every)
         except Exception:
             log.exception("orphan sweep failed; retrying")
+        try:
+            sweep_lost_runs(
+                ctx.client,
+                ctx.dispatcher.waiting_instances,
+                every,
+                settings.limits.lost_run_after,
+                settings.member_ttl,
+                settings.run_retention,
+            )
+        except Exception:
+            log.exception("lost-run sweep failed; retrying")
 
 
 def deferred(handler: Callable[..., None]) -> Callable[..., None]:

@@ -66,7 +66,8 @@ end
 # [, idempotency key]. ARGV: now, instanceId, run ttl, runId, whenBusy, steer entry, idempotency
 # body hash, idempotency ttl, member prefix, run prefix, most runs open at once
 # (limits.maxQueuedRuns), the step's broker message ('' = the caller publishes it), ready-list
-# prefix, most steering messages waiting (limits.maxSteering). The instance's one HGETALL
+# prefix, most steering messages waiting (limits.maxSteering), the open runs index
+# (`keys.RUNS_OPEN`: the lost-run sweep's, regina/runs/lost.py). The instance's one HGETALL
 # answers whether it exists, who owns it and what the reply carries. A started instance whose
 # member lives gets the step message here, and its member the queue's name on its ready list
 # (workers/transport.py): no publish round trip of its own. Such a message has the run's id as its
@@ -118,9 +119,11 @@ else
 end
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('ZADD', KEYS[3], ARGV[1], ARGV[4])
+redis.call('ZADD', ARGV[15], ARGV[1], ARGV[4])
 if KEYS[6] then
   redis.call('SET', KEYS[6], ARGV[7] .. ' ' .. ARGV[4], 'EX', ARGV[8])
-  redis.call('HSET', KEYS[2], 'keep', ARGV[8])  -- the run answers its key's retries: kept as long
+  -- the run answers its key's retries: kept as long; a lost run lets go of its key (`idem`)
+  redis.call('HSET', KEYS[2], 'keep', ARGV[8], 'idem', KEYS[6])
 end
 if pushed == '1' then
   redis.call('LPUSH', KEYS[5], ARGV[12])
@@ -419,6 +422,7 @@ class RunStore:
             step_message,
             keys.member_ready(""),
             str(self.max_steering),
+            keys.RUNS_OPEN,
         ]
         pending = None
         if read_events is None:
