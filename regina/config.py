@@ -93,9 +93,11 @@ class BudgetSettings(_Section):
     """
 
     max_tokens_per_run: int | None = Field(None, ge=1)
-    """Tokens (prompt + completion) one run may spend; unset = no limit."""
+    """Tokens (prompt + completion) one run may spend, those of an attempt whose worker died
+    included; unset = no limit."""
     max_seconds_per_run: float | None = Field(None, gt=0)
-    """Seconds one run may take from its start on the worker; unset = no limit."""
+    """Seconds one run may take from its first start on a worker (a run redelivered after its worker
+    died counts from there too); unset = no limit."""
     max_tokens_per_instance: int | None = Field(None, ge=1)
     """Tokens an instance may spend over all its runs (`GET /instances/<id>` shows `usage`)."""
 
@@ -141,6 +143,11 @@ class Limits(_Section):
     max_steering: int = Field(100, ge=1)
     """Steering messages an instance may have waiting for its next step boundary; one more is
     refused with 429 and `Retry-After` (a running step takes them all at its next boundary)."""
+    max_run_deliveries: int = Field(3, ge=1)
+    """Times a run's step may be delivered to a worker that starts it: a run whose worker died
+    (killed, out of memory) is run again by another from where it was, at most this many times in
+    all; the next delivery ends it `failed` with an error naming this limit (a step that kills
+    every worker it runs on does not go round for ever)."""
     request_timeout: float = Field(600.0, gt=0)
     """Seconds a sync chat waits for its run to finish. A run still queued or running then goes
     on and the chat answers 202 with its `runId` and `Location: /runs/<runId>` (follow it at

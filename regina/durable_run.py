@@ -7,6 +7,9 @@ On top of `regina.run_watch.WatchedRun` (a `RunContext`: events, steering, heart
   (regina/journal.py) by a fenced script; the run's terminal script ships the rest in the same
   round trip as the terminal event: whatever the client is told, every tool call that may start
   and every tool that completed is in Redis first;
+- the run's progress (the steps and tokens of its completed model calls, `RunProgress`) goes in
+  its record with those flushes when it changed: a step redelivered after this worker died goes
+  on counting its budgets from there, and its usage includes what this attempt spent;
 - steering drains (in their take script) and the heartbeat check the owner's epoch (fencing.py);
   run events are fenced by the publisher itself.
 
@@ -27,12 +30,14 @@ class DurableRun(WatchedRun):
     """A RunContext whose owner may lose the instance at any moment (see the module docstring)."""
 
     fence: Fence
-    flush: Callable[[bool], None]
+    flush: Callable[[bool, str], None]
     _tools_ran = False  # a tool ran since the last flush
+    _recorded = ""  # the progress the last flush recorded
 
-    def bind(self, fence: Fence, flush: Callable[[bool], None]) -> DurableRun:
-        """Attach the owner's fence and its journal flush (`flush(before_tool)`, a fence check too);
-        call after setting `touch_gate`: the heartbeat then checks the epoch when it touches."""
+    def bind(self, fence: Fence, flush: Callable[[bool, str], None]) -> DurableRun:
+        """Attach the owner's fence and its journal flush (`flush(before_tool, progress)`, a fence
+        check too; `progress` '' when unchanged); call after setting `touch_gate`: the heartbeat
+        then checks the epoch when it touches."""
         self.fence = fence
         self.flush = flush
         gate = self.touch_gate
@@ -50,13 +55,22 @@ class DurableRun(WatchedRun):
     def emit(self, event: Event) -> None:
         if isinstance(event, ToolCallEvent):
             self._tools_ran = True
-            self.flush(True)
+            self._flush_with_progress(True)
         elif event.type == "step-finish" and self._tools_ran:
             # After a step's tools: their results and file changes are durable before the model
             # is asked again, so a later death leaves no completed tool "outcome unknown".
             self._tools_ran = False
-            self.flush(False)
+            self._flush_with_progress(False)
         super().emit(event)  # a terminal event's script ships the journal itself (runs/stream.py)
+
+    def _flush_with_progress(self, before_tool: bool) -> None:
+        """Flush, recording the run's progress with it when it changed since the last flush."""
+        progress = self.progress.encode() if self.progress.steps else ""
+        if progress == self._recorded:
+            progress = ""
+        self.flush(before_tool, progress)
+        if progress:
+            self._recorded = progress
 
     def steering_epoch(self) -> int | None:
         """The take script checks the epoch: a stale owner takes nothing (StaleEpoch)."""

@@ -27,15 +27,21 @@ from regina.errors import StaleEpoch
 from regina.fencing import is_stale_error
 from regina.vfs.recording import RecordingVFS, decode_bytes
 
-# KEYS: instance record, journal. ARGV: epoch, last seq, entries…  Appends the entries and
-# records the last seq, only while the epoch is current (else error STALE, nothing written).
+# KEYS: instance record, journal[, run record]. ARGV: epoch, last seq, the run's progress ('' =
+# none), entries…  Appends the entries and records the last seq, only while the epoch is current
+# (else error STALE, nothing written). With a progress (`RunProgress.encode`: steps and tokens of
+# the run's completed model calls) it goes in the running run's record (`spent`) in the same
+# write as the step it belongs to: a redelivered attempt goes on from it (regina/step.py).
 _FLUSH = """
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return redis.error_reply('STALE') end
-if #ARGV > 2 then
-  for i = 3, #ARGV, 1000 do  -- unpack fails past ~8000 values
+if #ARGV > 3 then
+  for i = 4, #ARGV, 1000 do  -- unpack fails past ~8000 values
     redis.call('RPUSH', KEYS[2], unpack(ARGV, i, math.min(i + 999, #ARGV)))
   end
   redis.call('HSET', KEYS[1], 'journalSeq', ARGV[2])
+end
+if ARGV[3] ~= '' and redis.call('HGET', KEYS[3], 'status') == 'running' then
+  redis.call('HSET', KEYS[3], 'spent', ARGV[3])
 end
 return 1
 """
@@ -112,17 +118,18 @@ class Journal:
         self.r = client
         self._flush = client.register_script(_FLUSH)
 
-    def flush(self, instance_id: str, epoch: int, vfs: JournalVFS) -> None:
-        """Append the VFS's pending entries, only while `epoch` owns the instance.
+    def flush(self, instance_id: str, epoch: int, vfs: JournalVFS, progress: tuple[str, str] | None = None) -> None:
+        """Append the VFS's pending entries, only while `epoch` owns the instance; `progress`:
+        (run id, `RunProgress.encode()`) to record on that running run in the same write.
 
         With nothing pending it is a plain fence check. Raises StaleEpoch when the epoch moved on.
         """
         entries = vfs.take()
+        flush_keys = [keys.instance_record(instance_id), keys.journal(instance_id)]
+        if progress is not None:
+            flush_keys.append(keys.run_record(progress[0]))
         try:
-            self._flush(
-                keys=[keys.instance_record(instance_id), keys.journal(instance_id)],
-                args=[epoch, vfs.seq, *entries],
-            )
+            self._flush(keys=flush_keys, args=[epoch, vfs.seq, progress[1] if progress else "", *entries])
         except redis.ResponseError as exc:
             if is_stale_error(exc):
                 raise StaleEpoch(f"instance {instance_id}: journal write from stale epoch {epoch} refused") from exc

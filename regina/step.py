@@ -8,6 +8,7 @@ that fences a tool call lives here too. `InstanceHost` holds the instances and c
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -91,10 +92,14 @@ class StepRunner:
             if answer is not None and not left:
                 self.flush(act)
                 self.give_back(instance_id, begun.steered)
-                publisher.publish({"type": "finish", "finishReason": "stop", "text": answer, "usage": activation.ZERO})
+                usage = begun.spent.usage.as_dict()  # what the crashed attempts spent, counted once
+                publisher.publish({"type": "finish", "finishReason": "stop", "text": answer, "usage": usage})
                 return
+        if begun.attempts > self.settings.limits.max_run_deliveries and not begun.cancel_requested:
+            self._abandon(act, publisher, begun, left)
+            return
         d = act.definition
-        budget = budget_for(d.budget_settings(self.settings), begun.instance_tokens)
+        budget = budget_for(d.budget_settings(self.settings), begun.instance_tokens, begun.elapsed)
         steered = left + begun.steered
         ctx = DurableRun(
             self.r,
@@ -105,12 +110,13 @@ class StepRunner:
             steered,
             self.interrupter_factory,
             journal_seen=len(begun.earlier) + len(begun.steered),
+            progress=dataclasses.replace(begun.spent),  # the loop goes on from the crashed attempts'
         )
         # The open touched the instance and the start read the cancel flag just now: the first
         # heartbeat is due a second from here.
         act.last_touch = time.monotonic()
         ctx.touch_gate = lambda: self.touch_due(act)
-        ctx.bind(act.fence, lambda before_tool: self.flush(act, before_tool))
+        ctx.bind(act.fence, lambda before_tool, progress: self.flush(act, before_tool, (run_id, progress)))
         if begun.cancel_requested:
             ctx.cancel.cancel(CANCELLED)
         # The delegate tool reads the run from `act`; a dropped MCP server is this run's event.
@@ -163,13 +169,46 @@ class StepRunner:
             begun = self.runs.begin(act.instance_id, run_id, act.epoch)
         return target, begun
 
-    def flush(self, act: Active, before_tool: bool = False) -> None:
-        """Ship the journal (with nothing pending, a fence check). With `storage.type` null there is
-        no journal: only a tool call checks the fence first (terminal events are fenced anyway)."""
+    def flush(self, act: Active, before_tool: bool = False, progress: tuple[str, str] | None = None) -> None:
+        """Ship the journal (with nothing pending, a fence check), and record `progress` (run id,
+        `RunProgress.encode()`; '' = unchanged) on that run in the same script. With `storage.type`
+        null there is no journal: only a tool call checks the fence first (terminal events are
+        fenced anyway), recording the progress in the same round trip."""
+        if progress is not None and not progress[1]:
+            progress = None
         if self.journal is not None and isinstance(act.vfs, JournalVFS):
-            self.journal.flush(act.instance_id, act.epoch, act.vfs)
-        elif before_tool and not act.fence.current():
-            raise act.fence.stale("tool call")
+            self.journal.flush(act.instance_id, act.epoch, act.vfs, progress)
+        elif before_tool:
+            if progress is not None:
+                if not self.runs.record_progress(act.instance_id, act.epoch, *progress):
+                    raise act.fence.stale("tool call")
+            elif not act.fence.current():
+                raise act.fence.stale("tool call")
+
+    def _abandon(self, act: Active, publisher: RunPublisher, begun: Begun, left: list[Steer]) -> None:
+        """End a run delivered more than `limits.maxRunDeliveries` times (each of its workers died
+        while running it) `failed`, with what its attempts spent; its transcript is repaired (a
+        tool call cut short gets its "outcome unknown" result) and the steering it took goes back
+        to the instance for the next run."""
+        limit = self.settings.limits.max_run_deliveries
+        log.warning(
+            "run %s abandoned: delivered %d times, limits.maxRunDeliveries is %d",
+            publisher.run_id,
+            begun.attempts,
+            limit,
+        )
+        try:
+            act.session.repair()  # shipped by the error's terminal script
+        except Exception:  # an unreadable transcript: the next run's start repairs it or says why
+            log.warning("run %s: repairing the transcript failed", publisher.run_id, exc_info=True)
+        self.give_back(act.instance_id, left + begun.steered)
+        publisher.publish(
+            {
+                "type": "error",
+                "error": abandoned_text(begun.attempts - 1, limit),
+                "usage": begun.spent.usage.as_dict(),
+            }
+        )
 
     def give_back(self, instance_id: str, steered: list[Steer]) -> None:
         """Put steering a failed step took but never used back at the head of the instance's list."""
@@ -189,6 +228,15 @@ class StepRunner:
             return False
         act.last_touch = now
         return True
+
+
+def abandoned_text(crashed: int, limit: int) -> str:
+    """The error a run ends with when its step was delivered more than `limit` times."""
+    times = "once" if crashed == 1 else f"{crashed} times"
+    return (
+        f"run abandoned: the worker running it stopped {times} (limits.maxRunDeliveries is {limit}); "
+        "it is not run again"
+    )
 
 
 def not_saved(earlier: list[Steer], history: list[dict[str, Any]], run_id: str) -> list[Steer]:

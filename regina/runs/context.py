@@ -23,7 +23,7 @@ from regina.runs.steering import decode_all
 from regina.runs.store import RunStore
 from regina.runs.stream import RunPublisher
 from regina.runtime.events import Event, Finish, event_to_dict
-from regina.runtime.sink import BUDGET, CANCELLED, Budget, CancelToken, Steer
+from regina.runtime.sink import BUDGET, CANCELLED, Budget, CancelToken, RunProgress, Steer
 
 # KEYS: run record, instance record. Reset the idle timer of an existing instance (never creates
 # a record) and return 1 if the run is flagged for cancel.
@@ -38,10 +38,15 @@ return redis.call('HEXISTS', KEYS[1], 'cancel')
 InterrupterFactory = Callable[[], Callable[[], None] | None]
 
 
-def budget_for(settings: BudgetSettings, instance_tokens: int) -> Budget:
-    """A run's Budget from the agent's effective budget settings, starting now."""
+def budget_for(settings: BudgetSettings, instance_tokens: int, elapsed: float = 0.0) -> Budget:
+    """A run's Budget from the agent's effective budget settings; its clock started `elapsed`
+    seconds ago (a run redelivered after its worker died counts from its first start)."""
     return Budget(
-        settings.max_tokens_per_run, settings.max_seconds_per_run, settings.max_tokens_per_instance, instance_tokens
+        settings.max_tokens_per_run,
+        settings.max_seconds_per_run,
+        settings.max_tokens_per_instance,
+        instance_tokens,
+        time.monotonic() - max(0.0, elapsed),
     )
 
 
@@ -58,6 +63,7 @@ class RunContext:
         first_steering: list[Steer],
         interrupter_factory: InterrupterFactory | None = None,
         journal_seen: int = 0,
+        progress: RunProgress | None = None,
     ) -> None:
         self.r = client
         self._heartbeat = script(client, _HEARTBEAT)
@@ -66,6 +72,8 @@ class RunContext:
         self.run_id: str | None = run_id
         self.publisher = publisher
         self.budget = budget
+        #: What the run did so far (its crashed attempts' part included), kept by the loop.
+        self.progress = progress or RunProgress()
         self.cancel = CancelToken()
         self._first: list[list[Steer]] = [first_steering]
         # Entries of the run's steering journal this step has had (its start's take and earlier
@@ -105,7 +113,7 @@ class RunContext:
     def finish_unless_steered(self, final: Finish) -> list[Steer]:
         self._first.clear()
         taken = self.publisher.finish_unless_steered(
-            event_to_dict(final), keys.steering(self.instance_id), self._journal_seen
+            event_to_dict(final), keys.steering(self.instance_id), self._journal_seen, self.progress.encode()
         )
         self._journal_seen += len(taken)
         return decode_all(taken)

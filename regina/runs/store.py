@@ -31,7 +31,7 @@ from regina.redis_conn import script
 from regina.runs.cancel import announce
 from regina.runs.steering import decode_all, encode
 from regina.runs.stream import RUNNING_TTL, PendingRead
-from regina.runtime.sink import Steer
+from regina.runtime.sink import RunProgress, Steer
 
 ENDED = frozenset({"finished", "failed", "cancelled"})
 WhenBusy = Literal["queue", "steer", "reject"]
@@ -188,8 +188,14 @@ return redis.call('LRANGE', KEYS[2], ARGV[2], -1)
 
 # KEYS: instance record, run events, run record, steering list, run journal. ARGV: epoch, now,
 # instanceId, retention. A stale owner, an ended run or an expired record (status '') takes
-# nothing and writes nothing; a run flagged for cancel takes no steering. Returns
-# {'run', seq, previous status, cancel, prompt, completion, n, <n journal entries>, <taken…>}.
+# nothing and writes nothing; a run flagged for cancel takes no steering. A queued run gets
+# `startedAt`; a running one is a step delivered again (its worker died, or lost the instance):
+# it keeps its first `startedAt` (maxSecondsPerRun counts from there) and counts the delivery
+# (`attempts`, the first one implied; `begunAt` is this call's `now`, so that the same call run
+# again after a lost reply counts nothing more). Returns {'run', seq, previous status, cancel,
+# prompt, completion, spent, elapsed, attempts, n, <n journal entries>, <taken…>}: `spent` is
+# what the earlier attempts recorded (`RunProgress.encode`, '' for none), `elapsed` the seconds
+# since the first start.
 # A function (KEYS and ARGV its parameters): the worker's take of a step runs it too
 # (workers/transport.py, `BEGIN_FN`).
 BEGIN_FN = (
@@ -198,7 +204,7 @@ BEGIN_FN = (
 local function begin(KEYS, ARGV)
 local inst = redis.call('HMGET', KEYS[1], 'epoch', 'promptTokens', 'completionTokens')
 if inst[1] ~= ARGV[1] then return {'stale'} end
-local rec = redis.call('HMGET', KEYS[3], 'status', 'cancel')
+local rec = redis.call('HMGET', KEYS[3], 'status', 'cancel', 'startedAt', 'begunAt', 'attempts', 'spent')
 local status = rec[1]
 local seq = '0'
 if status ~= 'queued' then  -- only a run that started (or ended) can have published events
@@ -207,10 +213,20 @@ if status ~= 'queued' then  -- only a run that started (or ended) can have publi
 end
 if not status then return {'ended', seq, ''} end
 if status == 'finished' or status == 'failed' or status == 'cancelled' then return {'ended', seq, status} end
-redis.call('HSET', KEYS[3], 'instanceId', ARGV[3], 'status', 'running', 'startedAt', ARGV[2])
+local attempts, elapsed = tonumber(rec[5] or '1'), '0'
+if status == 'queued' or not rec[3] then
+  redis.call('HSET', KEYS[3], 'instanceId', ARGV[3], 'status', 'running', 'startedAt', ARGV[2])
+else
+  if rec[3] ~= ARGV[2] and rec[4] ~= ARGV[2] then  -- not this same call run again
+    attempts = attempts + 1
+    redis.call('HSET', KEYS[3], 'attempts', attempts, 'begunAt', ARGV[2])
+  end
+  elapsed = string.format('%.3f', math.max(0, tonumber(ARGV[2]) - tonumber(rec[3])))
+end
 local earlier = {}
 if status == 'running' then earlier = redis.call('LRANGE', KEYS[5], 0, -1) end
-local out = {'run', seq, status, rec[2] or '', inst[2] or '0', inst[3] or '0', tostring(#earlier)}
+local out = {'run', seq, status, rec[2] or '', inst[2] or '0', inst[3] or '0', rec[6] or '', elapsed,
+  tostring(attempts), tostring(#earlier)}
 for _, v in ipairs(earlier) do out[#out + 1] = v end
 if rec[2] then return out end
 for _, v in ipairs(take(KEYS[4], KEYS[5], ARGV[4])) do out[#out + 1] = v end
@@ -297,6 +313,15 @@ return ended
 """
 )
 
+# KEYS: instance record, run record. ARGV: epoch, the run's progress (`RunProgress.encode`).
+# Records the progress on the running run while the epoch is current; 0 (nothing written) when
+# it is not. The fence check before a tool call without a journal (`storage.type` null).
+_PROGRESS = """
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[2], 'status') == 'running' then redis.call('HSET', KEYS[2], 'spent', ARGV[2]) end
+return 1
+"""
+
 # KEYS: idempotency key. ARGV: the value that names the run. Deletes the key only if it still
 # names that run.
 _RELEASE = """
@@ -336,6 +361,12 @@ class Begun:
     steered: list[Steer] = field(default_factory=list)
     earlier: list[Steer] = field(default_factory=list)
     """What a crashed earlier attempt of this run had taken (some may be in the history)."""
+    spent: RunProgress = field(default_factory=RunProgress)
+    """Steps and tokens the earlier attempts of this run recorded (their completed model calls)."""
+    elapsed: float = 0.0
+    """Seconds since the run's first start (0 on its first delivery)."""
+    attempts: int = 1
+    """Deliveries of the run's step that started it, this one included."""
 
 
 def parse_begun(flat: list[str]) -> Begun:
@@ -350,8 +381,11 @@ def parse_begun(flat: list[str]) -> Begun:
         previous_status=flat[2],
         cancel_requested=bool(flat[3]),
         instance_tokens=int(flat[4]) + int(flat[5]),
-        earlier=decode_all(flat[7 : 7 + int(flat[6])]),
-        steered=decode_all(flat[7 + int(flat[6]) :]),
+        spent=RunProgress.decode(flat[6]),
+        elapsed=float(flat[7]),
+        attempts=int(flat[8]),
+        earlier=decode_all(flat[10 : 10 + int(flat[9])]),
+        steered=decode_all(flat[10 + int(flat[9]) :]),
     )
 
 
@@ -382,6 +416,7 @@ class RunStore:
         self._cancel = script(client, _CANCEL)
         self._release = script(client, _RELEASE)
         self._end_all = script(client, _END_ALL)
+        self._progress = script(client, _PROGRESS)
 
     def open(
         self,
@@ -502,6 +537,12 @@ class RunStore:
                 raise StaleEpoch(f"instance {instance_id} moved on (epoch {epoch} is stale): steering refused") from exc
             raise
         return decode_all(cast(list[str], taken))
+
+    def record_progress(self, instance_id: str, epoch: int, run_id: str, progress: str) -> bool:
+        """Record a running run's progress (`RunProgress.encode()`) while `epoch` owns its
+        instance; False (nothing written) when it does not (see `_PROGRESS`)."""
+        run_keys = [keys.instance_record(instance_id), keys.run_record(run_id)]
+        return bool(self._progress(keys=run_keys, args=[str(epoch), progress]))
 
     def end_all(self, instance_id: str) -> int:
         """End every run of the instance not ended yet, `cancelled` (its delete: they can no

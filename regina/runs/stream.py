@@ -37,12 +37,15 @@ RUNNING_TTL = 86_400
 # ('' = unfenced), steering check ('' = none; else KEYS 6-7 are given and this is how many run
 # journal entries the step has had: more in the journal means this call took them already and
 # its reply was lost, and they are returned again), delivery tag to acknowledge ('' = none:
-# no last three KEYS), VFS journal seq, number N of VFS journal entries, the N entries, most events
-# kept (MAXLEN), then pairs of (entry id, event JSON). A stale epoch (the instance moved to another
+# no last three KEYS), the run's progress (`RunProgress.encode`, '' = none), VFS journal seq,
+# number N of VFS journal entries, the N entries, most events kept (MAXLEN), then pairs of
+# (entry id, event JSON). A stale epoch (the instance moved to another
 # owner) writes nothing: error STALE (SPEC §6). The VFS journal entries are appended first
 # (regina/journal.py: durable before the client hears back, in this round trip rather than one of
 # their own). With a steering list that holds messages, takes them (copying them to the run's
-# steered list) and returns them without publishing; otherwise appends the entries, ends the run
+# steered list), records the run's progress in its record (`spent`: the steps and tokens a
+# redelivered attempt goes on from, with the step's answer shipped in the same call) and returns
+# them without publishing; otherwise appends the entries, ends the run
 # record, adds the run's tokens to the instance's usage and resets its idle timer to finishedAt
 # (the run's last touch; Redis's clock as the worker keeps it, regina/clock.py) and records the
 # journal's seq, in one HSET (one write of the instance record per chat), acknowledges the step's
@@ -60,9 +63,9 @@ end
 if ARGV[10] ~= '' and redis.call('LLEN', KEYS[7]) > tonumber(ARGV[10]) then
   return redis.call('LRANGE', KEYS[7], ARGV[10], -1)  -- taken by this call already (its reply was lost)
 end
-local nj = tonumber(ARGV[13])
-for i = 14, 13 + nj, 1000 do
-  redis.call('RPUSH', KEYS[5], unpack(ARGV, i, math.min(i + 999, 13 + nj)))
+local nj = tonumber(ARGV[14])
+for i = 15, 14 + nj, 1000 do
+  redis.call('RPUSH', KEYS[5], unpack(ARGV, i, math.min(i + 999, 14 + nj)))
 end
 local function settle()  -- the step's delivery acknowledged
   if ARGV[11] ~= '' then
@@ -83,7 +86,8 @@ if cancelled then status = 'cancelled'; reason = 'cancelled' end
 if ARGV[10] ~= '' and not cancelled then
   local steered = redis.call('LRANGE', KEYS[6], 0, -1)
   if #steered > 0 then
-    if nj > 0 then redis.call('HSET', KEYS[3], 'journalSeq', ARGV[12]) end
+    if nj > 0 then redis.call('HSET', KEYS[3], 'journalSeq', ARGV[13]) end
+    if ARGV[12] ~= '' then redis.call('HSET', KEYS[2], 'spent', ARGV[12]) end
     for i = 1, #steered, 1000 do redis.call('RPUSH', KEYS[7], unpack(steered, i, math.min(i + 999, #steered))) end
     redis.call('EXPIRE', KEYS[7], ARGV[1])
     redis.call('DEL', KEYS[6])
@@ -98,10 +102,10 @@ if cancelled then  -- the terminal event is the last: its first finishReason is 
     terminal = string.sub(terminal, 1, at - 1) .. '"finishReason":"cancelled"' .. string.sub(terminal, at + #was)
   end
 end
-for i = 15 + nj, #ARGV - 2, 2 do
-  redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[14 + nj], ARGV[i], 'e', ARGV[i + 1])
+for i = 16 + nj, #ARGV - 2, 2 do
+  redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[15 + nj], ARGV[i], 'e', ARGV[i + 1])
 end
-redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[14 + nj], ARGV[#ARGV - 1], 'e', terminal)
+redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[15 + nj], ARGV[#ARGV - 1], 'e', terminal)
 redis.call('EXPIRE', KEYS[1], keep)
 local run = {'status', status, 'finishedAt', ARGV[2], 'finishReason', reason,
   'promptTokens', ARGV[5], 'completionTokens', ARGV[6]}
@@ -112,7 +116,7 @@ if inst[1] then  -- every instance record has an epoch: none means no record (ne
   local fields = {'lastActive', ARGV[2],
     'promptTokens', string.format('%d', tonumber(inst[2] or '0') + tonumber(ARGV[5])),
     'completionTokens', string.format('%d', tonumber(inst[3] or '0') + tonumber(ARGV[6]))}
-  if nj > 0 then fields[7] = 'journalSeq'; fields[8] = ARGV[12] end
+  if nj > 0 then fields[7] = 'journalSeq'; fields[8] = ARGV[13] end
   redis.call('HSET', KEYS[3], unpack(fields))
 end
 redis.call('ZREM', KEYS[4], ARGV[8])
@@ -256,14 +260,15 @@ class RunPublisher:
                     self._sender_due = False
                     return
 
-    def _finish(self, event: dict[str, Any], steering_key: str | None, seen: int = 0) -> list[str]:
+    def _finish(self, event: dict[str, Any], steering_key: str | None, seen: int = 0, progress: str = "") -> list[str]:
         """Append the buffered events and the terminal `event` and end the run record, in one
         atomic script (a web process blocked in XREAD wakes once, after the last entry) —
-        unless `steering_key` holds messages: then those are taken and returned instead."""
+        unless `steering_key` holds messages: then those are taken and returned instead, and
+        `progress` (the run's steps and tokens so far) is recorded on the run."""
         with self._send_lock:
-            return self._finish_locked(event, steering_key, seen)
+            return self._finish_locked(event, steering_key, seen, progress)
 
-    def _finish_locked(self, event: dict[str, Any], steering_key: str | None, seen: int) -> list[str]:
+    def _finish_locked(self, event: dict[str, Any], steering_key: str | None, seen: int, progress: str) -> list[str]:
         seq = self.seq + 1
         usage = event.get("usage") or {}
         delivery = CURRENT_DELIVERY.get()
@@ -281,6 +286,7 @@ class RunPublisher:
             "" if self.epoch is None else str(self.epoch),
             str(seen) if steering_key else "",
             delivery.tag if delivery is not None else "",
+            progress,
         ]
         seq_shipped, entries = self.journal.ship() if self.journal is not None else (0, [])
         args += [seq_shipped, len(entries), *entries, self.max_events]
@@ -309,15 +315,18 @@ class RunPublisher:
                 delivery.settled = True
         return steered
 
-    def finish_unless_steered(self, event: dict[str, Any], steering_key: str, seen: int) -> list[str]:
+    def finish_unless_steered(
+        self, event: dict[str, Any], steering_key: str, seen: int, progress: str = ""
+    ) -> list[str]:
         """Publish the terminal `event` unless steering messages wait in `steering_key`.
 
         One round trip instead of a steering drain and then the publish: if messages wait, they
         are taken (oldest first) and returned, and nothing is published (the loop goes on with
         them); otherwise the run ends as with `publish`. `seen`: how many entries of the run's
-        steering journal the step has had (see `_FINISH`).
+        steering journal the step has had (see `_FINISH`); `progress`: the run's
+        `RunProgress.encode()`, recorded when steering is taken (the loop goes on).
         """
-        return self._finish(event, steering_key, seen)
+        return self._finish(event, steering_key, seen, progress)
 
     def publish(self, event: dict[str, Any]) -> int:
         """Append an event, stamped with `seq` and `runId`; returns its seq."""

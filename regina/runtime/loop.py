@@ -22,6 +22,10 @@ Failures never raise out of `run_turn`:
 - a `ModelError` persists the assistant message `Error: <message>`, emits an `error` event
   (instead of `finish`) and returns a TurnResult with `error` set.
 
+A run redelivered after its worker died starts from the sink's `progress` (the steps and tokens
+its crashed attempt recorded): they count against `max_steps` and the token budgets and are part
+of the usage it reports. The loop updates `progress` after every model call.
+
 Reaching `max_steps` while the model still wants tools: the tools of the last step have run and
 their results are persisted (the transcript is valid), no further model call is made, and the
 turn finishes with finishReason `tool-calls` and the last step's text — as the AI SDK's
@@ -241,10 +245,13 @@ def _steps(turn: _Turn, spec: TurnSpec) -> TurnResult:
     schemas = [t.schema() for t in tools.values()]
     spent: list[Usage] = []
     summarize = _summarizer(spec.target, spec.temperature, spent)
-    total = Usage()
+    # A run redelivered after its worker died goes on from what its crashed attempt recorded:
+    # those steps and tokens count against maxSteps and the token budgets, and are in its usage.
+    progress = sink.progress
+    total = progress.usage
+    step = progress.steps
     text = ""
-    reason = "stop"
-    step = 0
+    reason = MAX_STEPS_REASON if step >= spec.max_steps else "stop"
     while step < spec.max_steps:
         step += 1
         stop = _stop_reason(sink, _plus(total, spent))
@@ -267,6 +274,7 @@ def _steps(turn: _Turn, spec: TurnSpec) -> TurnResult:
             # The model's partial answer is dropped: no assistant message, so no orphan call.
             return _stop(turn, (exc.reason, exc.message), text, _plus(total, spent), step)
         total = total + step_usage
+        progress.steps, progress.usage = step, _plus(total, spent)  # recorded with the step's next write
         turn.append(assistant(text, [tool_call(c.id, c.name, c.args) for c in calls]))
         cancelled = _run_tools(turn, spec, calls)
         sink.emit(StepFinish(finish_reason=reason, usage=step_usage))

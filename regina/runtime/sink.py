@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from regina.errors import ReginaError
-from regina.runtime.events import Event, Finish
+from regina.runtime.events import Event, Finish, Usage
 
 log = logging.getLogger("regina.runtime")
 
@@ -67,6 +67,29 @@ class Budget:
     def clock_text(self) -> str:
         """The text of a run stopped by `maxSecondsPerRun`."""
         return f"budget maxSecondsPerRun reached: the run may take {self.max_seconds_per_run:g} seconds"
+
+
+@dataclass
+class RunProgress:
+    """How far a run got: the model calls it completed (steps) and the tokens they and its
+    compaction summaries spent. The loop starts from it (a run redelivered after its worker died
+    continues from what the crashed attempt recorded) and updates it after every model call; the
+    worker records it in Redis with the step's own writes (regina/step.py)."""
+
+    steps: int = 0
+    usage: Usage = field(default_factory=Usage)
+
+    def encode(self) -> str:
+        """The run record's `spent` field: "<steps> <promptTokens> <completionTokens>"."""
+        return f"{self.steps} {self.usage.prompt_tokens} {self.usage.completion_tokens}"
+
+    @classmethod
+    def decode(cls, text: str) -> RunProgress:
+        """The inverse of `encode`; "" (nothing recorded) is no progress."""
+        if not text:
+            return cls()
+        steps, prompt, completion = (int(x) for x in text.split())
+        return cls(steps, Usage(prompt_tokens=prompt, completion_tokens=completion))
 
 
 CANCELLED = "cancelled"
@@ -158,6 +181,8 @@ class RunSink(Protocol):
     run_id: str | None
     cancel: CancelToken
     budget: Budget
+    progress: RunProgress
+    """Where the run starts from (earlier attempts), kept up to date by the loop."""
 
     def emit(self, event: Event) -> None:
         """Publish one event of the run."""
@@ -185,8 +210,10 @@ class LocalSink:
         run_id: str | None = None,
         budget: Budget | None = None,
         heartbeat: Callable[[], None] = lambda: None,
+        progress: RunProgress | None = None,
     ) -> None:
         self._emit = emit
+        self.progress = progress or RunProgress()
         self.steering = steering if steering is not None else []
         self.run_id = run_id
         self.budget = budget or Budget()

@@ -24,7 +24,7 @@ from regina.runtime.events import Event, Usage, event_to_dict
 from regina.runtime.loop import TurnResult, TurnSpec, run_turn
 from regina.runtime.messages import OUTCOME_UNKNOWN, assistant, tool_call, user
 from regina.runtime.session import Session
-from regina.runtime.sink import LocalSink, Steer
+from regina.runtime.sink import Budget, LocalSink, RunProgress, Steer
 from regina.runtime.tools.base import Tool
 from regina.runtime.tools.files import file_tools
 from regina.vfs import MemoryVFS, SQLiteVFS
@@ -332,6 +332,35 @@ def test_max_steps_stops_with_a_valid_transcript(fake: FakeLLM, target: ModelTar
     assert [m["role"] for m in t.persisted()] == ["user", "assistant", "tool", "assistant", "tool"]
     assert "file not found" in t.persisted()[-1]["content"]
     assert t.steer == [["late steer"]]  # not drained: the next run takes it
+
+
+def test_a_run_goes_on_from_the_progress_its_crashed_attempt_recorded(fake: FakeLLM, target: ModelTarget) -> None:
+    """A redelivered run starts from `sink.progress`: the earlier steps count against max_steps,
+    the earlier tokens against the token budget and in the usage it reports; the loop keeps
+    `progress` up to date after every model call (what the worker records with the step)."""
+    fake.default = lambda req: Reply(tool_calls=[ToolCall("read_file", {"path": "/missing"})], usage=(7, 2))
+    t = Turn(target, MemoryVFS())
+    earlier = Usage(prompt_tokens=30, completion_tokens=3)
+    sink = LocalSink(t.emit, run_id="r-again", progress=RunProgress(2, earlier))
+    result = run_turn(TurnSpec(target, SYSTEM, t.tools, max_steps=3), t.session, "go", sink)
+    assert len(fake.requests) == 1  # steps 1 and 2 were the crashed attempt's
+    assert result.finish_reason == "tool-calls" and result.steps == 3
+    assert result.usage == Usage(prompt_tokens=37, completion_tokens=5)
+    assert t.events[-1]["usage"] == {"promptTokens": 37, "completionTokens": 5}
+    assert sink.progress == RunProgress(3, Usage(prompt_tokens=37, completion_tokens=5))
+
+    # The token budget counts the earlier tokens too: 35 spent of 40 leaves room for one call
+    fake.reset()
+    fake.default = lambda req: Reply(tool_calls=[ToolCall("read_file", {"path": "/missing"})], usage=(7, 2))
+    sink = LocalSink(t.emit, progress=RunProgress(1, Usage(prompt_tokens=35)), budget=Budget(max_tokens_per_run=40))
+    result = run_turn(TurnSpec(target, SYSTEM, t.tools, max_steps=10), t.session, "again", sink)
+    assert len(fake.requests) == 1 and result.finish_reason == "budget" and "44 of 40" in result.text
+
+    # A run whose crashed attempt used every step makes no model call
+    fake.reset()
+    sink = LocalSink(t.emit, progress=RunProgress(3, earlier))
+    result = run_turn(TurnSpec(target, SYSTEM, t.tools, max_steps=3), t.session, None, sink)
+    assert fake.requests == [] and result.finish_reason == "tool-calls" and result.usage == earlier
 
 
 def test_a_crashed_tool_call_is_reported_as_outcome_unknown(fake: FakeLLM, target: ModelTarget) -> None:
