@@ -11,8 +11,8 @@ retries were answered with it, for as long as its record lived (a day).
 
 How it is found (one member per `memberHeartbeat`, from the worker's orphan loop, a Redis lock):
 
-- every run the open script records goes into `regina:runs:open`, scored by its creation time
-  (one ZADD inside the open's script: no round trip more per chat);
+- every run the open script records goes into `regina:runs:open`, scored by its creation time,
+  and leaves it in its finish script (inside scripts a chat runs anyway: no round trip more);
 - each live member writes, with every heartbeat, the ids of the runs whose steps it holds — taken
   from the queue and not ended, waiting for the pool, for the instance's turn or running
   (`regina:member:<id>:runs`, in the renewal's own MULTI; workers/step_strategy.py keeps them);
@@ -45,9 +45,9 @@ take and the next heartbeat.
 Why a sweep and not a check when someone next touches the instance: the runs to end are often
 the ones nobody touches again (a follower waits on the run, not on its instance; a poller reads
 `GET /runs/<id>`), and the chat's open would have to read the queue and every member's runs to
-judge the busy run, on the hot path. The sweep's cost is one ZADD per chat and, per sweep, reads
-of the runs older than the bound (each run once after its creation, then once per bound while
-it lives), whatever the number of instances.
+judge the busy run, on the hot path. The sweep's cost is a ZADD (the open) and a ZREM (the
+finish) per chat and, per sweep, reads of the runs still open past the bound (each once then,
+and once per bound while it lives), whatever the number of instances.
 """
 
 from __future__ import annotations

@@ -31,10 +31,11 @@ TERMINAL = frozenset({"finish", "error"})
 #: runRetention): a bound for runs that never end, far above any run a client waits for.
 RUNNING_TTL = 86_400
 
-# KEYS: run events, run record, instance record, instance runs, instance VFS journal[, steering
-# list, run journal][, unacked index, unacked hash, the queue's unacked tags]. ARGV: retention,
+# KEYS: run events, run record, instance record, instance runs, instance VFS journal, the open runs'
+# index (regina/runs/lost.py)[, steering list, run journal][, unacked index, unacked hash, the
+# queue's unacked tags]. ARGV: retention,
 # finishedAt, status, finishReason, promptTokens, completionTokens, error, runId, fence epoch
-# ('' = unfenced), steering check ('' = none; else KEYS 6-7 are given and this is how many run
+# ('' = unfenced), steering check ('' = none; else KEYS 7-8 are given and this is how many run
 # journal entries the step has had: more in the journal means this call took them already and
 # its reply was lost, and they are returned again), delivery tag to acknowledge ('' = none:
 # no last three KEYS), the run's progress (`RunProgress.encode`, '' = none), VFS journal seq,
@@ -60,8 +61,8 @@ local inst = redis.call('HMGET', KEYS[3], 'epoch', 'promptTokens', 'completionTo
 if ARGV[9] ~= '' and inst[1] ~= ARGV[9] then
   return redis.error_reply('STALE')
 end
-if ARGV[10] ~= '' and redis.call('LLEN', KEYS[7]) > tonumber(ARGV[10]) then
-  return redis.call('LRANGE', KEYS[7], ARGV[10], -1)  -- taken by this call already (its reply was lost)
+if ARGV[10] ~= '' and redis.call('LLEN', KEYS[8]) > tonumber(ARGV[10]) then
+  return redis.call('LRANGE', KEYS[8], ARGV[10], -1)  -- taken by this call already (its reply was lost)
 end
 local nj = tonumber(ARGV[14])
 for i = 15, 14 + nj, 1000 do
@@ -84,13 +85,13 @@ end
 local cancelled = status == 'finished' and flags[1] ~= false
 if cancelled then status = 'cancelled'; reason = 'cancelled' end
 if ARGV[10] ~= '' and not cancelled then
-  local steered = redis.call('LRANGE', KEYS[6], 0, -1)
+  local steered = redis.call('LRANGE', KEYS[7], 0, -1)
   if #steered > 0 then
     if nj > 0 then redis.call('HSET', KEYS[3], 'journalSeq', ARGV[13]) end
     if ARGV[12] ~= '' then redis.call('HSET', KEYS[2], 'spent', ARGV[12]) end
-    for i = 1, #steered, 1000 do redis.call('RPUSH', KEYS[7], unpack(steered, i, math.min(i + 999, #steered))) end
-    redis.call('EXPIRE', KEYS[7], ARGV[1])
-    redis.call('DEL', KEYS[6])
+    for i = 1, #steered, 1000 do redis.call('RPUSH', KEYS[8], unpack(steered, i, math.min(i + 999, #steered))) end
+    redis.call('EXPIRE', KEYS[8], ARGV[1])
+    redis.call('DEL', KEYS[7])
     return steered
   end
 end
@@ -120,6 +121,7 @@ if inst[1] then  -- every instance record has an epoch: none means no record (ne
   redis.call('HSET', KEYS[3], unpack(fields))
 end
 redis.call('ZREM', KEYS[4], ARGV[8])
+redis.call('ZREM', KEYS[6], ARGV[8])  -- the lost-run sweep has nothing to look at
 settle()
 return {}
 """
@@ -298,6 +300,7 @@ class RunPublisher:
             keys.instance_record(self.instance_id),
             keys.instance_runs(self.instance_id),
             keys.journal(self.instance_id),
+            keys.RUNS_OPEN,
         ] + ([steering_key, keys.run_steered(self.run_id)] if steering_key else [])
         if delivery is not None:
             run_keys += [delivery.index_key, delivery.hash_key, delivery.queue_key]
