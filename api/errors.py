@@ -18,6 +18,7 @@ from regina.errors import (
     ReginaError,
     RequestTimeout,
     StaleEpoch,
+    StorageError,
     TooManyRequests,
     Unavailable,
     Unprocessable,
@@ -40,6 +41,7 @@ STATUS: dict[type[ReginaError], int] = {
     TooManyRequests: 429,
     Unprocessable: 422,
     Unavailable: 503,
+    StorageError: 503,  # backup storage down or refusing: a dependency outage, try again
 }
 
 

@@ -24,7 +24,15 @@ from regina.cluster.membership import is_alive, live_members
 from regina.cluster.placement import place
 from regina.config import Settings
 from regina.dispatch import Dispatcher
-from regina.errors import BadRequest, NotFound, PayloadTooLarge, ReginaError, ReplyTimeout, Unavailable
+from regina.errors import (
+    BadRequest,
+    NotFound,
+    PayloadTooLarge,
+    ReginaError,
+    ReplyTimeout,
+    StorageError,
+    Unavailable,
+)
 from regina.instances import InstanceRecord, InstanceStore
 from regina.journal import Journal
 from regina.metrics import SPAWNS
@@ -294,6 +302,12 @@ class Coordinator:
 
     def _tear_down(self, rec: InstanceRecord) -> None:
         instance_id = rec.instance_id
+        backups = Backups(self.r, self.storage) if self.storage is not None else None
+        # Storage first: when it is down (StorageError, a 503) nothing has changed yet — the
+        # instance is still served where it was, and the DELETE can simply be sent again. Past
+        # this point nothing needs storage.
+        if backups is not None:
+            backups.delete_all(instance_id)
         # Its runs can no longer run: they end cancelled now (a running one is interrupted, so
         # its owner's delete below does not wait for the model).
         self.runs.store.end_all(instance_id)
@@ -306,10 +320,15 @@ class Coordinator:
         for member in live_members(self.r):
             if member != rec.member:
                 self.dispatcher.send_command(member, "delete", {"instanceId": instance_id}, None)
-        if self.storage is not None:
-            Backups(self.r, self.storage).delete_all(instance_id)
         self.store.delete(instance_id, rec.definition_id)
         self.dispatcher.purge(instance_id)  # last: a chat opened until the record went queued a step
+        if backups is not None:
+            # A checkpoint or suspend the owner committed between the first pass and its drop
+            # (one stored after the record went is refused and deleted by its writer).
+            try:
+                backups.delete_all(instance_id)
+            except StorageError as exc:
+                log.warning("delete %s: a backup written meanwhile may be left in storage: %s", instance_id, exc)
 
     # -- chat ----------------------------------------------------------------------------
 

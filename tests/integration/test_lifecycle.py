@@ -11,6 +11,7 @@ import httpx
 import pytest
 import redis
 
+from tests.harness.delay_proxy import DelayProxy
 from tests.harness.fake_llm import FakeLLM, Reply, ToolCall
 from tests.harness.processes import Cluster, Proc
 from tests.harness.s3_server import FAKE_AWS_ENV, S3Server
@@ -388,3 +389,60 @@ def test_a_suspend_while_an_attach_is_restoring_waits_for_it(fake_llm: FakeLLM, 
             again = api.post(f"/instances/{iid}/chat", json={"message": "and after"}, timeout=30)
             assert again.status_code == 200 and again.json()["text"] == "echo: and after", again.text
             r.close()
+
+
+@pytest.fixture
+def s3_behind_proxy() -> Iterator[DelayProxy]:
+    """An S3 server of this test's own, reached through a proxy that can make it slow or down."""
+    with S3Server() as s3:
+        s3.make_bucket("regina-proxied")
+        with DelayProxy("127.0.0.1", s3.port) as proxy:
+            yield proxy
+
+
+def _s3_env(proxy: DelayProxy, **more: str) -> dict[str, str]:
+    return {
+        "REGINA_STORAGE__TYPE": "s3",
+        "REGINA_STORAGE__BUCKET": "regina-proxied",
+        "REGINA_STORAGE__ENDPOINT": proxy.url,
+        "REGINA_STORAGE__REGION": "us-east-1",
+        "REGINA_IDLE_TIMEOUT": "600",
+        **FAKE_AWS_ENV,
+        **more,
+    }
+
+
+def _local_copies(c: Cluster, iid: str) -> list[str]:
+    return sorted(p.name for p in c.tmp.rglob(f"{iid}*"))
+
+
+def test_a_delete_while_storage_is_down_answers_503_changes_nothing_and_can_be_sent_again(
+    make_cluster: Callable[..., Cluster], s3_behind_proxy: DelayProxy
+) -> None:
+    """The owner used to drop the instance first and the backups' delete then failed: a 500, and
+    the record stayed `started` on a live member that no longer held it (every chat waited until
+    requestTimeout). Storage goes first now: its outage is a 503 that changed nothing."""
+    proxy = s3_behind_proxy
+    c = make_cluster(**_s3_env(proxy, REGINA_LIMITS__REQUEST_TIMEOUT="15")).start(workers=1)
+    r = redis.Redis.from_url(c.redis_url, decode_responses=True)
+    with httpx.Client(base_url=c.web.url, timeout=60) as api:
+        iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
+        assert api.post(f"/instances/{iid}/chat", json={"message": "before"}).status_code == 200
+        assert api.post(f"/instances/{iid}/suspend").status_code == 204  # a backup in storage
+        assert api.post(f"/instances/{iid}/resume").status_code == 204
+        proxy.down = True
+
+        failed = api.delete(f"/instances/{iid}")
+
+        assert failed.status_code == 503, failed.text
+        assert "storage" in failed.json()["error"]
+        assert record(c.redis_url, iid)["status"] == "started"
+        answer = api.post(f"/instances/{iid}/chat", json={"message": "after"}, timeout=30)
+        assert answer.status_code == 200 and answer.json()["text"] == "echo: after", answer.text
+
+        proxy.down = False
+        assert api.delete(f"/instances/{iid}").status_code == 204
+        assert api.get(f"/instances/{iid}").status_code == 404
+    assert not [k for k in r.keys(f"*{iid}*")]
+    r.close()
+    assert not _local_copies(c, iid)

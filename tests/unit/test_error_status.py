@@ -25,7 +25,7 @@ def _tree(cls: type[errors.ReginaError]) -> list[type[errors.ReginaError]]:
         (errors.NoSuchPath, 400),
         (errors.ConfigError, 500),
         (errors.ModelError, 500),
-        (errors.StorageError, 500),
+        (errors.StorageError, 503),
     ],
 )
 def test_each_core_error_has_its_status(error: type[errors.ReginaError], status: int) -> None:
