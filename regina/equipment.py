@@ -77,10 +77,12 @@ class Equipment:
         tools: InstanceTools,
         on_change: Callable[..., None] | None = None,
         before_call: Callable[[], None] | None = None,
+        on_unreported: Callable[[], None] | None = None,
     ) -> ToolRunner:
         """Where the instance's tool calls run: the thread pool, or its own process (docs/isolation.md);
         `on_change` journals the VFS changes a tool process reports (`JournalVFS.record`),
-        `before_call` marks the file changed before the process may write it (`mark_changing`)."""
+        `before_call` marks the file changed before the process may write it (`mark_changing`),
+        `on_unreported` asks for a backup after a process ended mid-call (`must_checkpoint`)."""
         s = self.settings
         threads = ThreadRunner(s.limits.tool_timeout, thread_pool(s.concurrency))
         if not definition.use_processes:
@@ -106,4 +108,5 @@ class Equipment:
             fallback=threads,
             on_change=on_change,
             before_call=before_call,
+            on_unreported=on_unreported,
         )

@@ -179,6 +179,7 @@ class InstanceHost:
                 tools,
                 vfs.record if isinstance(vfs, JournalVFS) else None,
                 vfs.mark_changing if isinstance(vfs, JournalVFS) else None,
+                vfs.must_checkpoint if isinstance(vfs, JournalVFS) else None,
             ),
             fence=Fence(self.r, instance_id, epoch),
             system_prompt=equip.system_prompt(definition),

@@ -18,14 +18,20 @@ else base64. Sequence numbers continue across owners (the record's `journalSeq`)
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any, cast
 
 import redis
 
 from regina import keys
-from regina.errors import StaleEpoch
+from regina.errors import StaleEpoch, VFSError
 from regina.fencing import is_stale_error
 from regina.vfs.recording import RecordingVFS, decode_bytes
+
+log = logging.getLogger("regina.journal")
+
+#: `written_bytes` of a file that must be backed up at the step's end whatever it wrote.
+MUST_CHECKPOINT = 1 << 62
 
 # KEYS: instance record, journal[, run record]. ARGV: epoch, last seq, the run's progress ('' =
 # none), entries…  Appends the entries and records the last seq, only while the epoch is current
@@ -97,6 +103,13 @@ class JournalVFS(RecordingVFS):
         self.written_bytes += len(entry)
         self.mark_changing()  # a tool process's change (reported after it was made) marks it too
 
+    def must_checkpoint(self) -> None:
+        """Back the file up at the end of this step (the checkpoint's own threshold regardless):
+        a tool process ended before it could report every change it made (killed, out of
+        memory, timed out), so the file may hold a change no journal entry has, and a later entry
+        building on it (the rename of a file it wrote) could not be replayed elsewhere."""
+        self.written_bytes = max(self.written_bytes, MUST_CHECKPOINT)
+
     def take(self) -> list[str]:
         """The entries not flushed yet (the caller ships them; on failure nothing is retried)."""
         out, self.pending, self.pending_bytes = self.pending, [], 0
@@ -161,7 +174,13 @@ class Journal:
                 continue
             if setter is not None and last == after:
                 setter("dirty", "1")
-            apply(vfs, str(body[1]), body[2:])
+            try:
+                apply(vfs, str(body[1]), body[2:])
+            except VFSError as exc:
+                # A change a tool process made and could not report (`JournalVFS.must_checkpoint`:
+                # its worker died before the backup that would hold it) is in no entry: an entry
+                # building on it cannot apply. Refusing it would leave the instance unattachable.
+                log.warning("instance %s: journal entry %d (%s) skipped: %s", instance_id, seq, body[1], exc)
             last, size = seq, size + len(entry)
         if setter is not None and last != after:
             setter("journalSeq", str(last))

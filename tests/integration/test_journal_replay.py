@@ -245,3 +245,24 @@ def test_a_backup_commit_whose_reply_was_lost_keeps_the_backup_it_made(
             client.close()
             direct.delete(keys.instance_record(iid), keys.journal(iid))
             direct.close()
+
+
+def test_an_entry_that_cannot_apply_is_skipped_not_an_instance_that_never_attaches(
+    redis_server: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A tool process that wrote /copy and died before reporting it, then a journaled rename of
+    /copy: replayed over the backup elsewhere, the rename has no source. Every attach failed on it."""
+    client, settings, iid, backups, rec = _journaled(redis_server, tmp_path)
+    try:
+        client.rpush(keys.journal(iid), '4 [1,"rename","/copy","/renamed"]', '5 [1,"append","/notes.txt","u","hi\\n"]')
+        with caplog.at_level("WARNING", logger="regina.journal"):
+            opened = open_current(settings, FactoryHooks(), backups, Journal(client), rec)
+        try:
+            assert opened.journal_seq == 5 and opened.vfs.exists("/b") and not opened.vfs.exists("/renamed")
+            assert opened.vfs.read("/notes.txt") == b"hi\nhi\n"  # the entries after it applied
+        finally:
+            opened.vfs.close()
+        assert any("journal entry 4 (rename) skipped" in r.getMessage() for r in caplog.records), caplog.text
+    finally:
+        client.delete(keys.instance_record(iid), keys.journal(iid))
+        client.close()

@@ -211,6 +211,27 @@ def test_a_tool_process_reports_every_change_for_the_journal_even_from_a_call_cu
         vfs.close()
 
 
+def test_a_call_whose_process_was_stopped_asks_for_a_backup_and_a_tools_own_error_does_not(
+    tmp_path: Path,
+) -> None:
+    """A process stopped mid-call (timed out, killed, out of memory) may have written the file
+    without reporting it: the worker must back the file up (`JournalVFS.must_checkpoint`)."""
+    vfs = open_vfs("sqlite", "i1", str(tmp_path), None, "NORMAL")
+    asked: list[str] = []
+    tools, runner = _journaled_runner("i1", vfs, tmp_path, 2, on_unreported=lambda: asked.append("backup"))
+    try:
+        with pytest.raises(ToolError):
+            runner.run(tools["read_file"], {"path": "/missing.txt"})  # the tool's own error
+        assert runner.run(tools["bash"], {"command": "echo ok"})["stdout"] == "ok\n"
+        assert asked == []
+        with pytest.raises(ToolError, match="timed out"):
+            runner.run(tools["bash"], {"command": "sleep 30"})
+        assert asked == ["backup"]
+    finally:
+        runner.close()
+        vfs.close()
+
+
 def test_a_tool_process_never_writes_a_copy_still_marked_clean(tmp_path: Path) -> None:
     """After a checkpoint the file says it is a backup (dirty 0). The next call's process writes
     it before the worker journals what it reports: a worker killed in between must not leave a

@@ -125,9 +125,13 @@ class ProcessRunner:
         fallback: ToolRunner,
         on_change: Callable[..., None] | None = None,
         before_call: Callable[[], None] | None = None,
+        on_unreported: Callable[[], None] | None = None,
     ) -> None:
         self.spec = spec
         self.on_change = on_change
+        #: Called when a call's process ended before answering (killed, out of memory, timed
+        #: out, cancelled): it may have changed the file without reporting it (`must_checkpoint`).
+        self.on_unreported = on_unreported
         #: Marks the instance's file changed before a call (the child writes it itself, and a
         #: kill before its report is journaled must not leave a copy marked clean: a backup).
         self.before_call = before_call
@@ -239,7 +243,12 @@ class ProcessRunner:
             self._cancelled = False
             if self.before_call is not None:
                 self.before_call()
-            return self._call(tool.name, args)
+            try:
+                return self._call(tool.name, args)
+            except ToolError:
+                if self._proc is None and self.on_unreported is not None:  # stopped: not an answer
+                    self.on_unreported()
+                raise
 
     def _receive(self) -> tuple[str, Any] | None:
         """The next answer waiting on the pipe, journaling the changes reported before it
