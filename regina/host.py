@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from regina import activation, metrics
+from regina import activation, keys, metrics
 from regina.attached import Active
 from regina.backups import Backups
 from regina.config import Settings
@@ -117,8 +117,11 @@ class InstanceHost:
         `reply_to`: the token of the coordinator's reply list; an attach that succeeds answers
         on it ({"ok": true, "data": <the result>}) in its last write, a failed one leaves the
         answer to the caller."""
+        failed = True
         try:
-            return self._attach(instance_id, epoch, new_of, reply_to)
+            result = self._attach(instance_id, epoch, new_of, reply_to)
+            failed = False
+            return result
         except StaleEpoch:
             raise
         except Exception:
@@ -135,6 +138,8 @@ class InstanceHost:
             gate = self.loading.pop(instance_id, None)
             if gate is not None:
                 gate.release()
+            if failed:  # a spawn its coordinator gave up on, an instance deleted meanwhile
+                self._remove_if_deleted(instance_id)
 
     def _attach(self, instance_id: str, epoch: int, new_of: str | None, reply_to: str | None) -> dict[str, Any]:
         current = self.active.get(instance_id)
@@ -179,7 +184,6 @@ class InstanceHost:
                 tools,
                 vfs.record if isinstance(vfs, JournalVFS) else None,
                 vfs.mark_changing if isinstance(vfs, JournalVFS) else None,
-                vfs.must_checkpoint if isinstance(vfs, JournalVFS) else None,
             ),
             fence=Fence(self.r, instance_id, epoch),
             system_prompt=equip.system_prompt(definition),
@@ -431,16 +435,39 @@ class InstanceHost:
                 self._unsuspend(act)
                 raise
             act.runner.close()
-            self.active.pop(instance_id, None)
+            held = self.active.get(instance_id) is act  # a delete meanwhile took it (and counted it)
+            if held:
+                self.active.pop(instance_id, None)
             act.tools.close()
             act.vfs.close()
             fields: dict[str, str | int | float] = {"status": "suspended"}
             if version:
                 fields["vfsBytes"] = size
-            if not self.store.fenced_set(instance_id, act.epoch, **fields):
-                log.warning("instance %s moved on while suspending; its newer owner's state is kept", instance_id)
-        self._count(-1)
+            try:
+                if held and not self._mark_suspended(instance_id, act.epoch, fields):
+                    log.warning("instance %s moved on while suspending; its newer owner's state is kept", instance_id)
+            finally:
+                if held:
+                    self._count(-1)
         return {"backedUp": bool(version), "bytes": size}
+
+    #: Pauses between the tries of a suspend's last write (`status: suspended`), about 9 s in
+    #: all: a Redis restart or fail-over usually fits. Left `suspending`, the record would name
+    #: a live member that no longer holds the instance (a resume then asks it to suspend again:
+    #: regina/lifecycle.py).
+    SUSPENDED_WRITE_PAUSES = (0.1, 0.2, 0.4, 0.8, 1.5, 2.0, 2.0, 2.0)
+
+    def _mark_suspended(self, instance_id: str, epoch: int, fields: dict[str, str | int | float]) -> bool:
+        """The suspend's fenced last write, tried again while Redis fails (the backup is stored)."""
+        for pause in (*self.SUSPENDED_WRITE_PAUSES, None):
+            try:
+                return self.store.fenced_set(instance_id, epoch, **fields)
+            except redis.RedisError:
+                if pause is None:
+                    raise
+                log.warning("instance %s: marking it suspended failed; trying again", instance_id, exc_info=True)
+                time.sleep(pause)
+        raise AssertionError("unreachable")
 
     def _unsuspend(self, act: Active) -> None:
         """Undo a suspend's `suspending` (a coordinator waits on it, then would give up with 503s
@@ -479,6 +506,20 @@ class InstanceHost:
         act.runner.close()
         act.tools.close()
         act.vfs.close()
+        self._remove_if_deleted(act.instance_id)
+
+    def _remove_if_deleted(self, instance_id: str) -> None:
+        """Remove the local copy of an instance whose record is gone (deleted while attaching or
+        attached here, a spawn its coordinator gave up on): the DELETE's own removal may have run
+        before the copy was written, and a deleted instance's files must not stay on a disk."""
+        if instance_id in self.active or instance_id in self.loading:
+            return  # attached (again) meanwhile, or an attach under way decides
+        try:
+            if not self.r.exists(keys.instance_record(instance_id)):
+                activation.remove_local(self.settings, instance_id)
+                log.info("instance %s: deleted; its local copy on %s removed", instance_id, self.member_id)
+        except Exception:  # noqa: BLE001 - the next delete or restart of the worker leaves it; logged
+            log.warning("instance %s: local copy of a deleted instance not removed", instance_id, exc_info=True)
 
     def release(self, instance_id: str, epoch: int | None = None) -> dict[str, Any]:
         """Drop an instance whose epoch moved on (never waits: called from the consumer loop)."""
@@ -493,7 +534,14 @@ class InstanceHost:
         return stale_epochs(self.r, {iid: act.epoch for iid, act in list(self.active.items())})
 
     def delete(self, instance_id: str) -> dict[str, Any]:
-        """Drop the instance from this member and remove its local VFS file."""
+        """Drop the instance from this member and remove its local VFS file.
+
+        An attach under way (restoring the VFS) is waited for first, as `suspend` does: removed
+        before the restore wrote it, the deleted instance's file would stay on this disk."""
+        gate = self.loading.get(instance_id)
+        if gate is not None:
+            with gate:
+                pass
         act = self.active.pop(instance_id, None)
         if act is not None:
             act.runner.cancel()

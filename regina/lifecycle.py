@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -166,6 +167,7 @@ class Coordinator:
         timeout = limits.worker_reply_timeout
         give_up = time.monotonic() + timeout + limits.placement_wait
         backoff = Backoff()
+        suspending_since: float | None = None
         while True:
             now, seen = seen or self.locks.read(instance_id), None
             rec, alive = now.record, now.alive
@@ -177,6 +179,7 @@ class Coordinator:
                 waited = timeout + limits.placement_wait
                 raise Unavailable(f"instance {instance_id!r} could not be activated within {waited:g}s; try again")
             if rec.status == "suspending" and alive:
+                suspending_since = self._wait_suspending(rec, suspending_since)
                 backoff.sleep()  # its owner is finishing a suspend; resume right after
                 continue
             # Its member lives and takes instances: what placement would prefer, without asking it.
@@ -216,6 +219,28 @@ class Coordinator:
                 log.warning("instance %s: %s left before attaching it; placing it again", instance_id, member)
                 continue
             return replace(rec, member=member, epoch=epoch, status="started")  # what the attach wrote
+
+    def _wait_suspending(self, rec: InstanceRecord, since: float | None) -> float:
+        """When an activation first saw the instance `suspending` on a live member (`since`);
+        past half a reply timeout, the owner is asked to suspend it (again), once: an owner that
+        no longer holds it (the suspend's last write failed) marks it suspended, one still
+        suspending it answers after that suspend (regina/host.py)."""
+        now = time.monotonic()
+        if since is None:
+            return now
+        if now - since > self.settings.limits.worker_reply_timeout / 2:
+            self._nudge_suspend(rec)
+            return math.inf  # once per activation
+        return since
+
+    def _nudge_suspend(self, rec: InstanceRecord) -> None:
+        """Ask the member an instance stays `suspending` on to suspend it (answer not awaited)."""
+        log.warning("instance %s: still suspending on %s; asking it to suspend again", rec.instance_id, rec.member)
+        try:
+            payload = {"instanceId": rec.instance_id, "epoch": rec.epoch}
+            self.dispatcher.send_command(rec.member, "suspend", payload, None)
+        except Exception as exc:  # noqa: BLE001 - the wait goes on (and ends with a 503 if it stays so)
+            log.warning("instance %s: suspend not sent to %s: %r", rec.instance_id, rec.member, exc)
 
     def _place(self, prefer: str | None = None, until: float | None = None) -> str:
         """A live member; with none (a rolling restart, the only worker restarting) wait up to

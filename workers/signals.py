@@ -233,12 +233,13 @@ def _idle_loop() -> None:
             now = time.monotonic()
             requested = {i: t for i, t in requested.items() if i in ctx.host.active and now - t < again}
             for iid in idle:
-                if iid in requested:
+                act = ctx.host.active.get(iid)  # dropped or deleted while the round read Redis
+                if iid in requested or act is None:
                     continue
                 requested[iid] = now
                 log.info("instance %s idle for more than %gs: suspending", iid, timeout)
-                epoch = ctx.host.active[iid].epoch
-                ctx.dispatcher.send_command(ctx.member_id, "suspend", {"instanceId": iid, "epoch": epoch}, new_token())
+                payload = {"instanceId": iid, "epoch": act.epoch}
+                ctx.dispatcher.send_command(ctx.member_id, "suspend", payload, new_token())
         except Exception:
             log.exception("idle sweep failed; retrying")
 

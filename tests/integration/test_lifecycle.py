@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -446,3 +447,57 @@ def test_a_delete_while_storage_is_down_answers_503_changes_nothing_and_can_be_s
     assert not [k for k in r.keys(f"*{iid}*")]
     r.close()
     assert not _local_copies(c, iid)
+
+
+def test_a_delete_while_an_attach_restores_leaves_no_local_copy(
+    make_cluster: Callable[..., Cluster], s3_behind_proxy: DelayProxy
+) -> None:
+    """A chat resumes an instance whose backup downloads slowly; a DELETE arrives meanwhile. The
+    worker removed the local copy before the restore wrote it: the deleted instance's files (its
+    whole conversation) stayed on the worker's disk."""
+    proxy = s3_behind_proxy
+    c = make_cluster(**_s3_env(proxy)).start(workers=1)
+    r = redis.Redis.from_url(c.redis_url, decode_responses=True)
+    with httpx.Client(base_url=c.web.url, timeout=60) as api:
+        iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
+        assert api.post(f"/instances/{iid}/chat", json={"message": "a secret"}).status_code == 200
+        assert api.post(f"/instances/{iid}/suspend").status_code == 204
+        for copy in c.tmp.rglob(f"{iid}*"):
+            copy.unlink()  # no local copy (as on a fresh worker): the attach downloads the backup
+        proxy.delay = 1.5
+        with cf.ThreadPoolExecutor(1) as pool:
+            chat = pool.submit(api.post, f"/instances/{iid}/chat", json={"message": "during"})
+            wait_until(lambda: r.hget(f"regina:inst:{iid}", "status") == "started", timeout=10, what="the claim")
+            deleted = api.delete(f"/instances/{iid}")
+            assert chat.result(60).status_code in (200, 404)
+        assert deleted.status_code == 204, deleted.text
+        proxy.delay = 0
+    time.sleep(2)  # past a heartbeat: what the worker still held is let go of
+    assert not _local_copies(c, iid), c.workers[0].log()[-3000:]
+    r.close()
+
+
+def test_an_instance_left_suspending_on_a_live_member_is_resumed(make_cluster: Callable[..., Cluster]) -> None:
+    """A suspend whose last write (`suspended`) was lost left the record `suspending` on a live
+    member that no longer held it: every chat and resume waited, then answered 503, for as long as
+    that worker lived. The coordinator now asks that member to suspend it again, which marks it."""
+    from regina.instances import InstanceStore
+
+    c = make_cluster(
+        REGINA_IDLE_TIMEOUT="600",
+        REGINA_LIMITS__WORKER_REPLY_TIMEOUT="4",
+        REGINA_LIMITS__PLACEMENT_WAIT="2",
+    ).start(workers=1)
+    r = redis.Redis.from_url(c.redis_url, decode_responses=True)
+    with httpx.Client(base_url=c.web.url, timeout=60) as api:
+        iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
+        assert api.post(f"/instances/{iid}/chat", json={"message": "before"}).status_code == 200
+        assert api.post(f"/instances/{iid}/suspend").status_code == 204
+        rec = record(c.redis_url, iid)
+        assert InstanceStore(r).fenced_set(iid, int(rec["epoch"]), status="suspending")  # the lost write
+
+        answer = api.post(f"/instances/{iid}/chat", json={"message": "after"}, timeout=30)
+
+        assert answer.status_code == 200 and answer.json()["text"] == "echo: after", answer.text
+        assert record(c.redis_url, iid)["status"] == "started"
+    r.close()

@@ -1,0 +1,116 @@
+"""How a worker lets go of an instance when things go wrong around it: a suspend whose last
+write fails, a delete racing a suspend, a spawn its coordinator gave up on. In-process, over a
+real Redis (the hosts of tests/integration/test_fencing.py)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from regina import activation, keys
+from regina.errors import StaleEpoch
+from regina.ids import new_instance_id
+from tests.harness.fake_llm import FakeLLM
+from tests.harness.redis_server import RedisServer
+from tests.harness.waiting import wait_until
+from tests.integration.test_fencing import Pair
+
+
+@pytest.fixture
+def pair(
+    redis_server: RedisServer, fake_llm: FakeLLM, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Pair]:
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_llm.url + "/v1")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-openai")
+    p = Pair(redis_server.url, tmp_path)
+    yield p
+    p.storage.close()
+
+
+def test_a_suspend_whose_last_write_fails_for_a_moment_still_marks_the_instance_suspended(pair: Pair) -> None:
+    """The backup was stored and the instance closed, then `status: suspended` failed once (Redis
+    restarting): the record stayed `suspending` on a live member that no longer held it, and every
+    chat or resume of it answered 503 until that worker restarted."""
+    host = pair.hosts["a"]
+    iid = pair.spawn()
+    real = host.store.fenced_set
+    failures = []
+
+    def flaky(instance_id: str, epoch: int, **fields: Any) -> bool:
+        if fields.get("status") == "suspended" and len(failures) < 2:
+            failures.append(fields)
+            raise redis.ConnectionError("Redis restarting")
+        return real(instance_id, epoch, **fields)
+
+    host.store.fenced_set = flaky  # type: ignore[method-assign]
+
+    answer = host.suspend(iid)
+
+    assert answer["backedUp"] and len(failures) == 2
+    rec = pair.store.get(iid)
+    assert rec is not None and rec.status == "suspended" and rec.backup_version == 1
+    assert iid not in host.active
+
+
+def test_a_delete_while_a_suspend_backs_up_counts_the_instance_off_once(pair: Pair) -> None:
+    """The delete took the instance while the suspend held its lock; both took one off the
+    member's instance count (it went negative)."""
+    host = pair.hosts["a"]
+    iid = pair.spawn()
+    counter = keys.member_instances(host.member_id)
+    assert int(pair.r.get(counter) or 0) == 1
+    assert host.backups is not None
+    storage = host.backups.storage
+    real_put = storage.put
+    storing = threading.Event()
+
+    def slow_put(key: str, data: bytes) -> None:
+        storing.set()
+        time.sleep(0.5)
+        real_put(key, data)
+
+    storage.put = slow_put  # type: ignore[method-assign]
+    suspend = threading.Thread(target=host.suspend, args=(iid,))
+    suspend.start()
+    assert storing.wait(5)
+    host.delete(iid)
+    suspend.join(10)
+
+    assert int(pair.r.get(counter) or 0) == 0
+    assert iid not in host.active
+
+
+def test_a_spawn_its_coordinator_gave_up_on_leaves_no_local_copy(pair: Pair) -> None:
+    """The coordinator waited workerReplyTimeout for the attach, then deleted the record; the
+    worker's late attach made the instance's file and then found the record gone: the file stayed."""
+    host = pair.hosts["a"]
+    iid = new_instance_id("openai-agent")  # its record: created, then deleted by the coordinator
+
+    with pytest.raises(StaleEpoch):
+        host.attach(iid, 1, new_of="openai-agent")
+
+    assert iid not in host.active
+    assert not os.path.exists(activation.local_path(host.settings, iid))
+
+
+def test_an_instance_deleted_while_attached_loses_its_local_copy_when_let_go_of(pair: Pair) -> None:
+    """The record went while the instance was held here (a delete whose removal ran before the
+    copy was written): letting go of it (the heartbeat's release) removes the copy."""
+    host = pair.hosts["a"]
+    iid = pair.spawn()
+    path = activation.local_path(host.settings, iid)
+    assert os.path.exists(path)
+    rec = pair.store.get(iid)
+    assert rec is not None
+    pair.store.delete(iid, rec.definition_id)
+
+    wait_until(lambda: host.release(iid)["released"], timeout=5, what="the release")
+
+    assert not os.path.exists(path)
