@@ -29,6 +29,13 @@ class Active:
     fence: Fence
     system_prompt: str = ""
     lock: FifoLock = field(default_factory=FifoLock)
+    #: Held from a backup's snapshot to its commit: a checkpoint stores its snapshot after letting
+    #: go of `lock` (regina/host.py), and two backups of one owner must not take one version.
+    backup_lock: FifoLock = field(default_factory=FifoLock)
+    #: No checkpoint before this (monotonic): one that failed is not tried again after every run.
+    checkpoint_after: float = 0.0
+    #: The wait after the last failed checkpoint (0: the last one succeeded).
+    checkpoint_retry: float = 0.0
     last_used: float = field(default_factory=time.monotonic)
     parked: bool = False
     last_touch: float = 0.0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -47,6 +48,21 @@ while true do
 end
 return old
 """
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The bytes of one backup, taken and not yet stored (`Backups.snapshot_vfs`)."""
+
+    instance_id: str
+    epoch: int
+    version: int
+    key: str
+    data: bytes
+    journal_seq: int
+    #: The journal bytes written since the previous backup that this one covers (a VFS's
+    #: `written_bytes`, reset by the snapshot): given back when it is not stored.
+    written: int = 0
 
 
 def instance_prefix(instance_id: str) -> str:
@@ -85,34 +101,46 @@ class Backups:
 
         Raises StaleEpoch (after deleting the blob it wrote) when the epoch moved on.
         """
-        data = snapshot()
         key = backup_key(instance_id, epoch, version)
-        self.storage.put(key, data)
+        return self.store(Snapshot(instance_id, epoch, version, key, snapshot(), journal_seq))
+
+    def store(self, snap: Snapshot) -> int:
+        """Put a snapshot under its key and point the record at it (fenced); returns its size.
+
+        Touches no VFS: a checkpoint runs this after letting go of the instance's step lock
+        (regina/host.py), so the next step does not wait for storage. The commit only trims the
+        journal entries up to the snapshot's seq; later ones stay for the next backup.
+        Raises StaleEpoch (after deleting the blob it wrote) when the epoch moved on.
+        """
+        instance_id, key = snap.instance_id, snap.key
+        self.storage.put(key, snap.data)
         try:
             old = self._commit(
                 keys=[keys.instance_record(instance_id), keys.journal(instance_id)],
-                args=[epoch, version, key, len(data), journal_seq],
+                args=[snap.epoch, snap.version, key, len(snap.data), snap.journal_seq],
             )
         except redis.ResponseError as exc:
             if not is_stale_error(exc):
                 raise
             self.storage.delete(key)  # never referenced: a stale owner's backup goes away
-            raise StaleEpoch(f"instance {instance_id}: backup from stale epoch {epoch} discarded") from exc
+            raise StaleEpoch(f"instance {instance_id}: backup from stale epoch {snap.epoch} discarded") from exc
         if old and old != key:
             try:
                 self.storage.delete(str(old))
             except Exception:  # noqa: BLE001 - a leftover blob is removed with the instance
                 log.warning("instance %s: could not delete the previous backup %s", instance_id, old, exc_info=True)
-        return len(data)
+        return len(snap.data)
 
-    def save_vfs(
+    def snapshot_vfs(
         self, instance_id: str, epoch: int, version: int, vfs: Any, custom: Callable[[], bytes] | None = None
-    ) -> tuple[int, int]:
-        """Back up an open VFS (or what a factory `backup` hook returns); (size, version).
+    ) -> Snapshot:
+        """Take the bytes a backup of an open VFS stores (or what a factory `backup` hook returns).
 
         The snapshot's meta names the backup and the journal seq it covers, and says it is clean:
-        a later attach on this disk can then use the file without downloading it. If the save is
-        refused the file is marked dirty again, so it is never taken for a backup the cluster has.
+        a later attach on this disk can then use the file without downloading it. From here the
+        VFS counts as clean (`touched` reset): its next change marks the file dirty again, so a
+        file changed after the snapshot is never taken for it. A snapshot that fails marks the
+        file dirty.
         """
         key = backup_key(instance_id, epoch, version)
         seq = int(getattr(vfs, "seq", 0))
@@ -123,14 +151,35 @@ class Backups:
             setter("journalSeq", str(seq))
             setter("dirty", "0")
         try:
-            size = self.save(instance_id, epoch, version, custom or vfs.snapshot, seq)
+            data = (custom or vfs.snapshot)()
         except BaseException:
             if setter is not None:
                 setter("dirty", "1")
             raise
+        written = int(getattr(vfs, "written_bytes", 0))
         if hasattr(vfs, "written_bytes"):
             vfs.written_bytes = 0
             vfs.touched = False
+        return Snapshot(instance_id, epoch, version, key, data, seq, written)
+
+    def save_vfs(
+        self, instance_id: str, epoch: int, version: int, vfs: Any, custom: Callable[[], bytes] | None = None
+    ) -> tuple[int, int]:
+        """Back up an open VFS (`snapshot_vfs`, then `store`); (size, version).
+
+        If the save is refused the file is marked dirty again, so it is never taken for a backup
+        the cluster has.
+        """
+        snap = self.snapshot_vfs(instance_id, epoch, version, vfs, custom)
+        try:
+            size = self.store(snap)
+        except BaseException:
+            setter = getattr(vfs, "set_meta", None)
+            if setter is not None:
+                setter("dirty", "1")
+            if hasattr(vfs, "written_bytes"):
+                vfs.written_bytes += snap.written  # not backed up: the journal still counts
+            raise
         return size, version
 
     def load(self, instance_id: str, version: int, key: str) -> bytes | None:

@@ -11,13 +11,14 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
 
 from regina import activation, keys, metrics
 from regina.attached import Active
-from regina.backups import Backups
+from regina.backups import Backups, Snapshot
 from regina.config import Settings
 from regina.delegation import Delegation
 from regina.equipment import Equipment
@@ -184,6 +185,7 @@ class InstanceHost:
                 tools,
                 vfs.record if isinstance(vfs, JournalVFS) else None,
                 vfs.mark_changing if isinstance(vfs, JournalVFS) else None,
+                vfs.must_checkpoint if isinstance(vfs, JournalVFS) else None,
             ),
             fence=Fence(self.r, instance_id, epoch),
             system_prompt=equip.system_prompt(definition),
@@ -236,6 +238,7 @@ class InstanceHost:
         finally:
             self._had_turn(instance_id)
         pre = self._prebegun.pop(run_id, None)
+        snap: Snapshot | None = None
         try:
             if self.active.get(instance_id) is not act:
                 raise NotHere(f"instance {instance_id} was released from {self.member_id}")
@@ -245,9 +248,11 @@ class InstanceHost:
                 self._drop(act, f"step {run_id} found its epoch stale")
                 raise
             if isinstance(act.vfs, JournalVFS) and act.vfs.written_bytes > self.settings.storage.checkpoint_bytes:
-                self._checkpoint(act)
+                snap = self._checkpoint_snapshot(act)
         finally:
             act.lock.release()
+        if snap is not None:
+            self._checkpoint_store(act, snap)  # the next step runs meanwhile
 
     def end_failed(self, instance_id: str, run_id: str, error: str) -> None:
         """End a run whose step failed with an `error` event, fenced by the epoch this member
@@ -318,14 +323,71 @@ class InstanceHost:
         act.lock.acquire()
         return act
 
-    def _checkpoint(self, act: Active) -> None:
-        """Back up a started instance whose journal grew past storage.checkpointBytes."""
+    #: Seconds before a checkpoint that failed is tried again (doubling up to the cap): the
+    #: journal holds every change meanwhile, and a storage outage is not hit after every run.
+    CHECKPOINT_RETRY = (5.0, 300.0)
+
+    def _checkpoint_snapshot(self, act: Active) -> Snapshot | None:
+        """Start backing up a started instance whose journal grew past storage.checkpointBytes:
+        flush and snapshot it (the caller holds its step lock); None when there is nothing to do
+        now. A snapshot returned holds `act.backup_lock` until `_checkpoint_store` stores it."""
+        backups = self.backups
+        if backups is None or time.monotonic() < act.checkpoint_after or act.backup_lock.busy:
+            return None  # a checkpoint still being stored, or one that failed a moment ago
+        act.backup_lock.acquire()
         try:
-            self._backup(act)
+            self.steps.flush(act)  # the snapshot covers every entry up to here
+            rec = self.store.get(act.instance_id)
+            if rec is None or rec.epoch != act.epoch:
+                raise StaleEpoch(f"instance {act.instance_id}: not backing up from a stale owner")
+            return backups.snapshot_vfs(act.instance_id, act.epoch, rec.backup_version + 1, act.vfs, self._custom(act))
         except StaleEpoch:
+            act.backup_lock.release()
             self._drop(act, "checkpoint found its epoch stale")
-        except Exception:  # noqa: BLE001 - the journal still holds every change; retried next run
-            log.warning("instance %s: checkpoint failed", act.instance_id, exc_info=True)
+        except Exception:  # noqa: BLE001 - the journal still holds every change; tried again later
+            act.backup_lock.release()
+            self._checkpoint_failed(act, "its snapshot")
+        return None
+
+    def _checkpoint_store(self, act: Active, snap: Snapshot) -> None:
+        """Put a checkpoint's snapshot to storage and commit it, outside the step lock: the next
+        step does not wait for storage. Fencing holds as for any backup: the commit is refused
+        (and the blob deleted) if the epoch moved on, and it trims only the journal entries up to
+        the snapshot's seq, so entries a step appends meanwhile stay for the next backup. The
+        local file was marked clean for this snapshot, and the first change after it marked it
+        dirty again (regina/vfs/recording.py): a failed store leaves a file whose meta names a
+        key the record does not (or the committed one, unchanged since): never a wrong copy."""
+        assert self.backups is not None  # a snapshot was taken
+        started = time.monotonic()
+        try:
+            size = self.backups.store(snap)
+        except StaleEpoch:
+            # A step running now finds it stale and drops it itself (as `release` leaves it).
+            if self.active.get(act.instance_id) is act and not act.lock.busy:
+                self._drop(act, "checkpoint found its epoch stale")
+        except Exception:  # noqa: BLE001 - the journal still holds every change; tried again later
+            if isinstance(act.vfs, JournalVFS):
+                act.vfs.written_bytes += snap.written
+            self._checkpoint_failed(act, "storing it")
+        else:
+            act.checkpoint_after = act.checkpoint_retry = 0.0
+            metrics.BACKUPS.inc()
+            metrics.BACKUP_SECONDS.observe(time.monotonic() - started)
+            metrics.BACKUP_BYTES.observe(size)
+        finally:
+            act.backup_lock.release()
+
+    def _checkpoint_failed(self, act: Active, what: str) -> None:
+        first, cap = self.CHECKPOINT_RETRY
+        act.checkpoint_retry = min(cap, act.checkpoint_retry * 2) if act.checkpoint_retry else first
+        act.checkpoint_after = time.monotonic() + act.checkpoint_retry
+        log.warning(
+            "instance %s: checkpoint failed (%s); tried again in %gs",
+            act.instance_id,
+            what,
+            act.checkpoint_retry,
+            exc_info=True,
+        )
 
     def cancel_local(self, run_id: str) -> bool:
         """Cancel a run if it runs here (the cancel listener calls this); True if it did."""
@@ -424,7 +486,8 @@ class InstanceHost:
             if self.active.get(instance_id) is not act:
                 return {"backedUp": False, "moved": True}  # a step found the epoch stale meanwhile
             try:
-                size, version = self._backup(act)
+                with act.backup_lock:  # after a checkpoint still being stored
+                    size, version = self._backup(act)
             except StaleEpoch:
                 self._drop(act, "its backup found the epoch stale")
                 return {"backedUp": False, "moved": True}
@@ -490,11 +553,15 @@ class InstanceHost:
         rec = self.store.get(act.instance_id)
         if rec is None or rec.epoch != act.epoch:
             raise StaleEpoch(f"instance {act.instance_id}: not backing up from a stale owner")
-        hook = self.hooks.backup
-        custom = (lambda: hook(act.instance_id, self.settings)) if hook is not None else None
+        custom = self._custom(act)
         size, version = self.backups.save_vfs(act.instance_id, act.epoch, rec.backup_version + 1, act.vfs, custom)
         metrics.BACKUP_BYTES.observe(size)
         return size, version
+
+    def _custom(self, act: Active) -> Callable[[], bytes] | None:
+        """The factory's `backup` hook for this instance, if it has one."""
+        hook = self.hooks.backup
+        return (lambda: hook(act.instance_id, self.settings)) if hook is not None else None
 
     def _drop(self, act: Active, why: str) -> None:
         """Let go of an instance another owner holds now: close it here, write nothing shared."""

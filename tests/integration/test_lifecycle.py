@@ -501,3 +501,34 @@ def test_an_instance_left_suspending_on_a_live_member_is_resumed(make_cluster: C
         assert answer.status_code == 200 and answer.json()["text"] == "echo: after", answer.text
         assert record(c.redis_url, iid)["status"] == "started"
     r.close()
+
+
+def test_a_checkpoint_to_slow_storage_does_not_hold_up_the_next_chat(
+    make_cluster: Callable[..., Cluster], s3_behind_proxy: DelayProxy
+) -> None:
+    """A run that passes checkpointBytes is backed up after it. The upload ran under the instance's
+    step lock: every next chat waited for storage. Now only the snapshot is taken under it; what
+    the next chat changes meanwhile stays in the journal, after the checkpoint's seq."""
+    proxy = s3_behind_proxy
+    c = make_cluster(**_s3_env(proxy, REGINA_STORAGE__CHECKPOINT_BYTES="1024")).start(workers=1)
+    with httpx.Client(base_url=c.web.url, timeout=60) as api:
+        iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
+        proxy.delay = 3.0
+        big = "x" * 1500  # past checkpointBytes: a checkpoint follows this run
+        assert api.post(f"/instances/{iid}/chat", json={"message": big}).status_code == 200
+        started = time.monotonic()
+        second = api.post(f"/instances/{iid}/chat", json={"message": "second"})
+        took = time.monotonic() - started
+        assert second.status_code == 200 and second.json()["text"] == "echo: second"
+        assert took < 2.5, f"the next chat waited {took:.1f}s for the checkpoint's upload"
+        wait_until(lambda: record(c.redis_url, iid).get("backupVersion") == "1", timeout=30, what="the checkpoint")
+        proxy.delay = 0
+        # The checkpoint trimmed only what its snapshot holds: a restore on a fresh disk has it all.
+        assert api.post(f"/instances/{iid}/suspend").status_code == 204
+        for copy in c.tmp.rglob(f"{iid}*"):
+            copy.unlink()
+        texts = [m["content"] for m in api.get(f"/instances/{iid}/messages").json()]
+        assert texts == [big, f"echo: {big}", "second", "echo: second"]
+        assert api.post(f"/instances/{iid}/chat", json={"message": "third"}).json()["text"] == "echo: third"
+        texts = [m["content"] for m in api.get(f"/instances/{iid}/messages").json()]
+        assert texts[-4:] == ["second", "echo: second", "third", "echo: third"]
