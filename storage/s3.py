@@ -13,6 +13,16 @@ from regina.errors import StorageError
 #: Error codes S3-compatible servers use for "no such object" (HEAD/GET variants).
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
 
+#: Seconds to open a connection to the S3 endpoint, and to wait for any bytes of an answer
+#: (botocore's defaults are 60 each). With the attempts below, an unreachable or stalled endpoint
+#: fails a call within about 2 minutes at worst, instead of holding a suspend, a restore or a
+#: DELETE for several: each of those answers (or is tried again) while storage is down.
+CONNECT_TIMEOUT = 5.0
+READ_TIMEOUT = 30.0
+#: Tries per call, the first included (botocore's "standard" retry mode: throttling, 5xx and
+#: connection errors, with jittered backoff).
+MAX_ATTEMPTS = 3
+
 
 class S3Storage:
     """Blob storage in `bucket`, every key under `prefix`; credentials from the usual AWS chain."""
@@ -29,7 +39,9 @@ class S3Storage:
         # Path-style addressing: custom endpoints rarely have per-bucket DNS names.
         config = Config(
             s3={"addressing_style": "path"} if endpoint else {},
-            retries={"mode": "standard", "max_attempts": 3},
+            retries={"mode": "standard", "total_max_attempts": MAX_ATTEMPTS},
+            connect_timeout=CONNECT_TIMEOUT,
+            read_timeout=READ_TIMEOUT,
             max_pool_connections=32,
         )
         # A session of our own, not boto3's module-level default: sessions are not thread-safe,
