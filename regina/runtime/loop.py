@@ -262,8 +262,9 @@ def _steps(turn: _Turn, spec: TurnSpec) -> TurnResult:
                 spec, schemas = _current_tools(spec, schemas)
         except RunCancelled as exc:
             return _stop(turn, (exc.reason, exc.message), text, _plus(total, spent), step - 1)
-        if spec.compaction is not None:
-            _maybe_compact(turn, spec.compaction, summarize)
+        stop = _compacted(turn, spec, summarize, total, spent)
+        if stop is not None:
+            return _stop(turn, stop, text, _plus(total, spent), step - 1)
         try:
             text, calls, reason, step_usage = _call_model(turn, spec, schemas)
         except ModelError as exc:
@@ -295,6 +296,19 @@ def _steps(turn: _Turn, spec: TurnSpec) -> TurnResult:
     total = _plus(total, spent)
     sink.emit(Finish(finish_reason=reason, text=text, usage=total))
     return TurnResult(text=text, usage=total, finish_reason=reason, steps=step)
+
+
+def _compacted(
+    turn: _Turn, spec: TurnSpec, summarize: Callable[[list[Message]], str], total: Usage, spent: list[Usage]
+) -> tuple[str, str] | None:
+    """Compact the conversation when it is due; the reason to stop when the summary spent what
+    was left of the token budget (a summary is a model call too: its tokens count before the
+    step's own call)."""
+    if spec.compaction is None:
+        return None
+    summaries = len(spent)
+    _maybe_compact(turn, spec.compaction, summarize)
+    return _stop_reason(turn.sink, _plus(total, spent)) if len(spent) > summaries else None
 
 
 def _current_tools(spec: TurnSpec, schemas: list[dict[str, Any]]) -> tuple[TurnSpec, list[dict[str, Any]]]:

@@ -264,6 +264,24 @@ def test_compaction_sends_summary_plus_last_n(fake: FakeLLM, target: ModelTarget
     )
 
 
+def test_a_summary_that_spends_the_token_budget_stops_the_run_before_its_model_call(
+    fake: FakeLLM, target: ModelTarget
+) -> None:
+    """Compaction's summary is a model call: its tokens count against maxTokensPerRun before
+    the step's own call (the check came before the summary, so the run went past its budget)."""
+    session = Session(MemoryVFS())
+    session.append(*[user("old question " + "x" * 400), assistant("old answer")] * 2)
+    fake.push(Reply(text="SUMMARY", usage=(50, 5)), Reply(text="not asked"))
+    t = Turn(target, session.vfs)
+    t.session = session
+    sink = LocalSink(t.emit, run_id="r-c", budget=Budget(max_tokens_per_run=40))
+    spec = TurnSpec(target, SYSTEM, t.tools, compaction=Compaction(threshold=50, keep_last_n=2))
+    result = run_turn(spec, session, "new question", sink)
+    assert len(fake.requests) == 1, [r.all_text[:80] for r in fake.requests]  # the summary only
+    assert result.finish_reason == "budget" and "55 of 40" in result.text, result
+    assert result.usage == Usage(prompt_tokens=50, completion_tokens=5)
+
+
 class EchoParams(BaseModel):
     text: str
 
