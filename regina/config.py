@@ -158,13 +158,14 @@ class Limits(_Section):
     placement_wait: float = Field(30.0, ge=0)
     """Seconds a request that finds no live worker (a rolling restart, the only worker restarting)
     waits for one before answering 503."""
-    lost_run_after: float = Field(120.0, gt=0)
+    lost_run_after: float = Field(300.0, gt=0)
     """Seconds a run `queued` or `running` may go unseen — no live worker holding its step, no
     step of it waiting on the broker — before the workers' sweep takes it for lost and ends it
     `failed` with an `error` event (after one more `memberTtl` to be sure): a step whose error could
     not be written, a web process killed while queueing the step. A slow model call or a long queue
-    is never lost. Keep it above `placementWait` + `workerReplyTimeout` (a web placing the instance
-    before it queues the step)."""
+    is never lost. Keep it above 2 × (`placementWait` + 2 × `workerReplyTimeout`): the longest a web
+    may wait for the instance's activation and place it before it queues the step (180 s with the
+    defaults)."""
 
 
 class McpSettings(_Section):

@@ -42,6 +42,7 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 
 from regina import keys
+from regina.clock import redis_now
 from regina.ids import RUN_PREFIX
 from regina.redis_conn import PACKER, script
 from regina.runs.ack import StepDelivery
@@ -141,7 +142,8 @@ return {raw or '', next_ready(KEYS[5], ARGV[3])}
 # when the worker says the instance runs nothing and nothing else of it waits (`StepStarts`):
 # one round trip less before the model call. KEYS: the first four of _TAKE_UNACKED, instance
 # record, steering list, ready list. ARGV: now, run id prefix, epoch, instance id, retention, run
-# record prefix, whether to pop the next ready name, this member's id. Returns {raw, next} for a
+# record prefix, whether to pop the next ready name, this member's id, Redis's clock now (the
+# run's start: `now` is this process's clock, kombu's unacked score). Returns {raw, next} for a
 # step not tagged with its run's id (its start stays the step's own), else {raw, next, <begin's
 # reply…>}.
 _TAKE_AND_BEGIN = (
@@ -152,7 +154,7 @@ _TAKE_AND_BEGIN = (
 local raw, tag = pop_unacked(KEYS[5], ARGV[8])
 if not tag then return {raw or '', next_ready(KEYS[7], ARGV[7])} end
 local run = ARGV[6] .. tag
-local out = begin({KEYS[5], run .. ':events', run, KEYS[6], run .. ':steered'}, {ARGV[3], ARGV[1], ARGV[4], ARGV[5]})
+local out = begin({KEYS[5], run .. ':events', run, KEYS[6], run .. ':steered'}, {ARGV[3], ARGV[9], ARGV[4], ARGV[5]})
 table.insert(out, 1, next_ready(KEYS[7], ARGV[7]))
 table.insert(out, 1, raw)
 return out
@@ -446,7 +448,17 @@ class Channel(_RedisChannel):  # type: ignore[misc]
             epoch, retention = pre
             reply = self._script(_TAKE_AND_BEGIN)(
                 keys=[*take_keys, record, keys.steering(instance_id), self.ready_key or ""],
-                args=[time(), RUN_PREFIX, epoch, instance_id, retention, keys.RUN_PREFIX, wanted, self.member_id],
+                args=[
+                    time(),
+                    RUN_PREFIX,
+                    epoch,
+                    instance_id,
+                    retention,
+                    keys.RUN_PREFIX,
+                    wanted,
+                    self.member_id,
+                    repr(redis_now(self.client)),  # the run's start: Redis's clock, as `RunStore.begin`
+                ],
                 client=self.client,
             )
             if len(reply) > 2:

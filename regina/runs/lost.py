@@ -39,7 +39,7 @@ What is never ended: a long model call or tool on a live worker (held), a run wa
 others on its instance (its step queued, or taken and waiting for its turn: held or waiting), a
 run whose worker died (its step waits to be redelivered). The bound only guards the moments in
 which a run is known to nobody: the web between its open and its publish (placing the instance
-first: keep `lostRunAfter` above `placementWait` + `workerReplyTimeout`), and a step between its
+first: keep `lostRunAfter` above 2 × (`placementWait` + 2 × `workerReplyTimeout`)), and a step between its
 take and the next heartbeat.
 
 Why a sweep and not a check when someone next touches the instance: the runs to end are often
@@ -81,23 +81,37 @@ redis.call('HSET', KEYS[1], 'lostAt', ARGV[1])
 return 1
 """
 
-# KEYS: run record, run events, instance runs, open runs index. ARGV: now, retention, runId, the
-# mark the sweep confirmed, the error event's JSON up to its seq, its JSON after the seq, the
-# error. Ends the run `failed` with its error event at the stream's next seq, only while it is
-# open and marked as the sweep read it; a run that never started lets go of its Idempotency-Key
-# (the key's record still naming it). An ended run only leaves the index. Returns 1 if it ended it.
+# KEYS: run record, run events, instance runs, open runs index, instance record. ARGV: now,
+# retention, runId, the mark the sweep confirmed, the error event's JSON up to its seq, its JSON
+# after the seq (ending in `}`), the error, the status the sweep read. Ends the run `failed` with
+# its error event at the stream's next seq, only while it is open, in that status, and marked as
+# the sweep read it; the tokens its attempts recorded (`spent`, regina/runs/store.py) are the
+# run's usage, in its event and record, and are added to the instance's usage (nothing else ever
+# will); a run that never started lets go of its Idempotency-Key (the key's record still naming
+# it). An ended run only leaves the index. Returns 1 if it ended it.
 _END_LOST = """
-local rec = redis.call('HMGET', KEYS[1], 'status', 'lostAt', 'keep', 'idem')
+local rec = redis.call('HMGET', KEYS[1], 'status', 'lostAt', 'keep', 'idem', 'spent')
 if rec[1] ~= 'queued' and rec[1] ~= 'running' then
   redis.call('ZREM', KEYS[4], ARGV[3])
   return 0
 end
-if rec[2] ~= ARGV[4] then return 0 end
+if rec[2] ~= ARGV[4] or rec[1] ~= ARGV[8] then return 0 end
+local prompt, completion = 0, 0
+if rec[5] then
+  local _, p, c = string.match(rec[5], '^(%d+) (%d+) (%d+)$')
+  prompt, completion = tonumber(p or '0'), tonumber(c or '0')
+end
 local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
 local seq = 1
 if #last > 0 then seq = tonumber(string.match(last[1][1], '%-(%d+)$')) + 1 end
-redis.call('XADD', KEYS[2], '0-' .. seq, 'e', ARGV[5] .. seq .. ARGV[6])
-redis.call('HSET', KEYS[1], 'status', 'failed', 'finishedAt', ARGV[1], 'finishReason', 'error', 'error', ARGV[7])
+local usage = string.format(',"usage":{"promptTokens":%d,"completionTokens":%d}}', prompt, completion)
+redis.call('XADD', KEYS[2], '0-' .. seq, 'e', ARGV[5] .. seq .. string.sub(ARGV[6], 1, -2) .. usage)
+redis.call('HSET', KEYS[1], 'status', 'failed', 'finishedAt', ARGV[1], 'finishReason', 'error', 'error', ARGV[7],
+  'promptTokens', string.format('%d', prompt), 'completionTokens', string.format('%d', completion))
+if (prompt > 0 or completion > 0) and redis.call('EXISTS', KEYS[5]) == 1 then
+  redis.call('HINCRBY', KEYS[5], 'promptTokens', prompt)
+  redis.call('HINCRBY', KEYS[5], 'completionTokens', completion)
+end
 local keep = math.max(tonumber(ARGV[2]), tonumber(rec[3] or '0'))
 redis.call('EXPIRE', KEYS[1], keep)
 redis.call('EXPIRE', KEYS[2], keep)
@@ -179,19 +193,12 @@ def _sweep_batch(
         client.zrem(keys.RUNS_OPEN, *done)
     if not open_runs:
         return 0
-    instance_ids = sorted({cast(str, rec[1]) for rec in open_runs.values()})
-    pipe = client.pipeline(transaction=False)
-    for iid in instance_ids:
-        pipe.hmget(keys.instance_record(iid), "status", "member")
-    instances = dict(zip(instance_ids, cast(list[list[str | None]], pipe.execute()), strict=True))
-    named = {inst[1] for inst in instances.values() if inst[1]}
-    alive, held = held_runs(client, set(live_members(client)) | named)
-    # An instance whose member died: the orphan sweep re-homes it and its steps run again.
-    orphaned = {iid for iid, (status, member) in instances.items() if status in HOLDING and member not in alive}
-    unheld = [iid for iid in instance_ids if iid not in orphaned]
-    waiting = set(waiting_instances(unheld)) if unheld else set()
+    held, waiting, orphaned = _alive(
+        client, sorted({cast(str, rec[1]) for rec in open_runs.values()}), waiting_instances
+    )
     seen_alive: list[str] = []
     unmark: list[str] = []
+    confirm_at: dict[str, float] = {}  # marked runs: when their mark may be confirmed
     ended = 0
     for run_id, (status, of, started, lost_at) in open_runs.items():
         if run_id in held or of in waiting or of in orphaned:
@@ -203,15 +210,37 @@ def _sweep_batch(
         mark = _mark_of(lost_at)
         if lost_at is None or mark is None or (mark[1], mark[2]) != (status, started):
             script(client, _MARK)(keys=[keys.run_record(run_id)], args=[f"{now!r} {status} {started}", status, started])
+            confirm_at[run_id] = now + member_ttl
         elif now - mark[0] >= member_ttl:
             ended += _end(client, run_id, str(of), lost_at, status, lost_after, now, retention)
+        else:
+            confirm_at[run_id] = mark[0] + member_ttl
     pipe = client.pipeline(transaction=False)
     if seen_alive:
         pipe.zadd(keys.RUNS_OPEN, dict.fromkeys(seen_alive, now), xx=True)
+    if confirm_at:  # out of the batches' front until their confirmation is due: the runs behind are read
+        pipe.zadd(keys.RUNS_OPEN, {run_id: at - lost_after for run_id, at in confirm_at.items()}, xx=True)
     for run_id in unmark:
         pipe.hdel(keys.run_record(run_id), "lostAt")
     pipe.execute()
     return ended
+
+
+def _alive(
+    client: redis.Redis, instance_ids: list[str], waiting_instances: Callable[[list[str]], Iterable[str]]
+) -> tuple[set[str], set[str], set[str]]:
+    """(the runs live members hold, the instances with steps waiting on the broker, the instances
+    whose member died: the orphan sweep re-homes them and their steps run again)."""
+    pipe = client.pipeline(transaction=False)
+    for iid in instance_ids:
+        pipe.hmget(keys.instance_record(iid), "status", "member")
+    instances = dict(zip(instance_ids, cast(list[list[str | None]], pipe.execute()), strict=True))
+    named = {inst[1] for inst in instances.values() if inst[1]}
+    alive, held = held_runs(client, set(live_members(client)) | named)
+    orphaned = {iid for iid, (status, member) in instances.items() if status in HOLDING and member not in alive}
+    unheld = [iid for iid in instance_ids if iid not in orphaned]
+    waiting = set(waiting_instances(unheld)) if unheld else set()
+    return held, waiting, orphaned
 
 
 def _end(
@@ -234,8 +263,9 @@ def _end(
                 keys.run_events(run_id),
                 keys.instance_runs(instance_id),
                 keys.RUNS_OPEN,
+                keys.instance_record(instance_id),
             ],
-            args=[repr(now), str(int(retention)), run_id, mark, head, tail, error],
+            args=[repr(now), str(int(retention)), run_id, mark, head, tail, error, status],
         )
     )
     if done:

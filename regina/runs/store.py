@@ -520,7 +520,8 @@ class RunStore:
             keys.steering(instance_id),
             keys.run_steered(run_id),
         ]
-        args = [str(epoch), repr(time.time()), instance_id, str(self.retention)]
+        # Redis's clock: `startedAt` of a run redelivered to another worker is compared with it.
+        args = [str(epoch), repr(redis_now(self.r)), instance_id, str(self.retention)]
         return parse_begun(cast(list[str], self._begin(keys=run_keys, args=args)))
 
     def take_steering(self, instance_id: str, run_id: str, seen: int, epoch: int | None = None) -> list[Steer]:

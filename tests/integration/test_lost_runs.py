@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import hashlib
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -192,3 +193,56 @@ def test_a_sweep_costs_the_runs_older_than_the_bound_not_the_runs_open() -> None
         large = sweep_commands(r)
         assert r.zcard(keys.RUNS_OPEN) == 2000
     assert large == small, f"one sweep sent {small} commands with 20 runs open and {large} with 2000"
+
+
+def _lost_runs(r: redis.Redis, n: int, prefix: str) -> list[str]:
+    """`n` runs opened on instances of a live member and never queued (a web killed meanwhile)."""
+    r.set(keys.member("m-lost"), "127.0.0.1:1")
+    r.sadd(keys.MEMBERS, "m-lost")
+    store, runs = InstanceStore(r), RunStore(r)
+    ids = []
+    for i in range(n):
+        iid = f"openai-agent-{prefix}{i:05d}"
+        store.create(iid, "openai-agent", "m-lost")
+        assert runs.open(iid, f"run-{prefix}{i:05d}").kind == "ok"
+        ids.append(f"run-{prefix}{i:05d}")
+    return ids
+
+
+def _sweep(r: redis.Redis, member_ttl: float) -> tuple[int, dict[str, int]]:
+    r.delete(keys.SWEEP_RUNS_LOCK)
+    r.config_resetstat()
+    ended = sweep_lost_runs(r, lambda ids: set(), 1.0, 0.01, member_ttl, 60.0)
+    stats = cast(dict[str, dict[str, Any]], r.info("commandstats"))
+    return ended, {k: int(v["calls"]) for k, v in stats.items()}
+
+
+def test_a_lost_run_ends_with_the_tokens_its_attempts_recorded_in_its_and_its_instances_usage() -> None:
+    """The run's recorded progress (`spent`) is nowhere else: the sweep's end is its usage."""
+    with RedisServer() as server, redis.Redis.from_url(server.url, decode_responses=True) as r:
+        (run_id,) = _lost_runs(r, 1, "t")
+        iid = r.hget(keys.run_record(run_id), "instanceId")
+        epoch = int(r.hget(keys.instance_record(iid), "epoch") or 0)
+        RunStore(r).begin(iid, run_id, epoch)
+        assert RunStore(r).record_progress(iid, epoch, run_id, "7 50000 3000")
+        time.sleep(0.05)
+        assert _sweep(r, 0.1)[0] == 0  # marked
+        time.sleep(0.2)
+        assert _sweep(r, 0.1)[0] == 1  # confirmed: ended
+        run = r.hgetall(keys.run_record(run_id))
+        assert run["status"] == "failed" and (run["promptTokens"], run["completionTokens"]) == ("50000", "3000")
+        assert r.hmget(keys.instance_record(iid), "promptTokens", "completionTokens") == ["50000", "3000"]
+        assert _last_event(r, run_id)["usage"] == {"promptTokens": 50000, "completionTokens": 3000}
+
+
+def test_a_sweep_reads_each_lost_run_once_and_reaches_the_runs_behind_the_first_batch() -> None:
+    """600 runs lost at once: the 500 marked first waited at the index's front for their
+    confirmation and the sweep read them again in each of its 20 batches, never the last 100."""
+    with RedisServer() as server, redis.Redis.from_url(server.url, decode_responses=True) as r:
+        ids = _lost_runs(r, 600, "u")
+        time.sleep(0.05)
+        ended, calls = _sweep(r, 60.0)
+        assert ended == 0 and calls["cmdstat_hmget"] <= 3 * 600, calls  # the run, its instance, the mark: once
+        assert all(r.hexists(keys.run_record(run_id), "lostAt") for run_id in ids)
+        ended, calls = _sweep(r, 60.0)  # nothing is due: nothing read again
+        assert ended == 0 and calls.get("cmdstat_hmget", 0) == 0, calls

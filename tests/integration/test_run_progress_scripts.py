@@ -71,3 +71,21 @@ def test_progress_is_written_only_by_the_owner_and_only_on_a_running_run(r: redi
     assert r.hget(keys.run_record(run_id), "spent") == "1 5 5"
     assert store.record_progress(iid, 2, "run-never-opened", "1 1 1")
     assert not r.exists(keys.run_record("run-never-opened"))  # never creates a record
+
+
+def test_a_redelivered_runs_elapsed_time_is_on_redis_clock_not_its_workers(
+    r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Worker B, whose wall clock is 10 minutes ahead of worker A's, takes the run A started: its
+    elapsed time (maxSecondsPerRun) must not jump by the skew (nor vanish when B is behind)."""
+    import time
+
+    store = RunStore(r, 60)
+    iid, run_id = "inst-skew-1", "run-skew-1"
+    r.hset(keys.instance_record(iid), mapping={"epoch": "1"})
+    r.hset(keys.run_record(run_id), mapping={"instanceId": iid, "status": "queued"})
+    assert store.begin(iid, run_id, 1).elapsed == 0.0  # worker A
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 600)  # worker B's clock
+    again = store.begin(iid, run_id, 1)
+    assert again.attempts == 2 and 0.0 <= again.elapsed < 5.0, again.elapsed

@@ -48,6 +48,17 @@ def test_text_chunks_then_finish_with_usage() -> None:
     assert parts == [TextPart("he"), TextPart("llo"), FinishPart("stop", Usage(prompt_tokens=7, completion_tokens=2))]
 
 
+def test_a_surrogate_pair_split_across_chunks_is_joined_and_a_lone_half_replaced() -> None:
+    texts = [
+        p.text
+        for p in _run([_chunk("x\ud83d"), _chunk("\ude00y"), _chunk("z\ud83d"), _chunk(finish="stop")])
+        if isinstance(p, TextPart)
+    ]
+    assert texts == ["x", "\U0001f600y", "z", "\ufffd"]
+    texts = [p.text for p in _run([_chunk("a \udc00 b"), _chunk(finish="stop")]) if isinstance(p, TextPart)]
+    assert texts == ["a \ufffd b"]
+
+
 def test_tool_call_fragments_are_joined_and_win_over_the_finish_reason() -> None:
     frag1 = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "shout", "arguments": '{"te'}}
     frag2 = {"index": 0, "function": {"arguments": 'xt": "hi"}'}}

@@ -93,6 +93,17 @@ class StreamAcc:
         self.prompt: int | None = None
         self.completion: int | None = None
         self.raw_reason: str | None = None
+        self._high = ""  # a high surrogate ending the last text: its pair may start the next one
+
+    def _text(self, text: str) -> Iterator[ModelDelta]:
+        """A TextPart of `text` without lone surrogates (`utf8_safe`); a pair split across two
+        chunks is joined, not replaced."""
+        if self._high:
+            text, self._high = self._high + text, ""
+        if text and "\ud800" <= text[-1] <= "\udbff":
+            text, self._high = text[:-1], text[-1]
+        if text:
+            yield TextPart(utf8_safe(text))
 
     def _usage(self, usage: Any) -> None:
         if usage is None:
@@ -108,7 +119,7 @@ class StreamAcc:
         if isinstance(chunk, dict):  # GenericStreamingChunk
             self._usage(chunk.get("usage"))
             if chunk.get("text"):
-                yield TextPart(utf8_safe(str(chunk["text"])))
+                yield from self._text(str(chunk["text"]))
             tool_use = chunk.get("tool_use")
             if tool_use:
                 self.calls.add(_frag(tool_use))
@@ -121,7 +132,7 @@ class StreamAcc:
             if delta is not None:
                 text = delta.content
                 if text:
-                    yield TextPart(utf8_safe(text))
+                    yield from self._text(text)
                 for frag in delta.tool_calls or ():
                     self.calls.add(frag)
             if choice.finish_reason:
@@ -129,6 +140,9 @@ class StreamAcc:
 
     def end(self) -> Iterator[ModelDelta]:
         """The complete tool calls, then the FinishPart."""
+        if self._high:  # a high surrogate the stream never paired
+            yield TextPart(utf8_safe(self._high))
+            self._high = ""
         for acc in self.calls.calls:
             yield acc.done()
         usage = None
