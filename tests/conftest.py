@@ -24,7 +24,12 @@ os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
+    from workers.local import use_broker
+
     with RedisServer() as server:
+        # In-process dispatchers publish through the process's Celery app: to this Redis, never
+        # to its default (a Redis this machine may run on 6379, which no test started).
+        use_broker(server.url)
         yield server
 
 

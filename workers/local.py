@@ -30,20 +30,20 @@ def local_coordinator(settings: Settings | None = None) -> Coordinator:
     registry = AgentRegistry(settings)
     registry.load()
     client = connect(settings.redis)
-    _use_broker(kombu_broker_url(settings.broker_url))
+    use_broker(kombu_broker_url(settings.broker_url))
     storage = make_storage(settings.storage, settings.redis)
     return Coordinator(settings, registry, client, make_dispatcher(app, client), storage)
 
 
-def _use_broker(url: str) -> None:
+def use_broker(url: str) -> None:
     """Point the process's Celery app at `url`. Celery makes its connection and producer pools at
     their first use, for the URL of that moment: a second coordinator for another broker in the
     same process published its commands to the first one's, where no worker answered them."""
     if app.conf.broker_url == url:
         return
     app.conf.broker_url = url  # type: ignore[misc]
+    # What Celery itself drops after a fork (`Celery._after_fork`); the pools stay in kombu's
+    # registry, keyed by URL, for whoever uses that broker again (closing them broke that).
     celery: Any = app  # the two pools are Celery's private attributes (untyped)
-    if celery._pool is not None:  # what Celery itself drops after a fork (`Celery._after_fork`)
-        celery._pool.force_close_all()
-        celery._pool = None
+    celery._pool = None
     celery.amqp._producer_pool = None

@@ -9,7 +9,7 @@ from regina.config import Settings
 from tests.harness.processes import ROOT, Cluster
 from tests.harness.redis_server import RedisServer
 from workers.celery_app import app
-from workers.local import _use_broker, local_coordinator
+from workers.local import local_coordinator, use_broker
 
 
 def test_local_coordinator_spawns_chats_and_streams(cluster: Cluster) -> None:
@@ -34,4 +34,4 @@ def test_a_second_local_coordinator_publishes_to_its_own_broker() -> None:
                 with redis.Redis.from_url(server.url) as r:
                     assert r.llen(keys.member_queue("m")) == 1, server.url
     finally:
-        _use_broker(before)  # the process's app as the tests after this one found it
+        use_broker(before)  # the process's app as the tests after this one found it
