@@ -7,8 +7,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,21 +15,11 @@ import redis
 from regina import activation, keys
 from regina.errors import StaleEpoch
 from regina.ids import new_instance_id
-from tests.harness.fake_llm import FakeLLM
-from tests.harness.redis_server import RedisServer
 from tests.harness.waiting import wait_until
+from tests.integration import test_fencing
 from tests.integration.test_fencing import Pair
 
-
-@pytest.fixture
-def pair(
-    redis_server: RedisServer, fake_llm: FakeLLM, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Pair]:
-    monkeypatch.setenv("OPENAI_BASE_URL", fake_llm.url + "/v1")
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-openai")
-    p = Pair(redis_server.url, tmp_path)
-    yield p
-    p.storage.close()
+pair = test_fencing.pair  # the two in-process hosts of test_fencing.py
 
 
 def test_a_suspend_whose_last_write_fails_for_a_moment_still_marks_the_instance_suspended(pair: Pair) -> None:
