@@ -59,7 +59,7 @@ from regina.errors import DefinitionError
 from regina.providers import check_provider_name, infer_provider
 from regina.runtime.tools.base import Tool
 from regina.runtime.tools.loading import load_tool_module
-from regina.secrets import add_secret, redact_any
+from regina.secrets import add_secret, redact_any, url_secrets
 
 MAX_DEFINITION_BYTES = 1_048_576
 """Largest definition file accepted (1 MiB)."""
@@ -325,7 +325,7 @@ def parse_definition(
         raise DefinitionError(f"{p}: field 'useProcesses': {MEMORY_VFS_NO_PROCESSES}")
     tool_paths, user_tools = _load_tools(p, fm.tools)
     for server in fm.mcp_servers:
-        for value in server.headers.values():
+        for value in [*server.headers.values(), *url_secrets(server.url)]:
             add_secret(value)
     return AgentDefinition(
         name=fm.name,

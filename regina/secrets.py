@@ -2,7 +2,8 @@
 
 A secret is the value of an environment variable named like one (`*KEY*`, `*TOKEN*`,
 `*SECRET*`, `*PASSWORD*`, `*CREDENTIAL*`, `*AUTH*`), plus any value registered with
-`add_secret` (MCP header values, the API bearer token). `redact()` replaces each occurrence with
+`add_secret` (MCP header values and the credentials in MCP server URLs, the API bearer token).
+`redact()` replaces each occurrence with
 `[redacted]`; the API's error bodies, agent listings, run events, model errors and every log
 record pass through it. Short values (under 8 characters) are not treated as secrets: they would
 redact ordinary words.
@@ -15,6 +16,7 @@ import re
 import threading
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from regina.config import environment
 
@@ -45,6 +47,19 @@ def add_secret(value: str | None) -> None:
         with _lock:
             _extra.add(value)
             _pattern = None
+
+
+def url_secrets(url: str) -> list[str]:
+    """The credentials a URL carries: its password (`https://user:pw@host`) and the values of
+    query parameters named like a secret (`?api_key=…`, `?token=…`). An MCP server's URL is
+    written into connection errors (an HTTP library's "… for url '…'"), which reach the model."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return []
+    found = [value for name, value in parse_qsl(parts.query, keep_blank_values=False) if is_secret_name(name)]
+    return [password, *found] if password else found
 
 
 def refresh_secrets() -> None:

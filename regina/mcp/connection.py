@@ -66,7 +66,10 @@ class ServerConnection:
         self.server = server
         self.allow = allow
         self.connect_timeout = connect_timeout
-        self.tools: list[types.Tool] = []
+        self._tools: list[types.Tool] = []
+        #: Goes up whenever the tool list is replaced: what a toolset built its tools from (an
+        #: `id()` of the list would not do: a freed list's address comes back for the next one).
+        self.tools_version = 0
         self.stale = False
         self._attempt: Attempt | None = None
         self._closed = False  # closed with the activation: no call may open it again
@@ -189,6 +192,16 @@ class ServerConnection:
         # Transport errors are seen by the attempt's WatchedReads; here only the list changes.
         if isinstance(message, types.ToolListChangedNotification):
             self.stale = True
+
+    @property
+    def tools(self) -> list[types.Tool]:
+        """The server's tools as last listed."""
+        return self._tools
+
+    @tools.setter
+    def tools(self, tools: list[types.Tool]) -> None:
+        self._tools = tools
+        self.tools_version += 1
 
     async def refresh_tools(self) -> None:
         """List the tools again (after a list-changed notification), within connect_timeout: a

@@ -38,6 +38,7 @@ from regina.errors import ToolError
 from regina.mcp.connection import ServerConnection, ServerDown, ServerToolError
 from regina.outbound import Allowlist
 from regina.runtime.aio import run_coro
+from regina.runtime.sink import RunCancelled
 from regina.runtime.tools.base import Tool
 
 log = logging.getLogger("regina.mcp")
@@ -140,6 +141,8 @@ class McpToolset:
             return
         try:
             outcomes = run_coro(self._open_many(names), timeout=self.settings.connect_timeout + 10)
+        except RunCancelled:
+            raise  # the run was stopped while it waited (not the servers' doing: no back-off)
         except Exception as exc:  # the loop itself failed us: count every server as down
             outcomes = [f"{type(exc).__name__}: {exc}"] * len(names)
         now = time.monotonic()
@@ -173,7 +176,7 @@ class McpToolset:
         stale = [c for c in self.conns.values() if c.up and c.stale]
         if stale:
             self._relist(stale)
-        key = [id(c.tools) for c in self.conns.values()]
+        key = [c.tools_version for c in self.conns.values()]
         if key != self._built_from:
             self._tools = self._build()
             self._built_from = key
@@ -184,6 +187,8 @@ class McpToolset:
         down and reconnected after retryInterval (not waited on again at every step)."""
         try:
             outcomes = run_coro(self._refresh(stale), timeout=self.settings.connect_timeout + 5)
+        except RunCancelled:
+            raise  # the run was stopped while it waited (not the servers' doing: no back-off)
         except Exception as exc:  # noqa: BLE001 - every server of the batch counts as failed
             outcomes = [exc] * len(stale)
         for conn, outcome in zip(stale, outcomes, strict=True):

@@ -26,18 +26,20 @@ import httpx2
 
 from regina.errors import ReginaError
 from regina.outbound import OutboundRefused
+from regina.secrets import redact
 
 if TYPE_CHECKING:
     from mcp.client.session import ClientSession
 
 
 def describe(exc: BaseException) -> str:
-    """A one-line reason, looking inside the exception groups anyio raises."""
+    """A one-line reason, looking inside the exception groups anyio raises; secrets redacted (an
+    HTTP error names the server's URL, credentials included, and the reason reaches the model)."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     if isinstance(exc, ReginaError):
         return exc.message
-    text = str(exc).strip()
+    text = redact(str(exc).strip())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 

@@ -12,6 +12,7 @@ from regina.errors import ReginaError
 from regina.runtime.messages import encode_result
 from regina.runtime.tools.base import Tool
 from regina.runtime.tools.runner import InlineRunner, ToolRunner
+from regina.secrets import redact, redact_any
 
 log = logging.getLogger("regina.runtime.loop")  # the loop's log, as before the move
 
@@ -40,8 +41,12 @@ def run_tool(tools: dict[str, Tool], name: str, args: dict[str, Any], runner: To
 
 
 def limit_output(result: Any, limit: int) -> tuple[Any, str]:
-    """(result for the event, content for the model), truncated to `limit` characters."""
+    """(result for the event, content for the model), secrets redacted (SPEC §10: a tool may echo
+    a credential, an MCP server's error its URL's), truncated to `limit` characters."""
     content, as_json = encode_result(result)
+    redacted = redact(content)
+    if redacted != content:
+        content, result = redacted, redact_any(result)
     if not as_json:
         result = content  # the event shows what the model sees (a string: it always encodes)
     if len(content) <= limit:

@@ -23,6 +23,8 @@ from tests.harness.waiting import wait_until
 from tests.integration.test_api import spawn
 
 SECRET = "s3cret-key-for-the-test"
+#: A credential in the SSE server's URL (the server ignores it); no variable name says "secret".
+URL_CREDENTIAL = "url-credential-0123456789"
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +47,7 @@ def mcp_cluster(servers: dict[str, McpServerProc], fake_llm: FakeLLM) -> Iterato
         "TEST_MCP_SSE_URL": servers["sse"].url,
         "TEST_MCP_HTTP_URL": servers["web"].url,
         "TEST_MCP_KEY": SECRET,
+        "TEST_MCP_SSE_QUERY": f"access_token={URL_CREDENTIAL}",
         "TEST_MCP_DEAD_URL": f"http://127.0.0.1:{free_port()}/mcp",
     }
     with private_cluster(fake_llm.url, **env) as c:
@@ -114,6 +117,26 @@ def test_prefixed_tools_are_offered_with_their_schemas_called_and_stored(
     assert "agent mcp-agent: MCP server dead skipped: " in logs
     # The same server with the wrong key is refused by it (so the header is what let `web` in).
     assert "agent mcp-agent: MCP server locked skipped: " in logs
+
+
+def test_a_secret_a_tool_echoes_never_reaches_the_model_or_the_transcript(
+    mcp_api: httpx.Client, fake_llm: FakeLLM
+) -> None:
+    """SPEC §10: the header's key and the credential in a server's URL are secrets; a tool result
+    carrying one (a server echoing it, an HTTP error naming the URL) reaches neither the model,
+    the stored conversation nor the stream."""
+    iid = spawn(mcp_api, "mcp-agent")
+    fake_llm.push(
+        Reply(tool_calls=[ToolCall("sse_echo", {"text": f"key {SECRET} and {URL_CREDENTIAL}"})]),
+        Reply(text="echoed"),
+    )
+    events = stream(mcp_api, iid, "echo the secrets")
+    assert events[-1]["type"] == "finish"
+    results = [m["content"] for m in fake_llm.requests[1].messages if m["role"] == "tool"]
+    assert results == ["echo: key [redacted] and [redacted]"]
+    assert tool_messages(mcp_api.get(f"/instances/{iid}/messages").json())["sse_echo"] == results[0]
+    shown = json.dumps(events)
+    assert SECRET not in shown and URL_CREDENTIAL not in shown
 
 
 def test_a_tool_list_change_is_picked_up_at_the_next_step(mcp_api: httpx.Client, fake_llm: FakeLLM) -> None:

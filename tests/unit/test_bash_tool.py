@@ -558,7 +558,7 @@ def test_a_catastrophic_regex_stops_at_the_deadline_and_lets_other_threads_run(c
     finally:
         stop.set()
     assert out["exitCode"] == 124 and "time limit exceeded (0.5 s)" in out["stderr"], out
-    assert time.monotonic() - t0 < 1.5
+    assert time.monotonic() - t0 < 3.0  # bounded near the 0.5 s deadline (a loaded machine adds some)
     assert ticks[0] >= 20  # the GIL was free while the pattern was being matched
     assert bash.call_sync({"command": "echo aab | grep -E '^(a|aa)+b$'"})["stdout"] == "aab\n"
 

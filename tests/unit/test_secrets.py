@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import logging
 
+import httpx2
 import pytest
 
-from regina.secrets import add_secret, install_log_redaction, redact, redact_any, refresh_secrets, secret_values
+from regina.mcp.wire import describe
+from regina.runtime.tool_call import limit_output
+from regina.secrets import (
+    add_secret,
+    install_log_redaction,
+    redact,
+    redact_any,
+    refresh_secrets,
+    secret_values,
+    url_secrets,
+)
 
 
 def test_secret_values_are_those_of_secret_looking_names() -> None:
@@ -29,3 +40,28 @@ def test_log_records_are_redacted(monkeypatch: pytest.MonkeyPatch, caplog: pytes
     with caplog.at_level(logging.INFO):
         logging.getLogger("t").info("got %s", "s3cr3t-value-xyz")
     assert "s3cr3t-value-xyz" not in caplog.text and "[redacted]" in caplog.text
+
+
+def test_url_secrets_are_the_password_and_secret_named_query_values() -> None:
+    assert url_secrets("https://bob:pa55word-xyz@mcp.example/sse?api_key=k-123&page=2&Token=t-9") == [
+        "pa55word-xyz",
+        "k-123",
+        "t-9",
+    ]
+    assert url_secrets("http://127.0.0.1:9/mcp") == []
+    assert url_secrets("http://[bad/sse") == []  # unparseable: nothing, no error
+
+
+def test_an_http_error_naming_a_url_is_described_without_its_credential() -> None:
+    add_secret("query-credential-12345")
+    request = httpx2.Request("GET", "https://mcp.example/sse?api_key=query-credential-12345")
+    error = httpx2.HTTPStatusError(f"502 Bad Gateway for url '{request.url}'", request=request, response=None)  # type: ignore[arg-type]
+    reason = describe(error)
+    assert "query-credential-12345" not in reason and "[redacted]" in reason
+
+
+def test_tool_results_are_redacted_for_the_model_and_the_event() -> None:
+    add_secret("tool-echoed-secret-1")
+    shown, content = limit_output({"out": "a tool-echoed-secret-1 b"}, 1000)
+    assert shown == {"out": "a [redacted] b"} and "tool-echoed-secret-1" not in content
+    assert limit_output("plain text", 1000) == ("plain text", "plain text")
