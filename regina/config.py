@@ -175,7 +175,8 @@ class McpSettings(_Section):
     """Seconds one server may take to connect and list its tools; slower servers are skipped.
     Servers connect while the instance is attached, so keep it under `limits.workerReplyTimeout`."""
     call_timeout: float = Field(120.0, gt=0)
-    """Seconds one MCP tool call may take before the model gets a tool error."""
+    """Seconds one MCP tool call may take before the model gets a tool error (a server that then
+    does not answer a ping within `connectTimeout` either is taken for dropped and reconnected)."""
     retry_interval: float = Field(30.0, ge=0)
     """Seconds before a server that failed to connect is tried again at a step start (a server
     that dropped mid-run is retried at the very next step, and a tool call reconnects at once)."""

@@ -255,12 +255,25 @@ class ServerConnection:
             call.cancel()
             with contextlib.suppress(BaseException):
                 await call
-            if attempt.live:
-                raise ServerToolError(f"no answer from tool {name!r} within {timeout:g} s")
+            late = f"no answer from tool {name!r} within {timeout:g} s"
+            if attempt.live and await self._answers_ping(attempt):
+                raise ServerToolError(late)  # a slow tool on a server that is there
+            # A frozen or cut-off server keeps the connection open and answers nothing: taken
+            # for down (degraded, replaced at the next call), not a slow tool every call waits on.
+            attempt.lose(f"{late}, nor to a ping within {self.connect_timeout:g} s")
         reason = attempt.reason or "connection closed"
         if trace.may_have_run(attempt):
             raise ServerDown(f"the connection dropped during the call, so the tool may have run: {reason}")
         raise _NotStarted(reason)
+
+    async def _answers_ping(self, attempt: Attempt) -> bool:
+        """True when the server answers a ping within connect_timeout."""
+        assert attempt.session is not None
+        try:
+            await asyncio.wait_for(attempt.session.send_ping(), self.connect_timeout)
+        except Exception:  # noqa: BLE001 - no answer, an error or a closed session: all "not there"
+            return False
+        return True
 
 
 async def _list_tools(session: ClientSession) -> list[types.Tool]:

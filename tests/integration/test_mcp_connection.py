@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
+import signal
 from collections.abc import Iterator
 
 import pytest
 
 from regina.definitions import McpServer
-from regina.mcp.connection import ServerConnection, ServerDown
+from regina.mcp.connection import ServerConnection, ServerDown, ServerToolError
 from regina.outbound import Allowlist
 from tests.harness.mcp_server import McpServerProc
 
@@ -75,6 +77,36 @@ def test_a_dead_connection_is_replaced_and_each_failure_says_why(server: McpServ
             await kill()
             await start()
             assert await asyncio.gather(echo(conn, "a"), echo(conn, "b")) == ["echo: a", "echo: b"]
+        finally:
+            await conn.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_frozen_server_is_taken_for_down_and_a_slow_tool_is_not(server: McpServerProc) -> None:
+    """A server that stops answering but keeps its connection open (frozen, SIGSTOP; a network
+    that drops packets) is down, not a slow tool: the call that finds it out says the tool may
+    have run and the connection is replaced at the next call. A slow tool on a server that still
+    answers a ping stays a tool error on a kept connection."""
+    assert server.proc is not None
+    pid = server.proc.pid
+
+    async def scenario() -> None:
+        spec = McpServer(name="s", transport=server.transport, url=server.url)  # type: ignore[arg-type]
+        conn = ServerConnection(spec, Allowlist.parse(["127.0.0.1"]), connect_timeout=1)
+        await conn.open()
+        try:
+            with pytest.raises(ServerToolError, match="no answer from tool 'nap' within 0.5 s"):
+                await conn.call("nap", {"seconds": 3}, timeout=0.5)
+            assert conn.up
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(ServerDown, match="may have run: no answer .* nor to a ping within 1 s"):
+                    await conn.call("echo", {"text": "frozen"}, timeout=0.5)
+                assert not conn.up
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            assert await echo(conn, "back") == "echo: back"  # a new connection
         finally:
             await conn.close()
 
