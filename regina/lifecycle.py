@@ -317,6 +317,13 @@ class Coordinator:
         try:
             children = cast(list[str], self.r.hvals(keys.delegates(instance_id)))
             self._tear_down(rec)
+            # A delegation under way pairs its child before spawning it: one paired during the
+            # tear-down re-made the pairing key (no TTL, nobody to delete it) and a child nobody owns.
+            pipe = self.r.pipeline(transaction=True)
+            pipe.hvals(keys.delegates(instance_id))
+            pipe.delete(keys.delegates(instance_id))
+            late = cast(list[str], pipe.execute()[0])
+            children += [child for child in late if child not in children]
         finally:
             self.r.delete(keys.deleting(instance_id))
         for child in children:
