@@ -39,6 +39,5 @@ class Active:
     last_used: float = field(default_factory=time.monotonic)
     parked: bool = False
     last_touch: float = 0.0
-    #: The running run and its deadline (monotonic), for the `delegate` tool.
+    #: The running run, for the `delegate` tool.
     run_id: str = ""
-    run_deadline: float = 0.0

@@ -10,8 +10,11 @@
   delegated run is reported to the model as a tool error.
 - Depth: a user's chat runs at depth 0, a delegated run at its caller's depth + 1, recorded in
   the run record; a delegation that would run deeper than `MAX_DEPTH` is a tool error.
-- Waiting is bounded by the caller's remaining time, less a margin to answer in: no greenlet
-  waits forever on a child, and a child that is too slow has its run cancelled.
+- Waiting is bounded by `limits.requestTimeout` from the call (less a margin to answer in), and
+  by the caller's run (a cancel or its `maxSecondsPerRun` clock stops the wait): no greenlet
+  waits forever on a child, and a child that is too slow has its run cancelled. Not by the
+  caller's run's start: a run may go on past `requestTimeout` (a stream, a sync chat answered
+  202), and one that delegated late got no time at all.
 """
 
 from __future__ import annotations
@@ -35,8 +38,8 @@ MAX_DEPTH = 5
 """Deepest delegated run: a chain of 5 delegations works, the 6th is refused."""
 
 ANSWER_MARGIN = 1.0
-"""Seconds (at least; 10 % of what is left otherwise) a caller keeps for itself after waiting on a
-delegate, so that it can still answer within its own deadline."""
+"""Seconds (at least; 10 % of the wait otherwise) a caller keeps for itself after waiting on a
+delegate, so that a sync chat that delegated at once still answers within `requestTimeout`."""
 
 
 class DelegateParams(BaseModel):
@@ -85,15 +88,16 @@ class Delegation:
             return definition.system_prompt
         return f"{definition.system_prompt.rstrip()}\n\n{section}\n"
 
-    def tool(self, caller_id: str, delegates: Sequence[str], context: Callable[[], tuple[str, float]]) -> Tool:
-        """The `delegate` tool of one instance; `context()` gives the running run's (id, deadline)."""
+    def tool(self, caller_id: str, delegates: Sequence[str], context: Callable[[], str]) -> Tool:
+        """The `delegate` tool of one instance; `context()` gives the running run's id."""
         allowed = list(delegates)
         schema = DelegateParams.model_json_schema()
         schema["properties"]["agentType"]["enum"] = allowed
 
         def delegate(params: DelegateParams) -> str:
-            run_id, deadline = context()
+            run_id = context()
             depth = int(self.r.hget(keys.run_record(run_id), "depth") or 0)
+            deadline = time.monotonic() + self.coordinator.settings.limits.request_timeout
             return self.delegate(caller_id, allowed, params.agentType, params.message, depth, deadline)
 
         return Tool(

@@ -36,11 +36,9 @@ class Equipment:
     allow: Allowlist
     delegation: Delegation | None = None
 
-    def tools(
-        self, instance_id: str, vfs: VFS, definition: AgentDefinition, run: Callable[[], tuple[str, float]]
-    ) -> InstanceTools:
+    def tools(self, instance_id: str, vfs: VFS, definition: AgentDefinition, run: Callable[[], str]) -> InstanceTools:
         """Default, MCP, the definition's own and the `delegate` tool; `run()` gives the running
-        run's id and deadline (what a delegation needs)."""
+        run's id (what a delegation needs)."""
         s = self.settings
         defaults = build_tools(vfs, env=self.env, limits=s.limits, network=s.bash_network, user_tools={})
         mcp = None
@@ -57,9 +55,7 @@ class Equipment:
             delegate=self._delegate(instance_id, definition, run),
         )
 
-    def _delegate(
-        self, instance_id: str, definition: AgentDefinition, run: Callable[[], tuple[str, float]]
-    ) -> Tool | None:
+    def _delegate(self, instance_id: str, definition: AgentDefinition, run: Callable[[], str]) -> Tool | None:
         if not definition.delegates or self.delegation is None:
             return None
         return self.delegation.tool(instance_id, definition.delegates, run)

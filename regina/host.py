@@ -171,7 +171,7 @@ class InstanceHost:
         if self.hooks.prepare_instance is not None:
             self.hooks.prepare_instance(instance_id, definition)
         equip = self.equipment
-        tools = equip.tools(instance_id, vfs, definition, lambda: (act.run_id, act.run_deadline))
+        tools = equip.tools(instance_id, vfs, definition, lambda: act.run_id)
         act = Active(
             instance_id=instance_id,
             definition=definition,

@@ -120,7 +120,7 @@ class StepRunner:
         if begun.cancel_requested:
             ctx.cancel.cancel(CANCELLED)
         # The delegate tool reads the run from `act`; a dropped MCP server is this run's event.
-        act.run_id, act.run_deadline = run_id, time.monotonic() + self.settings.limits.request_timeout
+        act.run_id = run_id
         act.tools.bind_run(lambda server, error: ctx.emit(ToolDegraded(server=server, error=error)))
         spec = TurnSpec(
             target=target,

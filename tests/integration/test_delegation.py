@@ -141,6 +141,11 @@ def test_a_delegate_too_slow_for_the_callers_deadline_is_given_up_and_cancelled(
     def slow_helper(req: RecordedRequest) -> Reply:
         if "You are HELPER" in req.all_text and req.last_user_text == "take your time":
             return Reply(text="too late", delay=30)
+        if "You are BOSS" in req.all_text and req.messages[-1]["role"] == "user" and req.last_user_text == "late":
+            # A run busy past requestTimeout before it delegates (a stream may go on that long).
+            return Reply(
+                tool_calls=[ToolCall("delegate", {"agentType": "helper-agent", "message": "late one"})], delay=9
+            )
         return script(req)
 
     fake_llm.default = slow_helper
@@ -158,6 +163,13 @@ def test_a_delegate_too_slow_for_the_callers_deadline_is_given_up_and_cancelled(
         (child,) = {i["instanceId"] for i in slow_api.get("/agents/helper-agent/instances").json()}
         again = slow_api.post(f"/instances/{child}/chat", json={"message": "quick one"}, timeout=15)
         assert again.json()["text"] == "HELPER answers: quick one"
+
+        # The wait is bounded from the delegation, not from the run's start: a run that delegates
+        # after requestTimeout has passed still gets its delegate's answer.
+        with slow_api.stream("POST", f"/instances/{boss}/chat/stream", json={"message": "late"}) as stream:
+            events = [json.loads(line) for line in stream.iter_lines() if line.strip()]
+        assert events[-1]["type"] == "finish", events[-1]
+        assert events[-1]["text"] == "BOSS relays: HELPER answers: late one", events[-1]
 
 
 def test_cancelling_the_callers_run_cancels_the_delegate_s_run(api: httpx.Client, fake_llm: FakeLLM) -> None:
