@@ -216,12 +216,14 @@ class Cluster:
         return [p for p in self.procs if p.name.startswith("worker")]
 
     def stop(self) -> None:
-        """SIGTERM every process at once, then wait for each (kill after 30 s)."""
+        """SIGTERM every process at once, then wait for each: a worker up to 30 s (it finishes
+        its steps and backs up), a web 5 s (it keeps nothing; its graceful stop waits for every
+        request in flight, such as a chat a test's client gave up on, for up to 30 s)."""
         for proc in self.procs:
             if proc.alive():
                 proc.popen.send_signal(signal.SIGTERM)
         for proc in self.procs:
-            proc.stop(timeout=30)
+            proc.stop(timeout=5 if proc.name.startswith("web") else 30)
 
     def dump_logs(self) -> str:
         return "\n".join(f"===== {p.name} =====\n{p.log()[-6000:]}" for p in self.procs)
