@@ -19,9 +19,16 @@ bp = Blueprint("chat", __name__)
 _WHEN_BUSY = frozenset(get_args(WhenBusy))
 
 
+#: The answer to an Idempotency-Key retry whose run is gone (regina.errors.Gone).
+_GONE = (m.Error, "An Idempotency-Key retry whose run's record has expired: send the request with a new key.")
+
+
 @bp.post("/instances/<iid>/chat")
 @documented(
-    {"HTTP_200": m.ChatAnswer, "HTTP_202": m.RunAccepted}, json=m.ChatBody, tag="chat", headers=m.IdempotencyHeaders
+    {"HTTP_200": m.ChatAnswer, "HTTP_202": m.RunAccepted, "HTTP_410": _GONE},
+    json=m.ChatBody,
+    tag="chat",
+    headers=m.IdempotencyHeaders,
 )
 def chat(iid: str) -> Response | tuple[Response, int]:
     """200 with the answer; 202 when the run outlives `limits.requestTimeout` and goes on: the
@@ -66,7 +73,7 @@ def _still_running(iid: str, going: StillRunning) -> tuple[Response, int]:
 
 @bp.post("/instances/<iid>/chat/stream")
 @documented(
-    {"HTTP_200": (None, "application/x-ndjson: one event per line")},
+    {"HTTP_200": (None, "application/x-ndjson: one event per line"), "HTTP_410": _GONE},
     json=m.ChatBody,
     tag="chat",
     headers=m.IdempotencyHeaders,

@@ -13,6 +13,7 @@ from regina.errors import (
     BadRequest,
     Busy,
     Conflict,
+    Gone,
     NotFound,
     PayloadTooLarge,
     ReginaError,
@@ -35,6 +36,7 @@ STATUS: dict[type[ReginaError], int] = {
     VFSError: 400,
     NotFound: 404,
     Conflict: 409,
+    Gone: 410,  # an Idempotency-Key's run whose record expired: retrying the same key cannot help
     StaleEpoch: 409,
     PayloadTooLarge: 413,
     RequestTimeout: 408,

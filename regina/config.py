@@ -260,8 +260,8 @@ class Settings(_Section):
     Redis once per delta; other events are sent at once, after the deltas before them."""
     run_retention: float = Field(3600, gt=0)
     """Seconds a finished run's record and events stay readable (`GET /runs/<runId>`, replay); a
-    run opened with an `Idempotency-Key` is kept as long as its key (24 h), and a run not ended
-    yet `runRetention` + 24 h."""
+    run that answers an `Idempotency-Key` (opened with it, or steered into by a `whenBusy: "steer"`
+    chat with it) is kept as long as its key (24 h), and a run not ended yet `runRetention` + 24 h."""
     port: int = Field(3000, ge=0, le=65535)
     """HTTP port of the web process. `PORT` sets it too."""
     host: str = "127.0.0.1"

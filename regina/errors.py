@@ -10,6 +10,7 @@ ReginaError
  ├── Conflict               a request that clashes with the current state
  │    └── Busy             a chat refused because a run is in progress (names it)
  ├── Unprocessable          an Idempotency-Key reused with another body
+ ├── Gone                   what a request refers to existed and is gone for good
  ├── Unavailable            no live worker, or a worker that did not answer
  │    ├── ReplyTimeout       a worker has not confirmed a command yet (it may still complete)
  │    └── StillRunning       a run outlived the wait for it and goes on (follow it by its id)
@@ -75,6 +76,11 @@ class Busy(Conflict):
 
 class Unprocessable(ReginaError):
     """Raised when a well-formed request cannot be honoured as sent (a reused Idempotency-Key)."""
+
+
+class Gone(ReginaError):
+    """Raised when what a request refers to existed and is gone for good: the run an
+    Idempotency-Key's retry would be answered with, whose record expired."""
 
 
 class Unavailable(ReginaError):

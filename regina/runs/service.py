@@ -19,7 +19,7 @@ from regina import idempotency, ids, keys
 from regina.cluster.membership import is_alive
 from regina.config import Settings
 from regina.dispatch import Dispatcher
-from regina.errors import Busy, Conflict, NotFound, ReginaError, StillRunning, TooManyRequests, Unavailable
+from regina.errors import Busy, Conflict, Gone, NotFound, ReginaError, StillRunning, TooManyRequests, Unavailable
 from regina.instances import InstanceRecord, InstanceStore
 from regina.metrics import RUNS_STARTED, STEERS
 from regina.runs.record import public
@@ -187,29 +187,12 @@ class RunService:
         """What `open` answered, acted on: the run id, or the error; an `ok` open's step is
         queued here unless the open pushed it (if it cannot be, the run ends with the error and
         the Idempotency-Key `claim` is let go: a retry does the work)."""
-        dispatcher = self.coord.dispatcher
-        route = "chat-stream" if stream else "chat"
-        if opened.kind == "missing":
-            raise NotFound(f"instance {instance_id!r} not found")
-        if opened.kind == "mismatch":
-            raise idempotency.mismatch(route)
-        if opened.kind == "full":
-            limit = self.settings.limits.max_queued_runs
-            raise TooManyRequests(
-                f"instance {instance_id} already has {limit} runs queued or running (limits.maxQueuedRuns); "
-                "retry later, or steer the running one",
-                retry_after=2,
-            )
-        if opened.kind == "steer-full":
-            raise self._steering_full(instance_id)
-        if opened.kind == "busy":
-            raise Busy(
-                f"instance {instance_id} is busy with run {opened.run_id} (whenBusy: reject); "
-                "retry later, or send whenBusy: queue or steer",
-                opened.run_id,
-            )
+        refused = self._refused(opened, instance_id, stream)
+        if refused is not None:
+            raise refused
         if opened.kind != "ok":
             return opened.run_id  # an idempotent retry, or a steer into the busy run (no pending read)
+        dispatcher = self.coord.dispatcher
         if opened.queued:
             RUNS_STARTED.labels("stream" if stream else "sync").inc()
             return run_id
@@ -227,6 +210,38 @@ class RunService:
             raise
         RUNS_STARTED.labels("stream" if stream else "sync").inc()
         return run_id
+
+    def _refused(self, opened: Opened, instance_id: str, stream: bool) -> ReginaError | None:
+        """The error an `open` answered with, if it refused (None for `ok`, `dup`, `steered`)."""
+        kind, run_id = opened.kind, opened.run_id
+        if kind == "missing":
+            return NotFound(f"instance {instance_id!r} not found")
+        if kind == "mismatch":
+            return idempotency.mismatch("chat-stream" if stream else "chat")
+        if kind == "expired":
+            # Not a 404 (that says the instance is unknown) nor a 503 (retrying cannot help): the
+            # run existed and is gone for good, and the request is not run twice for the key.
+            return Gone(
+                f"run {run_id}, which answered this Idempotency-Key, no longer exists (its record expired): "
+                "its answer cannot be given again, and the request is not run twice for one key; "
+                "send it with a new Idempotency-Key to run it anew"
+            )
+        if kind == "full":
+            limit = self.settings.limits.max_queued_runs
+            return TooManyRequests(
+                f"instance {instance_id} already has {limit} runs queued or running (limits.maxQueuedRuns); "
+                "retry later, or steer the running one",
+                retry_after=2,
+            )
+        if kind == "steer-full":
+            return self._steering_full(instance_id)
+        if kind == "busy":
+            return Busy(
+                f"instance {instance_id} is busy with run {run_id} (whenBusy: reject); "
+                "retry later, or send whenBusy: queue or steer",
+                run_id,
+            )
+        return None
 
     def _never_queued(self, instance_id: str, run_id: str, claim: Idempotency | None, exc: BaseException) -> None:
         """End a run whose step could not be queued with the reason, and let go of its claim; best

@@ -62,6 +62,23 @@ local function claimed(key, body_hash)
 end
 """
 
+# `claimed` for a chat's key, whose id is a run's: {'expired', run id} when that run's record is
+# gone (a run answering a key is kept as long as the key, but a record can still be evicted, or
+# date from before that): nothing can answer the retry as the first request was answered, and
+# following a run that does not exist would only wait (and wake its instance) for nothing.
+_CLAIMED_RUN = (
+    _CLAIMED
+    + """
+local function claimed_run(key, body_hash, run_prefix)
+  local earlier = claimed(key, body_hash)
+  if earlier and earlier[1] == 'dup' and redis.call('EXISTS', run_prefix .. earlier[2]) == 0 then
+    return {'expired', earlier[2]}
+  end
+  return earlier
+end
+"""
+)
+
 # KEYS: instance record, run record, instance runs, steering list, instance queue
 # [, idempotency key]. ARGV: now, instanceId, run ttl, runId, whenBusy, steer entry, idempotency
 # body hash, idempotency ttl, member prefix, run prefix, most runs open at once
@@ -74,9 +91,11 @@ end
 # delivery tag (regina/dispatch.py): the run record says so (`tagged`, read by `_CANCEL`).
 # The same call run again (redis-py sends it again after a lost reply, and so does
 # `_open_then_read`) finds its run record, or its steering entry, and answers as before.
+# A steer into the busy run with a key makes that run the key's answer: it is kept as long as the
+# key (`keep`, which every script that ends a run honours), as a run this script creates is.
 _OPEN = (
     _FRONT
-    + _CLAIMED
+    + _CLAIMED_RUN
     + LUA_TOUCH
     + """
 local rec = redis.call('HGETALL', KEYS[1])
@@ -89,7 +108,7 @@ if redis.call('EXISTS', KEYS[2]) == 1 then  -- this open ran already (its reply 
   return rec
 end
 if KEYS[6] then
-  local earlier = claimed(KEYS[6], ARGV[7])
+  local earlier = claimed_run(KEYS[6], ARGV[7], ARGV[10])
   if earlier then return earlier end
 end
 local alive = touch(KEYS[1], rec, ARGV[9], ARGV[1])
@@ -99,7 +118,13 @@ if busy and ARGV[5] == 'steer' then
   if redis.call('LPOS', KEYS[4], ARGV[6]) then return {'steered', busy} end  -- queued by this open already
   if redis.call('LLEN', KEYS[4]) >= tonumber(ARGV[14]) then return {'steer-full', busy} end
   redis.call('RPUSH', KEYS[4], ARGV[6])
-  if KEYS[6] then redis.call('SET', KEYS[6], ARGV[7] .. ' ' .. busy, 'EX', ARGV[8]) end
+  if KEYS[6] then
+    redis.call('SET', KEYS[6], ARGV[7] .. ' ' .. busy, 'EX', ARGV[8])
+    local busy_rec = ARGV[10] .. busy  -- it answers this key's retries: kept as long as the key
+    if tonumber(redis.call('HGET', busy_rec, 'keep') or '0') < tonumber(ARGV[8]) then
+      redis.call('HSET', busy_rec, 'keep', ARGV[8])
+    end
+  end
   return {'steered', busy}
 end
 if busy and redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[11]) then return {'full', busy} end
@@ -333,12 +358,13 @@ return 0
 @dataclass(frozen=True)
 class Opened:
     """What `open` did: `ok` (a new run), `dup` (an Idempotency-Key retry: `run_id` is the
-    first request's run), `steered` (`run_id` is the busy run that got the message), `busy`
+    first request's run), `expired` (such a retry whose run's record is gone: `run_id` names it),
+    `steered` (`run_id` is the busy run that got the message), `busy`
     (reject: `run_id` is the busy run), `full` (limits.maxQueuedRuns runs open already),
     `steer-full` (whenBusy steer: limits.maxSteering messages wait already),
     `mismatch` (the key was used with another body), `missing` (no such instance)."""
 
-    kind: Literal["ok", "dup", "steered", "busy", "full", "steer-full", "mismatch", "missing"]
+    kind: Literal["ok", "dup", "expired", "steered", "busy", "full", "steer-full", "mismatch", "missing"]
     run_id: str = ""
     record: InstanceRecord | None = None
     alive: bool = False

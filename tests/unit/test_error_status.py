@@ -19,6 +19,7 @@ def _tree(cls: type[errors.ReginaError]) -> list[type[errors.ReginaError]]:
         (errors.NotFound, 404),
         (errors.Conflict, 409),
         (errors.StaleEpoch, 409),
+        (errors.Gone, 410),
         (errors.PayloadTooLarge, 413),
         (errors.Unavailable, 503),
         (errors.VFSError, 400),
