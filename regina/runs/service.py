@@ -20,7 +20,7 @@ from regina.cluster.membership import is_alive
 from regina.config import Settings
 from regina.dispatch import Dispatcher
 from regina.errors import Busy, Conflict, Gone, NotFound, ReginaError, StillRunning, TooManyRequests, Unavailable
-from regina.instances import InstanceRecord, InstanceStore
+from regina.instances import InstanceRecord, InstanceStore, record_from_hash
 from regina.metrics import RUNS_STARTED, STEERS
 from regina.runs.record import public
 from regina.runs.steering import new_steer
@@ -78,6 +78,14 @@ class Following(Iterator[list[dict[str, Any]]]):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _up_to_terminal(batch: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:
+    """The events of `batch` up to its terminal event, and whether there was one."""
+    for n, event in enumerate(batch):
+        if event.get("type") in TERMINAL:
+            return batch[: n + 1], True
+    return batch, False
 
 
 def _zero_usage() -> dict[str, int]:
@@ -295,7 +303,9 @@ class RunService:
         worker died, is resumed on a live worker. After `timeout` seconds (default
         `limits.requestTimeout`) without the end: StillRunning while the run is queued or running
         (Unavailable when it is neither), or, with `keep_following` (streams), go on following
-        while it is queued or running. `pending`: its first wait, already sent (`start_following`)."""
+        while it is queued or running. A run that ends while no event is read (`after` past its
+        last one) ends the follow after that wait. `pending`: its first wait, already sent
+        (`start_following`)."""
         for batch in self.follow_known_batches(run_id, instance_id, after, timeout, keep_following, pending):
             yield from batch
 
@@ -309,22 +319,29 @@ class RunService:
         pending: PendingRead | None = None,
     ) -> Iterator[list[dict[str, Any]]]:
         """`follow_known`, the events of one read at a time (never empty; the terminal event
-        ends the last)."""
+        ends the last). On each wait that read nothing it checks, in the round trip that looks
+        at the instance anyway, whether the run ended meanwhile: then the events after the last
+        one seen are all there will be (none when `after` is past them), and the follow stops."""
         timeout = self.settings.limits.request_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
+        seen = after
         for batch in read_event_batches(self.r, run_id, after=after, block_ms=FOLLOW_BLOCK_MS, pending=pending):
             if batch is None:
-                self._keep_served(instance_id, run_id)
+                if self._ended_or_served(instance_id, run_id):
+                    rest = self._rest_of_ended(run_id, after, seen)
+                    if rest:
+                        yield rest
+                    return
                 if time.monotonic() > deadline:
                     outlived = self._outlived(run_id, timeout)
                     if not (keep_following and isinstance(outlived, StillRunning)):
                         raise outlived
                 continue
-            for n, event in enumerate(batch):
-                if event.get("type") in TERMINAL:
-                    yield batch[: n + 1]
-                    return
-            yield batch
+            seen = int(batch[-1].get("seq", seen))
+            events, ended = _up_to_terminal(batch)
+            yield events
+            if ended:
+                return
 
     def _outlived(self, run_id: str, timeout: float) -> Unavailable:
         """The error for a wait that ended before the run: StillRunning while the run is queued or
@@ -335,13 +352,37 @@ class RunService:
             return StillRunning(f"{message}; it is still {status}: follow it at /runs/{run_id}", run_id, status)
         return Unavailable(message)
 
-    def _keep_served(self, instance_id: str, run_id: str) -> None:
-        rec = self.coord.store.get(instance_id)
-        if rec is None:
+    def _rest_of_ended(self, run_id: str, after: int, seen: int) -> list[dict[str, Any]]:
+        """The events of an ended run after seq `seen` (those that came since the last read, if
+        any), to its terminal event. None at all is its end only for a follower that asked for
+        what comes after the terminal event (`after` past it); a follower that was to see the
+        terminal event and finds none gets the 503 of a run that ended without it."""
+        rest, ended = _up_to_terminal(read_events_after(self.r, run_id, seen))
+        if not ended and (after == 0 or seen > after):
+            raise Unavailable(f"run {run_id} ended, but its terminal event is missing")
+        return rest
+
+    def _ended_or_served(self, instance_id: str, run_id: str) -> bool:
+        """After a wait that read nothing: True when the run has ended (nothing more can come);
+        else its instance is kept served (a step queued for an instance suspended meanwhile, or
+        whose worker died, is resumed on a live worker) and False. The run's status rides in the
+        read of the instance's record (no round trip more). A run whose record is gone: Gone —
+        nothing would ever end the wait, and its instance is not woken for it."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hget(keys.run_record(run_id), "status")
+        pipe.hgetall(keys.instance_record(instance_id))
+        status, fields = pipe.execute()
+        if status in ENDED:
+            return True
+        if status is None:
+            raise Gone(f"run {run_id} no longer exists (its record expired while it was followed)")
+        if not fields:
             raise Conflict(f"instance {instance_id} was deleted while run {run_id} was waiting")
+        rec = record_from_hash(instance_id, fields)
         # A suspending owner is still serving: it finishes the running step before it lets go.
         if rec.status not in ("started", "suspending") or not is_alive(self.r, rec.member):
             self.coord.ensure_active(instance_id)
+        return False
 
     def chat(
         self,
