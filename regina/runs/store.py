@@ -91,6 +91,8 @@ end
 # delivery tag (regina/dispatch.py): the run record says so (`tagged`, read by `_CANCEL`).
 # The same call run again (redis-py sends it again after a lost reply, and so does
 # `_open_then_read`) finds its run record, or its steering entry, and answers as before.
+# A missing instance answers {'missing'}, unless the Idempotency-Key answered a request before
+# (the instance was deleted since): that retry answers as any other (`dup`, `mismatch`, `expired`).
 # A steer into the busy run with a key makes that run the key's answer: it is kept as long as the
 # key (`keep`, which every script that ends a run honours), as a run this script creates is.
 _OPEN = (
@@ -99,7 +101,9 @@ _OPEN = (
     + LUA_TOUCH
     + """
 local rec = redis.call('HGETALL', KEYS[1])
-if #rec == 0 then return {'missing'} end
+if #rec == 0 then  -- no such instance (any more): a key it answered still answers the same
+  return (KEYS[6] and claimed_run(KEYS[6], ARGV[7], ARGV[10])) or {'missing'}
+end
 if redis.call('EXISTS', KEYS[2]) == 1 then  -- this open ran already (its reply was lost): answer the same
   local alive = touch(KEYS[1], rec, ARGV[9], ARGV[1])
   table.insert(rec, 1, redis.call('HGET', KEYS[2], 'tagged') or '0')
@@ -164,16 +168,18 @@ return rec
 # KEYS: instance record, steering list[, idempotency key]. ARGV: now, steer entry, steerId,
 # most messages waiting (limits.maxSteering), idempotency body hash, idempotency ttl. A full list
 # answers {'full'} and writes nothing; an entry queued already (the same call run again after a
-# lost reply: each entry holds its own steerId) answers {'ok'} and writes nothing.
+# lost reply: each entry holds its own steerId) answers {'ok'} and writes nothing. The key is looked
+# at first: its retry answers the same steerId also once the instance is deleted ({'missing'} is
+# for a request the key did not answer before).
 _STEER = (
     _CLAIMED
     + LUA_TOUCH_EXISTING
     + """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
-if KEYS[3] then
+if KEYS[3] then  -- first: a key answered before answers the same, also once the instance is gone
   local earlier = claimed(KEYS[3], ARGV[5])
   if earlier then return earlier end
 end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
 if redis.call('LPOS', KEYS[2], ARGV[2]) then return {'ok', ARGV[3]} end  -- queued by this call already
 if redis.call('LLEN', KEYS[2]) >= tonumber(ARGV[4]) then return {'full'} end
 if KEYS[3] then redis.call('SET', KEYS[3], ARGV[5] .. ' ' .. ARGV[3], 'EX', ARGV[6]) end

@@ -73,3 +73,34 @@ def test_a_streamed_chat_retried_after_its_run_expired_is_a_410_at_once(
     paths = api.get("/openapi.json").json()["paths"]
     for path in ("/instances/{iid}/chat", "/instances/{iid}/chat/stream"):
         assert "410" in paths[path]["post"]["responses"], path
+
+
+def test_chat_stream_and_steer_retried_after_their_instance_was_deleted_answer_the_same(
+    api: httpx.Client, fake_llm: FakeLLM
+) -> None:
+    """The same key and body within 24 h answer the same (SPEC §12), also once the instance is
+    gone; a request without a key, or with a new one, is still a 404."""
+    iid = spawn(api)
+    chat_key = {"Idempotency-Key": _key("chat")}
+    steer_key = {"Idempotency-Key": _key("steer")}
+    stream_key = {"Idempotency-Key": _key("stream")}
+    chat = api.post(f"/instances/{iid}/chat", json={"message": "remember"}, headers=chat_key)
+    steer = api.post(f"/instances/{iid}/steer", json={"message": "later"}, headers=steer_key)
+    with api.stream("POST", f"/instances/{iid}/chat/stream", json={"message": "go"}, headers=stream_key) as resp:
+        streamed = [json.loads(line) for line in resp.iter_lines() if line]
+    assert chat.status_code == steer.status_code == 200 and streamed[-1]["type"] == "finish"
+    assert api.delete(f"/instances/{iid}").status_code == 204
+
+    again = api.post(f"/instances/{iid}/chat", json={"message": "remember"}, headers=chat_key, timeout=10)
+    assert again.status_code == 200 and again.json() == chat.json(), again.text
+    steer_again = api.post(f"/instances/{iid}/steer", json={"message": "later"}, headers=steer_key)
+    assert steer_again.status_code == 200 and steer_again.json() == steer.json(), steer_again.text
+    with api.stream("POST", f"/instances/{iid}/chat/stream", json={"message": "go"}, headers=stream_key) as resp:
+        assert resp.status_code == 200
+        assert [json.loads(line) for line in resp.iter_lines() if line] == streamed
+    mismatch = api.post(f"/instances/{iid}/chat", json={"message": "something else"}, headers=chat_key)
+    assert mismatch.status_code == 422, mismatch.text
+    for headers in ({}, {"Idempotency-Key": _key("new")}):
+        assert api.post(f"/instances/{iid}/chat", json={"message": "remember"}, headers=headers).status_code == 404
+        assert api.post(f"/instances/{iid}/steer", json={"message": "later"}, headers=headers).status_code == 404
+    assert len(fake_llm.requests) == 2  # the two chats' model calls, once each
