@@ -11,6 +11,7 @@ import pytest
 
 from regina.instances import InstanceStore
 from regina.redis_conn import connect
+from regina.runs.steering import new_steer
 from regina.runs.store import Idempotency, RunStore
 from regina.runs.stream import RUNNING_TTL, RunPublisher
 from tests.harness.fake_llm import FakeLLM, Reply
@@ -85,6 +86,24 @@ def test_a_cancelled_run_leaves_waiting_steering_for_the_next_run(
     assert steered == []  # not taken into a run that is over
     assert runs.info(run_id)["status"] == "cancelled"
     assert store.r.llen(steering) == 1
+
+
+def test_a_chat_that_would_steer_a_run_being_cancelled_is_a_run_of_its_own(
+    running: tuple[InstanceStore, RunStore, str, str],
+) -> None:
+    """whenBusy "steer" while the busy run is flagged for cancel (its worker has not stopped it
+    yet): the run will take no steering, so the chat was answered with the cancelled run's end and
+    its message turned up in some later run. It is queued as a run of its own instead."""
+    store, runs, iid, run_id = running
+    assert runs.cancel(run_id) == (True, "running")
+    steer = new_steer("and this")
+    opened = runs.open(iid, "run-race-after-cancel", when_busy="steer", steer=steer)
+    assert (opened.kind, opened.run_id) == ("ok", "run-race-after-cancel")
+    assert store.r.llen(f"regina:inst:{iid}:steering") == 0
+    assert runs.info("run-race-after-cancel")["status"] == "queued"
+    # A busy run not being cancelled takes the message.
+    store.r.hdel(f"regina:run:{run_id}", "cancel")
+    assert runs.open(iid, "run-race-third", when_busy="steer", steer=new_steer("y")).kind == "steered"
 
 
 # -- the worker's side: a cancel announced while a step starts its run -------------------------
