@@ -73,7 +73,7 @@ STREAMS = {
         "event: ping",
         'data: {"id": "c1", "choices": [{"index": 0, "delta": {"content": "n"}, "finish_reason": null}], "x": NaN}',
         "data: " + json.dumps(_chunk({"content": "big"}, n=2**70)),
-        *_sse(_chunk({"content": "says [DONE] inside"}), _chunk({"content": "after"}, "stop")),
+        *_sse(_chunk({"content": "after"}, "stop")),
     ],
 }
 
@@ -93,3 +93,20 @@ def test_an_error_inside_the_stream_is_litellms_error() -> None:
         errors.append((type(info.value), getattr(info.value, "status_code", None), str(info.value)))
     assert errors[0] == errors[1]
     assert errors[0][1] == 503
+
+
+def test_a_delta_that_says_done_is_kept_where_litellm_drops_it() -> None:
+    """Only a line whose payload is `[DONE]` ends the stream: LiteLLM ends a chunk at "[DONE]"
+    anywhere in the line, so text or tool arguments holding it were lost (a markdown checklist
+    written by a tool call came out short, a whole call in one chunk vanished)."""
+    call = {"index": 0, "id": "c1", "type": "function", "function": {"name": "write_file", "arguments": ""}}
+    lines = _sse(
+        _chunk({"content": "says [DONE] inside"}),
+        _chunk({"tool_calls": [call]}),
+        _chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"content": "- [DONE] ship"}'}}]}),
+        _chunk({}, "tool_calls"),
+        "[DONE]",
+    )
+    ours = _parts(LeanOpenAIStream, lines)
+    assert "says [DONE] inside" in repr(ours) and "- [DONE] ship" in repr(ours)
+    assert ours != _parts(OpenAIChatCompletionStreamingHandler, lines)  # LiteLLM's still drops them

@@ -87,9 +87,11 @@ class LeanOpenAIStream(OpenAIChatCompletionStreamingHandler):
         raise StopIteration
 
     def _handle_string_chunk(self, str_line: str) -> Any:
-        if "[DONE]" in str_line:  # as LiteLLM decides it: anywhere in the line
-            return _chunk(finished=True)
         payload = CustomStreamWrapper.strip_sse_data_from_chunk(str_line)
+        # The end marker is a line of its own. LiteLLM takes "[DONE]" anywhere in the line for
+        # it: a delta whose text or tool arguments held it was dropped (a file written short).
+        if payload is not None and payload.strip() == "[DONE]":
+            return _chunk(finished=True)
         parsed = _json(payload) if payload is not None else None
         return self.chunk_parser(chunk=parsed) if parsed else _chunk(finished=False)
 
