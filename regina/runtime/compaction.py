@@ -54,14 +54,18 @@ def maybe_compact(
     keep_last_n: int,
     summarize: Callable[[list[Message]], str],
 ) -> list[Message] | None:
-    """Compacted history, or None when under `threshold` or when there is nothing to summarize.
+    """Compacted history, or None when under `threshold` or when there is nothing to summarize
+    (nothing older than the last `keep_last_n` messages, or only an earlier summary).
 
     `summarize(older)` returns the summary text (the loop calls the model for it).
     """
     if estimate_tokens(msgs) <= threshold:
         return None
     cut = find_cut(msgs, keep_last_n)
-    if cut <= 0:
+    if cut <= 0 or (cut == 1 and text_of(msgs[0]).startswith(SUMMARY_PREFIX)):
+        # Nothing older than the kept messages but an earlier summary: summarizing it again
+        # would cost a model call and a rewrite at every step (the kept part alone is over the
+        # threshold) and wear the summary down each time.
         return None
     older = list(msgs[:cut])
     summary = summarize(older).strip()

@@ -186,17 +186,25 @@ class _Turn:
         return [*self.system_encoded, *self.model_encoded] if self.encode else None
 
 
-def _summarizer(target: ModelTarget, temperature: float | None, spent: list[Usage]) -> Callable[[list[Message]], str]:
+def _summarizer(
+    target: ModelTarget, temperature: float | None, spent: list[Usage], sink: RunSink
+) -> Callable[[list[Message]], str]:
     def summarize(older: list[Message]) -> str:
-        text, usage = model_api.complete(
-            target,
-            [
-                {"role": "system", "content": SUMMARY_INSTRUCTIONS},
-                {"role": "user", "content": render_transcript(older)},
-            ],
-            temperature=temperature,
-        )
+        # A model call like the step's own: a cancel or the budget's clock cuts it short
+        # (RunCancelled, or the provider error it surfaces as). Only the call: the rewrite of the
+        # transcript after it must never be cut in the middle.
+        with sink.cancel.interruptible(sink.interrupter()):
+            text, usage = model_api.complete(
+                target,
+                [
+                    {"role": "system", "content": SUMMARY_INSTRUCTIONS},
+                    {"role": "user", "content": render_transcript(older)},
+                ],
+                temperature=temperature,
+            )
         spent.append(usage)
+        if not text.strip():  # a filtered or empty answer: replacing the history by it loses it
+            raise ModelError("the model's summary was empty")
         return text
 
     return summarize
@@ -244,7 +252,7 @@ def _steps(turn: _Turn, spec: TurnSpec) -> TurnResult:
     tools = spec.tools
     schemas = [t.schema() for t in tools.values()]
     spent: list[Usage] = []
-    summarize = _summarizer(spec.target, spec.temperature, spent)
+    summarize = _summarizer(spec.target, spec.temperature, spent, sink)
     # A run redelivered after its worker died goes on from what its crashed attempt recorded:
     # those steps and tokens count against maxSteps and the token budgets, and are in its usage.
     progress = sink.progress
@@ -303,11 +311,14 @@ def _compacted(
 ) -> tuple[str, str] | None:
     """Compact the conversation when it is due; the reason to stop when the summary spent what
     was left of the token budget (a summary is a model call too: its tokens count before the
-    step's own call)."""
+    step's own call), or when the run was cancelled while the model wrote it."""
     if spec.compaction is None:
         return None
     summaries = len(spent)
-    _maybe_compact(turn, spec.compaction, summarize)
+    try:
+        _maybe_compact(turn, spec.compaction, summarize)
+    except RunCancelled as exc:  # cancelled (or out of time) while the model wrote the summary
+        return exc.reason, exc.message
     return _stop_reason(turn.sink, _plus(total, spent)) if len(spent) > summaries else None
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import httpx
 
 from tests.harness.fake_llm import FakeLLM, Reply, ToolCall
+from tests.harness.waiting import wait_until
 from tests.integration.test_api import spawn
 
 
@@ -157,3 +159,47 @@ def test_the_session_directory_is_read_only_to_tools(api: httpx.Client, fake_llm
     fake_llm.push(Reply(tool_calls=[ToolCall("read_file", {"path": "/.session/messages.jsonl"})]), Reply(text="ok"))
     api.post(f"/instances/{iid}/chat", json={"message": "read it"})
     assert "remember this" in tool_results(fake_llm)[-1]
+
+
+def _long_history(api: httpx.Client, fake_llm: FakeLLM, iid: str) -> list[dict[str, Any]]:
+    """One chat past compact-agent's threshold (60 tokens): the next chat's step asks for a summary
+    of it (this one had nothing older than its last 2 messages to summarize)."""
+    fake_llm.push(Reply(text="answer 0"))
+    assert api.post(f"/instances/{iid}/chat", json={"message": "message 0 " + "y" * 300}).status_code == 200
+    return list(api.get(f"/instances/{iid}/messages").json())
+
+
+def test_a_cancel_stops_the_run_while_the_model_writes_its_summary(api: httpx.Client, fake_llm: FakeLLM) -> None:
+    """SPEC §12: a cancel stops the run at once, also while it waits on the model — the summary
+    call of a compaction too (it was not interruptible: the run went on until the summary came)."""
+    iid = spawn(api, "compact-agent")
+    before = _long_history(api, fake_llm, iid)
+    fake_llm.push_for("You compress conversations", Reply(text="too late", delay=30))
+    with api.stream("POST", f"/instances/{iid}/chat/stream", json={"message": "third"}) as stream:
+        run_id = stream.headers["X-Run-Id"]
+        wait_until(
+            lambda: any("You compress conversations" in r.all_text for r in fake_llm.requests[-3:]),
+            timeout=20,
+            what="the summary request",
+        )
+        t0 = time.monotonic()
+        assert api.post(f"/runs/{run_id}/cancel").json() == {"cancelled": True}
+        events = [json.loads(line) for line in stream.iter_lines() if line.strip()]
+    assert time.monotonic() - t0 < 5
+    assert events[-1]["type"] == "finish" and events[-1]["finishReason"] == "cancelled", events[-1]
+    history = api.get(f"/instances/{iid}/messages").json()
+    assert history[: len(before)] == before  # not compacted
+
+
+def test_an_empty_summary_leaves_the_conversation_as_it_was(api: httpx.Client, fake_llm: FakeLLM) -> None:
+    """A summary that comes back empty (a content filter, a reasoning model out of tokens) is a
+    failed compaction: the history is not replaced by an empty summary."""
+    iid = spawn(api, "compact-agent")
+    before = _long_history(api, fake_llm, iid)
+    fake_llm.push_for("You compress conversations", Reply(text=""))
+    fake_llm.push(Reply(text="answered anyway"))
+    resp = api.post(f"/instances/{iid}/chat", json={"message": "third"})
+    assert resp.status_code == 200 and resp.json()["text"] == "answered anyway"
+    history = api.get(f"/instances/{iid}/messages").json()
+    assert history[: len(before)] == before
+    assert not any(str(m.get("content", "")).startswith("Summary of the earlier conversation:") for m in history)

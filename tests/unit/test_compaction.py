@@ -84,3 +84,25 @@ def test_render_transcript_is_plain_text() -> None:
     assert "[user] u2" in text
     assert '[assistant called tool read_file] {"path": "/x"}' in text
     assert "[tool result ls] r2" in text
+
+
+def test_an_earlier_summary_alone_is_not_summarized_again() -> None:
+    """When the kept messages alone are over the threshold, the only older message is the
+    previous summary: summarizing it again at every step cost a model call and a rewrite each
+    time and wore the summary down."""
+    summary = user(SUMMARY_PREFIX + "what happened")
+    kept = [
+        assistant("", [tool_call("c1", "write_file", {"content": "x" * 2000})]),
+        tool_result("c1", "write_file", "y" * 2000),
+    ]
+    asked: list[list[Message]] = []
+
+    def summarize(older: list[Message]) -> str:
+        asked.append(older)
+        return "S2"
+
+    assert maybe_compact([summary, *kept], 100, 2, summarize) is None
+    assert asked == []
+    # Anything else older than the kept messages is summarized as before.
+    compacted = maybe_compact([summary, user("more"), *kept], 100, 2, summarize)
+    assert compacted is not None and compacted[0]["content"] == SUMMARY_PREFIX + "S2"
