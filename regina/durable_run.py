@@ -7,6 +7,13 @@ On top of `regina.run_watch.WatchedRun` (a `RunContext`: events, steering, heart
   (regina/journal.py) by a fenced script; the run's terminal script ships the rest in the same
   round trip as the terminal event: whatever the client is told, every tool call that may start
   and every tool that completed is in Redis first;
+- a buffered run (a sync chat: its events wait in the publisher, to go out with its end) writes
+  its events out at every step boundary that is not its end: at the end of a step that ran tools
+  in the same script as that step's journal flush (`RunPublisher.write_pending`, no round trip
+  more; with no journal it is the step's one write), and with each `steer-applied` receipt (a
+  round trip of its own). A chat that makes no tool call and takes no steer still writes its
+  events once, with its end; the followers of a sync chat (`GET /runs/<id>/events`, a chat
+  answered 202) see each step as it ends;
 - the run's progress (the steps and tokens of its completed model calls, `RunProgress`) goes in
   its record with those flushes when it changed: a step redelivered after this worker died goes
   on counting its budgets from there, and its usage includes what this attempt spent;
@@ -60,15 +67,31 @@ class DurableRun(WatchedRun):
             # After a step's tools: their results and file changes are durable before the model
             # is asked again, so a later death leaves no completed tool "outcome unknown".
             self._tools_ran = False
+            if self.publisher.buffered:  # the step's events go out with that write
+                super().emit(event)
+                self._flush_with_progress(False, with_events=True)
+                return
             self._flush_with_progress(False)
+        elif event.type == "steer-applied" and self.publisher.buffered:
+            # The steerer's receipt does not wait for the run's end. The events only, as a
+            # streamed run's receipt: the VFS changes wait for the step's next flush, so the run's
+            # first write of its history still holds its user message (a redelivered step tells
+            # from the history whether its message was saved, regina/step.py).
+            super().emit(event)
+            self.publisher.write_pending(ship_journal=False)
+            return
         super().emit(event)  # a terminal event's script ships the journal itself (runs/stream.py)
 
-    def _flush_with_progress(self, before_tool: bool) -> None:
-        """Flush, recording the run's progress with it when it changed since the last flush."""
+    def _flush_with_progress(self, before_tool: bool, with_events: bool = False) -> None:
+        """Flush, recording the run's progress with it when it changed since the last flush;
+        `with_events`: the buffered events go out in the same script (a buffered run)."""
         progress = self.progress.encode() if self.progress.steps else ""
         if progress == self._recorded:
             progress = ""
-        self.flush(before_tool, progress)
+        if with_events:
+            self.publisher.write_pending(progress)
+        else:
+            self.flush(before_tool, progress)
         if progress:
             self._recorded = progress
 

@@ -143,6 +143,35 @@ if ARGV[4] == '0-1' then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 return 1
 """
 
+# A buffered run's events written out before its end (regina/durable_run.py: after a step that
+# ran tools, and with a steering receipt), riding on the write the step makes there anyway.
+# KEYS: run events, instance record, run record, instance VFS journal. ARGV: fence epoch, TTL of
+# a new stream (as `_XADD_FENCED`), most events kept (MAXLEN), VFS journal seq, the run's
+# progress (`RunProgress.encode`, '' = none), number N of VFS journal entries, the N entries, then
+# pairs of (entry id, event JSON). A stale epoch writes nothing (error STALE). The VFS journal
+# entries go first and the progress in the run's record, as `regina/journal.py`'s flush does; the
+# events only while the run is `running` (a run ended meanwhile, by its instance's delete, keeps
+# its end as its last event; 0 is returned). An entry already in the stream (the same call run
+# again after a lost reply) is skipped.
+_WRITE_PENDING = """
+if redis.call('HGET', KEYS[2], 'epoch') ~= ARGV[1] then return redis.error_reply('STALE') end
+local nj = tonumber(ARGV[6])
+for i = 7, 6 + nj, 1000 do
+  redis.call('RPUSH', KEYS[4], unpack(ARGV, i, math.min(i + 999, 6 + nj)))
+end
+if nj > 0 then redis.call('HSET', KEYS[2], 'journalSeq', ARGV[4]) end
+if redis.call('HGET', KEYS[3], 'status') ~= 'running' then return 0 end
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[3], 'spent', ARGV[5]) end
+for i = 7 + nj, #ARGV, 2 do
+  local added = redis.pcall('XADD', KEYS[1], 'MAXLEN', ARGV[3], ARGV[i], 'e', ARGV[i + 1])
+  if type(added) == 'table' and added.err and not string.find(added.err, 'equal or smaller', 1, true) then
+    return added
+  end
+end
+if ARGV[7 + nj] == '0-1' then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return 1
+"""
+
 
 class VfsJournal(Protocol):
     """An instance's VFS changes not in Redis yet (`regina.journal.JournalVFS`): a run's terminal
@@ -189,7 +218,8 @@ class RunPublisher:
         # A redelivered run (its worker died) continues after the events already published.
         self.seq = last_seq(client, run_id) if seq is None else seq
         # Buffered: nobody watches this run live (sync chat), so its events go out in one
-        # round trip with the terminal one instead of one round trip each.
+        # round trip with the terminal one instead of one round trip each — or, when the run
+        # goes on past a step boundary, with the write made there (`write_pending`).
         self.buffered = buffered
         self._pending: list[tuple[int, str]] = []
         self._finish_script = script(client, _FINISH)
@@ -317,6 +347,47 @@ class RunPublisher:
             if delivery is not None:
                 delivery.settled = True
         return steered
+
+    def write_pending(self, progress: str = "", ship_journal: bool = True) -> None:
+        """Write out the buffered events before the run's end, in one fenced script with (when
+        `ship_journal`) the VFS journal's pending entries and `progress` (the run's
+        `RunProgress.encode()`, '' = none) recorded on the run (see `_WRITE_PENDING`): what a
+        journal flush writes, and the events. Followers of a buffered run (a sync chat answered
+        202, `GET /runs/<id>/events`) see every step that ended, not nothing until the run's end.
+        StaleEpoch when the instance moved on (nothing written); on another Redis error the
+        events and entries are kept for the next write."""
+        if self.epoch is None:
+            raise ValueError("write_pending is fenced: the publisher needs the owner's epoch")
+        journal = self.journal if ship_journal else None
+        with self._send_lock:
+            batch, self._pending = self._pending, []
+            seq_shipped, entries = journal.ship() if journal is not None else (0, [])
+            if not batch and not entries and not progress:
+                return
+            args: list[Any] = [
+                self.epoch,
+                self.retention + RUNNING_TTL,
+                self.max_events,
+                seq_shipped,
+                progress,
+                len(entries),
+                *entries,
+            ]
+            for seq, payload in batch:
+                args += [f"0-{seq}", payload]
+            run_keys = [
+                self.key,
+                keys.instance_record(self.instance_id),
+                keys.run_record(self.run_id),
+                keys.journal(self.instance_id),
+            ]
+            try:
+                _fenced(script(self.r, _WRITE_PENDING), run_keys, args)
+            except redis.RedisError:  # not StaleEpoch: a stale owner's writes are dropped
+                self._pending[:0] = batch
+                if journal is not None:
+                    journal.give_back(entries)
+                raise
 
     def finish_unless_steered(
         self, event: dict[str, Any], steering_key: str, seen: int, progress: str = ""
