@@ -11,6 +11,7 @@ from regina.fencing import Fence
 from regina.fifo_lock import FifoLock
 from regina.journal import JournalVFS
 from regina.runtime.session import Session
+from regina.runtime.sink import RunProgress
 from regina.runtime.tools.merge import InstanceTools
 from regina.runtime.tools.runner import ToolRunner
 
@@ -41,3 +42,6 @@ class Active:
     last_touch: float = 0.0
     #: The running run, for the `delegate` tool.
     run_id: str = ""
+    #: The run whose step failed last here and what it had spent (`RunProgress`, the tokens of its
+    #: completed model calls, earlier attempts' included): its failed end's usage (regina/host.py).
+    failed: tuple[str, RunProgress] | None = None

@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -35,8 +35,9 @@ from regina.registry import AgentRegistry
 from regina.runs.context import InterrupterFactory, RunContext
 from regina.runs.store import Begun, RunStore, parse_begun
 from regina.runs.stream import RunPublisher
+from regina.runtime.events import Usage
 from regina.runtime.session import Session
-from regina.runtime.sink import CANCELLED
+from regina.runtime.sink import CANCELLED, RunProgress
 from regina.runtime.tools.process import warm_up
 from regina.sandbox_env import sandbox_env
 from regina.step import StepRunner
@@ -258,7 +259,10 @@ class InstanceHost:
         """End a run whose step failed with an `error` event, fenced by the epoch this member
         holds the instance under: an owner that turned stale ends nothing of the new owner's run
         (StaleEpoch), and a member the record does not name at all raises NotHere (the step goes
-        back to the owner's queue). An instance whose record is gone ends its run unfenced."""
+        back to the owner's queue). An instance whose record is gone ends its run unfenced.
+
+        The run's usage is what it spent (`_failed_usage`): the finish script adds it to the
+        instance's usage, once (a run ends once), so `maxTokensPerInstance` counts it."""
         act = self.active.get(instance_id)
         epoch = act.epoch if act is not None else None
         if epoch is None:
@@ -269,9 +273,22 @@ class InstanceHost:
                         f"instance {instance_id} is held by {rec.member or 'no member'}, not {self.member_id}"
                     )
                 epoch = rec.epoch
+        usage = self._failed_usage(act, run_id)
         RunPublisher(self.r, run_id, instance_id, self.settings.run_retention, epoch=epoch).publish(
-            {"type": "error", "error": error}
+            {"type": "error", "error": error, "usage": usage.as_dict()}
         )
+
+    def _failed_usage(self, act: Active | None, run_id: str) -> Usage:
+        """What a failed run spent: the progress its attempts recorded on its record (`spent`,
+        as the lost-run sweep counts it), or what its step that failed here had spent when that
+        is more (a model call completed since the last record: a one-step chat records none)."""
+        spent = RunProgress.decode(cast(str | None, self.r.hget(keys.run_record(run_id), "spent")) or "").usage
+        if act is not None and act.failed is not None and act.failed[0] == run_id:
+            here = act.failed[1].usage
+            act.failed = None
+            if here.prompt_tokens + here.completion_tokens > spent.prompt_tokens + spent.completion_tokens:
+                return here
+        return spent
 
     # -- the consumer's take of a step (workers/transport.py, `StepStarts`) -------------------
 

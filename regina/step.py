@@ -142,6 +142,7 @@ class StepRunner:
         try:
             watch.result = run_turn(spec, act.session, message, ctx)
         except BaseException:
+            act.failed = (run_id, ctx.progress)  # its failed end counts what it spent (host.py)
             self.give_back(instance_id, ctx.unclaimed_steering())
             raise
         finally:

@@ -496,7 +496,8 @@ def test_a_failed_step_ends_its_run_with_an_error_where_it_is_owned(pair: Pair) 
     run_id = pair.new_run(iid)
     a.end_failed(iid, run_id, "boom")
     assert pair.r.hget(keys.run_record(run_id), "status") == "failed"
-    assert pair.events(run_id)[-1] == {"type": "error", "error": "boom", "seq": 1, "runId": run_id}
+    zero = {"promptTokens": 0, "completionTokens": 0}  # its attempts recorded no tokens
+    assert pair.events(run_id)[-1] == {"type": "error", "error": "boom", "usage": zero, "seq": 1, "runId": run_id}
     # and a member the record does not name hands the step back rather than report anything
     other = pair.new_run(iid)
     with pytest.raises(NotHere):
