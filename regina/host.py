@@ -33,6 +33,7 @@ from regina.member_writes import MemberWrites, answer
 from regina.outbound import Allowlist
 from regina.registry import AgentRegistry
 from regina.runs.context import InterrupterFactory, RunContext
+from regina.runs.steering import decode_all, encode_all
 from regina.runs.store import Begun, RunStore, parse_begun
 from regina.runs.stream import RunPublisher
 from regina.runtime.events import Usage
@@ -40,7 +41,7 @@ from regina.runtime.session import Session
 from regina.runtime.sink import CANCELLED, RunProgress
 from regina.runtime.tools.process import warm_up
 from regina.sandbox_env import sandbox_env
-from regina.step import StepRunner
+from regina.step import StepRunner, not_saved
 from regina.storage import Storage
 
 log = logging.getLogger("regina.host")
@@ -262,7 +263,10 @@ class InstanceHost:
         back to the owner's queue). An instance whose record is gone ends its run unfenced.
 
         The run's usage is what it spent (`_failed_usage`): the finish script adds it to the
-        instance's usage, once (a run ends once), so `maxTokensPerInstance` counts it."""
+        instance's usage, once (a run ends once), so `maxTokensPerInstance` counts it. The
+        steering the run took (its steering journal) and never saved to its transcript goes back
+        to the instance in that script (`_unsaved_steering`), for its next run: once, and only if
+        this ends the run."""
         act = self.active.get(instance_id)
         epoch = act.epoch if act is not None else None
         if epoch is None:
@@ -273,16 +277,38 @@ class InstanceHost:
                         f"instance {instance_id} is held by {rec.member or 'no member'}, not {self.member_id}"
                     )
                 epoch = rec.epoch
-        usage = self._failed_usage(act, run_id)
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hget(keys.run_record(run_id), "spent")
+        pipe.lrange(keys.run_steered(run_id), 0, -1)
+        spent, taken = cast(tuple[str | None, list[str]], pipe.execute())
+        usage = self._failed_usage(act, run_id, spent)
+        give_back = self._unsaved_steering(act, run_id, taken)
         RunPublisher(self.r, run_id, instance_id, self.settings.run_retention, epoch=epoch).publish(
-            {"type": "error", "error": error, "usage": usage.as_dict()}
+            {"type": "error", "error": error, "usage": usage.as_dict()}, give_back=give_back
         )
+        if give_back:
+            log.warning("run %s failed: %d steering message(s) it took go back to its instance", run_id, len(give_back))
 
-    def _failed_usage(self, act: Active | None, run_id: str) -> Usage:
+    @staticmethod
+    def _unsaved_steering(act: Active | None, run_id: str, taken: list[str]) -> list[str]:
+        """The entries of a failed run's steering journal (`taken`) not saved to its transcript
+        (`regina.step.not_saved`); all of them when the transcript is not at hand here."""
+        if not taken:
+            return []
+        try:
+            history = act.session.messages if act is not None else None
+        except Exception:  # an unreadable transcript: none of them is known to be in it
+            log.warning("run %s: its transcript is unreadable", run_id, exc_info=True)
+            history = None
+        if history is None:
+            return taken
+        return encode_all(not_saved(decode_all(taken), history, run_id))
+
+    def _failed_usage(self, act: Active | None, run_id: str, recorded: str | None) -> Usage:
         """What a failed run spent: the progress its attempts recorded on its record (`spent`,
         as the lost-run sweep counts it), or what its step that failed here had spent when that
         is more (a model call completed since the last record: a one-step chat records none)."""
-        spent = RunProgress.decode(cast(str | None, self.r.hget(keys.run_record(run_id), "spent")) or "").usage
+        spent = RunProgress.decode(recorded or "").usage
         if act is not None and act.failed is not None and act.failed[0] == run_id:
             here = act.failed[1].usage
             act.failed = None
@@ -294,7 +320,7 @@ class InstanceHost:
 
     #: Runs started by a take and never claimed by their step (a greenlet killed before it ran)
     #: are forgotten past this many; such a step, if it runs, starts its run again (no harm: a
-    #: run already `running` gives back what its first start took, see regina/step.py).
+    #: run already `running` is handed what its first start took, from its steering journal).
     PREBEGUN_LIMIT = 1000
 
     def prebegin(self, instance_id: str) -> tuple[int, int] | None:

@@ -2,8 +2,13 @@
 
 The start takes the run (epoch fence, seq, `running`, steering) in one script; the step builds
 the run's context and budget and runs the agent loop; the end resets the idle timer (unless the
-finish script did) and gives back steering a failed step took but never used. The journal flush
-that fences a tool call lives here too. `InstanceHost` holds the instances and calls `run`.
+finish script did). Steering a run took and never saved to its transcript goes back to the
+instance in the script that ends the run (`RunPublisher.publish`'s `give_back`): here when the
+step ends it without the model (an answer already saved, an abandoned run), in
+`InstanceHost.end_failed` when the step failed; a step that stops without ending its run (a stale
+owner, a worker shutting down) gives nothing back: its redelivery takes it again from the run's
+steering journal. The journal flush that fences a tool call lives here too. `InstanceHost` holds
+the instances and calls `run`.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import Any
 
 import redis
 
-from regina import activation, keys
+from regina import activation
 from regina.attached import Active
 from regina.clock import redis_now
 from regina.config import Settings
@@ -26,7 +31,7 @@ from regina.journal import Journal, JournalVFS
 from regina.providers import ModelTarget, resolve_model_target
 from regina.run_watch import RunWatch
 from regina.runs.context import InterrupterFactory, RunContext, budget_for
-from regina.runs.steering import encode
+from regina.runs.steering import encode_all
 from regina.runs.store import Begun, RunStore
 from regina.runs.stream import RunPublisher
 from regina.runtime.events import ToolDegraded
@@ -78,11 +83,9 @@ class StepRunner:
         )
         if self.journal is not None and isinstance(act.vfs, JournalVFS):
             publisher.journal = act.vfs  # the terminal script ships the run's last changes
-        try:
-            left = not_saved(begun.earlier, act.session.messages, run_id)
-        except BaseException:  # e.g. an unreadable transcript: the steers taken are not lost
-            self.give_back(instance_id, begun.steered)
-            raise
+        # An unreadable transcript raises: the run ends failed and the steering it took goes back
+        # (regina/host.py `end_failed`).
+        left = not_saved(begun.earlier, act.session.messages, run_id)
         # Only a redelivered step (its run already marked running) can have its message saved.
         if begun.previous_status == "running" and any(m.get("runId") == run_id for m in act.session.messages):
             message = None  # redelivered after a crash: the message is already in the history
@@ -91,9 +94,9 @@ class StepRunner:
             # had taken steering after that answer (its finish took it): then the model answers it.
             if answer is not None and not left:
                 self.flush(act)
-                self.give_back(instance_id, begun.steered)
                 usage = begun.spent.usage.as_dict()  # what the crashed attempts spent, counted once
-                publisher.publish({"type": "finish", "finishReason": "stop", "text": answer, "usage": usage})
+                finish = {"type": "finish", "finishReason": "stop", "text": answer, "usage": usage}
+                publisher.publish(finish, give_back=encode_all(begun.steered))  # for the next run
                 return
         if begun.attempts > self.settings.limits.max_run_deliveries and not begun.cancel_requested:
             self._abandon(act, publisher, begun, left)
@@ -142,8 +145,9 @@ class StepRunner:
         try:
             watch.result = run_turn(spec, act.session, message, ctx)
         except BaseException:
-            act.failed = (run_id, ctx.progress)  # its failed end counts what it spent (host.py)
-            self.give_back(instance_id, ctx.unclaimed_steering())
+            # Its failed end counts what it spent and gives back the steering it took and never
+            # saved (regina/host.py `end_failed`).
+            act.failed = (run_id, ctx.progress)
             raise
         finally:
             ctx.stop_clock()
@@ -157,13 +161,9 @@ class StepRunner:
 
     def _start(self, act: Active, run_id: str, begun: Begun | None) -> tuple[ModelTarget, Begun]:
         """The step's model target, and its run started (unless its take did that)."""
-        # Resolved before steering is taken for the run: a failure here loses no message.
-        try:
-            target = resolve_model_target(act.definition.model, act.definition.provider, self.settings)
-        except BaseException:
-            if begun is not None:
-                self.give_back(act.instance_id, begun.steered)
-            raise
+        # Resolved before steering is taken for the run (unless its take started it: a failure
+        # then ends the run failed, and what it took goes back, regina/host.py `end_failed`).
+        target = resolve_model_target(act.definition.model, act.definition.provider, self.settings)
         if begun is None:
             # One round trip: our epoch still current? events already published? mark running,
             # and take the steering messages that wait for this run.
@@ -202,20 +202,12 @@ class StepRunner:
             act.session.repair()  # shipped by the error's terminal script
         except Exception:  # an unreadable transcript: the next run's start repairs it or says why
             log.warning("run %s: repairing the transcript failed", publisher.run_id, exc_info=True)
-        self.give_back(act.instance_id, left + begun.steered)
-        publisher.publish(
-            {
-                "type": "error",
-                "error": abandoned_text(begun.attempts - 1, limit),
-                "usage": begun.spent.usage.as_dict(),
-            }
-        )
-
-    def give_back(self, instance_id: str, steered: list[Steer]) -> None:
-        """Put steering a failed step took but never used back at the head of the instance's list."""
-        if steered:
-            self.r.lpush(keys.steering(instance_id), *[encode(s) for s in reversed(steered)])
-            log.warning("instance %s: %d steering message(s) given back after a failed step", instance_id, len(steered))
+        error = {
+            "type": "error",
+            "error": abandoned_text(begun.attempts - 1, limit),
+            "usage": begun.spent.usage.as_dict(),
+        }
+        publisher.publish(error, give_back=encode_all(left + begun.steered))
 
     def touch(self, act: Active) -> None:
         """Reset the idle timer from a running loop, at most once a second (timers are in seconds)."""

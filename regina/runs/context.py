@@ -104,12 +104,6 @@ class RunContext:
         """The owner's epoch steering is taken under (None: unfenced)."""
         return None
 
-    def unclaimed_steering(self) -> list[Steer]:
-        """Steering taken for this run that the loop never drained (the step failed first)."""
-        left = self._first.pop() if self._first else []
-        self._first.clear()
-        return left
-
     def finish_unless_steered(self, final: Finish) -> list[Steer]:
         self._first.clear()
         taken = self.publisher.finish_unless_steered(

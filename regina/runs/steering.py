@@ -21,6 +21,11 @@ def encode(steer: Steer) -> str:
     return json.dumps({"steerId": steer.steer_id, "message": steer.message}, separators=(",", ":"))
 
 
+def encode_all(steers: list[Steer]) -> list[str]:
+    """List entries of several steers, in their order."""
+    return [encode(s) for s in steers]
+
+
 def new_steer(message: str) -> Steer:
     """A steer with a fresh unguessable id."""
     return Steer(f"steer-{secrets.token_hex(8)}", message)

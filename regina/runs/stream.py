@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol, cast
 
 import orjson
@@ -39,7 +39,8 @@ RUNNING_TTL = 86_400
 # journal entries the step has had: more in the journal means this call took them already and
 # its reply was lost, and they are returned again), delivery tag to acknowledge ('' = none:
 # no last three KEYS), the run's progress (`RunProgress.encode`, '' = none), VFS journal seq,
-# number N of VFS journal entries, the N entries, most events kept (MAXLEN), then pairs of
+# number N of VFS journal entries, the N entries, number G of steering entries to give back (G > 0:
+# KEYS 7-8 are given), the G entries, most events kept (MAXLEN), then pairs of
 # (entry id, event JSON). A stale epoch (the instance moved to another
 # owner) writes nothing: error STALE (SPEC §6). The VFS journal entries are appended first
 # (regina/journal.py: durable before the client hears back, in this round trip rather than one of
@@ -51,7 +52,10 @@ RUNNING_TTL = 86_400
 # (the run's last touch; Redis's clock as the worker keeps it, regina/clock.py) and records the
 # journal's seq, in one HSET (one write of the instance record per chat), acknowledges the step's
 # delivery (regina/runs/ack.py; a tag that is the run's id was never in the queue's tag set, see
-# workers/transport.py) and returns {}. A run flagged for cancel (`cancel` in its record: the
+# workers/transport.py), puts the steering entries to give back (taken by the run, never saved to
+# its transcript) at the head of the instance's steering list, oldest first, for its next run —
+# only when this call ends the run, so a run's end gives them back once — and returns {}. A run
+# flagged for cancel (`cancel` in its record: the
 # client was told `{"cancelled": true}`) that would end `finished` ends `cancelled` instead, its
 # terminal event's finishReason "cancelled", and takes no steering (left for the next run):
 # the cancel may have landed where its worker could not interrupt the run (after the last model
@@ -68,6 +72,8 @@ local nj = tonumber(ARGV[14])
 for i = 15, 14 + nj, 1000 do
   redis.call('RPUSH', KEYS[5], unpack(ARGV, i, math.min(i + 999, 14 + nj)))
 end
+local ng = tonumber(ARGV[15 + nj])
+local mx = 16 + nj + ng  -- MAXLEN; the event pairs follow it
 local function settle()  -- the step's delivery acknowledged
   if ARGV[11] ~= '' then
     redis.call('ZREM', KEYS[#KEYS - 2], ARGV[11])
@@ -103,10 +109,10 @@ if cancelled then  -- the terminal event is the last: its first finishReason is 
     terminal = string.sub(terminal, 1, at - 1) .. '"finishReason":"cancelled"' .. string.sub(terminal, at + #was)
   end
 end
-for i = 16 + nj, #ARGV - 2, 2 do
-  redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[15 + nj], ARGV[i], 'e', ARGV[i + 1])
+for i = mx + 1, #ARGV - 2, 2 do
+  redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[mx], ARGV[i], 'e', ARGV[i + 1])
 end
-redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[15 + nj], ARGV[#ARGV - 1], 'e', terminal)
+redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[mx], ARGV[#ARGV - 1], 'e', terminal)
 redis.call('EXPIRE', KEYS[1], keep)
 local run = {'status', status, 'finishedAt', ARGV[2], 'finishReason', reason,
   'promptTokens', ARGV[5], 'completionTokens', ARGV[6]}
@@ -119,6 +125,7 @@ if inst[1] then  -- every instance record has an epoch: none means no record (ne
     'completionTokens', string.format('%d', tonumber(inst[3] or '0') + tonumber(ARGV[6]))}
   if nj > 0 then fields[7] = 'journalSeq'; fields[8] = ARGV[13] end
   redis.call('HSET', KEYS[3], unpack(fields))
+  for i = 15 + nj + ng, 16 + nj, -1 do redis.call('LPUSH', KEYS[7], ARGV[i]) end
 end
 redis.call('ZREM', KEYS[4], ARGV[8])
 redis.call('ZREM', KEYS[6], ARGV[8])  -- the lost-run sweep has nothing to look at
@@ -292,15 +299,25 @@ class RunPublisher:
                     self._sender_due = False
                     return
 
-    def _finish(self, event: dict[str, Any], steering_key: str | None, seen: int = 0, progress: str = "") -> list[str]:
+    def _finish(
+        self,
+        event: dict[str, Any],
+        steering_key: str | None,
+        seen: int = 0,
+        progress: str = "",
+        give_back: Sequence[str] = (),
+    ) -> list[str]:
         """Append the buffered events and the terminal `event` and end the run record, in one
         atomic script (a web process blocked in XREAD wakes once, after the last entry) —
         unless `steering_key` holds messages: then those are taken and returned instead, and
-        `progress` (the run's steps and tokens so far) is recorded on the run."""
+        `progress` (the run's steps and tokens so far) is recorded on the run. `give_back`:
+        steering entries that go back to the instance if this ends the run."""
         with self._send_lock:
-            return self._finish_locked(event, steering_key, seen, progress)
+            return self._finish_locked(event, steering_key, seen, progress, give_back)
 
-    def _finish_locked(self, event: dict[str, Any], steering_key: str | None, seen: int, progress: str) -> list[str]:
+    def _finish_locked(
+        self, event: dict[str, Any], steering_key: str | None, seen: int, progress: str, give_back: Sequence[str]
+    ) -> list[str]:
         seq = self.seq + 1
         usage = event.get("usage") or {}
         delivery = CURRENT_DELIVERY.get()
@@ -321,7 +338,7 @@ class RunPublisher:
             progress,
         ]
         seq_shipped, entries = self.journal.ship() if self.journal is not None else (0, [])
-        args += [seq_shipped, len(entries), *entries, self.max_events]
+        args += [seq_shipped, len(entries), *entries, len(give_back), *give_back, self.max_events]
         for pending_seq, pending in [*self._pending, (seq, self._payload(event, seq))]:
             args += [f"0-{pending_seq}", pending]
         run_keys = [
@@ -331,7 +348,9 @@ class RunPublisher:
             keys.instance_runs(self.instance_id),
             keys.journal(self.instance_id),
             keys.RUNS_OPEN,
-        ] + ([steering_key, keys.run_steered(self.run_id)] if steering_key else [])
+        ]
+        if steering_key or give_back:
+            run_keys += [steering_key or keys.steering(self.instance_id), keys.run_steered(self.run_id)]
         if delivery is not None:
             run_keys += [delivery.index_key, delivery.hash_key, delivery.queue_key]
         try:
@@ -402,12 +421,16 @@ class RunPublisher:
         """
         return self._finish(event, steering_key, seen, progress)
 
-    def publish(self, event: dict[str, Any]) -> int:
-        """Append an event, stamped with `seq` and `runId`; returns its seq."""
+    def publish(self, event: dict[str, Any], give_back: Sequence[str] = ()) -> int:
+        """Append an event, stamped with `seq` and `runId`; returns its seq. `give_back` (a
+        terminal event's): encoded steering entries the run took and never saved to its
+        transcript; they go back to the head of the instance's steering list, for its next run,
+        in the script that ends the run — not when the run had ended already (its end reported
+        twice, its instance deleted): given back once."""
         if self._sender_failed is not None:
             raise self._sender_failed
         if event.get("type") in TERMINAL:
-            self._finish(event, None)
+            self._finish(event, None, give_back=give_back)
             return self.seq
         self.seq += 1
         payload = self._payload(event, self.seq)

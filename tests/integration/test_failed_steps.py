@@ -1,6 +1,7 @@
 """A step that fails with an unexpected error (Redis failing twice in a row) ends its run
 `failed` — and loses nothing the run had: the tokens it spent count in the run's and the
-instance's usage (`maxTokensPerInstance`), once.
+instance's usage (`maxTokensPerInstance`), once; the steering it took and never saved to its
+transcript goes back to the instance, and its next run applies it (SPEC §12).
 
 One worker behind a proxy that loses the replies to a chosen script (`LossyProxy`, twice: redis-py
 sends a command once more after a connection error, so the call fails though Redis ran it); the
@@ -10,7 +11,10 @@ web and the tests talk to Redis directly. The step fails, the Celery task ends i
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import hashlib
+import json
+import secrets
 from collections.abc import Iterator
 from urllib.parse import urlparse
 
@@ -18,12 +22,17 @@ import httpx
 import pytest
 import redis
 
+from regina import keys
 from regina.runs.context import _HEARTBEAT
+from regina.runs.steering import encode
 from regina.runs.store import _TAKE
+from regina.runs.stream import RunPublisher
+from regina.runtime.sink import Steer
 from tests.harness.clusters import private_cluster
 from tests.harness.fake_llm import FakeLLM, Reply, ToolCall
 from tests.harness.lossy_proxy import LossyProxy
 from tests.harness.processes import Cluster
+from tests.harness.redis_server import RedisServer
 from tests.integration.test_api import spawn
 
 #: The scripts whose replies the worker loses: the take of steering at a step boundary after a
@@ -47,6 +56,8 @@ def failing(fake_llm: FakeLLM) -> Iterator[Failing]:
             LossyProxy(str(upstream.hostname), int(upstream.port or 6379)) as proxy,
             redis.Redis.from_url(c.redis_url, decode_responses=True) as r,
         ):
+            for source in (_TAKE, _HEARTBEAT):  # their EVALSHA runs (no NOSCRIPT reply to lose)
+                r.script_load(source)
             c.start_worker(env={"REDIS_URL": proxy.url})
             c.start_web()
             with httpx.Client(base_url=c.web.url, timeout=60) as api:
@@ -103,3 +114,59 @@ def test_a_one_step_chat_failing_after_its_model_call_counts_that_call(failing: 
     assert body["usage"] == _usage(prompt=70, completion=20)
     assert api.get(f"/runs/{body['runId']}").json()["usage"] == _usage(prompt=70, completion=20)
     assert api.get(f"/instances/{iid}").json()["usage"] == _usage(prompt=70, completion=20)
+
+
+def _events(api: httpx.Client, run_id: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in api.get(f"/runs/{run_id}/events").text.splitlines() if line]
+
+
+def test_a_steer_the_failed_step_took_is_applied_by_the_instance_s_next_run(
+    failing: Failing, fake_llm: FakeLLM
+) -> None:
+    # Given a chat whose first model call runs a tool, and a steer sent while the model answers
+    api = failing.api
+    iid = spawn(api)
+    fake_llm.push_for(
+        "steer then fail", Reply(tool_calls=[ToolCall("write_file", {"path": "/s.txt", "content": "x"})], delay=1.0)
+    )
+    # When the step boundary's take moves the steer into the run's steering journal and Redis
+    # loses its reply twice: the step fails before the message is in the conversation
+    failing.proxy.lose_reply_to(TAKE_SHA, times=2)
+    with cf.ThreadPoolExecutor(1) as pool:
+        chat = pool.submit(api.post, f"/instances/{iid}/chat", json={"message": "steer then fail"})
+        fake_llm.wait_for_requests(1, timeout=15)
+        receipt = api.post(f"/instances/{iid}/steer", json={"message": "remember the red door"}).json()
+        failed = chat.result(30)
+    assert failing.proxy.lost.is_set(), "the proxy lost no reply"
+    assert failed.status_code == 200 and failed.json()["finishReason"] == "error", failed.text
+    run_id = failed.json()["runId"]
+    assert receipt["steerId"] in "".join(failing.r.lrange(keys.run_steered(run_id), 0, -1))  # the run took it
+    assert not any(e["type"] == "steer-applied" for e in _events(api, run_id))
+
+    # Then the instance's next run applies it at its first step boundary, with its receipt
+    fake_llm.push_for("next please", Reply(text="got it"))
+    nxt = api.post(f"/instances/{iid}/chat", json={"message": "next please"})
+    assert nxt.status_code == 200 and nxt.json()["text"] == "got it", nxt.text
+    assert "remember the red door" in fake_llm.requests[-1].all_text
+    contents = [m["content"] for m in api.get(f"/instances/{iid}/messages").json() if m["role"] == "user"]
+    assert contents == ["steer then fail", "remember the red door", "next please"]
+    applied = [e for e in _events(api, nxt.json()["runId"]) if e["type"] == "steer-applied"]
+    assert [e["steerId"] for e in applied] == [receipt["steerId"]]
+
+
+def test_a_failed_end_reported_twice_gives_the_steering_back_once(redis_server: RedisServer) -> None:
+    """The step's error is reported again when the first report failed (workers/step_strategy.py
+    `_report`): the steering goes back in the script that ends the run, so once."""
+    with redis.Redis.from_url(redis_server.url, decode_responses=True) as r:
+        iid, run_id = f"openai-agent-{secrets.token_hex(8)}", f"run-{secrets.token_hex(10)}"
+        r.hset(keys.instance_record(iid), mapping={"status": "started", "epoch": "1"})
+        r.hset(keys.run_record(run_id), mapping={"instanceId": iid, "status": "running"})
+        took = [encode(Steer("steer-1", "first")), encode(Steer("steer-2", "second"))]
+        r.rpush(keys.steering(iid), encode(Steer("steer-3", "sent since")))
+        for _ in range(2):
+            error = {"type": "error", "error": "internal error: ConnectionError (details in the worker log)"}
+            RunPublisher(r, run_id, iid, 60, epoch=1).publish(error, give_back=took)
+        assert r.lrange(keys.steering(iid), 0, -1) == [*took, encode(Steer("steer-3", "sent since"))]
+        assert r.hget(keys.run_record(run_id), "status") == "failed"
+        assert [json.loads(f["e"])["type"] for _id, f in r.xrange(keys.run_events(run_id))] == ["error"]
+        r.delete(*[keys.instance_record(iid), keys.steering(iid), keys.run_record(run_id), keys.run_events(run_id)])
