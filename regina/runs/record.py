@@ -10,16 +10,22 @@ from regina.instances import iso
 def public(run_id: str, h: dict[str, str]) -> dict[str, Any]:
     """The SPEC §12 JSON of a run record."""
 
-    def ts(name: str) -> str | None:
-        return iso(float(h[name])) if h.get(name) else None
+    # The three times come from the Redis clock as the web (created) and the worker (started,
+    # finished) each keep it (regina/clock.py), a millisecond or so apart: shown in their order.
+    floor = 0.0
+    times: dict[str, str | None] = {}
+    for name in ("createdAt", "startedAt", "finishedAt"):
+        if h.get(name):
+            floor = max(floor, float(h[name]))
+            times[name] = iso(floor)
+        else:
+            times[name] = None
 
     data: dict[str, Any] = {
         "runId": run_id,
         "instanceId": h.get("instanceId", ""),
         "status": h.get("status", "queued"),
-        "createdAt": ts("createdAt"),
-        "startedAt": ts("startedAt"),
-        "finishedAt": ts("finishedAt"),
+        **times,
         "usage": {
             "promptTokens": int(h.get("promptTokens", 0)),
             "completionTokens": int(h.get("completionTokens", 0)),
