@@ -360,7 +360,8 @@ def _run_tools(turn: _Turn, spec: TurnSpec, calls: list[model_api.ToolCallPart])
     stopped: tuple[str, str] | None = None
     for c in calls:
         sink.emit(ToolCallEvent(tool_call_id=c.id, tool_name=c.name, args=c.args))
-        if stopped is None:
+        started = stopped is None
+        if started:
             try:
                 with sink.cancel.interruptible(_tool_interrupter(turn, spec, c.name)):
                     result = run_tool(spec.tools, c.name, c.args, spec.runner)
@@ -368,11 +369,20 @@ def _run_tools(turn: _Turn, spec: TurnSpec, calls: list[model_api.ToolCallPart])
             except RunCancelled as exc:
                 stopped = (exc.reason, exc.message)
         if stopped is not None:
-            result = error_result(f"cancelled: {stopped[1]}; the tool was stopped or not run")
+            result = error_result(_cancelled_text(stopped[1], started))
         shown, content = limit_output(result, spec.tool_output_limit)
         sink.emit(ToolResultEvent(tool_call_id=c.id, tool_name=c.name, result=shown))
         turn.append(tool_result(c.id, c.name, content))
     return stopped
+
+
+def _cancelled_text(message: str, started: bool) -> str:
+    """A cancelled call's result. One the run had started may have done some or all of its work:
+    a tool in a thread cannot be stopped (it is abandoned and may still complete), a process or
+    an MCP server may have acted before the stop. The model must not take it for not run."""
+    if not started:
+        return f"cancelled: {message}; the tool was not run"
+    return f"cancelled while the tool ran: {message}; it was stopped, or it may still complete: its effects are unknown"
 
 
 def _tool_interrupter(turn: _Turn, spec: TurnSpec, name: str) -> Callable[[], None]:

@@ -503,3 +503,27 @@ def test_hostile_tool_calls_and_results_are_tool_errors_not_a_failed_turn(fake: 
     saved = t.persisted()
     assert [m["role"] for m in saved] == ["user", "assistant", "tool", "tool", "tool", "assistant"]
     assert saved[1]["tool_calls"][0]["function"]["arguments"] == json.dumps({"text": "a\ufffdb"}, ensure_ascii=False)
+
+
+def test_a_cancelled_tool_is_not_said_to_be_not_run_and_the_calls_after_it_are(
+    fake: FakeLLM, target: ModelTarget
+) -> None:
+    """A call cut short by a cancel may have done its work (a thread cannot be stopped, a
+    process or server may have acted): its result says its effects are unknown, not that it was
+    not run (the model would run it again). The calls after it were not run, and say so."""
+    sinks: list[LocalSink] = []
+
+    def slow_write(p: EchoParams) -> str:
+        sinks[0].cancel.cancel("cancelled", "the run was cancelled")  # lands while it runs
+        return f"wrote {p.text}"
+
+    tools = {"slow_write": Tool("slow_write", "writes", EchoParams, slow_write)}
+    fake.push(Reply(tool_calls=[ToolCall("slow_write", {"text": "a"}), ToolCall("slow_write", {"text": "b"})]))
+    t = Turn(target, MemoryVFS(), tools)
+    sink = LocalSink(t.emit, run_id="run-c")
+    sinks.append(sink)
+    result = run_turn(TurnSpec(target, SYSTEM, tools), t.session, "go", sink)
+    assert result.finish_reason == "cancelled"
+    first, second = [e["result"]["error"] for e in t.events if e["type"] == "tool-result"]
+    assert first.startswith("cancelled while the tool ran") and "its effects are unknown" in first
+    assert second == "cancelled: the run was cancelled; the tool was not run"
