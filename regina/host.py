@@ -20,9 +20,10 @@ from regina import activation, keys, metrics
 from regina.attached import Active
 from regina.backups import Backups, Snapshot
 from regina.config import Settings
+from regina.definitions import AgentDefinition
 from regina.delegation import Delegation
 from regina.equipment import Equipment
-from regina.errors import ReginaError, StaleEpoch
+from regina.errors import NotFound, ReginaError, StaleEpoch
 from regina.factory_hooks import FactoryHooks
 from regina.fencing import Fence, stale_epochs
 from regina.fifo_lock import FifoLock
@@ -39,7 +40,9 @@ from regina.runs.stream import RunPublisher
 from regina.runtime.events import Usage
 from regina.runtime.session import Session
 from regina.runtime.sink import CANCELLED, RunProgress
+from regina.runtime.tools.merge import InstanceTools
 from regina.runtime.tools.process import warm_up
+from regina.runtime.tools.runner import ToolRunner
 from regina.sandbox_env import sandbox_env
 from regina.step import StepRunner, not_saved
 from regina.storage import Storage
@@ -172,8 +175,7 @@ class InstanceHost:
             vfs.written_bytes = opened.replayed_bytes
         if self.hooks.prepare_instance is not None:
             self.hooks.prepare_instance(instance_id, definition)
-        equip = self.equipment
-        tools = equip.tools(instance_id, vfs, definition, lambda: act.run_id)
+        tools, runner, system_prompt = self._equipped(instance_id, vfs, definition, lambda: act.run_id)
         act = Active(
             instance_id=instance_id,
             definition=definition,
@@ -181,16 +183,9 @@ class InstanceHost:
             vfs=vfs,
             session=Session(vfs),
             tools=tools,
-            runner=equip.runner(
-                instance_id,
-                definition,
-                tools,
-                vfs.record if isinstance(vfs, JournalVFS) else None,
-                vfs.mark_changing if isinstance(vfs, JournalVFS) else None,
-                vfs.must_checkpoint if isinstance(vfs, JournalVFS) else None,
-            ),
+            runner=runner,
             fence=Fence(self.r, instance_id, epoch),
-            system_prompt=equip.system_prompt(definition),
+            system_prompt=system_prompt,
             lock=self.loading.get(instance_id) or FifoLock(),  # the gate: see begin_attach
         )
         tools.open()  # MCP connections follow the activation (SPEC §12)
@@ -206,6 +201,45 @@ class InstanceHost:
             vfs.close()
             raise StaleEpoch(f"instance {instance_id}: moved on while attaching at epoch {epoch}")
         return result
+
+    def _equipped(
+        self, instance_id: str, vfs: AnyVFS | JournalVFS, definition: AgentDefinition, run_id: Callable[[], str]
+    ) -> tuple[InstanceTools, ToolRunner, str]:
+        """An instance's tools (not opened yet), where its tool calls run, and its system prompt."""
+        equip = self.equipment
+        tools = equip.tools(instance_id, vfs, definition, run_id)
+        journal = vfs if isinstance(vfs, JournalVFS) else None
+        runner = equip.runner(
+            instance_id,
+            definition,
+            tools,
+            journal.record if journal else None,
+            journal.mark_changing if journal else None,
+            journal.must_checkpoint if journal else None,
+        )
+        return tools, runner, equip.system_prompt(definition)
+
+    def _refresh_definition(self, act: Active) -> None:
+        """A reload that changed the instance's agent reaches it at its next step (its prompt,
+        model, tools, MCP servers, limits), not only once it is suspended or moved: two instances
+        of one agent behaved differently after a reload. Called with the instance's turn held (no
+        step runs); an agent whose file is gone keeps the definition it has."""
+        try:
+            current = self.registry.get(act.definition.name)
+        except NotFound:
+            return
+        if current is act.definition:  # every step but the first after a reload: no comparison
+            return
+        if current == act.definition:  # reloaded unchanged
+            act.definition = current
+            return
+        old_tools, old_runner = act.tools, act.runner
+        act.tools, act.runner, act.system_prompt = self._equipped(act.instance_id, act.vfs, current, lambda: act.run_id)
+        act.definition = current
+        act.tools.open()
+        old_runner.close()
+        old_tools.close()
+        log.info("instance %s: agent %s reloaded (new definition from its next step)", act.instance_id, current.name)
 
     def _set_epoch(self, act: Active, epoch: int) -> None:
         act.epoch = epoch
@@ -244,6 +278,7 @@ class InstanceHost:
         try:
             if self.active.get(instance_id) is not act:
                 raise NotHere(f"instance {instance_id} was released from {self.member_id}")
+            self._refresh_definition(act)
             try:
                 self.steps.run(act, run_id, message, stream, pre[1] if pre and pre[0] == act.epoch else None)
             except StaleEpoch:

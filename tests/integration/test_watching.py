@@ -104,7 +104,7 @@ def _agent(path: Path, name: str) -> None:
 
 
 def test_sighup_to_a_worker_or_a_web_reloads_every_process_and_keeps_instances(
-    make_cluster: Callable[..., Cluster], tmp_path: Path
+    make_cluster: Callable[..., Cluster], tmp_path: Path, fake_llm: FakeLLM
 ) -> None:
     agents = tmp_path / "agents"
     shutil.copytree(ROOT / "tests" / "agents", agents)
@@ -147,6 +147,20 @@ def test_sighup_to_a_worker_or_a_web_reloads_every_process_and_keeps_instances(
     _agent(agents / "late.md", "late")
     api.post("/admin/agents/reload")  # web reloads and announces; the worker may be slower
     assert api.post("/agents/late/instances").status_code == 201
+
+    # A changed agent reaches its started instance at its next step (not once it is suspended or
+    # moved): the model gets the new system prompt.
+    path = agents / "openai-agent.md"
+    path.write_text(path.read_text().replace("You are the openai test agent.", "You are the RELOADED agent."))
+    assert api.post("/admin/agents/reload").status_code == 200
+
+    def system_prompt_of_next_chat() -> str | None:
+        api.post(f"/instances/{iid}/chat", json={"message": "which are you?"})
+        system = fake_llm.requests[-1].messages[0]["content"]
+        return system if "RELOADED" in system else None
+
+    wait_until(system_prompt_of_next_chat, timeout=30, interval=0.5, what="the reloaded prompt in a started instance")
+    assert api.get(f"/instances/{iid}").json()["status"] == "started"
 
 
 def test_a_worker_on_another_machine_serves_its_own_metrics_on_metrics_port(
