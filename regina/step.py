@@ -87,7 +87,7 @@ class StepRunner:
         # (regina/host.py `end_failed`).
         left = not_saved(begun.earlier, act.session.messages, run_id)
         # Only a redelivered step (its run already marked running) can have its message saved.
-        if begun.previous_status == "running" and any(m.get("runId") == run_id for m in act.session.messages):
+        if begun.previous_status == "running" and message_saved(message, begun.earlier, act.session.messages, run_id):
             message = None  # redelivered after a crash: the message is already in the history
             answer = activation.answer_of(act.session.messages, run_id)
             # ... and its answer too: finish with it, do not ask again, unless the crashed attempt
@@ -230,6 +230,23 @@ def abandoned_text(crashed: int, limit: int) -> str:
         f"run abandoned: the worker running it stopped {times} (limits.maxRunDeliveries is {limit}); "
         "it is not run again"
     )
+
+
+def message_saved(message: str | None, earlier: list[Steer], history: list[dict[str, Any]], run_id: str) -> bool:
+    """Whether a redelivered step's own message is in the history already. Any message of the run
+    but a user one (an answer, a tool call or result) says so: the message is saved with the
+    run's first model answer at the latest. Its user messages alone may be steering the crashed
+    attempt saved at its start (`earlier`), before its deferred message: those are not it."""
+    mine = [m for m in history if m.get("runId") == run_id]
+    if not mine:
+        return False
+    if any(m.get("role") != "user" for m in mine):
+        return True
+    saved = [m.get("content") for m in mine]
+    for steer in earlier:
+        if steer.message in saved:
+            saved.remove(steer.message)
+    return message is None or message in saved
 
 
 def not_saved(earlier: list[Steer], history: list[dict[str, Any]], run_id: str) -> list[Steer]:
