@@ -32,6 +32,7 @@ from regina.definitions import AgentDefinition
 from regina.errors import DefinitionError, ReginaError, ToolError
 from regina.lifecycle import Coordinator
 from regina.runs.service import RunService
+from regina.runs.store import DELEGATE_FIELD
 from regina.runtime.tools.base import Tool
 
 MAX_DEPTH = 5
@@ -98,7 +99,7 @@ class Delegation:
             run_id = context()
             depth = int(self.r.hget(keys.run_record(run_id), "depth") or 0)
             deadline = time.monotonic() + self.coordinator.settings.limits.request_timeout
-            return self.delegate(caller_id, allowed, params.agentType, params.message, depth, deadline)
+            return self.delegate(caller_id, allowed, params.agentType, params.message, depth, deadline, run_id)
 
         return Tool(
             name="delegate",
@@ -110,9 +111,20 @@ class Delegation:
         )
 
     def delegate(
-        self, caller_id: str, allowed: Sequence[str], agent_type: str, message: str, depth: int, deadline: float
+        self,
+        caller_id: str,
+        allowed: Sequence[str],
+        agent_type: str,
+        message: str,
+        depth: int,
+        deadline: float,
+        caller_run: str = "",
     ) -> str:
-        """Chat with the caller's child of `agent_type` and return its answer (ToolError otherwise)."""
+        """Chat with the caller's child of `agent_type` and return its answer (ToolError otherwise).
+        The caller's run record names the child's run while it waits (`delegate`): a caller whose
+        worker died never hears the answer, and its redelivered step cancels that run
+        (`RunStore.cancel_orphaned_delegate`) instead of leaving it to spend tokens and hold the
+        child."""
         if agent_type not in allowed:
             raise ToolError(
                 f"agent {agent_type!r} is not one of this agent's delegates; it may delegate to: {', '.join(allowed)}"
@@ -128,6 +140,9 @@ class Delegation:
         child = self._child(caller_id, agent_type)
         runs = self.coordinator.runs
         run_id = ids.new_run_id()
+        waiting = keys.run_record(caller_run) if caller_run else None
+        if waiting is not None:
+            self.r.hset(waiting, DELEGATE_FIELD, run_id)
         try:
             runs.start(child, message, stream=False, depth=depth + 1, run_id=run_id)
         except BaseException:
@@ -143,6 +158,10 @@ class Delegation:
         except BaseException:
             _cancel(runs, run_id)  # the caller's run was cancelled while it waited
             raise
+        finally:
+            if waiting is not None:
+                with contextlib.suppress(redis.RedisError):
+                    self.r.hdel(waiting, DELEGATE_FIELD)
         return _answer(agent_type, child, final)
 
     def _child(self, caller_id: str, agent_type: str) -> str:

@@ -86,6 +86,8 @@ class StepRunner:
         # An unreadable transcript raises: the run ends failed and the steering it took goes back
         # (regina/host.py `end_failed`).
         left = not_saved(begun.earlier, act.session.messages, run_id)
+        if begun.previous_status == "running" and (child := self.runs.cancel_orphaned_delegate(run_id)):
+            log.warning("run %s: the delegated run %s its crashed attempt waited for is cancelled", run_id, child)
         # Only a redelivered step (its run already marked running) can have its message saved.
         if begun.previous_status == "running" and message_saved(message, begun.earlier, act.session.messages, run_id):
             message = None  # redelivered after a crash: the message is already in the history

@@ -34,6 +34,8 @@ from regina.runs.stream import RUNNING_TTL, PendingRead
 from regina.runtime.sink import RunProgress, Steer
 
 ENDED = frozenset({"finished", "failed", "cancelled"})
+#: The run record's field naming the delegated run it waits for (regina/delegation.py).
+DELEGATE_FIELD = "delegate"
 WhenBusy = Literal["queue", "steer", "reject"]
 
 # Drop finished or expired runs from the front of the instance's unfinished set; leaves `busy`
@@ -633,6 +635,20 @@ class RunStore:
         """The raw run record ({} when unknown or expired)."""
         return cast(dict[str, str], self.r.hgetall(keys.run_record(run_id)))
 
+    def cancel_orphaned_delegate(self, run_id: str) -> str | None:
+        """For a redelivered step: cancel the delegated run its crashed attempt waited for (that
+        `delegate` call gets "outcome unknown" and is not made again: nobody will read the answer,
+        and the run would go on spending tokens and holding its instance); its id, or None."""
+        child = cast(str | None, self.r.hget(keys.run_record(run_id), DELEGATE_FIELD))
+        if not child:
+            return None
+        try:
+            self.cancel(child)
+        except KeyError:
+            pass  # expired
+        self.r.hdel(keys.run_record(run_id), DELEGATE_FIELD)
+        return child
+
     def cancel_requested(self, run_id: str) -> bool:
         """True when someone asked to cancel the run (the durable copy of the announcement)."""
         return bool(self.r.hexists(keys.run_record(run_id), "cancel"))
@@ -645,4 +661,15 @@ class RunStore:
         return {iid: (first[0] if first else None) for iid, first in zip(instance_ids, pipe.execute(), strict=True)}
 
 
-__all__ = ["BEGIN_FN", "ENDED", "Begun", "Idempotency", "Opened", "RunStore", "WhenBusy", "announce", "parse_begun"]
+__all__ = [
+    "BEGIN_FN",
+    "DELEGATE_FIELD",
+    "ENDED",
+    "Begun",
+    "Idempotency",
+    "Opened",
+    "RunStore",
+    "WhenBusy",
+    "announce",
+    "parse_begun",
+]

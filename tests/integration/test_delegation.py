@@ -7,6 +7,7 @@ default reply function that reads who it is from the system prompt.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import json
 import time
 from typing import Any
@@ -15,6 +16,7 @@ import httpx
 
 from tests.harness.fake_llm import FakeLLM, RecordedRequest, Reply, ToolCall
 from tests.harness.processes import ROOT, Cluster
+from tests.harness.waiting import wait_until
 from tests.integration.test_api import spawn
 
 
@@ -201,3 +203,48 @@ def test_cancelling_the_callers_run_cancels_the_delegate_s_run(api: httpx.Client
     again = api.post(f"/instances/{child}/chat", json={"message": "quick one"}, timeout=15)
     assert again.status_code == 200 and again.json()["text"] == "HELPER answers: quick one"
     assert time.monotonic() - t1 < 10
+
+
+def test_a_caller_whose_worker_died_cancels_the_delegated_run_it_waited_for(
+    make_cluster: Any, fake_llm: FakeLLM
+) -> None:
+    """The caller's step runs again elsewhere; its `delegate` call gets "outcome unknown" and is
+    not made again, so nobody will read the delegated run's answer: that run is cancelled, not
+    left spending tokens and holding the child (it answered after its 30 s model call)."""
+    c: Cluster = make_cluster().start(workers=2)
+
+    def slow_helper(req: RecordedRequest) -> Reply:
+        if "You are HELPER" in req.all_text and req.last_user_text == "think for long":
+            return Reply(text="too late", delay=30)
+        return script(req)
+
+    fake_llm.default = slow_helper
+    with httpx.Client(base_url=c.web.url, timeout=90) as api:
+        boss = spawn(api, "boss-agent")
+        member = api.get(f"/instances/{boss}").json()["member"]
+        victim = next(w for w in c.workers if w.member_id == member)
+        with cf.ThreadPoolExecutor(1) as pool:
+            chat = pool.submit(api.post, f"/instances/{boss}/chat", json={"message": "ask: think for long"})
+            wait_until(
+                lambda: any(
+                    "You are HELPER" in r.all_text and r.last_user_text == "think for long" for r in fake_llm.requests
+                ),
+                timeout=20,
+                what="the delegated run's model call",
+            )
+            (child,) = helpers(api)
+            (listed,) = [
+                i for i in api.get("/instances", params={"agent": "helper-agent"}).json() if i["instanceId"] == child
+            ]
+            child_run = listed["runningRun"]
+            assert child_run
+            victim.kill()
+            resp = chat.result(90)
+        assert resp.status_code == 200, resp.text
+        assert "outcome unknown" in resp.json()["text"]
+        status = wait_until(
+            lambda: (s := api.get(f"/runs/{child_run}").json()["status"]) in ("cancelled", "finished", "failed") and s,
+            timeout=20,
+            what="the delegated run to end",
+        )
+        assert status == "cancelled"
