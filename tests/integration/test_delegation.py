@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import signal
 import time
 from typing import Any
 
@@ -248,3 +249,35 @@ def test_a_caller_whose_worker_died_cancels_the_delegated_run_it_waited_for(
             what="the delegated run to end",
         )
         assert status == "cancelled"
+
+
+def test_a_worker_shutting_down_still_serves_a_delegate_it_holds_and_then_stops(
+    make_cluster: Any, fake_llm: FakeLLM
+) -> None:
+    """A warm shutdown waits for the running steps: a caller that delegates during it to a child
+    held by the same worker would hold the shutdown until its deadline (or until the platform
+    kills the worker) if the child's step were not taken any more. It is: the caller answers and
+    the worker stops."""
+    c: Cluster = make_cluster()
+    worker = c.start_worker()
+    web = c.start_web()
+
+    def stopping_boss(req: RecordedRequest) -> Reply:
+        if "You are BOSS" in req.all_text and req.messages[-1]["role"] == "user" and req.last_user_text == "ask: now":
+            return Reply(tool_calls=[ToolCall("delegate", {"agentType": "helper-agent", "message": "now"})], delay=2)
+        return script(req)
+
+    fake_llm.default = stopping_boss
+    with httpx.Client(base_url=web.url, timeout=90) as api:
+        boss = spawn(api, "boss-agent")
+        first = api.post(f"/instances/{boss}/chat", json={"message": "ask: warm up"}).json()
+        assert first["text"] == "BOSS relays: HELPER answers: warm up"  # the child lives on this worker
+        with cf.ThreadPoolExecutor(1) as pool:
+            chat = pool.submit(api.post, f"/instances/{boss}/chat", json={"message": "ask: now"})
+            wait_until(lambda: any(r.last_user_text == "ask: now" for r in fake_llm.requests), what="the boss's call")
+            worker.popen.send_signal(signal.SIGTERM)  # while the boss's model call runs
+            t0 = time.monotonic()
+            resp = chat.result(50)
+        assert resp.status_code == 200 and resp.json()["text"] == "BOSS relays: HELPER answers: now", resp.text
+        assert worker.popen.wait(timeout=30) == 0
+        assert time.monotonic() - t0 < 20
