@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field
 
 from regina import ids, keys
 from regina.definitions import AgentDefinition
-from regina.errors import DefinitionError, ReginaError, ToolError
+from regina.errors import DefinitionError, ReginaError, StillRunning, ToolError
 from regina.lifecycle import Coordinator
 from regina.runs.service import RunService
 from regina.runs.store import DELEGATE_FIELD
@@ -75,12 +75,20 @@ def prompt_section(definition: AgentDefinition, lookup: Callable[[str], AgentDef
     return "\n".join(lines)
 
 
+WAIT_CHUNK = 2.0
+"""Seconds between two looks, while a caller waits, at whether its delegate can still run."""
+
+
 class Delegation:
     """Runs delegations for the instances of one worker, through the coordinator."""
 
-    def __init__(self, coordinator: Coordinator, client: redis.Redis) -> None:
+    def __init__(self, coordinator: Coordinator, client: redis.Redis, member_id: str = "") -> None:
         self.coordinator = coordinator
         self.r = client
+        self.member_id = member_id
+        #: Set when this worker's warm shutdown begins (workers/signals.py): it soon takes no step
+        #: any more, and waits for the running ones — a caller's among them, waiting on its child.
+        self.stopping = False
 
     def system_prompt(self, definition: AgentDefinition) -> str:
         """The definition's prompt, with the delegates section when it has delegates."""
@@ -148,10 +156,8 @@ class Delegation:
         except BaseException:
             _cancel(runs, run_id)  # cut short (the caller's run cancelled) after the run opened
             raise
-        final: dict[str, Any] = {}
         try:
-            for event in runs.follow_known(run_id, child, timeout=deadline - time.monotonic()):
-                final = event
+            final = self._wait(runs, run_id, child, deadline)
         except ReginaError as exc:
             _cancel(runs, run_id)  # nobody waits for it any more
             raise ToolError(f"delegate {agent_type!r} ({child}) did not answer: {exc.message}") from exc
@@ -163,6 +169,36 @@ class Delegation:
                 with contextlib.suppress(redis.RedisError):
                     self.r.hdel(waiting, DELEGATE_FIELD)
         return _answer(agent_type, child, final)
+
+    def _wait(self, runs: RunService, run_id: str, child: str, deadline: float) -> dict[str, Any]:
+        """The delegated run's last event, followed until `deadline` a chunk at a time: between
+        two, a worker shutting down gives up on a child it holds whose run has not started. Its
+        consumer stops taking steps a few seconds into the warm shutdown, which waits for the
+        running steps: the caller held it until the delegation's deadline, or until the platform
+        killed the worker (losing the caller's step)."""
+        final: dict[str, Any] = {}
+        seq = 0
+        while True:
+            chunk = max(0.1, min(WAIT_CHUNK, deadline - time.monotonic()))
+            try:
+                for event in runs.follow_known(run_id, child, after=seq, timeout=chunk):
+                    final, seq = event, int(event.get("seq", seq))
+                return final
+            except StillRunning:
+                if time.monotonic() >= deadline:
+                    raise
+                self._refuse_if_stranded(run_id, child)
+
+    def _refuse_if_stranded(self, run_id: str, child: str) -> None:
+        if not self.stopping:
+            return
+        rec = self.coordinator.store.get(child)
+        if (
+            rec is not None
+            and rec.member == self.member_id
+            and self.r.hget(keys.run_record(run_id), "status") == "queued"
+        ):
+            raise ToolError("this worker is shutting down and holds the delegate, whose run had not started; try again")
 
     def _child(self, caller_id: str, agent_type: str) -> str:
         """The caller's child of `agent_type`: the recorded one while it exists, else a new one."""

@@ -66,7 +66,7 @@ def init_context(member_id: str, concurrency: int | None = None) -> WorkerContex
     storage = make_storage(settings.storage, settings.redis)
     dispatcher = make_dispatcher(app, client)
     coordinator = Coordinator(settings, registry, client, dispatcher, storage)
-    delegation = Delegation(coordinator, client)
+    delegation = Delegation(coordinator, client, member_id)
     host = InstanceHost(
         settings, registry, client, storage, load_hooks(settings.factory), member_id, greenlet_interrupter, delegation
     )

@@ -302,6 +302,9 @@ def _shutting_down(**kwargs: Any) -> None:
     our own instances stay ours until the shutdown has backed them up. Celery sends this from its
     signal handler; the greenlet runs while the warm shutdown waits for the pool."""
     _state["stopping"] = True
+    ctx = current()
+    if ctx is not None and ctx.host.equipment.delegation is not None:
+        ctx.host.equipment.delegation.stopping = True  # a caller waiting on a child held here gives up
     membership = _state.get("membership")
     if membership is not None:
         membership.leave_placement()
