@@ -16,7 +16,7 @@ import re
 import threading
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import unquote_plus, urlsplit
 
 from regina.config import environment
 
@@ -58,8 +58,13 @@ def url_secrets(url: str) -> list[str]:
         password = parts.password
     except ValueError:
         return []
-    found = [value for name, value in parse_qsl(parts.query, keep_blank_values=False) if is_secret_name(name)]
-    return [password, *found] if password else found
+    found = [password] if password else []
+    for pair in parts.query.split("&"):
+        name, _, raw = pair.partition("=")
+        if raw and is_secret_name(unquote_plus(name)):
+            # As written (an HTTP library prints the URL encoded) and decoded (as a server sees it).
+            found += [raw] + ([unquote_plus(raw)] if unquote_plus(raw) != raw else [])
+    return found
 
 
 def refresh_secrets() -> None:

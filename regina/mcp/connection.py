@@ -256,7 +256,12 @@ class ServerConnection:
             with contextlib.suppress(BaseException):
                 await call
             late = f"no answer from tool {name!r} within {timeout:g} s"
-            if attempt.live and await self._answers_ping(attempt):
+            try:
+                answers = attempt.live and await self._answers_ping(attempt)
+            except asyncio.CancelledError:  # the caller gave up meanwhile: still not there
+                attempt.lose(f"{late}, nor to a ping")
+                raise
+            if answers:
                 raise ServerToolError(late)  # a slow tool on a server that is there
             # A frozen or cut-off server keeps the connection open and answers nothing: taken
             # for down (degraded, replaced at the next call), not a slow tool every call waits on.
@@ -267,11 +272,14 @@ class ServerConnection:
         raise _NotStarted(reason)
 
     async def _answers_ping(self, attempt: Attempt) -> bool:
-        """True when the server answers a ping within connect_timeout."""
+        """True when the server answers a ping within connect_timeout — an error reply too (a
+        server without `ping` is there); False on no answer or a closed connection."""
         assert attempt.session is not None
         try:
             await asyncio.wait_for(attempt.session.send_ping(), self.connect_timeout)
-        except Exception:  # noqa: BLE001 - no answer, an error or a closed session: all "not there"
+        except MCPError as exc:
+            return exc.code != CONNECTION_CLOSED
+        except Exception:  # noqa: BLE001 - no answer or a closed session: "not there"
             return False
         return True
 

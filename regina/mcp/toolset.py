@@ -229,8 +229,9 @@ class McpToolset:
             args = params.model_dump()
             server = conn.server.name
             try:
-                # The call replaces a dead connection first (bounded by the same deadline).
-                result = run_coro(conn.call(tool, args, timeout), timeout=timeout + 10)
+                # The call replaces a dead connection first (bounded by the same deadline); one
+                # with no answer pings the server (connectTimeout) before it says why.
+                result = run_coro(conn.call(tool, args, timeout), timeout=timeout + self.settings.connect_timeout + 10)
             except ServerToolError as exc:
                 raise ToolError(f"MCP server {server!r}, tool {tool!r}: {exc.message}") from exc
             except (ServerDown, TimeoutError) as exc:

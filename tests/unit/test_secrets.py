@@ -48,6 +48,13 @@ def test_url_secrets_are_the_password_and_secret_named_query_values() -> None:
         "k-123",
         "t-9",
     ]
+    # Encoded values are secrets as written (an HTTP error prints the URL so) and as decoded.
+    assert url_secrets("https://h/sse?api_key=abc%2Bdef%2F123456&token=abc+def123456") == [
+        "abc%2Bdef%2F123456",
+        "abc+def/123456",
+        "abc+def123456",
+        "abc def123456",
+    ]
     assert url_secrets("http://127.0.0.1:9/mcp") == []
     assert url_secrets("http://[bad/sse") == []  # unparseable: nothing, no error
 
