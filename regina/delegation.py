@@ -29,10 +29,10 @@ from pydantic import BaseModel, Field
 
 from regina import ids, keys
 from regina.definitions import AgentDefinition
-from regina.errors import DefinitionError, ReginaError, StillRunning, ToolError
+from regina.errors import DefinitionError, ReginaError, StillRunning, ToolError, Unavailable
 from regina.lifecycle import Coordinator
 from regina.runs.service import RunService
-from regina.runs.store import DELEGATE_FIELD
+from regina.runs.store import DELEGATE_FIELD, ENDED
 from regina.runtime.tools.base import Tool
 
 MAX_DEPTH = 5
@@ -149,21 +149,22 @@ class Delegation:
         runs = self.coordinator.runs
         run_id = ids.new_run_id()
         waiting = keys.run_record(caller_run) if caller_run else None
-        if waiting is not None:
-            self.r.hset(waiting, DELEGATE_FIELD, run_id)
         try:
-            runs.start(child, message, stream=False, depth=depth + 1, run_id=run_id)
-        except BaseException:
-            _cancel(runs, run_id)  # cut short (the caller's run cancelled) after the run opened
-            raise
-        try:
-            final = self._wait(runs, run_id, child, deadline)
-        except ReginaError as exc:
-            _cancel(runs, run_id)  # nobody waits for it any more
-            raise ToolError(f"delegate {agent_type!r} ({child}) did not answer: {exc.message}") from exc
-        except BaseException:
-            _cancel(runs, run_id)  # the caller's run was cancelled while it waited
-            raise
+            if waiting is not None:
+                self.r.hset(waiting, DELEGATE_FIELD, run_id)
+            try:
+                runs.start(child, message, stream=False, depth=depth + 1, run_id=run_id)
+            except BaseException:
+                _cancel(runs, run_id)  # cut short (the caller's run cancelled) after the run opened
+                raise
+            try:
+                final = self._wait(runs, run_id, child, deadline)
+            except ReginaError as exc:
+                _cancel(runs, run_id)  # nobody waits for it any more
+                raise ToolError(f"delegate {agent_type!r} ({child}) did not answer: {exc.message}") from exc
+            except BaseException:
+                _cancel(runs, run_id)  # the caller's run was cancelled while it waited
+                raise
         finally:
             if waiting is not None:
                 with contextlib.suppress(redis.RedisError):
@@ -184,8 +185,13 @@ class Delegation:
                 for event in runs.follow_known(run_id, child, after=seq, timeout=chunk):
                     final, seq = event, int(event.get("seq", seq))
                 return final
-            except StillRunning:
+            except Unavailable as exc:
                 if time.monotonic() >= deadline:
+                    raise
+                # StillRunning: go on. A plain Unavailable is no worker to serve the child, or
+                # the run ending between the chunk's two reads of its status: then the next
+                # chunk reads its last events.
+                if not isinstance(exc, StillRunning) and self.r.hget(keys.run_record(run_id), "status") not in ENDED:
                     raise
                 self._refuse_if_stranded(run_id, child)
 
