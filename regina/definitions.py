@@ -37,6 +37,7 @@ Rules, including where SPEC §2 is silent:
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -155,6 +156,9 @@ class AgentDefinition(BaseModel):
     """Absolute path of the definition file."""
     user_tools: dict[str, Tool] = Field(default_factory=dict, exclude=True, repr=False)
     """The loaded tool modules by tool name (file stem); not serialized."""
+    tools_digest: str = ""
+    """SHA-256 of the tool modules' sources, in order: what tells a reload that changed a tool
+    module from one that loaded the same code again (new function objects either way)."""
 
     @property
     def id(self) -> str:
@@ -267,20 +271,24 @@ def _read_frontmatter(path: Path) -> tuple[dict[str, Any], str]:
     return data, body.strip()
 
 
-def _load_tools(path: Path, tools: list[str]) -> tuple[tuple[str, ...], dict[str, Tool]]:
+def _load_tools(path: Path, tools: list[str]) -> tuple[tuple[str, ...], dict[str, Tool], str]:
     paths: list[str] = []
     loaded: dict[str, Tool] = {}
+    digest = hashlib.sha256()
     for i, rel in enumerate(tools):
         tool_path = (path.parent / os.path.expanduser(rel)).resolve()
         try:
             tool = load_tool_module(tool_path)
+            digest.update(tool_path.read_bytes())
+        except OSError as exc:
+            raise DefinitionError(f"{path}: field 'tools[{i}]' ({rel!r}): cannot read it: {exc}") from exc
         except DefinitionError as exc:
             raise DefinitionError(f"{path}: field 'tools[{i}]' ({rel!r}): {exc.message}") from exc
         if tool.name in loaded:
             raise DefinitionError(f"{path}: field 'tools[{i}]' ({rel!r}): a tool named {tool.name!r} is already listed")
         loaded[tool.name] = tool
         paths.append(str(tool_path))
-    return tuple(paths), loaded
+    return tuple(paths), loaded, digest.hexdigest() if tools else ""
 
 
 def parse_definition(
@@ -323,7 +331,7 @@ def parse_definition(
     use_processes = settings.use_processes if fm.use_processes is None else fm.use_processes
     if use_processes and settings.vfs_backend == "memory":
         raise DefinitionError(f"{p}: field 'useProcesses': {MEMORY_VFS_NO_PROCESSES}")
-    tool_paths, user_tools = _load_tools(p, fm.tools)
+    tool_paths, user_tools, tools_digest = _load_tools(p, fm.tools)
     for server in fm.mcp_servers:
         for value in [*server.headers.values(), *url_secrets(server.url)]:
             add_secret(value)
@@ -344,4 +352,5 @@ def parse_definition(
         system_prompt=body,
         path=str(p),
         user_tools=user_tools,
+        tools_digest=tools_digest,
     )

@@ -230,15 +230,21 @@ class InstanceHost:
             return
         if current is act.definition:  # every step but the first after a reload: no comparison
             return
-        if current == act.definition:  # reloaded unchanged
+        if current.model_dump() == act.definition.model_dump():  # reloaded unchanged (tool sources too)
             act.definition = current
             return
         old_tools, old_runner = act.tools, act.runner
-        act.tools, act.runner, act.system_prompt = self._equipped(act.instance_id, act.vfs, current, lambda: act.run_id)
-        act.definition = current
-        act.tools.open()
-        old_runner.close()
-        old_tools.close()
+        try:
+            act.tools, act.runner, act.system_prompt = self._equipped(
+                act.instance_id, act.vfs, current, lambda: act.run_id
+            )
+            act.definition = current
+            act.tools.open()
+        finally:
+            if act.runner is not old_runner:
+                old_runner.close()
+            if act.tools is not old_tools:
+                old_tools.close()
         log.info("instance %s: agent %s reloaded (new definition from its next step)", act.instance_id, current.name)
 
     def _set_epoch(self, act: Active, epoch: int) -> None:
