@@ -56,6 +56,14 @@ class NotHere(ReginaError):
     """Raised when a step arrives for an instance this member does not hold (anymore)."""
 
 
+def step_error(exc: BaseException) -> str:
+    """The error a failed step's run ends with: a Regina error's own message (it says what went
+    wrong), otherwise only the kind of error (its text may hold anything; the worker log has it)."""
+    if isinstance(exc, ReginaError):
+        return exc.message
+    return f"internal error: {exc.__class__.__name__} (details in the worker log)"
+
+
 class InstanceHost:
     """The instances one member owns, and everything done to them on that member."""
 
@@ -290,6 +298,13 @@ class InstanceHost:
             except StaleEpoch:
                 self._drop(act, f"step {run_id} found its epoch stale")
                 raise
+            except Exception as exc:
+                # Ended here, the instance's turn still held: the steering the run took goes back
+                # before the instance's next step starts (and takes newer steering first), and from
+                # the transcript this step wrote. Should this fail, the task reports it again.
+                log.exception("step %s for %s failed", run_id, instance_id)
+                self.end_failed(instance_id, run_id, step_error(exc))
+                return
             if isinstance(act.vfs, JournalVFS) and act.vfs.written_bytes > self.settings.storage.checkpoint_bytes:
                 snap = self._checkpoint_snapshot(act)
         finally:
@@ -324,9 +339,12 @@ class InstanceHost:
         spent, taken = cast(tuple[str | None, list[str]], pipe.execute())
         usage = self._failed_usage(act, run_id, spent)
         give_back = self._unsaved_steering(act, run_id, taken)
-        RunPublisher(self.r, run_id, instance_id, self.settings.run_retention, epoch=epoch).publish(
-            {"type": "error", "error": error, "usage": usage.as_dict()}, give_back=give_back
-        )
+        publisher = RunPublisher(self.r, run_id, instance_id, self.settings.run_retention, epoch=epoch)
+        if act is not None and isinstance(act.vfs, JournalVFS):
+            # Its transcript's last changes go with the end: what `_unsaved_steering` read as
+            # saved is in Redis, not only in this worker's copy.
+            publisher.journal = act.vfs
+        publisher.publish({"type": "error", "error": error, "usage": usage.as_dict()}, give_back=give_back)
         if give_back:
             log.warning("run %s failed: %d steering message(s) it took go back to its instance", run_id, len(give_back))
 

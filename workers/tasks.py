@@ -8,8 +8,8 @@ from celery import Task
 from celery.exceptions import Reject
 
 from regina import keys
-from regina.errors import ReginaError, StaleEpoch
-from regina.host import NotHere
+from regina.errors import StaleEpoch
+from regina.host import NotHere, step_error
 from regina.runs.store import ENDED
 from workers.celery_app import app
 from workers.context import context
@@ -55,14 +55,9 @@ def _hand_back(instance_id: str, run_id: str, exc: Exception) -> None:
 
 
 def publish_step_error(instance_id: str, run_id: str, exc: BaseException) -> None:
-    """End the run with an error event (fenced: `InstanceHost.end_failed`): a Regina error's own
-    message (it says what went wrong), otherwise only the kind of error (its text may hold
-    anything; the worker log has it)."""
-    if isinstance(exc, ReginaError):
-        error = exc.message
-    else:
-        error = f"internal error: {exc.__class__.__name__} (details in the worker log)"
-    context().host.end_failed(instance_id, run_id, error)
+    """End the run with an error event (fenced: `InstanceHost.end_failed`) when its step failed
+    where the host could not end it itself (before the step ran, or ending it failed)."""
+    context().host.end_failed(instance_id, run_id, step_error(exc))
 
 
 class CommandTask(Task):  # type: ignore[type-arg]
