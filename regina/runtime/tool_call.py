@@ -40,19 +40,27 @@ def run_tool(tools: dict[str, Tool], name: str, args: dict[str, Any], runner: To
         return error_result(f"tool {name!r} failed: {type(exc).__name__}: {exc}")
 
 
+#: Characters past a truncated result's cut that are scanned for secrets with it (longer than any
+#: credential: a secret across the cut is replaced whole, not shown in part).
+CUT_MARGIN = 8192
+
+
 def limit_output(result: Any, limit: int) -> tuple[Any, str]:
     """(result for the event, content for the model), secrets redacted (SPEC §10: a tool may echo
     a credential, an MCP server's error its URL's), truncated to `limit` characters."""
     content, as_json = encode_result(result)
+    if len(content) > limit:
+        # Only what is shown is scanned (a result of megabytes scanned whole held the worker's
+        # loop): the cut plus a margin, so a secret across the cut is replaced whole.
+        cut = redact(content[: limit + CUT_MARGIN])[:limit]
+        cut += f"\n…[truncated: {len(content) - limit} more characters]"
+        return cut, cut
     redacted = redact(content)
     if redacted != content:
         content, result = redacted, redact_any(result)
     if not as_json:
         result = content  # the event shows what the model sees (a string: it always encodes)
-    if len(content) <= limit:
-        return result, content
-    cut = content[:limit] + f"\n…[truncated: {len(content) - limit} more characters]"
-    return cut, cut
+    return result, content
 
 
 class BothInterrupters:

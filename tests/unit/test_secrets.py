@@ -72,3 +72,10 @@ def test_tool_results_are_redacted_for_the_model_and_the_event() -> None:
     shown, content = limit_output({"out": "a tool-echoed-secret-1 b"}, 1000)
     assert shown == {"out": "a [redacted] b"} and "tool-echoed-secret-1" not in content
     assert limit_output("plain text", 1000) == ("plain text", "plain text")
+
+
+def test_a_long_result_is_scanned_at_its_cut_and_a_secret_across_the_cut_is_not_shown_in_part() -> None:
+    add_secret("secret-across-the-cut-0123")
+    shown, content = limit_output("x" * 95 + "secret-across-the-cut-0123" + "y" * 10_000, 100)
+    assert shown == content and content.startswith("x" * 95 + "[red") and "secre" not in content
+    assert "more characters]" in content
