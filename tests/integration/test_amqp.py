@@ -20,11 +20,13 @@ import httpx
 import pytest
 import redis
 
+from regina import keys
 from tests.harness.fake_llm import FakeLLM, Reply
-from tests.harness.processes import Cluster
+from tests.harness.processes import ROOT, Cluster
 from tests.harness.rabbitmq import RabbitUnavailable, RabbitVhost
 from tests.harness.redis_server import RedisServer
 from tests.harness.waiting import wait_until
+from tests.harness.web_steps import coordinator, open_run_and_stop
 from tests.integration.test_api import spawn
 from workers.amqp import AmqpDispatcher, member_queue
 from workers.celery_app import create_app
@@ -271,3 +273,43 @@ def test_the_orphan_sweep_reruns_a_step_nobody_waits_for(
     wait_until(lambda: api.get(f"/instances/{iid}").json()["member"] != member, timeout=10)
     wait_until(lambda: _contents(api, iid) == ["unwatched", "done anyway"], timeout=30)
     assert rabbit.queue(_queue(iid)) == (0, 1)
+
+
+def test_the_lost_run_sweep_on_rabbitmq_ends_a_lost_run_and_never_a_slow_one(
+    rabbit: RabbitVhost, fake_llm: FakeLLM
+) -> None:
+    """The lost-run sweep asks the broker whether an instance has steps waiting (RabbitMQ: the
+    ready count of its queue; prefetched steps are in the member's held runs): a run whose model
+    call outlasts lostRunAfter + memberTtl, and the run queued behind it, are never ended; a run
+    recorded by a web killed before it queued its step is (lostRunAfter 2 s)."""
+    server = RedisServer().start()
+    env = {"REGINA_BROKER": rabbit.url, "REGINA_LIMITS__LOST_RUN_AFTER": "2"}
+    c = Cluster(server.url, fake_llm.url, env_overrides=env)
+    try:
+        c.start(workers=1)
+        with (
+            httpx.Client(base_url=c.web.url, timeout=60) as api,
+            redis.Redis.from_url(c.redis_url, decode_responses=True) as r,
+        ):
+            iid = spawn(api)
+            fake_llm.push_for("slow", Reply(text="slow answer", delay=10.0))
+            fake_llm.push_for("next", Reply(text="next answer"))
+            with cf.ThreadPoolExecutor(2) as pool:
+                slow = pool.submit(api.post, f"/instances/{iid}/chat", json={"message": "slow"})
+                wait_until(lambda: any(q.last_user_text == "slow" for q in fake_llm.requests), timeout=20)
+                nxt = pool.submit(api.post, f"/instances/{iid}/chat", json={"message": "next"})
+                assert slow.result(30).json()["text"] == "slow answer"
+                assert nxt.result(30).json()["text"] == "next answer"
+            for resp in (slow.result(), nxt.result()):
+                run = r.hgetall(keys.run_record(resp.json()["runId"]))
+                assert run["status"] == "finished" and "lostAt" not in run, run
+
+            assert api.post(f"/instances/{iid}/suspend").status_code == 204
+            run_id = open_run_and_stop(coordinator(c.redis_url, str(ROOT / "tests" / "agents")), iid, "lost")
+            wait_until(
+                lambda: api.get(f"/runs/{run_id}").json()["status"] == "failed", timeout=20, what="the lost run to end"
+            )
+            assert "the run was lost" in api.get(f"/runs/{run_id}").json()["error"]
+    finally:
+        c.kill()
+        server.close()
