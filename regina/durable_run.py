@@ -72,14 +72,16 @@ class DurableRun(WatchedRun):
                 self._flush_with_progress(False, with_events=True)
                 return
             self._flush_with_progress(False)
-        elif event.type == "steer-applied" and self.publisher.buffered:
-            # The steerer's receipt does not wait for the run's end. The events only, as a
-            # streamed run's receipt: the VFS changes wait for the step's next flush, so the run's
-            # first write of its history still holds its user message (a redelivered step tells
-            # from the history whether its message was saved, regina/step.py).
-            super().emit(event)
-            self.publisher.write_pending(ship_journal=False)
-            return
+        elif event.type == "steer-applied":
+            # The message is in the transcript before its receipt is told: a step redelivered after
+            # this worker died finds it saved and neither applies it nor announces it again (it
+            # told a steer's client twice). The run's own message may still wait for the model's
+            # answer: a redelivered step does not take a steer for it (`regina.step.message_saved`).
+            if self.publisher.buffered:  # the receipt does not wait for the run's end either
+                super().emit(event)
+                self.publisher.write_pending()
+                return
+            self.flush(False, "")
         super().emit(event)  # a terminal event's script ships the journal itself (runs/stream.py)
 
     def _flush_with_progress(self, before_tool: bool, with_events: bool = False) -> None:
