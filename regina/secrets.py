@@ -63,7 +63,7 @@ def url_secrets(url: str) -> list[str]:
         name, _, raw = pair.partition("=")
         if raw and is_secret_name(unquote_plus(name)):
             # As written (an HTTP library prints the URL encoded) and decoded (as a server sees it).
-            found += [raw] + ([unquote_plus(raw)] if unquote_plus(raw) != raw else [])
+            found += dict.fromkeys([raw, unquote_plus(raw)])
     return found
 
 

@@ -86,10 +86,11 @@ class StepRunner:
         # An unreadable transcript raises: the run ends failed and the steering it took goes back
         # (regina/host.py `end_failed`).
         left = not_saved(begun.earlier, act.session.messages, run_id)
-        if begun.previous_status == "running" and (child := self.runs.cancel_orphaned_delegate(run_id)):
-            log.warning("run %s: the delegated run %s its crashed attempt waited for is cancelled", run_id, child)
         # Only a redelivered step (its run already marked running) can have its message saved.
-        if begun.previous_status == "running" and message_saved(message, begun.earlier, act.session.messages, run_id):
+        redelivered = begun.previous_status == "running"
+        if redelivered and (child := self.runs.cancel_orphaned_delegate(run_id)):
+            log.warning("run %s: the delegated run %s its crashed attempt waited for is cancelled", run_id, child)
+        if redelivered and message_saved(message, begun.earlier, act.session.messages, run_id):
             message = None  # redelivered after a crash: the message is already in the history
             answer = activation.answer_of(act.session.messages, run_id)
             # ... and its answer too: finish with it, do not ask again, unless the crashed attempt
@@ -244,11 +245,8 @@ def message_saved(message: str | None, earlier: list[Steer], history: list[dict[
         return False
     if any(m.get("role") != "user" for m in mine):
         return True
-    saved = [m.get("content") for m in mine]
-    for steer in earlier:
-        if steer.message in saved:
-            saved.remove(steer.message)
-    return message is None or message in saved
+    _, rest = _match(earlier, [m.get("content") for m in mine])
+    return message is None or message in rest
 
 
 def not_saved(earlier: list[Steer], history: list[dict[str, Any]], run_id: str) -> list[Steer]:
@@ -256,10 +254,16 @@ def not_saved(earlier: list[Steer], history: list[dict[str, Any]], run_id: str) 
     if not earlier:  # the common case: no walk over the whole history
         return []
     saved = [m.get("content") for m in history if m.get("role") == "user" and m.get("runId") == run_id]
-    out = []
-    for steer in earlier:
-        if steer.message in saved:
-            saved.remove(steer.message)
+    return _match(earlier, saved)[0]
+
+
+def _match(steers: list[Steer], saved: list[Any]) -> tuple[list[Steer], list[Any]]:
+    """(the steers not among the `saved` user texts, the texts no steer matched): each text
+    matches one steer."""
+    rest, unmatched = list(saved), []
+    for steer in steers:
+        if steer.message in rest:
+            rest.remove(steer.message)
         else:
-            out.append(steer)
-    return out
+            unmatched.append(steer)
+    return unmatched, rest

@@ -120,10 +120,10 @@ end
 local alive = touch(KEYS[1], rec, ARGV[9], ARGV[1])
 local busy = front(KEYS[3], ARGV[10])
 if busy and ARGV[5] == 'reject' then return {'busy', busy} end
-if busy and ARGV[5] == 'steer' and (redis.call('LPOS', KEYS[4], ARGV[6])
-    or redis.call('HEXISTS', ARGV[10] .. busy, 'cancel') == 0) then
-  -- (a run being cancelled takes no steering: the message is a run of its own, queued behind)
-  if redis.call('LPOS', KEYS[4], ARGV[6]) then return {'steered', busy} end  -- queued by this open already
+local steer = busy and ARGV[5] == 'steer'
+if steer and redis.call('LPOS', KEYS[4], ARGV[6]) then return {'steered', busy} end  -- queued by this open already
+-- A run being cancelled takes no steering: the message is a run of its own, queued behind.
+if steer and redis.call('HEXISTS', ARGV[10] .. busy, 'cancel') == 0 then
   if redis.call('LLEN', KEYS[4]) >= tonumber(ARGV[14]) then return {'steer-full', busy} end
   redis.call('RPUSH', KEYS[4], ARGV[6])
   if KEYS[6] then

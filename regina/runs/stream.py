@@ -367,9 +367,9 @@ class RunPublisher:
                 delivery.settled = True
         return steered
 
-    def write_pending(self, progress: str = "", ship_journal: bool = True) -> None:
-        """Write out the buffered events before the run's end, in one fenced script with (when
-        `ship_journal`) the VFS journal's pending entries and `progress` (the run's
+    def write_pending(self, progress: str = "") -> None:
+        """Write out the buffered events before the run's end, in one fenced script with the VFS
+        journal's pending entries and `progress` (the run's
         `RunProgress.encode()`, '' = none) recorded on the run (see `_WRITE_PENDING`): what a
         journal flush writes, and the events. Followers of a buffered run (a sync chat answered
         202, `GET /runs/<id>/events`) see every step that ended, not nothing until the run's end.
@@ -377,7 +377,7 @@ class RunPublisher:
         events and entries are kept for the next write."""
         if self.epoch is None:
             raise ValueError("write_pending is fenced: the publisher needs the owner's epoch")
-        journal = self.journal if ship_journal else None
+        journal = self.journal
         with self._send_lock:
             batch, self._pending = self._pending, []
             seq_shipped, entries = journal.ship() if journal is not None else (0, [])

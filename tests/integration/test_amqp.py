@@ -28,6 +28,7 @@ from tests.harness.redis_server import RedisServer
 from tests.harness.waiting import wait_until
 from tests.harness.web_steps import coordinator, open_run_and_stop
 from tests.integration.test_api import spawn
+from tests.integration.test_lost_runs import slow_run_and_the_next
 from workers.amqp import AmqpDispatcher, member_queue
 from workers.celery_app import create_app
 
@@ -292,15 +293,7 @@ def test_the_lost_run_sweep_on_rabbitmq_ends_a_lost_run_and_never_a_slow_one(
             redis.Redis.from_url(c.redis_url, decode_responses=True) as r,
         ):
             iid = spawn(api)
-            fake_llm.push_for("slow", Reply(text="slow answer", delay=10.0))
-            fake_llm.push_for("next", Reply(text="next answer"))
-            with cf.ThreadPoolExecutor(2) as pool:
-                slow = pool.submit(api.post, f"/instances/{iid}/chat", json={"message": "slow"})
-                wait_until(lambda: any(q.last_user_text == "slow" for q in fake_llm.requests), timeout=20)
-                nxt = pool.submit(api.post, f"/instances/{iid}/chat", json={"message": "next"})
-                assert slow.result(30).json()["text"] == "slow answer"
-                assert nxt.result(30).json()["text"] == "next answer"
-            for resp in (slow.result(), nxt.result()):
+            for resp in slow_run_and_the_next(api, fake_llm, iid):
                 run = r.hgetall(keys.run_record(resp.json()["runId"]))
                 assert run["status"] == "finished" and "lostAt" not in run, run
 

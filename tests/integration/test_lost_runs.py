@@ -48,6 +48,20 @@ def _last_event(r: redis.Redis, run_id: str) -> dict[str, object]:
     return dict(json.loads(r.xrevrange(keys.run_events(run_id), count=1)[0][1]["e"]))
 
 
+def slow_run_and_the_next(api: httpx.Client, fake_llm: FakeLLM, iid: str) -> list[httpx.Response]:
+    """Chat "slow" (a 10 s model call: longer than lostRunAfter + memberTtl), then "next" queued
+    behind it; both answered (their responses, in that order)."""
+    fake_llm.push_for("slow", Reply(text="slow answer", delay=10.0))
+    fake_llm.push_for("next", Reply(text="next answer"))
+    with cf.ThreadPoolExecutor(2) as pool:
+        slow = pool.submit(api.post, f"/instances/{iid}/chat", json={"message": "slow"})
+        wait_until(lambda: any(q.last_user_text == "slow" for q in fake_llm.requests), timeout=20)
+        nxt = pool.submit(api.post, f"/instances/{iid}/chat", json={"message": "next"})
+        assert slow.result(30).json()["text"] == "slow answer"
+        assert nxt.result(30).json()["text"] == "next answer"
+        return [slow.result(), nxt.result()]
+
+
 def _status(api: httpx.Client, run_id: str) -> str:
     return str(api.get(f"/runs/{run_id}").json()["status"])
 
@@ -146,22 +160,13 @@ def test_a_slow_run_and_the_run_queued_behind_it_are_never_taken_for_lost(
     # Given a model call much longer than lostRunAfter + memberTtl, and a run queued behind it
     _c, api, r = lossy
     iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
-    fake_llm.push_for("slow", Reply(text="slow answer", delay=10.0))
-    fake_llm.push_for("next", Reply(text="next answer"))
-    pool = cf.ThreadPoolExecutor(2)
-    slow = pool.submit(api.post, f"/instances/{iid}/chat", json={"message": "slow"})
-    fake_llm.wait_for_requests(1, timeout=20)
-    nxt = pool.submit(api.post, f"/instances/{iid}/chat", json={"message": "next"})
     # Then both finish, the sweep having looked at them (they stay in its index while open)
-    assert slow.result(30).json()["text"] == "slow answer"
-    assert nxt.result(30).json()["text"] == "next answer"
-    for resp in (slow.result(), nxt.result()):
+    for resp in slow_run_and_the_next(api, fake_llm, iid):
         run = r.hgetall(keys.run_record(resp.json()["runId"]))
         assert run["status"] == "finished" and "lostAt" not in run, run
         # A run that ended leaves the sweep's index at its end: at a fleet's chats/s the index
         # holds the open runs, not every run of the last lostRunAfter seconds.
         assert r.zscore(keys.RUNS_OPEN, resp.json()["runId"]) is None
-    pool.shutdown()
 
 
 def test_a_sweep_costs_the_runs_older_than_the_bound_not_the_runs_open() -> None:
