@@ -13,7 +13,10 @@ Flow of `run_turn`:
    usage; call `heartbeat()`; drain steering into user messages. The loop continues when the
    step had tool calls or steering arrived, and stops otherwise.
 4. `finish` carries the last step's text, its finish reason and the usage summed over steps
-   (compaction summaries included, since they are tokens this run spent).
+   (compaction summaries included, since they are tokens this run spent). A call the provider
+   told no usage of — one cut short after the model began answering (a cancel, the budget's
+   clock, a stream failing), or a provider that reports none — counts compaction's estimate,
+   characters / 4, so the token budgets see it.
 
 Failures never raise out of `run_turn`:
 
@@ -274,7 +277,7 @@ def _steps(turn: _Turn, spec: TurnSpec) -> TurnResult:
         if stop is not None:
             return _stop(turn, stop, text, _plus(total, spent), step - 1)
         try:
-            text, calls, reason, step_usage = _call_model(turn, spec, schemas)
+            text, calls, reason, step_usage = _call_model(turn, spec, schemas, spent)
         except ModelError as exc:
             if sink.cancel.reason is not None:  # the interruption surfaced as a provider error
                 return _stop(turn, (sink.cancel.reason, sink.cancel.message), text, _plus(total, spent), step)
@@ -331,24 +334,46 @@ def _current_tools(spec: TurnSpec, schemas: list[dict[str, Any]]) -> tuple[TurnS
 
 
 def _call_model(
-    turn: _Turn, spec: TurnSpec, schemas: list[dict[str, Any]]
+    turn: _Turn, spec: TurnSpec, schemas: list[dict[str, Any]], spent: list[Usage]
 ) -> tuple[str, list[model_api.ToolCallPart], str, Usage]:
-    """One model call, interruptible by a cancel: (text, tool calls, finish reason, usage)."""
+    """One model call, interruptible by a cancel: (text, tool calls, finish reason, usage).
+
+    A call cut short once the model had begun answering (a cancel, the budget's clock, a
+    provider failing mid-stream) was billed but never told its usage: its estimate goes to
+    `spent`, so the run's usage and its budgets count it."""
     sink = turn.sink
     parts: list[str] = []
     calls: list[model_api.ToolCallPart] = []
     reason, usage = "stop", Usage()
     call = model_api.stream_completion if spec.stream else model_api.call_completion
-    with sink.cancel.interruptible(sink.interrupter()):
-        for delta in call(spec.target, turn.request(), schemas, spec.temperature, encoded=turn.encoded()):
-            if isinstance(delta, model_api.TextPart):
-                parts.append(delta.text)
-                sink.emit(TextDelta(text_delta=delta.text))
-            elif isinstance(delta, model_api.ToolCallPart):
-                calls.append(delta)
-            else:
-                reason, usage = delta.reason, delta.usage
+    try:
+        with sink.cancel.interruptible(sink.interrupter()):
+            for delta in call(spec.target, turn.request(), schemas, spec.temperature, encoded=turn.encoded()):
+                if isinstance(delta, model_api.TextPart):
+                    parts.append(delta.text)
+                    sink.emit(TextDelta(text_delta=delta.text))
+                elif isinstance(delta, model_api.ToolCallPart):
+                    calls.append(delta)
+                else:
+                    reason, usage = delta.reason, delta.usage
+    except (RunCancelled, ModelError):
+        if parts or calls:
+            spent.append(_estimated_usage(turn, parts, calls))
+        raise
+    if (parts or calls) and not (usage.prompt_tokens and usage.completion_tokens):
+        guess = _estimated_usage(turn, parts, calls)  # a provider that reports no usage, or half
+        usage = Usage(
+            prompt_tokens=usage.prompt_tokens or guess.prompt_tokens,
+            completion_tokens=usage.completion_tokens or guess.completion_tokens,
+        )
     return "".join(parts), calls, reason, usage
+
+
+def _estimated_usage(turn: _Turn, parts: list[str], calls: list[model_api.ToolCallPart]) -> Usage:
+    """A call's usage by compaction's estimate, characters / 4 (at least 1 each): what the
+    provider did not tell still counts against the token budgets."""
+    answered = sum(len(p) for p in parts) + sum(len(c.name) + len(c.raw) for c in calls)
+    return Usage(prompt_tokens=max(1, turn.chars // 4), completion_tokens=max(1, answered // 4))
 
 
 def _run_tools(turn: _Turn, spec: TurnSpec, calls: list[model_api.ToolCallPart]) -> tuple[str, str] | None:

@@ -128,6 +128,8 @@ def test_cancel_while_waiting_on_the_model_from_the_other_web_process(
     final = stream.until("finish", timeout=15)
     assert time.monotonic() - started < 10  # at once, not after the model's 30 s
     assert final["finishReason"] == "cancelled"
+    # Cut short before its first token: whether the provider billed it is not known, nothing counts.
+    assert final["usage"] == {"promptTokens": 0, "completionTokens": 0}
     assert run_of(web2, run_id)["status"] == "cancelled"
     assert web2.post(f"/runs/{run_id}/cancel").json() == {"cancelled": False, "status": "cancelled"}
     fake_llm.reset()
@@ -136,6 +138,22 @@ def test_cancel_while_waiting_on_the_model_from_the_other_web_process(
     assert_no_orphans(req)
     assert "too late" not in req.all_text
 
+
+def test_a_model_call_cancelled_mid_answer_counts_its_estimate(api: httpx.Client, fake_llm: FakeLLM) -> None:
+    """The provider bills a call cut short after it began answering but never says how much:
+    the cancelled run counts compaction's estimate (characters / 4) of its request and of what it
+    had answered, in its finish, its record and the instance's usage (the token budgets)."""
+    iid = spawn(api)
+    fake_llm.push(Reply(text="one two three four five six seven eight nine ten", chunk_delay=0.5))
+    stream = Stream(api, iid, "count " * 200)
+    run_id = stream.id()
+    stream.until("text-delta")
+    assert api.post(f"/runs/{run_id}/cancel").status_code == 202
+    final = stream.until("finish", timeout=15)
+    assert final["finishReason"] == "cancelled"
+    assert final["usage"]["promptTokens"] >= len("count " * 200) // 4 and final["usage"]["completionTokens"] >= 1
+    assert run_of(api, run_id)["usage"] == final["usage"]
+    assert api.get(f"/instances/{iid}").json()["usage"] == final["usage"]
 
 def test_cancel_during_a_tool_records_a_cancelled_result(
     api: httpx.Client, web2: httpx.Client, fake_llm: FakeLLM

@@ -527,3 +527,18 @@ def test_a_cancelled_tool_is_not_said_to_be_not_run_and_the_calls_after_it_are(
     first, second = [e["result"]["error"] for e in t.events if e["type"] == "tool-result"]
     assert first.startswith("cancelled while the tool ran") and "its effects are unknown" in first
     assert second == "cancelled: the run was cancelled; the tool was not run"
+
+
+def test_a_provider_that_reports_no_usage_counts_the_estimate(fake: FakeLLM, target: ModelTarget) -> None:
+    """A provider that tells no usage (zero) must not make a run free: the call counts
+    compaction's estimate, characters / 4, in its step, its finish and the turn's usage."""
+    fake.push(Reply(text="x" * 400, usage=(0, 0)))
+    t = Turn(target, MemoryVFS())
+    result = t.run("hello " * 40)
+    assert result.error is None and result.text == "x" * 400
+    # Anthropic's stream told one output token at its start: what a provider tells stands.
+    assert result.usage.completion_tokens == (100 if target.provider == "openai" else 1)
+    assert result.usage.prompt_tokens >= len("hello " * 40) // 4
+    step = next(e for e in t.events if e["type"] == "step-finish")
+    assert step["usage"] == t.events[-1]["usage"] == result.usage.as_dict()
+
