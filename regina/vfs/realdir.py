@@ -8,6 +8,11 @@ API cannot create symlinks. The check-then-use window (a symlink swapped in by a
 between the check and the operation) is not closed: the tree is meant to be written through this
 object only.
 
+`remove` and `rename` act on the entry itself, as rm(1) and mv(1) do: only its parent directory
+is resolved (and must lie in the root); a symlink as the last component is unlinked or moved,
+never its target (``rm -r /latest`` with ``latest -> data`` removed ``data``'s files before).
+Reading, writing, `chmod` and `set_mtime` follow a link, as open(2), chmod(2) and utime(2) do.
+
 Meta (`get_meta`/`set_meta`) lives in a sidecar JSON file *next to* the root
 (``<root>.meta.json``) so the agent cannot see or change it.
 
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import shutil
 import stat as stat_mod
 import tempfile
@@ -56,6 +62,16 @@ class RealDirVFS:
         if resolved != self.root and not resolved.startswith(self.root + os.sep):
             raise VFSError(f"path escapes the VFS root (symlink): {vp}")
         return vp, resolved
+
+    def _entry(self, path: str) -> tuple[str, str]:
+        """(normalized VFS path, host path of the entry itself): the parent directory resolved and
+        confined, the last component not followed, so a symlink there names the link (what
+        `remove` and `rename` act on, like unlink(2) and rename(2))."""
+        vp = normalize(path)
+        if vp == "/":
+            return self._real(vp)
+        _, parent = self._real(posixpath.dirname(vp))
+        return vp, os.path.join(parent, posixpath.basename(vp))
 
     # -- VFS protocol -------------------------------------------------------------------------
 
@@ -154,22 +170,27 @@ class RealDirVFS:
                 pass
 
     def remove(self, path: str, recursive: bool = False) -> None:
-        vp, real = self._real(path)
+        """Remove the entry itself: a symlink is unlinked, its target left alone (rm(1))."""
+        vp, entry = self._entry(path)
         if vp == "/":
             raise VFSError("cannot remove the root directory")
         with self._lock:
-            if not os.path.lexists(real):
-                raise NoSuchPath(f"no such file or directory: {vp}")
-            if os.path.isdir(real):
-                if os.listdir(real) and not recursive:
+            try:
+                st = os.lstat(entry)
+            except (FileNotFoundError, NotADirectoryError):
+                raise NoSuchPath(f"no such file or directory: {vp}") from None
+            if stat_mod.S_ISDIR(st.st_mode):  # a real directory: lstat never reports a link as one
+                if os.listdir(entry) and not recursive:
                     raise DirectoryNotEmpty(f"directory not empty: {vp}")
-                shutil.rmtree(real)
+                shutil.rmtree(entry)  # unlinks the links it meets, never follows them
             else:
-                os.remove(real)
+                os.remove(entry)
 
     def rename(self, src: str, dst: str) -> None:
-        svp, sreal = self._real(src)
-        dvp, dreal = self._real(dst)
+        """Move the entry itself (a symlink is moved as a link, mv(1)); a symlink at `dst` is
+        replaced, not followed (rename(2))."""
+        svp, sentry = self._entry(src)
+        dvp, dentry = self._entry(dst)
         if svp == "/" or dvp == "/":
             raise VFSError("cannot move the root directory")
         if svp == dvp:
@@ -177,18 +198,34 @@ class RealDirVFS:
         if dvp.startswith(svp + "/"):
             raise VFSError(f"cannot move {svp} into itself ({dvp})")
         with self._lock:
-            if not os.path.exists(sreal):
-                raise NoSuchPath(f"no such file or directory: {svp}")
-            if not os.path.isdir(os.path.dirname(dreal)):
+            try:
+                src_is_dir = stat_mod.S_ISDIR(os.lstat(sentry).st_mode)
+            except (FileNotFoundError, NotADirectoryError):
+                raise NoSuchPath(f"no such file or directory: {svp}") from None
+            if not os.path.isdir(os.path.dirname(dentry)):
                 raise NoSuchPath(f"destination directory does not exist: {os.path.dirname(dvp)}")
-            if os.path.isdir(dreal):
-                if not os.path.isdir(sreal):
-                    raise IsADirectory(f"is a directory: {dvp}")
-                if os.listdir(dreal):
-                    raise DirectoryNotEmpty(f"directory not empty: {dvp}")
-            elif os.path.exists(dreal) and os.path.isdir(sreal):
-                raise NotADirectory(f"not a directory: {dvp}")
-            os.replace(sreal, dreal)
+            if sentry == dentry:  # one entry under two names (through a link to its directory)
+                return
+            if src_is_dir and dentry.startswith(sentry + os.sep):  # the same, through a link
+                raise VFSError(f"cannot move {svp} into itself ({dvp})")
+            self._check_replaceable(dvp, dentry, src_is_dir)
+            os.replace(sentry, dentry)
+
+    @staticmethod
+    def _check_replaceable(dvp: str, dentry: str, src_is_dir: bool) -> None:
+        """Refuse what rename(2) would: a directory over a non-directory (a symlink included), a
+        file over a directory, anything over a non-empty directory."""
+        try:
+            dst_mode = os.lstat(dentry).st_mode
+        except FileNotFoundError:
+            return
+        if stat_mod.S_ISDIR(dst_mode):
+            if not src_is_dir:
+                raise IsADirectory(f"is a directory: {dvp}")
+            if os.listdir(dentry):
+                raise DirectoryNotEmpty(f"directory not empty: {dvp}")
+        elif src_is_dir:
+            raise NotADirectory(f"not a directory: {dvp}")
 
     def chmod(self, path: str, mode: int) -> None:
         """The permission bits on the host file, always readable and writable by the worker

@@ -55,6 +55,20 @@ def test_bash_and_file_tools_share_files(kind: str, tmp_path: Path) -> None:
     vfs.close()
 
 
+def test_rm_and_mv_of_a_symlink_in_a_realdir_leave_its_target(tmp_path: Path) -> None:
+    """A link in an fsRootPath tree (a checkout's `latest -> data`): `rm -r` removed the target's
+    files and left the link dangling; `mv` moved the target."""
+    root = tmp_path / "root"
+    vfs = RealDirVFS(str(root))
+    bash = bash_tool(vfs, env=_env(), limits=Limits())
+    vfs.write("/data/keep.txt", b"precious")
+    os.symlink("data", root / "latest")
+    r = bash.call_sync({"command": "mv /latest /current && cat /current/keep.txt && rm -r /current; ls /"})
+    assert r == {"stdout": "preciousdata\n", "stderr": "", "exitCode": 0}, r
+    assert (root / "data" / "keep.txt").read_bytes() == b"precious"
+    vfs.close()
+
+
 def test_each_call_is_a_fresh_shell_but_files_persist() -> None:
     vfs = MemoryVFS()
     bash = bash_tool(vfs, env=_env(), limits=Limits())

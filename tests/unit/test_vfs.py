@@ -279,15 +279,53 @@ def test_realdir_symlink_outside_is_refused(tmp_path: Path) -> None:
         lambda: v.listdir("/link"),
         lambda: v.stat("/link"),
         lambda: v.mkdir("/link/sub"),
-        lambda: v.remove("/link", recursive=True),
-        lambda: v.rename("/flink", "/stolen"),
+        lambda: v.remove("/link/passwd"),
+        lambda: v.rename("/link/passwd", "/stolen"),
+        lambda: v.rename("/stolen", "/link/planted"),
         lambda: v.chmod("/flink", 0o777),
     ):
         with pytest.raises(VFSError, match="escapes the VFS root"):
             op()
     assert not v.exists("/link/passwd")
+    # Moving or removing the link itself stays inside the root; what it points at stays refused.
+    v.rename("/flink", "/moved")
+    with pytest.raises(VFSError, match="escapes the VFS root"):
+        v.read("/moved")
+    v.remove("/link", recursive=True)
+    v.remove("/moved")
+    assert v.listdir("/") == []
     assert (tmp_path / "outside" / "passwd").read_text() == "secret"
     assert not (tmp_path / "outside" / "new").exists()
+
+
+def test_realdir_remove_and_rename_act_on_a_symlink_not_its_target(tmp_path: Path) -> None:
+    """rm and mv of a link act on the link (POSIX): `rm -r /latest` with `latest -> data` removed
+    data's files and left the link dangling."""
+    root = tmp_path / "root"
+    v = RealDirVFS(str(root))
+    v.write("/data/keep.txt", b"precious")
+    os.symlink("data", root / "latest")
+    os.symlink("data/keep.txt", root / "flink")
+    v.remove("/latest", recursive=True)
+    assert not os.path.lexists(root / "latest")
+    v.remove("/flink")
+    assert not os.path.lexists(root / "flink")
+    assert v.read("/data/keep.txt") == b"precious"
+
+    os.symlink("data", root / "latest")
+    v.rename("/latest", "/renamed")  # the link moves; its target stays where it is
+    assert os.readlink(root / "renamed") == "data" and not os.path.lexists(root / "latest")
+    assert v.listdir("/data") == ["keep.txt"] and v.read("/renamed/keep.txt") == b"precious"
+    os.symlink("data/keep.txt", root / "flink")
+    v.write("/new.txt", b"new")
+    v.rename("/new.txt", "/flink")  # a link at the destination is replaced, not written through
+    assert not os.path.islink(root / "flink") and v.read("/flink") == b"new"
+    assert v.read("/data/keep.txt") == b"precious"
+    with pytest.raises(VFSError, match="into itself"):
+        v.rename("/data", "/renamed/sub")  # /renamed is /data: a directory into itself
+    v.remove("/renamed/keep.txt")  # through a link in the parent: the file in data/ goes
+    assert v.listdir("/data") == []
+    v.close()
 
 
 def test_realdir_symlink_inside_is_followed_and_not_snapshotted(tmp_path: Path) -> None:
