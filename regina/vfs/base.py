@@ -43,12 +43,23 @@ def normalize(path: str, cwd: str = "/") -> str:
     return "/" + "/".join(parts)
 
 
+def check_range(offset: int, length: int) -> None:
+    """VFSError unless (offset, length) is a byte range a `read_range` can serve."""
+    if offset < 0 or length < 0:
+        raise VFSError(f"a byte range needs offset >= 0 and length >= 0, got {offset} and {length}")
+
+
 @runtime_checkable
 class VFS(Protocol):
     """A per-instance filesystem: SQLite file, memory, or a real directory."""
 
     def read(self, path: str) -> bytes:
         """Return the file's bytes; VFSError if missing or a directory."""
+        ...
+
+    def read_range(self, path: str, offset: int, length: int) -> bytes:
+        """Up to `length` bytes of a file from byte `offset` (fewer past its end), without
+        loading the rest: a tool that shows only part of a big file must not hold all of it."""
         ...
 
     def write(self, path: str, data: bytes) -> None:

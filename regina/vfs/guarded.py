@@ -67,6 +67,9 @@ class ToolVFS:
     def read(self, path: str) -> bytes:
         return self._vfs.read(path)
 
+    def read_range(self, path: str, offset: int, length: int) -> bytes:
+        return self._vfs.read_range(path, offset, length)
+
     def exists(self, path: str) -> bool:
         return self._vfs.exists(path)
 

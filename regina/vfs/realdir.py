@@ -34,7 +34,7 @@ import threading
 
 from regina.atomic_file import fsync_dir, write_atomic
 from regina.errors import DirectoryNotEmpty, IsADirectory, NoSuchPath, NotADirectory, PathExists, VFSError
-from regina.vfs.base import FileStat, normalize
+from regina.vfs.base import FileStat, check_range, normalize
 from regina.vfs.memory import MemoryVFS
 from regina.vfs.snapshot import check_snapshot
 from regina.vfs.sqlite import SQLiteVFS
@@ -80,6 +80,21 @@ class RealDirVFS:
         try:
             with open(real, "rb") as fh:
                 return fh.read()
+        except FileNotFoundError:
+            raise NoSuchPath(f"no such file: {vp}") from None
+        except IsADirectoryError:
+            raise IsADirectory(f"is a directory: {vp}") from None
+        except NotADirectoryError:
+            raise NoSuchPath(f"no such file: {vp}") from None
+
+    def read_range(self, path: str, offset: int, length: int) -> bytes:
+        """Up to `length` bytes from `offset`: a seek and one bounded read."""
+        check_range(offset, length)
+        vp, real = self._real(path)
+        try:
+            with open(real, "rb") as fh:
+                fh.seek(offset)
+                return fh.read(length)
         except FileNotFoundError:
             raise NoSuchPath(f"no such file: {vp}") from None
         except IsADirectoryError:

@@ -102,6 +102,9 @@ class RecordingVFS:
     def read(self, path: str) -> bytes:
         return cast(bytes, self.inner.read(path))
 
+    def read_range(self, path: str, offset: int, length: int) -> bytes:
+        return cast(bytes, self.inner.read_range(path, offset, length))
+
     def exists(self, path: str) -> bool:
         return bool(self.inner.exists(path))
 

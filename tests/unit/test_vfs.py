@@ -50,6 +50,29 @@ def test_write_read_creates_parents(vfs: VFS) -> None:
     assert vfs.read("/a/b/c.txt") == b"x"
 
 
+def test_read_range_spans_data_and_appended_chunks(vfs: VFS) -> None:
+    """read_range serves part of a file without loading the rest (what read_file shows of a big
+    one); in SQLite a file is entries.data then its appended chunks, read across."""
+    vfs.write("/f", b"0123456789")
+    vfs.append("/f", b"abc")
+    vfs.append("/f", b"")
+    vfs.append("/f", b"defgh")
+    whole = vfs.read("/f")
+    assert whole == b"0123456789abcdefgh"
+    for offset in range(len(whole) + 2):
+        for length in (0, 1, 3, 8, 100):
+            assert vfs.read_range("/f", offset, length) == whole[offset : offset + length], (offset, length)
+    vfs.write("/empty", b"")
+    assert vfs.read_range("/empty", 0, 10) == b""
+    vfs.mkdir("/d")
+    with pytest.raises(errors.IsADirectory):
+        vfs.read_range("/d", 0, 1)
+    with pytest.raises(errors.NoSuchPath):
+        vfs.read_range("/missing", 0, 1)
+    with pytest.raises(VFSError, match="byte range"):
+        vfs.read_range("/f", -1, 1)
+
+
 def test_binary_roundtrip_and_append(vfs: VFS) -> None:
     blob = bytes(range(256))
     vfs.write("/bin.dat", blob)
