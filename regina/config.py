@@ -113,11 +113,15 @@ class Limits(_Section):
     """Seconds a request body may stall (no byte arriving) before the request is answered 408 and
     its connection closed: a client that sends headers and never the body holds nothing longer."""
     max_tool_output_chars: int = Field(50_000, ge=100)
-    """Tool results longer than this are truncated before they reach the model."""
+    """Tool results longer than this are truncated before they reach the model. `read_file` reads
+    at most 4 × this many bytes of a file (the most these characters take in UTF-8), whatever its
+    size, and says the file's size when it cut it."""
     max_file_bytes: int = Field(67_108_864, ge=1)
     """Largest file a tool may make, in bytes (64 MiB): a `write` or an `append` past it fails with
     a tool error and changes nothing. Every change is one entry of the durable journal in Redis,
-    which takes at most 512 MB per value; a bigger one would fail every journal write after it."""
+    which takes at most 512 MB per value; a bigger one would fail every journal write after it.
+    `edit_file` refuses a file bigger than this before reading any of it (a `realdir` tree may hold
+    files of any size)."""
     bash_timeout: float = Field(10.0, gt=0)
     """Seconds one `bash` tool call may run."""
     bash_max_loop_iterations: int = Field(10_000, ge=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,6 +97,48 @@ def test_read_truncation() -> None:
     tools = file_tools(vfs, max_output_chars=100)
     out = tools["read_file"].call_sync({"path": "/big"})
     assert out.startswith("x" * 100) and "truncated" in out and "500" in out
+
+
+def test_read_file_reads_only_what_it_shows(setup: tuple[SQLiteVFS, dict[str, Tool]]) -> None:
+    """A 400 MiB file in a realdir root grew the worker by 400 MiB for a 50 000-character result:
+    read_file read it whole before cutting. Now it reads at most 4 bytes a character shown and
+    says the file's size."""
+    vfs, _ = setup
+    size = 16 << 20
+    vfs.write("/big.log", b"a" * size)
+    vfs.write("/euro.txt", "€".encode() * 1000)  # 3 bytes a character: the read ends mid-character
+    tools = file_tools(vfs, max_output_chars=1000)
+    tracemalloc.start()
+    try:
+        out = tools["read_file"].call_sync({"path": "/big.log"})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, f"read_file held {peak} bytes to show 1000 characters"
+    assert out == "a" * 1000 + f"\n[... truncated: showing the first 1000 characters of {size} bytes]"
+    out = file_tools(vfs, max_output_chars=100)["read_file"].call_sync({"path": "/euro.txt"})
+    assert out == "€" * 100 + "\n[... truncated: showing the first 100 characters of 3000 bytes]"
+
+
+def test_edit_file_refuses_a_file_past_max_file_bytes(setup: tuple[SQLiteVFS, dict[str, Tool]]) -> None:
+    """edit_file read the whole file first, whatever its size; a file past limits.maxFileBytes
+    (the most a tool may write) is now refused before any of it is read, even when the edit
+    would shrink it under the limit."""
+    from regina.config import Limits
+    from regina.runtime.tools.toolset import build_tools
+
+    vfs, _ = setup
+    tools = build_tools(
+        vfs, env={"HOME": "/", "PWD": "/"}, limits=Limits(max_file_bytes=100), network=False, user_tools={}
+    )
+    vfs.write("/big.txt", b"keep " + b"x" * 150)
+    too_big = r"/big.txt is 155 bytes, more than the 100 edit_file works on \(limits.maxFileBytes"
+    with pytest.raises(ToolError, match=too_big):
+        tools["edit_file"].call_sync({"path": "/big.txt", "old_string": "x" * 150, "new_string": ""})
+    assert vfs.read("/big.txt") == b"keep " + b"x" * 150
+    vfs.write("/ok.txt", b"keep " + b"x" * 95)  # at the limit: edited as before
+    tools["edit_file"].call_sync({"path": "/ok.txt", "old_string": "keep", "new_string": "kept"})
+    assert vfs.read("/ok.txt") == b"kept " + b"x" * 95
 
 
 def test_schemas_are_openai_style() -> None:

@@ -6,6 +6,8 @@ ToolError with a message written for the model.
 
 from __future__ import annotations
 
+import codecs
+
 from pydantic import BaseModel, Field
 
 from regina.errors import ToolError, VFSError
@@ -35,35 +37,65 @@ def _path(raw: str) -> str:
         raise ToolError(f"invalid path {raw!r}: {exc.message}") from exc
 
 
-def _read_text(vfs: VFS, path: str) -> str:
+def _file_size(vfs: VFS, path: str) -> int:
+    """The size of the file at `path`; ToolError when there is none (or a directory)."""
     if not vfs.exists(path):
         raise ToolError(f"file not found: {path}")
-    if vfs.stat(path).is_dir:
-        raise ToolError(f"{path} is a directory, not a file (use bash `ls {path}` to list it)")
     try:
-        data = vfs.read(path)
+        st = vfs.stat(path)
     except VFSError as exc:
         raise ToolError(f"cannot read {path}: {exc.message}") from exc
+    if st.is_dir:
+        raise ToolError(f"{path} is a directory, not a file (use bash `ls {path}` to list it)")
+    return st.size
+
+
+def _decode(path: str, data: bytes, size: int, *, whole: bool) -> str:
+    """UTF-8 text of `data`; a character cut at the end of a prefix (`whole` False) is dropped."""
     try:
-        return data.decode("utf-8")
+        return codecs.getincrementaldecoder("utf-8")().decode(data, final=whole)
     except UnicodeDecodeError:
         raise ToolError(
-            f"{path} is a binary file ({len(data)} bytes), not UTF-8 text; "
+            f"{path} is a binary file ({size} bytes), not UTF-8 text; "
             f"inspect it with bash (`od -c {path} | head`, `base64 {path}`)"
         ) from None
 
 
-def _truncate(text: str, limit: int | None) -> str:
-    if limit is None or len(text) <= limit:
-        return text
-    return text[:limit] + f"\n[... truncated: showing {limit} of {len(text)} characters]"
+def _read_text(vfs: VFS, path: str, size: int) -> str:
+    """The whole file (of `size` bytes, which the caller has checked) as text."""
+    try:
+        data = vfs.read(path)
+    except VFSError as exc:
+        raise ToolError(f"cannot read {path}: {exc.message}") from exc
+    return _decode(path, data, size, whole=True)
 
 
-def file_tools(vfs: VFS, *, max_output_chars: int | None = None) -> dict[str, Tool]:
-    """The three file tools bound to `vfs`, keyed by name."""
+def _read_shown(vfs: VFS, path: str, limit: int | None) -> str:
+    """What read_file shows: at most `limit` characters, from a read of at most the 4 × `limit`
+    bytes they can take in UTF-8 (a 400 MiB file was read whole to show 50 000 characters), and a
+    note giving the file's size when it was cut."""
+    size = _file_size(vfs, path)
+    budget = None if limit is None else 4 * limit
+    try:
+        data = vfs.read(path) if budget is None else vfs.read_range(path, 0, budget + 1)
+    except VFSError as exc:
+        raise ToolError(f"cannot read {path}: {exc.message}") from exc
+    if budget is None or len(data) <= budget:
+        text = _decode(path, data, size, whole=True)
+        if limit is None or len(text) <= limit:
+            return text
+        return text[:limit] + f"\n[... truncated: showing the first {limit} of {len(text)} characters ({size} bytes)]"
+    text = _decode(path, data[:budget], size, whole=False)
+    return text[:limit] + f"\n[... truncated: showing the first {limit} characters of {size} bytes]"
+
+
+def file_tools(vfs: VFS, *, max_output_chars: int | None = None, max_file_bytes: int | None = None) -> dict[str, Tool]:
+    """The three file tools bound to `vfs`, keyed by name. read_file shows at most
+    `max_output_chars` characters; edit_file refuses a file past `max_file_bytes`
+    (limits.maxFileBytes, the most a tool may write) before reading any of it."""
 
     def read_file(params: ReadFileParams) -> str:
-        return _truncate(_read_text(vfs, _path(params.path)), max_output_chars)
+        return _read_shown(vfs, _path(params.path), max_output_chars)
 
     def write_file(params: WriteFileParams) -> str:
         path = _path(params.path)
@@ -80,7 +112,13 @@ def file_tools(vfs: VFS, *, max_output_chars: int | None = None) -> dict[str, To
         path = _path(params.path)
         if params.old_string == "":
             raise ToolError("old_string is empty; give the exact text to replace (use write_file to create)")
-        text = _read_text(vfs, path)
+        size = _file_size(vfs, path)
+        if max_file_bytes is not None and size > max_file_bytes:
+            raise ToolError(
+                f"{path} is {size} bytes, more than the {max_file_bytes} edit_file works on "
+                "(limits.maxFileBytes, the most a tool may write); nothing was changed"
+            )
+        text = _read_text(vfs, path, size)
         count = text.count(params.old_string)
         if count == 0:
             raise ToolError(

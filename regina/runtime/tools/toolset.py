@@ -25,6 +25,6 @@ def build_tools(
     """
     view = ToolVFS(vfs, limits.max_file_bytes)
     tools: dict[str, Tool] = {"bash": bash_tool(view, env=env, limits=limits, network=network)}
-    tools.update(file_tools(view, max_output_chars=limits.max_tool_output_chars))
+    tools.update(file_tools(view, max_output_chars=limits.max_tool_output_chars, max_file_bytes=limits.max_file_bytes))
     tools.update(user_tools)
     return tools
