@@ -60,6 +60,12 @@ class FleetQuery(BaseModel):
     cursor: str | None = Field(None, description="The X-Next-Cursor of the previous page.")
 
 
+class HealthQuery(BaseModel):
+    """What `GET /healthz` checks."""
+
+    ready: bool = Field(False, description="Readiness: also need a live worker (true/false, 1/0, yes/no, on/off).")
+
+
 class EventsQuery(BaseModel):
     """Where a re-attach starts."""
 
@@ -174,7 +180,7 @@ class Messages(RootModel[list[dict[str, Any]]]):
 
 
 class Health(BaseModel):
-    """Liveness (and readiness with ?ready=1)."""
+    """Liveness (and readiness with ?ready=true)."""
 
     status: str
     workers: int | None = None

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import redis
 
 from regina.config import Settings
 from regina.lifecycle import Coordinator
+from regina.redis_conn import probe_client
 from regina.registry import AgentRegistry
 from regina.registry_sync import RegistryFollower, start_reload_listener, warn_missing_keys
 from workers.local import local_coordinator
@@ -22,6 +24,11 @@ class Services:
     client: redis.Redis
     coordinator: Coordinator
     follower: RegistryFollower
+
+    @functools.cached_property
+    def probe(self) -> redis.Redis:
+        """`client`'s server with a short timeout, for /healthz (made at its first use)."""
+        return probe_client(self.client)
 
 
 def build_services(settings: Settings) -> Services:

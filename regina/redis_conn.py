@@ -17,8 +17,10 @@ from typing import Any
 import hiredis
 import redis
 from redis._parsers.encoders import Encoder
+from redis.backoff import NoBackoff
 from redis.commands.core import Script
 from redis.connection import PythonRespSerializer
+from redis.retry import Retry
 
 from regina.config import Settings, environment
 
@@ -28,6 +30,8 @@ HEADROOM = 16
 WEB_CONCURRENCY = 1000
 #: Seconds a greenlet waits for a free connection before its command fails.
 POOL_WAIT = 30.0
+#: Seconds a health probe waits for Redis: it must answer before the platform's probe gives up.
+PROBE_TIMEOUT = 2.0
 
 
 class CommandPacker:
@@ -77,6 +81,21 @@ def connect(url: str, concurrency: int = WEB_CONCURRENCY) -> redis.Redis:
         **tcp,
     )
     return redis.Redis(connection_pool=pool)
+
+
+def probe_client(client: redis.Redis, timeout: float = PROBE_TIMEOUT) -> redis.Redis:
+    """A client of the same server as `client` (URL, TLS, socket) whose connects and commands give
+    up after `timeout` s, without retrying: a health check must answer while Redis does not,
+    and `connect`'s clients have no read timeout (their blocking reads wait as long as asked)."""
+    pool = client.connection_pool
+    kwargs = {
+        **pool.connection_kwargs,
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry_on_timeout": False,
+        "retry": Retry(NoBackoff(), 0),
+    }
+    return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs))
 
 
 def _original_poll() -> Any:
