@@ -11,7 +11,9 @@ answers. Hot-path cost: one counter or histogram update is a few microseconds (a
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import time
 from collections.abc import Callable, Iterator
 from typing import ParamSpec, TypeVar
@@ -152,9 +154,11 @@ def multiprocess_enabled() -> bool:
 def exposition(client: redis.Redis | None = None) -> bytes:
     """The text a scrape returns: every process's counts in multiprocess mode, else this one's,
     plus the cluster gauges read from Redis."""
-    if multiprocess_enabled():
+    path = environment().get("PROMETHEUS_MULTIPROC_DIR")
+    if path:
+        forget_dead_processes(path)
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        multiprocess.MultiProcessCollector(registry, path)  # type: ignore[no-untyped-call]
         text = generate_latest(registry)
     else:
         text = generate_latest(REGISTRY)
@@ -168,6 +172,36 @@ def exposition(client: redis.Redis | None = None) -> bytes:
 def serve_worker_metrics(port: int, host: str) -> None:
     """This worker's own `/metrics` on `host:port` (for a worker on another machine than the web)."""
     start_http_server(port, addr=host, registry=REGISTRY)
+
+
+def forget_dead_processes(path: str) -> None:
+    """Drop the live gauges of processes in `path` that are gone: one killed (-9, OOM) or
+    crashed never calls `process_exited`, and prometheus_client shows a `live*` gauge's file
+    until `mark_process_dead` removes it (a dead worker's gauges would stay forever). Counters
+    and histograms stay: a dead process's counts still add up. The directory belongs to one host
+    (one pid namespace), so a pid that does not run is gone; one reused by another process keeps
+    the dead one's gauges until that process ends too."""
+    pids: set[int] = set()
+    for name in os.listdir(path):
+        if name.startswith("gauge_live") and name.endswith(".db"):
+            tail = name[: -len(".db")].rsplit("_", 1)[-1]
+            if tail.isdigit():
+                pids.add(int(tail))
+    for pid in pids:
+        if not _running(pid):
+            with contextlib.suppress(FileNotFoundError):  # another scrape removed it first
+                multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+
+
+def _running(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (signal 0 checks, sends nothing)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def process_exited(pid: int) -> None:

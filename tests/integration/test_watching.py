@@ -182,3 +182,29 @@ def test_a_worker_on_another_machine_serves_its_own_metrics_on_metrics_port(
     # The web's own page has its requests, not the worker's runs.
     web_page = samples(api.get("/metrics").text)
     assert ("regina_runs_total", (("mode", "sync"), ("outcome", "stop"))) not in web_page
+
+
+def test_a_worker_killed_without_shutdown_leaves_no_gauges_in_metrics(
+    make_cluster: Callable[..., Cluster], tmp_path: Path
+) -> None:
+    """A worker killed -9 never runs its shutdown (`process_exited`): the scrape itself drops the
+    live gauges of processes that are gone. Its counters' files stay (their counts still add up)."""
+    shared = tmp_path / "metrics"
+    shared.mkdir()
+    c = make_cluster(PROMETHEUS_MULTIPROC_DIR=str(shared))
+    doomed, other = c.start_worker(wait=False), c.start_worker(wait=False)
+    for proc in c.procs:
+        c.wait_worker(proc)
+    web = c.start_web()
+
+    def members() -> set[str]:
+        got = samples(httpx.get(web.url + "/metrics", timeout=10).text)
+        return {dict(labels)["member"] for name, labels in got if name == "regina_worker_instances"}
+
+    wait_until(lambda: members() == {doomed.member_id, other.member_id}, timeout=30, what="both workers' gauges")
+    pid = doomed.popen.pid
+    assert any(name.endswith(f"_{pid}.db") and not name.startswith("gauge_live") for name in os.listdir(shared))
+    doomed.kill_group()
+    assert members() == {other.member_id}
+    assert not any(name.startswith("gauge_live") and name.endswith(f"_{pid}.db") for name in os.listdir(shared))
+    assert any(name.endswith(f"_{pid}.db") for name in os.listdir(shared))  # its counters
