@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from regina.metrics import (
     FIRST_TOKEN_SECONDS,
@@ -31,8 +32,12 @@ log = logging.getLogger("regina.run")
 class RunWatch:
     """Follows one run's events (see the module docstring)."""
 
-    def __init__(self, instance_id: str, run_id: str, provider: str, model: str, stream: bool) -> None:
+    def __init__(
+        self, instance_id: str, run_id: str, provider: str, model: str, stream: bool, offered: Callable[[str], bool]
+    ) -> None:
         self.instance_id = instance_id
+        self.offered = offered
+        """Whether the instance offers a tool of this name (a call's label is its name only then)."""
         self.run_id = run_id
         self.provider = provider
         self.model = model
@@ -57,9 +62,10 @@ class RunWatch:
             self._model_call_ended()
         elif isinstance(event, ToolResultEvent):
             failed = isinstance(event.result, dict) and "error" in event.result
-            # A name the model made up is not a label of its own (each would be a series for good).
-            unknown = failed and str(event.result.get("error", "")).startswith("unknown tool ")
-            TOOL_CALLS.labels("unknown" if unknown else event.tool_name, "error" if failed else "ok").inc()
+            # A name the model made up is not a label of its own (each would be a series for good),
+            # whatever its result says (a call skipped by a cancel never reached the tool lookup).
+            tool = event.tool_name if self.offered(event.tool_name) else "unknown"
+            TOOL_CALLS.labels(tool, "error" if failed else "ok").inc()
         elif isinstance(event, StepFinish):
             self._model_call_ended()
             self.step_started, self.model_done = time.monotonic(), False

@@ -140,7 +140,7 @@ class StepRunner:
             stream=stream,
             runner=act.runner,
         )
-        watch = ctx.watch = RunWatch(instance_id, run_id, spec.target.provider, d.model, stream)
+        watch = ctx.watch = RunWatch(instance_id, run_id, spec.target.provider, d.model, stream, act.tools.offers)
         self.running[run_id] = ctx
         if self.cancelled_early.pop(run_id, None) is not None:  # announced since its start
             ctx.cancel.cancel(CANCELLED)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 import os
 import shutil
 import signal
@@ -208,3 +209,35 @@ def test_a_worker_killed_without_shutdown_leaves_no_gauges_in_metrics(
     assert members() == {other.member_id}
     assert not any(name.startswith("gauge_live") and name.endswith(f"_{pid}.db") for name in os.listdir(shared))
     assert any(name.endswith(f"_{pid}.db") for name in os.listdir(shared))  # its counters
+
+
+def test_a_tool_call_is_labelled_by_the_instances_tools_not_by_its_error_text(
+    make_cluster: Callable[..., Cluster], fake_llm: FakeLLM, tmp_path: Path
+) -> None:
+    """A call skipped because the run was cancelled gets a "cancelled" result, not "unknown tool":
+    its made-up name must still not become a label (one series per invented name, for good)."""
+    shared = tmp_path / "metrics"
+    shared.mkdir()
+    c = make_cluster(PROMETHEUS_MULTIPROC_DIR=str(shared))
+    c.start_worker()
+    web = c.start_web()
+    api = httpx.Client(base_url=web.url, timeout=60)
+    iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
+    fake_llm.push(
+        Reply(tool_calls=[ToolCall("bash", {"command": "sleep 8"}), ToolCall("made_up_tool_y", {})]),
+        Reply(text="must not be asked"),
+    )
+    events = []
+    with api.stream("POST", f"/instances/{iid}/chat/stream", json={"message": "go"}) as resp:
+        run_id = resp.headers["X-Run-Id"]
+        for line in resp.iter_lines():
+            if line:
+                events.append(json.loads(line))
+                if events[-1]["type"] == "tool-call" and events[-1]["toolName"] == "bash":
+                    assert api.post(f"/runs/{run_id}/cancel").status_code == 202
+    assert events[-1]["type"] == "finish" and events[-1]["finishReason"] == "cancelled"
+    results = {e["toolName"]: e["result"]["error"] for e in events if e["type"] == "tool-result"}
+    assert results["made_up_tool_y"].startswith("cancelled: ") and "unknown tool" not in results["made_up_tool_y"]
+    got = samples(api.get("/metrics").text)
+    calls = {labels: value for (name, labels), value in got.items() if name == "regina_tool_calls_total"}
+    assert calls == {(("outcome", "error"), ("tool", "bash")): 1, (("outcome", "error"), ("tool", "unknown")): 1}

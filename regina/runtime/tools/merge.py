@@ -60,6 +60,12 @@ class InstanceTools:
             self._mcp_seen = mcp
         return self._merged
 
+    def offers(self, name: str) -> bool:
+        """Whether the step in progress offers a tool called `name` (the merge `for_step` made
+        last, nothing reconnected): run metrics label a call by its name only if so, since a
+        name the model made up would be a series of its own for good."""
+        return self._merged is not None and name in self._merged
+
     def bind_run(self, on_degraded: Callable[[str, str], None]) -> None:
         """Report MCP servers that drop during the coming run through `on_degraded(server, error)`."""
         if self.mcp is not None:
