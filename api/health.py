@@ -54,5 +54,7 @@ def _query() -> m.HealthQuery:
 @bp.get("/metrics")
 @documented({"HTTP_200": (None, "Prometheus text format")}, tag="operations")
 def metrics() -> Response:
-    """Prometheus text: every web (and local worker) process's counts, and the cluster gauges."""
-    return Response(exposition(services().client), mimetype=CONTENT_TYPE_LATEST)
+    """Prometheus text: every web (and local worker) process's counts, and the cluster gauges
+    (read through the health probe's client: while Redis hangs a scrape answers within
+    PROBE_TIMEOUT s, without them)."""
+    return Response(exposition(services().probe), mimetype=CONTENT_TYPE_LATEST)

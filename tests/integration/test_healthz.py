@@ -59,6 +59,21 @@ def test_healthz_answers_503_naming_redis_within_seconds_while_redis_is_stopped(
     wait_until(lambda: httpx.get(lone_web.url + "/healthz", timeout=5).status_code == 200, what="healthy again")
 
 
+def test_a_scrape_answers_without_the_cluster_gauges_while_redis_is_stopped(lone_web: LoneWeb) -> None:
+    first = httpx.get(lone_web.url + "/metrics", timeout=5)
+    assert first.status_code == 200 and "regina_instances{" in first.text
+    assert lone_web.redis.proc is not None
+    pid = lone_web.redis.proc.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        resp = httpx.get(lone_web.url + "/metrics", timeout=15)
+        took = time.monotonic() - started
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert resp.status_code == 200 and "regina_instances{" not in resp.text and took < 5
+
+
 def test_healthz_ready_is_a_boolean_and_garbage_is_a_400_naming_it(lone_web: LoneWeb) -> None:
     def get(query: str) -> httpx.Response:
         return httpx.get(lone_web.url + "/healthz" + query, timeout=10)
