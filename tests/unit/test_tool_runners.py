@@ -25,9 +25,11 @@ from regina.runtime.tools.process import ProcessRunner
 from regina.runtime.tools.runner import ThreadRunner
 from regina.runtime.tools.toolset import build_tools
 from regina.vfs import MemoryVFS, SQLiteVFS, open_vfs
+from tests.harness.waiting import wait_until
 
 TOOL = """
 import os
+import subprocess
 import time
 
 from pydantic import BaseModel
@@ -37,10 +39,21 @@ from regina.runtime.tools.base import tool
 
 class Params(BaseModel):
     mode: str
+    path: str = ""
 
 
 @tool(description="test", parameters=Params)
 def work(p: Params) -> dict:
+    if p.mode.startswith("spawn"):  # a process of the tool's own, its pid written to p.path
+        spawned = subprocess.Popen(["sleep", "777"])
+        with open(p.path + ".tmp", "w") as f:
+            f.write(str(spawned.pid))
+        os.rename(p.path + ".tmp", p.path)
+        if p.mode == "spawn-exit":
+            os._exit(3)
+        if p.mode == "spawn-sleep":
+            time.sleep(60)
+        return {"pid": os.getpid(), "spawned": spawned.pid}
     if p.mode == "exit":
         os._exit(3)
     if p.mode == "sleep":
@@ -144,6 +157,91 @@ def test_process_runner_cancel_stops_the_call_in_progress(
     with pytest.raises(ToolError, match="was cancelled"):
         runner.run(tools["work"], {"mode": "sleep"})
     assert "pid" in runner.run(tools["work"], {"mode": "pid"})
+
+
+def _spawned(path: Path) -> int:
+    """The pid of the process the tool started (mode "spawn…"), once it is written; the file goes."""
+    pid = int(wait_until(lambda: path.exists() and path.read_text(), timeout=10, what="the spawned pid"))
+    path.unlink()
+    return pid
+
+
+def test_no_process_a_tool_started_outlives_a_timeout_a_cancel_a_crash_or_a_close(
+    proc_runner: tuple[ProcessRunner, dict[str, Tool], SQLiteVFS], tmp_path: Path
+) -> None:
+    """docs/isolation.md: no process of a tool's outlives its call's stop or its instance's
+    release. Killing the child alone left a tool's `subprocess.Popen` running, reparented to init."""
+    runner, tools, _ = proc_runner
+    pidfile = tmp_path / "spawned"
+    spawn = {"path": str(pidfile)}
+    with pytest.raises(ToolError, match="timed out"):
+        runner.run(tools["work"], {"mode": "spawn-sleep", **spawn})
+    sleeper = _spawned(pidfile)
+    wait_until(lambda: _gone(sleeper), timeout=5, what="a tool's process outliving its timed-out call")
+
+    threading.Timer(0.5, runner.cancel).start()
+    with pytest.raises(ToolError, match="was cancelled"):
+        runner.run(tools["work"], {"mode": "spawn-sleep", **spawn})
+    sleeper = _spawned(pidfile)
+    wait_until(lambda: _gone(sleeper), timeout=5, what="a tool's process outliving its cancelled call")
+
+    with pytest.raises(ToolError, match="exited with status 3"):
+        runner.run(tools["work"], {"mode": "spawn-exit", **spawn})
+    sleeper = _spawned(pidfile)
+    wait_until(lambda: _gone(sleeper), timeout=5, what="a tool's process outliving its crashed child")
+
+    answer = runner.run(tools["work"], {"mode": "spawn", **spawn})  # left running by a call that answered
+    sleeper = _spawned(pidfile)
+    assert answer["spawned"] == sleeper and not _gone(sleeper)
+    runner.close()
+    wait_until(lambda: _gone(sleeper), timeout=5, what="a tool's process outliving its instance's release")
+
+
+WORKER = """
+import os, sys
+from pathlib import Path
+
+from regina.config import Limits
+from regina.runtime.tools.child import ChildSpec
+from regina.runtime.tools.loading import load_tool_module
+from regina.runtime.tools.process import ProcessRunner
+from regina.runtime.tools.runner import ThreadRunner
+from regina.runtime.tools.toolset import build_tools
+from regina.vfs import open_vfs
+
+if __name__ == "__main__":
+    tmp = Path(sys.argv[1])
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": "/", "PWD": "/"}
+    vfs = open_vfs("sqlite", "i1", str(tmp), None, "NORMAL")
+    path = str(tmp / "work.py")
+    tools = build_tools(vfs, env=env, limits=Limits(), network=False, user_tools={"work": load_tool_module(path)})
+    spec = ChildSpec("i1", "sqlite", str(tmp), None, "NORMAL", env, Limits().model_dump(), False, (path,))
+    runner = ProcessRunner(spec, child_tools=set(tools), timeout=60, cpu_seconds=30, fallback=ThreadRunner(5))
+    runner.run(tools["work"], {"mode": "spawn-sleep", "path": str(tmp / "spawned")})
+"""
+
+
+def test_no_process_a_tool_started_outlives_a_worker_killed_mid_call(tmp_path: Path) -> None:
+    # Given a worker whose tool process is stuck in a call that started a process of its own
+    import signal
+    import subprocess
+    import sys
+
+    (tmp_path / "work.py").write_text(TOOL)
+    (tmp_path / "worker.py").write_text(WORKER)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    worker = subprocess.Popen([sys.executable, str(tmp_path / "worker.py"), str(tmp_path)], env=env)
+    try:
+        sleeper = _spawned(tmp_path / "spawned")
+        tool_process = psutil.Process(sleeper).ppid()
+        # When the worker is killed -9
+        worker.kill()
+        worker.wait(10)
+        # Then its tool process and the process it started die with it
+        wait_until(lambda: _gone(tool_process) and _gone(sleeper), timeout=10, what="processes outliving the worker")
+    finally:
+        if worker.poll() is None:
+            os.kill(worker.pid, signal.SIGKILL)
 
 
 def test_use_processes_needs_a_vfs_a_child_can_open(tmp_path: Path) -> None:

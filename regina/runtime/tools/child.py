@@ -19,6 +19,9 @@ The environment is the allow-listed one (`allowedEnv`), not the worker's. RLIMIT
 address space for the child's whole life; RLIMIT_CPU is moved before each call to the CPU time
 used so far plus `cpu_seconds`, so the limit is per call although the child is reused. Past it
 the kernel sends SIGXCPU and the child dies; the parent reports that call's failure.
+
+The child leads a session (process group) of its own, which the processes its tools start
+inherit: the parent stops the whole group, and the child kills it when its worker is gone.
 """
 
 from __future__ import annotations
@@ -141,25 +144,44 @@ PRELOAD = (
 """Imported once by the fork server, so a child starts without importing them again."""
 
 
+def _lead_own_group() -> None:
+    """Lead a session (and process group) of our own, so that every process a tool starts
+    (`subprocess.Popen`, inherited by theirs) is in it: the worker stops the whole group
+    (`os.killpg`) and none is left running, reparented to init, after a timeout, a cancel or a
+    close. A group of the fork server's would take the server and its siblings with it."""
+    if os.getpgrp() != os.getpid():
+        os.setsid()
+
+
+def _end_group() -> None:
+    """Kill this child's process group, the child included: the worker let go of us (its pipe
+    ended, or it exited) and no process a tool started may outlive it."""
+    if os.getpgrp() == os.getpid():  # never a group we do not lead (the fork server's)
+        os.killpg(os.getpid(), signal.SIGKILL)
+    os._exit(0)
+
+
 def _exit_with_worker(worker_pid: int) -> None:
-    """Exit as soon as the worker exits, however it exits (kill -9 too), even in the middle of a
-    stuck call. (The fork server cannot do it: every child it forks holds its keep-alive pipe.)"""
+    """Exit, with every process the tools started, as soon as the worker exits, however it exits
+    (kill -9 too), even in the middle of a stuck call. (The fork server cannot do it: every child
+    it forks holds its keep-alive pipe.)"""
     try:
         fd = os.pidfd_open(worker_pid)
     except ProcessLookupError:
-        os._exit(0)
+        _end_group()
     except (AttributeError, OSError):  # not Linux ≥ 5.3: the pipe's EOF still ends an idle child
         return
 
     def watch() -> None:
         select.select([fd], [], [])
-        os._exit(0)
+        _end_group()
 
     threading.Thread(target=watch, name="regina-worker-watch", daemon=True).start()
 
 
 def child_main(conn: Connection, spec: ChildSpec) -> None:
     """Serve tool calls for one instance until the parent closes the pipe."""
+    _lead_own_group()
     _exit_with_worker(spec.worker_pid)
     os.set_blocking(conn.fileno(), True)  # made by a gevent-patched socketpair: non-blocking
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the worker, which then stops us
@@ -186,8 +208,8 @@ def child_main(conn: Connection, spec: ChildSpec) -> None:
     while True:
         try:
             name, args, cpu_seconds = conn.recv()
-        except (EOFError, OSError):
-            return
+        except (EOFError, OSError):  # closed by the worker, or by its death
+            _end_group()
         _set_cpu_budget(cpu_seconds)
         kind, value = _answer(tools, name, args, spec.memory_mb)
         try:

@@ -100,6 +100,25 @@ def _wait(fds: list[int], timeout: float | None) -> list[int]:
     return list(readable)
 
 
+def _kill(proc: Any) -> None:
+    """SIGKILL the child and its process group: every process its tools started (the child leads
+    a session of its own, `child._lead_own_group`), so none outlives a timeout, cancel or close.
+
+    The group is killed even when the child is already dead (crashed, `os._exit`, killed by the
+    kernel): what it started may still run. Its pid cannot name another group meanwhile while
+    one of those still runs (Linux keeps a group's id in use while it has a member)."""
+    try:
+        pid = proc.pid
+    except ValueError:  # closed: stopped and reaped already (a cancel racing a stop)
+        return
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):  # no such group (empty, or before setsid)
+        pass
+    if proc.exitcode is None:
+        proc.kill()
+
+
 def _death(name: str, exitcode: int | None, spec: ChildSpec, cpu_seconds: float | None) -> str:
     if exitcode == -signal.SIGXCPU:
         why = f"used more than its CPU limit (limits.toolCpuSeconds = {cpu_seconds:g} s)"
@@ -190,8 +209,8 @@ class ProcessRunner:
 
         `drain`: kill it first and journal the changes it reported before that (a call timed out)."""
         if drain and self._proc is not None and self._conn is not None:
+            _kill(self._proc)
             if self._proc.exitcode is None:
-                self._proc.kill()
                 _wait([self._proc.sentinel], 5.0)
             while (answer := self._receive()) is not None and answer[0] != "dead":
                 pass
@@ -203,8 +222,9 @@ class ProcessRunner:
             return None
         if grace and proc.exitcode is None:
             _wait([proc.sentinel], grace)
-        if proc.exitcode is None:
-            proc.kill()
+        alive = proc.exitcode is None
+        _kill(proc)  # its group too, whether the child is still alive or not
+        if alive:
             _wait([proc.sentinel], 5.0)
         proc.join(0)
         code = proc.exitcode
@@ -226,8 +246,8 @@ class ProcessRunner:
         proc = self._proc
         if self._lock.locked():  # a call in progress, its process perhaps still starting
             self._cancelled = True
-            if proc is not None and proc.exitcode is None:
-                proc.kill()
+            if proc is not None:
+                _kill(proc)
         self.fallback.cancel()
 
     # -- calls -----------------------------------------------------------------------------
