@@ -71,7 +71,7 @@ class Equipment:
         instance_id: str,
         definition: AgentDefinition,
         tools: InstanceTools,
-        on_change: Callable[..., None] | None = None,
+        on_change: Callable[..., int | None] | None = None,
         before_call: Callable[[], None] | None = None,
         on_unreported: Callable[[], None] | None = None,
     ) -> ToolRunner:

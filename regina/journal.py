@@ -95,13 +95,16 @@ class JournalVFS(RecordingVFS):
         self.pending_bytes = 0
         self.written_bytes = 0  # since attach: drives checkpoints
 
-    def record(self, op: str, *args: Any) -> None:
+    def record(self, op: str, *args: Any) -> int:
+        """Keep the change's entry until the next flush; its size (a tool process's runner stops
+        a call whose reported changes hold too much here: `ProcessRunner.max_call_changes`)."""
         self.seq += 1
         entry = f"{self.seq} " + json.dumps([self.epoch, op, *args], separators=(",", ":"))
         self.pending.append(entry)
         self.pending_bytes += len(entry)
         self.written_bytes += len(entry)
         self.mark_changing()  # a tool process's change (reported after it was made) marks it too
+        return len(entry)
 
     def must_checkpoint(self) -> None:
         """Back the file up at the end of this step (the checkpoint's own threshold regardless):

@@ -45,8 +45,9 @@ class RecordingVFS:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
 
-    def record(self, op: str, *args: Any) -> None:
-        """Note one change already made to `inner` (subclasses decide where it goes)."""
+    def record(self, op: str, *args: Any) -> int | None:
+        """Note one change already made to `inner` (subclasses decide where it goes); the bytes
+        the note now takes in this process's memory, when it stays there (a journal's)."""
         raise NotImplementedError
 
     def mark_changing(self) -> None:

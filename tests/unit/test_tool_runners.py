@@ -267,13 +267,14 @@ def test_use_processes_is_accepted_from_the_environment() -> None:
 
 
 def _journaled_runner(
-    iid: str, vfs: Any, tmp_path: Path, timeout: float, **hooks: Any
+    iid: str, vfs: Any, tmp_path: Path, timeout: float, limits: Limits | None = None, **hooks: Any
 ) -> tuple[dict[str, Tool], ProcessRunner]:
     """The default tools of a sqlite instance in `tmp_path`, and a process runner for them whose
     child reports its changes for the journal (`hooks`: on_change, before_call)."""
     env = {"PATH": os.environ.get("PATH", ""), "HOME": "/", "PWD": "/"}
-    tools = build_tools(vfs, env=env, limits=Limits(), network=False, user_tools={})
-    spec = ChildSpec(iid, "sqlite", str(tmp_path), None, "NORMAL", env, Limits().model_dump(), False, journal=True)
+    limits = limits or Limits()
+    tools = build_tools(vfs, env=env, limits=limits, network=False, user_tools={})
+    spec = ChildSpec(iid, "sqlite", str(tmp_path), None, "NORMAL", env, limits.model_dump(), False, journal=True)
     runner = ProcessRunner(
         spec, child_tools=set(tools), timeout=timeout, cpu_seconds=30, fallback=ThreadRunner(5), **hooks
     )
@@ -328,6 +329,50 @@ def test_a_call_whose_process_was_stopped_asks_for_a_backup_and_a_tools_own_erro
     finally:
         runner.close()
         vfs.close()
+
+
+def test_a_call_reporting_too_many_changes_is_stopped_and_the_journal_still_describes_the_files(
+    tmp_path: Path,
+) -> None:
+    """The worker holds every change a tool process reports until the step's journal flush: a
+    bash loop rewriting a big file made gigabytes pending in the worker during one call. Past
+    16 × limits.maxFileBytes of changes the call is stopped; what it changed before is journaled."""
+    from regina.journal import MUST_CHECKPOINT, JournalVFS, parse
+
+    # Given a journaled instance whose files may hold 64 KiB (so a call may change 1 MiB)
+    worker = JournalVFS(open_vfs("sqlite", "i4", str(tmp_path), None, "NORMAL"), epoch=1, seq=0)
+    tools, runner = _journaled_runner(
+        "i4",
+        worker,
+        tmp_path,
+        60,
+        limits=Limits(max_file_bytes=64 * 1024),
+        on_change=worker.record,
+        before_call=worker.mark_changing,
+        on_unreported=worker.must_checkpoint,
+    )
+    try:
+        # When a call rewrites a 49 KB file 200 times (10 MB of changes)
+        loop = "seq 1 10000 > /s; for i in $(seq 1 200); do cat /s > /c; done; echo finished > /f"
+        with pytest.raises(ToolError, match=r"more than 1048576 bytes .*16 × limits.maxFileBytes"):
+            runner.run(tools["bash"], {"command": loop})
+        # Then it was stopped past 1 MiB, and the worker holds about that much (plus the pipe's buffer)
+        assert not worker.exists("/f")
+        assert worker.pending_bytes < 2 << 20, worker.pending_bytes
+        # And the journal replays to the files the instance has, which will be backed up at the
+        # step's end (a change made and not reported when the process was killed)
+        replayed = MemoryVFS()
+        for entry in worker.pending:
+            body = parse(entry)[1]
+            apply(replayed, str(body[1]), body[2:])
+        assert replayed.read("/s") == worker.read("/s") and len(worker.read("/s")) == 48894
+        assert replayed.read("/c") == worker.read("/c") == worker.read("/s")
+        assert worker.written_bytes >= MUST_CHECKPOINT
+        # And the next call's fresh process sees those files and may change them again
+        assert runner.run(tools["bash"], {"command": "diff -q /s /c && wc -c < /c"})["stdout"].strip() == "48894"
+    finally:
+        runner.close()
+        worker.close()
 
 
 def test_a_tool_process_never_writes_a_copy_still_marked_clean(tmp_path: Path) -> None:

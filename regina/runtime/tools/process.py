@@ -15,7 +15,9 @@ with a clear tool error; the next call starts a fresh child.
 When the worker journals the instance (regina/journal.py), the child reports each VFS change as it
 makes it (`("journal", change)` on the pipe, before the answer) and `on_change` journals it in the
 worker: a tool's writes are as durable as the worker's own. A call cut short still reports what it
-changed before: the pipe is read to its end before a dead or killed child is reaped.
+changed before: the pipe is read to its end before a dead or killed child is reaped. A call whose
+reported changes would hold more than `CALL_CHANGES_FILES` × `limits.maxFileBytes` in the worker
+is stopped the same way.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
+from regina.config import Limits
 from regina.errors import ToolError
 from regina.runtime.tools.base import Tool
 from regina.runtime.tools.child import PRELOAD, ChildSpec, child_main
@@ -42,6 +45,12 @@ __all__ = ["ProcessRunner", "mp_context", "resident_bytes", "warm_up"]
 log = logging.getLogger(__name__)
 
 _START_TIMEOUT = 30.0
+#: The file changes one call reports may take at most this many times `limits.maxFileBytes` in the
+#: worker (their journal entries, as `on_change` counts them): 1 GiB with the default 64 MiB, what
+#: thread mode lets one bash call grow the worker (`MAX_CALL_GROWTH_KB`). The worker holds every
+#: change reported until the step's journal flush: a bash loop rewriting a 38 MB file held 1.5 GiB
+#: in the worker during one call.
+CALL_CHANGES_FILES = 16
 _ctx: Any = None
 _ctx_lock = threading.Lock()
 #: One child start at a time in a process. Under gevent each start runs multiprocessing's fork
@@ -119,6 +128,11 @@ def _kill(proc: Any) -> None:
         proc.kill()
 
 
+def _change_bytes(change: list[Any]) -> int:
+    """About what one reported change weighs when `on_change` does not say what it keeps."""
+    return sum(len(part) if isinstance(part, str | bytes) else 8 for part in change)
+
+
 def _death(name: str, exitcode: int | None, spec: ChildSpec, cpu_seconds: float | None) -> str:
     if exitcode == -signal.SIGXCPU:
         why = f"used more than its CPU limit (limits.toolCpuSeconds = {cpu_seconds:g} s)"
@@ -142,11 +156,12 @@ class ProcessRunner:
         timeout: float,
         cpu_seconds: float | None,
         fallback: ToolRunner,
-        on_change: Callable[..., None] | None = None,
+        on_change: Callable[..., int | None] | None = None,
         before_call: Callable[[], None] | None = None,
         on_unreported: Callable[[], None] | None = None,
     ) -> None:
         self.spec = spec
+        #: Journals one reported change in the worker (`JournalVFS.record`); the bytes it keeps.
         self.on_change = on_change
         #: Called when a call's process ended before answering (killed, out of memory, timed
         #: out, cancelled): it may have changed the file without reporting it (`must_checkpoint`).
@@ -163,6 +178,9 @@ class ProcessRunner:
         self._lock = threading.Lock()
         self._cancelled = False
         self._closed = False
+        #: Bytes of changes one call may report before it is stopped (see CALL_CHANGES_FILES).
+        self.max_call_changes = CALL_CHANGES_FILES * Limits.model_validate(spec.limits).max_file_bytes
+        self._reported = 0  # by the call in progress
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -272,7 +290,8 @@ class ProcessRunner:
 
     def _receive(self) -> tuple[str, Any] | None:
         """The next answer waiting on the pipe, journaling the changes reported before it
-        (None: nothing more to read now; ("dead", None): the pipe ended with the child)."""
+        (None: nothing more to read now; ("dead", None): the pipe ended with the child;
+        ("too_much", None): the call's changes just passed `max_call_changes`)."""
         conn = self._conn
         while conn is not None and conn.poll(0):
             try:
@@ -281,8 +300,11 @@ class ProcessRunner:
                 return "dead", None
             if kind != "journal":
                 return kind, value
-            if self.on_change is not None:
-                self.on_change(*value)
+            held = self.on_change(*value) if self.on_change is not None else None
+            below = self._reported <= self.max_call_changes
+            self._reported += held if isinstance(held, int) else _change_bytes(value)
+            if below and self._reported > self.max_call_changes:
+                return "too_much", None
         return None
 
     def _call(self, name: str, args: dict[str, Any]) -> Any:
@@ -291,6 +313,7 @@ class ProcessRunner:
         if self._cancelled:  # while its process started: nothing was sent
             raise ToolError(f"tool {name!r} was cancelled")
         started = time.monotonic()
+        self._reported = 0
         try:
             conn.send((name, args, self.cpu_seconds))
         except (OSError, ValueError):
@@ -300,6 +323,23 @@ class ProcessRunner:
             answer = self._receive()  # a dead child's pipe is read to its end here
             if answer is not None or not ready or proc.sentinel in ready:
                 break
+        if answer is not None and answer[0] == "too_much":
+            # Killed, then its pipe read to the end: what it reported is journaled (a socket
+            # buffer's worth more at most); a change it made and had not reported yet is on the
+            # file only, and `on_unreported` (run) backs the file up for it. The next call's
+            # fresh process opens the file, which the journal then describes.
+            log.warning(
+                "tool %s of %s reported more than %d bytes of changes: stopping its process",
+                name,
+                self.spec.instance_id,
+                self.max_call_changes,
+            )
+            self._stop(drain=True)
+            raise ToolError(
+                f"tool {name!r} changed files by more than {self.max_call_changes} bytes in one call "
+                f"({CALL_CHANGES_FILES} × limits.maxFileBytes, held by the worker until the step ends) "
+                "and was stopped; the changes it made before are kept. Change less per call."
+            )
         if answer is not None and answer[0] != "dead":
             kind, value = answer
             if kind == "ok":
