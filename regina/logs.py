@@ -17,6 +17,7 @@ from regina.secrets import redact
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s {role}[%(process)d] %(name)s: %(message)s"
 JSON_FIELDS = "%(asctime)s %(levelname)s %(process)d %(name)s %(message)s"
 _JSON_RENAME = {"asctime": "time", "levelname": "level", "process": "pid", "name": "logger"}
+_configured: tuple[str, str, str] | None = None
 
 
 def formatter(role: str, fmt: str = "text") -> logging.Formatter:
@@ -35,8 +36,16 @@ def formatter(role: str, fmt: str = "text") -> logging.Formatter:
     return logging.Formatter(TEXT_FORMAT.format(role=role))
 
 
+def configured() -> tuple[str, str, str] | None:
+    """(role, level, fmt) of this process's `configure`, if it was called: a tool process
+    (`useProcesses`) logs the same way as its worker."""
+    return _configured
+
+
 def configure(role: str, level: str = "INFO", fmt: str = "text") -> None:
     """Log from this process in Regina's format to stderr (replaces the root's handlers)."""
+    global _configured
+    _configured = (role, level, fmt)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter(role, fmt))
     root = logging.getLogger()

@@ -49,6 +49,14 @@ def add_secret(value: str | None) -> None:
             _pattern = None
 
 
+def known_secrets() -> tuple[str, ...]:
+    """Every value this process redacts (the environment's secrets and the registered ones): a
+    tool process, whose environment holds none of them, redacts its log lines with these."""
+    with _lock:
+        extra = set(_extra)
+    return tuple(sorted(secret_values(environment()) | extra))
+
+
 def url_secrets(url: str) -> list[str]:
     """The credentials a URL carries: its password (`https://user:pw@host`) and the values of
     query parameters named like a secret (`?api_key=…`, `?token=…`). An MCP server's URL is

@@ -28,6 +28,7 @@ from regina.vfs import MemoryVFS, SQLiteVFS, open_vfs
 from tests.harness.waiting import wait_until
 
 TOOL = """
+import logging
 import os
 import subprocess
 import time
@@ -54,6 +55,10 @@ def work(p: Params) -> dict:
         if p.mode == "spawn-sleep":
             time.sleep(60)
         return {"pid": os.getpid(), "spawned": spawned.pid}
+    if p.mode == "log":  # p.path: the text to log
+        logging.getLogger("mytool").warning("calling upstream with %s", p.path)
+        logging.getLogger("mytool").info("called upstream")
+        return {"pid": os.getpid()}
     if p.mode == "exit":
         os._exit(3)
     if p.mode == "sleep":
@@ -242,6 +247,75 @@ def test_no_process_a_tool_started_outlives_a_worker_killed_mid_call(tmp_path: P
     finally:
         if worker.poll() is None:
             os.kill(worker.pid, signal.SIGKILL)
+
+
+LOGGING_WORKER = """
+import json, os, sys
+from pathlib import Path
+
+from regina.config import Limits
+from regina.logs import configure
+from regina.runtime.tools.child import ChildSpec
+from regina.runtime.tools.loading import load_tool_module
+from regina.runtime.tools.process import ProcessRunner
+from regina.runtime.tools.runner import ThreadRunner
+from regina.runtime.tools.toolset import build_tools
+from regina.secrets import add_secret, install_log_redaction
+from regina.vfs import open_vfs
+
+if __name__ == "__main__":
+    tmp = Path(sys.argv[1])
+    install_log_redaction()
+    configure("worker", "INFO", "json")
+    add_secret("registered-secret-0123456789")
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": "/", "PWD": "/"}
+    vfs = open_vfs("sqlite", "i1", str(tmp), None, "NORMAL")
+    path = str(tmp / "work.py")
+    tools = build_tools(vfs, env=env, limits=Limits(), network=False, user_tools={"work": load_tool_module(path)})
+    spec = ChildSpec("i1", "sqlite", str(tmp), None, "NORMAL", env, Limits().model_dump(), False, (path,))
+    runner = ProcessRunner(spec, child_tools=set(tools), timeout=60, cpu_seconds=30, fallback=ThreadRunner(5))
+    text = "registered-secret-0123456789 and " + os.environ["UPSTREAM_API_KEY"]
+    answer = runner.run(tools["work"], {"mode": "log", "path": text})
+    runner.close()
+    print(json.dumps(answer))
+"""
+
+
+def test_a_tool_process_logs_in_the_workers_format_with_secrets_redacted(tmp_path: Path) -> None:
+    """A tool's log line reaches the worker's stderr: it must not carry a secret (the child's
+    environment has none of the worker's, so its redaction did not know them) and it is in the
+    worker's configured format and level (the child configured logging as basicConfig, WARNING)."""
+    import json
+    import subprocess
+    import sys
+
+    # Given a worker logging JSON at INFO, with a registered secret and one from its environment
+    (tmp_path / "work.py").write_text(TOOL)
+    (tmp_path / "worker.py").write_text(LOGGING_WORKER)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+        "UPSTREAM_API_KEY": "env-secret-abcdefghijkl",
+    }
+    # When a tool in its tool process logs both
+    out = subprocess.run(
+        [sys.executable, str(tmp_path / "worker.py"), str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    tool_pid = json.loads(out.stdout.strip().splitlines()[-1])["pid"]
+    # Then the worker's stderr has neither secret, and the tool's lines are JSON of Regina's
+    # format, at the worker's level, from the tool process
+    assert "registered-secret" not in out.stderr and "env-secret" not in out.stderr, out.stderr
+    lines = [json.loads(line) for line in out.stderr.splitlines() if '"mytool"' in line]
+    assert [(line["level"], line["message"]) for line in lines] == [
+        ("WARNING", "calling upstream with [redacted] and [redacted]"),
+        ("INFO", "called upstream"),
+    ], out.stderr
+    assert all(line["role"] == "worker" and line["pid"] == tool_pid and "time" in line for line in lines)
 
 
 def test_use_processes_needs_a_vfs_a_child_can_open(tmp_path: Path) -> None:

@@ -26,7 +26,6 @@ inherit: the parent stops the whole group, and the child kills it when its worke
 
 from __future__ import annotations
 
-import logging
 import os
 import resource
 import select
@@ -60,6 +59,10 @@ class ChildSpec:
     memory_mb: int | None = None
     worker_pid: int = field(default_factory=os.getpid)
     journal: bool = False
+    #: The worker's secret values and (role, level, fmt) of its log (regina/logs.py), filled in
+    #: when a child starts: its log lines are redacted and formatted like the worker's own.
+    secrets: tuple[str, ...] = field(default=(), repr=False)
+    log: tuple[str, str, str] | None = None
 
 
 def _set_memory_limit(memory_mb: int | None) -> None:
@@ -132,6 +135,8 @@ def _answer(tools: dict[str, Any], name: str, args: dict[str, Any], memory_mb: i
 
 PRELOAD = (
     "regina.runtime.tools.child",
+    "regina.logs",
+    "regina.secrets",
     "regina.runtime.tools.toolset",
     "regina.runtime.tools.loading",
     "regina.vfs",
@@ -142,6 +147,20 @@ PRELOAD = (
     "just_bash.interpreter.errors",
 )
 """Imported once by the fork server, so a child starts without importing them again."""
+
+
+def _log_like_the_worker(spec: ChildSpec) -> None:
+    """Log as the worker does, to the stderr it shares with us: Regina's format and level, and
+    every secret redacted (our environment holds none of them: they come in the spec)."""
+    from regina.logs import configure
+    from regina.secrets import add_secret, install_log_redaction, refresh_secrets
+
+    for value in spec.secrets:
+        add_secret(value)
+    refresh_secrets()  # the environment's secrets are read again: ours is the allow-listed one
+    install_log_redaction()
+    role, level, fmt = spec.log or ("worker", "WARNING", "text")
+    configure(role, level, fmt)
 
 
 def _lead_own_group() -> None:
@@ -188,7 +207,7 @@ def child_main(conn: Connection, spec: ChildSpec) -> None:
     signal.signal(signal.SIGXCPU, signal.SIG_DFL)  # RLIMIT_CPU must kill (an inherited SIG_IGN would not)
     os.environ.clear()
     os.environ.update(spec.env)
-    logging.basicConfig(level=logging.WARNING)
+    _log_like_the_worker(spec)
     from regina.runtime.aio import use_own_loop
 
     use_own_loop()

@@ -23,6 +23,7 @@ is stopped the same way.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -34,11 +35,13 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
+from regina import logs
 from regina.config import Limits
 from regina.errors import ToolError
 from regina.runtime.tools.base import Tool
 from regina.runtime.tools.child import PRELOAD, ChildSpec, child_main
 from regina.runtime.tools.runner import ToolRunner, thread_pool, timeout_message
+from regina.secrets import known_secrets
 
 __all__ = ["ProcessRunner", "mp_context", "resident_bytes", "warm_up"]
 
@@ -195,7 +198,9 @@ class ProcessRunner:
         parent, child = ctx.Pipe()
         # A socketpair made under gevent is non-blocking; we select() before every recv instead.
         os.set_blocking(parent.fileno(), True)
-        proc = ctx.Process(target=child_main, args=(child, self.spec), name=f"regina-tools-{self.spec.instance_id}")
+        # The secrets and log setup of now: MCP servers register theirs after the runner is made.
+        spec = dataclasses.replace(self.spec, secrets=known_secrets(), log=logs.configured())
+        proc = ctx.Process(target=child_main, args=(child, spec), name=f"regina-tools-{self.spec.instance_id}")
         proc.daemon = True
         # start() blocks in os.read until the fork server reports the child's pid (the first time,
         # until the server has imported the preloaded modules: seconds on a busy machine), so it
