@@ -24,6 +24,7 @@ into any backend (`RealDirVFS.restore_snapshot`, `MemoryVFS.from_snapshot`, or t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import posixpath
@@ -31,6 +32,8 @@ import shutil
 import stat as stat_mod
 import tempfile
 import threading
+from collections.abc import Iterator
+from typing import BinaryIO
 
 from regina.atomic_file import fsync_dir, write_atomic
 from regina.errors import DirectoryNotEmpty, IsADirectory, NoSuchPath, NotADirectory, PathExists, VFSError
@@ -76,31 +79,27 @@ class RealDirVFS:
     # -- VFS protocol -------------------------------------------------------------------------
 
     def read(self, path: str) -> bytes:
-        vp, real = self._real(path)
-        try:
-            with open(real, "rb") as fh:
-                return fh.read()
-        except FileNotFoundError:
-            raise NoSuchPath(f"no such file: {vp}") from None
-        except IsADirectoryError:
-            raise IsADirectory(f"is a directory: {vp}") from None
-        except NotADirectoryError:
-            raise NoSuchPath(f"no such file: {vp}") from None
+        with self._opened(path) as fh:
+            return fh.read()
 
     def read_range(self, path: str, offset: int, length: int) -> bytes:
         """Up to `length` bytes from `offset`: a seek and one bounded read."""
         check_range(offset, length)
+        with self._opened(path) as fh:
+            fh.seek(offset)
+            return fh.read(length)
+
+    @contextlib.contextmanager
+    def _opened(self, path: str) -> Iterator[BinaryIO]:
+        """The file at `path` open for reading, the OS's errors as the VFS's."""
         vp, real = self._real(path)
         try:
             with open(real, "rb") as fh:
-                fh.seek(offset)
-                return fh.read(length)
-        except FileNotFoundError:
+                yield fh
+        except (FileNotFoundError, NotADirectoryError):
             raise NoSuchPath(f"no such file: {vp}") from None
         except IsADirectoryError:
             raise IsADirectory(f"is a directory: {vp}") from None
-        except NotADirectoryError:
-            raise NoSuchPath(f"no such file: {vp}") from None
 
     def _ensure_parent(self, vp: str, real: str) -> None:
         parent = os.path.dirname(real)

@@ -41,17 +41,23 @@ def lone_web(fake_llm: FakeLLM) -> Iterator[LoneWeb]:
         server.close()
 
 
-def test_healthz_answers_503_naming_redis_within_seconds_while_redis_is_stopped(lone_web: LoneWeb) -> None:
-    assert httpx.get(lone_web.url + "/healthz", timeout=5).status_code == 200
+def _while_redis_stopped(lone_web: LoneWeb, path: str) -> tuple[httpx.Response, float]:
+    """GET `path` while the web's Redis is stopped (a stuck host, a partition): the answer and
+    how long it took."""
     assert lone_web.redis.proc is not None
     pid = lone_web.redis.proc.pid
-    os.kill(pid, signal.SIGSTOP)  # a Redis that stops answering (a stuck host, a partition)
+    os.kill(pid, signal.SIGSTOP)
     try:
         started = time.monotonic()
-        resp = httpx.get(lone_web.url + "/healthz", timeout=15)
-        took = time.monotonic() - started
+        resp = httpx.get(lone_web.url + path, timeout=15)
+        return resp, time.monotonic() - started
     finally:
         os.kill(pid, signal.SIGCONT)
+
+
+def test_healthz_answers_503_naming_redis_within_seconds_while_redis_is_stopped(lone_web: LoneWeb) -> None:
+    assert httpx.get(lone_web.url + "/healthz", timeout=5).status_code == 200
+    resp, took = _while_redis_stopped(lone_web, "/healthz")
     assert resp.status_code == 503, resp.text
     assert resp.json()["status"] == "unavailable"
     assert resp.json()["error"] == "Redis is unreachable: no answer within 2 s"
@@ -62,15 +68,7 @@ def test_healthz_answers_503_naming_redis_within_seconds_while_redis_is_stopped(
 def test_a_scrape_answers_without_the_cluster_gauges_while_redis_is_stopped(lone_web: LoneWeb) -> None:
     first = httpx.get(lone_web.url + "/metrics", timeout=5)
     assert first.status_code == 200 and "regina_instances{" in first.text
-    assert lone_web.redis.proc is not None
-    pid = lone_web.redis.proc.pid
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        started = time.monotonic()
-        resp = httpx.get(lone_web.url + "/metrics", timeout=15)
-        took = time.monotonic() - started
-    finally:
-        os.kill(pid, signal.SIGCONT)
+    resp, took = _while_redis_stopped(lone_web, "/metrics")
     assert resp.status_code == 200 and "regina_instances{" not in resp.text and took < 5
 
 
