@@ -16,6 +16,11 @@ from regina.errors import BadRequest, RequestTimeout
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
 #: Where the parsed body is kept in the request's environ: a route and `parse_body` parse it once.
 _PARSED = "regina.json_body"
+#: The deepest nesting of arrays and objects a body may have. Bodies are a few fields deep; every
+#: later `json.dumps` of one (an Idempotency-Key's body hash, a log line) recurses per level and
+#: fails somewhat below the parser's own limit (~1 000): refused here once, it cannot fail there.
+MAX_DEPTH = 100
+_TOO_DEEP = f"request body is JSON nested too deeply (more than {MAX_DEPTH} levels of arrays and objects)"
 
 
 def read_body(limit: int, timeout: float) -> None:
@@ -48,9 +53,23 @@ def _not_json(name: str) -> Any:
     raise _NotJson(f"{name} is not a JSON value")
 
 
+def _deeper_than(data: Any, limit: int) -> bool:
+    """Whether arrays and objects in `data` nest more than `limit` levels (walked without
+    recursion, containers only)."""
+    stack: list[tuple[Any, int]] = [(data, 1)] if isinstance(data, dict | list) else []
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+    return False
+
+
 def json_body(required: bool = True) -> Any:
-    """The parsed JSON body; 400 when it is not JSON, nested absurdly deep or not valid Unicode
-    (413 comes from MAX_CONTENT_LENGTH). Parsed once per request."""
+    """The parsed JSON body; 400 when it is not JSON, nested more than MAX_DEPTH levels or not
+    valid Unicode (413 comes from MAX_CONTENT_LENGTH). Parsed once per request."""
     environ = request.environ
     if _PARSED in environ:
         return environ[_PARSED]
@@ -67,13 +86,16 @@ def json_body(required: bool = True) -> Any:
     try:
         data = json.loads(text, parse_constant=_not_json)
     except RecursionError:
-        raise BadRequest("request body is JSON nested too deeply") from None
+        raise BadRequest(_TOO_DEEP) from None
     except json.JSONDecodeError as exc:
         raise BadRequest(f"request body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
     except _NotJson as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
     except ValueError:  # int() refuses numbers of more than sys.get_int_max_str_digits() digits
         raise BadRequest(f"request body holds a number of more than {sys.get_int_max_str_digits()} digits") from None
+    # Fewer brackets than the limit cannot nest past it: the walk is only for bodies with many.
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _deeper_than(data, MAX_DEPTH):
+        raise BadRequest(_TOO_DEEP)
     if _SURROGATE_ESCAPE.search(raw):
         try:
             json.dumps(data, ensure_ascii=False).encode("utf-8")
@@ -82,7 +104,5 @@ def json_body(required: bool = True) -> Any:
                 "request body holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape): "
                 "strings must be valid Unicode"
             ) from None
-        except RecursionError:
-            raise BadRequest("request body is JSON nested too deeply") from None
     environ[_PARSED] = data
     return data
