@@ -13,7 +13,7 @@ from flask.json.provider import DefaultJSONProvider
 from werkzeug.sansio.response import Response as BaseResponse
 
 from api import agents, chat, health, instances, openapi, runs
-from api.body import read_body
+from api.body import check_query_string, read_body
 from api.errors import error_response, register_error_handlers
 from api.services import Services, build_services
 from regina.config import Settings, process_settings
@@ -76,11 +76,12 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
     @app.before_request
     def _start() -> None:
-        """Start the request's timer; refuse a body over limits.maxBodyBytes (413) on every route,
-        also those that ignore it."""
+        """Start the request's timer; refuse a query string that is not UTF-8 (400) and a body over
+        limits.maxBodyBytes (413) on every route, also those that ignore them."""
         g.regina_started = time.perf_counter()
         if request.method != "GET":
             read_body(limit, settings.limits.body_timeout)
+        check_query_string()  # after the body: read under its timeout, whatever the answer
 
     #: (route, method, status) -> the request counter's and the latency histogram's children
     #: (`labels` validates and locks on every call).

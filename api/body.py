@@ -1,4 +1,4 @@
-"""Reading JSON request bodies with errors that say what was wrong."""
+"""Reading JSON request bodies (and query strings) with errors that say what was wrong."""
 
 from __future__ import annotations
 
@@ -21,6 +21,18 @@ _PARSED = "regina.json_body"
 #: fails somewhat below the parser's own limit (~1 000): refused here once, it cannot fail there.
 MAX_DEPTH = 100
 _TOO_DEEP = f"request body is JSON nested too deeply (more than {MAX_DEPTH} levels of arrays and objects)"
+
+
+def check_query_string() -> None:
+    """400 for a query string that is not UTF-8: Werkzeug decodes `request.args` strictly and
+    would raise UnicodeDecodeError (a 500) in whichever route reads it first."""
+    try:
+        request.query_string.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(
+            f"query string is not valid UTF-8 (byte {exc.object[exc.start]:#04x} at {exc.start}): "
+            "percent-encode its characters' UTF-8 bytes"
+        ) from None
 
 
 def read_body(limit: int, timeout: float) -> None:

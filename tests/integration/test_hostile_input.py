@@ -242,3 +242,87 @@ def test_a_body_nested_100_levels_is_taken(api: httpx.Client) -> None:
         headers={"content-type": "application/json", "Idempotency-Key": "deep-100"},
     )
     assert resp.status_code == 200, resp.text
+
+
+def _raw(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send `request` as it is (it should say `Connection: close`) and read the answer to its end."""
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body
+
+
+def _json_error(status: int, headers: dict[str, str], body: bytes) -> str:
+    """The `error` of a JSON error answer."""
+    assert headers["content-type"].startswith("application/json"), (status, headers, body[:200])
+    return str(json.loads(body)["error"])
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        b"GET /instances?agent=\xff",
+        b"GET /instances?agent=ok&status=\xc3",
+        b"GET /runs/run-x/events?after=\xff",
+        b"GET /healthz?ready=\xff",
+        b"GET /agents?x=\xfe",
+        b"GET /no/such/route?x=\xff",
+        b"GET /instances/IID?x=\xff",
+        b"POST /instances/IID/steer?x=\xff",
+        b"POST /agents/openai-agent/instances?x=\xff",
+    ],
+)
+def test_a_query_string_that_is_not_utf8_is_400_on_every_route(
+    api: httpx.Client, cluster: Cluster, target: bytes
+) -> None:
+    r = redis.Redis.from_url(cluster.redis_url)
+    iid = spawn(api)
+    before = r.zcard("regina:instances")
+    body = b'{"message": "hi"}'
+    status, headers, answer = _raw(
+        cluster.web.url,
+        target.replace(b"IID", iid.encode())
+        + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        + b"Content-Length: %d\r\n\r\n%s" % (len(body), body),
+    )
+    assert status == 400, answer
+    assert "query string is not valid UTF-8" in _json_error(status, headers, answer)
+    assert r.zcard("regina:instances") == before
+    assert not r.exists(f"regina:steer:{iid}")
+
+
+def test_non_utf8_bytes_in_the_path_and_the_headers_read_are_no_5xx(api: httpx.Client, cluster: Cluster) -> None:
+    iid = spawn(api)
+    url = cluster.web.url
+    for path in (b"/instances/\xff\xfe", b"/agents/\xff/instances", b"/runs/\xff/events"):
+        for method in (b"GET", b"POST"):
+            req = method + b" " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+            status, headers, answer = _raw(url, req)
+            assert status in (404, 405), (path, answer)
+            assert _json_error(status, headers, answer)
+    body = b'{"message": "key"}'
+    steer = b"POST /instances/%s/steer HTTP/1.1\r\nHost: x\r\nConnection: close\r\nIdempotency-Key: k\xff\xfe\r\n" % (
+        iid.encode()
+    ) + b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    first, second = _raw(url, steer), _raw(url, steer)
+    assert first[0] == second[0] == 200, (first, second)
+    assert json.loads(first[2]) == json.loads(second[2])
+
+    web = next((p for p in cluster.procs if p.name == "web-auth" and p.alive()), None)
+    if web is None:
+        web = cluster.start_web(env={"REGINA_AUTH_TOKEN": "s3cret"})
+        web.name = "web-auth"
+    assert web.url is not None
+    for token in (b"Bearer \xff\xfe", b"\xc3", b"Bearer s3cret\xff"):
+        status, headers, answer = _raw(
+            web.url, b"GET /agents HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: " + token + b"\r\n\r\n"
+        )
+        assert status == 401 and "bearer token" in _json_error(status, headers, answer), answer
