@@ -12,6 +12,7 @@ from api.idem import idem_key
 from api.openapi import documented
 from api.services import Services
 from regina.definitions import AgentDefinition
+from regina.errors import BadRequest
 from regina.idempotency import body_hash
 from regina.providers import missing_api_key
 
@@ -48,11 +49,28 @@ def get_agent(def_id: str) -> Response:
 @bp.post("/agents/<def_id>/instances")
 @documented({"HTTP_201": m.Instance}, tag="agents", headers=m.IdempotencyHeaders)
 def spawn(def_id: str) -> tuple[Response, int]:
+    """201 with the new instance. The body is optional: empty or a JSON object, of which spawn
+    reads no field (with an Idempotency-Key, its retries are compared by it); anything else is a
+    400, with a key or without."""
     coord = services().coordinator
+    body = json_body(required=False)
+    if not isinstance(body, dict):
+        raise BadRequest(f"request body must be empty or a JSON object, got a JSON {_json_type(body)}")
     key = idem_key()
     if key is not None:
-        return jsonify(coord.spawn_once(def_id, key, body_hash(json_body(required=False)))), 201
+        return jsonify(coord.spawn_once(def_id, key, body_hash(body))), 201
     return jsonify(coord.spawn(def_id).public()), 201
+
+
+def _json_type(value: Any) -> str:
+    """JSON's name for the type of a parsed value."""
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "boolean"
+    return "null" if value is None else "number"
 
 
 @bp.get("/agents/<def_id>/instances")

@@ -211,7 +211,7 @@ def _nested(depth: int) -> bytes:
     return b'{"message": "deep", "x": ' + b"[" * (depth - 1) + b"]" * (depth - 1) + b"}"
 
 
-@pytest.mark.parametrize("path", ["chat", "chat/stream", "steer"])
+@pytest.mark.parametrize("path", ["chat", "chat/stream", "steer", "spawn"])
 def test_a_body_nested_past_the_bound_is_400_also_with_an_idempotency_key(
     api: httpx.Client, cluster: Cluster, path: str
 ) -> None:
@@ -326,3 +326,23 @@ def test_non_utf8_bytes_in_the_path_and_the_headers_read_are_no_5xx(api: httpx.C
             web.url, b"GET /agents HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: " + token + b"\r\n\r\n"
         )
         assert status == 401 and "bearer token" in _json_error(status, headers, answer), answer
+
+
+@pytest.mark.parametrize("key", [None, "spawn-body"])
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [(b"not json", "not valid JSON"), (b"[1]", "got a JSON array"), (b'"x"', "got a JSON string"), (b"null", "null")],
+)
+def test_a_spawn_body_that_is_not_a_json_object_is_400_and_spawns_nothing(
+    api: httpx.Client, cluster: Cluster, body: bytes, named: str, key: str | None
+) -> None:
+    """Spawn without a key ignored its body (201, an instance); with one it was a 400."""
+    r = redis.Redis.from_url(cluster.redis_url)
+    before = r.zcard("regina:instances")
+    headers = {"Idempotency-Key": f"{key}-{body!r}"} if key else {}
+    resp = api.post("/agents/openai-agent/instances", content=body, headers=headers)
+    assert resp.status_code == 400, resp.text
+    assert named in resp.json()["error"] and "body" in resp.json()["error"]
+    assert r.zcard("regina:instances") == before
+    for ok in (b"", b"{}", b'{"note": "ignored"}'):
+        assert api.post("/agents/openai-agent/instances", content=ok).status_code == 201
