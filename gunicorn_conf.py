@@ -14,15 +14,20 @@ redis into the master before its gevent workers fork and monkey-patch.
   long keep-alive never holds up a shutdown for the graceful timeout.
 - A response's status line and headers go out in the same write as its first piece of body
   (`OneWriteResponse`): one send per plain response instead of two.
+- A request gunicorn refuses itself before the app sees it (a Content-Length of -1 or two of
+  them, a broken request line, too many headers) is answered `{"error": …}` in JSON like every
+  other error (`write_json_error`), not gunicorn's HTML page.
 """
 
 from __future__ import annotations
 
+import json
 import signal
 from types import TracebackType
 from typing import Any
 
 import gevent
+from gunicorn import util as gunicorn_util  # type: ignore[import-untyped]
 from gunicorn.glogging import Logger  # type: ignore[import-untyped]
 from gunicorn.http import wsgi as gunicorn_wsgi  # type: ignore[import-untyped]
 from gunicorn.workers.ggevent import GeventWorker  # type: ignore[import-untyped]
@@ -75,14 +80,27 @@ class OneWriteResponse(gunicorn_wsgi.Response):  # type: ignore[misc]
         sock.sendall(b"".join(gathered.parts))
 
 
+def write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's `util.write_error` (called only by `Worker.handle_error`, which picks the status
+    and message of a request it could not parse) answering `{"error"}` as SPEC §4 says every error
+    is. gunicorn has no setting for this page; the worker puts this in its place."""
+    body = json.dumps({"error": mesg or reason}).encode()
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    gunicorn_util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
 class ReginaWebWorker(GeventWorker):  # type: ignore[misc]
     """gunicorn's gevent worker whose connections waiting for their next request close as soon as
-    the process is told to stop (gunicorn's own waits for them up to the graceful timeout), and
-    whose responses are `OneWriteResponse`s."""
+    the process is told to stop (gunicorn's own waits for them up to the graceful timeout),
+    whose responses are `OneWriteResponse`s and whose own errors are JSON."""
 
     def init_process(self) -> None:
         self.idle: dict[gevent.Greenlet, gevent.Timeout] = {}
         gunicorn_wsgi.Response = OneWriteResponse  # what gunicorn's `wsgi.create` builds, in this process
+        gunicorn_util.write_error = write_json_error  # what `handle_error` answers with, in this process
         super().init_process()
 
     def timeout_ctx(self) -> _IdleWait:

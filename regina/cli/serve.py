@@ -96,7 +96,7 @@ def web_argv(settings: Settings, workers: int | None = None, environ: Mapping[st
         str(count),
         "--worker-connections",
         "1000",
-        # gunicorn answers longer request lines itself, in HTML; up to its maximum Flask answers.
+        # gunicorn answers longer request lines itself (a 400, its message); up to its maximum Flask's 404.
         "--limit-request-line",
         "8190",
         "--bind",

@@ -346,3 +346,23 @@ def test_a_spawn_body_that_is_not_a_json_object_is_400_and_spawns_nothing(
     assert r.zcard("regina:instances") == before
     for ok in (b"", b"{}", b'{"note": "ignored"}'):
         assert api.post("/agents/openai-agent/instances", content=ok).status_code == 201
+
+
+@pytest.mark.parametrize(
+    "length",
+    [b"Content-Length: -1", b"Content-Length: abc", b"Content-Length: 17\r\nContent-Length: 17"],
+)
+def test_requests_gunicorn_refuses_itself_are_answered_in_json(
+    api: httpx.Client, cluster: Cluster, length: bytes
+) -> None:
+    iid = spawn(api)
+    body = b'{"message": "hi"}'
+    req = b"POST /instances/%s/steer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n%s\r\n\r\n%s" % (
+        iid.encode(),
+        length,
+        body,
+    )
+    status, headers, answer = _raw(cluster.web.url, req)
+    assert status == 400, answer
+    assert "CONTENT-LENGTH" in _json_error(status, headers, answer)
+    assert not redis.Redis.from_url(cluster.redis_url).exists(f"regina:steer:{iid}")
