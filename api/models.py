@@ -25,10 +25,20 @@ class Error(BaseModel):
 # -- requests ------------------------------------------------------------------------------------
 
 
+#: A character `str.strip()` keeps (one not `str.isspace()`): the server refuses a message of only
+#: whitespace (`Coordinator.validate_message`), and this pattern refuses exactly those, in Python,
+#: pydantic and ECMA-262 alike (their `\S` differ: on \x1c-\x1f, \x85 and \ufeff).
+NOT_BLANK = r"[^\t\n\v\f\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+
+
 class MessageBody(_Wire):
     """A steer's body."""
 
-    message: str = Field(min_length=1, description="The message (not blank; at most limits.maxMessageChars).")
+    message: str = Field(
+        min_length=1,
+        pattern=NOT_BLANK,
+        description="The message (not only whitespace; at most limits.maxMessageChars).",
+    )
 
 
 class ChatBody(MessageBody):
@@ -69,7 +79,7 @@ class HealthQuery(BaseModel):
 class EventsQuery(BaseModel):
     """Where a re-attach starts."""
 
-    after: int = Field(0, ge=0, description="Replay the events after this seq.")
+    after: int = Field(0, ge=0, le=10**18 - 1, description="Replay the events after this seq (at most 18 digits).")
 
 
 # -- responses -----------------------------------------------------------------------------------
@@ -93,6 +103,8 @@ class Agent(BaseModel):
     tools: list[str]
     delegates: list[str]
     greeting: str | None
+    ready: bool | None = Field(None, description="False when the provider's API key is not set (see missingKey).")
+    missingKey: str | None = Field(None, description="The environment variable of the missing API key (not ready).")
 
 
 class Agents(RootModel[list[Agent]]):
@@ -118,6 +130,7 @@ class InstanceDetail(Instance):
     member: str | None
     epoch: int
     lastActive: str
+    lastActiveAt: str | None = Field(None, description="The same as lastActive.")
     vfsBytes: int
     usage: Usage
     runningRun: str | None = None
@@ -172,7 +185,7 @@ class CancelAnswer(BaseModel):
     """202 `{cancelled: true}`, or 200 `{cancelled: false, status}` for an ended run."""
 
     cancelled: bool
-    status: str | None = None
+    status: Literal["finished", "failed", "cancelled"] | None = Field(None, description="How the run ended.")
 
 
 class Messages(RootModel[list[dict[str, Any]]]):
