@@ -65,7 +65,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     install_log_redaction()
     settings = settings or process_settings()
     add_secret(settings.auth_token)
-    app = ReginaFlask("regina")
+    app = ReginaFlask("regina", static_folder=None)  # no static files: no /static route
     limit = app.config["MAX_CONTENT_LENGTH"] = settings.limits.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["regina"] = services or build_services(settings)
@@ -110,7 +110,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
         @app.before_request
         def _auth() -> tuple[Response, int] | None:
-            if request.path == "/healthz":
+            if request.path in openapi.PUBLIC_PATHS:
                 return None
             given = request.headers.get("Authorization", "")
             if not hmac.compare_digest(given.encode(), expected.encode()):

@@ -47,7 +47,7 @@ def get_agent(def_id: str) -> Response:
 
 
 @bp.post("/agents/<def_id>/instances")
-@documented({"HTTP_201": m.Instance}, tag="agents", headers=m.IdempotencyHeaders)
+@documented({"HTTP_201": m.Instance}, json=m.SpawnBody, tag="agents", headers=m.IdempotencyHeaders, body_required=False)
 def spawn(def_id: str) -> tuple[Response, int]:
     """201 with the new instance. The body is optional: empty or a JSON object, of which spawn
     reads no field (with an Idempotency-Key, its retries are compared by it); anything else is a

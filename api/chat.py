@@ -11,7 +11,7 @@ from api.agents import services
 from api.body import json_body
 from api.idem import idem_request
 from api.openapi import documented, parse_body
-from api.runs import stream_run
+from api.runs import NDJSON, stream_run
 from regina.errors import StillRunning
 from regina.runs.store import WhenBusy
 
@@ -21,14 +21,18 @@ _WHEN_BUSY = frozenset(get_args(WhenBusy))
 
 #: The answer to an Idempotency-Key retry whose run is gone (regina.errors.Gone).
 _GONE = (m.Error, "An Idempotency-Key retry whose run's record has expired: send the request with a new key.")
+#: The answer to `whenBusy: reject` while a run is in progress (regina.errors.Busy).
+_BUSY = (m.BusyError, "Busy with a run (whenBusy: reject; runId and X-Run-Id name it), or another conflict.")
+_EVENTS = "The run's events as NDJSON (application/x-ndjson), one per line, as they are produced."
 
 
 @bp.post("/instances/<iid>/chat")
 @documented(
-    {"HTTP_200": m.ChatAnswer, "HTTP_202": m.RunAccepted, "HTTP_410": _GONE},
+    {"HTTP_200": m.ChatAnswer, "HTTP_202": m.RunAccepted, "HTTP_409": _BUSY, "HTTP_410": _GONE},
     json=m.ChatBody,
     tag="chat",
     headers=m.IdempotencyHeaders,
+    headers_out={200: ["X-Run-Id"], 202: ["X-Run-Id", "Location", "Retry-After"], 409: ["X-Run-Id"]},
 )
 def chat(iid: str) -> Response | tuple[Response, int]:
     """200 with the answer; 202 when the run outlives `limits.requestTimeout` and goes on: the
@@ -73,10 +77,12 @@ def _still_running(iid: str, going: StillRunning) -> tuple[Response, int]:
 
 @bp.post("/instances/<iid>/chat/stream")
 @documented(
-    {"HTTP_200": (None, "application/x-ndjson: one event per line"), "HTTP_410": _GONE},
+    {"HTTP_200": (m.RunEvents, _EVENTS), "HTTP_409": _BUSY, "HTTP_410": _GONE},
     json=m.ChatBody,
     tag="chat",
     headers=m.IdempotencyHeaders,
+    media={200: NDJSON},
+    headers_out={200: ["X-Run-Id"], 409: ["X-Run-Id"]},
 )
 def chat_stream(iid: str) -> Response:
     coord = services().coordinator

@@ -19,7 +19,7 @@ bp = Blueprint("health", __name__)
 
 
 @bp.get("/healthz")
-@documented({"HTTP_200": m.Health, "HTTP_503": m.Health}, query=m.HealthQuery, tag="operations")
+@documented({"HTTP_200": m.Health, "HTTP_503": m.Health}, query=m.HealthQuery, tag="operations", errors=(400, 500))
 def healthz() -> tuple[Response, int]:
     """200 when Redis answers within PROBE_TIMEOUT s; with ?ready=true also needs a live worker
     (else 503). Bounded so a platform's probe gets an answer while Redis hangs."""
@@ -52,7 +52,9 @@ def _query() -> m.HealthQuery:
 
 
 @bp.get("/metrics")
-@documented({"HTTP_200": (None, "Prometheus text format")}, tag="operations")
+@documented(
+    {"HTTP_200": (m.Text, "Prometheus text format")}, tag="operations", errors=(500, 503), media={200: "text/plain"}
+)
 def metrics() -> Response:
     """Prometheus text: every web (and local worker) process's counts, and the cluster gauges
     (read through the health probe's client: while Redis hangs a scrape answers within

@@ -20,7 +20,7 @@ bp = Blueprint("instances", __name__)
 
 
 @bp.get("/instances")
-@documented({"HTTP_200": m.Fleet}, query=m.FleetQuery, tag="instances")
+@documented({"HTTP_200": m.Fleet}, query=m.FleetQuery, tag="instances", headers_out={200: ["X-Next-Cursor", "Link"]})
 def fleet() -> Response:
     """Every instance, suspended ones included: filters `agent`, `status`, `member`; pages of
     `limit` (default 100, at most 1000), the next page's `cursor` in the `X-Next-Cursor` header."""
@@ -63,7 +63,7 @@ def heartbeat(iid: str) -> tuple[str, int]:
 
 
 @bp.post("/instances/<iid>/suspend")
-@documented({"HTTP_204": None}, tag="instances")
+@documented({"HTTP_204": None, "HTTP_202": m.Suspending}, tag="instances")
 def suspend(iid: str) -> tuple[str | Response, int]:
     """204 once suspended; 202 while the owner is still finishing a running step (it will)."""
     if services().coordinator.suspend(iid):

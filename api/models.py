@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
+from regina.runtime.events import Event
+
 
 class _Wire(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -20,6 +22,13 @@ class Error(BaseModel):
     """Every error: a clear message naming what was wrong."""
 
     error: str
+
+
+class BusyError(Error):
+    """409: the instance is busy with a run and the chat said `whenBusy: reject` (the run's id is
+    also in the X-Run-Id header); another conflict has no runId."""
+
+    runId: str | None = Field(None, description="The run in progress, to follow or cancel.")
 
 
 # -- requests ------------------------------------------------------------------------------------
@@ -80,6 +89,11 @@ class EventsQuery(BaseModel):
     """Where a re-attach starts."""
 
     after: int = Field(0, ge=0, le=10**18 - 1, description="Replay the events after this seq (at most 18 digits).")
+
+
+class SpawnBody(RootModel[dict[str, Any]]):
+    """Optional: a JSON object whose fields are ignored (SPEC gives spawn none); anything else
+    is a 400 and spawns nothing. With an Idempotency-Key, a retry with another body is 422."""
 
 
 # -- responses -----------------------------------------------------------------------------------
@@ -167,6 +181,14 @@ class SteerReceipt(BaseModel):
     steerId: str
 
 
+class Suspending(BaseModel):
+    """202 from a suspend: the owner is still finishing a running step; the instance's status
+    says when it is suspended."""
+
+    instanceId: str
+    status: Literal["suspending"]
+
+
 class Run(BaseModel):
     """A run (one chat)."""
 
@@ -186,6 +208,25 @@ class CancelAnswer(BaseModel):
 
     cancelled: bool
     status: Literal["finished", "failed", "cancelled"] | None = Field(None, description="How the run ended.")
+
+
+class RunEvent(RootModel[Event]):
+    """One line of a run's NDJSON stream (SPEC §4): its `type` says which; every line also has the
+    run's `runId`, and each event its `seq` (the `after` of a re-attach)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "properties": {
+                "seq": {"type": "integer", "minimum": 1, "description": "The event's number in its run."},
+                "runId": {"type": "string", "description": "The run."},
+            }
+        }
+    )
+
+
+class RunEvents(RootModel[list[RunEvent]]):
+    """application/x-ndjson: the run's events, one JSON object per line, flushed as produced; the
+    last is `finish` or `error`."""
 
 
 class Messages(RootModel[list[dict[str, Any]]]):
@@ -210,3 +251,21 @@ class Reloaded(BaseModel):
 
     agents: list[str]
     errors: list[dict[str, Any]]
+
+
+class Index(BaseModel):
+    """`GET /`: where to go from here."""
+
+    name: str
+    docs: str
+    openapi: str
+    health: str
+    metrics: str
+
+
+class OpenAPIDocument(RootModel[dict[str, Any]]):
+    """This OpenAPI 3.1 document."""
+
+
+class Text(RootModel[str]):
+    """A text answer (its media type says which)."""

@@ -58,7 +58,13 @@ def stream_run(run_id: str, after: int, batches: Iterator[list[dict[str, Any]]] 
 
 
 @bp.get("/runs/<run_id>/events")
-@documented({"HTTP_200": (None, "application/x-ndjson: one event per line")}, query=m.EventsQuery, tag="runs")
+@documented(
+    {"HTTP_200": (m.RunEvents, "The run's events after `after` as NDJSON (application/x-ndjson), one per line.")},
+    query=m.EventsQuery,
+    tag="runs",
+    media={200: NDJSON},
+    headers_out={200: ["X-Run-Id"]},
+)
 def run_events(run_id: str) -> Response:
     """Re-attach to a run: every event after `?after=<seq>` (default: from the start)."""
     raw = request.args.get("after", "0")
