@@ -207,14 +207,55 @@ def _body(resp: httpx.Response) -> Any:
         raise _not_json(resp, resp.text) from None
 
 
-def _event(resp: httpx.Response, line: str) -> dict[str, Any]:
+def _event(resp: httpx.Response, line: bytes) -> dict[str, Any]:
+    """One NDJSON line as an event; BadResponse when it is not a JSON object in UTF-8."""
     try:
-        event = json.loads(line)
-    except ValueError:
+        event = json.loads(line.decode("utf-8"))
+    except ValueError:  # UnicodeDecodeError included
         event = None
     if not isinstance(event, dict):
-        raise _not_json(resp, line)
+        raise _not_json(resp, line.decode("utf-8", "replace"))
     return event
+
+
+class _Lines:
+    """A byte stream's NDJSON lines, split at b"\\n" only. Not httpx's `iter_lines()`: like
+    `str.splitlines()` it also splits at U+2028, U+2029 and U+0085, which JSON leaves unescaped
+    inside strings (a model's text may hold them), and would cut an event in two."""
+
+    def __init__(self) -> None:
+        self._head: list[bytes] = []
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The lines this chunk ends (blank ones dropped); the rest waits for the next chunk."""
+        *lines, rest = chunk.split(b"\n")
+        if lines:
+            lines[0] = b"".join([*self._head, lines[0]])
+            self._head = []
+        if rest:
+            self._head.append(rest)
+        return [line for line in lines if line.strip()]
+
+    def end(self) -> list[bytes]:
+        """A last line with no newline after it."""
+        rest, self._head = b"".join(self._head), []
+        return [rest] if rest.strip() else []
+
+
+def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    lines = _Lines()
+    for chunk in chunks:
+        yield from lines.feed(chunk)
+    yield from lines.end()
+
+
+async def _alines(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    lines = _Lines()
+    async for chunk in chunks:
+        for line in lines.feed(chunk):
+            yield line
+    for line in lines.end():
+        yield line
 
 
 def _items(resp: httpx.Response) -> list[dict[str, Any]]:
@@ -510,8 +551,8 @@ class ReginaClient:
                 r.read()
                 _raise_for(r)
             follow.opened(r)
-            for line in r.iter_lines():
-                if line and follow.seen(event := _event(r, line)):
+            for line in _lines(r.iter_bytes()):
+                if follow.seen(event := _event(r, line)):
                     yield event
                     if follow.ended:
                         return
@@ -679,8 +720,8 @@ class AsyncReginaClient:
                     await r.aread()
                     _raise_for(r)
                 follow.opened(r)
-                async for line in r.aiter_lines():
-                    if line and follow.seen(event := _event(r, line)):
+                async for line in _alines(r.aiter_bytes()):
+                    if follow.seen(event := _event(r, line)):
                         yield event
                         if follow.ended:
                             return

@@ -321,3 +321,14 @@ def test_up_is_ready_only_once_one_of_its_own_workers_joined(cluster: Cluster) -
     assert not is_ready(url, client, ["up1-gone@nowhere"])
     assert is_ready(url, client, ["up1-gone@nowhere", cluster.workers[0].member_id])
     assert not is_ready("http://127.0.0.1:9", client, [cluster.workers[0].member_id])  # no API yet
+
+
+def test_chat_prints_model_text_with_line_separators_whole(api: httpx.Client, fake_llm: FakeLLM) -> None:
+    """U+2028, U+2029 and U+0085 come unescaped inside the stream's JSON strings: not line ends."""
+    iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
+    text = "x\u2028y \u2029z \x85w end"
+    fake_llm.push_for(f"separators {iid}", Reply(text=text))
+    out = regina(api, "chat", iid, f"separators {iid}")
+    api.delete(f"/instances/{iid}")
+    assert out.returncode == 0 and out.stderr == "", out
+    assert out.stdout == text + "\n", out.stdout

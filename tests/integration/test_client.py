@@ -260,3 +260,40 @@ def test_instances_of_a_definition_take_the_fleet_filters(api: httpx.Client) -> 
         finally:
             regina.delete(kept)
             regina.delete(parked)
+
+
+#: Model text with every character str.splitlines() breaks at besides "\n" that JSON leaves
+#: unescaped (U+2028, U+2029, U+0085) and some it escapes (U+001C, U+000B, U+000C).
+SEPARATORS = "x\u2028y \u2029z \x85w \x1cv \x0bs \x0ct end"
+
+
+def test_text_with_line_separators_inside_json_strings_streams_whole(cluster: Cluster, fake_llm: FakeLLM) -> None:
+    """NDJSON lines end at "\\n" only: stream(), the async stream and a 202 chat's follow-up
+    read the run's events whole, whatever characters the model's text holds."""
+    import asyncio
+
+    from regina.client import AsyncReginaClient
+
+    web = cluster.start_web(env={"REGINA_LIMITS__REQUEST_TIMEOUT": "1"})
+    try:
+        with ReginaClient(web.url) as regina:
+            iid = regina.spawn("openai-agent")["instanceId"]
+            fake_llm.push_for(f"sync {iid}", Reply(text=SEPARATORS))
+            events = list(regina.stream(iid, f"sync {iid}"))
+            assert events[-1]["text"] == SEPARATORS, events[-1]
+            assert "".join(e.get("textDelta", "") for e in events) == SEPARATORS
+
+            async def scenario() -> list[dict[str, Any]]:
+                async with AsyncReginaClient(web.url) as aregina:
+                    return [e async for e in aregina.stream(iid, f"async {iid}")]
+
+            fake_llm.push_for(f"async {iid}", Reply(text=SEPARATORS))
+            assert asyncio.run(scenario())[-1]["text"] == SEPARATORS
+
+            # A sync chat answered 202 (the model takes 3 s, the web waits 1 s) follows the events
+            fake_llm.push_for(f"late {iid}", Reply(text=SEPARATORS, delay=3))
+            assert regina.chat(iid, f"late {iid}")["text"] == SEPARATORS
+            regina.delete(iid)
+    finally:
+        web.stop()
+        cluster.procs.remove(web)
