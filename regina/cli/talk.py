@@ -55,8 +55,10 @@ def connect(url: str, token: str | None) -> Iterator[ReginaClient]:
         raise ApiError(exc.message) from exc
 
 
-def _console() -> Console:
-    return Console(soft_wrap=True, highlight=False)
+def _console(**options: Any) -> Console:
+    """The console output goes through: a model's text and the server's names are printed as
+    they are, with no `:smile:` emoji codes replaced, no [markup] read, no highlighting."""
+    return Console(soft_wrap=True, highlight=False, emoji=False, markup=False, **options)
 
 
 def print_table(headers: list[str], rows: list[list[str]], console: Console | None = None) -> None:
@@ -74,7 +76,7 @@ def print_table(headers: list[str], rows: list[list[str]], console: Console | No
     for header in headers[1:]:
         table.add_column(header, overflow="fold")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(Text(cell) for cell in row))  # a cell as it is (a str would be read as markup)
     console.print(table)
 
 

@@ -332,3 +332,13 @@ def test_chat_prints_model_text_with_line_separators_whole(api: httpx.Client, fa
     api.delete(f"/instances/{iid}")
     assert out.returncode == 0 and out.stderr == "", out
     assert out.stdout == text + "\n", out.stdout
+
+
+def test_chat_prints_model_text_as_is_no_emoji_codes_or_markup_replaced(api: httpx.Client, fake_llm: FakeLLM) -> None:
+    iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
+    text = "say :smile: and :thumbs_up: [bold]not bold[/bold] 1.5 http://x.y/ 'quoted'"
+    fake_llm.push_for(f"shortcodes {iid}", Reply(text=text))
+    out = regina(api, "chat", iid, f"shortcodes {iid}")
+    api.delete(f"/instances/{iid}")
+    assert out.returncode == 0 and out.stderr == "", out
+    assert out.stdout == text + "\n", out.stdout

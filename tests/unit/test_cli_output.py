@@ -88,3 +88,22 @@ def test_a_steer_applied_event_is_a_line_of_its_own() -> None:
     printer.event({"type": "finish", "finishReason": "stop", "text": "Working"})
     printer.end()
     assert buf.getvalue() == "Working\n↪ steer: be brief…\n"
+
+
+def test_text_names_and_tool_lines_are_printed_as_they_are_on_a_terminal_too() -> None:
+    from regina.cli.talk import _console, print_table
+
+    buf = io.StringIO()
+    console = _console(file=buf, force_terminal=True, color_system=None, width=200)
+    printer = StreamPrinter(console)
+    for ev in [
+        {"type": "text-delta", "textDelta": "a :smile: [bold]b[/bold] :+1:"},
+        {"type": "tool-call", "toolName": "bash", "args": {"command": "echo :smile:"}},
+        {"type": "finish", "finishReason": "stop", "text": "…"},
+    ]:
+        printer.event(ev)
+    printer.end()
+    print_table(["NAME", "MODEL"], [["[red]x[/red]", ":smile:"]], console=console)
+    shown = buf.getvalue()
+    assert shown.startswith('a :smile: [bold]b[/bold] :+1:\n→ bash {"command": "echo :smile:"}\n'), shown
+    assert "[red]x[/red]" in shown and ":smile:" in shown.splitlines()[-1], shown
