@@ -25,7 +25,9 @@ server; `chat()` then follows the run's events and returns the same {text, usage
 finishReason} as a 200 would. Streams (`stream()`, `events()`) wait without a read timeout and,
 when the connection drops before the run's `finish`/`error` event, re-attach at
 `GET /runs/<runId>/events?after=<last seq>` (a few attempts with a short backoff, then
-`ConnectionFailed`); the events they yield have no gap and no repeat.
+`ConnectionFailed`); the events they yield have no gap and no repeat. An answer with no event
+after `after` for a run that has ended (`events(run_id, after=<its finish seq>)`) ends the
+stream at once.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ RESUME_DELAYS = (0.25, 0.5, 1.0, 2.0)
 """Seconds before each attempt to re-attach a dropped stream (reset by every event received)."""
 TERMINAL = frozenset({"finish", "error"})
 """The event types that end a run's stream."""
+ENDED = frozenset({"finished", "failed", "cancelled"})
+"""The statuses of a run that has ended (`GET /runs/<id>`)."""
 
 
 class ClientError(ReginaError):
@@ -435,7 +439,23 @@ class _Follow:
 
 
 class _CutShort(httpx.TransportError):
-    """A stream that ended without its run's `finish` or `error` event."""
+    """A stream that ended without its run's `finish` or `error` event; `empty`: with no new
+    event at all (what the server answers after an ended run's last seq, or a drop)."""
+
+    def __init__(self, empty: bool) -> None:
+        super().__init__("the stream ended before the run did")
+        self.empty = empty
+
+
+def _to_look_up(exc: httpx.TransportError, follow: _Follow) -> str | None:
+    """The run to look up before re-attaching after a whole answer with no new event: when it
+    has ended, the events after `after` were all read before (`events(run_id, after=<its finish
+    seq>)`), and re-attaching would only get the same empty answer."""
+    return follow.run_id if isinstance(exc, _CutShort) and exc.empty else None
+
+
+def _ended(run: Any) -> bool:
+    return isinstance(run, dict) and run.get("status") in ENDED
 
 
 def _answer(final: dict[str, Any], run_id: str) -> dict[str, Any]:
@@ -551,12 +571,14 @@ class ReginaClient:
                 r.read()
                 _raise_for(r)
             follow.opened(r)
+            empty = True
             for line in _lines(r.iter_bytes()):
                 if follow.seen(event := _event(r, line)):
+                    empty = False
                     yield event
                     if follow.ended:
                         return
-        raise _CutShort("the stream ended before the run did")
+        raise _CutShort(empty)
 
     def _follow(self, follow: _Follow) -> Iterator[dict[str, Any]]:
         """A run's events, re-attaching after a dropped connection (see `_Follow.retry`)."""
@@ -565,7 +587,16 @@ class ReginaClient:
                 yield from self._attempt(follow)
                 return
             except httpx.TransportError as exc:
+                if (run_id := _to_look_up(exc, follow)) and self._has_ended(run_id):
+                    return
                 time.sleep(follow.retry(exc, self._http.base_url))
+
+    def _has_ended(self, run_id: str) -> bool:
+        """Whether the run has ended (False when that cannot be told now: re-attach)."""
+        try:
+            return _ended(self.run(run_id))
+        except ConnectionFailed:
+            return False
 
     def _ndjson(self, call: _Call, after: int = 0) -> RunStream:
         follow = _Follow(call, seq=after)
@@ -645,7 +676,8 @@ class ReginaClient:
         return self._ndjson(_Routes.chat(instance_id, message, when_busy, idempotency_key, True))
 
     def events(self, run_id: str, after: int = 0) -> RunStream:
-        """Re-attach to a run: its events after `after`, then the live ones until it ends."""
+        """Re-attach to a run: its events after `after`, then the live ones until it ends (none
+        when `after` is an ended run's last seq)."""
         return self._ndjson(_Routes.events(run_id, after), after)
 
     def run(self, run_id: str) -> dict[str, Any]:
@@ -720,12 +752,14 @@ class AsyncReginaClient:
                     await r.aread()
                     _raise_for(r)
                 follow.opened(r)
+                empty = True
                 async for line in _alines(r.aiter_bytes()):
                     if follow.seen(event := _event(r, line)):
+                        empty = False
                         yield event
                         if follow.ended:
                             return
-        raise _CutShort("the stream ended before the run did")
+        raise _CutShort(empty)
 
     async def _follow(self, follow: _Follow) -> AsyncIterator[dict[str, Any]]:
         """A run's events, re-attaching after a dropped connection (see `_Follow.retry`)."""
@@ -735,7 +769,16 @@ class AsyncReginaClient:
                     yield event
                 return
             except httpx.TransportError as exc:
+                if (run_id := _to_look_up(exc, follow)) and await self._has_ended(run_id):
+                    return
                 await asyncio.sleep(follow.retry(exc, self._http.base_url))
+
+    async def _has_ended(self, run_id: str) -> bool:
+        """Whether the run has ended (False when that cannot be told now: re-attach)."""
+        try:
+            return _ended(await self.run(run_id))
+        except ConnectionFailed:
+            return False
 
     def _ndjson(self, call: _Call, after: int = 0) -> AsyncRunStream:
         follow = _Follow(call, seq=after)

@@ -297,3 +297,27 @@ def test_text_with_line_separators_inside_json_strings_streams_whole(cluster: Cl
     finally:
         web.stop()
         cluster.procs.remove(web)
+
+
+def test_events_after_a_finished_runs_last_seq_end_at_once(api: httpx.Client) -> None:
+    """The server answers nothing more after the `finish` event: no dropped connection to retry."""
+    import asyncio
+    import time
+
+    from regina.client import AsyncReginaClient
+
+    with ReginaClient(str(api.base_url)) as regina:
+        iid = regina.spawn("openai-agent")["instanceId"]
+        events = list(regina.stream(iid, "done soon"))
+        run_id, last = events[-1]["runId"], events[-1]["seq"]
+        started = time.monotonic()
+        assert list(regina.events(run_id, after=last)) == []
+        assert list(regina.events(run_id, after=last - 1)) == events[-1:]
+
+        async def scenario() -> list[dict[str, Any]]:
+            async with AsyncReginaClient(str(api.base_url)) as aregina:
+                return [e async for e in aregina.events(run_id, after=last)]
+
+        assert asyncio.run(scenario()) == []
+        assert time.monotonic() - started < 2  # no re-attach attempts (their delays add up to 3.75 s)
+        regina.delete(iid)
