@@ -17,7 +17,8 @@ so `except regina.errors.NotFound` works too) (`Unauthorized`, `BadRequest`,
 `NotFound`, `Conflict` with the busy run's `run_id`, `PayloadTooLarge`, `Unprocessable`,
 `TooManyRequests` with `retry_after`, `Unavailable`; `ClientError` for another status) and carries
 it in `status`; a server that cannot be reached raises `ConnectionFailed`, an unusable URL
-`InvalidURL`, an answer that is not the API's JSON (a proxy's 502 page) `BadResponse`, and a
+`InvalidURL`, an answer that is not the API's JSON (a proxy's 502 page) or not of the shape the
+call answers (`agents()`, `instances()`, `fleet()`, `reload()`) `BadResponse`, and a
 followed run that ends with an `error` event `RunFailed`. No httpx error leaves the client.
 
 A sync chat whose run outlives the server's `limits.requestTimeout` is answered 202 by the
@@ -133,7 +134,8 @@ class InvalidURL(ClientError):
 
 class BadResponse(ClientError):
     """An answer that is not the API's: a body or stream line that is not JSON (a proxy's page,
-    another server on that port); `status` is the answer's HTTP status."""
+    another server on that port), or JSON of another shape than the call's (a list of agents
+    that is not a list of objects); `status` is the answer's HTTP status."""
 
     def __init__(self, message: str, status: int = 0) -> None:
         super().__init__(message, status=status)
@@ -262,14 +264,40 @@ async def _alines(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         yield line
 
 
+def _records(resp: httpx.Response, body: Any, key: str) -> list[dict[str, Any]]:
+    """`body` when it is a list of objects that each name their `key` (a string); BadResponse
+    otherwise, as the client promises for an answer of another shape (not an AttributeError in
+    the caller's code)."""
+    if not isinstance(body, list) or not all(isinstance(i, dict) and isinstance(i.get(key), str) for i in body):
+        raise _not_json(resp, resp.text)
+    return cast(list[dict[str, Any]], body)
+
+
 def _items(resp: httpx.Response) -> list[dict[str, Any]]:
     """The instances of one page of `GET /instances` (a list; a wrapping object is accepted)."""
     body = _body(resp)
     if isinstance(body, dict):
         body = body.get("instances") or body.get("items") or []
-    if not isinstance(body, list):
+    return _records(resp, body, "instanceId")
+
+
+def _agents(resp: httpx.Response) -> list[dict[str, Any]]:
+    """The definitions of `GET /agents`, each with its `id`."""
+    return _records(resp, _body(resp), "id")
+
+
+def _reloaded(resp: httpx.Response) -> dict[str, Any]:
+    """The answer of a reload: {agents: [names], errors: [{file, error}]}."""
+    body = _body(resp)
+    if not (
+        isinstance(body, dict)
+        and isinstance(body.get("agents"), list)
+        and all(isinstance(name, str) for name in body["agents"])
+        and isinstance(body.setdefault("errors", []), list)
+        and all(isinstance(err, dict) for err in body["errors"])
+    ):
         raise _not_json(resp, resp.text)
-    return cast(list[dict[str, Any]], body)
+    return body
 
 
 @contextmanager
@@ -606,7 +634,7 @@ class ReginaClient:
 
     def agents(self) -> list[dict[str, Any]]:
         """Every agent definition."""
-        return cast(list[dict[str, Any]], self._send(_Routes.agents()))
+        return _agents(self._request(_Routes.agents()))
 
     def spawn(self, definition_id: str, idempotency_key: str | None = None) -> dict[str, Any]:
         """Start a new instance (the same key answers the same instance for 24 h)."""
@@ -620,7 +648,7 @@ class ReginaClient:
         """Every instance of one definition, or one page of the fleet (`GET /instances`) when there
         are filters (agent, status, member, limit, cursor; the definition is the agent filter);
         `fleet()` walks every page. TypeError for an unknown filter."""
-        return cast(list[dict[str, Any]], self._send(_Routes.instances(definition_id, filters)))
+        return _items(self._request(_Routes.instances(definition_id, filters)))
 
     def fleet(self, **filters: Any) -> Iterator[dict[str, Any]]:
         """Every instance of the fleet (`GET /instances`, page after page by `X-Next-Cursor`),
@@ -694,7 +722,7 @@ class ReginaClient:
 
     def reload(self) -> dict[str, Any]:
         """Reload the agent registry in every web and worker process: {agents, errors}."""
-        return cast(dict[str, Any], self._send(_Routes.reload()))
+        return _reloaded(self._request(_Routes.reload()))
 
     def messages(self, instance_id: str) -> list[dict[str, Any]]:
         """The conversation, oldest first."""
@@ -788,7 +816,7 @@ class AsyncReginaClient:
 
     async def agents(self) -> list[dict[str, Any]]:
         """Every agent definition."""
-        return cast(list[dict[str, Any]], await self._send(_Routes.agents()))
+        return _agents(await self._request(_Routes.agents()))
 
     async def spawn(self, definition_id: str, idempotency_key: str | None = None) -> dict[str, Any]:
         """Start a new instance."""
@@ -800,7 +828,7 @@ class AsyncReginaClient:
 
     async def instances(self, definition_id: str | None = None, **filters: Any) -> list[dict[str, Any]]:
         """As `ReginaClient.instances`: a definition's instances, or one filtered page of the fleet."""
-        return cast(list[dict[str, Any]], await self._send(_Routes.instances(definition_id, filters)))
+        return _items(await self._request(_Routes.instances(definition_id, filters)))
 
     async def fleet(self, **filters: Any) -> AsyncIterator[dict[str, Any]]:
         """Every instance of the fleet, page after page (filters as `ReginaClient.fleet`)."""
@@ -870,7 +898,7 @@ class AsyncReginaClient:
 
     async def reload(self) -> dict[str, Any]:
         """Reload the agent registry in every web and worker process: {agents, errors}."""
-        return cast(dict[str, Any], await self._send(_Routes.reload()))
+        return _reloaded(await self._request(_Routes.reload()))
 
     async def messages(self, instance_id: str) -> list[dict[str, Any]]:
         """The conversation, oldest first."""

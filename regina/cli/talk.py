@@ -149,7 +149,7 @@ def agents(url: str, token: str | None) -> None:
     for a in rows:
         missing = a.get("missingKey")
         ready = f"no: {missing} not set" if missing else "yes"
-        tools = ",".join(a.get("tools") or []) or "-"
+        tools = ",".join(map(str, a.get("tools") or [])) or "-"
         shown.append([str(a.get("id")), str(a.get("provider") or "-"), str(a.get("model")), tools, ready])
     print_table(["NAME", "PROVIDER", "MODEL", "TOOLS", "READY"], shown)
 
@@ -164,7 +164,8 @@ def ps(agent: str | None, url: str, token: str | None) -> None:
     shown = []
     for i in rows:
         last = str(i.get("lastActive") or i.get("lastActiveAt") or "-")
-        shown.append([i["instanceId"], i.get("definitionId", "-"), i.get("status", "-"), i.get("member") or "-", last])
+        row = [i["instanceId"], i.get("definitionId", "-"), i.get("status", "-"), i.get("member") or "-", last]
+        shown.append([str(cell) for cell in row])
     print_table(["ID", "AGENT", "STATUS", "MEMBER", "LAST ACTIVE"], shown)
 
 
@@ -309,9 +310,9 @@ def reload(url: str, token: str | None) -> None:
     """Reload the agent definitions in every web and worker process."""
     with connect(url, token) as client:
         result = client.reload()
-    names = result.get("agents", [])
+    names = result["agents"]  # the client checked the answer's shape
     click.echo(f"{len(names)} agent(s): {', '.join(names)}")
-    for err in result.get("errors", []):
+    for err in result["errors"]:
         click.echo(f"skipped: {err.get('error') or err.get('file')}", err=True)  # the error names the file
 
 

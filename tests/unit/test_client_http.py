@@ -229,3 +229,34 @@ def test_a_stream_is_sent_when_read_and_knows_its_run_before_the_first_event(sta
         assert stream.run_id is None and stand_in.asked == []
         assert next(stream) == event and stream.run_id == "run-1"
     assert stand_in.asked == [("POST", "/instances/openai-agent-000000000000000000000000/chat/stream")]
+
+
+def test_an_answer_of_another_shape_is_bad_response_and_the_cli_says_so(stand_in: StandIn) -> None:
+    odd_agents: list[object] = [{"agents": []}, ["demo"], [None], "text", 3]
+    odd_reloads: list[object] = [[], {"agents": "demo"}, {"agents": [1]}, {"agents": [], "errors": ["x"]}, "x"]
+    odd_fleets: list[object] = [["demo-1"], [{"status": "started"}], [{"instanceId": 5}]]
+    with c.ReginaClient(stand_in.url) as regina:
+        for calls, answers in (
+            ((regina.agents,), odd_agents),
+            ((regina.reload,), odd_reloads),
+            ((lambda: list(regina.fleet()), regina.instances), odd_fleets),
+        ):
+            for answer in answers:
+                stand_in.answer = lambda method, path, answer=answer: json_answer(answer)  # type: ignore[misc]
+                for call in calls:
+                    with pytest.raises(c.BadResponse, match="not the Regina API's JSON"):
+                        call()  # type: ignore[operator]
+    for command, answers in (("agents", odd_agents), ("reload", odd_reloads), ("ps", odd_fleets)):
+        for answer in answers:
+            stand_in.answer = lambda method, path, answer=answer: json_answer(answer)  # type: ignore[misc]
+            out = run_cli(stand_in.url, command)
+            assert out.returncode == 1 and out.stdout == "", (command, answer, out)
+            assert out.stderr.startswith("regina: ") and "not the Regina API's JSON" in out.stderr, out.stderr
+            assert "Traceback" not in out.stderr and len(out.stderr.splitlines()) == 1, out.stderr
+    # Fields of another type in an answer of the right shape are shown as they are
+    stand_in.answer = lambda method, path: json_answer([{"id": "demo", "tools": [1, None], "model": 5}])
+    listed = run_cli(stand_in.url, "agents")
+    assert listed.returncode == 0 and listed.stdout.splitlines()[1] == "demo\t-\t5\t1,None\tyes", listed
+    stand_in.answer = lambda method, path: json_answer([{"instanceId": "demo-1", "status": 5, "member": 1.5}])
+    fleet = run_cli(stand_in.url, "ps")
+    assert fleet.returncode == 0 and fleet.stdout.splitlines()[1] == "demo-1\t-\t5\t1.5\t-", fleet
