@@ -281,6 +281,16 @@ def _items(resp: httpx.Response) -> list[dict[str, Any]]:
     return _records(resp, body, "instanceId")
 
 
+def _suspended(instance_id: str, resp: httpx.Response) -> dict[str, Any]:
+    """A suspend's answer: done (204), or under way (202 {"status": "suspending"})."""
+    body = _body(resp)
+    if resp.status_code != 202:
+        return {"instanceId": instance_id, "status": "suspended"}
+    if not isinstance(body, dict) or not isinstance(body.get("status"), str):
+        raise _not_json(resp, resp.text)
+    return {"instanceId": instance_id, **body}
+
+
 def _agents(resp: httpx.Response) -> list[dict[str, Any]]:
     """The definitions of `GET /agents`, each with its `id`."""
     return _records(resp, _body(resp), "id")
@@ -666,9 +676,11 @@ class ReginaClient:
         """Reset the idle timer."""
         self._send(_Routes.instance(instance_id, "heartbeat", "POST"))
 
-    def suspend(self, instance_id: str) -> None:
-        """Back up and release the instance."""
-        self._send(_Routes.instance(instance_id, "suspend", "POST"))
+    def suspend(self, instance_id: str) -> dict[str, Any]:
+        """Back up and release the instance: {instanceId, status} with status "suspended", or
+        "suspending" (a 202) while its owner still finishes a running step (it will; the
+        instance's record says when)."""
+        return _suspended(instance_id, self._request(_Routes.instance(instance_id, "suspend", "POST")))
 
     def resume(self, instance_id: str) -> None:
         """Start a suspended instance (on any worker)."""
@@ -846,9 +858,9 @@ class AsyncReginaClient:
         """Reset the idle timer."""
         await self._send(_Routes.instance(instance_id, "heartbeat", "POST"))
 
-    async def suspend(self, instance_id: str) -> None:
-        """Back up and release the instance."""
-        await self._send(_Routes.instance(instance_id, "suspend", "POST"))
+    async def suspend(self, instance_id: str) -> dict[str, Any]:
+        """As `ReginaClient.suspend`: {instanceId, status "suspended" or "suspending"}."""
+        return _suspended(instance_id, await self._request(_Routes.instance(instance_id, "suspend", "POST")))
 
     async def resume(self, instance_id: str) -> None:
         """Start a suspended instance (on any worker)."""

@@ -276,7 +276,10 @@ def steer(instance: str, message: str, url: str, token: str | None) -> None:
     click.echo(f"steering message queued for {instance}" + (f" ({steer_id})" if steer_id else ""))
 
 
-def _each(verb: str, action: Callable[[ReginaClient, str], None]) -> Callable[..., None]:
+def _each(verb: str, action: Callable[[ReginaClient, str], str | None]) -> Callable[..., None]:
+    """A command over instance ids; each done is a line: the action's own (what happened, when
+    it can differ), or `<verb> <id>`."""
+
     @click.argument("instances", nargs=-1, required=True, metavar="INSTANCE...")
     @server_options
     def command(instances: tuple[str, ...], url: str, token: str | None) -> None:
@@ -284,12 +287,12 @@ def _each(verb: str, action: Callable[[ReginaClient, str], None]) -> Callable[..
         with connect(url, token) as client:
             for iid in instances:
                 try:
-                    action(client, iid)
+                    done = action(client, iid)
                 except ReginaError as exc:  # said, and the next ones are still done
                     click.echo(f"regina: {iid}: {exc.message}", err=True)
                     failed += 1
                 else:
-                    click.echo(f"{verb} {iid}")
+                    click.echo(done or f"{verb} {iid}")
         if failed:
             click.echo(f"regina: {failed} of {len(instances)} failed", err=True)
             raise click.exceptions.Exit(1)
@@ -297,7 +300,15 @@ def _each(verb: str, action: Callable[[ReginaClient, str], None]) -> Callable[..
     return command
 
 
-suspend = click.command("suspend", help="Back up and release instances.")(_each("suspended", lambda c, i: c.suspend(i)))
+def _suspend(client: ReginaClient, instance_id: str) -> str:
+    """What the server said: suspended, or suspending (202: its owner finishes a step first)."""
+    status = client.suspend(instance_id)["status"]
+    return f"{status} {instance_id}" + (" (after its running step)" if status == "suspending" else "")
+
+
+suspend = click.command("suspend", help="Back up and release instances (`suspending`: once a running step is done).")(
+    _each("suspended", _suspend)
+)
 resume = click.command("resume", help="Start suspended instances again.")(_each("resumed", lambda c, i: c.resume(i)))
 rm = click.command("rm", help="Delete instances with their files and backups.")(
     _each("deleted", lambda c, i: c.delete(i))

@@ -342,3 +342,43 @@ def test_chat_prints_model_text_as_is_no_emoji_codes_or_markup_replaced(api: htt
     api.delete(f"/instances/{iid}")
     assert out.returncode == 0 and out.stderr == "", out
     assert out.stdout == text + "\n", out.stdout
+
+
+def test_suspend_says_suspending_when_the_server_is_still_finishing_a_step(
+    api: httpx.Client, cluster: Cluster, fake_llm: FakeLLM
+) -> None:
+    """A suspend the owner has not confirmed within workerReplyTimeout is answered 202
+    {"status": "suspending"}: neither the client nor `regina suspend` calls it suspended."""
+    from regina.client import ReginaClient
+
+    web = cluster.start_web(env={"REGINA_LIMITS__WORKER_REPLY_TIMEOUT": "1"})
+    iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
+    try:
+        with ReginaClient(web.url) as client:
+            assert client.suspend(iid) == {"instanceId": iid, "status": "suspended"}  # 204: done
+            client.resume(iid)
+            for how in ("client", "cli"):
+                marker = f"busy {how} {iid}"
+                fake_llm.push_for(marker, Reply(text="late", delay=6))
+                with api.stream("POST", f"/instances/{iid}/chat/stream", json={"message": marker}) as started:
+                    run_id = started.headers["X-Run-Id"]  # the run goes on without this connection
+                wait_until(
+                    lambda m=marker: any(r.last_user_text == m for r in fake_llm.requests),  # type: ignore[misc]
+                    timeout=30,
+                    what=marker,
+                )
+                if how == "client":
+                    assert client.suspend(iid) == {"instanceId": iid, "status": "suspending"}
+                else:
+                    out = regina(api, "suspend", iid, REGINA_URL=web.url)
+                    assert out.returncode == 0 and out.stderr == "", out
+                    assert out.stdout == f"suspending {iid} (after its running step)\n", out.stdout
+                api.post(f"/runs/{run_id}/cancel")
+                wait_until(
+                    lambda: api.get(f"/instances/{iid}").json()["status"] == "suspended", timeout=30, what="suspended"
+                )
+                client.resume(iid)
+    finally:
+        web.stop()
+        cluster.procs.remove(web)
+        api.delete(f"/instances/{iid}")
