@@ -12,13 +12,14 @@ with ReginaClient("http://127.0.0.1:3000") as regina:
     for instance in regina.fleet(status="started"):   # every page of GET /instances
         print(instance["instanceId"])
 
-Every error answer raises the `ClientError` of its status (also the core error of the same name,
-so `except regina.errors.NotFound` works too) (`Unauthorized`, `BadRequest`,
-`NotFound`, `Conflict` with the busy run's `run_id`, `PayloadTooLarge`, `Unprocessable`,
-`TooManyRequests` with `retry_after`, `Unavailable`; `ClientError` for another status) and carries
-it in `status`; a server that cannot be reached raises `ConnectionFailed`, an unusable URL
-`InvalidURL`, an answer that is not the API's JSON (a proxy's 502 page) or not of the shape the
-call answers (`agents()`, `instances()`, `fleet()`, `reload()`) `BadResponse`, and a
+Every error answer raises the `ClientError` of its status (also the core error of the same name, so
+`except regina.errors.NotFound` works too) (`Unauthorized`, `BadRequest`, `NotFound`, `Conflict`
+with the busy run's `run_id`, `PayloadTooLarge`, `Unprocessable`, `TooManyRequests` with
+`retry_after`, `Unavailable`; `ClientError` for another status) and carries it in `status`; a
+server that cannot be reached raises `ConnectionFailed`, an unusable URL `InvalidURL`, an argument
+that cannot be sent (text that is not UTF-8, a token that is not visible ASCII) `InvalidArgument`
+before anything is sent, an answer that is not the API's JSON (a proxy's 502 page) or not of the
+shape the call answers (`agents()`, `instances()`, `fleet()`, `reload()`) `BadResponse`, and a
 followed run that ends with an `error` event `RunFailed`. No httpx error leaves the client.
 
 A sync chat whose run outlives the server's `limits.requestTimeout` is answered 202 by the
@@ -128,7 +129,13 @@ class ConnectionFailed(ClientError):
     """The server could not be reached (refused, reset, timed out), or a stream stayed cut."""
 
 
-class InvalidURL(ClientError):
+class InvalidArgument(ClientError, errors.BadRequest):
+    """An argument the client cannot send, so nothing was sent (`status` 0): text that is not
+    UTF-8 (a command-line argument that was not: Python keeps its bytes as lone surrogates), a
+    token or Idempotency-Key that cannot be an HTTP header value."""
+
+
+class InvalidURL(InvalidArgument):
     """The server URL (or a path built from an argument) is not a usable URL."""
 
 
@@ -324,14 +331,54 @@ def _errors_of(base_url: httpx.URL | str, transport: bool = True) -> Iterator[No
         raise InvalidURL(f"invalid URL for {base_url}: {exc}") from exc
     except httpx.HTTPError as exc:
         raise ClientError(f"request to {base_url} failed: {exc}") from exc
+    except UnicodeError as exc:  # text httpx cannot encode (a lone surrogate, a header's non-ASCII)
+        raise InvalidArgument(f"cannot send the request to {base_url}: {exc}") from exc
+
+
+def utf8_text(value: str, what: str, error: type[InvalidArgument] = InvalidArgument) -> str:
+    """`value` when UTF-8 can encode it, which JSON bodies, paths and queries need; `error`
+    otherwise, naming the first byte that was not UTF-8 in a command-line argument (Python
+    keeps such a byte as a lone surrogate, U+DC80 to U+DCFF)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = ord(value[exc.start])
+        shown = f"byte 0x{bad - 0xDC00:02X}" if 0xDC80 <= bad <= 0xDCFF else f"U+{bad:04X}"
+        raise error(f"{what} is not UTF-8 text ({shown} at character {exc.start + 1})") from None
+    return value
+
+
+def _auth(token: str | None) -> dict[str, str]:
+    """The Authorization header of `token` (none for None or ""); InvalidArgument unless it is
+    visible ASCII, as a bearer token is: a newline or an accented letter would otherwise fail
+    every request as "cannot reach" (or as an encoding error). The token is not shown."""
+    if not token:
+        return {}
+    if not all("!" <= ch <= "~" for ch in token):
+        raise InvalidArgument("the token must be visible ASCII characters (no spaces or line breaks)")
+    return {"Authorization": f"Bearer {token}"}
 
 
 def _checked_url(base_url: object) -> str:
-    """The server URL; InvalidURL unless it starts with http:// or https:// (httpx would take
-    `localhost:3000` or `ftp://x` and fail each request with an unclear "cannot reach")."""
+    """The server URL; InvalidURL unless it starts with http:// or https:// and names a host
+    and port that can be (httpx would take `localhost:3000`, `ftp://x`, `http://a..b/` or
+    `http://` and fail each request with an unclear "cannot reach" or an encoding error)."""
     if not isinstance(base_url, str) or not base_url.strip().lower().startswith(("http://", "https://")):
         raise InvalidURL(f"the server URL must start with http:// or https://, got {base_url!r}")
-    return base_url.strip()
+    url = utf8_text(base_url.strip(), "the server URL", InvalidURL)
+    try:
+        parsed = httpx.URL(url)
+        host = parsed.host
+        named = bool(host) and (":" in host or not any(ch.isspace() or ch == "%" for ch in host))  # "%": quoted
+        if named and ":" not in host:  # not an IPv6 address
+            host.encode("idna")  # an empty label (a..b), one over 63 characters
+    except (httpx.InvalidURL, UnicodeError) as exc:
+        raise InvalidURL(f"the server URL {url!r} has no usable host name: {exc}") from None
+    if not named:
+        raise InvalidURL(f"the server URL {url!r} has no usable host name")
+    if parsed.port is not None and not 0 < parsed.port <= 65535:
+        raise InvalidURL(f"the server URL {url!r} has a port out of range (1 to 65535)")
+    return url
 
 
 def _timeouts(timeout: float | None) -> tuple[httpx.Timeout, httpx.Timeout]:
@@ -352,12 +399,21 @@ class _Call:
 
 
 def _with_key(call: _Call, key: str | None) -> _Call:
+    """The call with its Idempotency-Key header; InvalidArgument for a key that cannot be one
+    (an HTTP header is ASCII; a line break would end it)."""
     if key is not None:
+        if not (isinstance(key, str) and key.isascii() and key.isprintable()):
+            raise InvalidArgument(f"an Idempotency-Key must be printable ASCII characters, got {key!a}")
         call.headers["Idempotency-Key"] = key
     return call
 
 
+def _message(message: str) -> str:
+    return utf8_text(message, "the message") if isinstance(message, str) else message
+
+
 def _chat_body(message: str, when_busy: WhenBusy) -> dict[str, Any]:
+    message = _message(message)
     return {"message": message} if when_busy == "queue" else {"message": message, "whenBusy": when_busy}
 
 
@@ -371,7 +427,9 @@ def _fleet_params(filters: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(filters) - set(FLEET_FILTERS))
     if unknown:
         raise TypeError(f"unknown instance filter(s) {', '.join(unknown)}: the filters are {', '.join(FLEET_FILTERS)}")
-    return {k: v for k, v in filters.items() if v is not None}
+    return {
+        k: utf8_text(v, f"the {k} filter") if isinstance(v, str) else v for k, v in filters.items() if v is not None
+    }
 
 
 def _seg(value: object, what: str) -> str:
@@ -379,7 +437,7 @@ def _seg(value: object, what: str) -> str:
     id cannot reach another route; InvalidURL for None, "", "." and ".." (no id would fit)."""
     if not isinstance(value, str) or value in ("", ".", ".."):
         raise InvalidURL(f"{what} must be a non-empty string (not '.' or '..'), got {value!r}")
-    return quote(value, safe="")
+    return quote(utf8_text(value, what, InvalidURL), safe="")
 
 
 class _Routes:
@@ -418,7 +476,7 @@ class _Routes:
     @staticmethod
     def steer(instance_id: str, message: str, key: str | None) -> _Call:
         path = f"/instances/{_seg(instance_id, 'instance id')}/steer"
-        return _with_key(_Call("POST", path, {"message": message}), key)
+        return _with_key(_Call("POST", path, {"message": _message(message)}), key)
 
     @staticmethod
     def events(run_id: str, after: int) -> _Call:
@@ -576,7 +634,7 @@ class ReginaClient:
     Streams wait for their events without a limit."""
 
     def __init__(self, base_url: str, token: str | None = None, timeout: float | None = DEFAULT_TIMEOUT) -> None:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers = _auth(token)
         requests, self._stream_timeout = _timeouts(timeout)
         base_url = _checked_url(base_url)
         with _errors_of(base_url):
@@ -759,7 +817,7 @@ class AsyncReginaClient:
     """The same API for asyncio code (`await regina.chat(…)`, `async for e in regina.stream(…)`)."""
 
     def __init__(self, base_url: str, token: str | None = None, timeout: float | None = DEFAULT_TIMEOUT) -> None:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers = _auth(token)
         requests, self._stream_timeout = _timeouts(timeout)
         base_url = _checked_url(base_url)
         with _errors_of(base_url):

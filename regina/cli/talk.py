@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from regina.client import ClientError, ReginaClient, RunStream
+from regina.client import ClientError, ReginaClient, RunStream, utf8_text
 from regina.errors import ReginaError
 from regina.ids import is_valid_instance_id
 
@@ -47,12 +47,33 @@ def server_options(f: F) -> F:
 @contextmanager
 def connect(url: str, token: str | None) -> Iterator[ReginaClient]:
     """A client whose errors end the command with exit status 1 and the message on stderr (the
-    client raises only its own errors: unreachable server, bad URL, an answer that is not JSON)."""
+    client raises only its own errors: unreachable server, bad URL or token, an answer that is
+    not JSON). Every argument of the command is checked first (`check_arguments`)."""
     try:
+        check_arguments()
         with ReginaClient(url, token=token) as client:
             yield client
     except ReginaError as exc:
         raise ApiError(exc.message) from exc
+    except UnicodeError as exc:  # printing text the terminal's encoding cannot show, say
+        raise ApiError(str(exc)) from exc
+
+
+def check_arguments() -> None:
+    """InvalidArgument for an argument or option of the running command that is not UTF-8 text
+    (e.g. `regina chat demo $'\\x85'`): before any request, so a chat spawns no instance it
+    cannot then use, and `rm a <bad>` removes none."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return
+    for param in ctx.command.params:
+        if param.name == "token":
+            continue  # the client checks it, and says so without showing any of it
+        value = ctx.params.get(param.name or "")
+        name = param.opts[0] if isinstance(param, click.Option) else param.human_readable_name.rstrip(".")
+        for text in value if isinstance(value, tuple) else (value,):
+            if isinstance(text, str):
+                utf8_text(text, name)
 
 
 def _console(**options: Any) -> Console:

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
+import pytest
 
 from tests.harness.fake_llm import FakeLLM, Reply, ToolCall
 from tests.harness.processes import REGINA, Cluster, clean_env
@@ -381,4 +382,50 @@ def test_suspend_says_suspending_when_the_server_is_still_finishing_a_step(
     finally:
         web.stop()
         cluster.procs.remove(web)
+        api.delete(f"/instances/{iid}")
+
+
+#: A command-line argument that is not UTF-8 ($'\x85' in bash): Python keeps the byte as U+DC85.
+NOT_UTF8 = "\udc85"
+
+
+def test_an_argument_that_is_not_utf8_is_refused_before_any_request(api: httpx.Client) -> None:
+    from regina import client as c
+    from regina import errors
+
+    iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
+    before = set(_fleet_of(api, "openai-agent"))
+    try:
+        for args in (
+            ("chat", "openai-agent", NOT_UTF8),  # would spawn an instance first
+            ("chat", "openai-agent", "hi " + NOT_UTF8),
+            ("chat", iid, NOT_UTF8),
+            ("chat", "agent" + NOT_UTF8, "hi"),
+            ("steer", iid, NOT_UTF8),
+            ("rm", iid, NOT_UTF8),
+            ("suspend", NOT_UTF8),
+            ("ps", "--agent", NOT_UTF8),
+        ):
+            out = regina(api, *args)
+            assert out.returncode == 1 and out.stdout == "", (args, out)
+            assert out.stderr.startswith("regina: ") and "is not UTF-8 text (byte 0x85 at character" in out.stderr, out
+            assert "Traceback" not in out.stderr and len(out.stderr.splitlines()) == 1, out.stderr
+        assert set(_fleet_of(api, "openai-agent")) == before  # no instance spawned for a refused chat
+        assert api.get(f"/instances/{iid}").json()["status"] == "started"  # not removed by `rm iid <bad>`
+        # The client refuses such text with its own error, before sending anything
+        with c.ReginaClient(str(api.base_url)) as regina_client:
+            for call in (
+                lambda: regina_client.chat(iid, NOT_UTF8),
+                lambda: list(regina_client.stream(iid, NOT_UTF8)),
+                lambda: regina_client.steer(iid, "x" + NOT_UTF8),
+                lambda: regina_client.spawn(NOT_UTF8),
+                lambda: regina_client.delete(NOT_UTF8),
+                lambda: list(regina_client.fleet(agent=NOT_UTF8)),
+                lambda: regina_client.chat(iid, "hi", idempotency_key=NOT_UTF8),
+            ):
+                with pytest.raises(c.InvalidArgument, match="not UTF-8 text|Idempotency-Key") as refused:
+                    call()
+                assert isinstance(refused.value, errors.BadRequest) and refused.value.status == 0
+        assert api.get(f"/instances/{iid}/messages").json() == []
+    finally:
         api.delete(f"/instances/{iid}")

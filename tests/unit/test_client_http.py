@@ -260,3 +260,34 @@ def test_an_answer_of_another_shape_is_bad_response_and_the_cli_says_so(stand_in
     stand_in.answer = lambda method, path: json_answer([{"instanceId": "demo-1", "status": 5, "member": 1.5}])
     fleet = run_cli(stand_in.url, "ps")
     assert fleet.returncode == 0 and fleet.stdout.splitlines()[1] == "demo-1\t-\t5\t1.5\t-", fleet
+
+
+def test_a_bad_token_or_server_url_is_said_up_front_not_blamed_on_the_network(stand_in: StandIn) -> None:
+    port = stand_in.url.rsplit(":", 1)[1]
+    for token in ("é", "a\nb", "a\r\nX-Evil: 1", "two words", "\udc85"):
+        for make in (c.ReginaClient, c.AsyncReginaClient):
+            with pytest.raises(c.InvalidArgument, match="token must be visible ASCII") as raised:
+                make(stand_in.url, token=token)
+            assert token not in raised.value.message
+        out = run_cli(stand_in.url, "agents", "--token", token)
+        assert out.returncode == 1 and out.stdout == "", out
+        assert out.stderr == "regina: the token must be visible ASCII characters (no spaces or line breaks)\n", out
+    for url in (
+        "http://a..b/",
+        "http://",
+        "http:///agents",
+        f"http://127.0.0.1:{port}99/",
+        "http://a b/",
+        "http://é..x/",
+    ):
+        for make in (c.ReginaClient, c.AsyncReginaClient):
+            with pytest.raises(c.InvalidURL, match="server URL"):
+                make(url)
+        out = run_cli(url, "agents", "--url", url)
+        assert out.returncode == 1 and out.stdout == "", (url, out)
+        assert out.stderr.startswith("regina: the server URL") and "cannot reach" not in out.stderr, (url, out)
+        assert "Traceback" not in out.stderr and len(out.stderr.splitlines()) == 1, out.stderr
+    assert stand_in.asked == []
+    with c.ReginaClient(stand_in.url, token="tok-1.2_3~+/=") as regina:  # a token of every allowed kind works
+        regina.instance("demo-1")
+    assert stand_in.asked == [("GET", "/instances/demo-1")]
