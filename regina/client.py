@@ -566,6 +566,14 @@ def _answer(final: dict[str, Any], run_id: str) -> dict[str, Any]:
     }
 
 
+def _started_run(resp: httpx.Response) -> str:
+    """The run id in a chat stream's headers; BadResponse without one."""
+    run_id = resp.headers.get("X-Run-Id")
+    if not run_id:
+        raise BadResponse(f"{resp.request.method} {resp.request.url} answered {resp.status_code} without X-Run-Id")
+    return str(run_id)
+
+
 def _accepted_run(resp: httpx.Response) -> str:
     """The run id of a 202 chat answer."""
     body = _body(resp)
@@ -773,6 +781,23 @@ class ReginaClient:
         connection re-attaches."""
         return self._ndjson(_Routes.chat(instance_id, message, when_busy, idempotency_key, True))
 
+    def start(
+        self, instance_id: str, message: str, when_busy: WhenBusy = "queue", idempotency_key: str | None = None
+    ) -> str:
+        """Start a run and let it go on unfollowed: its run id, from the answer's `X-Run-Id`
+        header (the connection closes before any event). With the Idempotency-Key of an earlier
+        `stream()` it names that stream's run, also when the stream was let go before its
+        `run_id` was known (the key's run is started if that request never arrived)."""
+        call = _Routes.chat(instance_id, message, when_busy, idempotency_key, True)
+        with (
+            _errors_of(self._http.base_url),
+            self._http.stream(call.method, call.path, json=call.json, headers=call.headers) as r,
+        ):
+            if r.status_code >= 400:
+                r.read()
+                _raise_for(r)
+            return _started_run(r)
+
     def events(self, run_id: str, after: int = 0) -> RunStream:
         """Re-attach to a run: its events after `after`, then the live ones until it ends (none
         when `after` is an ended run's last seq)."""
@@ -949,6 +974,18 @@ class AsyncReginaClient:
     ) -> AsyncRunStream:
         """Send a message and yield its events as they happen; a dropped connection re-attaches."""
         return self._ndjson(_Routes.chat(instance_id, message, when_busy, idempotency_key, True))
+
+    async def start(
+        self, instance_id: str, message: str, when_busy: WhenBusy = "queue", idempotency_key: str | None = None
+    ) -> str:
+        """As `ReginaClient.start`: the run id of a run started (or found by its key) unfollowed."""
+        call = _Routes.chat(instance_id, message, when_busy, idempotency_key, True)
+        with _errors_of(self._http.base_url):
+            async with self._http.stream(call.method, call.path, json=call.json, headers=call.headers) as r:
+                if r.status_code >= 400:
+                    await r.aread()
+                    _raise_for(r)
+                return _started_run(r)
 
     def events(self, run_id: str, after: int = 0) -> AsyncRunStream:
         """Re-attach to a run's events."""

@@ -8,8 +8,10 @@ and exits 1. Output is plain when stdout is not a terminal (rich detects it), so
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import click
@@ -208,7 +210,9 @@ def chat(target: str, message: str, url: str, token: str | None) -> None:
             instance_id = _spawn_or_exit_130(client, target)
             console.print(Text(f"instance {instance_id}", style="bold" if console.is_terminal else ""))
         printer = StreamPrinter(console)
-        events = client.stream(instance_id, message)
+        # How a Ctrl-C finds this chat's run (_cancel_interrupted); the server keeps a keyed run 24 h.
+        key = f"regina-chat-{uuid.uuid4().hex}"
+        events = client.stream(instance_id, message, idempotency_key=key)
         try:
             for ev in events:
                 printer.event(ev)
@@ -218,7 +222,7 @@ def chat(target: str, message: str, url: str, token: str | None) -> None:
             raise
         except KeyboardInterrupt:
             printer.end()
-            _cancel_interrupted(url, token, events)
+            _cancel_interrupted(url, token, events, Sent(instance_id, message, key))
         finally:
             printer.end()
     if printer.error is not None:
@@ -263,23 +267,48 @@ def _remove_spawned(client: ReginaClient, instance_id: str) -> None:
 CANCEL_TIMEOUT = 10.0
 
 
-def _cancel_interrupted(url: str, token: str | None, events: RunStream) -> None:
+@dataclass(frozen=True)
+class Sent:
+    """What a chat sent: enough to send it again, with its Idempotency-Key."""
+
+    instance_id: str
+    message: str
+    key: str
+
+
+def _cancel_interrupted(url: str, token: str | None, events: RunStream, sent: Sent) -> None:
     """Ctrl-C: cancel the run on the server (it would go on otherwise), say so, exit 130. The
     interrupted stream is let go first, and the cancel goes on a client of its own with a short
-    timeout: whatever the interrupt left half done in the stream's client cannot hold it up."""
+    timeout: whatever the interrupt left half done in the stream's client cannot hold it up.
+
+    The run may exist before its id reached us (the server created it; its `X-Run-Id` header
+    was still on the way). It is found by sending the chat again with the same Idempotency-Key,
+    which names the key's run and never starts a second one; only when the first request never
+    arrived does it start the run, cancelled at once like the one asked for. Not the instance's
+    `runningRun`: that is another client's run while ours waits in the queue behind it."""
     run_id = events.run_id
     try:
         events.close()
     except Exception:  # noqa: BLE001 - a connection the interrupt left broken: dropped anyway
         pass
-    if run_id is None:
-        click.echo("regina: interrupted before the run started", err=True)
-    else:
-        try:
-            with ReginaClient(url, token=token, timeout=CANCEL_TIMEOUT) as client:
-                client.cancel(run_id)
-        except ReginaError as exc:
+    try:
+        with ReginaClient(url, token=token, timeout=CANCEL_TIMEOUT) as client:
+            if run_id is None:
+                run_id = client.start(sent.instance_id, sent.message, idempotency_key=sent.key)
+            answer = client.cancel(run_id)
+    except ReginaError as exc:
+        if run_id is None:
+            click.echo(
+                f"regina: interrupted; this chat's run may go on (it could not be found: {exc.message}); "
+                f"GET /instances/{sent.instance_id} shows the instance's runningRun, "
+                "POST /runs/<runId>/cancel stops a run",
+                err=True,
+            )
+        else:
             click.echo(f"regina: interrupted; could not cancel run {run_id}: {exc.message}", err=True)
+    else:
+        if answer.get("cancelled") is False:
+            click.echo(f"regina: interrupted; run {run_id} had ended ({answer.get('status')})", err=True)
         else:
             click.echo(f"regina: interrupted; cancelled run {run_id}", err=True)
     raise click.exceptions.Exit(130)

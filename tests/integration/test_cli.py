@@ -429,3 +429,44 @@ def test_an_argument_that_is_not_utf8_is_refused_before_any_request(api: httpx.C
         assert api.get(f"/instances/{iid}/messages").json() == []
     finally:
         api.delete(f"/instances/{iid}")
+
+
+def test_ctrl_c_before_the_run_id_arrived_still_cancels_the_chats_run(api: httpx.Client, fake_llm: FakeLLM) -> None:
+    """The run exists on the server before its X-Run-Id header reaches `regina chat` (here a slow
+    link holds the answer back): Ctrl-C then finds the chat's run by the chat's own
+    Idempotency-Key and cancels it, instead of saying the run had not started."""
+    from tests.harness.delay_proxy import DelayProxy
+
+    iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
+    marker = f"think long unseen {iid}"
+    fake_llm.push_for(marker, Reply(text="too late", delay=30))
+    port = int(str(api.base_url).rsplit(":", 1)[1].strip("/"))
+    with DelayProxy("127.0.0.1", port) as proxy:
+        proxy.delay = 120  # the chat's answer (its headers too) is held back
+        proc = subprocess.Popen(
+            [REGINA, "chat", iid, marker],
+            env={**clean_env(), "REGINA_URL": proxy.url},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as from a terminal
+        )
+        try:
+            wait_until(
+                lambda: any(r.last_user_text == marker for r in fake_llm.requests), timeout=30, what="the model call"
+            )
+            run_id = _fleet_of(api, "openai-agent")[iid]["runningRun"]
+            assert run_id
+            proxy.delay = 0  # what Ctrl-C sends next gets through
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert proc.returncode == 130, (out, err)
+    assert err.strip().endswith(f"cancelled run {run_id}") and "Traceback" not in err, err
+    assert api.get(f"/runs/{run_id}").json()["status"] == "cancelled"
+    messages = api.get(f"/instances/{iid}/messages").json()
+    assert [m["content"] for m in messages if m["role"] == "user"] == [marker]  # one run, not two
+    api.delete(f"/instances/{iid}")

@@ -321,3 +321,29 @@ def test_events_after_a_finished_runs_last_seq_end_at_once(api: httpx.Client) ->
         assert asyncio.run(scenario()) == []
         assert time.monotonic() - started < 2  # no re-attach attempts (their delays add up to 3.75 s)
         regina.delete(iid)
+
+
+def test_start_names_the_run_of_a_keyed_stream_and_starts_no_second_one(api: httpx.Client, fake_llm: FakeLLM) -> None:
+    import asyncio
+
+    from regina.client import AsyncReginaClient
+
+    with ReginaClient(str(api.base_url)) as regina:
+        iid = regina.spawn("openai-agent")["instanceId"]
+        marker = f"keyed {iid}"
+        fake_llm.push_for(marker, Reply(text="slow", delay=30))
+        run_id = regina.start(iid, marker, idempotency_key="start-1")  # answered at once, the run goes on
+        assert regina.start(iid, marker, idempotency_key="start-1") == run_id  # the key's run, again
+
+        async def again() -> str:
+            async with AsyncReginaClient(str(api.base_url)) as aregina:
+                return await aregina.start(iid, marker, idempotency_key="start-1")
+
+        assert asyncio.run(again()) == run_id
+        assert regina.run(run_id)["status"] in ("queued", "running")
+        assert regina.cancel(run_id) == {"cancelled": True}
+        other = regina.start(iid, "unkeyed")  # no key: a run of its own
+        assert other != run_id
+        assert [e["type"] for e in regina.events(other)][-1] == "finish"
+        assert [m["content"] for m in regina.messages(iid) if m["role"] == "user"] == [marker, "unkeyed"]
+        regina.delete(iid)
