@@ -4,14 +4,16 @@ Each backup goes to a key of its own, `instances/<id>/vfs.<epoch>.<version>`, an
 does one fenced Lua script make the instance record point at it (`backupKey`, `backupVersion`).
 A worker that lost the instance meanwhile may still finish its `put`, but its record update is
 refused, it deletes the blob it wrote, and nothing ever reads it: readers follow the record.
-Two owners never share a key because the epoch is part of it. The previous blob is deleted
-after the record moved on. Records written before versioned keys point at the legacy key
-`instances/<id>/vfs` (no `backupKey` field).
+Two owners never share a key because the epoch is part of it. After each commit every blob of
+the instance older than the committed one is deleted (best effort, so what a failed delete or a
+worker killed between its put and its commit left goes at the next commit). Records written
+before versioned keys point at the legacy key `instances/<id>/vfs` (no `backupKey` field).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,18 +28,15 @@ from regina.storage import Storage
 log = logging.getLogger("regina.backups")
 
 # KEYS: instance record, journal list. ARGV: epoch, version, key, bytes, journal seq covered.
-# Points the record at the new backup, drops the journal entries the snapshot already holds,
-# and returns the key of the backup it replaces ('' when none). Run again after its reply was
-# lost (redis-py sends it once more), it answers the same: the record naming this call's key
-# (unique per epoch and version) means it ran — even if the epoch has moved on since, so the
-# caller never deletes the backup the record names.
+# Points the record at the new backup and drops the journal entries the snapshot already holds.
+# Run again after its reply was lost (redis-py sends it once more), it answers the same: the
+# record naming this call's key (unique per epoch and version) means it ran — even if the epoch
+# has moved on since.
 _COMMIT = """
-local cur = redis.call('HGET', KEYS[1], 'backupKey')
-if cur == ARGV[3] then return redis.call('HGET', KEYS[1], 'prevBackupKey') or '' end
+if redis.call('HGET', KEYS[1], 'backupKey') == ARGV[3] then return 1 end
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return redis.error_reply('STALE') end
-local old = cur or ''
 redis.call('HSET', KEYS[1], 'backupVersion', ARGV[2], 'backupKey', ARGV[3], 'vfsBytes', ARGV[4],
-  'backupSeq', ARGV[5], 'prevBackupKey', old)
+  'backupSeq', ARGV[5])
 local covered = tonumber(ARGV[5])
 while true do
   local head = redis.call('LINDEX', KEYS[2], 0)
@@ -46,7 +45,7 @@ while true do
   if not seq or seq > covered then break end
   redis.call('LPOP', KEYS[2])
 end
-return old
+return 1
 """
 
 
@@ -78,6 +77,19 @@ def legacy_key(instance_id: str) -> str:
 def backup_key(instance_id: str, epoch: int, version: int) -> str:
     """The key of one backup: unique per owner (epoch) and per backup (version)."""
     return f"instances/{instance_id}/vfs.{epoch}.{version}"
+
+
+_VERSIONED = re.compile(r"vfs\.(\d+)\.(\d+)")
+
+
+def key_age(instance_id: str, name: str) -> tuple[int, int] | None:
+    """(epoch, version) of one of the instance's backup keys, (-1, -1) for the legacy key (older
+    than any versioned one), None for a name that is no backup key."""
+    rest = name.removeprefix(instance_prefix(instance_id))
+    if rest == "vfs":
+        return (-1, -1)
+    match = _VERSIONED.fullmatch(rest)
+    return (int(match[1]), int(match[2])) if match else None
 
 
 def current_key(instance_id: str, version: int, key: str) -> str | None:
@@ -115,7 +127,7 @@ class Backups:
         instance_id, key = snap.instance_id, snap.key
         self.storage.put(key, snap.data)
         try:
-            old = self._commit(
+            self._commit(
                 keys=[keys.instance_record(instance_id), keys.journal(instance_id)],
                 args=[snap.epoch, snap.version, key, len(snap.data), snap.journal_seq],
             )
@@ -124,12 +136,23 @@ class Backups:
                 raise
             self.storage.delete(key)  # never referenced: a stale owner's backup goes away
             raise StaleEpoch(f"instance {instance_id}: backup from stale epoch {snap.epoch} discarded") from exc
-        if old and old != key:
-            try:
-                self.storage.delete(str(old))
-            except Exception:  # noqa: BLE001 - a leftover blob is removed with the instance
-                log.warning("instance %s: could not delete the previous backup %s", instance_id, old, exc_info=True)
+        self._remove_older(snap)
         return len(snap.data)
+
+    def _remove_older(self, snap: Snapshot) -> None:
+        """Delete every backup of the instance older than the one just committed: the one it
+        replaced and what earlier failures left (each a full copy). Older only: once this commit
+        set the record, no older key can be committed again (the commit is fenced by the epoch,
+        and one owner stores one backup at a time), while a newer owner may have committed or be
+        putting a key meanwhile. Best effort: what fails is tried again at the next commit."""
+        mine = (snap.epoch, snap.version)
+        try:
+            for name in self.storage.list(instance_prefix(snap.instance_id)):
+                age = key_age(snap.instance_id, name)
+                if age is not None and age < mine:
+                    self.storage.delete(name)
+        except Exception:  # noqa: BLE001 - the next commit of the instance tries again
+            log.warning("instance %s: could not delete its older backups", snap.instance_id, exc_info=True)
 
     def snapshot_vfs(
         self, instance_id: str, epoch: int, version: int, vfs: Any, custom: Callable[[], bytes] | None = None

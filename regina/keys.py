@@ -12,7 +12,7 @@ lives under `regina:` too.
 | regina:inst:<instanceId>              | HASH   | —          | instance record: definitionId, status,   |
 |                                       |        |            | member, epoch, createdAt, lastActive,    |
 |                                       |        |            | backupVersion, backupKey, backupSeq,     |
-|                                       |        |            | journalSeq, vfsBytes, prevBackupKey      |
+|                                       |        |            | journalSeq, vfsBytes                     |
 | regina:instances                      | ZSET   | —          | every instance id, scored by createdAt   |
 | regina:def:<defId>:instances          | ZSET   | —          | instance ids of one definition           |
 | regina:lock:<instanceId>              | STRING | seconds    | activation lock (one placer at a time)   |

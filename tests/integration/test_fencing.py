@@ -43,7 +43,7 @@ AGENTS = Path(__file__).resolve().parents[1] / "agents"
 class Pair:
     """Two workers' hosts over one Redis and one storage."""
 
-    def __init__(self, url: str, tmp: Path) -> None:
+    def __init__(self, url: str, tmp: Path, storage_type: type[RedisStorage] = RedisStorage) -> None:
         self.tmp = tmp
         self.settings = {
             m: Settings(
@@ -56,7 +56,7 @@ class Pair:
         }
         self.r: redis.Redis = connect(url)
         self.store = InstanceStore(self.r)
-        self.storage = RedisStorage(url, prefix=f"t{id(self)}:")
+        self.storage = storage_type(url, prefix=f"t{id(self)}:")
         registry = AgentRegistry(self.settings["a"])
         registry.load()
         self.hosts = {
