@@ -16,7 +16,7 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -104,6 +104,7 @@ class Backups:
 
     def __init__(self, client: redis.Redis, storage: Storage) -> None:
         self.storage = storage
+        self._client = client
         self._commit = client.register_script(_COMMIT)
 
     def save(
@@ -211,6 +212,13 @@ class Backups:
         return None if name is None else self.storage.get(name)
 
     def delete_all(self, instance_id: str) -> None:
-        """Remove every backup of the instance (current, previous and stale ones)."""
-        for name in self.storage.list(instance_prefix(instance_id)):
+        """Remove every backup of the instance, the one its record names last: a delete that
+        fails midway (storage down) leaves the instance whole, and can be sent again."""
+        record = keys.instance_record(instance_id)
+        key, version = cast(list[str | None], self._client.hmget(record, "backupKey", "backupVersion"))
+        current = current_key(instance_id, int(version or 0), key or "")
+        names = [n for n in self.storage.list(instance_prefix(instance_id)) if n != current]
+        for name in sorted(names, key=lambda n: key_age(instance_id, n) or (-2, -2)):
             self.storage.delete(name)
+        if current is not None:
+            self.storage.delete(current)

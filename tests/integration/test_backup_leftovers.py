@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from regina.backups import Backups
 from regina.errors import StorageError
 from storage.redis import RedisStorage
 from tests.harness.fake_llm import FakeLLM
@@ -122,3 +123,39 @@ def test_a_commit_never_deletes_the_backup_a_newer_owner_committed_meanwhile(pai
     assert current(pair, iid).startswith(f"instances/{iid}/vfs.2.")
     b.attach(iid, pair.move(iid, "b"))
     assert contents(pair, "b", iid) == ["one", "echo: one", "two", "echo: two"]
+
+
+def test_a_delete_that_fails_midway_leaves_the_instance_whole_and_can_be_sent_again(pair: Pair) -> None:
+    # Given an instance backed up 10 times whose last suspend could not delete the one before:
+    # its record names vfs.1.10, and vfs.1.9 is left (it sorts after vfs.1.10)
+    a, b = pair.hosts["a"], pair.hosts["b"]
+    st = flaky(pair)
+    iid = pair.spawn()
+    a.run_step(iid, pair.new_run(iid), "remember me", True)
+    act = a.active[iid]
+    for version in range(1, 10):
+        a.backups.save_vfs(iid, act.epoch, version, act.vfs)
+    st.failing = lambda key: True
+    assert a.suspend(iid)["backedUp"]
+    assert stored(pair, iid) == [f"instances/{iid}/vfs.1.10", f"instances/{iid}/vfs.1.9"]
+    assert current(pair, iid) == f"instances/{iid}/vfs.1.10"
+
+    # When a DELETE removes its backups (its first step) and storage fails on the second delete
+    tried: list[str] = []
+
+    def second_fails(key: str) -> bool:
+        tried.append(key)
+        return len(tried) == 2
+
+    st.failing = second_fails
+    with pytest.raises(StorageError):  # the DELETE answers 503
+        Backups(pair.r, st).delete_all(iid)
+
+    # Then the backup the record names is still there: the instance resumes with its conversation
+    assert current(pair, iid) in stored(pair, iid)
+    b.attach(iid, pair.move(iid, "b"))
+    assert contents(pair, "b", iid) == ["remember me", "echo: remember me"]
+    # and the DELETE sent again removes everything
+    st.failing = lambda key: False
+    Backups(pair.r, st).delete_all(iid)
+    assert stored(pair, iid) == []
