@@ -5,7 +5,8 @@ The state of an instance is its last backup plus the journal entries after it (r
 A local file is used as it is only when it is exactly a state the cluster knows: its `backupKey`
 meta is the record's and it was not changed since (no `dirty` meta) — so a file a dead or cut-off
 owner kept changing is never trusted. Otherwise the backup is restored (or, never backed up, the
-VFS starts empty) and the journal entries after what the copy covers are replayed.
+VFS starts empty) and the journal entries after what the copy covers are replayed. A copy whose
+meta cannot be read (a torn write, a disk error) is removed and restored the same way.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import contextlib
 import logging
 import os
 import shutil
+import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,7 +133,15 @@ def open_current(
     want = meta or {}
     if new:
         return Opened(open_new(settings, iid, want), False, 0, 0)
-    local = _local_meta(settings, iid)
+    try:
+        local = _local_meta(settings, iid)
+    except (sqlite3.DatabaseError, ValueError) as exc:
+        if backups is None or journal is None:
+            raise  # the copy is all there is: left for an operator to look at
+        # Untrusted, and in the way of every attach (a resume prefers this member): rebuilt below.
+        log.warning("instance %s: its local copy is unreadable (%r); removed, restoring from storage", iid, exc)
+        remove_local(settings, iid)
+        local = None
     if backups is None or journal is None:
         if local is None:
             return Opened(open_new(settings, iid, want), False, 0, 0)
