@@ -32,6 +32,8 @@ Rules, including where SPEC §2 is silent:
 - `useProcesses` overrides the config's `useProcesses` for this agent's instances; `true` with
   the `memory` VFS backend is refused (a tool process cannot see a memory VFS).
 - Header values are secrets: they are left out of `repr`, error messages and `public_dict()`.
+- An error quotes a bad value as written in the file (`${SVC_KEY}`), never as expanded, and is
+  redacted of every known secret: it is shown by `GET /admin/agents/errors` and the reload.
 """
 
 from __future__ import annotations
@@ -54,13 +56,13 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from regina.config import MEMORY_VFS_NO_PROCESSES, BudgetSettings, Compaction, Settings
+from regina.config import MEMORY_VFS_NO_PROCESSES, BudgetSettings, Compaction, Settings, environment
 from regina.env_expansion import expand_env
 from regina.errors import DefinitionError
 from regina.providers import check_provider_name, infer_provider
 from regina.runtime.tools.base import Tool
 from regina.runtime.tools.loading import load_tool_module
-from regina.secrets import add_secret, redact_any, url_secrets
+from regina.secrets import add_secret, redact_any, redact_with, url_secrets
 
 MAX_DEFINITION_BYTES = 1_048_576
 """Largest definition file accepted (1 MiB)."""
@@ -218,7 +220,22 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
 _KNOWN_FIELDS = [to_camel(n) for n in _Frontmatter.model_fields]
 
 
-def _describe(path: Path, exc: ValidationError) -> str:
+def _as_written(data: Any, loc: tuple[int | str, ...]) -> tuple[bool, Any]:
+    """The value at `loc` in the frontmatter as written (before `${VAR}` expansion), if there."""
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        else:
+            return False, None
+    return True, node
+
+
+def _describe(path: Path, exc: ValidationError, written: dict[str, Any]) -> str:
+    """The problems of `exc`, each naming its field. A bad value is quoted as written in the file:
+    its `${VAR}` expansion may hold a secret, and the message reaches API responses."""
     problems = []
     for err in exc.errors():
         loc = err["loc"]
@@ -233,8 +250,14 @@ def _describe(path: Path, exc: ValidationError) -> str:
             problems.append(f"field {field!r}: required field is missing")
             continue
         value = err.get("input")
+        found, raw = _as_written(written, loc)
         secret = "headers" in [str(p) for p in loc]
-        shown = "" if secret or isinstance(value, dict | list) else f" (got {value!r})"
+        if secret or not found or isinstance(value, dict | list):
+            shown = ""
+        elif raw != value:
+            shown = f" (written {raw!r}; its expanded value is not shown)"
+        else:
+            shown = f" (got {value!r})"
         problems.append(f"field {field!r}: {err['msg']}{shown}")
     return f"{path}: " + "; ".join(problems)
 
@@ -299,9 +322,21 @@ def parse_definition(
     """Read and validate the agent definition at `path` (rules in the module docstring).
 
     Raises:
-        DefinitionError: the message starts with the file's path and names the field at fault.
+        DefinitionError: the message starts with the file's path and names the field at fault;
+            secrets (this process's and `environ`'s) are redacted from it, as it reaches
+            `GET /admin/agents/errors` and the reload's answer.
     """
-    p = Path(path).resolve()
+    env = environment() if environ is None else environ
+    try:
+        return _parse(Path(path).resolve(), settings, env)
+    except DefinitionError as exc:
+        safe = redact_with(exc.message, env)
+        if safe == exc.message:
+            raise
+        raise DefinitionError(safe) from None
+
+
+def _parse(p: Path, settings: Settings, environ: Mapping[str, str]) -> AgentDefinition:
     data, body = _read_frontmatter(p)
     expanded: dict[str, Any] = {}
     for key, value in data.items():
@@ -312,7 +347,8 @@ def parse_definition(
     try:
         fm = _Frontmatter.model_validate(expanded)
     except ValidationError as exc:
-        raise DefinitionError(_describe(p, exc)) from exc
+        # `from None`: the ValidationError quotes the expanded values, secrets included.
+        raise DefinitionError(_describe(p, exc, data)) from None
 
     model = fm.model or settings.defaults.model
     if not model:

@@ -31,6 +31,7 @@ from types import MappingProxyType
 from regina.config import Settings, environment
 from regina.definitions import AgentDefinition, parse_definition
 from regina.errors import ConfigError, DefinitionError, NotFound
+from regina.secrets import redact_with
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,8 @@ class AgentRegistry:
                 continue
             except Exception as exc:  # a bug or a surprise in one file must not stop the others
                 log.exception("unexpected error loading agent definition %s", path)
-                errors.append(_problem(path, f"{path}: unexpected error: {type(exc).__name__}: {exc}"))
+                detail = redact_with(f"{type(exc).__name__}: {exc}", environ)
+                errors.append(_problem(path, f"{path}: unexpected error: {detail}"))
                 continue
             if definition.name in found:
                 first = found[definition.name].path

@@ -102,6 +102,15 @@ def redact(text: str) -> str:
     return pattern.sub(REDACTED, text)
 
 
+def redact_with(text: str, environ: Mapping[str, str]) -> str:
+    """`redact(text)`, and the secrets of `environ` too: a definition is expanded from an
+    environment that need not be this process's (the registry may be given its own)."""
+    text = redact(text)
+    for value in sorted(secret_values(environ), key=len, reverse=True):
+        text = text.replace(value, REDACTED)
+    return text
+
+
 def redact_any(value: Any) -> Any:
     """`redact` applied to every string inside lists and dicts."""
     if isinstance(value, str):

@@ -90,3 +90,37 @@ def test_no_secret_reaches_a_response_an_event_the_model_or_a_log(
                     continue  # the client sent it; httpx echoes the request headers nowhere, responses hold none
                 assert value not in text, f"{name} reached {where}: …{text[max(0, text.find(value) - 200) :][:400]}"
     assert any("[redacted]" in b for b in bodies), "the leaky description should show a redaction"
+
+
+BROKEN = {
+    "url-agent.md": "mcpServers:\n  - name: s\n    transport: http\n"
+    '    url: "https://mcp.example.com/x?api_key=${SVC_API_KEY} "\n',
+    "budget-agent.md": "budget:\n  maxTokensPerRun: ${SVC_API_KEY}\n",
+    "provider-agent.md": "provider: ${SVC_API_KEY}!\n",
+    # a variable not named like a secret: only quoting the value as written keeps it out
+    "plain-agent.md": "temperature: ${SVC_TUNING}\n",
+}
+
+
+def test_a_definition_error_quotes_the_value_as_written_never_its_expanded_secret(
+    make_cluster: object, tmp_path: Path
+) -> None:
+    agents = tmp_path / "agents"
+    agents.mkdir()
+    for file, extra in BROKEN.items():
+        (agents / file).write_text(f"---\nname: {file[:-3]}\nmodel: gpt-4o\n{extra}---\nhi\n")
+    values = {"SVC_API_KEY": "svc-secret-value-4242", "SVC_TUNING": "private-tuning-value-77"}
+    c: Cluster = make_cluster(REGINA_AGENTS_DIR=str(agents), **values)  # type: ignore[operator]
+    web = c.start_web()
+    with httpx.Client(base_url=web.url, timeout=30) as api:
+        listed = api.get("/admin/agents/errors")
+        reloaded = api.post("/admin/agents/reload")
+    assert listed.status_code == 200 and reloaded.status_code == 200, (listed.text, reloaded.text)
+    errors = {e["file"].rsplit("/", 1)[-1]: e["error"] for e in listed.json()}
+    assert sorted(errors) == sorted(BROKEN)
+    assert reloaded.json()["errors"] == listed.json()
+    assert "'https://mcp.example.com/x?api_key=${SVC_API_KEY} '" in errors["url-agent.md"]
+    assert "'${SVC_API_KEY}'" in errors["budget-agent.md"] and "'${SVC_TUNING}'" in errors["plain-agent.md"]
+    for text in (listed.text, reloaded.text, web.log()):
+        for name, value in values.items():
+            assert value not in text, f"{name} shown: …{text[max(0, text.find(value) - 200) :][:400]}"
