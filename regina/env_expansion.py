@@ -8,6 +8,8 @@ Rules (shell-like, on purpose, so they hold no surprises):
   location of the value, e.g. `mcpServers[0].headers.Authorization`), so a missing secret is
   caught when the definition loads rather than sent to a server as an empty string.
 - `$${` is an escape for a literal `${` (`$${HOME}` stays `${HOME}`).
+- A default cannot hold `${` (`${A:-${B}}`): nesting is not supported, and the default would end
+  at the first `}`, so it raises `DefinitionError` naming the variable instead.
 - Only string values are expanded; dict keys, numbers, booleans and None are left as they are.
   Lists and dicts are walked recursively and new containers are returned.
 - Values are not re-expanded: a variable whose value contains `${X}` is inserted verbatim.
@@ -31,10 +33,17 @@ def _expand_str(text: str, environ: Mapping[str, str], where: str) -> str:
             return "${"
         name, default = match.group(1), match.group(2)
         value = environ.get(name)
+        at = f" (in {where})" if where else ""
+        if default is not None and "${" in default:
+            # The pattern's default stops at the first `}`: `${A:-${B}}` would give the value
+            # of A plus a stray `}`, or a literal `${B`, silently.
+            raise DefinitionError(
+                f"the default of environment variable {name!r}{at} holds '${{': a default cannot use "
+                f"another variable; write it literally (${{{name}:-value}})"
+            )
         if default is not None:
             return value if value else default
         if value is None:
-            at = f" (in {where})" if where else ""
             raise DefinitionError(
                 f"environment variable {name!r} is not set{at}; set it, or write ${{{name}:-default}} to give a default"
             )
@@ -51,8 +60,8 @@ def expand_env(value: Any, environ: Mapping[str, str] | None = None, *, where: s
     e.g. `headers.Authorization`).
 
     Raises:
-        DefinitionError: a `${VAR}` without default names a variable that is not set; the
-            message names the variable and where it was found.
+        DefinitionError: a `${VAR}` without default names a variable that is not set, or a
+            default holds `${`; the message names the variable and where it was found.
     """
     if environ is None:
         environ = environment()

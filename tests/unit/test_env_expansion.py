@@ -68,3 +68,12 @@ def test_unset_without_default_names_the_variable_and_location() -> None:
 def test_uses_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REGINA_TEST_EXPAND", "from-os")
     assert expand_env("${REGINA_TEST_EXPAND}") == "from-os"
+
+
+@pytest.mark.parametrize("environ", [{"A": "aval", "B": "bval"}, {"B": "bval"}], ids=["A set", "A unset"])
+def test_a_variable_in_a_default_is_refused_naming_the_variable(environ: dict[str, str]) -> None:
+    # Before: 'aval}' when A was set, a literal '${B' + '}' when not, silently.
+    with pytest.raises(DefinitionError) as info:
+        expand_env({"url": "http://${A:-${B}}/x"}, environ, where="mcpServers[0]")
+    message = str(info.value)
+    assert "'A'" in message and "mcpServers[0].url" in message and "cannot use another variable" in message
