@@ -16,9 +16,29 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
 
 from regina.config_sources import describe, env_overrides, expand_placeholders, merge, parse_env_value, read_config_file
 from regina.errors import ConfigError
+
+
+def _number_kind(annotation: Any) -> str | None:
+    """The kind ("an integer", "a number") of a field that holds only numbers (or None), else None."""
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    kinds = {a for a in (typing.get_args(annotation) if union else (annotation,)) if a is not type(None)}
+    if kinds == {int}:
+        return "an integer"
+    return "a number" if kinds and kinds <= {int, float} else None
+
+
+def refuse_bool_number(model: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
+    """A boolean for a number field is an error: pydantic's lax mode reads `true` as 1, so
+    `maxTokensPerRun: true` would be a budget of one token. The error's location names the key."""
+    if isinstance(value, bool) and info.field_name is not None:
+        kind = _number_kind(model.model_fields[info.field_name].annotation)
+        if kind is not None:
+            raise PydanticCustomError("bool_not_number", "Input should be {kind}, not a boolean", {"kind": kind})
+    return value
 
 
 class _Section(BaseModel):
@@ -29,6 +49,11 @@ class _Section(BaseModel):
         use_attribute_docstrings=True,
         allow_inf_nan=False,  # `.inf` seconds would overflow the clocks they feed
     )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        return refuse_bool_number(cls, value, info)
 
 
 class Defaults(_Section):

@@ -22,7 +22,8 @@ Rules, including where SPEC §2 is silent:
   did not choose. The registry reports the file and keeps loading the others, so the cost of
   strictness is one visible error.
 - Types are checked by pydantic in its usual lax mode (`"10"` is accepted for an int, as `${VAR}`
-  expansion always yields strings), but a list field given a scalar is an error.
+  expansion always yields strings), but a list field given a scalar is an error, and so is a
+  boolean given to a number (`maxTokensPerRun: true` is not a budget of 1).
 - `tools` paths are resolved relative to the .md file, must be unique by stem (the tool name), and
   are loaded at parse time so a broken tool module is reported with its definition.
 - `mcpServers` names must be unique within a definition; URLs must be http(s). The SSRF check is
@@ -52,11 +53,19 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 from pydantic.alias_generators import to_camel
 
-from regina.config import MEMORY_VFS_NO_PROCESSES, BudgetSettings, Compaction, Settings, environment
+from regina.config import (
+    MEMORY_VFS_NO_PROCESSES,
+    BudgetSettings,
+    Compaction,
+    Settings,
+    environment,
+    refuse_bool_number,
+)
 from regina.env_expansion import expand_env
 from regina.errors import DefinitionError
 from regina.providers import check_provider_name, infer_provider
@@ -72,6 +81,11 @@ _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 
 class _Strict(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        return refuse_bool_number(cls, value, info)
 
 
 class McpServer(_Strict):

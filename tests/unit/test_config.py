@@ -179,3 +179,20 @@ def test_a_refused_secret_is_not_repeated_in_the_error() -> None:
         load_settings({}, overrides={"authToken": ["s3cret-token"]})  # a token must be text: not shown
     assert "s3cret-token" not in str(err.value) and "value hidden" in str(err.value)
     assert load_settings({"REGINA_LOG_LEVEL": "debug"}).log_level == "DEBUG"
+
+
+@pytest.mark.parametrize(
+    ("name", "key"),
+    [
+        ("REGINA_BUDGET__MAX_TOKENS_PER_RUN", "budget.maxTokensPerRun"),
+        ("REGINA_BUDGET__MAX_SECONDS_PER_RUN", "budget.maxSecondsPerRun"),
+        ("REGINA_LIMITS__MAX_QUEUED_RUNS", "limits.maxQueuedRuns"),
+        ("REGINA_CONCURRENCY", "concurrency"),
+    ],
+)
+def test_a_boolean_for_a_number_setting_is_refused_naming_the_key(name: str, key: str) -> None:
+    # Before: `true` was taken as 1.
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={name: "true"})
+    assert f"config key '{key}' ({name}): Input should be" in str(info.value)
+    assert "not a boolean" in str(info.value)

@@ -318,3 +318,20 @@ def test_repo_demo_agents_delegate_offline() -> None:
     librarian = parse_definition(root / "librarian.md", SETTINGS, {})
     assert demo.delegates == ("librarian",)
     assert (librarian.provider, librarian.model) == ("demo", "demo")
+
+
+@pytest.mark.parametrize(
+    ("key", "frontmatter"),
+    [
+        ("budget.maxTokensPerRun", "budget:\n  maxTokensPerRun: true"),
+        ("budget.maxSecondsPerRun", "budget:\n  maxSecondsPerRun: yes"),
+        ("budget.maxTokensPerInstance", "budget:\n  maxTokensPerInstance: false"),
+        ("maxSteps", "maxSteps: true"),
+        ("temperature", "temperature: true"),
+        ("compaction.threshold", "compaction: {threshold: true}"),
+    ],
+)
+def test_a_boolean_for_a_number_is_refused_naming_the_key(tmp_path: Path, key: str, frontmatter: str) -> None:
+    # Before: pydantic's lax mode read `true` as 1 (a budget of one token).
+    path = write(tmp_path, "a.md", f"---\nname: a\nmodel: gpt-4o\n{frontmatter}\n---\nbody\n")
+    expect_error(path, f"field {key!r}: Input should be", "not a boolean")
