@@ -11,6 +11,7 @@ from api.agents import services
 from api.body import json_body
 from api.idem import idem_request
 from api.openapi import documented
+from regina import keys
 from regina.errors import BadRequest
 from regina.fleet import MAX_LIMIT, Fleet
 
@@ -34,9 +35,12 @@ def fleet() -> Response:
     if status is not None and status not in STATUSES:
         raise BadRequest(f"query parameter 'status' must be one of {', '.join(STATUSES)}, got {status!r}")
     agent = args.get("agent")
-    if agent is not None:
-        services().registry.get(agent)  # 404 for an unknown agent
-    items, next_cursor = Fleet(services().client).page(
+    svc = services()
+    if agent is not None and agent not in svc.registry and not svc.client.exists(keys.definition_instances(agent)):
+        # 404 only for an agent with neither a definition nor instances: instances outlive their
+        # definition (a file removed or not loadable here) and stay listed by agent.
+        svc.registry.get(agent)
+    items, next_cursor = Fleet(svc.client).page(
         agent, status, args.get("member"), int(raw_limit), args.get("cursor") or None
     )
     resp = jsonify(items)

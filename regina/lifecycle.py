@@ -148,10 +148,16 @@ class Coordinator:
             log.warning("instance %s: its queue could not be deleted after a failed spawn: %r", instance_id, exc)
 
     def instances(self, definition_id: str | None = None) -> list[InstanceRecord]:
-        """Instances, suspended ones included (of one definition when given)."""
-        if definition_id is not None:
+        """Instances, suspended ones included (of one definition when given).
+
+        Raises:
+            NotFound: `definition_id` names no definition and has no instances (instances
+                outlive their definition: a file removed, or not loadable in this process).
+        """
+        records = self.store.all(definition_id)
+        if definition_id is not None and not records and definition_id not in self.registry:
             self.registry.get(definition_id)
-        return self.store.all(definition_id)
+        return records
 
     def ensure_active(self, instance_id: str) -> InstanceRecord:
         """Make sure the instance is started on a live member: resume it or re-home an orphan."""

@@ -5,8 +5,11 @@
   snapshot or the new one, never a mix. Readers that need several consistent look-ups take
   `registry.snapshot` once and use it.
 - A file that fails to parse is skipped and reported in `errors` as `{"file", "error"}`; the rest
-  load. A second file with an already-used name is rejected and the error names both files
-  (files are taken in sorted order, so the first by name wins, the same in every process).
+  load. A file that loaded before and fails now keeps its last good definition (the error says
+  so): a typo saved into a running agent's file must not take the agent away from its instances.
+  A file that is removed takes its agent away. A second file with an already-used name is
+  rejected and the error names both files (files are taken in sorted order, so the first by name
+  wins, the same in every process).
 - If building the snapshot fails as a whole (the directory is missing or unreadable), the old
   snapshot stays and the error is raised to the caller (the SIGHUP path logs it).
 - Cross-definition check: a `delegates` entry naming an agent that is not in the new snapshot does
@@ -81,18 +84,21 @@ class AgentRegistry:
         except OSError as exc:
             raise ConfigError(f"agentsDir: cannot list {str(directory)!r}: {exc.strerror}") from exc
         environ = environment() if self._environ is None else self._environ
+        previous = {d.path: d for d in self.snapshot.definitions.values()}
         found: dict[str, AgentDefinition] = {}
+        file_of: dict[str, Path] = {}
+        failed: list[tuple[Path, str]] = []
         errors: list[Mapping[str, str]] = []
         for path in files:
             try:
                 definition = parse_definition(path, self.settings, environ)
             except DefinitionError as exc:
-                errors.append(_problem(path, exc.message))
+                failed.append((path, exc.message))
                 continue
             except Exception as exc:  # a bug or a surprise in one file must not stop the others
                 log.exception("unexpected error loading agent definition %s", path)
                 detail = redact_with(f"{type(exc).__name__}: {exc}", environ)
-                errors.append(_problem(path, f"{path}: unexpected error: {detail}"))
+                failed.append((path, f"{path}: unexpected error: {detail}"))
                 continue
             if definition.name in found:
                 first = found[definition.name].path
@@ -101,6 +107,18 @@ class AgentRegistry:
                 )
                 continue
             found[definition.name] = definition
+            file_of[definition.name] = path
+        for path, message in failed:
+            # A file that became invalid keeps its last good definition (its instances go on
+            # running, and listing them by agent still works) unless its name is taken now.
+            last_good = previous.get(str(path.resolve()))
+            if last_good is not None and last_good.name not in found:
+                found[last_good.name] = last_good
+                file_of[last_good.name] = path
+                message += f" (the previous version of {last_good.name!r} is kept until the file is fixed)"
+            errors.append(_problem(path, message))
+        found = {name: found[name] for name in sorted(found, key=file_of.__getitem__)}  # file-name order
+        errors.sort(key=lambda problem: problem["file"])
         warnings: list[Mapping[str, str]] = []
         for name, definition in list(found.items()):
             unknown = [d for d in definition.delegates if d not in found]

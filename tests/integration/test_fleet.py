@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -78,3 +79,41 @@ def test_fleet_pages_filters_and_stays_quick_over_2000_instances(make_cluster: C
         assert api.get("/instances", params={"status": "zombie"}).status_code == 400
         assert api.get("/instances", params={"cursor": "!!"}).status_code == 400
         assert api.get("/instances", params={"agent": "no-such-agent"}).status_code == 404
+
+
+def test_instances_stay_listed_by_agent_when_their_definition_breaks_or_goes(
+    make_cluster: Callable[..., Cluster], tmp_path: Path
+) -> None:
+    # Before: a reload dropped an agent whose file became invalid, and GET /instances?agent=X and
+    # GET /agents/X/instances answered 404 while X's instances existed.
+    agents = tmp_path / "agents"
+    agents.mkdir()
+    alpha = agents / "alpha.md"
+    alpha.write_text("---\nname: alpha\nmodel: gpt-4o\n---\nYou are alpha.\n")
+    c = make_cluster(REGINA_AGENTS_DIR=str(agents))
+    web = c.start_web()
+    store = InstanceStore(redis.Redis.from_url(c.redis_url, decode_responses=True))
+    made = {
+        agent: [store.create(f"{agent}-{n:024x}", agent, "m1").instance_id for n in range(3)]
+        for agent in ("alpha", "gone")  # `gone`: instances whose definition file was removed
+    }
+    alpha.write_text("---\nname: alpha\nmodel: gpt-4o\nmaxStep: 3\n---\nYou are alpha.\n")
+    with httpx.Client(base_url=web.url, timeout=30) as api:
+        reloaded = api.post("/admin/agents/reload")
+        assert reloaded.status_code == 200, reloaded.text
+        assert reloaded.json()["agents"] == ["alpha"]
+        [error] = reloaded.json()["errors"]
+        assert error["file"] == str(alpha) and "'maxStep'" in error["error"]
+        assert "the previous version of 'alpha' is kept" in error["error"]
+        assert api.get("/admin/agents/errors").json() == [error]
+        assert api.get("/agents/alpha").status_code == 200
+        for agent, ids in made.items():
+            listed = api.get("/instances", params={"agent": agent})
+            assert listed.status_code == 200, listed.text
+            assert [i["instanceId"] for i in listed.json()] == ids
+            listed = api.get(f"/agents/{agent}/instances")
+            assert listed.status_code == 200, listed.text
+            assert [i["instanceId"] for i in listed.json()] == ids
+        # An agent with neither a definition nor instances is still unknown.
+        assert api.get("/instances", params={"agent": "no-such-agent"}).status_code == 404
+        assert api.get("/agents/no-such-agent/instances").status_code == 404

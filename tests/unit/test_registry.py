@@ -131,6 +131,29 @@ def test_removed_file_disappears_on_reload(tmp_path: Path) -> None:
     assert [d.name for d in registry.list()] == ["alpha"]
 
 
+def test_a_file_that_becomes_invalid_keeps_its_last_good_definition(tmp_path: Path) -> None:
+    # Before: the agent was dropped, and listing its instances by agent answered 404.
+    agent(tmp_path, "a.md", "alpha", body="good alpha")
+    broken = agent(tmp_path, "b.md", "beta")
+    agent(tmp_path, "c.md", "gamma")
+    registry = registry_for(tmp_path)
+    registry.load()
+    broken.write_text("---\nname: beta\nmodel: gpt-4o\nmaxStep: 3\n---\nYou are beta.\n")
+    agent(tmp_path, "a.md", "alpha", extra="maxStep: 3\n")
+    agent(tmp_path, "0.md", "alpha", body="new alpha")  # a valid file now owns the name
+    registry.reload()
+    assert [d.name for d in registry.list()] == ["alpha", "beta", "gamma"]
+    assert list(registry.snapshot.definitions) == ["alpha", "beta", "gamma"]  # file-name order
+    assert registry.get("beta").path == str(broken) and registry.get("alpha").system_prompt == "new alpha"
+    errors = {Path(e["file"]).name: e["error"] for e in registry.errors}
+    assert list(errors) == ["a.md", "b.md"]
+    assert "'maxStep'" in errors["b.md"] and "the previous version of 'beta' is kept" in errors["b.md"]
+    assert "'maxStep'" in errors["a.md"] and "kept" not in errors["a.md"]  # its name is taken now
+    broken.unlink()
+    registry.reload()
+    assert [d.name for d in registry.list()] == ["alpha", "gamma"]  # a removed file goes
+
+
 def test_failed_reload_keeps_the_old_registry(tmp_path: Path) -> None:
     directory, registry = loaded_alpha(tmp_path)
     before = registry.snapshot
