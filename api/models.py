@@ -74,7 +74,9 @@ class FleetQuery(BaseModel):
 
     agent: str | None = Field(None, description="Only instances of this agent definition.")
     status: Literal["started", "suspending", "suspended"] | None = None
-    member: str | None = Field(None, description="Only instances owned by this worker (member id).")
+    member: str | None = Field(
+        None, description="Only instances this live worker (member id) holds: none for a dead one, none suspended."
+    )
     limit: int = Field(100, ge=1, le=1000, description="Page size.")
     cursor: str | None = Field(None, description="The X-Next-Cursor of the previous page.")
 
@@ -141,7 +143,10 @@ class Instances(RootModel[list[Instance]]):
 class InstanceDetail(Instance):
     """An instance with its owner and spend (`GET /instances/<id>` and the fleet view)."""
 
-    member: str | None
+    member: str | None = Field(
+        description="The live worker holding it; null when suspended or when its worker died (an orphan, "
+        "still started: the next request moves it)."
+    )
     epoch: int
     lastActive: str
     lastActiveAt: str | None = Field(None, description="The same as lastActive.")

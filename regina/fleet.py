@@ -5,9 +5,15 @@ set) from an opaque cursor — the last (score, id) served — so a page costs O
 Redis however deep it is, and instances created or deleted meanwhile never shift later pages.
 Filters on `status` and `member` are applied to the records read; a page scans at most
 `SCAN_LIMIT` ids, so a rare filter can return a short (even empty) page with a cursor to go on.
-`member` with `status=started|suspending` (what a worker runs) walks that member's held set
-(`keys.member_held`, also scored by createdAt) instead, so its pages cost O(page) however few
-of the fleet's instances the member runs.
+
+`member` is the live member that holds the instance, else null: a suspended instance is held by
+none (its record keeps the last holder, for nothing), and one whose member died (an orphan) is
+held by none until the next request for it or the orphan sweep moves it; it stays `started`,
+as SPEC §3 knows no other state, and is served as such. So each batch read checks the distinct
+members on it with one pipelined EXISTS of their member keys. The `member` filter matches only
+the instances that member holds while it lives: a dead member's is an empty page at once, a
+live one's walks its held set (`keys.member_held`, also scored by createdAt), so its pages cost
+O(page) however few of the fleet's instances it runs.
 """
 
 from __future__ import annotations
@@ -23,7 +29,6 @@ from regina.errors import BadRequest
 from regina.instances import record_from_hash
 
 MAX_LIMIT = 1000
-HOLDING = ("started", "suspending")
 SCAN_LIMIT = 5000
 
 
@@ -60,9 +65,12 @@ class Fleet:
     ) -> tuple[list[dict[str, Any]], str | None]:
         """One page of the fleet and the cursor of the next (None at the end)."""
         key = keys.definition_instances(agent) if agent else keys.INSTANCES
-        if member is not None and status in HOLDING:
-            key = keys.member_held(member)  # what a member runs: its held set, not a scan
         after_score, after_id = decode_cursor(cursor) if cursor else (float("-inf"), "")
+        alive: dict[str, bool] = {}  # liveness of the members seen on this page
+        if member is not None:
+            if status == "suspended" or not self._check_alive([member], alive):
+                return [], None  # a suspended instance, or a dead member's, is held by no one
+            key = keys.member_held(member)  # what a live member holds: its held set, not a scan
         out: list[dict[str, Any]] = []
         scanned = 0
         while len(out) < limit and scanned < SCAN_LIMIT:
@@ -75,7 +83,7 @@ class Fleet:
             if not batch:
                 return out, None
             scanned += len(batch)
-            for item in self._records([i for i, _ in batch]):
+            for item in self._records([i for i, _ in batch], alive):
                 if (
                     (status is None or item["status"] == status)
                     and (member is None or item["member"] == member)
@@ -88,7 +96,19 @@ class Fleet:
             after_id, after_score = batch[-1]
         return out, encode_cursor(after_score, after_id)
 
-    def _records(self, ids: list[str]) -> list[dict[str, Any]]:
+    def _check_alive(self, members: list[str], alive: dict[str, bool]) -> bool:
+        """Add the liveness of `members` not in `alive` yet (one pipelined EXISTS each); True
+        when all of them live."""
+        unknown = [m for m in dict.fromkeys(members) if m and m not in alive]
+        if unknown:
+            pipe = self.r.pipeline(transaction=False)
+            for m in unknown:
+                pipe.exists(keys.member(m))
+            alive.update(zip(unknown, map(bool, pipe.execute()), strict=True))
+        return all(alive.get(m, False) for m in members)
+
+    def _records(self, ids: list[str], alive: dict[str, bool]) -> list[dict[str, Any]]:
+        """The records of `ids` as the fleet shows them; `member` is the live holder or None."""
         pipe = self.r.pipeline(transaction=False)
         for iid in ids:
             pipe.hgetall(keys.instance_record(iid))
@@ -102,4 +122,8 @@ class Fleet:
             data = record_from_hash(iid, h).public(include_member=True)
             data["runningRun"] = running[0] if running else None
             out.append(data)
+        self._check_alive([d["member"] for d in out if d["member"] and d["status"] != "suspended"], alive)
+        for data in out:
+            if data["status"] == "suspended" or not alive.get(data["member"] or "", False):
+                data["member"] = None
         return out

@@ -9,11 +9,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import redis
 
+from regina import keys
 from regina.instances import InstanceStore
 from tests.harness.processes import Cluster
 
@@ -23,6 +24,8 @@ def test_fleet_pages_filters_and_stays_quick_over_2000_instances(make_cluster: C
     web = c.start_web()
     r = redis.Redis.from_url(c.redis_url, decode_responses=True)
     store = InstanceStore(r)
+    for m in ("m0", "m1", "m2", "m3"):
+        r.set(keys.member(m), "127.0.0.1:1", ex=600)  # live members (a dead one's are held by no one)
     made: list[str] = []
     for n in range(2000):
         iid = f"{'openai-agent' if n % 2 else 'tool-agent'}-{n:024x}"
@@ -73,7 +76,7 @@ def test_fleet_pages_filters_and_stays_quick_over_2000_instances(make_cluster: C
         suspended, _ = walk(status="suspended", limit=100)
         assert [i["instanceId"] for i in suspended] == made[::5]
         on_m1, _ = walk(member="m1", agent="openai-agent", limit=77)
-        assert [i["instanceId"] for i in on_m1] == [iid for n, iid in enumerate(made) if n % 4 == 1]
+        assert [i["instanceId"] for i in on_m1] == [iid for n, iid in enumerate(made) if n % 4 == 1 and n % 5]
 
         assert api.get("/instances", params={"limit": "0"}).status_code == 400
         assert api.get("/instances", params={"status": "zombie"}).status_code == 400
@@ -117,3 +120,43 @@ def test_instances_stay_listed_by_agent_when_their_definition_breaks_or_goes(
         # An agent with neither a definition nor instances is still unknown.
         assert api.get("/instances", params={"agent": "no-such-agent"}).status_code == 404
         assert api.get("/agents/no-such-agent/instances").status_code == 404
+
+
+def test_member_is_the_live_holder_and_the_member_filter_matches_only_what_it_holds(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    # Before: a suspended instance showed its last holder, an orphan its dead member, and
+    # ?member=m matched both.
+    c = make_cluster()
+    web = c.start_web()
+    r = redis.Redis.from_url(c.redis_url, decode_responses=True)
+    store = InstanceStore(r)
+    live, dead = "m-live", "m-dead"  # `dead` has no member key: its worker died
+    r.set(keys.member(live), "127.0.0.1:1", ex=600)
+    held, suspended, orphan = (
+        store.create(f"openai-agent-{n:024x}", "openai-agent", m).instance_id for n, m in enumerate((live, live, dead))
+    )
+    store.fenced_set(suspended, 1, status="suspended")
+    with httpx.Client(base_url=web.url, timeout=30) as api:
+        for params in ({}, {"agent": "openai-agent"}):
+            shown = {i["instanceId"]: (i["status"], i["member"]) for i in api.get("/instances", params=params).json()}
+            assert shown == {held: ("started", live), suspended: ("suspended", None), orphan: ("started", None)}
+        for params, expected in (
+            ({"member": live}, [held]),
+            ({"member": live, "status": "started"}, [held]),
+            ({"member": live, "status": "suspended"}, []),
+            ({"member": live, "agent": "openai-agent"}, [held]),
+            ({"member": dead}, []),
+            ({"member": dead, "status": "started"}, []),
+        ):
+            resp = api.get("/instances", params=params)
+            assert resp.status_code == 200 and "X-Next-Cursor" not in resp.headers, resp.text
+            assert [i["instanceId"] for i in resp.json()] == expected, params
+
+        # The liveness check costs one EXISTS per distinct member on a page, not one per instance.
+        for n in range(600):
+            store.create(f"tool-agent-{n:024x}", "tool-agent", f"m{n % 6}")
+        r.config_resetstat()
+        assert len(api.get("/instances", params={"limit": "500"}).json()) == 500
+        stats = cast(dict[str, dict[str, Any]], r.info("commandstats"))
+        assert stats.get("cmdstat_exists", {}).get("calls", 0) <= 3 + 6, stats.get("cmdstat_exists")
