@@ -3,6 +3,8 @@
 Pages walk the `createdAt`-scored set of instance ids (`keys.INSTANCES`, or one definition's
 set) from an opaque cursor — the last (score, id) served — so a page costs O(log n + page) in
 Redis however deep it is, and instances created or deleted meanwhile never shift later pages.
+A page goes on from the cursor's entry by its rank, so any number of instances may share one
+createdAt (if that entry was deleted, a binary search of the tie finds the place: O(log tie)).
 Filters on `status` and `member` are applied to the records read; a page scans at most
 `SCAN_LIMIT` ids, so a rare filter can return a short (even empty) page with a cursor to go on.
 
@@ -31,6 +33,14 @@ from regina.instances import record_from_hash
 MAX_LIMIT = 1000
 SCAN_LIMIT = 5000
 
+# The ARGV[3] entries after ARGV[2] in the sorted set KEYS[1], as [id, score, …], when ARGV[2]
+# is still in it at score ARGV[1] (its rank is where the rest of a tie starts); false when not.
+_AFTER = """
+local rank = redis.call('ZRANK', KEYS[1], ARGV[2])
+if not rank or tonumber(redis.call('ZSCORE', KEYS[1], ARGV[2])) ~= tonumber(ARGV[1]) then return false end
+return redis.call('ZRANGE', KEYS[1], rank + 1, rank + tonumber(ARGV[3]), 'WITHSCORES')
+"""
+
 
 def encode_cursor(score: float, instance_id: str) -> str:
     """An opaque cursor for "after this instance"."""
@@ -54,6 +64,7 @@ class Fleet:
 
     def __init__(self, client: redis.Redis) -> None:
         self.r = client
+        self._after_script = client.register_script(_AFTER)
 
     def page(
         self,
@@ -73,13 +84,9 @@ class Fleet:
             key = keys.member_held(member)  # what a live member holds: its held set, not a scan
         out: list[dict[str, Any]] = []
         scanned = 0
+        num = limit + 50
         while len(out) < limit and scanned < SCAN_LIMIT:
-            batch = cast(
-                list[tuple[str, float]],
-                self.r.zrangebyscore(key, after_score, "+inf", start=0, num=limit + 50, withscores=True),
-            )
-            # Same-score entries come in id order: skip the ones served already.
-            batch = [(i, s) for i, s in batch if s > after_score or i > after_id]
+            batch = self._after(key, after_score, after_id, num) if cursor or scanned else self._range(key, 0, num)
             if not batch:
                 return out, None
             scanned += len(batch)
@@ -93,8 +100,42 @@ class Fleet:
                     if len(out) == limit:
                         last = next(s for i, s in batch if i == item["instanceId"])
                         return out, encode_cursor(last, item["instanceId"])
+            if len(batch) < num:
+                return out, None
             after_id, after_score = batch[-1]
         return out, encode_cursor(after_score, after_id)
+
+    def _range(self, key: str, start: int, num: int) -> list[tuple[str, float]]:
+        """`num` entries of `key` from index `start`, with their scores."""
+        return cast(list[tuple[str, float]], self.r.zrange(key, start, start + num - 1, withscores=True))
+
+    def _after(self, key: str, score: float, instance_id: str, num: int) -> list[tuple[str, float]]:
+        """The `num` entries of `key` after (score, instance_id), with their scores.
+
+        Entries of one score are in id order, and many may share one (a coarse clock, a restore):
+        the place is found by the cursor's own entry (one script), or when that one is gone, by a
+        binary search of its score's entries. Reading from the score's start would skip all but
+        the first `num` entries of a tie."""
+        flat = cast(list[str] | None, self._after_script(keys=[key], args=[repr(score), instance_id, num]))
+        if flat:
+            return [(flat[n], float(flat[n + 1])) for n in range(0, len(flat), 2)]
+        if flat is not None:
+            return []  # the entry is there and is the last
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zcount(key, "-inf", f"({score!r}")
+        pipe.zcount(key, score, score)
+        lo, tied = cast(list[int], pipe.execute())
+        hi = lo + tied
+        while lo < hi:  # the first entry of the tie whose id is after instance_id
+            mid = (lo + hi) // 2
+            at = cast(list[str], self.r.zrange(key, mid, mid))
+            if not at:
+                break  # the set shrank meanwhile: go on from here
+            if at[0] > instance_id:
+                hi = mid
+            else:
+                lo = mid + 1
+        return self._range(key, lo, num)
 
     def _check_alive(self, members: list[str], alive: dict[str, bool]) -> bool:
         """Add the liveness of `members` not in `alive` yet (one pipelined EXISTS each); True

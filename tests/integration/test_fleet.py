@@ -160,3 +160,32 @@ def test_member_is_the_live_holder_and_the_member_filter_matches_only_what_it_ho
         assert len(api.get("/instances", params={"limit": "500"}).json()) == 500
         stats = cast(dict[str, dict[str, Any]], r.info("commandstats"))
         assert stats.get("cmdstat_exists", {}).get("calls", 0) <= 3 + 6, stats.get("cmdstat_exists")
+
+
+def test_pages_serve_every_instance_once_when_many_share_one_created_at(make_cluster: Callable[..., Cluster]) -> None:
+    # Before: a page re-read a tied score from its start, limit + 50 entries at most, so past
+    # that many instances with one createdAt (a coarse clock, a restore) the rest were skipped.
+    c = make_cluster()
+    web = c.start_web()
+    r = redis.Redis.from_url(c.redis_url, decode_responses=True)
+    store = InstanceStore(r)
+    scores = {f"tool-agent-{n:024x}": 500.0 + 500 * (n >= 10) + 1000 * (n >= 140) for n in range(150)}
+    for iid, score in scores.items():
+        store.create(iid, "tool-agent", "m0")
+        r.zadd(keys.INSTANCES, {iid: score})
+    expected = sorted(scores, key=lambda iid: (scores[iid], iid))
+    with httpx.Client(base_url=web.url, timeout=30) as api:
+        served: list[str] = []
+        cursor = None
+        pages = 0
+        while True:
+            resp = api.get("/instances", params={"limit": 7, **({"cursor": cursor} if cursor else {})})
+            assert resp.status_code == 200, resp.text
+            served += [i["instanceId"] for i in resp.json()]
+            pages += 1
+            cursor = resp.headers.get("X-Next-Cursor")
+            if cursor is None:
+                break
+            if pages in (5, 12):  # the cursor's own instance goes: the page after it is found by search
+                store.delete(served[-1], "tool-agent")
+    assert served == expected
