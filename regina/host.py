@@ -543,12 +543,23 @@ class InstanceHost:
         return count
 
     def messages(self, instance_id: str) -> list[dict[str, Any]]:
-        """The conversation as stored in the instance's session file."""
+        """The conversation as stored in the instance's session file.
+
+        Reading it reopens a parked instance's SQLite connection and loads its history: parked
+        again at once (a read is not a use), else an idle instance kept that memory until its
+        next step, since `park_idle` skips instances flagged parked."""
         act = self.active.get(instance_id)
         if act is None:
             return self._stored_messages(instance_id)
         act.session.invalidate()
-        return [dict(m) for m in act.session.load()]
+        messages = [dict(m) for m in act.session.load()]
+        if act.parked:
+            if act.lock.busy:
+                act.parked = False  # a suspend or backup holds it: the next idle sweep parks it
+            else:
+                with act.lock:
+                    self._park(act)
+        return messages
 
     def _stored_messages(self, instance_id: str) -> list[dict[str, Any]]:
         """The conversation of an instance suspended here, read from its local VFS (not attached)."""

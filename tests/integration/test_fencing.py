@@ -473,6 +473,27 @@ def test_parking_an_idle_instance_frees_its_conversation_and_the_next_step_reads
     assert sent[1:] == [m["content"] for m in history] + ["one more", "echo: one more", "after parking"]
 
 
+def test_reading_the_messages_of_a_parked_instance_leaves_it_parked(pair: Pair) -> None:
+    """GET /instances/<id>/messages reopens a parked instance's SQLite file and loads its history;
+    the instance is parked again, not left holding both until its next step (forever with
+    `idleTimeout` 0: the idle sweep skips instances it parked)."""
+    # Given an attached instance that ran a step and was parked
+    a = pair.hosts["a"]
+    iid = pair.spawn()
+    a.run_step(iid, pair.new_run(iid), "hello", True)
+    act = a.active[iid]
+    assert a.park_idle(0) == 1
+    # When its messages are read
+    assert [m["content"] for m in a.messages(iid)][-2:] == ["hello", "echo: hello"]
+    # Then it holds no SQLite connection and no parsed history again
+    assert act.parked
+    assert act.vfs.inner._conn is None
+    assert act.session._messages is None
+    # and a step after that reads its conversation as before
+    a.run_step(iid, pair.new_run(iid), "again", True)
+    assert [m["content"] for m in a.messages(iid)][-4:] == ["hello", "echo: hello", "again", "echo: again"]
+
+
 def test_a_stale_owner_cannot_end_the_new_owners_run_as_failed(pair: Pair) -> None:
     # Given an instance that moved from a to b while a's step of a run was failing
     a, b = pair.hosts["a"], pair.hosts["b"]
