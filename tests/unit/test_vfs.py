@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,8 +19,10 @@ from regina import errors
 from regina.errors import ConfigError, VFSError
 from regina.vfs import MemoryVFS, RealDirVFS, SQLiteVFS, open_vfs, restore_snapshot
 from regina.vfs.base import VFS
-from regina.vfs.snapshot import check_snapshot
+from regina.vfs.snapshot import SCHEMA, check_snapshot, database_image
 from regina.vfs.sqlite_files import create_parked, read_meta
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _make(kind: str, tmp_path: Path) -> SQLiteVFS | MemoryVFS | RealDirVFS:
@@ -201,6 +207,93 @@ def test_snapshot_roundtrip_into_every_backend(vfs: SQLiteVFS | MemoryVFS | Real
         assert r.stat("/empty").is_dir
         assert r.get_meta("version") == "7"
         r.close()
+
+
+def _image_as_before(source: sqlite3.Connection) -> bytes:
+    """`database_image` as it was (four copies of the database at once): the reference the
+    snapshot bytes must stay equal to."""
+    mem = sqlite3.connect(":memory:")
+    try:
+        source.backup(mem)
+        image = mem.serialize()
+        return image[:18] + b"\x01\x01" + image[20:] if image[18:20] == b"\x02\x02" else image
+    finally:
+        mem.close()
+
+
+@pytest.mark.parametrize("case", ["wal", "wal-pending", "rollback", "page-1024", "memory", "restored-memory"])
+def test_a_snapshot_is_byte_for_byte_what_it_was(case: str, tmp_path: Path) -> None:
+    """Serialized from the source now (half the memory), a snapshot is still the same bytes as
+    through a backup into memory: backups before and after the change restore alike."""
+    path = str(tmp_path / "inst.sqlite")
+    if case == "page-1024":
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            conn.execute("PRAGMA page_size = 1024")
+            conn.executescript(SCHEMA)
+    vfs = MemoryVFS() if case == "memory" else SQLiteVFS(path)
+    if case == "restored-memory":  # a memdb database (deserialized), read without a copy
+        vfs.write("/first", b"1")
+        vfs.close()
+        vfs = MemoryVFS.from_snapshot(open(path, "rb").read())
+    for i in range(40):
+        vfs.write(f"/d{i % 3}/f{i}", os.urandom(300 + 700 * i))
+        vfs.append("/log", f"line {i}\n".encode())
+    vfs.set_meta("backupKey", "instances/x/vfs.1.1")
+    if case in ("memory", "restored-memory"):
+        with vfs._lock:
+            source = vfs._connection()
+            assert database_image(source) == _image_as_before(source)
+        return
+    if case != "wal-pending":
+        vfs.close()  # checkpointed: the file alone; else its last changes wait in the WAL
+    if case == "rollback":
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            conn.execute("PRAGMA journal_mode = DELETE")
+    with contextlib.closing(sqlite3.connect(path)) as source:
+        image = database_image(source)
+        assert image == _image_as_before(source)
+    assert image[18:20] == b"\x01\x01"
+    if case == "wal-pending":
+        assert vfs.snapshot() == image
+        vfs.close()
+
+
+MEMORY_SCRIPT = textwrap.dedent(
+    """
+    import resource, sys
+    import regina
+    from regina.vfs import SQLiteVFS
+    vfs = SQLiteVFS(sys.argv[1], connect=False)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    data = vfs.snapshot()
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    print(regina.__file__, grown * 1024, len(data))
+    """
+)
+
+
+def test_a_snapshot_takes_about_twice_the_file_not_four_times(tmp_path: Path) -> None:
+    """Every suspend and checkpoint takes one: a 100 MiB instance used to add 410 MiB to its
+    worker's peak (in-memory copy, its serialized copy, a slice and the joined result)."""
+    # Given a 64 MiB instance file
+    path = str(tmp_path / "big.sqlite")
+    vfs = SQLiteVFS(path, synchronous="OFF")
+    blob = os.urandom(1 << 20)
+    for i in range(64):
+        vfs.write(f"/f{i}", blob)
+    vfs.close()
+    # When a fresh process snapshots it
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-c", MEMORY_SCRIPT, path], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    module, grown, size = proc.stdout.split()
+    assert Path(module).parent.parent == ROOT  # this checkout's code ran
+    # Then its peak memory grew by at most 2.2 times the snapshot's size
+    assert int(size) >= 64 << 20
+    assert int(grown) <= 2.2 * int(size), f"peak grew {int(grown) / int(size):.2f} x the file"
 
 
 def test_restore_replaces_existing_and_drops_stale_wal(tmp_path: Path) -> None:
