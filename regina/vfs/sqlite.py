@@ -16,8 +16,9 @@ Thread safety: one connection (``check_same_thread=False``) guarded by an ``RLoc
 monkey patching that lock is cooperative, so several greenlets may share one instance.
 
 For a file database a snapshot reads through a *separate* connection inside one read
-transaction (the backup's single step), so it sees exactly one committed state (WAL snapshot
-isolation) without blocking writers on the VFS's own connection.
+transaction (its `serialize()`), so it sees exactly one committed state (WAL snapshot
+isolation) without blocking writers on the VFS's own connection, and takes no lock of this
+VFS: the host runs it in the tool thread pool, off the worker's gevent hub.
 """
 
 from __future__ import annotations

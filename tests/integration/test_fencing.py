@@ -494,6 +494,38 @@ def test_reading_the_messages_of_a_parked_instance_leaves_it_parked(pair: Pair) 
     assert [m["content"] for m in a.messages(iid)][-4:] == ["hello", "echo: hello", "again", "echo: again"]
 
 
+def test_a_backup_snapshot_is_taken_off_the_callers_thread(pair: Pair) -> None:
+    """SQLite's copy of a large file takes CPU (0.2 s per 100 MiB): on the worker's gevent hub it
+    would stop every other instance, the consumer and the heartbeat during each suspend and
+    checkpoint. It runs in the tool thread pool; the caller waits for it."""
+    import sys
+
+    from regina import activation
+
+    a = pair.hosts["a"]
+    iid = pair.spawn()
+    a.run_step(iid, pair.new_run(iid), "hello", True)
+    path = activation.local_path(a.settings, iid)
+    opened_by: list[int] = []
+    watching = [True]
+
+    def on_event(event: str, args: tuple[Any, ...]) -> None:
+        if watching[0] and event == "sqlite3.connect" and str(args[0]) == path:
+            opened_by.append(threading.get_ident())
+
+    sys.addaudithook(on_event)  # for the rest of the process: `watching` turns it off
+    try:
+        assert a.suspend(iid)["backedUp"]
+    finally:
+        watching[0] = False
+    # The snapshot's connection to the file was opened in another thread
+    assert opened_by and threading.get_ident() not in opened_by, opened_by
+    # and its backup brings the conversation to another worker
+    b = pair.hosts["b"]
+    b.attach(iid, pair.move(iid, "b"))
+    assert [m["content"] for m in b.messages(iid)][-2:] == ["hello", "echo: hello"]
+
+
 def test_a_stale_owner_cannot_end_the_new_owners_run_as_failed(pair: Pair) -> None:
     # Given an instance that moved from a to b while a's step of a run was failing
     a, b = pair.hosts["a"], pair.hosts["b"]
