@@ -16,7 +16,7 @@ from typing import Any, cast
 
 import redis
 
-from regina import activation, keys, metrics
+from regina import activation, keys, local_copies, metrics
 from regina.attached import Active
 from regina.backups import Backups, Snapshot
 from regina.config import Settings
@@ -154,7 +154,7 @@ class InstanceHost:
             if gate is not None:
                 gate.release()
             if failed:  # a spawn its coordinator gave up on, an instance deleted meanwhile
-                self._remove_if_deleted(instance_id)
+                self._remove_stale_copy(instance_id)
 
     def _attach(self, instance_id: str, epoch: int, new_of: str | None, reply_to: str | None) -> dict[str, Any]:
         current = self.active.get(instance_id)
@@ -696,20 +696,37 @@ class InstanceHost:
         act.runner.close()
         act.tools.close()
         act.vfs.close()
-        self._remove_if_deleted(act.instance_id)
+        self._remove_stale_copy(act.instance_id)
 
-    def _remove_if_deleted(self, instance_id: str) -> None:
-        """Remove the local copy of an instance whose record is gone (deleted while attaching or
-        attached here, a spawn its coordinator gave up on): the DELETE's own removal may have run
-        before the copy was written, and a deleted instance's files must not stay on a disk."""
-        if instance_id in self.active or instance_id in self.loading:
+    def _remove_stale_copy(self, instance_id: str) -> None:
+        """Remove the local copy of an instance let go of here that nobody may use: deleted
+        (while attaching or attached here, a spawn its coordinator gave up on: the DELETE's own
+        removal may have run before the copy was written, and a deleted instance's files must not
+        stay on a disk), or owned by another member now (its state is that member's plus storage;
+        kept, the old conversation stayed on this disk for as long as the worker ran). A copy of
+        an instance this member owns stays: a resume here uses it (regina/local_copies.py)."""
+        if self._holds(instance_id):
             return  # attached (again) meanwhile, or an attach under way decides
         try:
-            if not self.r.exists(keys.instance_record(instance_id)):
-                activation.remove_local(self.settings, instance_id)
-                log.info("instance %s: deleted; its local copy on %s removed", instance_id, self.member_id)
-        except Exception:  # noqa: BLE001 - the next delete or restart of the worker leaves it; logged
-            log.warning("instance %s: local copy of a deleted instance not removed", instance_id, exc_info=True)
+            member = self.r.hget(keys.instance_record(instance_id), "member")
+            owner = None if member is None else str(member)
+            if not self._holds(instance_id) and local_copies.remove_if_stale(
+                self.settings, self.member_id, instance_id, owner
+            ):
+                why = "deleted" if owner is None else f"{owner} owns it now"
+                log.info("instance %s: %s; its local copy on %s removed", instance_id, why, self.member_id)
+        except Exception:  # noqa: BLE001 - the next rejoin or restart of the worker removes it; logged
+            log.warning("instance %s: stale local copy not removed", instance_id, exc_info=True)
+
+    def _holds(self, instance_id: str) -> bool:
+        """Attached here, or an attach under way."""
+        return instance_id in self.active or instance_id in self.loading
+
+    def remove_stale_copies(self) -> int:
+        """The start-up removal of local copies nobody may use, on a running member (back after
+        being taken for dead: instances moved or were deleted meanwhile); instances attached or
+        being attached are left to `release` and `attach`. How many went."""
+        return local_copies.remove_stale_copies(self.r, self.settings, self.member_id, self._holds)
 
     def release(self, instance_id: str, epoch: int | None = None) -> dict[str, Any]:
         """Drop an instance whose epoch moved on (never waits: called from the consumer loop)."""

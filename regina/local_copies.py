@@ -1,14 +1,17 @@
-"""At a worker's start: remove the local VFS copies an earlier process left that nobody may use.
+"""Remove the local VFS copies nobody may use: at a worker's start, when it is back after being
+taken for dead, and when it lets go of an instance (regina/host.py).
 
 A worker killed (or restarted) keeps its instances' files on its disk. DELETE asks every live
 member to drop its own copy, but a process that was down then, or the next process on the same
-disk, would keep a deleted instance's files for good (a privacy problem, issue 15). So at start
-a worker removes, in `vfsDir` (and `fsRootPath` for realdir):
+disk, would keep a deleted instance's files for good (a privacy problem, issue 15); a worker
+paused or cut off past `memberTtl` keeps the copies of the instances that moved meanwhile (the
+old conversation, for as long as it runs). So a worker removes, in `vfsDir` (and `fsRootPath`
+for realdir):
 
 - the copies of instances that no longer exist (whichever process wrote them);
-- the copies an earlier process of this same member wrote (each attach records the member in
-  the copy's meta) of instances another member owns now: the cluster's state is that member's
-  plus storage, so this copy is stale.
+- the copies this member (this process or an earlier one under its id) wrote (each attach
+  records the member in the copy's meta) of instances another member owns now: the cluster's
+  state is that member's plus storage, so this copy is stale.
 
 Copies another member wrote (a `vfsDir` shared by several workers) are left alone unless their
 instance is gone, and so are this member's copies of the instances it still owns (a resume
@@ -21,6 +24,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from typing import cast
 
 import redis
@@ -89,9 +93,23 @@ def remove_leftovers(settings: Settings, now: float | None = None) -> int:
     return removed
 
 
-def remove_stale_copies(client: redis.Redis, settings: Settings, member_id: str) -> int:
+def remove_if_stale(settings: Settings, member_id: str, instance_id: str, owner: str | None) -> bool:
+    """Remove this member's copy of `instance_id` if it is one described above, given the
+    record's `owner` (None: no record); True if it went. Raises what reading the copy raises."""
+    if owner == member_id:
+        return False  # still ours: a resume here uses the copy
+    if owner is not None and _written_by(settings, instance_id) != member_id:
+        return False  # another member's copy (a shared vfsDir): left to it
+    activation.remove_local(settings, instance_id)
+    return True
+
+
+def remove_stale_copies(
+    client: redis.Redis, settings: Settings, member_id: str, held: Callable[[str], bool] = lambda _iid: False
+) -> int:
     """Remove the local copies described above (and restores' leftovers); returns how many
-    instances' copies went."""
+    instances' copies went. `held`: instances this process has attached or is attaching, left
+    alone (a running member lets go of them itself: regina/host.py)."""
     if settings.vfs_backend == "memory":
         return 0
     remove_leftovers(settings)
@@ -104,17 +122,12 @@ def remove_stale_copies(client: redis.Redis, settings: Settings, member_id: str)
     owners = cast(list[str | None], pipe.execute())
     removed = 0
     for iid, owner in zip(local, owners, strict=True):
-        if owner is not None and owner != member_id:
-            try:
-                writer = _written_by(settings, iid)
-            except Exception as exc:  # noqa: BLE001 - a damaged file must not keep the worker from joining
-                log.warning("member %s: could not read the local copy of %s (left as it is): %r", member_id, iid, exc)
-                continue
-            if writer != member_id:
-                continue
-        if owner is None or owner != member_id:
-            activation.remove_local(settings, iid)
-            removed += 1
+        if held(iid):  # checked after the read: an attach may have begun meanwhile
+            continue
+        try:
+            removed += remove_if_stale(settings, member_id, iid, owner)
+        except Exception as exc:  # noqa: BLE001 - a damaged file must not keep the worker from joining
+            log.warning("member %s: could not read the local copy of %s (left as it is): %r", member_id, iid, exc)
     if removed:
         log.warning("member %s: removed %d local VFS copies of deleted or moved instances", member_id, removed)
     return removed

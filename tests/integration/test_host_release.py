@@ -102,3 +102,61 @@ def test_an_instance_deleted_while_attached_loses_its_local_copy_when_let_go_of(
     wait_until(lambda: host.release(iid)["released"], timeout=5, what="the release")
 
     assert not os.path.exists(path)
+
+
+def test_an_instance_that_moved_leaves_no_copy_on_the_worker_that_lets_go_of_it(pair: Pair) -> None:
+    """A worker taken for dead (a pause, a partition) lets go of the instances that moved
+    meanwhile at its next heartbeat; their local copies (the old conversation) stayed on its disk
+    for as long as it ran."""
+    # Given an instance that chatted on a, then moved to b
+    a, b = pair.hosts["a"], pair.hosts["b"]
+    iid = pair.spawn()
+    a.run_step(iid, pair.new_run(iid), "a secret", True)
+    b.attach(iid, pair.move(iid, "b"))
+    path = activation.local_path(a.settings, iid)
+    assert os.path.exists(path)
+
+    # When a's heartbeat finds it stale and releases it
+    assert a.stale_instances() == [(iid, 1)]
+    assert a.release(iid, 1) == {"released": True}
+
+    # Then a's copy is gone, and b goes on with the whole conversation
+    assert not [p for p in os.listdir(a.settings.vfs_dir) if p.startswith(iid)]
+    b.run_step(iid, pair.new_run(iid), "more", True)
+    assert [m["content"] for m in b.messages(iid)][-4:] == ["a secret", "echo: a secret", "more", "echo: more"]
+
+
+def test_back_from_being_taken_for_dead_a_worker_removes_the_copies_nobody_may_use(pair: Pair) -> None:
+    """What a worker's start removes, a worker that comes back while running removes too: the
+    copies of instances resumed elsewhere or deleted while it was taken for dead. Its copies of
+    instances it still owns stay (a resume here uses them as they are), and so do those of the
+    instances it still holds (each goes with its release)."""
+    # Given four instances that chatted on a; three of them suspended there
+    a, b = pair.hosts["a"], pair.hosts["b"]
+    moved, kept, deleted, held = (pair.spawn() for _ in range(4))
+    for iid in (moved, kept, deleted, held):
+        a.run_step(iid, pair.new_run(iid), f"hello {iid}", True)
+    for iid in (moved, kept, deleted):
+        assert a.suspend(iid)["backedUp"]
+
+    # While a was taken for dead: one resumed on b, one deleted, the attached one moved to b
+    b.attach(moved, pair.move(moved, "b"))
+    rec = pair.store.get(deleted)
+    assert rec is not None
+    pair.store.delete(deleted, rec.definition_id)
+    b.attach(held, pair.move(held, "b"))
+
+    # When a is back and removes the stale copies
+    assert a.remove_stale_copies() == 2
+
+    # Then the moved and deleted instances' copies are gone, the others stay
+    def copy(iid: str) -> bool:
+        return os.path.exists(activation.local_path(a.settings, iid))
+
+    assert (copy(moved), copy(deleted), copy(kept), copy(held)) == (False, False, True, True)
+    # the held one goes with its release
+    assert a.release(held, 1) == {"released": True}
+    assert not copy(held)
+    # and the one a still owns resumes from its copy, without a download
+    assert a.attach(kept, pair.move(kept, "a")) == {"restored": False}
+    assert [m["content"] for m in a.messages(kept)][-1] == f"echo: hello {kept}"
