@@ -160,6 +160,7 @@ def _preload_litellm() -> None:
 
 def _heartbeat_loop(membership: Membership) -> None:
     ctx = context()
+    sweep_copies = False  # taken for dead and back: local copies to check (until that succeeds)
     while True:
         gevent.sleep(ctx.settings.member_heartbeat)
         if _state["stopping"]:
@@ -167,6 +168,7 @@ def _heartbeat_loop(membership: Membership) -> None:
             continue
         try:
             rejoined = membership.renew(len(ctx.host.active), held_runs())
+            sweep_copies = sweep_copies or rejoined
             # Instances that moved while this worker was cut off or paused: let go of them (below),
             # and put back no ready entries for their new owner's steps.
             stale = ctx.host.stale_instances()
@@ -187,6 +189,15 @@ def _heartbeat_loop(membership: Membership) -> None:
                 ctx.dispatcher.send_command(ctx.member_id, "release", {"instanceId": iid, "epoch": epoch}, None)
         except Exception:
             log.exception("membership renewal failed; retrying")
+            continue
+        if sweep_copies:
+            # What start-up removes: the copies of instances that moved or were deleted while this
+            # member was taken for dead (the attached ones go with their release).
+            try:
+                ctx.host.remove_stale_copies()
+                sweep_copies = False
+            except Exception:
+                log.exception("removing stale local copies failed; tried again at the next heartbeat")
 
 
 def _leaving_heartbeat(membership: Membership) -> None:

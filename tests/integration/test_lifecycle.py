@@ -482,6 +482,40 @@ def test_a_delete_while_an_attach_restores_leaves_no_local_copy(
     r.close()
 
 
+def test_a_worker_back_from_being_taken_for_dead_removes_the_copies_of_instances_that_moved(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """Only a worker's start removed the local copies of instances that moved to another member:
+    one taken for dead (a pause past memberTtl) and back kept them, the old conversations, for as
+    long as it ran. Its heartbeat removes them when it finds itself back; its own stay."""
+    from regina.instances import InstanceStore
+    from regina.redis_conn import connect
+
+    # Given two instances that chatted and were suspended on a worker
+    c = make_cluster(REGINA_MEMBER_HEARTBEAT="0.5").start(workers=1)
+    (worker,) = c.workers
+    r = connect(c.redis_url)
+    with httpx.Client(base_url=c.web.url, timeout=60) as api:
+        moved, kept = (api.post("/agents/openai-agent/instances").json()["instanceId"] for _ in range(2))
+        for iid in (moved, kept):
+            assert api.post(f"/instances/{iid}/chat", json={"message": "a secret"}).status_code == 200
+            assert api.post(f"/instances/{iid}/suspend").status_code == 204
+    assert _local_copies(c, moved) and _local_copies(c, kept)
+
+    # When, the worker taken for dead, one of them is resumed on another member (and suspended
+    # there), and the worker is back
+    store = InstanceStore(r)
+    epoch = store.claim(moved, "elsewhere@test")
+    assert epoch > 0 and store.fenced_set(moved, epoch, status="suspended")
+    r.srem("regina:members", worker.member_id)  # what the orphan sweep does to a member whose key lapsed
+
+    # Then its copy of the moved one goes at its next heartbeat, and its copy of its own stays
+    wait_until(lambda: not _local_copies(c, moved), timeout=10, what="the moved instance's copy removed")
+    assert _local_copies(c, kept)
+    assert "removed 1 local VFS copies" in worker.log()
+    r.close()
+
+
 def test_an_instance_left_suspending_on_a_live_member_is_resumed(make_cluster: Callable[..., Cluster]) -> None:
     """A suspend whose last write (`suspended`) was lost left the record `suspending` on a live
     member that no longer held it: every chat and resume waited, then answered 503, for as long as
