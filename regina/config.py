@@ -227,7 +227,8 @@ class Settings(_Section):
     vfs_park_after: float = Field(30, ge=0)
     """Seconds after its last step an instance's SQLite connection is closed and its conversation
     dropped from the worker's memory (both read again on the next step), so idle instances cost
-    their worker almost no memory, however long their conversations."""
+    their worker almost no memory, however long their conversations. Reading a parked instance's
+    messages (`GET /instances/<id>/messages`) parks it again right after."""
     fs_root_path: str | None = None
     """`realdir` backend: root under which each instance gets a directory."""
     data_dir: str = "./data"
