@@ -15,17 +15,14 @@ pair = test_fencing.pair  # the two in-process hosts of test_fencing.py
 
 
 def test_an_unreadable_local_copy_is_rebuilt_from_the_backup_and_the_journal(pair: Pair) -> None:
-    # Given an instance backed up on a, resumed there and run again (that run only in the journal),
-    # then let go of by a (taken for gone), whose copy on disk is then damaged
-    a = pair.hosts["a"]
+    # Given an instance backed up by a suspend on a (a's copy names that backup and is clean), then
+    # run on b (that run only in the journal), b then taken for gone; a's copy is then damaged
+    a, b = pair.hosts["a"], pair.hosts["b"]
     iid = pair.spawn()
     a.run_step(iid, pair.new_run(iid), "hello", True)
     assert a.suspend(iid)["backedUp"]
-    epoch = pair.move(iid, "a")
-    a.attach(iid, epoch)
-    a.run_step(iid, pair.new_run(iid), "more", True)
-    pair.move(iid, "b")
-    assert a.release(iid, epoch) == {"released": True}
+    b.attach(iid, pair.move(iid, "b"))
+    b.run_step(iid, pair.new_run(iid), "more", True)
     path = activation.local_path(a.settings, iid)
     with open(path, "r+b") as f:
         f.write(b"\0" * 100)  # the SQLite header is gone: "file is not a database"
