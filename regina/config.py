@@ -265,6 +265,11 @@ class Settings(_Section):
     """Seconds a member key lives without renewal; after that its instances are orphans."""
     member_heartbeat: float = Field(10, gt=0)
     """Seconds between member key renewals (keep well under `memberTtl`)."""
+    shutdown_timeout: float = Field(50, gt=0)
+    """Seconds a worker's warm shutdown (SIGTERM, Ctrl-C) may take: finishing running steps and
+    backing instances up. After that it exits (status 1) whatever it was waiting for, such as a
+    Redis that is down; `regina up` kills its children after 60 s and platforms after about 30 s,
+    so a stuck shutdown otherwise keeps a process alive that nothing will ever stop."""
     compaction: Compaction = Field(default_factory=Compaction)
     """Conversation compaction defaults (agents may override)."""
     bash_network: bool = False

@@ -20,6 +20,7 @@ from types import FrameType
 import redis
 
 from regina import keys
+from regina.outage import Outage
 from regina.providers import missing_api_key
 from regina.registry import AgentRegistry
 
@@ -83,18 +84,20 @@ class RegistryFollower:
 
     def listen_forever(self) -> None:
         """Reload on each announcement, and on a version change every POLL_SECONDS."""
+        outage = Outage("registry reload listener", log)
         while True:
             try:
                 pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call,unused-ignore]
                 pubsub.subscribe(CHANNEL)
+                outage.ok()
                 self.check()  # anything announced while we were not subscribed
                 while True:
                     pubsub.get_message(timeout=WAKE_SECONDS)  # type: ignore[no-untyped-call,unused-ignore]
                     self._sighup_due()
                     self.check()
             except redis.RedisError as exc:
-                log.warning("registry reload listener lost Redis (%s); reconnecting", exc)
-                time.sleep(1)
+                outage.failed(exc)
+                time.sleep(outage.delay())
 
     def install_sighup(self, debounce: float = SIGHUP_DEBOUNCE) -> None:
         """SIGHUP = reload everywhere, debounced (call from the process's main thread).

@@ -18,6 +18,7 @@ from typing import Any
 
 import gevent
 from celery import signals
+from gevent import monkey
 
 from regina import keys
 from regina.cluster.membership import Membership
@@ -32,6 +33,7 @@ from regina.metrics import (
     process_exited,
     serve_worker_metrics,
 )
+from regina.outage import Outage
 from regina.runs.lost import sweep_lost_runs
 from regina.runtime.models.setup import preload_litellm
 from regina.runtime.tools.process import resident_bytes
@@ -161,10 +163,11 @@ def _preload_litellm() -> None:
 def _heartbeat_loop(membership: Membership) -> None:
     ctx = context()
     sweep_copies = False  # taken for dead and back: local copies to check (until that succeeds)
+    outage = Outage("membership renewal", log)
     while True:
         gevent.sleep(ctx.settings.member_heartbeat)
         if _state["stopping"]:
-            _leaving_heartbeat(membership)
+            _leaving_heartbeat(membership, outage)
             continue
         try:
             rejoined = membership.renew(len(ctx.host.active), held_runs())
@@ -187,8 +190,9 @@ def _heartbeat_loop(membership: Membership) -> None:
             for iid, epoch in stale:
                 log.warning("instance %s moved on from epoch %d: releasing it", iid, epoch)
                 ctx.dispatcher.send_command(ctx.member_id, "release", {"instanceId": iid, "epoch": epoch}, None)
-        except Exception:
-            log.exception("membership renewal failed; retrying")
+            outage.ok()
+        except Exception as exc:
+            outage.failed(exc)
             continue
         if sweep_copies:
             # What start-up removes: the copies of instances that moved or were deleted while this
@@ -200,15 +204,15 @@ def _heartbeat_loop(membership: Membership) -> None:
                 log.exception("removing stale local copies failed; tried again at the next heartbeat")
 
 
-def _leaving_heartbeat(membership: Membership) -> None:
+def _leaving_heartbeat(membership: Membership, outage: Outage) -> None:
     """While a warm shutdown finishes its steps and backs its instances up, the member stays
     alive (its key renewed) and out of placement: a key let lapse made its instances orphans,
     re-homed and their running steps run again elsewhere, while they still ran here. `_shutdown`
     kills this loop before it deregisters."""
     try:
         membership.renew_leaving(held_runs())
-    except Exception:
-        log.exception("membership renewal while leaving failed; retrying")
+    except Exception as exc:
+        outage.failed(exc)
 
 
 def _queue_gauges(ctx: Any) -> None:
@@ -234,6 +238,7 @@ def _idle_loop() -> None:
     # still here and idle (a suspend whose backup failed leaves it started).
     requested: dict[str, float] = {}
     again = max(timeout, 30.0)
+    outage = Outage("idle sweep", log)
     while not _state["stopping"]:
         gevent.sleep(interval)
         if _state["stopping"]:
@@ -251,8 +256,9 @@ def _idle_loop() -> None:
                 log.info("instance %s idle for more than %gs: suspending", iid, timeout)
                 payload = {"instanceId": iid, "epoch": act.epoch}
                 ctx.dispatcher.send_command(ctx.member_id, "suspend", payload, new_token())
-        except Exception:
-            log.exception("idle sweep failed; retrying")
+            outage.ok()
+        except Exception as exc:
+            outage.failed(exc)
 
 
 def _orphan_loop() -> None:
@@ -261,6 +267,7 @@ def _orphan_loop() -> None:
     ctx = context()
     settings = ctx.settings
     every = settings.member_heartbeat
+    orphans, lost = Outage("orphan sweep", log), Outage("lost-run sweep", log)
     while not _state["stopping"]:
         gevent.sleep(every)
         if _state["stopping"]:
@@ -268,8 +275,9 @@ def _orphan_loop() -> None:
         try:
             with _sweep():
                 sweep_orphans(ctx.client, ctx.coordinator.ensure_active, ctx.dispatcher.waiting_instances, every)
-        except Exception:
-            log.exception("orphan sweep failed; retrying")
+            orphans.ok()
+        except Exception as exc:
+            orphans.failed(exc)
         try:
             sweep_lost_runs(
                 ctx.client,
@@ -279,8 +287,9 @@ def _orphan_loop() -> None:
                 settings.member_ttl,
                 settings.run_retention,
             )
-        except Exception:
-            log.exception("lost-run sweep failed; retrying")
+            lost.ok()
+        except Exception as exc:
+            lost.failed(exc)
 
 
 def deferred(handler: Callable[..., None]) -> Callable[..., None]:
@@ -296,14 +305,34 @@ def deferred(handler: Callable[..., None]) -> Callable[..., None]:
     def run(*args: Any, **kwargs: Any) -> None:
         try:
             handler(*args, **kwargs)
-        except Exception:
-            log.exception("signal handler %s failed", handler.__name__)
+        except Exception as exc:
+            Outage(f"signal handler {handler.__name__}", log).failed(exc)
 
     @functools.wraps(handler)
     def schedule(*args: Any, **kwargs: Any) -> None:
         gevent.spawn(run, *args, **kwargs)
 
     return schedule
+
+
+@signals.worker_shutting_down.connect
+def _shutdown_deadline(**kwargs: Any) -> None:
+    """End the process `shutdownTimeout` seconds after a warm shutdown began, whatever it still
+    waits for (a Redis that is down holds Celery's consumer and every backup forever). An OS
+    thread, not a greenlet: it must fire even when the gevent hub is blocked. It writes to fd 2
+    itself because logging's locks are gevent's."""
+    from regina.config import process_settings
+
+    seconds = process_settings().shutdown_timeout
+
+    def watch() -> None:
+        monkey.get_original("time", "sleep")(seconds)
+        os.write(2, f"regina worker: warm shutdown did not finish in {seconds:g} s; exiting\n".encode())
+        os._exit(1)
+
+    if not _state.get("deadline"):
+        _state["deadline"] = True
+        monkey.get_original("_thread", "start_new_thread")(watch, ())
 
 
 @signals.worker_shutting_down.connect

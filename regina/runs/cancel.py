@@ -15,6 +15,7 @@ from collections.abc import Callable
 import redis
 
 from regina import keys
+from regina.outage import Outage
 
 log = logging.getLogger("regina.runs")
 
@@ -29,16 +30,18 @@ def listen(client: redis.Redis, on_cancel: Callable[[str], object]) -> threading
     gevent), re-subscribing after a Redis restart."""
 
     def loop() -> None:
+        outage = Outage("cancel listener", log)
         while True:
             try:
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
                 pubsub.subscribe(keys.CANCEL_CHANNEL)
+                outage.ok()
                 for msg in pubsub.listen():  # type: ignore[no-untyped-call]
                     if msg.get("type") == "message":
                         on_cancel(str(msg["data"]))
-            except redis.RedisError:
-                log.warning("cancel listener lost Redis; re-subscribing", exc_info=True)
-                threading.Event().wait(1.0)
+            except redis.RedisError as exc:
+                outage.failed(exc)
+                threading.Event().wait(outage.delay())
 
     thread = threading.Thread(target=loop, name="regina-cancel-listener", daemon=True)
     thread.start()
