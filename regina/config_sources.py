@@ -74,7 +74,7 @@ def env_overrides(environ: Mapping[str, str], is_text: Callable[[list[str]], boo
     """The REGINA_* variables as a nested dict of config keys. A value is read as YAML (numbers,
     booleans, lists), except for a key `is_text(path)` says holds text: that one is kept as it is
     (`{HOSTNAME}` would be a YAML mapping, `123456789012` a number, `a #b` would lose `#b`)."""
-    overrides: dict[str, Any] = {}
+    paths: list[tuple[list[str], str, str]] = []
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX) or name in _NOT_SETTINGS:
             continue
@@ -84,10 +84,25 @@ def env_overrides(environ: Mapping[str, str], is_text: Callable[[list[str]], boo
         if path[0] == "providers" and len(path) >= 2:
             # Provider names contain dashes (vercel-gateway): REGINA_PROVIDERS__VERCEL_GATEWAY__BASE_URL.
             path[1] = name[len(ENV_PREFIX) :].split("__")[1].lower().replace("_", "-")
+        paths.append((path, name, raw))
+    # A whole section (REGINA_STORAGE='{type: s3}') first, then its keys (REGINA_STORAGE__BUCKET)
+    # go into it, whatever the environment's order.
+    paths.sort(key=lambda entry: len(entry[0]))
+    overrides: dict[str, Any] = {}
+    set_by: dict[tuple[str, ...], str] = {}
+    for path, name, raw in paths:
         node = overrides
-        for part in path[:-1]:
+        for depth, part in enumerate(path[:-1], 1):
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                section = set_by[tuple(path[:depth])]
+                raise ConfigError(
+                    f"{name} sets a key of {'.'.join(path[:depth])!r}, but {section} sets "
+                    f"{'.'.join(path[:depth])!r} to {node!r}, not a section: unset one of them, or give "
+                    f"{section} a mapping such as '{{key: value}}'"
+                )
         node[path[-1]] = raw if is_text is not None and is_text(path) else parse_env_value(raw)
+        set_by[tuple(path)] = name
     return overrides
 
 

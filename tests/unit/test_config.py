@@ -196,3 +196,17 @@ def test_a_boolean_for_a_number_setting_is_refused_naming_the_key(name: str, key
         load_settings(environ={name: "true"})
     assert f"config key '{key}' ({name}): Input should be" in str(info.value)
     assert "not a boolean" in str(info.value)
+
+
+@pytest.mark.parametrize("order", [1, -1])
+def test_a_section_from_the_environment_takes_its_keys_too(order: int) -> None:
+    env = dict(list({"REGINA_STORAGE__BUCKET": "b", "REGINA_STORAGE": "{type: s3}"}.items())[::order])
+    storage = load_settings(env).storage
+    assert (storage.type, storage.bucket) == ("s3", "b")
+
+
+def test_a_scalar_where_a_section_is_needed_names_both_variables() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings({"REGINA_STORAGE": "fs", "REGINA_STORAGE__BASE_PATH": "/x"})
+    assert "REGINA_STORAGE__BASE_PATH" in err.value.message
+    assert "REGINA_STORAGE " in err.value.message
