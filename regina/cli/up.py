@@ -170,8 +170,9 @@ def run_up(port: int | None, workers: int, with_flower: bool, flower_port: int) 
     data = Path(settings.data_dir)
     sup = Supervisor()
     url_file = data / REDIS_URL_FILE
-    signal.signal(signal.SIGINT, sup.on_signal)
-    signal.signal(signal.SIGTERM, sup.on_signal)
+    # SIGHUP too: closing the terminal stops everything in order, not `regina up` alone.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, sup.on_signal)
     code = 0
     try:
         if env.get("REDIS_URL") or "redis" in settings.model_fields_set:

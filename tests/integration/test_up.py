@@ -131,3 +131,29 @@ def test_a_busy_port_is_a_clear_early_error(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert f"port {port} on 127.0.0.1 is busy" in done.stderr
     assert "ready" not in done.stdout and time.monotonic() - started < 20
+
+
+def _env(tmp_path: Path, fake_llm: FakeLLM, port: int) -> dict[str, str]:
+    env = clean_env()
+    env.update(
+        PORT=str(port),
+        REGINA_DATA_DIR=str(tmp_path / "data"),
+        REGINA_AGENTS_DIR=str(ROOT / "tests" / "agents"),
+        REGINA_VFS_DIR=str(tmp_path / "vfs"),
+        OPENAI_BASE_URL=fake_llm.url + "/v1",
+        OPENAI_API_KEY="sk-test-openai",
+    )
+    return env
+
+
+def test_closing_the_terminal_sighup_stops_everything_in_order(fake_llm: FakeLLM, tmp_path: Path) -> None:
+    up = Up(_env(tmp_path, fake_llm, free_port()), tmp_path / "up.log")
+    try:
+        up.wait_ready()
+        os.kill(up.popen.pid, signal.SIGHUP)
+        assert up.popen.wait(90) == 0, up.text()[-3000:]
+        assert "regina up: stopped" in up.text()
+        assert not (tmp_path / "data" / "redis.url").exists()
+    finally:
+        if up.popen.poll() is None:
+            os.killpg(up.popen.pid, signal.SIGKILL)
