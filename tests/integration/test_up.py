@@ -157,3 +157,23 @@ def test_closing_the_terminal_sighup_stops_everything_in_order(fake_llm: FakeLLM
     finally:
         if up.popen.poll() is None:
             os.killpg(up.popen.pid, signal.SIGKILL)
+
+
+def test_a_second_up_on_the_same_data_dir_is_refused(fake_llm: FakeLLM, tmp_path: Path) -> None:
+    first = Up(_env(tmp_path, fake_llm, free_port()), tmp_path / "up1.log")
+    try:
+        first.wait_ready()
+        url_file = tmp_path / "data" / "redis.url"
+        url = url_file.read_text()
+        second = Up(_env(tmp_path, fake_llm, free_port()), tmp_path / "up2.log")
+        try:
+            assert second.popen.wait(30) != 0, second.text()[-3000:]
+        finally:
+            if second.popen.poll() is None:
+                os.killpg(second.popen.pid, signal.SIGKILL)
+        assert "another `regina up` is running on the data dir" in second.text(), second.text()[-3000:]
+        assert url_file.read_text() == url
+        assert first.ctrl_c() == 0
+    finally:
+        if first.popen.poll() is None:
+            os.killpg(first.popen.pid, signal.SIGKILL)
