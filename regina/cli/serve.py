@@ -33,6 +33,25 @@ def settings_or_exit(environ: Mapping[str, str] | None = None) -> Settings:
         raise click.UsageError(f"bad configuration: {exc.message}") from exc
 
 
+class StartError(click.ClickException):
+    """A setting the processes about to start cannot run with: one line, exit status 2."""
+
+    exit_code = 2
+
+
+def check_startable(settings: Settings) -> None:
+    """Fail here, in one line, on an `agentsDir` or `factory` the web and workers cannot load:
+    inside them it is a traceback per gunicorn worker and a worker that never joins."""
+    from regina.factory_hooks import load_hooks
+    from regina.registry import AgentRegistry
+
+    try:
+        AgentRegistry(settings).build()
+        load_hooks(settings.factory)
+    except ConfigError as exc:
+        raise StartError(f"bad configuration: {exc.message}") from exc
+
+
 def bind_note(settings: Settings, environ: Mapping[str, str]) -> str | None:
     """What to log when `PORT` is set but the server stays on 127.0.0.1 (see `bind_host`)."""
     explicit = "host" in settings.model_fields_set
@@ -163,6 +182,7 @@ def web(workers: int | None, log_format: str | None) -> None:
     """The HTTP API (gunicorn + gevent); reads PORT, REDIS_URL, REGINA_CONFIG."""
     _set_log_format(log_format)
     settings = settings_or_exit()
+    check_startable(settings)
     env = dict(environment())
     note = bind_note(settings, env)
     if note:
@@ -179,6 +199,7 @@ def worker(member_id: str | None, concurrency: int | None, log_format: str | Non
     """A Celery worker (gevent pool) that joins the cluster as a member."""
     _set_log_format(log_format)
     settings = settings_or_exit()
+    check_startable(settings)
     given = environment().get("PROMETHEUS_MULTIPROC_DIR")
     if given:  # its counters are written there from the first increment (a web may not have made it)
         os.makedirs(given, exist_ok=True)

@@ -26,7 +26,7 @@ import click
 import httpx
 import redis
 
-from regina.cli.serve import flower_argv, settings_or_exit, web_argv, worker_argv
+from regina.cli.serve import check_startable, flower_argv, settings_or_exit, web_argv, worker_argv
 from regina.cluster.membership import live_members
 from regina.config import Settings, environment
 from regina.config_sources import without_password
@@ -182,6 +182,7 @@ def run_up(port: int | None, workers: int, with_flower: bool, flower_port: int) 
     env["PORT"] = str(port or settings.port)
     env.setdefault("REGINA_HOST", settings.host)
     settings = settings_or_exit(env)
+    check_startable(settings)
     host = settings.host
     if not port_is_free(host, settings.port):
         raise click.ClickException(
