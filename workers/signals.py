@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import gevent
+import redis
 from celery import signals
 from gevent import monkey
 
@@ -88,6 +89,15 @@ def _or_exit(what: str, start: Callable[[], None]) -> None:
     healthy to a platform, serving nothing)."""
     try:
         start()
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        # An outage, not a bug: one line naming where it looked (a traceback here is 55 lines).
+        from regina.config import process_settings
+        from regina.config_sources import without_password
+
+        url = without_password(process_settings().redis)
+        log.critical("worker %s failed: Redis at %s is unreachable (%s); exiting", what, url, exc)
+        logging.shutdown()
+        os._exit(2)
     except Exception:
         log.critical("worker %s failed; exiting", what, exc_info=True)
         logging.shutdown()

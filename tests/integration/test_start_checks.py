@@ -51,3 +51,11 @@ def test_an_unloadable_agents_dir_or_factory_is_one_line_and_exit_2(
     assert code == 2, out[-3000:]
     assert needle in out and "Traceback" not in out, out[-3000:]
     assert len(out.strip().splitlines()) <= 2, out[-3000:]
+
+
+def test_a_worker_whose_redis_is_unreachable_says_so_in_one_line_and_exits(tmp_path: Path) -> None:
+    port = free_port()
+    code, out = _start("worker", tmp_path, REDIS_URL=f"redis://:sekrit@127.0.0.1:{port}/0")
+    assert code not in (0, None), out[-3000:]
+    assert "Traceback" not in out and "sekrit" not in out, out[-3000:]
+    assert f"Redis at redis://:***@127.0.0.1:{port}/0 is unreachable" in out, out[-3000:]
