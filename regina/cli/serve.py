@@ -33,6 +33,10 @@ def settings_or_exit(environ: Mapping[str, str] | None = None) -> Settings:
         raise click.UsageError(f"bad configuration: {exc.message}") from exc
 
 
+#: A TCP port given on the command line (click's own message for 0 or 99999, not an OverflowError).
+PORT_RANGE = click.IntRange(1, 65535)
+
+
 class StartError(click.ClickException):
     """A setting the processes about to start cannot run with: one line, exit status 2."""
 
@@ -207,7 +211,7 @@ def worker(member_id: str | None, concurrency: int | None, log_format: str | Non
 
 
 @click.command()
-@click.option("--port", type=int, help="HTTP port (default: PORT, else 5555).")
+@click.option("--port", type=PORT_RANGE, help="HTTP port (default: PORT, else 5555).")
 @log_format_option
 def flower(port: int | None, log_format: str | None) -> None:
     """Flower, the Celery monitor, on the cluster's Redis (or the one `regina up` started)."""

@@ -26,7 +26,7 @@ import click
 import httpx
 import redis
 
-from regina.cli.serve import check_startable, flower_argv, settings_or_exit, web_argv, worker_argv
+from regina.cli.serve import PORT_RANGE, check_startable, flower_argv, settings_or_exit, web_argv, worker_argv
 from regina.cluster.membership import live_members
 from regina.config import Settings, environment
 from regina.config_sources import without_password
@@ -182,6 +182,11 @@ def run_up(port: int | None, workers: int, with_flower: bool, flower_port: int) 
     env["PORT"] = str(port or settings.port)
     env.setdefault("REGINA_HOST", settings.host)
     settings = settings_or_exit(env)
+    if settings.port == 0:
+        raise click.UsageError(
+            "port 0 (from PORT or config `port`) does not work with `regina up`: it needs a known port to "
+            "check readiness on; choose one with --port or PORT"
+        )
     check_startable(settings)
     host = settings.host
     if not port_is_free(host, settings.port):
@@ -250,14 +255,14 @@ def run_up(port: int | None, workers: int, with_flower: bool, flower_port: int) 
 
 
 @click.command()
-@click.option("--port", type=int, help="HTTP port (default: PORT or config `port`, 3000).")
+@click.option("--port", type=PORT_RANGE, help="HTTP port (default: PORT or config `port`, 3000).")
 @click.option(
     "--workers",
     type=click.IntRange(min=1),
     help="Worker processes to start (default: one per core; a worker uses one core).",
 )
 @click.option("--flower", "with_flower", is_flag=True, help="Start Flower too.")
-@click.option("--flower-port", type=int, default=5555, show_default=True, help="Flower's HTTP port.")
+@click.option("--flower-port", type=PORT_RANGE, default=5555, show_default=True, help="Flower's HTTP port.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), help="Log line format (config `logFormat`).")
 def up(port: int | None, workers: int | None, with_flower: bool, flower_port: int, log_format: str | None) -> None:
     """Web + one worker per core (+ embedded Redis when REDIS_URL is unset) on this machine."""

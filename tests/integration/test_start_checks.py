@@ -15,7 +15,7 @@ from tests.harness.ports import free_port
 from tests.harness.processes import REGINA, ROOT, clean_env
 
 
-def _start(command: str, tmp_path: Path, **settings: str) -> tuple[int, str]:
+def _start(command: str, tmp_path: Path, *args: str, **settings: str) -> tuple[int, str]:
     env = clean_env()
     env.update(
         REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
@@ -26,7 +26,12 @@ def _start(command: str, tmp_path: Path, **settings: str) -> tuple[int, str]:
     )
     env.update(settings)
     proc = subprocess.Popen(
-        [REGINA, command], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+        [REGINA, command, *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         out, _ = proc.communicate(timeout=40)
@@ -59,3 +64,19 @@ def test_a_worker_whose_redis_is_unreachable_says_so_in_one_line_and_exits(tmp_p
     assert code not in (0, None), out[-3000:]
     assert "Traceback" not in out and "sekrit" not in out, out[-3000:]
     assert f"Redis at redis://:***@127.0.0.1:{port}/0 is unreachable" in out, out[-3000:]
+
+
+@pytest.mark.parametrize(
+    ("args", "settings", "needle"),
+    [
+        (["--port", "99999"], {}, "99999 is not in the range 1<=x<=65535"),
+        (["--flower-port", "0"], {}, "0 is not in the range 1<=x<=65535"),
+        ([], {"PORT": "0"}, "port 0 (from PORT or config `port`) does not work with `regina up`"),
+    ],
+)
+def test_a_port_regina_up_cannot_use_is_a_clear_error(
+    args: list[str], settings: dict[str, str], needle: str, tmp_path: Path
+) -> None:
+    code, out = _start("up", tmp_path, *args, **settings)
+    assert code == 2, out[-3000:]
+    assert needle in out and "Traceback" not in out, out[-3000:]
