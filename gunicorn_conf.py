@@ -134,7 +134,11 @@ class _IdleWait:
 
 
 def when_ready(server: Any) -> None:
-    """Make the master's SIGHUP a registry reload in its workers, not a restart."""
+    """Make the master's SIGHUP a registry reload in its workers, not a restart. Warn once when
+    `authToken` is set but empty: that turns auth off, which an empty secret in a platform's
+    settings (meant as "keep auth") would otherwise do silently."""
+    if "auth_token" in _settings.model_fields_set and not _settings.auth_token:
+        server.log.warning("authToken (REGINA_AUTH_TOKEN) is set but empty: auth is off, every request is accepted")
 
     def forward_hup() -> None:
         server.log.info("SIGHUP: agent registry reload (web processes keep running)")

@@ -302,7 +302,8 @@ class Settings(_Section):
     host: str = "127.0.0.1"
     """Interface the web process binds (use 0.0.0.0 on a platform)."""
     auth_token: str | None = None
-    """When set, every API request except /healthz needs `Authorization: Bearer <token>`."""
+    """When set, every API request except /healthz needs `Authorization: Bearer <token>`. Set but
+    empty (`REGINA_AUTH_TOKEN=""`) is off like unset; the web logs a WARNING at start saying so."""
     concurrency: int = Field(100, ge=1)
     """Greenlets per worker: chat steps running at once across all its instances."""
     task_events: bool = True

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import httpx
 import pytest
 
+from tests.harness.fake_llm import FakeLLM
 from tests.harness.processes import Cluster
+from tests.harness.redis_server import RedisServer
 
 pytestmark = pytest.mark.slow
 
@@ -35,3 +38,13 @@ def test_bearer_token_is_required_when_configured(make_cluster: Callable[..., Cl
     assert "regina_http_request_seconds_bucket" in text
     for client in (anonymous, wrong, right):
         client.close()
+
+
+def test_an_empty_auth_token_is_a_warning_at_web_start(fake_llm: FakeLLM) -> None:
+    with RedisServer() as server:
+        c = Cluster(server.url, fake_llm.url)
+        try:
+            web = c.start_web(env={"REGINA_AUTH_TOKEN": ""})
+            assert re.search(r"WARNING .*REGINA_AUTH_TOKEN\) is set but empty: auth is off", web.log()), web.log()
+        finally:
+            c.stop()
