@@ -27,10 +27,11 @@ Redis one. What differs, and why the rest of Regina does not notice:
   not worth a disk write (`AmqpDispatcher.send_command`). Steps are persistent.
 - **A dead worker's steps.** Steps are acknowledged late (`acks_late`); when a worker's
   connection closes, RabbitMQ itself puts its unacknowledged steps back, at their place in their
-  queues — at once after a kill (the kernel closes the socket), after the consumer heartbeat
-  (`heartbeat_seconds`, under `memberTtl`) for a lost machine. `restore_unacked` has nothing left
-  to do. Fencing is unchanged: a step a paused, cut-off worker still runs writes nothing once the
-  epoch moved, and is rejected back to its queue (`basic.reject`, requeued at its place).
+  queues — at once after a kill (the kernel closes the socket), after about two consumer
+  heartbeats (`heartbeat_seconds`: `memberTtl`/4, so well before the re-home) for a lost
+  machine. `restore_unacked` has nothing left to do. Fencing is unchanged: a step a paused,
+  cut-off worker still runs writes nothing once the epoch moved, and is rejected back to its
+  queue (`basic.reject`, requeued at its place).
 - **A queue deleted under its consumer** (DELETE while a stale owner still consumes it): RabbitMQ
   cancels the consumer. py-amqp raises `ConsumerCancelled` for a consumer without a cancel
   callback, which Celery handles as a lost connection (every step in flight requeued). The
@@ -57,9 +58,8 @@ log = logging.getLogger("regina.worker")
 
 #: Seconds a member's command queue outlives its last consumer (RabbitMQ's `x-expires`).
 MEMBER_QUEUE_EXPIRES = 600
-#: Floor of the consumer's AMQP heartbeat (seconds): a gevent worker busy for a second must not
-#: lose its connection (and have every step in flight requeued).
-MIN_HEARTBEAT = 5
+#: Floor of the consumer's AMQP heartbeat (seconds; 0 would turn it off).
+MIN_HEARTBEAT = 1
 
 
 def is_amqp(url: str) -> bool:
@@ -68,9 +68,11 @@ def is_amqp(url: str) -> bool:
 
 
 def heartbeat_seconds(member_ttl: float) -> int:
-    """The consumer connection's heartbeat: RabbitMQ closes a silent connection (requeueing its
-    steps) after about this long, so keep it under `memberTtl`, when the instance is re-homed."""
-    return max(MIN_HEARTBEAT, int(member_ttl / 2))
+    """The consumer connection's heartbeat, `memberTtl`/4 (whole seconds, at least 1). RabbitMQ
+    closes a silent connection (requeueing its steps, dropping its consumers) only after about two
+    missed heartbeats: at `memberTtl`/2 the close landed at or after the re-home, and the paused
+    old owner's consumer still took a share of the new owner's steps (out of order)."""
+    return max(MIN_HEARTBEAT, int(member_ttl / 4))
 
 
 def configure_worker(conf: Any, concurrency: int, member_ttl: float) -> None:

@@ -78,6 +78,21 @@ class RabbitVhost:
         """The names of the vhost's queues."""
         return sorted(row[0] for row in self._list("list_queues", "name"))
 
+    def consumer_heartbeats(self, prefix: str) -> list[int]:
+        """The negotiated heartbeat (seconds) of each of the vhost's connections that consumes a
+        queue whose name starts with `prefix`."""
+        consumers = self._list("list_consumers", "queue_name", "channel_pid")
+        channels = {row[1] for row in consumers if row[0].startswith(prefix)}
+        consuming = {row[1] for row in self._list("list_channels", "pid", "connection") if row[0] in channels}
+        done = subprocess.run(
+            ["rabbitmqctl", "list_connections", "-q", "--no-table-headers", "vhost", "pid", "timeout"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        rows = [line.split("\t") for line in done.stdout.splitlines() if line.strip()]
+        return sorted(int(row[2]) for row in rows if row[0] == self.name and row[1] in consuming)
+
     def _list(self, command: str, *columns: str) -> list[list[str]]:
         argv = ["rabbitmqctl", command, "-q", "--no-table-headers", "-p", self.name, *columns]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=60)

@@ -106,6 +106,19 @@ def test_spawn_chat_and_stream_go_through_a_rabbitmq_queue(mq: Cluster, rabbit: 
         client.close()
 
 
+def test_a_workers_heartbeat_lets_rabbitmq_drop_a_silent_consumer_before_the_re_home(
+    rabbit: RabbitVhost, api: httpx.Client
+) -> None:
+    # RabbitMQ closes a silent connection after about two missed heartbeats: each worker's
+    # connection consuming instance queues beats every memberTtl/4 (7 s of the default 30, 1 s of
+    # the tests' 3), so a paused owner's consumer is gone before its instances are re-homed
+    # (memberTtl) and takes no share of the new owner's steps.
+    spawn(api)
+    spawn(api)
+    beats = rabbit.consumer_heartbeats("regina.i.")
+    assert beats and all(0 < 2 * beat < 3 for beat in beats), beats
+
+
 def test_a_spawns_attach_is_published_after_its_queue_was_created(rabbit: RabbitVhost) -> None:
     # The web creates a new instance's queue on the channel that publishes the spawn's attach
     # (RabbitMQ confirms the publish after the declare before it): when the publish returns, the
