@@ -358,8 +358,11 @@ class Coordinator:
         for member in live_members(self.r):
             if member != rec.member:
                 self.dispatcher.send_command(member, "delete", {"instanceId": instance_id}, None)
+        # The queue before the record: a purge that fails (broker down, refused) leaves the record,
+        # so the DELETE can be sent again instead of answering 404 over a queue left for good.
+        self.dispatcher.purge(instance_id)
         self.store.delete(instance_id, rec.definition_id)
-        self.dispatcher.purge(instance_id)  # last: a chat opened until the record went queued a step
+        self.dispatcher.purge(instance_id)  # again, last: a chat opened until the record went queued a step
         if backups is not None:
             # A checkpoint or suspend the owner committed between the first pass and its drop
             # (one stored after the record went is refused and deleted by its writer).

@@ -12,6 +12,7 @@ import concurrent.futures as cf
 import json
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ import redis
 from regina import keys
 from tests.harness.fake_llm import FakeLLM, Reply
 from tests.harness.processes import ROOT, Cluster
+from tests.harness.rabbitmq import USER as RABBIT_USER
 from tests.harness.rabbitmq import RabbitUnavailable, RabbitVhost
 from tests.harness.redis_server import RedisServer
 from tests.harness.waiting import wait_until
@@ -222,6 +224,22 @@ def test_suspend_releases_the_queue_and_resume_consumes_it_again(rabbit: RabbitV
 def test_delete_deletes_the_queue(rabbit: RabbitVhost, api: httpx.Client) -> None:
     iid = spawn(api)
     api.post(f"/instances/{iid}/chat", json={"message": "bye"})
+    assert rabbit.queue(_queue(iid)) is not None
+    assert api.delete(f"/instances/{iid}").status_code == 204
+    assert rabbit.queue(_queue(iid)) is None
+    assert api.get(f"/instances/{iid}").status_code == 404
+
+
+def test_a_delete_whose_queue_delete_failed_can_be_sent_again(rabbit: RabbitVhost, api: httpx.Client) -> None:
+    # Given an instance whose queue RabbitMQ refuses to delete (no configure permission on it)
+    iid = spawn(api)
+    pattern = "^(?!" + _queue(iid).replace(".", "\\.") + "$).*"
+    subprocess.run(["rabbitmqctl", "set_permissions", "-p", rabbit.name, RABBIT_USER, pattern, ".*", ".*"], check=True)
+    try:
+        assert api.delete(f"/instances/{iid}").status_code >= 500
+    finally:
+        subprocess.run(["rabbitmqctl", "set_permissions", "-p", rabbit.name, RABBIT_USER, ".*", ".*", ".*"], check=True)
+    # Then the DELETE sent again deletes the queue (it was not answered 404 over a queue left for good)
     assert rabbit.queue(_queue(iid)) is not None
     assert api.delete(f"/instances/{iid}").status_code == 204
     assert rabbit.queue(_queue(iid)) is None
