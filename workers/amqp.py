@@ -20,7 +20,8 @@ Redis one. What differs, and why the rest of Regina does not notice:
   RabbitMQ refuses closes the channel, which Celery handles as a lost connection, as when it
   was waited for). So a step is only ever published to an existing queue: the web publishes
   after `ensure_active`, i.e. after an attach. Publishes wait for RabbitMQ's confirm
-  (`confirm_publish`). A member's command queue is on the default exchange too and expires
+  (`confirm_publish`); steps are `mandatory`, so one to a queue missing after all comes back and
+  fails its chat (`AmqpDispatcher.enqueue_step`). A member's command queue is on the default exchange too and expires
   `MEMBER_QUEUE_EXPIRES` after its worker stopped consuming it (a member id per process would
   otherwise leave one per restart).
 - **Commands** (a member's queue) are transient: a request whose sender waits for the answer is
@@ -52,7 +53,8 @@ from kombu import Exchange, Queue
 from kombu.transport import pyamqp
 
 from regina import keys
-from workers.dispatcher import COMMAND_TASK, CeleryDispatcher
+from regina.errors import Unavailable
+from workers.dispatcher import CHAT_TASK, COMMAND_TASK, CeleryDispatcher, _step_repr
 
 log = logging.getLogger("regina.worker")
 
@@ -129,6 +131,17 @@ def add_instance_queue(task_consumer: Any, queue: Queue) -> Any:
     return bound
 
 
+def _returns(channel: Any) -> list[str]:
+    """The routing keys of the messages RabbitMQ returned on `channel` (a pooled producer's),
+    collected by a `basic.return` handler added once; without one py-amqp raises mid-wait."""
+    returned: list[str] | None = getattr(channel, "_regina_returns", None)
+    if returned is None:
+        collected: list[str] = []
+        channel.events["basic_return"].add(lambda exc, exchange, routing_key, message: collected.append(routing_key))
+        channel._regina_returns = returned = collected
+    return returned
+
+
 def member_queue(member_id: str) -> Queue:
     """The member's command queue: default exchange (nothing to bind), expires when unused."""
     name = keys.member_queue(member_id)
@@ -165,6 +178,21 @@ class AmqpDispatcher(CeleryDispatcher):
     def step_message(self, instance_id: str, run_id: str, message: str | None, stream: bool = True) -> str | None:
         """None: steps reach RabbitMQ through its own client (`enqueue_step`)."""
         return None
+
+    def enqueue_step(self, instance_id: str, run_id: str, message: str | None, stream: bool = True) -> None:
+        """Publish a step `mandatory`: RabbitMQ drops a message no queue takes and confirms it all
+        the same, so a step to a missing queue (deleted meanwhile) was lost silently and its run
+        ended "lost" minutes later. A returned step raises here instead (RabbitMQ sends the return
+        before the confirm the publish waits for); the caller ends the run with the error."""
+        queue = keys.instance_queue(instance_id)
+        with self.app.producer_or_acquire() as producer:
+            returned = _returns(producer.channel)
+            returned.clear()
+            args = [instance_id, run_id, message, stream]
+            self._send(CHAT_TASK, queue, args, _step_repr(instance_id, run_id, message), producer, mandatory=True)
+            if returned:
+                returned.clear()
+                raise Unavailable(f"instance {instance_id!r} has no queue on RabbitMQ: its step was not queued")
 
     def send_command(self, member_id: str, command: str, payload: dict[str, Any], token: str | None) -> None:
         """Publish a command, transient; a spawn's attach creates the instance's queue first, on

@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from kombu import Connection as KombuConnection
 
 from regina import keys
 from tests.harness.fake_llm import FakeLLM, Reply
@@ -244,6 +245,18 @@ def test_a_delete_whose_queue_delete_failed_can_be_sent_again(rabbit: RabbitVhos
     assert api.delete(f"/instances/{iid}").status_code == 204
     assert rabbit.queue(_queue(iid)) is None
     assert api.get(f"/instances/{iid}").status_code == 404
+
+
+def test_a_step_to_a_missing_queue_fails_the_chat_at_once(rabbit: RabbitVhost, api: httpx.Client) -> None:
+    # Given an instance whose queue is gone from RabbitMQ (deleted behind Regina's back)
+    iid = spawn(api)
+    with KombuConnection(rabbit.url) as conn:
+        conn.default_channel.queue_delete(queue=_queue(iid))
+    # Then a chat answers an error at once: RabbitMQ returned its step, it did not drop it
+    resp = api.post(f"/instances/{iid}/chat", json={"message": "lost?"}, timeout=15)
+    assert resp.status_code == 503, resp.text
+    assert "no queue" in resp.text
+    assert api.delete(f"/instances/{iid}").status_code == 204
 
 
 def test_kill_9_mid_step_rabbitmq_requeues_the_step_for_the_next_owner(
