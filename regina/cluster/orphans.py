@@ -5,7 +5,8 @@ re-homed on a live member right away, so those steps run even if no client is wa
 An orphan with nothing waiting is only marked `suspended` (fenced by its epoch): its next
 request resumes it from storage, and a worker death does not trigger a storm of restores.
 A suspended instance with a step stranded on its queue (one queued while it was suspending) is
-resumed too.
+resumed too; it stays named while it has open runs, as a lost owner's step (unacknowledged on a
+connection RabbitMQ has not closed yet) may be requeued after the sweep that suspended it.
 
 A sweep costs what changed, not what exists: it reads the members that may hold instances
 (`regina:holders`), the held sets (`regina:held:<member>`) of the dead ones only, and the queues
@@ -86,6 +87,16 @@ def _dead_holders(client: redis.Redis) -> list[str]:
     return [mid for mid, ok in zip(holders, pipe.execute(), strict=True) if not ok]
 
 
+def _with_open_runs(client: redis.Redis, instance_ids: list[str]) -> set[str]:
+    """Those of `instance_ids` with queued or running runs (their step may still come back)."""
+    if not instance_ids:
+        return set()
+    pipe = client.pipeline(transaction=False)
+    for iid in instance_ids:
+        pipe.zcard(keys.instance_runs(iid))
+    return {iid for iid, n in zip(instance_ids, pipe.execute(), strict=True) if n}
+
+
 def _stranded(client: redis.Redis) -> list[str]:
     """Instance ids named in the stranded set."""
     prefix = keys.instance_queue("")
@@ -136,8 +147,11 @@ def sweep_orphans(
                 log.warning("instance %s could not be placed yet: %s", iid, exc)
         elif status != "suspended" and store.fenced_set(iid, epoch, status="suspended"):
             marked += 1
-    # A stranded queue stays named while its placement failed or its owner is still suspending.
-    keep = failed | {r[0] for r in stranded_rows if r[1] == "suspending"}
+    # A stranded queue stays named while its placement failed, its owner is still suspending, or
+    # it has open runs: a lost owner's step is unacknowledged on a connection RabbitMQ closes only
+    # after its heartbeats, so no broker sees it waiting yet; a later sweep resumes it then.
+    idle = [r[0] for r in suspended if r[0] not in waiting]
+    keep = failed | {r[0] for r in stranded_rows if r[1] == "suspending"} | _with_open_runs(client, idle)
     done = [keys.instance_queue(iid) for iid in stranded if iid not in keep]
     if done:
         client.srem(keys.STRANDED, *done)

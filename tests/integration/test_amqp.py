@@ -320,6 +320,44 @@ def test_the_orphan_sweep_reruns_a_step_nobody_waits_for(
     assert rabbit.queue(_queue(iid)) == (0, 1)
 
 
+def test_a_paused_owners_step_runs_once_rabbitmq_requeues_it(mq: Cluster, api: httpx.Client, fake_llm: FakeLLM) -> None:
+    # Given a step running on a worker, sent through a web process that is gone since (nobody
+    # waits for it), and a spare worker
+    mq.start_worker()
+    iid = spawn(api)
+    member = api.get(f"/instances/{iid}").json()["member"]
+    victim = next(p for p in mq.procs if p.member_id == member)
+    other_web = mq.start_web()
+    fake_llm.push_for("paused", Reply(text="lost", delay=60.0), Reply(text="done anyway"))
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{other_web.url}/instances/{iid}/chat", json={"message": "paused"}, timeout=1.0)
+    wait_until(lambda: any("paused" in json.dumps(r.body) for r in fake_llm.requests), timeout=15)
+    pid = other_web.popen.pid
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        os.kill(int(child), signal.SIGKILL)
+    other_web.kill()
+    client = redis.Redis.from_url(mq.redis_url, decode_responses=True)
+    (run_id,) = client.zrange(keys.instance_runs(iid), 0, -1)
+
+    # When its owner is paused (a lost machine: its connection stays open until RabbitMQ misses
+    # its heartbeats, so the step is unacknowledged, not ready, when the sweep suspends the instance)
+    os.kill(victim.popen.pid, signal.SIGSTOP)
+    try:
+        # and its member key expires before RabbitMQ closes its connection (deleted here: the two
+        # race, with memberTtl 3 s and a 1 s consumer heartbeat)
+        client.delete(keys.member(member))
+        # Then a later sweep resumes it once RabbitMQ requeued the step, which runs to its end
+        # (watched in Redis: reading the instance through the API would resume it by itself)
+        wait_until(
+            lambda: client.hget(keys.run_record(run_id), "status") == "finished",
+            timeout=40,
+            what="the requeued step's run to finish",
+        )
+    finally:
+        victim.kill()
+        client.close()
+
+
 def test_the_lost_run_sweep_on_rabbitmq_ends_a_lost_run_and_never_a_slow_one(
     rabbit: RabbitVhost, fake_llm: FakeLLM
 ) -> None:
