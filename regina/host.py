@@ -42,12 +42,14 @@ from regina.runtime.session import Session
 from regina.runtime.sink import CANCELLED, RunProgress
 from regina.runtime.tools.merge import InstanceTools
 from regina.runtime.tools.process import warm_up
-from regina.runtime.tools.runner import ToolRunner, thread_pool
+from regina.runtime.tools.runner import ToolRunner, snapshot_pool
 from regina.sandbox_env import sandbox_env
 from regina.step import StepRunner, not_saved
 from regina.storage import Storage
 from regina.vfs import SQLiteVFS
 
+#: Seconds a backup waits for its snapshot (SQLite copies about 500 MiB a second here).
+SNAPSHOT_TIMEOUT = 300.0
 log = logging.getLogger("regina.host")
 
 AnyVFS = activation.AnyVFS
@@ -676,14 +678,16 @@ class InstanceHost:
 
     def _snapshotter(self, act: Active) -> Callable[[], bytes] | None:
         """The factory's `backup` hook for this instance, if it has one; else, for an SQLite file,
-        its snapshot in the tool thread pool: on the hub, SQLite's copy of a large file (0.2 s per
-        100 MiB) would stop every greenlet; in a thread it runs without holding the GIL."""
+        its snapshot in a thread of its own pool: on the hub, SQLite's copy of a large file (0.2 s
+        per 100 MiB) would stop every greenlet; in a thread it runs without holding the GIL. Not
+        the tools' pool, which abandoned tools may fill for good; bounded by SNAPSHOT_TIMEOUT (the
+        backup then fails and the journal keeps every change)."""
         hook = self.hooks.backup
         if hook is not None:
             return lambda: hook(act.instance_id, self.settings)
         base = act.vfs.inner if isinstance(act.vfs, JournalVFS) else act.vfs
         if type(base) is SQLiteVFS and base.path != ":memory:":  # no lock taken: safe in a thread
-            return lambda: thread_pool().submit(base.snapshot).result()
+            return lambda: snapshot_pool().submit(base.snapshot).result(timeout=SNAPSHOT_TIMEOUT)
         return None
 
     def _drop(self, act: Active, why: str) -> None:

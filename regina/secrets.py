@@ -11,7 +11,9 @@ redact ordinary words.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import re
 import threading
 from collections.abc import Mapping
@@ -50,11 +52,58 @@ def add_secret(value: str | None) -> None:
 
 
 def known_secrets() -> tuple[str, ...]:
-    """Every value this process redacts (the environment's secrets and the registered ones): a
-    tool process, whose environment holds none of them, redacts its log lines with these."""
+    """Every value this process redacts (the environment's secrets and the registered ones)."""
     with _lock:
         extra = set(_extra)
     return tuple(sorted(secret_values(environment()) | extra))
+
+
+#: What a tool process redacts with: a salt and, by length, the salted digests of the worker's
+#: secrets (`secret_digests`). Not the values: tool code runs in that process.
+Digests = tuple[bytes, dict[int, frozenset[bytes]]]
+_digests: Digests | None = None
+
+
+def _digest(salt: bytes, text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), key=salt, digest_size=16).digest()
+
+
+def secret_digests() -> Digests:
+    """This process's secrets as keyed digests under a fresh random salt, by length: enough to
+    find them in a text (every substring of each length is hashed and looked up), never enough
+    to learn them. A tool process gets these, not `known_secrets()`."""
+    salt = os.urandom(16)
+    by_length: dict[int, set[bytes]] = {}
+    for value in known_secrets():
+        by_length.setdefault(len(value), set()).add(_digest(salt, value))
+    return salt, {n: frozenset(d) for n, d in by_length.items()}
+
+
+def use_secret_digests(digests: Digests) -> None:
+    """Redact, besides this process's own secrets, the texts `digests` stands for."""
+    global _digests
+    _digests = digests if digests[1] else None
+
+
+def _redact_digests(text: str, digests: Digests) -> str:
+    """`text` with every substring whose digest is one of `digests` replaced, longest first."""
+    salt, by_length = digests
+    for n in sorted(by_length, reverse=True):
+        wanted = by_length[n]
+        if len(text) < n:
+            continue
+        out: list[str] = []
+        i = start = 0
+        while i <= len(text) - n:
+            if _digest(salt, text[i : i + n]) in wanted:
+                out.append(text[start:i])
+                out.append(REDACTED)
+                i = start = i + n
+            else:
+                i += 1
+        if out:
+            text = "".join(out) + text[start:]
+    return text
 
 
 def url_secrets(url: str) -> list[str]:
@@ -97,9 +146,12 @@ def _current() -> re.Pattern[str] | None:
 def redact(text: str) -> str:
     """`text` with every secret value replaced by `[redacted]`."""
     pattern = _current()
-    if pattern is None or not text:
-        return text
-    return pattern.sub(REDACTED, text)
+    if pattern is not None and text:
+        text = pattern.sub(REDACTED, text)
+    digests = _digests
+    if digests is not None and text:
+        text = _redact_digests(text, digests)
+    return text
 
 
 def redact_with(text: str, environ: Mapping[str, str]) -> str:

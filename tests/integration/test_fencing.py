@@ -497,7 +497,7 @@ def test_reading_the_messages_of_a_parked_instance_leaves_it_parked(pair: Pair) 
 def test_a_backup_snapshot_is_taken_off_the_callers_thread(pair: Pair) -> None:
     """SQLite's copy of a large file takes CPU (0.2 s per 100 MiB): on the worker's gevent hub it
     would stop every other instance, the consumer and the heartbeat during each suspend and
-    checkpoint. It runs in the tool thread pool; the caller waits for it."""
+    checkpoint. It runs in a thread pool of its own; the caller waits for it."""
     import sys
 
     from regina import activation
@@ -556,3 +556,29 @@ def test_a_failed_step_ends_its_run_with_an_error_where_it_is_owned(pair: Pair) 
     with pytest.raises(NotHere):
         b.end_failed(iid, other, "boom")
     assert pair.r.hget(keys.run_record(other), "status") == "queued"
+
+
+def test_a_suspend_is_not_held_up_by_a_tool_thread_pool_full_of_abandoned_calls(pair: Pair) -> None:
+    """A tool past its timeout is abandoned but keeps its thread (a thread cannot be stopped):
+    snapshots taken in the tools' pool waited behind them, with no bound, and the suspend (the
+    instance's lock held) hung for as long as they did."""
+    from regina.runtime.tools.runner import thread_pool
+
+    a = pair.hosts["a"]
+    iid = pair.spawn()
+    a.run_step(iid, pair.new_run(iid), "hello", True)
+    stuck = threading.Event()
+    pool = thread_pool()
+    size = int(getattr(pool, "_max_workers", 0))
+    assert size, "the tools' pool is a ThreadPoolExecutor here (no gevent in this process)"
+    blockers = [pool.submit(stuck.wait, 60) for _ in range(size + 8)]  # every thread taken
+    try:
+        done: list[Any] = []
+        suspender = threading.Thread(target=lambda: done.append(a.suspend(iid)), daemon=True)
+        suspender.start()
+        suspender.join(15)
+        assert done and done[0]["backedUp"], "the suspend waited on the tools' pool"
+    finally:
+        stuck.set()
+        for f in blockers:
+            f.result(10)

@@ -58,7 +58,9 @@ def work(p: Params) -> dict:
     if p.mode == "log":  # p.path: the text to log
         logging.getLogger("mytool").warning("calling upstream with %s", p.path)
         logging.getLogger("mytool").info("called upstream")
-        return {"pid": os.getpid()}
+        import regina.secrets  # what tool code here can read of the worker's secrets
+
+        return {"pid": os.getpid(), "readable": repr((regina.secrets.known_secrets(), regina.secrets._digests))}
     if p.mode == "exit":
         os._exit(3)
     if p.mode == "sleep":
@@ -306,7 +308,10 @@ def test_a_tool_process_logs_in_the_workers_format_with_secrets_redacted(tmp_pat
         timeout=60,
         check=True,
     )
-    tool_pid = json.loads(out.stdout.strip().splitlines()[-1])["pid"]
+    answer = json.loads(out.stdout.strip().splitlines()[-1])
+    tool_pid = answer["pid"]
+    # (tool code runs there: it can read no secret of the worker's, only salted digests)
+    assert "registered-secret" not in answer["readable"] and "env-secret" not in answer["readable"]
     # Then the worker's stderr has neither secret, and the tool's lines are JSON of Regina's
     # format, at the worker's level, from the tool process
     assert "registered-secret" not in out.stderr and "env-secret" not in out.stderr, out.stderr
@@ -600,3 +605,23 @@ def test_a_call_abandoned_in_its_thread_changes_no_file_after(tmp_path: Path) ->
     # The thread's next call is a call of its own again.
     assert ThreadRunner(5).run(_tool(lambda p: view.write("/next", b"3") or "ok"), {}) == "ok"
     assert vfs.exists("/next")
+
+
+def test_stopping_a_long_dead_tool_process_spares_a_group_that_reused_its_pid() -> None:
+    """A tool process that died while idle is stopped later (its next call, a suspend): its pid
+    may by then lead another group, another instance's tool process maybe (each leads one).
+    Killing that group would kill a stranger; the group is killed only while the pid is free."""
+    import subprocess
+    from types import SimpleNamespace
+
+    from regina.runtime.tools.process import _kill
+
+    stranger = subprocess.Popen(["sleep", "30"], start_new_session=True)  # leads a group of its own
+    try:
+        dead_child = SimpleNamespace(pid=stranger.pid, exitcode=-9)  # reaped: its pid was reused
+        _kill(dead_child)
+        time.sleep(0.2)
+        assert stranger.poll() is None, "a group that reused a dead tool process's pid was killed"
+    finally:
+        stranger.kill()
+        stranger.wait()

@@ -38,6 +38,7 @@ from typing import Any
 
 from regina.config import Limits
 from regina.errors import ReginaError
+from regina.secrets import Digests
 from regina.vfs.recording import RecordingVFS
 
 MB = 1024 * 1024
@@ -59,9 +60,10 @@ class ChildSpec:
     memory_mb: int | None = None
     worker_pid: int = field(default_factory=os.getpid)
     journal: bool = False
-    #: The worker's secret values and (role, level, fmt) of its log (regina/logs.py), filled in
+    #: The worker's secrets as salted digests (`regina.secrets.secret_digests`: tool code runs
+    #: here, so never the values) and (role, level, fmt) of its log (regina/logs.py), filled in
     #: when a child starts: its log lines are redacted and formatted like the worker's own.
-    secrets: tuple[str, ...] = field(default=(), repr=False)
+    secrets: Digests | None = field(default=None, repr=False)
     log: tuple[str, str, str] | None = None
 
 
@@ -153,10 +155,10 @@ def _log_like_the_worker(spec: ChildSpec) -> None:
     """Log as the worker does, to the stderr it shares with us: Regina's format and level, and
     every secret redacted (our environment holds none of them: they come in the spec)."""
     from regina.logs import configure
-    from regina.secrets import add_secret, install_log_redaction, refresh_secrets
+    from regina.secrets import install_log_redaction, refresh_secrets, use_secret_digests
 
-    for value in spec.secrets:
-        add_secret(value)
+    if spec.secrets is not None:
+        use_secret_digests(spec.secrets)
     refresh_secrets()  # the environment's secrets are read again: ours is the allow-listed one
     install_log_redaction()
     role, level, fmt = spec.log or ("worker", "WARNING", "text")

@@ -41,7 +41,7 @@ from regina.errors import ToolError
 from regina.runtime.tools.base import Tool
 from regina.runtime.tools.child import PRELOAD, ChildSpec, child_main
 from regina.runtime.tools.runner import ToolRunner, thread_pool, timeout_message
-from regina.secrets import known_secrets
+from regina.secrets import secret_digests
 
 __all__ = ["ProcessRunner", "mp_context", "resident_bytes", "warm_up"]
 
@@ -117,18 +117,34 @@ def _kill(proc: Any) -> None:
     a session of its own, `child._lead_own_group`), so none outlives a timeout, cancel or close.
 
     The group is killed even when the child is already dead (crashed, `os._exit`, killed by the
-    kernel): what it started may still run. Its pid cannot name another group meanwhile while
-    one of those still runs (Linux keeps a group's id in use while it has a member)."""
+    kernel): what it started may still run, and Linux keeps the group's id in use while it has a
+    member. Unless that pid runs again: then the group was empty and the pid reused, perhaps by
+    another instance's tool process (each leads a group), which must be spared."""
     try:
         pid = proc.pid
     except ValueError:  # closed: stopped and reaped already (a cancel racing a stop)
         return
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):  # no such group (empty, or before setsid)
-        pass
-    if proc.exitcode is None:
+    alive = proc.exitcode is None
+    # A dead child's pid names its group only while a process of that group lives; if the pid
+    # runs again, it was reused (maybe by another instance's tool process, a group leader too).
+    if alive or not _pid_runs(pid):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):  # no such group (empty, or before setsid)
+            pass
+    if alive:
         proc.kill()
+
+
+def _pid_runs(pid: int) -> bool:
+    """Whether a process with this pid exists (signal 0 sends nothing)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _change_bytes(change: list[Any]) -> int:
@@ -199,7 +215,7 @@ class ProcessRunner:
         # A socketpair made under gevent is non-blocking; we select() before every recv instead.
         os.set_blocking(parent.fileno(), True)
         # The secrets and log setup of now: MCP servers register theirs after the runner is made.
-        spec = dataclasses.replace(self.spec, secrets=known_secrets(), log=logs.configured())
+        spec = dataclasses.replace(self.spec, secrets=secret_digests(), log=logs.configured())
         proc = ctx.Process(target=child_main, args=(child, spec), name=f"regina-tools-{self.spec.instance_id}")
         proc.daemon = True
         # start() blocks in os.read until the fork server reports the child's pid (the first time,

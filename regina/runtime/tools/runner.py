@@ -91,22 +91,34 @@ def _in_tool_thread(tool: Tool, args: dict[str, Any], withdrawn: _Withdrawn) -> 
         bind_call(None)
 
 
-_pool: concurrent.futures.Executor | None = None
+_pools: dict[str, concurrent.futures.Executor] = {}
 _pool_lock = threading.Lock()
 
 
 def thread_pool(size: int = 32) -> concurrent.futures.Executor:
     """The process-wide pool of real OS threads tools run in (created on first use)."""
-    global _pool
+    return _real_threads("regina-tool", size)
+
+
+def snapshot_pool() -> concurrent.futures.Executor:
+    """Real OS threads for backup snapshots, apart from the tools': an abandoned tool keeps its
+    thread for good, and a pool full of them must not hold up every suspend and checkpoint."""
+    return _real_threads("regina-snapshot", 2)
+
+
+def _real_threads(name: str, size: int) -> concurrent.futures.Executor:
+    """A named pool of real OS threads (gevent's under monkey patching), made on first use."""
     with _pool_lock:
-        if _pool is None:
+        pool = _pools.get(name)
+        if pool is None:
             if _gevent_patched():
                 from gevent.threadpool import ThreadPoolExecutor as GeventPool
 
-                _pool = GeventPool(max_workers=size)
+                pool = GeventPool(max_workers=size)
             else:
-                _pool = concurrent.futures.ThreadPoolExecutor(max_workers=size, thread_name_prefix="regina-tool")
-        return _pool
+                pool = concurrent.futures.ThreadPoolExecutor(max_workers=size, thread_name_prefix=name)
+            _pools[name] = pool
+        return pool
 
 
 Future = concurrent.futures.Future
