@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from urllib.parse import quote
 
 from regina.errors import DirectoryNotEmpty, IsADirectory, NoSuchPath, NotADirectory, PathExists, VFSError
 from regina.vfs.base import FileStat, check_range, normalize
@@ -421,7 +422,13 @@ class SQLiteVFS:
                 return database_image(self._connection())
         if self._closed:
             raise VFSError("the filesystem is closed")
-        src = sqlite3.connect(self.path)  # a separate connection: see the module docstring
+        # A separate connection (see the module docstring), to the file as it is: `mode=rw`
+        # never creates one. A file removed under us (a shared vfsDir's cleanup) would otherwise
+        # snapshot as an empty database, and that backup replace the instance's.
+        try:
+            src = sqlite3.connect(f"file:{quote(os.path.abspath(self.path))}?mode=rw", uri=True)
+        except sqlite3.OperationalError as exc:
+            raise VFSError(f"cannot snapshot {self.path}: {exc}") from None
         try:
             src.execute("PRAGMA busy_timeout=10000")
             return database_image(src)

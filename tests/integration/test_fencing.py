@@ -510,7 +510,7 @@ def test_a_backup_snapshot_is_taken_off_the_callers_thread(pair: Pair) -> None:
     watching = [True]
 
     def on_event(event: str, args: tuple[Any, ...]) -> None:
-        if watching[0] and event == "sqlite3.connect" and str(args[0]) == path:
+        if watching[0] and event == "sqlite3.connect" and str(args[0]).endswith(path + "?mode=rw"):
             opened_by.append(threading.get_ident())
 
     sys.addaudithook(on_event)  # for the rest of the process: `watching` turns it off

@@ -641,3 +641,19 @@ def test_a_full_disk_is_named_not_hidden_by_the_rollback(tmp_path: Path) -> None
         assert v.read("/small") == b"ok"
     finally:
         v.close()
+
+
+def test_a_snapshot_of_a_file_removed_underneath_fails_instead_of_being_empty(tmp_path: Path) -> None:
+    """A backup of an empty database would replace the instance's backup (and older ones go):
+    a file removed under the VFS (a shared vfsDir's cleanup) must fail the snapshot."""
+    from regina.vfs import SQLiteVFS
+
+    path = tmp_path / "i.sqlite"
+    vfs = SQLiteVFS(str(path))
+    vfs.write("/a.txt", b"kept")
+    vfs.park()
+    for leftover in tmp_path.iterdir():
+        leftover.unlink()
+    with pytest.raises(VFSError, match="cannot snapshot"):
+        vfs.snapshot()
+    assert not path.exists()
