@@ -91,7 +91,7 @@ def realdir_root(settings: Settings, instance_id: str) -> str:
     return os.path.join(settings.fs_root_path or "", instance_id)
 
 
-def _has_local(settings: Settings, instance_id: str) -> bool:
+def has_local(settings: Settings, instance_id: str) -> bool:
     if settings.vfs_backend == "sqlite":
         return os.path.exists(local_path(settings, instance_id))
     if settings.vfs_backend == "realdir":
@@ -101,7 +101,7 @@ def _has_local(settings: Settings, instance_id: str) -> bool:
 
 def _local_meta(settings: Settings, instance_id: str) -> dict[str, str] | None:
     """The backup meta of this member's own copy (None when it has none)."""
-    if not _has_local(settings, instance_id):
+    if not has_local(settings, instance_id):
         return None
     if settings.vfs_backend == "sqlite":
         return read_meta(local_path(settings, instance_id))

@@ -98,7 +98,7 @@ def remove_if_stale(settings: Settings, member_id: str, instance_id: str, owner:
     record's `owner` (None: no record); True if it went. Raises what reading the copy raises."""
     if owner == member_id:
         return False  # still ours: a resume here uses the copy
-    if not activation._has_local(settings, instance_id):
+    if not activation.has_local(settings, instance_id):
         return False  # none here (opening one to read its meta would make an empty file)
     if owner is not None and _written_by(settings, instance_id) != member_id:
         return False  # another member's copy (a shared vfsDir): left to it

@@ -34,6 +34,7 @@ from prometheus_client.registry import REGISTRY, Collector
 from regina import keys
 from regina.cluster.membership import live_members
 from regina.config import environment
+from regina.pids import pid_runs
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -188,20 +189,9 @@ def forget_dead_processes(path: str) -> None:
             if tail.isdigit():
                 pids.add(int(tail))
     for pid in pids:
-        if not _running(pid):
+        if not pid_runs(pid):
             with contextlib.suppress(FileNotFoundError):  # another scrape removed it first
                 multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
-
-
-def _running(pid: int) -> bool:
-    """Whether a process with this pid exists on this host (signal 0 checks, sends nothing)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def process_exited(pid: int) -> None:

@@ -54,7 +54,7 @@ from kombu.transport import pyamqp
 
 from regina import keys
 from regina.errors import Unavailable
-from workers.dispatcher import CHAT_TASK, COMMAND_TASK, CeleryDispatcher, _step_repr
+from workers.dispatcher import CHAT_TASK, COMMAND_TASK, CeleryDispatcher, step_repr
 
 log = logging.getLogger("regina.worker")
 
@@ -189,7 +189,7 @@ class AmqpDispatcher(CeleryDispatcher):
             returned = _returns(producer.channel)
             returned.clear()
             args = [instance_id, run_id, message, stream]
-            self._send(CHAT_TASK, queue, args, _step_repr(instance_id, run_id, message), producer, mandatory=True)
+            self._send(CHAT_TASK, queue, args, step_repr(instance_id, run_id, message), producer, mandatory=True)
             if returned:
                 returned.clear()
                 raise Unavailable(f"instance {instance_id!r} has no queue on RabbitMQ: its step was not queued")

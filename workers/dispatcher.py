@@ -48,7 +48,7 @@ def _short(text: str | None, limit: int = 60) -> str:
     return repr(text if len(text) <= limit else text[: limit - 1] + "…")
 
 
-def _step_repr(instance_id: str, run_id: str, message: str | None) -> str:
+def step_repr(instance_id: str, run_id: str, message: str | None) -> str:
     """A chat step's `argsrepr` (what Flower shows)."""
     return f"(instance={instance_id!r}, run={run_id!r}, message={_short(message)})"
 
@@ -116,7 +116,7 @@ class CeleryDispatcher:
             CHAT_TASK,
             keys.instance_queue(instance_id),
             [instance_id, run_id, message, stream],
-            _step_repr(instance_id, run_id, message),
+            step_repr(instance_id, run_id, message),
         )
 
     def step_message(self, instance_id: str, run_id: str, message: str | None, stream: bool = True) -> str | None:
@@ -151,7 +151,7 @@ class CeleryDispatcher:
             self._envelope = _Envelope(pid, json.loads(self._captured("", "", None, True)))
         env = self._envelope
         task_id = str(uuid4())
-        argsrepr = json.dumps(_step_repr(instance_id, run_id, message))
+        argsrepr = json.dumps(step_repr(instance_id, run_id, message))
         body = json.dumps([[instance_id, run_id, message, stream], {}, env.embed])
         slots = {
             "body": f'"{base64.b64encode(body.encode()).decode()}"',

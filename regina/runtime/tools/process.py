@@ -38,6 +38,7 @@ from typing import Any
 from regina import logs
 from regina.config import Limits
 from regina.errors import ToolError
+from regina.pids import pid_runs
 from regina.runtime.tools.base import Tool
 from regina.runtime.tools.child import PRELOAD, ChildSpec, child_main
 from regina.runtime.tools.runner import ToolRunner, thread_pool, timeout_message
@@ -127,24 +128,13 @@ def _kill(proc: Any) -> None:
     alive = proc.exitcode is None
     # A dead child's pid names its group only while a process of that group lives; if the pid
     # runs again, it was reused (maybe by another instance's tool process, a group leader too).
-    if alive or not _pid_runs(pid):
+    if alive or not pid_runs(pid):
         try:
             os.killpg(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):  # no such group (empty, or before setsid)
             pass
     if alive:
         proc.kill()
-
-
-def _pid_runs(pid: int) -> bool:
-    """Whether a process with this pid exists (signal 0 sends nothing)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
 
 
 def _change_bytes(change: list[Any]) -> int:
