@@ -253,7 +253,7 @@ def run_turn(spec: TurnSpec, session: Session, user_message: str | None, sink: R
 def _steps(turn: _Turn, spec: TurnSpec) -> TurnResult:
     sink = turn.sink
     tools = spec.tools
-    schemas = [t.schema() for t in tools.values()]
+    schemas = [t.shared_schema() for t in tools.values()]
     spent: list[Usage] = []
     summarize = _summarizer(spec.target, spec.temperature, spent, sink)
     # A run redelivered after its worker died goes on from what its crashed attempt recorded:
@@ -330,7 +330,7 @@ def _current_tools(spec: TurnSpec, schemas: list[dict[str, Any]]) -> tuple[TurnS
     fresh = spec.tools if spec.tools_for_step is None else spec.tools_for_step()
     if fresh is spec.tools:
         return spec, schemas
-    return dataclasses.replace(spec, tools=fresh), [t.schema() for t in fresh.values()]
+    return dataclasses.replace(spec, tools=fresh), [t.shared_schema() for t in fresh.values()]
 
 
 def _call_model(

@@ -218,3 +218,18 @@ def test_messages_encoded_by_the_caller_are_spliced_as_given(monkeypatch: pytest
     # Encodings that do not match the messages one to one are not used.
     short = direct.request_body(route, ModelRequest(copy.deepcopy(PLAIN), TOOLS, 0.3, encoded=marked[1:]))[2]
     assert short == spliced
+
+
+@pytest.mark.parametrize("model", ["openai/gpt-4o", "openai/o3-mini", "openai/gpt-5", "anthropic/claude-sonnet-4-5"])
+def test_the_tool_schemas_handed_in_are_never_edited(model: str) -> None:
+    """The loop hands every call the same schema objects (Tool.shared_schema): a transform that
+    edits its tools (stripping `cache_control`, renaming keys) must get copies."""
+    tools = copy.deepcopy(TOOLS)
+    tools[1]["function"]["parameters"]["cache_control"] = {"type": "ephemeral"}
+    before = copy.deepcopy(tools)
+    provider = model.split("/")[0]
+    route = direct.route_for(ModelTarget(provider, model, "sk-test", "http://127.0.0.1:9/v1"))
+    assert route is not None
+    for messages in (MESSAGES, PLAIN):  # the transform's path, and the splice's
+        direct.request_body(route, ModelRequest(copy.deepcopy(messages), tools, None))
+    assert tools == before

@@ -19,6 +19,7 @@ go through `litellm.completion` as before.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import secrets
@@ -255,7 +256,7 @@ def _built_body(
     if route.provider == "openai":
         params["stream_options"] = {"include_usage": True}
     if request.tools:
-        params["tools"] = list(request.tools)
+        params["tools"] = copy.deepcopy(list(request.tools))  # the loop's are shared (Tool.shared_schema)
     if request.temperature is not None:
         params["temperature"] = request.temperature
     optional = config.map_openai_params(

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -31,7 +32,7 @@ def _completion(litellm: Any, target: ModelTarget, request: ModelRequest, **extr
         **extra,
     }
     if request.tools:
-        kwargs["tools"] = list(request.tools)
+        kwargs["tools"] = copy.deepcopy(list(request.tools))  # the loop's are shared (Tool.shared_schema)
     if request.temperature is not None:
         kwargs["temperature"] = request.temperature
     if target.api_key:

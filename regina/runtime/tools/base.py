@@ -40,6 +40,7 @@ class Tool:
     #: I/O-bound tools whose state lives on the worker's loop (MCP sessions).
     inline: bool = field(default=False)
     _schema_json: str | None = field(default=None, init=False, repr=False, compare=False)
+    _schema: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def is_async(self) -> bool:
@@ -47,11 +48,21 @@ class Tool:
         return inspect.iscoroutinefunction(self.fn)
 
     def schema(self) -> dict[str, Any]:
-        """Return the OpenAI-style function schema LiteLLM sends to the model.
+        """Return the OpenAI-style function schema LiteLLM sends to the model: a fresh copy, the
+        caller's to edit (see `shared_schema`)."""
+        schema: dict[str, Any] = json.loads(self._encoded_schema())
+        return schema
 
-        pydantic's schema generation costs ~0.5 ms per tool, so it runs once; every call gets a
-        fresh copy (decoded from JSON) because provider transforms may edit what they are given.
-        """
+    def shared_schema(self) -> dict[str, Any]:
+        """`schema`, decoded once and shared by every call: nobody may edit it. The loop offers
+        it to every model call; the routes copy what they hand to LiteLLM, whose provider
+        transforms may edit it (a fresh copy per step cost four JSON decodes per chat)."""
+        if self._schema is None:
+            self._schema = self.schema()
+        return self._schema
+
+    def _encoded_schema(self) -> str:
+        """pydantic's schema generation costs ~0.5 ms per tool, so it runs once."""
         if self._schema_json is None:
             params = self.json_schema or _parameters_schema(self.parameters)
             self._schema_json = json.dumps(
@@ -60,8 +71,7 @@ class Tool:
                     "function": {"name": self.name, "description": self.description, "parameters": params},
                 }
             )
-        schema: dict[str, Any] = json.loads(self._schema_json)
-        return schema
+        return self._schema_json
 
     def validate(self, args: dict[str, Any]) -> BaseModel:
         """Validate raw arguments from the model; ToolError with a readable message if bad."""
