@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 import redis
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 from kombu.exceptions import OperationalError
 from werkzeug.exceptions import HTTPException
 
@@ -25,6 +25,7 @@ from regina.errors import (
     Unprocessable,
     VFSError,
 )
+from regina.outage import Outage
 from regina.secrets import redact
 
 log = logging.getLogger("regina.api")
@@ -73,6 +74,11 @@ def describe_unexpected(exc: Exception) -> str:
     return f"internal error: {exc.__class__.__name__} (details in the server log)"
 
 
+#: Blueprints each successful answer of which read or wrote Redis, as `/healthz`'s does: a 2xx of
+#: one says Redis is back (agents' are answered from memory, `/metrics` also without Redis).
+_NEED_REDIS = frozenset({"instances", "chat", "runs"})
+
+
 def register_error_handlers(app: Flask) -> None:
     """Map Regina errors and Werkzeug's HTTP errors to JSON."""
 
@@ -100,11 +106,7 @@ def register_error_handlers(app: Flask) -> None:
             return error_response(f"method not allowed: {exc.description}", 405)
         return error_response(exc.description or exc.name, status)
 
-    @app.errorhandler(redis.ConnectionError)
-    @app.errorhandler(redis.TimeoutError)
-    def _redis_down(exc: redis.RedisError) -> tuple[Response, int]:
-        log.warning("Redis unavailable: %r", exc)
-        return error_response(describe_unexpected(exc), 503)
+    _register_redis_outage(app)
 
     @app.errorhandler(OperationalError)
     def _broker_down(exc: OperationalError) -> tuple[Response, int]:
@@ -115,3 +117,23 @@ def register_error_handlers(app: Flask) -> None:
     def _unexpected(exc: Exception) -> tuple[Response, int]:
         log.exception("unhandled error")
         return error_response(describe_unexpected(exc), 500)
+
+
+def _register_redis_outage(app: Flask) -> None:
+    """Redis errors are a 503 naming Redis. While Redis is down every request fails alike: one
+    WARNING when that starts, one every 30 s while it lasts (with the count of those not logged),
+    one INFO when a request that needs Redis succeeds again; not a line per request."""
+    outage = Outage("web requests", log, then="answering 503")
+
+    @app.errorhandler(redis.ConnectionError)
+    @app.errorhandler(redis.TimeoutError)
+    def _redis_down(exc: redis.RedisError) -> tuple[Response, int]:
+        outage.failed(exc)
+        return error_response(describe_unexpected(exc), 503)
+
+    @app.after_request
+    def _redis_back(response: Response) -> Response:
+        needs_redis = request.blueprint in _NEED_REDIS or request.endpoint == "health.healthz"
+        if outage.failures and response.status_code < 300 and needs_redis:
+            outage.ok()
+        return response

@@ -21,9 +21,13 @@ class Outage:
     """One loop's view of Redis being unreachable: a WARNING when it starts, one every REPEAT
     seconds while it lasts, an INFO when it ends, and a growing wait between attempts."""
 
-    def __init__(self, what: str, log: logging.Logger) -> None:
+    def __init__(self, what: str, log: logging.Logger, then: str = "retrying") -> None:
         self.what = what
         self.log = log
+        self.then = then
+        """What happens meanwhile, for the WARNING line."""
+        self.quiet = 0
+        """Failures since the last line."""
         self.failures = 0
         self.logged_at = 0.0
 
@@ -32,12 +36,16 @@ class Outage:
         traceback (a bug, not an outage)."""
         self.failures += 1
         if not isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
-            self.log.error("%s failed; retrying", self.what, exc_info=exc)
+            self.log.error("%s failed; %s", self.what, self.then, exc_info=exc)
             return
         now = time.monotonic()
         if self.failures == 1 or now - self.logged_at >= REPEAT:
             self.logged_at = now
-            self.log.warning("%s: Redis is unreachable (%s); retrying", self.what, exc)
+            since = f" ({self.quiet} more failures since the last line)" if self.quiet else ""
+            self.quiet = 0
+            self.log.warning("%s: Redis is unreachable (%s); %s%s", self.what, exc, self.then, since)
+        else:
+            self.quiet += 1
 
     def ok(self) -> None:
         """Note a success: say that Redis is back if it was not."""
@@ -45,6 +53,7 @@ class Outage:
             self.log.info("%s: Redis is reachable again", self.what)
         self.failures = 0
         self.logged_at = 0.0
+        self.quiet = 0
 
     def delay(self, base: float = 1.0) -> float:
         """Seconds to wait before the next attempt: `base` doubled per failure, up to MAX_DELAY."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from collections.abc import Iterator
@@ -69,3 +70,30 @@ def test_a_blocking_wait_longer_than_redis_pys_default_socket_timeout_is_not_an_
     assert client.blpop(["regina:test:never-pushed"], timeout=6) is None
     assert time.monotonic() - started >= 5.5
     client.close()
+
+
+def test_an_outage_is_one_warning_then_one_line_when_redis_is_back(caplog: pytest.LogCaptureFixture) -> None:
+    """Every request fails alike while Redis is down: one WARNING, not one per request; the first
+    request that needs Redis and succeeds says it is back."""
+    server = RedisServer().start()
+    try:
+        web = _client_for(server.url)
+        iid = "openai-agent-0123456789abcdef01234567"
+        server.stop()
+        caplog.set_level(logging.INFO, logger="regina.api")
+        for _ in range(5):
+            assert web.get(f"/instances/{iid}").status_code == 503
+        down = [r for r in caplog.records if r.name == "regina.api" and "Redis is unreachable" in r.getMessage()]
+        assert len(down) == 1, [r.getMessage() for r in caplog.records]
+        assert down[0].levelno == logging.WARNING and "answering 503" in down[0].getMessage()
+        assert web.get("/agents").status_code == 200  # from memory: says nothing of Redis
+        assert not [r for r in caplog.records if "reachable again" in r.getMessage()]
+        server.start()
+        assert web.get("/healthz").status_code == 200
+        back = [r for r in caplog.records if r.name == "regina.api" and "reachable again" in r.getMessage()]
+        assert len(back) == 1
+        assert web.get(f"/instances/{iid}").status_code == 404
+        assert web.get(f"/instances/{iid}").status_code == 404
+        assert len([r for r in caplog.records if "reachable again" in r.getMessage()]) == 1
+    finally:
+        server.close()
