@@ -54,9 +54,8 @@ def fleet() -> Response:
 @bp.get("/instances/<iid>")
 @documented({"HTTP_200": m.InstanceDetail}, tag="instances")
 def show(iid: str) -> Response:
-    rec = services().coordinator.get(iid)
-    data = rec.public(include_member=True)
-    return jsonify(data)
+    svc = services()
+    return jsonify(Fleet(svc.client).detail(svc.coordinator.get(iid)))
 
 
 @bp.post("/instances/<iid>/heartbeat")

@@ -28,7 +28,7 @@ import redis
 
 from regina import keys
 from regina.errors import BadRequest
-from regina.instances import record_from_hash
+from regina.instances import InstanceRecord, record_from_hash
 
 MAX_LIMIT = 1000
 SCAN_LIMIT = 5000
@@ -147,6 +147,14 @@ class Fleet:
                 pipe.exists(keys.member(m))
             alive.update(zip(unknown, map(bool, pipe.execute()), strict=True))
         return all(alive.get(m, False) for m in members)
+
+    def detail(self, record: InstanceRecord) -> dict[str, Any]:
+        """One instance as `GET /instances/<id>` shows it, `member` as the fleet's: the live holder
+        or None (the record keeps a suspended or orphaned instance's last holder)."""
+        data = record.public(include_member=True)
+        if data["member"] and (data["status"] == "suspended" or not self.r.exists(keys.member(data["member"]))):
+            data["member"] = None
+        return data
 
     def _records(self, ids: list[str], alive: dict[str, bool]) -> list[dict[str, Any]]:
         """The records of `ids` as the fleet shows them; `member` is the live holder or None."""

@@ -28,7 +28,9 @@ See docs/configuration.md for every key.
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
-def main() -> None:
+@click.option("--url", help=f"{talk.URL_HELP} For the client commands; also after the command.")
+@click.option("--token", help=f"{talk.TOKEN_HELP} For the client commands; also after the command.")
+def main(url: str | None, token: str | None) -> None:
     """Run many long-lived AI agent instances on Celery workers behind a Flask API."""
 
 

@@ -7,12 +7,14 @@ and exits 1. Output is plain when stdout is not a terminal (rich detects it), so
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
 from rich.console import Console
@@ -37,13 +39,27 @@ class ApiError(click.ClickException):
         click.echo(f"regina: {self.message}", err=True)
 
 
+URL_HELP = f"Server URL (env REGINA_URL; default {DEFAULT_URL})."
+TOKEN_HELP = "Bearer token (env REGINA_TOKEN)."
+
+
 def server_options(f: F) -> F:
-    """`--url` / `--token` for a command that talks to a server."""
-    f = click.option("--token", envvar="REGINA_TOKEN", help="Bearer token (env REGINA_TOKEN).")(f)
-    f = click.option(
-        "--url", envvar="REGINA_URL", default=DEFAULT_URL, show_default=True, help="Server URL (env REGINA_URL)."
-    )(f)
-    return f
+    """`--url` / `--token` for a command that talks to a server. Either may also come before the
+    command (`regina --url … ps`, SPEC §9); the command's own wins, then the group's, then the
+    environment, then the default."""
+
+    @functools.wraps(f)
+    def resolved(*args: Any, url: str | None, token: str | None, **kwargs: Any) -> Any:
+        group = click.get_current_context().find_root().params
+        url = url or group.get("url") or os.environ.get("REGINA_URL") or DEFAULT_URL
+        for given in (token, group.get("token"), os.environ.get("REGINA_TOKEN") or None):
+            if given is not None:
+                token = given
+                break
+        return f(*args, url=url, token=token, **kwargs)
+
+    command = click.option("--token", help=TOKEN_HELP)(resolved)
+    return cast(F, click.option("--url", help=URL_HELP)(command))
 
 
 @contextmanager

@@ -78,6 +78,20 @@ def test_api_errors_exit_1_with_the_message_on_stderr(api: httpx.Client) -> None
     assert down.returncode == 1 and "cannot reach" in down.stderr
 
 
+def test_url_and_token_go_before_or_after_the_command(api: httpx.Client) -> None:
+    """SPEC §9's `--url` / `--token` are the client's: before the command too (`regina --url … ps`);
+    the command's own wins over the group's, which wins over REGINA_URL."""
+    url, nowhere = str(api.base_url), "http://127.0.0.1:9"
+    before = regina(api, "--url", url, "agents", REGINA_URL=nowhere)
+    assert before.returncode == 0 and "tool-agent" in before.stdout, before.stderr
+    after = regina(api, "--url", nowhere, "agents", "--url", url)
+    assert after.returncode == 0 and "tool-agent" in after.stdout, after.stderr
+    down = regina(api, "--url", nowhere, "agents")
+    assert down.returncode == 1 and "cannot reach" in down.stderr
+    token = regina(api, "--token", "bad\nline", "agents")  # the group's token reaches the client
+    assert token.returncode == 1 and "token" in token.stderr and "bad" not in token.stderr, token.stderr
+
+
 def test_agents_reload_and_help(api: httpx.Client) -> None:
     out = regina(api, "agents")
     assert out.returncode == 0

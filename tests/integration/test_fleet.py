@@ -141,6 +141,9 @@ def test_member_is_the_live_holder_and_the_member_filter_matches_only_what_it_ho
         for params in ({}, {"agent": "openai-agent"}):
             shown = {i["instanceId"]: (i["status"], i["member"]) for i in api.get("/instances", params=params).json()}
             assert shown == {held: ("started", live), suspended: ("suspended", None), orphan: ("started", None)}
+        # One instance's own view shows the same member (it showed the record's last holder).
+        for iid, member in ((held, live), (suspended, None), (orphan, None)):
+            assert api.get(f"/instances/{iid}").json()["member"] == member, iid
         for params, expected in (
             ({"member": live}, [held]),
             ({"member": live, "status": "started"}, [held]),
