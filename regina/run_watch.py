@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from regina.metrics import (
     FIRST_TOKEN_SECONDS,
@@ -27,6 +28,17 @@ from regina.runtime.events import Event, StepFinish, TextDelta, ToolCallEvent, T
 from regina.runtime.loop import TurnResult
 
 log = logging.getLogger("regina.run")
+
+#: Labelled children by (metric, label values): prometheus_client's `labels` validates and locks
+#: on every call, ≈ 6 µs each, four per chat; the label values are few (modes, outcomes, models).
+_children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+
+
+def _child(metric: Any, *values: str) -> Any:
+    child = _children.get((metric, values))
+    if child is None:
+        child = _children[metric, values] = metric.labels(*values)
+    return child
 
 
 class RunWatch:
@@ -51,7 +63,7 @@ class RunWatch:
     def _model_call_ended(self) -> None:
         if not self.model_done:
             self.model_done = True
-            MODEL_SECONDS.labels(self.provider, self.model).observe(time.monotonic() - self.step_started)
+            _child(MODEL_SECONDS, self.provider, self.model).observe(time.monotonic() - self.step_started)
 
     def see(self, event: Event) -> None:
         """Account for one event of the run."""
@@ -65,7 +77,7 @@ class RunWatch:
             # A name the model made up is not a label of its own (each would be a series for good),
             # whatever its result says (a call skipped by a cancel never reached the tool lookup).
             tool = event.tool_name if self.offered(event.tool_name) else "unknown"
-            TOOL_CALLS.labels(tool, "error" if failed else "ok").inc()
+            _child(TOOL_CALLS, tool, "error" if failed else "ok").inc()
         elif isinstance(event, StepFinish):
             self._model_call_ended()
             self.step_started, self.model_done = time.monotonic(), False
@@ -78,17 +90,17 @@ class RunWatch:
         steps = result.steps if result is not None else 0
         prompt = result.usage.prompt_tokens if result is not None else 0
         completion = result.usage.completion_tokens if result is not None else 0
-        RUNS.labels(self.mode, outcome).inc()
+        _child(RUNS, self.mode, outcome).inc()
         RUN_SECONDS.observe(seconds)
         RUN_STEPS.observe(steps)
         if self.first_token is not None:
             FIRST_TOKEN_SECONDS.observe(self.first_token)
         if prompt:
-            TOKENS.labels("prompt", self.provider, self.model).inc(prompt)
+            _child(TOKENS, "prompt", self.provider, self.model).inc(prompt)
         if completion:
-            TOKENS.labels("completion", self.provider, self.model).inc(completion)
+            _child(TOKENS, "completion", self.provider, self.model).inc(completion)
         if result is not None and result.error:
-            MODEL_ERRORS.labels(self.provider, self.model).inc()
+            _child(MODEL_ERRORS, self.provider, self.model).inc()
             log.warning(
                 "run %s model error (provider %s, model %s): %s", self.run_id, self.provider, self.model, result.error
             )
