@@ -1,6 +1,8 @@
 """The optional `factory` module (SPEC §8): prepare_instance, backup and restore hooks.
 
-Each export is optional; a missing one falls back to Regina's default behaviour.
+Each export is optional; a missing one falls back to Regina's default behaviour. `backup` runs in
+a thread of the worker's snapshot pool (regina/host.py), not on its gevent hub: a hook that takes
+long stops no other instance.
 """
 
 from __future__ import annotations

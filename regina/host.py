@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any, cast
 
 import redis
@@ -46,7 +47,6 @@ from regina.runtime.tools.runner import ToolRunner, snapshot_pool
 from regina.sandbox_env import sandbox_env
 from regina.step import StepRunner, not_saved
 from regina.storage import Storage
-from regina.vfs import SQLiteVFS
 
 #: Seconds a backup waits for its snapshot (SQLite copies about 500 MiB a second here).
 SNAPSHOT_TIMEOUT = 300.0
@@ -676,19 +676,19 @@ class InstanceHost:
         metrics.BACKUP_BYTES.observe(size)
         return size, version
 
-    def _snapshotter(self, act: Active) -> Callable[[], bytes] | None:
-        """The factory's `backup` hook for this instance, if it has one; else, for an SQLite file,
-        its snapshot in a thread of its own pool: on the hub, SQLite's copy of a large file (0.2 s
-        per 100 MiB) would stop every greenlet; in a thread it runs without holding the GIL. Not
-        the tools' pool, which abandoned tools may fill for good; bounded by SNAPSHOT_TIMEOUT (the
-        backup then fails and the journal keeps every change)."""
+    def _snapshotter(self, act: Active) -> Callable[[], bytes]:
+        """What takes this instance's backup bytes (the factory's `backup` hook if it has one,
+        else its VFS's snapshot), run in a thread of the snapshot pool: on the hub, SQLite's copy
+        of a large file (0.2 s per 100 MiB), a large memory VFS, a walk of a large realdir tree or
+        a hook's own work would stop every greenlet of the worker; in a thread they leave it the
+        GIL wherever they wait on the disk or SQLite. Not the tools' pool, which abandoned tools
+        may fill for good; bounded by SNAPSHOT_TIMEOUT (the backup then fails and the journal
+        keeps every change). A memory or realdir snapshot takes its VFS's lock, which tools'
+        threads take as well: held across threads like theirs."""
         hook = self.hooks.backup
-        if hook is not None:
-            return lambda: hook(act.instance_id, self.settings)
         base = act.vfs.inner if isinstance(act.vfs, JournalVFS) else act.vfs
-        if type(base) is SQLiteVFS and base.path != ":memory:":  # no lock taken: safe in a thread
-            return lambda: snapshot_pool().submit(base.snapshot).result(timeout=SNAPSHOT_TIMEOUT)
-        return None
+        take: Callable[[], bytes] = base.snapshot if hook is None else partial(hook, act.instance_id, self.settings)
+        return lambda: snapshot_pool().submit(take).result(timeout=SNAPSHOT_TIMEOUT)
 
     def _drop(self, act: Active, why: str) -> None:
         """Let go of an instance another owner holds now: close it here, write nothing shared."""

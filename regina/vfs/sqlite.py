@@ -18,7 +18,7 @@ monkey patching that lock is cooperative, so several greenlets may share one ins
 For a file database a snapshot reads through a *separate* connection inside one read
 transaction (its `serialize()`), so it sees exactly one committed state (WAL snapshot
 isolation) without blocking writers on the VFS's own connection, and takes no lock of this
-VFS: the host runs it in the tool thread pool, off the worker's gevent hub.
+VFS: the host runs it in its snapshot thread pool, off the worker's gevent hub.
 """
 
 from __future__ import annotations
