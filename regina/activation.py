@@ -17,7 +17,7 @@ import os
 import shutil
 import sqlite3
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from regina.backups import Backups
 from regina.config import Settings
@@ -25,7 +25,8 @@ from regina.factory_hooks import FactoryHooks
 from regina.instances import InstanceRecord
 from regina.journal import Journal
 from regina.runtime.session import Session
-from regina.vfs import MemoryVFS, RealDirVFS, SQLiteVFS, open_vfs, restore_snapshot
+from regina.vfs import MemoryVFS, RealDirVFS, SQLiteVFS, open_vfs
+from regina.vfs.snapshot import restore_snapshot_from
 from regina.vfs.sqlite_files import create_parked, read_meta
 
 log = logging.getLogger("regina.host")
@@ -157,25 +158,43 @@ def open_current(
     after = int(meta.get("journalSeq") or 0) if trusted and meta is not None else rec.backup_seq
     snapshot: bytes | None = None
     if not trusted:
-        data = backups.load(iid, rec.backup_version, rec.backup_key) if rec.backup_version > 0 else None
-        if data is not None:
-            restored = True
-            if hooks.restore is not None:
-                hooks.restore(iid, data, settings)
-            elif settings.vfs_backend == "sqlite":
-                restore_snapshot(local_path(settings, iid), data)
-            elif settings.vfs_backend == "realdir":
-                RealDirVFS.restore_snapshot(realdir_root(settings, iid), data)
-            else:
-                snapshot = data  # memory: built from it below
-        else:
-            if rec.backup_version > 0:
+        if rec.backup_version > 0:
+            restored, snapshot = _restore(settings, hooks, backups, rec)
+            if not restored:
                 log.warning("instance %s: backup version %d missing from storage", iid, rec.backup_version)
+        if not restored:
             remove_local(settings, iid)  # an untrusted copy: rebuild from the journal alone
     vfs = _open_copy(settings, iid, snapshot, trusted and not restored)
     vfs = _carrying(vfs, meta if trusted and not restored else None, want)
     last, size = journal.replay(iid, vfs, after)  # writes the copy's journalSeq
     return Opened(vfs, restored or last != after, last, size)
+
+
+def _restore(
+    settings: Settings, hooks: FactoryHooks, backups: Backups, rec: InstanceRecord
+) -> tuple[bool, bytes | None]:
+    """Restore the backup `rec` names: (found, the image when a memory VFS is built from it).
+
+    For an SQLite file or a realdir tree storage writes the backup to a file as it sends it
+    (`Storage.get_into`), and the image is checked and read there: never whole in memory, where
+    the storage allows. A factory's `restore` hook takes the bytes, and so does a memory VFS.
+    """
+    iid = rec.instance_id
+
+    def fill(out: BinaryIO) -> bool:
+        return backups.load_into(iid, rec.backup_version, rec.backup_key, out)
+
+    if hooks.restore is None and settings.vfs_backend == "sqlite":
+        return restore_snapshot_from(local_path(settings, iid), fill), None
+    if hooks.restore is None and settings.vfs_backend == "realdir":
+        return RealDirVFS.restore_from(realdir_root(settings, iid), fill), None
+    data = backups.load(iid, rec.backup_version, rec.backup_key)
+    if data is None:
+        return False, None
+    if hooks.restore is not None:
+        hooks.restore(iid, data, settings)
+        return True, None
+    return True, data  # memory: built from it by the caller
 
 
 def _open_copy(settings: Settings, iid: str, snapshot: bytes | None, clean: bool) -> AnyVFS:

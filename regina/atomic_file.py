@@ -1,8 +1,9 @@
 """Writing a file so that a crash leaves either the old content or the new, never half of it.
 
-Temp file in the same directory, fsync, rename over the target, then fsync the directory (POSIX
-persists a rename only once its directory is synced). Used by the VFS backends, snapshot
-restore and the filesystem storage adapter.
+Temp file in the same directory (written whole, or by a callback as a download arrives), fsync,
+rename over the target, then fsync the directory (POSIX persists a rename only once its
+directory is synced). Used by the VFS backends, snapshot restore and the filesystem storage
+adapter.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Callable
+from typing import BinaryIO
 
-__all__ = ["write_atomic", "fsync_dir"]
+__all__ = ["write_atomic", "write_atomic_from", "fsync_dir"]
 
 
 def fsync_dir(directory: str | os.PathLike[str]) -> None:
@@ -31,28 +33,54 @@ def write_atomic(
     mode: int | None = None,
     prefix: str = ".tmp-",
     suffix: str = "",
-    before_replace: Callable[[], None] | None = None,
+    before_replace: Callable[[str], None] | None = None,
 ) -> None:
     """Replace `path` with `data` atomically and durably.
 
     `mode` sets the new file's permission bits (mkstemp creates 0600); `before_replace` runs
-    after the data is on disk and just before the rename (snapshot restore removes a stale WAL
-    there). The temp file is removed on any failure.
+    with the temp file's path after the data is on disk and just before the rename (snapshot
+    restore checks the file and removes a stale WAL there). The temp file is removed on any
+    failure.
     """
+
+    def fill(out: BinaryIO) -> bool:
+        out.write(data)
+        return True
+
+    write_atomic_from(path, fill, mode=mode, prefix=prefix, suffix=suffix, before_replace=before_replace)
+
+
+def write_atomic_from(
+    path: str | os.PathLike[str],
+    fill: Callable[[BinaryIO], bool],
+    *,
+    mode: int | None = None,
+    prefix: str = ".tmp-",
+    suffix: str = "",
+    before_replace: Callable[[str], None] | None = None,
+) -> bool:
+    """`write_atomic` for content `fill` writes into the temp file it is given (a download
+    streamed to disk, never whole in memory). `fill` returns False when it has nothing: the temp
+    file goes, `path` stays as it was, and this returns False."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=directory)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+            filled = fill(fh)
+            if filled:
+                fh.flush()
+                os.fsync(fh.fileno())
+        if not filled:
+            os.remove(tmp)
+            return False
         if mode is not None:
             os.chmod(tmp, mode)
         if before_replace is not None:
-            before_replace()
+            before_replace(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
     fsync_dir(directory)
+    return True

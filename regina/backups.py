@@ -16,7 +16,7 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, BinaryIO, cast
 
 import redis
 
@@ -210,6 +210,12 @@ class Backups:
         """The backup the record points at (None when there is none or it is missing)."""
         name = current_key(instance_id, version, key)
         return None if name is None else self.storage.get(name)
+
+    def load_into(self, instance_id: str, version: int, key: str, out: BinaryIO) -> bool:
+        """`load`, written into `out` as storage sends it (a restore's file: never whole in
+        memory where the storage allows); False, with nothing written, as `load`'s None."""
+        name = current_key(instance_id, version, key)
+        return name is not None and self.storage.get_into(name, out)
 
     def delete_all(self, instance_id: str) -> None:
         """Remove every backup of the instance, the one its record names last: a delete that

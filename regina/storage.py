@@ -8,7 +8,7 @@ Backups of suspended instances are opaque blobs under string keys such as
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import BinaryIO, Protocol, runtime_checkable
 
 
 @runtime_checkable
@@ -21,6 +21,12 @@ class Storage(Protocol):
 
     def get(self, key: str) -> bytes | None:
         """Return the bytes stored under `key`, or None when there are none."""
+        ...
+
+    def get_into(self, key: str, out: BinaryIO) -> bool:
+        """Write the bytes stored under `key` into `out` (a file open for writing), in pieces
+        where the backend can send them so: a restore streams a large backup to disk instead
+        of holding it whole. False, with nothing written, when there are none."""
         ...
 
     def delete(self, key: str) -> None:

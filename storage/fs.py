@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import builtins
 import os
+import shutil
 import time
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from regina.atomic_file import write_atomic
 from regina.errors import StorageError
 
 #: Suffix of in-flight temp files; `list` skips them and `put` refuses keys that end with it.
 TEMP_SUFFIX = ".regina-tmp"
+
+#: Bytes `get_into` reads and writes at a time.
+COPY_CHUNK = 1 << 20
 
 
 class FsStorage:
@@ -60,6 +65,20 @@ class FsStorage:
             return None
         except OSError as exc:
             raise StorageError(f"fs storage: cannot read key {key!r}: {exc}") from exc
+
+    def get_into(self, key: str, out: BinaryIO) -> bool:
+        """Copy the file into `out` a piece at a time (COPY_CHUNK); a missing file means no
+        backup. An error writing `out` (the local disk) is raised as it is, not as storage's."""
+        path = self._path(key)
+        try:
+            src = path.open("rb")
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise StorageError(f"fs storage: cannot read key {key!r}: {exc}") from exc
+        with src:
+            shutil.copyfileobj(src, out, COPY_CHUNK)
+        return True
 
     def delete(self, key: str) -> None:
         """Unlink the file, then tidy its directory: temp files of puts killed midway (older

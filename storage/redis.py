@@ -6,6 +6,7 @@ names)."""
 from __future__ import annotations
 
 import builtins
+from typing import BinaryIO
 
 import redis
 
@@ -52,6 +53,16 @@ class RedisStorage:
             raise self._error("get", key, exc) from exc
         assert value is None or isinstance(value, bytes)  # sync client, no decode_responses
         return value
+
+    def get_into(self, key: str, out: BinaryIO) -> bool:
+        """`get`, written to `out`: Redis sends a field's value in one reply (there is no ranged
+        read of a hash field), so the client holds it whole (about twice its size at its peak:
+        its read buffer and the bytes) before it is written; nothing more is copied."""
+        value = self.get(key)
+        if value is None:
+            return False
+        out.write(value)
+        return True
 
     def delete(self, key: str) -> None:
         """HDEL, which is a no-op for a missing field (also where it was written before)."""

@@ -19,7 +19,8 @@ Meta (`get_meta`/`set_meta`) lives in a sidecar JSON file *next to* the root
 Snapshots use the same format as the SQLite backend (a SQLite database image with the
 ``entries`` and ``meta`` tables): regular files and directories are copied (symlinks are
 skipped), under this object's lock so writes through it cannot interleave. A snapshot restores
-into any backend (`RealDirVFS.restore_snapshot`, `MemoryVFS.from_snapshot`, or the SQLite file).
+into any backend (`RealDirVFS.restore_snapshot` or `restore_from`, `MemoryVFS.from_snapshot`, or the
+SQLite file).
 """
 
 from __future__ import annotations
@@ -32,14 +33,14 @@ import shutil
 import stat as stat_mod
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 from regina.atomic_file import fsync_dir, write_atomic
 from regina.errors import DirectoryNotEmpty, IsADirectory, NoSuchPath, NotADirectory, PathExists, VFSError
 from regina.vfs.base import FileStat, check_range, normalize
 from regina.vfs.memory import MemoryVFS
-from regina.vfs.snapshot import check_snapshot
+from regina.vfs.snapshot import check_snapshot_file
 from regina.vfs.sqlite import SQLiteVFS
 
 
@@ -319,18 +320,53 @@ class RealDirVFS:
 
     @classmethod
     def restore_snapshot(cls, root: str, data: bytes) -> None:
-        """Replace the directory `root` (and its meta) with a snapshot's contents.
+        """Replace the directory `root` (and its meta) with a snapshot's contents (`_rebuild`)."""
+        src = MemoryVFS.from_snapshot(data)  # checks it
+        try:
+            cls._rebuild(root, src)
+        finally:
+            src.close()
+
+    @classmethod
+    def restore_from(cls, root: str, fill: Callable[[BinaryIO], bool]) -> bool:
+        """`restore_snapshot` for the snapshot `fill` writes into the file it is given (a backup
+        streamed from storage); False, and `root` left as it was, when `fill` has none.
+
+        The image goes to a temp file beside `root` and is read from there (never whole in
+        memory), then removed; one a crash leaves is a `.restore-*` leftover
+        (regina/local_copies.py).
+        """
+        parent = os.path.dirname(os.path.abspath(root))
+        os.makedirs(parent, exist_ok=True)
+        fd, image = tempfile.mkstemp(prefix=".restore-", suffix=".sqlite", dir=parent)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                if not fill(out):
+                    return False
+            check_snapshot_file(image)
+            src = SQLiteVFS(image, synchronous="OFF")
+            try:
+                cls._rebuild(root, src)
+            finally:
+                src.close()
+            return True
+        finally:
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(image + suffix)
+
+    @classmethod
+    def _rebuild(cls, root: str, src: SQLiteVFS) -> None:
+        """Replace the directory `root` (and its meta) with the files and meta of `src`.
 
         The tree is built in a sibling temporary directory, then swapped in with renames, so a
         crash leaves either the old tree or the new one (plus a stray temp dir).
         """
-        check_snapshot(data)
         root = os.path.abspath(root)
         parent = os.path.dirname(root)
         os.makedirs(parent, exist_ok=True)
         build = tempfile.mkdtemp(prefix=".restore-", dir=parent)
         os.chmod(build, 0o755)
-        src = MemoryVFS.from_snapshot(data)
         try:
             for path, is_dir, mode in src.walk():
                 if path == "/":
@@ -347,8 +383,6 @@ class RealDirVFS:
         except BaseException:
             shutil.rmtree(build, ignore_errors=True)
             raise
-        finally:
-            src.close()
         old = None
         if os.path.lexists(root):
             old = tempfile.mkdtemp(prefix=".old-", dir=parent)

@@ -8,8 +8,9 @@ Layout (schema version 1, stored as meta key ``vfs.schema``)::
 
 Snapshots are the bytes SQLite's online backup API into an in-memory database, then
 ``serialize()``, gives (`database_image` serializes the source itself: half the memory).
-`check_snapshot` validates an image before anything is restored from it; `restore_snapshot`
-writes one to a SQLite file atomically. `SQLiteVFS`, `MemoryVFS` and `RealDirVFS` all produce
+`check_snapshot` validates an image before anything is restored from it (`check_snapshot_file`
+one in a file); `restore_snapshot_from` writes one, as storage streams it, to a SQLite file
+atomically. `SQLiteVFS`, `MemoryVFS` and `RealDirVFS` all produce
 and accept this format, so a backup moves between them.
 """
 
@@ -18,8 +19,11 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from collections.abc import Callable
+from typing import BinaryIO
+from urllib.parse import quote
 
-from regina.atomic_file import write_atomic
+from regina.atomic_file import write_atomic_from
 from regina.errors import VFSError
 
 __all__ = [
@@ -29,11 +33,16 @@ __all__ = [
     "database_image",
     "rollback_header",
     "check_snapshot",
+    "check_snapshot_file",
     "restore_snapshot",
+    "restore_snapshot_from",
 ]
 
 SCHEMA_VERSION = "1"
 """Stored as meta key ``vfs.schema``."""
+
+#: The first bytes of every SQLite database file.
+MAGIC = b"SQLite format 3\x00"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -115,38 +124,72 @@ def rollback_header(image: bytes) -> bytes:
 
 def check_snapshot(data: bytes) -> None:
     """Raise VFSError unless `data` is a SQLite image holding a VFS (integrity checked)."""
-    if not data.startswith(b"SQLite format 3\x00"):
+    if not data.startswith(MAGIC):
         raise VFSError("snapshot is not a SQLite database image")
     conn = sqlite3.connect(":memory:")
     try:
         conn.deserialize(rollback_header(data))
-        ok = conn.execute("PRAGMA integrity_check").fetchone()
-        if not ok or ok[0] != "ok":
-            raise VFSError(f"snapshot failed its integrity check: {ok}")
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if not {"entries", "meta"} <= tables:
-            raise VFSError("snapshot is not a Regina VFS (missing tables)")
+        _check_vfs(conn)
     except sqlite3.DatabaseError as exc:
         raise VFSError(f"snapshot is not a valid SQLite database: {exc}") from exc
     finally:
         conn.close()
 
 
-def restore_snapshot(path: str, data: bytes) -> None:
-    """Write a snapshot to the SQLite file `path` atomically (`regina.atomic_file`).
+def check_snapshot_file(path: str) -> None:
+    """`check_snapshot` for an image in a file, read where it is (SQLite's page cache, not a copy
+    in memory). Opened immutable: nothing is written to it or beside it, even when its header
+    says WAL."""
+    with open(path, "rb") as fh:
+        if fh.read(len(MAGIC)) != MAGIC:
+            raise VFSError("snapshot is not a SQLite database image")
+    conn = sqlite3.connect(f"file:{quote(os.path.abspath(path))}?immutable=1", uri=True)
+    try:
+        _check_vfs(conn)
+    except sqlite3.DatabaseError as exc:
+        raise VFSError(f"snapshot is not a valid SQLite database: {exc}") from exc
+    finally:
+        conn.close()
 
-    Any ``-wal``/``-shm`` files left next to `path` are removed just before the rename (a stale
-    WAL must never be replayed over the restored image). No SQLiteVFS may have `path` open while
-    this runs.
+
+def _check_vfs(conn: sqlite3.Connection) -> None:
+    """VFSError unless the database behind `conn` passes its integrity check and has a VFS's tables."""
+    ok = conn.execute("PRAGMA integrity_check").fetchone()
+    if not ok or ok[0] != "ok":
+        raise VFSError(f"snapshot failed its integrity check: {ok}")
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not {"entries", "meta"} <= tables:
+        raise VFSError("snapshot is not a Regina VFS (missing tables)")
+
+
+def restore_snapshot(path: str, data: bytes) -> None:
+    """Write a snapshot to the SQLite file `path` atomically (`restore_snapshot_from`)."""
+
+    def fill(out: BinaryIO) -> bool:
+        out.write(data)
+        return True
+
+    restore_snapshot_from(path, fill)
+
+
+def restore_snapshot_from(path: str, fill: Callable[[BinaryIO], bool]) -> bool:
+    """Write the snapshot `fill` writes into the file it is given (a backup streamed from
+    storage) to the SQLite file `path` atomically (`regina.atomic_file`); False, and `path` left
+    as it was, when `fill` has none.
+
+    The image is checked in its temp file before it replaces anything, never held whole in
+    memory. Any ``-wal``/``-shm`` files left next to `path` are removed just before the rename (a
+    stale WAL must never be replayed over the restored image). No SQLiteVFS may have `path` open
+    while this runs.
     """
-    check_snapshot(data)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
 
-    def drop_journals() -> None:
+    def check_then_drop_journals(tmp: str) -> None:
+        check_snapshot_file(tmp)
         for suffix in ("-wal", "-shm", "-journal"):
             try:
                 os.remove(path + suffix)
             except FileNotFoundError:
                 pass
 
-    write_atomic(path, data, prefix=".restore-", suffix=".sqlite", before_replace=drop_journals)
+    return write_atomic_from(path, fill, prefix=".restore-", suffix=".sqlite", before_replace=check_then_drop_journals)

@@ -152,6 +152,27 @@ def test_large_blob_roundtrips(storage: Storage) -> None:
     assert storage.get("large") == blob
 
 
+def test_get_into_writes_the_stored_bytes_to_a_file(storage: Storage, tmp_path: Path) -> None:
+    # Given a large blob and a small one
+    blob = random.Random(8).randbytes(20 * 1024 * 1024)
+    storage.put("instances/a/vfs.1.1", blob)
+    storage.put("small", b"tiny")
+    # When each is read into a file
+    with open(tmp_path / "large", "wb") as out:
+        assert storage.get_into("instances/a/vfs.1.1", out) is True
+    with open(tmp_path / "small", "wb") as out:
+        assert storage.get_into("small", out) is True
+    # Then the files hold exactly the stored bytes
+    assert (tmp_path / "large").read_bytes() == blob
+    assert (tmp_path / "small").read_bytes() == b"tiny"
+
+
+def test_get_into_of_a_missing_key_is_false_and_writes_nothing(storage: Storage, tmp_path: Path) -> None:
+    with open(tmp_path / "out", "wb") as out:
+        assert storage.get_into("never/written/vfs", out) is False
+    assert (tmp_path / "out").read_bytes() == b""
+
+
 def test_binary_data_with_every_byte_value_roundtrips(storage: Storage) -> None:
     blob = bytes(range(256)) * 4 + b"\r\n\x00\xff"
     storage.put("binary", blob)

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
@@ -19,8 +20,8 @@ from regina import errors
 from regina.errors import ConfigError, VFSError
 from regina.vfs import MemoryVFS, RealDirVFS, SQLiteVFS, open_vfs, restore_snapshot
 from regina.vfs.base import VFS
-from regina.vfs.snapshot import SCHEMA, check_snapshot, database_image
-from regina.vfs.sqlite_files import create_parked, read_meta
+from regina.vfs.snapshot import SCHEMA, check_snapshot, database_image, restore_snapshot_from
+from regina.vfs.sqlite_files import create_parked, empty_image, read_meta
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -316,6 +317,64 @@ def test_restore_rejects_garbage(tmp_path: Path) -> None:
     assert not (tmp_path / "x.sqlite").exists()
     with pytest.raises(VFSError):
         MemoryVFS.from_snapshot(b"SQLite format 3\x00" + b"\x00" * 100)
+
+
+def test_a_streamed_restore_with_no_backup_changes_nothing(tmp_path: Path) -> None:
+    # Given an instance's file and realdir tree
+    path = str(tmp_path / "i.sqlite")
+    v = SQLiteVFS(path)
+    v.write("/kept", b"kept")
+    v.close()
+    before = Path(path).read_bytes()
+    RealDirVFS(str(tmp_path / "root")).write("/kept", b"kept")
+    # When storage has no backup to stream (after writing nothing)
+    assert restore_snapshot_from(path, lambda out: False) is False
+    assert RealDirVFS.restore_from(str(tmp_path / "root"), lambda out: False) is False
+    # Then both stay as they were, and no temp file is left beside them
+    assert Path(path).read_bytes() == before
+    assert (tmp_path / "root" / "kept").read_bytes() == b"kept"
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".restore-")]
+
+
+def test_a_streamed_restore_checks_the_image_in_its_temp_file(tmp_path: Path) -> None:
+    # Given an instance's file, and a damaged image (a page of the good one overwritten)
+    path = str(tmp_path / "i.sqlite")
+    v = SQLiteVFS(path)
+    v.write("/kept", b"kept")
+    v.close()
+    before = Path(path).read_bytes()
+    m = MemoryVFS()
+    for i in range(20):
+        m.write(f"/f{i}", os.urandom(3000))
+    good = m.snapshot()
+    m.close()
+    bad = good[:4096] + b"\xff" * 4096 + good[8192:]
+
+    def streaming(image: bytes) -> Callable[[BinaryIO], bool]:
+        def fill(out: BinaryIO) -> bool:
+            for at in range(0, len(image), 1000):
+                out.write(image[at : at + 1000])
+            return True
+
+        return fill
+
+    # When it is streamed in, to the file or to a realdir tree
+    with pytest.raises(VFSError):
+        restore_snapshot_from(path, streaming(bad))
+    with pytest.raises(VFSError):
+        RealDirVFS.restore_from(str(tmp_path / "root"), streaming(bad))
+    # Then nothing is replaced and no temp file stays
+    assert Path(path).read_bytes() == before
+    assert not (tmp_path / "root").exists()
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".restore-")]
+    # While a good image lands byte for byte, with nothing left beside it (WAL header or not)
+    for image in (good, empty_image({"k": "v"})):
+        assert restore_snapshot_from(path, streaming(image)) is True
+        assert Path(path).read_bytes() == image
+        assert sorted(os.listdir(tmp_path)) == ["i.sqlite"]
+    assert RealDirVFS.restore_from(str(tmp_path / "root"), streaming(good)) is True
+    assert len(os.listdir(tmp_path / "root")) == 20
+    assert sorted(os.listdir(tmp_path)) == ["i.sqlite", "root", "root.meta.json"]
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "memory", "realdir"])
