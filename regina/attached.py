@@ -10,10 +10,31 @@ from regina.definitions import AgentDefinition
 from regina.fencing import Fence
 from regina.fifo_lock import FifoLock
 from regina.journal import JournalVFS
+from regina.runs.stream import RunPublisher
 from regina.runtime.session import Session
 from regina.runtime.sink import RunProgress
 from regina.runtime.tools.merge import InstanceTools
 from regina.runtime.tools.runner import ToolRunner
+
+
+@dataclass
+class FailedStep:
+    """A step that failed here, as its run's failed end needs it (regina/host.py `end_failed`)."""
+
+    run_id: str
+    #: What the run had spent (the tokens of its completed model calls, earlier attempts'
+    #: included): its failed end's usage.
+    progress: RunProgress
+    #: The step's publisher: the events it published and did not write go out before the error.
+    publisher: RunPublisher
+    _unwritten: list[tuple[int, str]] | None = None
+
+    def unwritten(self) -> list[tuple[int, str]]:
+        """Those events, taken from the publisher once: a second report of the end (the first
+        failed) still has them, and no late send of the publisher writes them as well."""
+        if self._unwritten is None:
+            self._unwritten = self.publisher.take_unwritten()
+        return self._unwritten
 
 
 @dataclass
@@ -42,6 +63,5 @@ class Active:
     last_touch: float = 0.0
     #: The running run, for the `delegate` tool.
     run_id: str = ""
-    #: The run whose step failed last here and what it had spent (`RunProgress`, the tokens of its
-    #: completed model calls, earlier attempts' included): its failed end's usage (regina/host.py).
-    failed: tuple[str, RunProgress] | None = None
+    #: The step that failed last here, until its run's failed end is written (regina/host.py).
+    failed: FailedStep | None = None

@@ -18,7 +18,7 @@ from typing import Any, cast
 import redis
 
 from regina import activation, keys, local_copies, metrics
-from regina.attached import Active
+from regina.attached import Active, FailedStep
 from regina.backups import Backups, Snapshot
 from regina.config import Settings
 from regina.definitions import AgentDefinition
@@ -65,6 +65,18 @@ def step_error(exc: BaseException) -> str:
     if isinstance(exc, ReginaError):
         return exc.message
     return f"internal error: {exc.__class__.__name__} (details in the worker log)"
+
+
+def _failed_usage(failed: FailedStep | None, recorded: str | None) -> Usage:
+    """What a failed run spent: the progress its attempts recorded on its record (`spent`, as the
+    lost-run sweep counts it), or what its step that failed here (`failed`) had spent when that is
+    more (a model call completed since the last record: a one-step chat records none)."""
+    spent = RunProgress.decode(recorded or "").usage
+    if failed is not None:
+        here = failed.progress.usage
+        if here.prompt_tokens + here.completion_tokens > spent.prompt_tokens + spent.completion_tokens:
+            return here
+    return spent
 
 
 class InstanceHost:
@@ -322,10 +334,13 @@ class InstanceHost:
         back to the owner's queue). An instance whose record is gone ends its run unfenced.
 
         The run's usage is what it spent (`_failed_usage`): the finish script adds it to the
-        instance's usage, once (a run ends once), so `maxTokensPerInstance` counts it. The
-        steering the run took (its steering journal) and never saved to its transcript goes back
-        to the instance in that script (`_unsaved_steering`), for its next run: once, and only if
-        this ends the run."""
+        instance's usage, once (a run ends once), so `maxTokensPerInstance` counts it. The events
+        its step published and did not write (a sync chat's wait for the run's end) go before the
+        error, so its followers see what the step did. The steering the run took (its steering
+        journal) and never saved to its transcript goes back to the instance in that script
+        (`_unsaved_steering`), for its next run: once, and only if this ends the run. What the
+        failed step left here (`Active.failed`) is kept until the end is written: a second report
+        of the end, after the first one failed, still has it."""
         act = self.active.get(instance_id)
         epoch = act.epoch if act is not None else None
         if epoch is None:
@@ -336,18 +351,23 @@ class InstanceHost:
                         f"instance {instance_id} is held by {rec.member or 'no member'}, not {self.member_id}"
                     )
                 epoch = rec.epoch
+        failed = act.failed if act is not None and act.failed is not None and act.failed.run_id == run_id else None
         pipe = self.r.pipeline(transaction=False)
         pipe.hget(keys.run_record(run_id), "spent")
         pipe.lrange(keys.run_steered(run_id), 0, -1)
         spent, taken = cast(tuple[str | None, list[str]], pipe.execute())
-        usage = self._failed_usage(act, run_id, spent)
+        usage = _failed_usage(failed, spent)
         give_back = self._unsaved_steering(act, run_id, taken)
         publisher = RunPublisher(self.r, run_id, instance_id, self.settings.run_retention, epoch=epoch)
+        if failed is not None:
+            publisher.adopt(failed.unwritten())
         if act is not None and isinstance(act.vfs, JournalVFS):
             # Its transcript's last changes go with the end: what `_unsaved_steering` read as
             # saved is in Redis, not only in this worker's copy.
             publisher.journal = act.vfs
         publisher.publish({"type": "error", "error": error, "usage": usage.as_dict()}, give_back=give_back)
+        if act is not None and act.failed is failed:
+            act.failed = None
         if give_back:
             log.warning("run %s failed: %d steering message(s) it took go back to its instance", run_id, len(give_back))
 
@@ -365,18 +385,6 @@ class InstanceHost:
         if history is None:
             return taken
         return encode_all(not_saved(decode_all(taken), history, run_id))
-
-    def _failed_usage(self, act: Active | None, run_id: str, recorded: str | None) -> Usage:
-        """What a failed run spent: the progress its attempts recorded on its record (`spent`,
-        as the lost-run sweep counts it), or what its step that failed here had spent when that
-        is more (a model call completed since the last record: a one-step chat records none)."""
-        spent = RunProgress.decode(recorded or "").usage
-        if act is not None and act.failed is not None and act.failed[0] == run_id:
-            here = act.failed[1].usage
-            act.failed = None
-            if here.prompt_tokens + here.completion_tokens > spent.prompt_tokens + spent.completion_tokens:
-                return here
-        return spent
 
     # -- the consumer's take of a step (workers/transport.py, `StepStarts`) -------------------
 

@@ -22,7 +22,7 @@ from typing import Any
 import redis
 
 from regina import activation
-from regina.attached import Active
+from regina.attached import Active, FailedStep
 from regina.clock import redis_now
 from regina.config import Settings
 from regina.durable_run import DurableRun
@@ -148,9 +148,10 @@ class StepRunner:
         try:
             watch.result = run_turn(spec, act.session, message, ctx)
         except BaseException:
-            # Its failed end counts what it spent and gives back the steering it took and never
+            # Its failed end counts what it spent, writes the events it published and did not
+            # write (a sync chat's are buffered) and gives back the steering it took and never
             # saved (regina/host.py `end_failed`).
-            act.failed = (run_id, ctx.progress)
+            act.failed = FailedStep(run_id, ctx.progress, publisher)
             raise
         finally:
             ctx.stop_clock()

@@ -408,6 +408,27 @@ class RunPublisher:
                     journal.give_back(entries)
                 raise
 
+    def take_unwritten(self) -> list[tuple[int, str]]:
+        """The events published and not written yet, as (seq, JSON), taken: the run's failed end
+        writes them before its error (`adopt`). A send in flight ends first; a later one finds
+        nothing left to send."""
+        with self._send_lock, self._list_lock:
+            taken, self._pending = self._pending, []
+        return taken
+
+    def adopt(self, events: Sequence[tuple[int, str]]) -> None:
+        """Write `events` (`take_unwritten` of the run's step that failed) with the next terminal
+        event, before it: a buffered run's followers see what its step did, not its error alone.
+        Those at or below the stream's last seq are in it already (a write whose reply was lost);
+        none after a gap (a batch a failed send dropped), so that the seqs stay 1, 2, 3…"""
+        for seq, payload in events:
+            if seq <= self.seq:
+                continue
+            if seq != self.seq + 1:
+                break
+            self._pending.append((seq, payload))
+            self.seq = seq
+
     def finish_unless_steered(
         self, event: dict[str, Any], steering_key: str, seen: int, progress: str = ""
     ) -> list[str]:

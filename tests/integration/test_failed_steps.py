@@ -26,7 +26,7 @@ from regina import keys
 from regina.runs.context import _HEARTBEAT
 from regina.runs.steering import encode
 from regina.runs.store import _TAKE
-from regina.runs.stream import RunPublisher
+from regina.runs.stream import _WRITE_PENDING, RunPublisher
 from regina.runtime.sink import Steer
 from tests.harness.clusters import private_cluster
 from tests.harness.fake_llm import FakeLLM, Reply, ToolCall
@@ -39,6 +39,8 @@ from tests.integration.test_api import spawn
 #: tool step, and the run's heartbeat after a model call (at most once a second).
 TAKE_SHA = hashlib.sha1(_TAKE.encode()).hexdigest().encode()
 HEARTBEAT_SHA = hashlib.sha1(_HEARTBEAT.encode()).hexdigest().encode()
+#: And the step boundary's write of a buffered run's events (regina/durable_run.py).
+WRITE_PENDING_SHA = hashlib.sha1(_WRITE_PENDING.encode()).hexdigest().encode()
 
 
 class Failing:
@@ -56,7 +58,7 @@ def failing(fake_llm: FakeLLM) -> Iterator[Failing]:
             LossyProxy(str(upstream.hostname), int(upstream.port or 6379)) as proxy,
             redis.Redis.from_url(c.redis_url, decode_responses=True) as r,
         ):
-            for source in (_TAKE, _HEARTBEAT):  # their EVALSHA runs (no NOSCRIPT reply to lose)
+            for source in (_TAKE, _HEARTBEAT, _WRITE_PENDING):  # their EVALSHA runs (no NOSCRIPT reply to lose)
                 r.script_load(source)
             c.start_worker(env={"REDIS_URL": proxy.url})
             c.start_web()
@@ -120,6 +122,49 @@ def _events(api: httpx.Client, run_id: str) -> list[dict[str, object]]:
     return [json.loads(line) for line in api.get(f"/runs/{run_id}/events").text.splitlines() if line]
 
 
+def test_a_failed_sync_step_publishes_the_events_it_had_buffered_before_its_error(
+    failing: Failing, fake_llm: FakeLLM
+) -> None:
+    """A sync chat buffers its events until the run's end; a step that failed ended its run with
+    the error alone, so `GET /runs/<id>/events` never showed what the model had answered."""
+    # Given a sync chat whose model answers (its delta and step-finish buffered), slowly enough
+    # that the run's heartbeat is due right after
+    api = failing.api
+    iid = spawn(api)
+    fake_llm.push_for("tell then fail", Reply(text="what I said", usage=(40, 10), delay=1.2))
+    # When Redis fails that heartbeat (twice: the step fails before its end)
+    failing.proxy.lose_reply_to(HEARTBEAT_SHA, times=2)
+    resp = api.post(f"/instances/{iid}/chat", json={"message": "tell then fail"})
+    assert failing.proxy.lost.is_set(), "the proxy lost no reply"
+    assert resp.status_code == 200 and resp.json()["finishReason"] == "error", resp.text
+
+    # Then the run's events are the step's, in order, and then its error
+    events = _events(api, resp.json()["runId"])
+    assert [e["type"] for e in events] == ["text-delta", "step-finish", "error"], events
+    assert [e["seq"] for e in events] == [1, 2, 3]
+    assert events[0]["textDelta"] == "what I said"
+    assert events[1]["usage"] == _usage(prompt=40, completion=10)
+
+
+def test_a_failed_sync_step_writes_events_a_lost_reply_wrote_already_once(failing: Failing, fake_llm: FakeLLM) -> None:
+    """The step boundary's write of a buffered run's events ran though its reply was lost: the
+    failed end writes its error after them, and none of them twice."""
+    # Given a sync chat whose first step runs a tool
+    api = failing.api
+    iid = spawn(api)
+    fake_llm.push_for("write then fail", Reply(tool_calls=[ToolCall("write_file", {"path": "/w.txt", "content": "x"})]))
+    # When Redis runs the step boundary's write (the tool step's events) but loses its reply twice
+    failing.proxy.lose_reply_to(WRITE_PENDING_SHA, times=2)
+    resp = api.post(f"/instances/{iid}/chat", json={"message": "write then fail"})
+    assert failing.proxy.lost.is_set(), "the proxy lost no reply"
+    assert resp.status_code == 200 and resp.json()["finishReason"] == "error", resp.text
+
+    # Then the run's stream holds each of the step's events once, then the error
+    events = _events(api, resp.json()["runId"])
+    assert [e["type"] for e in events] == ["tool-call", "tool-result", "step-finish", "error"], events
+    assert [e["seq"] for e in events] == [1, 2, 3, 4]
+
+
 def test_a_steer_the_failed_step_took_is_applied_by_the_instance_s_next_run(
     failing: Failing, fake_llm: FakeLLM
 ) -> None:
@@ -170,3 +215,34 @@ def test_a_failed_end_reported_twice_gives_the_steering_back_once(redis_server: 
         assert r.hget(keys.run_record(run_id), "status") == "failed"
         assert [json.loads(f["e"])["type"] for _id, f in r.xrange(keys.run_events(run_id))] == ["error"]
         r.delete(*[keys.instance_record(iid), keys.steering(iid), keys.run_record(run_id), keys.run_events(run_id)])
+
+
+def test_a_failed_end_writes_the_unwritten_events_that_continue_the_stream(redis_server: RedisServer) -> None:
+    """`RunPublisher.adopt`: of a failed step's unwritten events, those in the stream already are
+    not written again, and none after a gap (a batch a failed send dropped): seqs stay 1, 2, 3…"""
+    with redis.Redis.from_url(redis_server.url, decode_responses=True) as r:
+        iid, run_id = f"openai-agent-{secrets.token_hex(8)}", f"run-{secrets.token_hex(10)}"
+        r.hset(keys.instance_record(iid), mapping={"status": "started", "epoch": "1"})
+        r.hset(keys.run_record(run_id), mapping={"instanceId": iid, "status": "running"})
+        # Given a failed step's deltas: 1-2 in the stream, and unwritten as its publisher knows
+        # 2 (written by a write whose reply was lost), 3 and 5 (4 went in a batch a send dropped)
+        step = RunPublisher(r, run_id, iid, 60, seq=0, buffered=True, epoch=1)
+        for n in range(1, 6):
+            step.publish({"type": "text-delta", "textDelta": f"d{n}"})
+        unwritten = step.take_unwritten()
+        r.xadd(keys.run_events(run_id), {"e": unwritten[0][1]}, id="0-1")
+        r.xadd(keys.run_events(run_id), {"e": unwritten[1][1]}, id="0-2")
+        # When the run's failed end adopts them
+        end = RunPublisher(r, run_id, iid, 60, epoch=1)
+        end.adopt([e for e in unwritten if e[0] != 4][1:])
+        end.publish({"type": "error", "error": "internal error: ConnectionError (details in the worker log)"})
+        # Then the stream goes on at 3 and ends with the error at 4
+        events = [json.loads(f["e"]) for _id, f in r.xrange(keys.run_events(run_id))]
+        assert [(e["type"], e["seq"]) for e in events] == [
+            ("text-delta", 1),
+            ("text-delta", 2),
+            ("text-delta", 3),
+            ("error", 4),
+        ]
+        assert step.take_unwritten() == []
+        r.delete(keys.instance_record(iid), keys.run_record(run_id), keys.run_events(run_id))
