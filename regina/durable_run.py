@@ -16,7 +16,11 @@ On top of `regina.run_watch.WatchedRun` (a `RunContext`: events, steering, heart
   answered 202) see each step as it ends;
 - the run's progress (the steps and tokens of its completed model calls, `RunProgress`) goes in
   its record with those flushes when it changed: a step redelivered after this worker died goes
-  on counting its budgets from there, and its usage includes what this attempt spent;
+  on counting its budgets from there, and its usage includes what this attempt spent. Every model
+  answer is recorded by the step's first write after it: the flush before its first tool call; for
+  a streamed step without tools its `step-finish`, written with the journal (the answer) and the
+  progress in one script; for a sync one the heartbeat after the model call (`_HEARTBEAT`, when
+  it is due), else the run's end. Only a worker dying between the answer and that write loses it;
 - steering drains (in their take script) and the heartbeat check the owner's epoch (fencing.py);
   run events are fenced by the publisher itself.
 
@@ -39,7 +43,6 @@ class DurableRun(WatchedRun):
     fence: Fence
     flush: Callable[[bool, str], None]
     _tools_ran = False  # a tool ran since the last flush
-    _recorded = ""  # the progress the last flush recorded
 
     def bind(self, fence: Fence, flush: Callable[[bool, str], None]) -> DurableRun:
         """Attach the owner's fence and its journal flush (`flush(before_tool, progress)`, a fence
@@ -59,7 +62,7 @@ class DurableRun(WatchedRun):
         self.touch_gate = fenced_gate
         return self
 
-    def emit(self, event: Event) -> None:
+    def emit(self, event: Event, hold: bool = False) -> None:
         if isinstance(event, ToolCallEvent):
             self._tools_ran = True
             self._flush_with_progress(True)
@@ -72,6 +75,15 @@ class DurableRun(WatchedRun):
                 self._flush_with_progress(False, with_events=True)
                 return
             self._flush_with_progress(False)
+        elif event.type == "step-finish" and not self.publisher.buffered:
+            # A streamed step that ran no tool: its step-finish, written now anyway, is the step's
+            # first write since the model answered. The answer (the journal) and the run's
+            # progress ride on it: a worker that dies before the run's end leaves the answer saved
+            # and its tokens recorded (the redelivered step finishes with it), not an answer
+            # asked again while the first one, billed, counts nowhere.
+            super().emit(event, hold=True)
+            self._flush_with_progress(False, with_events=True)
+            return
         elif event.type == "steer-applied":
             # The message is in the transcript before its receipt is told: a step redelivered after
             # this worker died finds it saved and neither applies it nor announces it again (it
@@ -82,20 +94,18 @@ class DurableRun(WatchedRun):
                 self.publisher.write_pending()
                 return
             self.flush(False, "")
-        super().emit(event)  # a terminal event's script ships the journal itself (runs/stream.py)
+        super().emit(event, hold)  # a terminal event's script ships the journal itself (runs/stream.py)
 
     def _flush_with_progress(self, before_tool: bool, with_events: bool = False) -> None:
-        """Flush, recording the run's progress with it when it changed since the last flush;
-        `with_events`: the buffered events go out in the same script (a buffered run)."""
-        progress = self.progress.encode() if self.progress.steps else ""
-        if progress == self._recorded:
-            progress = ""
+        """Flush, recording the run's progress with it when it changed since it was last
+        recorded; `with_events`: the events waiting in the publisher go out in the same script."""
+        progress = self.unrecorded_progress()
         if with_events:
             self.publisher.write_pending(progress)
         else:
             self.flush(before_tool, progress)
         if progress:
-            self._recorded = progress
+            self.recorded_progress = progress
 
     def steering_epoch(self) -> int | None:
         """The take script checks the epoch: a stale owner takes nothing (StaleEpoch)."""

@@ -121,7 +121,7 @@ class WatchedRun(RunContext):
 
     watch: RunWatch | None = None
 
-    def emit(self, event: Event) -> None:
+    def emit(self, event: Event, hold: bool = False) -> None:
         if self.watch is not None:
             self.watch.see(event)
-        super().emit(event)
+        super().emit(event, hold)

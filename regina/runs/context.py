@@ -25,12 +25,20 @@ from regina.runs.stream import RunPublisher
 from regina.runtime.events import Event, Finish, event_to_dict
 from regina.runtime.sink import BUDGET, CANCELLED, Budget, CancelToken, RunProgress, Steer
 
-# KEYS: run record, instance record. Reset the idle timer of an existing instance (never creates
-# a record) and return 1 if the run is flagged for cancel.
+# KEYS: run record, instance record. ARGV: the run's progress (`RunProgress.encode`, '' = none),
+# the owner's epoch ('' = unfenced). Reset the idle timer of an existing instance (never creates
+# a record), record the progress on the running run (`spent`) while the epoch is current, and
+# return 1 if the run is flagged for cancel. The heartbeat follows each model call: its tokens
+# are recorded here when it is the step's first write since the model answered (a sync chat's
+# step without tools), not only with the run's end, which a worker that dies first never writes.
 _HEARTBEAT = (
     LUA_TOUCH_EXISTING
     + """
 touch_existing(KEYS[2])
+if ARGV[1] ~= '' and (ARGV[2] == '' or redis.call('HGET', KEYS[2], 'epoch') == ARGV[2])
+    and redis.call('HGET', KEYS[1], 'status') == 'running' then
+  redis.call('HSET', KEYS[1], 'spent', ARGV[1])
+end
 return redis.call('HEXISTS', KEYS[1], 'cancel')
 """
 )
@@ -74,6 +82,8 @@ class RunContext:
         self.budget = budget
         #: What the run did so far (its crashed attempts' part included), kept by the loop.
         self.progress = progress or RunProgress()
+        #: The progress last recorded on the run's record (`spent`): its earlier attempts'.
+        self.recorded_progress = self.progress.encode()
         self.cancel = CancelToken()
         self._first: list[list[Steer]] = [first_steering]
         # Entries of the run's steering journal this step has had (its start's take and earlier
@@ -88,8 +98,9 @@ class RunContext:
         self.touch_gate: Callable[[], bool] = self._own_gate
         self._clock: threading.Timer | None = None
 
-    def emit(self, event: Event) -> None:
-        self.publisher.publish(event_to_dict(event))
+    def emit(self, event: Event, hold: bool = False) -> None:
+        """Publish `event`; `hold`: kept for the publisher's next write also in a streamed run."""
+        self.publisher.publish(event_to_dict(event), hold=hold)
 
     def drain_steering(self) -> list[Steer]:
         if self._first:
@@ -101,7 +112,7 @@ class RunContext:
         return taken
 
     def steering_epoch(self) -> int | None:
-        """The owner's epoch steering is taken under (None: unfenced)."""
+        """The owner's epoch steering is taken and progress recorded under (None: unfenced)."""
         return None
 
     def finish_unless_steered(self, final: Finish) -> list[Steer]:
@@ -113,11 +124,25 @@ class RunContext:
         return decode_all(taken)
 
     def heartbeat(self) -> None:
-        """Reset the idle timer at most once a second, and look for a cancel flag meanwhile."""
+        """Reset the idle timer at most once a second, and look for a cancel flag meanwhile; the
+        run's progress goes in the same write when it changed (see `_HEARTBEAT`)."""
         if not self.touch_gate():
             return
-        if self._heartbeat(keys=[keys.run_record(cast(str, self.run_id)), keys.instance_record(self.instance_id)]):
+        progress = self.unrecorded_progress()
+        epoch = self.steering_epoch()
+        run_keys = [keys.run_record(cast(str, self.run_id)), keys.instance_record(self.instance_id)]
+        if self._heartbeat(keys=run_keys, args=[progress, "" if epoch is None else str(epoch)]):
             self.cancel.cancel(CANCELLED)
+        if progress:
+            self.recorded_progress = progress
+
+    def unrecorded_progress(self) -> str:
+        """The run's `RunProgress.encode()` when it changed since it was last recorded, else ''."""
+        progress = self.progress
+        if not (progress.steps or progress.usage.prompt_tokens or progress.usage.completion_tokens):
+            return ""
+        encoded = progress.encode()
+        return "" if encoded == self.recorded_progress else encoded
 
     def _own_gate(self) -> bool:
         now = time.monotonic()

@@ -442,12 +442,13 @@ class RunPublisher:
         """
         return self._finish(event, steering_key, seen, progress)
 
-    def publish(self, event: dict[str, Any], give_back: Sequence[str] = ()) -> int:
+    def publish(self, event: dict[str, Any], give_back: Sequence[str] = (), hold: bool = False) -> int:
         """Append an event, stamped with `seq` and `runId`; returns its seq. `give_back` (a
         terminal event's): encoded steering entries the run took and never saved to its
         transcript; they go back to the head of the instance's steering list, for its next run,
         in the script that ends the run — not when the run had ended already (its end reported
-        twice, its instance deleted): given back once."""
+        twice, its instance deleted): given back once. `hold`: a streamed run's event waits, as a
+        buffered run's do, for the caller's `write_pending` (behind the deltas still waiting)."""
         if self._sender_failed is not None:
             raise self._sender_failed
         if event.get("type") in TERMINAL:
@@ -457,6 +458,9 @@ class RunPublisher:
         payload = self._payload(event, self.seq)
         if self.buffered:
             self._pending.append((self.seq, payload))
+        elif hold:
+            with self._list_lock:
+                self._pending.append((self.seq, payload))
         elif self.batch_window is not None and event.get("type") == "text-delta":
             with self._list_lock:
                 self._pending.append((self.seq, payload))

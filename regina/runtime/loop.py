@@ -27,7 +27,9 @@ Failures never raise out of `run_turn`:
 
 A run redelivered after its worker died starts from the sink's `progress` (the steps and tokens
 its crashed attempt recorded): they count against `max_steps` and the token budgets and are part
-of the usage it reports. The loop updates `progress` after every model call.
+of the usage it reports. The loop updates `progress` after every model call, compaction summaries
+included, and calls `heartbeat()` after a summary too (the worker's sink records the progress
+with it).
 
 Reaching `max_steps` while the model still wants tools: the tools of the last step have run and
 their results are persisted (the transcript is valid), no further model call is made, and the
@@ -322,7 +324,13 @@ def _compacted(
         _maybe_compact(turn, spec.compaction, summarize)
     except RunCancelled as exc:  # cancelled (or out of time) while the model wrote the summary
         return exc.reason, exc.message
-    return _stop_reason(turn.sink, _plus(total, spent)) if len(spent) > summaries else None
+    if len(spent) == summaries:
+        return None
+    # The summary was billed: in the run's progress now, recorded by the heartbeat (when due)
+    # before the step's own model call, during which the worker may die.
+    turn.sink.progress.usage = _plus(total, spent)
+    turn.sink.heartbeat()
+    return _stop_reason(turn.sink, _plus(total, spent))
 
 
 def _current_tools(spec: TurnSpec, schemas: list[dict[str, Any]]) -> tuple[TurnSpec, list[dict[str, Any]]]:

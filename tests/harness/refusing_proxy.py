@@ -5,6 +5,10 @@ on; the client's connection is cut instead — what a client sees when Redis or 
 just as it writes that command. redis-py reconnects and sends it once more, which is refused the
 same way, so the call fails: Redis failing twice in a row for exactly the writes a test picks
 (other commands, the same client's included, pass). `allow()` disarms it.
+
+`hold(*markers)`: the next such command is not passed on either, but its connection stays open:
+the client waits for a reply that never comes (`held` is set) — the moment a test kills it in,
+after every write before that command and before that one.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ class RefusingProxy(TcpProxy):
         self._markers: tuple[bytes, ...] = ()
         #: Commands refused so far.
         self.refused = 0
+        self._hold: tuple[bytes, ...] = ()
+        #: Set once a command was held.
+        self.held = threading.Event()
 
     @property
     def url(self) -> str:
@@ -35,18 +42,30 @@ class RefusingProxy(TcpProxy):
         with self._lock:
             self._markers = ()
 
+    def hold(self, *markers: bytes) -> None:
+        """Hold the next command holding all of `markers` (see the module docstring)."""
+        with self._lock:
+            self._hold = markers
+            self.held.clear()
+
     def relay(self, client: socket.socket, server: socket.socket) -> None:
         threading.Thread(target=self._up, args=(client, server), daemon=True).start()
         threading.Thread(target=self._down, args=(server, client), daemon=True).start()
 
     def _up(self, client: socket.socket, server: socket.socket) -> None:
+        holding = False
         for data in chunks(client):
             with self._lock:
                 refused = bool(self._markers) and all(m in data for m in self._markers)
                 if refused:
                     self.refused += 1
+                if self._hold and all(m in data for m in self._hold):
+                    self._hold, holding = (), True
+                    self.held.set()
             if refused:
                 break
+            if holding:  # this command and whatever follows it on the connection go nowhere
+                continue
             try:
                 server.sendall(data)
             except OSError:

@@ -11,19 +11,26 @@ the fake LLM scripting usage exactly.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
+import hashlib
+import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import httpx
 import pytest
 import redis
 
 from regina import keys
+from regina.runs.stream import _FINISH
 from tests.harness.fake_llm import FakeLLM, Reply, ToolCall
 from tests.harness.processes import Cluster, Proc
+from tests.harness.refusing_proxy import RefusingProxy
 from tests.harness.scenarios import backed_up_instance
+from tests.harness.waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.chaos]
 
@@ -158,6 +165,34 @@ def test_a_redelivered_run_counts_max_seconds_per_run_from_its_first_start(
     assert body["usage"] == {"promptTokens": 10, "completionTokens": 1}
 
 
+def test_a_compaction_summary_made_before_the_crash_counts_with_the_one_made_again(
+    make_cluster: Callable[..., Cluster], fake_llm: FakeLLM, tmp_path: Path
+) -> None:
+    """A summary's tokens were recorded only with the step's next write, after the step's own model
+    call: a worker killed during that call left the summary (billed) counted nowhere."""
+    # Given compaction at every chat, and a summary that takes over a second (a heartbeat is due)
+    c = _started(make_cluster, tmp_path, REGINA_COMPACTION__THRESHOLD="5", REGINA_COMPACTION__KEEP_LAST_N="1")
+    with httpx.Client(base_url=c.web.url, timeout=90) as api:
+        iid, victim, _ = backed_up_instance(c, api)
+        usage_before = _usage(api, iid)
+        summary = Reply(text="the summary so far", usage=(100, 10), delay=1.2)
+        fake_llm.push_for("You compress conversations", summary, summary)
+        fake_llm.push_for(MARK, Reply(text="never seen", delay=3.0), Reply(text="done", usage=(20, 5)))
+        # When the worker is killed during the step's model call, after the summary
+        body, run_id, record, _ = _kill_during_call(c, api, iid, victim, fake_llm, calls=2)
+
+        # Then the summary was recorded before the kill
+        assert record.get("spent") == "0 100 10", record
+        # ... and the run counts it with the summary and the answer its redelivery made
+        assert body["text"] == "done" and _calls(fake_llm) == 2, body
+        assert body["usage"] == {"promptTokens": 220, "completionTokens": 25}
+        assert api.get(f"/runs/{run_id}").json()["usage"] == body["usage"]
+        assert _usage(api, iid) == {
+            "promptTokens": usage_before["promptTokens"] + 220,
+            "completionTokens": usage_before["completionTokens"] + 25,
+        }
+
+
 def test_a_run_delivered_more_than_max_run_deliveries_times_ends_failed(
     make_cluster: Callable[..., Cluster], fake_llm: FakeLLM, tmp_path: Path
 ) -> None:
@@ -185,3 +220,98 @@ def test_a_run_delivered_more_than_max_run_deliveries_times_ends_failed(
         assert len(calls) == 1 and calls == [m["tool_call_id"] for m in msgs if m["role"] == "tool"], msgs
         fake_llm.push_for("after", Reply(text="fine"))
         assert api.post(f"/instances/{iid}/chat", json={"message": "after"}).json()["text"] == "fine"
+
+
+# -- a model answer the worker got and died with, before the run's end ---------------------------
+
+FINISH_SHA = hashlib.sha1(_FINISH.encode()).hexdigest().encode()
+
+
+@contextlib.contextmanager
+def _victim_behind_a_proxy(
+    make_cluster: Callable[..., Cluster], tmp_path: Path
+) -> Iterator[tuple[httpx.Client, str, Proc, RefusingProxy]]:
+    """(a client of the web, an instance chatted once and backed up, the worker holding it — its
+    Redis behind a proxy that can hold a command — and that proxy); a second worker takes over."""
+    c = make_cluster(REGINA_STORAGE__TYPE="fs", REGINA_STORAGE__BASE_PATH=str(tmp_path / "b"))
+    upstream = urlparse(c.redis_url)
+    with (
+        RefusingProxy(str(upstream.hostname), int(upstream.port or 6379)) as proxy,
+        redis.Redis.from_url(c.redis_url, decode_responses=True) as r,
+    ):
+        r.script_load(_FINISH)  # its EVALSHA carries the marker (no NOSCRIPT, then EVAL)
+        victim = c.start_worker(env={"REDIS_URL": proxy.url})
+        c.start_web()
+        with httpx.Client(base_url=c.web.url, timeout=90) as api:
+            iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
+            assert api.post(f"/instances/{iid}/chat", json={"message": "before"}).status_code == 200
+            assert api.post(f"/instances/{iid}/suspend").status_code == 204
+            assert api.post(f"/instances/{iid}/resume").status_code == 204
+            assert api.get(f"/instances/{iid}").json()["member"] == victim.member_id
+            c.start_worker()
+            yield api, iid, victim, proxy
+
+
+def _kill_before_the_end(api: httpx.Client, iid: str, victim: Proc, proxy: RefusingProxy, path: str) -> httpx.Response:
+    """Chat MARK on `path` and kill the victim once the model answered and the run's end (its
+    finish script) is on its way to Redis: everything the step wrote before is in Redis."""
+    proxy.hold(FINISH_SHA, iid.encode())
+    with cf.ThreadPoolExecutor(1) as pool:
+        chat = pool.submit(api.post, f"/instances/{iid}/{path}", json={"message": MARK})
+        wait_until(proxy.held.is_set, timeout=20, what="the run's end to be held")
+        victim.kill()
+        resp = chat.result(90)
+    assert resp.status_code == 200, resp.text
+    return resp
+
+
+def test_a_streamed_answer_its_worker_died_with_before_the_run_s_end_is_kept_and_counted_once(
+    make_cluster: Callable[..., Cluster], fake_llm: FakeLLM, tmp_path: Path
+) -> None:
+    """The answer and its tokens were written only by the run's end: a worker that died before it
+    had the model asked again, and the first answer's tokens (billed) counted nowhere."""
+    with _victim_behind_a_proxy(make_cluster, tmp_path) as (api, iid, victim, proxy):
+        usage_before = _usage(api, iid)
+        # Given a streamed chat whose model answers (30 + 7 tokens) slowly enough for a heartbeat
+        fake_llm.push_for(MARK, Reply(text="the first answer", usage=(30, 7), delay=1.2), Reply(text="again"))
+        # When its worker dies after the model answered, with the run's end on its way
+        resp = _kill_before_the_end(api, iid, victim, proxy, "chat/stream")
+
+        # Then the redelivered step finishes with the answer the model gave, not asking again
+        events = [json.loads(line) for line in resp.text.splitlines() if line]
+        assert events[-1]["type"] == "finish", events
+        assert events[-1]["text"] == "the first answer", events[-1]
+        assert _calls(fake_llm) == 1
+        # ... and its tokens count, once
+        assert events[-1]["usage"] == {"promptTokens": 30, "completionTokens": 7}
+        assert api.get(f"/runs/{events[-1]['runId']}").json()["usage"] == events[-1]["usage"]
+        assert _usage(api, iid) == {
+            "promptTokens": usage_before["promptTokens"] + 30,
+            "completionTokens": usage_before["completionTokens"] + 7,
+        }
+        assert [m["content"] for m in api.get(f"/instances/{iid}/messages").json()][-2:] == [MARK, "the first answer"]
+
+
+def test_a_sync_answer_its_worker_died_with_before_the_run_s_end_counts_with_the_answer_asked_again(
+    make_cluster: Callable[..., Cluster], fake_llm: FakeLLM, tmp_path: Path
+) -> None:
+    """A sync chat's answer is saved with the run's end; its tokens are recorded before (with the
+    heartbeat that follows the model call): asked again, both answers were billed and count."""
+    with _victim_behind_a_proxy(make_cluster, tmp_path) as (api, iid, victim, proxy):
+        usage_before = _usage(api, iid)
+        # Given a sync chat whose model answers (30 + 7 tokens) slowly enough for a heartbeat
+        fake_llm.push_for(
+            MARK, Reply(text="the first answer", usage=(30, 7), delay=1.2), Reply(text="asked again", usage=(20, 5))
+        )
+        # When its worker dies after the model answered, with the run's end on its way
+        body = _kill_before_the_end(api, iid, victim, proxy, "chat").json()
+
+        # Then the redelivered step asks the model again, and the run counts both calls
+        assert body["text"] == "asked again", body
+        assert _calls(fake_llm) == 2
+        assert body["usage"] == {"promptTokens": 50, "completionTokens": 12}
+        assert api.get(f"/runs/{body['runId']}").json()["usage"] == body["usage"]
+        assert _usage(api, iid) == {
+            "promptTokens": usage_before["promptTokens"] + 50,
+            "completionTokens": usage_before["completionTokens"] + 12,
+        }
