@@ -31,7 +31,10 @@ How it is found (one member per `memberHeartbeat`, from the worker's orphan loop
 The end is one script: the run's `error` event at its next seq (its followers and streams end
 with it), status `failed`, `finishReason` `error` and the error in the record, the run out of its
 instance's open runs; a run that never started lets go of its Idempotency-Key (the key's retry
-does the work, as when the web could not queue the step). The script writes nothing when the run
+does the work, as when the web could not queue the step); the steering messages a running run
+took and never applied (`unapplied_steering`: those after its last `steer-applied` receipt) go
+back to the head of its instance's steering list, so the instance's next run applies them
+(SPEC §12), as a failed run's end gives back what it took. The script writes nothing when the run
 ended or moved on meanwhile, so a step that comes back after all finds its run ended and is
 dropped (`regina/step.py`), as a redelivered step of an ended run always is.
 
@@ -63,6 +66,7 @@ from regina import keys
 from regina.clock import redis_now
 from regina.cluster.membership import held_runs, live_members
 from regina.redis_conn import script
+from regina.runs.steering import decode
 
 log = logging.getLogger("regina.runs")
 
@@ -81,14 +85,16 @@ redis.call('HSET', KEYS[1], 'lostAt', ARGV[1])
 return 1
 """
 
-# KEYS: run record, run events, instance runs, open runs index, instance record. ARGV: now,
-# retention, runId, the mark the sweep confirmed, the error event's JSON up to its seq, its JSON
-# after the seq (ending in `}`), the error, the status the sweep read. Ends the run `failed` with
-# its error event at the stream's next seq, only while it is open, in that status, and marked as
-# the sweep read it; the tokens its attempts recorded (`spent`, regina/runs/store.py) are the
-# run's usage, in its event and record, and are added to the instance's usage (nothing else ever
-# will); a run that never started lets go of its Idempotency-Key (the key's record still naming
-# it). An ended run only leaves the index. Returns 1 if it ended it.
+# KEYS: run record, run events, instance runs, open runs index, instance record, instance
+# steering list. ARGV: now, retention, runId, the mark the sweep confirmed, the error event's JSON
+# up to its seq, its JSON after the seq (ending in `}`), the error, the status the sweep read, then
+# the steering entries to give back. Ends the run `failed` with its error event at the stream's
+# next seq, only while it is open, in that status, and marked as the sweep read it; the tokens its
+# attempts recorded (`spent`, regina/runs/store.py) are the run's usage, in its event and record,
+# and are added to the instance's usage (nothing else ever will); a run that never started lets go
+# of its Idempotency-Key (the key's record still naming it); the steering entries go back to the
+# head of the instance's steering list, oldest first, while the instance exists (as the finish
+# script gives back a failed run's). An ended run only leaves the index. Returns 1 if it ended it.
 _END_LOST = """
 local rec = redis.call('HMGET', KEYS[1], 'status', 'lostAt', 'keep', 'idem', 'spent')
 if rec[1] ~= 'queued' and rec[1] ~= 'running' then
@@ -122,8 +128,14 @@ if rec[1] == 'queued' and rec[4] then
   local tail = ' ' .. ARGV[3]
   if claim and string.sub(claim, -#tail) == tail then redis.call('DEL', rec[4]) end
 end
+if #ARGV > 8 and redis.call('EXISTS', KEYS[5]) == 1 then
+  for i = #ARGV, 9, -1 do redis.call('LPUSH', KEYS[6], ARGV[i]) end
+end
 return 1
 """
+
+#: Events read per round trip while looking for a run's last `steer-applied` receipt.
+RECEIPT_PAGE = 200
 
 
 def lost_error(status: str, lost_after: float) -> str:
@@ -256,6 +268,7 @@ def _end(
     error = lost_error(status, lost_after)
     head = '{"type":"error","error":' + json.dumps(error) + ',"seq":'
     tail = f',"runId":"{run_id}"}}'
+    give_back = unapplied_steering(client, run_id) if status == "running" else []  # a queued run took none
     done = int(
         script(client, _END_LOST)(
             keys=[
@@ -264,15 +277,53 @@ def _end(
                 keys.instance_runs(instance_id),
                 keys.RUNS_OPEN,
                 keys.instance_record(instance_id),
+                keys.steering(instance_id),
             ],
-            args=[repr(now), str(int(retention)), run_id, mark, head, tail, error, status],
+            args=[repr(now), str(int(retention)), run_id, mark, head, tail, error, status, *give_back],
         )
     )
     if done:
         log.warning(
-            "run %s of instance %s ended failed: lost (%s, held by no worker, no step queued)",
+            "run %s of instance %s ended failed: lost (%s, held by no worker, no step queued)%s",
             run_id,
             instance_id,
             status,
+            f"; {len(give_back)} steering message(s) it took go back to its instance" if give_back else "",
         )
     return done
+
+
+def unapplied_steering(client: redis.Redis, run_id: str) -> list[str]:
+    """The entries of the run's steering journal its conversation never got, for its instance's
+    next run (SPEC §12: steering survives a worker crash; one that reached no run is applied at
+    the next run's first step boundary).
+
+    A run applies what it takes in the order it took it, and publishes a `steer-applied` receipt
+    once a message is in its conversation (its transcript shipped first, or with the receipt): the
+    entries after the one of its last receipt never got there; all of them when it has none. The
+    sweep has no transcript to look at, so an entry a step saved and then failed to write the
+    receipt of (Redis failing in that very write) goes back too: applied twice rather than lost,
+    as `InstanceHost.end_failed` gives all back when the transcript is not at hand."""
+    taken = cast(list[str], client.lrange(keys.run_steered(run_id), 0, -1))
+    if not taken:
+        return []
+    last = _last_receipt(client, run_id)
+    ids = [decode(entry).steer_id for entry in taken]
+    if last is None or last not in ids:
+        return taken
+    return taken[len(ids) - ids[::-1].index(last) :]
+
+
+def _last_receipt(client: redis.Redis, run_id: str) -> str | None:
+    """The steerId of the run's last `steer-applied` event (None: none), read from the end."""
+    key, upper = keys.run_events(run_id), "+"
+    while True:
+        page = cast(list[tuple[str, dict[str, str]]], client.xrevrange(key, max=upper, min="-", count=RECEIPT_PAGE))
+        for _entry_id, fields in page:
+            if '"steer-applied"' in fields["e"]:
+                event = json.loads(fields["e"])
+                if event.get("type") == "steer-applied":
+                    return str(event.get("steerId", ""))
+        if len(page) < RECEIPT_PAGE:
+            return None
+        upper = "(" + page[-1][0]

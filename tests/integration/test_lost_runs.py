@@ -26,8 +26,9 @@ from regina import keys
 from regina.clock import redis_now
 from regina.instances import InstanceStore
 from regina.runs.lost import sweep_lost_runs
+from regina.runs.steering import encode, new_steer
 from regina.runs.store import RunStore
-from regina.runs.stream import _FINISH
+from regina.runs.stream import _FINISH, RunPublisher
 from tests.harness.fake_llm import FakeLLM, Reply
 from tests.harness.processes import Cluster
 from tests.harness.redis_server import RedisServer
@@ -152,6 +153,65 @@ def test_a_step_whose_error_could_not_be_written_ends_its_run_failed(
             nxt = api.post(f"/instances/{iid}/chat", json={"message": "again", "whenBusy": "reject"})
             assert nxt.status_code == 200 and nxt.json()["text"] == "back", nxt.text
             pool.shutdown()
+
+
+def test_the_steering_a_lost_run_took_is_applied_by_the_instance_s_next_run(
+    lossy: tuple[Cluster, httpx.Client, redis.Redis], fake_llm: FakeLLM
+) -> None:
+    """The sweep ended a run that had taken steering messages (its step's start moved them into
+    the run's steering journal) and left them there: they were never applied, without a trace."""
+    # Given a suspended instance with two steers waiting
+    c, api, r = lossy
+    iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
+    assert api.post(f"/instances/{iid}/chat", json={"message": "hello"}).status_code == 200
+    assert api.post(f"/instances/{iid}/suspend").status_code == 204
+    receipts = [api.post(f"/instances/{iid}/steer", json={"message": m}).json()["steerId"] for m in ("left", "right")]
+    # When a run takes them at its step's start and nothing runs it any more (a web killed before
+    # it queued the step; a worker that started it and stopped, as `RunStore.begin` does)
+    run_id = open_run_and_stop(coordinator(c.redis_url, AGENTS), iid, "lost with steering")
+    epoch = int(r.hget(keys.instance_record(iid), "epoch") or 0)
+    assert RunStore(r).begin(iid, run_id, epoch).kind == "run"
+    assert r.llen(keys.steering(iid)) == 0 and r.llen(keys.run_steered(run_id)) == 2
+    wait_until(lambda: _status(api, run_id) == "failed", timeout=ENDS_WITHIN, what="the lost run to end")
+
+    # Then they wait for the instance again, and its next run applies them with their receipts
+    fake_llm.push_for("next one", Reply(text="steered"))
+    nxt = api.post(f"/instances/{iid}/chat", json={"message": "next one"})
+    assert nxt.status_code == 200 and nxt.json()["text"] == "steered", nxt.text
+    events = [json.loads(line) for line in api.get(f"/runs/{nxt.json()['runId']}/events").text.splitlines()]
+    assert [e["steerId"] for e in events if e["type"] == "steer-applied"] == receipts
+    users = [m["content"] for m in api.get(f"/instances/{iid}/messages").json() if m["role"] == "user"]
+    assert users[-3:] == ["left", "right", "next one"], users
+
+
+def test_a_lost_run_gives_back_only_the_steering_after_its_last_receipt() -> None:
+    """A run applies what it takes in the order it took it, with a `steer-applied` receipt once
+    the message is in its conversation: what follows its last receipt never got there. Those go
+    back to the head of the instance's steering list, before the steers sent since, once."""
+    with RedisServer() as server, redis.Redis.from_url(server.url, decode_responses=True) as r:
+        (run_id,) = _lost_runs(r, 1, "s")
+        iid = str(r.hget(keys.run_record(run_id), "instanceId"))
+        epoch = int(r.hget(keys.instance_record(iid), "epoch") or 0)
+        runs = RunStore(r)
+        # Given a run that took three steers, applied the first and then was lost
+        taken = [new_steer("one"), new_steer("two"), new_steer("three")]
+        for steer in taken:
+            assert runs.steer(iid, steer)[0] == "ok"
+        assert runs.begin(iid, run_id, epoch).kind == "run"
+        publisher = RunPublisher(r, run_id, iid, 60, epoch=epoch)
+        publisher.publish({"type": "steer-applied", "steerId": taken[0].steer_id, "message": "one"})
+        publisher.publish({"type": "text-delta", "textDelta": "thinking"})
+        later = new_steer("sent since")
+        assert runs.steer(iid, later)[0] == "ok"
+        # When the sweep ends it (marked, then confirmed), and runs again
+        time.sleep(0.05)
+        assert _sweep(r, 0.1)[0] == 0
+        time.sleep(0.2)
+        assert _sweep(r, 0.1)[0] == 1
+        assert _sweep(r, 0.1)[0] == 0
+        # Then the steers it never applied wait first, in their order, once
+        assert r.lrange(keys.steering(iid), 0, -1) == [encode(taken[1]), encode(taken[2]), encode(later)]
+        assert r.hget(keys.run_record(run_id), "status") == "failed"
 
 
 def test_a_slow_run_and_the_run_queued_behind_it_are_never_taken_for_lost(
