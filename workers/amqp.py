@@ -26,6 +26,12 @@ Redis one. What differs, and why the rest of Regina does not notice:
   otherwise leave one per restart).
 - **Commands** (a member's queue) are transient: a request whose sender waits for the answer is
   not worth a disk write (`AmqpDispatcher.send_command`). Steps are persistent.
+- **A claim whose attach never came.** On Redis the claim (a spawn's create) pushes the attach
+  in the same script; here the coordinator publishes it after the claim, and one that dies in
+  between (or whose publish fails, or whose transient attach a RabbitMQ restart drops) leaves the
+  instance `started` on a member that never heard of it. The member's heartbeat finds such a
+  claim in its held index, unattached at two beats in a row, and sends itself the attach
+  (regina/cluster/unattached.py, `_attach_unattached` in workers/signals.py).
 - **A dead worker's steps.** Steps are acknowledged late (`acks_late`); when a worker's
   connection closes, RabbitMQ itself puts its unacknowledged steps back, at their place in their
   queues — at once after a kill (the kernel closes the socket), after about two consumer

@@ -24,6 +24,7 @@ from gevent import monkey
 from regina import keys
 from regina.cluster.membership import Membership
 from regina.cluster.orphans import build_indexes, release_previous_incarnation, sweep_orphans
+from regina.cluster.unattached import UnattachedClaims
 from regina.ids import new_token
 from regina.local_copies import remove_stale_copies
 from regina.metrics import (
@@ -174,6 +175,8 @@ def _heartbeat_loop(membership: Membership) -> None:
     ctx = context()
     sweep_copies = False  # taken for dead and back: local copies to check (until that succeeds)
     outage = Outage("membership renewal", log)
+    amqp_broker = isinstance(ctx.dispatcher, amqp.AmqpDispatcher)
+    unattached = UnattachedClaims(ctx.client, ctx.member_id) if amqp_broker else None
     while True:
         gevent.sleep(ctx.settings.member_heartbeat)
         if _state["stopping"]:
@@ -185,7 +188,7 @@ def _heartbeat_loop(membership: Membership) -> None:
             # Instances that moved while this worker was cut off or paused: let go of them (below),
             # and put back no ready entries for their new owner's steps.
             stale = ctx.host.stale_instances()
-            if rejoined and not isinstance(ctx.dispatcher, amqp.AmqpDispatcher):
+            if rejoined and not amqp_broker:
                 moved = {iid for iid, _epoch in stale}
                 queues = [keys.instance_queue(iid) for iid in list(ctx.host.active) if iid not in moved]
                 put_back = rekick(ctx.client, keys.member_ready(ctx.member_id), queues)
@@ -200,6 +203,8 @@ def _heartbeat_loop(membership: Membership) -> None:
             for iid, epoch in stale:
                 log.warning("instance %s moved on from epoch %d: releasing it", iid, epoch)
                 ctx.dispatcher.send_command(ctx.member_id, "release", {"instanceId": iid, "epoch": epoch}, None)
+            if unattached is not None:
+                _attach_unattached(ctx, unattached, {iid for iid, _epoch in stale})
             outage.ok()
         except Exception as exc:
             outage.failed(exc)
@@ -212,6 +217,25 @@ def _heartbeat_loop(membership: Membership) -> None:
                 sweep_copies = False
             except Exception:
                 log.exception("removing stale local copies failed; tried again at the next heartbeat")
+
+
+def _attach_unattached(ctx: Any, claims: UnattachedClaims, moved: set[str]) -> None:
+    """RabbitMQ: send this member the attach of each instance claimed for it whose coordinator
+    never published one (died between its claim and the publish: regina/cluster/unattached.py),
+    as that coordinator would have; left so, the instance stayed `started` here and its chats
+    queued steps nobody consumed until they timed out. On Redis the claim pushes the attach itself."""
+    here = {iid for iid in list(ctx.host.active) if iid not in moved} | set(ctx.host.loading)
+    for claim in claims.due(here):
+        log.warning(
+            "instance %s: claimed for %s at epoch %d and never attached (its coordinator is gone?): attaching it",
+            claim.instance_id,
+            ctx.member_id,
+            claim.epoch,
+        )
+        payload: dict[str, Any] = {"instanceId": claim.instance_id, "epoch": claim.epoch}
+        if claim.never_attached:
+            payload["spawnOf"] = claim.definition_id  # its queue is created with the attach's publish
+        ctx.dispatcher.send_command(ctx.member_id, "attach", payload, None)
 
 
 def _leaving_heartbeat(membership: Membership, outage: Outage) -> None:

@@ -12,9 +12,11 @@ import concurrent.futures as cf
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -174,6 +176,56 @@ def test_a_spawn_no_worker_answers_leaves_no_queue(fake_llm: FakeLLM) -> None:
         c.kill()  # its Redis and vhost go next (a graceful stop of the worker just woken took ~30 s)
         server.close()
         vhost.close()
+
+
+@contextmanager
+def silent_broker() -> Iterator[str]:
+    """An amqp:// URL of a port that accepts connections and never answers: a process publishing
+    there waits (and retries) for as long as it lives, nothing it sends reaches RabbitMQ."""
+    with socket.create_server(("127.0.0.1", 0), backlog=64) as listener:
+        yield f"amqp://guest:guest@127.0.0.1:{listener.getsockname()[1]}/silent"
+
+
+@pytest.mark.parametrize("call", ["spawn", "resume"])
+def test_an_instance_claimed_by_a_web_killed_before_its_attach_is_attached_by_its_member(
+    mq: Cluster, rabbit: RabbitVhost, api: httpx.Client, call: str
+) -> None:
+    """Regression: on RabbitMQ the coordinator publishes the attach after its claim (on Redis the
+    claim pushes it); a coordinator killed in between left the instance `started` on a live
+    member that never heard of it, and its chats queued steps nobody consumed until they timed out."""
+    client = redis.Redis.from_url(mq.redis_url, decode_responses=True)
+    before = set(client.zrange(keys.INSTANCES, 0, -1))
+    iid = ""
+    if call == "resume":
+        iid = spawn(api)
+        assert api.post(f"/instances/{iid}/chat", json={"message": "before"}).status_code == 200
+        assert api.post(f"/instances/{iid}/suspend").status_code == 204
+        epoch = int(client.hget(keys.instance_record(iid), "epoch") or 0)
+    # Given a web whose publishes never reach RabbitMQ
+    with silent_broker() as url, cf.ThreadPoolExecutor(1) as pool:
+        web = mq.start_web(env={"REGINA_BROKER": url})
+        # When it claims the instance (a spawn's create, a resume's claim) and is killed with its
+        # attach not published
+        path = f"/instances/{iid}/resume" if call == "resume" else "/agents/openai-agent/instances"
+        pool.submit(httpx.post, web.url + path, timeout=30)  # never answered
+        if call == "resume":
+            wait_until(lambda: client.hget(keys.instance_record(iid), "epoch") == str(epoch + 1), timeout=10)
+        else:
+            wait_until(lambda: set(client.zrange(keys.INSTANCES, 0, -1)) - before, timeout=10)
+            (iid,) = set(client.zrange(keys.INSTANCES, 0, -1)) - before
+        web.kill_group()
+    rec = client.hgetall(keys.instance_record(iid))
+    assert rec["status"] == "started"
+
+    # Then its member attaches it by itself, without a request timing out: it consumes the
+    # instance's queue (made by that attach for a spawn) and a chat is answered at once, there
+    wait_until(lambda: rabbit.queue(_queue(iid)) == (0, 1), timeout=10, what="the member to attach the claim")
+    resp = api.post(f"/instances/{iid}/chat", json={"message": "after"}, timeout=10)
+    assert resp.status_code == 200 and resp.json()["text"] == "echo: after"
+    assert api.get(f"/instances/{iid}").json()["member"] == rec["member"]
+    earlier = ["before", "echo: before"] if call == "resume" else []
+    assert _contents(api, iid) == [*earlier, "after", "echo: after"]
+    client.close()
 
 
 def test_a_burst_of_spawns_is_attached_every_one(rabbit: RabbitVhost, api: httpx.Client) -> None:
