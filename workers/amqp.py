@@ -3,12 +3,14 @@
 Everything broker-specific of the RabbitMQ deployment is here; `workers/transport.py` is the
 Redis one. What differs, and why the rest of Regina does not notice:
 
-- **Consuming.** A worker consumes each instance queue it holds with `basic.consume` on its one
-  consumer channel (`_consume_queue` in workers/command_strategy.py, run in the consumer loop by the attach command);
+- **Consuming.** A worker consumes each instance queue it holds with `basic.consume` on Celery's
+  task channel (`_consume_queue` in workers/command_strategy.py, run in the consumer loop by the attach command);
   RabbitMQ pushes each step to the queue's consumer, so a step costs the same whatever the
   number of queues a worker consumes (no BRPOP, no ready list). Celery sets the prefetch limit
   channel-wide (RabbitMQ's `global` QoS): at most `concurrency` steps are delivered and not yet
-  acknowledged, as on Redis; the host's per-instance FIFO runs them in delivery order.
+  acknowledged, as on Redis; the host's per-instance FIFO runs them in delivery order. The
+  member's command queue is consumed on a second channel with a prefetch of its own
+  (workers/amqp_consumer.py): an attach never waits behind `concurrency` long steps.
 - **Queues.** An instance queue is durable, on the default exchange (no exchange or binding per
   instance), and lives until DELETE deletes it. The web creates it with the spawn's attach: it
   declares it without waiting (`nowait`) on the channel that then publishes the attach, and

@@ -39,12 +39,15 @@ from regina.outage import Outage
 from regina.runs.lost import sweep_lost_runs
 from regina.runtime.models.setup import preload_litellm
 from regina.runtime.tools.process import resident_bytes
-from workers import amqp
+from workers import amqp, amqp_consumer
+from workers.celery_app import app
 from workers.context import context, current, init_context
 from workers.step_strategy import flush_task_events, held_runs
 from workers.transport import configure_worker, rekick
 
 log = logging.getLogger("regina.worker")
+
+amqp_consumer.install(app)  # before the worker builds its consumer (this module is imported first)
 
 _state: dict[str, Any] = {"stopping": False, "greenlets": []}
 #: Orphan sweeps under way (not asleep): the shutdown waits for these (see _shutdown).
@@ -116,7 +119,8 @@ def _set_up(member_id: str, instance: Any) -> None:
     # An earlier process under this member id left names of queues this one does not consume yet.
     ctx.client.delete(keys.member_ready(member_id))
     if isinstance(ctx.dispatcher, amqp.AmqpDispatcher):
-        instance.app.amqp.queues.select_add(amqp.member_queue(member_id))
+        # Consumed on a channel of its own, not Celery's task channel (workers/amqp_consumer.py).
+        instance.app.amqp.queues.deselect(keys.member_queue(member_id))
     else:
         instance.app.amqp.queues.select_add(keys.member_queue(member_id))
     log.info("member %s (vfs %s, storage %s)", member_id, ctx.settings.vfs_dir, ctx.settings.storage.type or "none")

@@ -238,6 +238,40 @@ def test_a_burst_of_spawns_is_attached_every_one(rabbit: RabbitVhost, api: httpx
         assert rabbit.queue(_queue(resp.json()["instanceId"])) == (0, 1)
 
 
+def test_a_spawn_is_attached_while_long_steps_fill_its_worker(rabbit: RabbitVhost, fake_llm: FakeLLM) -> None:
+    """Regression: commands shared Celery's channel-wide prefetch limit with steps; with
+    `concurrency` long steps running, RabbitMQ delivered a spawn's attach only once one of them
+    ended, and the spawn failed with a 503 (workerReplyTimeout 5 s, steps of 12 s)."""
+    server = RedisServer().start()
+    env = {"REGINA_BROKER": rabbit.url, "REGINA_CONCURRENCY": "2", "REGINA_LIMITS__WORKER_REPLY_TIMEOUT": "5"}
+    c = Cluster(server.url, fake_llm.url, env_overrides=env)
+    try:
+        c.start(workers=1)
+        with httpx.Client(base_url=c.web.url, timeout=60) as api, cf.ThreadPoolExecutor(3) as pool:
+            # Given a worker of concurrency 2 running two long steps
+            busy = [spawn(api), spawn(api)]
+            fake_llm.push_for("long", Reply(text="long done", delay=12.0), Reply(text="long done", delay=12.0))
+            long = [pool.submit(api.post, f"/instances/{iid}/chat", json={"message": "long"}) for iid in busy]
+            fake_llm.wait_for_requests(2, timeout=15)
+
+            # When an instance is spawned there
+            resp = api.post("/agents/openai-agent/instances")
+
+            # Then its attach did not wait for them
+            assert resp.status_code == 201, resp.text
+            assert not any(f.done() for f in long)
+            # and steps keep their limit: the new instance's first step waits on its queue
+            iid = resp.json()["instanceId"]
+            later = pool.submit(api.post, f"/instances/{iid}/chat", json={"message": "later"})
+            wait_until(lambda: rabbit.queue(_queue(iid)) == (1, 1), timeout=10, what="the step to wait on its queue")
+            assert len(fake_llm.requests) == 2 and not any(f.done() for f in long)
+            assert [f.result(30).json()["text"] for f in long] == ["long done", "long done"]
+            assert later.result(30).json()["text"] == "echo: later"
+    finally:
+        c.kill()
+        server.close()
+
+
 def test_steps_of_one_instance_run_in_arrival_order(mq: Cluster, api: httpx.Client, fake_llm: FakeLLM) -> None:
     iid = spawn(api)
     fake_llm.push_for("first", Reply(text="first done", delay=1.5))
