@@ -326,6 +326,14 @@ class InstanceStore:
             )
         )
 
+    def is_held_by(self, instance_id: str, member: str, epoch: int | None = None) -> bool:
+        """The instance exists, is `member`'s (at `epoch`, when given) and is not being deleted."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hmget(keys.instance_record(instance_id), ["member", "epoch"])
+        pipe.exists(keys.deleting(instance_id))
+        (owner, current), deleting = pipe.execute()
+        return bool(owner == member and not deleting and (epoch is None or current == str(epoch)))
+
     def fenced_set(self, instance_id: str, epoch: int, **fields: str | int | float) -> bool:
         """Set fields only while `epoch` is current; False means the caller lost the instance."""
         args: list[str] = [str(epoch)]

@@ -16,12 +16,13 @@ Redis one. What differs, and why the rest of Regina does not notice:
   declares it without waiting (`nowait`) on the channel that then publishes the attach, and
   RabbitMQ confirms the publish only after the declare before it on that channel. Creating a
   durable queue costs RabbitMQ ~2 ms (2.3 ms p50, 7.8 ms p90 at load 5): done so by as many web
-  requests as run at once, not one after the other in the worker's consumer loop. Every attach
-  declares the queue again (cheap for a queue that exists) and starts consuming it, neither
-  waiting for an answer: the consumer loop waits for none per attach (a declare or consume
-  RabbitMQ refuses closes the channel, which Celery handles as a lost connection, as when it
-  was waited for). So a step is only ever published to an existing queue: the web publishes
-  after `ensure_active`, i.e. after an attach. Publishes wait for RabbitMQ's confirm
+  requests as run at once, not one after the other in the worker's consumer loop. A worker
+  never creates one: an attach checks that the queue exists (a passive declare on a probe
+  channel, the one answer the consumer loop waits for per attach) and consumes it without
+  waiting; one missing fails the attach (its instance was deleted: a late attach must not make
+  its queue again), and a reconnect consumes again only the queues that still exist
+  (workers/amqp_consumer.py). So a step is only ever published to an existing queue: the web
+  publishes after `ensure_active`, i.e. after an attach. Publishes wait for RabbitMQ's confirm
   (`confirm_publish`); steps are `mandatory`, so one to a queue missing after all comes back and
   fails its chat (`AmqpDispatcher.enqueue_step`). A member's command queue is on the default exchange too and expires
   `MEMBER_QUEUE_EXPIRES` after its worker stopped consuming it (a member id per process would
@@ -44,7 +45,8 @@ Redis one. What differs, and why the rest of Regina does not notice:
 - **A queue deleted under its consumer** (DELETE while a stale owner still consumes it): RabbitMQ
   cancels the consumer. py-amqp raises `ConsumerCancelled` for a consumer without a cancel
   callback, which Celery handles as a lost connection (every step in flight requeued). The
-  channel below drops the consumer and logs instead.
+  worker forgets the queue (`_cancelled` in workers/amqp_consumer.py), and the channel below
+  drops any other cancelled consumer and logs.
 """
 
 from __future__ import annotations
@@ -118,25 +120,11 @@ ANON = Exchange("")
 TRANSIENT = 1
 
 
-def declare_instance_queue(channel: Any, name: str) -> None:
-    """Declare an instance queue without waiting for RabbitMQ's answer: durable, not exclusive or
-    auto-deleted, no arguments (as Celery's `Queues` makes a missing queue, so the web's and the
-    worker's declares agree). A failing declare closes the channel: the next call waiting for an
-    answer on it raises."""
-    channel.queue_declare(queue=name, durable=True, exclusive=False, auto_delete=False, nowait=True)
-
-
-def add_instance_queue(task_consumer: Any, queue: Queue) -> Any:
-    """kombu's `Consumer.add_queue` for an instance queue: declares it (`declare_instance_queue`)
-    and nothing else. Celery's `Queues` gives a queue on the anonymous exchange its default
-    exchange instead, and kombu then declared that exchange and bound the queue to it (two more
-    answers waited for, a durable binding per instance that nothing routes through). Returns the
-    queue bound to the consumer's channel; consuming it is the caller's."""
-    queue.exchange = ANON
-    bound = queue(task_consumer.channel)
-    declare_instance_queue(bound.channel, bound.name)
-    task_consumer._queues[bound.name] = bound
-    return bound
+def declare_instance_queue(channel: Any, name: str, wait: bool = False) -> None:
+    """Declare an instance queue, by default without waiting for RabbitMQ's answer: durable, not
+    exclusive or auto-deleted, no arguments (as Celery's `Queues` makes a missing queue). A
+    failing declare closes the channel: the next call waiting for an answer on it raises."""
+    channel.queue_declare(queue=name, durable=True, exclusive=False, auto_delete=False, nowait=not wait)
 
 
 def _returns(channel: Any) -> list[str]:

@@ -21,8 +21,10 @@ from typing import Any
 import gevent
 
 from regina import keys
+from regina.host import NotHere
+from workers.amqp import AmqpDispatcher
 from workers.amqp import Channel as AmqpChannel
-from workers.amqp import add_instance_queue
+from workers.amqp_consumer import consume_instance_queue, ensure_queue, release_instance_queue
 from workers.context import WorkerContext, context
 from workers.transport import Channel, fresh_queue
 
@@ -43,8 +45,15 @@ def _answer(
         ctx.reply(token, {"ok": True, "data": result})
 
 
+def _on_rabbitmq(consumer: Any) -> bool:
+    return isinstance(consumer.task_consumer.channel, AmqpChannel)
+
+
 def _release_queue(consumer: Any, queue: str) -> None:
     """Stop consuming a queue and forget it (Celery keeps every queue ever added otherwise)."""
+    if _on_rabbitmq(consumer):
+        release_instance_queue(consumer, queue)
+        return
     consumer.cancel_task_queue(queue)
     consumer.app.amqp.queues.pop(queue, None)
 
@@ -53,7 +62,11 @@ def _consume_queue(consumer: Any, queue: str) -> None:
     """Celery's `Consumer.add_task_queue` without its O(queues) part: after adding a queue it
     calls kombu's `consume()`, which walks every queue the worker consumes (a spawn cost 30 ms at
     10 000 attached instances, docs/benchmarks.md); this starts consuming the one queue added,
-    without declaring it on Redis."""
+    without declaring it on Redis. On RabbitMQ: the queue, checked to exist by the caller
+    (`ensure_queue`), is consumed without a declare (workers/amqp_consumer.py)."""
+    if _on_rabbitmq(consumer):
+        consume_instance_queue(consumer, queue)
+        return
     cset = consumer.task_consumer
     queues = consumer.app.amqp.queues
     if queue in queues:  # `in`, not a lookup: the mapping creates missing queues (Celery #1079)
@@ -63,13 +76,10 @@ def _consume_queue(consumer: Any, queue: str) -> None:
     if isinstance(cset.channel, Channel):
         # On Redis a queue is a list: declaring it was an LLEN and binding it to Celery's default
         # exchange an SADD that nothing reads (steps go through the anonymous exchange), two
-        # MULTIs per attach. RabbitMQ needs its queues declared.
+        # MULTIs per attach.
         q.no_declare = True
     if not cset.consuming_from(queue):
-        amqp = isinstance(cset.channel, AmqpChannel)
-        # RabbitMQ: declared and consumed without waiting for an answer (workers/amqp.py).
-        bound = add_instance_queue(cset, q) if amqp else cset.add_queue(q)
-        cset._basic_consume(bound, no_ack=cset.no_ack, nowait=amqp)
+        cset._basic_consume(cset.add_queue(q), no_ack=cset.no_ack, nowait=False)
 
 
 def command_strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Callable[..., None]:
@@ -116,7 +126,8 @@ def _handle_command(consumer: Any, message: Any, body: Any) -> None:
     elif name == "consume":
         # An instance a failed suspend left here: its steps are taken again (kicked: those that
         # waited meanwhile too).
-        if iid in host.active:
+        act = host.active.get(iid)
+        if act is not None and (not _on_rabbitmq(consumer) or ensure_queue(consumer, iid, act.epoch)):
             _consume_queue(consumer, queue)
         ctx.reply(token, {"ok": True, "data": {}})
     elif name == "delete":
@@ -149,8 +160,15 @@ def _attach(ctx: WorkerContext, consumer: Any, iid: str, payload: dict[str, Any]
             # Stop consuming through the consumer loop: this greenlet must not use the
             # consumer's connection (on RabbitMQ a cancel waits for the broker's answer).
             ctx.dispatcher.send_command(ctx.member_id, "release", {"instanceId": iid}, None)
+            _purge_if_deleted(ctx, iid)
             raise
 
+    if _on_rabbitmq(consumer) and not ensure_queue(consumer, iid, int(payload["epoch"])):
+        # A late attach: its instance was deleted meanwhile (a spawn its coordinator gave up on,
+        # too). Consumed, the missing queue would close the task channel; declared, the deleted
+        # instance's queue would be made again, for good.
+        gevent.spawn(_answer, ctx, token, functools.partial(_no_queue, iid))
+        return
     if spawn_of is None and iid not in host.active and iid not in host.loading:
         _restore_taken(ctx, iid)
     host.begin_attach(iid)
@@ -159,6 +177,22 @@ def _attach(ctx: WorkerContext, consumer: Any, iid: str, payload: dict[str, Any]
     with fresh_queue(queue) if spawn_of else nullcontext():
         _consume_queue(consumer, queue)
     gevent.spawn(_answer, ctx, token, attach, True)  # the attach's last write answers
+
+
+def _no_queue(iid: str) -> dict[str, Any]:
+    raise NotHere(f"instance {iid!r} has no queue on RabbitMQ: it was deleted; not attached")
+
+
+def _purge_if_deleted(ctx: WorkerContext, iid: str) -> None:
+    """RabbitMQ: delete the queue of an instance deleted while it was attached here. A spawn's
+    publish (the member's own for a claim whose attach never came, regina/cluster/unattached.py)
+    that read the record before a DELETE made the queue again after the DELETE's purge."""
+    if not isinstance(ctx.dispatcher, AmqpDispatcher) or ctx.client.exists(keys.instance_record(iid)):
+        return
+    try:
+        ctx.dispatcher.purge(iid)
+    except Exception:  # noqa: BLE001 - the attach's own error is what the caller hears
+        log.warning("instance %s: deleted while attaching; its queue not deleted", iid, exc_info=True)
 
 
 def _restore_taken(ctx: WorkerContext, iid: str) -> None:

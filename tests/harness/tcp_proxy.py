@@ -30,6 +30,12 @@ class TcpProxy:
         self.stop_accepting()
         close_all(*self._socks)
 
+    def drop_connections(self) -> None:
+        """Close every connection passed so far, and go on accepting new ones: what clients see
+        when the network drops their connections."""
+        socks, self._socks = self._socks, []
+        close_all(*socks)
+
     def stop_accepting(self) -> None:
         """Refuse new connections (shutdown wakes the thread blocked in accept; close alone would not)."""
         self._closed = True

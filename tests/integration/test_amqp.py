@@ -25,8 +25,12 @@ import redis
 from kombu import Connection as KombuConnection
 
 from regina import keys
+from tests.harness.delay_proxy import DelayProxy
 from tests.harness.fake_llm import FakeLLM, Reply
 from tests.harness.processes import ROOT, Cluster
+from tests.harness.rabbitmq import HOST as RABBIT_HOST
+from tests.harness.rabbitmq import PASSWORD as RABBIT_PASSWORD
+from tests.harness.rabbitmq import PORT as RABBIT_PORT
 from tests.harness.rabbitmq import USER as RABBIT_USER
 from tests.harness.rabbitmq import RabbitUnavailable, RabbitVhost
 from tests.harness.redis_server import RedisServer
@@ -153,8 +157,9 @@ def test_a_spawns_attach_is_published_after_its_queue_was_created(rabbit: Rabbit
 
 
 def test_a_spawn_no_worker_answers_leaves_no_queue(fake_llm: FakeLLM) -> None:
-    # The spawn's attach created the instance's queue (above); a spawn that fails (its worker
-    # is stopped and does not answer within workerReplyTimeout) deletes it with the record.
+    """The spawn's attach created the instance's queue (above); a spawn that fails (its worker
+    is stopped and does not answer within workerReplyTimeout) deletes it with the record.
+    Regression: the worker, woken, handled that attach late and declared the queue again."""
     vhost = RabbitVhost()
     server = RedisServer().start()
     env = {"REGINA_BROKER": vhost.url, "REGINA_LIMITS__WORKER_REPLY_TIMEOUT": "1"}
@@ -172,6 +177,9 @@ def test_a_spawn_no_worker_answers_leaves_no_queue(fake_llm: FakeLLM) -> None:
             assert [q for q in vhost.queues() if q.startswith("regina.i.")] == []
         finally:
             os.kill(worker.popen.pid, signal.SIGCONT)
+        # The worker, woken, handles the attach: it fails, and makes no queue again
+        wait_until(lambda: "command failed: " in worker.log(), timeout=30, what="the late attach to fail")
+        assert [q for q in vhost.queues() if q.startswith("regina.i.")] == []
     finally:
         c.kill()  # its Redis and vhost go next (a graceful stop of the worker just woken took ~30 s)
         server.close()
@@ -226,6 +234,47 @@ def test_an_instance_claimed_by_a_web_killed_before_its_attach_is_attached_by_it
     earlier = ["before", "echo: before"] if call == "resume" else []
     assert _contents(api, iid) == [*earlier, "after", "echo: after"]
     client.close()
+
+
+def test_a_worker_reconnecting_to_rabbitmq_brings_back_no_deleted_queue(rabbit: RabbitVhost, fake_llm: FakeLLM) -> None:
+    """Regression: after a reconnect Celery declared again every queue it had been told to
+    consume, creating anew, empty and for good, the queue of an instance deleted while the worker
+    was cut off from RabbitMQ, and of one deleted under its consumer (which RabbitMQ cancelled)."""
+    server = RedisServer().start()
+    env = {"REGINA_BROKER": rabbit.url, "REGINA_LIMITS__WORKER_REPLY_TIMEOUT": "3"}
+    c = Cluster(server.url, fake_llm.url, env_overrides=env)
+    try:
+        with DelayProxy(RABBIT_HOST, RABBIT_PORT) as proxy:
+            # Given a worker that reaches RabbitMQ through a proxy, with three instances
+            via_proxy = f"amqp://{RABBIT_USER}:{RABBIT_PASSWORD}@127.0.0.1:{proxy.port}/{rabbit.name}"
+            worker = c.start_worker(env={"REGINA_BROKER": via_proxy})
+            c.start_web()
+            with httpx.Client(base_url=c.web.url, timeout=60) as api:
+                kept, cancelled, deleted = spawn(api), spawn(api), spawn(api)
+                # and the queue of one deleted under its consumer (RabbitMQ cancels the consumer)
+                with KombuConnection(rabbit.url) as conn:
+                    conn.default_channel.queue_delete(queue=_queue(cancelled))
+                wait_until(lambda: "cancelled" in worker.log(), timeout=10, what="the cancel to reach the worker")
+
+                # When another is deleted while the worker is cut off from RabbitMQ (its owner does
+                # not answer the delete; the queue is deleted all the same), and the worker reconnects
+                proxy.down = True
+                proxy.drop_connections()
+                assert api.delete(f"/instances/{deleted}").status_code == 204
+                assert rabbit.queue(_queue(deleted)) is None
+                proxy.down = False
+                wait_until(lambda: rabbit.queue(_queue(kept)) == (0, 1), timeout=60, what="the worker to reconnect")
+
+                # Then neither queue is back, and the instance left is served as before
+                assert rabbit.queue(_queue(deleted)) is None
+                assert rabbit.queue(_queue(cancelled)) is None
+                assert api.post(f"/instances/{kept}/chat", json={"message": "still here"}).json()["text"] == (
+                    "echo: still here"
+                )
+                assert rabbit.queue(_queue(deleted)) is None
+    finally:
+        c.kill()
+        server.close()
 
 
 def test_a_burst_of_spawns_is_attached_every_one(rabbit: RabbitVhost, api: httpx.Client) -> None:
