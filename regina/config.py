@@ -114,7 +114,9 @@ class BudgetSettings(_Section):
     """Server-enforced limits of a run (SPEC §12); a definition's `budget` overrides each key.
 
     A run that would pass one ends with finishReason `budget` and a text naming it. Tokens are
-    checked before every model call; seconds also on the clock (the running call is cut short).
+    checked before every model call, whose answer is capped (the provider's max_tokens) to what
+    the tightest token budget leaves after the prompt's estimate, and after it; seconds also on
+    the clock (the running call is cut short).
     """
 
     max_tokens_per_run: int | None = Field(None, ge=1)

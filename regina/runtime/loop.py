@@ -43,6 +43,13 @@ step that had not run yet, so every tool call keeps its result. The turn then fi
 finishReason `cancelled` or `budget` (its text names the budget); steering not yet taken stays
 queued.
 
+Token budgets are also kept within a step: the model call's answer is capped (max_tokens) to
+what the tightest token budget leaves once the prompt (estimated as compaction does) is sent, no
+call is made when the estimate alone leaves nothing, and a step that went past a token budget, or
+whose answer the cap cut (`length`), ends the turn `budget` after its tools ran; an answer that
+ended the turn is saved and comes first in the finish text, before the note naming the budget.
+No token budget, no cap: the request is as it was.
+
 The loop reaches its run only through `RunSink` (events, steering, heartbeat, cancel, budget);
 what to run comes as a `TurnSpec`. Only the sink's own exceptions propagate; the transcript
 stays repairable in that case.
@@ -74,7 +81,7 @@ from regina.runtime.events import (
 )
 from regina.runtime.messages import Message, assistant, for_model, model_json, tool_call, tool_result, user
 from regina.runtime.session import Session
-from regina.runtime.sink import RunCancelled, RunSink, Steer
+from regina.runtime.sink import BUDGET, RunCancelled, RunSink, Steer
 from regina.runtime.tool_call import INLINE, BothInterrupters, error_result, limit_output, run_tool
 from regina.runtime.tools.base import Tool
 from regina.runtime.tools.runner import ToolRunner
@@ -182,6 +189,11 @@ class _Turn:
         return [*self.system, *self.model_msgs]
 
     @functools.cached_property
+    def system_chars(self) -> int:
+        """Characters of the system messages (part of every request's prompt)."""
+        return sum(message_chars(m) for m in self.system)
+
+    @functools.cached_property
     def system_encoded(self) -> list[bytes | None]:
         """`model_json` of the system messages, once per turn (they stay the same in every step)."""
         return [model_json(m) for m in self.system]
@@ -275,11 +287,11 @@ def _steps(turn: _Turn, spec: TurnSpec) -> TurnResult:
                 spec, schemas = _current_tools(spec, schemas)
         except RunCancelled as exc:
             return _stop(turn, (exc.reason, exc.message), text, _plus(total, spent), step - 1)
-        stop = _compacted(turn, spec, summarize, total, spent)
+        cap, stop = _prepare_call(turn, spec, summarize, total, spent)
         if stop is not None:
             return _stop(turn, stop, text, _plus(total, spent), step - 1)
         try:
-            text, calls, reason, step_usage = _call_model(turn, spec, schemas, spent)
+            text, calls, reason, step_usage = _call_model(turn, spec, schemas, spent, cap)
         except ModelError as exc:
             if sink.cancel.reason is not None:  # the interruption surfaced as a provider error
                 return _stop(turn, (sink.cancel.reason, sink.cancel.message), text, _plus(total, spent), step)
@@ -290,10 +302,12 @@ def _steps(turn: _Turn, spec: TurnSpec) -> TurnResult:
         total = total + step_usage
         progress.steps, progress.usage = step, _plus(total, spent)  # recorded with the step's next write
         turn.append(assistant(text, [tool_call(c.id, c.name, c.args) for c in calls]))
-        cancelled = _run_tools(turn, spec, calls)
+        stopped = _run_tools(turn, spec, calls)
         sink.emit(StepFinish(finish_reason=reason, usage=step_usage))
-        if cancelled is not None:
-            return _stop(turn, cancelled, text, _plus(total, spent), step)
+        # ... or a step past a token budget ends it (its answer is saved)
+        stopped = stopped or _passed(sink, _plus(total, spent), cap, reason)
+        if stopped is not None:
+            return _stop(turn, stopped, text, _plus(total, spent), step, "" if calls else text)
         sink.heartbeat()
         if step >= spec.max_steps:
             break
@@ -341,10 +355,52 @@ def _current_tools(spec: TurnSpec, schemas: list[dict[str, Any]]) -> tuple[TurnS
     return dataclasses.replace(spec, tools=fresh), [t.shared_schema() for t in fresh.values()]
 
 
+def _prepare_call(
+    turn: _Turn, spec: TurnSpec, summarize: Callable[[list[Message]], str], total: Usage, spent: list[Usage]
+) -> tuple[int | None, tuple[str, str] | None]:
+    """Compact the conversation when due, then size the model call (`_output_cap`): (its
+    max_tokens, the reason to stop instead of calling)."""
+    stop = _compacted(turn, spec, summarize, total, spent)
+    if stop is not None:
+        return None, stop
+    return _output_cap(turn, spec, _plus(total, spent))
+
+
+def _output_cap(turn: _Turn, spec: TurnSpec, used: Usage) -> tuple[int | None, tuple[str, str] | None]:
+    """(the next model call's max_tokens, the reason to stop instead of calling).
+
+    Under a token budget the answer may have what the tightest budget leaves once the prompt is
+    sent — the prompt estimated as compaction does, characters / 4, the system prompt included
+    (tool schemas are not: an underestimate, which `_passed` catches after the step). None as
+    max_tokens when no token budget applies, or when the model could not answer more anyway:
+    the request is then as it would be without a budget."""
+    budget = turn.sink.budget
+    run_tokens = used.prompt_tokens + used.completion_tokens
+    left = budget.tokens_left(run_tokens)
+    if left is None:
+        return None, None
+    prompt = (turn.chars + turn.system_chars) // 4
+    if left - prompt <= 0:
+        return None, (BUDGET, budget.exceeded(run_tokens, prompt) or "")
+    return model_api.output_cap(spec.target, left - prompt), None
+
+
+def _passed(sink: RunSink, used: Usage, cap: int | None, reason: str) -> tuple[str, str] | None:
+    """("budget", text) that ends the run after a step that went past a token budget, or whose
+    answer the budget's cap cut (finish reason `length` with a cap sent); None otherwise. A step
+    that used a budget up exactly with a whole answer has not passed it."""
+    run_tokens = used.prompt_tokens + used.completion_tokens
+    passed = sink.budget.passed(run_tokens)
+    if passed is None and cap is not None and reason == "length":
+        passed = sink.budget.answer_cut(run_tokens, cap)
+    return None if passed is None else (BUDGET, passed)
+
+
 def _call_model(
-    turn: _Turn, spec: TurnSpec, schemas: list[dict[str, Any]], spent: list[Usage]
+    turn: _Turn, spec: TurnSpec, schemas: list[dict[str, Any]], spent: list[Usage], cap: int | None = None
 ) -> tuple[str, list[model_api.ToolCallPart], str, Usage]:
-    """One model call, interruptible by a cancel: (text, tool calls, finish reason, usage).
+    """One model call, interruptible by a cancel: (text, tool calls, finish reason, usage);
+    `cap`: the answer's max_tokens (a token budget's, see `_output_cap`).
 
     A call cut short once the model had begun answering (a cancel, the budget's clock, a
     provider failing mid-stream) was billed but never told its usage: its estimate goes to
@@ -356,7 +412,8 @@ def _call_model(
     call = model_api.stream_completion if spec.stream else model_api.call_completion
     try:
         with sink.cancel.interruptible(sink.interrupter()):
-            for delta in call(spec.target, turn.request(), schemas, spec.temperature, encoded=turn.encoded()):
+            request, encoded = turn.request(), turn.encoded()
+            for delta in call(spec.target, request, schemas, spec.temperature, encoded=encoded, max_tokens=cap):
                 if isinstance(delta, model_api.TextPart):
                     parts.append(delta.text)
                     sink.emit(TextDelta(text_delta=delta.text))
@@ -433,13 +490,18 @@ def _stop_reason(sink: RunSink, used: Usage) -> tuple[str, str] | None:
     if sink.cancel.reason is not None:
         return sink.cancel.reason, sink.cancel.message
     exceeded = sink.budget.exceeded(used.prompt_tokens + used.completion_tokens)
-    return ("budget", exceeded) if exceeded else None
+    return (BUDGET, exceeded) if exceeded else None
 
 
-def _stop(turn: _Turn, stop: tuple[str, str], text: str, total: Usage, step: int) -> TurnResult:
-    """End the turn early (cancel or budget); steering not taken stays queued."""
+def _stop(turn: _Turn, stop: tuple[str, str], text: str, total: Usage, step: int, answer: str = "") -> TurnResult:
+    """End the turn early (cancel or budget); steering not taken stays queued.
+
+    A budget's text names the budget. After a step whose answer would have ended the run
+    (`answer`: no tool calls), that answer comes first: it is saved in the transcript and the
+    next run's model builds on it, and a sync chat or a delegating agent sees only this text —
+    dropping it would hide what the run paid for (stream clients had it as deltas)."""
     reason, message = stop
-    final_text = message if reason == "budget" else text
+    final_text = message if reason != BUDGET else f"{answer}\n\n{message}" if answer else message
     turn.flush()  # the user's message is saved before the end is told (its script ships it)
     turn.sink.emit(Finish(finish_reason=reason, text=final_text, usage=total))
     return TurnResult(text=final_text, usage=total, finish_reason=reason, steps=step)

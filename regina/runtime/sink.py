@@ -40,7 +40,12 @@ class Steer:
 
 @dataclass(frozen=True)
 class Budget:
-    """Limits a run stops at with finishReason "budget" (None = no limit)."""
+    """Limits a run stops at with finishReason "budget" (None = no limit).
+
+    Token budgets are kept three ways: no model call when what the run spent, plus the next
+    call's prompt by estimate, leaves nothing (`exceeded`); the next call's answer is capped to
+    what is left (`tokens_left`, sent as the provider's max_tokens); and a step whose usage went
+    past a budget, or whose answer that cap cut, ends the run (`passed`, `answer_cut`)."""
 
     max_tokens_per_run: int | None = None
     max_seconds_per_run: float | None = None
@@ -49,20 +54,50 @@ class Budget:
     """Tokens the instance had spent before this run (for `max_tokens_per_instance`)."""
     started: float = field(default_factory=time.monotonic)
 
-    def exceeded(self, run_tokens: int) -> str | None:
-        """The text naming the budget this run reached, or None while within every limit."""
-        if self.max_tokens_per_run is not None and run_tokens >= self.max_tokens_per_run:
-            return f"budget maxTokensPerRun reached: this run used {run_tokens} of {self.max_tokens_per_run} tokens"
-        spent = self.instance_tokens_before + run_tokens
-        if self.max_tokens_per_instance is not None and spent >= self.max_tokens_per_instance:
-            return (
-                f"budget maxTokensPerInstance reached: the instance used {spent} of "
-                f"{self.max_tokens_per_instance} tokens"
-            )
+    def _tightest(self, run_tokens: int) -> tuple[int, str] | None:
+        """(tokens left, the text naming that budget and what was used of it) of the token
+        budget with the fewest tokens left; None when no token budget applies."""
+        options: list[tuple[int, str]] = []
+        if self.max_tokens_per_run is not None:
+            limit = self.max_tokens_per_run
+            text = f"budget maxTokensPerRun reached: this run used {run_tokens} of {limit} tokens"
+            options.append((limit - run_tokens, text))
+        if self.max_tokens_per_instance is not None:
+            limit, spent = self.max_tokens_per_instance, self.instance_tokens_before + run_tokens
+            text = f"budget maxTokensPerInstance reached: the instance used {spent} of {limit} tokens"
+            options.append((limit - spent, text))
+        return min(options, key=lambda o: o[0]) if options else None
+
+    def tokens_left(self, run_tokens: int) -> int | None:
+        """Tokens the run may still spend under its tightest token budget (None: no limit)."""
+        tightest = self._tightest(run_tokens)
+        return None if tightest is None else tightest[0]
+
+    def exceeded(self, run_tokens: int, next_prompt: int = 0) -> str | None:
+        """The text naming the budget this run reached, or None while within every limit.
+
+        `next_prompt`: the estimated tokens of the prompt the next model call would send; a
+        budget they would use up is reached already (the call could not answer anything)."""
+        tightest = self._tightest(run_tokens)
+        if tightest is not None and tightest[0] - next_prompt <= 0:
+            left, text = tightest
+            return text if left <= 0 else f"{text}, and the next model call's prompt is about {next_prompt} more"
         elapsed = time.monotonic() - self.started
         if self.max_seconds_per_run is not None and elapsed >= self.max_seconds_per_run:
             return self.clock_text()
         return None
+
+    def passed(self, run_tokens: int) -> str | None:
+        """The text naming a token budget the run went past (a step ended over it), or None.
+        Using a budget up exactly is not passing it: the step's answer is whole."""
+        tightest = self._tightest(run_tokens)
+        return tightest[1] if tightest is not None and tightest[0] < 0 else None
+
+    def answer_cut(self, run_tokens: int, cap: int) -> str:
+        """The text of a run whose last answer the token budget cut at `cap` tokens."""
+        tightest = self._tightest(run_tokens)
+        named = tightest[1] if tightest is not None else "budget reached"
+        return f"{named}; the model's answer was cut at {cap} tokens, what the budget left for it"
 
     def clock_text(self) -> str:
         """The text of a run stopped by `maxSecondsPerRun`."""

@@ -8,7 +8,10 @@ does), so the script lives here in the test process while workers run elsewhere.
 
 each non-streamed (JSON) or streamed (SSE, flushed chunk by chunk), with text, tool calls and
 deterministic usage. Replies come from, in order: a ``push_for(marker, …)`` queue whose marker
-occurs in the request's text, the global ``push(…)`` queue, then ``default(request)``.
+occurs in the request's text, the global ``push(…)`` queue, then ``default(request)``. A
+request's max tokens (``max_tokens``, or OpenAI's ``max_completion_tokens``) is honoured as a
+provider does: a longer reply is cut to that many completion tokens (its text in proportion, its
+tool calls dropped) and finishes ``length`` (Anthropic: ``max_tokens``).
 An error reply carries ``x-should-retry: false`` so the OpenAI SDK does not retry it behind
 LiteLLM's back: one scripted error is one failed call.
 
@@ -63,15 +66,20 @@ class Reply:
     error_status: int | None = None
     error_message: str = "fake LLM error"
     usage: tuple[int, int] | None = None  # (prompt, completion); None = computed from the texts
+    cut: bool = False  # set by the server: the request's max tokens cut this reply short
 
     @property
     def finish_reason(self) -> str:
         """OpenAI's finish reason for this reply."""
+        if self.cut:
+            return "length"
         return "tool_calls" if self.tool_calls else "stop"
 
     @property
     def stop_reason(self) -> str:
         """Anthropic's stop reason for this reply."""
+        if self.cut:
+            return "max_tokens"
         return "tool_use" if self.tool_calls else "end_turn"
 
 
@@ -220,6 +228,22 @@ def compute_usage(req: RecordedRequest, reply: Reply) -> tuple[int, int]:
         return reply.usage
     completion = reply.text + "".join(json.dumps(tc.args) for tc in reply.tool_calls)
     return len(req.all_text) // 4 + 1, len(completion) // 4 + 1
+
+
+def max_tokens_of(body: dict[str, Any]) -> int | None:
+    """The most completion tokens a request allows (None: no limit sent)."""
+    for key in ("max_completion_tokens", "max_tokens"):
+        value = body.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def cut_reply(reply: Reply, completion: int, limit: int) -> Reply:
+    """`reply` cut to `limit` of its `completion` tokens, as a provider stops at max tokens: the
+    text in proportion, no tool call (one cut short would not be whole)."""
+    keep = len(reply.text) * max(0, limit) // max(1, completion)
+    return dataclasses.replace(reply, text=reply.text[:keep], tool_calls=[], cut=True)
 
 
 def _text_chunks(text: str, size: int) -> list[str]:
@@ -689,12 +713,17 @@ class FakeLLM:
             return Reply(error_status=500, error_message=f"fake LLM default raised {exc!r}")
 
     def _receive(self, req: RecordedRequest) -> RecordedRequest:
-        """Pick the reply, resolve tool call ids, compute usage, record — before any delay."""
+        """Pick the reply, resolve tool call ids, compute usage, honour max tokens, record — before
+        any delay."""
         reply = self._choose(req)
         prefix = "call_" if req.api == "openai" else "toolu_"
         calls = [tc if tc.id else dataclasses.replace(tc, id=self._next_id(prefix)) for tc in reply.tool_calls]
         req.reply = dataclasses.replace(reply, tool_calls=calls)
         req.usage = compute_usage(req, req.reply)
+        limit = max_tokens_of(req.body)
+        if limit is not None and req.usage[1] > limit and req.reply.error_status is None:
+            req.reply = cut_reply(req.reply, req.usage[1], limit)
+            req.usage = (req.usage[0], limit)
         with self._cond:
             self.requests.append(req)
             self._cond.notify_all()

@@ -68,6 +68,58 @@ def test_token_budget_stops_the_run_before_the_next_model_call(budget_api: httpx
     assert calls and calls == [m["tool_call_id"] for m in req.messages if m["role"] == "tool"]
 
 
+def test_a_one_step_answer_past_the_token_budget_ends_the_run_budget(
+    budget_api: httpx.Client, fake_llm: FakeLLM
+) -> None:
+    """Regression: the budget was checked only before each model call, so a run of one step that
+    spent 50 + 500 tokens under maxTokensPerRun 100 answered finishReason "stop". The call now
+    carries max_tokens (what the budget leaves after the prompt's estimate) and the step that
+    reaches the budget ends the run "budget"; its answer is saved and comes first in the text."""
+    api = budget_api
+    iid = _spawn(api)
+    # Given a model that would answer 500 tokens to a 50-token prompt
+    fake_llm.push_for("tell me everything", Reply(text="lorem ipsum " * 50, usage=(50, 500)))
+    body = api.post(f"/instances/{iid}/chat", json={"message": "tell me everything"}).json()
+
+    # Then the run ended "budget", naming it
+    assert body["finishReason"] == "budget" and "maxTokensPerRun" in body["text"], body
+    # ... its request was capped below the budget and the model's answer cut there
+    (req,) = fake_llm.requests
+    cap = req.body["max_tokens"]
+    assert 0 < cap < 100
+    assert body["usage"] == {"promptTokens": 50, "completionTokens": cap}
+    run = api.get(f"/runs/{body['runId']}").json()
+    assert run["status"] == "finished" and run["finishReason"] == "budget" and run["usage"] == body["usage"]
+    # ... the transcript holds the (cut) answer, which the text starts with
+    (answer,) = [m for m in api.get(f"/instances/{iid}/messages").json() if m["role"] == "assistant"]
+    assert answer["content"] and body["text"].startswith(answer["content"] + "\n\n")
+    # ... and the next chat works
+    fake_llm.push_for("short one", Reply(text="ok", usage=(5, 1)))
+    assert api.post(f"/instances/{iid}/chat", json={"message": "short one"}).json()["finishReason"] == "stop"
+
+
+def test_a_prompt_the_budget_cannot_pay_for_is_never_sent(budget_api: httpx.Client, fake_llm: FakeLLM) -> None:
+    api = budget_api
+    iid = _spawn(api)
+    # Given a message whose prompt alone (characters / 4) is more than maxTokensPerRun 100
+    body = api.post(f"/instances/{iid}/chat", json={"message": "long " * 100}).json()
+    # Then no model call is made and the run ends "budget"
+    assert fake_llm.requests == []
+    assert body["finishReason"] == "budget" and "maxTokensPerRun" in body["text"], body
+    assert body["usage"] == {"promptTokens": 0, "completionTokens": 0}
+
+
+def test_an_agent_without_a_token_budget_sends_no_max_tokens(api: httpx.Client, fake_llm: FakeLLM) -> None:
+    """The shared cluster configures no budget: its requests stay as they were (the direct
+    route's cached request frame, no max_tokens)."""
+    iid = str(api.post("/agents/openai-agent/instances").json()["instanceId"])
+    fake_llm.push_for("unbudgeted", Reply(text="sure", usage=(5, 500)))
+    body = api.post(f"/instances/{iid}/chat", json={"message": "unbudgeted"}).json()
+    assert body["finishReason"] == "stop" and body["text"] == "sure"
+    (req,) = fake_llm.requests
+    assert "max_tokens" not in req.body and "max_completion_tokens" not in req.body
+
+
 def test_instance_token_budget_counts_every_run(budget_api: httpx.Client, fake_llm: FakeLLM) -> None:
     api = budget_api
     iid = _spawn(api)

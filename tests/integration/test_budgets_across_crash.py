@@ -122,29 +122,32 @@ def test_a_redelivered_run_counts_the_steps_and_tokens_of_its_crashed_attempt(
 def test_a_redelivered_run_stops_at_max_tokens_per_run_counting_its_crashed_attempt(
     make_cluster: Callable[..., Cluster], fake_llm: FakeLLM, tmp_path: Path
 ) -> None:
-    # Given maxTokensPerRun 100 and a run that spent 90 tokens in two steps before its worker died
-    c = _started(make_cluster, tmp_path, REGINA_BUDGET__MAX_TOKENS_PER_RUN="100")
+    # Given maxTokensPerRun 1000 and a run that spent 700 tokens in two steps before its worker died
+    c = _started(make_cluster, tmp_path, REGINA_BUDGET__MAX_TOKENS_PER_RUN="1000")
     with httpx.Client(base_url=c.web.url, timeout=90) as api:
         iid, victim, _ = backed_up_instance(c, api)
         usage_before = _usage(api, iid)
         fake_llm.push_for(
             MARK,
-            _tool(1, (40, 5)),
-            _tool(2, (40, 5)),
+            _tool(1, (300, 50)),
+            _tool(2, (300, 50)),
             Reply(text="never seen", delay=3.0),
-            *[_tool(n, (15, 5)) for n in range(3, 10)],
+            _tool(3, (250, 60)),
+            *[_tool(n, (15, 5)) for n in range(4, 10)],
         )
         body, run_id, _, _ = _kill_during_call(c, api, iid, victim, fake_llm, calls=3)
 
-        # Then the redelivered attempt makes one model call (90 + 20 >= 100) and stops on the budget
+        # Then the redelivered attempt's one model call is capped to the 300 tokens left (less its
+        # prompt), and the run stops on the budget after it (700 + 310 > 1000)
         assert body["finishReason"] == "budget" and "maxTokensPerRun" in body["text"], body
-        assert "110" in body["text"], body
+        assert "1010" in body["text"], body
         assert _calls(fake_llm) == 4
-        assert body["usage"] == {"promptTokens": 95, "completionTokens": 15}
+        assert 0 < fake_llm.requests[-1].body["max_tokens"] < 300
+        assert body["usage"] == {"promptTokens": 850, "completionTokens": 160}
         assert api.get(f"/runs/{run_id}").json()["usage"] == body["usage"]
         assert _usage(api, iid) == {
-            "promptTokens": usage_before["promptTokens"] + 95,
-            "completionTokens": usage_before["completionTokens"] + 15,
+            "promptTokens": usage_before["promptTokens"] + 850,
+            "completionTokens": usage_before["completionTokens"] + 160,
         }
 
 

@@ -163,6 +163,29 @@ def test_tool_only_reply(fake: FakeLLM, model: str, base: str, key: str, api: st
 
 
 @pytest.mark.parametrize(("model", "base", "key", "api"), [PROVIDERS[0], PROVIDERS[2]])
+@STREAM
+def test_max_tokens_cuts_the_reply_as_a_provider_does(
+    fake: FakeLLM, model: str, base: str, key: str, api: str, stream: bool
+) -> None:
+    """A reply longer than the request's max_tokens is cut to it and finishes `length`; a
+    shorter one is untouched (the runtime's token budgets rely on it)."""
+    fake.push(
+        Reply(text="a" * 400, tool_calls=[ToolCall("read_file", {"path": "/x"})], usage=(30, 100)),
+        Reply(text="short", usage=(30, 5)),
+    )
+    msgs = [{"role": "user", "content": "write a lot"}]
+
+    cut = complete(fake, model, base, key, msgs, stream, tools=[READ_FILE], max_tokens=25)
+    whole = complete(fake, model, base, key, msgs, stream, tools=[READ_FILE], max_tokens=25)
+
+    assert cut.choices[0].finish_reason == "length"
+    assert cut.choices[0].message.content == "a" * 100 and not cut.choices[0].message.tool_calls
+    assert (cut.usage.prompt_tokens, cut.usage.completion_tokens) == (30, 25)
+    assert fake.requests[0].body["max_tokens"] == 25
+    assert whole.choices[0].finish_reason == "stop" and whole.choices[0].message.content == "short"
+
+
+@pytest.mark.parametrize(("model", "base", "key", "api"), [PROVIDERS[0], PROVIDERS[2]])
 def test_conversation_is_normalized(fake: FakeLLM, model: str, base: str, key: str, api: str) -> None:
     """A tool-use turn as the runtime resends it reads the same from either wire format."""
     messages = [

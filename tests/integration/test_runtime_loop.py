@@ -282,6 +282,74 @@ def test_a_summary_that_spends_the_token_budget_stops_the_run_before_its_model_c
     assert result.usage == Usage(prompt_tokens=50, completion_tokens=5)
 
 
+def _prompt_estimate(*texts: str) -> int:
+    """The loop's estimate of a request's prompt: characters / 4."""
+    return sum(len(t) for t in texts) // 4
+
+
+def test_a_one_step_answer_past_the_token_budget_is_capped_and_ends_the_run_budget(
+    fake: FakeLLM, target: ModelTarget
+) -> None:
+    """Regression: the token budget was checked only before each model call, so a run's only (or
+    last) step could spend any amount and the run still ended "stop". The call's max_tokens is
+    now what the budget leaves after the prompt's estimate, and a step that reaches the budget
+    ends the run "budget" with its answer saved."""
+    # Given maxTokensPerRun 60 and a model that would answer 500 tokens to a prompt as estimated
+    prompt = _prompt_estimate(SYSTEM, "tell me all")
+    fake.push(Reply(text="word " * 400, usage=(prompt, 500)))
+    t = Turn(target, MemoryVFS())
+    sink = LocalSink(t.emit, run_id="r-b", budget=Budget(max_tokens_per_run=60))
+    result = run_turn(TurnSpec(target, SYSTEM, t.tools), t.session, "tell me all", sink)
+
+    # Then the call was capped to what the budget left after the prompt
+    (req,) = fake.requests
+    cap = 60 - prompt
+    assert req.body["max_tokens"] == cap
+    # ... the answer was cut there, saved whole as the model gave it, and the run ended "budget"
+    answer = "word " * 400
+    answer = answer[: len(answer) * cap // 500]
+    assert result.finish_reason == "budget" and result.usage == Usage(prompt_tokens=prompt, completion_tokens=cap)
+    assert result.text.startswith(answer) and "maxTokensPerRun" in result.text and f"cut at {cap}" in result.text
+    assert [e["finishReason"] for e in t.events if e["type"] in ("step-finish", "finish")] == ["length", "budget"]
+    assert t.persisted()[-1] == {"role": "assistant", "content": answer, "runId": "r-b"}
+
+
+def test_a_step_that_goes_past_the_token_budget_ends_the_run_budget(fake: FakeLLM, target: ModelTarget) -> None:
+    """A prompt larger than its estimate can take a step past the budget although the answer
+    fitted its cap: the run ends "budget" all the same, naming what it used."""
+    fake.push(Reply(text="fine", usage=(90, 2)))
+    t = Turn(target, MemoryVFS())
+    sink = LocalSink(t.emit, budget=Budget(max_tokens_per_run=60))
+    result = run_turn(TurnSpec(target, SYSTEM, t.tools), t.session, "hi", sink)
+    assert result.finish_reason == "budget" and "used 92 of 60 tokens" in result.text, result
+    assert result.text.startswith("fine\n\n")
+
+
+def test_a_prompt_the_budget_cannot_pay_for_is_not_sent(fake: FakeLLM, target: ModelTarget) -> None:
+    # Given a budget smaller than the prompt's estimate
+    t = Turn(target, MemoryVFS())
+    sink = LocalSink(t.emit, budget=Budget(max_tokens_per_run=20))
+    result = run_turn(TurnSpec(target, SYSTEM, t.tools), t.session, "x" * 200, sink)
+    # Then no model call is made and the run ends "budget", naming it
+    assert fake.requests == []
+    assert result.finish_reason == "budget" and "maxTokensPerRun" in result.text and "prompt is about" in result.text
+    assert [m["role"] for m in t.persisted()] == ["user"]
+
+
+def test_no_token_budget_or_one_too_large_to_bind_leaves_the_request_as_it_was(
+    fake: FakeLLM, target: ModelTarget
+) -> None:
+    """Agents without a token budget send the request they sent before (OpenAI: no max_tokens;
+    Anthropic: LiteLLM's default), and so does a budget larger than the model's own limit."""
+    for budget in (None, Budget(max_seconds_per_run=60), Budget(max_tokens_per_instance=10**9)):
+        t = Turn(target, MemoryVFS())
+        run_turn(TurnSpec(target, SYSTEM, t.tools), t.session, "hi", LocalSink(t.emit, budget=budget))
+    first, *rest = (req.body for req in fake.requests)
+    assert all(body == first for body in rest)
+    if target.provider == "openai":
+        assert "max_tokens" not in first and "max_completion_tokens" not in first
+
+
 class EchoParams(BaseModel):
     text: str
 
@@ -367,12 +435,14 @@ def test_a_run_goes_on_from_the_progress_its_crashed_attempt_recorded(fake: Fake
     assert t.events[-1]["usage"] == {"promptTokens": 37, "completionTokens": 5}
     assert sink.progress == RunProgress(3, Usage(prompt_tokens=37, completion_tokens=5))
 
-    # The token budget counts the earlier tokens too: 35 spent of 40 leaves room for one call
+    # The token budget counts the earlier tokens too: 35 spent of 50 leaves room for one call
+    # (on a short transcript: its prompt is counted before each call, ≈ 6 tokens here)
     fake.reset()
     fake.default = lambda req: Reply(tool_calls=[ToolCall("read_file", {"path": "/missing"})], usage=(7, 2))
-    sink = LocalSink(t.emit, progress=RunProgress(1, Usage(prompt_tokens=35)), budget=Budget(max_tokens_per_run=40))
-    result = run_turn(TurnSpec(target, SYSTEM, t.tools, max_steps=10), t.session, "again", sink)
-    assert len(fake.requests) == 1 and result.finish_reason == "budget" and "44 of 40" in result.text
+    short = Turn(target, MemoryVFS())
+    sink = LocalSink(t.emit, progress=RunProgress(1, Usage(prompt_tokens=35)), budget=Budget(max_tokens_per_run=50))
+    result = run_turn(TurnSpec(target, SYSTEM, short.tools, max_steps=10), short.session, "again", sink)
+    assert len(fake.requests) == 1 and result.finish_reason == "budget" and "44 of 50" in result.text, result
 
     # A run whose crashed attempt used every step makes no model call
     fake.reset()
@@ -541,4 +611,3 @@ def test_a_provider_that_reports_no_usage_counts_the_estimate(fake: FakeLLM, tar
     assert result.usage.prompt_tokens >= len("hello " * 40) // 4
     step = next(e for e in t.events if e["type"] == "step-finish")
     assert step["usage"] == t.events[-1]["usage"] == result.usage.as_dict()
-

@@ -233,3 +233,26 @@ def test_the_tool_schemas_handed_in_are_never_edited(model: str) -> None:
     for messages in (MESSAGES, PLAIN):  # the transform's path, and the splice's
         direct.request_body(route, ModelRequest(copy.deepcopy(messages), tools, None))
     assert tools == before
+
+
+@pytest.mark.parametrize(
+    ("model", "field"), [("openai/gpt-4o", "max_tokens"), ("openai/o3-mini", "max_completion_tokens")]
+)
+def test_a_token_budgets_cap_goes_out_as_the_provider_names_it(model: str, field: str) -> None:
+    """A capped request (a token budget's max_tokens) is the uncapped body plus the cap, mapped
+    by LiteLLM per model; it is built whole, leaving the cached frames to uncapped requests."""
+    route = _route(model)
+    capped = json.loads(direct.request_body(route, ModelRequest(copy.deepcopy(PLAIN), TOOLS, None, max_tokens=42))[2])
+    assert direct._plain_frame.cache_info().currsize == 0
+    plain = json.loads(direct.request_body(route, ModelRequest(copy.deepcopy(PLAIN), TOOLS, None))[2])
+    assert capped.pop(field) == 42
+    assert capped == plain and "max_tokens" not in plain and "max_completion_tokens" not in plain
+
+
+def test_a_token_budgets_cap_replaces_anthropics_default_max_tokens() -> None:
+    target = ModelTarget("anthropic", "anthropic/claude-sonnet-4-5", "sk-ant-test", "http://127.0.0.1:9")
+    route = direct.route_for(target)
+    assert route is not None
+    capped = json.loads(direct.request_body(route, ModelRequest(copy.deepcopy(PLAIN), TOOLS, None, max_tokens=42))[2])
+    plain = json.loads(direct.request_body(route, ModelRequest(copy.deepcopy(PLAIN), TOOLS, None))[2])
+    assert capped["max_tokens"] == 42 and plain["max_tokens"] > 42

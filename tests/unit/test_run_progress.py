@@ -7,7 +7,7 @@ from regina.runs.context import budget_for
 from regina.runs.steering import encode
 from regina.runs.store import parse_begun
 from regina.runtime.events import Usage
-from regina.runtime.sink import RunProgress, Steer
+from regina.runtime.sink import Budget, RunProgress, Steer
 from regina.step import abandoned_text
 
 
@@ -47,3 +47,16 @@ def test_the_abandoned_runs_error_names_the_limit() -> None:
         "run abandoned: the worker running it stopped once (limits.maxRunDeliveries is 1); it is not run again"
     )
     assert "stopped 3 times" in abandoned_text(3, 3)
+
+
+def test_the_tightest_token_budget_sizes_the_next_call_and_names_the_stop() -> None:
+    budget = Budget(max_tokens_per_run=100, max_tokens_per_instance=500, instance_tokens_before=450)
+    assert budget.tokens_left(20) == 30  # the instance's 500 leaves less than the run's 100
+    assert Budget().tokens_left(10**6) is None and Budget(max_seconds_per_run=5).tokens_left(0) is None
+    assert budget.exceeded(20) is None
+    stop = budget.exceeded(20, next_prompt=30) or ""
+    assert stop.startswith("budget maxTokensPerInstance reached: the instance used 470 of 500") and "about 30" in stop
+    # A step that used the budget up exactly has not passed it; one more token has
+    assert budget.passed(50) is None
+    assert budget.passed(51) == "budget maxTokensPerInstance reached: the instance used 501 of 500 tokens"
+    assert "cut at 30 tokens" in budget.answer_cut(50, 30)

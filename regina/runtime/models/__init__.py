@@ -3,7 +3,8 @@
 Modules, one job each:
 
 - `parts`          the tagged deltas every call yields (TextPart, ToolCallPart, FinishPart);
-- `calls`          `stream_completion` / `call_completion` / `complete`, choosing the route;
+- `calls`          `stream_completion` / `call_completion` / `complete`, choosing the route,
+                   and `output_cap` (a token budget's max_tokens);
 - `direct`         OpenAI- and Anthropic-format providers through LiteLLM's provider transforms,
                    without `litellm.completion`'s per-call wrapper;
 - `litellm_route`  every other provider through `litellm.completion`;
@@ -15,7 +16,13 @@ Modules, one job each:
 Importing this package does not import LiteLLM; the first call (or `get_litellm()`) does.
 """
 
-from regina.runtime.models.calls import call_completion, complete, keeps_encoded_messages, stream_completion
+from regina.runtime.models.calls import (
+    call_completion,
+    complete,
+    keeps_encoded_messages,
+    output_cap,
+    stream_completion,
+)
 from regina.runtime.models.parts import FinishPart, ModelDelta, TextPart, ToolCallPart
 from regina.runtime.models.setup import get_litellm
 
@@ -28,5 +35,6 @@ __all__ = [
     "call_completion",
     "complete",
     "keeps_encoded_messages",
+    "output_cap",
     "get_litellm",
 ]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -11,8 +12,13 @@ from regina.runtime.events import Usage
 from regina.runtime.models import direct as direct
 from regina.runtime.models import litellm_route as litellm_route
 from regina.runtime.models.parts import FinishPart, ModelDelta, ModelRequest, TextPart
+from regina.runtime.models.setup import get_litellm
 
-__all__ = ["stream_completion", "call_completion", "complete", "keeps_encoded_messages"]
+__all__ = ["stream_completion", "call_completion", "complete", "keeps_encoded_messages", "output_cap"]
+
+#: The largest cap sent for a model LiteLLM has no output limit for: every chat model it maps
+#: answers at least 4 096 tokens, and a larger max_tokens than a model allows is refused (400).
+UNKNOWN_MODEL_OUTPUT_LIMIT = 4096
 
 
 def keeps_encoded_messages(target: ModelTarget) -> bool:
@@ -26,6 +32,25 @@ def keeps_encoded_messages(target: ModelTarget) -> bool:
         return False
 
 
+def output_cap(target: ModelTarget, tokens: int) -> int | None:
+    """`tokens` as a call's max_tokens when it limits the answer: below the model's own output
+    limit (LiteLLM's model map). None when the model could not answer more anyway: the request
+    then stays as it is without a budget (a larger max_tokens than the model allows is refused)."""
+    limit = _output_limit(target.litellm_model)
+    return tokens if tokens < (limit or UNKNOWN_MODEL_OUTPUT_LIMIT) else None
+
+
+@functools.lru_cache(maxsize=256)
+def _output_limit(litellm_model: str) -> int | None:
+    """The most tokens the model answers, per LiteLLM's model map (None: not known)."""
+    try:
+        info = get_litellm().get_model_info(model=litellm_model)
+    except Exception:  # not mapped (a custom or new model)
+        return None
+    limit = info.get("max_output_tokens") or info.get("max_tokens")
+    return int(limit) if isinstance(limit, int) and limit > 0 else None
+
+
 def stream_completion(
     target: ModelTarget,
     messages: Sequence[dict[str, Any]],
@@ -33,13 +58,15 @@ def stream_completion(
     temperature: float | None = None,
     timeout: float | None = 600.0,
     encoded: Sequence[bytes | None] | None = None,
+    max_tokens: int | None = None,
 ) -> Iterator[ModelDelta]:
-    """Stream one model call as TextPart… ToolCallPart… FinishPart.
+    """Stream one model call as TextPart… ToolCallPart… FinishPart; `max_tokens` caps the
+    answer (see `output_cap`).
 
     Raises:
         ModelError: the provider failed, before or during the stream.
     """
-    request = ModelRequest(messages, tools, temperature, timeout, encoded)
+    request = ModelRequest(messages, tools, temperature, timeout, encoded, max_tokens)
     route = direct.route_for(target)
     if route is not None:
         yield from direct.stream(route, request)
@@ -54,6 +81,7 @@ def call_completion(
     temperature: float | None = None,
     timeout: float | None = 600.0,
     encoded: Sequence[bytes | None] | None = None,
+    max_tokens: int | None = None,
 ) -> Iterator[ModelDelta]:
     """One non-streamed model call, yielded as the same TextPart / ToolCallPart… / FinishPart.
 
@@ -63,7 +91,7 @@ def call_completion(
     Raises:
         ModelError: the provider failed.
     """
-    request = ModelRequest(messages, tools, temperature, timeout, encoded)
+    request = ModelRequest(messages, tools, temperature, timeout, encoded, max_tokens)
     route = direct.route_for(target)
     if route is None:
         yield from litellm_route.call(target, request)

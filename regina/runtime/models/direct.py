@@ -218,10 +218,13 @@ def request_body(route: Route, request: ModelRequest) -> tuple[str, dict[str, st
 
     When the messages are spliced, nothing LiteLLM builds depends on them: the URL, headers and
     the body around the messages come from `_plain_frame`, built once per model, tool schemas
-    and temperature (an agent's tools stay the same from step to step)."""
+    and temperature (an agent's tools stay the same from step to step) — unless the request
+    carries `max_tokens`."""
     msgs = list(request.messages)
     messages_json = _plain_openai_messages(route.config, request)
-    if messages_json is not None:
+    # A capped request (a token budget's max_tokens, different at every step) is built whole,
+    # its messages still spliced: cached frames would be one per cap, none used twice.
+    if messages_json is not None and request.max_tokens is None:
         try:
             tools_key = orjson.dumps(list(request.tools)) if request.tools else b""
         except TypeError:  # not plain JSON data: the transform's own dump reports it
@@ -259,6 +262,8 @@ def _built_body(
         params["tools"] = copy.deepcopy(list(request.tools))  # the loop's are shared (Tool.shared_schema)
     if request.temperature is not None:
         params["temperature"] = request.temperature
+    if request.max_tokens is not None:
+        params["max_tokens"] = request.max_tokens  # mapped per provider (max_completion_tokens…)
     optional = config.map_openai_params(
         non_default_params=params, optional_params={}, model=route.model, drop_params=True
     )

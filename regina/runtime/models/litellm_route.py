@@ -35,6 +35,8 @@ def _completion(litellm: Any, target: ModelTarget, request: ModelRequest, **extr
         kwargs["tools"] = copy.deepcopy(list(request.tools))  # the loop's are shared (Tool.shared_schema)
     if request.temperature is not None:
         kwargs["temperature"] = request.temperature
+    if request.max_tokens is not None:
+        kwargs["max_tokens"] = request.max_tokens
     if target.api_key:
         kwargs["api_key"] = target.api_key
     if target.api_base:

@@ -32,6 +32,9 @@ class ModelRequest:
     #: `messages.model_json` of each message, in order, when the caller keeps them (the loop
     #: does, for a conversation that only grows); None: encoded from `messages` when needed.
     encoded: Sequence[bytes | None] | None = None
+    #: The most tokens the answer may have (the provider's max_tokens, which LiteLLM maps per
+    #: provider); None: not sent, the request is as it would be without a token budget.
+    max_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
