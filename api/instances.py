@@ -55,7 +55,7 @@ def fleet() -> Response:
 @documented({"HTTP_200": m.InstanceDetail}, tag="instances")
 def show(iid: str) -> Response:
     svc = services()
-    return jsonify(Fleet(svc.client).detail(svc.coordinator.get(iid)))
+    return jsonify(Fleet(svc.client).detail(svc.coordinator.show(iid)))
 
 
 @bp.post("/instances/<iid>/heartbeat")

@@ -28,7 +28,8 @@ import redis
 
 from regina import keys
 from regina.errors import BadRequest
-from regina.instances import InstanceRecord, record_from_hash
+from regina.instances import InstanceRecord
+from regina.usage import read_page_with_usage
 
 MAX_LIMIT = 1000
 SCAN_LIMIT = 5000
@@ -157,19 +158,14 @@ class Fleet:
         return data
 
     def _records(self, ids: list[str], alive: dict[str, bool]) -> list[dict[str, Any]]:
-        """The records of `ids` as the fleet shows them; `member` is the live holder or None."""
-        pipe = self.r.pipeline(transaction=False)
-        for iid in ids:
-            pipe.hgetall(keys.instance_record(iid))
-            pipe.zrange(keys.instance_runs(iid), 0, 0)
-        replies = pipe.execute()
+        """The records of `ids` as the fleet shows them (`usage`: so far, a running run's
+        included); `member` is the live holder or None."""
         out = []
-        for n, iid in enumerate(ids):
-            h, running = replies[2 * n], replies[2 * n + 1]
-            if not h:
+        for rec, running in read_page_with_usage(self.r, ids):
+            if rec is None:
                 continue  # deleted meanwhile
-            data = record_from_hash(iid, h).public(include_member=True)
-            data["runningRun"] = running[0] if running else None
+            data = rec.public(include_member=True)
+            data["runningRun"] = running
             out.append(data)
         self._check_alive([d["member"] for d in out if d["member"] and d["status"] != "suspended"], alive)
         for data in out:

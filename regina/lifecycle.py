@@ -41,6 +41,7 @@ from regina.registry import AgentRegistry
 from regina.runs.service import RunService
 from regina.runtime.session import Session
 from regina.storage import Storage
+from regina.usage import read_with_usage
 from regina.vfs.memory import MemoryVFS
 
 log = logging.getLogger("regina.coordinator")
@@ -101,6 +102,14 @@ class Coordinator:
     def get(self, instance_id: str) -> InstanceRecord:
         """The record, or NotFound."""
         rec = self.store.get(instance_id) if ids.is_valid_instance_id(instance_id) else None
+        if rec is None:
+            raise NotFound(f"instance {instance_id!r} not found")
+        return rec
+
+    def show(self, instance_id: str) -> InstanceRecord:
+        """The record with the instance's usage so far (its running run's tokens included, SPEC
+        §12), or NotFound."""
+        rec = read_with_usage(self.r, instance_id) if ids.is_valid_instance_id(instance_id) else None
         if rec is None:
             raise NotFound(f"instance {instance_id!r} not found")
         return rec

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from regina.instances import iso
+from regina.runtime.sink import RunProgress
 
 
 def public(run_id: str, h: dict[str, str]) -> dict[str, Any]:
@@ -26,13 +27,18 @@ def public(run_id: str, h: dict[str, str]) -> dict[str, Any]:
         "instanceId": h.get("instanceId", ""),
         "status": h.get("status", "queued"),
         **times,
-        "usage": {
-            "promptTokens": int(h.get("promptTokens", 0)),
-            "completionTokens": int(h.get("completionTokens", 0)),
-        },
+        "usage": _usage(h),
     }
     if h.get("finishReason"):
         data["finishReason"] = h["finishReason"]
     if h.get("error"):
         data["error"] = h["error"]
     return data
+
+
+def _usage(h: dict[str, str]) -> dict[str, int]:
+    """An ended run's usage; a running one's so far: what its completed model calls spent, as
+    its attempts recorded them (`spent`, `RunProgress`) — its end writes the final usage."""
+    if h.get("status") == "running":
+        return RunProgress.decode(h.get("spent", "")).usage.as_dict()
+    return {"promptTokens": int(h.get("promptTokens", 0)), "completionTokens": int(h.get("completionTokens", 0))}

@@ -6,8 +6,10 @@ fake LLM reports scripted usage, so the numbers are exact.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -158,3 +160,44 @@ def test_a_run_that_ends_in_a_model_error_counts_what_it_spent(budget_api: httpx
     run = api.get(f"/runs/{body['runId']}").json()
     assert run["status"] == "failed" and run["usage"] == {"promptTokens": 40, "completionTokens": 10}, run
     assert api.get(f"/instances/{iid}").json()["usage"] == {"promptTokens": 40, "completionTokens": 10}
+
+
+def _fleet_entry(api: httpx.Client, iid: str) -> dict[str, Any]:
+    """The instance's entry in the fleet view (paged through)."""
+    params = {"agent": "openai-agent", "limit": "1000"}
+    while True:
+        resp = api.get("/instances", params=params)
+        found = [item for item in resp.json() if item["instanceId"] == iid]
+        if found:
+            return dict(found[0])
+        params["cursor"] = resp.headers["X-Next-Cursor"]
+
+
+def test_usage_so_far_includes_what_the_running_run_spent(api: httpx.Client, fake_llm: FakeLLM) -> None:
+    """Regression: while a run ran, `GET /runs/<id>` showed usage 0 although its record had its
+    progress, and `GET /instances/<id>` and the fleet view counted the run only at its end."""
+    iid = str(api.post("/agents/openai-agent/instances").json()["instanceId"])
+    # Given a run whose first step spent 40 + 10 tokens and whose second model call is held
+    fake_llm.push_for(
+        "held run",
+        Reply(tool_calls=[ToolCall("bash", {"command": "echo hi"})], usage=(40, 10)),
+        Reply(text="done", usage=(5, 1), delay=5),
+    )
+    with api.stream("POST", f"/instances/{iid}/chat/stream", json={"message": "held run"}) as resp:
+        run_id = resp.headers["X-Run-Id"]
+        lines = (json.loads(line) for line in resp.iter_lines() if line)
+        assert next(e for e in lines if e["type"] == "step-finish")["usage"]["promptTokens"] == 40
+        fake_llm.wait_for_requests(2)
+
+        # Then while it waits, the run, the instance and the fleet view show what it spent so far
+        run = api.get(f"/runs/{run_id}").json()
+        assert run["status"] == "running" and run["usage"] == {"promptTokens": 40, "completionTokens": 10}, run
+        assert api.get(f"/instances/{iid}").json()["usage"] == {"promptTokens": 40, "completionTokens": 10}
+        entry = _fleet_entry(api, iid)
+        assert entry["runningRun"] == run_id and entry["usage"] == {"promptTokens": 40, "completionTokens": 10}
+        assert [e for e in lines if e["type"] == "finish"][0]["usage"] == {"promptTokens": 45, "completionTokens": 11}
+
+    # ... and once it ended, its tokens are counted once
+    assert api.get(f"/runs/{run_id}").json()["usage"] == {"promptTokens": 45, "completionTokens": 11}
+    assert api.get(f"/instances/{iid}").json()["usage"] == {"promptTokens": 45, "completionTokens": 11}
+    assert _fleet_entry(api, iid)["usage"] == {"promptTokens": 45, "completionTokens": 11}

@@ -318,3 +318,48 @@ def test_a_sync_answer_its_worker_died_with_before_the_run_s_end_counts_with_the
             "promptTokens": usage_before["promptTokens"] + 50,
             "completionTokens": usage_before["completionTokens"] + 12,
         }
+
+
+def test_the_usage_so_far_counts_a_redelivered_runs_crashed_attempt_once(
+    make_cluster: Callable[..., Cluster], fake_llm: FakeLLM, tmp_path: Path
+) -> None:
+    """While a redelivered run waits on the model, the run's and the instance's usage show what
+    its crashed attempt recorded, once; at its end, its final usage, once."""
+    c = _started(make_cluster, tmp_path)
+    with (
+        httpx.Client(base_url=c.web.url, timeout=90) as api,
+        redis.Redis.from_url(c.redis_url, decode_responses=True) as r,
+        cf.ThreadPoolExecutor(1) as pool,
+    ):
+        iid, victim, _ = backed_up_instance(c, api)
+        before = _usage(api, iid)
+        # Given a run that spent 23 + 2 tokens in two steps before its worker was killed in its
+        # third, and whose redelivered call of that step is held
+        fake_llm.push_for(
+            MARK,
+            _tool(1, (11, 1)),
+            _tool(2, (12, 1)),
+            Reply(text="never seen", delay=3.0),
+            Reply(text="held", usage=(13, 1), delay=6.0),
+        )
+        sent = len(fake_llm.requests)
+        chat = pool.submit(api.post, f"/instances/{iid}/chat", json={"message": MARK})
+        fake_llm.wait_for_requests(sent + 3, timeout=20)
+        (run_id,) = r.zrange(keys.instance_runs(iid), 0, 0)
+        victim.kill()
+        fake_llm.wait_for_requests(sent + 4, timeout=60)  # the redelivered attempt waits on the model
+
+        # Then the run and the instance show the crashed attempt's tokens, once
+        run = api.get(f"/runs/{run_id}").json()
+        assert run["status"] == "running" and run["usage"] == {"promptTokens": 23, "completionTokens": 2}, run
+        so_far = {"promptTokens": before["promptTokens"] + 23, "completionTokens": before["completionTokens"] + 2}
+        assert _usage(api, iid) == so_far
+
+        # ... and at the run's end its usage, in the instance once
+        body = chat.result(90).json()
+        assert body["text"] == "held" and body["usage"] == {"promptTokens": 36, "completionTokens": 3}, body
+        assert api.get(f"/runs/{run_id}").json()["usage"] == body["usage"]
+        assert _usage(api, iid) == {
+            "promptTokens": before["promptTokens"] + 36,
+            "completionTokens": before["completionTokens"] + 3,
+        }
