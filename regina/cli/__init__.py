@@ -27,9 +27,12 @@ See docs/configuration.md for every key.
 """
 
 
+_ALSO_AFTER = "For the client commands; also after the command."
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
-@click.option("--url", help=f"{talk.URL_HELP} For the client commands; also after the command.")
-@click.option("--token", help=f"{talk.TOKEN_HELP} For the client commands; also after the command.")
+@click.option("--url", envvar="REGINA_URL", default=talk.DEFAULT_URL, help=f"{talk.URL_HELP} {_ALSO_AFTER}")
+@click.option("--token", envvar="REGINA_TOKEN", help=f"{talk.TOKEN_HELP} {_ALSO_AFTER}")
 def main(url: str | None, token: str | None) -> None:
     """Run many long-lived AI agent instances on Celery workers behind a Flask API."""
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from regina.client import ClientError, ReginaClient, RunStream, utf8_text
+from regina.config import environment
 from regina.errors import ReginaError
 from regina.ids import is_valid_instance_id
 
@@ -50,12 +50,12 @@ def server_options(f: F) -> F:
 
     @functools.wraps(f)
     def resolved(*args: Any, url: str | None, token: str | None, **kwargs: Any) -> Any:
-        group = click.get_current_context().find_root().params
-        url = url or group.get("url") or os.environ.get("REGINA_URL") or DEFAULT_URL
-        for given in (token, group.get("token"), os.environ.get("REGINA_TOKEN") or None):
-            if given is not None:
-                token = given
-                break
+        group = click.get_current_context().find_root().params  # `main`'s (env and default applied)
+        env = environment()
+        if url is None:
+            url = group.get("url") or env.get("REGINA_URL") or DEFAULT_URL
+        if token is None:
+            token = group.get("token") or env.get("REGINA_TOKEN") or None
         return f(*args, url=url, token=token, **kwargs)
 
     command = click.option("--token", help=TOKEN_HELP)(resolved)
