@@ -39,9 +39,12 @@ Redis one. What differs, and why the rest of Regina does not notice:
   connection closes, RabbitMQ itself puts its unacknowledged steps back, at their place in their
   queues — at once after a kill (the kernel closes the socket), after about two consumer
   heartbeats (`heartbeat_seconds`: `memberTtl`/4, so well before the re-home) for a lost
-  machine. `restore_unacked` has nothing left to do. Fencing is unchanged: a step a paused,
-  cut-off worker still runs writes nothing once the epoch moved, and is rejected back to its
-  queue (`basic.reject`, requeued at its place).
+  machine. `restore_unacked` has nothing left to do. Only the consumer's connection beats: the
+  worker's task-events connection has no heartbeat (`WorkerConsumer` in
+  workers/amqp_consumer.py), since Celery's loop did not read it often enough and a lapse of its
+  heartbeat dropped the consumer connection too, with every step in flight. Fencing is
+  unchanged: a step a paused, cut-off worker still runs writes nothing once the epoch moved, and
+  is rejected back to its queue (`basic.reject`, requeued at its place).
 - **A queue deleted under its consumer** (DELETE while a stale owner still consumes it): RabbitMQ
   cancels the consumer. py-amqp raises `ConsumerCancelled` for a consumer without a cancel
   callback, which Celery handles as a lost connection (every step in flight requeued). The
@@ -89,29 +92,24 @@ def heartbeat_seconds(member_ttl: float) -> int:
 
 def configure_worker(conf: Any, concurrency: int, member_ttl: float) -> None:
     """Celery's connection pool for `concurrency` greenlets, the consumer's heartbeat, and a
-    consumer loop that does not wait on the task-events connection (below)."""
+    task-events connection without one (workers/amqp_consumer.py) that the consumer loop leaves
+    alone (below)."""
     conf.broker_pool_limit = max(64, concurrency + 8)
     conf.broker_heartbeat = heartbeat_seconds(member_ttl)
+    conf.worker_consumer = "workers.amqp_consumer:WorkerConsumer"
     from celery.worker import loops  # worker only: a web process never imports celery.worker
 
-    if loops.__dict__["_quick_drain"] is not _drain_briefly:
-        _celery_quick_drain.append(loops.__dict__["_quick_drain"])
-        loops.__dict__["_quick_drain"] = _drain_briefly
+    loops.__dict__["_quick_drain"] = _leave_events_connection
 
 
-#: Seconds the consumer loop waits on the task-events connection per turn (Celery: 0.1).
-EVENTS_DRAIN_WAIT = 0.001
-#: Celery's own `_quick_drain`, once `configure_worker` replaced it.
-_celery_quick_drain: list[Any] = []
-
-
-def _drain_briefly(connection: Any, timeout: float = 0.1) -> None:
-    """Celery's gevent consumer loop, with broker heartbeats on, reads the task-events
-    connection for up to 0.1 s after every turn, so the broker's heartbeats on it are consumed;
-    no step is delivered meanwhile, and back-to-back chats took ~100 ms each (measured: 75 ms
-    between RabbitMQ pushing a step and the worker reading it). That connection only publishes:
-    read what is there (heartbeats) without waiting for more."""
-    _celery_quick_drain[0](connection, min(timeout, EVENTS_DRAIN_WAIT))
+def _leave_events_connection(connection: Any, timeout: float = 0.1) -> None:
+    """Read nothing (in place of Celery's `_quick_drain`). Celery's gevent consumer loop reads
+    the task-events connection after every turn, waiting up to 0.1 s, for its heartbeats: it has
+    none here, and only publishes, each publish reading its own confirm. The loop's read delayed
+    every turn (back-to-back chats took ~100 ms each at 0.1 s), and could take the confirm a
+    publishing greenlet waited for, which then waited for good, nothing else coming on that
+    connection: it was Celery's `worker-heartbeat` timer, holding the dispatcher's lock, and
+    the consumer's next reconnect waited on that lock forever."""
 
 
 #: The anonymous exchange: an instance queue's steps are published to it (routing key = the queue).

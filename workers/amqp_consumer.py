@@ -21,6 +21,9 @@ or by RabbitMQ), and after a reconnect consumes again those that still exist.
 
 A queue found missing for an instance this member still holds (at the attach's epoch, not being
 deleted) was deleted behind Regina's back: it is created again, as the attach did before.
+
+**Heartbeats on the consumer's connection only** (`WorkerConsumer`): Celery's gevent loop does not
+read the task-events connection often enough to keep a heartbeat on it, so it has none.
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ import functools
 import logging
 from typing import Any
 
+import kombu
 from amqp.exceptions import NotFound
 from celery import bootsteps
+from celery.worker import consumer as celery_consumer
 from kombu import Consumer, Queue
 
 from regina import keys
@@ -161,6 +166,24 @@ def _consume_again(c: Any) -> None:
     for name in kept:
         consume_instance_queue(c, name)
     log.warning("reconnected: %d instance queue(s) consumed again, %d deleted meanwhile", len(kept), gone)
+
+
+class WorkerConsumer(celery_consumer.Consumer):
+    """Celery's worker consumer whose task-events connection has no AMQP heartbeat
+    (`worker_consumer` on RabbitMQ, workers/amqp.py)."""
+
+    def connection_for_write(self, url: str | None = None, heartbeat: float | None = None) -> kombu.Connection:
+        """The task-events connection (Celery's `Events` step is this method's one caller), without
+        heartbeats. Celery gives it the consumer's heartbeat but reads it only when the consumer
+        connection's `drain_events` returns, which py-amqp's does not on a heartbeat frame: an idle
+        worker with a heartbeat of 4 s or less (RabbitMQ beats every 2 s or less) never read it,
+        only the 2 s `worker-heartbeat` publishes kept it alive, and at 1 s (memberTtl under 8 s)
+        one a little late lapsed it: Celery dropped the consumer connection, every step in flight
+        requeued. It only publishes: the consumer's heartbeat finds a lost broker or machine (its
+        reconnect opens this connection again), a publish on a lost path fails within py-amqp's
+        1 s TCP_USER_TIMEOUT, and one RabbitMQ closes alone is reopened by the next
+        `worker-heartbeat` publish (sent with kombu's `ensure`)."""
+        return super().connection_for_write(url, heartbeat=0)
 
 
 def install(app: Any) -> None:

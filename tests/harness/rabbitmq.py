@@ -84,6 +84,13 @@ class RabbitVhost:
         consumers = self._list("list_consumers", "queue_name", "channel_pid")
         channels = {row[1] for row in consumers if row[0].startswith(prefix)}
         consuming = {row[1] for row in self._list("list_channels", "pid", "connection") if row[0] in channels}
+        return sorted(beat for pid, beat in self._connection_heartbeats() if pid in consuming)
+
+    def heartbeats(self) -> list[int]:
+        """The negotiated heartbeat (seconds, 0 for none) of each of the vhost's connections."""
+        return sorted(beat for _pid, beat in self._connection_heartbeats())
+
+    def _connection_heartbeats(self) -> list[tuple[str, int]]:
         done = subprocess.run(
             ["rabbitmqctl", "list_connections", "-q", "--no-table-headers", "vhost", "pid", "timeout"],
             capture_output=True,
@@ -91,7 +98,7 @@ class RabbitVhost:
             timeout=60,
         )
         rows = [line.split("\t") for line in done.stdout.splitlines() if line.strip()]
-        return sorted(int(row[2]) for row in rows if row[0] == self.name and row[1] in consuming)
+        return [(row[1], int(row[2])) for row in rows if row[0] == self.name]
 
     def _list(self, command: str, *columns: str) -> list[list[str]]:
         argv = ["rabbitmqctl", command, "-q", "--no-table-headers", "-p", self.name, *columns]

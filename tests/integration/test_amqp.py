@@ -128,6 +128,30 @@ def test_a_workers_heartbeat_lets_rabbitmq_drop_a_silent_consumer_before_the_re_
     assert beats and all(0 < 2 * beat < 3 for beat in beats), beats
 
 
+def test_an_idle_worker_keeps_its_connection_to_rabbitmq(
+    mq: Cluster, rabbit: RabbitVhost, api: httpx.Client, fake_llm: FakeLLM
+) -> None:
+    """Regression: Celery opened a worker's task-events connection with the consumer's heartbeat
+    (1 s here) but its gevent loop reads that connection only when the consumer connection's
+    drain returns, which RabbitMQ's beats (every 0.5 s) never let an idle worker's do. Only the
+    `worker-heartbeat` events' publishes, every 2 s, read it; one a little late and Celery
+    dropped the consumer connection ("Too many heartbeats missed"), requeueing every step in
+    flight: the instance's queue had no consumer for a moment, a step could run twice."""
+    iid = spawn(api)
+    seen = {w.name: len(w.log()) for w in mq.workers}
+    # Each worker beats on the connection that consumes its queues, and on no other
+    assert [beat for beat in rabbit.heartbeats() if beat] == rabbit.consumer_heartbeats("regina.m.")
+
+    # When the workers stay idle for three heartbeats (two missed lose a connection), then a chat
+    time.sleep(3.5)
+    assert api.post(f"/instances/{iid}/chat", json={"message": "after a pause"}).json()["text"] == "echo: after a pause"
+
+    # Then its step ran once, and no worker lost its connection meanwhile
+    assert sum("after a pause" in json.dumps(r.body) for r in fake_llm.requests) == 1
+    assert [w.name for w in mq.workers if "Connection to broker lost" in w.log()[seen.get(w.name, 0) :]] == []
+    assert rabbit.queue(_queue(iid)) == (0, 1)
+
+
 def test_a_spawns_attach_is_published_after_its_queue_was_created(rabbit: RabbitVhost) -> None:
     # The web creates a new instance's queue on the channel that publishes the spawn's attach
     # (RabbitMQ confirms the publish after the declare before it): when the publish returns, the
