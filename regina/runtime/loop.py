@@ -501,7 +501,10 @@ def _stop(turn: _Turn, stop: tuple[str, str], text: str, total: Usage, step: int
     next run's model builds on it, and a sync chat or a delegating agent sees only this text —
     dropping it would hide what the run paid for (stream clients had it as deltas)."""
     reason, message = stop
-    final_text = message if reason != BUDGET else f"{answer}\n\n{message}" if answer else message
+    if reason != BUDGET:
+        final_text = text
+    else:
+        final_text = f"{answer}\n\n{message}" if answer else message
     turn.flush()  # the user's message is saved before the end is told (its script ships it)
     turn.sink.emit(Finish(finish_reason=reason, text=final_text, usage=total))
     return TurnResult(text=final_text, usage=total, finish_reason=reason, steps=step)

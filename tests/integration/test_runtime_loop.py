@@ -611,3 +611,24 @@ def test_a_provider_that_reports_no_usage_counts_the_estimate(fake: FakeLLM, tar
     assert result.usage.prompt_tokens >= len("hello " * 40) // 4
     step = next(e for e in t.events if e["type"] == "step-finish")
     assert step["usage"] == t.events[-1]["usage"] == result.usage.as_dict()
+
+
+def test_a_cancelled_run_ends_with_the_text_the_model_had_written_not_the_cancels_message(
+    fake: FakeLLM, target: ModelTarget
+) -> None:
+    """Only a budget stop's text names its budget; a cancel's finish keeps the model's text."""
+    sinks: list[LocalSink] = []
+
+    def slow_write(p: EchoParams) -> str:
+        sinks[0].cancel.cancel("cancelled", "the run was cancelled")
+        return f"wrote {p.text}"
+
+    tools = {"slow_write": Tool("slow_write", "writes", EchoParams, slow_write)}
+    fake.push(Reply(text="working on it", tool_calls=[ToolCall("slow_write", {"text": "a"})]))
+    t = Turn(target, MemoryVFS(), tools)
+    sink = LocalSink(t.emit, run_id="run-t")
+    sinks.append(sink)
+    result = run_turn(TurnSpec(target, SYSTEM, tools), t.session, "go", sink)
+    assert result.finish_reason == "cancelled"
+    assert result.text == "working on it"
+    assert [e["text"] for e in t.events if e["type"] == "finish"] == ["working on it"]
