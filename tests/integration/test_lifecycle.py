@@ -148,11 +148,12 @@ def test_backup_taken_while_a_chat_writes_files_is_consistent(
     with cf.ThreadPoolExecutor(2) as pool:
         chat = pool.submit(api.post, f"/instances/{iid}/chat", json={"message": "write many"})
         fake_llm.wait_for_requests(1, timeout=10)
+        first = owner(c, api, iid)  # held now; once suspended, an instance has no member
         assert api.post(f"/instances/{iid}/suspend").status_code == 204
         assert chat.result(60).json()["text"] == "wrote 150"
     wrote = json.loads(fake_llm.requests[1].messages[-1]["content"])
     assert wrote["stdout"].strip() == "150"
-    first = owner(c, api, iid)
+    assert api.get(f"/instances/{iid}").json()["member"] is None
     first.stop()
     fake_llm.push(
         Reply(tool_calls=[ToolCall("bash", {"command": "cat /data/f*.txt | sort -u | wc -l"})]), Reply(text="ok")
