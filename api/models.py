@@ -150,7 +150,10 @@ class InstanceDetail(Instance):
     epoch: int
     lastActive: str
     lastActiveAt: str | None = Field(None, description="The same as lastActive.")
-    vfsBytes: int
+    vfsBytes: int = Field(
+        description="Bytes of its filesystem: while started, its file on its worker's disk (written within "
+        "seconds of a step; a VFS not kept in a file: its last backup's); once suspended, its last backup's."
+    )
     usage: Usage
     runningRun: str | None = None
 

@@ -59,6 +59,8 @@ class Active:
     #: The wait after the last failed checkpoint (0: the last one succeeded).
     checkpoint_retry: float = 0.0
     last_used: float = field(default_factory=time.monotonic)
+    #: The VFS size last written to the instance's record (`InstanceHost.report_sizes`).
+    reported_bytes: int = -1
     parked: bool = False
     last_touch: float = 0.0
     #: The running run, for the `delegate` tool.

@@ -47,6 +47,7 @@ from regina.runtime.tools.runner import ToolRunner, snapshot_pool
 from regina.sandbox_env import sandbox_env
 from regina.step import StepRunner, not_saved
 from regina.storage import Storage
+from regina.vfs.sizes import live_bytes
 
 #: Seconds a backup waits for its snapshot (SQLite copies about 500 MiB a second here).
 SNAPSHOT_TIMEOUT = 300.0
@@ -110,6 +111,7 @@ class InstanceHost:
         self.interrupter_factory = interrupter_factory
         self.steps = StepRunner(settings, client, self.runs, self.journal, self.running, interrupter_factory)
         self.active: dict[str, Active] = {}
+        self._sizes_at = 0.0  # the last `report_sizes` (monotonic)
         self.writes = MemberWrites(client, member_id, settings.member_ttl)
         # Instances being attached: steps that arrive meanwhile wait on this gate.
         self.loading: dict[str, FifoLock] = {}
@@ -554,6 +556,26 @@ class InstanceHost:
                     self._park(act)
                 count += 1
         return count
+
+    def report_sizes(self) -> int:
+        """Record the VFS size of the instances that ran a step since the last report (the
+        fleet view's `vfsBytes`; a backup records its own), fenced like every owner's write:
+        one round trip for all of them, none when nothing changed. Returns how many changed."""
+        since, self._sizes_at = self._sizes_at, time.monotonic()
+        changed: list[tuple[Active, int]] = []
+        for act in list(self.active.values()):
+            if act.last_used < since:
+                continue
+            size = live_bytes(act.vfs)
+            if size is not None and size != act.reported_bytes:
+                changed.append((act, size))
+        if not changed:
+            return 0
+        done = self.store.fenced_set_many([(a.instance_id, a.epoch, {"vfsBytes": n}) for a, n in changed])
+        for (act, size), ok in zip(changed, done, strict=True):
+            if ok:
+                act.reported_bytes = size
+        return len(changed)
 
     def messages(self, instance_id: str) -> list[dict[str, Any]]:
         """The conversation as stored in the instance's session file.

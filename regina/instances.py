@@ -341,6 +341,16 @@ class InstanceStore:
             args += [k, repr(v) if isinstance(v, float) else str(v)]
         return bool(self._fenced_hset(keys=[keys.instance_record(instance_id)], args=args))
 
+    def fenced_set_many(self, changes: list[tuple[str, int, dict[str, str | int]]]) -> list[bool]:
+        """`fenced_set` of several instances (id, epoch, fields) in one round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        for instance_id, epoch, fields in changes:
+            args: list[str] = [str(epoch)]
+            for k, v in fields.items():
+                args += [k, str(v)]
+            self._fenced_hset(keys=[keys.instance_record(instance_id)], args=args, client=pipe)
+        return [bool(ok) for ok in pipe.execute()]
+
     def fenced_touch(self, instance_id: str, epoch: int, **fields: str | int) -> bool:
         """`fenced_set` that also resets lastActive to Redis's clock, in one round trip."""
         args: list[str] = [str(epoch)]

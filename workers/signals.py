@@ -283,6 +283,7 @@ def _idle_loop() -> None:
             break  # the shutdown suspends every instance itself
         try:
             ctx.host.park_idle(ctx.settings.vfs_park_after)
+            ctx.host.report_sizes()
             idle = ctx.host.idle_instances()
             now = time.monotonic()
             requested = {i: t for i, t in requested.items() if i in ctx.host.active and now - t < again}

@@ -16,7 +16,9 @@ import redis
 
 from regina import keys
 from regina.instances import InstanceStore
+from tests.harness.fake_llm import FakeLLM, Reply, ToolCall
 from tests.harness.processes import Cluster
+from tests.harness.waiting import wait_until
 
 
 def test_fleet_pages_filters_and_stays_quick_over_2000_instances(make_cluster: Callable[..., Cluster]) -> None:
@@ -192,3 +194,29 @@ def test_pages_serve_every_instance_once_when_many_share_one_created_at(make_clu
             if pages in (5, 12):  # the cursor's own instance goes: the page after it is found by search
                 store.delete(served[-1], "tool-agent")
     assert served == expected
+
+
+def test_a_started_instance_reports_its_vfs_size_before_any_backup(
+    make_cluster: Callable[..., Cluster], fake_llm: FakeLLM
+) -> None:
+    # Before: vfsBytes was written by backups only, so a started instance showed 0 (or its last
+    # backup's size) however much its files grew; without storage it stayed 0 for good.
+    c = make_cluster(REGINA_IDLE_TIMEOUT="0")  # no suspend: no backup writes vfsBytes
+    c.start_worker()
+    web = c.start_web()
+    with httpx.Client(base_url=web.url, timeout=30) as api:
+        iid = api.post("/agents/openai-agent/instances").json()["instanceId"]
+        fake_llm.push(
+            Reply(tool_calls=[ToolCall("write_file", {"path": "/big.txt", "content": "x" * 400_000})]),
+            Reply(text="written"),
+        )
+        assert api.post(f"/instances/{iid}/chat", json={"message": "write"}).json()["text"] == "written"
+
+        def size() -> int:
+            return cast(int, api.get(f"/instances/{iid}").json()["vfsBytes"])
+
+        wait_until(lambda: size() >= 400_000, timeout=20, what="the VFS size reported")
+        detail = api.get(f"/instances/{iid}").json()
+        assert detail["status"] == "started" and detail["member"] is not None
+        [listed] = [i for i in api.get("/instances").json() if i["instanceId"] == iid]
+        assert listed["vfsBytes"] == detail["vfsBytes"]
