@@ -101,6 +101,7 @@ class ReginaWebWorker(GeventWorker):  # type: ignore[misc]
         self.idle: dict[gevent.Greenlet, gevent.Timeout] = {}
         gunicorn_wsgi.Response = OneWriteResponse  # what gunicorn's `wsgi.create` builds, in this process
         gunicorn_util.write_error = write_json_error  # what `handle_error` answers with, in this process
+        _freeze(self.cfg)
         super().init_process()
 
     def timeout_ctx(self) -> _IdleWait:
@@ -115,6 +116,14 @@ class ReginaWebWorker(GeventWorker):  # type: ignore[misc]
             gevent.sleep(0.2)
         for greenlet, wait in list(self.idle.items()):
             greenlet.kill(wait, block=False)  # the wait's own exception: it ends quietly
+
+
+def _freeze(cfg: Any) -> None:
+    """Give a worker's config each setting's value as a plain attribute. gunicorn's `Config`
+    answers `cfg.<setting>` through `__getattr__` and the setting's `get()`, about 26 times per
+    request; a worker's settings never change (a reload forks new workers), and an attribute is
+    found before `__getattr__` is tried. Properties of `Config` still take precedence."""
+    cfg.__dict__.update({name: setting.get() for name, setting in cfg.settings.items()})
 
 
 class _IdleWait:
