@@ -276,7 +276,12 @@ def _describe(path: Path, exc: ValidationError, written: dict[str, Any]) -> str:
     return f"{path}: " + "; ".join(problems)
 
 
-def _read_frontmatter(path: Path) -> tuple[dict[str, Any], str]:
+def read_definition_text(path: Path) -> str:
+    """The text of a definition file (at most 1 MiB of UTF-8).
+
+    Raises:
+        DefinitionError: the file cannot be read, is too large or is not UTF-8.
+    """
     try:
         size = path.stat().st_size
     except OSError as exc:
@@ -284,11 +289,16 @@ def _read_frontmatter(path: Path) -> tuple[dict[str, Any], str]:
     if size > MAX_DEFINITION_BYTES:
         raise DefinitionError(f"{path}: file is {size} bytes, over the 1 MiB ({MAX_DEFINITION_BYTES} bytes) limit")
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        return path.read_bytes().decode("utf-8-sig")
     except OSError as exc:
         raise DefinitionError(f"{path}: cannot read: {exc.strerror}") from exc
     except UnicodeDecodeError as exc:
         raise DefinitionError(f"{path}: not valid UTF-8 (byte {exc.start})") from exc
+
+
+def _read_frontmatter(path: Path, text: str | None = None) -> tuple[dict[str, Any], str]:
+    if text is None:
+        text = read_definition_text(path)
     handler = YAMLHandler()
     text = text.lstrip()
     if not handler.detect(text):
@@ -332,8 +342,11 @@ def parse_definition(
     path: str | os.PathLike[str],
     settings: Settings,
     environ: Mapping[str, str] | None = None,
+    text: str | None = None,
 ) -> AgentDefinition:
-    """Read and validate the agent definition at `path` (rules in the module docstring).
+    """Read and validate the agent definition at `path` (rules in the module docstring); `text`:
+    the file's text as read already (or as it was: the registry's last good version), with tool
+    paths still relative to `path`.
 
     Raises:
         DefinitionError: the message starts with the file's path and names the field at fault;
@@ -342,7 +355,7 @@ def parse_definition(
     """
     env = environment() if environ is None else environ
     try:
-        return _parse(Path(path).resolve(), settings, env)
+        return _parse(Path(path).resolve(), settings, env, text)
     except DefinitionError as exc:
         safe = redact_with(exc.message, env)
         if safe == exc.message:
@@ -350,8 +363,8 @@ def parse_definition(
         raise DefinitionError(safe) from None
 
 
-def _parse(p: Path, settings: Settings, environ: Mapping[str, str]) -> AgentDefinition:
-    data, body = _read_frontmatter(p)
+def _parse(p: Path, settings: Settings, environ: Mapping[str, str], text: str | None = None) -> AgentDefinition:
+    data, body = _read_frontmatter(p, text)
     expanded: dict[str, Any] = {}
     for key, value in data.items():
         try:

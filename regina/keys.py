@@ -37,6 +37,8 @@ lives under `regina:` too.
 | regina:ready:<memberId>               | LIST   | —          | names of the member's instance queues    |
 |                                       |        |            | with a step waiting, one per step        |
 | regina:registry:version               | STRING | —          | bumped by every agent registry reload    |
+| regina:registry:good                  | HASH   | —          | definition file path → its last text     |
+|                                       |        |            | that parsed (a broken file's last good)  |
 | regina:journal:<instanceId>           | LIST   | —          | VFS changes since the last backup        |
 | regina:held:<memberId>                | ZSET   | —          | ids of the instances the member holds    |
 |                                       |        |            | (started/suspending), by createdAt       |
@@ -76,6 +78,8 @@ CANCEL_CHANNEL = "regina:runs:cancel"
 RUN_PREFIX = "regina:run:"
 """Prefix of `run_record()`; Lua scripts that look at an instance's runs get it as an argument."""
 REGISTRY_VERSION = "regina:registry:version"
+REGISTRY_GOOD = "regina:registry:good"
+"""Hash: a definition file's resolved path → the last text of it that parsed, in any process."""
 HELD_PREFIX = "regina:held:"
 """Prefix of `member_held()`: the instance scripts build held-set keys from it."""
 HOLDERS = "regina:holders"

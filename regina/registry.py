@@ -30,9 +30,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from typing import Protocol
 
 from regina.config import Settings, environment
-from regina.definitions import AgentDefinition, parse_definition
+from regina.definitions import AgentDefinition, parse_definition, read_definition_text
 from regina.errors import ConfigError, DefinitionError, NotFound
 from regina.secrets import redact_with
 
@@ -51,6 +52,19 @@ class RegistrySnapshot:
     """Definitions loaded with a problem fixed up (unknown delegates dropped)."""
     loaded_at: float = 0.0
     """`time.time()` when the snapshot was built."""
+    texts: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    """The text of every file that parsed in this build, by its resolved path."""
+
+
+class LastGoodTexts(Protocol):
+    """Where the processes of a cluster share the last text of each definition file that parsed
+    (regina/registry_sync.py keeps it in Redis): a process started after a file broke has no
+    last good definition of its own, and without this it would lack an agent every older
+    process still serves."""
+
+    def fetch(self, paths: builtins.list[str]) -> dict[str, str]: ...
+
+    def keep(self, texts: Mapping[str, str]) -> None: ...
 
 
 def _problem(path: Path | str, message: str) -> Mapping[str, str]:
@@ -65,6 +79,15 @@ class AgentRegistry:
         self._environ = environ
         self.snapshot = RegistrySnapshot()
         self._reload_lock = threading.Lock()
+        #: Shared last good texts (`share_last_good`), and the texts this process put there last.
+        self.last_good: LastGoodTexts | None = None
+        self._kept: dict[str, str] = {}
+
+    def share_last_good(self, store: LastGoodTexts) -> None:
+        """Keep the texts that parse in `store`, and take a broken file's last good definition
+        from it when this process has none; reloads once, so that what loaded before counts."""
+        self.last_good = store
+        self.reload()
 
     # -- building -------------------------------------------------------------------------
     def _agents_dir(self) -> Path:
@@ -87,11 +110,13 @@ class AgentRegistry:
         previous = {d.path: d for d in self.snapshot.definitions.values()}
         found: dict[str, AgentDefinition] = {}
         file_of: dict[str, Path] = {}
+        texts: dict[str, str] = {}
         failed: list[tuple[Path, str]] = []
         errors: list[Mapping[str, str]] = []
         for path in files:
             try:
-                definition = parse_definition(path, self.settings, environ)
+                text = read_definition_text(path)
+                definition = parse_definition(path, self.settings, environ, text=text)
             except DefinitionError as exc:
                 failed.append((path, exc.message))
                 continue
@@ -108,10 +133,13 @@ class AgentRegistry:
                 continue
             found[definition.name] = definition
             file_of[definition.name] = path
+            texts[str(path.resolve())] = text
+        shared = self._shared([str(p.resolve()) for p, _ in failed if str(p.resolve()) not in previous])
         for path, message in failed:
             # A file that became invalid keeps its last good definition (its instances go on
-            # running, and listing them by agent still works) unless its name is taken now.
-            last_good = previous.get(str(path.resolve()))
+            # running, and listing them by agent still works) unless its name is taken now: this
+            # process's own, or the one another process last loaded from it.
+            last_good = previous.get(str(path.resolve())) or self._parse_shared(path, shared, environ)
             if last_good is not None and last_good.name not in found:
                 found[last_good.name] = last_good
                 file_of[last_good.name] = path
@@ -137,7 +165,33 @@ class AgentRegistry:
             errors=tuple(errors),
             warnings=tuple(warnings),
             loaded_at=time.time(),
+            texts=MappingProxyType(texts),
         )
+
+    def _shared(self, paths: builtins.list[str]) -> dict[str, str]:
+        if not paths or self.last_good is None:
+            return {}
+        return self.last_good.fetch(paths)
+
+    def _parse_shared(
+        self, path: Path, shared: Mapping[str, str], environ: Mapping[str, str]
+    ) -> AgentDefinition | None:
+        text = shared.get(str(path.resolve()))
+        if text is None:
+            return None
+        try:
+            return parse_definition(path, self.settings, environ, text=text)
+        except DefinitionError:  # e.g. a variable it needs is not set in this process
+            return None
+
+    def _keep_texts(self, snapshot: RegistrySnapshot) -> None:
+        """Put the texts that parsed and changed since this process's last put in `last_good`."""
+        if self.last_good is None:
+            return
+        changed = {path: text for path, text in snapshot.texts.items() if self._kept.get(path) != text}
+        if changed:
+            self.last_good.keep(changed)
+            self._kept.update(changed)
 
     def reload(self) -> RegistrySnapshot:
         """Build a complete new snapshot and swap it in; on failure keep the old one and raise.
@@ -150,6 +204,7 @@ class AgentRegistry:
         with self._reload_lock:  # two reloads at once must not publish out of order
             new = self.build()
             self.snapshot = new  # the atomic swap: one attribute assignment
+            self._keep_texts(new)
         for problem in new.errors:
             log.error("agent definition skipped: %s", problem["error"])
         for problem in new.warnings:

@@ -15,11 +15,13 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Mapping
 from types import FrameType
 
 import redis
 
 from regina import keys
+from regina.errors import ConfigError
 from regina.outage import Outage
 from regina.providers import missing_api_key
 from regina.registry import AgentRegistry
@@ -32,6 +34,32 @@ WAKE_SECONDS = 1.0
 Redis's (the bound on a missed announcement) and runs a due SIGHUP reload."""
 SIGHUP_DEBOUNCE = 1.0
 """Seconds a SIGHUP waits for more signals (an editor saving several files) before reloading."""
+
+
+class SharedLastGood:
+    """`LastGoodTexts` in Redis (`keys.REGISTRY_GOOD`). Best effort: with Redis away a process
+    keeps its own last good definitions, as it would without this."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def fetch(self, paths: list[str]) -> dict[str, str]:
+        try:
+            found = self.client.hmget(keys.REGISTRY_GOOD, paths)
+        except redis.RedisError as exc:
+            log.warning("could not read the last good agent definitions from Redis: %s", exc)
+            return {}
+        return {p: _text(t) for p, t in zip(paths, found, strict=True) if t is not None}
+
+    def keep(self, texts: Mapping[str, str]) -> None:
+        try:
+            self.client.hset(keys.REGISTRY_GOOD, mapping=dict(texts))  # type: ignore[arg-type]  # str keys and values
+        except redis.RedisError as exc:
+            log.warning("could not share the last good agent definitions in Redis: %s", exc)
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def announce_reload(client: redis.Redis) -> int:
@@ -121,7 +149,12 @@ class RegistryFollower:
 
 
 def start_reload_listener(client: redis.Redis, registry: AgentRegistry) -> RegistryFollower:
-    """Follow registry reloads in a daemon thread (a greenlet under gevent)."""
+    """Share last good definitions through Redis (`SharedLastGood`) and follow registry reloads
+    in a daemon thread (a greenlet under gevent)."""
+    try:
+        registry.share_last_good(SharedLastGood(client))
+    except ConfigError as exc:  # agentsDir went away since the first load: the loaded one stays
+        log.error("agent registry reload failed, keeping the loaded one: %s", exc)
     follower = RegistryFollower(client, registry)
     thread = threading.Thread(target=follower.listen_forever, name="regina-registry-reload", daemon=True)
     thread.start()

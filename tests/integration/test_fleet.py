@@ -123,6 +123,18 @@ def test_instances_stay_listed_by_agent_when_their_definition_breaks_or_goes(
         assert api.get("/instances", params={"agent": "no-such-agent"}).status_code == 404
         assert api.get("/agents/no-such-agent/instances").status_code == 404
 
+    # Processes started after the break serve alpha too (its last good text is shared in Redis):
+    # before, a new web answered 404 for it and a new worker could not attach its instances.
+    c.start_worker()
+    later = c.start_web()
+    with httpx.Client(base_url=later.url, timeout=30) as api:
+        assert api.get("/agents/alpha").status_code == 200
+        [error] = api.get("/admin/agents/errors").json()
+        assert "the previous version of 'alpha' is kept" in error["error"]
+        iid = api.post("/agents/alpha/instances").json()["instanceId"]
+        answer = api.post(f"/instances/{iid}/chat", json={"message": "still here"})
+        assert answer.status_code == 200 and answer.json()["text"] == "echo: still here", answer.text
+
 
 def test_member_is_the_live_holder_and_the_member_filter_matches_only_what_it_holds(
     make_cluster: Callable[..., Cluster],

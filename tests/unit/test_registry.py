@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 
@@ -152,6 +154,49 @@ def test_a_file_that_becomes_invalid_keeps_its_last_good_definition(tmp_path: Pa
     broken.unlink()
     registry.reload()
     assert [d.name for d in registry.list()] == ["alpha", "gamma"]  # a removed file goes
+
+
+class _Texts:
+    """A LastGoodTexts in memory (regina/registry_sync.py's keeps them in Redis)."""
+
+    def __init__(self) -> None:
+        self.texts: dict[str, str] = {}
+        self.kept: list[dict[str, str]] = []
+
+    def fetch(self, paths: list[str]) -> dict[str, str]:
+        return {p: self.texts[p] for p in paths if p in self.texts}
+
+    def keep(self, texts: Mapping[str, str]) -> None:
+        self.kept.append(dict(texts))
+        self.texts.update(texts)
+
+
+def test_a_registry_started_after_a_file_broke_takes_its_last_good_text_from_the_shared_store(
+    tmp_path: Path,
+) -> None:
+    # Before: a process started after the break had no last good definition of its own, so it
+    # lacked an agent every older process still served.
+    beta = agent(tmp_path, "b.md", "beta", body="good beta")
+    agent(tmp_path, "c.md", "gamma")
+    shared = _Texts()
+    older = registry_for(tmp_path)
+    older.share_last_good(shared)
+    assert shared.kept == [{str(beta.resolve()): beta.read_text(), str((tmp_path / "c.md").resolve()): ANY}]
+    older.reload()
+    assert len(shared.kept) == 1  # nothing changed: nothing put again
+    beta.write_text("---\nname: beta\nmodel: gpt-4o\nmaxStep: 3\n---\nYou are beta.\n")
+
+    alone = registry_for(tmp_path)
+    alone.load()
+    assert [d.name for d in alone.list()] == ["gamma"]
+    newer = registry_for(tmp_path)
+    newer.share_last_good(shared)
+    assert [d.name for d in newer.list()] == ["beta", "gamma"]
+    assert newer.get("beta").system_prompt == "good beta" and newer.get("beta").path == str(beta)
+    [error] = newer.errors
+    assert "'maxStep'" in error["error"] and "the previous version of 'beta' is kept" in error["error"]
+    assert str(beta.resolve()) not in shared.kept[-1]  # the broken text is not shared
+    assert "good beta" in shared.texts[str(beta.resolve())]
 
 
 def test_failed_reload_keeps_the_old_registry(tmp_path: Path) -> None:
