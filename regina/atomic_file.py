@@ -58,10 +58,14 @@ def write_atomic_from(
     prefix: str = ".tmp-",
     suffix: str = "",
     before_replace: Callable[[str], None] | None = None,
+    blocking: Callable[[Callable[[], None]], None] | None = None,
 ) -> bool:
     """`write_atomic` for content `fill` writes into the temp file it is given (a download
     streamed to disk, never whole in memory). `fill` returns False when it has nothing: the temp
-    file goes, `path` stays as it was, and this returns False."""
+    file goes, `path` stays as it was, and this returns False. `blocking` runs the long waits
+    (the fsync of the whole file, `before_replace`) where they stop nothing else: a worker
+    passes a real thread, since on gevent's hub they would stop every greenlet."""
+    run = blocking or _at_once
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=directory)
     try:
@@ -69,14 +73,15 @@ def write_atomic_from(
             filled = fill(fh)
             if filled:
                 fh.flush()
-                os.fsync(fh.fileno())
+                run(lambda: os.fsync(fh.fileno()))
         if not filled:
             os.remove(tmp)
             return False
         if mode is not None:
             os.chmod(tmp, mode)
         if before_replace is not None:
-            before_replace(tmp)
+            check = before_replace
+            run(lambda: check(tmp))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -84,3 +89,7 @@ def write_atomic_from(
         raise
     fsync_dir(directory)
     return True
+
+
+def _at_once(call: Callable[[], None]) -> None:
+    call()

@@ -172,7 +172,9 @@ def restore_snapshot(path: str, data: bytes) -> None:
     restore_snapshot_from(path, fill)
 
 
-def restore_snapshot_from(path: str, fill: Callable[[BinaryIO], bool]) -> bool:
+def restore_snapshot_from(
+    path: str, fill: Callable[[BinaryIO], bool], blocking: Callable[[Callable[[], None]], None] | None = None
+) -> bool:
     """Write the snapshot `fill` writes into the file it is given (a backup streamed from
     storage) to the SQLite file `path` atomically (`regina.atomic_file`); False, and `path` left
     as it was, when `fill` has none.
@@ -180,7 +182,8 @@ def restore_snapshot_from(path: str, fill: Callable[[BinaryIO], bool]) -> bool:
     The image is checked in its temp file before it replaces anything, never held whole in
     memory. Any ``-wal``/``-shm`` files left next to `path` are removed just before the rename (a
     stale WAL must never be replayed over the restored image). No SQLiteVFS may have `path` open
-    while this runs.
+    while this runs. `blocking` runs the fsync and the check (a whole-file integrity check) as
+    `write_atomic_from` says.
     """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
 
@@ -192,4 +195,6 @@ def restore_snapshot_from(path: str, fill: Callable[[BinaryIO], bool]) -> bool:
             except FileNotFoundError:
                 pass
 
-    return write_atomic_from(path, fill, prefix=".restore-", suffix=".sqlite", before_replace=check_then_drop_journals)
+    return write_atomic_from(
+        path, fill, prefix=".restore-", suffix=".sqlite", before_replace=check_then_drop_journals, blocking=blocking
+    )
