@@ -328,13 +328,19 @@ class RealDirVFS:
             src.close()
 
     @classmethod
-    def restore_from(cls, root: str, fill: Callable[[BinaryIO], bool]) -> bool:
+    def restore_from(
+        cls,
+        root: str,
+        fill: Callable[[BinaryIO], bool],
+        blocking: Callable[[Callable[[], None]], None] | None = None,
+    ) -> bool:
         """`restore_snapshot` for the snapshot `fill` writes into the file it is given (a backup
         streamed from storage); False, and `root` left as it was, when `fill` has none.
 
         The image goes to a temp file beside `root` and is read from there (never whole in
         memory), then removed; one a crash leaves is a `.restore-*` leftover
-        (regina/local_copies.py).
+        (regina/local_copies.py). `blocking` runs the image's check and the tree's rebuild (disk
+        work a worker keeps off its gevent hub, as `write_atomic_from` says).
         """
         parent = os.path.dirname(os.path.abspath(root))
         os.makedirs(parent, exist_ok=True)
@@ -343,12 +349,16 @@ class RealDirVFS:
             with os.fdopen(fd, "wb") as out:
                 if not fill(out):
                     return False
-            check_snapshot_file(image)
-            src = SQLiteVFS(image, synchronous="OFF")
-            try:
-                cls._rebuild(root, src)
-            finally:
-                src.close()
+
+            def check_and_rebuild() -> None:
+                check_snapshot_file(image)
+                src = SQLiteVFS(image, synchronous="OFF")
+                try:
+                    cls._rebuild(root, src)
+                finally:
+                    src.close()
+
+            (blocking or _at_once)(check_and_rebuild)
             return True
         finally:
             for suffix in ("", "-wal", "-shm"):
@@ -396,3 +406,7 @@ class RealDirVFS:
 
     def __repr__(self) -> str:
         return f"RealDirVFS({self.root!r})"
+
+
+def _at_once(call: Callable[[], None]) -> None:
+    call()

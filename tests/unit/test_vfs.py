@@ -406,6 +406,10 @@ def test_a_streamed_restore_waits_on_its_fsync_and_check_where_the_caller_says(t
     with pytest.raises(VFSError):
         restore_snapshot_from(path, fill(good[:4096] + b"\xff" * (len(good) - 4096)), blocking=elsewhere)
     assert Path(path).read_bytes() == good and len(ran_in) == 4
+    # A realdir tree is checked and rebuilt there as well.
+    root = str(tmp_path / "root")
+    assert RealDirVFS.restore_from(root, fill(good), blocking=elsewhere) is True
+    assert (tmp_path / "root" / "f").stat().st_size == 5000 and len(ran_in) == 5
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "memory", "realdir"])
