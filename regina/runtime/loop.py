@@ -44,7 +44,8 @@ finishReason `cancelled` or `budget` (its text names the budget); steering not y
 queued.
 
 Token budgets are also kept within a step: the model call's answer is capped (max_tokens) to
-what the tightest token budget leaves once the prompt (estimated as compaction does) is sent, no
+what the tightest token budget leaves once the prompt (estimated as compaction does, the tool
+schemas included) is sent, no
 call is made when the estimate alone leaves nothing, and a step that went past a token budget, or
 whose answer the cap cut (`length`), ends the turn `budget` after its tools ran; an answer that
 ended the turn is saved and comes first in the finish text, before the note naming the budget.
@@ -370,8 +371,9 @@ def _output_cap(turn: _Turn, spec: TurnSpec, used: Usage) -> tuple[int | None, t
     """(the next model call's max_tokens, the reason to stop instead of calling).
 
     Under a token budget the answer may have what the tightest budget leaves once the prompt is
-    sent — the prompt estimated as compaction does, characters / 4, the system prompt included
-    (tool schemas are not: an underestimate, which `_passed` catches after the step). None as
+    sent — the prompt estimated as compaction does, characters / 4, the system prompt and the
+    tool schemas included (providers count both; an estimate still, which `_passed` checks
+    after the step). None as
     max_tokens when no token budget applies, or when the model could not answer more anyway:
     the request is then as it would be without a budget."""
     budget = turn.sink.budget
@@ -379,7 +381,7 @@ def _output_cap(turn: _Turn, spec: TurnSpec, used: Usage) -> tuple[int | None, t
     left = budget.tokens_left(run_tokens)
     if left is None:
         return None, None
-    prompt = (turn.chars + turn.system_chars) // 4
+    prompt = (turn.chars + turn.system_chars + sum(t.schema_chars() for t in spec.tools.values())) // 4
     if left - prompt <= 0:
         return None, (BUDGET, budget.exceeded(run_tokens, prompt) or "")
     return model_api.output_cap(spec.target, left - prompt), None

@@ -16,6 +16,12 @@ import pytest
 
 from tests.harness.fake_llm import FakeLLM, Reply, ToolCall
 from tests.harness.processes import Cluster
+from tests.harness.scenarios import builtin_schema_tokens
+
+#: The tokens the loop estimates for openai-agent's tool schemas (its four built-in tools). Every
+#: model call's prompt estimate includes them, as providers count them, so the token budgets
+#: below leave them room: the numbers in the tests are then what the conversation spends.
+SCHEMAS = builtin_schema_tokens()
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +33,9 @@ def budget_api(fake_llm: FakeLLM) -> Iterator[httpx.Client]:
         server.url,
         fake_llm.url,
         env_overrides={
-            "REGINA_BUDGET__MAX_TOKENS_PER_RUN": "100",
+            "REGINA_BUDGET__MAX_TOKENS_PER_RUN": str(100 + SCHEMAS),
             "REGINA_BUDGET__MAX_SECONDS_PER_RUN": "2",
-            "REGINA_BUDGET__MAX_TOKENS_PER_INSTANCE": "400",
+            "REGINA_BUDGET__MAX_TOKENS_PER_INSTANCE": str(400 + SCHEMAS),
         },
     )
     try:

@@ -29,12 +29,14 @@ from regina.runs.stream import _FINISH
 from tests.harness.fake_llm import FakeLLM, Reply, ToolCall
 from tests.harness.processes import Cluster, Proc
 from tests.harness.refusing_proxy import RefusingProxy
-from tests.harness.scenarios import backed_up_instance
+from tests.harness.scenarios import backed_up_instance, builtin_schema_tokens
 from tests.harness.waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.chaos]
 
 MARK = "keep going"
+#: The tokens the loop estimates for the built-in tools' schemas (tests/integration/test_budgets.py).
+SCHEMAS = builtin_schema_tokens()
 
 
 def _tool(n: int, usage: tuple[int, int]) -> Reply:
@@ -122,8 +124,9 @@ def test_a_redelivered_run_counts_the_steps_and_tokens_of_its_crashed_attempt(
 def test_a_redelivered_run_stops_at_max_tokens_per_run_counting_its_crashed_attempt(
     make_cluster: Callable[..., Cluster], fake_llm: FakeLLM, tmp_path: Path
 ) -> None:
-    # Given maxTokensPerRun 1000 and a run that spent 700 tokens in two steps before its worker died
-    c = _started(make_cluster, tmp_path, REGINA_BUDGET__MAX_TOKENS_PER_RUN="1000")
+    # Given maxTokensPerRun 1000 (plus room for the tool schemas every prompt's estimate counts,
+    # SCHEMAS) and a run that spent 700 tokens in two steps before its worker died
+    c = _started(make_cluster, tmp_path, REGINA_BUDGET__MAX_TOKENS_PER_RUN=str(1000 + SCHEMAS))
     with httpx.Client(base_url=c.web.url, timeout=90) as api:
         iid, victim, _ = backed_up_instance(c, api)
         usage_before = _usage(api, iid)
@@ -132,7 +135,7 @@ def test_a_redelivered_run_stops_at_max_tokens_per_run_counting_its_crashed_atte
             _tool(1, (300, 50)),
             _tool(2, (300, 50)),
             Reply(text="never seen", delay=3.0),
-            _tool(3, (250, 60)),
+            _tool(3, (250 + SCHEMAS, 60)),  # the provider counts the schemas in the prompt
             *[_tool(n, (15, 5)) for n in range(4, 10)],
         )
         body, run_id, _, _ = _kill_during_call(c, api, iid, victim, fake_llm, calls=3)
@@ -140,13 +143,13 @@ def test_a_redelivered_run_stops_at_max_tokens_per_run_counting_its_crashed_atte
         # Then the redelivered attempt's one model call is capped to the 300 tokens left (less its
         # prompt), and the run stops on the budget after it (700 + 310 > 1000)
         assert body["finishReason"] == "budget" and "maxTokensPerRun" in body["text"], body
-        assert "1010" in body["text"], body
+        assert str(1010 + SCHEMAS) in body["text"], body
         assert _calls(fake_llm) == 4
         assert 0 < fake_llm.requests[-1].body["max_tokens"] < 300
-        assert body["usage"] == {"promptTokens": 850, "completionTokens": 160}
+        assert body["usage"] == {"promptTokens": 850 + SCHEMAS, "completionTokens": 160}
         assert api.get(f"/runs/{run_id}").json()["usage"] == body["usage"]
         assert _usage(api, iid) == {
-            "promptTokens": usage_before["promptTokens"] + 850,
+            "promptTokens": usage_before["promptTokens"] + 850 + SCHEMAS,
             "completionTokens": usage_before["completionTokens"] + 160,
         }
 

@@ -282,9 +282,14 @@ def test_a_summary_that_spends_the_token_budget_stops_the_run_before_its_model_c
     assert result.usage == Usage(prompt_tokens=50, completion_tokens=5)
 
 
-def _prompt_estimate(*texts: str) -> int:
-    """The loop's estimate of a request's prompt: characters / 4."""
-    return sum(len(t) for t in texts) // 4
+def _prompt_estimate(*texts: str, tools: dict[str, Tool] | None = None) -> int:
+    """The loop's estimate of a request's prompt: characters / 4, the tool schemas included."""
+    return (sum(len(t) for t in texts) + sum(t.schema_chars() for t in (tools or {}).values())) // 4
+
+
+def _schema_tokens(tools: dict[str, Tool]) -> int:
+    """The tool schemas' share of every prompt's estimate: a test's budget leaves them room."""
+    return _prompt_estimate(tools=tools)
 
 
 def test_a_one_step_answer_past_the_token_budget_is_capped_and_ends_the_run_budget(
@@ -294,16 +299,19 @@ def test_a_one_step_answer_past_the_token_budget_is_capped_and_ends_the_run_budg
     last) step could spend any amount and the run still ended "stop". The call's max_tokens is
     now what the budget leaves after the prompt's estimate, and a step that reaches the budget
     ends the run "budget" with its answer saved."""
-    # Given maxTokensPerRun 60 and a model that would answer 500 tokens to a prompt as estimated
-    prompt = _prompt_estimate(SYSTEM, "tell me all")
-    fake.push(Reply(text="word " * 400, usage=(prompt, 500)))
+    # Given maxTokensPerRun 60 (plus the tool schemas' share) and a model that would answer 500
+    # tokens to a prompt as estimated, the tool schemas included (providers count them)
     t = Turn(target, MemoryVFS())
-    sink = LocalSink(t.emit, run_id="r-b", budget=Budget(max_tokens_per_run=60))
+    budget = 60 + _schema_tokens(t.tools)
+    prompt = _prompt_estimate(SYSTEM, "tell me all", tools=t.tools)
+    fake.push(Reply(text="word " * 400, usage=(prompt, 500)))
+    sink = LocalSink(t.emit, run_id="r-b", budget=Budget(max_tokens_per_run=budget))
     result = run_turn(TurnSpec(target, SYSTEM, t.tools), t.session, "tell me all", sink)
 
     # Then the call was capped to what the budget left after the prompt
     (req,) = fake.requests
-    cap = 60 - prompt
+    cap = budget - prompt
+    assert 0 < cap < 60
     assert req.body["max_tokens"] == cap
     # ... the answer was cut there, saved whole as the model gave it, and the run ended "budget"
     answer = "word " * 400
@@ -317,11 +325,12 @@ def test_a_one_step_answer_past_the_token_budget_is_capped_and_ends_the_run_budg
 def test_a_step_that_goes_past_the_token_budget_ends_the_run_budget(fake: FakeLLM, target: ModelTarget) -> None:
     """A prompt larger than its estimate can take a step past the budget although the answer
     fitted its cap: the run ends "budget" all the same, naming what it used."""
-    fake.push(Reply(text="fine", usage=(90, 2)))
     t = Turn(target, MemoryVFS())
-    sink = LocalSink(t.emit, budget=Budget(max_tokens_per_run=60))
+    schemas = _schema_tokens(t.tools)
+    fake.push(Reply(text="fine", usage=(90 + schemas, 2)))
+    sink = LocalSink(t.emit, budget=Budget(max_tokens_per_run=60 + schemas))
     result = run_turn(TurnSpec(target, SYSTEM, t.tools), t.session, "hi", sink)
-    assert result.finish_reason == "budget" and "used 92 of 60 tokens" in result.text, result
+    assert result.finish_reason == "budget" and f"used {92 + schemas} of {60 + schemas} tokens" in result.text, result
     assert result.text.startswith("fine\n\n")
 
 
@@ -439,7 +448,7 @@ def test_a_run_goes_on_from_the_progress_its_crashed_attempt_recorded(fake: Fake
     # (on a short transcript: its prompt is counted before each call, ≈ 6 tokens here)
     fake.reset()
     fake.default = lambda req: Reply(tool_calls=[ToolCall("read_file", {"path": "/missing"})], usage=(7, 2))
-    short = Turn(target, MemoryVFS())
+    short = Turn(target, MemoryVFS(), tools={})  # no schemas in the prompt's estimate
     sink = LocalSink(t.emit, progress=RunProgress(1, Usage(prompt_tokens=35)), budget=Budget(max_tokens_per_run=50))
     result = run_turn(TurnSpec(target, SYSTEM, short.tools, max_steps=10), short.session, "again", sink)
     assert len(fake.requests) == 1 and result.finish_reason == "budget" and "44 of 50" in result.text, result

@@ -61,6 +61,10 @@ class Tool:
             self._schema = self.schema()
         return self._schema
 
+    def schema_chars(self) -> int:
+        """Characters of the schema as sent: its share of every request's prompt."""
+        return len(self._encoded_schema())
+
     def _encoded_schema(self) -> str:
         """pydantic's schema generation costs ~0.5 ms per tool, so it runs once."""
         if self._schema_json is None:
