@@ -199,7 +199,7 @@ def _restore(
     return True, data  # memory: built from it by the caller
 
 
-def _off_the_hub(call: Callable[[], None]) -> None:
+def _off_the_hub(call: Callable[[], None]) -> None:  # a `Blocking` (regina/atomic_file.py)
     """Run a restore's long waits (its fsync and integrity check: ≈ 0.6 s per 100 MB here; a
     realdir tree's rebuild) in a real thread of the snapshot pool; the caller's greenlet waits
     without stopping the others."""

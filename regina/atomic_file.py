@@ -14,7 +14,11 @@ import tempfile
 from collections.abc import Callable
 from typing import BinaryIO
 
-__all__ = ["write_atomic", "write_atomic_from", "fsync_dir"]
+__all__ = ["write_atomic", "write_atomic_from", "fsync_dir", "Blocking", "run_here"]
+
+#: Runs a call that may wait long on the disk: where it stops nothing else (a worker passes the
+#: snapshot pool's real threads; `run_here` runs it on the calling thread).
+Blocking = Callable[[Callable[[], None]], None]
 
 
 def fsync_dir(directory: str | os.PathLike[str]) -> None:
@@ -58,14 +62,14 @@ def write_atomic_from(
     prefix: str = ".tmp-",
     suffix: str = "",
     before_replace: Callable[[str], None] | None = None,
-    blocking: Callable[[Callable[[], None]], None] | None = None,
+    blocking: Blocking | None = None,
 ) -> bool:
     """`write_atomic` for content `fill` writes into the temp file it is given (a download
     streamed to disk, never whole in memory). `fill` returns False when it has nothing: the temp
     file goes, `path` stays as it was, and this returns False. `blocking` runs the long waits
     (the fsync of the whole file, `before_replace`) where they stop nothing else: a worker
     passes a real thread, since on gevent's hub they would stop every greenlet."""
-    run = blocking or _at_once
+    run = blocking or run_here
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=directory)
     try:
@@ -91,5 +95,6 @@ def write_atomic_from(
     return True
 
 
-def _at_once(call: Callable[[], None]) -> None:
+def run_here(call: Callable[[], None]) -> None:
+    """`Blocking` on the calling thread."""
     call()

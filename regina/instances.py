@@ -7,6 +7,7 @@ was given is still current (fencing, SPEC §12), enforced by small Lua scripts.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
@@ -336,27 +337,18 @@ class InstanceStore:
 
     def fenced_set(self, instance_id: str, epoch: int, **fields: str | int | float) -> bool:
         """Set fields only while `epoch` is current; False means the caller lost the instance."""
-        args: list[str] = [str(epoch)]
-        for k, v in fields.items():
-            args += [k, repr(v) if isinstance(v, float) else str(v)]
-        return bool(self._fenced_hset(keys=[keys.instance_record(instance_id)], args=args))
+        return bool(self._fenced_hset(keys=[keys.instance_record(instance_id)], args=_fenced_args(epoch, fields)))
 
     def fenced_set_many(self, changes: list[tuple[str, int, dict[str, str | int]]]) -> list[bool]:
         """`fenced_set` of several instances (id, epoch, fields) in one round trip."""
         pipe = self.r.pipeline(transaction=False)
         for instance_id, epoch, fields in changes:
-            args: list[str] = [str(epoch)]
-            for k, v in fields.items():
-                args += [k, str(v)]
-            self._fenced_hset(keys=[keys.instance_record(instance_id)], args=args, client=pipe)
+            self._fenced_hset(keys=[keys.instance_record(instance_id)], args=_fenced_args(epoch, fields), client=pipe)
         return [bool(ok) for ok in pipe.execute()]
 
     def fenced_touch(self, instance_id: str, epoch: int, **fields: str | int) -> bool:
         """`fenced_set` that also resets lastActive to Redis's clock, in one round trip."""
-        args: list[str] = [str(epoch)]
-        for k, v in fields.items():
-            args += [k, str(v)]
-        return bool(self._fenced_touch(keys=[keys.instance_record(instance_id)], args=args))
+        return bool(self._fenced_touch(keys=[keys.instance_record(instance_id)], args=_fenced_args(epoch, fields)))
 
     def last_active_many(self, instance_ids: list[str]) -> dict[str, float]:
         """lastActive of several instances in one round trip (the idle sweep)."""
@@ -383,3 +375,11 @@ class InstanceStore:
     def held(self, member_id: str) -> list[str]:
         """Ids of the instances `member_id` holds (started or suspending), oldest first."""
         return cast(list[str], self.r.zrange(keys.member_held(member_id), 0, -1))
+
+
+def _fenced_args(epoch: int, fields: Mapping[str, str | int | float]) -> list[str]:
+    """A fenced write's ARGV: the epoch, then field/value pairs (floats as `repr`, exact)."""
+    args = [str(epoch)]
+    for k, v in fields.items():
+        args += [k, repr(v) if isinstance(v, float) else str(v)]
+    return args

@@ -85,9 +85,15 @@ class AgentRegistry:
 
     def share_last_good(self, store: LastGoodTexts) -> None:
         """Keep the texts that parse in `store`, and take a broken file's last good definition
-        from it when this process has none; reloads once, so that what loaded before counts."""
+        from it when this process has none: the loaded snapshot's texts are put there now, and
+        only a registry not loaded yet, or whose load skipped files, loads again (with the store,
+        to find theirs)."""
         self.last_good = store
-        self.reload()
+        if not self.snapshot.loaded_at or self.snapshot.errors:
+            self.reload()
+        else:
+            with self._reload_lock:
+                self._keep_texts(self.snapshot)
 
     # -- building -------------------------------------------------------------------------
     def _agents_dir(self) -> Path:
@@ -111,19 +117,20 @@ class AgentRegistry:
         found: dict[str, AgentDefinition] = {}
         file_of: dict[str, Path] = {}
         texts: dict[str, str] = {}
-        failed: list[tuple[Path, str]] = []
+        failed: list[tuple[Path, str, str]] = []  # path, resolved path, error
         errors: list[Mapping[str, str]] = []
         for path in files:
+            key = str(path.resolve())
             try:
                 text = read_definition_text(path)
                 definition = parse_definition(path, self.settings, environ, text=text)
             except DefinitionError as exc:
-                failed.append((path, exc.message))
+                failed.append((path, key, exc.message))
                 continue
             except Exception as exc:  # a bug or a surprise in one file must not stop the others
                 log.exception("unexpected error loading agent definition %s", path)
                 detail = redact_with(f"{type(exc).__name__}: {exc}", environ)
-                failed.append((path, f"{path}: unexpected error: {detail}"))
+                failed.append((path, key, f"{path}: unexpected error: {detail}"))
                 continue
             if definition.name in found:
                 first = found[definition.name].path
@@ -133,13 +140,13 @@ class AgentRegistry:
                 continue
             found[definition.name] = definition
             file_of[definition.name] = path
-            texts[str(path.resolve())] = text
-        shared = self._shared([str(p.resolve()) for p, _ in failed if str(p.resolve()) not in previous])
-        for path, message in failed:
+            texts[key] = text
+        shared = self._shared([key for _, key, _ in failed if key not in previous])
+        for path, key, message in failed:
             # A file that became invalid keeps its last good definition (its instances go on
             # running, and listing them by agent still works) unless its name is taken now: this
             # process's own, or the one another process last loaded from it.
-            last_good = previous.get(str(path.resolve())) or self._parse_shared(path, shared, environ)
+            last_good = previous.get(key) or self._parse_shared(path, shared.get(key), environ)
             if last_good is not None and last_good.name not in found:
                 found[last_good.name] = last_good
                 file_of[last_good.name] = path
@@ -173,10 +180,7 @@ class AgentRegistry:
             return {}
         return self.last_good.fetch(paths)
 
-    def _parse_shared(
-        self, path: Path, shared: Mapping[str, str], environ: Mapping[str, str]
-    ) -> AgentDefinition | None:
-        text = shared.get(str(path.resolve()))
+    def _parse_shared(self, path: Path, text: str | None, environ: Mapping[str, str]) -> AgentDefinition | None:
         if text is None:
             return None
         try:

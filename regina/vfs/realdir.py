@@ -36,7 +36,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
-from regina.atomic_file import fsync_dir, write_atomic
+from regina.atomic_file import Blocking, fsync_dir, run_here, write_atomic
 from regina.errors import DirectoryNotEmpty, IsADirectory, NoSuchPath, NotADirectory, PathExists, VFSError
 from regina.vfs.base import FileStat, check_range, normalize
 from regina.vfs.memory import MemoryVFS
@@ -332,7 +332,7 @@ class RealDirVFS:
         cls,
         root: str,
         fill: Callable[[BinaryIO], bool],
-        blocking: Callable[[Callable[[], None]], None] | None = None,
+        blocking: Blocking | None = None,
     ) -> bool:
         """`restore_snapshot` for the snapshot `fill` writes into the file it is given (a backup
         streamed from storage); False, and `root` left as it was, when `fill` has none.
@@ -358,7 +358,7 @@ class RealDirVFS:
                 finally:
                     src.close()
 
-            (blocking or _at_once)(check_and_rebuild)
+            (blocking or run_here)(check_and_rebuild)
             return True
         finally:
             for suffix in ("", "-wal", "-shm"):
@@ -406,7 +406,3 @@ class RealDirVFS:
 
     def __repr__(self) -> str:
         return f"RealDirVFS({self.root!r})"
-
-
-def _at_once(call: Callable[[], None]) -> None:
-    call()

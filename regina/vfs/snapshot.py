@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import BinaryIO
 from urllib.parse import quote
 
-from regina.atomic_file import write_atomic_from
+from regina.atomic_file import Blocking, write_atomic_from
 from regina.errors import VFSError
 
 __all__ = [
@@ -172,9 +172,7 @@ def restore_snapshot(path: str, data: bytes) -> None:
     restore_snapshot_from(path, fill)
 
 
-def restore_snapshot_from(
-    path: str, fill: Callable[[BinaryIO], bool], blocking: Callable[[Callable[[], None]], None] | None = None
-) -> bool:
+def restore_snapshot_from(path: str, fill: Callable[[BinaryIO], bool], blocking: Blocking | None = None) -> bool:
     """Write the snapshot `fill` writes into the file it is given (a backup streamed from
     storage) to the SQLite file `path` atomically (`regina.atomic_file`); False, and `path` left
     as it was, when `fill` has none.
