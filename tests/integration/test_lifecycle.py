@@ -513,7 +513,8 @@ def test_a_worker_back_from_being_taken_for_dead_removes_the_copies_of_instances
     # Then its copy of the moved one goes at its next heartbeat, and its copy of its own stays
     wait_until(lambda: not _local_copies(c, moved), timeout=10, what="the moved instance's copy removed")
     assert _local_copies(c, kept)
-    assert "removed 1 local VFS copies" in worker.log()
+    # (the line is written after the files go: waited for, not read at once)
+    wait_until(lambda: "removed 1 local VFS copies" in worker.log(), timeout=5, what="the removal logged")
     r.close()
 
 
