@@ -325,9 +325,21 @@ class InstanceHost:
             if isinstance(act.vfs, JournalVFS) and act.vfs.written_bytes > self.settings.storage.checkpoint_bytes:
                 snap = self._checkpoint_snapshot(act)
         finally:
+            self._catch_up(act)
             act.lock.release()
         if snap is not None:
             self._checkpoint_store(act, snap)  # the next step runs meanwhile
+
+    @staticmethod
+    def _catch_up(act: Active) -> None:
+        """Write the run's answer to the local file now that its end is in Redis (the loop left
+        it for after: `JournalVFS.append_behind`). Failing, it is tried again before the file's
+        next use (which fails meanwhile): the journal holds it."""
+        if isinstance(act.vfs, JournalVFS):
+            try:
+                act.vfs.catch_up()
+            except Exception:  # noqa: BLE001 - see above
+                log.exception("instance %s: its local copy could not take the run's last append", act.instance_id)
 
     def end_failed(self, instance_id: str, run_id: str, error: str) -> None:
         """End a run whose step failed with an `error` event, fenced by the epoch this member
@@ -716,6 +728,8 @@ class InstanceHost:
         keeps every change). A memory or realdir snapshot takes its VFS's lock, which tools'
         threads take as well: held across threads like theirs."""
         hook = self.hooks.backup
+        if isinstance(act.vfs, JournalVFS):
+            act.vfs.catch_up()  # the backup holds every change the journal has up to here
         base = act.vfs.inner if isinstance(act.vfs, JournalVFS) else act.vfs
         take: Callable[[], bytes] = base.snapshot if hook is None else partial(hook, act.instance_id, self.settings)
         return lambda: snapshot_pool().submit(take).result(timeout=SNAPSHOT_TIMEOUT)

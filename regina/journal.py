@@ -26,7 +26,7 @@ import redis
 from regina import keys
 from regina.errors import StaleEpoch, VFSError
 from regina.fencing import is_stale_error
-from regina.vfs.recording import RecordingVFS, decode_bytes
+from regina.vfs.recording import RecordingVFS, decode_bytes, encode_bytes
 
 log = logging.getLogger("regina.journal")
 
@@ -94,17 +94,52 @@ class JournalVFS(RecordingVFS):
         self.pending: list[str] = []
         self.pending_bytes = 0
         self.written_bytes = 0  # since attach: drives checkpoints
+        self._behind: list[tuple[str, bytes]] = []  # appends journaled, not made yet (`append_behind`)
 
     def record(self, op: str, *args: Any) -> int:
         """Keep the change's entry until the next flush; its size (a tool process's runner stops
         a call whose reported changes hold too much here: `ProcessRunner.max_call_changes`)."""
+        size = self._journal(op, *args)
+        self.mark_changing()  # a tool process's change (reported after it was made) marks it too
+        return size
+
+    def _journal(self, op: str, *args: Any) -> int:
         self.seq += 1
         entry = f"{self.seq} " + json.dumps([self.epoch, op, *args], separators=(",", ":"))
         self.pending.append(entry)
         self.pending_bytes += len(entry)
         self.written_bytes += len(entry)
-        self.mark_changing()  # a tool process's change (reported after it was made) marks it too
         return len(entry)
+
+    def append_behind(self, path: str, data: bytes) -> None:
+        """Journal an append now and make it on the local file later: at `catch_up`, which
+        whatever touches the file next does first (so the file is only ever late, never out of
+        order). Why: a run's answer is durable once its entry is in Redis, which the run's
+        finish script ships; the local commit (≈ 0.1 ms, 0.5 ms at `vfsSynchronous` FULL, more
+        at its tail) then need not delay the client. Killed before the catch-up, the copy is
+        rebuilt from its backup and the journal (regina/activation.py), as after any kill."""
+        self._journal("append", path, *encode_bytes(data))
+        self._behind.append((path, data))
+
+    def catch_up(self) -> None:
+        """Make the appends `append_behind` left for later, in order. A failure (the disk full)
+        raises and leaves the rest for the next try: until then every use of the file raises,
+        and its backup fails, instead of going on without them."""
+        while self._behind:
+            self.mark_changing()  # before the change, as every change does
+            path, data = self._behind[0]
+            self.inner.append(path, data)
+            del self._behind[0]
+
+    def settle(self) -> None:
+        self.catch_up()
+
+    def close(self) -> None:
+        try:
+            self.catch_up()
+        except Exception as exc:  # noqa: BLE001 - the journal holds them; the copy is marked dirty
+            log.warning("a local copy closed with appends unmade (it is rebuilt at its next attach): %r", exc)
+        self.inner.close()
 
     def must_checkpoint(self) -> None:
         """Back the file up at the end of this step (the checkpoint's own threshold regardless):

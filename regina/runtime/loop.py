@@ -153,16 +153,18 @@ class _Turn:
         self.model_msgs = list(model)  # this turn's own: deferred messages join it before the session
         self.model_encoded = list(self.session.model_json()) if self.encode else []
 
-    def append(self, *msgs: Message, defer: bool = False) -> None:
+    def append(self, *msgs: Message, defer: bool = False, behind: bool = False) -> None:
         """Add messages to the request and the session. `defer` keeps them in memory until the
         next append, so the user's message and the model's answer are saved in one VFS write
-        (one SQLite transaction less before the first model call)."""
+        (one SQLite transaction less before the first model call). `behind`: the answer that
+        may end the run: journaled now, written to the local file after the run's end is in
+        Redis (`Session.append`), so the client does not wait for that commit."""
         if self.meta:
             msgs = tuple({**m, **self.meta} for m in msgs)
         if defer:
             self.unsaved.extend(msgs)
         else:
-            self.session.append(*self.unsaved, *msgs)
+            self.session.append(*self.unsaved, *msgs, behind=behind)
             self.unsaved.clear()
         model = for_model(msgs)
         self.model_msgs.extend(model)
@@ -302,7 +304,7 @@ def _steps(turn: _Turn, spec: TurnSpec) -> TurnResult:
             return _stop(turn, (exc.reason, exc.message), text, _plus(total, spent), step)
         total = total + step_usage
         progress.steps, progress.usage = step, _plus(total, spent)  # recorded with the step's next write
-        turn.append(assistant(text, [tool_call(c.id, c.name, c.args) for c in calls]))
+        turn.append(assistant(text, [tool_call(c.id, c.name, c.args) for c in calls]), behind=not calls)
         stopped = _run_tools(turn, spec, calls)
         sink.emit(StepFinish(finish_reason=reason, usage=step_usage))
         # ... or a step past a token budget ends it (its answer is saved)

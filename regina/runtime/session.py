@@ -81,12 +81,14 @@ class Session:
             self._json = [model_json(m) for m in self.model_view()[0]]
         return self._json
 
-    def append(self, *msgs: Message) -> None:
-        """Persist messages at the end of the history (one VFS append)."""
+    def append(self, *msgs: Message, behind: bool = False) -> None:
+        """Persist messages at the end of the history (one VFS append). `behind`: a run's last
+        answer, which its end makes durable (`JournalVFS.append_behind`, where the VFS has it)."""
         if not msgs:
             return
         history = self.load()
-        self.vfs.append(self.path, to_jsonl(msgs))
+        later = getattr(self.vfs, "append_behind", None) if behind else None
+        (later or self.vfs.append)(self.path, to_jsonl(msgs))
         history.extend(msgs)
         if self._model is not None:
             model = for_model(msgs)

@@ -50,6 +50,10 @@ class RecordingVFS:
         the note now takes in this process's memory, when it stays there (a journal's)."""
         raise NotImplementedError
 
+    def settle(self) -> None:
+        """Bring `inner` up to date before it is used: a subclass may hold changes back
+        (`JournalVFS.append_behind`). Every method here calls it first."""
+
     def mark_changing(self) -> None:
         """Mark the file no longer a backup (once per clean point), before a change is made to it:
         by this object, or by a tool process writing the same file."""
@@ -62,36 +66,43 @@ class RecordingVFS:
     # -- changes -------------------------------------------------------------------------------
 
     def write(self, path: str, data: bytes) -> None:
+        self.settle()
         self.mark_changing()
         self.inner.write(path, data)
         self.record("write", path, *encode_bytes(data))
 
     def append(self, path: str, data: bytes) -> None:
+        self.settle()
         self.mark_changing()
         self.inner.append(path, data)
         self.record("append", path, *encode_bytes(data))
 
     def mkdir(self, path: str, parents: bool = True) -> None:
+        self.settle()
         self.mark_changing()
         self.inner.mkdir(path, parents=parents)
         self.record("mkdir", path, parents)
 
     def remove(self, path: str, recursive: bool = False) -> None:
+        self.settle()
         self.mark_changing()
         self.inner.remove(path, recursive=recursive)
         self.record("remove", path, recursive)
 
     def rename(self, src: str, dst: str) -> None:
+        self.settle()
         self.mark_changing()
         self.inner.rename(src, dst)
         self.record("rename", src, dst)
 
     def chmod(self, path: str, mode: int) -> None:
+        self.settle()
         self.mark_changing()
         self.inner.chmod(path, mode)
         self.record("chmod", path, int(mode))
 
     def set_mtime(self, path: str, mtime: float) -> None:
+        self.settle()
         setter = getattr(self.inner, "set_mtime", None)
         if setter is not None:
             self.mark_changing()
@@ -101,25 +112,34 @@ class RecordingVFS:
     # -- reads and the rest --------------------------------------------------------------------
 
     def read(self, path: str) -> bytes:
+        self.settle()
         return cast(bytes, self.inner.read(path))
 
     def read_range(self, path: str, offset: int, length: int) -> bytes:
+        self.settle()
         return cast(bytes, self.inner.read_range(path, offset, length))
 
     def exists(self, path: str) -> bool:
+        self.settle()
         return bool(self.inner.exists(path))
 
     def stat(self, path: str) -> FileStat:
+        self.settle()
         return cast(FileStat, self.inner.stat(path))
 
     def listdir(self, path: str) -> list[str]:
+        self.settle()
         return cast(list[str], self.inner.listdir(path))
 
     def snapshot(self) -> bytes:
+        self.settle()
         return cast(bytes, self.inner.snapshot())
 
     def close(self) -> None:
         self.inner.close()
 
     def __getattr__(self, name: str) -> Any:  # park, walk, get_meta, set_meta, …
+        if name.startswith("__") or name == "inner":
+            raise AttributeError(name)  # (copy and pickle probe these before `inner` is set)
+        self.settle()
         return getattr(self.inner, name)

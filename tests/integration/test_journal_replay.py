@@ -266,3 +266,36 @@ def test_an_entry_that_cannot_apply_is_skipped_not_an_instance_that_never_attach
     finally:
         client.delete(keys.instance_record(iid), keys.journal(iid))
         client.close()
+
+
+def test_an_answer_left_behind_is_in_the_next_attach_after_a_kill(redis_server: RedisServer, tmp_path: Path) -> None:
+    """A run's last answer is journaled, shipped with the run's end and only then appended to the
+    local file (`JournalVFS.append_behind`). Killed in between, the next attach has it: from the
+    journal on top of a copy that was clean (trusted), and on top of one that was not."""
+    client, settings, iid, backups, rec = _journaled(redis_server, tmp_path)
+    try:
+        for clean in (True, False):
+            opened = open_current(settings, FactoryHooks(), backups, Journal(client), rec)
+            recorder = JournalVFS(opened.vfs, epoch=1, seq=opened.journal_seq)
+            if clean:
+                backups.save_vfs(iid, 1, rec.backup_version + 1, recorder)  # a clean copy
+                rec = InstanceStore(client).get(iid)
+                assert rec is not None
+            else:
+                recorder.append("/notes.txt", b"tool\n")  # a change before the answer: dirty
+            before = opened.vfs.read("/notes.txt")
+            recorder.append_behind("/notes.txt", b"answer\n")
+            Journal(client).flush(iid, 1, recorder)  # the run's end ships it
+            assert opened.vfs.read("/notes.txt") == before  # (the file itself, not through the recorder)
+            opened.vfs.close()  # killed here: the local append never made
+
+            again = open_current(settings, FactoryHooks(), backups, Journal(client), rec)
+            try:
+                text = again.vfs.read("/notes.txt")
+                assert text.endswith(b"answer\n") and text.count(b"answer") == (1 if clean else 2), (clean, text)
+                assert again.journal_seq == recorder.seq
+            finally:
+                again.vfs.close()
+    finally:
+        client.delete(keys.instance_record(iid), keys.journal(iid))
+        client.close()

@@ -751,3 +751,64 @@ def test_a_snapshot_of_a_file_removed_underneath_fails_instead_of_being_empty(tm
     with pytest.raises(VFSError, match="cannot snapshot"):
         vfs.snapshot()
     assert not path.exists()
+
+
+def test_appends_left_behind_are_made_first_by_whatever_uses_the_file(tmp_path: Path) -> None:
+    """`JournalVFS.append_behind` journals an append at once and makes it later: any use of the
+    file (a read, a change, a snapshot, a close) makes it first, in order, so the file is late
+    but never out of order."""
+    from regina.journal import JournalVFS, parse
+
+    inner = SQLiteVFS(str(tmp_path / "i.db"))
+    vfs = JournalVFS(inner, epoch=3, seq=0)
+    vfs.append("/t.jsonl", b"a\n")
+    vfs.append_behind("/t.jsonl", b"b\n")
+    vfs.append_behind("/t.jsonl", b"c\n")
+    assert [parse(e)[1] for e in vfs.take()] == [
+        [3, "append", "/t.jsonl", "u", "a\n"],
+        [3, "append", "/t.jsonl", "u", "b\n"],
+        [3, "append", "/t.jsonl", "u", "c\n"],
+    ]
+    assert inner.read("/t.jsonl") == b"a\n"  # the file itself has not got them yet
+    vfs.append("/t.jsonl", b"d\n")
+    assert inner.read("/t.jsonl") == b"a\nb\nc\nd\n"
+    vfs.append_behind("/t.jsonl", b"e\n")
+    assert vfs.read("/t.jsonl") == b"a\nb\nc\nd\ne\n"
+    vfs.append_behind("/t.jsonl", b"f\n")
+    assert vfs.get_meta("dirty") == "1"  # (an attribute passed through catches up too)
+    assert inner.read("/t.jsonl").endswith(b"f\n")
+    vfs.append_behind("/t.jsonl", b"g\n")
+    vfs.close()
+    again = SQLiteVFS(str(tmp_path / "i.db"))
+    assert again.read("/t.jsonl") == b"a\nb\nc\nd\ne\nf\ng\n"
+    again.close()
+
+
+def test_an_append_left_behind_that_fails_is_kept_and_the_file_refuses_use_meanwhile() -> None:
+    """A local append that fails after the journal has it (the disk full) is tried again before
+    the file's next use; until it goes in, reads and backups fail rather than show a file
+    without it."""
+    from regina.journal import JournalVFS
+
+    class FullDisk(MemoryVFS):
+        full = True
+
+        def append(self, path: str, data: bytes) -> None:
+            if self.full:
+                raise VFSError("database or disk is full")
+            super().append(path, data)
+
+    inner = FullDisk()
+    inner.write("/t.jsonl", b"a\n")
+    vfs = JournalVFS(inner, epoch=1, seq=0)
+    vfs.append_behind("/t.jsonl", b"b\n")
+    with pytest.raises(VFSError, match="disk is full"):
+        vfs.catch_up()
+    with pytest.raises(VFSError, match="disk is full"):
+        vfs.read("/t.jsonl")
+    with pytest.raises(VFSError, match="disk is full"):
+        vfs.snapshot()
+    inner.full = False
+    assert vfs.read("/t.jsonl") == b"a\nb\n"
+    vfs.catch_up()
+    assert inner.read("/t.jsonl") == b"a\nb\n"  # made once
