@@ -206,23 +206,34 @@ class _Turn:
         return [*self.system_encoded, *self.model_encoded] if self.encode else None
 
 
-def _summarizer(
-    target: ModelTarget, temperature: float | None, spent: list[Usage], sink: RunSink
-) -> Callable[[list[Message]], str]:
-    def summarize(older: list[Message]) -> str:
+Summarize = Callable[[list[Message], Usage], str]
+"""Write the summary of the older messages, given what the run spent before it (`_summarizer`)."""
+
+
+def _summarizer(target: ModelTarget, temperature: float | None, spent: list[Usage], sink: RunSink) -> Summarize:
+    def summarize(older: list[Message], used: Usage) -> str:
+        request = [
+            {"role": "system", "content": SUMMARY_INSTRUCTIONS},
+            {"role": "user", "content": render_transcript(older)},
+        ]
+        # Under a token budget the summary's answer is capped to what the budget leaves after its
+        # prompt, as a step's is (`_output_cap`); one the budget cannot pay for is not asked for,
+        # and one the cap cut is not used (a cut summary would replace the history it lost).
+        cap, run_tokens = None, used.prompt_tokens + used.completion_tokens
+        left = sink.budget.tokens_left(run_tokens)
+        if left is not None:
+            prompt = sum(message_chars(m) for m in request) // 4
+            if left - prompt <= 0:
+                raise ModelError(f"the token budget leaves nothing for a summary (its prompt is about {prompt})")
+            cap = model_api.output_cap(target, left - prompt)
         # A model call like the step's own: a cancel or the budget's clock cuts it short
         # (RunCancelled, or the provider error it surfaces as). Only the call: the rewrite of the
         # transcript after it must never be cut in the middle.
         with sink.cancel.interruptible(sink.interrupter()):
-            text, usage = model_api.complete(
-                target,
-                [
-                    {"role": "system", "content": SUMMARY_INSTRUCTIONS},
-                    {"role": "user", "content": render_transcript(older)},
-                ],
-                temperature=temperature,
-            )
+            text, usage, reason = model_api.complete(target, request, temperature=temperature, max_tokens=cap)
         spent.append(usage)
+        if cap is not None and reason == "length":
+            raise ModelError(f"the model's summary was cut at {cap} tokens, what the token budget left for it")
         if not text.strip():  # a filtered or empty answer: replacing the history by it loses it
             raise ModelError("the model's summary was empty")
         return text
@@ -329,16 +340,16 @@ def _steps(turn: _Turn, spec: TurnSpec) -> TurnResult:
 
 
 def _compacted(
-    turn: _Turn, spec: TurnSpec, summarize: Callable[[list[Message]], str], total: Usage, spent: list[Usage]
+    turn: _Turn, spec: TurnSpec, summarize: Summarize, total: Usage, spent: list[Usage]
 ) -> tuple[str, str] | None:
     """Compact the conversation when it is due; the reason to stop when the summary spent what
     was left of the token budget (a summary is a model call too: its tokens count before the
     step's own call), or when the run was cancelled while the model wrote it."""
     if spec.compaction is None:
         return None
-    summaries = len(spent)
+    summaries, used = len(spent), _plus(total, spent)
     try:
-        _maybe_compact(turn, spec.compaction, summarize)
+        _maybe_compact(turn, spec.compaction, lambda older: summarize(older, used))
     except RunCancelled as exc:  # cancelled (or out of time) while the model wrote the summary
         return exc.reason, exc.message
     if len(spent) == summaries:
@@ -359,7 +370,7 @@ def _current_tools(spec: TurnSpec, schemas: list[dict[str, Any]]) -> tuple[TurnS
 
 
 def _prepare_call(
-    turn: _Turn, spec: TurnSpec, summarize: Callable[[list[Message]], str], total: Usage, spent: list[Usage]
+    turn: _Turn, spec: TurnSpec, summarize: Summarize, total: Usage, spent: list[Usage]
 ) -> tuple[int | None, tuple[str, str] | None]:
     """Compact the conversation when due, then size the model call (`_output_cap`): (its
     max_tokens, the reason to stop instead of calling)."""

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from regina.runtime.compaction import SUMMARY_PREFIX
 from tests.harness.fake_llm import FakeLLM, Reply, ToolCall
 from tests.harness.processes import Cluster
 from tests.harness.scenarios import builtin_schema_tokens
@@ -207,3 +208,39 @@ def test_usage_so_far_includes_what_the_running_run_spent(api: httpx.Client, fak
     assert api.get(f"/runs/{run_id}").json()["usage"] == {"promptTokens": 45, "completionTokens": 11}
     assert api.get(f"/instances/{iid}").json()["usage"] == {"promptTokens": 45, "completionTokens": 11}
     assert _fleet_entry(api, iid)["usage"] == {"promptTokens": 45, "completionTokens": 11}
+
+
+def test_a_compaction_summary_is_capped_by_the_token_budget_and_a_cut_one_is_not_used(
+    make_cluster: Any, fake_llm: FakeLLM
+) -> None:
+    """A compaction summary is a model call the run pays for: it was sent without max_tokens, so a
+    long summary went past maxTokensPerRun by as much as the model wrote. Its answer is now capped
+    to what the budget leaves after its prompt, and a summary the cap cut does not replace the
+    conversation (the run then ends `budget`, the history as it was)."""
+    c = make_cluster(
+        REGINA_BUDGET__MAX_TOKENS_PER_RUN=str(200 + SCHEMAS),
+        REGINA_COMPACTION__THRESHOLD="5",
+        REGINA_COMPACTION__KEEP_LAST_N="1",
+    ).start(workers=1)
+    with httpx.Client(base_url=c.web.url, timeout=60) as api:
+        iid = _spawn(api)
+        fake_llm.push_for("first words", Reply(text="first answer", usage=(10, 2)))
+        assert api.post(f"/instances/{iid}/chat", json={"message": "first words"}).json()["finishReason"] == "stop"
+        before = api.get(f"/instances/{iid}/messages").json()
+        fake_llm.reset()
+
+        # Given a model that would write a summary far longer than the budget
+        fake_llm.push_for("You compress conversations", Reply(text="summary " * 2000, usage=(100, 4000)))
+        fake_llm.push_for("second words", Reply(text="never asked", usage=(1, 1)))
+        body = api.post(f"/instances/{iid}/chat", json={"message": "second words"}).json()
+
+        # Then the summary's request carried the budget's cap, below the budget
+        (summary,) = [r for r in fake_llm.requests if "You compress" in json.dumps(r.messages)]
+        cap = summary.body.get("max_tokens") or summary.body.get("max_completion_tokens")
+        assert cap is not None and 0 < cap < 200 + SCHEMAS, summary.body
+        # ... the cut summary replaced nothing, and the run ended on the budget it spent
+        assert body["finishReason"] == "budget" and "maxTokensPerRun" in body["text"], body
+        after = api.get(f"/instances/{iid}/messages").json()
+        assert after[: len(before)] == before
+        assert not any(str(m.get("content")).startswith(SUMMARY_PREFIX) for m in after), after
+        assert [r.last_user_text for r in fake_llm.requests if "You compress" not in json.dumps(r.messages)] == []

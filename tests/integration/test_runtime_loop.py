@@ -271,15 +271,47 @@ def test_a_summary_that_spends_the_token_budget_stops_the_run_before_its_model_c
     the step's own call (the check came before the summary, so the run went past its budget)."""
     session = Session(MemoryVFS())
     session.append(*[user("old question " + "x" * 400), assistant("old answer")] * 2)
-    fake.push(Reply(text="SUMMARY", usage=(50, 5)), Reply(text="not asked"))
+    # (a budget that pays for the summary's prompt, about 300 tokens, which the provider then
+    # counts higher than the estimate)
+    fake.push(Reply(text="SUMMARY", usage=(1990, 20)), Reply(text="not asked"))
     t = Turn(target, session.vfs)
     t.session = session
-    sink = LocalSink(t.emit, run_id="r-c", budget=Budget(max_tokens_per_run=40))
+    sink = LocalSink(t.emit, run_id="r-c", budget=Budget(max_tokens_per_run=2000))
     spec = TurnSpec(target, SYSTEM, t.tools, compaction=Compaction(threshold=50, keep_last_n=2))
     result = run_turn(spec, session, "new question", sink)
     assert len(fake.requests) == 1, [r.all_text[:80] for r in fake.requests]  # the summary only
-    assert result.finish_reason == "budget" and "55 of 40" in result.text, result
-    assert result.usage == Usage(prompt_tokens=50, completion_tokens=5)
+    assert result.finish_reason == "budget" and "2010 of 2000" in result.text, result
+    assert result.usage == Usage(prompt_tokens=1990, completion_tokens=20)
+
+
+def test_a_summary_is_capped_by_the_token_budget_and_one_it_cannot_pay_for_is_not_asked(
+    fake: FakeLLM, target: ModelTarget
+) -> None:
+    """A summary's answer had no max_tokens: a long one spent past the budget. It is capped to
+    what the budget leaves after its prompt; with nothing left for it, it is not asked for and
+    the conversation stays whole (the step's own check then ends the run)."""
+    session = Session(MemoryVFS())
+    session.append(*[user("old question " + "x" * 400), assistant("old answer")] * 2)
+    fake.push(Reply(text="SUMMARY", usage=(300, 5)), Reply(text="the answer", usage=(10, 2)))
+    t = Turn(target, session.vfs)
+    t.session = session
+    budget = 3000 + _schema_tokens(t.tools)
+    spec = TurnSpec(target, SYSTEM, t.tools, compaction=Compaction(threshold=50, keep_last_n=2))
+    result = run_turn(spec, session, "new question", LocalSink(t.emit, run_id="r-d", budget=Budget(budget)))
+    summary, answer = fake.requests
+    cap = summary.body.get("max_tokens") or summary.body.get("max_completion_tokens")
+    assert cap is not None and budget - 600 < cap < budget, summary.body  # what is left after its prompt
+    assert result.finish_reason == "stop" and result.text == "the answer"
+    assert str(session.messages[0]["content"]).startswith(SUMMARY_PREFIX)
+
+    # Given a budget below the summary's prompt
+    fake.reset()
+    session = Session(MemoryVFS())
+    session.append(*[user("old question " + "x" * 400), assistant("old answer")] * 2)
+    before = list(session.messages)
+    result = run_turn(spec, session, "new question", LocalSink(t.emit, run_id="r-e", budget=Budget(100)))
+    assert fake.requests == [] and result.finish_reason == "budget", result
+    assert session.messages[: len(before)] == before
 
 
 def _prompt_estimate(*texts: str, tools: dict[str, Tool] | None = None) -> int:

@@ -112,16 +112,17 @@ def complete(
     messages: Sequence[dict[str, Any]],
     temperature: float | None = None,
     timeout: float | None = 600.0,
-) -> tuple[str, Usage]:
-    """One non-streaming call without tools (compaction summaries): (text, usage).
+    max_tokens: int | None = None,
+) -> tuple[str, Usage, str]:
+    """One non-streaming call without tools (compaction summaries): (text, usage, finish reason).
 
     Raises:
         ModelError: the provider failed.
     """
-    text, usage = "", Usage()
-    for part in call_completion(target, messages, None, temperature, timeout):
+    text, usage, reason = "", Usage(), "stop"
+    for part in call_completion(target, messages, None, temperature, timeout, max_tokens=max_tokens):
         if isinstance(part, TextPart):
             text += part.text
         elif isinstance(part, FinishPart):
-            usage = part.usage
-    return text, usage
+            usage, reason = part.usage, part.reason
+    return text, usage, reason
