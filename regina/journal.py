@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from typing import Any, cast
 
 import redis
@@ -95,6 +96,9 @@ class JournalVFS(RecordingVFS):
         self.pending_bytes = 0
         self.written_bytes = 0  # since attach: drives checkpoints
         self._behind: list[tuple[str, bytes]] = []  # appends journaled, not made yet (`append_behind`)
+        # Taken to make them: a tool's thread (one abandoned by its call, still reading) may use
+        # the file while the step catches up. Patched under gevent, like the SQLite VFS's own lock.
+        self._behind_lock = threading.RLock()
 
     def record(self, op: str, *args: Any) -> int:
         """Keep the change's entry until the next flush; its size (a tool process's runner stops
@@ -125,11 +129,14 @@ class JournalVFS(RecordingVFS):
         """Make the appends `append_behind` left for later, in order. A failure (the disk full)
         raises and leaves the rest for the next try: until then every use of the file raises,
         and its backup fails, instead of going on without them."""
-        while self._behind:
-            self.mark_changing()  # before the change, as every change does
-            path, data = self._behind[0]
-            self.inner.append(path, data)
-            del self._behind[0]
+        if not self._behind:
+            return
+        with self._behind_lock:
+            while self._behind:
+                self.mark_changing()  # before the change, as every change does
+                path, data = self._behind[0]
+                self.inner.append(path, data)
+                del self._behind[0]
 
     def settle(self) -> None:
         self.catch_up()

@@ -812,3 +812,25 @@ def test_an_append_left_behind_that_fails_is_kept_and_the_file_refuses_use_meanw
     assert vfs.read("/t.jsonl") == b"a\nb\n"
     vfs.catch_up()
     assert inner.read("/t.jsonl") == b"a\nb\n"  # made once
+
+
+def test_appends_left_behind_are_made_once_when_threads_use_the_file_at_once(tmp_path: Path) -> None:
+    """A tool's thread may read the file while the step catches up: each append is made once."""
+    from regina.journal import JournalVFS
+
+    inner = SQLiteVFS(str(tmp_path / "t.db"))
+    vfs = JournalVFS(inner, epoch=1, seq=0)
+    for round_ in range(30):
+        for i in range(20):
+            vfs.append_behind("/t.jsonl", f"{round_}.{i}\n".encode())
+        barrier = threading.Barrier(4)
+
+        def use() -> None:
+            barrier.wait()
+            vfs.exists("/t.jsonl")
+
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda _: use(), range(4)))
+    lines = inner.read("/t.jsonl").decode().split()
+    assert lines == [f"{r}.{i}" for r in range(30) for i in range(20)]
+    inner.close()
