@@ -825,12 +825,12 @@ def test_appends_left_behind_are_made_once_when_threads_use_the_file_at_once(tmp
             vfs.append_behind("/t.jsonl", f"{round_}.{i}\n".encode())
         barrier = threading.Barrier(4)
 
-        def use() -> None:
-            barrier.wait()
+        def use(at_once: threading.Barrier) -> None:
+            at_once.wait()
             vfs.exists("/t.jsonl")
 
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            list(pool.map(lambda _: use(), range(4)))
+            list(pool.map(use, [barrier] * 4))
     lines = inner.read("/t.jsonl").decode().split()
     assert lines == [f"{r}.{i}" for r in range(30) for i in range(20)]
     inner.close()
