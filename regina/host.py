@@ -325,21 +325,25 @@ class InstanceHost:
             if isinstance(act.vfs, JournalVFS) and act.vfs.written_bytes > self.settings.storage.checkpoint_bytes:
                 snap = self._checkpoint_snapshot(act)
         finally:
-            self._catch_up(act)
-            act.lock.release()
+            try:
+                self._catch_up(act)
+            finally:
+                act.lock.release()
         if snap is not None:
             self._checkpoint_store(act, snap)  # the next step runs meanwhile
 
     @staticmethod
-    def _catch_up(act: Active) -> None:
+    def _catch_up(act: Active) -> bool:
         """Write the run's answer to the local file now that its end is in Redis (the loop left
-        it for after: `JournalVFS.append_behind`). Failing, it is tried again before the file's
-        next use (which fails meanwhile): the journal holds it."""
+        it for after: `JournalVFS.append_behind`); False when that failed: it is tried again
+        before the file's next use (which fails meanwhile), and the journal holds it."""
         if isinstance(act.vfs, JournalVFS):
             try:
                 act.vfs.catch_up()
-            except Exception:  # noqa: BLE001 - see above
-                log.exception("instance %s: its local copy could not take the run's last append", act.instance_id)
+            except Exception as exc:  # noqa: BLE001 - see above
+                log.error("instance %s: its local copy could not take the run's last append: %r", act.instance_id, exc)
+                return False
+        return True
 
     def end_failed(self, instance_id: str, run_id: str, error: str) -> None:
         """End a run whose step failed with an `error` event, fenced by the epoch this member
@@ -547,11 +551,14 @@ class InstanceHost:
                 early.clear()
         early[run_id] = time.monotonic()
 
-    @staticmethod
-    def _park(act: Active) -> None:
+    @classmethod
+    def _park(cls, act: Active) -> None:
         """Release the VFS's SQLite connection and cache, and the session's parsed history with
         its model form and JSON, until the next use: an idle instance's memory no longer grows
-        with its conversation (the next step reads the file again)."""
+        with its conversation (the next step reads the file again). Not while the file lacks an
+        answer it could not take (`_catch_up`): the parsed history is then the one that has it."""
+        if not cls._catch_up(act):
+            return
         park = getattr(act.vfs, "park", None)
         if park is not None:
             park()

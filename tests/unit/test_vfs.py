@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import pytest
 
@@ -833,4 +833,38 @@ def test_appends_left_behind_are_made_once_when_threads_use_the_file_at_once(tmp
             list(pool.map(use, [barrier] * 4))
     lines = inner.read("/t.jsonl").decode().split()
     assert lines == [f"{r}.{i}" for r in range(30) for i in range(20)]
+    inner.close()
+
+
+def test_an_instance_whose_file_refuses_its_answer_is_not_parked_and_parking_goes_on(tmp_path: Path) -> None:
+    """Parking an idle instance drops its parsed history (the next step reads the file). With an
+    answer the file could not take (a full disk), parking went through the VFS's catch-up, whose
+    error stopped the worker's whole idle sweep, every time. It now leaves that instance as it is
+    (its history is the one holding the answer) and says so."""
+    from types import SimpleNamespace
+
+    from regina.host import InstanceHost
+    from regina.journal import JournalVFS
+    from regina.runtime.session import Session
+
+    class FullDisk(SQLiteVFS):
+        full = True
+
+        def append(self, path: str, data: bytes) -> None:
+            if self.full:
+                raise VFSError("database or disk is full")
+            super().append(path, data)
+
+    inner = FullDisk(str(tmp_path / "i.db"))
+    vfs = JournalVFS(inner, epoch=1, seq=0)
+    session = Session(vfs)
+    session.append({"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}, behind=True)
+    act: Any = SimpleNamespace(instance_id="inst-1", vfs=vfs, session=session, parked=False)
+
+    InstanceHost._park(act)  # no error: the sweep goes on to the next instance
+    assert not act.parked and [m["content"] for m in session.messages] == ["q", "a"]
+
+    inner.full = False
+    InstanceHost._park(act)
+    assert act.parked and [m["content"] for m in session.messages] == ["q", "a"]  # read back from the file
     inner.close()
