@@ -109,14 +109,16 @@ class SQLiteVFS:
             cur.execute("BEGIN IMMEDIATE")
             try:
                 yield cur
+                # In WAL mode the commit writes the changed pages: a full disk fails here, and
+                # SQLite keeps the transaction open, so it is rolled back below like any error
+                # (left open, every later BEGIN failed, even once the disk had room again).
+                cur.execute("COMMIT")
             except BaseException:
                 # SQLite may have rolled back already (disk full, out of memory): a ROLLBACK then
                 # fails with "no transaction is active" and hides the error that ended it.
                 if cur.connection.in_transaction:
                     cur.execute("ROLLBACK")
                 raise
-            else:
-                cur.execute("COMMIT")
             finally:
                 cur.close()
 

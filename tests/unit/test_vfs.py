@@ -868,3 +868,22 @@ def test_an_instance_whose_file_refuses_its_answer_is_not_parked_and_parking_goe
     InstanceHost._park(act)
     assert act.parked and [m["content"] for m in session.messages] == ["q", "a"]  # read back from the file
     inner.close()
+
+
+def test_a_commit_that_fails_leaves_no_transaction_open(tmp_path: Path) -> None:
+    """A COMMIT can fail (in WAL mode a full disk shows there, when the pages are written); SQLite
+    then keeps the transaction open, and every later write of the VFS failed ("cannot start a
+    transaction within a transaction") even once the disk had room. The failed commit is now
+    rolled back. (A deferred foreign key makes the COMMIT fail here.)"""
+    vfs = SQLiteVFS(str(tmp_path / "c.db"))
+    conn = vfs._connection()
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("CREATE TABLE p(id INTEGER PRIMARY KEY)")
+    conn.execute("CREATE TABLE c(pid INTEGER REFERENCES p(id) DEFERRABLE INITIALLY DEFERRED)")
+    with pytest.raises(sqlite3.IntegrityError):
+        with vfs._tx() as cur:
+            cur.execute("INSERT INTO c VALUES (42)")  # no parent: refused at COMMIT
+    vfs.write("/after.txt", b"ok")  # the next write starts its own transaction
+    assert vfs.read("/after.txt") == b"ok"
+    assert conn.execute("SELECT COUNT(*) FROM c").fetchone() == (0,)
+    vfs.close()
