@@ -339,7 +339,7 @@ class InstanceHost:
         before the file's next use (which fails meanwhile), and the journal holds it."""
         if isinstance(act.vfs, JournalVFS):
             try:
-                act.vfs.catch_up()
+                act.vfs.settle()
             except Exception as exc:  # noqa: BLE001 - see above
                 log.error("instance %s: its local copy could not take the run's last append: %r", act.instance_id, exc)
                 return False
@@ -735,9 +735,10 @@ class InstanceHost:
         keeps every change). A memory or realdir snapshot takes its VFS's lock, which tools'
         threads take as well: held across threads like theirs."""
         hook = self.hooks.backup
-        if isinstance(act.vfs, JournalVFS):
-            act.vfs.catch_up()  # the backup holds every change the journal has up to here
-        base = act.vfs.inner if isinstance(act.vfs, JournalVFS) else act.vfs
+        base = act.vfs
+        if isinstance(base, JournalVFS):
+            base.settle()  # the backup holds every change the journal has up to here
+            base = base.inner
         take: Callable[[], bytes] = base.snapshot if hook is None else partial(hook, act.instance_id, self.settings)
         return lambda: snapshot_pool().submit(take).result(timeout=SNAPSHOT_TIMEOUT)
 

@@ -116,19 +116,20 @@ class JournalVFS(RecordingVFS):
         return len(entry)
 
     def append_behind(self, path: str, data: bytes) -> None:
-        """Journal an append now and make it on the local file later: at `catch_up`, which
+        """Journal an append now and make it on the local file later: at `settle`, which
         whatever touches the file next does first (so the file is only ever late, never out of
         order). Why: a run's answer is durable once its entry is in Redis, which the run's
         finish script ships; the local commit (≈ 0.1 ms, 0.5 ms at `vfsSynchronous` FULL, more
-        at its tail) then need not delay the client. Killed before the catch-up, the copy is
+        at its tail) then need not delay the client. Killed before that, the copy is
         rebuilt from its backup and the journal (regina/activation.py), as after any kill."""
         self._journal("append", path, *encode_bytes(data))
         self._behind.append((path, data))
 
-    def catch_up(self) -> None:
-        """Make the appends `append_behind` left for later, in order. A failure (the disk full)
-        raises and leaves the rest for the next try: until then every use of the file raises,
-        and its backup fails, instead of going on without them."""
+    def settle(self) -> None:
+        """Make the appends `append_behind` left for later, in order (every use of the file
+        through this object does first). A failure (the disk full) raises and leaves the rest
+        for the next try: until then every use of the file raises, and its backup fails,
+        instead of going on without them."""
         if not self._behind:
             return
         with self._behind_lock:
@@ -138,12 +139,9 @@ class JournalVFS(RecordingVFS):
                 self.inner.append(path, data)
                 del self._behind[0]
 
-    def settle(self) -> None:
-        self.catch_up()
-
     def close(self) -> None:
         try:
-            self.catch_up()
+            self.settle()
         except Exception as exc:  # noqa: BLE001 - the journal holds them; the copy is marked dirty
             log.warning("a local copy closed with appends unmade (it is rebuilt at its next attach): %r", exc)
         self.inner.close()

@@ -784,33 +784,41 @@ def test_appends_left_behind_are_made_first_by_whatever_uses_the_file(tmp_path: 
     again.close()
 
 
+class _FullDisk:
+    """A VFS whose appends fail while `full` (a disk with no room); the rest passes through."""
+
+    def __init__(self, inner: VFS) -> None:
+        self.inner = inner
+        self.full = True
+
+    def append(self, path: str, data: bytes) -> None:
+        if self.full:
+            raise VFSError("database or disk is full")
+        self.inner.append(path, data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
 def test_an_append_left_behind_that_fails_is_kept_and_the_file_refuses_use_meanwhile() -> None:
     """A local append that fails after the journal has it (the disk full) is tried again before
     the file's next use; until it goes in, reads and backups fail rather than show a file
     without it."""
     from regina.journal import JournalVFS
 
-    class FullDisk(MemoryVFS):
-        full = True
-
-        def append(self, path: str, data: bytes) -> None:
-            if self.full:
-                raise VFSError("database or disk is full")
-            super().append(path, data)
-
-    inner = FullDisk()
+    inner = _FullDisk(MemoryVFS())
     inner.write("/t.jsonl", b"a\n")
     vfs = JournalVFS(inner, epoch=1, seq=0)
     vfs.append_behind("/t.jsonl", b"b\n")
     with pytest.raises(VFSError, match="disk is full"):
-        vfs.catch_up()
+        vfs.settle()
     with pytest.raises(VFSError, match="disk is full"):
         vfs.read("/t.jsonl")
     with pytest.raises(VFSError, match="disk is full"):
         vfs.snapshot()
     inner.full = False
     assert vfs.read("/t.jsonl") == b"a\nb\n"
-    vfs.catch_up()
+    vfs.settle()
     assert inner.read("/t.jsonl") == b"a\nb\n"  # made once
 
 
@@ -847,15 +855,7 @@ def test_an_instance_whose_file_refuses_its_answer_is_not_parked_and_parking_goe
     from regina.journal import JournalVFS
     from regina.runtime.session import Session
 
-    class FullDisk(SQLiteVFS):
-        full = True
-
-        def append(self, path: str, data: bytes) -> None:
-            if self.full:
-                raise VFSError("database or disk is full")
-            super().append(path, data)
-
-    inner = FullDisk(str(tmp_path / "i.db"))
+    inner = _FullDisk(SQLiteVFS(str(tmp_path / "i.db")))
     vfs = JournalVFS(inner, epoch=1, seq=0)
     session = Session(vfs)
     session.append({"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}, behind=True)
