@@ -8,7 +8,6 @@ the reference for that key (docs/configuration.md is generated from the same tex
 
 from __future__ import annotations
 
-import os
 import types
 import typing
 from collections.abc import Mapping
@@ -19,6 +18,7 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
 from regina.config_sources import describe, env_overrides, expand_placeholders, merge, parse_env_value, read_config_file
+from regina.environ import environment as environment  # re-exported: the server side reads it here
 from regina.errors import ConfigError
 
 
@@ -403,12 +403,6 @@ MEMORY_VFS_NO_PROCESSES = (
     "useProcesses needs vfsBackend sqlite or realdir: a tool process cannot see a memory VFS, "
     "which lives inside the worker process"
 )
-
-
-def environment() -> Mapping[str, str]:
-    """The process environment: the one place Regina's code reads it (secrets such as provider
-    API keys, `${VAR}` in definitions and the bash allow-list come from here too)."""
-    return os.environ
 
 
 _process_settings: Settings | None = None

@@ -3,17 +3,42 @@
 Server commands start processes (`up`, `web`, `worker`, `flower`; regina/cli/serve.py and
 regina/cli/up.py); client commands talk to a running server over HTTP (`agents`, `ps`, `chat`,
 `steer`, `suspend`, `resume`, `rm`, `reload`; regina/cli/talk.py). Neither imports Flask or Celery.
+A command's module is imported when the command runs (click's lazy group): a client command does
+not load the settings models and Redis, which the server commands need.
 """
 
 from __future__ import annotations
 
+import importlib
+
 import click
 
-from regina.cli import serve, talk
-from regina.cli.serve import web_argv, worker_argv
-from regina.cli.up import up
+from regina.cli import talk
 
-__all__ = ["main", "web_argv", "worker_argv"]
+__all__ = ["main"]
+
+#: Each command → the module that defines it (the command is that module's attribute of its name).
+COMMAND_MODULES = {
+    "up": "regina.cli.up",
+    **dict.fromkeys(["web", "worker", "flower"], "regina.cli.serve"),
+    **dict.fromkeys(["agents", "ps", "chat", "steer", "suspend", "resume", "rm", "reload"], "regina.cli.talk"),
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose commands are imported when looked up (by name, or all of them for `--help`)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMAND_MODULES)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMAND_MODULES.get(cmd_name)
+        if module is None:
+            return None
+        command = getattr(importlib.import_module(module), cmd_name)
+        assert isinstance(command, click.Command), cmd_name
+        return command
+
 
 EPILOG = """\b
 Environment:
@@ -30,15 +55,12 @@ See docs/configuration.md for every key.
 _ALSO_AFTER = "For the client commands; also after the command."
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
 @click.option("--url", envvar="REGINA_URL", default=talk.DEFAULT_URL, help=f"{talk.URL_HELP} {_ALSO_AFTER}")
 @click.option("--token", envvar="REGINA_TOKEN", help=f"{talk.TOKEN_HELP} {_ALSO_AFTER}")
 def main(url: str | None, token: str | None) -> None:
     """Run many long-lived AI agent instances on Celery workers behind a Flask API."""
 
-
-for _command in [up, *serve.COMMANDS, *talk.COMMANDS]:
-    main.add_command(_command)
 
 if __name__ == "__main__":
     main()

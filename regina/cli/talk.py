@@ -21,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from regina.client import ClientError, ReginaClient, RunStream, utf8_text
-from regina.config import environment
+from regina.environ import environment
 from regina.errors import ReginaError
 from regina.ids import is_valid_instance_id
 

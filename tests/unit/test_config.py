@@ -103,7 +103,7 @@ def test_seed_placeholders_in_member_id_and_address_are_expanded(tmp_path: Path)
         for name, ip in [("pod-a", "10.0.0.7"), ("pod-b", "10.0.0.8")]
     ]
     assert [(s.member_id, s.member_address) for s in pods] == [("pod-a", "10.0.0.7:3001"), ("pod-b", "10.0.0.8:3001")]
-    from regina.cli import worker_argv
+    from regina.cli.serve import worker_argv
 
     assert "pod-a" in worker_argv(pods[0]) and "regina.m.pod-b" in worker_argv(pods[1])
 

@@ -37,14 +37,14 @@ def test_no_redis_name_is_built_outside_keys_py() -> None:
 
 
 def test_only_config_reads_the_environment() -> None:
-    """Settings and secrets come through regina/config.py (`environment()`); writing variables
-    for LiteLLM or a tool's child process is not reading them."""
+    """Settings and secrets come through `environment()` (regina/environ.py, re-exported by
+    regina/config.py); writing variables for LiteLLM or a tool's child process is not reading them."""
     read = re.compile(r"(?<!`)\bos\.(?:environ\b(?!\.(?:setdefault|clear|update)\()|getenv\b)")
     offenders = [
         f"{path.relative_to(ROOT)}:{n}"
         for path in [ROOT / "celeryconfig.py", *(p for pkg in PRODUCT for p in sorted((ROOT / pkg).rglob("*.py")))]
-        if path != ROOT / "regina" / "config.py"
+        if path != ROOT / "regina" / "environ.py"
         for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
         if read.search(line)
     ]
-    assert offenders == [], "read settings and environment variables through regina.config"
+    assert offenders == [], "read settings and environment variables through regina.environ.environment"
