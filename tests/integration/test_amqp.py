@@ -180,6 +180,7 @@ def test_a_spawns_attach_is_published_after_its_queue_was_created(rabbit: Rabbit
     app.close()
 
 
+@pytest.mark.timeout(240)
 def test_a_spawn_no_worker_answers_leaves_no_queue(fake_llm: FakeLLM) -> None:
     """The spawn's attach created the instance's queue (above); a spawn that fails (its worker
     is stopped and does not answer within workerReplyTimeout) deletes it with the record.
@@ -201,8 +202,13 @@ def test_a_spawn_no_worker_answers_leaves_no_queue(fake_llm: FakeLLM) -> None:
             assert [q for q in vhost.queues() if q.startswith("regina.i.")] == []
         finally:
             os.kill(worker.popen.pid, signal.SIGCONT)
-        # The worker, woken, handles the attach: it fails, and makes no queue again
-        wait_until(lambda: "command failed: " in worker.log(), timeout=30, what="the late attach to fail")
+        # The worker, woken, handles the attach: it fails, and makes no queue again (paused past
+        # two AMQP heartbeats, its connection was closed: on a loaded machine the reconnect and
+        # the redelivered attach took over 30 s)
+        try:
+            wait_until(lambda: "command failed: " in worker.log(), timeout=60, what="the late attach to fail")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the worker's log:\n{worker.log()[-6000:]}") from None
         assert [q for q in vhost.queues() if q.startswith("regina.i.")] == []
     finally:
         c.kill()  # its Redis and vhost go next (a graceful stop of the worker just woken took ~30 s)
