@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # pytest processes (each its own Redis, fake LLM and cluster; a file's tests stay together) take
 # about 0.6x of one's time. TEST_PROCS=0 runs it in this process.
 TEST_PROCS ?= 2
-PYTEST := $(BIN)/python -m pytest -q $(if $(filter-out 0,$(TEST_PROCS)),-n $(TEST_PROCS) --dist loadfile --no-loadscope-reorder)
+PYTEST := $(BIN)/python -m pytest -q $(if $(filter-out 0,$(TEST_PROCS)),-n $(TEST_PROCS) --dist loadfile)
 
 .DEFAULT_GOAL := help
 .PHONY: help install run test test-unit test-integration lint format typecheck bench clean
