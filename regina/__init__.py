@@ -31,33 +31,6 @@ if _typing.TYPE_CHECKING:
     )
     from regina.runtime.tools.base import Tool, tool
 
-#: Each public name → the module that owns it.
-_OWNERS = {
-    "Settings": "regina.config",
-    "load_settings": "regina.config",
-    "AgentDefinition": "regina.definitions",
-    "Tool": "regina.runtime.tools.base",
-    "tool": "regina.runtime.tools.base",
-    **dict.fromkeys(
-        [
-            "BadRequest",
-            "ConfigError",
-            "Conflict",
-            "DefinitionError",
-            "ModelError",
-            "NotFound",
-            "PayloadTooLarge",
-            "ReginaError",
-            "StaleEpoch",
-            "StorageError",
-            "ToolError",
-            "Unavailable",
-            "VFSError",
-        ],
-        "regina.errors",
-    ),
-}
-
 __all__ = [
     "AgentDefinition",
     "BadRequest",
@@ -78,6 +51,18 @@ __all__ = [
     "load_settings",
     "tool",
 ]
+
+#: Each public name → the module that owns it (the errors: regina.errors).
+_OWNERS = {
+    name: {
+        "Settings": "regina.config",
+        "load_settings": "regina.config",
+        "AgentDefinition": "regina.definitions",
+        "Tool": "regina.runtime.tools.base",
+        "tool": "regina.runtime.tools.base",
+    }.get(name, "regina.errors")
+    for name in __all__
+}
 
 
 def __getattr__(name: str) -> object:

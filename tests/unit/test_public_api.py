@@ -23,7 +23,6 @@ def test_public_names() -> None:
 
 
 def test_every_public_name_resolves_to_its_owner() -> None:
-    assert set(regina._OWNERS) == set(regina.__all__)
     for name in regina.__all__:
         assert getattr(regina, name) is getattr(importlib.import_module(regina._OWNERS[name]), name)
 
