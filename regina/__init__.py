@@ -53,15 +53,12 @@ __all__ = [
 ]
 
 #: Each public name → the module that owns it (the errors: regina.errors).
-_OWNERS = {
-    name: {
-        "Settings": "regina.config",
-        "load_settings": "regina.config",
-        "AgentDefinition": "regina.definitions",
-        "Tool": "regina.runtime.tools.base",
-        "tool": "regina.runtime.tools.base",
-    }.get(name, "regina.errors")
-    for name in __all__
+_OWNERS = dict.fromkeys(__all__, "regina.errors") | {
+    "Settings": "regina.config",
+    "load_settings": "regina.config",
+    "AgentDefinition": "regina.definitions",
+    "Tool": "regina.runtime.tools.base",
+    "tool": "regina.runtime.tools.base",
 }
 
 

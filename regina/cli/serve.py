@@ -226,6 +226,3 @@ def flower(port: int | None, log_format: str | None) -> None:
     chosen = port or int(given.get("PORT") or 5555)
     env["REDIS_URL"] = embedded_redis_url(settings, env)
     _exec(flower_argv(chosen, host), env)
-
-
-COMMANDS = [web, worker, flower]

@@ -391,6 +391,3 @@ def reload(url: str, token: str | None) -> None:
     click.echo(f"{len(names)} agent(s): {', '.join(names)}")
     for err in result["errors"]:
         click.echo(f"skipped: {err.get('error') or err.get('file')}", err=True)  # the error names the file
-
-
-COMMANDS = [agents, ps, chat, steer, suspend, resume, rm, reload]
